@@ -1,0 +1,108 @@
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+
+/**
+ * Names that carry a user id: event streams and NATS subjects. Every function here refuses an id
+ * outside `[A-Za-z0-9_-]{1,64}`, so no id can spell a wildcard (`*`, `>`), a token separator (`.`)
+ * or another user's name.
+ */
+export const USER_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+
+export const UserId = z.string().regex(USER_ID_PATTERN, 'user id must match [A-Za-z0-9_-]{1,64}');
+export type UserId = z.infer<typeof UserId>;
+
+export class InvalidUserIdError extends Error {
+  readonly code = 'INVALID_USER_ID';
+  constructor(value: unknown) {
+    super(`invalid user id ${JSON.stringify(String(value).slice(0, 80))}: must match [A-Za-z0-9_-]{1,64}`);
+    this.name = 'InvalidUserIdError';
+  }
+}
+
+export function assertUserId(value: unknown): string {
+  if (typeof value !== 'string' || !USER_ID_PATTERN.test(value)) throw new InvalidUserIdError(value);
+  return value;
+}
+
+export const isUserId = (value: unknown): value is string =>
+  typeof value === 'string' && USER_ID_PATTERN.test(value);
+
+/** Event store streams. */
+export const USER_STREAM_PREFIX = 'user-';
+export const userStream = (userId: string): string => `${USER_STREAM_PREFIX}${assertUserId(userId)}`;
+export function userIdOfStream(stream: string): string | undefined {
+  if (!stream.startsWith(USER_STREAM_PREFIX)) return undefined;
+  const id = stream.slice(USER_STREAM_PREFIX.length);
+  return isUserId(id) ? id : undefined;
+}
+
+/** NATS subjects and JetStream names. */
+export const subjects = {
+  /** Agents publish tool requests here; the token's subject must equal `userId`. */
+  request: (userId: string): string => `toolbus.requests.${assertUserId(userId)}`,
+  requestsAll: 'toolbus.requests.>',
+  /** Every appended event of a user, for the notifier. */
+  events: (userId: string): string => `events.user.${assertUserId(userId)}`,
+  eventsAll: 'events.user.*',
+  /** Progress of a running execution (not a stored event). */
+  progress: (userId: string): string => `toolbus.progress.${assertUserId(userId)}`,
+  progressAll: 'toolbus.progress.*',
+  /** Cancellation requests for a user's executions. */
+  cancel: (userId: string): string => `toolbus.cancel.${assertUserId(userId)}`,
+  cancelAll: 'toolbus.cancel.*',
+  /** Tool workers announce their manifests here. */
+  toolAnnounce: 'toolbus.tools.announce',
+  /** Dispatchers ask workers to announce again (on start). */
+  toolDiscover: 'toolbus.tools.discover',
+  /** A worker serves one tool version here, in queue group `toolbus-workers`. */
+  toolRun: (name: string, version: string): string =>
+    `toolbus.tools.run.${assertToolName(name)}.${assertVersion(version).replaceAll('.', '_')}`,
+} as const;
+
+export const jetstream = {
+  requestsStream: 'TOOLBUS_REQUESTS',
+  dispatcherConsumer: 'toolbus-dispatcher',
+} as const;
+
+export const USER_ID_HEADER = 'Toolbus-User';
+
+/** Tool names and versions. */
+export const TOOL_NAME_PATTERN = /^[a-z][a-z0-9_]{1,63}$/;
+export const VERSION_PATTERN = /^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$/;
+export const ToolName = z
+  .string()
+  .regex(TOOL_NAME_PATTERN, 'tool name must match [a-z][a-z0-9_]{1,63}');
+export const ToolVersion = z.string().regex(VERSION_PATTERN, 'version must be MAJOR.MINOR.PATCH');
+
+function assertToolName(name: string): string {
+  if (!TOOL_NAME_PATTERN.test(name)) throw new Error(`invalid tool name ${JSON.stringify(name)}`);
+  return name;
+}
+function assertVersion(version: string): string {
+  if (!VERSION_PATTERN.test(version)) throw new Error(`invalid tool version ${JSON.stringify(version)}`);
+  return version;
+}
+
+/** Request ids are chosen by agents; they are the JetStream dedup key (`Nats-Msg-Id`). */
+export const REQUEST_ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
+export const RequestId = z
+  .string()
+  .regex(REQUEST_ID_PATTERN, 'request id must match [A-Za-z0-9_.:-]{1,128}');
+
+/** A UUID (v5 layout) derived from a name, so ids are the same each time the same step is taken. */
+export function deterministicUuid(...parts: string[]): string {
+  const h = createHash('sha256').update(parts.join('\u0000')).digest();
+  h[6] = (h[6]! & 0x0f) | 0x50;
+  h[8] = (h[8]! & 0x3f) | 0x80;
+  const hex = h.subarray(0, 16).toString('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/** One execution per (user, request id). */
+export const executionIdFor = (userId: string, requestId: string): string =>
+  deterministicUuid('execution', assertUserId(userId), requestId);
+
+/** One event id per step of an execution; a terminal step has a single id, so at most one is ever stored. */
+export type ExecutionStep = 'requested' | `executing:${number}` | 'terminal';
+export const eventIdFor = (executionId: string, step: ExecutionStep): string =>
+  deterministicUuid('event', executionId, step);

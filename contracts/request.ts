@@ -1,0 +1,115 @@
+import { z } from 'zod';
+import { ErrorCode, RefusalCode } from './errors.ts';
+import { RequestId, ToolName, ToolVersion, UserId } from './ids.ts';
+import { checkJsonShape, JsonObject, JsonValue, LIMITS } from './json.ts';
+
+/** NATS headers of a tool request. The token travels in a header, never in the body or a subject. */
+export const REQUEST_HEADERS = {
+  authorization: 'Authorization',
+  msgId: 'Nats-Msg-Id',
+} as const;
+
+const NatsSubject = z.string().regex(/^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$/, 'must be a plain NATS subject');
+
+/** What an agent publishes on `toolbus.requests.<userId>`. */
+export const ToolRequest = z.strictObject({
+  requestId: RequestId,
+  tool: ToolName,
+  /** Omit to run the newest registered version. */
+  version: ToolVersion.optional(),
+  args: JsonObject,
+  /** Optional; if present it must equal the token's subject. The token decides the user. */
+  userId: UserId.optional(),
+  correlationId: z.string().min(1).max(128).optional(),
+  /** Where answers go. The agent client sets an inbox of its own. */
+  replyTo: NatsSubject.max(256).optional(),
+  /** Also send `requested`, `executing` and progress answers, not only the terminal one. */
+  progress: z.boolean().optional(),
+});
+export type ToolRequest = z.infer<typeof ToolRequest>;
+
+export type ParseProblem = { code: 'MALFORMED' | 'VALIDATION'; message: string };
+
+/**
+ * Bytes to a request, or the first reason it is refused: too large or not JSON (`MALFORMED`),
+ * too deep, a prototype key, or a schema mismatch (`VALIDATION`).
+ */
+export function parseToolRequest(
+  bytes: Uint8Array,
+): { ok: true; request: ToolRequest } | { ok: false; problem: ParseProblem; partial?: Partial<ToolRequest> } {
+  if (bytes.byteLength > LIMITS.maxRequestBytes) {
+    return {
+      ok: false,
+      problem: { code: 'MALFORMED', message: `request is ${bytes.byteLength} bytes; limit ${LIMITS.maxRequestBytes}` },
+    };
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+  } catch (e) {
+    return { ok: false, problem: { code: 'MALFORMED', message: `request is not UTF-8 JSON: ${(e as Error).message}` } };
+  }
+  const partial = pickPartial(value);
+  const shape = checkJsonShape(value);
+  if (shape) return { ok: false, problem: { code: 'VALIDATION', message: `${shape.path}: ${shape.problem}` }, partial };
+  const parsed = ToolRequest.safeParse(value);
+  if (!parsed.success) {
+    return { ok: false, problem: { code: 'VALIDATION', message: z.prettifyError(parsed.error) }, partial };
+  }
+  return { ok: true, request: parsed.data };
+}
+
+/** The fields of a refused request that are still worth recording, when they are well formed. */
+function pickPartial(value: unknown): Partial<ToolRequest> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return {};
+  const v = value as Record<string, unknown>;
+  const out: Partial<ToolRequest> = {};
+  const requestId = RequestId.safeParse(v['requestId']);
+  if (requestId.success) out.requestId = requestId.data;
+  const tool = ToolName.safeParse(v['tool']);
+  if (tool.success) out.tool = tool.data;
+  const replyTo = NatsSubject.max(256).safeParse(v['replyTo']);
+  if (replyTo.success) out.replyTo = replyTo.data;
+  if (typeof v['correlationId'] === 'string' && v['correlationId'].length <= 128) out.correlationId = v['correlationId'];
+  return out;
+}
+
+/** What the dispatcher sends to a request's `replyTo`: one terminal answer, progress before it if asked. */
+export const AgentAnswer = z.discriminatedUnion('status', [
+  z.strictObject({
+    status: z.enum(['requested', 'executing']),
+    requestId: z.string(),
+    executionId: z.string(),
+    correlationId: z.string(),
+  }),
+  z.strictObject({
+    status: z.literal('progress'),
+    requestId: z.string(),
+    executionId: z.string(),
+    correlationId: z.string(),
+    fraction: z.number().min(0).max(1),
+    message: z.string().max(500).optional(),
+  }),
+  z.strictObject({
+    status: z.literal('completed'),
+    requestId: z.string(),
+    executionId: z.string(),
+    correlationId: z.string(),
+    result: JsonValue,
+    durationMs: z.number().nonnegative(),
+    cached: z.boolean(),
+  }),
+  z.strictObject({
+    status: z.literal('failed'),
+    requestId: z.string().nullable(),
+    executionId: z.string().nullable(),
+    correlationId: z.string().nullable(),
+    error: z.strictObject({
+      code: z.union([ErrorCode, RefusalCode]),
+      message: z.string(),
+      details: z.record(z.string(), z.unknown()).optional(),
+    }),
+  }),
+]);
+export type AgentAnswer = z.infer<typeof AgentAnswer>;
+export const isTerminalAnswer = (a: AgentAnswer): boolean => a.status === 'completed' || a.status === 'failed';

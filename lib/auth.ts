@@ -1,0 +1,54 @@
+import { errors, jwtVerify, SignJWT } from 'jose';
+import { TokenClaims, type Principal } from '../contracts/index.ts';
+
+/**
+ * User tokens are HS256 JWTs: subject = user id, `roles`, `exp`. Verification errors never carry
+ * the token itself, so they are safe to log.
+ */
+export class AuthError extends Error {
+  constructor(
+    message: string,
+    readonly reason: 'missing' | 'expired' | 'invalid',
+  ) {
+    super(message);
+    this.name = 'AuthError';
+  }
+}
+
+export interface TokenVerifier {
+  verify(token: string | undefined | null): Promise<Principal>;
+}
+
+export function createTokenVerifier(secret: string): TokenVerifier {
+  const key = new TextEncoder().encode(secret);
+  return {
+    async verify(token) {
+      if (!token) throw new AuthError('no token', 'missing');
+      const raw = token.startsWith('Bearer ') ? token.slice(7) : token;
+      let payload: unknown;
+      try {
+        ({ payload } = await jwtVerify(raw, key, { algorithms: ['HS256'], requiredClaims: ['sub', 'exp'] }));
+      } catch (e) {
+        if (e instanceof errors.JWTExpired) throw new AuthError('token expired', 'expired');
+        throw new AuthError(`token rejected (${(e as { code?: string }).code ?? 'invalid'})`, 'invalid');
+      }
+      const claims = TokenClaims.safeParse(payload);
+      if (!claims.success) throw new AuthError('token claims are invalid (sub, roles)', 'invalid');
+      return { userId: claims.data.sub, roles: claims.data.roles };
+    },
+  };
+}
+
+/** Issues a token: for tests, scripts and the demo page. */
+export async function signToken(
+  secret: string,
+  claims: { sub: string; roles?: string[] },
+  expiresIn: string | number = '1h',
+): Promise<string> {
+  return new SignJWT({ roles: claims.roles ?? [] })
+    .setProtectedHeader({ alg: 'HS256' })
+    .setSubject(claims.sub)
+    .setIssuedAt()
+    .setExpirationTime(expiresIn)
+    .sign(new TextEncoder().encode(secret));
+}

@@ -1,0 +1,96 @@
+import type { Migration } from '../db.ts';
+
+/**
+ * The PostgreSQL event store. Global order is (tx_id, seq): the writing transaction's id, then the
+ * row's sequence. Readers only read rows whose transaction is older than the oldest one still
+ * running (`pg_snapshot_xmin`), so a row can never appear behind a reader's cursor later: see
+ * docs/decisions/0001-postgres-global-order.md.
+ */
+export const eventStoreMigrations: Migration[] = [
+  {
+    version: 1,
+    name: 'events, streams and the append function',
+    sql: `
+      create table toolbus_events (
+        seq bigint generated always as identity primary key,
+        tx_id xid8 not null default pg_current_xact_id(),
+        stream_id text not null,
+        revision bigint not null,
+        event_id uuid not null,
+        event_type text not null,
+        data json not null,
+        metadata json not null,
+        created_at timestamptz not null default clock_timestamp(),
+        constraint toolbus_events_stream_revision unique (stream_id, revision),
+        constraint toolbus_events_event_id unique (event_id)
+      );
+      create index toolbus_events_global on toolbus_events (tx_id, seq);
+
+      create table toolbus_streams (
+        stream_id text primary key,
+        revision bigint not null
+      );
+
+      -- One round trip per append. The per-stream advisory lock is taken before anything is
+      -- written, so a stream's transaction ids (and so its global order) follow its revisions.
+      create function toolbus_append(
+        p_stream text, p_expected text, p_ids uuid[], p_types text[], p_data text[], p_metadata text[])
+      returns table (next_revision bigint, commit_position text, prepare_position bigint, written boolean)
+      language plpgsql as $fn$
+      declare
+        cur bigint;
+        n int := cardinality(p_ids);
+        found_count int;
+        found_min bigint;
+        found_max bigint;
+        found_elsewhere int;
+        last_seq bigint;
+      begin
+        perform pg_advisory_xact_lock(hashtextextended('toolbus-stream:' || p_stream, 0));
+        select s.revision into cur from toolbus_streams s where s.stream_id = p_stream;
+        cur := coalesce(cur, -1);
+
+        select count(*), min(e.revision), max(e.revision), count(*) filter (where e.stream_id <> p_stream)
+          into found_count, found_min, found_max, found_elsewhere
+          from toolbus_events e where e.event_id = any(p_ids);
+
+        if found_count > 0 then
+          -- A retry of an earlier append is a no-op when all of its events are there, in order,
+          -- where the expected revision says they would be. Anything else is a conflict.
+          if found_count = n and found_elsewhere = 0
+             and not exists (
+               select 1 from unnest(p_ids) with ordinality as x(id, ord)
+               join toolbus_events e on e.event_id = x.id
+               where e.revision <> found_min + x.ord - 1)
+             and (p_expected in ('any', 'stream_exists')
+                  or (p_expected = 'no_stream' and found_min = 0)
+                  or (p_expected ~ '^[0-9]+$' and p_expected::bigint = found_min - 1)) then
+            return query select found_max, null::text, null::bigint, false;
+            return;
+          end if;
+          raise exception using errcode = 'TB001', message = 'wrong expected revision', detail = cur::text;
+        end if;
+
+        if (p_expected = 'no_stream' and cur <> -1)
+           or (p_expected = 'stream_exists' and cur = -1)
+           or (p_expected ~ '^[0-9]+$' and p_expected::bigint <> cur) then
+          raise exception using errcode = 'TB001', message = 'wrong expected revision', detail = cur::text;
+        end if;
+
+        with inserted as (
+          insert into toolbus_events (stream_id, revision, event_id, event_type, data, metadata)
+          select p_stream, cur + x.ord, x.id, x.type, x.data::json, x.metadata::json
+            from unnest(p_ids, p_types, p_data, p_metadata) with ordinality as x(id, type, data, metadata, ord)
+           order by x.ord
+          returning seq)
+        select max(seq) into last_seq from inserted;
+
+        insert into toolbus_streams (stream_id, revision) values (p_stream, cur + n)
+          on conflict (stream_id) do update set revision = excluded.revision;
+        perform pg_notify('toolbus_events', '');
+        return query select cur + n, pg_current_xact_id()::text, last_seq, true;
+      end
+      $fn$;
+    `,
+  },
+];

@@ -1,0 +1,366 @@
+import pg from 'pg';
+import { createPool, migrate } from '../db.ts';
+import { eventStoreMigrations } from './postgres.migrations.ts';
+import {
+  assertAppendable,
+  assertStreamName,
+  EventStoreError,
+  WrongExpectedRevisionError,
+  type AppendResult,
+  type EventData,
+  type EventStore,
+  type ExpectedRevision,
+  type Json,
+  type Position,
+  type ReadAllOptions,
+  type ReadStreamOptions,
+  type RecordedEvent,
+  type StreamInfo,
+  type SubscribeOptions,
+  type Subscription,
+} from './types.ts';
+
+export interface PostgresEventStoreOptions {
+  connectionString: string;
+  poolSize?: number;
+  /** Rows per read round trip (reads, catch-up). */
+  batchSize?: number;
+  /** How often a live subscriber looks for new events when no notification arrives. */
+  pollIntervalMs?: number;
+  /** Told about transient errors that a subscription retries through (a lost connection). */
+  onError?: (error: Error) => void;
+}
+
+const COLUMNS = `seq, tx_id::text as tx, stream_id, revision, event_id, event_type, data, metadata, created_at`;
+const MAX_SEQ = 9223372036854775807n;
+
+interface Row {
+  seq: number;
+  tx: string;
+  stream_id: string;
+  revision: number;
+  event_id: string;
+  event_type: string;
+  data: Json;
+  metadata: Json;
+  created_at: Date;
+}
+
+const toRecorded = (r: Row): RecordedEvent => ({
+  id: r.event_id,
+  type: r.event_type,
+  data: r.data,
+  metadata: r.metadata,
+  streamId: r.stream_id,
+  revision: r.revision,
+  position: { commit: BigInt(r.tx), prepare: BigInt(r.seq) },
+  created: r.created_at,
+});
+
+/** Creates the store and runs its migrations. */
+export async function createPostgresEventStore(options: PostgresEventStoreOptions): Promise<EventStore> {
+  const pool = createPool(options.connectionString, { max: options.poolSize ?? 10, application: 'toolbus-eventstore' });
+  try {
+    await migrate(pool, 'eventstore', eventStoreMigrations);
+  } catch (e) {
+    await pool.end();
+    throw e;
+  }
+  return new PostgresEventStore(pool, options);
+}
+
+class PostgresEventStore implements EventStore {
+  readonly kind = 'postgres';
+  private readonly batchSize: number;
+  private readonly pollIntervalMs: number;
+  private readonly listeners = new Set<() => void>();
+  private listenClient: pg.Client | null = null;
+  private listenStarting: Promise<void> | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly options: PostgresEventStoreOptions,
+  ) {
+    this.batchSize = options.batchSize ?? 500;
+    this.pollIntervalMs = options.pollIntervalMs ?? 100;
+  }
+
+  async append(stream: string, events: EventData[], expected: ExpectedRevision): Promise<AppendResult> {
+    assertAppendable(stream, events, expected);
+    try {
+      const { rows } = await this.pool.query<{
+        next_revision: number;
+        commit_position: string | null;
+        prepare_position: number | null;
+        written: boolean;
+      }>('select * from toolbus_append($1, $2, $3, $4, $5, $6)', [
+        stream,
+        String(expected),
+        events.map((e) => e.id),
+        events.map((e) => e.type),
+        events.map((e) => JSON.stringify(e.data)),
+        events.map((e) => JSON.stringify(e.metadata)),
+      ]);
+      const row = rows[0]!;
+      return {
+        nextRevision: row.next_revision,
+        position:
+          row.commit_position === null
+            ? null
+            : { commit: BigInt(row.commit_position), prepare: BigInt(row.prepare_position!) },
+        written: row.written,
+      };
+    } catch (e) {
+      const err = e as pg.DatabaseError;
+      if (err.code === 'TB001') throw new WrongExpectedRevisionError(stream, expected, Number(err.detail));
+      if (err.code === '23505') {
+        // An event id already stored in another stream by a concurrent append.
+        throw new WrongExpectedRevisionError(stream, expected, null);
+      }
+      throw e;
+    }
+  }
+
+  async *readStream(stream: string, options: ReadStreamOptions = {}): AsyncIterable<RecordedEvent> {
+    assertStreamName(stream);
+    const forwards = (options.direction ?? 'forwards') === 'forwards';
+    let from: number =
+      options.fromRevision === undefined || options.fromRevision === 'start' || options.fromRevision === 'end'
+        ? (options.fromRevision ?? (forwards ? 'start' : 'end')) === 'start'
+          ? 0
+          : Number.MAX_SAFE_INTEGER
+        : options.fromRevision;
+    let remaining = options.maxCount ?? Infinity;
+    const sql = forwards
+      ? `select ${COLUMNS} from toolbus_events where stream_id = $1 and revision >= $2 order by revision limit $3`
+      : `select ${COLUMNS} from toolbus_events where stream_id = $1 and revision <= $2 order by revision desc limit $3`;
+    while (remaining > 0) {
+      const limit = Math.min(this.batchSize, remaining);
+      const { rows } = await this.pool.query<Row>(sql, [stream, from, limit]);
+      for (const row of rows) yield toRecorded(row);
+      if (rows.length < limit) return;
+      remaining -= rows.length;
+      from = rows[rows.length - 1]!.revision + (forwards ? 1 : -1);
+    }
+  }
+
+  async *readAll(options: ReadAllOptions = {}): AsyncIterable<RecordedEvent> {
+    const forwards = (options.direction ?? 'forwards') === 'forwards';
+    const from = options.fromPosition ?? (forwards ? 'start' : 'end');
+    let cursor: Position =
+      from === 'start' ? { commit: 0n, prepare: 0n } : from === 'end' ? { commit: MAX_SEQ, prepare: MAX_SEQ } : from;
+    let inclusive = true;
+    let remaining = options.maxCount ?? Infinity;
+    while (remaining > 0) {
+      const limit = Math.min(this.batchSize, remaining);
+      const op = forwards ? (inclusive ? '>=' : '>') : inclusive ? '<=' : '<';
+      const { rows } = await this.pool.query<Row>(
+        `select ${COLUMNS} from toolbus_events
+          where (tx_id, seq) ${op} ($1::text::xid8, $2::bigint)
+            and tx_id < pg_snapshot_xmin(pg_current_snapshot())
+          order by tx_id ${forwards ? 'asc' : 'desc'}, seq ${forwards ? 'asc' : 'desc'} limit $3`,
+        [cursor.commit.toString(), cursor.prepare.toString(), limit],
+      );
+      for (const row of rows) yield toRecorded(row);
+      if (rows.length < limit) return;
+      remaining -= rows.length;
+      cursor = toRecorded(rows[rows.length - 1]!).position;
+      inclusive = false;
+    }
+  }
+
+  subscribe(options: SubscribeOptions): Subscription {
+    return new PostgresSubscription(this, options);
+  }
+
+  /** One batch after `after` (exclusive), up to the visibility horizon, and the horizon itself. */
+  async fetchAfter(
+    after: Position,
+    filter: SubscribeOptions['filter'],
+    limit: number,
+  ): Promise<{ rows: RecordedEvent[]; horizon: bigint }> {
+    const prefixes = filter?.streamPrefixes?.map((p) => `${p.replace(/[\\%_]/g, (c) => `\\${c}`)}%`) ?? null;
+    const types = filter?.eventTypes ?? null;
+    const { rows } = await this.pool.query<Row & { horizon: string }>(
+      `with h as (select pg_snapshot_xmin(pg_current_snapshot()) as xmin)
+       select ${COLUMNS}, h.xmin::text as horizon from h
+         left join lateral (
+           select * from toolbus_events
+            where (tx_id, seq) > ($1::text::xid8, $2::bigint) and tx_id < h.xmin
+              and ($3::text[] is null or stream_id like any($3::text[]))
+              and ($4::text[] is null or event_type = any($4::text[]))
+            order by tx_id, seq limit $5) e on true`,
+      [after.commit.toString(), after.prepare.toString(), prefixes, types, limit],
+    );
+    const horizon = BigInt(rows[0]!.horizon);
+    return { rows: rows.filter((r) => r.event_id !== null).map(toRecorded), horizon };
+  }
+
+  async streamInfo(stream: string): Promise<StreamInfo | null> {
+    assertStreamName(stream);
+    const { rows } = await this.pool.query<{ revision: number; tx: string; seq: number }>(
+      `select e.revision, e.tx_id::text as tx, e.seq from toolbus_streams s
+         join toolbus_events e on e.stream_id = s.stream_id and e.revision = s.revision
+        where s.stream_id = $1`,
+      [stream],
+    );
+    const row = rows[0];
+    return row ? { revision: row.revision, position: { commit: BigInt(row.tx), prepare: BigInt(row.seq) } } : null;
+  }
+
+  async ping(): Promise<void> {
+    await this.pool.query('select 1');
+  }
+
+  /** Registers a callback run on every committed append (via LISTEN); returns its removal. */
+  onAppend(listener: () => void): () => void {
+    this.listeners.add(listener);
+    void this.ensureListening();
+    return () => this.listeners.delete(listener);
+  }
+
+  private async ensureListening(): Promise<void> {
+    if (this.listenClient || this.listenStarting || this.closed) return this.listenStarting ?? undefined;
+    this.listenStarting = (async () => {
+      const client = new pg.Client({ connectionString: this.options.connectionString });
+      try {
+        await client.connect();
+        client.on('notification', () => this.listeners.forEach((l) => l()));
+        client.on('error', (e) => this.reconnectListener(client, e));
+        client.on('end', () => this.reconnectListener(client, new Error('LISTEN connection ended')));
+        await client.query('listen toolbus_events');
+        if (this.closed) await client.end();
+        else this.listenClient = client;
+      } catch (e) {
+        await client.end().catch(() => undefined);
+        this.options.onError?.(e as Error);
+        setTimeout(() => void this.ensureListening(), 1000).unref();
+      } finally {
+        this.listenStarting = null;
+      }
+    })();
+    return this.listenStarting;
+  }
+
+  private reconnectListener(client: pg.Client, error: Error): void {
+    if (this.listenClient !== client) return;
+    this.listenClient = null;
+    void client.end().catch(() => undefined);
+    if (this.closed) return;
+    this.options.onError?.(error);
+    // Subscribers keep polling meanwhile; wake them so they notice what they missed.
+    this.listeners.forEach((l) => l());
+    setTimeout(() => void this.ensureListening(), 500).unref();
+  }
+
+  get pollInterval(): number {
+    return this.pollIntervalMs;
+  }
+  get batch(): number {
+    return this.batchSize;
+  }
+  reportError(e: Error): void {
+    this.options.onError?.(e);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const client = this.listenClient;
+    this.listenClient = null;
+    await this.listenStarting;
+    await client?.end().catch(() => undefined);
+    await this.pool.end();
+  }
+}
+
+class PostgresSubscription implements Subscription {
+  readonly caughtUp: Promise<void>;
+  private markCaughtUp!: () => void;
+  private closed = false;
+  private dirty = true;
+  private wake: (() => void) | null = null;
+  private started = false;
+
+  constructor(
+    private readonly store: PostgresEventStore,
+    private readonly options: SubscribeOptions,
+  ) {
+    this.caughtUp = new Promise((resolve) => (this.markCaughtUp = resolve));
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<RecordedEvent> {
+    if (this.started) throw new EventStoreError('a subscription can be iterated once', 'ALREADY_ITERATED');
+    this.started = true;
+    const unlisten = this.store.onAppend(() => {
+      this.dirty = true;
+      this.wake?.();
+    });
+    try {
+      let cursor = await this.initialCursor();
+      let failures = 0;
+      while (!this.closed) {
+        this.dirty = false;
+        let batch: { rows: RecordedEvent[]; horizon: bigint };
+        try {
+          batch = await this.store.fetchAfter(cursor, this.options.filter, this.store.batch);
+          failures = 0;
+        } catch (e) {
+          // The database went away: keep the cursor, wait, try again. Nothing is skipped.
+          this.store.reportError(e as Error);
+          await this.idle(Math.min(5000, 100 * 2 ** failures++));
+          continue;
+        }
+        for (const event of batch.rows) {
+          if (this.closed) return;
+          yield event;
+          cursor = event.position;
+        }
+        if (batch.rows.length < this.store.batch) {
+          // Every matching row below the horizon has been seen: skip the rest of that range.
+          const scanned = { commit: batch.horizon - 1n, prepare: MAX_SEQ };
+          if (scanned.commit > cursor.commit) cursor = scanned;
+          this.markCaughtUp();
+          if (!this.dirty) await this.idle(this.store.pollInterval);
+        }
+      }
+    } finally {
+      unlisten();
+    }
+  }
+
+  private async initialCursor(): Promise<Position> {
+    const from = this.options.from;
+    if (from === 'start') return { commit: 0n, prepare: 0n };
+    if (from !== 'end') return from;
+    for (let failures = 0; ; failures++) {
+      try {
+        const { horizon } = await this.store.fetchAfter({ commit: MAX_SEQ, prepare: MAX_SEQ }, undefined, 1);
+        return { commit: horizon - 1n, prepare: MAX_SEQ };
+      } catch (e) {
+        this.store.reportError(e as Error);
+        await this.idle(Math.min(5000, 100 * 2 ** failures));
+      }
+    }
+  }
+
+  private idle(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wake = () => {
+        this.wake = null;
+        done();
+      };
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.wake?.();
+  }
+}

@@ -1,0 +1,69 @@
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { REDACT_PATHS } from './log.ts';
+
+export type ReadinessCheck = () => Promise<void>;
+
+export interface HttpAppOptions {
+  service: string;
+  /** Each must resolve for `/health/ready` to answer 200. */
+  checks?: Record<string, ReadinessCheck>;
+  logLevel?: string;
+  bodyLimit?: number;
+  fastify?: FastifyServerOptions;
+}
+
+/**
+ * The HTTP surface every service shares: pino logs (tokens censored), `/health/live`,
+ * `/health/ready` (each dependency checked with a deadline), and Prometheus `/metrics` from the
+ * app's own registry (`app.metrics`). Routes of the service are registered on the returned app.
+ */
+export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metrics: Registry } {
+  const app = Fastify({
+    logger: {
+      name: options.service,
+      level: options.logLevel ?? process.env['LOG_LEVEL'] ?? 'info',
+      redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
+    },
+    bodyLimit: options.bodyLimit ?? 1024 * 1024,
+    ...options.fastify,
+  });
+  const registry = new Registry();
+  registry.setDefaultLabels({ service: options.service });
+  collectDefaultMetrics({ register: registry });
+  app.decorate('metrics', registry);
+
+  app.get('/health/live', async () => ({ status: 'ok' }));
+  app.get('/health/ready', async (_req, reply) => {
+    const results = await Promise.all(
+      Object.entries(options.checks ?? {}).map(async ([name, check]) => {
+        try {
+          await withDeadline(check(), 2_000);
+          return [name, 'ok'] as const;
+        } catch (e) {
+          return [name, (e as Error).message || 'failed'] as const;
+        }
+      }),
+    );
+    const ready = results.every(([, status]) => status === 'ok');
+    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', checks: Object.fromEntries(results) });
+  });
+  app.get('/metrics', async (_req, reply) => {
+    return reply.type(registry.contentType).send(await registry.metrics());
+  });
+  return app;
+}
+
+function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer in ${ms} ms`)), ms))),
+  ]).finally(() => clearTimeout(timer));
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    metrics: Registry;
+  }
+}

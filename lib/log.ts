@@ -1,0 +1,22 @@
+import { pino, type Logger } from 'pino';
+
+export type { Logger };
+
+/**
+ * Structured logs. Tokens never reach a log line: the paths that could carry one are censored,
+ * and code logs principals (user id, roles), never raw requests.
+ */
+export const REDACT_PATHS = [
+  'token',
+  '*.token',
+  'authorization',
+  '*.authorization',
+  'req.headers.authorization',
+  'req.headers["sec-websocket-protocol"]',
+  'headers.authorization',
+  'headers.Authorization',
+];
+
+export function createLogger(name: string, level: string = process.env['LOG_LEVEL'] ?? 'info'): Logger {
+  return pino({ name, level, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } });
+}
