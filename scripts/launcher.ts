@@ -151,7 +151,7 @@ export function prettyLine({ service, line }: LogLine): string {
     const levels: Record<number, string> = { 10: 'trace', 20: 'debug', 30: 'info', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
     const fields = Object.keys(rest).length > 0 ? ` ${JSON.stringify(rest)}` : '';
     const at = typeof time === 'number' ? new Date(time).toISOString().slice(11, 23) : '';
-    return `${at} ${service.padEnd(10)} ${(levels[level as number] ?? String(level)).padEnd(5)} ${String(msg ?? '')}${fields}`;
+    return `${at} ${service.padEnd(10)} ${(levels[level as number] ?? String(level)).padEnd(5)} ${typeof msg === 'string' ? msg : JSON.stringify(msg ?? '')}${fields}`;
   } catch {
     return `${''.padEnd(12)} ${service.padEnd(10)} ${line}`;
   }

@@ -27,6 +27,7 @@ async function ownServer(
   urlOf: (port: number) => string,
   argsOf: (port: number, dir: string) => { command: string; args: string[] },
   t?: Teardown,
+  ready?: (port: number) => Promise<void>,
 ): Promise<OwnedServer> {
   const port = await freePort();
   const dir = await mkdtemp(join(tmpdir(), `toolbus-${name}-`));
@@ -40,6 +41,7 @@ async function ownServer(
     child = proc;
     try {
       await waitForPort(port, 15_000);
+      await ready?.(port);
     } catch (e) {
       proc.kill('SIGKILL');
       throw new Error(`${name} did not start on port ${port}: ${stderr}`, { cause: e });
@@ -95,3 +97,60 @@ export const startRedis = (t?: Teardown) =>
     }),
     t,
   );
+
+/**
+ * A PostgreSQL server of the test's own (initdb into a temporary directory, trust auth,
+ * synchronous_commit on), that the test may kill and restart. Runs as the `postgres` user when
+ * the test runs as root, as PostgreSQL refuses root.
+ */
+export async function startPostgres(t?: Teardown): Promise<OwnedServer & { databaseUrl: string }> {
+  const { execFileSync } = await import('node:child_process');
+  const { readdirSync, chownSync, mkdirSync } = await import('node:fs');
+  const version = readdirSync('/usr/lib/postgresql').sort().pop();
+  const bin = (name: string) => `/usr/lib/postgresql/${version}/bin/${name}`;
+  const asRoot = process.getuid?.() === 0;
+  const uid = asRoot ? Number(execFileSync('id', ['-u', 'postgres']).toString().trim()) : undefined;
+  const gid = asRoot ? Number(execFileSync('id', ['-g', 'postgres']).toString().trim()) : undefined;
+  const wrap = (command: string, args: string[]) =>
+    asRoot
+      ? { command: 'setpriv', args: [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--', command, ...args] }
+      : { command, args };
+  let initialised = false;
+  const server = await ownServer(
+    'postgres',
+    (port) => `postgres://postgres@127.0.0.1:${port}/postgres`,
+    (port, dir) => {
+      const data = join(dir, 'data');
+      if (!initialised) {
+        if (asRoot) chownSync(dir, uid!, gid!);
+        mkdirSync(data, { recursive: true });
+        if (asRoot) chownSync(data, uid!, gid!);
+        const init = wrap(bin('initdb'), ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync']);
+        execFileSync(init.command, init.args, { stdio: 'ignore' });
+        initialised = true;
+      }
+      return wrap(bin('postgres'), [
+        '-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1',
+        '-c', 'synchronous_commit=on', '-c', 'fsync=on', '-c', 'max_connections=200',
+      ]);
+    },
+    t,
+    async (port) => {
+      const { default: pg } = await import('pg');
+      for (let i = 0; ; i++) {
+        const client = new pg.Client({ connectionString: `postgres://postgres@127.0.0.1:${port}/postgres` });
+        try {
+          await client.connect();
+          await client.query('select 1');
+          return;
+        } catch (e) {
+          if (i > 300) throw e;
+          await new Promise((r) => setTimeout(r, 100));
+        } finally {
+          await client.end().catch(() => undefined);
+        }
+      }
+    },
+  );
+  return Object.assign(server, { databaseUrl: server.url });
+}

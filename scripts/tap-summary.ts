@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 // Reads tap's TAP output (a file or stdin) and prints one line: "N passed, N failed, N skipped".
 // Counts each file's top-level tests; a file that fails without a failing test (a crash, a
 // timeout) counts as one failure, so a broken file can never look green.
@@ -13,7 +12,10 @@ for (const line of text.split('\n')) {
   const inner = /^ {4}(not )?ok \d+ .*?(# (SKIP|TODO)\b)?/.exec(line);
   if (inner) {
     if (inner[3]) skipped++;
-    else if (inner[1]) (failed++, fileFailures++);
+    else if (inner[1]) {
+      failed++;
+      fileFailures++;
+    }
     else passed++;
     continue;
   }
