@@ -26,12 +26,21 @@ type Unhashed<E extends ToolEvent> = Omit<E, 'metadata'> & { metadata: Omit<E['m
 /** SHA-256 over the canonical encoding of the whole event except its own hash (prevHash included). */
 export function eventHash(event: Unhashed<ToolEvent> | ToolEvent): string {
   const { hash: _hash, ...metadata } = event.metadata as ToolEvent['metadata'];
-  const content = { id: event.id, type: event.type, schemaVersion: event.schemaVersion, data: event.data, metadata };
+  const content = {
+    id: event.id,
+    type: event.type,
+    schemaVersion: event.schemaVersion,
+    data: event.data,
+    metadata,
+  };
   return createHash('sha256').update(canonicalJson(content)).digest('hex');
 }
 
 /** Adds `hash` to each event, linking each to the one before (`prevHash` of the first is given). */
-export function chainEvents<E extends ToolEvent>(events: Array<Unhashed<E>>, prevHash: string = GENESIS_HASH): E[] {
+export function chainEvents<E extends ToolEvent>(
+  events: Array<Unhashed<E>>,
+  prevHash: string = GENESIS_HASH,
+): E[] {
   const out: E[] = [];
   let prev = prevHash;
   for (const e of events) {
@@ -51,11 +60,19 @@ export function verifyChain(events: Iterable<ToolEvent>, prevHash: string = GENE
   let index = 0;
   for (const e of events) {
     if (e.metadata.prevHash !== prev) {
-      return { index, eventId: e.id, problem: `prevHash ${e.metadata.prevHash} does not match previous hash ${prev}` };
+      return {
+        index,
+        eventId: e.id,
+        problem: `prevHash ${e.metadata.prevHash} does not match previous hash ${prev}`,
+      };
     }
     const actual = eventHash(e);
     if (actual !== e.metadata.hash) {
-      return { index, eventId: e.id, problem: `hash ${e.metadata.hash} does not cover the content (expected ${actual})` };
+      return {
+        index,
+        eventId: e.id,
+        problem: `hash ${e.metadata.hash} does not cover the content (expected ${actual})`,
+      };
     }
     prev = e.metadata.hash;
     index++;

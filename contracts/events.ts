@@ -67,7 +67,12 @@ export const ToolRequested = envelope('ToolRequested', ToolRequestedData);
 export const ToolExecuting = envelope('ToolExecuting', ToolExecutingData);
 export const ToolCompleted = envelope('ToolCompleted', ToolCompletedData);
 export const ToolFailed = envelope('ToolFailed', ToolFailedData);
-export const ToolEvent = z.discriminatedUnion('type', [ToolRequested, ToolExecuting, ToolCompleted, ToolFailed]);
+export const ToolEvent = z.discriminatedUnion('type', [
+  ToolRequested,
+  ToolExecuting,
+  ToolCompleted,
+  ToolFailed,
+]);
 
 export type ToolRequested = z.infer<typeof ToolRequested>;
 export type ToolExecuting = z.infer<typeof ToolExecuting>;
@@ -76,7 +81,9 @@ export type ToolFailed = z.infer<typeof ToolFailed>;
 export type ToolEvent = z.infer<typeof ToolEvent>;
 
 /** An event's type and data without its envelope: what the life-cycle decider speaks. */
-export type ToolEventBody = { [E in ToolEvent as E['type']]: { type: E['type']; data: E['data'] } }[ToolEventType];
+export type ToolEventBody = {
+  [E in ToolEvent as E['type']]: { type: E['type']; data: E['data'] };
+}[ToolEventType];
 
 export const isTerminal = (type: string): type is 'ToolCompleted' | 'ToolFailed' =>
   type === 'ToolCompleted' || type === 'ToolFailed';

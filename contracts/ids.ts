@@ -69,9 +69,7 @@ export const USER_ID_HEADER = 'Toolbus-User';
 /** Tool names and versions. */
 export const TOOL_NAME_PATTERN = /^[a-z][a-z0-9_]{1,63}$/;
 export const VERSION_PATTERN = /^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$/;
-export const ToolName = z
-  .string()
-  .regex(TOOL_NAME_PATTERN, 'tool name must match [a-z][a-z0-9_]{1,63}');
+export const ToolName = z.string().regex(TOOL_NAME_PATTERN, 'tool name must match [a-z][a-z0-9_]{1,63}');
 export const ToolVersion = z.string().regex(VERSION_PATTERN, 'version must be MAJOR.MINOR.PATCH');
 
 function assertToolName(name: string): string {
@@ -85,9 +83,7 @@ function assertVersion(version: string): string {
 
 /** Request ids are chosen by agents; they are the JetStream dedup key (`Nats-Msg-Id`). */
 export const REQUEST_ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
-export const RequestId = z
-  .string()
-  .regex(REQUEST_ID_PATTERN, 'request id must match [A-Za-z0-9_.:-]{1,128}');
+export const RequestId = z.string().regex(REQUEST_ID_PATTERN, 'request id must match [A-Za-z0-9_.:-]{1,128}');
 
 /** A UUID (v5 layout) derived from a name, so ids are the same each time the same step is taken. */
 export function deterministicUuid(...parts: string[]): string {

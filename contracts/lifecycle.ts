@@ -39,7 +39,8 @@ export class IllegalCommandError extends Error {
 
 export const initialState = (): ExecutionState => ({ status: 'none' });
 
-export const isTerminalState = (s: ExecutionState): boolean => s.status === 'completed' || s.status === 'failed';
+export const isTerminalState = (s: ExecutionState): boolean =>
+  s.status === 'completed' || s.status === 'failed';
 
 export function decide(command: ExecutionCommand, state: ExecutionState): ToolEventBody[] {
   const refuse = (): never => {
@@ -55,7 +56,8 @@ export function decide(command: ExecutionCommand, state: ExecutionState): ToolEv
         },
       ];
     case 'Start':
-      if (state.status === 'requested') return [{ type: 'ToolExecuting', data: { ...command.data, attempt: 1 } }];
+      if (state.status === 'requested')
+        return [{ type: 'ToolExecuting', data: { ...command.data, attempt: 1 } }];
       if (state.status === 'executing') {
         return [{ type: 'ToolExecuting', data: { ...command.data, attempt: state.attempt + 1 } }];
       }

@@ -1,6 +1,12 @@
 import t from 'tap';
 import fc from 'fast-check';
-import { ToolCompletedData, ToolExecutingData, ToolFailedData, ToolRequestedData, type ToolEventBody } from './events.ts';
+import {
+  ToolCompletedData,
+  ToolExecutingData,
+  ToolFailedData,
+  ToolRequestedData,
+  type ToolEventBody,
+} from './events.ts';
 import {
   decide,
   evolve,
@@ -54,7 +60,10 @@ const TABLE: Record<ExecutionStatus, Record<ExecutionCommand['type'], Expected>>
     Start: [{ type: 'ToolExecuting', data: { runner: 'dispatcher-1', timeoutMs: 5000, attempt: 1 } }],
     Complete: ILLEGAL,
     Fail: [
-      { type: 'ToolFailed', data: { error: { code: 'TIMEOUT', message: 'took too long' }, durationMs: 5000 } },
+      {
+        type: 'ToolFailed',
+        data: { error: { code: 'TIMEOUT', message: 'took too long' }, durationMs: 5000 },
+      },
     ],
   },
   executing: {
@@ -62,10 +71,16 @@ const TABLE: Record<ExecutionStatus, Record<ExecutionCommand['type'], Expected>>
     // a re-run after a crash: the attempt counts on from the state's attempt (2)
     Start: [{ type: 'ToolExecuting', data: { runner: 'dispatcher-1', timeoutMs: 5000, attempt: 3 } }],
     Complete: [
-      { type: 'ToolCompleted', data: { result: { echoed: 'hi' }, durationMs: 12, cached: false, redacted: [] } },
+      {
+        type: 'ToolCompleted',
+        data: { result: { echoed: 'hi' }, durationMs: 12, cached: false, redacted: [] },
+      },
     ],
     Fail: [
-      { type: 'ToolFailed', data: { error: { code: 'TIMEOUT', message: 'took too long' }, durationMs: 5000 } },
+      {
+        type: 'ToolFailed',
+        data: { error: { code: 'TIMEOUT', message: 'took too long' }, durationMs: 5000 },
+      },
     ],
   },
   completed: { Request: ILLEGAL, Start: ILLEGAL, Complete: ILLEGAL, Fail: ILLEGAL },
@@ -96,7 +111,11 @@ t.test('the decision table names every (status x command) pair exactly once', as
   const statuses = Object.keys(TABLE).sort();
   t.strictSame(statuses, ['completed', 'executing', 'failed', 'none', 'requested']);
   for (const status of statuses) {
-    t.strictSame(Object.keys(TABLE[status as ExecutionStatus]).sort(), ['Complete', 'Fail', 'Request', 'Start'], status);
+    t.strictSame(
+      Object.keys(TABLE[status as ExecutionStatus]).sort(),
+      ['Complete', 'Fail', 'Request', 'Start'],
+      status,
+    );
   }
   t.equal(statuses.length * 4, 20);
 });
@@ -122,7 +141,8 @@ for (const [status, row] of Object.entries(TABLE) as Array<[ExecutionStatus, Rec
       } else {
         const events = decide(command, state);
         t.strictSame(events, expected);
-        for (const e of events) t.strictSame(parseData(e), e.data, `${e.type} data passes its schema unchanged`);
+        for (const e of events)
+          t.strictSame(parseData(e), e.data, `${e.type} data passes its schema unchanged`);
       }
     });
   }
@@ -209,12 +229,20 @@ t.test('evolve and fold', async (t) => {
     const { events, state } = run([requestCmd, startCmd, startCmd, completeCmd]);
     t.strictSame(foldExecution(events), state);
     t.strictSame(foldExecution([]), { status: 'none' });
-    t.strictSame(foldExecution(events.slice(0, 2)), { status: 'executing', tool: 'echo', version: '1.0.0', attempt: 1 });
+    t.strictSame(foldExecution(events.slice(0, 2)), {
+      status: 'executing',
+      tool: 'echo',
+      version: '1.0.0',
+      attempt: 1,
+    });
   });
 
   t.test('evolve does not mutate the state it is given', async (t) => {
     const state = frozen(structuredClone(STATES.executing));
-    const next = evolve(state, { type: 'ToolCompleted', data: { result: 1, durationMs: 1, cached: false, redacted: [] } });
+    const next = evolve(state, {
+      type: 'ToolCompleted',
+      data: { result: 1, durationMs: 1, cached: false, redacted: [] },
+    });
     t.equal(next.status, 'completed');
     t.strictSame(state, STATES.executing);
   });
@@ -223,7 +251,8 @@ t.test('evolve and fold', async (t) => {
 t.test('nothing follows a terminal event', async (t) => {
   for (const terminal of [completeCmd, failCmd]) {
     let state = initialState();
-    for (const c of [requestCmd, startCmd, terminal]) for (const e of decide(c, state)) state = evolve(state, e);
+    for (const c of [requestCmd, startCmd, terminal])
+      for (const e of decide(c, state)) state = evolve(state, e);
     t.ok(isTerminalState(state), `${terminal.type} leads to a terminal state`);
     for (const c of Object.values(COMMANDS)) {
       t.throws(() => decide(c, state), IllegalCommandError, `${c.type} after ${state.status} is refused`);
@@ -255,14 +284,16 @@ t.test('random command sequences: one request, at most one terminal event, attem
       }
       const types = events.map((e) => e.type);
       if (types.filter((x) => x === 'ToolRequested').length > 1) throw new Error('two ToolRequested');
-      if (types.length > 0 && types[0] !== 'ToolRequested') throw new Error('first event is not ToolRequested');
+      if (types.length > 0 && types[0] !== 'ToolRequested')
+        throw new Error('first event is not ToolRequested');
       const terminals = types.filter((x) => x === 'ToolCompleted' || x === 'ToolFailed').length;
       if (terminals > 1) throw new Error('two terminal events');
       if (terminals === 1 && !['ToolCompleted', 'ToolFailed'].includes(types.at(-1)!)) {
         throw new Error('an event after the terminal one');
       }
       const starts = types.filter((x) => x === 'ToolExecuting').length;
-      if (state.status === 'executing' && state.attempt !== starts) throw new Error('attempt != number of starts');
+      if (state.status === 'executing' && state.attempt !== starts)
+        throw new Error('attempt != number of starts');
       if ((state.status === 'completed' || state.status === 'failed') && state.attempts !== starts) {
         throw new Error('attempts != number of starts');
       }

@@ -2,11 +2,26 @@ import { z } from 'zod';
 import { Role } from './auth.ts';
 import { ToolName, ToolVersion } from './ids.ts';
 
-/** A JSON Schema document, as produced by `z.toJSONSchema`. Checked for shape, not for meaning. */
-export const JsonSchemaDoc = z.record(z.string(), z.unknown()).refine(
-  (s) => typeof s['type'] === 'string' || Array.isArray(s['anyOf']) || Array.isArray(s['oneOf']) || s['$ref'] !== undefined,
-  'must be a JSON Schema with a type',
-);
+const isTypeName = (t: unknown): boolean => typeof t === 'string';
+
+/**
+ * A JSON Schema document, as produced by `z.toJSONSchema`. Checked for shape, not for meaning:
+ * it needs a `type` (a name, or a list of names as for `z.string().nullable()`), a combinator,
+ * a `$ref`, or a `$schema` declaration (what `z.unknown()` gives).
+ */
+export const JsonSchemaDoc = z
+  .record(z.string(), z.unknown())
+  .refine(
+    (s) =>
+      isTypeName(s['type']) ||
+      (Array.isArray(s['type']) && s['type'].length > 0 && s['type'].every(isTypeName)) ||
+      Array.isArray(s['anyOf']) ||
+      Array.isArray(s['oneOf']) ||
+      Array.isArray(s['allOf']) ||
+      s['$ref'] !== undefined ||
+      typeof s['$schema'] === 'string',
+    'must be a JSON Schema with a type',
+  );
 
 /** Behaviour hints in the form MCP uses. Advice to clients; `idempotent` alone decides re-runs. */
 export const ToolAnnotations = z.strictObject({

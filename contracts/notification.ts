@@ -4,7 +4,8 @@ import { UserId } from './ids.ts';
 
 /** `ToolExecuting` -> `tool_executing`: the names frontends switch on. */
 export const notificationName = (type: ToolEventType) =>
-  type.replace(/^Tool/, 'tool_').toLowerCase() as 'tool_requested' | 'tool_executing' | 'tool_completed' | 'tool_failed';
+  type.replace(/^Tool/, 'tool_').toLowerCase() as
+    'tool_requested' | 'tool_executing' | 'tool_completed' | 'tool_failed';
 
 /** WebSocket close codes of the notifier (4000-4999 are the application's own). */
 export const CLOSE_CODES = {

@@ -40,18 +40,29 @@ export function parseToolRequest(
   if (bytes.byteLength > LIMITS.maxRequestBytes) {
     return {
       ok: false,
-      problem: { code: 'MALFORMED', message: `request is ${bytes.byteLength} bytes; limit ${LIMITS.maxRequestBytes}` },
+      problem: {
+        code: 'MALFORMED',
+        message: `request is ${bytes.byteLength} bytes; limit ${LIMITS.maxRequestBytes}`,
+      },
     };
   }
   let value: unknown;
   try {
     value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
   } catch (e) {
-    return { ok: false, problem: { code: 'MALFORMED', message: `request is not UTF-8 JSON: ${(e as Error).message}` } };
+    return {
+      ok: false,
+      problem: { code: 'MALFORMED', message: `request is not UTF-8 JSON: ${(e as Error).message}` },
+    };
   }
   const partial = pickPartial(value);
   const shape = checkJsonShape(value);
-  if (shape) return { ok: false, problem: { code: 'VALIDATION', message: `${shape.path}: ${shape.problem}` }, partial };
+  if (shape)
+    return {
+      ok: false,
+      problem: { code: 'VALIDATION', message: `${shape.path}: ${shape.problem}` },
+      partial,
+    };
   const parsed = ToolRequest.safeParse(value);
   if (!parsed.success) {
     return { ok: false, problem: { code: 'VALIDATION', message: z.prettifyError(parsed.error) }, partial };
@@ -70,7 +81,8 @@ function pickPartial(value: unknown): Partial<ToolRequest> {
   if (tool.success) out.tool = tool.data;
   const replyTo = NatsSubject.max(256).safeParse(v['replyTo']);
   if (replyTo.success) out.replyTo = replyTo.data;
-  if (typeof v['correlationId'] === 'string' && v['correlationId'].length <= 128) out.correlationId = v['correlationId'];
+  if (typeof v['correlationId'] === 'string' && v['correlationId'].length <= 128)
+    out.correlationId = v['correlationId'];
   return out;
 }
 
@@ -112,4 +124,5 @@ export const AgentAnswer = z.discriminatedUnion('status', [
   }),
 ]);
 export type AgentAnswer = z.infer<typeof AgentAnswer>;
-export const isTerminalAnswer = (a: AgentAnswer): boolean => a.status === 'completed' || a.status === 'failed';
+export const isTerminalAnswer = (a: AgentAnswer): boolean =>
+  a.status === 'completed' || a.status === 'failed';

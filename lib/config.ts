@@ -11,22 +11,38 @@ export class ConfigError extends Error {
   }
 }
 
-const port = (fallback: number) => z.coerce.number().int().min(0).max(65535).default(fallback);
+/** Decimal digits only: `z.coerce.number()` would take " " as port 0 (a random port) and "0x50" as 80. */
+const port = (fallback: number) =>
+  z
+    .string()
+    .regex(/^\d{1,5}$/, 'must be a port number (0-65535)')
+    .transform(Number)
+    .pipe(z.number().max(65535, 'must be a port number (0-65535)'))
+    .default(fallback);
 const DEV_SECRET = 'toolbus-development-secret-do-not-use-in-production';
 
 export const CommonEnv = z.object({
   NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  NATS_URL: z.string().regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'must be a nats:// URL').default('nats://127.0.0.1:4222'),
+  NATS_URL: z
+    .string()
+    .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'must be a nats:// URL')
+    .default('nats://127.0.0.1:4222'),
   DATABASE_URL: z
     .string()
     .regex(/^postgres(ql)?:\/\/\S+$/, 'must be a postgres:// URL')
     .default('postgres://postgres@127.0.0.1:5432/test'),
-  REDIS_URL: z.string().regex(/^rediss?:\/\/\S+$/, 'must be a redis:// URL').default('redis://127.0.0.1:6379'),
+  REDIS_URL: z
+    .string()
+    .regex(/^rediss?:\/\/\S+$/, 'must be a redis:// URL')
+    .default('redis://127.0.0.1:6379'),
   /** Set to use KurrentDB (EventStoreDB) as the event store; PostgreSQL otherwise. */
   KURRENTDB_URL: z
     .string()
-    .regex(/^(esdb|esdb\+discover|kurrentdb|kurrentdb\+discover):\/\/\S+$/, 'must be an esdb:// or kurrentdb:// URL')
+    .regex(
+      /^(esdb|esdb\+discover|kurrentdb|kurrentdb\+discover):\/\/\S+$/,
+      'must be an esdb:// or kurrentdb:// URL',
+    )
     .optional(),
   /** HS256 key that user tokens are signed with. */
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters').default(DEV_SECRET),

@@ -6,7 +6,10 @@ export type PoolClient = pg.PoolClient;
 /** bigint columns come back as strings by default; our counts and revisions fit in a number. */
 pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
 
-export function createPool(connectionString: string, options: { max?: number; application?: string } = {}): pg.Pool {
+export function createPool(
+  connectionString: string,
+  options: { max?: number; application?: string } = {},
+): pg.Pool {
   const pool = new pg.Pool({
     connectionString,
     max: options.max ?? 10,
@@ -58,13 +61,17 @@ export async function migrate(pool: pg.Pool, component: string, migrations: Migr
         await client.query('commit');
       } catch (e) {
         await client.query('rollback');
-        throw new Error(`migration ${component} ${m.version} (${m.name}) failed: ${(e as Error).message}`, { cause: e });
+        throw new Error(`migration ${component} ${m.version} (${m.name}) failed: ${(e as Error).message}`, {
+          cause: e,
+        });
       }
       applied.push(m.version);
     }
     return applied;
   } finally {
-    await client.query(`select pg_advisory_unlock(hashtextextended('toolbus-migrations', 0))`).catch(() => undefined);
+    await client
+      .query(`select pg_advisory_unlock(hashtextextended('toolbus-migrations', 0))`)
+      .catch(() => undefined);
     client.release();
   }
 }

@@ -9,7 +9,9 @@ import { InvalidEventError, type EventData, type Json, type RecordedEvent } from
 export function toEventData(event: ToolEvent): EventData {
   const parsed = ToolEvent.safeParse(event);
   if (!parsed.success) {
-    throw new InvalidEventError(`${String(event.type)} ${String(event.id)} fails its schema: ${parsed.error.message}`);
+    throw new InvalidEventError(
+      `${String(event.type)} ${String(event.id)} fails its schema: ${parsed.error.message}`,
+    );
   }
   const e = parsed.data;
   return {
@@ -30,7 +32,13 @@ export function fromRecorded(recorded: RecordedEvent): ParsedRecorded {
   const { schemaVersion, ...metadata } = meta;
   const userId = userIdOfStream(recorded.streamId);
   if (!userId) return { ok: false, reason: `stream ${recorded.streamId} is not a user stream`, recorded };
-  const parsed = ToolEvent.safeParse({ id: recorded.id, type: recorded.type, schemaVersion, data: recorded.data, metadata });
+  const parsed = ToolEvent.safeParse({
+    id: recorded.id,
+    type: recorded.type,
+    schemaVersion,
+    data: recorded.data,
+    metadata,
+  });
   if (!parsed.success) {
     const reason =
       typeof schemaVersion === 'number' && schemaVersion > 1
@@ -39,7 +47,11 @@ export function fromRecorded(recorded: RecordedEvent): ParsedRecorded {
     return { ok: false, reason: `${recorded.type} ${recorded.id}: ${reason}`, recorded };
   }
   if (parsed.data.metadata.userId !== userId) {
-    return { ok: false, reason: `event ${recorded.id} names user ${parsed.data.metadata.userId} in ${recorded.streamId}`, recorded };
+    return {
+      ok: false,
+      reason: `event ${recorded.id} names user ${parsed.data.metadata.userId} in ${recorded.streamId}`,
+      recorded,
+    };
   }
   return { ok: true, event: parsed.data, userId, revision: recorded.revision, recorded };
 }

@@ -144,11 +144,23 @@ async function waitReady(name: string, url: string, child: ChildProcess, timeout
 /** A pino JSON line as `time service level message {fields}`; other lines as they are. */
 export function prettyLine({ service, line }: LogLine): string {
   try {
-    const { level, time, msg, name: _name, pid: _pid, hostname: _host, ...rest } = JSON.parse(line) as Record<
-      string,
-      unknown
-    >;
-    const levels: Record<number, string> = { 10: 'trace', 20: 'debug', 30: 'info', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+    const {
+      level,
+      time,
+      msg,
+      name: _name,
+      pid: _pid,
+      hostname: _host,
+      ...rest
+    } = JSON.parse(line) as Record<string, unknown>;
+    const levels: Record<number, string> = {
+      10: 'trace',
+      20: 'debug',
+      30: 'info',
+      40: 'WARN',
+      50: 'ERROR',
+      60: 'FATAL',
+    };
     const fields = Object.keys(rest).length > 0 ? ` ${JSON.stringify(rest)}` : '';
     const at = typeof time === 'number' ? new Date(time).toISOString().slice(11, 23) : '';
     return `${at} ${service.padEnd(10)} ${(levels[level as number] ?? String(level)).padEnd(5)} ${typeof msg === 'string' ? msg : JSON.stringify(msg ?? '')}${fields}`;

@@ -22,7 +22,9 @@ async function main() {
     throw e;
   }
   const services = ALL.filter((name) => existsSync(new URL(`../services/${name}/main.ts`, import.meta.url)));
-  console.log(`starting ${services.join(', ')} (event store: ${config.KURRENTDB_URL ? 'KurrentDB' : 'PostgreSQL'})`);
+  console.log(
+    `starting ${services.join(', ')} (event store: ${config.KURRENTDB_URL ? 'KurrentDB' : 'PostgreSQL'})`,
+  );
   const stack = await launchStack({
     services,
     env: {},
@@ -51,7 +53,10 @@ async function main() {
   const lines = [
     '',
     'Toolbus is running:',
-    ...services.map((name) => `  ${name.padEnd(10)} ${stack.services[name].url}  (health: /health/ready, metrics: /metrics)`),
+    ...services.map(
+      (name) =>
+        `  ${name.padEnd(10)} ${stack.services[name].url}  (health: /health/ready, metrics: /metrics)`,
+    ),
   ];
   if (services.includes('notifier')) {
     lines.push('', `Live page for user "demo": ${stack.services.notifier.url}/#token=${demoToken}`);

@@ -15,8 +15,7 @@ for (const line of text.split('\n')) {
     else if (inner[1]) {
       failed++;
       fileFailures++;
-    }
-    else passed++;
+    } else passed++;
     continue;
   }
   const file = /^(not )?ok \d+ - (\S+)/.exec(line);

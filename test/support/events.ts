@@ -27,13 +27,17 @@ export interface RecordOptions {
   args?: Record<string, unknown>;
   outcome?: 'completed' | 'failed' | 'executing' | 'requested' | 'refused';
   durationMs?: number;
-  code?: 'TOOL_ERROR' | 'TIMEOUT' | 'FORBIDDEN' | 'VALIDATION' | 'CANCELLED' | 'INTERRUPTED' | 'OUTPUT_INVALID';
+  code?:
+    'TOOL_ERROR' | 'TIMEOUT' | 'FORBIDDEN' | 'VALIDATION' | 'CANCELLED' | 'INTERRUPTED' | 'OUTPUT_INVALID';
   result?: unknown;
   at?: Date;
   nats?: NatsConnection;
 }
 
-export async function streamTail(store: EventStore, userId: string): Promise<{ revision: number; hash: string }> {
+export async function streamTail(
+  store: EventStore,
+  userId: string,
+): Promise<{ revision: number; hash: string }> {
   for await (const e of store.readStream(userStream(userId), { direction: 'backwards', maxCount: 1 })) {
     return { revision: e.revision, hash: (e.metadata as { hash: string }).hash };
   }
@@ -51,7 +55,10 @@ export async function recordExecution(
   const outcome = options.outcome ?? 'completed';
   const durationMs = options.durationMs ?? 5;
   const bodies: ToolEventBody[] = [
-    { type: 'ToolRequested', data: { tool, version: options.version ?? '1.0.0', args: (options.args ?? {}) as never, redacted: [] } },
+    {
+      type: 'ToolRequested',
+      data: { tool, version: options.version ?? '1.0.0', args: (options.args ?? {}) as never, redacted: [] },
+    },
   ];
   if (outcome === 'refused') {
     bodies.push({
@@ -92,7 +99,9 @@ export async function recordExecution(
           requestId,
           correlationId: executionId,
           causationId: causation,
-          occurredAt: new Date(at.getTime() + (i === bodies.length - 1 && i > 1 ? durationMs : 0)).toISOString(),
+          occurredAt: new Date(
+            at.getTime() + (i === bodies.length - 1 && i > 1 ? durationMs : 0),
+          ).toISOString(),
           prevHash: GENESIS_HASH,
         },
       };
@@ -101,11 +110,21 @@ export async function recordExecution(
     });
     const events: ToolEvent[] = chainEvents<ToolEvent>(unhashed, tail.hash);
     try {
-      const result = await store.append(userStream(userId), events.map(toEventData), tail.revision < 0 ? 'no_stream' : tail.revision);
+      const result = await store.append(
+        userStream(userId),
+        events.map(toEventData),
+        tail.revision < 0 ? 'no_stream' : tail.revision,
+      );
       const revisions = events.map((_, i) => result.nextRevision - events.length + 1 + i);
       if (options.nats) {
         events.forEach((event, i) => {
-          const n: Notification = { kind: 'event', name: notificationName(event.type), userId, revision: revisions[i]!, event };
+          const n: Notification = {
+            kind: 'event',
+            name: notificationName(event.type),
+            userId,
+            revision: revisions[i]!,
+            event,
+          };
           options.nats!.publish(subjects.events(userId), JSON.stringify(n));
         });
       }
@@ -118,7 +137,10 @@ export async function recordExecution(
 }
 
 /** Every event of a user's stream, parsed. */
-export async function readUserEvents(store: EventStore, userId: string): Promise<Array<{ revision: number; event: ToolEvent }>> {
+export async function readUserEvents(
+  store: EventStore,
+  userId: string,
+): Promise<Array<{ revision: number; event: ToolEvent }>> {
   const out: Array<{ revision: number; event: ToolEvent }> = [];
   for await (const r of store.readStream(userStream(userId))) {
     const parsed = fromRecorded(r);

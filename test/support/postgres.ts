@@ -14,7 +14,9 @@ export interface TestDatabase {
  * A fresh database on the shared PostgreSQL server, so tests running side by side never see each
  * other's tables. Dropped on `drop()` (pass `t` to drop it at teardown).
  */
-export async function createTestDatabase(t?: { teardown(fn: () => Promise<void> | void): void }): Promise<TestDatabase> {
+export async function createTestDatabase(t?: {
+  teardown(fn: () => Promise<void> | void): void;
+}): Promise<TestDatabase> {
   const name = `toolbus_t_${Date.now().toString(36)}_${randomBytes(4).toString('hex')}`;
   const admin = new pg.Client({ connectionString: BASE_URL });
   await admin.connect();

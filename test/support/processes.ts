@@ -113,7 +113,10 @@ export async function startPostgres(t?: Teardown): Promise<OwnedServer & { datab
   const gid = asRoot ? Number(execFileSync('id', ['-g', 'postgres']).toString().trim()) : undefined;
   const wrap = (command: string, args: string[]) =>
     asRoot
-      ? { command: 'setpriv', args: [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--', command, ...args] }
+      ? {
+          command: 'setpriv',
+          args: [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--', command, ...args],
+        }
       : { command, args };
   let initialised = false;
   const server = await ownServer(
@@ -125,13 +128,34 @@ export async function startPostgres(t?: Teardown): Promise<OwnedServer & { datab
         if (asRoot) chownSync(dir, uid!, gid!);
         mkdirSync(data, { recursive: true });
         if (asRoot) chownSync(data, uid!, gid!);
-        const init = wrap(bin('initdb'), ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync']);
+        const init = wrap(bin('initdb'), [
+          '-D',
+          data,
+          '-U',
+          'postgres',
+          '--auth=trust',
+          '-E',
+          'UTF8',
+          '--no-sync',
+        ]);
         execFileSync(init.command, init.args, { stdio: 'ignore' });
         initialised = true;
       }
       return wrap(bin('postgres'), [
-        '-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1',
-        '-c', 'synchronous_commit=on', '-c', 'fsync=on', '-c', 'max_connections=200',
+        '-D',
+        data,
+        '-p',
+        String(port),
+        '-k',
+        dir,
+        '-c',
+        'listen_addresses=127.0.0.1',
+        '-c',
+        'synchronous_commit=on',
+        '-c',
+        'fsync=on',
+        '-c',
+        'max_connections=200',
       ]);
     },
     t,

@@ -5,7 +5,12 @@ import { createServer, connect, type Socket } from 'node:net';
  * stall (hold data, keep connections), reset (destroy every connection), or black-hole (accept and
  * swallow everything, answer nothing). There is no netem on this machine.
  */
-export type ProxyMode = { kind: 'pass' } | { kind: 'delay'; ms: number } | { kind: 'stall' } | { kind: 'reset' } | { kind: 'blackhole' };
+export type ProxyMode =
+  | { kind: 'pass' }
+  | { kind: 'delay'; ms: number }
+  | { kind: 'stall' }
+  | { kind: 'reset' }
+  | { kind: 'blackhole' };
 
 export interface TcpProxy {
   port: number;
@@ -14,7 +19,10 @@ export interface TcpProxy {
   close(): Promise<void>;
 }
 
-export async function startProxy(targetPort: number, t?: { teardown(fn: () => Promise<void>): void }): Promise<TcpProxy> {
+export async function startProxy(
+  targetPort: number,
+  t?: { teardown(fn: () => Promise<void>): void },
+): Promise<TcpProxy> {
   let mode: ProxyMode = { kind: 'pass' };
   const pairs = new Set<[Socket, Socket]>();
   const stalled: Array<() => void> = [];

@@ -1,0 +1,184 @@
+import t from 'tap';
+import { z } from 'zod';
+import { CommonEnv, ConfigError, loadConfig } from './config.ts';
+
+const STRONG = 's'.repeat(40);
+
+/** Runs `fn`, expecting a ConfigError, and returns it. */
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+t.test('defaults point at the local services', async (t) => {
+  const c = loadConfig(CommonEnv, {});
+  t.strictSame(c, {
+    NODE_ENV: 'development',
+    LOG_LEVEL: 'info',
+    NATS_URL: 'nats://127.0.0.1:4222',
+    DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/test',
+    REDIS_URL: 'redis://127.0.0.1:6379',
+    JWT_SECRET: c.JWT_SECRET,
+    WORKER_SECRET: c.WORKER_SECRET,
+    HOST: '127.0.0.1',
+    DISPATCHER_PORT: 8080,
+    PROJECTOR_PORT: 8081,
+    NOTIFIER_PORT: 8082,
+  });
+  t.equal(c.KURRENTDB_URL, undefined, 'no KurrentDB unless configured (PostgreSQL event store)');
+  t.ok(c.JWT_SECRET.length >= 32, 'a usable development JWT secret');
+  t.ok(c.WORKER_SECRET.length >= 32);
+  t.not(c.JWT_SECRET, c.WORKER_SECRET, 'user tokens and worker announcements use different keys');
+});
+
+t.test('empty strings count as unset', async (t) => {
+  const c = loadConfig(CommonEnv, { NATS_URL: '', DISPATCHER_PORT: '', KURRENTDB_URL: '', NODE_ENV: '' });
+  t.equal(c.NATS_URL, 'nats://127.0.0.1:4222');
+  t.equal(c.DISPATCHER_PORT, 8080);
+  t.equal(c.KURRENTDB_URL, undefined);
+  t.equal(c.NODE_ENV, 'development');
+});
+
+t.test('values from the environment are used, ports as numbers', async (t) => {
+  const c = loadConfig(CommonEnv, {
+    NODE_ENV: 'test',
+    LOG_LEVEL: 'debug',
+    NATS_URL: 'tls://nats.example:4222',
+    DATABASE_URL: 'postgresql://u:p@db:5432/toolbus',
+    REDIS_URL: 'rediss://cache:6380',
+    KURRENTDB_URL: 'kurrentdb://admin:changeit@kdb:2113?tls=false',
+    JWT_SECRET: STRONG,
+    HOST: '0.0.0.0',
+    DISPATCHER_PORT: '9000',
+    PROJECTOR_PORT: '0',
+    NOTIFIER_PORT: '65535',
+    UNRELATED: 'ignored',
+  });
+  t.match(c, {
+    NODE_ENV: 'test',
+    LOG_LEVEL: 'debug',
+    NATS_URL: 'tls://nats.example:4222',
+    DATABASE_URL: 'postgresql://u:p@db:5432/toolbus',
+    REDIS_URL: 'rediss://cache:6380',
+    KURRENTDB_URL: 'kurrentdb://admin:changeit@kdb:2113?tls=false',
+    JWT_SECRET: STRONG,
+    HOST: '0.0.0.0',
+    DISPATCHER_PORT: 9000,
+    PROJECTOR_PORT: 0,
+    NOTIFIER_PORT: 65535,
+  });
+  t.notOk('UNRELATED' in c, 'other variables are not part of the config');
+  for (const url of ['esdb://kdb:2113', 'esdb+discover://a,b,c', 'kurrentdb+discover://cluster:2113']) {
+    t.equal(loadConfig(CommonEnv, { KURRENTDB_URL: url }).KURRENTDB_URL, url, url);
+  }
+  t.equal(
+    loadConfig(CommonEnv, { NATS_URL: 'nats://a:4222,nats://b:4222' }).NATS_URL,
+    'nats://a:4222,nats://b:4222',
+  );
+});
+
+t.test('a bad value throws a ConfigError that names the variable', async (t) => {
+  const cases: Array<[string, string]> = [
+    ['NATS_URL', 'http://x'],
+    ['NATS_URL', 'nats://'],
+    ['NATS_URL', '127.0.0.1:4222'],
+    ['DATABASE_URL', 'mysql://db/x'],
+    ['REDIS_URL', 'http://cache'],
+    ['KURRENTDB_URL', 'http://x'],
+    ['KURRENTDB_URL', 'esdb:/x'],
+    ['DISPATCHER_PORT', 'abc'],
+    ['DISPATCHER_PORT', '65536'],
+    ['DISPATCHER_PORT', '-1'],
+    ['DISPATCHER_PORT', '80.5'],
+    ['DISPATCHER_PORT', ' '],
+    ['DISPATCHER_PORT', '0x1f90'],
+    ['DISPATCHER_PORT', '8e3'],
+    ['PROJECTOR_PORT', 'eighty'],
+    ['NOTIFIER_PORT', '1_000'],
+    ['NODE_ENV', 'prod'],
+    ['LOG_LEVEL', 'verbose'],
+    ['JWT_SECRET', 'short'],
+    ['WORKER_SECRET', 'x'.repeat(31)],
+  ];
+  for (const [name, value] of cases) {
+    t.test(`${name}=${JSON.stringify(value)}`, async (t) => {
+      const err = configError(() => loadConfig(CommonEnv, { [name]: value }));
+      t.equal(err.name, 'ConfigError');
+      t.match(
+        err.message,
+        new RegExp(`^invalid configuration:\\n  ${name}: `),
+        'the message names the variable',
+      );
+      t.strictSame(err.problems.length, 1);
+    });
+  }
+});
+
+t.test('every bad variable is reported at once', async (t) => {
+  const err = configError(() =>
+    loadConfig(CommonEnv, { NATS_URL: 'http://x', DISPATCHER_PORT: 'abc', KURRENTDB_URL: 'http://x' }),
+  );
+  t.strictSame(err.problems.map((p) => p.split(':')[0]).sort(), [
+    'DISPATCHER_PORT',
+    'KURRENTDB_URL',
+    'NATS_URL',
+  ]);
+  t.notMatch(err.message, /http:\/\/x/, 'values (possibly secrets) are not echoed');
+});
+
+t.test('production refuses the development secrets', async (t) => {
+  const both = configError(() => loadConfig(CommonEnv, { NODE_ENV: 'production' }));
+  t.strictSame(both.problems, [
+    'JWT_SECRET: must be set in production',
+    'WORKER_SECRET: must be set in production',
+  ]);
+
+  const worker = configError(() => loadConfig(CommonEnv, { NODE_ENV: 'production', JWT_SECRET: STRONG }));
+  t.strictSame(worker.problems, ['WORKER_SECRET: must be set in production']);
+
+  const dev = loadConfig(CommonEnv, {});
+  const jwt = configError(() =>
+    loadConfig(CommonEnv, { NODE_ENV: 'production', JWT_SECRET: dev.JWT_SECRET, WORKER_SECRET: STRONG }),
+  );
+  t.strictSame(
+    jwt.problems,
+    ['JWT_SECRET: must be set in production'],
+    'the dev secret given explicitly is refused too',
+  );
+
+  const ok = loadConfig(CommonEnv, {
+    NODE_ENV: 'production',
+    JWT_SECRET: STRONG,
+    WORKER_SECRET: 't'.repeat(40),
+  });
+  t.equal(ok.NODE_ENV, 'production');
+  t.equal(ok.JWT_SECRET, STRONG);
+
+  t.equal(
+    loadConfig(CommonEnv, { NODE_ENV: 'test' }).JWT_SECRET,
+    dev.JWT_SECRET,
+    'tests may use the dev secret',
+  );
+});
+
+t.test('services extend the common schema', async (t) => {
+  const Env = CommonEnv.extend({ TOOL_TIMEOUT_MS: z.coerce.number().int().positive().default(1000) });
+  t.equal(loadConfig(Env, {}).TOOL_TIMEOUT_MS, 1000);
+  t.equal(loadConfig(Env, { TOOL_TIMEOUT_MS: '250' }).TOOL_TIMEOUT_MS, 250);
+  t.match(configError(() => loadConfig(Env, { TOOL_TIMEOUT_MS: '-5' })).message, /TOOL_TIMEOUT_MS: /);
+});
+
+t.test('reads process.env by default', async (t) => {
+  const saved = process.env['NOTIFIER_PORT'];
+  t.teardown(() => {
+    if (saved === undefined) delete process.env['NOTIFIER_PORT'];
+    else process.env['NOTIFIER_PORT'] = saved;
+  });
+  process.env['NOTIFIER_PORT'] = '9123';
+  t.equal(loadConfig(CommonEnv).NOTIFIER_PORT, 9123);
+});
