@@ -18,6 +18,8 @@ export type TokenClaims = z.infer<typeof TokenClaims>;
 export interface Principal {
   userId: string;
   roles: readonly string[];
+  /** When the token that proved it expires (epoch ms), if it came from a token. */
+  expiresAt?: number;
 }
 
 export const isAdmin = (p: Principal): boolean => p.roles.includes(ROLES.admin);

@@ -33,7 +33,7 @@ export const ToolRequestedData = z.strictObject({
   version: z.string().max(32).nullable(),
   /** Arguments with sensitive fields replaced by `"[REDACTED]"`. */
   args: JsonObject,
-  /** JSON paths of the fields that were redacted. */
+  /** Names of the top-level fields that were redacted (as listed in the manifest). */
   redacted: z.array(z.string()).default([]),
 });
 export const ToolExecutingData = z.strictObject({

@@ -19,6 +19,8 @@ export const CLOSE_CODES = {
   slowConsumer: 4408,
   /** Too many messages from the client. */
   rateLimited: 4429,
+  /** The notifier failed (the event store did not answer); reconnect and resume. */
+  internalError: 1011,
   /** The notifier is shutting down; reconnect and resume. */
   goingAway: 1001,
   /** A frame over the size limit (as the WebSocket protocol says). */
@@ -51,6 +53,8 @@ export const Notification = z.discriminatedUnion('kind', [
     revision: z.number().int().min(-1).nullable(),
   }),
   z.strictObject({ kind: z.literal('error'), code: z.string(), message: z.string() }),
+  /** The answer to a client's `ping`. */
+  z.strictObject({ kind: z.literal('pong') }),
 ]);
 export type Notification = z.infer<typeof Notification>;
 
@@ -58,10 +62,13 @@ export type Notification = z.infer<typeof Notification>;
 export const ClientMessage = z.discriminatedUnion('type', [
   /** First message when not authenticated by ticket: the user token. */
   z.strictObject({ type: z.literal('auth'), token: z.string().min(1).max(8192) }),
-  /** Receive the events after `afterRevision` (-1 or absent: from the start), then live ones. */
+  /**
+   * Receive the events after `afterRevision` (-1 or absent: from the start), then live ones.
+   * `userId` defaults to the token's user; another user's id, or `*` for all, needs the admin role.
+   */
   z.strictObject({
     type: z.literal('subscribe'),
-    userId: UserId.optional(),
+    userId: z.union([UserId, z.literal('*')]).optional(),
     afterRevision: z.number().int().min(-1).optional(),
   }),
   z.strictObject({ type: z.literal('ping') }),

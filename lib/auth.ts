@@ -34,7 +34,7 @@ export function createTokenVerifier(secret: string): TokenVerifier {
       }
       const claims = TokenClaims.safeParse(payload);
       if (!claims.success) throw new AuthError('token claims are invalid (sub, roles)', 'invalid');
-      return { userId: claims.data.sub, roles: claims.data.roles };
+      return { userId: claims.data.sub, roles: claims.data.roles, expiresAt: claims.data.exp * 1000 };
     },
   };
 }

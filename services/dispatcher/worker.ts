@@ -1,0 +1,84 @@
+import { hostname } from 'node:os';
+import { z } from 'zod';
+import { CommonEnv, ConfigError, loadConfig } from '../../lib/config.ts';
+import { createLogger } from '../../lib/log.ts';
+import { startToolWorker } from './tools/worker.ts';
+
+/**
+ * A tool worker process: serves example tools over NATS for the dispatchers.
+ *   NATS_URL, WORKER_SECRET (shared with the dispatchers), WORKER_ID (default <hostname>-<pid>),
+ *   TOOLBUS_WORKER_TOOLS (comma list of tool names; default all example tools),
+ *   TOOLBUS_TEST_TOOLS=1 (the test tools may be named too).
+ * Stops on SIGTERM/SIGINT after the running calls finish.
+ */
+const defaultWorkerId = `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_.:-]/g, '-').slice(0, 128);
+
+const WorkerEnv = CommonEnv.extend({
+  WORKER_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9_.:-]{1,128}$/, 'must match [A-Za-z0-9_.:-]{1,128}')
+    .default(defaultWorkerId),
+  TOOLBUS_WORKER_TOOLS: z
+    .string()
+    .default('')
+    .transform((s) =>
+      s
+        .split(',')
+        .map((n) => n.trim())
+        .filter(Boolean),
+    ),
+  TOOLBUS_TEST_TOOLS: z.enum(['0', '1', 'false', 'true']).default('0'),
+  /** How often to announce again (ms); 0 = only at start and when a dispatcher asks. */
+  TOOLBUS_ANNOUNCE_INTERVAL_MS: z.coerce.number().int().min(0).max(3_600_000).default(30_000),
+});
+
+const log = createLogger('tool-worker');
+
+async function main(): Promise<void> {
+  let config: z.infer<typeof WorkerEnv>;
+  try {
+    config = loadConfig(WorkerEnv);
+  } catch (e) {
+    log.fatal(
+      { problems: e instanceof ConfigError ? e.problems : [(e as Error).message] },
+      'invalid configuration',
+    );
+    process.exit(1);
+  }
+  const worker = await startToolWorker({
+    natsUrl: config.NATS_URL,
+    secret: config.WORKER_SECRET,
+    workerId: config.WORKER_ID,
+    tools: config.TOOLBUS_WORKER_TOOLS,
+    testTools: config.TOOLBUS_TEST_TOOLS === '1' || config.TOOLBUS_TEST_TOOLS === 'true',
+    announceIntervalMs: config.TOOLBUS_ANNOUNCE_INTERVAL_MS,
+    log,
+  });
+  log.info({ workerId: worker.workerId, tools: worker.tools, nats: config.NATS_URL }, 'tool worker ready');
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'tool worker stopping');
+    worker.close().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        log.error({ err: { message: (e as Error).message } }, 'tool worker did not stop cleanly');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  void worker.nc.closed().then((err) => {
+    if (stopping) return;
+    log.fatal({ err: err ? { message: err.message } : undefined }, 'NATS connection closed');
+    process.exit(1);
+  });
+}
+
+main().catch((e: unknown) => {
+  log.fatal({ err: { message: (e as Error).message } }, 'tool worker failed to start');
+  process.exit(1);
+});

@@ -1,0 +1,314 @@
+import type { AddressInfo } from 'node:net';
+import fastifyWebsocket from '@fastify/websocket';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { pino, type DestinationStream } from 'pino';
+import { Counter, Gauge } from 'prom-client';
+import { CLOSE_CODES } from '../../contracts/index.ts';
+import { AuthError, createTokenVerifier } from '../../lib/auth.ts';
+import { createEventStore } from '../../lib/eventstore/index.ts';
+import type { EventStore } from '../../lib/eventstore/types.ts';
+import { createHttpApp } from '../../lib/http.ts';
+import { REDACT_PATHS, type Logger } from '../../lib/log.ts';
+import { connectNats, type NatsConnection } from '../../lib/nats.ts';
+import { createRedis, type Redis } from '../../lib/redis.ts';
+import { allowedOrigins, originAllowed, type NotifierConfig } from './config.ts';
+import { Hub } from './hub.ts';
+import { authenticate } from './protocol.ts';
+import { Session, type Admission, type SessionContext } from './session.ts';
+import { registerLivePage } from './static.ts';
+import { TicketStore, TicketsUnavailableError } from './tickets.ts';
+
+export interface NotifierDeps {
+  /** Shared with the caller (tests); otherwise the configured store is opened (KURRENTDB_URL, else DATABASE_URL). */
+  store?: EventStore;
+  nats?: NatsConnection;
+  redis?: Redis;
+  /** Where log lines go (default stdout). */
+  logStream?: DestinationStream;
+}
+
+export interface Notifier {
+  app: FastifyInstance;
+  /** `http://host:port` of the listening server. */
+  address: string;
+  port: number;
+  /** Compares every watched user's stream tail with what was sent (also run on a timer and after a NATS reconnect). */
+  checkTails(): Promise<void>;
+  /** Open sockets, and scopes with a NATS subscription: for tests and diagnostics. */
+  stats(): { sockets: number; scopes: string[] };
+  close(): Promise<void>;
+}
+
+/** Live events queued per socket behind a replay or a gap fill before they are left to the store. */
+const MAX_QUEUE = 10_000;
+
+/**
+ * Starts the notifier: HTTP (live page, POST /tickets, health, metrics) and the WebSocket
+ * endpoint /ws, fed by per-user NATS subscriptions and the event store.
+ */
+export async function startNotifier(config: NotifierConfig, deps: NotifierDeps = {}): Promise<Notifier> {
+  const log = pino(
+    {
+      name: 'notifier',
+      level: config.LOG_LEVEL,
+      redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
+      // A ticket travels in the query string: request logs keep the path only.
+      serializers: {
+        req: (req: { method?: string; url?: string; ip?: string }) => ({
+          method: req.method,
+          url: req.url?.split('?')[0],
+          remoteAddress: req.ip,
+        }),
+      },
+    },
+    deps.logStream ?? process.stdout,
+  );
+
+  const owned: Array<() => Promise<unknown>> = [];
+  const cleanup = async () => {
+    for (const close of owned.reverse()) await close().catch(() => undefined);
+  };
+  try {
+    const store = deps.store ?? (await createEventStore(config));
+    if (!deps.store) owned.push(() => store.close());
+    const nc = deps.nats ?? (await connectNats(config.NATS_URL, 'toolbus-notifier'));
+    if (!deps.nats) owned.push(() => nc.close());
+    const redis = deps.redis ?? createRedis(config.REDIS_URL);
+    if (!deps.redis) owned.push(() => redis.quit());
+    return await build(config, { store, nc, redis, log }, cleanup);
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+}
+
+async function build(
+  config: NotifierConfig,
+  { store, nc, redis, log }: { store: EventStore; nc: NatsConnection; redis: Redis; log: Logger },
+  closeOwned: () => Promise<void>,
+): Promise<Notifier> {
+  const verifier = createTokenVerifier(config.JWT_SECRET);
+  const tickets = new TicketStore(redis, config.NOTIFIER_TICKET_TTL_SECONDS);
+  const app = createHttpApp({
+    service: 'notifier',
+    checks: {
+      eventstore: () => store.ping(),
+      nats: async () => {
+        if (nc.isClosed()) throw new Error('closed');
+        await nc.flush();
+      },
+    },
+    fastify: { logger: undefined, loggerInstance: log },
+  });
+
+  const registers = [app.metrics];
+  const connections = new Gauge({ name: 'toolbus_notifier_connections', help: 'Open WebSockets', registers });
+  const natsSubscriptions = new Gauge({
+    name: 'toolbus_notifier_nats_subscriptions',
+    help: 'Scopes (users, or * for admins) with a NATS subscription',
+    registers,
+  });
+  const sent = new Counter({
+    name: 'toolbus_notifier_events_sent_total',
+    help: 'Event notifications sent, by where they came from (live NATS, replay, gap fill)',
+    labelNames: ['source'] as const,
+    registers,
+  });
+  const closed = new Counter({
+    name: 'toolbus_notifier_sockets_closed_total',
+    help: 'Sockets closed by the notifier, by reason',
+    labelNames: ['reason'] as const,
+    registers,
+  });
+  const refused = new Counter({
+    name: 'toolbus_notifier_refused_total',
+    help: 'HTTP requests refused (foreign origin, bad token, tickets unavailable)',
+    labelNames: ['reason'] as const,
+    registers,
+  });
+  const overflowed = new Counter({
+    name: 'toolbus_notifier_queue_overflows_total',
+    help: 'Live events not queued for a busy socket (read from the event store afterwards)',
+    registers,
+  });
+  const ticketsIssued = new Counter({
+    name: 'toolbus_notifier_tickets_issued_total',
+    help: 'Tickets issued',
+    registers,
+  });
+  const invalidMessages = new Counter({
+    name: 'toolbus_notifier_invalid_nats_messages_total',
+    help: 'NATS messages ignored because they were not valid notifications of their subject user',
+    registers,
+  });
+
+  const hub = new Hub(nc, log, { natsSubscriptions, invalidMessages });
+  const sessions = new Set<Session>();
+  const ctx: SessionContext = {
+    store,
+    hub,
+    verifier,
+    log,
+    limits: {
+      maxBufferBytes: config.NOTIFIER_MAX_BUFFER_BYTES,
+      authTimeoutMs: config.NOTIFIER_AUTH_TIMEOUT_MS,
+      slowConsumerMs: config.NOTIFIER_SLOW_CONSUMER_MS,
+      messagesPerSecond: config.NOTIFIER_MAX_MESSAGES_PER_SECOND,
+      messageBurst: config.NOTIFIER_MESSAGE_BURST,
+      maxQueue: MAX_QUEUE,
+      maxQueueBytes: Math.max(config.NOTIFIER_MAX_BUFFER_BYTES, 1024 * 1024),
+    },
+    metrics: { sent, closed, overflowed },
+    onDispose: (session) => {
+      if (sessions.delete(session)) connections.set(sessions.size);
+    },
+  };
+
+  let origins = new Set<string>();
+  const guardOrigin = async (request: FastifyRequest, reply: FastifyReply) => {
+    const origin = request.headers.origin;
+    if (originAllowed(origin, origins)) return;
+    refused.inc({ reason: 'origin' });
+    request.log.warn({ origin: String(origin).slice(0, 200) }, 'refused a foreign origin');
+    return reply
+      .code(403)
+      .send({ error: 'FORBIDDEN_ORIGIN', message: 'this origin may not use the notifier' });
+  };
+
+  const admissions = new WeakMap<object, Admission>();
+  const redeemTicket = async (request: FastifyRequest) => {
+    const ticket = (request.query as Record<string, unknown> | undefined)?.['ticket'];
+    if (ticket === undefined) return;
+    if (typeof ticket !== 'string') {
+      admissions.set(request.raw, { kind: 'refused', message: 'one ticket only' });
+      return;
+    }
+    try {
+      const grant = await tickets.redeem(ticket);
+      admissions.set(
+        request.raw,
+        grant ? { kind: 'ticket', grant } : { kind: 'refused', message: 'ticket unknown, used or expired' },
+      );
+    } catch (e) {
+      if (!(e instanceof TicketsUnavailableError)) throw e;
+      request.log.warn('ticket store unavailable; refusing the ticket');
+      admissions.set(request.raw, {
+        kind: 'refused',
+        message: 'tickets are unavailable; send an auth message instead',
+      });
+    }
+  };
+
+  await app.register(fastifyWebsocket, { options: { maxPayload: config.NOTIFIER_MAX_FRAME_BYTES } });
+  app.get(
+    '/ws',
+    { websocket: true, onRequest: guardOrigin, preValidation: redeemTicket },
+    (socket, request) => {
+      const session = new Session(socket, ctx, admissions.get(request.raw) ?? { kind: 'none' });
+      if (!session.isClosed) {
+        sessions.add(session);
+        connections.set(sessions.size);
+      }
+    },
+  );
+
+  app.post('/tickets', { onRequest: guardOrigin }, async (request, reply) => {
+    reply.header('cache-control', 'no-store');
+    let grant;
+    try {
+      grant = await authenticate(verifier, request.headers.authorization);
+    } catch (e) {
+      if (!(e instanceof AuthError)) throw e;
+      refused.inc({ reason: `token_${e.reason}` });
+      request.log.warn({ reason: e.reason }, `ticket refused: ${e.message}`);
+      return reply
+        .code(401)
+        .header('www-authenticate', 'Bearer')
+        .send({ error: 'UNAUTHENTICATED', reason: e.reason, message: e.message });
+    }
+    try {
+      const ticket = await tickets.issue(grant);
+      ticketsIssued.inc();
+      return reply
+        .code(201)
+        .send({
+          ticket,
+          expiresInSeconds: config.NOTIFIER_TICKET_TTL_SECONDS,
+          userId: grant.principal.userId,
+        });
+    } catch (e) {
+      if (!(e instanceof TicketsUnavailableError)) throw e;
+      refused.inc({ reason: 'tickets_unavailable' });
+      request.log.warn('ticket store unavailable');
+      return reply
+        .code(503)
+        .send({
+          error: 'TICKETS_UNAVAILABLE',
+          message: 'tickets are unavailable; open /ws and send {type:"auth", token} first',
+        });
+    }
+  });
+
+  await registerLivePage(app);
+
+  // Tail checks: after a NATS reconnect (publishes may have been lost meanwhile) and on a timer.
+  let closing = false;
+  const checkTails = async () => {
+    try {
+      await hub.checkTails(store);
+    } catch (err) {
+      log.warn({ err }, 'tail check failed; the next one retries');
+    }
+  };
+  void (async () => {
+    for await (const status of nc.status()) {
+      if (closing) return;
+      if (status.type === 'disconnect') log.warn('NATS disconnected; live events wait for the reconnect');
+      if (status.type === 'reconnect') {
+        log.info('NATS reconnected; checking what was missed');
+        // The flush returns once the server has our subscriptions again: nothing falls in between.
+        await nc.flush().catch(() => undefined);
+        await checkTails();
+      }
+    }
+  })();
+  const tailTimer = setInterval(() => void checkTails(), config.NOTIFIER_TAIL_CHECK_MS);
+  const pingTimer = setInterval(() => {
+    for (const session of sessions) {
+      if (!session.alive) {
+        session.terminate();
+        continue;
+      }
+      session.alive = false;
+      session.ws.ping();
+    }
+  }, config.NOTIFIER_PING_INTERVAL_MS);
+
+  await app.listen({ host: config.HOST, port: config.NOTIFIER_PORT });
+  const port = (app.server.address() as AddressInfo).port;
+  origins = allowedOrigins(config, port);
+  const host = ['0.0.0.0', '::'].includes(config.HOST)
+    ? '127.0.0.1'
+    : config.HOST.includes(':')
+      ? `[${config.HOST}]`
+      : config.HOST;
+  log.info({ port, origins: [...origins] }, 'notifier listening');
+
+  return {
+    app,
+    address: `http://${host}:${port}`,
+    port,
+    checkTails,
+    stats: () => ({ sockets: sessions.size, scopes: hub.scopes() }),
+    async close() {
+      if (closing) return;
+      closing = true;
+      clearInterval(tailTimer);
+      clearInterval(pingTimer);
+      for (const session of [...sessions]) session.close(CLOSE_CODES.goingAway, 'GOING_AWAY', 'shutdown');
+      hub.close();
+      await app.close();
+      await closeOwned();
+    },
+  };
+}

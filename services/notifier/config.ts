@@ -1,0 +1,85 @@
+import { z } from 'zod';
+import { CommonEnv } from '../../lib/config.ts';
+
+const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
+
+/** One origin as a browser sends it: scheme, host and port, no path, no trailing slash. */
+const OriginList = z
+  .string()
+  .transform((s) =>
+    s
+      .split(',')
+      .map((o) => o.trim())
+      .filter((o) => o.length > 0),
+  )
+  .pipe(
+    z.array(
+      z
+        .string()
+        .regex(
+          /^https?:\/\/[^/\s?#]+\/?$/,
+          'each origin must look like http(s)://host[:port], without a path',
+        )
+        .transform(normalizeOrigin),
+    ),
+  );
+
+/** The notifier's environment: the common variables and its own (see docs/notifier.md). */
+export const NotifierEnv = CommonEnv.extend({
+  /** Comma list of origins allowed to open /ws and POST /tickets. Default: the notifier's own. */
+  NOTIFIER_ALLOWED_ORIGINS: OriginList.optional(),
+  /** A socket whose unsent data passes this many bytes has stopped reading and is cut off. */
+  NOTIFIER_MAX_BUFFER_BYTES: positiveInt(1024 * 1024),
+  /** Largest frame a client may send (the server answers close code 1009 above it). */
+  NOTIFIER_MAX_FRAME_BYTES: positiveInt(16 * 1024),
+  /** How long a ticket from POST /tickets may wait before it is used. */
+  NOTIFIER_TICKET_TTL_SECONDS: positiveInt(30),
+  /** A socket without a ticket must send `{type:'auth'}` within this time. */
+  NOTIFIER_AUTH_TIMEOUT_MS: positiveInt(5_000),
+  /** Protocol pings; a socket that misses one pong is terminated at the next round. */
+  NOTIFIER_PING_INTERVAL_MS: positiveInt(30_000),
+  /** Sustained client messages per second per socket, and the burst allowed above it. */
+  NOTIFIER_MAX_MESSAGES_PER_SECOND: positiveInt(5),
+  NOTIFIER_MESSAGE_BURST: positiveInt(20),
+  /** How often each watched user's stream tail is compared with what was delivered. */
+  NOTIFIER_TAIL_CHECK_MS: positiveInt(30_000),
+  /** While replaying from the store, how long to wait for a client to read before cutting it off. */
+  NOTIFIER_SLOW_CONSUMER_MS: positiveInt(10_000),
+});
+export type NotifierConfig = z.infer<typeof NotifierEnv>;
+
+export function normalizeOrigin(origin: string): string {
+  const url = new URL(origin);
+  return url.origin.toLowerCase();
+}
+
+/**
+ * The configured origins, or the notifier's own: `http://localhost:<port>`, `http://127.0.0.1:<port>`
+ * and `http://<HOST>:<port>` when HOST names one interface.
+ */
+export function allowedOrigins(
+  config: Pick<NotifierConfig, 'NOTIFIER_ALLOWED_ORIGINS' | 'HOST'>,
+  port: number,
+): Set<string> {
+  if (config.NOTIFIER_ALLOWED_ORIGINS && config.NOTIFIER_ALLOWED_ORIGINS.length > 0) {
+    return new Set(config.NOTIFIER_ALLOWED_ORIGINS);
+  }
+  const hosts = ['localhost', '127.0.0.1'];
+  if (!['0.0.0.0', '::', ''].includes(config.HOST))
+    hosts.push(config.HOST.includes(':') ? `[${config.HOST}]` : config.HOST);
+  return new Set(hosts.map((h) => normalizeOrigin(`http://${h}:${port}`)));
+}
+
+/**
+ * Browsers always send `Origin` on a WebSocket upgrade and on a cross-origin POST: a foreign one
+ * is refused. A request without one does not come from a web page (a server-side client), and
+ * is let through: it still needs a ticket or token.
+ */
+export function originAllowed(origin: string | undefined, allowed: ReadonlySet<string>): boolean {
+  if (origin === undefined) return true;
+  try {
+    return allowed.has(normalizeOrigin(origin));
+  } catch {
+    return false;
+  }
+}

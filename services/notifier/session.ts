@@ -1,0 +1,491 @@
+import type { RawData, WebSocket } from 'ws';
+import {
+  CLOSE_CODES,
+  isAdmin,
+  userStream,
+  type Notification,
+  type Principal,
+} from '../../contracts/index.ts';
+import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
+import type { EventStore } from '../../lib/eventstore/types.ts';
+import type { Logger } from '../../lib/log.ts';
+import { ALL_USERS, type FeedListener, type Hub, type Scope } from './hub.ts';
+import { classify, RateLimiter } from './ordering.ts';
+import { authenticate, parseClientMessage, type Inbound } from './protocol.ts';
+import { readNotifications, type Delivery } from './replay.ts';
+import type { Grant } from './tickets.ts';
+
+export interface SessionLimits {
+  /** Unsent bytes above which a socket counts as not reading. */
+  maxBufferBytes: number;
+  authTimeoutMs: number;
+  /** How long a replay waits for a socket to drain before cutting it off. */
+  slowConsumerMs: number;
+  messagesPerSecond: number;
+  messageBurst: number;
+  /** Live events queued behind a replay or a gap fill (count, and bytes of text); beyond either they are read from the store later. */
+  maxQueue: number;
+  maxQueueBytes: number;
+}
+
+export type CloseReason =
+  | 'unauthenticated'
+  | 'expired'
+  | 'forbidden'
+  | 'bad_message'
+  | 'rate_limited'
+  | 'slow_consumer'
+  | 'internal'
+  | 'shutdown'
+  | 'dead';
+
+export interface SessionMetrics {
+  sent: { inc(labels: { source: 'live' | 'replay' | 'gap' }): void };
+  closed: { inc(labels: { reason: CloseReason }): void };
+  /** Live events left to the store because a socket's queue was full. */
+  overflowed: { inc(): void };
+}
+
+export interface SessionContext {
+  store: EventStore;
+  hub: Hub;
+  verifier: TokenVerifier;
+  log: Logger;
+  limits: SessionLimits;
+  metrics: SessionMetrics;
+  onDispose(session: Session): void;
+}
+
+/** How the socket arrived: with a redeemed ticket, with one that was refused, or with none. */
+export type Admission =
+  { kind: 'ticket'; grant: Grant } | { kind: 'refused'; message: string } | { kind: 'none' };
+
+type Work =
+  | { kind: 'replay'; userId: string; afterRevision: number }
+  | { kind: 'event'; userId: string; revision: number; text: string }
+  | { kind: 'tail'; userId: string; revision: number };
+
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * One WebSocket. Client messages are handled one at a time (auth, subscribe); events go through
+ * one queue per socket, so a replay from the store, the live events that arrive meanwhile and
+ * gap fills are sent in revision order, each revision once.
+ */
+export class Session implements FeedListener {
+  /** Cleared at each protocol ping, set by the pong (or any frame). */
+  alive = true;
+  private principal: Principal | null = null;
+  private expiresAt = 0;
+  private scope: Scope | null = null;
+  /** Per user: the revision last sent to this socket. */
+  private readonly cursors = new Map<string, number>();
+  private queue: Work[] = [];
+  private queuedBytes = 0;
+  /** Per user: the highest revision dropped because the queue was full. */
+  private readonly overflow = new Map<string, number>();
+  private running = false;
+  private live = false;
+  private closed = false;
+  private disposed = false;
+  private detach: (() => void) | null = null;
+  private inbox: Promise<void> = Promise.resolve();
+  private authTimer: NodeJS.Timeout | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+  private readonly limiter: RateLimiter;
+  private log: Logger;
+
+  constructor(
+    readonly ws: WebSocket,
+    private readonly ctx: SessionContext,
+    admission: Admission,
+  ) {
+    this.log = ctx.log;
+    this.limiter = new RateLimiter(ctx.limits.messagesPerSecond, ctx.limits.messageBurst);
+    ws.on('message', (data, isBinary) => this.onFrame(data, isBinary));
+    ws.on('pong', () => (this.alive = true));
+    ws.on('close', () => this.dispose());
+    switch (admission.kind) {
+      case 'ticket':
+        this.admit(admission.grant);
+        break;
+      case 'refused':
+        this.refuse(CLOSE_CODES.unauthenticated, 'UNAUTHENTICATED', admission.message, 'unauthenticated');
+        break;
+      case 'none':
+        this.authTimer = setTimeout(
+          () =>
+            this.refuse(
+              CLOSE_CODES.unauthenticated,
+              'UNAUTHENTICATED',
+              'no auth message in time',
+              'unauthenticated',
+            ),
+          ctx.limits.authTimeoutMs,
+        );
+        break;
+    }
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  get userId(): string | null {
+    return this.principal?.userId ?? null;
+  }
+
+  // ---- FeedListener -------------------------------------------------------------------------
+
+  onEvent(delivery: Delivery): void {
+    this.enqueue({ kind: 'event', ...delivery });
+  }
+
+  onTail(userId: string, revision: number): void {
+    this.enqueue({ kind: 'tail', userId, revision });
+  }
+
+  onProgress(_userId: string, text: string): void {
+    // Progress is transient: it is not replayed, and dropped while a replay is running.
+    if (this.live) this.send(text, null);
+  }
+
+  trackedUsers(): Iterable<string> {
+    return this.cursors.keys();
+  }
+
+  // ---- closing --------------------------------------------------------------------------------
+
+  /** Sends an error notification, then closes with `code`. */
+  refuse(code: number, errorCode: string, message: string, reason: CloseReason): void {
+    if (this.closed) return;
+    const level = reason === 'internal' ? 'error' : 'warn';
+    this.log[level]({ userId: this.userId, reason, code }, `closing socket: ${message}`);
+    this.ws.send(JSON.stringify({ kind: 'error', code: errorCode, message } satisfies Notification));
+    this.close(code, errorCode, reason);
+  }
+
+  close(code: number, reasonText: string, reason: CloseReason): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.ctx.metrics.closed.inc({ reason });
+    // ws keeps its close timer (30 s): a peer that never reads the close frame is destroyed then.
+    this.ws.close(code, reasonText.slice(0, 120));
+    this.dispose();
+  }
+
+  /** A socket that missed a pong: no close handshake, the peer is gone. */
+  terminate(): void {
+    if (!this.closed) this.ctx.metrics.closed.inc({ reason: 'dead' });
+    this.closed = true;
+    this.ws.terminate();
+    this.dispose();
+  }
+
+  private dispose(): void {
+    this.closed = true;
+    if (this.disposed) return;
+    this.disposed = true;
+    clearTimeout(this.authTimer);
+    clearTimeout(this.expiryTimer);
+    this.detach?.();
+    this.detach = null;
+    this.queue = [];
+    this.queuedBytes = 0;
+    this.overflow.clear();
+    this.ctx.onDispose(this);
+  }
+
+  // ---- client messages ------------------------------------------------------------------------
+
+  private onFrame(data: RawData, isBinary: boolean): void {
+    if (this.closed) return;
+    this.alive = true;
+    if (!this.limiter.take()) {
+      return this.refuse(CLOSE_CODES.rateLimited, 'RATE_LIMITED', 'too many messages', 'rate_limited');
+    }
+    if (isBinary)
+      return this.refuse(
+        CLOSE_CODES.badMessage,
+        'BAD_MESSAGE',
+        'binary frames are not accepted',
+        'bad_message',
+      );
+    const text = (Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as Buffer)).toString('utf8');
+    const parsed = parseClientMessage(text);
+    if (!parsed.ok) return this.refuse(CLOSE_CODES.badMessage, 'BAD_MESSAGE', parsed.problem, 'bad_message');
+    this.inbox = this.inbox
+      .then(() => this.handleMessage(parsed.message))
+      .catch((err: unknown) => {
+        this.log.error({ err }, 'client message failed');
+        this.refuse(
+          CLOSE_CODES.internalError,
+          'INTERNAL',
+          'the notifier failed; reconnect and resume',
+          'internal',
+        );
+      });
+  }
+
+  private async handleMessage(message: Inbound): Promise<void> {
+    if (this.closed) return;
+    if (message.type === 'auth') return this.onAuth(message.token);
+    if (!this.principal) {
+      return this.refuse(
+        CLOSE_CODES.unauthenticated,
+        'UNAUTHENTICATED',
+        'authenticate first (ticket or auth message)',
+        'unauthenticated',
+      );
+    }
+    if (message.type === 'ping') return this.sendJson({ kind: 'pong' });
+    return this.onSubscribe(message.userId, message.afterRevision);
+  }
+
+  private async onAuth(token: string): Promise<void> {
+    let grant: Grant;
+    try {
+      grant = await authenticate(this.ctx.verifier, token);
+    } catch (e) {
+      if (!(e instanceof AuthError)) throw e;
+      const reason = e.reason === 'expired' ? 'expired' : 'unauthenticated';
+      return this.refuse(CLOSE_CODES.unauthenticated, 'UNAUTHENTICATED', e.message, reason);
+    }
+    if (this.closed) return;
+    if (this.principal && grant.principal.userId !== this.principal.userId) {
+      return this.refuse(
+        CLOSE_CODES.forbidden,
+        'FORBIDDEN',
+        'a socket stays with the user it was opened for',
+        'forbidden',
+      );
+    }
+    this.admit(grant);
+  }
+
+  /** Accepts a grant (ticket or auth message; a later auth message extends it). */
+  private admit(grant: Grant): void {
+    if (grant.expiresAt <= Date.now()) {
+      return this.refuse(CLOSE_CODES.unauthenticated, 'UNAUTHENTICATED', 'token expired', 'expired');
+    }
+    clearTimeout(this.authTimer);
+    this.principal = grant.principal;
+    this.expiresAt = grant.expiresAt;
+    this.log = this.ctx.log.child({ userId: grant.principal.userId });
+    if (this.scope === ALL_USERS && !isAdmin(grant.principal)) {
+      return this.refuse(
+        CLOSE_CODES.forbidden,
+        'FORBIDDEN',
+        'watching every user needs the admin role',
+        'forbidden',
+      );
+    }
+    this.scheduleExpiry();
+  }
+
+  private scheduleExpiry(): void {
+    clearTimeout(this.expiryTimer);
+    const wait = Math.min(Math.max(this.expiresAt - Date.now(), 0), MAX_TIMER_MS);
+    this.expiryTimer = setTimeout(() => {
+      if (Date.now() >= this.expiresAt) {
+        this.refuse(CLOSE_CODES.unauthenticated, 'UNAUTHENTICATED', 'token expired', 'expired');
+      } else {
+        this.scheduleExpiry();
+      }
+    }, wait);
+  }
+
+  private onSubscribe(userId: string | undefined, afterRevision: number | undefined): void {
+    const principal = this.principal!;
+    if (this.scope !== null) {
+      this.sendError('ALREADY_SUBSCRIBED', `this socket already receives ${this.scope}; open another one`);
+      return;
+    }
+    const target = userId ?? principal.userId;
+    if (target !== principal.userId && !isAdmin(principal)) {
+      const message =
+        target === ALL_USERS
+          ? 'watching every user needs the admin role'
+          : 'you may only watch your own events';
+      return this.refuse(CLOSE_CODES.forbidden, 'FORBIDDEN', message, 'forbidden');
+    }
+    this.scope = target;
+    this.log.info({ scope: target, afterRevision }, 'subscribed');
+    this.detach = this.ctx.hub.attach(target, this);
+    if (target === ALL_USERS) {
+      // Live only: each user is tracked from the first event seen, gaps after it are filled.
+      this.live = true;
+      this.sendJson({ kind: 'ready', userId: ALL_USERS, revision: null });
+      return;
+    }
+    this.enqueue({ kind: 'replay', userId: target, afterRevision: afterRevision ?? -1 });
+  }
+
+  // ---- events ---------------------------------------------------------------------------------
+
+  private enqueue(work: Work): void {
+    if (this.closed) return;
+    const bytes = work.kind === 'event' ? work.text.length : 0;
+    if (
+      work.kind !== 'replay' &&
+      (this.queue.length >= this.ctx.limits.maxQueue ||
+        this.queuedBytes + bytes > this.ctx.limits.maxQueueBytes)
+    ) {
+      // Not kept in memory: the store has it, and the next round reads it from there.
+      this.ctx.metrics.overflowed.inc();
+      this.overflow.set(work.userId, Math.max(this.overflow.get(work.userId) ?? -1, work.revision));
+      return;
+    }
+    this.queuedBytes += bytes;
+    this.queue.push(work);
+    if (!this.running) void this.run();
+  }
+
+  private async run(): Promise<void> {
+    this.running = true;
+    try {
+      while (!this.closed) {
+        let work = this.queue.shift();
+        if (work?.kind === 'event') this.queuedBytes -= work.text.length;
+        if (!work) {
+          const [first] = this.overflow;
+          if (!first) break;
+          this.overflow.delete(first[0]);
+          work = { kind: 'tail', userId: first[0], revision: first[1] };
+        }
+        await this.handle(work);
+      }
+    } catch (err) {
+      this.log.error({ err }, 'could not deliver events');
+      this.refuse(
+        CLOSE_CODES.internalError,
+        'INTERNAL',
+        'the notifier could not read the event store; reconnect and resume',
+        'internal',
+      );
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async handle(work: Work): Promise<void> {
+    switch (work.kind) {
+      case 'replay': {
+        let after = work.afterRevision;
+        if (after >= 0) {
+          const tail = (await this.ctx.store.streamInfo(userStream(work.userId)))?.revision ?? -1;
+          if (tail < after) {
+            // The client knows revisions the store does not (a store rebuilt or reset): say so, and
+            // continue from the store's tail so that new events are not taken for duplicates.
+            this.sendError(
+              'RESUME_AHEAD',
+              `revision ${after} is past the end of the stream (${tail}); resuming from ${tail}`,
+            );
+            after = tail;
+          }
+        }
+        this.cursors.set(work.userId, after);
+        await this.fill(work.userId, Number.POSITIVE_INFINITY, 'replay');
+        if (this.closed) return;
+        this.live = true;
+        this.sendJson({ kind: 'ready', userId: work.userId, revision: this.cursors.get(work.userId) ?? -1 });
+        return;
+      }
+      case 'event': {
+        const verdict = classify(this.cursors.get(work.userId), work.revision);
+        if (verdict === 'duplicate') return;
+        if (verdict === 'gap') {
+          this.log.info(
+            { from: this.cursors.get(work.userId)! + 1, to: work.revision },
+            'gap in live events, reading the store',
+          );
+          // The store has the live event too (it is published after it is committed).
+          await this.fill(work.userId, work.revision, 'gap');
+          return;
+        }
+        if (this.send(work.text, 'live')) this.cursors.set(work.userId, work.revision);
+        return;
+      }
+      case 'tail': {
+        const cursor = this.cursors.get(work.userId);
+        if (cursor !== undefined && work.revision > cursor)
+          await this.fill(work.userId, work.revision, 'gap');
+        return;
+      }
+    }
+  }
+
+  /** Sends the user's stored events after the cursor, up to `upTo`, pacing to the client's reading. */
+  private async fill(userId: string, upTo: number, source: 'replay' | 'gap'): Promise<void> {
+    const from = (this.cursors.get(userId) ?? -1) + 1;
+    for await (const item of readNotifications(this.ctx.store, userId, from, upTo)) {
+      if (this.closed) return;
+      const cursor = this.cursors.get(userId) ?? -1;
+      if (item.revision <= cursor) continue;
+      if ('unreadable' in item) {
+        this.log.error(
+          { revision: item.revision, reason: item.unreadable },
+          'stored event cannot be read; skipped',
+        );
+        this.sendError(
+          'UNREADABLE_EVENT',
+          `revision ${item.revision} cannot be read by this notifier and was skipped`,
+        );
+        this.cursors.set(userId, item.revision);
+        continue;
+      }
+      if (!(await this.writable())) return;
+      if (!this.send(item.text, source)) return;
+      this.cursors.set(userId, item.revision);
+    }
+    const reached = this.cursors.get(userId) ?? -1;
+    if (Number.isFinite(upTo) && reached < upTo && !this.closed) {
+      this.log.warn(
+        { reached, expected: upTo },
+        'the store has fewer events than announced; the next check fills the rest',
+      );
+    }
+  }
+
+  /** Waits until the socket has drained to half the limit; cuts it off after `slowConsumerMs`. */
+  private async writable(): Promise<boolean> {
+    const low = this.ctx.limits.maxBufferBytes / 2;
+    const deadline = Date.now() + this.ctx.limits.slowConsumerMs;
+    while (!this.closed && this.ws.bufferedAmount > low) {
+      if (Date.now() > deadline) {
+        this.cutSlow();
+        return false;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    return !this.closed;
+  }
+
+  /** Sends unless the socket has stopped reading (its unsent bytes passed the limit). */
+  private send(text: string, source: 'live' | 'replay' | 'gap' | null): boolean {
+    if (this.closed) return false;
+    if (this.ws.bufferedAmount > this.ctx.limits.maxBufferBytes) {
+      this.cutSlow();
+      return false;
+    }
+    this.ws.send(text);
+    if (source) this.ctx.metrics.sent.inc({ source });
+    return true;
+  }
+
+  private cutSlow(): void {
+    this.log.warn(
+      { buffered: this.ws.bufferedAmount, limit: this.ctx.limits.maxBufferBytes },
+      'client stopped reading; cut off',
+    );
+    this.close(CLOSE_CODES.slowConsumer, 'SLOW_CONSUMER', 'slow_consumer');
+  }
+
+  private sendError(code: string, message: string): void {
+    this.sendJson({ kind: 'error', code, message });
+  }
+
+  private sendJson(n: Notification): void {
+    this.send(JSON.stringify(n), null);
+  }
+}
