@@ -33,6 +33,8 @@ export const eventStoreMigrations: Migration[] = [
 
       -- One round trip per append. The per-stream advisory lock is taken before anything is
       -- written, so a stream's transaction ids (and so its global order) follow its revisions.
+      -- That only holds if the transaction gets its id here, after the lock: a transaction that
+      -- has written before (and so has an id already) is refused.
       create function toolbus_append(
         p_stream text, p_expected text, p_ids uuid[], p_types text[], p_data text[], p_metadata text[])
       returns table (next_revision bigint, commit_position text, prepare_position bigint, written boolean)
@@ -46,6 +48,10 @@ export const eventStoreMigrations: Migration[] = [
         found_elsewhere int;
         last_seq bigint;
       begin
+        if pg_current_xact_id_if_assigned() is not null then
+          raise exception using errcode = 'TB002',
+            message = 'toolbus_append must be the first write of its transaction';
+        end if;
         perform pg_advisory_xact_lock(hashtextextended('toolbus-stream:' || p_stream, 0));
         select s.revision into cur from toolbus_streams s where s.stream_id = p_stream;
         cur := coalesce(cur, -1);

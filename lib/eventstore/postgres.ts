@@ -59,7 +59,10 @@ const toRecorded = (r: Row): RecordedEvent => ({
 
 /** Creates the store and runs its migrations. */
 export async function createPostgresEventStore(options: PostgresEventStoreOptions): Promise<EventStore> {
-  const pool = createPool(options.connectionString, { max: options.poolSize ?? 10, application: 'toolbus-eventstore' });
+  const pool = createPool(options.connectionString, {
+    max: options.poolSize ?? 10,
+    application: 'toolbus-eventstore',
+  });
   try {
     await migrate(pool, 'eventstore', eventStoreMigrations);
   } catch (e) {
@@ -74,6 +77,7 @@ class PostgresEventStore implements EventStore {
   private readonly batchSize: number;
   private readonly pollIntervalMs: number;
   private readonly listeners = new Set<() => void>();
+  private readonly subscriptions = new Set<PostgresSubscription>();
   private listenClient: pg.Client | null = null;
   private listenStarting: Promise<void> | null = null;
   private closed = false;
@@ -149,7 +153,11 @@ class PostgresEventStore implements EventStore {
     const forwards = (options.direction ?? 'forwards') === 'forwards';
     const from = options.fromPosition ?? (forwards ? 'start' : 'end');
     let cursor: Position =
-      from === 'start' ? { commit: 0n, prepare: 0n } : from === 'end' ? { commit: MAX_SEQ, prepare: MAX_SEQ } : from;
+      from === 'start'
+        ? { commit: 0n, prepare: 0n }
+        : from === 'end'
+          ? { commit: MAX_SEQ, prepare: MAX_SEQ }
+          : from;
     let inclusive = true;
     let remaining = options.maxCount ?? Infinity;
     while (remaining > 0) {
@@ -171,14 +179,44 @@ class PostgresEventStore implements EventStore {
   }
 
   subscribe(options: SubscribeOptions): Subscription {
-    return new PostgresSubscription(this, options);
+    const subscription = new PostgresSubscription(this, options, () =>
+      this.subscriptions.delete(subscription),
+    );
+    if (this.closed) void subscription.close();
+    else this.subscriptions.add(subscription);
+    return subscription;
   }
 
-  /** One batch after `after` (exclusive), up to the visibility horizon, and the horizon itself. */
+  /**
+   * The server's current snapshot (as text) and its xmin. A subscriber from 'end' starts at xmin and
+   * leaves out the transactions that the snapshot sees as committed: exactly the events that were
+   * there when it started, even when older transactions are still running somewhere on the server.
+   */
+  async currentSnapshot(): Promise<{ snapshot: string; xmin: bigint }> {
+    const { rows } = await this.pool.query<{ snapshot: string; xmin: string }>(
+      `select s::text as snapshot, pg_snapshot_xmin(s)::text as xmin from pg_current_snapshot() s`,
+    );
+    const row = rows[0]!;
+    return { snapshot: row.snapshot, xmin: BigInt(row.xmin) };
+  }
+
+  /** The transaction id of the last committed event, or null when the store is empty. */
+  async lastTransaction(): Promise<bigint | null> {
+    const { rows } = await this.pool.query<{ tx: string }>(
+      `select tx_id::text as tx from toolbus_events order by tx_id desc, seq desc limit 1`,
+    );
+    return rows[0] ? BigInt(rows[0].tx) : null;
+  }
+
+  /**
+   * One batch after `after` (exclusive), up to the visibility horizon, and the horizon itself;
+   * without the events of the transactions that `exclude` (a snapshot) sees as committed.
+   */
   async fetchAfter(
     after: Position,
     filter: SubscribeOptions['filter'],
     limit: number,
+    exclude: string | null = null,
   ): Promise<{ rows: RecordedEvent[]; horizon: bigint }> {
     const prefixes = filter?.streamPrefixes?.map((p) => `${p.replace(/[\\%_]/g, (c) => `\\${c}`)}%`) ?? null;
     const types = filter?.eventTypes ?? null;
@@ -190,8 +228,9 @@ class PostgresEventStore implements EventStore {
             where (tx_id, seq) > ($1::text::xid8, $2::bigint) and tx_id < h.xmin
               and ($3::text[] is null or stream_id like any($3::text[]))
               and ($4::text[] is null or event_type = any($4::text[]))
+              and ($6::text is null or not pg_visible_in_snapshot(tx_id, $6::text::pg_snapshot))
             order by tx_id, seq limit $5) e on true`,
-      [after.commit.toString(), after.prepare.toString(), prefixes, types, limit],
+      [after.commit.toString(), after.prepare.toString(), prefixes, types, limit, exclude],
     );
     const horizon = BigInt(rows[0]!.horizon);
     return { rows: rows.filter((r) => r.event_id !== null).map(toRecorded), horizon };
@@ -206,7 +245,9 @@ class PostgresEventStore implements EventStore {
       [stream],
     );
     const row = rows[0];
-    return row ? { revision: row.revision, position: { commit: BigInt(row.tx), prepare: BigInt(row.seq) } } : null;
+    return row
+      ? { revision: row.revision, position: { commit: BigInt(row.tx), prepare: BigInt(row.seq) } }
+      : null;
   }
 
   async ping(): Promise<void> {
@@ -267,6 +308,7 @@ class PostgresEventStore implements EventStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await Promise.all([...this.subscriptions].map((s) => s.close()));
     const client = this.listenClient;
     this.listenClient = null;
     await this.listenStarting;
@@ -283,9 +325,13 @@ class PostgresSubscription implements Subscription {
   private wake: (() => void) | null = null;
   private started = false;
 
+  /** Set when subscribing from 'end': the snapshot whose committed transactions are left out. */
+  private exclude: string | null = null;
+
   constructor(
     private readonly store: PostgresEventStore,
     private readonly options: SubscribeOptions,
+    private readonly onClose: () => void,
   ) {
     this.caughtUp = new Promise((resolve) => (this.markCaughtUp = resolve));
   }
@@ -298,13 +344,14 @@ class PostgresSubscription implements Subscription {
       this.wake?.();
     });
     try {
-      let cursor = await this.initialCursor();
+      const start = await this.start();
+      let cursor = start.cursor;
       let failures = 0;
       while (!this.closed) {
         this.dirty = false;
         let batch: { rows: RecordedEvent[]; horizon: bigint };
         try {
-          batch = await this.store.fetchAfter(cursor, this.options.filter, this.store.batch);
+          batch = await this.store.fetchAfter(cursor, this.options.filter, this.store.batch, this.exclude);
           failures = 0;
         } catch (e) {
           // The database went away: keep the cursor, wait, try again. Nothing is skipped.
@@ -321,28 +368,39 @@ class PostgresSubscription implements Subscription {
           // Every matching row below the horizon has been seen: skip the rest of that range.
           const scanned = { commit: batch.horizon - 1n, prepare: MAX_SEQ };
           if (scanned.commit > cursor.commit) cursor = scanned;
-          this.markCaughtUp();
+          // Caught up once the transactions of everything stored at the start have ended and been read.
+          if (start.lastStored === null || batch.horizon > start.lastStored) this.markCaughtUp();
           if (!this.dirty) await this.idle(this.store.pollInterval);
         }
       }
     } finally {
       unlisten();
+      this.onClose();
     }
   }
 
-  private async initialCursor(): Promise<Position> {
+  /**
+   * Where to start, and the transaction id of the last event stored when the subscription started
+   * (null when there is nothing to catch up on). That event may still be behind the visibility
+   * horizon (an older transaction is open somewhere): `caughtUp` waits for it.
+   */
+  private async start(): Promise<{ cursor: Position; lastStored: bigint | null }> {
     const from = this.options.from;
-    if (from === 'start') return { commit: 0n, prepare: 0n };
-    if (from !== 'end') return from;
-    for (let failures = 0; ; failures++) {
+    for (let failures = 0; !this.closed; failures++) {
       try {
-        const { horizon } = await this.store.fetchAfter({ commit: MAX_SEQ, prepare: MAX_SEQ }, undefined, 1);
-        return { commit: horizon - 1n, prepare: MAX_SEQ };
+        if (from === 'end') {
+          const { snapshot, xmin } = await this.store.currentSnapshot();
+          this.exclude = snapshot;
+          return { cursor: { commit: xmin - 1n, prepare: MAX_SEQ }, lastStored: null };
+        }
+        const lastStored = await this.store.lastTransaction();
+        return { cursor: from === 'start' ? { commit: 0n, prepare: 0n } : from, lastStored };
       } catch (e) {
         this.store.reportError(e as Error);
         await this.idle(Math.min(5000, 100 * 2 ** failures));
       }
     }
+    return { cursor: { commit: MAX_SEQ, prepare: MAX_SEQ }, lastStored: null };
   }
 
   private idle(ms: number): Promise<void> {
@@ -361,6 +419,7 @@ class PostgresSubscription implements Subscription {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.onClose();
     this.wake?.();
   }
 }

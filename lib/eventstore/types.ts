@@ -159,8 +159,10 @@ export function assertAppendable(stream: string, events: EventData[], expected: 
   if (events.length === 0) throw new InvalidEventError('append needs at least one event');
   const ids = new Set<string>();
   for (const e of events) {
-    if (!UUID_PATTERN.test(e.id)) throw new InvalidEventError(`event id ${JSON.stringify(e.id)} is not a UUID`);
-    if (ids.has(e.id.toLowerCase())) throw new InvalidEventError(`event id ${e.id} appears twice in one append`);
+    if (!UUID_PATTERN.test(e.id))
+      throw new InvalidEventError(`event id ${JSON.stringify(e.id)} is not a UUID`);
+    if (ids.has(e.id.toLowerCase()))
+      throw new InvalidEventError(`event id ${e.id} appears twice in one append`);
     ids.add(e.id.toLowerCase());
     if (typeof e.type !== 'string' || !/^[A-Za-z][A-Za-z0-9_.-]{0,99}$/.test(e.type)) {
       throw new InvalidEventError(`event type ${JSON.stringify(e.type)} is invalid`);
