@@ -50,6 +50,12 @@ export const subjects = {
   /** Cancellation requests for a user's executions. */
   cancel: (userId: string): string => `toolbus.cancel.${assertUserId(userId)}`,
   cancelAll: 'toolbus.cancel.*',
+  /**
+   * An agent whose retry JetStream dropped as a duplicate asks here for the stored answer
+   * (`{requestId}` -> `{answer: AgentAnswer | null}`); every dispatcher serves it.
+   */
+  answers: (userId: string): string => `toolbus.answers.${assertUserId(userId)}`,
+  answersAll: 'toolbus.answers.*',
   /** Tool workers announce their manifests here. */
   toolAnnounce: 'toolbus.tools.announce',
   /** Dispatchers ask workers to announce again (on start). */

@@ -1,0 +1,267 @@
+import { randomUUID } from 'node:crypto';
+import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
+import { createInbox, headers, type NatsConnection } from '@nats-io/transport-node';
+import {
+  AgentAnswer,
+  assertUserId,
+  isUserId,
+  LIMITS,
+  REQUEST_HEADERS,
+  subjects,
+  type JsonObject,
+} from '../../contracts/index.ts';
+
+/**
+ * The agent's side of Toolbus: publish a tool request into the JetStream intake and wait for its
+ * one terminal answer on an inbox of its own.
+ *
+ * The user id comes from the token (read here without verifying, only to address the request; the
+ * dispatcher verifies it). `Nats-Msg-Id` is `<userId>:<requestId>`, so JetStream drops a repeat
+ * within its duplicate window; the answer then went to the first attempt's inbox, so the client
+ * asks the dispatchers for it on `toolbus.answers.<userId>` until it is there.
+ */
+
+/**
+ * Where dispatchers answer "what became of request R?" (request/reply, queue group
+ * `toolbus-dispatchers`, the token in the Authorization header, body `{"requestId": R}`, reply
+ * `{"answer": TerminalAnswer | null}`).
+ */
+export const answersSubject = subjects.answers;
+export const answersSubjectAll = subjects.answersAll;
+export const ANSWERS_QUEUE = 'toolbus-dispatchers';
+
+export type TerminalAnswer = Extract<AgentAnswer, { status: 'completed' | 'failed' }>;
+export type InterimAnswer = Exclude<AgentAnswer, TerminalAnswer>;
+
+export interface ExecuteOptions {
+  /** The user's JWT (with or without `Bearer `). */
+  token: string;
+  /** Default a random UUID. Send the same id again to get the same answer, never a second run. */
+  requestId?: string;
+  /** Default: the newest registered version. */
+  version?: string;
+  correlationId?: string;
+  /** Asks for `requested`, `executing` and `progress` answers too, and receives them here. */
+  onProgress?: (answer: InterimAnswer) => void;
+  /** How long to wait for the terminal answer (default 60 s). */
+  timeoutMs?: number;
+}
+
+export class AgentClientError extends Error {
+  constructor(
+    message: string,
+    readonly code: 'TIMEOUT' | 'PUBLISH_FAILED' | 'CLOSED',
+    readonly requestId: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = 'AgentClientError';
+  }
+}
+
+export interface AgentClient {
+  execute(tool: string, args: JsonObject, options: ExecuteOptions): Promise<AgentAnswer>;
+}
+
+const bare = (token: string): string => (token.startsWith('Bearer ') ? token.slice(7) : token);
+
+/** The `sub` claim of a JWT, read without verifying it; null when there is none or it is not a user id. */
+export function userIdOfToken(token: string): string | null {
+  const part = bare(token).split('.')[1];
+  if (!part) return null;
+  try {
+    const payload = JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as { sub?: unknown };
+    return isUserId(payload.sub) ? payload.sub : null;
+  } catch {
+    return null;
+  }
+}
+
+const isTerminal = (a: AgentAnswer): a is TerminalAnswer => a.status === 'completed' || a.status === 'failed';
+
+export interface SubmitOptions {
+  /** The user's JWT (with or without `Bearer `). */
+  token: string;
+  /** The user the token names (see `userIdOfToken`): the subject and the message id use it. */
+  userId: string;
+  requestId: string;
+  /** The request without `replyTo` and `progress`, which are set here. Sent as it is otherwise. */
+  body: Record<string, unknown>;
+  onProgress?: (answer: InterimAnswer) => void;
+  timeoutMs?: number;
+  pollIntervalMs?: number;
+}
+
+/**
+ * Publishes a request body into the intake (with its own inbox as `replyTo`) and waits for the
+ * terminal answer; what `execute` and the HTTP API share. Requests over the size limit are refused
+ * here (MALFORMED), as the dispatcher could not read their `replyTo` to answer them.
+ */
+export async function submitRequest(
+  nc: NatsConnection,
+  js: JetStreamClient,
+  o: SubmitOptions,
+): Promise<AgentAnswer> {
+  const { userId, requestId } = o;
+  const pollMs = o.pollIntervalMs ?? 250;
+  const inbox = createInbox();
+  const { replyTo: _r, progress: _p, ...rest } = o.body;
+  const body = JSON.stringify({ ...rest, replyTo: inbox, ...(o.onProgress ? { progress: true } : {}) });
+  const size = Buffer.byteLength(body);
+  if (size > LIMITS.maxRequestBytes) {
+    return {
+      status: 'failed',
+      requestId,
+      executionId: null,
+      correlationId: null,
+      error: { code: 'MALFORMED', message: `request is ${size} bytes; limit ${LIMITS.maxRequestBytes}` },
+    };
+  }
+  const auth = headers();
+  auth.set(REQUEST_HEADERS.authorization, `Bearer ${bare(o.token)}`);
+
+  const timeoutMs = o.timeoutMs ?? 60_000;
+  const sub = nc.subscribe(inbox);
+  let settled = false;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await new Promise<AgentAnswer>((resolve, reject) => {
+      const finish = (answer: AgentAnswer) => {
+        if (settled) return;
+        settled = true;
+        resolve(answer);
+      };
+      const fail = (e: Error) => {
+        if (settled) return;
+        settled = true;
+        reject(e);
+      };
+      timer = setTimeout(
+        () =>
+          fail(
+            new AgentClientError(
+              `no answer to request ${requestId} within ${timeoutMs} ms`,
+              'TIMEOUT',
+              requestId,
+            ),
+          ),
+        timeoutMs,
+      );
+
+      void (async () => {
+        try {
+          for await (const m of sub) {
+            let parsed;
+            try {
+              parsed = AgentAnswer.safeParse(m.json());
+            } catch {
+              continue;
+            }
+            if (!parsed.success || (parsed.data.requestId !== requestId && parsed.data.requestId !== null))
+              continue;
+            if (isTerminal(parsed.data)) return finish(parsed.data);
+            try {
+              o.onProgress?.(parsed.data);
+            } catch {
+              // the caller's callback failing must not lose the answer
+            }
+          }
+        } catch (e) {
+          return fail(
+            new AgentClientError(`the inbox failed: ${(e as Error).message}`, 'CLOSED', requestId, {
+              cause: e,
+            }),
+          );
+        }
+        fail(new AgentClientError('the subscription closed before the answer came', 'CLOSED', requestId));
+      })();
+
+      void (async () => {
+        let ack;
+        try {
+          ack = await js.publish(subjects.request(userId), body, {
+            msgID: `${userId}:${requestId}`,
+            headers: auth,
+          });
+        } catch (e) {
+          return fail(
+            new AgentClientError(
+              `request ${requestId} was not accepted: ${(e as Error).message}`,
+              'PUBLISH_FAILED',
+              requestId,
+              {
+                cause: e,
+              },
+            ),
+          );
+        }
+        if (!ack.duplicate) return;
+        // JetStream already has this request: its answer goes (or went) to the first inbox.
+        for (let wait = pollMs; !settled; wait = Math.min(wait * 2, 2_000)) {
+          const answer = await lookup(nc, userId, requestId, auth);
+          if (answer) return finish(answer);
+          await new Promise((r) => setTimeout(r, wait));
+        }
+      })();
+    });
+  } finally {
+    settled = true;
+    clearTimeout(timer);
+    sub.unsubscribe();
+  }
+}
+
+export function createAgentClient(
+  nc: NatsConnection,
+  options: { js?: JetStreamClient; pollIntervalMs?: number } = {},
+): AgentClient {
+  const js = options.js ?? jetstream(nc);
+  return {
+    async execute(tool, args, opts) {
+      const requestId = opts.requestId ?? randomUUID();
+      const userId = userIdOfToken(opts.token);
+      if (!userId) {
+        return {
+          status: 'failed',
+          requestId,
+          executionId: null,
+          correlationId: opts.correlationId ?? null,
+          error: { code: 'UNAUTHENTICATED', message: 'the token names no user (no valid sub claim)' },
+        };
+      }
+      return submitRequest(nc, js, {
+        token: opts.token,
+        userId,
+        requestId,
+        body: {
+          requestId,
+          tool,
+          ...(opts.version ? { version: opts.version } : {}),
+          args,
+          ...(opts.correlationId ? { correlationId: opts.correlationId } : {}),
+        },
+        ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+        ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
+        ...(options.pollIntervalMs ? { pollIntervalMs: options.pollIntervalMs } : {}),
+      });
+    },
+  };
+}
+
+async function lookup(
+  nc: NatsConnection,
+  userId: string,
+  requestId: string,
+  auth: ReturnType<typeof headers>,
+): Promise<TerminalAnswer | null> {
+  try {
+    const reply = await nc.request(answersSubject(userId), JSON.stringify({ requestId }), {
+      timeout: 5_000,
+      headers: auth,
+    });
+    const answer = AgentAnswer.safeParse(reply.json<{ answer?: unknown }>().answer);
+    return answer.success && isTerminal(answer.data) ? answer.data : null;
+  } catch {
+    return null;
+  }
+}

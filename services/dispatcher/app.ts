@@ -1,0 +1,206 @@
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import type { FastifyInstance } from 'fastify';
+import type { Registry } from 'prom-client';
+import { createTokenVerifier } from '../../lib/auth.ts';
+import { createEventStore, type EventStore } from '../../lib/eventstore/index.ts';
+import { createHttpApp } from '../../lib/http.ts';
+import { createLogger, type Logger } from '../../lib/log.ts';
+import { connectNats, type NatsConnection } from '../../lib/nats.ts';
+import { createRedis, type Redis } from '../../lib/redis.ts';
+import { acceptAnnouncements, ToolRegistry, type ToolDefinition } from '../../lib/tools/index.ts';
+import type { DispatcherConfig } from './config.ts';
+import { Dispatcher, errorInfo } from './dispatcher.ts';
+import { Guard } from './guard.ts';
+import { ensureIntake, startIntake } from './intake.ts';
+import { serveLiveness } from './liveness.ts';
+import { serveAnswers } from './lookup.ts';
+import { createMetrics } from './metrics.ts';
+import { registerRoutes } from './routes.ts';
+import { UserStreams } from './streams.ts';
+import { exampleTools } from './tools/index.ts';
+import { testTools } from './tools/testing.ts';
+
+export interface StartOptions {
+  /** An event store the caller owns (not closed by close()); default: the configured one. */
+  store?: EventStore;
+  log?: Logger;
+  /** The clock of `occurredAt`. */
+  now?: () => Date;
+  /** More in-process tools (tests). */
+  tools?: ToolDefinition[];
+  /** Listen on DISPATCHER_PORT (default true); tests may use `app.inject` only. */
+  listen?: boolean;
+  /** Stream-level and timing knobs for tests. */
+  pullExpiresMs?: number;
+  progressIntervalMs?: number;
+}
+
+export interface RunningDispatcher {
+  app: FastifyInstance & { metrics: Registry };
+  dispatcher: Dispatcher;
+  registry: ToolRegistry;
+  store: EventStore;
+  nc: NatsConnection;
+  redis: Redis;
+  dispatcherId: string;
+  /** The HTTP address when listening. */
+  url: string | null;
+  /** Requests this instance is handling now. */
+  readonly active: number;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts one dispatcher instance: connects NATS, the event store and Redis, makes sure the
+ * JetStream intake exists, registers the tools (and accepts workers' announcements), serves HTTP
+ * and starts pulling requests. Any number of instances share the intake.
+ */
+export async function startDispatcher(
+  config: DispatcherConfig,
+  options: StartOptions = {},
+): Promise<RunningDispatcher> {
+  const dispatcherId = config.DISPATCHER_ID;
+  const log = (options.log ?? createLogger('dispatcher', config.LOG_LEVEL)).child({
+    dispatcher: dispatcherId,
+  });
+  const cleanup: Array<() => Promise<unknown>> = [];
+  const undo = async () => {
+    for (const fn of cleanup.reverse()) await fn().catch(() => undefined);
+  };
+  try {
+    const store =
+      options.store ??
+      (await createEventStore(config, {
+        onError: (e) => log.warn({ err: errorInfo(e) }, 'event store connection trouble'),
+      }));
+    if (!options.store) cleanup.push(() => store.close());
+
+    const nc = await connectNats(config.NATS_URL, `dispatcher-${dispatcherId}`);
+    cleanup.push(() => (nc.isClosed() ? Promise.resolve() : nc.drain().catch(() => nc.close())));
+    await ensureIntake(await jetstreamManager(nc), {
+      ackWaitMs: config.ACK_WAIT_MS,
+      maxAckPending: config.MAX_ACK_PENDING,
+      log,
+    });
+    const js = jetstream(nc);
+
+    const redis = createRedis(config.REDIS_URL);
+    cleanup.push(() => redis.quit().catch(() => redis.disconnect()));
+
+    const registry = new ToolRegistry();
+    for (const tool of [
+      ...exampleTools,
+      ...(config.TOOLBUS_TEST_TOOLS ? testTools : []),
+      ...(options.tools ?? []),
+    ]) {
+      registry.register(tool);
+    }
+    const announcements = await acceptAnnouncements(nc, registry, { secret: config.WORKER_SECRET, log });
+    cleanup.push(() => announcements.stop());
+
+    const app = createHttpApp({
+      service: 'dispatcher',
+      logLevel: config.LOG_LEVEL,
+      fastify: { logger: undefined, loggerInstance: log.child({ component: 'http' }) },
+      checks: {
+        nats: async () => {
+          if (nc.isClosed()) throw new Error('closed');
+          await nc.flush();
+        },
+        eventstore: () => store.ping(),
+        redis: async () => {
+          await redis.ping();
+        },
+      },
+    });
+    cleanup.push(() => app.close());
+    const metrics = createMetrics(app.metrics);
+    const verifier = createTokenVerifier(config.JWT_SECRET);
+    const now = options.now ?? (() => new Date());
+    const streams = new UserStreams({ store, nc, log, now, onConflict: () => metrics.conflicts.inc() });
+    const guard = new Guard(
+      redis,
+      {
+        ratePerSec: config.RATE_LIMIT_PER_SEC,
+        burst: config.RATE_LIMIT_BURST,
+        userConcurrency: config.USER_CONCURRENCY,
+        cacheTtlSec: config.CACHE_TTL_SEC,
+        answerTtlSec: config.IDEMPOTENCY_TTL_SEC,
+      },
+      (op, e) => {
+        metrics.redisErrors.inc({ op });
+        log.warn({ op, err: errorInfo(e) }, 'redis unavailable; continuing without it');
+      },
+    );
+    const dispatcher = new Dispatcher({
+      dispatcherId,
+      nc,
+      registry,
+      verifier,
+      guard,
+      streams,
+      metrics,
+      log,
+      ...(options.progressIntervalMs !== undefined ? { progressIntervalMs: options.progressIntervalMs } : {}),
+    });
+    const liveness = serveLiveness(nc, dispatcherId, dispatcher.isRunning);
+    cleanup.push(async () => liveness.stop());
+    const answers = serveAnswers(nc, verifier, (u, r) => dispatcher.lookup(u, r), log);
+    cleanup.push(() => answers.stop());
+    registerRoutes(app, { nc, js, registry, verifier, streams, waitMs: config.HTTP_WAIT_MS });
+
+    let url: string | null = null;
+    if (options.listen !== false) {
+      url = await app.listen({ port: config.DISPATCHER_PORT, host: config.HOST });
+    } else {
+      await app.ready();
+    }
+
+    const intake = startIntake({
+      js,
+      concurrency: config.DISPATCH_CONCURRENCY,
+      ackWaitMs: config.ACK_WAIT_MS,
+      handle: (d) => dispatcher.handle(d),
+      log,
+      ...(options.pullExpiresMs !== undefined ? { pullExpiresMs: options.pullExpiresMs } : {}),
+    });
+    log.info(
+      {
+        url,
+        tools: registry.list().map((m) => `${m.name}@${m.version}`),
+        concurrency: config.DISPATCH_CONCURRENCY,
+        store: store.kind,
+      },
+      'dispatcher ready',
+    );
+
+    let closing: Promise<void> | null = null;
+    return {
+      app,
+      dispatcher,
+      registry,
+      store,
+      nc,
+      redis,
+      dispatcherId,
+      url,
+      get active() {
+        return intake.active;
+      },
+      close() {
+        closing ??= (async () => {
+          log.info({ active: intake.active }, 'dispatcher stopping');
+          await intake.stop(config.SHUTDOWN_GRACE_MS);
+          dispatcher.shutdown();
+          if (!nc.isClosed()) await nc.flush().catch(() => undefined);
+          await undo();
+          log.info('dispatcher stopped');
+        })();
+        return closing;
+      },
+    };
+  } catch (e) {
+    await undo();
+    throw e;
+  }
+}

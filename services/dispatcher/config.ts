@@ -1,0 +1,55 @@
+import { hostname } from 'node:os';
+import { z } from 'zod';
+import { CommonEnv } from '../../lib/config.ts';
+
+const int = (fallback: number, min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d{1,9}$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`))
+    .default(fallback);
+
+const flag = z
+  .enum(['0', '1', 'false', 'true'], 'must be 0, 1, false or true')
+  .transform((v) => v === '1' || v === 'true')
+  .default(false);
+
+/** The id a dispatcher records as `runner`; also a NATS subject token, so only safe characters. */
+export const defaultDispatcherId = (): string =>
+  `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 100);
+
+/**
+ * The dispatcher's environment: the common variables and its own. Every limit has a default that
+ * suits a single machine; see docs/dispatcher.md.
+ */
+export const DispatcherEnv = CommonEnv.extend({
+  /** How long JetStream waits for an ack (or a `working()` heartbeat) before redelivering. */
+  ACK_WAIT_MS: int(30_000, 1_000, 3_600_000),
+  /** Requests this instance runs at the same time. */
+  DISPATCH_CONCURRENCY: int(64, 1, 10_000),
+  /** Unacknowledged requests across all instances (the consumer's max_ack_pending). */
+  MAX_ACK_PENDING: int(1_000, 1, 1_000_000),
+  /** Executions of one user running at the same time, across all instances (Redis). */
+  USER_CONCURRENCY: int(8, 1, 10_000),
+  /** Sustained requests per second per user (token bucket in Redis). */
+  RATE_LIMIT_PER_SEC: int(20, 1, 1_000_000),
+  /** Bucket size: requests a user may send at once after being idle. */
+  RATE_LIMIT_BURST: int(40, 1, 1_000_000),
+  /** How long a cacheable tool's result is reused for the same user and arguments. */
+  CACHE_TTL_SEC: int(300, 1, 30 * 86_400),
+  /** How long Redis remembers a terminal answer per (user, request id); the event store after that. */
+  IDEMPOTENCY_TTL_SEC: int(86_400, 1, 30 * 86_400),
+  /** How long POST /executions waits for the terminal answer before 504 (the execution continues). */
+  HTTP_WAIT_MS: int(120_000, 100, 3_600_000),
+  /** How long close() lets running tools finish before leaving them to redelivery. */
+  SHUTDOWN_GRACE_MS: int(5_000, 0, 600_000),
+  /** Register the test tools (noop, echo, sleep, fail, hang, ...) besides the example tools. */
+  TOOLBUS_TEST_TOOLS: flag,
+  /** This instance's name, recorded as the `runner` of what it runs. Default hostname-pid. */
+  DISPATCHER_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,100}$/, 'must match [A-Za-z0-9_-]{1,100} (it is a NATS subject token)')
+    .default(defaultDispatcherId),
+});
+export type DispatcherConfig = z.infer<typeof DispatcherEnv>;

@@ -1,0 +1,45 @@
+import t from 'tap';
+import { ConfigError, loadConfig } from '../../lib/config.ts';
+import { DispatcherEnv } from './config.ts';
+import { requestIdFromMsgId } from './dispatcher.ts';
+
+t.test('dispatcher settings: defaults', async (t) => {
+  const c = loadConfig(DispatcherEnv, {});
+  t.match(c, {
+    ACK_WAIT_MS: 30_000,
+    DISPATCH_CONCURRENCY: 64,
+    USER_CONCURRENCY: 8,
+    RATE_LIMIT_PER_SEC: 20,
+    RATE_LIMIT_BURST: 40,
+    CACHE_TTL_SEC: 300,
+    TOOLBUS_TEST_TOOLS: false,
+  });
+  t.match(c.DISPATCHER_ID, /^[A-Za-z0-9_-]+-\d+$/, 'hostname-pid, as a subject token');
+});
+
+t.test('dispatcher settings: from the environment, and refused when wrong', async (t) => {
+  const c = loadConfig(DispatcherEnv, { ACK_WAIT_MS: '5000', TOOLBUS_TEST_TOOLS: '1', DISPATCHER_ID: 'd-1' });
+  t.match(c, { ACK_WAIT_MS: 5000, TOOLBUS_TEST_TOOLS: true, DISPATCHER_ID: 'd-1' });
+  t.equal(loadConfig(DispatcherEnv, { TOOLBUS_TEST_TOOLS: 'false' }).TOOLBUS_TEST_TOOLS, false);
+  for (const [key, value] of [
+    ['ACK_WAIT_MS', '10'],
+    ['ACK_WAIT_MS', 'soon'],
+    ['DISPATCH_CONCURRENCY', '0'],
+    ['DISPATCH_CONCURRENCY', '-3'],
+    ['RATE_LIMIT_PER_SEC', '1.5'],
+    ['TOOLBUS_TEST_TOOLS', 'yes'],
+    ['DISPATCHER_ID', 'has.dot'],
+  ] as const) {
+    t.throws(() => loadConfig(DispatcherEnv, { [key]: value }), ConfigError, `${key}=${value}`);
+  }
+});
+
+t.test('the request id in Nats-Msg-Id', async (t) => {
+  t.equal(requestIdFromMsgId('alice:req-1', 'alice'), 'req-1');
+  t.equal(requestIdFromMsgId('alice:a:b', 'alice'), 'a:b', 'request ids may contain colons');
+  t.equal(requestIdFromMsgId('bob:req-1', 'alice'), undefined, "another user's prefix");
+  t.equal(requestIdFromMsgId('alice:', 'alice'), undefined);
+  t.equal(requestIdFromMsgId('alice:has space', 'alice'), undefined);
+  t.equal(requestIdFromMsgId(undefined, 'alice'), undefined);
+  t.equal(requestIdFromMsgId('req-1', 'alice'), undefined);
+});

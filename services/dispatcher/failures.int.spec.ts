@@ -1,0 +1,90 @@
+import t from 'tap';
+import { verifyChain } from '../../contracts/index.ts';
+import { eventually, harness } from './test/harness.ts';
+
+t.test('tools that fail end in ToolFailed with the right code, and others keep being served', async (t) => {
+  const h = await harness(t, { DISPATCH_CONCURRENCY: '4' });
+  const d = await h.start();
+  const alice = await h.token('alice');
+  const bob = await h.token('bob');
+
+  t.test('TOOL_ERROR: a tool that throws', async (t) => {
+    const a = await h.agent.execute(
+      'fail',
+      { message: 'disk on fire' },
+      { token: alice, requestId: 'f-throw' },
+    );
+    t.match(a, { status: 'failed', error: { code: 'TOOL_ERROR', message: /disk on fire/ } });
+    const events = (await h.events('alice')).filter((e) => e.metadata.requestId === 'f-throw');
+    t.strictSame(
+      events.map((e) => e.type),
+      ['ToolRequested', 'ToolExecuting', 'ToolFailed'],
+    );
+    t.match(events[2]?.data, { error: { code: 'TOOL_ERROR' } });
+    t.type(
+      (events[2]?.data as { durationMs: unknown }).durationMs,
+      'number',
+      'a run that failed has a duration',
+    );
+  });
+
+  t.test('OUTPUT_INVALID: a tool that returns the wrong shape', async (t) => {
+    const a = await h.agent.execute('bad_output', {}, { token: alice, requestId: 'f-shape' });
+    t.match(a, { status: 'failed', error: { code: 'OUTPUT_INVALID', message: /value/ } });
+    const events = (await h.events('alice')).filter((e) => e.metadata.requestId === 'f-shape');
+    t.strictSame(
+      events.map((e) => e.type),
+      ['ToolRequested', 'ToolExecuting', 'ToolFailed'],
+    );
+    t.notOk(JSON.stringify(events).includes('"wrong"'), 'the invalid output is not stored');
+  });
+
+  t.test('TIMEOUT: a tool that hangs (ignoring its signal) while another user is served', async (t) => {
+    const hanging = h.agent.execute('hang', {}, { token: alice, requestId: 'f-hang' });
+    const served: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const a = await h.agent.execute('echo', { i }, { token: bob, requestId: `f-bob-${i}` });
+      if (a.status === 'completed') served.push(a.requestId);
+    }
+    t.equal(served.length, 5, 'bob is served while alice’s tool hangs');
+    const a = await hanging;
+    t.match(a, { status: 'failed', error: { code: 'TIMEOUT', details: { timeoutMs: 1500 } } });
+    const events = (await h.events('alice')).filter((e) => e.metadata.requestId === 'f-hang');
+    t.strictSame(
+      events.map((e) => e.type),
+      ['ToolRequested', 'ToolExecuting', 'ToolFailed'],
+    );
+    t.ok((events[2]?.data as { durationMs: number }).durationMs >= 1500, 'failed after its timeout');
+  });
+
+  t.test('TIMEOUT frees the slot: more hanging tools than slots still all end', async (t) => {
+    // 4 slots; 6 hanging tools: the last two only run once the first ones time out.
+    const answers = await Promise.all(
+      Array.from({ length: 6 }, (_, i) =>
+        h.agent.execute('hang', {}, { token: alice, requestId: `f-hang-many-${i}` }),
+      ),
+    );
+    t.ok(
+      answers.every((a) => a.status === 'failed' && a.error.code === 'TIMEOUT'),
+      'all six timed out',
+    );
+    const ok = await h.agent.execute('noop', {}, { token: bob, requestId: 'f-after-hangs' });
+    t.equal(ok.status, 'completed', 'and the dispatcher serves again');
+    await eventually(() => d.active === 0, 10_000, 'every slot to be free');
+    t.pass('no slot is left taken');
+  });
+
+  t.test('TIMEOUT: a tool that blocks the process past its deadline (cpu_hog)', async (t) => {
+    const hog = h.agent.execute('cpu_hog', { ms: 2_500 }, { token: alice, requestId: 'f-hog' });
+    const other = h.agent.execute('noop', {}, { token: bob, requestId: 'f-bob-during-hog' });
+    t.match(await hog, { status: 'failed', error: { code: 'TIMEOUT' } });
+    t.equal((await other).status, 'completed', 'the other user is answered (after the block)');
+    const quick = await h.agent.execute('cpu_hog', { ms: 10 }, { token: alice, requestId: 'f-hog-short' });
+    t.equal(quick.status, 'completed', 'a short spin completes');
+  });
+
+  t.test('the streams stay valid chains', async (t) => {
+    t.equal(verifyChain(await h.events('alice')), null);
+    t.equal(verifyChain(await h.events('bob')), null);
+  });
+});

@@ -1,0 +1,224 @@
+import { createHash } from 'node:crypto';
+import { canonicalJson, type JsonValue } from '../../contracts/index.ts';
+import type { Redis } from '../../lib/redis.ts';
+import type { TerminalAnswer } from './answers.ts';
+
+/**
+ * Redis as an accelerator: the terminal answer per (user, request id), per-user rate and
+ * concurrency limits, and the result cache of cacheable tools. Admission is one round trip (a Lua
+ * script), the bookkeeping after an execution another (a pipeline). Every key is scoped to its
+ * user (`{userId}` is also the cluster hash tag, so one script touches one slot).
+ *
+ * Redis is never the record: when a call fails (Redis down, slow), admission fails open (no
+ * limits, no cache, no answer) and the event store decides; see docs/dispatcher.md.
+ */
+
+const ADMIT = `
+local answer = redis.call('GET', KEYS[1])
+if answer then
+  if string.sub(answer, 1, 1) == '{' then return {'answer', answer} end
+  return {'seen', ''}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local bucket = redis.call('HMGET', KEYS[2], 'tokens', 'at')
+local tokens = tonumber(bucket[1])
+local at = tonumber(bucket[2])
+if tokens == nil or at == nil then
+  tokens = burst
+  at = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+local idle = math.ceil(burst * 1000 / rate) + 1000
+if tokens < 1 then
+  redis.call('HSET', KEYS[2], 'tokens', string.format('%.6f', tokens), 'at', string.format('%d', now))
+  redis.call('PEXPIRE', KEYS[2], idle)
+  return {'rate', string.format('%d', math.ceil((1 - tokens) * 1000 / rate))}
+end
+redis.call('HSET', KEYS[2], 'tokens', string.format('%.6f', tokens - 1), 'at', string.format('%d', now))
+redis.call('PEXPIRE', KEYS[2], idle)
+redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[7])
+local ttl = tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {'busy', ''} end
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ttl + 1000)
+if ARGV[6] == '1' then
+  local cached = redis.call('GET', KEYS[4])
+  if cached then return {'cached', cached} end
+end
+return {'go', ''}
+`;
+
+export interface GuardLimits {
+  ratePerSec: number;
+  burst: number;
+  userConcurrency: number;
+  cacheTtlSec: number;
+  answerTtlSec: number;
+}
+
+export interface AdmitRequest {
+  userId: string;
+  requestId: string;
+  /** Unique per handling of a request: the member of the user's concurrency set. */
+  slot: string;
+  /** How long the slot is held at most if its holder dies (the tool's timeout and a margin). */
+  slotTtlMs: number;
+  /** Present for cacheable tools. */
+  cacheKey?: string;
+}
+
+export type Admission =
+  | { kind: 'answer'; answer: TerminalAnswer }
+  /** Admitted before, with no answer yet: running elsewhere, or left by a crash. Ask the store. */
+  | { kind: 'seen' }
+  | { kind: 'rate_limited'; retryAfterMs: number }
+  | { kind: 'busy' }
+  | { kind: 'cached'; result: JsonValue }
+  | { kind: 'go' }
+  /** Redis did not answer: limits are off for this request, the event store is the guard. */
+  | { kind: 'unavailable' };
+
+export interface FinishRequest {
+  userId: string;
+  requestId: string;
+  slot?: string;
+  answer: TerminalAnswer;
+  /** Stores `answer.result` under this key when the execution completed (not from the cache). */
+  cacheKey?: string;
+}
+
+type AdmitFn = (
+  answerKey: string,
+  bucketKey: string,
+  slotsKey: string,
+  cacheKey: string,
+  ...args: string[]
+) => Promise<[string, string]>;
+
+export class Guard {
+  private readonly admitScript: AdmitFn;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly limits: GuardLimits,
+    private readonly onError: (op: string, error: Error) => void,
+    private readonly prefix = 'tb',
+  ) {
+    const name = 'toolbusAdmit';
+    if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 4, lua: ADMIT });
+    const fn = (redis as unknown as Record<string, AdmitFn>)[name]!;
+    this.admitScript = fn.bind(redis);
+  }
+
+  private key(userId: string, rest: string): string {
+    return `${this.prefix}:{${userId}}:${rest}`;
+  }
+
+  answerKey = (userId: string, requestId: string): string => this.key(userId, `a:${requestId}`);
+
+  /** Result cache key: per user, tool and version, and the SHA-256 of the canonical arguments. */
+  cacheKey(userId: string, tool: string, version: string, args: JsonValue): string {
+    const digest = createHash('sha256').update(canonicalJson(args)).digest('hex');
+    return this.key(userId, `r:${tool}@${version}:${digest}`);
+  }
+
+  async admit(req: AdmitRequest): Promise<Admission> {
+    try {
+      const [kind, value] = await this.admitScript(
+        this.answerKey(req.userId, req.requestId),
+        this.key(req.userId, 'rl'),
+        this.key(req.userId, 'c'),
+        req.cacheKey ?? this.key(req.userId, 'r:none'),
+        String(this.limits.ratePerSec),
+        String(this.limits.burst),
+        String(this.limits.userConcurrency),
+        req.slot,
+        String(req.slotTtlMs),
+        req.cacheKey ? '1' : '0',
+        String(this.limits.answerTtlSec),
+      );
+      switch (kind) {
+        case 'answer':
+          return { kind: 'answer', answer: JSON.parse(value) as TerminalAnswer };
+        case 'seen':
+          return { kind: 'seen' };
+        case 'rate':
+          return { kind: 'rate_limited', retryAfterMs: Number(value) };
+        case 'busy':
+          return { kind: 'busy' };
+        case 'cached':
+          return { kind: 'cached', result: JSON.parse(value) as JsonValue };
+        default:
+          return { kind: 'go' };
+      }
+    } catch (e) {
+      this.onError('admit', e as Error);
+      return { kind: 'unavailable' };
+    }
+  }
+
+  /** Records the answer, caches the result, frees the concurrency slot: one pipeline. */
+  async finish(req: FinishRequest): Promise<void> {
+    try {
+      const p = this.redis.pipeline();
+      p.set(
+        this.answerKey(req.userId, req.requestId),
+        JSON.stringify(req.answer),
+        'EX',
+        this.limits.answerTtlSec,
+      );
+      if (req.cacheKey && req.answer.status === 'completed' && !req.answer.cached) {
+        p.set(req.cacheKey, JSON.stringify(req.answer.result), 'EX', this.limits.cacheTtlSec);
+      }
+      if (req.slot) p.zrem(this.key(req.userId, 'c'), req.slot);
+      const results = (await p.exec()) ?? [];
+      const failed = results.find(([err]) => err);
+      if (failed?.[0]) throw failed[0];
+    } catch (e) {
+      this.onError('finish', e as Error);
+    }
+  }
+
+  /** Frees a concurrency slot without an answer (a request that ended without a terminal event). */
+  async release(userId: string, slot: string): Promise<void> {
+    try {
+      await this.redis.zrem(this.key(userId, 'c'), slot);
+    } catch (e) {
+      this.onError('release', e as Error);
+    }
+  }
+
+  /** What Redis knows of (user, request id): its answer, that it was admitted, nothing, or Redis is away. */
+  async peek(
+    userId: string,
+    requestId: string,
+  ): Promise<{ kind: 'answer'; answer: TerminalAnswer } | { kind: 'seen' | 'none' | 'unavailable' }> {
+    try {
+      const value = await this.redis.get(this.answerKey(userId, requestId));
+      if (value === null) return { kind: 'none' };
+      if (value.startsWith('{')) return { kind: 'answer', answer: JSON.parse(value) as TerminalAnswer };
+      return { kind: 'seen' };
+    } catch (e) {
+      this.onError('peek', e as Error);
+      return { kind: 'unavailable' };
+    }
+  }
+
+  /** Remembers a terminal answer found in the event store (after Redis lost it). */
+  async remember(userId: string, requestId: string, answer: TerminalAnswer): Promise<void> {
+    try {
+      await this.redis.set(
+        this.answerKey(userId, requestId),
+        JSON.stringify(answer),
+        'EX',
+        this.limits.answerTtlSec,
+      );
+    } catch (e) {
+      this.onError('remember', e as Error);
+    }
+  }
+}

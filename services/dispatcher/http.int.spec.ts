@@ -1,0 +1,160 @@
+import t from 'tap';
+import { executionIdFor, ToolManifest } from '../../contracts/index.ts';
+import { harness } from './test/harness.ts';
+
+t.test('HTTP API', async (t) => {
+  const h = await harness(t, { RATE_LIMIT_PER_SEC: '1', RATE_LIMIT_BURST: '30' });
+  const d = await h.start();
+  const app = d.app;
+  const alice = await h.token('alice');
+  const bob = await h.token('bob');
+  const auth = (token: string) => ({ authorization: `Bearer ${token}` });
+  const post = (token: string | null, payload: unknown) =>
+    app.inject({
+      method: 'POST',
+      url: '/executions',
+      headers: token ? auth(token) : {},
+      payload: payload as Record<string, unknown>,
+    });
+
+  t.test('GET /tools lists the manifests with JSON Schemas', async (t) => {
+    const res = await app.inject({ method: 'GET', url: '/tools' });
+    t.equal(res.statusCode, 200);
+    const { tools } = res.json<{ tools: unknown[] }>();
+    t.ok(tools.length >= 10);
+    t.ok(
+      tools.every((m) => ToolManifest.safeParse(m).success),
+      'each is a valid manifest',
+    );
+    const echo = tools.find((m) => (m as { name: string }).name === 'echo') as ToolManifest;
+    t.match(echo, { inputSchema: { type: 'object' }, sensitive: { input: ['secret'] } });
+  });
+
+  t.test('POST /executions: answers with the terminal answer and a fitting status', async (t) => {
+    const ok = await post(alice, { requestId: 'h-1', tool: 'echo', args: { a: 1 } });
+    t.equal(ok.statusCode, 200);
+    t.match(ok.json(), { status: 'completed', requestId: 'h-1', result: { a: 1 } });
+    const again = await post(alice, { requestId: 'h-1', tool: 'echo', args: { a: 1 } });
+    t.strictSame(again.json(), ok.json(), 'the same request id: the same answer');
+
+    const generated = await post(alice, { tool: 'noop', args: {} });
+    t.equal(generated.statusCode, 200);
+    t.type(
+      generated.json<{ requestId: string }>().requestId,
+      'string',
+      'a request id is generated when none is given',
+    );
+
+    const cases: Array<[string, unknown, number, string]> = [
+      ['bad arguments', { requestId: 'h-2', tool: 'sleep', args: { ms: 'x' } }, 400, 'VALIDATION'],
+      ['an unknown key', { requestId: 'h-3', tool: 'noop', args: {}, extra: true }, 400, 'VALIDATION'],
+      ['an unknown tool', { requestId: 'h-4', tool: 'nope', args: {} }, 404, 'UNKNOWN_TOOL'],
+      ['another user', { requestId: 'h-5', tool: 'noop', args: {}, userId: 'bob' }, 403, 'FORBIDDEN'],
+      ['an admin-only tool', { requestId: 'h-6', tool: 'admin_runtime_info', args: {} }, 403, 'FORBIDDEN'],
+      ['a tool error', { requestId: 'h-7', tool: 'fail', args: {} }, 502, 'TOOL_ERROR'],
+      ['invalid output', { requestId: 'h-8', tool: 'bad_output', args: {} }, 502, 'OUTPUT_INVALID'],
+      ['a timeout', { requestId: 'h-9', tool: 'hang', args: {} }, 504, 'TIMEOUT'],
+      ['a bad request id', { requestId: 'a b', tool: 'noop', args: {} }, 400, 'VALIDATION'],
+    ];
+    for (const [what, payload, status, code] of cases) {
+      const res = await post(alice, payload);
+      t.equal(res.statusCode, status, `${what}: ${status}`);
+      t.match(res.json(), { status: 'failed', error: { code } }, `${what}: ${code}`);
+    }
+    const events = await h.events('alice');
+    for (const id of ['h-2', 'h-3', 'h-4', 'h-5', 'h-6', 'h-7', 'h-8', 'h-9']) {
+      t.ok(
+        events.some((e) => e.metadata.requestId === id && e.type === 'ToolFailed'),
+        `${id} is recorded`,
+      );
+    }
+    const notObject = await app.inject({
+      method: 'POST',
+      url: '/executions',
+      headers: { ...auth(alice), 'content-type': 'application/json' },
+      payload: '[1,2]',
+    });
+    t.equal(notObject.statusCode, 400);
+    const notJson = await app.inject({
+      method: 'POST',
+      url: '/executions',
+      headers: { ...auth(alice), 'content-type': 'application/json' },
+      payload: '{nope',
+    });
+    t.equal(notJson.statusCode, 400);
+  });
+
+  t.test('POST /executions: 401 without a valid token', async (t) => {
+    const none = await post(null, { tool: 'noop', args: {} });
+    t.equal(none.statusCode, 401);
+    t.match(none.json(), { status: 'failed', error: { code: 'UNAUTHENTICATED' } });
+    const expired = await post(await h.token('alice', [], Math.floor(Date.now() / 1000) - 5), {
+      tool: 'noop',
+      args: {},
+    });
+    t.equal(expired.statusCode, 401);
+    const forged = await post(`${alice.slice(0, -3)}xyz`, { tool: 'noop', args: {} });
+    t.equal(forged.statusCode, 401);
+  });
+
+  t.test('GET /executions/:id: from the caller’s own stream only', async (t) => {
+    const executionId = executionIdFor('alice', 'h-1');
+    const own = await app.inject({ method: 'GET', url: `/executions/${executionId}`, headers: auth(alice) });
+    t.equal(own.statusCode, 200);
+    t.match(own.json(), {
+      executionId,
+      requestId: 'h-1',
+      tool: 'echo',
+      status: 'completed',
+      answer: { status: 'completed', result: { a: 1 } },
+    });
+    t.strictSame(
+      own.json<{ events: Array<{ type: string }> }>().events.map((e) => e.type),
+      ['ToolRequested', 'ToolExecuting', 'ToolCompleted'],
+    );
+    const asBob = await app.inject({ method: 'GET', url: `/executions/${executionId}`, headers: auth(bob) });
+    t.equal(asBob.statusCode, 404, "another user's execution is not found");
+    const bad = await app.inject({ method: 'GET', url: '/executions/not-a-uuid', headers: auth(alice) });
+    t.equal(bad.statusCode, 400);
+    const anon = await app.inject({ method: 'GET', url: `/executions/${executionId}` });
+    t.equal(anon.statusCode, 401);
+  });
+
+  t.test('health and metrics', async (t) => {
+    const ready = await app.inject({ method: 'GET', url: '/health/ready' });
+    t.equal(ready.statusCode, 200);
+    t.match(ready.json(), { status: 'ready', checks: { nats: 'ok', eventstore: 'ok', redis: 'ok' } });
+    const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body;
+    t.match(metrics, /toolbus_executions_total\{[^}]*tool="echo"[^}]*outcome="completed"[^}]*\} \d/);
+    t.match(metrics, /toolbus_executions_total\{[^}]*tool="hang"[^}]*outcome="TIMEOUT"/);
+    t.match(metrics, /toolbus_execution_duration_seconds_bucket/);
+    t.match(metrics, /toolbus_executions_in_flight/);
+    t.match(metrics, /toolbus_rate_limited_total/);
+    t.match(metrics, /toolbus_redis_errors_total/);
+  });
+
+  t.test('no token in the logs of HTTP requests', async (t) => {
+    t.ok(h.logs.lines.length > 0);
+    t.notOk(h.logs.text.includes(alice), 'the token is not logged');
+    t.notOk(h.logs.text.includes(alice.split('.')[2]!), 'nor its signature');
+  });
+});
+
+t.test('POST /executions: 429 when rate limited', async (t) => {
+  const h = await harness(t, { RATE_LIMIT_PER_SEC: '1', RATE_LIMIT_BURST: '1' });
+  const d = await h.start();
+  const token = await h.token('rl');
+  const statuses: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    const res = await d.app.inject({
+      method: 'POST',
+      url: '/executions',
+      headers: { authorization: `Bearer ${token}` },
+      payload: { requestId: `rl-${i}`, tool: 'noop', args: {} },
+    });
+    statuses.push(res.statusCode);
+    if (res.statusCode === 429) t.match(res.json(), { error: { code: 'RATE_LIMITED' } });
+  }
+  t.equal(statuses[0], 200);
+  t.ok(statuses.includes(429), `a burst beyond the limit gets 429 (${statuses.join(',')})`);
+});

@@ -1,0 +1,179 @@
+import t from 'tap';
+import { Redis } from 'ioredis';
+import { subjects, verifyChain, type ToolEvent } from '../../contracts/index.ts';
+import { harness, rawRequest, type Harness } from './test/harness.ts';
+
+const executionsOf = (events: ToolEvent[], requestId: string) =>
+  events.filter((e) => e.metadata.requestId === requestId);
+
+async function redisClient(t: { teardown(fn: () => void): void }, h: Harness): Promise<Redis> {
+  const r = new Redis(h.redis.url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  await r.connect();
+  t.teardown(() => r.disconnect());
+  return r;
+}
+
+t.test('one execution per request id', async (t) => {
+  const h = await harness(t);
+  await h.start();
+  const token = await h.token('ida');
+  const redis = await redisClient(t, h);
+
+  t.test(
+    'the same request sent three times at once (agent client): one run, three equal answers',
+    async (t) => {
+      const answers = await Promise.all(
+        [1, 2, 3].map(() => h.agent.execute('sleep', { ms: 300 }, { token, requestId: 'dup-1' })),
+      );
+      t.match(answers[0], { status: 'completed', result: { slept: 300 } });
+      t.strictSame(answers[1], answers[0]);
+      t.strictSame(answers[2], answers[0]);
+      const events = executionsOf(await h.events('ida'), 'dup-1');
+      t.strictSame(
+        events.map((e) => e.type),
+        ['ToolRequested', 'ToolExecuting', 'ToolCompleted'],
+        'one execution',
+      );
+    },
+  );
+
+  t.test('three copies that JetStream does not deduplicate (no Nats-Msg-Id): still one run', async (t) => {
+    const body = { requestId: 'dup-2', tool: 'sleep', args: { ms: 300 } };
+    const answers = await Promise.all(
+      [1, 2, 3].map(() => rawRequest(h, { subject: subjects.request('ida'), body, token })),
+    );
+    t.match(answers[0], { status: 'completed' });
+    t.strictSame(answers[1], answers[0]);
+    t.strictSame(answers[2], answers[0]);
+    const events = executionsOf(await h.events('ida'), 'dup-2');
+    t.strictSame(
+      events.map((e) => e.type),
+      ['ToolRequested', 'ToolExecuting', 'ToolCompleted'],
+      'one execution',
+    );
+  });
+
+  t.test('Redis flushed: the event store is the guard', async (t) => {
+    const first = await h.agent.execute('sleep', { ms: 50 }, { token, requestId: 'dup-3' });
+    t.equal(first.status, 'completed');
+    const refused = await h.agent.execute(
+      'noop',
+      {},
+      { token, requestId: 'dup-3-refused', version: '7.0.0' },
+    );
+    t.match(refused, { status: 'failed', error: { code: 'UNKNOWN_TOOL' } });
+    await redis.flushall();
+    t.equal(await redis.dbsize(), 0, 'Redis remembers nothing');
+
+    const viaIntake = await rawRequest(h, {
+      subject: subjects.request('ida'),
+      body: { requestId: 'dup-3', tool: 'sleep', args: { ms: 50 } },
+      token,
+    });
+    t.strictSame(viaIntake, first, 'a new copy through the intake gets the first answer');
+    const viaClient = await h.agent.execute('sleep', { ms: 50 }, { token, requestId: 'dup-3' });
+    t.strictSame(viaClient, first, 'a retry through the client (JetStream duplicate) gets it too');
+    const refusedAgain = await rawRequest(h, {
+      subject: subjects.request('ida'),
+      body: { requestId: 'dup-3-refused', tool: 'noop', version: '7.0.0', args: {} },
+      token,
+    });
+    t.strictSame(refusedAgain, refused, 'a refusal is answered the same way again');
+    const events = await h.events('ida');
+    t.equal(executionsOf(events, 'dup-3').length, 3, 'still one execution');
+    t.equal(executionsOf(events, 'dup-3-refused').length, 2, 'still one refusal');
+    t.equal(verifyChain(events), null);
+    t.ok(await redis.exists(`tb:{ida}:a:dup-3`), 'the answer found in the store is remembered again');
+  });
+
+  t.test('a retry with other arguments gets the first answer, not a second run', async (t) => {
+    const first = await h.agent.execute('echo', { v: 1 }, { token, requestId: 'dup-4' });
+    const second = await rawRequest(h, {
+      subject: subjects.request('ida'),
+      body: { requestId: 'dup-4', tool: 'echo', args: { v: 2 } },
+      token,
+    });
+    t.strictSame(second, first);
+  });
+});
+
+t.test('result cache for cacheable tools', async (t) => {
+  const h = await harness(t);
+  await h.start();
+  const token = await h.token('cara');
+  const first = await h.agent.execute('cached_echo', { q: 'zod' }, { token, requestId: 'c-1' });
+  t.match(first, { status: 'completed', cached: false, result: { args: { q: 'zod' } } });
+  const second = await h.agent.execute('cached_echo', { q: 'zod' }, { token, requestId: 'c-2' });
+  t.match(second, { status: 'completed', cached: true });
+  t.strictSame(
+    (second as { result: unknown }).result,
+    (first as { result: unknown }).result,
+    'the cached result (same runId)',
+  );
+  const events = executionsOf(await h.events('cara'), 'c-2');
+  t.strictSame(
+    events.map((e) => e.type),
+    ['ToolRequested', 'ToolExecuting', 'ToolCompleted'],
+    'a cache hit is still recorded',
+  );
+  t.match(events[2]?.data, { cached: true });
+
+  const otherArgs = await h.agent.execute('cached_echo', { q: 'other' }, { token, requestId: 'c-3' });
+  t.match(otherArgs, { cached: false }, 'other arguments miss');
+  const sameArgsOtherOrder = await h.agent.execute(
+    'cached_echo',
+    { a: 1, b: 2 },
+    { token, requestId: 'c-4' },
+  );
+  const reordered = await h.agent.execute('cached_echo', { b: 2, a: 1 }, { token, requestId: 'c-5' });
+  t.match(sameArgsOtherOrder, { cached: false });
+  t.match(reordered, { cached: true }, 'the key is over canonical JSON: key order does not matter');
+  const otherUser = await h.agent.execute(
+    'cached_echo',
+    { q: 'zod' },
+    { token: await h.token('carl'), requestId: 'c-6' },
+  );
+  t.match(otherUser, { cached: false }, 'the cache is per user');
+});
+
+t.test('Redis stopped mid-run: executions finish, no duplicate, limits fail open', async (t) => {
+  const h = await harness(t);
+  const d = await h.start();
+  const token = await h.token('rex');
+  const running = Promise.all(
+    [0, 1, 2].map((i) => h.agent.execute('sleep', { ms: 1_000 }, { token, requestId: `rs-${i}` })),
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  await h.redis.kill('SIGKILL');
+  const answers = await running;
+  t.ok(
+    answers.every((a) => a.status === 'completed'),
+    'the running executions complete',
+  );
+
+  const during = await h.agent.execute('echo', { x: 1 }, { token, requestId: 'rs-during' });
+  t.match(during, { status: 'completed' }, 'new requests are served without Redis');
+  const dupDuring = await rawRequest(h, {
+    subject: subjects.request('rex'),
+    body: { requestId: 'rs-0', tool: 'sleep', args: { ms: 1_000 } },
+    token,
+  });
+  t.strictSame(dupDuring, answers[0], 'a duplicate without Redis gets the first answer from the store');
+
+  await h.redis.start();
+  const after = await h.agent.execute('noop', {}, { token, requestId: 'rs-after' });
+  t.equal(after.status, 'completed', 'and with Redis back');
+
+  const events = await h.events('rex');
+  for (const id of ['rs-0', 'rs-1', 'rs-2', 'rs-during']) {
+    t.equal(executionsOf(events, id).filter((e) => e.type === 'ToolExecuting').length, 1, `${id} ran once`);
+    t.equal(
+      executionsOf(events, id).filter((e) => e.type === 'ToolCompleted').length,
+      1,
+      `${id} completed once`,
+    );
+  }
+  t.equal(verifyChain(events), null);
+  const metrics = await d.app.metrics.metrics();
+  t.match(metrics, /toolbus_redis_errors_total\{[^}]*op="admit"[^}]*\} [1-9]/, 'redis errors are counted');
+});

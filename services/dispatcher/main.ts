@@ -1,0 +1,33 @@
+import { loadConfig } from '../../lib/config.ts';
+import { createLogger } from '../../lib/log.ts';
+import { startDispatcher } from './app.ts';
+import { DispatcherEnv } from './config.ts';
+
+/** The dispatcher process: config from the environment, start, stop cleanly on SIGINT/SIGTERM. */
+const config = loadConfig(DispatcherEnv);
+const log = createLogger('dispatcher', config.LOG_LEVEL);
+
+try {
+  const dispatcher = await startDispatcher(config, { log });
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'signal received');
+    dispatcher.close().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        log.error({ err: { message: (e as Error).message } }, 'stopping failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGINT', () => stop('SIGINT'));
+  process.once('SIGTERM', () => stop('SIGTERM'));
+} catch (e) {
+  log.fatal(
+    { err: { message: (e as Error).message, name: (e as Error).name } },
+    'dispatcher failed to start',
+  );
+  process.exit(1);
+}

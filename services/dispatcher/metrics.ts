@@ -1,0 +1,64 @@
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+
+export interface DispatcherMetrics {
+  executions: Counter<'tool' | 'outcome'>;
+  duration: Histogram<'tool' | 'outcome'>;
+  inFlight: Gauge;
+  rateLimited: Counter<'limit'>;
+  redisErrors: Counter<'op'>;
+  conflicts: Counter;
+  refusedUnauthenticated: Counter;
+  redeliveries: Counter<'action'>;
+}
+
+/** The dispatcher's Prometheus metrics, registered on the app's registry (`/metrics`). */
+export function createMetrics(registry: Registry): DispatcherMetrics {
+  return {
+    executions: new Counter({
+      name: 'toolbus_executions_total',
+      help: 'Requests answered with a terminal answer, by tool and outcome (completed, cached or the error code)',
+      labelNames: ['tool', 'outcome'],
+      registers: [registry],
+    }),
+    duration: new Histogram({
+      name: 'toolbus_execution_duration_seconds',
+      help: 'From the request reaching the dispatcher to its terminal answer',
+      labelNames: ['tool', 'outcome'],
+      buckets: [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers: [registry],
+    }),
+    inFlight: new Gauge({
+      name: 'toolbus_executions_in_flight',
+      help: 'Requests this dispatcher is handling right now',
+      registers: [registry],
+    }),
+    rateLimited: new Counter({
+      name: 'toolbus_rate_limited_total',
+      help: 'Requests refused with RATE_LIMITED, by limit (rate or concurrency)',
+      labelNames: ['limit'],
+      registers: [registry],
+    }),
+    redisErrors: new Counter({
+      name: 'toolbus_redis_errors_total',
+      help: 'Redis calls that failed (the dispatcher then fails open), by operation',
+      labelNames: ['op'],
+      registers: [registry],
+    }),
+    conflicts: new Counter({
+      name: 'toolbus_append_conflicts_total',
+      help: 'Appends refused for a wrong expected revision (another writer), then retried',
+      registers: [registry],
+    }),
+    refusedUnauthenticated: new Counter({
+      name: 'toolbus_unauthenticated_total',
+      help: 'Requests refused for a missing, expired or invalid token (not recorded)',
+      registers: [registry],
+    }),
+    redeliveries: new Counter({
+      name: 'toolbus_recoveries_total',
+      help: 'Executions found unfinished after a crash, by what was done (rerun, interrupted, deferred)',
+      labelNames: ['action'],
+      registers: [registry],
+    }),
+  };
+}

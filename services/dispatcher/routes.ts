@@ -1,0 +1,139 @@
+import { randomUUID } from 'node:crypto';
+import type { JetStreamClient } from '@nats-io/jetstream';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { z } from 'zod';
+import { executionIdFor, type Principal } from '../../contracts/index.ts';
+import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
+import { AgentClientError, submitRequest } from '../../lib/clients/agent.ts';
+import type { NatsConnection } from '../../lib/nats.ts';
+import type { ToolRegistry } from '../../lib/tools/index.ts';
+import { answerFromTerminal, httpStatusOf, refusal, type TerminalAnswer } from './answers.ts';
+import { terminalOf, type UserStreams } from './streams.ts';
+
+export interface RouteDeps {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  registry: ToolRegistry;
+  verifier: TokenVerifier;
+  streams: UserStreams;
+  /** How long POST /executions waits for the terminal answer. */
+  waitMs: number;
+}
+
+const ExecutionIdParam = z.object({ executionId: z.uuid() });
+
+/**
+ * The HTTP API: GET /tools, POST /executions (through the same JetStream intake as agents on NATS,
+ * waiting for the terminal answer), GET /executions/:executionId (from the caller's own stream).
+ */
+export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
+  const authenticate = async (req: FastifyRequest, reply: FastifyReply): Promise<Principal | null> => {
+    try {
+      return await deps.verifier.verify(req.headers.authorization);
+    } catch (e) {
+      if (!(e instanceof AuthError)) throw e;
+      await reply.code(401).send(refusal('UNAUTHENTICATED', `token ${e.reason}: ${e.message}`));
+      return null;
+    }
+  };
+
+  app.get('/tools', async () => ({ tools: deps.registry.list() }));
+
+  app.post('/executions', async (req, reply) => {
+    const principal = await authenticate(req, reply);
+    if (!principal) return reply;
+    const body = req.body;
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+      return reply
+        .code(400)
+        .send(
+          refusal(
+            'MALFORMED',
+            'the body must be a JSON object: { requestId?, tool, version?, args, correlationId? }',
+          ),
+        );
+    }
+    const fields = body as Record<string, unknown>;
+    const given = fields['requestId'];
+    const requestId =
+      given === undefined ? randomUUID() : typeof given === 'string' ? given : JSON.stringify(given);
+    let answer;
+    try {
+      // Everything else goes to the dispatcher as it is: it validates and records (or refuses) it
+      // exactly as a request arriving on NATS.
+      answer = await submitRequest(deps.nc, deps.js, {
+        token: req.headers.authorization ?? '',
+        userId: principal.userId,
+        requestId,
+        body: { ...fields, requestId: given ?? requestId },
+        timeoutMs: deps.waitMs,
+      });
+    } catch (e) {
+      if (e instanceof AgentClientError && e.code === 'TIMEOUT') {
+        const executionId = executionIdFor(principal.userId, requestId);
+        return reply
+          .code(504)
+          .header('location', `/executions/${executionId}`)
+          .send({
+            status: 'pending',
+            requestId,
+            executionId,
+            message: `no terminal answer within ${deps.waitMs} ms; the execution goes on`,
+          });
+      }
+      req.log.error(
+        { err: { message: (e as Error).message }, requestId },
+        'request not accepted by the intake',
+      );
+      return reply
+        .code(503)
+        .send(
+          refusal(
+            'OVERLOADED',
+            'the request could not be handed to a dispatcher; retry with the same requestId',
+            { requestId },
+          ),
+        );
+    }
+    if (answer.status !== 'completed' && answer.status !== 'failed') {
+      return reply.code(500).send(refusal('OVERLOADED', 'unexpected interim answer', { requestId }));
+    }
+    return reply.code(httpStatusOf(answer)).send(answer);
+  });
+
+  app.get('/executions/:executionId', async (req, reply) => {
+    const principal = await authenticate(req, reply);
+    if (!principal) return reply;
+    const params = ExecutionIdParam.safeParse(req.params);
+    if (!params.success)
+      return reply.code(400).send(refusal('VALIDATION', 'the execution id must be a UUID'));
+    const { executionId } = params.data;
+    // Only the caller's own stream is read: another user's execution is simply not there (404).
+    const execution = await deps.streams.load({
+      userId: principal.userId,
+      executionId,
+      requestId: '-',
+      correlationId: executionId,
+    });
+    const requested = execution.events.find((e) => e.type === 'ToolRequested');
+    if (!requested || requested.type !== 'ToolRequested') {
+      return reply
+        .code(404)
+        .send({
+          error: { code: 'NOT_FOUND', message: `no execution ${executionId} of user ${principal.userId}` },
+        });
+    }
+    const terminal = terminalOf(execution);
+    const answer: TerminalAnswer | null = terminal ? answerFromTerminal(terminal) : null;
+    return {
+      executionId,
+      requestId: requested.metadata.requestId,
+      correlationId: requested.metadata.correlationId,
+      tool: requested.data.tool,
+      version: requested.data.version,
+      status: execution.state.status,
+      answer,
+      events: execution.events,
+    };
+  });
+}

@@ -1,0 +1,117 @@
+import t from 'tap';
+import { pino } from 'pino';
+import { executionIdFor, verifyChain, type ExecutionCommand } from '../../contracts/index.ts';
+import { createPostgresEventStore } from '../../lib/eventstore/postgres.ts';
+import { connectNats } from '../../lib/nats.ts';
+import { readUserEvents } from '../../test/support/events.ts';
+import { createTestDatabase } from '../../test/support/postgres.ts';
+import { startNats } from '../../test/support/processes.ts';
+import { newExecution, UserStreams, type Plan } from './streams.ts';
+
+const request = (tool: string): ExecutionCommand => ({
+  type: 'Request',
+  data: { tool, version: '1.0.0', args: {}, redacted: [] },
+});
+const start = (runner: string): ExecutionCommand => ({ type: 'Start', data: { runner, timeoutMs: 1000 } });
+const complete = (n: number): ExecutionCommand => ({
+  type: 'Complete',
+  data: { result: { n }, redacted: [], durationMs: 1, cached: false },
+});
+const ref = (userId: string, requestId: string) => ({
+  userId,
+  requestId,
+  executionId: executionIdFor(userId, requestId),
+  correlationId: requestId,
+});
+
+/** Two writers (as two dispatcher instances would be) on one store and one user stream. */
+async function setup(t: { teardown(fn: () => Promise<void> | void): void }) {
+  const nats = await startNats();
+  const db = await createTestDatabase();
+  const store = await createPostgresEventStore({ connectionString: db.url });
+  const nc = await connectNats(nats.url, 'streams-test');
+  let conflicts = 0;
+  const log = pino({ level: 'silent' });
+  const make = () =>
+    new UserStreams({ store, nc, log, now: () => new Date(), onConflict: () => conflicts++ });
+  t.teardown(async () => {
+    await nc.close();
+    await store.close();
+    await nats.stop();
+    await db.drop();
+  });
+  return { store, nc, a: make(), b: make(), conflicts: () => conflicts };
+}
+
+t.test('two writers on one user stream: every append lands, the chain holds', async (t) => {
+  const { store, a, b, conflicts } = await setup(t);
+  const runs = Array.from({ length: 30 }, (_, i) => {
+    const writer = i % 2 === 0 ? a : b;
+    const execution = newExecution(ref('uma', `r-${i}`));
+    return (async () => {
+      await writer.step(execution, (s) => (s.status === 'none' ? [request('noop'), start(`w${i % 2}`)] : []));
+      await writer.step(execution, (s) => (s.status === 'executing' ? [complete(i)] : []));
+      return execution;
+    })();
+  });
+  const executions = await Promise.all(runs);
+  t.ok(
+    executions.every((e) => e.state.status === 'completed'),
+    'every execution completed',
+  );
+  const events = await readUserEvents(store, 'uma');
+  t.equal(events.length, 90);
+  t.strictSame(
+    events.map((e) => e.revision),
+    Array.from({ length: 90 }, (_, i) => i),
+    'contiguous revisions',
+  );
+  t.equal(verifyChain(events.map((e) => e.event)), null, 'one valid chain');
+  t.ok(conflicts() > 0, `the writers did conflict (${conflicts()} times) and recovered`);
+});
+
+t.test('two writers ending the same execution: exactly one terminal event', async (t) => {
+  const { store, a, b } = await setup(t);
+  const r = ref('vic', 'same');
+  const first = newExecution(r);
+  await a.step(first, (s) => (s.status === 'none' ? [request('sleep'), start('a')] : []));
+
+  // b learns of the execution from the store, as a dispatcher does after a redelivery.
+  const seen = await b.load(r);
+  t.equal(seen.state.status, 'executing');
+  const plan =
+    (n: number): Plan =>
+    (s) =>
+      s.status === 'executing' && s.attempt === 1 ? [complete(n)] : [];
+  const [ra, rb] = await Promise.all([a.step(first, plan(1)), b.step(seen, plan(2))]);
+  t.equal(ra.appended.length + rb.appended.length, 1, 'one of them appended the terminal event');
+  t.equal(first.state.status, 'completed');
+  t.equal(seen.state.status, 'completed', 'the other sees the terminal event after its conflict');
+  const events = (await readUserEvents(store, 'vic')).map((e) => e.event);
+  t.strictSame(
+    events.map((e) => e.type),
+    ['ToolRequested', 'ToolExecuting', 'ToolCompleted'],
+  );
+  t.equal(verifyChain(events), null);
+});
+
+t.test('an append of an execution that already exists (lost idempotency cache) finds it', async (t) => {
+  const { store, a, b } = await setup(t);
+  const r = ref('wes', 'again');
+  const e1 = newExecution(r);
+  await a.step(e1, (s) => (s.status === 'none' ? [request('noop'), start('a')] : []));
+  await a.step(e1, (s) => (s.status === 'executing' ? [complete(1)] : []));
+  for (let i = 0; i < 5; i++)
+    await a.step(newExecution(ref('wes', `other-${i}`)), () => [request('noop'), start('a')]);
+
+  // b believes the execution is new (as after a Redis flush): the append conflicts and b reads it back.
+  const e2 = newExecution(r);
+  const result = await b.step(e2, (s) => (s.status === 'none' ? [request('noop'), start('b')] : []));
+  t.strictSame(result.appended, [], 'nothing appended');
+  t.equal(e2.state.status, 'completed', 'the stored execution was found');
+  t.strictSame(
+    e2.events.map((e) => e.type),
+    ['ToolRequested', 'ToolExecuting', 'ToolCompleted'],
+  );
+  t.equal((await readUserEvents(store, 'wes')).length, 13);
+});

@@ -1,0 +1,312 @@
+import {
+  chainEvents,
+  decide,
+  eventIdFor,
+  evolve,
+  GENESIS_HASH,
+  initialState,
+  notificationName,
+  subjects,
+  userStream,
+  type ExecutionCommand,
+  type ExecutionState,
+  type ExecutionStep,
+  type Notification,
+  type ToolEvent,
+  type ToolEventBody,
+} from '../../contracts/index.ts';
+import {
+  WrongExpectedRevisionError,
+  type EventStore,
+  type RecordedEvent,
+} from '../../lib/eventstore/types.ts';
+import type { Logger } from '../../lib/log.ts';
+import type { NatsConnection } from '../../lib/nats.ts';
+import { fromRecorded, toEventData } from '../../lib/toolEvents.ts';
+
+/** The last event of a user stream: where the next append goes and what it chains to. */
+export interface Tail {
+  revision: number;
+  hash: string;
+}
+
+/** What identifies an execution and goes into the metadata of each of its events. */
+export interface ExecutionRef {
+  userId: string;
+  executionId: string;
+  requestId: string;
+  correlationId: string;
+}
+
+/** An execution as far as this dispatcher knows it: folded state and the events behind it. */
+export interface Execution {
+  ref: ExecutionRef;
+  state: ExecutionState;
+  /** This execution's events in stream order, as far as known (all of them after a load). */
+  events: ToolEvent[];
+}
+
+export const newExecution = (ref: ExecutionRef): Execution => ({ ref, state: initialState(), events: [] });
+
+export const terminalOf = (e: Execution): ToolEvent | undefined =>
+  e.events.findLast((x) => x.type === 'ToolCompleted' || x.type === 'ToolFailed');
+export const lastExecutingOf = (e: Execution) =>
+  e.events.findLast((x): x is Extract<ToolEvent, { type: 'ToolExecuting' }> => x.type === 'ToolExecuting');
+
+/** Decides which commands to apply given the execution's current state; none means leave it. */
+export type Plan = (state: ExecutionState) => ExecutionCommand[];
+
+export interface StepResult {
+  /** The events this step appended (empty when the plan chose nothing after a re-read). */
+  appended: ToolEvent[];
+}
+
+export class AppendConflictError extends Error {
+  constructor(stream: string, attempts: number) {
+    super(`stream ${stream}: still conflicting after ${attempts} attempts`);
+    this.name = 'AppendConflictError';
+  }
+}
+
+const MAX_ATTEMPTS = 25;
+
+const stepOf = (body: ToolEventBody): ExecutionStep =>
+  body.type === 'ToolRequested'
+    ? 'requested'
+    : body.type === 'ToolExecuting'
+      ? `executing:${body.data.attempt}`
+      : 'terminal';
+
+export interface UserStreamsOptions {
+  store: EventStore;
+  nc: NatsConnection;
+  log: Logger;
+  now: () => Date;
+  /** How many users' tails to keep in memory. */
+  maxCachedTails?: number;
+  onConflict?: () => void;
+}
+
+/**
+ * Appends to user streams: one queue per user inside this process (so an instance never conflicts
+ * with itself), the tail of each stream cached (no read in the happy path), optimistic concurrency
+ * with the exact expected revision across instances. On a conflict the tail and the execution are
+ * read again and the plan decides again, since another writer may have moved the very execution.
+ * Every appended event is published on `events.user.<id>` in revision order, after the commit.
+ */
+export class UserStreams {
+  private readonly tails = new Map<string, Tail>();
+  private readonly lanes = new Map<string, { queue: Promise<unknown>; pending: number }>();
+  private readonly maxTails: number;
+
+  constructor(private readonly options: UserStreamsOptions) {
+    this.maxTails = options.maxCachedTails ?? 100_000;
+  }
+
+  /** Runs `fn` after every earlier task of the same user in this process. */
+  private serialize<T>(userId: string, fn: () => Promise<T>): Promise<T> {
+    let lane = this.lanes.get(userId);
+    if (!lane) {
+      lane = { queue: Promise.resolve(), pending: 0 };
+      this.lanes.set(userId, lane);
+    }
+    const l = lane;
+    l.pending++;
+    const run = l.queue.then(fn);
+    l.queue = run.catch(() => undefined);
+    return run.finally(() => {
+      if (--l.pending === 0 && this.lanes.get(userId) === l) this.lanes.delete(userId);
+    });
+  }
+
+  private cacheTail(userId: string, tail: Tail | null): void {
+    this.tails.delete(userId);
+    if (!tail) return;
+    this.tails.set(userId, tail);
+    if (this.tails.size > this.maxTails) {
+      const oldest = this.tails.keys().next();
+      if (!oldest.done) this.tails.delete(oldest.value);
+    }
+  }
+
+  /**
+   * Applies `plan` to the execution and appends the events it decides, in one append. Mutates
+   * `execution` (state and events) to what the stream says afterwards.
+   */
+  step(execution: Execution, plan: Plan): Promise<StepResult> {
+    const { userId } = execution.ref;
+    return this.serialize(userId, async () => {
+      const stream = userStream(userId);
+      for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+        const commands = plan(execution.state);
+        if (commands.length === 0) return { appended: [] };
+        let tail = this.tails.get(userId);
+        if (!tail) {
+          tail = await this.readTail(userId);
+          this.cacheTail(userId, tail);
+        }
+        const events = this.build(execution, commands, tail.hash);
+        try {
+          const result = await this.options.store.append(
+            stream,
+            events.map(toEventData),
+            tail.revision < 0 ? 'no_stream' : tail.revision,
+          );
+          if (!result.written) throw new WrongExpectedRevisionError(stream, tail.revision, null);
+          const first = result.nextRevision - events.length + 1;
+          this.cacheTail(userId, { revision: result.nextRevision, hash: events.at(-1)!.metadata.hash });
+          for (const event of events) execution.state = evolve(execution.state, event);
+          execution.events.push(...events);
+          this.publish(userId, events, first);
+          return { appended: events };
+        } catch (e) {
+          if (!(e instanceof WrongExpectedRevisionError)) {
+            // Whatever happened, the cached tail may be wrong now.
+            this.cacheTail(userId, null);
+            throw e;
+          }
+          this.options.onConflict?.();
+          await this.reload(execution, tail, e);
+        }
+      }
+      this.cacheTail(userId, null);
+      throw new AppendConflictError(stream, MAX_ATTEMPTS);
+    });
+  }
+
+  /**
+   * The execution as stored: the user stream read backwards until its ToolRequested (all of it
+   * when the execution is not there). Outside the user's queue: it reads, never appends.
+   */
+  async load(ref: ExecutionRef): Promise<Execution> {
+    const execution = newExecution(ref);
+    await this.readBack(execution, false);
+    return execution;
+  }
+
+  private build(execution: Execution, commands: ExecutionCommand[], prevHash: string): ToolEvent[] {
+    const { ref } = execution;
+    const at = this.options.now().toISOString();
+    let state = execution.state;
+    let causationId: string | null = execution.events.at(-1)?.id ?? ref.requestId;
+    const unhashed = [];
+    for (const command of commands) {
+      for (const body of decide(command, state)) {
+        state = evolve(state, body);
+        const id = eventIdFor(ref.executionId, stepOf(body));
+        unhashed.push({
+          id,
+          type: body.type,
+          schemaVersion: 1 as const,
+          data: body.data,
+          metadata: {
+            userId: ref.userId,
+            executionId: ref.executionId,
+            requestId: ref.requestId,
+            correlationId: ref.correlationId,
+            causationId,
+            occurredAt: at,
+            prevHash: GENESIS_HASH,
+          },
+        });
+        causationId = id;
+      }
+    }
+    return chainEvents<ToolEvent>(unhashed, prevHash);
+  }
+
+  private publish(userId: string, events: ToolEvent[], firstRevision: number): void {
+    const subject = subjects.events(userId);
+    events.forEach((event, i) => {
+      const n: Notification = {
+        kind: 'event',
+        name: notificationName(event.type),
+        userId,
+        revision: firstRevision + i,
+        event,
+      };
+      try {
+        this.options.nc.publish(subject, JSON.stringify(n));
+      } catch (e) {
+        // The event is committed; a notifier recovers a missed publish from the store (gap in revisions).
+        this.options.log.warn({ err: e, userId, revision: firstRevision + i }, 'event publish failed');
+      }
+    });
+  }
+
+  private async readTail(userId: string): Promise<Tail> {
+    for await (const r of this.options.store.readStream(userStream(userId), {
+      direction: 'backwards',
+      maxCount: 1,
+    })) {
+      return this.tailOf(r);
+    }
+    return { revision: -1, hash: GENESIS_HASH };
+  }
+
+  private tailOf(r: RecordedEvent): Tail {
+    const hash = (r.metadata as { hash?: unknown } | null)?.hash;
+    if (typeof hash !== 'string') {
+      this.options.log.error(
+        { stream: r.streamId, revision: r.revision },
+        'stream tail has no hash; chaining to genesis',
+      );
+      return { revision: r.revision, hash: GENESIS_HASH };
+    }
+    return { revision: r.revision, hash };
+  }
+
+  /**
+   * After a conflict: when the stream only grew past a known tail, the new events are read forwards
+   * (a few); otherwise (the tail was right, so an event id of this step is already stored; or no
+   * tail was known) the execution is read backwards until its ToolRequested.
+   */
+  private async reload(
+    execution: Execution,
+    tail: Tail,
+    conflict: WrongExpectedRevisionError,
+  ): Promise<void> {
+    const { userId } = execution.ref;
+    const grew = conflict.actual !== null && conflict.actual > tail.revision;
+    if (grew) {
+      let last: RecordedEvent | undefined;
+      for await (const r of this.options.store.readStream(userStream(userId), {
+        fromRevision: tail.revision + 1,
+      })) {
+        last = r;
+        const parsed = fromRecorded(r);
+        if (parsed.ok && parsed.event.metadata.executionId === execution.ref.executionId) {
+          if (!execution.events.some((e) => e.id === parsed.event.id)) {
+            execution.events.push(parsed.event);
+            execution.state = evolve(execution.state, parsed.event);
+          }
+        }
+      }
+      this.cacheTail(userId, last ? this.tailOf(last) : null);
+      return;
+    }
+    this.cacheTail(userId, null);
+    await this.readBack(execution);
+  }
+
+  /** Reads the user stream backwards until the execution's ToolRequested; refreshes the tail. */
+  private async readBack(execution: Execution, updateTail = true): Promise<void> {
+    const { userId, executionId } = execution.ref;
+    const found: ToolEvent[] = [];
+    let tail: Tail | null = null;
+    for await (const r of this.options.store.readStream(userStream(userId), { direction: 'backwards' })) {
+      tail ??= this.tailOf(r);
+      const parsed = fromRecorded(r);
+      if (!parsed.ok) continue;
+      if (parsed.event.metadata.executionId !== executionId) continue;
+      found.push(parsed.event);
+      if (parsed.event.type === 'ToolRequested') break;
+    }
+    if (updateTail) this.cacheTail(userId, tail ?? { revision: -1, hash: GENESIS_HASH });
+    found.reverse();
+    // Continue the execution under the correlation id it was recorded with.
+    if (found[0]) execution.ref = { ...execution.ref, correlationId: found[0].metadata.correlationId };
+    execution.events = found;
+    execution.state = found.reduce(evolve, initialState());
+  }
+}

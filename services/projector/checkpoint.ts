@@ -1,0 +1,46 @@
+import type { Queryable } from './sql.ts';
+
+export interface Checkpoint {
+  /** formatPosition of the last event applied or skipped; null before the first. */
+  position: string | null;
+  /** Events applied or skipped so far. */
+  events: number;
+  updatedAt: Date;
+}
+
+export async function ensureCheckpoint(db: Queryable, projection: string): Promise<void> {
+  await db.query('insert into projector_checkpoints (projection) values ($1) on conflict do nothing', [
+    projection,
+  ]);
+}
+
+export async function readCheckpoint(
+  db: Queryable,
+  projection: string,
+  forUpdate = false,
+): Promise<Checkpoint> {
+  const { rows } = await db.query<{ position: string | null; events: number; updated_at: Date }>(
+    `select position, events, updated_at from projector_checkpoints where projection = $1${forUpdate ? ' for update' : ''}`,
+    [projection],
+  );
+  const row = rows[0];
+  return row
+    ? { position: row.position, events: Number(row.events), updatedAt: row.updated_at }
+    : { position: null, events: 0, updatedAt: new Date(0) };
+}
+
+export async function writeCheckpoint(
+  db: Queryable,
+  projection: string,
+  position: string,
+  events: number,
+): Promise<void> {
+  await db.query(
+    'update projector_checkpoints set position = $2, events = $3, updated_at = now() where projection = $1',
+    [projection, position, events],
+  );
+}
+
+/** The advisory-lock key of a projection (one active instance) and of its rebuild (one at a time). */
+export const lockKey = (projection: string): string => `toolbus-projector:${projection}`;
+export const rebuildLockKey = (projection: string): string => `toolbus-projector-rebuild:${projection}`;

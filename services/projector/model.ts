@@ -1,0 +1,464 @@
+import { canonicalJson, EVENT_TYPES, userStream, type ToolEvent } from '../../contracts/index.ts';
+import {
+  comparePositions,
+  formatPosition,
+  parsePosition,
+  type RecordedEvent,
+} from '../../lib/eventstore/types.ts';
+import { fromRecorded } from '../../lib/toolEvents.ts';
+import { bucketOf, emptyHistogram, mergeHistograms } from './histogram.ts';
+
+/**
+ * The read models as plain rows, and the one pure function that changes them. The SQL runner and
+ * the in-memory replay both use `applyEvent`: the runner loads the rows a batch touches, applies
+ * the batch here and writes the rows back, so the tables are by construction what a replay gives.
+ */
+
+export type ExecutionStatus = 'requested' | 'executing' | 'completed' | 'failed';
+
+/** Timestamps are ISO strings (UTC, milliseconds), so rows compare and serialize exactly. */
+export interface ExecutionRow {
+  executionId: string;
+  userId: string;
+  requestId: string;
+  correlationId: string;
+  /** Null only when the execution's ToolRequested was skipped (unknown to this reader). */
+  tool: string | null;
+  version: string | null;
+  status: ExecutionStatus;
+  /** Highest ToolExecuting attempt; 0 when it never ran. */
+  attempts: number;
+  /** When it was requested (or, without a readable ToolRequested, when it was first seen). */
+  requestedAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  durationMs: number | null;
+  errorCode: string | null;
+  errorMessage: string | null;
+  cached: boolean | null;
+  /** Events applied to this row; equals the execution's events in the store (a double apply shows). */
+  eventCount: number;
+  lastRevision: number;
+}
+
+/** Outcome classes shared by user activity and tool metrics. */
+export type Outcome = 'completed' | 'failed' | 'refused';
+
+export interface UserActivityRow {
+  userId: string;
+  /** Executions requested. In flight = executions - completed - failed - refused. */
+  executions: number;
+  completed: number;
+  /** Ran and failed. */
+  failed: number;
+  /** Failed before running (no ToolExecuting): refused by validation, authorization, limits. */
+  refused: number;
+  events: number;
+  firstActivityAt: string;
+  lastActivityAt: string;
+}
+
+export interface ToolMetricsRow {
+  tool: string;
+  /** Start of the minute (UTC) for per-minute rows; null for the all-time row. */
+  minute: string | null;
+  completed: number;
+  failed: number;
+  refused: number;
+  cached: number;
+  /** Failures and refusals by error code. Keys sorted. */
+  errorCodes: Record<string, number>;
+  latencyCount: number;
+  latencySumMs: number;
+  latencyMaxMs: number | null;
+  /** Counts per LATENCY_BOUNDS_MS bucket (see histogram.ts). */
+  latencyHistogram: number[];
+}
+
+export interface SkippedRow {
+  streamId: string;
+  revision: number;
+  /** formatPosition of the event; null when replayed from envelopes without positions. */
+  position: string | null;
+  eventId: string;
+  eventType: string;
+  reason: string;
+  /** When the store recorded it; null when unknown. */
+  recordedAt: string | null;
+}
+
+/** A terminal event's contribution to its tool's metrics. */
+export interface Sample {
+  tool: string;
+  minute: string;
+  outcome: Outcome;
+  code: string | null;
+  durationMs: number | null;
+  cached: boolean;
+}
+
+/** The rows a batch reads and writes: executions and users by key. */
+export interface ExecutionState {
+  executions: Map<string, ExecutionRow>;
+  users: Map<string, UserActivityRow>;
+}
+
+export type ApplyResult = { applied: true; sample: Sample | null } | { applied: false; reason: string };
+
+const isoOf = (occurredAt: string): string => new Date(occurredAt).toISOString();
+export const minuteOf = (iso: string): string => {
+  const d = new Date(iso);
+  d.setUTCSeconds(0, 0);
+  return d.toISOString();
+};
+const maxIso = (a: string, b: string): string => (a >= b ? a : b);
+const minIso = (a: string, b: string): string => (a <= b ? a : b);
+const isTerminalStatus = (s: ExecutionStatus): boolean => s === 'completed' || s === 'failed';
+
+/**
+ * Applies one event to the execution and user rows in `state` (mutating them) and returns the
+ * tool-metrics sample of a terminal event. An event the life cycle does not allow (anything after
+ * a terminal event, a second ToolRequested) changes nothing and is reported as not applied.
+ */
+export function applyEvent(state: ExecutionState, event: ToolEvent, revision: number): ApplyResult {
+  const m = event.metadata;
+  const at = isoOf(m.occurredAt);
+  const existing = state.executions.get(m.executionId);
+  if (existing && isTerminalStatus(existing.status)) {
+    return { applied: false, reason: `${event.type} after the execution ${existing.status}` };
+  }
+  if (existing && event.type === 'ToolRequested') {
+    return { applied: false, reason: `ToolRequested for an execution already ${existing.status}` };
+  }
+  const row: ExecutionRow = existing ?? {
+    executionId: m.executionId,
+    userId: m.userId,
+    requestId: m.requestId,
+    correlationId: m.correlationId,
+    tool: null,
+    version: null,
+    status: 'requested',
+    attempts: 0,
+    requestedAt: at,
+    startedAt: null,
+    finishedAt: null,
+    durationMs: null,
+    errorCode: null,
+    errorMessage: null,
+    cached: null,
+    eventCount: 0,
+    lastRevision: revision,
+  };
+  let outcome: Outcome | null = null;
+  switch (event.type) {
+    case 'ToolRequested':
+      row.tool = event.data.tool;
+      row.version = event.data.version;
+      row.status = 'requested';
+      break;
+    case 'ToolExecuting':
+      row.status = 'executing';
+      row.attempts = Math.max(row.attempts, event.data.attempt);
+      row.startedAt ??= at;
+      break;
+    case 'ToolCompleted':
+      row.status = 'completed';
+      row.finishedAt = at;
+      row.durationMs = event.data.durationMs;
+      row.cached = event.data.cached;
+      outcome = 'completed';
+      break;
+    case 'ToolFailed':
+      outcome = row.status === 'requested' ? 'refused' : 'failed';
+      row.status = 'failed';
+      row.finishedAt = at;
+      row.durationMs = event.data.durationMs;
+      row.errorCode = event.data.error.code;
+      row.errorMessage = event.data.error.message;
+      row.cached = false;
+      break;
+    default: {
+      const unknown: never = event;
+      throw new Error(`unknown event ${JSON.stringify(unknown)}`);
+    }
+  }
+  row.eventCount += 1;
+  row.lastRevision = revision;
+  state.executions.set(row.executionId, row);
+
+  const user = state.users.get(m.userId) ?? {
+    userId: m.userId,
+    executions: 0,
+    completed: 0,
+    failed: 0,
+    refused: 0,
+    events: 0,
+    firstActivityAt: at,
+    lastActivityAt: at,
+  };
+  user.events += 1;
+  user.firstActivityAt = minIso(user.firstActivityAt, at);
+  user.lastActivityAt = maxIso(user.lastActivityAt, at);
+  if (event.type === 'ToolRequested') user.executions += 1;
+  if (outcome) user[outcome] += 1;
+  state.users.set(user.userId, user);
+
+  if (!outcome || row.tool === null) return { applied: true, sample: null };
+  return {
+    applied: true,
+    sample: {
+      tool: row.tool,
+      minute: minuteOf(at),
+      outcome,
+      code: row.errorCode === null || outcome === 'completed' ? null : row.errorCode,
+      durationMs: row.durationMs,
+      cached: row.cached === true,
+    },
+  };
+}
+
+export const emptyToolMetrics = (tool: string, minute: string | null): ToolMetricsRow => ({
+  tool,
+  minute,
+  completed: 0,
+  failed: 0,
+  refused: 0,
+  cached: 0,
+  errorCodes: {},
+  latencyCount: 0,
+  latencySumMs: 0,
+  latencyMaxMs: null,
+  latencyHistogram: emptyHistogram(),
+});
+
+/** Adds a sample to a tool-metrics row (mutating it). */
+export function addSample(row: ToolMetricsRow, sample: Sample): ToolMetricsRow {
+  row[sample.outcome] += 1;
+  if (sample.cached) row.cached += 1;
+  if (sample.code !== null)
+    row.errorCodes = sortKeys({ ...row.errorCodes, [sample.code]: (row.errorCodes[sample.code] ?? 0) + 1 });
+  if (sample.durationMs !== null) {
+    row.latencyCount += 1;
+    row.latencySumMs += sample.durationMs;
+    row.latencyMaxMs =
+      row.latencyMaxMs === null ? sample.durationMs : Math.max(row.latencyMaxMs, sample.durationMs);
+    const hist = row.latencyHistogram.length === 0 ? emptyHistogram() : row.latencyHistogram;
+    const b = bucketOf(sample.durationMs);
+    hist[b] = (hist[b] ?? 0) + 1;
+    row.latencyHistogram = hist;
+  }
+  return row;
+}
+
+/** Per-minute rows summed per tool (for a time range), sorted by tool; `minute` is null. */
+export function mergeToolRows(rows: Iterable<ToolMetricsRow>): ToolMetricsRow[] {
+  const byTool = new Map<string, ToolMetricsRow>();
+  for (const r of rows) {
+    const acc = byTool.get(r.tool) ?? emptyToolMetrics(r.tool, null);
+    acc.completed += r.completed;
+    acc.failed += r.failed;
+    acc.refused += r.refused;
+    acc.cached += r.cached;
+    const codes = { ...acc.errorCodes };
+    for (const [code, n] of Object.entries(r.errorCodes)) codes[code] = (codes[code] ?? 0) + n;
+    acc.errorCodes = sortKeys(codes);
+    acc.latencyCount += r.latencyCount;
+    acc.latencySumMs += r.latencySumMs;
+    acc.latencyMaxMs =
+      r.latencyMaxMs === null
+        ? acc.latencyMaxMs
+        : Math.max(acc.latencyMaxMs ?? r.latencyMaxMs, r.latencyMaxMs);
+    acc.latencyHistogram = mergeHistograms(acc.latencyHistogram, r.latencyHistogram);
+    byTool.set(r.tool, acc);
+  }
+  return [...byTool.values()].sort((a, b) => (a.tool < b.tool ? -1 : a.tool > b.tool ? 1 : 0));
+}
+
+export const sortKeys = <T>(o: Record<string, T>): Record<string, T> =>
+  Object.fromEntries(
+    Object.keys(o)
+      .sort()
+      .map((k) => [k, o[k]!]),
+  );
+
+export const minuteKey = (tool: string, minute: string): string => `${tool}\u0000${minute}`;
+
+/** Classifies a skip reason for the metric label (bounded cardinality). */
+export function skipKind(
+  reason: string,
+  type: string,
+): 'unknown_type' | 'newer_version' | 'invalid' | 'lifecycle' {
+  if (!(EVENT_TYPES as readonly string[]).includes(type)) return 'unknown_type';
+  if (/schema version \d+ is newer/.test(reason)) return 'newer_version';
+  if (/ after the execution | already /.test(reason)) return 'lifecycle';
+  return 'invalid';
+}
+
+/** All read models in memory. */
+export interface ReadModels extends ExecutionState {
+  toolMinutes: Map<string, ToolMetricsRow>;
+  toolTotals: Map<string, ToolMetricsRow>;
+  skipped: SkippedRow[];
+}
+
+/** The read models as sorted arrays: what `dumpReadModels` gives for the SQL tables. */
+export interface ReadModelDump {
+  executions: ExecutionRow[];
+  userActivity: UserActivityRow[];
+  toolMetricsByMinute: ToolMetricsRow[];
+  toolMetrics: ToolMetricsRow[];
+  skipped: SkippedRow[];
+}
+
+export const emptyReadModels = (): ReadModels => ({
+  executions: new Map(),
+  users: new Map(),
+  toolMinutes: new Map(),
+  toolTotals: new Map(),
+  skipped: [],
+});
+
+const skippedRow = (recorded: RecordedEvent, reason: string): SkippedRow => ({
+  streamId: recorded.streamId,
+  revision: recorded.revision,
+  position: formatPosition(recorded.position),
+  eventId: recorded.id,
+  eventType: recorded.type,
+  reason,
+  recordedAt: recorded.created.toISOString(),
+});
+
+/** One stored event in, as the runner sees it: parsed, or skipped with its reason. */
+export type Incoming =
+  | { ok: true; event: ToolEvent; revision: number; skipped: (reason: string) => SkippedRow }
+  | { ok: false; row: SkippedRow };
+
+export function incomingFromRecorded(recorded: RecordedEvent): Incoming {
+  const parsed = fromRecorded(recorded);
+  if (!parsed.ok) return { ok: false, row: skippedRow(recorded, parsed.reason) };
+  return {
+    ok: true,
+    event: parsed.event,
+    revision: parsed.revision,
+    skipped: (reason) => skippedRow(recorded, reason),
+  };
+}
+
+const isRecorded = (e: RecordedEvent | ToolEvent): e is RecordedEvent => 'streamId' in e && 'position' in e;
+
+/**
+ * Replays events into fresh read models, exactly as the runner projects them. Takes stored events
+ * (any order-preserving read of the user streams) or bare envelopes; for envelopes the revision is
+ * the event's index in its user's stream, so pass each stream complete and in order.
+ */
+export function replayReadModels(events: Iterable<RecordedEvent | ToolEvent>): ReadModels {
+  const model = emptyReadModels();
+  const revisions = new Map<string, number>();
+  for (const e of events) {
+    let incoming: Incoming;
+    if (isRecorded(e)) {
+      incoming = incomingFromRecorded(e);
+    } else {
+      const stream = userStream(e.metadata.userId);
+      const revision = (revisions.get(stream) ?? -1) + 1;
+      revisions.set(stream, revision);
+      incoming = {
+        ok: true,
+        event: e,
+        revision,
+        skipped: (reason) => ({
+          streamId: stream,
+          revision,
+          position: null,
+          eventId: e.id,
+          eventType: e.type,
+          reason,
+          recordedAt: null,
+        }),
+      };
+    }
+    applyIncoming(model, incoming);
+  }
+  return model;
+}
+
+/** Applies one incoming event to complete in-memory models. */
+export function applyIncoming(model: ReadModels, incoming: Incoming): SkippedRow | null {
+  if (!incoming.ok) {
+    model.skipped.push(incoming.row);
+    return incoming.row;
+  }
+  const result = applyEvent(model, incoming.event, incoming.revision);
+  if (!result.applied) {
+    const row = incoming.skipped(result.reason);
+    model.skipped.push(row);
+    return row;
+  }
+  if (result.sample) {
+    const s = result.sample;
+    const mk = minuteKey(s.tool, s.minute);
+    model.toolMinutes.set(mk, addSample(model.toolMinutes.get(mk) ?? emptyToolMetrics(s.tool, s.minute), s));
+    model.toolTotals.set(
+      s.tool,
+      addSample(model.toolTotals.get(s.tool) ?? emptyToolMetrics(s.tool, null), s),
+    );
+  }
+  return null;
+}
+
+const byString =
+  <T>(key: (r: T) => string) =>
+  (a: T, b: T) => {
+    const x = key(a);
+    const y = key(b);
+    return x < y ? -1 : x > y ? 1 : 0;
+  };
+
+/** Sorts rows into the dump order, and copies them so the dump does not share state with a model. */
+export function toDump(model: ReadModels): ReadModelDump {
+  const copy = <T>(rows: Iterable<T>): T[] => structuredClone([...rows]);
+  return normalizeDump({
+    executions: copy(model.executions.values()),
+    userActivity: copy(model.users.values()),
+    toolMetricsByMinute: copy(model.toolMinutes.values()),
+    toolMetrics: copy(model.toolTotals.values()),
+    skipped: copy(model.skipped),
+  });
+}
+
+/** Dump order: by key; skipped events by stream and revision. Error-code keys sorted. */
+export function normalizeDump(dump: ReadModelDump): ReadModelDump {
+  const tools = (rows: ToolMetricsRow[]) =>
+    rows
+      .map((r) => ({ ...r, errorCodes: sortKeys(r.errorCodes) }))
+      .sort(byString((r) => minuteKey(r.tool, r.minute ?? '')));
+  return {
+    executions: [...dump.executions].sort(byString((r) => r.executionId)),
+    userActivity: [...dump.userActivity].sort(byString((r) => r.userId)),
+    toolMetricsByMinute: tools(dump.toolMetricsByMinute),
+    toolMetrics: tools(dump.toolMetrics),
+    skipped: [...dump.skipped].sort((a, b) =>
+      a.streamId !== b.streamId ? (a.streamId < b.streamId ? -1 : 1) : a.revision - b.revision,
+    ),
+  };
+}
+
+/** Human-readable differences between two dumps (empty when equal). */
+export function diffDumps(actual: ReadModelDump, expected: ReadModelDump, limit = 20): string[] {
+  const out: string[] = [];
+  for (const key of Object.keys(expected) as Array<keyof ReadModelDump>) {
+    const a = actual[key] as unknown[];
+    const e = expected[key] as unknown[];
+    if (a.length !== e.length) out.push(`${key}: ${a.length} rows, expected ${e.length}`);
+    for (let i = 0; i < Math.max(a.length, e.length) && out.length < limit; i++) {
+      const x = a[i] === undefined ? 'missing' : canonicalJson(a[i]);
+      const y = e[i] === undefined ? 'missing' : canonicalJson(e[i]);
+      if (x !== y) out.push(`${key}[${i}]: ${x}\n   expected ${y}`);
+    }
+  }
+  return out.slice(0, limit);
+}
+
+/** Whether `p` (formatted) is at or before `limit`. */
+export const positionAtOrBefore = (p: string, limit: string): boolean =>
+  comparePositions(parsePosition(p), parsePosition(limit)) <= 0;

@@ -1,0 +1,216 @@
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type pg from 'pg';
+import { USER_STREAM_PREFIX } from '../../contracts/index.ts';
+import { loadConfig } from '../../lib/config.ts';
+import { createPool, migrate } from '../../lib/db.ts';
+import {
+  comparePositions,
+  formatPosition,
+  parsePosition,
+  type EventStore,
+  type RecordedEvent,
+} from '../../lib/eventstore/types.ts';
+import { createLogger } from '../../lib/log.ts';
+import { ensureCheckpoint, readCheckpoint, rebuildLockKey, writeCheckpoint } from './checkpoint.ts';
+import { ProjectorEnv } from './config.ts';
+import { LIVE_SCHEMA, PROJECTION_NAME, projectorMigrations } from './migrations.ts';
+import type { Log } from './runner.ts';
+import { applyBatch, qualified } from './sql.ts';
+import { openEventStore } from './store.ts';
+
+/** Where a rebuild builds, and where the replaced model waits to be dropped. */
+export const BUILD_SCHEMA = `${LIVE_SCHEMA}_rebuild`;
+export const OLD_SCHEMA = `${LIVE_SCHEMA}_old`;
+
+export interface RebuildOptions {
+  pool: pg.Pool;
+  store: EventStore;
+  logger?: Log;
+  batchSize?: number;
+  projection?: string;
+}
+
+export interface RebuildResult {
+  /** Events applied or skipped into the new model. */
+  events: number;
+  /** The checkpoint the new model was swapped in at. */
+  position: string | null;
+  durationMs: number;
+}
+
+export class RebuildBusyError extends Error {
+  readonly code = 'REBUILD_BUSY';
+  constructor() {
+    super('another rebuild of this projection is running');
+    this.name = 'RebuildBusyError';
+  }
+}
+
+/**
+ * Re-projects every user-stream event from position zero into a fresh schema (a copy of the live
+ * tables' structure), then swaps it in: in one transaction that holds the checkpoint row (so the
+ * live projector is between batches), the new model catches up to the live checkpoint and the two
+ * schemas trade names. Readers see the old model or the new one, never a mix or a half.
+ */
+export async function rebuildReadModels(options: RebuildOptions): Promise<RebuildResult> {
+  const { pool, store } = options;
+  const projection = options.projection ?? PROJECTION_NAME;
+  const batchSize = options.batchSize ?? 1000;
+  const log = options.logger;
+  const started = Date.now();
+
+  const session = await pool.connect();
+  try {
+    const { rows } = await session.query<{ ok: boolean }>(
+      'select pg_try_advisory_lock(hashtextextended($1, 0)) as ok',
+      [rebuildLockKey(projection)],
+    );
+    if (!rows[0]?.ok) throw new RebuildBusyError();
+
+    await pool.query(`drop schema if exists ${BUILD_SCHEMA} cascade`);
+    await pool.query(`drop schema if exists ${OLD_SCHEMA} cascade`);
+    await copySchemaStructure(pool, LIVE_SCHEMA, BUILD_SCHEMA);
+    await ensureCheckpoint(pool, projection);
+
+    let position: string | null = null;
+    let events = 0;
+    const inOwnTransaction = async (batch: RecordedEvent[]) => {
+      const client = await pool.connect();
+      try {
+        await client.query('begin');
+        await applyBatch(client, BUILD_SCHEMA, batch);
+        await client.query('commit');
+      } catch (e) {
+        await client.query('rollback').catch(() => undefined);
+        throw e;
+      } finally {
+        client.release();
+      }
+    };
+    // Catch up outside the swap until a pass finds little new, so the swap itself is short.
+    for (let pass = 0; pass < 10; pass++) {
+      const r = await project(store, position, null, batchSize, inOwnTransaction);
+      position = r.position ?? position;
+      events += r.events;
+      log?.info({ pass, events, position }, 'rebuild pass done');
+      if (r.events < batchSize) break;
+    }
+
+    const client = await pool.connect();
+    try {
+      await client.query('begin');
+      const live = await readCheckpoint(client, projection, true);
+      if (
+        live.position !== null &&
+        (position === null || comparePositions(parsePosition(live.position), parsePosition(position)) > 0)
+      ) {
+        const r = await project(store, position, live.position, batchSize, (batch) =>
+          applyBatch(client, BUILD_SCHEMA, batch).then(() => undefined),
+        );
+        position = r.position ?? position;
+        events += r.events;
+      }
+      await client.query(`alter schema ${LIVE_SCHEMA} rename to ${OLD_SCHEMA}`);
+      await client.query(`alter schema ${BUILD_SCHEMA} rename to ${LIVE_SCHEMA}`);
+      if (position !== null) await writeCheckpoint(client, projection, position, events);
+      await client.query('commit');
+    } catch (e) {
+      await client.query('rollback').catch(() => undefined);
+      throw e;
+    } finally {
+      client.release();
+    }
+    // Readers still inside a query on the old tables finish first: the drop waits for them.
+    await pool.query(`drop schema if exists ${OLD_SCHEMA} cascade`);
+    const result = { events, position, durationMs: Date.now() - started };
+    log?.info(result, 'read models rebuilt and swapped in');
+    return result;
+  } finally {
+    await session
+      .query('select pg_advisory_unlock(hashtextextended($1, 0))', [rebuildLockKey(projection)])
+      .catch(() => undefined);
+    session.release();
+  }
+}
+
+/** Empty copies of every table of `source` (columns, defaults, constraints, indexes) in a new schema. */
+export async function copySchemaStructure(
+  db: pg.Pool | pg.ClientBase,
+  source: string,
+  target: string,
+): Promise<void> {
+  const { rows } = await db.query<{ tablename: string }>(
+    'select tablename from pg_tables where schemaname = $1 order by tablename',
+    [source],
+  );
+  if (rows.length === 0)
+    throw new Error(`schema ${source} has no tables: run the projector migrations first`);
+  await db.query(`create schema ${target}`);
+  for (const { tablename } of rows) {
+    await db.query(
+      `create table ${qualified(target, tablename)} (like ${qualified(source, tablename)} including all)`,
+    );
+  }
+}
+
+/**
+ * Feeds user-stream events after `after` (exclusive), up to and including `upTo` when given, to
+ * `apply` in batches. Returns the last position fed and how many events.
+ */
+async function project(
+  store: EventStore,
+  after: string | null,
+  upTo: string | null,
+  batchSize: number,
+  apply: (batch: RecordedEvent[]) => Promise<void>,
+): Promise<{ position: string | null; events: number }> {
+  const limit = upTo === null ? null : parsePosition(upTo);
+  let batch: RecordedEvent[] = [];
+  let last: string | null = null;
+  let events = 0;
+  const flush = async () => {
+    if (batch.length === 0) return;
+    await apply(batch);
+    events += batch.length;
+    last = formatPosition(batch[batch.length - 1]!.position);
+    batch = [];
+  };
+  for await (const e of store.readAll({ fromPosition: after === null ? 'start' : parsePosition(after) })) {
+    if (after !== null && formatPosition(e.position) === after) continue;
+    if (limit && comparePositions(e.position, limit) > 0) break;
+    if (!e.streamId.startsWith(USER_STREAM_PREFIX)) continue;
+    batch.push(e);
+    if (batch.length >= batchSize) await flush();
+  }
+  await flush();
+  return { position: last, events };
+}
+
+/** `npx tsx services/projector/rebuild.ts`: rebuild with the projector's configuration. */
+async function main(): Promise<void> {
+  const config = loadConfig(ProjectorEnv);
+  const logger = createLogger('projector-rebuild', config.LOG_LEVEL);
+  const pool = createPool(config.DATABASE_URL, { application: 'toolbus-projector-rebuild' });
+  const store = await openEventStore(config, logger);
+  try {
+    await migrate(pool, 'projector', projectorMigrations);
+    const result = await rebuildReadModels({
+      pool,
+      store,
+      logger,
+      batchSize: Math.max(config.PROJECTION_BATCH_SIZE, 100),
+    });
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+  } finally {
+    await store.close();
+    await pool.end();
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
+  main().catch((e: unknown) => {
+    process.stderr.write(`rebuild failed: ${(e as Error).stack ?? String(e)}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,333 @@
+import type pg from 'pg';
+import type { RecordedEvent } from '../../lib/eventstore/types.ts';
+import { emptyHistogram, LATENCY_BUCKETS } from './histogram.ts';
+import { LIVE_SCHEMA } from './migrations.ts';
+import {
+  addSample,
+  applyEvent,
+  emptyToolMetrics,
+  incomingFromRecorded,
+  minuteKey,
+  normalizeDump,
+  sortKeys,
+  type ExecutionRow,
+  type ExecutionState,
+  type Incoming,
+  type ReadModelDump,
+  type Sample,
+  type SkippedRow,
+  type ToolMetricsRow,
+  type UserActivityRow,
+} from './model.ts';
+
+/**
+ * The read-model tables as storage for the rows of model.ts: one spec per table maps columns to
+ * row fields, and every read and write goes through it, so a row reads back exactly as written.
+ */
+export type Queryable = pg.Pool | pg.ClientBase;
+
+type Kind = 'text' | 'int' | 'float' | 'bool' | 'ts' | 'json' | 'ints';
+interface Column<R> {
+  name: string;
+  field: keyof R & string;
+  /** The SQL type, for jsonb_to_recordset. */
+  type: string;
+  kind: Kind;
+}
+interface TableSpec<R> {
+  table: string;
+  key: string[];
+  columns: Array<Column<R>>;
+}
+
+const col = <R>(name: string, field: keyof R & string, type: string, kind: Kind): Column<R> => ({
+  name,
+  field,
+  type,
+  kind,
+});
+
+const EXECUTIONS: TableSpec<ExecutionRow> = {
+  table: 'executions',
+  key: ['execution_id'],
+  columns: [
+    col('execution_id', 'executionId', 'uuid', 'text'),
+    col('user_id', 'userId', 'text', 'text'),
+    col('request_id', 'requestId', 'text', 'text'),
+    col('correlation_id', 'correlationId', 'text', 'text'),
+    col('tool', 'tool', 'text', 'text'),
+    col('version', 'version', 'text', 'text'),
+    col('status', 'status', 'text', 'text'),
+    col('attempts', 'attempts', 'int', 'int'),
+    col('requested_at', 'requestedAt', 'timestamptz', 'ts'),
+    col('started_at', 'startedAt', 'timestamptz', 'ts'),
+    col('finished_at', 'finishedAt', 'timestamptz', 'ts'),
+    col('duration_ms', 'durationMs', 'double precision', 'float'),
+    col('error_code', 'errorCode', 'text', 'text'),
+    col('error_message', 'errorMessage', 'text', 'text'),
+    col('cached', 'cached', 'boolean', 'bool'),
+    col('event_count', 'eventCount', 'int', 'int'),
+    col('last_revision', 'lastRevision', 'bigint', 'int'),
+  ],
+};
+
+const USER_ACTIVITY: TableSpec<UserActivityRow> = {
+  table: 'user_activity',
+  key: ['user_id'],
+  columns: [
+    col('user_id', 'userId', 'text', 'text'),
+    col('executions', 'executions', 'bigint', 'int'),
+    col('completed', 'completed', 'bigint', 'int'),
+    col('failed', 'failed', 'bigint', 'int'),
+    col('refused', 'refused', 'bigint', 'int'),
+    col('events', 'events', 'bigint', 'int'),
+    col('first_activity_at', 'firstActivityAt', 'timestamptz', 'ts'),
+    col('last_activity_at', 'lastActivityAt', 'timestamptz', 'ts'),
+  ],
+};
+
+const metricColumns: Array<Column<ToolMetricsRow>> = [
+  col('completed', 'completed', 'bigint', 'int'),
+  col('failed', 'failed', 'bigint', 'int'),
+  col('refused', 'refused', 'bigint', 'int'),
+  col('cached', 'cached', 'bigint', 'int'),
+  col('error_codes', 'errorCodes', 'jsonb', 'json'),
+  col('latency_count', 'latencyCount', 'bigint', 'int'),
+  col('latency_sum_ms', 'latencySumMs', 'double precision', 'float'),
+  col('latency_max_ms', 'latencyMaxMs', 'double precision', 'float'),
+  col('latency_histogram', 'latencyHistogram', 'bigint[]', 'ints'),
+];
+
+const TOOL_MINUTE: TableSpec<ToolMetricsRow> = {
+  table: 'tool_metrics_minute',
+  key: ['tool', 'minute'],
+  columns: [
+    col('tool', 'tool', 'text', 'text'),
+    col('minute', 'minute', 'timestamptz', 'ts'),
+    ...metricColumns,
+  ],
+};
+
+const TOOL_TOTAL: TableSpec<ToolMetricsRow> = {
+  table: 'tool_metrics',
+  key: ['tool'],
+  columns: [col('tool', 'tool', 'text', 'text'), ...metricColumns],
+};
+
+const SKIPPED: TableSpec<SkippedRow> = {
+  table: 'projection_skipped',
+  key: ['stream_id', 'revision'],
+  columns: [
+    col('stream_id', 'streamId', 'text', 'text'),
+    col('revision', 'revision', 'bigint', 'int'),
+    col('position', 'position', 'text', 'text'),
+    col('event_id', 'eventId', 'text', 'text'),
+    col('event_type', 'eventType', 'text', 'text'),
+    col('reason', 'reason', 'text', 'text'),
+    col('recorded_at', 'recordedAt', 'timestamptz', 'ts'),
+  ],
+};
+
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+export function qualified(schema: string, table: string): string {
+  if (!SCHEMA_NAME.test(schema)) throw new Error(`invalid schema name ${JSON.stringify(schema)}`);
+  return `${schema}.${table}`;
+}
+
+function fromDb(kind: Kind, value: unknown): unknown {
+  if (value === null || value === undefined) return null;
+  switch (kind) {
+    case 'ts':
+      return (value instanceof Date ? value : new Date(value as string)).toISOString();
+    case 'int':
+    case 'float':
+      return Number(value);
+    case 'ints':
+      return (value as unknown[]).map(Number);
+    case 'json':
+      return sortKeys(value as Record<string, unknown>);
+    default:
+      return value;
+  }
+}
+
+const rowFromDb = <R>(spec: TableSpec<R>, r: Record<string, unknown>): R =>
+  Object.fromEntries(spec.columns.map((c) => [c.field, fromDb(c.kind, r[c.name])])) as R;
+
+const rowToJson = <R>(spec: TableSpec<R>, row: R): Record<string, unknown> =>
+  Object.fromEntries(spec.columns.map((c) => [c.name, row[c.field] ?? null]));
+
+const recordsetType = <R>(spec: TableSpec<R>, names: string[] = spec.columns.map((c) => c.name)): string =>
+  names.map((n) => `${n} ${spec.columns.find((c) => c.name === n)!.type}`).join(', ');
+
+/** Rows of `spec` whose key is among `keys` (objects with the key columns). */
+async function loadByKeys<R>(
+  db: Queryable,
+  schema: string,
+  spec: TableSpec<R>,
+  keys: Array<Record<string, unknown>>,
+): Promise<R[]> {
+  if (keys.length === 0) return [];
+  const { rows } = await db.query<Record<string, unknown>>(
+    `select t.* from ${qualified(schema, spec.table)} t
+       join jsonb_to_recordset($1::jsonb) as k(${recordsetType(spec, spec.key)}) using (${spec.key.join(', ')})`,
+    [JSON.stringify(keys)],
+  );
+  return rows.map((r) => rowFromDb(spec, r));
+}
+
+/** Inserts or replaces whole rows. */
+async function upsert<R>(db: Queryable, schema: string, spec: TableSpec<R>, rows: R[]): Promise<void> {
+  if (rows.length === 0) return;
+  const names = spec.columns.map((c) => c.name);
+  const updates = names.filter((n) => !spec.key.includes(n)).map((n) => `${n} = excluded.${n}`);
+  await db.query(
+    `insert into ${qualified(schema, spec.table)} (${names.join(', ')})
+     select ${names.join(', ')} from jsonb_to_recordset($1::jsonb) as x(${recordsetType(spec)})
+     on conflict (${spec.key.join(', ')}) do update set ${updates.join(', ')}`,
+    [JSON.stringify(rows.map((r) => rowToJson(spec, r)))],
+  );
+}
+
+export interface BatchOutcome {
+  /** Events applied, by type. */
+  applied: Map<string, number>;
+  skipped: SkippedRow[];
+}
+
+/**
+ * Applies stored events, in order, to the read models in `schema` through `db` (the caller owns the
+ * transaction): loads the rows they touch, runs the pure model, writes the rows back.
+ */
+export async function applyBatch(
+  db: pg.ClientBase,
+  schema: string,
+  events: RecordedEvent[],
+): Promise<BatchOutcome> {
+  const incoming: Incoming[] = events.map(incomingFromRecorded);
+  const executionIds = new Set<string>();
+  const userIds = new Set<string>();
+  for (const i of incoming) {
+    if (!i.ok) continue;
+    executionIds.add(i.event.metadata.executionId);
+    userIds.add(i.event.metadata.userId);
+  }
+  const state: ExecutionState = { executions: new Map(), users: new Map() };
+  const executions = await loadByKeys(
+    db,
+    schema,
+    EXECUTIONS,
+    [...executionIds].map((id) => ({ execution_id: id })),
+  );
+  const users = await loadByKeys(
+    db,
+    schema,
+    USER_ACTIVITY,
+    [...userIds].map((id) => ({ user_id: id })),
+  );
+  for (const r of executions) state.executions.set(r.executionId, r);
+  for (const r of users) state.users.set(r.userId, r);
+
+  const outcome: BatchOutcome = { applied: new Map(), skipped: [] };
+  const samples: Sample[] = [];
+  const touched = new Set<string>();
+  for (const i of incoming) {
+    if (!i.ok) {
+      outcome.skipped.push(i.row);
+      continue;
+    }
+    const result = applyEvent(state, i.event, i.revision);
+    if (!result.applied) {
+      outcome.skipped.push(i.skipped(result.reason));
+      continue;
+    }
+    touched.add(i.event.metadata.executionId);
+    outcome.applied.set(i.event.type, (outcome.applied.get(i.event.type) ?? 0) + 1);
+    if (result.sample) samples.push(result.sample);
+  }
+
+  const minutes = new Map<string, ToolMetricsRow>();
+  const totals = new Map<string, ToolMetricsRow>();
+  if (samples.length > 0) {
+    const minuteKeys = new Map(
+      samples.map((s) => [minuteKey(s.tool, s.minute), { tool: s.tool, minute: s.minute }]),
+    );
+    const tools = new Set(samples.map((s) => s.tool));
+    const m = await loadByKeys(db, schema, TOOL_MINUTE, [...minuteKeys.values()]);
+    const tt = await loadByKeys(
+      db,
+      schema,
+      TOOL_TOTAL,
+      [...tools].map((tool) => ({ tool })),
+    );
+    for (const r of m)
+      minutes.set(minuteKey(r.tool, r.minute!), { ...r, latencyHistogram: padded(r.latencyHistogram) });
+    for (const r of tt)
+      totals.set(r.tool, { ...r, minute: null, latencyHistogram: padded(r.latencyHistogram) });
+    for (const s of samples) {
+      const mk = minuteKey(s.tool, s.minute);
+      minutes.set(mk, addSample(minutes.get(mk) ?? emptyToolMetrics(s.tool, s.minute), s));
+      totals.set(s.tool, addSample(totals.get(s.tool) ?? emptyToolMetrics(s.tool, null), s));
+    }
+  }
+
+  const touchedUsers = new Set([...touched].map((id) => state.executions.get(id)!.userId));
+  await upsert(
+    db,
+    schema,
+    EXECUTIONS,
+    [...touched].map((id) => state.executions.get(id)!),
+  );
+  await upsert(
+    db,
+    schema,
+    USER_ACTIVITY,
+    [...touchedUsers].map((id) => state.users.get(id)!),
+  );
+  await upsert(db, schema, TOOL_MINUTE, [...minutes.values()]);
+  await upsert(db, schema, TOOL_TOTAL, [...totals.values()]);
+  if (outcome.skipped.length > 0) {
+    await db.query(
+      `insert into ${qualified(schema, SKIPPED.table)} (${SKIPPED.columns.map((c) => c.name).join(', ')})
+       select * from jsonb_to_recordset($1::jsonb) as x(${recordsetType(SKIPPED)})
+       on conflict (stream_id, revision) do nothing`,
+      [JSON.stringify(outcome.skipped.map((r) => rowToJson(SKIPPED, r)))],
+    );
+  }
+  return outcome;
+}
+
+/** A histogram written by an older build with fewer buckets reads as full length. */
+function padded(h: number[]): number[] {
+  if (h.length >= LATENCY_BUCKETS) return h;
+  const out = emptyHistogram();
+  h.forEach((n, i) => (out[i] = n));
+  return out;
+}
+
+/** Every row of every read model in `schema`, in dump order. Use one snapshot for a consistent dump. */
+export async function dumpReadModels(db: Queryable, schema: string = LIVE_SCHEMA): Promise<ReadModelDump> {
+  const all = async <R>(spec: TableSpec<R>): Promise<R[]> => {
+    const { rows } = await db.query<Record<string, unknown>>(
+      `select * from ${qualified(schema, spec.table)}`,
+    );
+    return rows.map((r) => rowFromDb(spec, r));
+  };
+  const executions = await all(EXECUTIONS);
+  const userActivity = await all(USER_ACTIVITY);
+  const toolMetricsByMinute = await all(TOOL_MINUTE);
+  const toolMetrics = (await all(TOOL_TOTAL)).map((r) => ({ ...r, minute: null }));
+  const skipped = await all(SKIPPED);
+  return normalizeDump({ executions, userActivity, toolMetricsByMinute, toolMetrics, skipped });
+}
+
+/** Row mapping for the query API. */
+export const rowMappers = {
+  execution: (r: Record<string, unknown>): ExecutionRow => rowFromDb(EXECUTIONS, r),
+  userActivity: (r: Record<string, unknown>): UserActivityRow => rowFromDb(USER_ACTIVITY, r),
+  toolMetrics: (r: Record<string, unknown>): ToolMetricsRow => ({
+    ...rowFromDb(TOOL_TOTAL, r),
+    minute: null,
+  }),
+  toolMinute: (r: Record<string, unknown>): ToolMetricsRow => rowFromDb(TOOL_MINUTE, r),
+};
