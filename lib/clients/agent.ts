@@ -3,7 +3,6 @@ import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
 import { createInbox, headers, type NatsConnection } from '@nats-io/transport-node';
 import {
   AgentAnswer,
-  assertUserId,
   isUserId,
   LIMITS,
   REQUEST_HEADERS,
