@@ -1,0 +1,364 @@
+import {
+  decide,
+  eventHash,
+  GENESIS_HASH,
+  IllegalCommandError,
+  initialState,
+  evolve,
+  isTerminal,
+  isTerminalState,
+  userStream,
+  type ExecutionCommand,
+  type ExecutionState,
+  type ToolEvent,
+} from '../../contracts/index.ts';
+import type { EventStore, RecordedEvent } from '../../lib/eventstore/types.ts';
+import { fromRecorded } from '../../lib/toolEvents.ts';
+import { BloomFilter } from './bloom.ts';
+import type { Checkpoint } from './checkpoint.ts';
+
+/**
+ * Verification of one user's history, event by event, in one forward pass:
+ *  - revisions run 0, 1, 2... without a gap or a repeat;
+ *  - every event parses against its schema (lib/toolEvents `fromRecorded`) and names the stream's user;
+ *  - `metadata.prevHash` is the hash of the event before (GENESIS_HASH for revision 0) and
+ *    `metadata.hash` covers the event's canonical content (contracts/chain `eventHash`);
+ *  - every execution follows its life cycle (contracts/lifecycle `decide`): a request first,
+ *    attempts counted as the decider counts them, one terminal event, nothing after it;
+ *  - against a checkpoint: the event at the checkpoint's revision carries the checkpoint's hash,
+ *    and the stream reaches that revision.
+ * The first problem stops the walk and is reported exactly (revision, event id, what is wrong).
+ *
+ * Memory stays flat: only executions not yet ended are held (normally a handful); ended ones go
+ * into a fixed-size Bloom filter, and a "maybe ended" is confirmed by reading the stream again.
+ */
+
+export type BreakKind = 'revision' | 'schema' | 'link' | 'hash' | 'lifecycle' | 'checkpoint' | 'truncated';
+
+export interface HistoryBreak {
+  /** The first revision at which the history is not what it must be. */
+  revision: number;
+  /** The id of the event found there; null when the event is missing. */
+  eventId: string | null;
+  kind: BreakKind;
+  problem: string;
+}
+
+export interface VerifyReport {
+  ok: boolean;
+  userId: string;
+  stream: string;
+  /** Events read and found sound (up to the break, if any). */
+  events: number;
+  /** Revision, hash and id of the last sound event (-1, GENESIS_HASH, null for an empty stream). */
+  lastRevision: number;
+  lastHash: string;
+  lastEventId: string | null;
+  executions: { started: number; ended: number; open: number };
+  /** Present when checked against a checkpoint. */
+  checkpoint: { revision: number; hash: string; issuedAt: string; matched: boolean } | null;
+  break: HistoryBreak | null;
+  startedAt: string;
+  finishedAt: string;
+}
+
+/** Where an ended execution's terminal event is, found by reading the stream before `beforeRevision`. */
+export type FindTerminal = (executionId: string, beforeRevision: number) => Promise<number | null>;
+
+interface OpenExecution {
+  requestId: string;
+  state: ExecutionState;
+}
+
+export interface ChainVerifierOptions {
+  userId: string;
+  findTerminal: FindTerminal;
+  checkpoint?: Pick<Checkpoint, 'revision' | 'hash' | 'eventId'> | null;
+  bloomBytes?: number;
+}
+
+/** The checks, fed one stored event at a time. Knows nothing of where the events come from. */
+export class ChainVerifier {
+  private expectedRevision = 0;
+  private prevHash = GENESIS_HASH;
+  private lastEventId: string | null = null;
+  private count = 0;
+  private started = 0;
+  private ended = 0;
+  private readonly open = new Map<string, OpenExecution>();
+  private readonly endedFilter: BloomFilter;
+  private failure: HistoryBreak | null = null;
+  private checkpointMatched = false;
+
+  constructor(private readonly options: ChainVerifierOptions) {
+    this.endedFilter = new BloomFilter(options.bloomBytes);
+  }
+
+  get broken(): HistoryBreak | null {
+    return this.failure;
+  }
+
+  /** Checks the next event; returns the break it reveals (and every later call returns it too). */
+  async accept(recorded: RecordedEvent): Promise<HistoryBreak | null> {
+    if (this.failure) return this.failure;
+    const revision = recorded.revision;
+    const fail = (kind: BreakKind, problem: string, at = revision, eventId: string | null = recorded.id) =>
+      (this.failure = { revision: at, eventId, kind, problem });
+
+    if (revision !== this.expectedRevision) {
+      if (revision > this.expectedRevision) {
+        const missing =
+          revision - this.expectedRevision === 1
+            ? `revision ${this.expectedRevision} is missing`
+            : `revisions ${this.expectedRevision}..${revision - 1} are missing`;
+        return fail(
+          'revision',
+          `${missing}: the next stored event is at revision ${revision}`,
+          this.expectedRevision,
+          null,
+        );
+      }
+      return fail(
+        'revision',
+        `revision ${revision} appears where revision ${this.expectedRevision} was expected`,
+        this.expectedRevision,
+      );
+    }
+
+    const parsed = fromRecorded(recorded);
+    if (!parsed.ok) return fail('schema', parsed.reason);
+    if (parsed.userId !== this.options.userId) {
+      return fail('schema', `event belongs to user ${parsed.userId}, not ${this.options.userId}`);
+    }
+    const event = parsed.event;
+
+    if (event.metadata.prevHash !== this.prevHash) {
+      const before =
+        revision === 0 ? 'the genesis hash' : `the hash of revision ${revision - 1} (${this.prevHash})`;
+      return fail(
+        'link',
+        `prevHash ${event.metadata.prevHash} does not link to ${before}: an event was removed, inserted or moved here`,
+      );
+    }
+    const actual = eventHash(event);
+    if (actual !== event.metadata.hash) {
+      return fail(
+        'hash',
+        `stored hash ${event.metadata.hash} does not cover the event's content (it hashes to ${actual}): the event was altered`,
+      );
+    }
+
+    const lifecycle = await this.checkLifecycle(event, revision);
+    if (lifecycle) return fail('lifecycle', lifecycle);
+
+    const cp = this.options.checkpoint;
+    if (cp && revision === cp.revision) {
+      if (event.metadata.hash !== cp.hash || event.id !== cp.eventId) {
+        return fail(
+          'checkpoint',
+          `the checkpoint vouches for event ${cp.eventId} with hash ${cp.hash} at revision ${cp.revision}, ` +
+            `but the stream holds event ${event.id} with hash ${event.metadata.hash}: the history was rewritten after the checkpoint`,
+        );
+      }
+      this.checkpointMatched = true;
+    }
+
+    this.expectedRevision = revision + 1;
+    this.prevHash = event.metadata.hash;
+    this.lastEventId = event.id;
+    this.count++;
+    return null;
+  }
+
+  /**
+   * Called when the stream has been read to its end. `storeHead` is the last revision the store
+   * reported before the walk (events appended during the walk may lie beyond it, never before).
+   */
+  finish(storeHead: number | null): HistoryBreak | null {
+    if (this.failure) return this.failure;
+    const last = this.expectedRevision - 1;
+    const cp = this.options.checkpoint;
+    if (cp && last < cp.revision) {
+      return (this.failure = {
+        revision: last + 1,
+        eventId: null,
+        kind: 'truncated',
+        problem:
+          `the stream ends at revision ${last} but the checkpoint vouches for revision ${cp.revision} ` +
+          `(event ${cp.eventId}): ${last + 1 === cp.revision ? `revision ${cp.revision} was` : `revisions ${last + 1}..${cp.revision} were`} removed`,
+      });
+    }
+    if (storeHead !== null && last < storeHead) {
+      return (this.failure = {
+        revision: last + 1,
+        eventId: null,
+        kind: 'truncated',
+        problem: `the store reports revision ${storeHead} as the stream's last, but reading ends at revision ${last}`,
+      });
+    }
+    return null;
+  }
+
+  summary(): Omit<
+    VerifyReport,
+    'userId' | 'stream' | 'checkpoint' | 'startedAt' | 'finishedAt' | 'ok' | 'break'
+  > & {
+    checkpointMatched: boolean;
+  } {
+    return {
+      events: this.count,
+      lastRevision: this.expectedRevision - 1,
+      lastHash: this.prevHash,
+      lastEventId: this.lastEventId,
+      executions: { started: this.started, ended: this.ended, open: this.open.size },
+      checkpointMatched: this.checkpointMatched,
+    };
+  }
+
+  /** Why this event may not happen in its execution's life, or null. */
+  private async checkLifecycle(event: ToolEvent, revision: number): Promise<string | null> {
+    const { executionId, requestId } = event.metadata;
+    const open = this.open.get(executionId);
+    let state: ExecutionState = open?.state ?? initialState();
+    if (!open) {
+      // Not running: new (only a request may start it), or already ended (nothing may follow).
+      const endedAt = this.endedFilter.mightContain(executionId)
+        ? await this.options.findTerminal(executionId, revision)
+        : null;
+      if (endedAt !== null) {
+        return `${event.type} for execution ${executionId}, which already ended at revision ${endedAt}: nothing may follow a terminal event`;
+      }
+      if (event.type !== 'ToolRequested') {
+        return `${event.type} for execution ${executionId}, which was never requested: an execution starts with ToolRequested`;
+      }
+    } else if (open.requestId !== requestId) {
+      return `${event.type} for execution ${executionId} names request ${requestId}, but the execution was requested as ${open.requestId}`;
+    }
+
+    let decided;
+    try {
+      decided = decide(commandOf(event), state);
+    } catch (e) {
+      if (e instanceof IllegalCommandError) {
+        return `${event.type} is not allowed while execution ${executionId} is ${state.status}`;
+      }
+      throw e;
+    }
+    const expected = decided[0];
+    if (
+      event.type === 'ToolExecuting' &&
+      expected?.type === 'ToolExecuting' &&
+      expected.data.attempt !== event.data.attempt
+    ) {
+      return `ToolExecuting of execution ${executionId} says attempt ${event.data.attempt}, but it is attempt ${expected.data.attempt}`;
+    }
+
+    state = evolve(state, event);
+    if (event.type === 'ToolRequested') this.started++;
+    if (isTerminalState(state)) {
+      this.open.delete(executionId);
+      this.endedFilter.add(executionId);
+      this.ended++;
+    } else {
+      this.open.set(executionId, { requestId, state });
+    }
+    return null;
+  }
+}
+
+function commandOf(event: ToolEvent): ExecutionCommand {
+  switch (event.type) {
+    case 'ToolRequested':
+      return { type: 'Request', data: event.data };
+    case 'ToolExecuting':
+      return { type: 'Start', data: { runner: event.data.runner, timeoutMs: event.data.timeoutMs } };
+    case 'ToolCompleted':
+      return { type: 'Complete', data: event.data };
+    case 'ToolFailed':
+      return { type: 'Fail', data: event.data };
+    default: {
+      const unknown: never = event;
+      throw new Error(`unknown event ${JSON.stringify(unknown)}`);
+    }
+  }
+}
+
+/** Reads the stream before `beforeRevision` for the terminal event of one execution. */
+export function storeFindTerminal(store: EventStore, stream: string): FindTerminal {
+  return async (executionId, beforeRevision) => {
+    if (beforeRevision <= 0) return null;
+    for await (const r of store.readStream(stream, { fromRevision: 0, maxCount: beforeRevision })) {
+      const meta = r.metadata as { executionId?: unknown } | null;
+      if (meta && meta.executionId === executionId && isTerminal(r.type)) return r.revision;
+    }
+    return null;
+  };
+}
+
+export interface VerifyOptions {
+  checkpoint?: Checkpoint | null;
+  /** Called after each sound event (for a progress indicator). */
+  onEvent?: (revision: number) => void;
+  now?: () => Date;
+  bloomBytes?: number;
+}
+
+/** Walks a user's whole stream page by page and verifies it (see the top of this file). */
+export async function verifyHistory(
+  store: EventStore,
+  userId: string,
+  options: VerifyOptions = {},
+): Promise<VerifyReport> {
+  const now = options.now ?? (() => new Date());
+  const stream = userStream(userId);
+  const startedAt = now().toISOString();
+  const cp = options.checkpoint ?? null;
+  const verifier = new ChainVerifier({
+    userId,
+    findTerminal: storeFindTerminal(store, stream),
+    checkpoint: cp,
+    ...(options.bloomBytes ? { bloomBytes: options.bloomBytes } : {}),
+  });
+  const head = await store.streamInfo(stream);
+  let failure: HistoryBreak | null = null;
+  for await (const recorded of store.readStream(stream)) {
+    failure = await verifier.accept(recorded);
+    if (failure) break;
+    options.onEvent?.(recorded.revision);
+  }
+  failure ??= verifier.finish(head?.revision ?? null);
+  const { checkpointMatched, ...summary } = verifier.summary();
+  return {
+    ok: failure === null,
+    userId,
+    stream,
+    ...summary,
+    checkpoint: cp
+      ? { revision: cp.revision, hash: cp.hash, issuedAt: cp.issuedAt, matched: checkpointMatched }
+      : null,
+    break: failure,
+    startedAt,
+    finishedAt: now().toISOString(),
+  };
+}
+
+/** One line for people: "OK ..." or "BROKEN at revision N ...". */
+export function describeReport(report: VerifyReport): string {
+  const ex = report.executions;
+  const cp = report.checkpoint
+    ? `; checkpoint at revision ${report.checkpoint.revision} ${report.checkpoint.matched ? 'matched' : 'not matched'}`
+    : '';
+  if (report.ok) {
+    const range = report.lastRevision < 0 ? 'empty stream' : `revisions 0..${report.lastRevision}`;
+    return (
+      `OK ${report.stream}: ${report.events} events (${range}), ${ex.started} executions ` +
+      `(${ex.ended} ended, ${ex.open} open), last hash ${report.lastHash}${cp}`
+    );
+  }
+  const b = report.break!;
+  return (
+    `BROKEN ${report.stream} at revision ${b.revision}` +
+    `${b.eventId ? ` (event ${b.eventId})` : ''}: [${b.kind}] ${b.problem}. ` +
+    `${report.events} events before it are sound${cp}`
+  );
+}
