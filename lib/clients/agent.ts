@@ -1,11 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
-import { createInbox, headers, type NatsConnection } from '@nats-io/transport-node';
+import { createInbox, headers, RequestError, type NatsConnection } from '@nats-io/transport-node';
+import { z } from 'zod';
 import {
   AgentAnswer,
   isUserId,
   LIMITS,
   REQUEST_HEADERS,
+  REQUEST_ID_PATTERN,
   subjects,
   type JsonObject,
 } from '../../contracts/index.ts';
@@ -32,6 +34,53 @@ export const ANSWERS_QUEUE = 'toolbus-dispatchers';
 export type TerminalAnswer = Extract<AgentAnswer, { status: 'completed' | 'failed' }>;
 export type InterimAnswer = Exclude<AgentAnswer, TerminalAnswer>;
 
+/**
+ * Cancellation: request/reply on `toolbus.cancel.<userId>` (queue group `toolbus-dispatchers`),
+ * the token in the Authorization header (the execution's user, or an admin), body
+ * `{"executionId": id}` or `{"requestId": id}`; the reply is a `CancelResult`.
+ */
+export const CancelRequest = z.union([
+  z.strictObject({ executionId: z.uuid() }),
+  z.strictObject({ requestId: z.string().regex(REQUEST_ID_PATTERN) }),
+]);
+export type CancelRequest = z.infer<typeof CancelRequest>;
+
+/**
+ * What a cancel request did. `cancelled` is true when this request found the execution unfinished
+ * and it ended CANCELLED; `status` is the execution's status afterwards (`unknown`: no such
+ * execution of that user; `executing`: the cancel was delivered but it has not ended yet;
+ * `refused`: the cancel request itself was refused, see `error`); `answer` is its terminal answer
+ * when it has one (for a cancel that lost a race, the completed answer).
+ */
+export const CancelResult = z.strictObject({
+  executionId: z.string().nullable(),
+  requestId: z.string().nullable(),
+  cancelled: z.boolean(),
+  status: z.enum(['completed', 'failed', 'executing', 'unknown', 'refused']),
+  answer: AgentAnswer.nullable(),
+  message: z.string(),
+  error: z
+    .strictObject({
+      code: z.enum(['UNAUTHENTICATED', 'FORBIDDEN', 'MALFORMED', 'UNAVAILABLE']),
+      message: z.string(),
+    })
+    .optional(),
+});
+export type CancelResult = z.infer<typeof CancelResult>;
+
+/** An execution id as `executionIdFor` makes them (a version 5 UUID); anything else is taken as a request id. */
+export const looksLikeExecutionId = (id: string): boolean =>
+  /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(id);
+
+export interface CancelOptions {
+  /** The JWT of the execution's user, or of an admin (then give `userId`). */
+  token: string;
+  /** Whose execution it is; default the token's user. */
+  userId?: string;
+  /** How long to wait for the answer (default 30 s). */
+  timeoutMs?: number;
+}
+
 export interface ExecuteOptions {
   /** The user's JWT (with or without `Bearer `). */
   token: string;
@@ -49,7 +98,7 @@ export interface ExecuteOptions {
 export class AgentClientError extends Error {
   constructor(
     message: string,
-    readonly code: 'TIMEOUT' | 'PUBLISH_FAILED' | 'CLOSED',
+    readonly code: 'TIMEOUT' | 'PUBLISH_FAILED' | 'CLOSED' | 'NO_DISPATCHER',
     readonly requestId: string,
     options?: ErrorOptions,
   ) {
@@ -60,6 +109,13 @@ export class AgentClientError extends Error {
 
 export interface AgentClient {
   execute(tool: string, args: JsonObject, options: ExecuteOptions): Promise<AgentAnswer>;
+  /**
+   * Cancels an execution, named by its execution id or its request id (a string is taken as an
+   * execution id when it looks like one, see `looksLikeExecutionId`; pass `{ requestId }` to be
+   * explicit). Resolves with what happened; throws `AgentClientError` only when no dispatcher
+   * answered (`NO_DISPATCHER`, `TIMEOUT`).
+   */
+  cancel(target: string | CancelRequest, options: CancelOptions): Promise<CancelResult>;
 }
 
 const bare = (token: string): string => (token.startsWith('Bearer ') ? token.slice(7) : token);
@@ -244,7 +300,76 @@ export function createAgentClient(
         ...(options.pollIntervalMs ? { pollIntervalMs: options.pollIntervalMs } : {}),
       });
     },
+    cancel: (target, opts) => cancelExecution(nc, target, opts),
   };
+}
+
+/** Sends one cancel request (see `AgentClient.cancel`). */
+export async function cancelExecution(
+  nc: NatsConnection,
+  target: string | CancelRequest,
+  o: CancelOptions,
+): Promise<CancelResult> {
+  const body: CancelRequest =
+    typeof target === 'string'
+      ? looksLikeExecutionId(target)
+        ? { executionId: target }
+        : { requestId: target }
+      : target;
+  const named = {
+    executionId: 'executionId' in body ? body.executionId : null,
+    requestId: 'requestId' in body ? body.requestId : null,
+  };
+  const userId = o.userId ?? userIdOfToken(o.token);
+  if (!userId || !isUserId(userId)) {
+    return {
+      ...named,
+      cancelled: false,
+      status: 'refused',
+      answer: null,
+      message: 'the token names no user (no valid sub claim)',
+      error: { code: 'UNAUTHENTICATED', message: 'the token names no user (no valid sub claim)' },
+    };
+  }
+  const auth = headers();
+  auth.set(REQUEST_HEADERS.authorization, `Bearer ${bare(o.token)}`);
+  const what = named.executionId ?? named.requestId ?? '?';
+  let reply;
+  try {
+    reply = await nc.request(subjects.cancel(userId), JSON.stringify(body), {
+      timeout: o.timeoutMs ?? 30_000,
+      headers: auth,
+    });
+  } catch (e) {
+    if (e instanceof RequestError && e.isNoResponders()) {
+      throw new AgentClientError('no dispatcher is serving cancellations', 'NO_DISPATCHER', what, {
+        cause: e,
+      });
+    }
+    throw new AgentClientError(
+      `no answer to the cancel of ${what}: ${(e as Error).message}`,
+      'TIMEOUT',
+      what,
+      {
+        cause: e,
+      },
+    );
+  }
+  let value: unknown;
+  try {
+    value = reply.json();
+  } catch {
+    value = undefined;
+  }
+  const parsed = CancelResult.safeParse(value);
+  if (!parsed.success) {
+    throw new AgentClientError(
+      `malformed cancel answer: ${parsed.error.issues[0]?.message ?? ''}`,
+      'CLOSED',
+      what,
+    );
+  }
+  return parsed.data;
 }
 
 async function lookup(

@@ -23,3 +23,30 @@ t.test('a token without a user is refused before anything is sent', async (t) =>
   const a = await client.execute('noop', {}, { token: 'nonsense', requestId: 'r-1' });
   t.match(a, { status: 'failed', requestId: 'r-1', executionId: null, error: { code: 'UNAUTHENTICATED' } });
 });
+
+t.test(
+  'cancel: execution ids and request ids are told apart; a token without a user is refused',
+  async (t) => {
+    const { executionIdFor } = await import('../../contracts/index.ts');
+    const { randomUUID } = await import('node:crypto');
+    const { looksLikeExecutionId, CancelRequest } = await import('./agent.ts');
+    t.ok(looksLikeExecutionId(executionIdFor('alice', 'r-1')), 'an execution id');
+    t.notOk(looksLikeExecutionId(randomUUID()), 'a random (v4) UUID, as the client makes request ids');
+    t.notOk(looksLikeExecutionId('r-1'));
+    t.ok(CancelRequest.safeParse({ executionId: executionIdFor('alice', 'r-1') }).success);
+    t.ok(CancelRequest.safeParse({ requestId: 'r-1' }).success);
+    t.notOk(CancelRequest.safeParse({ requestId: 'r-1', executionId: executionIdFor('a', 'b') }).success);
+    t.notOk(CancelRequest.safeParse({ executionId: 'not-a-uuid' }).success);
+    t.notOk(CancelRequest.safeParse({ requestId: 'has space' }).success);
+
+    const client = createAgentClient({} as never, { js: {} as never });
+    const r = await client.cancel('r-1', { token: 'nonsense' });
+    t.match(r, {
+      cancelled: false,
+      status: 'refused',
+      requestId: 'r-1',
+      executionId: null,
+      error: { code: 'UNAUTHENTICATED' },
+    });
+  },
+);

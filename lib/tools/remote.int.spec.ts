@@ -11,7 +11,9 @@ import {
   invokeRemote,
   serveTools,
   signAnnouncement,
+  signInvocation,
   toManifest,
+  TOOL_CANCEL_SUBJECT,
   ToolInputError,
   ToolOutputError,
   ToolRegistry,
@@ -361,6 +363,60 @@ t.test('remote runs: results, errors and timeouts map to codes', async (t) => {
     headers: h,
   });
   t.match(forged.json(), { ok: false, error: { code: 'FORBIDDEN' } });
+});
+
+t.test('the dispatcher’s abort reaches the worker: the tool’s own signal fires', async (t) => {
+  const aborted: Array<{ executionId: string; reason: string }> = [];
+  const waiter = defineTool({
+    name: 'remote_waiter',
+    version: '1.0.0',
+    description: 'Waits until its signal fires, and says so.',
+    input: z.object({}),
+    output: z.object({}),
+    timeoutMs: 20_000,
+    run: (_args, c) =>
+      new Promise<Record<string, never>>((_resolve, reject) => {
+        c.signal.addEventListener('abort', () => {
+          const reason = c.signal.reason as Error;
+          aborted.push({ executionId: c.executionId, reason: reason.message });
+          reject(reason);
+        });
+      }),
+  });
+  const w = await worker(t, 'cancel-worker', [waiter]);
+  const d = await dispatcherSide(t);
+  await waitFor('the waiter', () => d.registry.resolve('remote_waiter') !== undefined);
+
+  // A forged cancel (not signed with the worker secret) is ignored.
+  const c1 = new AbortController();
+  const running = d.registry
+    .resolve('remote_waiter')!
+    .run({}, ctx({ signal: c1.signal, executionId: '00000000-0000-5000-8000-00000000000a' }));
+  running.catch(() => undefined);
+  await new Promise((r) => setTimeout(r, 200));
+  w.nc.publish(TOOL_CANCEL_SUBJECT, JSON.stringify({ invocationId: 'anything' }));
+  const h = headers();
+  h.set('Toolbus-Signature', signInvocation(TOOL_CANCEL_SUBJECT, '{"invocationId":"x"}', 'wrong-secret'));
+  d.nc.publish(TOOL_CANCEL_SUBJECT, '{"invocationId":"x"}', { headers: h });
+  await new Promise((r) => setTimeout(r, 200));
+  t.strictSame(aborted, [], 'nothing stops on a cancel that is not the dispatcher’s');
+
+  // The dispatcher gives up on the call: the worker is told, and its tool sees its signal fire.
+  const reason = new ToolRunError('CANCELLED', 'cancelled by the user');
+  c1.abort(reason);
+  t.equal(
+    await running.then(
+      () => undefined,
+      (e: unknown) => e,
+    ),
+    reason,
+    'the call ends at once',
+  );
+  await waitFor('the worker to abort the tool', () => aborted.length === 1, 10_000);
+  t.match(aborted[0], {
+    executionId: '00000000-0000-5000-8000-00000000000a',
+    reason: 'the dispatcher cancelled this invocation',
+  });
 });
 
 t.test('two workers in the queue group share the calls', async (t) => {

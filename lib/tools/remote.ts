@@ -1,4 +1,4 @@
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import {
   createInbox,
   headers,
@@ -24,8 +24,14 @@ import { ToolRegistry, WORKER_ID_PATTERN, type RunnableTool } from './registry.t
 
 /** The queue group every tool worker joins: NATS hands each call to one member. */
 export const WORKER_QUEUE = 'toolbus-workers';
-/** Header carrying the dispatcher's HMAC over an invocation. */
+/** Header carrying the dispatcher's HMAC over an invocation (and over a cancel). */
 export const SIGNATURE_HEADER = 'Toolbus-Signature';
+/**
+ * Where a dispatcher tells workers to stop an invocation it no longer waits for (cancelled, or
+ * timed out on its side): `{ invocationId, executionId }`, signed like an invocation. Every worker
+ * listens (no queue group); the one running that invocation aborts its signal.
+ */
+export const TOOL_CANCEL_SUBJECT = 'toolbus.tools.cancel';
 /** The codes a worker may answer with. */
 export const WORKER_ERROR_CODES = [
   'VALIDATION',
@@ -33,6 +39,7 @@ export const WORKER_ERROR_CODES = [
   'OUTPUT_INVALID',
   'TIMEOUT',
   'FORBIDDEN',
+  'CANCELLED',
 ] as const;
 export type WorkerErrorCode = (typeof WORKER_ERROR_CODES)[number];
 
@@ -54,8 +61,17 @@ export const Invocation = z.object({
     deadline: z.number().int(),
     /** Optional: where the worker publishes `{ fraction, message? }` progress messages. */
     progressSubject: NatsSubject.optional(),
+    /** Optional: names this invocation in a cancel on `toolbus.tools.cancel`. */
+    invocationId: z.string().min(1).max(128).optional(),
   }),
 });
+
+/** What a dispatcher publishes on `toolbus.tools.cancel`. */
+export const InvocationCancel = z.object({
+  invocationId: z.string().min(1).max(128),
+  executionId: z.string().min(1).max(128).optional(),
+});
+export type InvocationCancel = z.infer<typeof InvocationCancel>;
 export type Invocation = z.infer<typeof Invocation>;
 
 /** A worker's answer to an invocation. */
@@ -204,6 +220,8 @@ export async function serveTools(
   const verify = opts.verifyInvocations ?? true;
   const log = opts.log;
   const inflight = new Set<Promise<void>>();
+  /** Running invocations by invocation id, so a dispatcher's cancel can reach them. */
+  const running = new Map<string, AbortController>();
   const subs: Subscription[] = [];
   let stopped = false;
 
@@ -255,6 +273,8 @@ export async function serveTools(
       () => controller.abort(new ToolRunError('TIMEOUT', `${id} did not finish before its deadline`)),
       remaining,
     );
+    const invocationId = context.invocationId;
+    if (invocationId) running.set(invocationId, controller);
     const progressSubject = context.progressSubject;
     const ctx: ToolContext = {
       signal: controller.signal,
@@ -281,8 +301,12 @@ export async function serveTools(
         log?.error({ tool: id, executionId: context.executionId }, 'tool output does not match its schema');
         return respond(errorReply('OUTPUT_INVALID', e.message, e.details));
       }
-      if (controller.signal.aborted)
-        return respond(errorReply('TIMEOUT', `${id} did not finish before its deadline`));
+      if (controller.signal.aborted) {
+        const reason: unknown = controller.signal.reason;
+        return reason instanceof ToolRunError && reason.code === 'CANCELLED'
+          ? respond(errorReply('CANCELLED', reason.message))
+          : respond(errorReply('TIMEOUT', `${id} did not finish before its deadline`));
+      }
       const code: WorkerErrorCode =
         e instanceof ToolRunError && (WORKER_ERROR_CODES as readonly string[]).includes(e.code)
           ? (e.code as WorkerErrorCode)
@@ -294,7 +318,29 @@ export async function serveTools(
       respond(errorReply(code, (e as Error).message || `${id} failed`));
     } finally {
       clearTimeout(timer);
+      if (invocationId && running.get(invocationId) === controller) running.delete(invocationId);
     }
+  };
+
+  const onCancel = (msg: Msg) => {
+    if (verify) {
+      const signature = msg.headers?.get(SIGNATURE_HEADER) ?? '';
+      if (!sameHex(signature, signInvocation(msg.subject, msg.data, opts.secret))) {
+        log?.warn('cancel refused: not signed with the worker secret');
+        return;
+      }
+    }
+    let parsed;
+    try {
+      parsed = InvocationCancel.safeParse(msg.json());
+    } catch {
+      return;
+    }
+    if (!parsed.success) return;
+    const controller = running.get(parsed.data.invocationId);
+    if (!controller || controller.signal.aborted) return;
+    log?.info({ executionId: parsed.data.executionId }, 'invocation cancelled by its dispatcher');
+    controller.abort(new ToolRunError('CANCELLED', 'the dispatcher cancelled this invocation'));
   };
 
   const announce = () => {
@@ -329,6 +375,7 @@ export async function serveTools(
     );
   }
   subs.push(nc.subscribe(subjects.toolDiscover, { callback: (err) => (err ? undefined : announce()) }));
+  subs.push(nc.subscribe(TOOL_CANCEL_SUBJECT, { callback: (err, msg) => (err ? undefined : onCancel(msg)) }));
   // The subscriptions reach the server before the announcement does: a dispatcher that hears
   // the announcement can call at once.
   await nc.flush();
@@ -380,6 +427,7 @@ function replyError(
     case 'TIMEOUT':
     case 'FORBIDDEN':
     case 'TOOL_ERROR':
+    case 'CANCELLED':
       return new ToolRunError(error.code, message, error.details);
     default:
       return new ToolRunError('TOOL_ERROR', message, { ...error.details, workerCode: error.code });
@@ -410,6 +458,22 @@ export async function invokeRemote(
   });
   const endProgress = () => progressSub.unsubscribe();
   ctx.signal.addEventListener('abort', endProgress, { once: true });
+  const invocationId = randomUUID();
+  // The dispatcher stops waiting (cancel, or its own timeout): tell the worker to stop too.
+  const forwardAbort = () => {
+    try {
+      const cancel = JSON.stringify({
+        invocationId,
+        executionId: ctx.executionId,
+      } satisfies InvocationCancel);
+      const ch = headers();
+      ch.set(SIGNATURE_HEADER, signInvocation(TOOL_CANCEL_SUBJECT, cancel, opts.secret));
+      nc.publish(TOOL_CANCEL_SUBJECT, cancel, { headers: ch });
+    } catch {
+      // the worker stops at its deadline anyway
+    }
+  };
+  ctx.signal.addEventListener('abort', forwardAbort, { once: true });
   const payload: Invocation = {
     args,
     context: {
@@ -420,6 +484,7 @@ export async function invokeRemote(
       correlationId: ctx.correlationId,
       deadline: Date.now() + manifest.timeoutMs,
       progressSubject,
+      invocationId,
     },
   };
   const body = JSON.stringify(payload);
@@ -454,6 +519,7 @@ export async function invokeRemote(
     );
   } finally {
     ctx.signal.removeEventListener('abort', endProgress);
+    ctx.signal.removeEventListener('abort', forwardAbort);
     endProgress();
   }
   let reply: InvocationReply;

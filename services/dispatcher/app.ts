@@ -8,10 +8,11 @@ import { createLogger, type Logger } from '../../lib/log.ts';
 import { connectNats, type NatsConnection } from '../../lib/nats.ts';
 import { createRedis, type Redis } from '../../lib/redis.ts';
 import { acceptAnnouncements, ToolRegistry, type ToolDefinition } from '../../lib/tools/index.ts';
+import { CancelCoordinator, forwardCancel, serveCancels } from './cancel.ts';
 import type { DispatcherConfig } from './config.ts';
 import { Dispatcher, errorInfo } from './dispatcher.ts';
 import { Guard } from './guard.ts';
-import { ensureIntake, startIntake } from './intake.ts';
+import { defaultUserSlots, ensureIntake, startIntake, type Intake } from './intake.ts';
 import { serveLiveness } from './liveness.ts';
 import { serveAnswers } from './lookup.ts';
 import { createMetrics } from './metrics.ts';
@@ -38,6 +39,8 @@ export interface StartOptions {
 export interface RunningDispatcher {
   app: FastifyInstance & { metrics: Registry };
   dispatcher: Dispatcher;
+  /** Cancels executions wherever they run (what the NATS and HTTP cancel requests use). */
+  cancels: CancelCoordinator;
   registry: ToolRegistry;
   store: EventStore;
   nc: NatsConnection;
@@ -47,6 +50,8 @@ export interface RunningDispatcher {
   url: string | null;
   /** Requests this instance is handling now. */
   readonly active: number;
+  /** Requests pulled by this instance and waiting for a slot. */
+  readonly queued: number;
   close(): Promise<void>;
 }
 
@@ -142,12 +147,28 @@ export async function startDispatcher(
       metrics,
       log,
       ...(options.progressIntervalMs !== undefined ? { progressIntervalMs: options.progressIntervalMs } : {}),
+      forwardCancel: (runner, ref, order, token) => forwardCancel(nc, log, runner, ref, order, token),
     });
     const liveness = serveLiveness(nc, dispatcherId, dispatcher.isRunning);
     cleanup.push(async () => liveness.stop());
     const answers = serveAnswers(nc, verifier, (u, r) => dispatcher.lookup(u, r), log);
     cleanup.push(() => answers.stop());
-    registerRoutes(app, { nc, js, registry, verifier, streams, waitMs: config.HTTP_WAIT_MS });
+    // The intake starts last (once everything it feeds is ready); the coordinator reaches it then.
+    const intakeRef: { current?: Intake } = {};
+    const cancels = new CancelCoordinator({
+      dispatcherId,
+      nc,
+      dispatcher,
+      intake: () => intakeRef.current,
+      streams,
+      guard,
+      log,
+      metrics,
+      waitMs: config.CANCEL_WAIT_MS,
+    });
+    const cancelService = serveCancels(nc, { dispatcherId, verifier, coordinator: cancels, log });
+    cleanup.push(() => cancelService.stop());
+    registerRoutes(app, { nc, js, registry, verifier, streams, cancels, waitMs: config.HTTP_WAIT_MS });
 
     let url: string | null = null;
     if (options.listen !== false) {
@@ -156,19 +177,26 @@ export async function startDispatcher(
       await app.ready();
     }
 
-    const intake = startIntake({
+    const running = startIntake({
       js,
       concurrency: config.DISPATCH_CONCURRENCY,
       ackWaitMs: config.ACK_WAIT_MS,
       handle: (d) => dispatcher.handle(d),
       log,
+      ...(config.USER_DISPATCH_SLOTS !== undefined ? { userSlots: config.USER_DISPATCH_SLOTS } : {}),
+      bufferMessages: config.INTAKE_BUFFER,
+      bufferBytes: config.INTAKE_BUFFER_BYTES,
+      pullBatch: config.INTAKE_PULL_BATCH,
+      metrics: { queued: metrics.intakeQueued, wait: metrics.intakeWait },
       ...(options.pullExpiresMs !== undefined ? { pullExpiresMs: options.pullExpiresMs } : {}),
     });
+    intakeRef.current = running;
     log.info(
       {
         url,
         tools: registry.list().map((m) => `${m.name}@${m.version}`),
         concurrency: config.DISPATCH_CONCURRENCY,
+        userSlots: config.USER_DISPATCH_SLOTS ?? defaultUserSlots(config.DISPATCH_CONCURRENCY),
         store: store.kind,
       },
       'dispatcher ready',
@@ -178,6 +206,7 @@ export async function startDispatcher(
     return {
       app,
       dispatcher,
+      cancels,
       registry,
       store,
       nc,
@@ -185,12 +214,15 @@ export async function startDispatcher(
       dispatcherId,
       url,
       get active() {
-        return intake.active;
+        return running.active;
+      },
+      get queued() {
+        return running.queued;
       },
       close() {
         closing ??= (async () => {
-          log.info({ active: intake.active }, 'dispatcher stopping');
-          await intake.stop(config.SHUTDOWN_GRACE_MS);
+          log.info({ active: running.active, queued: running.queued }, 'dispatcher stopping');
+          await running.stop(config.SHUTDOWN_GRACE_MS);
           dispatcher.shutdown();
           if (!nc.isClosed()) await nc.flush().catch(() => undefined);
           await undo();

@@ -10,6 +10,14 @@ const int = (fallback: number, min: number, max: number) =>
     .pipe(z.number().int().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`))
     .default(fallback);
 
+const optionalInt = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d{1,9}$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`))
+    .optional();
+
 const flag = z
   .enum(['0', '1', 'false', 'true'], 'must be 0, 1, false or true')
   .transform((v) => v === '1' || v === 'true')
@@ -28,8 +36,22 @@ export const DispatcherEnv = CommonEnv.extend({
   ACK_WAIT_MS: int(30_000, 1_000, 3_600_000),
   /** Requests this instance runs at the same time. */
   DISPATCH_CONCURRENCY: int(64, 1, 10_000),
-  /** Unacknowledged requests across all instances (the consumer's max_ack_pending). */
-  MAX_ACK_PENDING: int(1_000, 1, 1_000_000),
+  /**
+   * Unacknowledged requests across all instances (the consumer's max_ack_pending): what they run
+   * and what waits in their intakes. Keep it at least instances × (DISPATCH_CONCURRENCY + INTAKE_BUFFER).
+   */
+  MAX_ACK_PENDING: int(20_000, 1, 1_000_000),
+  /**
+   * Slots of this instance one user may hold at once; the rest of the user's requests wait here
+   * while others are served. Default: DISPATCH_CONCURRENCY minus an eighth (at least 1).
+   */
+  USER_DISPATCH_SLOTS: optionalInt(1, 10_000),
+  /** Requests one instance pulls ahead of its slots to reach other users behind a flood (count). */
+  INTAKE_BUFFER: int(4_096, 0, 1_000_000),
+  /** The same, in bytes of request bodies (at least 1 MiB). */
+  INTAKE_BUFFER_BYTES: int(64 * 1024 * 1024, 1024 * 1024, 999_999_999),
+  /** Largest single pull when looking ahead. */
+  INTAKE_PULL_BATCH: int(256, 1, 10_000),
   /** Executions of one user running at the same time, across all instances (Redis). */
   USER_CONCURRENCY: int(8, 1, 10_000),
   /** Sustained requests per second per user (token bucket in Redis). */
@@ -40,6 +62,8 @@ export const DispatcherEnv = CommonEnv.extend({
   CACHE_TTL_SEC: int(300, 1, 30 * 86_400),
   /** How long Redis remembers a terminal answer per (user, request id); the event store after that. */
   IDEMPOTENCY_TTL_SEC: int(86_400, 1, 30 * 86_400),
+  /** How long a cancel waits for the cancelled execution to end before answering `executing`. */
+  CANCEL_WAIT_MS: int(15_000, 100, 600_000),
   /** How long POST /executions waits for the terminal answer before 504 (the execution continues). */
   HTTP_WAIT_MS: int(120_000, 100, 3_600_000),
   /** How long close() lets running tools finish before leaving them to redelivery. */

@@ -2,6 +2,7 @@ import t from 'tap';
 import { ConfigError, loadConfig } from '../../lib/config.ts';
 import { DispatcherEnv } from './config.ts';
 import { requestIdFromMsgId } from './dispatcher.ts';
+import { defaultUserSlots } from './intake.ts';
 
 t.test('dispatcher settings: defaults', async (t) => {
   const c = loadConfig(DispatcherEnv, {});
@@ -13,7 +14,13 @@ t.test('dispatcher settings: defaults', async (t) => {
     RATE_LIMIT_BURST: 40,
     CACHE_TTL_SEC: 300,
     TOOLBUS_TEST_TOOLS: false,
+    MAX_ACK_PENDING: 20_000,
+    INTAKE_BUFFER: 4096,
+    INTAKE_BUFFER_BYTES: 64 * 1024 * 1024,
+    INTAKE_PULL_BATCH: 256,
+    CANCEL_WAIT_MS: 15_000,
   });
+  t.equal(c.USER_DISPATCH_SLOTS, undefined, 'derived from DISPATCH_CONCURRENCY when not set');
   t.match(c.DISPATCHER_ID, /^[A-Za-z0-9_-]+-\d+$/, 'hostname-pid, as a subject token');
 });
 
@@ -21,6 +28,7 @@ t.test('dispatcher settings: from the environment, and refused when wrong', asyn
   const c = loadConfig(DispatcherEnv, { ACK_WAIT_MS: '5000', TOOLBUS_TEST_TOOLS: '1', DISPATCHER_ID: 'd-1' });
   t.match(c, { ACK_WAIT_MS: 5000, TOOLBUS_TEST_TOOLS: true, DISPATCHER_ID: 'd-1' });
   t.equal(loadConfig(DispatcherEnv, { TOOLBUS_TEST_TOOLS: 'false' }).TOOLBUS_TEST_TOOLS, false);
+  t.equal(loadConfig(DispatcherEnv, { USER_DISPATCH_SLOTS: '3' }).USER_DISPATCH_SLOTS, 3);
   for (const [key, value] of [
     ['ACK_WAIT_MS', '10'],
     ['ACK_WAIT_MS', 'soon'],
@@ -29,6 +37,8 @@ t.test('dispatcher settings: from the environment, and refused when wrong', asyn
     ['RATE_LIMIT_PER_SEC', '1.5'],
     ['TOOLBUS_TEST_TOOLS', 'yes'],
     ['DISPATCHER_ID', 'has.dot'],
+    ['USER_DISPATCH_SLOTS', '0'],
+    ['INTAKE_BUFFER_BYTES', '1000'],
   ] as const) {
     t.throws(() => loadConfig(DispatcherEnv, { [key]: value }), ConfigError, `${key}=${value}`);
   }
@@ -42,4 +52,12 @@ t.test('the request id in Nats-Msg-Id', async (t) => {
   t.equal(requestIdFromMsgId('alice:has space', 'alice'), undefined);
   t.equal(requestIdFromMsgId(undefined, 'alice'), undefined);
   t.equal(requestIdFromMsgId('req-1', 'alice'), undefined);
+});
+
+t.test('one user may hold all but an eighth of the slots, at least one', async (t) => {
+  t.equal(defaultUserSlots(64), 56);
+  t.equal(defaultUserSlots(8), 7);
+  t.equal(defaultUserSlots(3), 2);
+  t.equal(defaultUserSlots(2), 1);
+  t.equal(defaultUserSlots(1), 1);
 });

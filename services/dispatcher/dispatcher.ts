@@ -49,6 +49,15 @@ export interface Delivery {
   /** Unique per delivery (stream sequence and delivery count): names a concurrency slot. */
   id: string;
   redelivered: boolean;
+  /** Set by the intake when the request was cancelled while it waited: it is recorded cancelled, not run. */
+  cancel?: CancelOrder;
+}
+
+/** Who cancelled an execution and through what; recorded in `ToolFailed.data.error.details`. */
+export interface CancelOrder {
+  /** The user id of the token that asked (the execution's user, or an admin). */
+  by: string;
+  via: 'nats' | 'http';
 }
 
 /** What the intake does with the message: ack it, or let it come back later. */
@@ -71,6 +80,11 @@ export interface DispatcherOptions {
   deferMs?: number;
   /** Minimum time between two progress updates of one execution. */
   progressIntervalMs?: number;
+  /**
+   * Asks the dispatcher `runner` to cancel an execution it runs (a delivery cancelled here turned
+   * out to run elsewhere). Fire and forget.
+   */
+  forwardCancel?: (runner: string, ref: ExecutionRef, order: CancelOrder, token: string | undefined) => void;
 }
 
 /** Largest result stored and answered (its canonical JSON); larger is OUTPUT_INVALID. */
@@ -85,6 +99,14 @@ class ToolTimeoutError extends Error {
   }
 }
 
+/** The signal's reason when an execution is cancelled. */
+export class ToolCancelledError extends Error {
+  constructor(readonly order: CancelOrder) {
+    super(`cancelled by ${order.by}`);
+    this.name = 'ToolCancelledError';
+  }
+}
+
 class ShuttingDownError extends Error {
   constructor() {
     super('the dispatcher is shutting down');
@@ -93,8 +115,12 @@ class ShuttingDownError extends Error {
 }
 
 interface InFlight {
+  userId: string;
   replyTos: Set<string>;
   done: Promise<Disposition>;
+  /** The terminal answer this handling gave, or null when it ended without one (deferred, failed). */
+  outcome: Promise<TerminalAnswer | null>;
+  cancel(order: CancelOrder): void;
 }
 
 /** The request being handled, once its user is known. */
@@ -111,6 +137,11 @@ interface Handling {
   /** The concurrency slot held in Redis, until the answer's bookkeeping frees it. */
   slot?: string | undefined;
   cacheKey?: string | undefined;
+  /** Set when the execution is to be cancelled; `cancelled` fires then. */
+  cancel: CancelOrder | null;
+  cancelled: AbortController;
+  /** Resolves the in-flight outcome with the terminal answer. */
+  settleOutcome: (answer: TerminalAnswer | null) => void;
 }
 
 interface RunOutcome {
@@ -137,6 +168,25 @@ export class Dispatcher {
 
   /** Is this instance running the execution right now (asked by other dispatchers). */
   isRunning = (executionId: string): boolean => this.inFlight.has(executionId);
+
+  /**
+   * Cancels an execution this instance is handling: its signal fires (a running tool ends
+   * CANCELLED at once), or, before it runs, it is recorded cancelled instead of being run. Returns
+   * the handling's outcome, or null when this instance is not handling the execution.
+   */
+  cancelHeld(userId: string, executionId: string, order: CancelOrder): Promise<TerminalAnswer | null> | null {
+    const f = this.inFlight.get(executionId);
+    // The execution id alone is not proof of ownership: it must be this user's.
+    if (!f || f.userId !== userId) return null;
+    f.cancel(order);
+    return f.outcome;
+  }
+
+  /** The outcome of the handling of the user's execution here, or null when there is none. */
+  outcomeOf(userId: string, executionId: string): Promise<TerminalAnswer | null> | null {
+    const f = this.inFlight.get(executionId);
+    return f && f.userId === userId ? f.outcome : null;
+  }
 
   get inFlightCount(): number {
     return this.inFlight.size;
@@ -194,13 +244,14 @@ export class Dispatcher {
     if (running) {
       // A duplicate of a request this instance is running: answer it from the same execution.
       if (replyTo) running.replyTos.add(replyTo);
+      if (delivery.cancel) running.cancel(delivery.cancel);
       return running.done;
     }
     const replyTos = new Set(replyTo ? [replyTo] : []);
     let settle!: (d: Disposition) => void;
     const done = new Promise<Disposition>((resolve) => (settle = resolve));
-    this.inFlight.set(executionId, { replyTos, done });
-    this.o.metrics.inFlight.inc();
+    let settleOutcome!: (a: TerminalAnswer | null) => void;
+    const outcome = new Promise<TerminalAnswer | null>((resolve) => (settleOutcome = resolve));
 
     const h: Handling = {
       ref,
@@ -212,7 +263,19 @@ export class Dispatcher {
       startedAt,
       tool: undefined,
       toolLabel: partial.tool ?? NO_TOOL,
+      cancel: delivery.cancel ?? null,
+      cancelled: new AbortController(),
+      settleOutcome,
     };
+    if (h.cancel) h.cancelled.abort(new ToolCancelledError(h.cancel));
+    this.inFlight.set(executionId, {
+      userId,
+      replyTos,
+      done,
+      outcome,
+      cancel: (order) => this.requestCancel(h, order),
+    });
+    this.o.metrics.inFlight.inc();
     let disposition: Disposition = { ack: false, retryInMs: this.deferMs };
     try {
       disposition = await this.process(h, parsed.ok ? null : parsed.problem.message);
@@ -227,8 +290,14 @@ export class Dispatcher {
       if (h.slot) void this.o.guard.release(userId, h.slot);
       this.inFlight.delete(executionId);
       this.o.metrics.inFlight.dec();
+      settleOutcome(null);
       settle(disposition);
     }
+  }
+
+  private requestCancel(h: Handling, order: CancelOrder): void {
+    h.cancel ??= order;
+    if (!h.cancelled.signal.aborted) h.cancelled.abort(new ToolCancelledError(h.cancel));
   }
 
   private idsOf(partial: Partial<ToolRequest>) {
@@ -258,6 +327,8 @@ export class Dispatcher {
       );
     }
     const tool = h.tool!;
+    // Cancelled while it waited in the intake: recorded cancelled, never run.
+    if (h.cancel) return this.cancelUnstarted(h, tool);
     const manifest = tool.manifest;
     const cacheKey = manifest.cacheable
       ? this.o.guard.cacheKey(ref.userId, manifest.name, manifest.version, request!.args)
@@ -409,6 +480,41 @@ export class Dispatcher {
     return this.answered(h, answerFromTerminal(appended.at(-1)!), true);
   }
 
+  /**
+   * Cancelled before it ran (while it waited in the intake, or while it was admitted):
+   * ToolRequested + ToolFailed CANCELLED in one append, no ToolExecuting. An execution already
+   * recorded is left to `existing`, which honours the cancel too.
+   */
+  private async cancelUnstarted(h: Handling, tool: RunnableTool): Promise<Disposition> {
+    const order = h.cancel!;
+    const manifest = tool.manifest;
+    const execution = newExecution(h.ref);
+    const { value, redacted } = redact(h.request!.args, manifest.sensitive.input);
+    const { appended } = await this.o.streams.step(execution, (s) =>
+      s.status === 'none'
+        ? [
+            {
+              type: 'Request',
+              data: { tool: manifest.name, version: manifest.version, args: value, redacted },
+            },
+            {
+              type: 'Fail',
+              data: {
+                error: cancelledError(order, 'before it started'),
+                durationMs: null,
+              },
+            },
+          ]
+        : [],
+    );
+    if (appended.length === 0) return this.existing(h, execution, tool);
+    this.o.log.info(
+      { userId: h.ref.userId, requestId: h.ref.requestId, executionId: h.ref.executionId, by: order.by },
+      'request cancelled before it ran',
+    );
+    return this.answered(h, answerFromTerminal(appended.at(-1)!), true);
+  }
+
   /** A cache hit: Requested, Executing, Completed{cached} in one append. */
   private async fromCache(h: Handling, tool: RunnableTool, result: JsonValue): Promise<Disposition> {
     const manifest = tool.manifest;
@@ -443,6 +549,8 @@ export class Dispatcher {
 
   /** The normal path: Requested + Executing (one append), run, terminal (one append). */
   private async execute(h: Handling, tool: RunnableTool): Promise<Disposition> {
+    // Cancelled while it was admitted: nothing ran yet.
+    if (h.cancel) return this.cancelUnstarted(h, tool);
     const manifest = tool.manifest;
     const execution = newExecution(h.ref);
     const { value, redacted } = redact(h.request!.args, manifest.sensitive.input);
@@ -496,6 +604,15 @@ export class Dispatcher {
             this.probeTimeoutMs,
           );
           if (runner === 'running') {
+            if (h.cancel) {
+              // Cancelled here, but it runs elsewhere: the cancel goes to its runner.
+              this.o.forwardCancel?.(
+                last.data.runner,
+                execution.ref,
+                h.cancel,
+                h.delivery.header(REQUEST_HEADERS.authorization),
+              );
+            }
             this.o.metrics.redeliveries.inc({ action: 'deferred' });
             this.o.log.info(
               { userId: h.ref.userId, executionId: h.ref.executionId, runner: last.data.runner },
@@ -513,6 +630,22 @@ export class Dispatcher {
           requested.data.version === tool.manifest.version &&
           canonicalJson(requested.data.args) ===
             canonicalJson(redact(h.request.args, tool.manifest.sensitive.input).value);
+        if (h.cancel) {
+          // Nobody runs it, and it is to be cancelled: end it so, rather than run it again.
+          const order = h.cancel;
+          const { appended } = await this.o.streams.step(execution, (s) =>
+            (s.status === 'executing' && s.attempt === attempt) || (s.status === 'requested' && attempt === 0)
+              ? [
+                  {
+                    type: 'Fail',
+                    data: { error: cancelledError(order, 'after its dispatcher stopped'), durationMs: null },
+                  },
+                ]
+              : [],
+          );
+          if (appended.length === 0) return this.existing(h, execution, tool);
+          return this.answered(h, answerFromTerminal(appended.at(-1)!), true);
+        }
         if (tool && sameRequest && (tool.manifest.idempotent || state.status === 'requested')) {
           const { appended } = await this.o.streams.step(execution, (s) =>
             (s.status === 'executing' && s.attempt === attempt) || (s.status === 'requested' && attempt === 0)
@@ -612,6 +745,7 @@ export class Dispatcher {
     };
     const started = performance.now();
     let timer: NodeJS.Timeout | undefined;
+    let onCancel: (() => void) | undefined;
     try {
       const result = await new Promise<unknown>((resolve, reject) => {
         timer = setTimeout(() => {
@@ -619,6 +753,14 @@ export class Dispatcher {
           controller.abort(e);
           reject(e);
         }, manifest.timeoutMs);
+        // A cancel fires the tool's signal and ends the run at once, whatever the tool does.
+        onCancel = () => {
+          const e = h.cancelled.signal.reason as Error;
+          controller.abort(e);
+          reject(e);
+        };
+        if (h.cancelled.signal.aborted) onCancel();
+        else h.cancelled.signal.addEventListener('abort', onCancel, { once: true });
         Promise.resolve()
           .then(() => tool.run(h.request!.args, ctx))
           .then(resolve, reject);
@@ -643,11 +785,17 @@ export class Dispatcher {
         );
       }
       const { value, redacted } = redact(json.data, manifest.sensitive.output);
+      // The last progress held back by the rate limit goes out before the answer.
+      reporter.stop(true);
       return { command: { type: 'Complete', data: { result: value, redacted, durationMs, cached: false } } };
     } catch (e) {
       const durationMs = performance.now() - started;
       if (e instanceof ToolTimeoutError)
         return fail('TIMEOUT', e.message, durationMs, { timeoutMs: e.timeoutMs });
+      if (e instanceof ToolCancelledError) {
+        const error = cancelledError(e.order, 'while it ran');
+        return fail(error.code, error.message, durationMs, error.details);
+      }
       // An error message may quote an argument: sensitive values are cut out of it.
       const secrets = sensitiveValues(h.request!.args, manifest.sensitive.input);
       if (e instanceof ToolRunError) {
@@ -661,6 +809,7 @@ export class Dispatcher {
       return fail('TOOL_ERROR', scrub(e instanceof Error ? e.message : String(e), secrets), durationMs);
     } finally {
       clearTimeout(timer);
+      if (onCancel) h.cancelled.signal.removeEventListener('abort', onCancel);
       reporter.stop();
       if (!controller.signal.aborted) controller.abort(new Error('execution ended'));
     }
@@ -699,6 +848,7 @@ export class Dispatcher {
   /** Sends the terminal answer, remembers it (Redis), counts it; the request can be acked. */
   private async answered(h: Handling, answer: TerminalAnswer, fresh: boolean): Promise<Disposition> {
     this.reply(h.replyTos, answer);
+    h.settleOutcome(answer);
     if (fresh) {
       const slot = h.slot;
       h.slot = undefined;
@@ -765,6 +915,18 @@ export class Dispatcher {
   }
 }
 
+/** The error a cancelled execution is recorded with. */
+export function cancelledError(
+  order: CancelOrder,
+  when: string,
+): { code: 'CANCELLED'; message: string; details: Record<string, unknown> } {
+  return {
+    code: 'CANCELLED',
+    message: `cancelled by ${order.by} ${when}`,
+    details: { cancelledBy: order.by, via: order.via },
+  };
+}
+
 function fail(
   code: ErrorCode,
   message: string,
@@ -814,6 +976,24 @@ const isRedactedField = (value: unknown, field: string): boolean =>
   typeof value === 'object' &&
   !Array.isArray(value) &&
   (value as Record<string, unknown>)[field] === '[REDACTED]';
+
+/**
+ * The execution a delivery would be, for the user of its subject: its body's request id, or the
+ * one in `Nats-Msg-Id`. Null when neither names a request. Used to find a waiting request to cancel.
+ */
+export function executionIdOfDelivery(d: Delivery, userId: string): string | null {
+  let requestId: unknown;
+  try {
+    requestId = (JSON.parse(Buffer.from(d.data).toString('utf8')) as { requestId?: unknown } | null)
+      ?.requestId;
+  } catch {
+    requestId = undefined;
+  }
+  if (typeof requestId !== 'string' || !REQUEST_ID_PATTERN.test(requestId)) {
+    requestId = requestIdFromMsgId(d.header(REQUEST_HEADERS.msgId), userId);
+  }
+  return typeof requestId === 'string' && isUserId(userId) ? executionIdFor(userId, requestId) : null;
+}
 
 /** `<userId>:<requestId>` -> requestId, when the prefix is the token's user and the rest a request id. */
 export function requestIdFromMsgId(msgId: string | undefined, userId: string): string | undefined {

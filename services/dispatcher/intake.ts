@@ -11,9 +11,11 @@ import {
   type JsMsg,
 } from '@nats-io/jetstream';
 import { nanos } from '@nats-io/transport-node';
+import type { Gauge, Histogram } from 'prom-client';
 import { jetstream as names, subjects } from '../../contracts/index.ts';
 import type { Logger } from '../../lib/log.ts';
-import { errorInfo, type Delivery, type Disposition } from './dispatcher.ts';
+import { errorInfo, type CancelOrder, type Delivery, type Disposition } from './dispatcher.ts';
+import { FairQueue } from './fairQueue.ts';
 
 /** How long JetStream remembers a `Nats-Msg-Id` to drop a repeat of the same request. */
 export const DUPLICATE_WINDOW_MS = 2 * 60_000;
@@ -85,21 +87,63 @@ export async function ensureIntake(
   }
 }
 
+export interface IntakeMetrics {
+  /** Requests pulled and waiting here for a slot. */
+  queued: Gauge;
+  /** From being pulled to being started. */
+  wait: Histogram;
+}
+
 export interface IntakeOptions {
   js: JetStreamClient;
-  /** Requests handled at once by this instance; no more are pulled than there are free slots. */
+  /** Requests handled at once by this instance. */
   concurrency: number;
   ackWaitMs: number;
   handle: (delivery: Delivery) => Promise<Disposition>;
   log: Logger;
   /** How long one pull waits for requests before the next (default 5 s). */
   pullExpiresMs?: number;
+  /** Slots of this instance one user may hold at once (default: see `defaultUserSlots`). */
+  userSlots?: number;
+  /**
+   * Requests pulled ahead and waiting here, at most: a count, and their bytes (default 4096, 64 MiB;
+   * the byte limit is checked before each pull, so one look-ahead pull may pass it by up to
+   * `pullBatch` requests).
+   */
+  bufferMessages?: number;
+  bufferBytes?: number;
+  /** Largest pull when looking past requests that must wait (default 256). */
+  pullBatch?: number;
+  metrics?: IntakeMetrics;
 }
 
 export interface Intake {
+  /** Requests started and not finished. */
   readonly active: number;
-  /** Stops pulling, waits up to `graceMs` for running requests; the rest come back to another instance. */
+  /** Requests pulled and waiting for a slot. */
+  readonly queued: number;
+  /**
+   * A request waiting here, of the user whose subject is `toolbus.requests.<userKey>`, that `match`
+   * picks: it starts at once (outside the slot count) carrying `cancel`, so the dispatcher records
+   * it cancelled instead of running it. False when no such request waits here.
+   */
+  cancelQueued(userKey: string, match: (d: Delivery) => boolean, cancel: CancelOrder): boolean;
+  /** Stops pulling, hands back what waits, waits up to `graceMs` for running requests; the rest come back to another instance. */
   stop(graceMs: number): Promise<void>;
+}
+
+/** One user may hold all but an eighth of an instance's slots (at least one slot for them). */
+export const defaultUserSlots = (concurrency: number): number =>
+  Math.max(1, concurrency - Math.ceil(concurrency / 8));
+
+const REQUEST_PREFIX = 'toolbus.requests.';
+
+interface Waiting {
+  m: JsMsg;
+  user: string;
+  delivery: Delivery;
+  bytes: number;
+  pulledAt: number;
 }
 
 const toDelivery = (m: JsMsg): Delivery => ({
@@ -111,42 +155,95 @@ const toDelivery = (m: JsMsg): Delivery => ({
 });
 
 /**
- * Pulls requests from the shared consumer: at most `concurrency` at a time, each pull asking for
- * exactly the free slots (nothing waits in a client buffer while its ack deadline runs). While a
- * request is handled, `working()` tells JetStream every third of the ack wait that it is still
- * alive, so a long tool is not redelivered. Acked after its terminal event is appended (or when it
- * is answered without one); nak'ed with a delay when it could not be finished.
+ * Pulls requests from the shared consumer and starts them fairly between users.
+ *
+ * Normally it pulls exactly its free slots, as before: nothing waits in this process. Requests of
+ * a user who already holds `userSlots` slots wait here, in a per-user queue (`FairQueue`). When
+ * slots are free (or about to be) but everything waiting belongs to users at their slots, and
+ * JetStream says more requests are behind (`info.pending`), it looks ahead: it pulls growing
+ * batches (up to `pullBatch`) past that backlog, up to `bufferMessages` / `bufferBytes`, so that
+ * another user's request behind a flood is reached and started at once. Waiting requests get a
+ * `working()` every third of the ack wait, so JetStream does not hand them to another instance;
+ * on stop they are handed back at once (nak). See docs/progress-cancellation-fairness.md.
  */
 export function startIntake(o: IntakeOptions): Intake {
+  const userSlots = o.userSlots ?? defaultUserSlots(o.concurrency);
+  const bufferMessages = o.bufferMessages ?? 4096;
+  const bufferBytes = o.bufferBytes ?? 64 * 1024 * 1024;
+  const pullBatch = o.pullBatch ?? 256;
+  const expires = o.pullExpiresMs ?? 5_000;
+  const queue = new FairQueue<Waiting>(userSlots);
   let active = 0;
+  let queuedBytes = 0;
   let stopped = false;
+  /** Requests not yet delivered to anyone, as the last delivered message said. */
+  let behind = 0;
+  /** The current look-ahead pull size; 0 when not looking ahead. */
+  let lookahead = 0;
   let current: ConsumerMessages | null = null;
   let wake: (() => void) | null = null;
   const tasks = new Set<Promise<void>>();
   const heartbeats = new Set<NodeJS.Timeout>();
-  const expires = o.pullExpiresMs ?? 5_000;
+  const beatEvery = Math.max(250, Math.floor(o.ackWaitMs / 3));
 
-  const slotFree = () =>
-    new Promise<void>((resolve) => {
-      if (active < o.concurrency || stopped) return resolve();
-      wake = resolve;
-    });
+  const changed = () => {
+    o.metrics?.queued.set(queue.size);
+    const w = wake;
+    wake = null;
+    w?.();
+  };
 
-  const dispatch = (m: JsMsg) => {
+  // Waiting requests tell JetStream they are alive, all with one timer.
+  const waitingBeat = setInterval(() => {
+    for (const w of queue.items()) {
+      try {
+        w.m.working();
+      } catch {
+        // the connection is away; JetStream redelivers if it lasts
+      }
+    }
+  }, beatEvery);
+  waitingBeat.unref();
+
+  /** How many requests to pull now (0: wait until something changes). */
+  const wanted = (): number => {
+    if (stopped) return 0;
+    // A request that may start waits only for a slot: pulling more would not start anything sooner.
+    if (queue.hasEligible()) return 0;
+    const free = o.concurrency - active;
+    if (queue.size === 0) {
+      // Nothing waits: exactly the free slots, so nothing is held that could run elsewhere.
+      lookahead = 0;
+      return Math.max(0, free);
+    }
+    // Everything here waits on its user's slots.
+    const room = bufferMessages - queue.size;
+    if (room <= 0 || queuedBytes >= bufferBytes) return 0;
+    if (behind > 0) {
+      // More is behind it: look past it, in growing pulls.
+      lookahead = lookahead === 0 ? Math.max(free, o.concurrency) : Math.min(lookahead * 2, pullBatch);
+      return Math.min(lookahead, room);
+    }
+    lookahead = 0;
+    return Math.max(0, Math.min(free, room));
+  };
+
+  const start = (w: Waiting, cancel?: CancelOrder) => {
     active++;
-    const beat = setInterval(
-      () => {
-        try {
-          m.working();
-        } catch {
-          // the connection is away; JetStream redelivers if it lasts
-        }
-      },
-      Math.max(250, Math.floor(o.ackWaitMs / 3)),
-    );
+    queue.begin(w.user);
+    o.metrics?.wait.observe((performance.now() - w.pulledAt) / 1000);
+    const m = w.m;
+    const beat = setInterval(() => {
+      try {
+        m.working();
+      } catch {
+        // the connection is away; JetStream redelivers if it lasts
+      }
+    }, beatEvery);
     heartbeats.add(beat);
+    const delivery = cancel ? { ...w.delivery, cancel } : w.delivery;
     const task = o
-      .handle(toDelivery(m))
+      .handle(delivery)
       .then(
         (d) => (d.ack ? m.ack() : m.nak(d.retryInMs)),
         (e: unknown) => {
@@ -162,34 +259,62 @@ export function startIntake(o: IntakeOptions): Intake {
         clearInterval(beat);
         heartbeats.delete(beat);
         active--;
+        queue.done(w.user);
         tasks.delete(task);
-        const w = wake;
-        wake = null;
-        w?.();
+        pump();
       });
     tasks.add(task);
+  };
+
+  /** Starts waiting requests while there are free slots, fairly between users. */
+  const pump = () => {
+    while (!stopped && active < o.concurrency) {
+      const next = queue.next();
+      if (!next) break;
+      queuedBytes -= next.item.bytes;
+      start(next.item);
+    }
+    changed();
+  };
+
+  const enqueue = (m: JsMsg) => {
+    const user = m.subject.startsWith(REQUEST_PREFIX) ? m.subject.slice(REQUEST_PREFIX.length) : m.subject;
+    const bytes = m.data.byteLength + 256;
+    queuedBytes += bytes;
+    queue.push(user, { m, user, delivery: toDelivery(m), bytes, pulledAt: performance.now() });
+    pump();
+  };
+
+  const untilWanted = async (): Promise<number> => {
+    for (;;) {
+      const n = wanted();
+      if (n > 0 || stopped) return n;
+      await new Promise<void>((resolve) => (wake = resolve));
+    }
   };
 
   const loop = async () => {
     let failures = 0;
     while (!stopped) {
-      await slotFree();
-      if (stopped) break;
       try {
         const consumer = await o.js.consumers.get(names.requestsStream, names.dispatcherConsumer);
         while (!stopped) {
-          await slotFree();
+          const n = await untilWanted();
           if (stopped) break;
-          const batch = await consumer.fetch({ max_messages: o.concurrency - active, expires });
+          const batch = await consumer.fetch({ max_messages: n, expires });
           current = batch;
+          let received = 0;
           for await (const m of batch) {
             if (stopped) {
               // Pulled during shutdown: let another instance have it right away.
               m.nak();
               continue;
             }
-            dispatch(m);
+            received++;
+            behind = m.info.pending;
+            enqueue(m);
           }
+          if (received === 0) behind = 0;
           current = null;
           failures = 0;
         }
@@ -208,13 +333,34 @@ export function startIntake(o: IntakeOptions): Intake {
     get active() {
       return active;
     },
+    get queued() {
+      return queue.size;
+    },
+    cancelQueued(userKey, match, cancel) {
+      if (stopped) return false;
+      const w = queue.take(userKey, (x) => match(x.delivery));
+      if (!w) return false;
+      queuedBytes -= w.bytes;
+      start(w, cancel);
+      changed();
+      return true;
+    },
     async stop(graceMs) {
       stopped = true;
-      const w = wake;
-      wake = null;
-      w?.();
+      changed();
       await current?.close().catch(() => undefined);
       await running;
+      clearInterval(waitingBeat);
+      // Not started: another instance may have them at once.
+      for (const w of queue.drain()) {
+        try {
+          w.m.nak();
+        } catch {
+          // redelivered after the ack wait
+        }
+      }
+      queuedBytes = 0;
+      o.metrics?.queued.set(0);
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
         Promise.allSettled([...tasks]),

@@ -9,6 +9,9 @@ export interface DispatcherMetrics {
   conflicts: Counter;
   refusedUnauthenticated: Counter;
   redeliveries: Counter<'action'>;
+  cancellations: Counter<'result'>;
+  intakeQueued: Gauge;
+  intakeWait: Histogram;
 }
 
 /** The dispatcher's Prometheus metrics, registered on the app's registry (`/metrics`). */
@@ -58,6 +61,23 @@ export function createMetrics(registry: Registry): DispatcherMetrics {
       name: 'toolbus_recoveries_total',
       help: 'Executions found unfinished after a crash, by what was done (rerun, interrupted, deferred)',
       labelNames: ['action'],
+      registers: [registry],
+    }),
+    cancellations: new Counter({
+      name: 'toolbus_cancellations_total',
+      help: 'Cancel requests answered, by result (cancelled, completed, failed, executing, unknown, forbidden, unavailable)',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
+    intakeQueued: new Gauge({
+      name: 'toolbus_intake_queued',
+      help: 'Requests pulled by this dispatcher and waiting for a slot (their user is at its share)',
+      registers: [registry],
+    }),
+    intakeWait: new Histogram({
+      name: 'toolbus_intake_wait_seconds',
+      help: 'From a request being pulled to it being started',
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
       registers: [registry],
     }),
   };

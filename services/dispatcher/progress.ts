@@ -5,14 +5,19 @@ export interface ProgressUpdate {
 
 export interface ProgressReporter {
   report(p: ProgressUpdate): void;
-  /** Drops anything pending; later reports are ignored (the execution has ended). */
-  stop(): void;
+  /**
+   * Later reports are ignored (the execution has ended). The update held back by the rate limit
+   * is sent first when `flush` is true (the tool completed: its last progress, often 1.0, goes out
+   * before the answer), dropped otherwise.
+   */
+  stop(flush?: boolean): void;
 }
 
 /**
  * What a tool's `ctx.progress` does: fractions must increase (others are dropped), at most one
- * update per `minIntervalMs` is sent, and the newest one held back is sent when the interval ends,
- * so a final 1.0 is not lost to the limit. Messages are clipped to 500 characters.
+ * update per `minIntervalMs` is sent, and the newest one held back is sent when the interval ends
+ * (or at `stop(true)` when the tool completed first), so a final 1.0 is not lost to the limit.
+ * Messages are clipped to 500 characters.
  */
 export function createProgressReporter(
   send: (p: ProgressUpdate) => void,
@@ -25,7 +30,7 @@ export function createProgressReporter(
   let timer: NodeJS.Timeout | null = null;
   let stopped = false;
 
-  const flush = () => {
+  const sendPending = () => {
     timer = null;
     if (stopped || !pending) return;
     const p = pending;
@@ -51,17 +56,19 @@ export function createProgressReporter(
       const wait = lastSentAt + minIntervalMs - now();
       if (wait <= 0) {
         if (timer) clearTimeout(timer);
-        flush();
+        sendPending();
       } else if (!timer) {
-        timer = setTimeout(flush, wait);
+        timer = setTimeout(sendPending, wait);
         timer.unref();
       }
     },
-    stop() {
-      stopped = true;
-      pending = null;
+    stop(flush = false) {
+      if (stopped) return;
       if (timer) clearTimeout(timer);
       timer = null;
+      if (flush) sendPending();
+      stopped = true;
+      pending = null;
     },
   };
 }

@@ -58,6 +58,26 @@ t.test('nothing is sent after stop', async (t) => {
   t.strictSame(sent, [0.1]);
 });
 
+t.test('stop(true): the update held back is sent first, then nothing more', async (t) => {
+  let now = 0;
+  const sent: number[] = [];
+  const r = createProgressReporter(
+    (p) => sent.push(p.fraction),
+    100,
+    () => now,
+  );
+  r.report({ fraction: 0.5 });
+  now = 5;
+  r.report({ fraction: 1 });
+  t.strictSame(sent, [0.5]);
+  r.stop(true);
+  t.strictSame(sent, [0.5, 1], 'the final 1.0 is not lost to the rate limit');
+  r.stop(true);
+  r.report({ fraction: 1 });
+  await new Promise((resolve) => setTimeout(resolve, 150));
+  t.strictSame(sent, [0.5, 1]);
+});
+
 t.test('a failing sender does not throw into the tool', async (t) => {
   const r = createProgressReporter(() => {
     throw new Error('boom');

@@ -2,12 +2,13 @@ import { randomUUID } from 'node:crypto';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { executionIdFor, type Principal } from '../../contracts/index.ts';
+import { executionIdFor, UserId, type Principal } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
-import { AgentClientError, submitRequest } from '../../lib/clients/agent.ts';
+import { AgentClientError, submitRequest, type CancelResult } from '../../lib/clients/agent.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import type { ToolRegistry } from '../../lib/tools/index.ts';
 import { answerFromTerminal, httpStatusOf, refusal, type TerminalAnswer } from './answers.ts';
+import type { CancelCoordinator } from './cancel.ts';
 import { terminalOf, type UserStreams } from './streams.ts';
 
 export interface RouteDeps {
@@ -16,11 +17,40 @@ export interface RouteDeps {
   registry: ToolRegistry;
   verifier: TokenVerifier;
   streams: UserStreams;
+  cancels: CancelCoordinator;
   /** How long POST /executions waits for the terminal answer. */
   waitMs: number;
 }
 
 const ExecutionIdParam = z.object({ executionId: z.uuid() });
+/** An admin may name the user whose execution it cancels (body or query); anyone else cancels their own. */
+const CancelOwner = z.object({ userId: UserId.optional() });
+
+/** HTTP status of a cancel answer. */
+export function cancelStatusOf(result: CancelResult): number {
+  if (result.cancelled) return 200;
+  switch (result.error?.code) {
+    case 'UNAUTHENTICATED':
+      return 401;
+    case 'FORBIDDEN':
+      return 403;
+    case 'MALFORMED':
+      return 400;
+    case 'UNAVAILABLE':
+      return 503;
+    case undefined:
+      break;
+  }
+  switch (result.status) {
+    case 'unknown':
+      return 404;
+    case 'executing':
+      return 202;
+    default:
+      // It had already ended (or ended first): nothing was changed.
+      return 409;
+  }
+}
 
 /**
  * The HTTP API: GET /tools, POST /executions (through the same JetStream intake as agents on NATS,
@@ -101,6 +131,39 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     return reply.code(httpStatusOf(answer)).send(answer);
   });
 
+  app.post('/executions/:executionId/cancel', async (req, reply) => {
+    const principal = await authenticate(req, reply);
+    if (!principal) return reply;
+    const params = ExecutionIdParam.safeParse(req.params);
+    const owner = CancelOwner.safeParse({
+      ...(req.query && typeof req.query === 'object' ? req.query : {}),
+      ...(req.body && typeof req.body === 'object' && !Array.isArray(req.body) ? req.body : {}),
+    });
+    const refused = (status: number, code: NonNullable<CancelResult['error']>['code'], message: string) =>
+      reply.code(status).send({
+        executionId: params.success ? params.data.executionId : null,
+        requestId: null,
+        cancelled: false,
+        status: 'refused',
+        answer: null,
+        message,
+        error: { code, message },
+      } satisfies CancelResult);
+    if (!params.success) return refused(400, 'MALFORMED', 'the execution id must be a UUID');
+    if (!owner.success) return refused(400, 'MALFORMED', 'userId must be a user id');
+    const userId = owner.data.userId ?? principal.userId;
+    if (userId !== principal.userId && !principal.roles.includes('admin')) {
+      return refused(403, 'FORBIDDEN', `only ${userId} or an admin may cancel ${userId}'s executions`);
+    }
+    const result = await deps.cancels.cancel({
+      userId,
+      executionId: params.data.executionId,
+      order: { by: principal.userId, via: 'http' },
+      token: req.headers.authorization,
+    });
+    return reply.code(cancelStatusOf(result)).send(result);
+  });
+
   app.get('/executions/:executionId', async (req, reply) => {
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
@@ -117,11 +180,9 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     });
     const requested = execution.events.find((e) => e.type === 'ToolRequested');
     if (!requested || requested.type !== 'ToolRequested') {
-      return reply
-        .code(404)
-        .send({
-          error: { code: 'NOT_FOUND', message: `no execution ${executionId} of user ${principal.userId}` },
-        });
+      return reply.code(404).send({
+        error: { code: 'NOT_FOUND', message: `no execution ${executionId} of user ${principal.userId}` },
+      });
     }
     const terminal = terminalOf(execution);
     const answer: TerminalAnswer | null = terminal ? answerFromTerminal(terminal) : null;

@@ -106,6 +106,17 @@ export interface ExecutionState {
 export type ApplyResult = { applied: true; sample: Sample | null } | { applied: false; reason: string };
 
 const isoOf = (occurredAt: string): string => new Date(occurredAt).toISOString();
+
+/**
+ * Text as the read models can hold it. Events may carry any JSON string (an error message quoting
+ * a hostile argument, a correlation id chosen by an agent), but PostgreSQL's jsonb and text refuse
+ * NUL and unpaired UTF-16 surrogates: one such event would stop the projection for everyone. Both
+ * become U+FFFD here, in the model, so the runner and a replay agree.
+ */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+export const storable = (text: string): string =>
+  text.replace(LONE_SURROGATE, '\ufffd').replaceAll('\u0000', '\ufffd');
+const storableOrNull = (text: string | null): string | null => (text === null ? null : storable(text));
 export const minuteOf = (iso: string): string => {
   const d = new Date(iso);
   d.setUTCSeconds(0, 0);
@@ -134,7 +145,7 @@ export function applyEvent(state: ExecutionState, event: ToolEvent, revision: nu
     executionId: m.executionId,
     userId: m.userId,
     requestId: m.requestId,
-    correlationId: m.correlationId,
+    correlationId: storable(m.correlationId),
     tool: null,
     version: null,
     status: 'requested',
@@ -152,8 +163,8 @@ export function applyEvent(state: ExecutionState, event: ToolEvent, revision: nu
   let outcome: Outcome | null = null;
   switch (event.type) {
     case 'ToolRequested':
-      row.tool = event.data.tool;
-      row.version = event.data.version;
+      row.tool = storable(event.data.tool);
+      row.version = storableOrNull(event.data.version);
       row.status = 'requested';
       break;
     case 'ToolExecuting':
@@ -174,7 +185,7 @@ export function applyEvent(state: ExecutionState, event: ToolEvent, revision: nu
       row.finishedAt = at;
       row.durationMs = event.data.durationMs;
       row.errorCode = event.data.error.code;
-      row.errorMessage = event.data.error.message;
+      row.errorMessage = storable(event.data.error.message);
       row.cached = false;
       break;
     default: {
@@ -323,8 +334,8 @@ const skippedRow = (recorded: RecordedEvent, reason: string): SkippedRow => ({
   revision: recorded.revision,
   position: formatPosition(recorded.position),
   eventId: recorded.id,
-  eventType: recorded.type,
-  reason,
+  eventType: storable(recorded.type),
+  reason: storable(reason),
   recordedAt: recorded.created.toISOString(),
 });
 
@@ -372,7 +383,7 @@ export function replayReadModels(events: Iterable<RecordedEvent | ToolEvent>): R
           position: null,
           eventId: e.id,
           eventType: e.type,
-          reason,
+          reason: storable(reason),
           recordedAt: null,
         }),
       };

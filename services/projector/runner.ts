@@ -36,6 +36,22 @@ export interface RunnerOptions {
 
 export type RunnerState = 'idle' | 'standby' | 'active' | 'stopped';
 
+/**
+ * Pool clients that have an 'error' listener of their own. While a client is checked out the pool
+ * does not listen to it, and an error the server sends between two queries (PostgreSQL dying:
+ * "terminating connection due to unexpected postmaster exit") would be an unhandled 'error'
+ * event that kills the process. With a listener the next query fails instead and the batch is
+ * rolled back and retried like any other failure.
+ */
+const guarded = new WeakSet<pg.PoolClient>();
+function guard(client: pg.PoolClient): pg.PoolClient {
+  if (!guarded.has(client)) {
+    client.on('error', () => undefined);
+    guarded.add(client);
+  }
+  return client;
+}
+
 /** The checkpoint row no longer says what this instance last wrote: someone else moved it. */
 export class CheckpointMovedError extends Error {
   readonly code = 'CHECKPOINT_MOVED';
@@ -318,7 +334,7 @@ export class ProjectionRunner {
     const { pool, metrics, logger } = this.options;
     const last = formatPosition(batch[batch.length - 1]!.position);
     const stopTimer = metrics.batchDuration.startTimer();
-    const client = await pool.connect();
+    const client = guard(await pool.connect());
     let broken: Error | undefined;
     try {
       await client.query('begin');

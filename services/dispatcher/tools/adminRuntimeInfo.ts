@@ -30,7 +30,14 @@ export const adminRuntimeInfo = defineTool({
   timeoutMs: 5_000,
   idempotent: true,
   cacheable: false,
-  annotations: { title: 'Runtime information (admin)', readOnlyHint: true, openWorldHint: false },
+  // It reads its own process only: no effect on anything, the same call again changes nothing.
+  annotations: {
+    title: 'Runtime information (admin)',
+    readOnlyHint: true,
+    destructiveHint: false,
+    idempotentHint: true,
+    openWorldHint: false,
+  },
   async run(_args, ctx) {
     const mem = process.memoryUsage();
     const [l1 = 0, l5 = 0, l15 = 0] = loadavg();

@@ -168,6 +168,7 @@ export const costAnalyzer = defineTool({
   annotations: {
     title: 'Cloud cost analyzer',
     readOnlyHint: true,
+    destructiveHint: false,
     idempotentHint: true,
     openWorldHint: false,
   },

@@ -149,6 +149,7 @@ export const datasetStatsTool = defineTool({
   annotations: {
     title: 'Dataset statistics',
     readOnlyHint: true,
+    destructiveHint: false,
     idempotentHint: true,
     openWorldHint: false,
   },

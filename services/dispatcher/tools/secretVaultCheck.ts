@@ -131,7 +131,14 @@ export const secretVaultCheck = defineTool({
   timeoutMs: 5_000,
   idempotent: true,
   cacheable: false,
-  annotations: { title: 'API key check', readOnlyHint: true, openWorldHint: false },
+  // It looks at the key it is given; it calls no provider (closed world) and stores nothing.
+  annotations: {
+    title: 'API key check',
+    readOnlyHint: true,
+    destructiveHint: false,
+    idempotentHint: true,
+    openWorldHint: false,
+  },
   async run({ apiKey, expectedFormat }) {
     return checkKey(apiKey, expectedFormat);
   },

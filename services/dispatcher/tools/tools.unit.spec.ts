@@ -53,6 +53,19 @@ t.test(
   },
 );
 
+t.test('every example tool declares the four MCP behaviour hints', async (t) => {
+  for (const def of exampleTools) {
+    const a = toManifest(def).annotations;
+    t.ok(a?.title, `${def.name}: a title`);
+    for (const hint of ['readOnlyHint', 'destructiveHint', 'idempotentHint', 'openWorldHint'] as const) {
+      t.type(a?.[hint], 'boolean', `${def.name}: ${hint}`);
+    }
+    // The hints describe; they must not contradict the flags that decide.
+    if (a?.readOnlyHint) t.equal(a.destructiveHint, false, `${def.name}: read-only is not destructive`);
+    if (def.idempotent === true) t.equal(a?.idempotentHint, true, `${def.name}: idempotent is hinted so`);
+  }
+});
+
 t.test('secret_vault_check: real checks, and the key never appears in the result', async (t) => {
   const key = 'ghp_' + 'aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5';
   const out = (await run('secret_vault_check', {

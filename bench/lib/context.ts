@@ -1,0 +1,202 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TestDatabase } from '../../test/support/postgres.ts';
+import { startNats, startPostgres, startRedis, type OwnedServer } from '../../test/support/processes.ts';
+import type { StartRequest, Started, CpuSample } from '../server.ts';
+import { forkChild, type Child } from './ipc.ts';
+
+/**
+ * What the benchmarks share: the mode and its durations, test-owned NATS and Redis, fresh
+ * databases, and the child processes (services, references, load generators), all of which are
+ * stopped and dropped at the end whatever happens.
+ */
+export interface Durations {
+  /**
+   * Fixed-load latency: `latencyRounds` rounds, each one segment per system (references and Toolbus
+   * in turn), each segment `latencySegmentMs` long of which the first `latencySegmentWarmupMs` are
+   * not recorded. Histograms of a system's segments are merged.
+   */
+  latencyRounds: number;
+  latencySegmentMs: number;
+  latencySegmentWarmupMs: number;
+  /** One step of the throughput ladder. */
+  stepMs: number;
+  stepWarmupMs: number;
+  /** Steps at most per system, the factor between steps, the first rate. */
+  maxSteps: number;
+  stepFactor: number;
+  firstRate: number;
+  /** Retry a failed step once before counting the rate as failed (noise). */
+  retryStep: boolean;
+  /** A system's ladder stops after this many failed rates in a row (a stall of the machine fails one rate, not the system). */
+  failedRatesToStop: number;
+  lagMs: number;
+  lagWarmupMs: number;
+  rebuildEvents: number;
+  rebuildRounds: number;
+  /** Rounds of segments (reference and notifier in turn), as for latency. */
+  notifyRounds: number;
+  notifySegmentMs: number;
+  notifySegmentWarmupMs: number;
+  notifyRate: number;
+  notifyClients: number;
+  auditEvents: number;
+  auditRounds: number;
+}
+
+export const FULL: Durations = {
+  latencyRounds: 4,
+  latencySegmentMs: 6_500,
+  latencySegmentWarmupMs: 1_500,
+  stepMs: 6_000,
+  stepWarmupMs: 1_500,
+  maxSteps: 18,
+  stepFactor: 1.25,
+  firstRate: 50,
+  retryStep: true,
+  failedRatesToStop: 2,
+  lagMs: 20_000,
+  lagWarmupMs: 4_000,
+  rebuildEvents: 100_000,
+  rebuildRounds: 2,
+  notifyRounds: 3,
+  notifySegmentMs: 8_000,
+  notifySegmentWarmupMs: 2_000,
+  notifyRate: 10,
+  notifyClients: 1_000,
+  auditEvents: 100_002,
+  auditRounds: 3,
+};
+
+export const QUICK: Durations = {
+  latencyRounds: 1,
+  latencySegmentMs: 3_000,
+  latencySegmentWarmupMs: 1_000,
+  stepMs: 1_500,
+  stepWarmupMs: 500,
+  maxSteps: 3,
+  stepFactor: 2.5,
+  firstRate: 50,
+  retryStep: false,
+  failedRatesToStop: 1,
+  lagMs: 3_000,
+  lagWarmupMs: 1_000,
+  rebuildEvents: 6_000,
+  rebuildRounds: 1,
+  notifyRounds: 1,
+  notifySegmentMs: 3_000,
+  notifySegmentWarmupMs: 1_000,
+  notifyRate: 10,
+  notifyClients: 1_000,
+  auditEvents: 20_001,
+  auditRounds: 1,
+};
+
+export interface Service {
+  child: Child;
+  started: Started;
+  cpu(): Promise<CpuSample>;
+}
+
+export class BenchContext {
+  readonly runId = `${Date.now().toString(36)}${randomBytes(2).toString('hex')}`;
+  readonly logDir: string;
+  readonly jwtSecret = randomBytes(32).toString('hex');
+  readonly workerSecret = randomBytes(32).toString('hex');
+  nats!: OwnedServer;
+  redis!: OwnedServer;
+  /** Set with --own-postgres: a PostgreSQL server of this run's own instead of the shared one. */
+  postgres: OwnedServer | null = null;
+  private readonly children = new Set<Child>();
+  private readonly databases: TestDatabase[] = [];
+
+  constructor(
+    readonly mode: 'full' | 'quick',
+    readonly d: Durations,
+    readonly ownPostgres = false,
+  ) {
+    this.logDir = join(tmpdir(), `toolbus-bench-${this.runId}`);
+    mkdirSync(this.logDir, { recursive: true });
+  }
+
+  log(message: string): void {
+    process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
+  }
+
+  async open(): Promise<void> {
+    this.nats = await startNats();
+    this.redis = await startRedis();
+    if (this.ownPostgres) {
+      // initdb'd for this run, fsync and synchronous_commit on (test/support/processes.ts); the
+      // fresh databases below are created there (createTestDatabase reads TEST_DATABASE_URL).
+      this.postgres = await startPostgres();
+      process.env['TEST_DATABASE_URL'] = this.postgres.url;
+    }
+  }
+
+  async database(): Promise<TestDatabase> {
+    // Imported here, after open(): it reads TEST_DATABASE_URL when it loads.
+    const { createTestDatabase } = await import('../../test/support/postgres.ts');
+    const db = await createTestDatabase();
+    this.databases.push(db);
+    return db;
+  }
+
+  /** The environment of a Toolbus service in this run (PostgreSQL event store, own NATS and Redis). */
+  serviceEnv(databaseUrl: string, extra: Record<string, string> = {}): Record<string, string> {
+    return {
+      NATS_URL: this.nats.url,
+      REDIS_URL: this.redis.url,
+      DATABASE_URL: databaseUrl,
+      KURRENTDB_URL: '',
+      JWT_SECRET: this.jwtSecret,
+      WORKER_SECRET: this.workerSecret,
+      HOST: '127.0.0.1',
+      LOG_LEVEL: 'info',
+      ...extra,
+    };
+  }
+
+  async fork(script: 'server.ts' | 'loadgen.ts', name: string): Promise<Child> {
+    // BENCH_PROFILE=dispatcher,notifier: those children write a V8 CPU profile into the log directory.
+    const profiled = (process.env['BENCH_PROFILE'] ?? '').split(',').some((p) => p !== '' && name.startsWith(p));
+    const child = await forkChild(script, [name], {
+      name,
+      logFile: join(this.logDir, `${name}.log`),
+      ...(profiled ? { profileDir: this.logDir } : {}),
+    });
+    this.children.add(child);
+    void child.exited.then(() => this.children.delete(child));
+    return child;
+  }
+
+  async service(name: string, request: StartRequest): Promise<Service> {
+    const child = await this.fork('server.ts', name);
+    try {
+      const started = await child.call<Started>('start', request, 120_000);
+      return { child, started, cpu: () => child.call<CpuSample>('cpu') };
+    } catch (e) {
+      await child.stop();
+      throw e;
+    }
+  }
+
+  async stopChild(child: Child): Promise<void> {
+    await child.stop();
+    this.children.delete(child);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.children].map((c) => c.stop().catch(() => undefined)));
+    this.children.clear();
+    await this.nats?.stop().catch(() => undefined);
+    await this.redis?.stop().catch(() => undefined);
+    for (const db of this.databases.splice(0)) await db.drop().catch(() => undefined);
+    await this.postgres?.stop().catch(() => undefined);
+  }
+}
+
+/** CPU microseconds (user + system) between two samples. */
+export const cpuUs = (a: CpuSample, b: CpuSample): number => b.userUs - a.userUs + (b.systemUs - a.systemUs);

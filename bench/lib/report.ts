@@ -1,0 +1,128 @@
+/**
+ * What each benchmark hands back, and the report made of them: one markdown file with a table per
+ * benchmark (each figure beside its reference and the ratio) and the targets, and the same as JSON.
+ */
+export interface Figure {
+  name: string;
+  unit: string;
+  value: number | null;
+  reference?: { name: string; value: number | null };
+  /** value / reference. */
+  ratio?: number | null;
+  note?: string;
+}
+
+export interface Target {
+  /** As the issue states it. */
+  text: string;
+  unit: string;
+  measured: number | null;
+  /** The bound the measured figure must stay within. */
+  limit: number | null;
+  better: 'lower' | 'higher';
+  met: boolean | null;
+  /** How far inside or outside the limit, in words. */
+  margin: string;
+}
+
+export interface BenchResult {
+  id: string;
+  title: string;
+  figures: Figure[];
+  targets: Target[];
+  notes: string[];
+  /** Raw data (per-run summaries, steps) for the JSON report. */
+  details: Record<string, unknown>;
+  seconds: number;
+  error?: string;
+}
+
+export interface Meta {
+  date: string;
+  mode: 'full' | 'quick';
+  machine: Record<string, string | number>;
+  durationSeconds: number;
+  settings: Record<string, string | number | boolean>;
+}
+
+export const ratio = (value: number | null | undefined, reference: number | null | undefined): number | null =>
+  value === null || value === undefined || reference === null || reference === undefined || reference === 0
+    ? null
+    : value / reference;
+
+export function figure(
+  name: string,
+  unit: string,
+  value: number | null,
+  reference?: { name: string; value: number | null },
+  note?: string,
+): Figure {
+  return {
+    name,
+    unit,
+    value,
+    ...(reference ? { reference, ratio: ratio(value, reference.value) } : {}),
+    ...(note ? { note } : {}),
+  };
+}
+
+const fmt = (v: number | null | undefined, unit = ''): string => {
+  if (v === null || v === undefined || !Number.isFinite(v)) return 'n/a';
+  const abs = Math.abs(v);
+  const digits = abs >= 1000 ? 0 : abs >= 100 ? 1 : abs >= 10 ? 2 : abs >= 1 ? 2 : 3;
+  const s = v.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: 0 });
+  return unit ? `${s} ${unit}` : s;
+};
+
+export function target(text: string, unit: string, measured: number | null, limit: number | null, better: 'lower' | 'higher'): Target {
+  if (measured === null || limit === null || !Number.isFinite(measured) || !Number.isFinite(limit)) {
+    return { text, unit, measured, limit, better, met: null, margin: 'not measured' };
+  }
+  const met = better === 'lower' ? measured <= limit : measured >= limit;
+  const gap = Math.abs(measured - limit);
+  const pct = limit === 0 ? '' : ` (${fmt((gap / Math.abs(limit)) * 100)}%)`;
+  const side = (measured <= limit) === (better === 'lower') ? (better === 'lower' ? 'below' : 'above') : better === 'lower' ? 'over' : 'under';
+  const margin = met ? `${fmt(gap, unit)}${pct} ${side} the limit` : `by ${fmt(gap, unit)}${pct} ${side} the limit`;
+  return { text, unit, measured, limit, better, met, margin };
+}
+
+export function toMarkdown(meta: Meta, results: BenchResult[]): string {
+  const out: string[] = [];
+  out.push(`# Toolbus benchmarks (${meta.mode})`, '');
+  out.push(`- date: ${meta.date}`);
+  out.push(`- mode: ${meta.mode} (${meta.durationSeconds.toFixed(0)} s)`);
+  for (const [k, v] of Object.entries(meta.machine)) out.push(`- ${k}: ${v}`);
+  out.push('', 'Settings: ' + Object.entries(meta.settings).map(([k, v]) => `${k}=${v}`).join(', '), '');
+  out.push(
+    'Every figure stands beside a reference measured in the same run on the same machine, and the ratio ' +
+      'figure / reference. The machine is shared and noisy: read the ratios, not the bare times. ' +
+      'Latencies are open loop, from the intended send time, in an HDR histogram (bench/README.md).',
+    '',
+  );
+
+  const allTargets = results.flatMap((r) => r.targets.map((t) => ({ bench: r.title, ...t })));
+  out.push('## Targets', '', '| benchmark | target | measured | limit | result |', '| --- | --- | --- | --- | --- |');
+  for (const t of allTargets) {
+    const result = t.met === null ? 'not measured' : t.met ? `**met**, ${t.margin}` : `**missed** ${t.margin}`;
+    out.push(`| ${t.bench} | ${t.text} | ${fmt(t.measured, t.unit)} | ${fmt(t.limit, t.unit)} | ${result} |`);
+  }
+  out.push('');
+
+  for (const r of results) {
+    out.push(`## ${r.title}`, '');
+    if (r.error) out.push(`**Did not complete:** ${r.error.split('\n')[0]}`, '');
+    if (r.figures.length > 0) {
+      out.push('| figure | Toolbus | reference | reference value | ratio |', '| --- | --- | --- | --- | --- |');
+      for (const f of r.figures) {
+        const ref = f.reference;
+        out.push(
+          `| ${f.name}${f.note ? ` (${f.note})` : ''} | ${fmt(f.value, f.unit)} | ${ref?.name ?? '—'} | ${ref ? fmt(ref.value, f.unit) : '—'} | ${f.ratio === undefined ? '—' : f.ratio === null ? 'n/a' : `${fmt(f.ratio)}×`} |`,
+        );
+      }
+      out.push('');
+    }
+    for (const n of r.notes) out.push(`- ${n}`);
+    out.push('', r.seconds > 0 ? `_${r.seconds.toFixed(0)} s_` : '_measured during benchmark 1_', '');
+  }
+  return out.join('\n');
+}

@@ -1,0 +1,283 @@
+import { AgentAnswer, type JsonObject } from '../../contracts/index.ts';
+import { AgentClientError, type AgentClient, type TerminalAnswer } from '../../lib/clients/agent.ts';
+import { sleep } from './harness.ts';
+
+/**
+ * The traffic of a fault test: several users, each sending a stream of tool requests through the
+ * agent client, and a ledger of every request and every terminal answer it got. An agent whose
+ * attempt gets no answer (its NATS is away, the dispatcher died) tries again with the same
+ * request id, as agents are told to: that is safe, and the checker holds the system to it.
+ */
+
+export interface User {
+  userId: string;
+  token: string;
+}
+
+export interface LedgerEntry {
+  userId: string;
+  requestId: string;
+  tool: string;
+  args: JsonObject;
+  /** Every terminal answer received for this request id (each attempt, each repeat). */
+  answers: TerminalAnswer[];
+  attempts: number;
+  /** Why the last attempt got no answer, while none has come. */
+  lastError: string | null;
+  /** When the first attempt was sent and the first answer came (ms since epoch). */
+  sentAt: number;
+  answeredAt: number | null;
+  /** Sent outside the agent client (raw publish, HTTP, fuzz): may have no answer to wait for. */
+  raw: boolean;
+}
+
+/** Codes answered without a record (no user known, or nothing to record the request under). */
+export const UNRECORDED_CODES = new Set(['UNAUTHENTICATED', 'MALFORMED', 'OVERLOADED']);
+
+export class Ledger {
+  readonly entries = new Map<string, LedgerEntry>();
+
+  private key = (userId: string, requestId: string) => `${userId}\u0000${requestId}`;
+
+  /** The entry of (user, request id), created on first use. */
+  entry(userId: string, requestId: string, tool = '(unknown)', args: JsonObject = {}): LedgerEntry {
+    const k = this.key(userId, requestId);
+    let e = this.entries.get(k);
+    if (!e) {
+      e = {
+        userId,
+        requestId,
+        tool,
+        args,
+        answers: [],
+        attempts: 0,
+        lastError: null,
+        sentAt: Date.now(),
+        answeredAt: null,
+        raw: false,
+      };
+      this.entries.set(k, e);
+    }
+    return e;
+  }
+
+  /** Records a request sent some other way than `send` (it may be refused and recorded). */
+  expect(userId: string, requestId: string, tool = '(raw)'): LedgerEntry {
+    const e = this.entry(userId, requestId, tool);
+    e.raw = true;
+    return e;
+  }
+
+  answer(userId: string, requestId: string, answer: TerminalAnswer): void {
+    const e = this.entry(userId, requestId);
+    e.answers.push(answer);
+    e.answeredAt ??= Date.now();
+    e.lastError = null;
+  }
+
+  all(): LedgerEntry[] {
+    return [...this.entries.values()];
+  }
+  ofUser(userId: string): LedgerEntry[] {
+    return this.all().filter((e) => e.userId === userId);
+  }
+  answered(): LedgerEntry[] {
+    return this.all().filter((e) => e.answers.length > 0);
+  }
+  unanswered(): LedgerEntry[] {
+    return this.all().filter((e) => e.answers.length === 0 && !e.raw);
+  }
+
+  /** Counts of first answers by outcome (`completed`, or the error code), and unanswered requests. */
+  summary(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const e of this.all()) {
+      const a = e.answers[0];
+      const k = a ? (a.status === 'completed' ? 'completed' : a.error.code) : e.raw ? 'raw' : 'unanswered';
+      out[k] = (out[k] ?? 0) + 1;
+    }
+    return out;
+  }
+}
+
+export interface RequestSpec {
+  tool: string;
+  args: JsonObject;
+}
+
+/** A mix of the test tools: quick ones, slow ones (idempotent and not), failures, a cached one. */
+export function defaultMix(i: number, rand: () => number): RequestSpec {
+  const r = rand();
+  if (r < 0.3) return { tool: 'echo', args: { i, text: `hello ${i}`, secret: `s3cret-${i}` } };
+  if (r < 0.45) return { tool: 'noop', args: {} };
+  if (r < 0.65) return { tool: 'sleep_idempotent', args: { ms: 100 + Math.floor(rand() * 700) } };
+  if (r < 0.8) return { tool: 'sleep', args: { ms: 100 + Math.floor(rand() * 500) } };
+  if (r < 0.88) return { tool: 'fail', args: { message: `planned failure ${i}` } };
+  if (r < 0.95) return { tool: 'cached_echo', args: { k: Math.floor(rand() * 3) } };
+  return { tool: 'bad_output', args: {} };
+}
+
+/** A small deterministic random source (mulberry32), so a failing seed can be run again. */
+export function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export interface SendOptions {
+  /** Per attempt (default 15 s). */
+  attemptTimeoutMs?: number;
+  /** Give up (the request stays unanswered in the ledger) after this long (default 120 s). */
+  giveUpAfterMs?: number;
+}
+
+/**
+ * Sends one request as an agent would: the agent client, and on no answer (timeout, publish
+ * failed, connection closed) the same request id again, until it is answered or `giveUpAfterMs`.
+ */
+export async function send(
+  agent: AgentClient,
+  ledger: Ledger,
+  user: User,
+  requestId: string,
+  spec: RequestSpec,
+  options: SendOptions = {},
+): Promise<TerminalAnswer | null> {
+  const entry = ledger.entry(user.userId, requestId, spec.tool, spec.args);
+  const deadline = Date.now() + (options.giveUpAfterMs ?? 120_000);
+  for (let backoff = 250; ; backoff = Math.min(backoff * 2, 2_000)) {
+    entry.attempts++;
+    try {
+      const answer = await agent.execute(spec.tool, spec.args, {
+        token: user.token,
+        requestId,
+        timeoutMs: Math.max(1_000, Math.min(options.attemptTimeoutMs ?? 15_000, deadline - Date.now())),
+      });
+      if (answer.status === 'completed' || answer.status === 'failed') {
+        ledger.answer(user.userId, requestId, answer);
+        return answer;
+      }
+      entry.lastError = `interim answer ${answer.status}`;
+    } catch (e) {
+      entry.lastError = e instanceof AgentClientError ? `${e.code}: ${e.message}` : String(e);
+    }
+    if (Date.now() + backoff >= deadline) return null;
+    await sleep(backoff);
+  }
+}
+
+export interface LoadOptions {
+  agent: AgentClient;
+  ledger: Ledger;
+  users: User[];
+  /** Requests each user keeps in flight (default 2). */
+  concurrency?: number;
+  /** What each request is (default `defaultMix`). */
+  mix?: (i: number, rand: () => number, user: User) => RequestSpec;
+  /** Pause between two requests of one worker (default 50 ms). */
+  pauseMs?: number;
+  /**
+   * Chance that a worker, instead of a new request, sends an answered request id again: the
+   * answer must be the same, and nothing must run twice (default 0.05).
+   */
+  repeatRate?: number;
+  seed?: number;
+  send?: SendOptions;
+  /** Prefix of request ids (default `r`). */
+  prefix?: string;
+}
+
+export interface Load {
+  /** Requests issued so far (first attempts, repeats not counted). */
+  readonly issued: number;
+  /** Answers received so far (repeats included). */
+  readonly answered: number;
+  /** Stops issuing new requests and waits until every request in flight is answered or given up. */
+  stop(): Promise<void>;
+  /** Resolves once `n` more answers have arrived than when called (progress under a fault). */
+  answersAfter(n: number, timeoutMs?: number): Promise<void>;
+}
+
+/** Starts the workers: each user runs `concurrency` loops of send, wait for the answer, pause. */
+export function startLoad(o: LoadOptions): Load {
+  const rand = random(o.seed ?? 1);
+  const prefix = o.prefix ?? 'r';
+  let stopped = false;
+  let issued = 0;
+  let answered = 0;
+  const workers: Array<Promise<void>> = [];
+  for (const user of o.users) {
+    for (let w = 0; w < (o.concurrency ?? 2); w++) {
+      workers.push(
+        (async () => {
+          for (let n = 0; !stopped; n++) {
+            const done = o.ledger.ofUser(user.userId).filter((e) => e.answers.length > 0 && !e.raw);
+            const repeat = done.length > 0 && rand() < (o.repeatRate ?? 0.05);
+            if (repeat) {
+              const old = done[Math.floor(rand() * done.length)]!;
+              const a = await send(
+                o.agent,
+                o.ledger,
+                user,
+                old.requestId,
+                { tool: old.tool, args: old.args },
+                o.send,
+              );
+              if (a) answered++;
+            } else {
+              const i = issued++;
+              const spec = (o.mix ?? defaultMix)(i, rand, user);
+              const a = await send(
+                o.agent,
+                o.ledger,
+                user,
+                `${prefix}-${user.userId}-${w}-${n}`,
+                spec,
+                o.send,
+              );
+              if (a) answered++;
+            }
+            await sleep(o.pauseMs ?? 50);
+          }
+        })(),
+      );
+    }
+  }
+  return {
+    get issued() {
+      return issued;
+    },
+    get answered() {
+      return answered;
+    },
+    async stop() {
+      stopped = true;
+      await Promise.all(workers);
+    },
+    async answersAfter(n, timeoutMs = 60_000) {
+      const target = answered + n;
+      const deadline = Date.now() + timeoutMs;
+      while (answered < target) {
+        if (Date.now() > deadline) throw new Error(`fewer than ${n} answers within ${timeoutMs} ms`);
+        await sleep(50);
+      }
+    },
+  };
+}
+
+/** Parses a terminal answer from raw bytes (a reply on an inbox), or null. */
+export function parseTerminal(data: Uint8Array): TerminalAnswer | null {
+  try {
+    const parsed = AgentAnswer.safeParse(JSON.parse(new TextDecoder().decode(data)));
+    if (!parsed.success) return null;
+    const a = parsed.data;
+    return a.status === 'completed' || a.status === 'failed' ? a : null;
+  } catch {
+    return null;
+  }
+}
