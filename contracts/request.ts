@@ -81,7 +81,11 @@ function pickPartial(value: unknown): Partial<ToolRequest> {
   if (tool.success) out.tool = tool.data;
   const replyTo = NatsSubject.max(256).safeParse(v['replyTo']);
   if (replyTo.success) out.replyTo = replyTo.data;
-  if (typeof v['correlationId'] === 'string' && v['correlationId'].length <= 128)
+  if (
+    typeof v['correlationId'] === 'string' &&
+    v['correlationId'].length >= 1 &&
+    v['correlationId'].length <= 128
+  )
     out.correlationId = v['correlationId'];
   return out;
 }
