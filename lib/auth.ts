@@ -1,3 +1,4 @@
+import { createSecretKey } from 'node:crypto';
 import { errors, jwtVerify, SignJWT } from 'jose';
 import { TokenClaims, type Principal } from '../contracts/index.ts';
 
@@ -20,7 +21,8 @@ export interface TokenVerifier {
 }
 
 export function createTokenVerifier(secret: string): TokenVerifier {
-  const key = new TextEncoder().encode(secret);
+  // One KeyObject for the process: jose would otherwise import the raw secret on every verify.
+  const key = createSecretKey(Buffer.from(secret, 'utf8'));
   return {
     async verify(token) {
       if (!token) throw new AuthError('no token', 'missing');
