@@ -28,6 +28,8 @@ export const ToolRequest = z.strictObject({
 });
 export type ToolRequest = z.infer<typeof ToolRequest>;
 
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
 export type ParseProblem = { code: 'MALFORMED' | 'VALIDATION'; message: string };
 
 /**
@@ -48,24 +50,27 @@ export function parseToolRequest(
   }
   let value: unknown;
   try {
-    value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+    value = JSON.parse(UTF8.decode(bytes));
   } catch (e) {
     return {
       ok: false,
       problem: { code: 'MALFORMED', message: `request is not UTF-8 JSON: ${(e as Error).message}` },
     };
   }
-  const partial = pickPartial(value);
   const shape = checkJsonShape(value);
   if (shape)
     return {
       ok: false,
       problem: { code: 'VALIDATION', message: `${shape.path}: ${shape.problem}` },
-      partial,
+      partial: pickPartial(value),
     };
   const parsed = ToolRequest.safeParse(value);
   if (!parsed.success) {
-    return { ok: false, problem: { code: 'VALIDATION', message: z.prettifyError(parsed.error) }, partial };
+    return {
+      ok: false,
+      problem: { code: 'VALIDATION', message: z.prettifyError(parsed.error) },
+      partial: pickPartial(value),
+    };
   }
   return { ok: true, request: parsed.data };
 }
