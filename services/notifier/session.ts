@@ -16,10 +16,10 @@ import { readNotifications, type Delivery } from './replay.ts';
 import type { Grant } from './tickets.ts';
 
 export interface SessionLimits {
-  /** Unsent bytes above which a socket counts as not reading. */
+  /** Unsent bytes per socket: events wait while a socket holds more than half of this. */
   maxBufferBytes: number;
   authTimeoutMs: number;
-  /** How long a replay waits for a socket to drain before cutting it off. */
+  /** How long an event waits for its socket to drain before the socket is cut off. */
   slowConsumerMs: number;
   messagesPerSecond: number;
   messageBurst: number;
@@ -146,8 +146,8 @@ export class Session implements FeedListener {
   }
 
   onProgress(_userId: string, text: string): void {
-    // Progress is transient: it is not replayed, and dropped while a replay is running.
-    if (this.live) this.send(text, null);
+    // Progress is transient: not replayed, and dropped while a replay runs or the client lags.
+    if (this.live && this.ws.bufferedAmount <= this.lowWater) this.send(text, null);
   }
 
   trackedUsers(): Iterable<string> {
@@ -403,6 +403,7 @@ export class Session implements FeedListener {
           await this.fill(work.userId, work.revision, 'gap');
           return;
         }
+        if (!(await this.writable())) return;
         if (this.send(work.text, 'live')) this.cursors.set(work.userId, work.revision);
         return;
       }
@@ -447,11 +448,19 @@ export class Session implements FeedListener {
     }
   }
 
-  /** Waits until the socket has drained to half the limit; cuts it off after `slowConsumerMs`. */
+  /** Unsent bytes under which the next event may be sent. */
+  private get lowWater(): number {
+    return this.ctx.limits.maxBufferBytes / 2;
+  }
+
+  /**
+   * Every event waits here before it is sent: until the socket has drained to half the limit, so
+   * that what the notifier holds for one socket stays under the limit plus one event. A socket
+   * that does not drain within `slowConsumerMs` has stopped reading and is cut off.
+   */
   private async writable(): Promise<boolean> {
-    const low = this.ctx.limits.maxBufferBytes / 2;
     const deadline = Date.now() + this.ctx.limits.slowConsumerMs;
-    while (!this.closed && this.ws.bufferedAmount > low) {
+    while (!this.closed && this.ws.bufferedAmount > this.lowWater) {
       if (Date.now() > deadline) {
         this.cutSlow();
         return false;
@@ -461,13 +470,12 @@ export class Session implements FeedListener {
     return !this.closed;
   }
 
-  /** Sends unless the socket has stopped reading (its unsent bytes passed the limit). */
+  /**
+   * Sends. Events come here through `writable`; the rest are small control messages (ready,
+   * errors, pongs at the client's own rate limit), sent without pacing.
+   */
   private send(text: string, source: 'live' | 'replay' | 'gap' | null): boolean {
     if (this.closed) return false;
-    if (this.ws.bufferedAmount > this.ctx.limits.maxBufferBytes) {
-      this.cutSlow();
-      return false;
-    }
     this.ws.send(text);
     if (source) this.ctx.metrics.sent.inc({ source });
     return true;
