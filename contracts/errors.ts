@@ -11,6 +11,7 @@ export const ErrorCode = z.enum([
   'TOOL_ERROR',
   'OUTPUT_INVALID',
   'INTERRUPTED',
+  'INTERNAL',
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 

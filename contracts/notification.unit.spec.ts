@@ -124,9 +124,10 @@ t.test('ClientMessage', async (t) => {
 });
 
 t.test('application close codes are in the 4000-4999 range, protocol ones are standard', async (t) => {
-  const { goingAway, tooBig, ...own } = CLOSE_CODES;
+  const { goingAway, tooBig, internalError, ...own } = CLOSE_CODES;
   for (const [name, code] of Object.entries(own)) t.ok(code >= 4000 && code <= 4999, `${name} ${code}`);
   t.equal(goingAway, 1001);
   t.equal(tooBig, 1009);
+  t.equal(internalError, 1011);
   t.equal(new Set(Object.values(CLOSE_CODES)).size, Object.keys(CLOSE_CODES).length, 'all distinct');
 });

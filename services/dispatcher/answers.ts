@@ -76,6 +76,8 @@ export function httpStatusOf(answer: TerminalAnswer): number {
     case 'OUTPUT_INVALID':
     case 'INTERRUPTED':
       return 502;
+    case 'INTERNAL':
+      return 500;
     default: {
       const unknown: never = code;
       throw new Error(`unknown code ${String(unknown)}`);

@@ -66,7 +66,7 @@ t.test('a refusal without ids is a valid answer', async (t) => {
   t.match(refusal('VALIDATION', 'x', { requestId: 'r' }), { requestId: 'r', executionId: null });
 });
 
-t.test('every code has an HTTP status: 4xx for the request, 5xx for the tool', async (t) => {
+t.test('every code has an HTTP status: 4xx for the request, 5xx for the tool or the dispatcher', async (t) => {
   const expected: Record<string, number> = {
     VALIDATION: 400,
     MALFORMED: 400,
@@ -78,6 +78,7 @@ t.test('every code has an HTTP status: 4xx for the request, 5xx for the tool', a
     TOOL_ERROR: 502,
     OUTPUT_INVALID: 502,
     INTERRUPTED: 502,
+    INTERNAL: 500,
     OVERLOADED: 503,
     TIMEOUT: 504,
   };

@@ -146,6 +146,7 @@ export async function startDispatcher(
       streams,
       metrics,
       log,
+      maxFailures: config.DISPATCHER_MAX_FAILURES,
       ...(options.progressIntervalMs !== undefined ? { progressIntervalMs: options.progressIntervalMs } : {}),
       forwardCancel: (runner, ref, order, token) => forwardCancel(nc, log, runner, ref, order, token),
     });

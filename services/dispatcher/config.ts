@@ -66,6 +66,11 @@ export const DispatcherEnv = CommonEnv.extend({
   CANCEL_WAIT_MS: int(15_000, 100, 600_000),
   /** How long POST /executions waits for the terminal answer before 504 (the execution continues). */
   HTTP_WAIT_MS: int(120_000, 100, 3_600_000),
+  /**
+   * Failed handlings (the store away, a bug) of one request before it is given up: ToolFailed
+   * INTERNAL, recorded and answered. Retries wait 2 s, 4 s, 8 s, ... up to 60 s.
+   */
+  DISPATCHER_MAX_FAILURES: int(6, 1, 1_000),
   /** How long close() lets running tools finish before leaving them to redelivery. */
   SHUTDOWN_GRACE_MS: int(5_000, 0, 600_000),
   /** Register the test tools (noop, echo, sleep, fail, hang, ...) besides the example tools. */

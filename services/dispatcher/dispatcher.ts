@@ -81,6 +81,11 @@ export interface DispatcherOptions {
   /** Minimum time between two progress updates of one execution. */
   progressIntervalMs?: number;
   /**
+   * Handlings of one request that may fail (throw) before it is given up: recorded ToolFailed
+   * INTERNAL and answered, instead of being delivered again for ever. Default 6.
+   */
+  maxFailures?: number;
+  /**
    * Asks the dispatcher `runner` to cancel an execution it runs (a delivery cancelled here turned
    * out to run elsewhere). Fire and forget.
    */
@@ -90,6 +95,10 @@ export interface DispatcherOptions {
 /** Largest result stored and answered (its canonical JSON); larger is OUTPUT_INVALID. */
 export const MAX_RESULT_BYTES = 512 * 1024;
 const REQUEST_PREFIX = 'toolbus.requests.';
+/** Failure counts kept per process; the oldest is forgotten beyond this. */
+const MAX_TRACKED_FAILURES = 10_000;
+/** The longest wait before a request that failed is delivered again. */
+const MAX_RETRY_MS = 60_000;
 const NO_TOOL = '(invalid)';
 
 class ToolTimeoutError extends Error {
@@ -155,6 +164,9 @@ interface RunOutcome {
  */
 export class Dispatcher {
   private readonly inFlight = new Map<string, InFlight>();
+  /** Per execution id: how many handlings of it failed in a row here (bounded, oldest dropped). */
+  private readonly failures = new Map<string, number>();
+  private readonly maxFailures: number;
   private closing = false;
   private readonly slotMarginMs: number;
   private readonly probeTimeoutMs: number;
@@ -164,6 +176,7 @@ export class Dispatcher {
     this.slotMarginMs = o.slotMarginMs ?? 10_000;
     this.probeTimeoutMs = o.probeTimeoutMs ?? 1_500;
     this.deferMs = o.deferMs ?? 2_000;
+    this.maxFailures = o.maxFailures ?? 6;
   }
 
   /** Is this instance running the execution right now (asked by other dispatchers). */
@@ -242,10 +255,13 @@ export class Dispatcher {
 
     const running = this.inFlight.get(executionId);
     if (running) {
-      // A duplicate of a request this instance is running: answer it from the same execution.
+      // A duplicate of a request this instance is handling: answered by the same execution, also
+      // when it joins after the answer went out (the first handling still finishing its bookkeeping).
       if (replyTo) running.replyTos.add(replyTo);
       if (delivery.cancel) running.cancel(delivery.cancel);
-      return running.done;
+      const [disposition, answer] = await Promise.all([running.done, running.outcome]);
+      if (answer && replyTo && running.replyTos.has(replyTo)) this.reply(replyTo, answer);
+      return disposition;
     }
     const replyTos = new Set(replyTo ? [replyTo] : []);
     let settle!: (d: Disposition) => void;
@@ -279,12 +295,10 @@ export class Dispatcher {
     let disposition: Disposition = { ack: false, retryInMs: this.deferMs };
     try {
       disposition = await this.process(h, parsed.ok ? null : parsed.problem.message);
+      this.failures.delete(executionId);
       return disposition;
     } catch (e) {
-      this.o.log.error(
-        { err: errorInfo(e), userId, requestId, executionId, tool: h.toolLabel },
-        'request not finished; it will be delivered again',
-      );
+      disposition = await this.failed(h, e);
       return disposition;
     } finally {
       if (h.slot) void this.o.guard.release(userId, h.slot);
@@ -293,6 +307,90 @@ export class Dispatcher {
       settleOutcome(null);
       settle(disposition);
     }
+  }
+
+  /**
+   * A handling threw (the store away, a bug). The request comes back later, each time a little
+   * later; after `maxFailures` failures it is given up: ended INTERNAL, recorded and answered.
+   */
+  private async failed(h: Handling, e: unknown): Promise<Disposition> {
+    const { userId, requestId, executionId } = h.ref;
+    const count = (this.failures.get(executionId) ?? 0) + 1;
+    this.failures.delete(executionId);
+    this.failures.set(executionId, count);
+    if (this.failures.size > MAX_TRACKED_FAILURES) this.failures.delete(this.failures.keys().next().value!);
+    const retryInMs = Math.min(this.deferMs * 2 ** (count - 1), MAX_RETRY_MS);
+    const context = { err: errorInfo(e), userId, requestId, executionId, tool: h.toolLabel, failures: count };
+    if (count < this.maxFailures || this.closing) {
+      this.o.log.error({ ...context, retryInMs }, 'request not finished; it will be delivered again');
+      return { ack: false, retryInMs };
+    }
+    this.o.log.error(context, `request failed ${count} times; giving it up`);
+    try {
+      const disposition = await this.giveUp(h, count);
+      if (disposition.ack) this.failures.delete(executionId);
+      return disposition;
+    } catch (again) {
+      this.o.log.error(
+        { ...context, err: errorInfo(again), retryInMs },
+        'could not give the request up either',
+      );
+      return { ack: false, retryInMs };
+    }
+  }
+
+  /**
+   * Ends a request that keeps failing: ToolFailed INTERNAL (after a minimal ToolRequested, its
+   * arguments all redacted, when nothing is recorded), answered. An execution that has ended is
+   * answered as it ended; one that runs on a live dispatcher is left to it.
+   */
+  private async giveUp(h: Handling, failures: number): Promise<Disposition> {
+    const execution = await this.o.streams.load(h.ref);
+    const state = execution.state;
+    if (state.status === 'completed' || state.status === 'failed')
+      return this.existing(h, execution, undefined);
+    const last = lastExecutingOf(execution);
+    if (
+      last &&
+      last.data.runner !== this.o.dispatcherId &&
+      (await probeRunner(this.o.nc, last.data.runner, h.ref.executionId, this.probeTimeoutMs)) === 'running'
+    ) {
+      return { ack: false, retryInMs: this.deferMs };
+    }
+    const fail: ExecutionCommand = {
+      type: 'Fail',
+      data: {
+        error: {
+          code: 'INTERNAL',
+          message: `the dispatcher failed to handle this request ${failures} times and gave it up`,
+          details: { failures },
+        },
+        durationMs: null,
+      },
+    };
+    const args = h.request?.args ?? {};
+    const { value, redacted } = redact(args, Object.keys(args));
+    const tool = h.tool?.manifest;
+    const { appended } = await this.o.streams.step(execution, (s) => {
+      switch (s.status) {
+        case 'none':
+          return [
+            {
+              type: 'Request',
+              data: { tool: tool?.name ?? NO_TOOL, version: tool?.version ?? null, args: value, redacted },
+            },
+            fail,
+          ];
+        case 'requested':
+        case 'executing':
+          return [fail];
+        default:
+          return [];
+      }
+    });
+    if (appended.length === 0) return this.existing(h, execution, undefined);
+    this.o.metrics.redeliveries.inc({ action: 'given_up' });
+    return this.answered(h, answerFromTerminal(appended.at(-1)!), true);
   }
 
   private requestCancel(h: Handling, order: CancelOrder): void {
@@ -848,6 +946,8 @@ export class Dispatcher {
   /** Sends the terminal answer, remembers it (Redis), counts it; the request can be acked. */
   private async answered(h: Handling, answer: TerminalAnswer, fresh: boolean): Promise<Disposition> {
     this.reply(h.replyTos, answer);
+    // Those answered now; a delivery that joins later answers its own reply subject.
+    h.replyTos.clear();
     h.settleOutcome(answer);
     if (fresh) {
       const slot = h.slot;

@@ -59,7 +59,7 @@ export function createMetrics(registry: Registry): DispatcherMetrics {
     }),
     redeliveries: new Counter({
       name: 'toolbus_recoveries_total',
-      help: 'Executions found unfinished after a crash, by what was done (rerun, interrupted, deferred)',
+      help: 'Executions found unfinished or failing, by what was done (rerun, interrupted, deferred, given_up)',
       labelNames: ['action'],
       registers: [registry],
     }),

@@ -115,3 +115,39 @@ t.test('an append of an execution that already exists (lost idempotency cache) f
   );
   t.equal((await readUserEvents(store, 'wes')).length, 13);
 });
+
+t.test('a writer that read an execution before another ended it appends nothing after the end', async (t) => {
+  const { store, a, b } = await setup(t);
+  const r = ref('xan', 'taken-for-dead');
+  const running = newExecution(r);
+  await a.step(running, (s) => (s.status === 'none' ? [request('sleep'), start('a')] : []));
+
+  // b reads the execution (a redelivery, its runner not answering a probe), then a finishes it,
+  // and b's view of the stream's tail is refreshed by another execution of the same user.
+  const seen = await b.load(r);
+  await a.step(running, (s) => (s.status === 'executing' ? [complete(1)] : []));
+  await b.step(newExecution(ref('xan', 'unrelated')), () => [request('noop'), start('b')]);
+
+  const rerun: Plan = (s) => (s.status === 'executing' && s.attempt === 1 ? [start('b')] : []);
+  const result = await b.step(seen, rerun);
+  t.strictSame(result.appended, [], 'no second attempt');
+  t.equal(seen.state.status, 'completed', 'b now knows the execution ended');
+  const types = (await readUserEvents(store, 'xan'))
+    .filter((e) => e.event.metadata.requestId === 'taken-for-dead')
+    .map((e) => e.event.type);
+  t.strictSame(types, ['ToolRequested', 'ToolExecuting', 'ToolCompleted']);
+});
+
+t.test('the same, when the writer reads the stream tail only after the execution ended', async (t) => {
+  const { store, a, b } = await setup(t);
+  const r = ref('yul', 'taken-for-dead');
+  const running = newExecution(r);
+  await a.step(running, (s) => (s.status === 'none' ? [request('sleep'), start('a')] : []));
+  const seen = await b.load(r);
+  await a.step(running, (s) => (s.status === 'executing' ? [complete(1)] : []));
+
+  const result = await b.step(seen, (s) => (s.status === 'executing' && s.attempt === 1 ? [start('b')] : []));
+  t.strictSame(result.appended, [], 'no second attempt');
+  t.equal(seen.state.status, 'completed');
+  t.equal((await readUserEvents(store, 'yul')).length, 3);
+});

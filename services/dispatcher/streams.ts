@@ -30,6 +30,15 @@ export interface Tail {
   hash: string;
 }
 
+/**
+ * A cached tail, and how far this process has read the stream: every revision after `read` up to
+ * the tail was appended by this process, so an execution known up to `read` knows every event of
+ * it that another writer may have appended.
+ */
+interface CachedTail extends Tail {
+  read: number;
+}
+
 /** What identifies an execution and goes into the metadata of each of its events. */
 export interface ExecutionRef {
   userId: string;
@@ -44,9 +53,19 @@ export interface Execution {
   state: ExecutionState;
   /** This execution's events in stream order, as far as known (all of them after a load). */
   events: ToolEvent[];
+  /**
+   * The stream revision up to which `events` is complete; null for an execution believed new,
+   * which never read the stream (its first append is guarded by its deterministic event ids).
+   */
+  knownRevision: number | null;
 }
 
-export const newExecution = (ref: ExecutionRef): Execution => ({ ref, state: initialState(), events: [] });
+export const newExecution = (ref: ExecutionRef): Execution => ({
+  ref,
+  state: initialState(),
+  events: [],
+  knownRevision: null,
+});
 
 export const terminalOf = (e: Execution): ToolEvent | undefined =>
   e.events.findLast((x) => x.type === 'ToolCompleted' || x.type === 'ToolFailed');
@@ -69,6 +88,7 @@ export class AppendConflictError extends Error {
 }
 
 const MAX_ATTEMPTS = 25;
+const EMPTY_STREAM: CachedTail = { revision: -1, hash: GENESIS_HASH, read: -1 };
 
 const stepOf = (body: ToolEventBody): ExecutionStep =>
   body.type === 'ToolRequested'
@@ -95,7 +115,7 @@ export interface UserStreamsOptions {
  * Every appended event is published on `events.user.<id>` in revision order, after the commit.
  */
 export class UserStreams {
-  private readonly tails = new Map<string, Tail>();
+  private readonly tails = new Map<string, CachedTail>();
   private readonly lanes = new Map<string, { queue: Promise<unknown>; pending: number }>();
   private readonly maxTails: number;
 
@@ -119,7 +139,7 @@ export class UserStreams {
     });
   }
 
-  private cacheTail(userId: string, tail: Tail | null): void {
+  private cacheTail(userId: string, tail: CachedTail | null): void {
     this.tails.delete(userId);
     if (!tail) return;
     this.tails.set(userId, tail);
@@ -131,20 +151,26 @@ export class UserStreams {
 
   /**
    * Applies `plan` to the execution and appends the events it decides, in one append. Mutates
-   * `execution` (state and events) to what the stream says afterwards.
+   * `execution` (state and events) to what the stream says afterwards. The plan always sees every
+   * event of the execution up to the revision the append expects: when the stream holds events
+   * this process has not read since the execution was known, they are read first.
    */
   step(execution: Execution, plan: Plan): Promise<StepResult> {
     const { userId } = execution.ref;
     return this.serialize(userId, async () => {
       const stream = userStream(userId);
       for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
-        const commands = plan(execution.state);
-        if (commands.length === 0) return { appended: [] };
         let tail = this.tails.get(userId);
         if (!tail) {
           tail = await this.readTail(userId);
           this.cacheTail(userId, tail);
         }
+        if (execution.knownRevision !== null && execution.knownRevision < tail.read) {
+          // Another writer may have moved this execution meanwhile (a dispatcher that took it for dead).
+          tail = await this.catchUp(execution, execution.knownRevision + 1);
+        }
+        const commands = plan(execution.state);
+        if (commands.length === 0) return { appended: [] };
         const events = this.build(execution, commands, tail.hash);
         try {
           const result = await this.options.store.append(
@@ -154,9 +180,14 @@ export class UserStreams {
           );
           if (!result.written) throw new WrongExpectedRevisionError(stream, tail.revision, null);
           const first = result.nextRevision - events.length + 1;
-          this.cacheTail(userId, { revision: result.nextRevision, hash: events.at(-1)!.metadata.hash });
+          this.cacheTail(userId, {
+            revision: result.nextRevision,
+            hash: events.at(-1)!.metadata.hash,
+            read: tail.read,
+          });
           for (const event of events) execution.state = evolve(execution.state, event);
           execution.events.push(...events);
+          execution.knownRevision = result.nextRevision;
           this.publish(userId, events, first);
           return { appended: events };
         } catch (e) {
@@ -234,26 +265,52 @@ export class UserStreams {
     });
   }
 
-  private async readTail(userId: string): Promise<Tail> {
+  private async readTail(userId: string): Promise<CachedTail> {
     for await (const r of this.options.store.readStream(userStream(userId), {
       direction: 'backwards',
       maxCount: 1,
     })) {
       return this.tailOf(r);
     }
-    return { revision: -1, hash: GENESIS_HASH };
+    return EMPTY_STREAM;
   }
 
-  private tailOf(r: RecordedEvent): Tail {
+  /** The tail at a stored event, read from the store. */
+  private tailOf(r: RecordedEvent): CachedTail {
     const hash = (r.metadata as { hash?: unknown } | null)?.hash;
     if (typeof hash !== 'string') {
       this.options.log.error(
         { stream: r.streamId, revision: r.revision },
         'stream tail has no hash; chaining to genesis',
       );
-      return { revision: r.revision, hash: GENESIS_HASH };
+      return { revision: r.revision, hash: GENESIS_HASH, read: r.revision };
     }
-    return { revision: r.revision, hash };
+    return { revision: r.revision, hash, read: r.revision };
+  }
+
+  /**
+   * Reads the stream forwards from `from`, folds in this execution's events, and caches the tail
+   * it ends at (in the user's queue: nothing of this process appends meanwhile).
+   */
+  private async catchUp(execution: Execution, from: number): Promise<CachedTail> {
+    const { userId } = execution.ref;
+    let last: RecordedEvent | undefined;
+    for await (const r of this.options.store.readStream(userStream(userId), { fromRevision: from })) {
+      last = r;
+      const parsed = fromRecorded(r);
+      if (parsed.ok && parsed.event.metadata.executionId === execution.ref.executionId) {
+        if (!execution.events.some((e) => e.id === parsed.event.id)) {
+          execution.events.push(parsed.event);
+          execution.state = evolve(execution.state, parsed.event);
+        }
+      }
+    }
+    // Nothing after `from`: the stream ends before it (read again from the end).
+    const tail = last ? this.tailOf(last) : await this.readTail(userId);
+    // One believed new stays so: what is before `from` was never read for it.
+    if (execution.knownRevision !== null) execution.knownRevision = tail.revision;
+    this.cacheTail(userId, tail);
+    return tail;
   }
 
   /**
@@ -266,26 +323,13 @@ export class UserStreams {
     tail: Tail,
     conflict: WrongExpectedRevisionError,
   ): Promise<void> {
-    const { userId } = execution.ref;
     const grew = conflict.actual !== null && conflict.actual > tail.revision;
     if (grew) {
-      let last: RecordedEvent | undefined;
-      for await (const r of this.options.store.readStream(userStream(userId), {
-        fromRevision: tail.revision + 1,
-      })) {
-        last = r;
-        const parsed = fromRecorded(r);
-        if (parsed.ok && parsed.event.metadata.executionId === execution.ref.executionId) {
-          if (!execution.events.some((e) => e.id === parsed.event.id)) {
-            execution.events.push(parsed.event);
-            execution.state = evolve(execution.state, parsed.event);
-          }
-        }
-      }
-      this.cacheTail(userId, last ? this.tailOf(last) : null);
+      // Up to the tail, the execution is known (`step` caught it up; what follows the last read is ours).
+      await this.catchUp(execution, tail.revision + 1);
       return;
     }
-    this.cacheTail(userId, null);
+    this.cacheTail(execution.ref.userId, null);
     await this.readBack(execution);
   }
 
@@ -293,7 +337,7 @@ export class UserStreams {
   private async readBack(execution: Execution, updateTail = true): Promise<void> {
     const { userId, executionId } = execution.ref;
     const found: ToolEvent[] = [];
-    let tail: Tail | null = null;
+    let tail: CachedTail | null = null;
     for await (const r of this.options.store.readStream(userStream(userId), { direction: 'backwards' })) {
       tail ??= this.tailOf(r);
       const parsed = fromRecorded(r);
@@ -302,7 +346,8 @@ export class UserStreams {
       found.push(parsed.event);
       if (parsed.event.type === 'ToolRequested') break;
     }
-    if (updateTail) this.cacheTail(userId, tail ?? { revision: -1, hash: GENESIS_HASH });
+    if (updateTail) this.cacheTail(userId, tail ?? EMPTY_STREAM);
+    execution.knownRevision = (tail ?? EMPTY_STREAM).revision;
     found.reverse();
     // Continue the execution under the correlation id it was recorded with.
     if (found[0]) execution.ref = { ...execution.ref, correlationId: found[0].metadata.correlationId };

@@ -21,7 +21,7 @@ import type { FaultStack } from './harness.ts';
  * Sends answered request ids again, with a new message id so that JetStream does not drop them
  * and a dispatcher must find the answer (Redis, or the store when Redis has lost it). Only
  * requests answered at least 2 s ago: a repeat that arrives while the dispatcher is still
- * finishing the first delivery gets no answer (the `todo` assertion below).
+ * finishing the first delivery is a case of its own, tested below.
  */
 async function repeatAnswered(
   fs: FaultStack,
@@ -155,11 +155,7 @@ t.test('Redis killed, flushed, black-holed and slowed: every answer is still rig
       if (again) ledger.answer(user.userId, requestId, again);
       else unanswered++;
     }
-    t.equal(unanswered, 0, 'a repeat arriving right after the answer is answered too', {
-      todo:
-        'dispatcher bug: a delivery that joins an in-flight execution after its answer was sent ' +
-        '(the first delivery still awaits guard.finish in Redis) never gets an answer; see docs/reliability.md',
-    });
+    t.equal(unanswered, 0, 'a repeat arriving right after the answer is answered too');
     // Back to normal without reordering bytes: the proxy sends new data at once in `pass` mode
     // while delayed chunks still wait, so hold new data (`stall`) until the delayed chunks are out.
     proxy.set({ kind: 'stall' });

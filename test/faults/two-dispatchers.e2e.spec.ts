@@ -15,12 +15,6 @@ import { startWatchers } from './watchers.ts';
  * event per execution.
  */
 
-/** A dispatcher bug this test finds now and then (see docs/reliability.md). */
-const STALE_EXECUTION =
-  'dispatcher bug (services/dispatcher/streams.ts): a re-run decided on an execution loaded before ' +
-  "another instance completed it is appended after that ToolCompleted when this process's cached " +
-  'tail already includes it (no conflict to re-read on); its terminal append then conflicts for ever';
-
 t.test('two dispatchers appending to one user stream at once keep it whole', async (t) => {
   const fs = await startFaultStack(t, {
     env: {
@@ -75,7 +69,6 @@ t.test('two dispatchers appending to one user stream at once keep it whole', asy
   t.ok(
     twins.every(([a, b]) => a !== null && b !== null),
     'both deliveries of each twin request are answered',
-    { todo: STALE_EXECUTION },
   );
   await load.answersAfter(300, 90_000);
   await Promise.all([load.stop(), calm.stop()]);
@@ -92,7 +85,6 @@ t.test('two dispatchers appending to one user stream at once keep it whole', asy
     pool: fs.pool,
     ledger,
     watchers,
-    todo: { lifecycle: STALE_EXECUTION },
   });
   t.strictSame(fs.unexpectedExits(), [], 'no service process ended');
 });
