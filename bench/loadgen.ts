@@ -2,7 +2,13 @@ import { jetstream } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Queue, QueueEvents } from 'bullmq';
 import { WebSocket } from 'ws';
-import { notificationName, subjects, userStream, type Notification, type ToolEvent } from '../contracts/index.ts';
+import {
+  notificationName,
+  subjects,
+  userStream,
+  type Notification,
+  type ToolEvent,
+} from '../contracts/index.ts';
 import { signToken } from '../lib/auth.ts';
 import { createAgentClient, type AgentClient } from '../lib/clients/agent.ts';
 import { createPool, type Pool } from '../lib/db.ts';
@@ -36,7 +42,12 @@ let driver: Driver | null = null;
 
 /** The body size of a dispatch request, so the bare request/reply carries as many bytes. */
 const requestLike = (i: number) =>
-  JSON.stringify({ requestId: `bench-${i}-0000000000`, tool: 'noop', args: {}, replyTo: '_INBOX.ABCDEFGHIJKLMNOPQRSTUV' });
+  JSON.stringify({
+    requestId: `bench-${i}-0000000000`,
+    tool: 'noop',
+    args: {},
+    replyTo: '_INBOX.ABCDEFGHIJKLMNOPQRSTUV',
+  });
 
 async function setup(w: Workload): Promise<void> {
   if (driver) throw new Error('a workload is set up already');
@@ -45,13 +56,21 @@ async function setup(w: Workload): Promise<void> {
       const nc = await connect({ servers: w.natsUrl, name: 'bench-loadgen' });
       const client: AgentClient = createAgentClient(nc, { js: jetstream(nc) });
       const tokens = await Promise.all(
-        Array.from({ length: w.users }, (_, k) => signToken(w.jwtSecret, { sub: `bench-u${k}`, roles: ['user'] }, '2h')),
+        Array.from({ length: w.users }, (_, k) =>
+          signToken(w.jwtSecret, { sub: `bench-u${k}`, roles: ['user'] }, '2h'),
+        ),
       );
       driver = {
         async fire(i, tag) {
-          const answer = await client.execute(w.tool, {}, { token: tokens[i % tokens.length]!, requestId: `${tag}-${i}`, timeoutMs: 120_000 });
+          const answer = await client.execute(
+            w.tool,
+            {},
+            { token: tokens[i % tokens.length]!, requestId: `${tag}-${i}`, timeoutMs: 120_000 },
+          );
           if (answer.status !== 'completed') {
-            throw new Error(answer.status === 'failed' ? `${answer.error.code}: ${answer.error.message}` : answer.status);
+            throw new Error(
+              answer.status === 'failed' ? `${answer.error.code}: ${answer.error.message}` : answer.status,
+            );
           }
         },
         close: () => nc.drain(),
@@ -78,7 +97,11 @@ async function setup(w: Workload): Promise<void> {
       await Promise.all([queue.waitUntilReady(), events.waitUntilReady()]);
       driver = {
         async fire(i) {
-          const job = await queue.add('noop', { tool: 'noop', args: {}, i }, { removeOnComplete: 1000, removeOnFail: 1000 });
+          const job = await queue.add(
+            'noop',
+            { tool: 'noop', args: {}, i },
+            { removeOnComplete: 1000, removeOnFail: 1000 },
+          );
           await job.waitUntilFinished(events, 120_000);
         },
         async close() {
@@ -296,7 +319,8 @@ async function notifyRun(r: NotifyRun): Promise<NotifyResult> {
   const stream = userStream(userId);
   const subject = subjects.events(userId);
   const total = Math.floor((r.durationMs / 1000) * r.rate);
-  if (base + total > state.events.length) throw new Error(`only ${state.events.length} events prepared, ${base + total} needed`);
+  if (base + total > state.events.length)
+    throw new Error(`only ${state.events.length} events prepared, ${base + total} needed`);
   const commit = await runOpenLoop({
     rate: r.rate,
     durationMs: r.durationMs,
@@ -308,7 +332,13 @@ async function notifyRun(r: NotifyRun): Promise<NotifyResult> {
       const step = chain.then(async () => {
         const event = state.events[i]!;
         await state.store.append(stream, [toEventData(event)], i === 0 ? 'no_stream' : i - 1);
-        const n: Notification = { kind: 'event', name: notificationName(event.type), userId, revision: i, event };
+        const n: Notification = {
+          kind: 'event',
+          name: notificationName(event.type),
+          userId,
+          revision: i,
+          event,
+        };
         const text = JSON.stringify(n);
         publishedAt[i] = wallMs();
         state.nc.publish(subject, text);
@@ -324,7 +354,15 @@ async function notifyRun(r: NotifyRun): Promise<NotifyResult> {
   const deadline = performance.now() + r.drainMs;
   while (received < expected && performance.now() < deadline) await new Promise((res) => setTimeout(res, 20));
   state.onRevision = null;
-  return { sent: commit.sent, expected, received, disorder, histogram: encodeHistogram(h), commit, connectMs: state.connectMs };
+  return {
+    sent: commit.sent,
+    expected,
+    received,
+    disorder,
+    histogram: encodeHistogram(h),
+    commit,
+    connectMs: state.connectMs,
+  };
 }
 
 async function notifyTeardown(): Promise<void> {

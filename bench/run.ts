@@ -17,22 +17,40 @@ import type { DispatchSetup } from './suites/dispatch.ts';
  */
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
-const only = args.find((a) => a.startsWith('--only='))?.slice(7).split(',');
+const only = args
+  .find((a) => a.startsWith('--only='))
+  ?.slice(7)
+  .split(',');
 const ownPostgres = args.includes('--own-postgres') || process.env['BENCH_OWN_POSTGRES'] === '1';
 const mode = quick ? 'quick' : 'full';
 const ctx = new BenchContext(mode, quick ? QUICK : FULL, ownPostgres);
 const wanted = (id: string) => !only || only.includes(id);
 const started = performance.now();
 const results: BenchResult[] = [];
-const loadStart = loadavg().map((l) => l.toFixed(2)).join(' ');
+const loadStart = loadavg()
+  .map((l) => l.toFixed(2))
+  .join(' ');
 
 function failed(id: string, title: string, e: unknown, since: number): BenchResult {
   const error = e instanceof Error ? (e.stack ?? e.message) : String(e);
   ctx.log(`${id} failed: ${error}`);
-  return { id, title, figures: [], targets: [], notes: [], details: {}, seconds: (performance.now() - since) / 1000, error };
+  return {
+    id,
+    title,
+    figures: [],
+    targets: [],
+    notes: [],
+    details: {},
+    seconds: (performance.now() - since) / 1000,
+    error,
+  };
 }
 
-async function step<T extends BenchResult>(id: string, title: string, fn: () => Promise<T>): Promise<T | null> {
+async function step<T extends BenchResult>(
+  id: string,
+  title: string,
+  fn: () => Promise<T>,
+): Promise<T | null> {
   const since = performance.now();
   ctx.log(`${title}…`);
   try {
@@ -67,11 +85,17 @@ async function main(): Promise<number> {
   let pgVersion = 'unknown';
   try {
     await ctx.open();
-    const probe = new pg.Client({ connectionString: process.env['TEST_DATABASE_URL'] ?? 'postgres://postgres@127.0.0.1:5432/test' });
+    const probe = new pg.Client({
+      connectionString: process.env['TEST_DATABASE_URL'] ?? 'postgres://postgres@127.0.0.1:5432/test',
+    });
     await probe.connect();
     pgVersion =
       (ownPostgres ? "the run's own server, " : 'the shared server, ') +
-      (await probe.query<{ v: string }>(`select current_setting('server_version') || ', synchronous_commit=' || current_setting('synchronous_commit') || ', fsync=' || current_setting('fsync') as v`)).rows[0]!.v;
+      (
+        await probe.query<{ v: string }>(
+          `select current_setting('server_version') || ', synchronous_commit=' || current_setting('synchronous_commit') || ', fsync=' || current_setting('fsync') as v`,
+        )
+      ).rows[0]!.v;
     await probe.end();
 
     // Suites are imported when they run: one whose service does not load fails alone.
@@ -100,28 +124,58 @@ async function main(): Promise<number> {
         if (wanted('latency')) results.push(latency);
         if (wanted('cpu')) results.push(cpu);
       } catch (e) {
-        if (wanted('latency')) results.push(failed('dispatch-latency', '1. Dispatch latency (noop)', e, since));
+        if (wanted('latency'))
+          results.push(failed('dispatch-latency', '1. Dispatch latency (noop)', e, since));
         if (wanted('cpu')) results.push(failed('cpu', '6. CPU per dispatch', e, since));
       }
     }
     if (dispatch && wanted('throughput')) {
       const d = dispatch;
-      const r = await step('dispatch-throughput', '2. Sustained dispatch throughput (p99 ≤ 50 ms)', async () => (await dispatchSuite()).dispatchThroughput(ctx, d));
+      const r = await step(
+        'dispatch-throughput',
+        '2. Sustained dispatch throughput (p99 ≤ 50 ms)',
+        async () => (await dispatchSuite()).dispatchThroughput(ctx, d),
+      );
       highest = r?.max ?? null;
     }
-    if (dispatch && wanted('diagnostics')) await step('diagnostics', '7. Where dispatch time goes (diagnostics, no target)', async () => (await import('./suites/diagnose.ts')).diagnose(ctx, 'bench.rr.bare'));
+    if (dispatch && wanted('diagnostics'))
+      await step('diagnostics', '7. Where dispatch time goes (diagnostics, no target)', async () =>
+        (await import('./suites/diagnose.ts')).diagnose(ctx, 'bench.rr.bare'),
+      );
     if (dispatch) await (await dispatchSuite()).tearDownDispatch(ctx, dispatch);
-    if (wanted('lag')) await step('projection-lag', '3a. Projection lag at half the highest throughput', async () => (await import('./suites/projection.ts')).projectionLag(ctx, highest));
-    if (wanted('rebuild')) await step('rebuild', '3b. Read-model rebuild speed', async () => (await import('./suites/projection.ts')).rebuildSpeed(ctx));
-    if (wanted('notify')) await step('notify', '4. Notification latency to 1,000 WebSocket clients', async () => (await import('./suites/notify.ts')).notificationLatency(ctx));
-    if (wanted('audit')) await step('audit', '5. Audit replay and verification', async () => (await import('./suites/audit.ts')).auditReplay(ctx));
+    if (wanted('lag'))
+      await step('projection-lag', '3a. Projection lag at half the highest throughput', async () =>
+        (await import('./suites/projection.ts')).projectionLag(ctx, highest),
+      );
+    if (wanted('rebuild'))
+      await step('rebuild', '3b. Read-model rebuild speed', async () =>
+        (await import('./suites/projection.ts')).rebuildSpeed(ctx),
+      );
+    if (wanted('notify'))
+      await step('notify', '4. Notification latency to 1,000 WebSocket clients', async () =>
+        (await import('./suites/notify.ts')).notificationLatency(ctx),
+      );
+    if (wanted('audit'))
+      await step('audit', '5. Audit replay and verification', async () =>
+        (await import('./suites/audit.ts')).auditReplay(ctx),
+      );
   } catch (e) {
     results.push(failed('setup', 'Set-up', e, started));
   } finally {
     await ctx.close();
   }
 
-  const order = ['dispatch-latency', 'dispatch-throughput', 'projection-lag', 'rebuild', 'notify', 'audit', 'cpu', 'diagnostics', 'setup'];
+  const order = [
+    'dispatch-latency',
+    'dispatch-throughput',
+    'projection-lag',
+    'rebuild',
+    'notify',
+    'audit',
+    'cpu',
+    'diagnostics',
+    'setup',
+  ];
   results.sort((a, b) => order.indexOf(a.id) - order.indexOf(b.id));
   const meta: Meta = {
     date: new Date().toISOString(),
@@ -132,10 +186,18 @@ async function main(): Promise<number> {
       kernel: release(),
       node: process.version,
       postgresql: pgVersion,
-      'nats-server': version(process.env['NATS_SERVER_BIN'] ?? 'nats-server', ['--version']).replace(/^nats-server:\s*/, ''),
-      redis: version(process.env['REDIS_SERVER_BIN'] ?? 'redis-server', ['--version']).replace(/^Redis server /, ''),
+      'nats-server': version(process.env['NATS_SERVER_BIN'] ?? 'nats-server', ['--version']).replace(
+        /^nats-server:\s*/,
+        '',
+      ),
+      redis: version(process.env['REDIS_SERVER_BIN'] ?? 'redis-server', ['--version']).replace(
+        /^Redis server /,
+        '',
+      ),
       'load average at start (1, 5, 15 min)': loadStart,
-      'load average at end': loadavg().map((l) => l.toFixed(2)).join(' '),
+      'load average at end': loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' '),
     },
     durationSeconds: (performance.now() - started) / 1000,
     settings: { ...ctx.d, only: only?.join('+') ?? 'all', ownPostgres },
@@ -152,10 +214,25 @@ async function main(): Promise<number> {
     writeFileSync(`${dir}${name}.json`, json);
   }
 
-  const expected = ['dispatch-latency', 'dispatch-throughput', 'projection-lag', 'rebuild', 'notify', 'audit', 'cpu', 'diagnostics'].filter((id) =>
-    wanted({ 'dispatch-latency': 'latency', 'dispatch-throughput': 'throughput', 'projection-lag': 'lag' }[id] ?? id),
+  const expected = [
+    'dispatch-latency',
+    'dispatch-throughput',
+    'projection-lag',
+    'rebuild',
+    'notify',
+    'audit',
+    'cpu',
+    'diagnostics',
+  ].filter((id) =>
+    wanted(
+      { 'dispatch-latency': 'latency', 'dispatch-throughput': 'throughput', 'projection-lag': 'lag' }[id] ??
+        id,
+    ),
   );
-  const complete = (r: BenchResult) => !r.error && r.figures.length > 0 && r.figures.every((f) => f.value !== null && (!f.reference || f.reference.value !== null));
+  const complete = (r: BenchResult) =>
+    !r.error &&
+    r.figures.length > 0 &&
+    r.figures.every((f) => f.value !== null && (!f.reference || f.reference.value !== null));
   const ran = expected.filter((id) => results.some((r) => r.id === id && complete(r)));
   const targets = results.flatMap((r) => r.targets);
   const met = targets.filter((t) => t.met === true).length;

@@ -13,7 +13,8 @@ import { insertStep, RAW_EVENTS_DDL, RowFactory } from './lib/rows.ts';
  * would be) or a reference server (a bare NATS replier, the same replier with PostgreSQL commits,
  * a BullMQ worker, a bare `ws` broadcaster). Calls: `start`, `cpu` (process.cpuUsage), `stop`.
  */
-type Role = 'dispatcher' | 'projector' | 'notifier' | 'replier' | 'replier-pg' | 'bullmq-worker' | 'ws-broadcast';
+type Role =
+  'dispatcher' | 'projector' | 'notifier' | 'replier' | 'replier-pg' | 'bullmq-worker' | 'ws-broadcast';
 
 export interface StartRequest {
   role: Role;
@@ -75,7 +76,10 @@ async function start(r: StartRequest): Promise<Started> {
     case 'replier':
     case 'replier-pg': {
       const nc = await connect({ servers: r.natsUrl!, name: `bench-${r.role}` });
-      const pool = r.role === 'replier-pg' ? createPool(r.databaseUrl!, { max: r.poolSize ?? 10, application: 'bench-replier' }) : null;
+      const pool =
+        r.role === 'replier-pg'
+          ? createPool(r.databaseUrl!, { max: r.poolSize ?? 10, application: 'bench-replier' })
+          : null;
       if (pool) await pool.query(RAW_EVENTS_DDL);
       const rows = new RowFactory(`user-ref-replier-${process.pid}`);
       const reply = new TextEncoder().encode(JSON.stringify({ status: 'completed', result: {} }));

@@ -161,7 +161,9 @@ export class BenchContext {
 
   async fork(script: 'server.ts' | 'loadgen.ts', name: string): Promise<Child> {
     // BENCH_PROFILE=dispatcher,notifier: those children write a V8 CPU profile into the log directory.
-    const profiled = (process.env['BENCH_PROFILE'] ?? '').split(',').some((p) => p !== '' && name.startsWith(p));
+    const profiled = (process.env['BENCH_PROFILE'] ?? '')
+      .split(',')
+      .some((p) => p !== '' && name.startsWith(p));
     const child = await forkChild(script, [name], {
       name,
       logFile: join(this.logDir, `${name}.log`),

@@ -30,7 +30,8 @@ export function serve(handlers: Record<string, Handler>): void {
     }
     handler(message.payload as never).then(
       (result) => send({ id: message.id, ok: true, result: result ?? null }),
-      (e: unknown) => send({ id: message.id, ok: false, error: e instanceof Error ? (e.stack ?? e.message) : String(e) }),
+      (e: unknown) =>
+        send({ id: message.id, ok: false, error: e instanceof Error ? (e.stack ?? e.message) : String(e) }),
     );
   });
   process.on('disconnect', () => process.exit(0));
@@ -59,7 +60,10 @@ export async function forkChild(
     stdio: ['ignore', fd, fd, 'ipc'],
     env: { ...process.env, ...options.env },
     // tsx's loader (inherited) plus, when asked, a V8 CPU profile written at exit.
-    execArgv: [...process.execArgv, ...(options.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.profileDir}`] : [])],
+    execArgv: [
+      ...process.execArgv,
+      ...(options.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${options.profileDir}`] : []),
+    ],
   });
   closeSync(fd);
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
@@ -74,11 +78,15 @@ export async function forkChild(
     else p.reject(new Error(`${options.name}: ${m.error}`));
   });
   void exited.then((code) => {
-    for (const p of pending.values()) p.reject(new Error(`${options.name} exited (code ${code}); see ${options.logFile}`));
+    for (const p of pending.values())
+      p.reject(new Error(`${options.name} exited (code ${code}); see ${options.logFile}`));
     pending.clear();
   });
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${options.name} did not start within 60 s; see ${options.logFile}`)), 60_000);
+    const timer = setTimeout(
+      () => reject(new Error(`${options.name} did not start within 60 s; see ${options.logFile}`)),
+      60_000,
+    );
     proc.on('message', (m: { hello?: boolean }) => {
       if (m.hello) {
         clearTimeout(timer);

@@ -45,7 +45,10 @@ export interface Meta {
   settings: Record<string, string | number | boolean>;
 }
 
-export const ratio = (value: number | null | undefined, reference: number | null | undefined): number | null =>
+export const ratio = (
+  value: number | null | undefined,
+  reference: number | null | undefined,
+): number | null =>
   value === null || value === undefined || reference === null || reference === undefined || reference === 0
     ? null
     : value / reference;
@@ -74,15 +77,30 @@ const fmt = (v: number | null | undefined, unit = ''): string => {
   return unit ? `${s} ${unit}` : s;
 };
 
-export function target(text: string, unit: string, measured: number | null, limit: number | null, better: 'lower' | 'higher'): Target {
+export function target(
+  text: string,
+  unit: string,
+  measured: number | null,
+  limit: number | null,
+  better: 'lower' | 'higher',
+): Target {
   if (measured === null || limit === null || !Number.isFinite(measured) || !Number.isFinite(limit)) {
     return { text, unit, measured, limit, better, met: null, margin: 'not measured' };
   }
   const met = better === 'lower' ? measured <= limit : measured >= limit;
   const gap = Math.abs(measured - limit);
   const pct = limit === 0 ? '' : ` (${fmt((gap / Math.abs(limit)) * 100)}%)`;
-  const side = (measured <= limit) === (better === 'lower') ? (better === 'lower' ? 'below' : 'above') : better === 'lower' ? 'over' : 'under';
-  const margin = met ? `${fmt(gap, unit)}${pct} ${side} the limit` : `by ${fmt(gap, unit)}${pct} ${side} the limit`;
+  const side =
+    measured <= limit === (better === 'lower')
+      ? better === 'lower'
+        ? 'below'
+        : 'above'
+      : better === 'lower'
+        ? 'over'
+        : 'under';
+  const margin = met
+    ? `${fmt(gap, unit)}${pct} ${side} the limit`
+    : `by ${fmt(gap, unit)}${pct} ${side} the limit`;
   return { text, unit, measured, limit, better, met, margin };
 }
 
@@ -92,7 +110,14 @@ export function toMarkdown(meta: Meta, results: BenchResult[]): string {
   out.push(`- date: ${meta.date}`);
   out.push(`- mode: ${meta.mode} (${meta.durationSeconds.toFixed(0)} s)`);
   for (const [k, v] of Object.entries(meta.machine)) out.push(`- ${k}: ${v}`);
-  out.push('', 'Settings: ' + Object.entries(meta.settings).map(([k, v]) => `${k}=${v}`).join(', '), '');
+  out.push(
+    '',
+    'Settings: ' +
+      Object.entries(meta.settings)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(', '),
+    '',
+  );
   out.push(
     'Every figure stands beside a reference measured in the same run on the same machine, and the ratio ' +
       'figure / reference. The machine is shared and noisy: read the ratios, not the bare times. ' +
@@ -101,9 +126,15 @@ export function toMarkdown(meta: Meta, results: BenchResult[]): string {
   );
 
   const allTargets = results.flatMap((r) => r.targets.map((t) => ({ bench: r.title, ...t })));
-  out.push('## Targets', '', '| benchmark | target | measured | limit | result |', '| --- | --- | --- | --- | --- |');
+  out.push(
+    '## Targets',
+    '',
+    '| benchmark | target | measured | limit | result |',
+    '| --- | --- | --- | --- | --- |',
+  );
   for (const t of allTargets) {
-    const result = t.met === null ? 'not measured' : t.met ? `**met**, ${t.margin}` : `**missed** ${t.margin}`;
+    const result =
+      t.met === null ? 'not measured' : t.met ? `**met**, ${t.margin}` : `**missed** ${t.margin}`;
     out.push(`| ${t.bench} | ${t.text} | ${fmt(t.measured, t.unit)} | ${fmt(t.limit, t.unit)} | ${result} |`);
   }
   out.push('');
@@ -112,7 +143,10 @@ export function toMarkdown(meta: Meta, results: BenchResult[]): string {
     out.push(`## ${r.title}`, '');
     if (r.error) out.push(`**Did not complete:** ${r.error.split('\n')[0]}`, '');
     if (r.figures.length > 0) {
-      out.push('| figure | Toolbus | reference | reference value | ratio |', '| --- | --- | --- | --- | --- |');
+      out.push(
+        '| figure | Toolbus | reference | reference value | ratio |',
+        '| --- | --- | --- | --- | --- |',
+      );
       for (const f of r.figures) {
         const ref = f.reference;
         out.push(

@@ -65,16 +65,25 @@ export class RowFactory {
   private revision = 0;
 
   constructor(private readonly stream: string) {
-    const rows = noopExecutionEvents('bench-template', 'template-request').map(toEventData).map((e) => ({
-      type: e.type,
-      data: JSON.stringify(e.data),
-      metadata: JSON.stringify(e.metadata),
-    }));
+    const rows = noopExecutionEvents('bench-template', 'template-request')
+      .map(toEventData)
+      .map((e) => ({
+        type: e.type,
+        data: JSON.stringify(e.data),
+        metadata: JSON.stringify(e.metadata),
+      }));
     this.steps = [[rows[0]!, rows[1]!], [rows[2]!]];
   }
 
   /** The rows of one execution step (0: requested + executing, 1: completed). */
-  step(step: 0 | 1): { streams: string[]; revisions: number[]; ids: string[]; types: string[]; data: string[]; metadata: string[] } {
+  step(step: 0 | 1): {
+    streams: string[];
+    revisions: number[];
+    ids: string[];
+    types: string[];
+    data: string[];
+    metadata: string[];
+  } {
     const rows = this.steps[step]!;
     return {
       streams: rows.map(() => this.stream),

@@ -17,7 +17,9 @@ export async function seedHistory(
   const start = options.start ?? new Date(Date.now() - 3_600_000);
   const spacing = options.spacingMs ?? 20;
   const prefix = options.requestPrefix ?? 'seed';
-  const tails = new Map<string, { revision: number; hash: string | undefined }>(users.map((u) => [u, { revision: -1, hash: undefined }]));
+  const tails = new Map<string, { revision: number; hash: string | undefined }>(
+    users.map((u) => [u, { revision: -1, hash: undefined }]),
+  );
   const executions = Math.ceil(options.events / 3);
   let batch: Array<{ stream: string; revision: number; event: ToolEvent }> = [];
   let written = 0;
@@ -46,7 +48,12 @@ export async function seedHistory(
   for (let i = 0; i < executions; i++) {
     const user = users[i % users.length]!;
     const tail = tails.get(user)!;
-    const events = noopExecutionEvents(user, `${prefix}-${i}`, tail.hash, new Date(start.getTime() + i * spacing));
+    const events = noopExecutionEvents(
+      user,
+      `${prefix}-${i}`,
+      tail.hash,
+      new Date(start.getTime() + i * spacing),
+    );
     for (const event of events) {
       tail.revision++;
       batch.push({ stream: userStream(user), revision: tail.revision, event });

@@ -65,7 +65,9 @@ export async function auditReplay(ctx: BenchContext): Promise<BenchResult> {
     for (let round = 0; round < ctx.d.auditRounds; round++) {
       const r = { raw: await timed(raw), replay: await timed(replay), verify: await timed(verify) };
       rounds.push(r);
-      ctx.log(`audit round ${round + 1}: raw ${r.raw.toFixed(0)}/s, replay ${r.replay.toFixed(0)}/s, verify ${r.verify.toFixed(0)}/s`);
+      ctx.log(
+        `audit round ${round + 1}: raw ${r.raw.toFixed(0)}/s, replay ${r.replay.toFixed(0)}/s, verify ${r.verify.toFixed(0)}/s`,
+      );
     }
     const best = (k: 'raw' | 'replay' | 'verify') => Math.max(...rounds.map((r) => r[k]));
     const ref = { name: 'raw SELECT + JSON parse', value: best('raw') };
@@ -77,8 +79,20 @@ export async function auditReplay(ctx: BenchContext): Promise<BenchResult> {
         figure(`verification of ${events.toLocaleString('en-US')} events`, 'events/s', best('verify'), ref),
       ],
       targets: [
-        target('audit replay at least half the raw read rate', 'events/s', best('replay'), best('raw') / 2, 'higher'),
-        target('audit verification at least half the raw read rate', 'events/s', best('verify'), best('raw') / 2, 'higher'),
+        target(
+          'audit replay at least half the raw read rate',
+          'events/s',
+          best('replay'),
+          best('raw') / 2,
+          'higher',
+        ),
+        target(
+          'audit verification at least half the raw read rate',
+          'events/s',
+          best('verify'),
+          best('raw') / 2,
+          'higher',
+        ),
       ],
       notes: [
         `One user's history of ${events.toLocaleString('en-US')} events (noop executions, chained as the dispatcher chains them), in the PostgreSQL event store.`,

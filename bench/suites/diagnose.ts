@@ -17,7 +17,10 @@ import { insertStep, noopExecutionEvents, RAW_EVENTS_DDL, RowFactory } from '../
  * a target; it explains the gaps of benchmarks 1, 2 and 6.
  */
 
-async function timeEach(n: number, fns: Array<() => Promise<unknown>>): Promise<ReturnType<typeof summarize>[]> {
+async function timeEach(
+  n: number,
+  fns: Array<() => Promise<unknown>>,
+): Promise<ReturnType<typeof summarize>[]> {
   const hs = fns.map(() => newHistogram());
   for (let i = 0; i < n; i++) {
     // Interleaved, so drift on a shared machine hits every variant alike.
@@ -62,7 +65,11 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
         if (pendingStep.length === 0) {
           const events = noopExecutionEvents(user, `diag-${i++}`, prev);
           prev = events.at(-1)!.metadata.hash;
-          await store.append(userStream(user), events.slice(0, 2).map(toEventData), revision < 0 ? 'no_stream' : revision);
+          await store.append(
+            userStream(user),
+            events.slice(0, 2).map(toEventData),
+            revision < 0 ? 'no_stream' : revision,
+          );
           revision += 2;
           pendingStep = events.slice(2);
         } else {
@@ -79,12 +86,19 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
     //    only; and plain inserts of the same rows. A transaction that has called NOTIFY holds a
     //    database-wide lock from its commit's start to its end (WAL flush included), so appends
     //    that notify commit one at a time instead of sharing flushes (group commit).
-    const { rows: defs } = await pool.query<{ def: string }>(`select pg_get_functiondef('toolbus_append'::regproc) as def`);
+    const { rows: defs } = await pool.query<{ def: string }>(
+      `select pg_get_functiondef('toolbus_append'::regproc) as def`,
+    );
     const original = defs[0]!.def;
     const notifies = /perform pg_notify\([^;]*\);/.test(original);
-    await pool.query(original.replace(/toolbus_append/g, 'bench_append_quiet').replace(/perform pg_notify\([^;]*\);/g, ''));
+    await pool.query(
+      original.replace(/toolbus_append/g, 'bench_append_quiet').replace(/perform pg_notify\([^;]*\);/g, ''),
+    );
     const concurrentSeconds = ctx.mode === 'quick' ? 1.5 : 5;
-    const concurrent = async (fn: 'toolbus_append' | 'bench_append_quiet' | 'insert', tag: string): Promise<number> => {
+    const concurrent = async (
+      fn: 'toolbus_append' | 'bench_append_quiet' | 'insert',
+      tag: string,
+    ): Promise<number> => {
       const end = performance.now() + concurrentSeconds * 1000;
       let steps = 0;
       await Promise.all(
@@ -139,7 +153,12 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
       duplicate_window: nanos(120_000),
     });
     const js = jetstream(nc);
-    const body = JSON.stringify({ requestId: 'bench-0000000000', tool: 'noop', args: {}, replyTo: '_INBOX.ABCDEFGHIJKLMNOPQRSTUV' });
+    const body = JSON.stringify({
+      requestId: 'bench-0000000000',
+      tool: 'noop',
+      args: {},
+      replyTo: '_INBOX.ABCDEFGHIJKLMNOPQRSTUV',
+    });
     const h = headers();
     h.set('Authorization', 'Bearer x');
     let k = 0;
@@ -152,10 +171,18 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
     // 4. CPU of the per-request work in the dispatcher's process, beside the bare operation.
     const token = await signToken(ctx.jwtSecret, { sub: 'u1', roles: ['user'] });
     const verifier = createTokenVerifier(ctx.jwtSecret);
-    const cryptoKey = await crypto.subtle.importKey('raw', new TextEncoder().encode(ctx.jwtSecret), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
+    const cryptoKey = await crypto.subtle.importKey(
+      'raw',
+      new TextEncoder().encode(ctx.jwtSecret),
+      { name: 'HMAC', hash: 'SHA-256' },
+      false,
+      ['verify'],
+    );
     const calls = ctx.mode === 'quick' ? 1_000 : 5_000;
     const verify = await cpuPerCall(calls, () => verifier.verify(`Bearer ${token}`));
-    const verifyImported = await cpuPerCall(calls, () => jwtVerify(token, cryptoKey, { algorithms: ['HS256'], requiredClaims: ['sub', 'exp'] }));
+    const verifyImported = await cpuPerCall(calls, () =>
+      jwtVerify(token, cryptoKey, { algorithms: ['HS256'], requiredClaims: ['sub', 'exp'] }),
+    );
     const bytes = new TextEncoder().encode(body);
     const parse = await cpuPerCall(calls, () => parseToolRequest(bytes));
     const jsonParse = await cpuPerCall(calls, () => JSON.parse(new TextDecoder().decode(bytes)));
@@ -172,14 +199,38 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
       id: 'diagnostics',
       title: '7. Where dispatch time goes (diagnostics, no target)',
       figures: [
-        figure('event store append of one step, p50', 'ms', append!.p50, { name: 'plain insert of the same rows', value: insert!.p50 }),
-        figure('event store append of one step, p99', 'ms', append!.p99, { name: 'plain insert of the same rows', value: insert!.p99 }),
-        figure('appends per second, 10 connections at once', 'steps/s', best.append, { name: 'the same function without pg_notify', value: best.quiet }),
-        figure('appends per second, 10 connections at once', 'steps/s', best.append, { name: 'plain inserts of the same rows', value: best.insert }),
-        figure('JetStream publish with Nats-Msg-Id, acked, p50', 'ms', jsPublish!.p50, { name: 'core NATS request/reply', value: request!.p50 }),
-        figure('token verification (lib/auth.ts), CPU per call', 'µs', verify, { name: 'jwtVerify with the key imported once', value: verifyImported }),
-        figure('parseToolRequest, CPU per call', 'µs', parse, { name: 'JSON.parse of the same bytes', value: jsonParse }),
-        figure('toEventData of an execution\'s 3 events, CPU', 'µs', validate, { name: 'JSON.stringify of the same events', value: stringify }),
+        figure('event store append of one step, p50', 'ms', append!.p50, {
+          name: 'plain insert of the same rows',
+          value: insert!.p50,
+        }),
+        figure('event store append of one step, p99', 'ms', append!.p99, {
+          name: 'plain insert of the same rows',
+          value: insert!.p99,
+        }),
+        figure('appends per second, 10 connections at once', 'steps/s', best.append, {
+          name: 'the same function without pg_notify',
+          value: best.quiet,
+        }),
+        figure('appends per second, 10 connections at once', 'steps/s', best.append, {
+          name: 'plain inserts of the same rows',
+          value: best.insert,
+        }),
+        figure('JetStream publish with Nats-Msg-Id, acked, p50', 'ms', jsPublish!.p50, {
+          name: 'core NATS request/reply',
+          value: request!.p50,
+        }),
+        figure('token verification (lib/auth.ts), CPU per call', 'µs', verify, {
+          name: 'jwtVerify with the key imported once',
+          value: verifyImported,
+        }),
+        figure('parseToolRequest, CPU per call', 'µs', parse, {
+          name: 'JSON.parse of the same bytes',
+          value: jsonParse,
+        }),
+        figure("toEventData of an execution's 3 events, CPU", 'µs', validate, {
+          name: 'JSON.stringify of the same events',
+          value: stringify,
+        }),
       ],
       targets: [],
       notes: [
@@ -188,9 +239,17 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
           `${ctx.mode === 'quick' ? 1 : 2} round(s). "Without pg_notify" is a copy of toolbus_append made in the bench's database with its pg_notify call removed` +
           `${notifies ? '' : ' (the installed function no longer calls pg_notify: both are the same)'}. A transaction that called NOTIFY takes a database-wide lock ` +
           'at commit and keeps it until the commit is flushed, so such commits cannot share a WAL flush.',
-        'A dispatch makes 2 appends on its critical path (plus a Redis script and a JetStream publish before it), and verifies a token, parses a request and validates 3 events in the dispatcher\'s process.',
+        "A dispatch makes 2 appends on its critical path (plus a Redis script and a JetStream publish before it), and verifies a token, parses a request and validates 3 events in the dispatcher's process.",
       ],
-      details: { append, insert, concurrentStepsPerSecond: best, appendNotifies: notifies, jsPublish, request, cpuUs: { verify, verifyImported, parse, jsonParse, validate, stringify } },
+      details: {
+        append,
+        insert,
+        concurrentStepsPerSecond: best,
+        appendNotifies: notifies,
+        jsPublish,
+        request,
+        cpuUs: { verify, verifyImported, parse, jsonParse, validate, stringify },
+      },
       seconds: (performance.now() - started) / 1000,
     };
   } finally {

@@ -1,7 +1,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { RunRequest, Workload } from '../loadgen.ts';
 import { cpuUs, type BenchContext, type Service } from '../lib/context.ts';
-import { decodeHistogram, newHistogram, summarize, type Histogram, type LatencySummary } from '../lib/histogram.ts';
+import {
+  decodeHistogram,
+  newHistogram,
+  summarize,
+  type Histogram,
+  type LatencySummary,
+} from '../lib/histogram.ts';
 import type { Child } from '../lib/ipc.ts';
 import type { OpenLoopResult } from '../lib/openloop.ts';
 import { procCpuUs } from '../lib/proc.ts';
@@ -29,7 +35,11 @@ const FLOOR_RATE = 5;
 type System = 'toolbus' | 'nats-rr' | 'nats-rr-pg' | 'bullmq' | 'pg-inserts';
 
 /** The environment of a benchmarked dispatcher: defaults, except limits that would refuse the load. */
-export function dispatcherEnv(ctx: BenchContext, databaseUrl: string, extra: Record<string, string> = {}): Record<string, string> {
+export function dispatcherEnv(
+  ctx: BenchContext,
+  databaseUrl: string,
+  extra: Record<string, string> = {},
+): Record<string, string> {
   return ctx.serviceEnv(databaseUrl, {
     TOOLBUS_TEST_TOOLS: '1',
     DISPATCHER_ID: 'bench-dispatcher',
@@ -90,9 +100,16 @@ export async function setUpDispatch(ctx: BenchContext): Promise<DispatchSetup> {
   const loadgens: Child[] = [];
   const setup = { services, loadgens, databaseUrl: db.url } as DispatchSetup;
   try {
-    const dispatcher = await ctx.service('dispatcher', { role: 'dispatcher', env: dispatcherEnv(ctx, db.url) });
+    const dispatcher = await ctx.service('dispatcher', {
+      role: 'dispatcher',
+      env: dispatcherEnv(ctx, db.url),
+    });
     services.push(dispatcher);
-    const replier = await ctx.service('replier', { role: 'replier', natsUrl: ctx.nats.url, subject: 'bench.rr.bare' });
+    const replier = await ctx.service('replier', {
+      role: 'replier',
+      natsUrl: ctx.nats.url,
+      subject: 'bench.rr.bare',
+    });
     services.push(replier);
     const replierPg = await ctx.service('replier-pg', {
       role: 'replier-pg',
@@ -103,7 +120,12 @@ export async function setUpDispatch(ctx: BenchContext): Promise<DispatchSetup> {
     });
     services.push(replierPg);
     const queue = `bench-${ctx.runId}`;
-    const bullmq = await ctx.service('bullmq-worker', { role: 'bullmq-worker', redisUrl: ctx.redis.url, queue, concurrency: CONCURRENCY });
+    const bullmq = await ctx.service('bullmq-worker', {
+      role: 'bullmq-worker',
+      redisUrl: ctx.redis.url,
+      queue,
+      concurrency: CONCURRENCY,
+    });
     services.push(bullmq);
     const lane = async (system: System, workload: Workload, server: Service | null): Promise<Lane> => {
       const loadgen = await ctx.fork('loadgen.ts', `loadgen-${system}`);
@@ -113,10 +135,22 @@ export async function setUpDispatch(ctx: BenchContext): Promise<DispatchSetup> {
     };
     setup.lanes = {
       toolbus: await lane('toolbus', dispatchWorkload(ctx), dispatcher),
-      'nats-rr': await lane('nats-rr', { kind: 'nats-rr', natsUrl: ctx.nats.url, subject: 'bench.rr.bare' }, replier),
-      'nats-rr-pg': await lane('nats-rr-pg', { kind: 'nats-rr', natsUrl: ctx.nats.url, subject: 'bench.rr.pg' }, replierPg),
+      'nats-rr': await lane(
+        'nats-rr',
+        { kind: 'nats-rr', natsUrl: ctx.nats.url, subject: 'bench.rr.bare' },
+        replier,
+      ),
+      'nats-rr-pg': await lane(
+        'nats-rr-pg',
+        { kind: 'nats-rr', natsUrl: ctx.nats.url, subject: 'bench.rr.pg' },
+        replierPg,
+      ),
       bullmq: await lane('bullmq', { kind: 'bullmq', redisUrl: ctx.redis.url, queue }, bullmq),
-      'pg-inserts': await lane('pg-inserts', { kind: 'pg-steps', databaseUrl: db.url, poolSize: STORE_POOL }, null),
+      'pg-inserts': await lane(
+        'pg-inserts',
+        { kind: 'pg-steps', databaseUrl: db.url, poolSize: STORE_POOL },
+        null,
+      ),
     };
     return setup;
   } catch (e) {
@@ -190,11 +224,19 @@ class Accumulator {
 }
 
 /** One open-loop run of a lane, with the CPU its server and nats-server used meanwhile. */
-async function segment(ctx: BenchContext, lane: Lane, request: RunRequest): Promise<{ r: OpenLoopResult; cpu: number | null; natsCpu: number | null }> {
+async function segment(
+  ctx: BenchContext,
+  lane: Lane,
+  request: RunRequest,
+): Promise<{ r: OpenLoopResult; cpu: number | null; natsCpu: number | null }> {
   const natsPid = ctx.nats.pid();
   const n0 = procCpuUs(natsPid);
   const c0 = await lane.server?.cpu();
-  const r = await lane.loadgen.call<OpenLoopResult>('run', request, request.durationMs + request.drainMs + 120_000);
+  const r = await lane.loadgen.call<OpenLoopResult>(
+    'run',
+    request,
+    request.durationMs + request.drainMs + 120_000,
+  );
   const c1 = await lane.server?.cpu();
   const n1 = procCpuUs(natsPid);
   // Whatever is still unanswered must not run into the next system's segment.
@@ -203,7 +245,10 @@ async function segment(ctx: BenchContext, lane: Lane, request: RunRequest): Prom
 }
 
 /** Benchmarks 1 and 6: latency at the two loads, and CPU per request, for Toolbus and both repliers. */
-export async function dispatchLatency(ctx: BenchContext, s: DispatchSetup): Promise<{ latency: BenchResult; cpu: BenchResult }> {
+export async function dispatchLatency(
+  ctx: BenchContext,
+  s: DispatchSetup,
+): Promise<{ latency: BenchResult; cpu: BenchResult }> {
   const started = performance.now();
   const runs: RunSummary[] = [];
   const systems: System[] = ['nats-rr', 'nats-rr-pg', 'toolbus'];
@@ -264,21 +309,46 @@ export async function dispatchLatency(ctx: BenchContext, s: DispatchSetup): Prom
       ['p99.9', 'p999'],
     ] as const) {
       latency.figures.push(
-        figure(`${label} @ ${rate}/s`, 'ms', t?.latency[key] ?? null, { name: 'req/reply + 2 commits', value: pg?.latency[key] ?? null }),
-        figure(`${label} @ ${rate}/s`, 'ms', t?.latency[key] ?? null, { name: 'NATS req/reply', value: bare?.latency[key] ?? null }),
+        figure(`${label} @ ${rate}/s`, 'ms', t?.latency[key] ?? null, {
+          name: 'req/reply + 2 commits',
+          value: pg?.latency[key] ?? null,
+        }),
+        figure(`${label} @ ${rate}/s`, 'ms', t?.latency[key] ?? null, {
+          name: 'NATS req/reply',
+          value: bare?.latency[key] ?? null,
+        }),
       );
     }
     latency.targets.push(
-      target(`p50 @ ${rate}/s within 1 ms of req/reply + 2 commits`, 'ms', t?.latency.p50 ?? null, pg ? pg.latency.p50 + 1 : null, 'lower'),
-      target(`p99 @ ${rate}/s within 2× req/reply + 2 commits`, 'ms', t?.latency.p99 ?? null, pg ? pg.latency.p99 * 2 : null, 'lower'),
+      target(
+        `p50 @ ${rate}/s within 1 ms of req/reply + 2 commits`,
+        'ms',
+        t?.latency.p50 ?? null,
+        pg ? pg.latency.p50 + 1 : null,
+        'lower',
+      ),
+      target(
+        `p99 @ ${rate}/s within 2× req/reply + 2 commits`,
+        'ms',
+        t?.latency.p99 ?? null,
+        pg ? pg.latency.p99 * 2 : null,
+        'lower',
+      ),
     );
     const p99s = (r: RunSummary | undefined) => r?.segments?.map((x) => x.p99).join(', ') ?? 'n/a';
     latency.notes.push(
       `p99 of each segment at ${rate}/s (ms), in round order — Toolbus: ${p99s(find('toolbus', rate))}; req/reply + 2 commits: ${p99s(find('nats-rr-pg', rate))}; ` +
         `NATS req/reply: ${p99s(find('nats-rr', rate))}. One stalled segment (the shared PostgreSQL, the disk) sets the merged p99.`,
     );
-    for (const [name, r] of [['Toolbus', t], ['NATS req/reply', bare], ['req/reply + 2 commits', pg]] as const) {
-      if (!r) latency.notes.push(`${name} at ${rate}/s had errors or unanswered requests (see latest.json): its figures are left out.`);
+    for (const [name, r] of [
+      ['Toolbus', t],
+      ['NATS req/reply', bare],
+      ['req/reply + 2 commits', pg],
+    ] as const) {
+      if (!r)
+        latency.notes.push(
+          `${name} at ${rate}/s had errors or unanswered requests (see latest.json): its figures are left out.`,
+        );
     }
   }
   latency.seconds = (performance.now() - started) / 1000;
@@ -293,14 +363,22 @@ export async function dispatchLatency(ctx: BenchContext, s: DispatchSetup): Prom
       "The dispatcher's figure is its own process only: NATS, PostgreSQL and Redis work elsewhere. nats-server's CPU per request (from /proc, 10 ms resolution) is in latest.json.",
     ],
     details: {
-      runs: runs.map((r) => ({ system: r.system, rate: r.rate, cpuPerRequestUs: r.cpuPerRequestUs, natsCpuPerRequestUs: r.natsCpuPerRequestUs })),
+      runs: runs.map((r) => ({
+        system: r.system,
+        rate: r.rate,
+        cpuPerRequestUs: r.cpuPerRequestUs,
+        natsCpuPerRequestUs: r.natsCpuPerRequestUs,
+      })),
     },
     seconds: 0,
   };
   for (const rate of LOADS) {
     const t = find('toolbus', rate);
     cpu.figures.push(
-      figure(`CPU per dispatch @ ${rate}/s`, 'µs', t?.cpuPerRequestUs ?? null, { name: 'NATS replier', value: find('nats-rr', rate)?.cpuPerRequestUs ?? null }),
+      figure(`CPU per dispatch @ ${rate}/s`, 'µs', t?.cpuPerRequestUs ?? null, {
+        name: 'NATS replier',
+        value: find('nats-rr', rate)?.cpuPerRequestUs ?? null,
+      }),
       figure(`CPU per dispatch @ ${rate}/s`, 'µs', t?.cpuPerRequestUs ?? null, {
         name: 'replier + 2 commits',
         value: find('nats-rr-pg', rate)?.cpuPerRequestUs ?? null,
@@ -337,7 +415,13 @@ interface Ladder {
   done: boolean;
 }
 
-async function step(ctx: BenchContext, lane: Lane, ladder: Ladder, rate: number, tag: string): Promise<boolean> {
+async function step(
+  ctx: BenchContext,
+  lane: Lane,
+  ladder: Ladder,
+  rate: number,
+  tag: string,
+): Promise<boolean> {
   const c0 = await lane.server?.cpu();
   const r = await lane.loadgen.call<OpenLoopResult>(
     'run',
@@ -377,18 +461,31 @@ async function step(ctx: BenchContext, lane: Lane, ladder: Ladder, rate: number,
  * passes no rate steps down from the first (÷2 to FLOOR_RATE): its figure is then the rate that
  * passed there, or 0.
  */
-export async function dispatchThroughput(ctx: BenchContext, s: DispatchSetup): Promise<BenchResult & { max: number | null }> {
+export async function dispatchThroughput(
+  ctx: BenchContext,
+  s: DispatchSetup,
+): Promise<BenchResult & { max: number | null }> {
   const started = performance.now();
   const systems: System[] = ['toolbus', 'bullmq', 'pg-inserts'];
-  const ladders = new Map<System, Ladder>(systems.map((system) => [system, { system, max: null, steps: [], capped: false, failures: 0, done: false }]));
+  const ladders = new Map<System, Ladder>(
+    systems.map((system) => [
+      system,
+      { system, max: null, steps: [], capped: false, failures: 0, done: false },
+    ]),
+  );
   let rate = ctx.d.firstRate;
-  for (let k = 0; k < ctx.d.maxSteps && [...ladders.values()].some((l) => !l.done); k++, rate *= ctx.d.stepFactor) {
+  for (
+    let k = 0;
+    k < ctx.d.maxSteps && [...ladders.values()].some((l) => !l.done);
+    k++, rate *= ctx.d.stepFactor
+  ) {
     const r = Math.round(rate);
     for (const system of systems) {
       const ladder = ladders.get(system)!;
       if (ladder.done) continue;
       let passed = await step(ctx, s.lanes[system], ladder, r, `${ctx.runId}-tp-${system}-${k}`);
-      if (!passed && ctx.d.retryStep) passed = await step(ctx, s.lanes[system], ladder, r, `${ctx.runId}-tp-${system}-${k}r`);
+      if (!passed && ctx.d.retryStep)
+        passed = await step(ctx, s.lanes[system], ladder, r, `${ctx.runId}-tp-${system}-${k}r`);
       if (passed) {
         ladder.max = r;
         ladder.failures = 0;
@@ -417,10 +514,18 @@ export async function dispatchThroughput(ctx: BenchContext, s: DispatchSetup): P
     title: `2. Sustained dispatch throughput (p99 ≤ ${P99_BOUND_MS} ms)`,
     max: toolbus.max,
     figures: [
-      figure('highest sustained rate', 'req/s', toolbus.max, { name: 'BullMQ add + worker + waitUntilFinished', value: bullmq.max }),
-      figure('highest sustained rate', 'req/s', toolbus.max, { name: 'raw PostgreSQL inserts, 2 commits per execution', value: inserts.max }),
+      figure('highest sustained rate', 'req/s', toolbus.max, {
+        name: 'BullMQ add + worker + waitUntilFinished',
+        value: bullmq.max,
+      }),
+      figure('highest sustained rate', 'req/s', toolbus.max, {
+        name: 'raw PostgreSQL inserts, 2 commits per execution',
+        value: inserts.max,
+      }),
     ],
-    targets: [target('throughput at least that of the BullMQ round trip', 'req/s', toolbus.max, bullmq.max, 'higher')],
+    targets: [
+      target('throughput at least that of the BullMQ round trip', 'req/s', toolbus.max, bullmq.max, 'higher'),
+    ],
     notes: [
       `Offered rate stepped from ${ctx.d.firstRate}/s by ×${ctx.d.stepFactor}, ${ctx.d.stepMs / 1000} s per step (${ctx.d.stepWarmupMs / 1000} s warm-up), ` +
         'the three systems in turn at each rate. A step passes when p99 ≤ 50 ms, every request is answered and the achieved rate is at least 95% of the offered one' +
@@ -429,7 +534,9 @@ export async function dispatchThroughput(ctx: BenchContext, s: DispatchSetup): P
       `BullMQ: Queue.add, a Worker (concurrency ${CONCURRENCY}) that does nothing, job.waitUntilFinished through QueueEvents, on the run's own Redis. ` +
         'Durability is not equal: that Redis keeps nothing on disk (no RDB, no AOF), so a BullMQ job is not durable at all, while each Toolbus execution is committed to PostgreSQL twice.',
       `Raw inserts: the same event rows, one insert transaction per execution step (2 commits per execution), ${STORE_POOL} connections (the event store's pool), synchronous_commit on.`,
-      ...[toolbus, bullmq, inserts].filter((x) => x.capped).map((x) => `${x.system} passed the top step of the ladder: its figure is a lower bound.`),
+      ...[toolbus, bullmq, inserts]
+        .filter((x) => x.capped)
+        .map((x) => `${x.system} passed the top step of the ladder: its figure is a lower bound.`),
       `CPU of the serving process per step (cores, from process.cpuUsage) — dispatcher: ${toolbus.steps.map((x) => `${x.rate}/s ${x.serverCores?.toFixed(2) ?? '?'}`).join(', ')}; ` +
         `BullMQ worker: ${bullmq.steps.map((x) => `${x.rate}/s ${x.serverCores?.toFixed(2) ?? '?'}`).join(', ')}. A Node.js process cannot use more than about one core for its JavaScript.`,
     ],

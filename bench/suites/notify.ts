@@ -27,12 +27,22 @@ export async function notificationLatency(ctx: BenchContext): Promise<BenchResul
     role: 'notifier',
     env: ctx.serviceEnv(db.url, { NOTIFIER_PORT: '0', LOG_LEVEL: 'warn' }),
   });
-  const broadcast = await ctx.service('ws-broadcast', { role: 'ws-broadcast', natsUrl: ctx.nats.url, subject: subjects.events(users.bare) });
+  const broadcast = await ctx.service('ws-broadcast', {
+    role: 'ws-broadcast',
+    natsUrl: ctx.nats.url,
+    subject: subjects.events(users.bare),
+  });
   const loadgens: Partial<Record<'bare' | 'notifier', Child>> = {};
   const timeout = 300_000;
   try {
     const events = ctx.d.notifyRounds * Math.ceil((ctx.d.notifySegmentMs / 1000) * ctx.d.notifyRate) + 10;
-    const common = { clients: ctx.d.notifyClients, jwtSecret: ctx.jwtSecret, natsUrl: ctx.nats.url, databaseUrl: db.url, events };
+    const common = {
+      clients: ctx.d.notifyClients,
+      jwtSecret: ctx.jwtSecret,
+      natsUrl: ctx.nats.url,
+      databaseUrl: db.url,
+      events,
+    };
     const totals = {} as Record<'bare' | 'notifier', Totals>;
     const histograms = { bare: newHistogram(), notifier: newHistogram() };
     const commits = { bare: newHistogram(), notifier: newHistogram() };
@@ -40,7 +50,12 @@ export async function notificationLatency(ctx: BenchContext): Promise<BenchResul
     for (const mode of ['bare', 'notifier'] as const) {
       const loadgen = await ctx.fork('loadgen.ts', `loadgen-notify-${mode}`);
       loadgens[mode] = loadgen;
-      const setup: NotifySetup = { ...common, mode, url: (mode === 'bare' ? broadcast : notifier).started.url!, userId: users[mode] };
+      const setup: NotifySetup = {
+        ...common,
+        mode,
+        url: (mode === 'bare' ? broadcast : notifier).started.url!,
+        userId: users[mode],
+      };
       const { connectMs } = await loadgen.call<{ connectMs: number }>('notifySetup', setup, timeout);
       totals[mode] = { sent: 0, expected: 0, received: 0, disorder: 0, connectMs };
     }
@@ -69,8 +84,11 @@ export async function notificationLatency(ctx: BenchContext): Promise<BenchResul
     const latency = { bare: summarize(histograms.bare), notifier: summarize(histograms.notifier) };
     for (const mode of ['bare', 'notifier'] as const) {
       const t = totals[mode];
-      ctx.log(`${mode}: p50 ${latency[mode].p50} ms, p99 ${latency[mode].p99} ms, ${t.received}/${t.expected} receipts, ${t.disorder} out of order`);
-      if (t.received < t.expected) throw new Error(`${mode}: ${t.expected - t.received} of ${t.expected} notifications never arrived`);
+      ctx.log(
+        `${mode}: p50 ${latency[mode].p50} ms, p99 ${latency[mode].p99} ms, ${t.received}/${t.expected} receipts, ${t.disorder} out of order`,
+      );
+      if (t.received < t.expected)
+        throw new Error(`${mode}: ${t.expected - t.received} of ${t.expected} notifications never arrived`);
     }
     const ref = 'bare ws broadcast';
     const recordedS = (ctx.d.notifyRounds * (ctx.d.notifySegmentMs - ctx.d.notifySegmentWarmupMs)) / 1000;
@@ -80,9 +98,20 @@ export async function notificationLatency(ctx: BenchContext): Promise<BenchResul
       figures: [
         figure('p50, publish → receipt', 'ms', latency.notifier.p50, { name: ref, value: latency.bare.p50 }),
         figure('p99, publish → receipt', 'ms', latency.notifier.p99, { name: ref, value: latency.bare.p99 }),
-        figure('p99.9, publish → receipt', 'ms', latency.notifier.p999, { name: ref, value: latency.bare.p999 }),
+        figure('p99.9, publish → receipt', 'ms', latency.notifier.p999, {
+          name: ref,
+          value: latency.bare.p999,
+        }),
       ],
-      targets: [target('notification p99 within 1.5× the bare broadcast', 'ms', latency.notifier.p99, latency.bare.p99 * 1.5, 'lower')],
+      targets: [
+        target(
+          'notification p99 within 1.5× the bare broadcast',
+          'ms',
+          latency.notifier.p99,
+          latency.bare.p99 * 1.5,
+          'lower',
+        ),
+      ],
       notes: [
         `${ctx.d.notifyClients} WebSocket clients per system, all subscribed to ONE user (the fan-out worst case: each event goes to every socket), ` +
           `in a load-generator process of their own. ${ctx.d.notifyRate} events/s; ${ctx.d.notifyRounds} round(s) of ${ctx.d.notifySegmentMs / 1000} s per system in turn ` +
@@ -91,9 +120,20 @@ export async function notificationLatency(ctx: BenchContext): Promise<BenchResul
         "Toolbus: the notifier (auth message with the user's token, subscribe from the start, then live events; default limits). Reference: a process that forwards each NATS message on the subject as a text frame to every open socket (the `ws` README broadcast), nothing else.",
         `Receipts: Toolbus ${totals.notifier.received}/${totals.notifier.expected}, ${totals.notifier.disorder} out of order or repeated; reference ${totals.bare.received}/${totals.bare.expected}. ` +
           `Connecting 1,000 clients took ${(totals.notifier.connectMs / 1000).toFixed(1)} s with authentication and subscription (reference ${(totals.bare.connectMs / 1000).toFixed(1)} s).`,
-        `p99 of each round (ms) — Toolbus: ${rounds.filter((x) => x.mode === 'notifier').map((x) => x.p99).join(', ')}; reference: ${rounds.filter((x) => x.mode === 'bare').map((x) => x.p99).join(', ')}.`,
+        `p99 of each round (ms) — Toolbus: ${rounds
+          .filter((x) => x.mode === 'notifier')
+          .map((x) => x.p99)
+          .join(', ')}; reference: ${rounds
+          .filter((x) => x.mode === 'bare')
+          .map((x) => x.p99)
+          .join(', ')}.`,
       ],
-      details: { latency, commit: { bare: summarize(commits.bare), notifier: summarize(commits.notifier) }, totals, rounds },
+      details: {
+        latency,
+        commit: { bare: summarize(commits.bare), notifier: summarize(commits.notifier) },
+        totals,
+        rounds,
+      },
       seconds: (performance.now() - started) / 1000,
     };
   } finally {

@@ -44,7 +44,9 @@ function lags(events: Array<{ position: Position; createdMs: number }>, seen: Se
 export async function projectionLag(ctx: BenchContext, highest: number | null): Promise<BenchResult> {
   const started = performance.now();
   const rate = highest ? Math.max(5, Math.round(highest / 2)) : FALLBACK_RATE;
-  const why = highest ? `half of benchmark 2's ${highest}/s` : `benchmark 2 gave no rate: a fixed ${FALLBACK_RATE}/s`;
+  const why = highest
+    ? `half of benchmark 2's ${highest}/s`
+    : `benchmark 2 gave no rate: a fixed ${FALLBACK_RATE}/s`;
   const db = await ctx.database();
   const env = dispatcherEnv(ctx, db.url, { PROJECTOR_PORT: '0' });
   const dispatcher = await ctx.service('dispatcher-lag', { role: 'dispatcher', env });
@@ -66,7 +68,8 @@ export async function projectionLag(ctx: BenchContext, highest: number | null): 
       create or replace trigger bench_checkpoint_notify after update on projector_checkpoints
         for each row execute function bench_checkpoint_notify();`);
     listener.on('notification', (n) => {
-      if (n.channel === 'bench_checkpoint' && n.payload) checkpoints.push({ position: parsePosition(n.payload), at: wallMs() });
+      if (n.channel === 'bench_checkpoint' && n.payload)
+        checkpoints.push({ position: parsePosition(n.payload), at: wallMs() });
     });
     await listener.query('listen bench_checkpoint');
 
@@ -100,35 +103,60 @@ export async function projectionLag(ctx: BenchContext, highest: number | null): 
         `select tx_id::text as tx, seq::text as position_seq, (extract(epoch from created_at) * 1000)::float8 as created_ms
            from toolbus_events where stream_id like 'user-%' order by toolbus_events.tx_id, toolbus_events.seq`,
       );
-      events = rows.map((r) => ({ position: { commit: BigInt(r.tx), prepare: BigInt(r.position_seq) }, createdMs: r.created_ms }));
+      events = rows.map((r) => ({
+        position: { commit: BigInt(r.tx), prepare: BigInt(r.position_seq) },
+        createdMs: r.created_ms,
+      }));
       const last = events.at(-1)?.position;
       const deadline = Date.now() + 60_000;
-      const caughtUp = (list: Seen[]) => !last || (list.length > 0 && comparePositions(list.at(-1)!.position, last) >= 0);
-      while ((!caughtUp(checkpoints) || !caughtUp(delivered)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      const caughtUp = (list: Seen[]) =>
+        !last || (list.length > 0 && comparePositions(list.at(-1)!.position, last) >= 0);
+      while ((!caughtUp(checkpoints) || !caughtUp(delivered)) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 50));
     } finally {
       await pool.end();
     }
     const projected = lags(events, checkpoints, from);
     const bare = lags(events, delivered, from);
     const dispatch = summarize(decodeHistogram(run.histogram));
-    ctx.log(`projection lag @ ${rate}/s: p50 ${projected.latency.p50} ms, p99 ${projected.latency.p99} ms (subscription p99 ${bare.latency.p99} ms) over ${projected.latency.count} events`);
-    if (run.errors > 0 || run.unanswered > 0) throw new Error(`the dispatch load failed: ${run.errors} errors, ${run.unanswered} unanswered (${run.firstErrors.join('; ')})`);
-    if (projected.missing > 0) throw new Error(`${projected.missing} events never reached the read models within 60 s`);
+    ctx.log(
+      `projection lag @ ${rate}/s: p50 ${projected.latency.p50} ms, p99 ${projected.latency.p99} ms (subscription p99 ${bare.latency.p99} ms) over ${projected.latency.count} events`,
+    );
+    if (run.errors > 0 || run.unanswered > 0)
+      throw new Error(
+        `the dispatch load failed: ${run.errors} errors, ${run.unanswered} unanswered (${run.firstErrors.join('; ')})`,
+      );
+    if (projected.missing > 0)
+      throw new Error(`${projected.missing} events never reached the read models within 60 s`);
     const reference = 'bare catch-up subscription (no writes)';
     return {
       id: 'projection-lag',
       title: '3a. Projection lag at half the highest throughput',
       figures: [
-        figure(`lag p50 @ ${rate}/s`, 'ms', projected.latency.p50, { name: reference, value: bare.latency.p50 }),
-        figure(`lag p99 @ ${rate}/s`, 'ms', projected.latency.p99, { name: reference, value: bare.latency.p99 }),
+        figure(`lag p50 @ ${rate}/s`, 'ms', projected.latency.p50, {
+          name: reference,
+          value: bare.latency.p50,
+        }),
+        figure(`lag p99 @ ${rate}/s`, 'ms', projected.latency.p99, {
+          name: reference,
+          value: bare.latency.p99,
+        }),
       ],
-      targets: [target(`projection lag p99 under ${LAG_BOUND_MS} ms at half load`, 'ms', projected.latency.p99, LAG_BOUND_MS, 'lower')],
+      targets: [
+        target(
+          `projection lag p99 under ${LAG_BOUND_MS} ms at half load`,
+          'ms',
+          projected.latency.p99,
+          LAG_BOUND_MS,
+          'lower',
+        ),
+      ],
       notes: [
         `Dispatch load of ${rate}/s (${why}), noop over 50 users, ` +
           `with the projector (default settings: batches of up to 500, 5 ms batch wait) running beside the dispatcher; ${projected.latency.count} events recorded after ${ctx.d.lagWarmupMs / 1000} s of warm-up.`,
         "Lag of an event: from its `created_at` (set inside the append's transaction, just before the commit) to the commit of the projector batch whose checkpoint covers it — " +
           'seen through a trigger on projector_checkpoints in the bench database that calls pg_notify, which PostgreSQL delivers only after the commit.',
-        'Reference: a catch-up subscription on the same PostgreSQL event store (the projector\'s input) that only receives the events: the part of the lag the event store itself sets (LISTEN/NOTIFY wake-up, 100 ms poll fallback).',
+        "Reference: a catch-up subscription on the same PostgreSQL event store (the projector's input) that only receives the events: the part of the lag the event store itself sets (LISTEN/NOTIFY wake-up, 100 ms poll fallback).",
         `Dispatch during the run: p50 ${dispatch.p50} ms, p99 ${dispatch.p99} ms, ${run.completed}/${run.sent} answered.`,
       ],
       details: { rate, projected, subscription: bare, dispatch, checkpoints: checkpoints.length },
@@ -157,13 +185,30 @@ async function bareUpsert(pool: pg.Pool): Promise<number> {
   const client = await pool.connect();
   try {
     for (;;) {
-      const { rows } = await client.query<{ tx: string; position_seq: string; stream_id: string; revision: number; event_type: string; metadata: { executionId: string; userId: string; occurredAt: string } }>(
+      const { rows } = await client.query<{
+        tx: string;
+        position_seq: string;
+        stream_id: string;
+        revision: number;
+        event_type: string;
+        metadata: { executionId: string; userId: string; occurredAt: string };
+      }>(
         `select tx_id::text as tx, seq::text as position_seq, stream_id, revision, event_type, data, metadata, created_at from toolbus_events
           where (tx_id, seq) > ($1::text::xid8, $2::bigint) and stream_id like 'user-%' order by toolbus_events.tx_id, toolbus_events.seq limit ${BATCH}`,
         [cursor.tx, cursor.seq],
       );
       if (rows.length === 0) break;
-      const byExecution = new Map<string, { execution_id: string; user_id: string; status: string; event_count: number; last_revision: number; updated_at: string }>();
+      const byExecution = new Map<
+        string,
+        {
+          execution_id: string;
+          user_id: string;
+          status: string;
+          event_count: number;
+          last_revision: number;
+          updated_at: string;
+        }
+      >();
       for (const r of rows) {
         const row = byExecution.get(r.metadata.executionId);
         const status = r.event_type.replace(/^Tool/, '').toLowerCase();
@@ -210,7 +255,9 @@ export async function rebuildSpeed(ctx: BenchContext): Promise<BenchResult> {
     const users = Array.from({ length: 100 }, (_, k) => `bench-r${k}`);
     const t0 = performance.now();
     const { events } = await seedHistory(pool, { users, events: ctx.d.rebuildEvents });
-    ctx.log(`seeded ${events} events over ${users.length} users in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    ctx.log(
+      `seeded ${events} events over ${users.length} users in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+    );
     await pool.query('vacuum analyze toolbus_events');
     const rounds: Array<{ rebuild: number; bare: number }> = [];
     for (let round = 0; round < ctx.d.rebuildRounds; round++) {
@@ -220,16 +267,35 @@ export async function rebuildSpeed(ctx: BenchContext): Promise<BenchResult> {
       const r0 = performance.now();
       const result = await rebuildReadModels({ pool, store, batchSize: BATCH });
       const rebuildRate = result.events / ((performance.now() - r0) / 1000);
-      if (result.events !== events || bareEvents !== events) throw new Error(`rebuild saw ${result.events} events, the bare upsert ${bareEvents}, of ${events}`);
+      if (result.events !== events || bareEvents !== events)
+        throw new Error(`rebuild saw ${result.events} events, the bare upsert ${bareEvents}, of ${events}`);
       rounds.push({ rebuild: rebuildRate, bare: bareRate });
-      ctx.log(`rebuild round ${round + 1}: ${rebuildRate.toFixed(0)} events/s, bare upsert ${bareRate.toFixed(0)} events/s`);
+      ctx.log(
+        `rebuild round ${round + 1}: ${rebuildRate.toFixed(0)} events/s, bare upsert ${bareRate.toFixed(0)} events/s`,
+      );
     }
-    const best = { rebuild: Math.max(...rounds.map((r) => r.rebuild)), bare: Math.max(...rounds.map((r) => r.bare)) };
+    const best = {
+      rebuild: Math.max(...rounds.map((r) => r.rebuild)),
+      bare: Math.max(...rounds.map((r) => r.bare)),
+    };
     return {
       id: 'rebuild',
       title: '3b. Read-model rebuild speed',
-      figures: [figure(`rebuild of ${events.toLocaleString('en-US')} events`, 'events/s', best.rebuild, { name: 'bare batched upsert', value: best.bare })],
-      targets: [target('rebuild at least half the bare upsert rate', 'events/s', best.rebuild, best.bare / 2, 'higher')],
+      figures: [
+        figure(`rebuild of ${events.toLocaleString('en-US')} events`, 'events/s', best.rebuild, {
+          name: 'bare batched upsert',
+          value: best.bare,
+        }),
+      ],
+      targets: [
+        target(
+          'rebuild at least half the bare upsert rate',
+          'events/s',
+          best.rebuild,
+          best.bare / 2,
+          'higher',
+        ),
+      ],
       notes: [
         `${events.toLocaleString('en-US')} noop events (requested, executing, completed) over ${users.length} users, written straight into the event store's tables.`,
         `Rebuild: services/projector/rebuild.ts \`rebuildReadModels\` (batches of ${BATCH}, as its CLI uses by default): every user-stream event from position zero into a fresh schema, then the swap.`,

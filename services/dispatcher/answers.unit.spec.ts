@@ -66,38 +66,41 @@ t.test('a refusal without ids is a valid answer', async (t) => {
   t.match(refusal('VALIDATION', 'x', { requestId: 'r' }), { requestId: 'r', executionId: null });
 });
 
-t.test('every code has an HTTP status: 4xx for the request, 5xx for the tool or the dispatcher', async (t) => {
-  const expected: Record<string, number> = {
-    VALIDATION: 400,
-    MALFORMED: 400,
-    UNAUTHENTICATED: 401,
-    FORBIDDEN: 403,
-    UNKNOWN_TOOL: 404,
-    CANCELLED: 409,
-    RATE_LIMITED: 429,
-    TOOL_ERROR: 502,
-    OUTPUT_INVALID: 502,
-    INTERRUPTED: 502,
-    INTERNAL: 500,
-    OVERLOADED: 503,
-    TIMEOUT: 504,
-  };
-  for (const code of [...ErrorCode.options, ...RefusalCode.options]) {
-    t.equal(httpStatusOf(refusal(code, 'x')), expected[code], code);
-  }
-  t.equal(
-    httpStatusOf({
-      status: 'completed',
-      requestId: 'r',
-      executionId: 'e',
-      correlationId: 'c',
-      result: 1,
-      durationMs: 1,
-      cached: false,
-    }),
-    200,
-  );
-});
+t.test(
+  'every code has an HTTP status: 4xx for the request, 5xx for the tool or the dispatcher',
+  async (t) => {
+    const expected: Record<string, number> = {
+      VALIDATION: 400,
+      MALFORMED: 400,
+      UNAUTHENTICATED: 401,
+      FORBIDDEN: 403,
+      UNKNOWN_TOOL: 404,
+      CANCELLED: 409,
+      RATE_LIMITED: 429,
+      TOOL_ERROR: 502,
+      OUTPUT_INVALID: 502,
+      INTERRUPTED: 502,
+      INTERNAL: 500,
+      OVERLOADED: 503,
+      TIMEOUT: 504,
+    };
+    for (const code of [...ErrorCode.options, ...RefusalCode.options]) {
+      t.equal(httpStatusOf(refusal(code, 'x')), expected[code], code);
+    }
+    t.equal(
+      httpStatusOf({
+        status: 'completed',
+        requestId: 'r',
+        executionId: 'e',
+        correlationId: 'c',
+        result: 1,
+        durationMs: 1,
+        cached: false,
+      }),
+      200,
+    );
+  },
+);
 
 t.test('metric outcomes', async (t) => {
   t.equal(outcomeOf(refusal('TIMEOUT', 'x')), 'TIMEOUT');

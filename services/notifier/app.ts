@@ -229,23 +229,19 @@ async function build(
     try {
       const ticket = await tickets.issue(grant);
       ticketsIssued.inc();
-      return reply
-        .code(201)
-        .send({
-          ticket,
-          expiresInSeconds: config.NOTIFIER_TICKET_TTL_SECONDS,
-          userId: grant.principal.userId,
-        });
+      return reply.code(201).send({
+        ticket,
+        expiresInSeconds: config.NOTIFIER_TICKET_TTL_SECONDS,
+        userId: grant.principal.userId,
+      });
     } catch (e) {
       if (!(e instanceof TicketsUnavailableError)) throw e;
       refused.inc({ reason: 'tickets_unavailable' });
       request.log.warn('ticket store unavailable');
-      return reply
-        .code(503)
-        .send({
-          error: 'TICKETS_UNAVAILABLE',
-          message: 'tickets are unavailable; open /ws and send {type:"auth", token} first',
-        });
+      return reply.code(503).send({
+        error: 'TICKETS_UNAVAILABLE',
+        message: 'tickets are unavailable; open /ws and send {type:"auth", token} first',
+      });
     }
   });
 

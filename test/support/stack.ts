@@ -71,7 +71,8 @@ export async function startTestStack(
     store,
     agent: createAgentClient(nc),
     url: (service) => stack.services[service].url,
-    token: (userId, roles = ['user'], expiresIn = '1h') => signToken(STACK_JWT_SECRET, { sub: userId, roles }, expiresIn),
+    token: (userId, roles = ['user'], expiresIn = '1h') =>
+      signToken(STACK_JWT_SECRET, { sub: userId, roles }, expiresIn),
     logText: (service) =>
       stack.logs
         .filter((l) => service === undefined || l.service === service)
