@@ -1,4 +1,5 @@
 import t from 'tap';
+import { randomUUID } from 'node:crypto';
 import { createPostgresEventStore } from '../lib/eventstore/postgres.ts';
 import { eventStoreConformance } from './conformance/eventstore.ts';
 import { createTestDatabase } from './support/postgres.ts';
@@ -13,3 +14,39 @@ await eventStoreConformance(t, 'PostgreSQL (batches of 3)', () =>
 await eventStoreConformance(t, 'PostgreSQL (defaults)', () =>
   createPostgresEventStore({ connectionString: db.url }),
 );
+
+t.test('a subscription is woken by an append of another process at once, not by its poll', async (t) => {
+  // Polling once a minute: only the NOTIFY sent after the other store's commit can wake it in time.
+  const reader = await createPostgresEventStore({ connectionString: db.url, pollIntervalMs: 60_000 });
+  const writer = await createPostgresEventStore({ connectionString: db.url });
+  t.teardown(async () => {
+    await reader.close();
+    await writer.close();
+  });
+  const subscription = reader.subscribe({ from: 'end', filter: { streamPrefixes: ['wake-'] } });
+  const received: number[] = [];
+  const reading = (async () => {
+    for await (const e of subscription) {
+      received.push(performance.now());
+      if (e.revision === 2) return;
+    }
+  })();
+  await subscription.caughtUp;
+  const sent: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    sent.push(performance.now());
+    await writer.append(
+      'wake-1',
+      [{ id: randomUUID(), type: 'Woken', data: { i }, metadata: {} }],
+      i - 1 < 0 ? 'no_stream' : i - 1,
+    );
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await reading;
+  await subscription.close();
+  const delays = received.map((at, i) => at - sent[i]!);
+  t.ok(
+    delays.every((d) => d < 5_000),
+    `each event arrived within seconds, not a minute (${delays.map((d) => d.toFixed(0)).join(', ')} ms)`,
+  );
+});

@@ -1,41 +1,17 @@
 import type { Migration } from '../db.ts';
 
 /**
- * The PostgreSQL event store. Global order is (tx_id, seq): the writing transaction's id, then the
- * row's sequence. Readers only read rows whose transaction is older than the oldest one still
- * running (`pg_snapshot_xmin`), so a row can never appear behind a reader's cursor later: see
- * docs/decisions/0001-postgres-global-order.md.
+ * The append function. Version 1 sent `pg_notify` inside it; PostgreSQL holds one global lock on
+ * its notification queue from a notifying transaction's pre-commit to the end of its commit (the
+ * WAL flush included), so every append waited for the one before it to reach the disk. Version 2
+ * leaves the notification to the adapter, after the commit.
  */
-export const eventStoreMigrations: Migration[] = [
-  {
-    version: 1,
-    name: 'events, streams and the append function',
-    sql: `
-      create table toolbus_events (
-        seq bigint generated always as identity primary key,
-        tx_id xid8 not null default pg_current_xact_id(),
-        stream_id text not null,
-        revision bigint not null,
-        event_id uuid not null,
-        event_type text not null,
-        data json not null,
-        metadata json not null,
-        created_at timestamptz not null default clock_timestamp(),
-        constraint toolbus_events_stream_revision unique (stream_id, revision),
-        constraint toolbus_events_event_id unique (event_id)
-      );
-      create index toolbus_events_global on toolbus_events (tx_id, seq);
-
-      create table toolbus_streams (
-        stream_id text primary key,
-        revision bigint not null
-      );
-
+const appendFunction = (notify: boolean) => `
       -- One round trip per append. The per-stream advisory lock is taken before anything is
       -- written, so a stream's transaction ids (and so its global order) follow its revisions.
       -- That only holds if the transaction gets its id here, after the lock: a transaction that
       -- has written before (and so has an id already) is refused.
-      create function toolbus_append(
+      create or replace function toolbus_append(
         p_stream text, p_expected text, p_ids uuid[], p_types text[], p_data text[], p_metadata text[])
       returns table (next_revision bigint, commit_position text, prepare_position bigint, written boolean)
       language plpgsql as $fn$
@@ -93,10 +69,48 @@ export const eventStoreMigrations: Migration[] = [
 
         insert into toolbus_streams (stream_id, revision) values (p_stream, cur + n)
           on conflict (stream_id) do update set revision = excluded.revision;
-        perform pg_notify('toolbus_events', '');
-        return query select cur + n, pg_current_xact_id()::text, last_seq, true;
+${notify ? "        perform pg_notify('toolbus_events', '');\n" : ''}        return query select cur + n, pg_current_xact_id()::text, last_seq, true;
       end
       $fn$;
+`;
+
+/**
+ * The PostgreSQL event store. Global order is (tx_id, seq): the writing transaction's id, then the
+ * row's sequence. Readers only read rows whose transaction is older than the oldest one still
+ * running (`pg_snapshot_xmin`), so a row can never appear behind a reader's cursor later: see
+ * docs/decisions/0001-postgres-global-order.md.
+ */
+export const eventStoreMigrations: Migration[] = [
+  {
+    version: 1,
+    name: 'events, streams and the append function',
+    sql: `
+      create table toolbus_events (
+        seq bigint generated always as identity primary key,
+        tx_id xid8 not null default pg_current_xact_id(),
+        stream_id text not null,
+        revision bigint not null,
+        event_id uuid not null,
+        event_type text not null,
+        data json not null,
+        metadata json not null,
+        created_at timestamptz not null default clock_timestamp(),
+        constraint toolbus_events_stream_revision unique (stream_id, revision),
+        constraint toolbus_events_event_id unique (event_id)
+      );
+      create index toolbus_events_global on toolbus_events (tx_id, seq);
+
+      create table toolbus_streams (
+        stream_id text primary key,
+        revision bigint not null
+      );
+
+      ${appendFunction(true)}
     `,
+  },
+  {
+    version: 2,
+    name: 'append without pg_notify (the adapter notifies after the commit)',
+    sql: appendFunction(false),
   },
 ];

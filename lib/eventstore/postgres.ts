@@ -81,6 +81,9 @@ class PostgresEventStore implements EventStore {
   private listenClient: pg.Client | null = null;
   private listenStarting: Promise<void> | null = null;
   private closed = false;
+  /** The NOTIFY on its way, if any; `announceAgain`: more appends committed since it was sent. */
+  private announcing: Promise<void> | null = null;
+  private announceAgain = false;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -107,6 +110,7 @@ class PostgresEventStore implements EventStore {
         events.map((e) => JSON.stringify(e.metadata)),
       ]);
       const row = rows[0]!;
+      if (row.written) this.announce();
       return {
         nextRevision: row.next_revision,
         position:
@@ -254,6 +258,34 @@ class PostgresEventStore implements EventStore {
     await this.pool.query('select 1');
   }
 
+  /**
+   * Tells every process's subscriptions that events were committed: this process's at once, the
+   * others through NOTIFY, sent after the commit and outside its transaction (one per burst of
+   * appends, and one at a time), so that appends never queue on PostgreSQL's notification lock.
+   * A lost NOTIFY costs a subscriber one poll interval, nothing more.
+   */
+  private announce(): void {
+    this.listeners.forEach((l) => l());
+    if (this.closed) return;
+    if (this.announcing) {
+      this.announceAgain = true;
+      return;
+    }
+    this.announcing = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.pool.query(`select pg_notify('toolbus_events', '')`))
+      .then(
+        () => undefined,
+        (e: unknown) => this.reportError(e as Error),
+      )
+      .finally(() => {
+        this.announcing = null;
+        if (this.announceAgain && !this.closed) {
+          this.announceAgain = false;
+          this.announce();
+        }
+      });
+  }
+
   /** Registers a callback run on every committed append (via LISTEN); returns its removal. */
   onAppend(listener: () => void): () => void {
     this.listeners.add(listener);
@@ -313,6 +345,7 @@ class PostgresEventStore implements EventStore {
     this.listenClient = null;
     await this.listenStarting;
     await client?.end().catch(() => undefined);
+    await this.announcing;
     await this.pool.end();
   }
 }
