@@ -1,10 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { BenchContext, FULL, QUICK } from './lib/context.ts';
-import { toMarkdown, type BenchResult, type Meta } from './lib/report.ts';
+import { toMarkdown, type Baseline, type BenchResult, type Meta } from './lib/report.ts';
 import type { DispatchSetup } from './suites/dispatch.ts';
 
 /**
@@ -207,7 +207,7 @@ async function main(): Promise<number> {
   mkdirSync(dir, { recursive: true });
   const base = quick ? 'latest-quick' : 'latest';
   const stamp = `${meta.date.replace(/[:.]/g, '-').slice(0, 19)}Z-${mode}`;
-  const markdown = toMarkdown(meta, results);
+  const markdown = toMarkdown(meta, results, readBaseline(dir, mode));
   const json = `${JSON.stringify({ meta, results }, null, 2)}\n`;
   for (const name of [base, stamp]) {
     writeFileSync(`${dir}${name}.md`, markdown);
@@ -249,3 +249,14 @@ async function main(): Promise<number> {
 }
 
 process.exitCode = await main();
+
+/**
+ * The run the report compares with: `results/before.json` (a full run kept in the repository from
+ * before the last round of performance work), for a full run only.
+ */
+function readBaseline(dir: string, mode: 'full' | 'quick'): Baseline | undefined {
+  const file = `${dir}before.json`;
+  if (mode !== 'full' || !existsSync(file)) return undefined;
+  const { meta, results } = JSON.parse(readFileSync(file, 'utf8')) as Omit<Baseline, 'file'>;
+  return { file: 'bench/results/before.json', meta, results };
+}

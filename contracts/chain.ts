@@ -7,18 +7,36 @@ import { GENESIS_HASH, type ToolEvent } from './events.ts';
  * whatever key order a database hands back.
  */
 export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value !== 'object') {
-    if (typeof value === 'number' && !Number.isFinite(value)) throw new TypeError('non-finite number');
-    const s = JSON.stringify(value);
-    if (s === undefined) throw new TypeError(`cannot encode ${typeof value}`);
-    return s;
+  switch (typeof value) {
+    case 'string':
+      return JSON.stringify(value);
+    case 'boolean':
+      return value ? 'true' : 'false';
+    case 'number':
+      if (!Number.isFinite(value)) throw new TypeError('non-finite number');
+      return JSON.stringify(value);
+    case 'object': {
+      if (value === null) return 'null';
+      // Loops and string concatenation rather than map/filter/join: this runs for every field of
+      // every event hashed (each append, each verification).
+      if (Array.isArray(value)) {
+        let out = '[';
+        for (let i = 0; i < value.length; i++) out += (i === 0 ? '' : ',') + canonicalJson(value[i]);
+        return `${out}]`;
+      }
+      const record = value as Record<string, unknown>;
+      const keys = Object.keys(record).sort();
+      let out = '{';
+      for (const key of keys) {
+        const v = record[key];
+        if (v === undefined) continue;
+        out += (out.length === 1 ? '' : ',') + JSON.stringify(key) + ':' + canonicalJson(v);
+      }
+      return `${out}}`;
+    }
+    default:
+      throw new TypeError(`cannot encode ${typeof value}`);
   }
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  const entries = Object.keys(value)
-    .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
-    .sort()
-    .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`);
-  return `{${entries.join(',')}}`;
 }
 
 type Unhashed<E extends ToolEvent> = Omit<E, 'metadata'> & { metadata: Omit<E['metadata'], 'hash'> };

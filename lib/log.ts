@@ -17,6 +17,14 @@ export const REDACT_PATHS = [
   'headers.Authorization',
 ];
 
+/**
+ * To stdout, asynchronously: lines written while a write is under way go out together in the next
+ * one, instead of one blocking write per line (a dispatcher logs every answer). pino flushes what
+ * is left when the process exits; a SIGKILL may lose the last lines.
+ */
 export function createLogger(name: string, level: string = process.env['LOG_LEVEL'] ?? 'info'): Logger {
-  return pino({ name, level, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } });
+  return pino(
+    { name, level, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } },
+    pino.destination({ dest: 1, sync: false }),
+  );
 }

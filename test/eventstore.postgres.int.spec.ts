@@ -1,3 +1,4 @@
+import pg from 'pg';
 import t from 'tap';
 import { randomUUID } from 'node:crypto';
 import { createPostgresEventStore } from '../lib/eventstore/postgres.ts';
@@ -16,7 +17,9 @@ await eventStoreConformance(t, 'PostgreSQL (defaults)', () =>
 );
 
 t.test('a subscription is woken by an append of another process at once, not by its poll', async (t) => {
-  // Polling once a minute: only the NOTIFY sent after the other store's commit can wake it in time.
+  // Polling once a minute: only the NOTIFY sent after the other store's commit can wake it in time
+  // (or, while an older transaction anywhere on the server holds the events behind the visibility
+  // horizon, the store's short look-again).
   const reader = await createPostgresEventStore({ connectionString: db.url, pollIntervalMs: 60_000 });
   const writer = await createPostgresEventStore({ connectionString: db.url });
   t.teardown(async () => {
@@ -50,3 +53,36 @@ t.test('a subscription is woken by an append of another process at once, not by 
     `each event arrived within seconds, not a minute (${delays.map((d) => d.toFixed(0)).join(', ')} ms)`,
   );
 });
+
+t.test(
+  'an event held behind an older open transaction arrives soon after that transaction ends',
+  async (t) => {
+    const reader = await createPostgresEventStore({ connectionString: db.url, pollIntervalMs: 60_000 });
+    const writer = await createPostgresEventStore({ connectionString: db.url });
+    const blocker = new pg.Client({ connectionString: db.url });
+    await blocker.connect();
+    t.teardown(async () => {
+      await blocker.end().catch(() => undefined);
+      await reader.close();
+      await writer.close();
+    });
+    const subscription = reader.subscribe({ from: 'end', filter: { streamPrefixes: ['held-'] } });
+    const first = (async () => {
+      for await (const e of subscription) return { id: e.id, at: performance.now() };
+      return null;
+    })();
+    await subscription.caughtUp;
+    // A transaction with an id, older than the append, keeps the append behind the horizon.
+    await blocker.query('begin');
+    await blocker.query('select pg_current_xact_id()');
+    const id = randomUUID();
+    await writer.append('held-1', [{ id, type: 'Held', data: {}, metadata: {} }], 'no_stream');
+    await new Promise((r) => setTimeout(r, 500));
+    const released = performance.now();
+    await blocker.query('commit');
+    const got = await first;
+    await subscription.close();
+    t.equal(got?.id, id, 'the event arrives');
+    t.ok(got!.at - released < 5_000, `within seconds of the release (${(got!.at - released).toFixed(0)} ms)`);
+  },
+);

@@ -104,7 +104,47 @@ export function target(
   return { text, unit, measured, limit, better, met, margin };
 }
 
-export function toMarkdown(meta: Meta, results: BenchResult[]): string {
+/** A report to compare with: the run before the work the new report shows. */
+export interface Baseline {
+  /** Where it is kept, as the report names it. */
+  file: string;
+  meta: Meta;
+  results: BenchResult[];
+}
+
+/**
+ * Each target of `results` beside the same target in `baseline`, as measured / limit: both sides
+ * are relative to a reference measured in their own run, so the two runs can be compared.
+ */
+function beforeAndAfter(baseline: Baseline, results: BenchResult[]): string[] {
+  const key = (bench: string, text: string) => `${bench}\u0000${text}`;
+  const before = new Map(
+    baseline.results.flatMap((r) => r.targets.map((t) => [key(r.title, t.text), t] as const)),
+  );
+  const shown = (t: Target) =>
+    t.measured === null || t.limit === null
+      ? 'not measured'
+      : `${fmt(t.measured, t.unit)} (limit ${fmt(t.limit, t.unit)}, ${fmt(t.measured / t.limit)}× of it): ${t.met ? 'met' : 'missed'}`;
+  const rows = results.flatMap((r) =>
+    r.targets.flatMap((t) => {
+      const b = before.get(key(r.title, t.text));
+      return b ? [`| ${r.title} | ${t.text} | ${shown(b)} | ${shown(t)} |`] : [];
+    }),
+  );
+  if (rows.length === 0) return [];
+  return [
+    '## Before and after',
+    '',
+    `Before: ${baseline.file}, run ${baseline.meta.date} (${baseline.meta.mode}). Each side is a figure and its limit from the same run; compare the ratios to the limit (a time meets its target under 1×, a rate over 1×).`,
+    '',
+    '| benchmark | target | before | after |',
+    '| --- | --- | --- | --- |',
+    ...rows,
+    '',
+  ];
+}
+
+export function toMarkdown(meta: Meta, results: BenchResult[], baseline?: Baseline): string {
   const out: string[] = [];
   out.push(`# Toolbus benchmarks (${meta.mode})`, '');
   out.push(`- date: ${meta.date}`);
@@ -138,6 +178,7 @@ export function toMarkdown(meta: Meta, results: BenchResult[]): string {
     out.push(`| ${t.bench} | ${t.text} | ${fmt(t.measured, t.unit)} | ${fmt(t.limit, t.unit)} | ${result} |`);
   }
   out.push('');
+  if (baseline) out.push(...beforeAndAfter(baseline, results));
 
   for (const r of results) {
     out.push(`## ${r.title}`, '');

@@ -33,6 +33,8 @@ export interface PostgresEventStoreOptions {
 
 const COLUMNS = `seq, tx_id::text as tx, stream_id, revision, event_id, event_type, data, metadata, created_at`;
 const MAX_SEQ = 9223372036854775807n;
+/** How soon a subscription looks again while committed events wait behind the visibility horizon. */
+const BEHIND_HORIZON_POLL_MS = 20;
 
 interface Row {
   seq: number;
@@ -143,13 +145,30 @@ class PostgresEventStore implements EventStore {
     const sql = forwards
       ? `select ${COLUMNS} from toolbus_events where stream_id = $1 and revision >= $2 order by revision limit $3`
       : `select ${COLUMNS} from toolbus_events where stream_id = $1 and revision <= $2 order by revision desc limit $3`;
-    while (remaining > 0) {
-      const limit = Math.min(this.batchSize, remaining);
-      const { rows } = await this.pool.query<Row>(sql, [stream, from, limit]);
-      for (const row of rows) yield toRecorded(row);
-      if (rows.length < limit) return;
-      remaining -= rows.length;
-      from = rows[rows.length - 1]!.revision + (forwards ? 1 : -1);
+    const read = (at: number, limit: number) =>
+      this.pool.query<Row>(sql, [stream, at, limit]).then((r) => r.rows);
+    if (remaining <= 0) return;
+    let limit = Math.min(this.batchSize, remaining);
+    let pending = read(from, limit);
+    try {
+      for (let page = 1; ; page++) {
+        const rows = await pending;
+        remaining -= rows.length;
+        if (rows.length < limit || remaining <= 0) {
+          for (const row of rows) yield toRecorded(row);
+          return;
+        }
+        from = rows[rows.length - 1]!.revision + (forwards ? 1 : -1);
+        limit = Math.min(this.batchSize, remaining);
+        // Past its first page a reader is reading a long stream: the next page is read while it
+        // handles this one. Most readers stop within the first page; they are not read ahead.
+        if (page > 1) pending = read(from, limit);
+        for (const row of rows) yield toRecorded(row);
+        if (page === 1) pending = read(from, limit);
+      }
+    } finally {
+      // A reader that stops early leaves nothing running behind it.
+      await pending.catch(() => undefined);
     }
   }
 
@@ -162,23 +181,40 @@ class PostgresEventStore implements EventStore {
         : from === 'end'
           ? { commit: MAX_SEQ, prepare: MAX_SEQ }
           : from;
-    let inclusive = true;
     let remaining = options.maxCount ?? Infinity;
-    while (remaining > 0) {
-      const limit = Math.min(this.batchSize, remaining);
+    if (remaining <= 0) return;
+    const read = (at: Position, inclusive: boolean, limit: number) => {
       const op = forwards ? (inclusive ? '>=' : '>') : inclusive ? '<=' : '<';
-      const { rows } = await this.pool.query<Row>(
-        `select ${COLUMNS} from toolbus_events
-          where (tx_id, seq) ${op} ($1::text::xid8, $2::bigint)
-            and tx_id < pg_snapshot_xmin(pg_current_snapshot())
-          order by tx_id ${forwards ? 'asc' : 'desc'}, seq ${forwards ? 'asc' : 'desc'} limit $3`,
-        [cursor.commit.toString(), cursor.prepare.toString(), limit],
-      );
-      for (const row of rows) yield toRecorded(row);
-      if (rows.length < limit) return;
-      remaining -= rows.length;
-      cursor = toRecorded(rows[rows.length - 1]!).position;
-      inclusive = false;
+      const rows = this.pool
+        .query<Row>(
+          `select ${COLUMNS} from toolbus_events
+            where (tx_id, seq) ${op} ($1::text::xid8, $2::bigint)
+              and tx_id < pg_snapshot_xmin(pg_current_snapshot())
+            order by tx_id ${forwards ? 'asc' : 'desc'}, seq ${forwards ? 'asc' : 'desc'} limit $3`,
+          [at.commit.toString(), at.prepare.toString(), limit],
+        )
+        .then((r) => r.rows);
+      return rows;
+    };
+    let limit = Math.min(this.batchSize, remaining);
+    let pending = read(cursor, true, limit);
+    try {
+      for (let page = 1; ; page++) {
+        const rows = await pending;
+        remaining -= rows.length;
+        if (rows.length < limit || remaining <= 0) {
+          for (const row of rows) yield toRecorded(row);
+          return;
+        }
+        cursor = toRecorded(rows[rows.length - 1]!).position;
+        limit = Math.min(this.batchSize, remaining);
+        // As in readStream: past the first page, the next one is read while this one is handled.
+        if (page > 1) pending = read(cursor, false, limit);
+        for (const row of rows) yield toRecorded(row);
+        if (page === 1) pending = read(cursor, false, limit);
+      }
+    } finally {
+      await pending.catch(() => undefined);
     }
   }
 
@@ -221,12 +257,14 @@ class PostgresEventStore implements EventStore {
     filter: SubscribeOptions['filter'],
     limit: number,
     exclude: string | null = null,
-  ): Promise<{ rows: RecordedEvent[]; horizon: bigint }> {
+  ): Promise<{ rows: RecordedEvent[]; horizon: bigint; behind: boolean }> {
     const prefixes = filter?.streamPrefixes?.map((p) => `${p.replace(/[\\%_]/g, (c) => `\\${c}`)}%`) ?? null;
     const types = filter?.eventTypes ?? null;
-    const { rows } = await this.pool.query<Row & { horizon: string }>(
+    const { rows } = await this.pool.query<Row & { horizon: string; behind: boolean }>(
       `with h as (select pg_snapshot_xmin(pg_current_snapshot()) as xmin)
-       select ${COLUMNS}, h.xmin::text as horizon from h
+       select ${COLUMNS}, h.xmin::text as horizon,
+              exists (select 1 from toolbus_events b where b.tx_id >= h.xmin) as behind
+         from h
          left join lateral (
            select * from toolbus_events
             where (tx_id, seq) > ($1::text::xid8, $2::bigint) and tx_id < h.xmin
@@ -237,7 +275,11 @@ class PostgresEventStore implements EventStore {
       [after.commit.toString(), after.prepare.toString(), prefixes, types, limit, exclude],
     );
     const horizon = BigInt(rows[0]!.horizon);
-    return { rows: rows.filter((r) => r.event_id !== null).map(toRecorded), horizon };
+    return {
+      rows: rows.filter((r) => r.event_id !== null).map(toRecorded),
+      horizon,
+      behind: rows[0]!.behind,
+    };
   }
 
   async streamInfo(stream: string): Promise<StreamInfo | null> {
@@ -382,7 +424,7 @@ class PostgresSubscription implements Subscription {
       let failures = 0;
       while (!this.closed) {
         this.dirty = false;
-        let batch: { rows: RecordedEvent[]; horizon: bigint };
+        let batch: { rows: RecordedEvent[]; horizon: bigint; behind: boolean };
         try {
           batch = await this.store.fetchAfter(cursor, this.options.filter, this.store.batch, this.exclude);
           failures = 0;
@@ -403,7 +445,15 @@ class PostgresSubscription implements Subscription {
           if (scanned.commit > cursor.commit) cursor = scanned;
           // Caught up once the transactions of everything stored at the start have ended and been read.
           if (start.lastStored === null || batch.horizon > start.lastStored) this.markCaughtUp();
-          if (!this.dirty) await this.idle(this.store.pollInterval);
+          // Events committed behind the horizon (an older transaction, of any database on the
+          // server, still runs) wake nobody when it ends: look again soon rather than at the poll.
+          if (!this.dirty) {
+            await this.idle(
+              batch.behind
+                ? Math.min(BEHIND_HORIZON_POLL_MS, this.store.pollInterval)
+                : this.store.pollInterval,
+            );
+          }
         }
       }
     } finally {

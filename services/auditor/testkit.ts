@@ -31,12 +31,15 @@ export interface TestStore {
 }
 
 export async function openTestStore(t: Teardown): Promise<TestStore> {
-  const db = await createTestDatabase(t);
+  const db = await createTestDatabase();
   const store = await createPostgresEventStore({ connectionString: db.url, poolSize: 4 });
   const sql = new pg.Pool({ connectionString: db.url, max: 2 });
+  sql.on('error', () => undefined);
+  // Everything connected to the database is closed before it is dropped (a drop ends connections).
   t.teardown(async () => {
     await store.close();
     await sql.end();
+    await db.drop();
   });
   return { url: db.url, store, sql };
 }
