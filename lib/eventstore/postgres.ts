@@ -31,7 +31,9 @@ export interface PostgresEventStoreOptions {
   onError?: (error: Error) => void;
 }
 
-const COLUMNS = `seq, tx_id::text as tx, stream_id, revision, event_id, event_type, data, metadata, created_at`;
+// created_at as epoch milliseconds: a number is far cheaper to read than timestamptz text.
+const COLUMNS = `seq, tx_id::text as tx, stream_id, revision, event_id, event_type, data, metadata,
+  (extract(epoch from created_at) * 1000)::float8 as created_ms`;
 const MAX_SEQ = 9223372036854775807n;
 /** How soon a subscription looks again while committed events wait behind the visibility horizon. */
 const BEHIND_HORIZON_POLL_MS = 20;
@@ -45,7 +47,7 @@ interface Row {
   event_type: string;
   data: Json;
   metadata: Json;
-  created_at: Date;
+  created_ms: number;
 }
 
 const toRecorded = (r: Row): RecordedEvent => ({
@@ -56,7 +58,7 @@ const toRecorded = (r: Row): RecordedEvent => ({
   streamId: r.stream_id,
   revision: r.revision,
   position: { commit: BigInt(r.tx), prepare: BigInt(r.seq) },
-  created: r.created_at,
+  created: new Date(r.created_ms),
 });
 
 /** Creates the store and runs its migrations. */

@@ -16,6 +16,7 @@ import { ensureCheckpoint, readCheckpoint, rebuildLockKey, writeCheckpoint } fro
 import { ProjectorEnv } from './config.ts';
 import { LIVE_SCHEMA, PROJECTION_NAME, projectorMigrations } from './migrations.ts';
 import type { Log } from './runner.ts';
+import { incomingFromRecorded, type Incoming } from './model.ts';
 import { applyBatch, qualified } from './sql.ts';
 import { openEventStore } from './store.ts';
 
@@ -75,10 +76,14 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
 
     let position: string | null = null;
     let events = 0;
-    const inOwnTransaction = async (batch: RecordedEvent[]) => {
+    const inOwnTransaction = async (batch: Incoming[]) => {
       const client = await pool.connect();
       try {
         await client.query('begin');
+        // The build schema is dropped and rebuilt if the rebuild does not finish, so its batches
+        // need not wait for the disk; the swap below commits synchronously. Short transactions
+        // all the same: an open one holds back the event store's visibility horizon.
+        await client.query('set local synchronous_commit = off');
         await applyBatch(client, BUILD_SCHEMA, batch);
         await client.query('commit');
       } catch (e) {
@@ -156,34 +161,44 @@ export async function copySchemaStructure(
 
 /**
  * Feeds user-stream events after `after` (exclusive), up to and including `upTo` when given, to
- * `apply` in batches. Returns the last position fed and how many events.
+ * `apply` in batches, parsed. Batches are applied one at a time, in order; while one is written,
+ * the next is read and parsed. Returns the last position applied and how many events.
  */
 async function project(
   store: EventStore,
   after: string | null,
   upTo: string | null,
   batchSize: number,
-  apply: (batch: RecordedEvent[]) => Promise<void>,
+  apply: (batch: Incoming[]) => Promise<void>,
 ): Promise<{ position: string | null; events: number }> {
   const limit = upTo === null ? null : parsePosition(upTo);
-  let batch: RecordedEvent[] = [];
+  let batch: Incoming[] = [];
+  let batchEnd: RecordedEvent | null = null;
   let last: string | null = null;
   let events = 0;
+  let writing: Promise<void> = Promise.resolve();
   const flush = async () => {
     if (batch.length === 0) return;
-    await apply(batch);
-    events += batch.length;
-    last = formatPosition(batch[batch.length - 1]!.position);
+    const full = batch;
+    const end = formatPosition(batchEnd!.position);
     batch = [];
+    await writing; // the batch before, written (or its failure, thrown here)
+    writing = apply(full).then(() => {
+      events += full.length;
+      last = end;
+    });
+    writing.catch(() => undefined); // handled when awaited: at the next flush or at the end
   };
   for await (const e of store.readAll({ fromPosition: after === null ? 'start' : parsePosition(after) })) {
     if (after !== null && formatPosition(e.position) === after) continue;
     if (limit && comparePositions(e.position, limit) > 0) break;
     if (!e.streamId.startsWith(USER_STREAM_PREFIX)) continue;
-    batch.push(e);
+    batch.push(incomingFromRecorded(e));
+    batchEnd = e;
     if (batch.length >= batchSize) await flush();
   }
   await flush();
+  await writing;
   return { position: last, events };
 }
 

@@ -202,9 +202,10 @@ export interface BatchOutcome {
 export async function applyBatch(
   db: pg.ClientBase,
   schema: string,
-  events: RecordedEvent[],
+  events: RecordedEvent[] | Incoming[],
 ): Promise<BatchOutcome> {
-  const incoming: Incoming[] = events.map(incomingFromRecorded);
+  // Events already parsed (a rebuild parses the next batch while this one is written) or stored ones.
+  const incoming: Incoming[] = events.map((e) => ('streamId' in e ? incomingFromRecorded(e) : e));
   const executionIds = new Set<string>();
   const userIds = new Set<string>();
   for (const i of incoming) {
