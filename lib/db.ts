@@ -17,8 +17,10 @@ export function createPool(
     // The record is only the record once it is on disk: refuse a server set to commit asynchronously.
     options: '-c synchronous_commit=on',
   });
-  // An idle client losing its server must not crash the process; the next query reports it.
+  // A client losing its server must not crash the process, idle (the pool's 'error') or checked
+  // out between two queries (the client's own 'error'): the next query on it fails and says why.
   pool.on('error', () => undefined);
+  pool.on('connect', (client) => client.on('error', () => undefined));
   return pool;
 }
 
