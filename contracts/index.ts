@@ -8,3 +8,4 @@ export * from './lifecycle.ts';
 export * from './manifest.ts';
 export * from './notification.ts';
 export * from './request.ts';
+export * from './services.ts';

@@ -1,14 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
 import { createInbox, headers, RequestError, type NatsConnection } from '@nats-io/transport-node';
-import { z } from 'zod';
 import {
   AgentAnswer,
+  CancelResult,
   isUserId,
+  looksLikeExecutionId,
   LIMITS,
   REQUEST_HEADERS,
-  REQUEST_ID_PATTERN,
   subjects,
+  type CancelRequest,
   type JsonObject,
 } from '../../contracts/index.ts';
 
@@ -22,55 +23,18 @@ import {
  * asks the dispatchers for it on `toolbus.answers.<userId>` until it is there.
  */
 
-/**
- * Where dispatchers answer "what became of request R?" (request/reply, queue group
- * `toolbus-dispatchers`, the token in the Authorization header, body `{"requestId": R}`, reply
- * `{"answer": TerminalAnswer | null}`).
- */
-export const answersSubject = subjects.answers;
-export const answersSubjectAll = subjects.answersAll;
-export const ANSWERS_QUEUE = 'toolbus-dispatchers';
+// The wire formats of the answers and cancel services live in contracts/services.ts.
+export {
+  answersSubject,
+  answersSubjectAll,
+  CancelRequest,
+  CancelResult,
+  DISPATCHERS_QUEUE as ANSWERS_QUEUE,
+  looksLikeExecutionId,
+} from '../../contracts/services.ts';
 
 export type TerminalAnswer = Extract<AgentAnswer, { status: 'completed' | 'failed' }>;
 export type InterimAnswer = Exclude<AgentAnswer, TerminalAnswer>;
-
-/**
- * Cancellation: request/reply on `toolbus.cancel.<userId>` (queue group `toolbus-dispatchers`),
- * the token in the Authorization header (the execution's user, or an admin), body
- * `{"executionId": id}` or `{"requestId": id}`; the reply is a `CancelResult`.
- */
-export const CancelRequest = z.union([
-  z.strictObject({ executionId: z.uuid() }),
-  z.strictObject({ requestId: z.string().regex(REQUEST_ID_PATTERN) }),
-]);
-export type CancelRequest = z.infer<typeof CancelRequest>;
-
-/**
- * What a cancel request did. `cancelled` is true when this request found the execution unfinished
- * and it ended CANCELLED; `status` is the execution's status afterwards (`unknown`: no such
- * execution of that user; `executing`: the cancel was delivered but it has not ended yet;
- * `refused`: the cancel request itself was refused, see `error`); `answer` is its terminal answer
- * when it has one (for a cancel that lost a race, the completed answer).
- */
-export const CancelResult = z.strictObject({
-  executionId: z.string().nullable(),
-  requestId: z.string().nullable(),
-  cancelled: z.boolean(),
-  status: z.enum(['completed', 'failed', 'executing', 'unknown', 'refused']),
-  answer: AgentAnswer.nullable(),
-  message: z.string(),
-  error: z
-    .strictObject({
-      code: z.enum(['UNAUTHENTICATED', 'FORBIDDEN', 'MALFORMED', 'UNAVAILABLE']),
-      message: z.string(),
-    })
-    .optional(),
-});
-export type CancelResult = z.infer<typeof CancelResult>;
-
-/** An execution id as `executionIdFor` makes them (a version 5 UUID); anything else is taken as a request id. */
-export const looksLikeExecutionId = (id: string): boolean =>
-  /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(id);
 
 export interface CancelOptions {
   /** The JWT of the execution's user, or of an admin (then give `userId`). */
@@ -379,7 +343,7 @@ async function lookup(
   auth: ReturnType<typeof headers>,
 ): Promise<TerminalAnswer | null> {
   try {
-    const reply = await nc.request(answersSubject(userId), JSON.stringify({ requestId }), {
+    const reply = await nc.request(subjects.answers(userId), JSON.stringify({ requestId }), {
       timeout: 5_000,
       headers: auth,
     });

@@ -61,6 +61,48 @@ const toRecorded = (r: Row): RecordedEvent => ({
   created: new Date(r.created_ms),
 });
 
+/**
+ * Stored events page by page: `read(cursor, limit, first)` fetches a page, `next(lastRow)` names
+ * where the next one starts. From the second page on, the next page is read while the caller
+ * handles the current one; most readers stop within the first page and are not read ahead. A
+ * reader that stops early waits for the page in flight, so nothing runs behind it.
+ */
+async function* paged<C>(
+  start: C,
+  maxCount: number,
+  pageSize: number,
+  read: (cursor: C, limit: number, first: boolean) => Promise<Row[]>,
+  next: (last: Row) => C,
+): AsyncGenerator<RecordedEvent> {
+  let remaining = maxCount;
+  if (remaining <= 0) return;
+  const fetch = (cursor: C, first: boolean) => {
+    const limit = Math.min(pageSize, remaining);
+    const rows = read(cursor, limit, first);
+    // A page read ahead that fails while the caller is busy is not an unhandled rejection: the
+    // failure is thrown where the page is awaited.
+    rows.catch(() => undefined);
+    return { limit, rows };
+  };
+  let pending = fetch(start, true);
+  try {
+    for (let page = 1; ; page++) {
+      const rows = await pending.rows;
+      remaining -= rows.length;
+      if (rows.length < pending.limit || remaining <= 0) {
+        for (const row of rows) yield toRecorded(row);
+        return;
+      }
+      const cursor = next(rows[rows.length - 1]!);
+      if (page > 1) pending = fetch(cursor, false);
+      for (const row of rows) yield toRecorded(row);
+      if (page === 1) pending = fetch(cursor, false);
+    }
+  } finally {
+    await pending.rows.catch(() => undefined);
+  }
+}
+
 /** Creates the store and runs its migrations. */
 export async function createPostgresEventStore(options: PostgresEventStoreOptions): Promise<EventStore> {
   const pool = createPool(options.connectionString, {
@@ -137,87 +179,53 @@ class PostgresEventStore implements EventStore {
   async *readStream(stream: string, options: ReadStreamOptions = {}): AsyncIterable<RecordedEvent> {
     assertStreamName(stream);
     const forwards = (options.direction ?? 'forwards') === 'forwards';
-    let from: number =
+    const from: number =
       options.fromRevision === undefined || options.fromRevision === 'start' || options.fromRevision === 'end'
         ? (options.fromRevision ?? (forwards ? 'start' : 'end')) === 'start'
           ? 0
           : Number.MAX_SAFE_INTEGER
         : options.fromRevision;
-    let remaining = options.maxCount ?? Infinity;
     const sql = forwards
       ? `select ${COLUMNS} from toolbus_events where stream_id = $1 and revision >= $2 order by revision limit $3`
       : `select ${COLUMNS} from toolbus_events where stream_id = $1 and revision <= $2 order by revision desc limit $3`;
-    const read = (at: number, limit: number) =>
-      this.pool.query<Row>(sql, [stream, at, limit]).then((r) => r.rows);
-    if (remaining <= 0) return;
-    let limit = Math.min(this.batchSize, remaining);
-    let pending = read(from, limit);
-    try {
-      for (let page = 1; ; page++) {
-        const rows = await pending;
-        remaining -= rows.length;
-        if (rows.length < limit || remaining <= 0) {
-          for (const row of rows) yield toRecorded(row);
-          return;
-        }
-        from = rows[rows.length - 1]!.revision + (forwards ? 1 : -1);
-        limit = Math.min(this.batchSize, remaining);
-        // Past its first page a reader is reading a long stream: the next page is read while it
-        // handles this one. Most readers stop within the first page; they are not read ahead.
-        if (page > 1) pending = read(from, limit);
-        for (const row of rows) yield toRecorded(row);
-        if (page === 1) pending = read(from, limit);
-      }
-    } finally {
-      // A reader that stops early leaves nothing running behind it.
-      await pending.catch(() => undefined);
-    }
+    yield* paged(
+      from,
+      options.maxCount ?? Infinity,
+      this.batchSize,
+      (at, limit) => this.pool.query<Row>(sql, [stream, at, limit]).then((r) => r.rows),
+      (last) => last.revision + (forwards ? 1 : -1),
+    );
   }
 
   async *readAll(options: ReadAllOptions = {}): AsyncIterable<RecordedEvent> {
     const forwards = (options.direction ?? 'forwards') === 'forwards';
     const from = options.fromPosition ?? (forwards ? 'start' : 'end');
-    let cursor: Position =
+    const start: Position =
       from === 'start'
         ? { commit: 0n, prepare: 0n }
         : from === 'end'
           ? { commit: MAX_SEQ, prepare: MAX_SEQ }
           : from;
-    let remaining = options.maxCount ?? Infinity;
-    if (remaining <= 0) return;
-    const read = (at: Position, inclusive: boolean, limit: number) => {
-      const op = forwards ? (inclusive ? '>=' : '>') : inclusive ? '<=' : '<';
-      const rows = this.pool
-        .query<Row>(
-          `select ${COLUMNS} from toolbus_events
-            where (tx_id, seq) ${op} ($1::text::xid8, $2::bigint)
-              and tx_id < pg_snapshot_xmin(pg_current_snapshot())
-            order by tx_id ${forwards ? 'asc' : 'desc'}, seq ${forwards ? 'asc' : 'desc'} limit $3`,
-          [at.commit.toString(), at.prepare.toString(), limit],
-        )
-        .then((r) => r.rows);
-      return rows;
-    };
-    let limit = Math.min(this.batchSize, remaining);
-    let pending = read(cursor, true, limit);
-    try {
-      for (let page = 1; ; page++) {
-        const rows = await pending;
-        remaining -= rows.length;
-        if (rows.length < limit || remaining <= 0) {
-          for (const row of rows) yield toRecorded(row);
-          return;
-        }
-        cursor = toRecorded(rows[rows.length - 1]!).position;
-        limit = Math.min(this.batchSize, remaining);
-        // As in readStream: past the first page, the next one is read while this one is handled.
-        if (page > 1) pending = read(cursor, false, limit);
-        for (const row of rows) yield toRecorded(row);
-        if (page === 1) pending = read(cursor, false, limit);
-      }
-    } finally {
-      await pending.catch(() => undefined);
-    }
+    const order = forwards ? 'asc' : 'desc';
+    yield* paged(
+      start,
+      options.maxCount ?? Infinity,
+      this.batchSize,
+      (at, limit, first) => {
+        // The first page includes the starting position; the next ones start after the last row.
+        const op = forwards ? (first ? '>=' : '>') : first ? '<=' : '<';
+        return this.pool
+          .query<Row>(
+            `select ${COLUMNS} from toolbus_events
+              where (tx_id, seq) ${op} ($1::text::xid8, $2::bigint)
+                and tx_id < pg_snapshot_xmin(pg_current_snapshot())
+              order by tx_id ${order}, seq ${order} limit $3`,
+            [at.commit.toString(), at.prepare.toString(), limit],
+          )
+          .then((r) => r.rows);
+      },
+      (last) => toRecorded(last).position,
+    );
   }
 
   subscribe(options: SubscribeOptions): Subscription {

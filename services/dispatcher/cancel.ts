@@ -1,14 +1,16 @@
 import { headers, type Msg } from '@nats-io/transport-node';
 import { z } from 'zod';
 import {
+  CancelRequest,
+  DISPATCHERS_QUEUE,
   executionIdFor,
   isUserId,
   REQUEST_HEADERS,
   subjects,
+  type CancelResult,
   type Principal,
 } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
-import { ANSWERS_QUEUE, CancelRequest, type CancelResult } from '../../lib/clients/agent.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import { answerFromTerminal, type TerminalAnswer } from './answers.ts';
@@ -480,7 +482,7 @@ export function serveCancels(
       },
     });
   const subs = [
-    subscribe(subjects.cancelAll, onCancel, ANSWERS_QUEUE),
+    subscribe(subjects.cancelAll, onCancel, DISPATCHERS_QUEUE),
     subscribe(cancelPeerSubject(o.dispatcherId), (m) => onPeer(m, false)),
     subscribe(CANCEL_PEERS, (m) => onPeer(m, true)),
   ];

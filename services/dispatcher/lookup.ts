@@ -1,7 +1,6 @@
 import type { Msg } from '@nats-io/transport-node';
-import { REQUEST_HEADERS, REQUEST_ID_PATTERN } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
-import { ANSWERS_QUEUE, answersSubjectAll } from '../../lib/clients/agent.ts';
+import { DISPATCHERS_QUEUE, REQUEST_HEADERS, REQUEST_ID_PATTERN, subjects } from '../../contracts/index.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import { refusal, type TerminalAnswer } from './answers.ts';
@@ -53,8 +52,8 @@ export function serveAnswers(
     }
     respond(msg, await lookup(userId, requestId));
   };
-  const sub = nc.subscribe(answersSubjectAll, {
-    queue: ANSWERS_QUEUE,
+  const sub = nc.subscribe(subjects.answersAll, {
+    queue: DISPATCHERS_QUEUE,
     callback: (err, msg) => {
       if (err) return;
       handle(msg).catch((e: unknown) => {

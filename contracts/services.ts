@@ -1,0 +1,57 @@
+import { z } from 'zod';
+import { REQUEST_ID_PATTERN, subjects } from './ids.ts';
+import { AgentAnswer } from './request.ts';
+
+/**
+ * The request/reply services every dispatcher serves beside the intake, as they travel on NATS.
+ * Their client is lib/clients/agent.ts; their servers are services/dispatcher/lookup.ts and
+ * cancel.ts.
+ */
+
+/** The queue group of the dispatchers' request/reply services: one instance answers each request. */
+export const DISPATCHERS_QUEUE = 'toolbus-dispatchers';
+
+/**
+ * Where dispatchers answer "what became of request R?" (the token in the Authorization header,
+ * body `{"requestId": R}`, reply `{"answer": TerminalAnswer | null}`).
+ */
+export const answersSubject = subjects.answers;
+export const answersSubjectAll = subjects.answersAll;
+
+/**
+ * Cancellation: request/reply on `toolbus.cancel.<userId>`, the token in the Authorization header
+ * (the execution's user, or an admin), body `{"executionId": id}` or `{"requestId": id}`; the
+ * reply is a `CancelResult`.
+ */
+export const CancelRequest = z.union([
+  z.strictObject({ executionId: z.uuid() }),
+  z.strictObject({ requestId: z.string().regex(REQUEST_ID_PATTERN) }),
+]);
+export type CancelRequest = z.infer<typeof CancelRequest>;
+
+/**
+ * What a cancel request did. `cancelled` is true when this request found the execution unfinished
+ * and it ended CANCELLED; `status` is the execution's status afterwards (`unknown`: no such
+ * execution of that user; `executing`: the cancel was delivered but it has not ended yet;
+ * `refused`: the cancel request itself was refused, see `error`); `answer` is its terminal answer
+ * when it has one (for a cancel that lost a race, the completed answer).
+ */
+export const CancelResult = z.strictObject({
+  executionId: z.string().nullable(),
+  requestId: z.string().nullable(),
+  cancelled: z.boolean(),
+  status: z.enum(['completed', 'failed', 'executing', 'unknown', 'refused']),
+  answer: AgentAnswer.nullable(),
+  message: z.string(),
+  error: z
+    .strictObject({
+      code: z.enum(['UNAUTHENTICATED', 'FORBIDDEN', 'MALFORMED', 'UNAVAILABLE']),
+      message: z.string(),
+    })
+    .optional(),
+});
+export type CancelResult = z.infer<typeof CancelResult>;
+
+/** An execution id as `executionIdFor` makes them (a version 5 UUID); anything else is taken as a request id. */
+export const looksLikeExecutionId = (id: string): boolean =>
+  /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(id);
