@@ -38,7 +38,8 @@ export function createTokenVerifier(secret: string): TokenVerifier {
         verified.delete(raw);
         throw new AuthError('token expired', 'expired');
       }
-      const principal = await verifyNew(raw);
+      // Shared by every request with this token: frozen, so that none can change it for the others.
+      const principal = Object.freeze(await verifyNew(raw));
       verified.set(raw, principal);
       if (verified.size > VERIFIED_CACHE_SIZE) verified.delete(verified.keys().next().value!);
       return principal;

@@ -17,14 +17,17 @@ export const REDACT_PATHS = [
   'headers.Authorization',
 ];
 
+const LOG_BUFFER_BYTES = 16 * 1024 * 1024;
+
 /**
  * To stdout, asynchronously: lines written while a write is under way go out together in the next
  * one, instead of one blocking write per line (a dispatcher logs every answer). pino flushes what
- * is left when the process exits; a SIGKILL may lose the last lines.
+ * is left when the process exits; a SIGKILL may lose the last lines. A stdout that cannot keep up
+ * holds at most 16 MiB of lines; beyond that lines are dropped rather than the heap growing.
  */
 export function createLogger(name: string, level: string = process.env['LOG_LEVEL'] ?? 'info'): Logger {
   return pino(
     { name, level, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } },
-    pino.destination({ dest: 1, sync: false }),
+    pino.destination({ dest: 1, sync: false, maxLength: LOG_BUFFER_BYTES }),
   );
 }

@@ -35,7 +35,7 @@ export interface PostgresEventStoreOptions {
 const COLUMNS = `seq, tx_id::text as tx, stream_id, revision, event_id, event_type, data, metadata,
   (extract(epoch from created_at) * 1000)::float8 as created_ms`;
 const MAX_SEQ = 9223372036854775807n;
-/** How soon a subscription looks again while committed events wait behind the visibility horizon. */
+/** How soon a subscription first looks again while committed events wait behind the visibility horizon. */
 const BEHIND_HORIZON_POLL_MS = 20;
 
 interface Row {
@@ -324,7 +324,12 @@ class PostgresEventStore implements EventStore {
       return;
     }
     this.announcing = new Promise<void>((resolve) => setImmediate(resolve))
-      .then(() => this.pool.query(`select pg_notify('toolbus_events', '')`))
+      // Its own short transaction, which need not wait for the disk: it records nothing.
+      .then(() =>
+        this.pool.query(
+          `begin; set local synchronous_commit = off; select pg_notify('toolbus_events', ''); commit`,
+        ),
+      )
       .then(
         () => undefined,
         (e: unknown) => this.reportError(e as Error),
@@ -432,6 +437,8 @@ class PostgresSubscription implements Subscription {
       const start = await this.start();
       let cursor = start.cursor;
       let failures = 0;
+      /** Looks in a row that found committed events behind the horizon. */
+      let behindFor = 0;
       while (!this.closed) {
         this.dirty = false;
         let batch: { rows: RecordedEvent[]; horizon: bigint; behind: boolean };
@@ -456,11 +463,16 @@ class PostgresSubscription implements Subscription {
           // Caught up once the transactions of everything stored at the start have ended and been read.
           if (start.lastStored === null || batch.horizon > start.lastStored) this.markCaughtUp();
           // Events committed behind the horizon (an older transaction, of any database on the
-          // server, still runs) wake nobody when it ends: look again soon rather than at the poll.
+          // server, still runs) wake nobody when it ends: look again soon rather than at the poll,
+          // twice as late each time nothing moves (an idle session can hold the horizon long).
+          behindFor = batch.behind && batch.rows.length === 0 ? behindFor + 1 : 0;
           if (!this.dirty) {
             await this.idle(
               batch.behind
-                ? Math.min(BEHIND_HORIZON_POLL_MS, this.store.pollInterval)
+                ? Math.min(
+                    BEHIND_HORIZON_POLL_MS * 2 ** Math.min(Math.max(behindFor - 1, 0), 10),
+                    this.store.pollInterval,
+                  )
                 : this.store.pollInterval,
             );
           }

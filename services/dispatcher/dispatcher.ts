@@ -126,6 +126,8 @@ class ShuttingDownError extends Error {
 interface InFlight {
   userId: string;
   replyTos: Set<string>;
+  /** Reply subjects that got the terminal answer. */
+  answeredTo: Set<string>;
   done: Promise<Disposition>;
   /** The terminal answer this handling gave, or null when it ended without one (deferred, failed). */
   outcome: Promise<TerminalAnswer | null>;
@@ -138,6 +140,7 @@ interface Handling {
   principal: Principal;
   request: ToolRequest | null;
   replyTos: Set<string>;
+  answeredTo: Set<string>;
   progress: boolean;
   delivery: Delivery;
   startedAt: number;
@@ -260,10 +263,14 @@ export class Dispatcher {
       if (replyTo) running.replyTos.add(replyTo);
       if (delivery.cancel) running.cancel(delivery.cancel);
       const [disposition, answer] = await Promise.all([running.done, running.outcome]);
-      if (answer && replyTo && running.replyTos.has(replyTo)) this.reply(replyTo, answer);
+      if (answer && replyTo && !running.answeredTo.has(replyTo)) {
+        running.answeredTo.add(replyTo);
+        this.reply(replyTo, answer);
+      }
       return disposition;
     }
     const replyTos = new Set(replyTo ? [replyTo] : []);
+    const answeredTo = new Set<string>();
     let settle!: (d: Disposition) => void;
     const done = new Promise<Disposition>((resolve) => (settle = resolve));
     let settleOutcome!: (a: TerminalAnswer | null) => void;
@@ -274,6 +281,7 @@ export class Dispatcher {
       principal,
       request: parsed.ok ? parsed.request : null,
       replyTos,
+      answeredTo,
       progress: parsed.ok && parsed.request.progress === true,
       delivery,
       startedAt,
@@ -287,6 +295,7 @@ export class Dispatcher {
     this.inFlight.set(executionId, {
       userId,
       replyTos,
+      answeredTo,
       done,
       outcome,
       cancel: (order) => this.requestCancel(h, order),
@@ -945,9 +954,10 @@ export class Dispatcher {
 
   /** Sends the terminal answer, remembers it (Redis), counts it; the request can be acked. */
   private async answered(h: Handling, answer: TerminalAnswer, fresh: boolean): Promise<Disposition> {
-    this.reply(h.replyTos, answer);
-    // Those answered now; a delivery that joins later answers its own reply subject.
-    h.replyTos.clear();
+    // Each reply subject gets the terminal answer once; a delivery that joins later answers its own.
+    const to = [...h.replyTos].filter((s) => !h.answeredTo.has(s));
+    for (const s of to) h.answeredTo.add(s);
+    this.reply(new Set(to), answer);
     h.settleOutcome(answer);
     if (fresh) {
       const slot = h.slot;

@@ -151,3 +151,28 @@ t.test('the same, when the writer reads the stream tail only after the execution
   t.equal(seen.state.status, 'completed');
   t.equal((await readUserEvents(store, 'yul')).length, 3);
 });
+
+t.test(
+  'two views of one execution in one process: the later step sees what the other appended',
+  async (t) => {
+    const { store, a } = await setup(t);
+    const r = ref('zoe', 'two-views');
+    // The handling of a redelivery, and a cancel that read the execution on its own.
+    const handling = newExecution(r);
+    await a.step(handling, (s) => (s.status === 'none' ? [request('sleep'), start('a')] : []));
+    const cancel = await a.load(r);
+    await a.step(handling, (s) => (s.status === 'executing' ? [complete(1)] : []));
+
+    const fail: ExecutionCommand = {
+      type: 'Fail',
+      data: { error: { code: 'CANCELLED', message: 'cancelled' }, durationMs: null },
+    };
+    const result = await a.step(cancel, (s) => (s.status === 'executing' && s.attempt === 1 ? [fail] : []));
+    t.strictSame(result.appended, [], 'no second terminal event');
+    t.equal(cancel.state.status, 'completed', 'the cancel learns the execution completed');
+    t.strictSame(
+      (await readUserEvents(store, 'zoe')).map((e) => e.event.type),
+      ['ToolRequested', 'ToolExecuting', 'ToolCompleted'],
+    );
+  },
+);

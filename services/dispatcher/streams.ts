@@ -33,11 +33,17 @@ export interface Tail {
 /**
  * A cached tail, and how far this process has read the stream: every revision after `read` up to
  * the tail was appended by this process, so an execution known up to `read` knows every event of
- * it that another writer may have appended.
+ * it that another writer may have appended. `own` says, per execution, the last of those revisions
+ * that belongs to it: another view of the same execution in this process (a cancel beside a
+ * redelivery) may have appended it.
  */
 interface CachedTail extends Tail {
   read: number;
+  own: Map<string, number>;
 }
+
+/** Executions remembered in `own` per user; beyond it the tail is read again from the store. */
+const MAX_OWN = 1_024;
 
 /** What identifies an execution and goes into the metadata of each of its events. */
 export interface ExecutionRef {
@@ -88,7 +94,7 @@ export class AppendConflictError extends Error {
 }
 
 const MAX_ATTEMPTS = 25;
-const EMPTY_STREAM: CachedTail = { revision: -1, hash: GENESIS_HASH, read: -1 };
+const emptyStream = (): CachedTail => ({ revision: -1, hash: GENESIS_HASH, read: -1, own: new Map() });
 
 const stepOf = (body: ToolEventBody): ExecutionStep =>
   body.type === 'ToolRequested'
@@ -165,9 +171,14 @@ export class UserStreams {
           tail = await this.readTail(userId);
           this.cacheTail(userId, tail);
         }
-        if (execution.knownRevision !== null && execution.knownRevision < tail.read) {
-          // Another writer may have moved this execution meanwhile (a dispatcher that took it for dead).
-          tail = await this.catchUp(execution, execution.knownRevision + 1);
+        const known = execution.knownRevision;
+        if (
+          known !== null &&
+          (known < tail.read || (tail.own.get(execution.ref.executionId) ?? -1) > known)
+        ) {
+          // Another writer may have moved this execution meanwhile: a dispatcher that took it for
+          // dead, or another view of it in this process.
+          tail = await this.catchUp(execution, known + 1);
         }
         const commands = plan(execution.state);
         if (commands.length === 0) return { appended: [] };
@@ -180,11 +191,14 @@ export class UserStreams {
           );
           if (!result.written) throw new WrongExpectedRevisionError(stream, tail.revision, null);
           const first = result.nextRevision - events.length + 1;
-          this.cacheTail(userId, {
-            revision: result.nextRevision,
-            hash: events.at(-1)!.metadata.hash,
-            read: tail.read,
-          });
+          // The lane is this user's alone: the map goes on with the tail, amended in place.
+          const own = tail.own.set(execution.ref.executionId, result.nextRevision);
+          this.cacheTail(
+            userId,
+            own.size > MAX_OWN
+              ? null
+              : { revision: result.nextRevision, hash: events.at(-1)!.metadata.hash, read: tail.read, own },
+          );
           for (const event of events) execution.state = evolve(execution.state, event);
           execution.events.push(...events);
           execution.knownRevision = result.nextRevision;
@@ -272,7 +286,7 @@ export class UserStreams {
     })) {
       return this.tailOf(r);
     }
-    return EMPTY_STREAM;
+    return emptyStream();
   }
 
   /** The tail at a stored event, read from the store. */
@@ -283,9 +297,9 @@ export class UserStreams {
         { stream: r.streamId, revision: r.revision },
         'stream tail has no hash; chaining to genesis',
       );
-      return { revision: r.revision, hash: GENESIS_HASH, read: r.revision };
+      return { revision: r.revision, hash: GENESIS_HASH, read: r.revision, own: new Map() };
     }
-    return { revision: r.revision, hash, read: r.revision };
+    return { revision: r.revision, hash, read: r.revision, own: new Map() };
   }
 
   /**
@@ -346,8 +360,8 @@ export class UserStreams {
       found.push(parsed.event);
       if (parsed.event.type === 'ToolRequested') break;
     }
-    if (updateTail) this.cacheTail(userId, tail ?? EMPTY_STREAM);
-    execution.knownRevision = (tail ?? EMPTY_STREAM).revision;
+    if (updateTail) this.cacheTail(userId, tail ?? emptyStream());
+    execution.knownRevision = (tail ?? emptyStream()).revision;
     found.reverse();
     // Continue the execution under the correlation id it was recorded with.
     if (found[0]) execution.ref = { ...execution.ref, correlationId: found[0].metadata.correlationId };

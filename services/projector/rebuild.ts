@@ -189,15 +189,20 @@ async function project(
     });
     writing.catch(() => undefined); // handled when awaited: at the next flush or at the end
   };
-  for await (const e of store.readAll({ fromPosition: after === null ? 'start' : parsePosition(after) })) {
-    if (after !== null && formatPosition(e.position) === after) continue;
-    if (limit && comparePositions(e.position, limit) > 0) break;
-    if (!e.streamId.startsWith(USER_STREAM_PREFIX)) continue;
-    batch.push(incomingFromRecorded(e));
-    batchEnd = e;
-    if (batch.length >= batchSize) await flush();
+  try {
+    for await (const e of store.readAll({ fromPosition: after === null ? 'start' : parsePosition(after) })) {
+      if (after !== null && formatPosition(e.position) === after) continue;
+      if (limit && comparePositions(e.position, limit) > 0) break;
+      if (!e.streamId.startsWith(USER_STREAM_PREFIX)) continue;
+      batch.push(incomingFromRecorded(e));
+      batchEnd = e;
+      if (batch.length >= batchSize) await flush();
+    }
+    await flush();
+  } finally {
+    // A failed read never leaves a batch being written behind it (its client, its lock).
+    await writing.catch(() => undefined);
   }
-  await flush();
   await writing;
   return { position: last, events };
 }
