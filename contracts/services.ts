@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { REQUEST_ID_PATTERN, subjects } from './ids.ts';
+import type { ToolEvent } from './events.ts';
 import { AgentAnswer } from './request.ts';
 
 /**
@@ -55,3 +56,28 @@ export type CancelResult = z.infer<typeof CancelResult>;
 /** An execution id as `executionIdFor` makes them (a version 5 UUID); anything else is taken as a request id. */
 export const looksLikeExecutionId = (id: string): boolean =>
   /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(id);
+
+export type TerminalAnswer = Extract<AgentAnswer, { status: 'completed' | 'failed' }>;
+
+/** The terminal answer a stored terminal event stands for: the same whether live or replayed. */
+export function answerFromTerminal(event: ToolEvent): TerminalAnswer {
+  const ids = {
+    requestId: event.metadata.requestId,
+    executionId: event.metadata.executionId,
+    correlationId: event.metadata.correlationId,
+  };
+  if (event.type === 'ToolCompleted') {
+    return {
+      status: 'completed',
+      ...ids,
+      result: event.data.result,
+      durationMs: event.data.durationMs,
+      cached: event.data.cached,
+    };
+  }
+  if (event.type === 'ToolFailed') {
+    const { code, message, details } = event.data.error;
+    return { status: 'failed', ...ids, error: details ? { code, message, details } : { code, message } };
+  }
+  throw new Error(`${event.type} is not a terminal event`);
+}

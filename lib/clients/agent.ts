@@ -11,6 +11,7 @@ import {
   subjects,
   type CancelRequest,
   type JsonObject,
+  type TerminalAnswer,
 } from '../../contracts/index.ts';
 
 /**
@@ -33,7 +34,7 @@ export {
   looksLikeExecutionId,
 } from '../../contracts/services.ts';
 
-export type TerminalAnswer = Extract<AgentAnswer, { status: 'completed' | 'failed' }>;
+export type { TerminalAnswer } from '../../contracts/services.ts';
 export type InterimAnswer = Exclude<AgentAnswer, TerminalAnswer>;
 
 export interface CancelOptions {

@@ -1,35 +1,12 @@
-import type { AgentAnswer, ErrorCode, RefusalCode, ToolEvent } from '../../contracts/index.ts';
+import type { ErrorCode, RefusalCode, TerminalAnswer } from '../../contracts/index.ts';
+
+export { answerFromTerminal, type TerminalAnswer } from '../../contracts/index.ts';
 
 /** The ids an answer names: all three once the user and request are known. */
 export interface AnswerIds {
   requestId: string;
   executionId: string;
   correlationId: string;
-}
-
-export type TerminalAnswer = Extract<AgentAnswer, { status: 'completed' | 'failed' }>;
-
-/** The terminal answer a stored terminal event stands for: the same whether live or replayed. */
-export function answerFromTerminal(event: ToolEvent): TerminalAnswer {
-  const ids = {
-    requestId: event.metadata.requestId,
-    executionId: event.metadata.executionId,
-    correlationId: event.metadata.correlationId,
-  };
-  if (event.type === 'ToolCompleted') {
-    return {
-      status: 'completed',
-      ...ids,
-      result: event.data.result,
-      durationMs: event.data.durationMs,
-      cached: event.data.cached,
-    };
-  }
-  if (event.type === 'ToolFailed') {
-    const { code, message, details } = event.data.error;
-    return { status: 'failed', ...ids, error: details ? { code, message, details } : { code, message } };
-  }
-  throw new Error(`${event.type} is not a terminal event`);
 }
 
 /** A refusal that is answered but not recorded (no user is known, or nothing to record it under). */

@@ -1,5 +1,6 @@
 import { isDeepStrictEqual } from 'node:util';
 import {
+  answerFromTerminal,
   eventIdFor,
   executionIdFor,
   isTerminal,
@@ -8,7 +9,6 @@ import {
   verifyChain,
   type ToolEvent,
 } from '../../contracts/index.ts';
-import type { TerminalAnswer } from '../../lib/clients/agent.ts';
 import type { Pool } from '../../lib/db.ts';
 import type { EventStore, RecordedEvent } from '../../lib/eventstore/types.ts';
 import { fromRecorded } from '../../lib/toolEvents.ts';
@@ -76,28 +76,8 @@ export const RULES: Record<Rule, string> = {
   delivery: 'every WebSocket client got every event of its user, in order, once, and nothing else',
 };
 
-/** The terminal answer a stored terminal event stands for (as the dispatcher builds it). */
-export function answerOf(event: ToolEvent): TerminalAnswer {
-  const ids = {
-    requestId: event.metadata.requestId,
-    executionId: event.metadata.executionId,
-    correlationId: event.metadata.correlationId,
-  };
-  if (event.type === 'ToolCompleted') {
-    return {
-      status: 'completed',
-      ...ids,
-      result: event.data.result,
-      durationMs: event.data.durationMs,
-      cached: event.data.cached,
-    };
-  }
-  if (event.type === 'ToolFailed') {
-    const { code, message, details } = event.data.error;
-    return { status: 'failed', ...ids, error: details ? { code, message, details } : { code, message } };
-  }
-  throw new Error(`${event.type} is not a terminal event`);
-}
+/** The terminal answer a stored terminal event stands for (contracts/services.ts, as dispatchers answer). */
+export const answerOf = answerFromTerminal;
 
 const short = (v: unknown) => {
   const s = JSON.stringify(v) ?? String(v);
