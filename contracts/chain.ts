@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { GENESIS_HASH, type ToolEvent } from './events.ts';
+import { GENESIS_HASH, type ToolEvent, type ToolEventBody } from './events.ts';
+import { eventIdFor, type ExecutionStep } from './ids.ts';
 
 /**
  * Canonical JSON (RFC 8785 style): object keys sorted by UTF-16 code units, no whitespace,
@@ -96,4 +97,57 @@ export function verifyChain(events: Iterable<ToolEvent>, prevHash: string = GENE
     index++;
   }
   return null;
+}
+
+/** The step an event body is in its execution's life, which names the event's deterministic id. */
+export const stepOf = (body: ToolEventBody): ExecutionStep =>
+  body.type === 'ToolRequested'
+    ? 'requested'
+    : body.type === 'ToolExecuting'
+      ? `executing:${body.data.attempt}`
+      : 'terminal';
+
+/** Whose execution a run of events belongs to, what caused the first of them, and when each occurred. */
+export interface EnvelopeContext {
+  userId: string;
+  executionId: string;
+  requestId: string;
+  correlationId: string;
+  /** The cause of the first event: the request id for a ToolRequested, else the event before it. */
+  causationId: string | null;
+  /** When the event at this index occurred (ISO 8601). */
+  occurredAt: (index: number) => string;
+}
+
+/**
+ * An execution's event bodies in their envelopes, as they are stored: deterministic ids (so a
+ * retried step never writes twice), each caused by the one before, chained after `prevHash`.
+ */
+export function envelopeEvents(
+  bodies: readonly ToolEventBody[],
+  c: EnvelopeContext,
+  prevHash: string = GENESIS_HASH,
+): ToolEvent[] {
+  let causationId = c.causationId;
+  const unhashed = bodies.map((body, i) => {
+    const id = eventIdFor(c.executionId, stepOf(body));
+    const event = {
+      id,
+      type: body.type,
+      schemaVersion: 1 as const,
+      data: body.data,
+      metadata: {
+        userId: c.userId,
+        executionId: c.executionId,
+        requestId: c.requestId,
+        correlationId: c.correlationId,
+        causationId,
+        occurredAt: c.occurredAt(i),
+        prevHash: GENESIS_HASH,
+      },
+    };
+    causationId = id;
+    return event;
+  });
+  return chainEvents(unhashed as Array<Unhashed<ToolEvent>>, prevHash);
 }

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import t from 'tap';
 import fc from 'fast-check';
-import { canonicalJson, chainEvents, eventHash, verifyChain } from './chain.ts';
+import { canonicalJson, chainEvents, envelopeEvents, eventHash, verifyChain } from './chain.ts';
 import { GENESIS_HASH, ToolEvent, type ToolEventBody } from './events.ts';
 import { eventIdFor, executionIdFor } from './ids.ts';
 
@@ -298,4 +298,43 @@ t.test('verifyChain', async (t) => {
     events[0]!.metadata.hash = 'a'.repeat(64);
     t.match(verifyChain(events), { index: 0, problem: /does not cover/ });
   });
+});
+
+t.test('envelopeEvents: deterministic ids by step, each caused by the one before, one chain', async (t) => {
+  const executionId = executionIdFor('ada', 'r-1');
+  const context = {
+    userId: 'ada',
+    executionId,
+    requestId: 'r-1',
+    correlationId: 'c-1',
+    causationId: 'r-1',
+    occurredAt: (i: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, i)).toISOString(),
+  };
+  const bodies: ToolEventBody[] = [
+    { type: 'ToolRequested', data: { tool: 'noop', version: '1.0.0', args: {}, redacted: [] } },
+    { type: 'ToolExecuting', data: { attempt: 2, runner: 'r', timeoutMs: 10 } },
+    { type: 'ToolCompleted', data: { result: null, redacted: [], durationMs: 1, cached: false } },
+  ];
+  const events = envelopeEvents(bodies, context);
+  t.strictSame(
+    events.map((e) => e.id),
+    [
+      eventIdFor(executionId, 'requested'),
+      eventIdFor(executionId, 'executing:2'),
+      eventIdFor(executionId, 'terminal'),
+    ],
+  );
+  t.strictSame(
+    events.map((e) => e.metadata.causationId),
+    ['r-1', events[0]!.id, events[1]!.id],
+  );
+  t.equal(events[1]!.metadata.occurredAt, '2026-01-01T00:00:01.000Z');
+  t.equal(verifyChain(events), null, 'a valid chain from genesis');
+  t.strictSame(envelopeEvents(bodies, context), events, 'the same bodies give the same events');
+  const after = envelopeEvents(
+    bodies.slice(2),
+    { ...context, causationId: events[1]!.id, occurredAt: () => events[2]!.metadata.occurredAt },
+    events[1]!.metadata.hash,
+  );
+  t.strictSame(after[0], events[2], 'a step built alone after the ones before is the same event');
 });

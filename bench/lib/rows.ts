@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import {
-  chainEvents,
-  eventIdFor,
+  envelopeEvents,
   executionIdFor,
   GENESIS_HASH,
   type ToolEvent,
@@ -28,29 +27,18 @@ export function noopExecutionEvents(
     { type: 'ToolExecuting', data: { attempt: 1, runner, timeoutMs: 5000 } },
     { type: 'ToolCompleted', data: { result: {}, redacted: [], durationMs: 0.012, cached: false } },
   ];
-  const steps = ['requested', 'executing:1', 'terminal'] as const;
-  let causationId: string | null = requestId;
-  const unhashed = bodies.map((b, i) => {
-    const id = eventIdFor(executionId, steps[i]!);
-    const e = {
-      id,
-      type: b.type,
-      schemaVersion: 1 as const,
-      data: b.data,
-      metadata: {
-        userId,
-        executionId,
-        requestId,
-        correlationId: executionId,
-        causationId,
-        occurredAt: at.toISOString(),
-        prevHash: GENESIS_HASH,
-      },
-    };
-    causationId = id;
-    return e;
-  });
-  return chainEvents<ToolEvent>(unhashed, prevHash);
+  return envelopeEvents(
+    bodies,
+    {
+      userId,
+      executionId,
+      requestId,
+      correlationId: executionId,
+      causationId: requestId,
+      occurredAt: () => at.toISOString(),
+    },
+    prevHash,
+  );
 }
 
 interface TemplateRow {

@@ -3,8 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import {
-  chainEvents,
-  eventIdFor,
+  envelopeEvents,
   executionIdFor,
   GENESIS_HASH,
   userStream,
@@ -156,8 +155,11 @@ export async function truncateTail(sql: pg.Pool, userId: string, fromRevision: n
   ]);
 }
 
-/** One execution's three events (requested, executing, completed), unhashed, `pad` bytes of arguments and result. */
-export function executionBodies(userId: string, i: number, at: number, pad: number) {
+/**
+ * One execution's three events (requested, executing, completed) with `pad` bytes of arguments and
+ * result, chained after `prevHash` (chain them again to place them elsewhere).
+ */
+export function executionBodies(userId: string, i: number, at: number, pad: number, prevHash?: string) {
   const requestId = `bulk-${i}`;
   const executionId = executionIdFor(userId, requestId);
   const filler = 'x'.repeat(pad);
@@ -172,28 +174,18 @@ export function executionBodies(userId: string, i: number, at: number, pad: numb
       data: { result: { hits: i, filler }, redacted: [], durationMs: 3, cached: false },
     },
   ];
-  const steps = ['requested', 'executing:1', 'terminal'] as const;
-  let causationId: string | null = requestId;
-  return bodies.map((b, k) => {
-    const id = eventIdFor(executionId, steps[k]!);
-    const e = {
-      id,
-      type: b.type,
-      schemaVersion: 1 as const,
-      data: b.data,
-      metadata: {
-        userId,
-        executionId,
-        requestId,
-        correlationId: executionId,
-        causationId,
-        occurredAt: new Date(at + k).toISOString(),
-        prevHash: GENESIS_HASH,
-      },
-    };
-    causationId = id;
-    return e;
-  });
+  return envelopeEvents(
+    bodies,
+    {
+      userId,
+      executionId,
+      requestId,
+      correlationId: executionId,
+      causationId: requestId,
+      occurredAt: (k) => new Date(at + k).toISOString(),
+    },
+    prevHash,
+  );
 }
 
 /**
@@ -212,12 +204,11 @@ export async function bulkInsertHistory(
   let revision = 0;
   const t0 = Date.parse('2025-01-01T00:00:00.000Z');
   for (let start = 0; start < executions; start += batch) {
-    const unhashed = [];
+    const events: ToolEvent[] = [];
     for (let i = start; i < Math.min(executions, start + batch); i++) {
-      unhashed.push(...executionBodies(userId, i, t0 + i * 1000, options.pad ?? 200));
+      events.push(...executionBodies(userId, i, t0 + i * 1000, options.pad ?? 200, prevHash));
+      prevHash = events[events.length - 1]!.metadata.hash;
     }
-    const events = chainEvents<ToolEvent>(unhashed, prevHash);
-    prevHash = events[events.length - 1]!.metadata.hash;
     await sql.query(
       `insert into toolbus_events (stream_id, revision, event_id, event_type, data, metadata)
        select $1, x.rev, x.id, x.type, x.data::json, x.meta::json

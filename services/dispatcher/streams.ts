@@ -1,7 +1,6 @@
 import {
-  chainEvents,
   decide,
-  eventIdFor,
+  envelopeEvents,
   evolve,
   GENESIS_HASH,
   initialState,
@@ -10,7 +9,6 @@ import {
   userStream,
   type ExecutionCommand,
   type ExecutionState,
-  type ExecutionStep,
   type Notification,
   type ToolEvent,
   type ToolEventBody,
@@ -95,13 +93,6 @@ export class AppendConflictError extends Error {
 
 const MAX_ATTEMPTS = 25;
 const emptyStream = (): CachedTail => ({ revision: -1, hash: GENESIS_HASH, read: -1, own: new Map() });
-
-const stepOf = (body: ToolEventBody): ExecutionStep =>
-  body.type === 'ToolRequested'
-    ? 'requested'
-    : body.type === 'ToolExecuting'
-      ? `executing:${body.data.attempt}`
-      : 'terminal';
 
 export interface UserStreamsOptions {
   store: EventStore;
@@ -233,31 +224,18 @@ export class UserStreams {
     const { ref } = execution;
     const at = this.options.now().toISOString();
     let state = execution.state;
-    let causationId: string | null = execution.events.at(-1)?.id ?? ref.requestId;
-    const unhashed = [];
+    const bodies: ToolEventBody[] = [];
     for (const command of commands) {
       for (const body of decide(command, state)) {
         state = evolve(state, body);
-        const id = eventIdFor(ref.executionId, stepOf(body));
-        unhashed.push({
-          id,
-          type: body.type,
-          schemaVersion: 1 as const,
-          data: body.data,
-          metadata: {
-            userId: ref.userId,
-            executionId: ref.executionId,
-            requestId: ref.requestId,
-            correlationId: ref.correlationId,
-            causationId,
-            occurredAt: at,
-            prevHash: GENESIS_HASH,
-          },
-        });
-        causationId = id;
+        bodies.push(body);
       }
     }
-    return chainEvents<ToolEvent>(unhashed, prevHash);
+    return envelopeEvents(
+      bodies,
+      { ...ref, causationId: execution.events.at(-1)?.id ?? ref.requestId, occurredAt: () => at },
+      prevHash,
+    );
   }
 
   private publish(userId: string, events: ToolEvent[], firstRevision: number): void {

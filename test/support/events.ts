@@ -1,7 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import {
-  chainEvents,
-  eventIdFor,
+  envelopeEvents,
   executionIdFor,
   GENESIS_HASH,
   notificationName,
@@ -80,35 +79,21 @@ export async function recordExecution(
     }
   }
   const at = options.at ?? new Date();
-  const steps = bodies.map((b, i) =>
-    b.type === 'ToolRequested' ? 'requested' : b.type === 'ToolExecuting' ? `executing:${i}` : 'terminal',
-  ) as Array<'requested' | `executing:${number}` | 'terminal'>;
   for (;;) {
     const tail = await streamTail(store, userId);
-    let causation: string | null = requestId;
-    const unhashed = bodies.map((b, i) => {
-      const id = eventIdFor(executionId, steps[i]!);
-      const e = {
-        id,
-        type: b.type,
-        schemaVersion: 1 as const,
-        data: b.data,
-        metadata: {
-          userId,
-          executionId,
-          requestId,
-          correlationId: executionId,
-          causationId: causation,
-          occurredAt: new Date(
-            at.getTime() + (i === bodies.length - 1 && i > 1 ? durationMs : 0),
-          ).toISOString(),
-          prevHash: GENESIS_HASH,
-        },
-      };
-      causation = id;
-      return e;
-    });
-    const events: ToolEvent[] = chainEvents<ToolEvent>(unhashed, tail.hash);
+    const events = envelopeEvents(
+      bodies,
+      {
+        userId,
+        executionId,
+        requestId,
+        correlationId: executionId,
+        causationId: requestId,
+        occurredAt: (i) =>
+          new Date(at.getTime() + (i === bodies.length - 1 && i > 1 ? durationMs : 0)).toISOString(),
+      },
+      tail.hash,
+    );
     try {
       const result = await store.append(
         userStream(userId),
