@@ -3,8 +3,8 @@ import type { EventStore, Json } from '../../lib/eventstore/types.ts';
 import { fromRecorded } from '../../lib/toolEvents.ts';
 
 /**
- * Replay of one user's history, as a stream: the store is read page by page and each event is
- * handed on before the next page is read, so a long history never sits whole in memory.
+ * Replay of one user's history, as a stream: the store is read page by page, at most one page
+ * ahead of the events handed on, so a long history never sits whole in memory.
  */
 export interface ReplayRange {
   /** Inclusive. */

@@ -28,7 +28,7 @@ const OriginList = z
 export const NotifierEnv = CommonEnv.extend({
   /** Comma list of origins allowed to open /ws and POST /tickets. Default: the notifier's own. */
   NOTIFIER_ALLOWED_ORIGINS: OriginList.optional(),
-  /** A socket whose unsent data passes this many bytes has stopped reading and is cut off. */
+  /** Unsent bytes per socket: events wait while a socket holds more than half of this. */
   NOTIFIER_MAX_BUFFER_BYTES: positiveInt(1024 * 1024),
   /** Largest frame a client may send (the server answers close code 1009 above it). */
   NOTIFIER_MAX_FRAME_BYTES: positiveInt(16 * 1024),
@@ -43,7 +43,7 @@ export const NotifierEnv = CommonEnv.extend({
   NOTIFIER_MESSAGE_BURST: positiveInt(20),
   /** How often each watched user's stream tail is compared with what was delivered. */
   NOTIFIER_TAIL_CHECK_MS: positiveInt(30_000),
-  /** While replaying from the store, how long to wait for a client to read before cutting it off. */
+  /** How long an event waits for its socket to drain before the socket is cut off (4408). */
   NOTIFIER_SLOW_CONSUMER_MS: positiveInt(10_000),
 });
 export type NotifierConfig = z.infer<typeof NotifierEnv>;
