@@ -338,6 +338,10 @@ export class ProjectionRunner {
     let broken: Error | undefined;
     try {
       await client.query('begin');
+      // Read models are derived: a batch lost with the server's last moments goes together with its
+      // checkpoint (one transaction), and is projected again from the event store. So a batch need
+      // not wait for the disk, and readers see it a flush sooner.
+      await client.query('set local synchronous_commit = off');
       // Locking the checkpoint row first orders this batch after any other writer (a rebuild swap).
       const checkpoint = await readCheckpoint(client, this.projection, true);
       if (checkpoint.position !== expected) throw new CheckpointMovedError(expected, checkpoint.position);
