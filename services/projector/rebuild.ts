@@ -79,11 +79,8 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
     const inOwnTransaction = async (batch: Incoming[]) => {
       const client = await pool.connect();
       try {
+        // Short transactions: an open one holds back the event store's visibility horizon.
         await client.query('begin');
-        // The build schema is dropped and rebuilt if the rebuild does not finish, so its batches
-        // need not wait for the disk; the swap below commits synchronously. Short transactions
-        // all the same: an open one holds back the event store's visibility horizon.
-        await client.query('set local synchronous_commit = off');
         await applyBatch(client, BUILD_SCHEMA, batch);
         await client.query('commit');
       } catch (e) {
