@@ -50,6 +50,8 @@ interface Row {
   created_ms: number;
 }
 
+const positionOf = (r: Row): Position => ({ commit: BigInt(r.tx), prepare: BigInt(r.seq) });
+
 const toRecorded = (r: Row): RecordedEvent => ({
   id: r.event_id,
   type: r.event_type,
@@ -57,7 +59,7 @@ const toRecorded = (r: Row): RecordedEvent => ({
   metadata: r.metadata,
   streamId: r.stream_id,
   revision: r.revision,
-  position: { commit: BigInt(r.tx), prepare: BigInt(r.seq) },
+  position: positionOf(r),
   created: new Date(r.created_ms),
 });
 
@@ -224,7 +226,7 @@ class PostgresEventStore implements EventStore {
           )
           .then((r) => r.rows);
       },
-      (last) => toRecorded(last).position,
+      positionOf,
     );
   }
 
@@ -318,6 +320,11 @@ class PostgresEventStore implements EventStore {
    */
   private announce(): void {
     this.listeners.forEach((l) => l());
+    this.notifyOthers();
+  }
+
+  /** One NOTIFY at a time; appends committed while one is on its way ask for one more after it. */
+  private notifyOthers(): void {
     if (this.closed) return;
     if (this.announcing) {
       this.announceAgain = true;
@@ -336,9 +343,9 @@ class PostgresEventStore implements EventStore {
       )
       .finally(() => {
         this.announcing = null;
-        if (this.announceAgain && !this.closed) {
+        if (this.announceAgain) {
           this.announceAgain = false;
-          this.announce();
+          this.notifyOthers();
         }
       });
   }
@@ -437,8 +444,8 @@ class PostgresSubscription implements Subscription {
       const start = await this.start();
       let cursor = start.cursor;
       let failures = 0;
-      /** Looks in a row that found committed events behind the horizon. */
-      let behindFor = 0;
+      /** Looks in a row that found committed events behind the horizon and nothing to read. */
+      let stuck = 0;
       while (!this.closed) {
         this.dirty = false;
         let batch: { rows: RecordedEvent[]; horizon: bigint; behind: boolean };
@@ -465,17 +472,12 @@ class PostgresSubscription implements Subscription {
           // Events committed behind the horizon (an older transaction, of any database on the
           // server, still runs) wake nobody when it ends: look again soon rather than at the poll,
           // twice as late each time nothing moves (an idle session can hold the horizon long).
-          behindFor = batch.behind && batch.rows.length === 0 ? behindFor + 1 : 0;
-          if (!this.dirty) {
-            await this.idle(
-              batch.behind
-                ? Math.min(
-                    BEHIND_HORIZON_POLL_MS * 2 ** Math.min(Math.max(behindFor - 1, 0), 10),
-                    this.store.pollInterval,
-                  )
-                : this.store.pollInterval,
-            );
-          }
+          const poll = this.store.pollInterval;
+          const wait = batch.behind
+            ? Math.min(BEHIND_HORIZON_POLL_MS * 2 ** Math.min(stuck, 10), poll)
+            : poll;
+          stuck = batch.behind && batch.rows.length === 0 ? stuck + 1 : 0;
+          if (!this.dirty) await this.idle(wait);
         }
       }
     } finally {

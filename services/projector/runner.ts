@@ -10,7 +10,7 @@ import type { Logger } from '../../lib/log.ts';
 import { ensureCheckpoint, lockKey, readCheckpoint, writeCheckpoint } from './checkpoint.ts';
 import type { ProjectorMetrics } from './metrics.ts';
 import { LIVE_SCHEMA, PROJECTION_NAME } from './migrations.ts';
-import { skipKind } from './model.ts';
+import { incomingFromRecorded, skipKind } from './model.ts';
 import { applyBatch } from './sql.ts';
 
 export type Log = Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>;
@@ -345,7 +345,7 @@ export class ProjectionRunner {
       // Locking the checkpoint row first orders this batch after any other writer (a rebuild swap).
       const checkpoint = await readCheckpoint(client, this.projection, true);
       if (checkpoint.position !== expected) throw new CheckpointMovedError(expected, checkpoint.position);
-      const outcome = await applyBatch(client, LIVE_SCHEMA, batch);
+      const outcome = await applyBatch(client, LIVE_SCHEMA, batch.map(incomingFromRecorded));
       await this.options.beforeCheckpoint?.({ events: batch.length, position: last });
       await writeCheckpoint(client, this.projection, last, checkpoint.events + batch.length);
       await client.query('commit');

@@ -1,12 +1,10 @@
 import type pg from 'pg';
-import type { RecordedEvent } from '../../lib/eventstore/types.ts';
 import { emptyHistogram, LATENCY_BUCKETS } from './histogram.ts';
 import { LIVE_SCHEMA } from './migrations.ts';
 import {
   addSample,
   applyEvent,
   emptyToolMetrics,
-  incomingFromRecorded,
   minuteKey,
   normalizeDump,
   sortKeys,
@@ -196,16 +194,14 @@ export interface BatchOutcome {
 }
 
 /**
- * Applies stored events, in order, to the read models in `schema` through `db` (the caller owns the
+ * Applies parsed stored events (`incomingFromRecorded`), in order, to the read models in `schema` through `db` (the caller owns the
  * transaction): loads the rows they touch, runs the pure model, writes the rows back.
  */
 export async function applyBatch(
   db: pg.ClientBase,
   schema: string,
-  events: RecordedEvent[] | Incoming[],
+  incoming: Incoming[],
 ): Promise<BatchOutcome> {
-  // Events already parsed (a rebuild parses the next batch while this one is written) or stored ones.
-  const incoming: Incoming[] = events.map((e) => ('streamId' in e ? incomingFromRecorded(e) : e));
   const executionIds = new Set<string>();
   const userIds = new Set<string>();
   for (const i of incoming) {
