@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { GENESIS_HASH, type ToolEvent, type ToolEventBody } from './events.ts';
-import { eventIdFor, type ExecutionStep } from './ids.ts';
+import { eventIdFor, executionIdFor, type ExecutionStep } from './ids.ts';
 
 /**
  * Canonical JSON (RFC 8785 style): object keys sorted by UTF-16 code units, no whitespace,
@@ -117,6 +117,19 @@ export interface EnvelopeContext {
   causationId: string | null;
   /** When the event at this index occurred (ISO 8601). */
   occurredAt: (index: number) => string;
+}
+
+/**
+ * The context of an execution's events from its request on, as the dispatcher writes a new one:
+ * its execution id from (user, request id), correlated by that id, the request the first cause.
+ */
+export function requestContext(
+  userId: string,
+  requestId: string,
+  occurredAt: (index: number) => string,
+): EnvelopeContext {
+  const executionId = executionIdFor(userId, requestId);
+  return { userId, executionId, requestId, correlationId: executionId, causationId: requestId, occurredAt };
 }
 
 /**

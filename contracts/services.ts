@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { REQUEST_ID_PATTERN, subjects } from './ids.ts';
+import { REQUEST_ID_PATTERN } from './ids.ts';
 import type { ToolEvent } from './events.ts';
 import { AgentAnswer } from './request.ts';
 
@@ -12,12 +12,10 @@ import { AgentAnswer } from './request.ts';
 /** The queue group of the dispatchers' request/reply services: one instance answers each request. */
 export const DISPATCHERS_QUEUE = 'toolbus-dispatchers';
 
-/**
- * Where dispatchers answer "what became of request R?" (the token in the Authorization header,
- * body `{"requestId": R}`, reply `{"answer": TerminalAnswer | null}`).
+/*
+ * "What became of request R?": request/reply on `subjects.answers(userId)`, the token in the
+ * Authorization header, body `{"requestId": R}`, reply `{"answer": TerminalAnswer | null}`.
  */
-export const answersSubject = subjects.answers;
-export const answersSubjectAll = subjects.answersAll;
 
 /**
  * Cancellation: request/reply on `toolbus.cancel.<userId>`, the token in the Authorization header

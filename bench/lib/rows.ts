@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import {
   envelopeEvents,
-  executionIdFor,
+  requestContext,
   GENESIS_HASH,
   type ToolEvent,
   type ToolEventBody,
@@ -21,7 +21,6 @@ export function noopExecutionEvents(
   at = new Date(),
   runner = 'bench-dispatcher',
 ): ToolEvent[] {
-  const executionId = executionIdFor(userId, requestId);
   const bodies: ToolEventBody[] = [
     { type: 'ToolRequested', data: { tool: 'noop', version: '1.0.0', args: {}, redacted: [] } },
     { type: 'ToolExecuting', data: { attempt: 1, runner, timeoutMs: 5000 } },
@@ -29,14 +28,7 @@ export function noopExecutionEvents(
   ];
   return envelopeEvents(
     bodies,
-    {
-      userId,
-      executionId,
-      requestId,
-      correlationId: executionId,
-      causationId: requestId,
-      occurredAt: () => at.toISOString(),
-    },
+    requestContext(userId, requestId, () => at.toISOString()),
     prevHash,
   );
 }

@@ -4,7 +4,7 @@ import { jetstream as names, LIMITS, subjects } from '../../contracts/index.ts';
 import { startNats } from '../../test/support/processes.ts';
 import { signToken } from '../auth.ts';
 import { connectNats } from '../nats.ts';
-import { AgentClientError, answersSubject, createAgentClient } from './agent.ts';
+import { AgentClientError, createAgentClient } from './agent.ts';
 
 const SECRET = 's'.repeat(40);
 
@@ -94,7 +94,7 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
       cached: false,
     };
     const asked: string[] = [];
-    const lookups = nc.subscribe(answersSubject('alice'), {
+    const lookups = nc.subscribe(subjects.answers('alice'), {
       callback: (_e, m) => {
         asked.push(m.headers?.get('Authorization') ?? '');
         m.respond(JSON.stringify({ answer: asked.length < 3 ? null : answer }));

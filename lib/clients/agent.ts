@@ -25,14 +25,7 @@ import {
  */
 
 // The wire formats of the answers and cancel services live in contracts/services.ts.
-export {
-  answersSubject,
-  answersSubjectAll,
-  CancelRequest,
-  CancelResult,
-  DISPATCHERS_QUEUE as ANSWERS_QUEUE,
-  looksLikeExecutionId,
-} from '../../contracts/services.ts';
+export { CancelRequest, CancelResult, looksLikeExecutionId } from '../../contracts/services.ts';
 
 export type { TerminalAnswer } from '../../contracts/services.ts';
 export type InterimAnswer = Exclude<AgentAnswer, TerminalAnswer>;

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import {
   envelopeEvents,
-  executionIdFor,
+  requestContext,
   GENESIS_HASH,
   userStream,
   type ToolEvent,
@@ -159,9 +159,8 @@ export async function truncateTail(sql: pg.Pool, userId: string, fromRevision: n
  * One execution's three events (requested, executing, completed) with `pad` bytes of arguments and
  * result, chained after `prevHash` (chain them again to place them elsewhere).
  */
-export function executionBodies(userId: string, i: number, at: number, pad: number, prevHash?: string) {
+export function executionEvents(userId: string, i: number, at: number, pad: number, prevHash?: string) {
   const requestId = `bulk-${i}`;
-  const executionId = executionIdFor(userId, requestId);
   const filler = 'x'.repeat(pad);
   const bodies: ToolEventBody[] = [
     {
@@ -174,18 +173,8 @@ export function executionBodies(userId: string, i: number, at: number, pad: numb
       data: { result: { hits: i, filler }, redacted: [], durationMs: 3, cached: false },
     },
   ];
-  return envelopeEvents(
-    bodies,
-    {
-      userId,
-      executionId,
-      requestId,
-      correlationId: executionId,
-      causationId: requestId,
-      occurredAt: (k) => new Date(at + k).toISOString(),
-    },
-    prevHash,
-  );
+  const occurredAt = (k: number) => new Date(at + k).toISOString();
+  return envelopeEvents(bodies, requestContext(userId, requestId, occurredAt), prevHash);
 }
 
 /**
@@ -206,7 +195,7 @@ export async function bulkInsertHistory(
   for (let start = 0; start < executions; start += batch) {
     const events: ToolEvent[] = [];
     for (let i = start; i < Math.min(executions, start + batch); i++) {
-      events.push(...executionBodies(userId, i, t0 + i * 1000, options.pad ?? 200, prevHash));
+      events.push(...executionEvents(userId, i, t0 + i * 1000, options.pad ?? 200, prevHash));
       prevHash = events[events.length - 1]!.metadata.hash;
     }
     await sql.query(

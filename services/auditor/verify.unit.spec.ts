@@ -10,7 +10,7 @@ import {
 import type { RecordedEvent } from '../../lib/eventstore/types.ts';
 import { toEventData } from '../../lib/toolEvents.ts';
 import { BloomFilter } from './bloom.ts';
-import { executionBodies } from './testkit.ts';
+import { executionEvents } from './testkit.ts';
 import {
   ChainVerifier,
   describeReport,
@@ -103,8 +103,8 @@ async function run(events: RecordedEvent[], options: { bloomBytes?: number; head
 
 const history = (): ToolEvent[] =>
   chainEvents<ToolEvent>([
-    ...executionBodies('alice', 1, 0, 0),
-    ...executionBodies('alice', 2, 10, 0),
+    ...executionEvents('alice', 1, 0, 0),
+    ...executionEvents('alice', 2, 10, 0),
     step('alice', 'r3', requested, 'requested', 20),
     step('alice', 'r3', failed, 'terminal', 21),
   ]);

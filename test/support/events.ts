@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import {
   envelopeEvents,
+  requestContext,
   executionIdFor,
   GENESIS_HASH,
   notificationName,
@@ -81,19 +82,10 @@ export async function recordExecution(
   const at = options.at ?? new Date();
   for (;;) {
     const tail = await streamTail(store, userId);
-    const events = envelopeEvents(
-      bodies,
-      {
-        userId,
-        executionId,
-        requestId,
-        correlationId: executionId,
-        causationId: requestId,
-        occurredAt: (i) =>
-          new Date(at.getTime() + (i === bodies.length - 1 && i > 1 ? durationMs : 0)).toISOString(),
-      },
-      tail.hash,
-    );
+    // The terminal event of a run comes `durationMs` after the others.
+    const occurredAt = (i: number) =>
+      new Date(at.getTime() + (i === bodies.length - 1 && i > 1 ? durationMs : 0)).toISOString();
+    const events = envelopeEvents(bodies, requestContext(userId, requestId, occurredAt), tail.hash);
     try {
       const result = await store.append(
         userStream(userId),
