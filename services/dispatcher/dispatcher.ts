@@ -358,14 +358,7 @@ export class Dispatcher {
     const state = execution.state;
     if (state.status === 'completed' || state.status === 'failed')
       return this.existing(h, execution, undefined);
-    const last = lastExecutingOf(execution);
-    if (
-      last &&
-      last.data.runner !== this.o.dispatcherId &&
-      (await probeRunner(this.o.nc, last.data.runner, h.ref.executionId, this.probeTimeoutMs)) === 'running'
-    ) {
-      return { ack: false, retryInMs: this.deferMs };
-    }
+    if (await this.liveRunnerElsewhere(execution)) return { ack: false, retryInMs: this.deferMs };
     const fail: ExecutionCommand = {
       type: 'Fail',
       data: {
@@ -701,32 +694,24 @@ export class Dispatcher {
         throw new Error(`execution ${h.ref.executionId} is neither new nor recorded`);
       case 'requested':
       case 'executing': {
-        const last = lastExecutingOf(execution);
         const attempt = state.status === 'executing' ? state.attempt : 0;
-        if (last && last.data.runner !== this.o.dispatcherId) {
-          const runner = await probeRunner(
-            this.o.nc,
-            last.data.runner,
-            h.ref.executionId,
-            this.probeTimeoutMs,
-          );
-          if (runner === 'running') {
-            if (h.cancel) {
-              // Cancelled here, but it runs elsewhere: the cancel goes to its runner.
-              this.o.forwardCancel?.(
-                last.data.runner,
-                execution.ref,
-                h.cancel,
-                h.delivery.header(REQUEST_HEADERS.authorization),
-              );
-            }
-            this.o.metrics.redeliveries.inc({ action: 'deferred' });
-            this.o.log.info(
-              { userId: h.ref.userId, executionId: h.ref.executionId, runner: last.data.runner },
-              'execution still running elsewhere; request deferred',
+        const runner = await this.liveRunnerElsewhere(execution);
+        if (runner) {
+          if (h.cancel) {
+            // Cancelled here, but it runs elsewhere: the cancel goes to its runner.
+            this.o.forwardCancel?.(
+              runner,
+              execution.ref,
+              h.cancel,
+              h.delivery.header(REQUEST_HEADERS.authorization),
             );
-            return { ack: false, retryInMs: this.deferMs };
           }
+          this.o.metrics.redeliveries.inc({ action: 'deferred' });
+          this.o.log.info(
+            { userId: h.ref.userId, executionId: h.ref.executionId, runner },
+            'execution still running elsewhere; request deferred',
+          );
+          return { ack: false, retryInMs: this.deferMs };
         }
         const requested = execution.events.find((e) => e.type === 'ToolRequested');
         const sameRequest =
@@ -957,7 +942,7 @@ export class Dispatcher {
     // Each reply subject gets the terminal answer once; a delivery that joins later answers its own.
     const to = [...h.replyTos].filter((s) => !h.answeredTo.has(s));
     for (const s of to) h.answeredTo.add(s);
-    this.reply(new Set(to), answer);
+    this.reply(to, answer);
     h.settleOutcome(answer);
     if (fresh) {
       const slot = h.slot;
@@ -989,7 +974,15 @@ export class Dispatcher {
     return { ack: true };
   }
 
-  private reply(to: string | undefined | Set<string>, answer: AgentAnswer): void {
+  /** The dispatcher running the execution's last attempt, when it is another one and says it still runs it. */
+  private async liveRunnerElsewhere(execution: Execution): Promise<string | null> {
+    const runner = lastExecutingOf(execution)?.data.runner;
+    if (!runner || runner === this.o.dispatcherId) return null;
+    const answer = await probeRunner(this.o.nc, runner, execution.ref.executionId, this.probeTimeoutMs);
+    return answer === 'running' ? runner : null;
+  }
+
+  private reply(to: string | undefined | Iterable<string>, answer: AgentAnswer): void {
     const targets = to === undefined ? [] : typeof to === 'string' ? [to] : [...to];
     if (targets.length === 0) return;
     const body = JSON.stringify(answer);
