@@ -23,6 +23,17 @@ const only = args
   .split(',');
 const ownPostgres = args.includes('--own-postgres') || process.env['BENCH_OWN_POSTGRES'] === '1';
 const mode = quick ? 'quick' : 'full';
+/** Each benchmark's result id, in report order, and the `--only` word that selects it. */
+const BENCHMARKS = new Map([
+  ['dispatch-latency', 'latency'],
+  ['dispatch-throughput', 'throughput'],
+  ['projection-lag', 'lag'],
+  ['rebuild', 'rebuild'],
+  ['notify', 'notify'],
+  ['audit', 'audit'],
+  ['cpu', 'cpu'],
+  ['diagnostics', 'diagnostics'],
+]);
 const ctx = new BenchContext(mode, quick ? QUICK : FULL, ownPostgres);
 const wanted = (id: string) => !only || only.includes(id);
 const started = performance.now();
@@ -165,17 +176,7 @@ async function main(): Promise<number> {
     await ctx.close();
   }
 
-  const order = [
-    'dispatch-latency',
-    'dispatch-throughput',
-    'projection-lag',
-    'rebuild',
-    'notify',
-    'audit',
-    'cpu',
-    'diagnostics',
-    'setup',
-  ];
+  const order = [...BENCHMARKS.keys(), 'setup'];
   results.sort((a, b) => order.indexOf(a.id) - order.indexOf(b.id));
   const meta: Meta = {
     date: new Date().toISOString(),
@@ -214,21 +215,7 @@ async function main(): Promise<number> {
     writeFileSync(`${dir}${name}.json`, json);
   }
 
-  const expected = [
-    'dispatch-latency',
-    'dispatch-throughput',
-    'projection-lag',
-    'rebuild',
-    'notify',
-    'audit',
-    'cpu',
-    'diagnostics',
-  ].filter((id) =>
-    wanted(
-      { 'dispatch-latency': 'latency', 'dispatch-throughput': 'throughput', 'projection-lag': 'lag' }[id] ??
-        id,
-    ),
-  );
+  const expected = [...BENCHMARKS].filter(([, flag]) => wanted(flag)).map(([id]) => id);
   const complete = (r: BenchResult) =>
     !r.error &&
     r.figures.length > 0 &&

@@ -16,9 +16,14 @@ async function reasonOf(p: Promise<unknown>): Promise<string> {
 t.test('a token verifies to its subject and roles, the second time from memory as well', async (t) => {
   const verifier = createTokenVerifier(SECRET);
   const token = await signToken(SECRET, { sub: 'ada', roles: ['user', 'auditor'] }, '1h');
-  for (const form of [token, `Bearer ${token}`, token]) {
-    t.match(await verifier.verify(form), { userId: 'ada', roles: ['user', 'auditor'] });
+  const first = await verifier.verify(token);
+  t.match(first, { userId: 'ada', roles: ['user', 'auditor'] });
+  for (const form of [token, `Bearer ${token}`]) {
+    t.equal(await verifier.verify(form), first, 'the principal remembered, not verified again');
   }
+  t.ok(Object.isFrozen(first), 'frozen: no request can change it for the others');
+  const another = createTokenVerifier(SECRET);
+  t.not(await another.verify(token), first, 'each verifier remembers its own');
 });
 
 t.test('a remembered token is refused once it expires', async (t) => {

@@ -90,16 +90,17 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
     const { rows: defs } = await pool.query<{ def: string }>(
       `select pg_get_functiondef('toolbus_append'::regproc) as def`,
     );
-    const original = defs[0]!.def;
-    const notifies = /perform pg_notify\([^;]*\);/.test(original);
-    const notifying = original.replace(/toolbus_append/g, 'bench_append_notifying');
+    const lastStatement = /return query select cur \+ n,/;
+    if (!lastStatement.test(defs[0]!.def)) {
+      throw new Error('toolbus_append changed: the version-1 copy cannot be made; update this diagnostic');
+    }
     await pool.query(
-      notifies
-        ? notifying
-        : notifying.replace(
-            /return query select cur \+ n,/,
-            "perform pg_notify('toolbus_events', '');\n        return query select cur + n,",
-          ),
+      defs[0]!.def
+        .replace(/toolbus_append/g, 'bench_append_notifying')
+        .replace(
+          lastStatement,
+          "perform pg_notify('toolbus_events', '');\n        return query select cur + n,",
+        ),
     );
     const concurrentSeconds = ctx.mode === 'quick' ? 1.5 : 5;
     const appender = await createPostgresEventStore({ connectionString: db.url, poolSize: 10 });
@@ -255,7 +256,6 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
         append,
         insert,
         concurrentStepsPerSecond: best,
-        appendNotifies: notifies,
         jsPublish,
         request,
         cpuUs: { verify, verifyImported, parse, jsonParse, validate, stringify },
