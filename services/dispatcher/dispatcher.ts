@@ -123,15 +123,12 @@ class ShuttingDownError extends Error {
   }
 }
 
+/** A handling this instance is doing, as later deliveries and cancels of its execution find it. */
 interface InFlight {
-  userId: string;
-  replyTos: Set<string>;
-  /** Reply subjects that got the terminal answer. */
-  answeredTo: Set<string>;
+  h: Handling;
   done: Promise<Disposition>;
   /** The terminal answer this handling gave, or null when it ended without one (deferred, failed). */
   outcome: Promise<TerminalAnswer | null>;
-  cancel(order: CancelOrder): void;
 }
 
 /** The request being handled, once its user is known. */
@@ -140,6 +137,7 @@ interface Handling {
   principal: Principal;
   request: ToolRequest | null;
   replyTos: Set<string>;
+  /** Reply subjects that got the terminal answer. */
   answeredTo: Set<string>;
   progress: boolean;
   delivery: Delivery;
@@ -193,15 +191,15 @@ export class Dispatcher {
   cancelHeld(userId: string, executionId: string, order: CancelOrder): Promise<TerminalAnswer | null> | null {
     const f = this.inFlight.get(executionId);
     // The execution id alone is not proof of ownership: it must be this user's.
-    if (!f || f.userId !== userId) return null;
-    f.cancel(order);
+    if (!f || f.h.ref.userId !== userId) return null;
+    this.requestCancel(f.h, order);
     return f.outcome;
   }
 
   /** The outcome of the handling of the user's execution here, or null when there is none. */
   outcomeOf(userId: string, executionId: string): Promise<TerminalAnswer | null> | null {
     const f = this.inFlight.get(executionId);
-    return f && f.userId === userId ? f.outcome : null;
+    return f && f.h.ref.userId === userId ? f.outcome : null;
   }
 
   get inFlightCount(): number {
@@ -260,17 +258,16 @@ export class Dispatcher {
     if (running) {
       // A duplicate of a request this instance is handling: answered by the same execution, also
       // when it joins after the answer went out (the first handling still finishing its bookkeeping).
-      if (replyTo) running.replyTos.add(replyTo);
-      if (delivery.cancel) running.cancel(delivery.cancel);
+      const first = running.h;
+      if (replyTo) first.replyTos.add(replyTo);
+      if (delivery.cancel) this.requestCancel(first, delivery.cancel);
       const [disposition, answer] = await Promise.all([running.done, running.outcome]);
-      if (answer && replyTo && !running.answeredTo.has(replyTo)) {
-        running.answeredTo.add(replyTo);
+      if (answer && replyTo && !first.answeredTo.has(replyTo)) {
+        first.answeredTo.add(replyTo);
         this.reply(replyTo, answer);
       }
       return disposition;
     }
-    const replyTos = new Set(replyTo ? [replyTo] : []);
-    const answeredTo = new Set<string>();
     let settle!: (d: Disposition) => void;
     const done = new Promise<Disposition>((resolve) => (settle = resolve));
     let settleOutcome!: (a: TerminalAnswer | null) => void;
@@ -280,8 +277,8 @@ export class Dispatcher {
       ref,
       principal,
       request: parsed.ok ? parsed.request : null,
-      replyTos,
-      answeredTo,
+      replyTos: new Set(replyTo ? [replyTo] : []),
+      answeredTo: new Set(),
       progress: parsed.ok && parsed.request.progress === true,
       delivery,
       startedAt,
@@ -292,14 +289,7 @@ export class Dispatcher {
       settleOutcome,
     };
     if (h.cancel) h.cancelled.abort(new ToolCancelledError(h.cancel));
-    this.inFlight.set(executionId, {
-      userId,
-      replyTos,
-      answeredTo,
-      done,
-      outcome,
-      cancel: (order) => this.requestCancel(h, order),
-    });
+    this.inFlight.set(executionId, { h, done, outcome });
     this.o.metrics.inFlight.inc();
     let disposition: Disposition = { ack: false, retryInMs: this.deferMs };
     try {
