@@ -36,10 +36,29 @@ export function userIdOfStream(stream: string): string | undefined {
   return isUserId(id) ? id : undefined;
 }
 
+/**
+ * The id of a NATS identity (an agent, a dispatcher, a worker...): an nkey's public key or a user
+ * name. It names the identity's inbox and, for an agent, the last token of its request subjects,
+ * so the server's permissions can tie both to the identity (lib/natsAuth.ts).
+ */
+export const IDENTITY_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+export const isIdentityId = (value: unknown): value is string =>
+  typeof value === 'string' && IDENTITY_ID_PATTERN.test(value);
+function assertIdentityId(value: string): string {
+  if (!isIdentityId(value)) throw new Error(`invalid NATS identity id ${JSON.stringify(String(value).slice(0, 80))}`);
+  return value;
+}
+/** Where an identity's replies arrive: it may subscribe under this prefix and nowhere else. */
+export const inboxPrefixOf = (identity: string): string => `_INBOX.${assertIdentityId(identity)}`;
+
 /** NATS subjects and JetStream names. */
 export const subjects = {
-  /** Agents publish tool requests here; the token's subject must equal `userId`. */
-  request: (userId: string): string => `toolbus.requests.${assertUserId(userId)}`,
+  /**
+   * Agent `agentId` publishes tool requests of user `userId` here; the token's subject must equal
+   * `userId`, and answers go only to an inbox under `inboxPrefixOf(agentId)`.
+   */
+  request: (userId: string, agentId: string): string =>
+    `toolbus.requests.${assertUserId(userId)}.${assertIdentityId(agentId)}`,
   requestsAll: 'toolbus.requests.>',
   /** Every appended event of a user, for the notifier. */
   events: (userId: string): string => `events.user.${assertUserId(userId)}`,
@@ -56,14 +75,32 @@ export const subjects = {
    */
   answers: (userId: string): string => `toolbus.answers.${assertUserId(userId)}`,
   answersAll: 'toolbus.answers.*',
-  /** Tool workers announce their manifests here. */
-  toolAnnounce: 'toolbus.tools.announce',
+  /** A tool worker announces the versions of one tool it serves here (one message per tool). */
+  toolAnnounce: (name: string): string => `toolbus.tools.announce.${assertToolName(name)}`,
+  toolAnnounceAll: 'toolbus.tools.announce.*',
+  /** A worker publishes the progress of one invocation of tool `name` here. */
+  toolProgress: (name: string, invocationId: string): string =>
+    `toolbus.tools.progress.${assertToolName(name)}.${assertIdentityId(invocationId)}`,
+  /** A dispatcher tells the workers of tool `name` to stop an invocation. */
+  toolCancel: (name: string): string => `toolbus.tools.cancel.${assertToolName(name)}`,
   /** Dispatchers ask workers to announce again (on start). */
   toolDiscover: 'toolbus.tools.discover',
   /** A worker serves one tool version here, in queue group `toolbus-workers`. */
   toolRun: (name: string, version: string): string =>
     `toolbus.tools.run.${assertToolName(name)}.${assertVersion(version).replaceAll('.', '_')}`,
 } as const;
+
+const REQUEST_SUBJECT = /^toolbus\.requests\.([A-Za-z0-9_-]{1,64})\.([A-Za-z0-9_-]{1,64})$/;
+
+/** The user and the publishing agent a request subject names, or null for any other subject. */
+export function parseRequestSubject(subject: string): { userId: string; agentId: string } | null {
+  const m = REQUEST_SUBJECT.exec(subject);
+  return m ? { userId: m[1]!, agentId: m[2]! } : null;
+}
+
+/** True when `replyTo` is an inbox of identity `agentId`: the only place its answers may go. */
+export const isInboxOf = (agentId: string, replyTo: string): boolean =>
+  isIdentityId(agentId) && replyTo.startsWith(`${inboxPrefixOf(agentId)}.`);
 
 export const jetstream = {
   requestsStream: 'TOOLBUS_REQUESTS',

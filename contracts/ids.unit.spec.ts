@@ -1,6 +1,8 @@
 import t from 'tap';
 import { z } from 'zod';
 import {
+  isInboxOf,
+  parseRequestSubject,
   assertUserId,
   deterministicUuid,
   eventIdFor,
@@ -43,7 +45,7 @@ const show = (v: unknown): string =>
 
 const NAMERS: Record<string, (id: string) => string> = {
   userStream,
-  'subjects.request': subjects.request,
+  'subjects.request': (id) => subjects.request(id, 'agent-1'),
   'subjects.events': subjects.events,
   'subjects.progress': subjects.progress,
   'subjects.cancel': subjects.cancel,
@@ -80,7 +82,16 @@ t.test('good user ids give the expected names', async (t) => {
     t.equal(assertUserId(id), id);
   }
   t.equal(userStream('alice'), 'user-alice');
-  t.equal(subjects.request('alice'), 'toolbus.requests.alice');
+  t.equal(subjects.request('alice', 'agent-1'), 'toolbus.requests.alice.agent-1');
+  t.same(parseRequestSubject('toolbus.requests.alice.agent-1'), { userId: 'alice', agentId: 'agent-1' });
+  t.equal(parseRequestSubject('toolbus.requests.alice'), null, 'a request subject names its agent');
+  t.ok(isInboxOf('agent-1', '_INBOX.agent-1.abc'));
+  t.notOk(isInboxOf('agent-1', '_INBOX.agent-2.abc'), 'another identity\'s inbox');
+  t.notOk(isInboxOf('agent-1', '_INBOX.agent-1'), 'the prefix itself is no inbox');
+  t.notOk(isInboxOf('agent-1', 'toolbus.requests.alice'), 'any other subject');
+  for (const bad of ['', '.', '*', '>', 'a.b', 'x'.repeat(65)]) {
+    t.throws(() => subjects.request('alice', bad), /invalid NATS identity id/, `agent id ${JSON.stringify(bad)} is refused`);
+  }
   t.equal(subjects.events('alice'), 'events.user.alice');
   t.equal(subjects.progress('alice'), 'toolbus.progress.alice');
   t.equal(subjects.cancel('alice'), 'toolbus.cancel.alice');

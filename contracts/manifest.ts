@@ -60,7 +60,8 @@ export type ToolManifestInput = z.input<typeof ToolManifest>;
 /** A worker's announcement: manifests, signed with the shared worker secret (HMAC-SHA256). */
 export const ToolAnnouncement = z.strictObject({
   workerId: z.string().regex(/^[A-Za-z0-9_.:-]{1,128}$/),
-  manifests: z.array(z.unknown()).min(1).max(100),
+  /** Every version of the subject's tool this worker serves; empty: it serves none any more. */
+  manifests: z.array(z.unknown()).max(100),
   issuedAt: z.number().int(),
   signature: z.string().regex(/^[0-9a-f]{64}$/),
 });

@@ -1,14 +1,137 @@
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { readFileSync } from 'node:fs';
+import { fromSeed } from '@nats-io/nkeys';
+import {
+  connect,
+  createInbox,
+  credsAuthenticator,
+  nkeyAuthenticator,
+  type Authenticator,
+  type ConnectionOptions,
+  type NatsConnection,
+} from '@nats-io/transport-node';
+import { inboxPrefixOf, isIdentityId } from '../contracts/index.ts';
 
 export type { NatsConnection };
 
-/** Connects and keeps reconnecting for ever: a NATS restart is an interruption, not an end. */
-export function connectNats(url: string, name: string): Promise<NatsConnection> {
-  return connect({
+/**
+ * How a part of Toolbus proves who it is to NATS: at most one of an nkey seed, a creds file
+ * (JWT + seed, for operator/account deployments), a user and password, or a token; and TLS.
+ * Every field comes from configuration (`natsCredentialsFromConfig`).
+ */
+export interface NatsCredentials {
+  nkeySeed?: string;
+  credsFile?: string;
+  user?: string;
+  password?: string;
+  token?: string;
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
+  /**
+   * The identity's id on the bus: names its inbox (`_INBOX.<id>`) and, for agents, the last token
+   * of its request subject. Default: the nkey's public key, else the user name, else `anonymous`.
+   * The server's permissions are written for this id (see lib/natsAuth.ts).
+   */
+  identity?: string;
+}
+
+/** The id that `credentials` give a connection (see `NatsCredentials.identity`). */
+export function identityOf(credentials: NatsCredentials = {}): string {
+  if (credentials.identity) return credentials.identity;
+  if (credentials.nkeySeed) return publicKeyOfSeed(credentials.nkeySeed);
+  if (credentials.user && isIdentityId(credentials.user)) return credentials.user;
+  return 'anonymous';
+}
+
+export function publicKeyOfSeed(seed: string): string {
+  return fromSeed(new TextEncoder().encode(seed.trim())).getPublicKey();
+}
+
+function authenticatorOf(c: NatsCredentials): Partial<ConnectionOptions> {
+  const given = [c.nkeySeed, c.credsFile, c.user, c.token].filter((v) => v !== undefined).length;
+  if (given > 1) throw new Error('NATS credentials: give one of an nkey seed, a creds file, a user, a token');
+  let authenticator: Authenticator | undefined;
+  if (c.nkeySeed) authenticator = nkeyAuthenticator(new TextEncoder().encode(c.nkeySeed.trim()));
+  if (c.credsFile) authenticator = credsAuthenticator(readFileSync(c.credsFile));
+  const options: Partial<ConnectionOptions> = {};
+  if (authenticator) options.authenticator = authenticator;
+  if (c.user !== undefined) {
+    options.user = c.user;
+    if (c.password !== undefined) options.pass = c.password;
+  }
+  if (c.token !== undefined) options.token = c.token;
+  if (c.tls) {
+    options.tls = {
+      ...(c.tls.caFile ? { caFile: c.tls.caFile } : {}),
+      ...(c.tls.certFile ? { certFile: c.tls.certFile } : {}),
+      ...(c.tls.keyFile ? { keyFile: c.tls.keyFile } : {}),
+    };
+  }
+  return options;
+}
+
+/** Each connection's identity id, as `connectNats` made it. */
+const identities = new WeakMap<NatsConnection, string>();
+
+/**
+ * Connects as `credentials` and keeps reconnecting for ever: a NATS restart is an interruption,
+ * not an end. The connection's inbox prefix is `_INBOX.<identity>`, the only inbox its identity may
+ * subscribe to on a server with Toolbus's authorization.
+ */
+export async function connectNats(
+  url: string,
+  name: string,
+  credentials: NatsCredentials = {},
+): Promise<NatsConnection> {
+  const identity = identityOf(credentials);
+  const nc = await connect({
     servers: url,
     name,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     pingInterval: 5_000,
+    inboxPrefix: inboxPrefixOf(identity),
+    ...authenticatorOf(credentials),
   });
+  identities.set(nc, identity);
+  return nc;
+}
+
+/** The identity id of a connection made by `connectNats` (`anonymous` for any other). */
+export const connectionIdentity = (nc: NatsConnection): string => identities.get(nc) ?? 'anonymous';
+
+/** A new inbox subject under the connection's own prefix. */
+export const inboxFor = (nc: NatsConnection): string => createInbox(inboxPrefixOf(connectionIdentity(nc)));
+
+/** The NATS_* variables of `lib/config.ts` as credentials. */
+export function natsCredentialsFromConfig(config: {
+  NATS_NKEY_SEED?: string | undefined;
+  NATS_NKEY_SEED_FILE?: string | undefined;
+  NATS_CREDS?: string | undefined;
+  NATS_USER?: string | undefined;
+  NATS_PASSWORD?: string | undefined;
+  NATS_TOKEN?: string | undefined;
+  NATS_TLS_CA?: string | undefined;
+  NATS_TLS_CERT?: string | undefined;
+  NATS_TLS_KEY?: string | undefined;
+  NATS_IDENTITY?: string | undefined;
+}): NatsCredentials {
+  const seed =
+    config.NATS_NKEY_SEED ??
+    (config.NATS_NKEY_SEED_FILE ? readFileSync(config.NATS_NKEY_SEED_FILE, 'utf8').trim() : undefined);
+  const tls =
+    config.NATS_TLS_CA || config.NATS_TLS_CERT || config.NATS_TLS_KEY
+      ? {
+          ...(config.NATS_TLS_CA ? { caFile: config.NATS_TLS_CA } : {}),
+          ...(config.NATS_TLS_CERT ? { certFile: config.NATS_TLS_CERT } : {}),
+          ...(config.NATS_TLS_KEY ? { keyFile: config.NATS_TLS_KEY } : {}),
+        }
+      : undefined;
+  return {
+    ...(seed ? { nkeySeed: seed } : {}),
+    ...(config.NATS_CREDS ? { credsFile: config.NATS_CREDS } : {}),
+    ...(config.NATS_USER ? { user: config.NATS_USER } : {}),
+    ...(config.NATS_PASSWORD ? { password: config.NATS_PASSWORD } : {}),
+    ...(config.NATS_TOKEN ? { token: config.NATS_TOKEN } : {}),
+    ...(tls ? { tls } : {}),
+    ...(config.NATS_IDENTITY ? { identity: config.NATS_IDENTITY } : {}),
+  };
 }

@@ -3,7 +3,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { jetstream as names, LIMITS, subjects } from '../../contracts/index.ts';
 import { startNats } from '../../test/support/processes.ts';
 import { signToken } from '../auth.ts';
-import { connectNats } from '../nats.ts';
+import { connectionIdentity, connectNats } from '../nats.ts';
 import { AgentClientError, createAgentClient } from './agent.ts';
 
 const SECRET = 's'.repeat(40);
@@ -30,7 +30,7 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
   });
 
   t.test('what goes on the wire: subject, headers, body', async (t) => {
-    const sub = nc.subscribe(subjects.request('alice'), { max: 1 });
+    const sub = nc.subscribe(subjects.request('alice', connectionIdentity(nc)), { max: 1 });
     const pending = client.execute(
       'echo',
       { a: 1 },
@@ -39,7 +39,7 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
     const seen = [];
     for await (const m of sub) seen.push(m);
     await t.rejects(pending, AgentClientError, 'nobody answers: a timeout');
-    t.equal(seen.length, 1, 'published on toolbus.requests.<user of the token>');
+    t.equal(seen.length, 1, 'published on toolbus.requests.<user of the token>.<agent identity>');
     const msg = seen[0]!;
     t.equal(msg.headers?.get('Authorization'), `Bearer ${token}`);
     t.equal(msg.headers?.get('Nats-Msg-Id'), 'alice:r-1');
@@ -50,13 +50,13 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
       version: '1.0.0',
       args: { a: 1 },
       correlationId: 'c-1',
-      replyTo: /^_INBOX\./,
+      replyTo: new RegExp(`^_INBOX\\.${connectionIdentity(nc)}\\.`),
     });
     t.notOk('progress' in body, 'progress is only asked for with onProgress');
   });
 
   t.test('the terminal answer on the inbox resolves; interim answers go to onProgress', async (t) => {
-    const sub = nc.subscribe(subjects.request('alice'), {
+    const sub = nc.subscribe(subjects.request('alice', connectionIdentity(nc)), {
       callback: (_e, m) => {
         const { requestId, replyTo, progress } = m.json<{
           requestId: string;

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
-import { createInbox, headers, RequestError, type NatsConnection } from '@nats-io/transport-node';
+import { headers, RequestError, type NatsConnection } from '@nats-io/transport-node';
 import {
   AgentAnswer,
   CancelResult,
@@ -13,13 +13,15 @@ import {
   type JsonObject,
   type TerminalAnswer,
 } from '../../contracts/index.ts';
+import { connectionIdentity, inboxFor } from '../nats.ts';
 
 /**
  * The agent's side of Toolbus: publish a tool request into the JetStream intake and wait for its
  * one terminal answer on an inbox of its own.
  *
  * The user id comes from the token (read here without verifying, only to address the request; the
- * dispatcher verifies it). `Nats-Msg-Id` is `<userId>:<requestId>`, so JetStream drops a repeat
+ * dispatcher verifies it). The connection must come from `connectNats` (lib/nats.ts): its identity
+ * names the request subject (`toolbus.requests.<user>.<agent>`) and the inbox. `Nats-Msg-Id` is `<userId>:<requestId>`, so JetStream drops a repeat
  * within its duplicate window; the answer then went to the first attempt's inbox, so the client
  * asks the dispatchers for it on `toolbus.answers.<userId>` until it is there.
  */
@@ -117,7 +119,10 @@ export async function submitRequest(
 ): Promise<AgentAnswer> {
   const { userId, requestId } = o;
   const pollMs = o.pollIntervalMs ?? 250;
-  const inbox = createInbox();
+  // The server lets this connection publish requests only under its own identity, and read only
+  // its own inbox; the dispatcher answers only to that inbox.
+  const agentId = connectionIdentity(nc);
+  const inbox = inboxFor(nc);
   const { replyTo: _r, progress: _p, ...rest } = o.body;
   const body = JSON.stringify({ ...rest, replyTo: inbox, ...(o.onProgress ? { progress: true } : {}) });
   const size = Buffer.byteLength(body);
@@ -192,7 +197,7 @@ export async function submitRequest(
       void (async () => {
         let ack;
         try {
-          ack = await js.publish(subjects.request(userId), body, {
+          ack = await js.publish(subjects.request(userId, agentId), body, {
             msgID: `${userId}:${requestId}`,
             headers: auth,
           });

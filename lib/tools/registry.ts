@@ -311,9 +311,10 @@ export class ToolRegistry {
    * A worker went away: it no longer backs any tool (or any but the name@version ids in
    * `except`). A remote tool that no worker backs any more is removed.
    */
-  remove(workerId: string, except: Iterable<string> = []): void {
+  remove(workerId: string, except: Iterable<string> = [], onlyTool?: string): void {
     const keep = new Set(except);
     for (const [name, versions] of [...this.#tools]) {
+      if (onlyTool !== undefined && name !== onlyTool) continue;
       for (const [version, entry] of [...versions]) {
         if (entry.local || keep.has(toolId(name, version))) continue;
         const i = entry.workers.indexOf(workerId);

@@ -13,7 +13,6 @@ import {
   signAnnouncement,
   signInvocation,
   toManifest,
-  TOOL_CANCEL_SUBJECT,
   ToolInputError,
   ToolOutputError,
   ToolRegistry,
@@ -210,8 +209,14 @@ t.test('forged, stale, malformed and duplicate announcements are refused and nev
     }),
   );
   const sneaky = defineTool({ ...adder(), name: 'sneaky_tool' });
-  const publish = (value: unknown) =>
-    d.nc.publish(subjects.toolAnnounce, typeof value === 'string' ? value : JSON.stringify(value));
+  // On the subject of the tool its first manifest names, as a worker would.
+  const publish = (value: unknown) => {
+    const name = (value as { manifests?: { name?: string }[] } | null)?.manifests?.[0]?.name;
+    d.nc.publish(
+      subjects.toolAnnounce(typeof name === 'string' && /^[a-z][a-z0-9_]{1,63}$/.test(name) ? name : 'no_name'),
+      typeof value === 'string' ? value : JSON.stringify(value),
+    );
+  };
   const waitRefusals = (n: number) => waitFor(`${n} refusals`, () => d.refused.length >= n);
 
   // A worker that does not know the secret.
@@ -394,10 +399,11 @@ t.test('the dispatcher’s abort reaches the worker: the tool’s own signal fir
     .run({}, ctx({ signal: c1.signal, executionId: '00000000-0000-5000-8000-00000000000a' }));
   running.catch(() => undefined);
   await new Promise((r) => setTimeout(r, 200));
-  w.nc.publish(TOOL_CANCEL_SUBJECT, JSON.stringify({ invocationId: 'anything' }));
+  const cancelSubject = subjects.toolCancel('remote_waiter');
+  w.nc.publish(cancelSubject, JSON.stringify({ invocationId: 'anything' }));
   const h = headers();
-  h.set('Toolbus-Signature', signInvocation(TOOL_CANCEL_SUBJECT, '{"invocationId":"x"}', 'wrong-secret'));
-  d.nc.publish(TOOL_CANCEL_SUBJECT, '{"invocationId":"x"}', { headers: h });
+  h.set('Toolbus-Signature', signInvocation(cancelSubject, '{"invocationId":"x"}', 'wrong-secret'));
+  d.nc.publish(cancelSubject, '{"invocationId":"x"}', { headers: h });
   await new Promise((r) => setTimeout(r, 200));
   t.strictSame(aborted, [], 'nothing stops on a cancel that is not the dispatcher’s');
 

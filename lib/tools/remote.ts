@@ -1,6 +1,5 @@
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import {
-  createInbox,
   headers,
   RequestError,
   TimeoutError,
@@ -26,12 +25,12 @@ import { ToolRegistry, WORKER_ID_PATTERN, type RunnableTool } from './registry.t
 export const WORKER_QUEUE = 'toolbus-workers';
 /** Header carrying the dispatcher's HMAC over an invocation (and over a cancel). */
 export const SIGNATURE_HEADER = 'Toolbus-Signature';
-/**
+/*
  * Where a dispatcher tells workers to stop an invocation it no longer waits for (cancelled, or
- * timed out on its side): `{ invocationId, executionId }`, signed like an invocation. Every worker
- * listens (no queue group); the one running that invocation aborts its signal.
+ * timed out on its side) is `subjects.toolCancel(tool)`: `{ invocationId, executionId }`, signed
+ * like an invocation. Every worker of that tool listens (no queue group); the one running that
+ * invocation aborts its signal.
  */
-export const TOOL_CANCEL_SUBJECT = 'toolbus.tools.cancel';
 /** The codes a worker may answer with. */
 export const WORKER_ERROR_CODES = [
   'VALIDATION',
@@ -343,16 +342,26 @@ export async function serveTools(
     controller.abort(new ToolRunError('CANCELLED', 'the dispatcher cancelled this invocation'));
   };
 
-  const announce = () => {
-    if (stopped || nc.isClosed()) return;
-    try {
-      nc.publish(
-        subjects.toolAnnounce,
-        JSON.stringify(createAnnouncement(opts.workerId, manifests, opts.secret)),
-      );
-    } catch (e) {
-      log?.warn({ err: { message: (e as Error).message } }, 'could not announce tools');
+  // One announcement per tool, on that tool's subject: the server lets a worker identity announce
+  // (and serve) only the tools its permissions name.
+  const byName = new Map<string, ToolManifest[]>();
+  for (const m of manifests) byName.set(m.name, [...(byName.get(m.name) ?? []), m]);
+  const announce = (withdraw = false) => {
+    if (nc.isClosed()) return;
+    for (const [name, all] of byName) {
+      const versions = withdraw ? [] : all;
+      try {
+        nc.publish(
+          subjects.toolAnnounce(name),
+          JSON.stringify(createAnnouncement(opts.workerId, versions, opts.secret)),
+        );
+      } catch (e) {
+        log?.warn({ tool: name, err: { message: (e as Error).message } }, 'could not announce a tool');
+      }
     }
+  };
+  const announceNow = () => {
+    if (!stopped) announce();
   };
 
   for (const { tool } of served) {
@@ -374,15 +383,19 @@ export async function serveTools(
       }),
     );
   }
-  subs.push(nc.subscribe(subjects.toolDiscover, { callback: (err) => (err ? undefined : announce()) }));
-  subs.push(nc.subscribe(TOOL_CANCEL_SUBJECT, { callback: (err, msg) => (err ? undefined : onCancel(msg)) }));
+  subs.push(nc.subscribe(subjects.toolDiscover, { callback: (err) => (err ? undefined : announceNow()) }));
+  for (const name of byName.keys()) {
+    subs.push(
+      nc.subscribe(subjects.toolCancel(name), { callback: (err, msg) => (err ? undefined : onCancel(msg)) }),
+    );
+  }
   // The subscriptions reach the server before the announcement does: a dispatcher that hears
   // the announcement can call at once.
   await nc.flush();
   announce();
   await nc.flush();
   const interval = opts.announceIntervalMs ?? 30_000;
-  const timer = interval > 0 ? setInterval(announce, interval) : undefined;
+  const timer = interval > 0 ? setInterval(announceNow, interval) : undefined;
   timer?.unref();
   log?.info(
     { workerId: opts.workerId, tools: manifests.map((m) => `${m.name}@${m.version}`) },
@@ -394,6 +407,8 @@ export async function serveTools(
       if (stopped) return;
       stopped = true;
       clearInterval(timer);
+      // Withdraw at once: dispatchers stop routing calls here now, not when the worker expires.
+      announce(true);
       if (!nc.isClosed()) await Promise.all(subs.map((s) => s.drain().catch(() => undefined)));
       await Promise.allSettled([...inflight]);
     },
@@ -401,6 +416,8 @@ export async function serveTools(
 }
 
 // --- the dispatcher side --------------------------------------------------------------------
+
+const ANNOUNCE_PREFIX = subjects.toolAnnounceAll.slice(0, -1);
 
 export interface AcceptAnnouncementsOptions {
   secret: string;
@@ -444,7 +461,9 @@ export async function invokeRemote(
 ): Promise<unknown> {
   const id = `${manifest.name}@${manifest.version}`;
   const subject = subjects.toolRun(manifest.name, manifest.version);
-  const progressSubject = createInbox();
+  const invocationId = randomUUID();
+  // Only the workers of this tool (and dispatchers) may publish on its progress subjects.
+  const progressSubject = subjects.toolProgress(manifest.name, invocationId);
   const progressSub = nc.subscribe(progressSubject, {
     callback: (err, msg) => {
       if (err) return;
@@ -458,7 +477,7 @@ export async function invokeRemote(
   });
   const endProgress = () => progressSub.unsubscribe();
   ctx.signal.addEventListener('abort', endProgress, { once: true });
-  const invocationId = randomUUID();
+  const cancelSubject = subjects.toolCancel(manifest.name);
   // The dispatcher stops waiting (cancel, or its own timeout): tell the worker to stop too.
   const forwardAbort = () => {
     try {
@@ -467,8 +486,8 @@ export async function invokeRemote(
         executionId: ctx.executionId,
       } satisfies InvocationCancel);
       const ch = headers();
-      ch.set(SIGNATURE_HEADER, signInvocation(TOOL_CANCEL_SUBJECT, cancel, opts.secret));
-      nc.publish(TOOL_CANCEL_SUBJECT, cancel, { headers: ch });
+      ch.set(SIGNATURE_HEADER, signInvocation(cancelSubject, cancel, opts.secret));
+      nc.publish(cancelSubject, cancel, { headers: ch });
     } catch {
       // the worker stops at its deadline anyway
     }
@@ -568,6 +587,7 @@ export async function acceptAnnouncements(
   };
 
   const onAnnouncement = (msg: Msg) => {
+    const subjectTool = msg.subject.slice(ANNOUNCE_PREFIX.length);
     let value: unknown;
     try {
       value = msg.json();
@@ -579,6 +599,14 @@ export async function acceptAnnouncements(
     const { workerId, manifests } = check.announcement;
     const kept: string[] = [];
     for (const m of manifests) {
+      const claimed = (m as { name?: unknown } | null)?.name;
+      if (claimed !== subjectTool) {
+        refuse(
+          `announcement on ${msg.subject} names another tool (${JSON.stringify(claimed)}): refused`,
+          workerId,
+        );
+        continue;
+      }
       let tool: RunnableTool | undefined;
       const invoke = (args: unknown, ctx: ToolContext) => invokeRemote(nc, tool!.manifest, args, ctx, opts);
       try {
@@ -601,11 +629,11 @@ export async function acceptAnnouncements(
         );
       }
     }
-    registry.remove(workerId, kept);
+    registry.remove(workerId, kept, subjectTool);
     lastSeen.set(workerId, Date.now());
   };
 
-  const sub = nc.subscribe(subjects.toolAnnounce, {
+  const sub = nc.subscribe(subjects.toolAnnounceAll, {
     callback: (err, msg) => {
       if (err) {
         log?.error({ err: { message: err.message } }, 'announcement subscription failed');

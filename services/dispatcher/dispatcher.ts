@@ -1,6 +1,9 @@
 import {
   canonicalJson,
   executionIdFor,
+  inboxPrefixOf,
+  isInboxOf,
+  parseRequestSubject,
   isUserId,
   JsonValue,
   parseToolRequest,
@@ -94,7 +97,6 @@ export interface DispatcherOptions {
 
 /** Largest result stored and answered (its canonical JSON); larger is OUTPUT_INVALID. */
 export const MAX_RESULT_BYTES = 512 * 1024;
-const REQUEST_PREFIX = 'toolbus.requests.';
 /** Failure counts kept per process; the oldest is forgotten beyond this. */
 const MAX_TRACKED_FAILURES = 10_000;
 /** The longest wait before a request that failed is delivered again. */
@@ -137,6 +139,8 @@ interface Handling {
   principal: Principal;
   request: ToolRequest | null;
   replyTos: Set<string>;
+  /** The request named a reply subject outside its agent's inbox: refused, not answered there. */
+  foreignReplyTo: boolean;
   /** Reply subjects that got the terminal answer. */
   answeredTo: Set<string>;
   progress: boolean;
@@ -215,7 +219,18 @@ export class Dispatcher {
     const startedAt = performance.now();
     const parsed = parseToolRequest(delivery.data);
     const partial: Partial<ToolRequest> = parsed.ok ? parsed.request : (parsed.partial ?? {});
-    const replyTo = partial.replyTo;
+    // Answers go only to an inbox of the agent that published the request (the server lets an
+    // identity publish only under its own agent id, and subscribe only to its own inbox).
+    const from = parseRequestSubject(delivery.subject);
+    const foreignReplyTo =
+      partial.replyTo !== undefined && !(from && isInboxOf(from.agentId, partial.replyTo));
+    const replyTo = foreignReplyTo ? undefined : partial.replyTo;
+    if (foreignReplyTo) {
+      this.o.log.warn(
+        { subject: delivery.subject, replyTo: partial.replyTo },
+        'request names a reply subject outside its agent\'s inbox: it is not answered there',
+      );
+    }
 
     let principal: Principal;
     try {
@@ -278,6 +293,7 @@ export class Dispatcher {
       principal,
       request: parsed.ok ? parsed.request : null,
       replyTos: new Set(replyTo ? [replyTo] : []),
+      foreignReplyTo,
       answeredTo: new Set(),
       progress: parsed.ok && parsed.request.progress === true,
       delivery,
@@ -489,9 +505,7 @@ export class Dispatcher {
   ): { code: ErrorCode; message: string; details?: Record<string, unknown> } | null {
     const { ref, request, principal } = h;
     if (!request) return { code: 'VALIDATION', message: parseProblem ?? 'invalid request' };
-    const subjectUser = h.delivery.subject.startsWith(REQUEST_PREFIX)
-      ? h.delivery.subject.slice(REQUEST_PREFIX.length)
-      : '';
+    const subjectUser = parseRequestSubject(h.delivery.subject)?.userId ?? '';
     const tool = this.o.registry.resolve(request.tool, request.version);
     h.tool = tool;
     h.toolLabel = request.tool;
@@ -500,6 +514,14 @@ export class Dispatcher {
       return {
         code: 'FORBIDDEN',
         message: `the token is for user ${ref.userId}; it may not act for ${JSON.stringify(claimed)}`,
+      };
+    }
+    if (h.foreignReplyTo) {
+      return {
+        code: 'VALIDATION',
+        message: `replyTo must be an inbox of the publishing agent (${inboxPrefixOf(
+          parseRequestSubject(h.delivery.subject)?.agentId ?? 'anonymous',
+        )}.*)`,
       };
     }
     if (!tool) {

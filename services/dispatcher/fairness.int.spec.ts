@@ -1,5 +1,6 @@
 import { jetstream } from '@nats-io/jetstream';
-import { createInbox, headers } from '@nats-io/transport-node';
+import { headers } from '@nats-io/transport-node';
+import { connectionIdentity, inboxFor } from '../../lib/nats.ts';
 import t from 'tap';
 import { subjects } from '../../contracts/index.ts';
 import { eventually, harness } from './test/harness.ts';
@@ -29,7 +30,7 @@ t.test('a flood of 2,000 requests from one user does not hold up another user', 
   const single = await h.token('single');
 
   // The flood: 2,000 noop requests published into the intake, answers counted on one inbox.
-  const inbox = createInbox();
+  const inbox = inboxFor(h.nc);
   const answers = new Map<string, string>();
   h.nc.subscribe(inbox, {
     callback: (err, msg) => {
@@ -46,7 +47,7 @@ t.test('a flood of 2,000 requests from one user does not hold up another user', 
       Array.from({ length: Math.min(250, FLOOD - from) }, (_, k) => {
         const requestId = `f-${from + k}`;
         return js.publish(
-          subjects.request('flooder'),
+          subjects.request('flooder', connectionIdentity(h.nc)),
           JSON.stringify({ requestId, tool: 'noop', args: {}, replyTo: inbox }),
           { msgID: `flooder:${requestId}`, headers: auth },
         );

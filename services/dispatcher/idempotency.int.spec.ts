@@ -1,3 +1,4 @@
+import { connectionIdentity } from '../../lib/nats.ts';
 import t from 'tap';
 import { Redis } from 'ioredis';
 import { subjects, verifyChain, type ToolEvent } from '../../contracts/index.ts';
@@ -40,7 +41,7 @@ t.test('one execution per request id', async (t) => {
   t.test('three copies that JetStream does not deduplicate (no Nats-Msg-Id): still one run', async (t) => {
     const body = { requestId: 'dup-2', tool: 'sleep', args: { ms: 300 } };
     const answers = await Promise.all(
-      [1, 2, 3].map(() => rawRequest(h, { subject: subjects.request('ida'), body, token })),
+      [1, 2, 3].map(() => rawRequest(h, { subject: subjects.request('ida', connectionIdentity(h.nc)), body, token })),
     );
     t.match(answers[0], { status: 'completed' });
     t.strictSame(answers[1], answers[0]);
@@ -66,7 +67,7 @@ t.test('one execution per request id', async (t) => {
     t.equal(await redis.dbsize(), 0, 'Redis remembers nothing');
 
     const viaIntake = await rawRequest(h, {
-      subject: subjects.request('ida'),
+      subject: subjects.request('ida', connectionIdentity(h.nc)),
       body: { requestId: 'dup-3', tool: 'sleep', args: { ms: 50 } },
       token,
     });
@@ -74,7 +75,7 @@ t.test('one execution per request id', async (t) => {
     const viaClient = await h.agent.execute('sleep', { ms: 50 }, { token, requestId: 'dup-3' });
     t.strictSame(viaClient, first, 'a retry through the client (JetStream duplicate) gets it too');
     const refusedAgain = await rawRequest(h, {
-      subject: subjects.request('ida'),
+      subject: subjects.request('ida', connectionIdentity(h.nc)),
       body: { requestId: 'dup-3-refused', tool: 'noop', version: '7.0.0', args: {} },
       token,
     });
@@ -89,7 +90,7 @@ t.test('one execution per request id', async (t) => {
   t.test('a retry with other arguments gets the first answer, not a second run', async (t) => {
     const first = await h.agent.execute('echo', { v: 1 }, { token, requestId: 'dup-4' });
     const second = await rawRequest(h, {
-      subject: subjects.request('ida'),
+      subject: subjects.request('ida', connectionIdentity(h.nc)),
       body: { requestId: 'dup-4', tool: 'echo', args: { v: 2 } },
       token,
     });
@@ -154,7 +155,7 @@ t.test('Redis stopped mid-run: executions finish, no duplicate, limits fail open
   const during = await h.agent.execute('echo', { x: 1 }, { token, requestId: 'rs-during' });
   t.match(during, { status: 'completed' }, 'new requests are served without Redis');
   const dupDuring = await rawRequest(h, {
-    subject: subjects.request('rex'),
+    subject: subjects.request('rex', connectionIdentity(h.nc)),
     body: { requestId: 'rs-0', tool: 'sleep', args: { ms: 1_000 } },
     token,
   });

@@ -12,7 +12,7 @@ import {
 } from '@nats-io/jetstream';
 import { nanos } from '@nats-io/transport-node';
 import type { Gauge, Histogram } from 'prom-client';
-import { jetstream as names, subjects } from '../../contracts/index.ts';
+import { jetstream as names, parseRequestSubject, subjects } from '../../contracts/index.ts';
 import type { Logger } from '../../lib/log.ts';
 import { errorInfo, type CancelOrder, type Delivery, type Disposition } from './dispatcher.ts';
 import { FairQueue } from './fairQueue.ts';
@@ -123,7 +123,7 @@ export interface Intake {
   /** Requests pulled and waiting for a slot. */
   readonly queued: number;
   /**
-   * A request waiting here, of the user whose subject is `toolbus.requests.<userKey>`, that `match`
+   * A request waiting here, of user `userKey` (the user token of its subject), that `match`
    * picks: it starts at once (outside the slot count) carrying `cancel`, so the dispatcher records
    * it cancelled instead of running it. False when no such request waits here.
    */
@@ -135,8 +135,6 @@ export interface Intake {
 /** One user may hold all but an eighth of an instance's slots (at least one slot for them). */
 export const defaultUserSlots = (concurrency: number): number =>
   Math.max(1, concurrency - Math.ceil(concurrency / 8));
-
-const REQUEST_PREFIX = 'toolbus.requests.';
 
 interface Waiting {
   m: JsMsg;
@@ -278,7 +276,7 @@ export function startIntake(o: IntakeOptions): Intake {
   };
 
   const enqueue = (m: JsMsg) => {
-    const user = m.subject.startsWith(REQUEST_PREFIX) ? m.subject.slice(REQUEST_PREFIX.length) : m.subject;
+    const user = parseRequestSubject(m.subject)?.userId ?? m.subject;
     const bytes = m.data.byteLength + 256;
     queuedBytes += bytes;
     queue.push(user, { m, user, delivery: toDelivery(m), bytes, pulledAt: performance.now() });

@@ -1,3 +1,4 @@
+import { connectionIdentity } from '../../lib/nats.ts';
 import t from 'tap';
 import { z } from 'zod';
 import { executionIdFor, LIMITS, subjects, verifyChain } from '../../contracts/index.ts';
@@ -45,7 +46,7 @@ t.test('refusals', async (t) => {
       ];
       for (const [what, token] of cases) {
         const a = await rawRequest(h, {
-          subject: subjects.request('alice'),
+          subject: subjects.request('alice', connectionIdentity(h.nc)),
           body: { requestId: `unauth-${what.replaceAll(' ', '-')}`, tool: 'noop', args: {} },
           token,
           msgId: `alice:unauth-${what.replaceAll(' ', '-')}`,
@@ -64,7 +65,7 @@ t.test('refusals', async (t) => {
 
   t.test('FORBIDDEN: a token for one user naming another, recorded in the token user stream', async (t) => {
     const onBobsSubject = await rawRequest(h, {
-      subject: subjects.request('bob'),
+      subject: subjects.request('bob', connectionIdentity(h.nc)),
       body: { requestId: 'as-bob-1', tool: 'noop', args: {} },
       token: alice,
       msgId: 'alice:as-bob-1',
@@ -76,7 +77,7 @@ t.test('refusals', async (t) => {
       error: { code: 'FORBIDDEN', message: /bob/ },
     });
     const inBody = await rawRequest(h, {
-      subject: subjects.request('alice'),
+      subject: subjects.request('alice', connectionIdentity(h.nc)),
       body: { requestId: 'as-bob-2', tool: 'noop', args: {}, userId: 'bob' },
       token: alice,
     });
@@ -152,7 +153,7 @@ t.test('refusals', async (t) => {
 
   t.test('bad request bodies: typed refusals, recorded where the user and request are known', async (t) => {
     const send = (body: Record<string, unknown> | string | Uint8Array, msgId?: string, waitMs = 15_000) =>
-      rawRequest(h, { subject: subjects.request('alice'), body, token: alice, msgId, waitMs });
+      rawRequest(h, { subject: subjects.request('alice', connectionIdentity(h.nc)), body, token: alice, msgId, waitMs });
 
     const unknownKey = await send({ requestId: 'bad-key', tool: 'noop', args: {}, priority: 'high' });
     t.match(unknownKey, {

@@ -1,3 +1,4 @@
+import { connectionIdentity } from '../../lib/nats.ts';
 import t from 'tap';
 import { executionIdFor, subjects, verifyChain, type ToolEvent } from '../../contracts/index.ts';
 import { probeRunner } from './liveness.ts';
@@ -122,7 +123,7 @@ t.test(
     const copies = await Promise.all(
       [1, 2, 3, 4].map(() =>
         rawRequest(h, {
-          subject: subjects.request('dora'),
+          subject: subjects.request('dora', connectionIdentity(h.nc)),
           body: { requestId: 'dd-1', tool: 'sleep', args: { ms: 2_000 } },
           token,
           waitMs: 30_000,

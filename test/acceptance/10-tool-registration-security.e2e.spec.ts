@@ -54,7 +54,7 @@ const logged = (msg: string) =>
 /** Publishes one announcement and waits for the dispatcher to refuse it; returns the logged reason. */
 async function refusedReason(payload: string | Uint8Array): Promise<string> {
   const before = logged('tool announcement refused').length;
-  s.nc.publish(subjects.toolAnnounce, payload);
+  s.nc.publish(subjects.toolAnnounce('acceptance_probe'), payload);
   await s.nc.flush();
   await waitUntil(
     'the refusal in the dispatcher log',
@@ -240,7 +240,7 @@ t.test('a duplicate of an in-process tool is refused; the original keeps running
 t.test('a properly signed control announcement is accepted (the listener works)', async (t) => {
   const before = logged('remote tool registered').length;
   s.nc.publish(
-    subjects.toolAnnounce,
+    subjects.toolAnnounce('acceptance_probe'),
     JSON.stringify(createAnnouncement('control-worker', [manifest('acceptance_probe')], STACK_WORKER_SECRET)),
   );
   await waitUntil('the registration', () => logged('remote tool registered').length > before, 15_000);

@@ -1,3 +1,4 @@
+import { connectionIdentity } from '../../lib/nats.ts';
 import fc from 'fast-check';
 import { createInbox } from '@nats-io/transport-node';
 import { SignJWT } from 'jose';
@@ -111,7 +112,7 @@ t.test('hostile input is refused clearly, pollutes nothing, and every process ke
           ledger.expect(me.userId, requestId, 'fuzz');
           const sub = fs.nc.subscribe(inbox, { max: 1, timeout: 10_000 });
           await rawRequest(fs.nc, {
-            subject: subjects.request(me.userId),
+            subject: subjects.request(me.userId, connectionIdentity(fs.nc)),
             body: text,
             token: me.token,
             msgId: `${me.userId}:${requestId}`,
@@ -148,7 +149,7 @@ t.test('hostile input is refused clearly, pollutes nothing, and every process ke
     const requestId = `fz-empty-correlation-${n++}`;
     ledger.expect(me.userId, requestId, 'fuzz');
     const answer = await rawRequest(fs.nc, {
-      subject: subjects.request(me.userId),
+      subject: subjects.request(me.userId, connectionIdentity(fs.nc)),
       body: { requestId, tool: 'echo', args: {}, correlationId: '' },
       token: me.token,
       msgId: `${me.userId}:${requestId}`,
@@ -164,7 +165,7 @@ t.test('hostile input is refused clearly, pollutes nothing, and every process ke
         const requestId = `fb-${n++}`;
         ledger.expect(me.userId, requestId, 'bytes');
         await rawRequest(fs.nc, {
-          subject: subjects.request(me.userId),
+          subject: subjects.request(me.userId, connectionIdentity(fs.nc)),
           body: bytes,
           token: me.token,
           msgId: `${me.userId}:${requestId}`,
@@ -199,7 +200,7 @@ t.test('hostile input is refused clearly, pollutes nothing, and every process ke
           const inbox = createInbox();
           const sub = fs.nc.subscribe(inbox, { max: 1, timeout: 10_000 });
           await rawRequest(fs.nc, {
-            subject: subjects.request(other.userId),
+            subject: subjects.request(other.userId, connectionIdentity(fs.nc)),
             body: objectText([
               ['requestId', JSON.stringify(requestId)],
               ['replyTo', JSON.stringify(inbox)],

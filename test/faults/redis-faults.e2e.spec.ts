@@ -1,3 +1,4 @@
+import { connectionIdentity } from '../../lib/nats.ts';
 import { Redis } from 'ioredis';
 import t from 'tap';
 import { subjects } from '../../contracts/index.ts';
@@ -39,7 +40,7 @@ async function repeatAnswered(
   const answers = await Promise.all(
     answered.map(async (e) => {
       const a = await rawRequest(fs.nc, {
-        subject: subjects.request(e.userId),
+        subject: subjects.request(e.userId, connectionIdentity(fs.nc)),
         body: { requestId: e.requestId, tool: e.tool, args: e.args },
         token: tokens.get(e.userId)!,
         msgId: `${e.userId}:${e.requestId}:${tag}`,
@@ -146,7 +147,7 @@ t.test('Redis killed, flushed, black-holed and slowed: every answer is still rig
       const first = await send(fs.agent, ledger, user, requestId, { tool: 'noop', args: {} });
       t.ok(first, `the first delivery is answered (${i + 1})`);
       const again = await rawRequest(fs.nc, {
-        subject: subjects.request(user.userId),
+        subject: subjects.request(user.userId, connectionIdentity(fs.nc)),
         body: { requestId, tool: 'noop', args: {} },
         token: user.token,
         msgId: `${user.userId}:${requestId}:again`,

@@ -1,8 +1,8 @@
 import { jetstream } from '@nats-io/jetstream';
-import { createInbox, headers } from '@nats-io/transport-node';
+import { headers } from '@nats-io/transport-node';
 import { REQUEST_HEADERS, subjects, type ToolEvent } from '../../contracts/index.ts';
 import type { TerminalAnswer } from '../../lib/clients/agent.ts';
-import type { NatsConnection } from '../../lib/nats.ts';
+import { inboxFor, type NatsConnection } from '../../lib/nats.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
 import { fromRecorded } from '../../lib/toolEvents.ts';
 import { readStreams } from './checker.ts';
@@ -88,7 +88,7 @@ export interface RawRequest {
  * body, token and message id), and waits for a terminal answer on its inbox. Null when none came.
  */
 export async function rawRequest(nc: NatsConnection, r: RawRequest): Promise<TerminalAnswer | null> {
-  const inbox = createInbox();
+  const inbox = inboxFor(nc);
   const sub = nc.subscribe(inbox);
   try {
     const data =

@@ -1,3 +1,4 @@
+import { connectionIdentity } from '../../lib/nats.ts';
 import { headers } from '@nats-io/transport-node';
 import { SignJWT } from 'jose';
 import t from 'tap';
@@ -82,7 +83,7 @@ t.test('tenant bypass attempts under load: every one refused, zero events cross 
       const onTheirSubject = `ta-${n++}`;
       ledger.expect(me.userId, onTheirSubject, 'attack');
       const a1 = await rawRequest(fs.nc, {
-        subject: subjects.request(victim.userId),
+        subject: subjects.request(victim.userId, connectionIdentity(fs.nc)),
         body: { requestId: onTheirSubject, tool: 'echo', args: {} },
         token: me.token,
         msgId: `${victim.userId}:${onTheirSubject}`,
@@ -97,7 +98,7 @@ t.test('tenant bypass attempts under load: every one refused, zero events cross 
       const inTheBody = `ta-${n++}`;
       ledger.expect(me.userId, inTheBody, 'attack');
       const a2 = await rawRequest(fs.nc, {
-        subject: subjects.request(me.userId),
+        subject: subjects.request(me.userId, connectionIdentity(fs.nc)),
         body: { requestId: inTheBody, tool: 'echo', args: {}, userId: victim.userId },
         token: me.token,
         msgId: `${me.userId}:${inTheBody}`,
@@ -121,7 +122,7 @@ t.test('tenant bypass attempts under load: every one refused, zero events cross 
       ] as const) {
         const requestId = `tf-${n++}`;
         const a = await rawRequest(fs.nc, {
-          subject: subjects.request(victim.userId),
+          subject: subjects.request(victim.userId, connectionIdentity(fs.nc)),
           body: { requestId, tool: 'echo', args: {} },
           token,
           msgId: `${victim.userId}:${requestId}`,
@@ -139,7 +140,7 @@ t.test('tenant bypass attempts under load: every one refused, zero events cross 
       // Another user's request id names my own execution, never theirs.
       ledger.expect(me.userId, stolen.requestId, 'attack');
       const a3 = await rawRequest(fs.nc, {
-        subject: subjects.request(me.userId),
+        subject: subjects.request(me.userId, connectionIdentity(fs.nc)),
         body: { requestId: stolen.requestId, tool: stolen.tool, args: stolen.args },
         token: me.token,
         msgId: `${me.userId}:${stolen.requestId}`,

@@ -1,3 +1,4 @@
+import { connectionIdentity } from '../../lib/nats.ts';
 import t from 'tap';
 import { subjects } from '../../contracts/index.ts';
 import { checkNothingLost } from './checker.ts';
@@ -54,7 +55,7 @@ t.test('two dispatchers appending to one user stream at once keep it whole', asy
       const both = await Promise.all(
         ['a', 'b'].map((side) =>
           rawRequest(fs.nc, {
-            subject: subjects.request(hammer!.userId),
+            subject: subjects.request(hammer!.userId, connectionIdentity(fs.nc)),
             body: { requestId, tool: 'echo', args: { twin: i } },
             token: hammer!.token,
             msgId: `${hammer!.userId}:${requestId}:${side}`,

@@ -6,7 +6,7 @@ import { createAgentClient, type AgentClient } from '../../../lib/clients/agent.
 import { loadConfig } from '../../../lib/config.ts';
 import { createPostgresEventStore } from '../../../lib/eventstore/postgres.ts';
 import type { EventStore } from '../../../lib/eventstore/types.ts';
-import { connectNats, type NatsConnection } from '../../../lib/nats.ts';
+import { connectNats, inboxFor, type NatsConnection } from '../../../lib/nats.ts';
 import { createTestDatabase } from '../../../test/support/postgres.ts';
 import { startNats, startRedis, type OwnedServer } from '../../../test/support/processes.ts';
 import { readUserEvents } from '../../../test/support/events.ts';
@@ -130,7 +130,7 @@ export async function eventually<T>(
 }
 
 export interface RawRequest {
-  /** Default toolbus.requests.<userId of the token>. */
+  /** `subjects.request(user, connectionIdentity(h.nc))`, or any other subject. */
   subject: string;
   /** An object gets `replyTo` (a fresh inbox) added unless it has one; text and bytes go as they are. */
   body: Record<string, unknown> | string | Uint8Array;
@@ -144,8 +144,8 @@ export interface RawRequest {
 /** Publishes a request into the intake by hand (JetStream), as an agent without the client would. */
 export async function rawRequest(h: Harness, r: RawRequest): Promise<AgentAnswerLike | null> {
   const { jetstream } = await import('@nats-io/jetstream');
-  const { createInbox, headers } = await import('@nats-io/transport-node');
-  const inbox = r.replyTo ?? createInbox();
+  const { headers } = await import('@nats-io/transport-node');
+  const inbox = r.replyTo ?? inboxFor(h.nc);
   const sub = h.nc.subscribe(inbox);
   const data =
     typeof r.body === 'string' || r.body instanceof Uint8Array
