@@ -28,6 +28,27 @@ export const CommonEnv = z.object({
     .string()
     .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'must be a nats:// URL')
     .default('nats://127.0.0.1:4222'),
+  /**
+   * The process's NATS identity (lib/nats.ts): an nkey seed (or a file holding it), a creds file,
+   * a user and password, or a token; and TLS files. `npm start` generates nkeys (.toolbus/nats/).
+   */
+  NATS_NKEY_SEED: z
+    .string()
+    .regex(/^SU[A-Z2-7]{56}$/, 'must be a user nkey seed (SU...)')
+    .optional(),
+  NATS_NKEY_SEED_FILE: z.string().optional(),
+  NATS_CREDS: z.string().optional(),
+  NATS_USER: z.string().optional(),
+  NATS_PASSWORD: z.string().optional(),
+  NATS_TOKEN: z.string().optional(),
+  NATS_TLS_CA: z.string().optional(),
+  NATS_TLS_CERT: z.string().optional(),
+  NATS_TLS_KEY: z.string().optional(),
+  /** The identity's id on the bus when it is not the nkey's public key or the user name. */
+  NATS_IDENTITY: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{1,64}$/, 'must match [A-Za-z0-9_-]{1,64}')
+    .optional(),
   DATABASE_URL: z
     .string()
     .regex(/^postgres(ql)?:\/\/\S+$/, 'must be a postgres:// URL')

@@ -27,6 +27,8 @@ export interface LaunchOptions {
   services: ServiceName[];
   /** Environment shared by every service (URLs, secrets); ports are set per service. */
   env: Record<string, string>;
+  /** Environment of one service only (its NATS identity, for one). */
+  serviceEnv?: Partial<Record<ServiceName, Record<string, string>>>;
   ports: Partial<Record<ServiceName, number>>;
   /** Called with each log line as it arrives. */
   onLog?: (line: LogLine) => void;
@@ -67,7 +69,13 @@ export async function launchStack(options: LaunchOptions): Promise<Stack> {
     if (port === undefined) throw new Error(`no port for ${name}`);
     const child = spawn(process.execPath, ['--import', 'tsx', `services/${name}/main.ts`], {
       cwd: ROOT,
-      env: { ...process.env, ...options.env, [PORT_VARS[name]]: String(port), ...extraEnv },
+      env: {
+        ...process.env,
+        ...options.env,
+        ...options.serviceEnv?.[name],
+        [PORT_VARS[name]]: String(port),
+        ...extraEnv,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     children.set(name, child);

@@ -5,7 +5,7 @@ import { createTokenVerifier } from '../../lib/auth.ts';
 import { createEventStore, type EventStore } from '../../lib/eventstore/index.ts';
 import { createHttpApp } from '../../lib/http.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
-import { connectNats, type NatsConnection } from '../../lib/nats.ts';
+import { connectNats, natsCredentialsFromConfig, type NatsConnection } from '../../lib/nats.ts';
 import { createRedis, type Redis } from '../../lib/redis.ts';
 import { acceptAnnouncements, ToolRegistry, type ToolDefinition } from '../../lib/tools/index.ts';
 import { CancelCoordinator, forwardCancel, serveCancels } from './cancel.ts';
@@ -80,7 +80,11 @@ export async function startDispatcher(
       }));
     if (!options.store) cleanup.push(() => store.close());
 
-    const nc = await connectNats(config.NATS_URL, `dispatcher-${dispatcherId}`);
+    const nc = await connectNats(
+      config.NATS_URL,
+      `dispatcher-${dispatcherId}`,
+      natsCredentialsFromConfig(config),
+    );
     cleanup.push(() => (nc.isClosed() ? Promise.resolve() : nc.drain().catch(() => nc.close())));
     await ensureIntake(await jetstreamManager(nc), {
       ackWaitMs: config.ACK_WAIT_MS,

@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import { z } from 'zod';
 import { CommonEnv, ConfigError, loadConfig } from '../../lib/config.ts';
 import { createLogger } from '../../lib/log.ts';
+import { natsCredentialsFromConfig } from '../../lib/nats.ts';
 import { startToolWorker } from './tools/worker.ts';
 
 /**
@@ -47,6 +48,7 @@ async function main(): Promise<void> {
   }
   const worker = await startToolWorker({
     natsUrl: config.NATS_URL,
+    credentials: natsCredentialsFromConfig(config),
     secret: config.WORKER_SECRET,
     workerId: config.WORKER_ID,
     tools: config.TOOLBUS_WORKER_TOOLS,

@@ -9,7 +9,7 @@ import { createEventStore } from '../../lib/eventstore/index.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
 import { createHttpApp } from '../../lib/http.ts';
 import { REDACT_PATHS, type Logger } from '../../lib/log.ts';
-import { connectNats, type NatsConnection } from '../../lib/nats.ts';
+import { connectNats, natsCredentialsFromConfig, type NatsConnection } from '../../lib/nats.ts';
 import { createRedis, type Redis } from '../../lib/redis.ts';
 import { allowedOrigins, originAllowed, type NotifierConfig } from './config.ts';
 import { Hub } from './hub.ts';
@@ -71,7 +71,9 @@ export async function startNotifier(config: NotifierConfig, deps: NotifierDeps =
   try {
     const store = deps.store ?? (await createEventStore(config));
     if (!deps.store) owned.push(() => store.close());
-    const nc = deps.nats ?? (await connectNats(config.NATS_URL, 'toolbus-notifier'));
+    const nc =
+      deps.nats ??
+      (await connectNats(config.NATS_URL, 'toolbus-notifier', natsCredentialsFromConfig(config)));
     if (!deps.nats) owned.push(() => nc.close());
     const redis = deps.redis ?? createRedis(config.REDIS_URL);
     if (!deps.redis) owned.push(() => redis.quit());

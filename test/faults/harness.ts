@@ -10,7 +10,14 @@ import { connectNats, type NatsConnection } from '../../lib/nats.ts';
 import { launchStack, prettyLine, type ServiceName, type Stack } from '../../scripts/launcher.ts';
 import { freePort } from '../support/ports.ts';
 import { createTestDatabase } from '../support/postgres.ts';
-import { startNats, startPostgres, startRedis, type OwnedServer } from '../support/processes.ts';
+import {
+  startPostgres,
+  startRedis,
+  startSecuredNats,
+  type OwnedServer,
+  type SecuredNats,
+} from '../support/processes.ts';
+import { ALL_TOOL_NAMES } from '../support/stack.ts';
 import { startProxy, type TcpProxy } from '../support/proxy.ts';
 
 /**
@@ -38,7 +45,7 @@ export interface FaultStackOptions {
 
 export interface FaultStack {
   stack: Stack;
-  nats: OwnedServer;
+  nats: SecuredNats;
   redis: OwnedServer;
   /** The proxy in front of Redis, when asked for. */
   redisProxy: TcpProxy | null;
@@ -69,7 +76,7 @@ export interface FaultStack {
 export async function startFaultStack(t: Tap, options: FaultStackOptions = {}): Promise<FaultStack> {
   const services = options.services ?? ['dispatcher', 'projector', 'notifier'];
   const [nats, redis, database] = await Promise.all([
-    startNats(t),
+    startSecuredNats(t, ALL_TOOL_NAMES),
     startRedis(t),
     options.ownPostgres
       ? startPostgres(t).then((pg): { url: string; server: OwnedServer | null } => ({
@@ -117,9 +124,15 @@ export async function startFaultStack(t: Tap, options: FaultStackOptions = {}): 
     await stopAll();
   });
 
-  const stack = await launchStack({ services, env, ports, readyTimeoutMs: 90_000 });
+  const stack = await launchStack({
+    services,
+    env,
+    serviceEnv: nats.serviceEnv,
+    ports,
+    readyTimeoutMs: 90_000,
+  });
   stacks.push(stack);
-  const nc = await connectNats(nats.url, 'fault-test');
+  const nc = await connectNats(nats.url, 'fault-test', { nkeySeed: nats.identities.agent.seed });
   t.teardown(async () => {
     await nc.close();
   });
@@ -154,6 +167,7 @@ export async function startFaultStack(t: Tap, options: FaultStackOptions = {}): 
           ...(service === 'dispatcher' ? { DISPATCHER_ID: `extra-${extras}` } : {}),
           ...extraEnv,
         },
+        serviceEnv: nats.serviceEnv,
         ports: { [service]: port },
         readyTimeoutMs: 90_000,
       });

@@ -1,7 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createIdentity, natsEnvOf, natsServerConfig, type Identity } from '../../scripts/nats-auth.ts';
 import { freePort, waitForPort } from './ports.ts';
 
 type Teardown = { teardown(fn: () => Promise<void> | void): void };
@@ -85,6 +87,59 @@ export const startNats = (t?: Teardown) =>
     }),
     t,
   );
+
+/** The identities a secured test NATS knows: one per part of Toolbus, and agents of the test's. */
+export interface NatsIdentities {
+  dispatcher: Identity;
+  notifier: Identity;
+  /** Serves the example and test tools (every tool the dispatcher's test set may name). */
+  worker: Identity;
+  /** The test's agent (`TestStack.nc`). */
+  agent: Identity;
+  /** A second agent: another program on the same bus. */
+  otherAgent: Identity;
+  /** A worker allowed only the tool `intruder_tool`. */
+  narrowWorker: Identity;
+}
+
+export type SecuredNats = OwnedServer & {
+  identities: NatsIdentities;
+  /** Each service's environment for its identity (launchStack's `serviceEnv`). */
+  serviceEnv: { dispatcher: Record<string, string>; notifier: Record<string, string> };
+};
+
+/**
+ * nats-server with JetStream and Toolbus's generated authorization (scripts/nats-auth.ts), as
+ * `npm start` runs it: no client without one of the identities' nkeys gets in, and each gets only
+ * its subjects. `workerTools` are the tools the `worker` identity may serve.
+ */
+export async function startSecuredNats(t: Teardown | undefined, workerTools: string[]): Promise<SecuredNats> {
+  const identities: NatsIdentities = {
+    dispatcher: createIdentity('dispatcher', { kind: 'dispatcher' }),
+    notifier: createIdentity('notifier', { kind: 'notifier' }),
+    worker: createIdentity('worker', { kind: 'worker', tools: workerTools }),
+    agent: createIdentity('agent', { kind: 'agent' }),
+    otherAgent: createIdentity('other-agent', { kind: 'agent' }),
+    narrowWorker: createIdentity('narrow-worker', { kind: 'worker', tools: ['intruder_tool'] }),
+  };
+  const server = await ownServer(
+    'nats-secured',
+    (port) => `nats://127.0.0.1:${port}`,
+    (port, dir) => {
+      const conf = join(dir, 'nats.conf');
+      writeFileSync(
+        conf,
+        natsServerConfig({ port, storeDir: join(dir, 'js'), identities: Object.values(identities) }),
+      );
+      return { command: process.env['NATS_SERVER_BIN'] ?? 'nats-server', args: ['-c', conf] };
+    },
+    t,
+  );
+  return Object.assign(server, {
+    identities,
+    serviceEnv: { dispatcher: natsEnvOf(identities.dispatcher), notifier: natsEnvOf(identities.notifier) },
+  });
+}
 
 /** redis-server that keeps nothing on disk (as the shared one). */
 export const startRedis = (t?: Teardown) =>

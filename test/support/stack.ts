@@ -5,7 +5,11 @@ import { connectNats, type NatsConnection } from '../../lib/nats.ts';
 import { launchStack, type ServiceName, type Stack } from '../../scripts/launcher.ts';
 import { freePort } from './ports.ts';
 import { createTestDatabase, type TestDatabase } from './postgres.ts';
-import { startNats, startRedis, type OwnedServer } from './processes.ts';
+import { startRedis, startSecuredNats, type SecuredNats, type OwnedServer } from './processes.ts';
+import { exampleTools, testTools } from '../../services/dispatcher/tools/index.ts';
+
+/** Every tool a test stack's dispatcher may know: the `worker` identity may serve them all. */
+export const ALL_TOOL_NAMES = [...new Set([...exampleTools, ...testTools].map((tool) => tool.name))];
 
 type Teardown = { teardown(fn: () => Promise<void> | void): void };
 
@@ -14,17 +18,19 @@ export const STACK_WORKER_SECRET = 'acceptance-worker-secret-0123456789abcdefghi
 
 export interface TestStack {
   stack: Stack;
-  /** The test's own NATS and Redis processes (kill, pause, restart them freely). */
-  nats: OwnedServer;
+  /** The test's own NATS (with Toolbus's authorization) and Redis processes (kill, pause, restart them freely). */
+  nats: SecuredNats;
   redis: OwnedServer;
   db: TestDatabase;
   /** Environment every service got. */
   env: Record<string, string>;
-  /** A NATS connection of the test's (an agent's view). */
+  /** A NATS connection of the test's, as the `agent` identity (an agent's view). */
   nc: NatsConnection;
   /** The event store the services write to, for reading what was recorded. */
   store: EventStore;
   agent: ReturnType<typeof createAgentClient>;
+  /** Another connection to the test's NATS, as one of its identities (closed at teardown). */
+  connectAs(identity: keyof SecuredNats['identities']): Promise<NatsConnection>;
   url(service: ServiceName): string;
   token(userId: string, roles?: string[], expiresIn?: string | number): Promise<string>;
   /** Every log line of `service` (or of all services) so far. */
@@ -41,7 +47,11 @@ export async function startTestStack(
   options: { services?: ServiceName[]; env?: Record<string, string> } = {},
 ): Promise<TestStack> {
   const services = options.services ?? ['dispatcher', 'projector', 'notifier'];
-  const [nats, redis, db] = await Promise.all([startNats(t), startRedis(t), createTestDatabase(t)]);
+  const [nats, redis, db] = await Promise.all([
+    startSecuredNats(t, ALL_TOOL_NAMES),
+    startRedis(t),
+    createTestDatabase(t),
+  ]);
   const ports: Partial<Record<ServiceName, number>> = {};
   for (const name of services) ports[name] = await freePort();
   const env: Record<string, string> = {
@@ -55,9 +65,15 @@ export async function startTestStack(
     TOOLBUS_TEST_TOOLS: '1',
     ...options.env,
   };
-  const stack = await launchStack({ services, env, ports, readyTimeoutMs: 60_000 });
+  const stack = await launchStack({
+    services,
+    env,
+    serviceEnv: nats.serviceEnv,
+    ports,
+    readyTimeoutMs: 60_000,
+  });
   t.teardown(() => stack.stop());
-  const nc = await connectNats(nats.url, 'acceptance-test');
+  const nc = await connectNats(nats.url, 'acceptance-test', { nkeySeed: nats.identities.agent.seed });
   t.teardown(() => nc.close());
   const store = await createEventStore({ DATABASE_URL: db.url });
   t.teardown(() => store.close());
@@ -70,6 +86,11 @@ export async function startTestStack(
     nc,
     store,
     agent: createAgentClient(nc),
+    async connectAs(identity) {
+      const c = await connectNats(nats.url, `test-${identity}`, { nkeySeed: nats.identities[identity].seed });
+      t.teardown(() => c.close());
+      return c;
+    },
     url: (service) => stack.services[service].url,
     token: (userId, roles = ['user'], expiresIn = '1h') =>
       signToken(STACK_JWT_SECRET, { sub: userId, roles }, expiresIn),

@@ -1,11 +1,13 @@
 import type { Logger } from '../../../lib/log.ts';
-import { connectNats, type NatsConnection } from '../../../lib/nats.ts';
+import { connectNats, type NatsConnection, type NatsCredentials } from '../../../lib/nats.ts';
 import { serveTools, type ToolDefinition } from '../../../lib/tools/index.ts';
 import { exampleTools } from './index.ts';
 import { testTools } from './testing.ts';
 
 export interface ToolWorkerConfig {
   natsUrl: string;
+  /** Its NATS identity (see lib/nats.ts). */
+  credentials?: NatsCredentials;
   /** WORKER_SECRET: signs announcements, verifies invocations. */
   secret: string;
   workerId: string;
@@ -47,7 +49,7 @@ export function selectTools(
 /** A tool worker: connects to NATS and serves the chosen tools in the `toolbus-workers` queue group. */
 export async function startToolWorker(config: ToolWorkerConfig): Promise<ToolWorker> {
   const tools = selectTools(config.tools, config.testTools ?? false);
-  const nc = await connectNats(config.natsUrl, `toolbus-worker-${config.workerId}`);
+  const nc = await connectNats(config.natsUrl, `toolbus-worker-${config.workerId}`, config.credentials);
   try {
     const server = await serveTools(nc, tools, {
       workerId: config.workerId,
