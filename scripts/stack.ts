@@ -1,19 +1,40 @@
 /**
- * `npm start`: runs the Toolbus stack against the local NATS, PostgreSQL and Redis (the event
- * store on PostgreSQL unless KURRENTDB_URL is set), one process per service, with readable logs.
- * Ctrl-C stops every service cleanly.
+ * `npm start`: runs the Toolbus stack on this machine, one process per service, with readable
+ * logs: its own nats-server with a generated authorization (every part, and the demo agent, with
+ * its own nkey), against the local PostgreSQL (also the event store unless KURRENTDB_URL is set)
+ * and Redis. Secrets and keys are generated once into .toolbus/ (scripts/local.ts). With NATS_URL
+ * set, that NATS is used instead, with the NATS_* credentials of the environment for every part.
+ * Ctrl-C stops everything cleanly.
  */
 import { existsSync } from 'node:fs';
+import { z } from 'zod';
 import { CommonEnv, ConfigError, loadConfig } from '../lib/config.ts';
 import { signToken } from '../lib/auth.ts';
 import { launchStack, prettyLine, type ServiceName } from './launcher.ts';
+import { localSetup, startLocalNats } from './local.ts';
 
 const ALL: ServiceName[] = ['dispatcher', 'projector', 'notifier', 'auditor'];
+
+const StackEnv = CommonEnv.pick({
+  LOG_LEVEL: true,
+  DATABASE_URL: true,
+  REDIS_URL: true,
+  KURRENTDB_URL: true,
+  DISPATCHER_PORT: true,
+  PROJECTOR_PORT: true,
+  NOTIFIER_PORT: true,
+}).extend({
+  AUDITOR_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8083),
+  /** An existing NATS to use instead of the stack's own. */
+  NATS_URL: z.string().optional(),
+  /** Where the stack's own nats-server listens. */
+  TOOLBUS_NATS_PORT: CommonEnv.shape.DISPATCHER_PORT.default(4223),
+});
 
 async function main() {
   let config;
   try {
-    config = loadConfig(CommonEnv.extend({ AUDITOR_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8083) }));
+    config = loadConfig(StackEnv);
   } catch (e) {
     if (e instanceof ConfigError) {
       console.error(e.message);
@@ -21,21 +42,51 @@ async function main() {
     }
     throw e;
   }
+  const natsPort = config.TOOLBUS_NATS_PORT;
+  const setup = await localSetup(natsPort);
+  if (setup.created)
+    console.log('made new secrets and NATS identities in .toolbus/ (kept for the next start)');
+  const ownNats = config.NATS_URL === undefined;
+  const natsUrl = config.NATS_URL ?? `nats://127.0.0.1:${natsPort}`;
+  const nats = ownNats
+    ? await startLocalNats(setup, natsPort, (line) => {
+        if (/\[(ERR|FTL|WRN)\]/.test(line)) console.log(`nats       ${line}`);
+      })
+    : null;
+  const stopNats = async () => {
+    if (!nats || nats.exitCode !== null) return;
+    const exited = new Promise((r) => nats.once('exit', r));
+    nats.kill('SIGTERM');
+    await exited;
+  };
+  // A secret given in the environment wins over the generated one.
+  const secrets = Object.fromEntries(
+    Object.entries(setup.secrets).map(([k, v]) => [k, process.env[k] || v]),
+  ) as typeof setup.secrets;
+  const seedEnv = (name: string): Record<string, string> =>
+    ownNats ? { NATS_NKEY_SEED_FILE: setup.seedFile(name) } : {};
   const services = ALL.filter((name) => existsSync(new URL(`../services/${name}/main.ts`, import.meta.url)));
   console.log(
     `starting ${services.join(', ')} (event store: ${config.KURRENTDB_URL ? 'KurrentDB' : 'PostgreSQL'})`,
   );
-  const stack = await launchStack({
-    services,
-    env: {},
-    ports: {
-      dispatcher: config.DISPATCHER_PORT,
-      projector: config.PROJECTOR_PORT,
-      notifier: config.NOTIFIER_PORT,
-      auditor: config.AUDITOR_PORT,
-    },
-    onLog: (line) => console.log(prettyLine(line)),
-  });
+  let stack;
+  try {
+    stack = await launchStack({
+      services,
+      env: { NATS_URL: natsUrl, ...secrets },
+      serviceEnv: { dispatcher: seedEnv('dispatcher'), notifier: seedEnv('notifier') },
+      ports: {
+        dispatcher: config.DISPATCHER_PORT,
+        projector: config.PROJECTOR_PORT,
+        notifier: config.NOTIFIER_PORT,
+        auditor: config.AUDITOR_PORT,
+      },
+      onLog: (line) => console.log(prettyLine(line)),
+    });
+  } catch (e) {
+    await stopNats();
+    throw e;
+  }
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -43,13 +94,14 @@ async function main() {
     stopping = true;
     console.log(`\n${signal}: stopping ${services.join(', ')}...`);
     await stack.stop();
+    await stopNats();
     console.log('stopped.');
     process.exit(0);
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
 
-  const demoToken = await signToken(config.JWT_SECRET, { sub: 'demo', roles: ['user'] }, '12h');
+  const demoToken = await signToken(secrets.JWT_SECRET, { sub: 'demo', roles: ['user'] }, '12h');
   const lines = [
     '',
     'Toolbus is running:',
@@ -70,7 +122,22 @@ async function main() {
       `    -d '{"tool":"dataset_stats","args":{"columns":{"latency":[12,15,11,40,13]}}}'`,
     );
   }
-  lines.push('', 'Ctrl-C stops everything.', '');
+  lines.push(
+    '',
+    ownNats
+      ? `NATS (JetStream, authorization required): ${natsUrl}. An agent connects as the "agent" identity:`
+      : `NATS: ${natsUrl}`,
+    ...(ownNats
+      ? [
+          `  NATS_URL=${natsUrl} NATS_NKEY_SEED_FILE=${setup.seedFile('agent')}`,
+          `  connectNats(NATS_URL, 'my-agent', { nkeySeed: <that file's text> }) then createAgentClient(nc) (docs/security.md)`,
+          `A tool worker with the example tools: npm run worker (it uses .toolbus/nats/worker.nk)`,
+        ]
+      : []),
+    '',
+    'Ctrl-C stops everything.',
+    '',
+  );
   console.log(lines.join('\n'));
 }
 

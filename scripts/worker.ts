@@ -1,0 +1,34 @@
+/**
+ * `npm run worker`: the example tool worker (services/dispatcher/worker.ts) against the stack that
+ * `npm start` runs, as its `worker` identity, with its worker secret (both from .toolbus/). Any
+ * NATS_URL, NATS_* credential or WORKER_SECRET in the environment is used instead.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { LOCAL_DIR } from './local.ts';
+
+const env = process.env;
+const seedFile = join(LOCAL_DIR, 'nats', 'worker.nk');
+const secretsFile = join(LOCAL_DIR, 'secrets.env');
+const ownCredentials = [
+  'NATS_NKEY_SEED',
+  'NATS_NKEY_SEED_FILE',
+  'NATS_CREDS',
+  'NATS_USER',
+  'NATS_TOKEN',
+].some((k) => env[k]);
+if (!env['NATS_URL']) env['NATS_URL'] = `nats://127.0.0.1:${env['TOOLBUS_NATS_PORT'] ?? '4223'}`;
+if (!ownCredentials && existsSync(seedFile)) env['NATS_NKEY_SEED_FILE'] = seedFile;
+if (!env['WORKER_SECRET'] && existsSync(secretsFile)) {
+  const line = readFileSync(secretsFile, 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('WORKER_SECRET='));
+  if (line) env['WORKER_SECRET'] = line.slice('WORKER_SECRET='.length).trim();
+}
+if (!existsSync(seedFile) && !ownCredentials) {
+  console.error(
+    'no .toolbus/nats/worker.nk: run `npm start` once first (it makes the identities), or set NATS_* credentials',
+  );
+  process.exit(2);
+}
+await import('../services/dispatcher/worker.ts');
