@@ -4,7 +4,7 @@
  * Ctrl-C stops every service cleanly.
  */
 import { existsSync } from 'node:fs';
-import { CommonEnv, ConfigError, loadConfig } from '../lib/config.ts';
+import { CommonEnv, ConfigError, loadConfig, SecretKey } from '../lib/config.ts';
 import { signToken } from '../lib/auth.ts';
 import { launchStack, prettyLine, type ServiceName } from './launcher.ts';
 
@@ -13,7 +13,9 @@ const ALL: ServiceName[] = ['dispatcher', 'projector', 'notifier', 'auditor'];
 async function main() {
   let config;
   try {
-    config = loadConfig(CommonEnv.extend({ AUDITOR_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8083) }));
+    config = loadConfig(
+      CommonEnv.extend({ JWT_SECRET: SecretKey, AUDITOR_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8083) }),
+    );
   } catch (e) {
     if (e instanceof ConfigError) {
       console.error(e.message);
