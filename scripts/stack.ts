@@ -14,7 +14,10 @@ async function main() {
   let config;
   try {
     config = loadConfig(
-      CommonEnv.extend({ JWT_SECRET: SecretKey, AUDITOR_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8083) }),
+      CommonEnv.extend({
+        JWT_SECRET: SecretKey,
+        AUDITOR_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8083),
+      }),
     );
   } catch (e) {
     if (e instanceof ConfigError) {

@@ -155,15 +155,21 @@ t.test('timeline and NDJSON lines', async (t) => {
   });
 });
 
-t.test('configuration: the signing key has no default; the HTTP service also needs a token key', async (t) => {
-  const AUDIT_SIGNING_KEY = randomBytes(32).toString('hex');
-  const config = loadAuditorConfig({ AUDIT_SIGNING_KEY });
-  t.equal(config.AUDITOR_PORT, 8083);
-  t.equal(loadAuditorConfig({ AUDIT_SIGNING_KEY, AUDITOR_PORT: '9000', AUDITOR_ID: 'ida' }).AUDITOR_PORT, 9000);
-  t.throws(() => loadAuditorConfig({ AUDIT_SIGNING_KEY: 'short' }), ConfigError);
-  t.throws(() => loadAuditorConfig({ AUDIT_SIGNING_KEY, AUDITOR_PORT: '80x' }), ConfigError);
-  t.throws(() => loadAuditorConfig({}), { message: /AUDIT_SIGNING_KEY: must be set/ });
-  t.throws(() => loadAuditorServerConfig({ AUDIT_SIGNING_KEY }), { message: /JWT_SECRET: must be set/ });
-  const server = loadAuditorServerConfig({ AUDIT_SIGNING_KEY, JWKS_URL: 'https://id.example/jwks' });
-  t.equal(server.JWKS_URL, 'https://id.example/jwks', 'a key set instead of a JWT secret');
-});
+t.test(
+  'configuration: the signing key has no default; the HTTP service also needs a token key',
+  async (t) => {
+    const AUDIT_SIGNING_KEY = randomBytes(32).toString('hex');
+    const config = loadAuditorConfig({ AUDIT_SIGNING_KEY });
+    t.equal(config.AUDITOR_PORT, 8083);
+    t.equal(
+      loadAuditorConfig({ AUDIT_SIGNING_KEY, AUDITOR_PORT: '9000', AUDITOR_ID: 'ida' }).AUDITOR_PORT,
+      9000,
+    );
+    t.throws(() => loadAuditorConfig({ AUDIT_SIGNING_KEY: 'short' }), ConfigError);
+    t.throws(() => loadAuditorConfig({ AUDIT_SIGNING_KEY, AUDITOR_PORT: '80x' }), ConfigError);
+    t.throws(() => loadAuditorConfig({}), { message: /AUDIT_SIGNING_KEY: must be set/ });
+    t.throws(() => loadAuditorServerConfig({ AUDIT_SIGNING_KEY }), { message: /JWT_SECRET: must be set/ });
+    const server = loadAuditorServerConfig({ AUDIT_SIGNING_KEY, JWKS_URL: 'https://id.example/jwks' });
+    t.equal(server.JWKS_URL, 'https://id.example/jwks', 'a key set instead of a JWT secret');
+  },
+);

@@ -29,7 +29,12 @@ t.test('dispatcher settings: defaults', async (t) => {
 });
 
 t.test('dispatcher settings: from the environment, and refused when wrong', async (t) => {
-  const c = loadConfig(DispatcherEnv, { ...KEYS, ACK_WAIT_MS: '5000', TOOLBUS_TEST_TOOLS: '1', DISPATCHER_ID: 'd-1' });
+  const c = loadConfig(DispatcherEnv, {
+    ...KEYS,
+    ACK_WAIT_MS: '5000',
+    TOOLBUS_TEST_TOOLS: '1',
+    DISPATCHER_ID: 'd-1',
+  });
   t.match(c, { ACK_WAIT_MS: 5000, TOOLBUS_TEST_TOOLS: true, DISPATCHER_ID: 'd-1' });
   t.equal(loadConfig(DispatcherEnv, { ...KEYS, TOOLBUS_TEST_TOOLS: 'false' }).TOOLBUS_TEST_TOOLS, false);
   t.equal(loadConfig(DispatcherEnv, { ...KEYS, USER_DISPATCH_SLOTS: '3' }).USER_DISPATCH_SLOTS, 3);

@@ -71,7 +71,10 @@ t.test('origins: configured list, or the notifier own', async (t) => {
   t.ok(originAllowed(undefined, own), 'no Origin: not a browser page');
 
   const configured = allowedOrigins(
-    loadConfig(NotifierEnv, { ...KEYS, NOTIFIER_ALLOWED_ORIGINS: 'https://app.example.com, http://localhost:3000/' }),
+    loadConfig(NotifierEnv, {
+      ...KEYS,
+      NOTIFIER_ALLOWED_ORIGINS: 'https://app.example.com, http://localhost:3000/',
+    }),
     8082,
   );
   t.same([...configured], ['https://app.example.com', 'http://localhost:3000']);
@@ -85,5 +88,8 @@ t.test('origins: configured list, or the notifier own', async (t) => {
     () => loadConfig(NotifierEnv, { ...KEYS, NOTIFIER_ALLOWED_ORIGINS: 'https://app.example.com/path' }),
     /NOTIFIER_ALLOWED_ORIGINS/,
   );
-  t.throws(() => loadConfig(NotifierEnv, { ...KEYS, NOTIFIER_MAX_BUFFER_BYTES: '-1' }), /NOTIFIER_MAX_BUFFER_BYTES/);
+  t.throws(
+    () => loadConfig(NotifierEnv, { ...KEYS, NOTIFIER_MAX_BUFFER_BYTES: '-1' }),
+    /NOTIFIER_MAX_BUFFER_BYTES/,
+  );
 });
