@@ -187,7 +187,7 @@ function remoteKeySet(url: URL, timing: JwksTiming = {}): KeyResolver {
     } catch (e) {
       if (!(e instanceof errors.JWKSNoMatchingKey)) throw e;
       throw new AuthError(
-        `token signed with an unknown key (kid ${header.kid ?? 'none'}); the key set at JWKS_URL could not be fetched (${failure})`,
+        `token signed with an unknown key (kid ${kidOf(header)}); the key set at JWKS_URL could not be fetched (${failure})`,
         'invalid',
       );
     }
@@ -199,7 +199,7 @@ function remoteKeySet(url: URL, timing: JwksTiming = {}): KeyResolver {
       return await remote(header, token);
     } catch (e) {
       if (e instanceof errors.JWKSNoMatchingKey) {
-        throw new AuthError(`token signed with an unknown key (kid ${header.kid ?? 'none'})`, 'invalid');
+        throw new AuthError(`token signed with an unknown key (kid ${kidOf(header)})`, 'invalid');
       }
       if (!isFetchFailure(e)) throw e;
       failedAt = Date.now();
@@ -210,6 +210,10 @@ function remoteKeySet(url: URL, timing: JwksTiming = {}): KeyResolver {
     }
   };
 }
+
+/** The token's `kid` for a message: it comes from the sender, so it is cut short and made printable. */
+const kidOf = (header: JWTHeaderParameters): string =>
+  header.kid === undefined ? 'none' : header.kid.slice(0, 64).replace(/[^\x20-\x7e]/g, '?');
 
 /** What else the key set can throw once fetched: a key it holds but cannot use for this token. */
 const KEY_ERRORS = new Set(['ERR_JWKS_MULTIPLE_MATCHING_KEYS', 'ERR_JOSE_NOT_SUPPORTED', 'ERR_JWK_INVALID']);
