@@ -1,7 +1,11 @@
+import { randomBytes } from 'node:crypto';
+import { SignJWT } from 'jose';
 import t from 'tap';
-import { AuthError, createTokenVerifier, signToken } from './auth.ts';
+import { AuthError, createTokenVerifier, signToken, type TokenVerifierOptions } from './auth.ts';
 
-const SECRET = 'auth-unit-test-secret-that-is-long-enough-0123';
+const SECRET = randomBytes(32).toString('hex');
+const hs256 = (more: Partial<TokenVerifierOptions> = {}) =>
+  createTokenVerifier({ secret: SECRET, maxLifetimeS: 86_400, clockToleranceS: 5, ...more });
 
 /** Why verification refused the token (or 'accepted'). */
 async function reasonOf(p: Promise<unknown>): Promise<string> {
@@ -14,7 +18,7 @@ async function reasonOf(p: Promise<unknown>): Promise<string> {
 }
 
 t.test('a token verifies to its subject and roles, the second time from memory as well', async (t) => {
-  const verifier = createTokenVerifier(SECRET);
+  const verifier = hs256();
   const token = await signToken(SECRET, { sub: 'ada', roles: ['user', 'auditor'] }, '1h');
   const first = await verifier.verify(token);
   t.match(first, { userId: 'ada', roles: ['user', 'auditor'] });
@@ -22,12 +26,12 @@ t.test('a token verifies to its subject and roles, the second time from memory a
     t.equal(await verifier.verify(form), first, 'the principal remembered, not verified again');
   }
   t.ok(Object.isFrozen(first), 'frozen: no request can change it for the others');
-  const another = createTokenVerifier(SECRET);
+  const another = hs256();
   t.not(await another.verify(token), first, 'each verifier remembers its own');
 });
 
 t.test('a remembered token is refused once it expires', async (t) => {
-  const verifier = createTokenVerifier(SECRET);
+  const verifier = hs256({ clockToleranceS: 0 });
   const token = await signToken(SECRET, { sub: 'bo' }, Math.floor(Date.now() / 1000) + 2);
   t.equal((await verifier.verify(token)).userId, 'bo');
   const { expiresAt = 0 } = await verifier.verify(token);
@@ -37,7 +41,7 @@ t.test('a remembered token is refused once it expires', async (t) => {
 });
 
 t.test('forged, tampered and missing tokens are refused, also after a good one', async (t) => {
-  const verifier = createTokenVerifier(SECRET);
+  const verifier = hs256();
   const good = await signToken(SECRET, { sub: 'cy', roles: ['user'] });
   await verifier.verify(good);
   const forged = await signToken('another-secret-that-is-long-enough-0123456789', { sub: 'cy' });
@@ -49,4 +53,68 @@ t.test('forged, tampered and missing tokens are refused, also after a good one',
   t.equal(await reasonOf(verifier.verify(`${header}.${payload}.${signature}`)), 'invalid', 'tampered');
   t.equal(await reasonOf(verifier.verify(undefined)), 'missing');
   t.equal(await reasonOf(verifier.verify('')), 'missing');
+});
+
+/** Why verification refused the token, and what it said. */
+async function refusal(p: Promise<unknown>): Promise<{ reason: string; message: string }> {
+  try {
+    await p;
+    return { reason: 'accepted', message: '' };
+  } catch (e) {
+    if (!(e instanceof AuthError)) throw e;
+    return { reason: e.reason, message: e.message };
+  }
+}
+
+const now = () => Math.floor(Date.now() / 1000);
+const rawToken = (claims: Record<string, unknown>) =>
+  new SignJWT({ roles: ['user'], ...claims }).setProtectedHeader({ alg: 'HS256' }).sign(Buffer.from(SECRET));
+
+t.test('lifetime: iat is required and exp - iat may not exceed the maximum', async (t) => {
+  const verifier = hs256({ maxLifetimeS: 3_600 });
+  t.equal(
+    (await verifier.verify(await signToken(SECRET, { sub: 'di' }, '1h'))).userId,
+    'di',
+    'exactly the maximum',
+  );
+  t.match(await refusal(verifier.verify(await signToken(SECRET, { sub: 'di' }, '2h'))), {
+    reason: 'invalid',
+    message: /lifetime .* over the maximum of 3600 s/,
+  });
+  t.match(await refusal(verifier.verify(await rawToken({ sub: 'di', exp: now() + 60 }))), {
+    reason: 'invalid',
+    message: /iat/,
+  });
+  t.match(
+    await refusal(verifier.verify(await rawToken({ sub: 'di', iat: now() + 600, exp: now() + 900 }))),
+    { reason: 'invalid', message: /iat/ },
+    'issued in the future (beyond the tolerance)',
+  );
+});
+
+t.test('the clock tolerance lets a just-expired token through, and no more', async (t) => {
+  const verifier = hs256({ clockToleranceS: 30 });
+  const justExpired = await rawToken({ sub: 'ed', iat: now() - 100, exp: now() - 5 });
+  t.equal((await verifier.verify(justExpired)).userId, 'ed');
+  const expired = await rawToken({ sub: 'ed', iat: now() - 100, exp: now() - 60 });
+  t.equal((await refusal(verifier.verify(expired))).reason, 'expired');
+});
+
+t.test('issuer and audience are required when configured, also of HS256 tokens', async (t) => {
+  const verifier = hs256({ issuer: 'https://id.example', audience: 'toolbus' });
+  const good = await signToken(SECRET, { sub: 'fi', iss: 'https://id.example', aud: 'toolbus' });
+  t.equal((await verifier.verify(good)).userId, 'fi');
+  for (const [what, claims, claim] of [
+    ['no iss', { aud: 'toolbus' }, 'iss'],
+    ['another iss', { iss: 'https://evil.example', aud: 'toolbus' }, 'iss'],
+    ['no aud', { iss: 'https://id.example' }, 'aud'],
+    ['another aud', { iss: 'https://id.example', aud: 'other-app' }, 'aud'],
+  ] as const) {
+    const token = await signToken(SECRET, { sub: 'fi', ...claims });
+    t.match(await refusal(verifier.verify(token)), { reason: 'invalid', message: new RegExp(claim) }, what);
+  }
+});
+
+t.test('a verifier needs a secret or a key set', async (t) => {
+  t.throws(() => createTokenVerifier({ maxLifetimeS: 60, clockToleranceS: 0 }), TypeError);
 });

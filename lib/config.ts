@@ -2,7 +2,7 @@ import { z } from 'zod';
 
 /**
  * Configuration comes from environment variables only, checked here once. A bad value stops
- * start-up with a message that names the variable. Defaults point at the local services.
+ * start-up with a message that names the variable. Defaults point at the local services; keys have none.
  */
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
@@ -19,7 +19,26 @@ const port = (fallback: number) =>
     .transform(Number)
     .pipe(z.number().max(65535, 'must be a port number (0-65535)'))
     .default(fallback);
-const DEV_SECRET = 'toolbus-development-secret-do-not-use-in-production';
+
+/** A whole number of seconds within [min, max]. */
+const seconds = (fallback: number, min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d{1,9}$/, 'must be a whole number of seconds')
+    .transform(Number)
+    .pipe(z.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`))
+    .default(fallback);
+
+/**
+ * A key shared by the parts of Toolbus (HMAC). There is no default: a key written in the repository
+ * is known to everyone, so a service without its key does not start (`npm start` and the tests
+ * generate random ones). Generate one with `openssl rand -hex 32`.
+ */
+export const SecretKey = z
+  .string({
+    error: (issue) => (issue.input === undefined ? 'must be set (at least 32 random characters)' : undefined),
+  })
+  .min(32, 'must be at least 32 characters');
 
 export const CommonEnv = z.object({
   NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
@@ -65,10 +84,6 @@ export const CommonEnv = z.object({
       'must be an esdb:// or kurrentdb:// URL',
     )
     .optional(),
-  /** HS256 key that user tokens are signed with. */
-  JWT_SECRET: z.string().min(32, 'must be at least 32 characters').default(DEV_SECRET),
-  /** Shared secret that tool workers sign their announcements with. */
-  WORKER_SECRET: z.string().min(32, 'must be at least 32 characters').default(`${DEV_SECRET}-workers`),
   HOST: z.string().default('127.0.0.1'),
   DISPATCHER_PORT: port(8080),
   PROJECTOR_PORT: port(8081),
@@ -77,9 +92,46 @@ export const CommonEnv = z.object({
 export type CommonConfig = z.infer<typeof CommonEnv>;
 
 /**
- * Parses `env` against `schema` (usually `CommonEnv.extend({...})`). Empty strings count as unset.
- * In production the development secrets are refused.
+ * The variables of a service that verifies user tokens (dispatcher, projector, notifier, auditor):
+ * `CommonEnv.extend(UserTokenEnv.shape).superRefine(requireTokenKey)`. Rules in
+ * docs/decisions/0011-user-tokens-jwks.md.
  */
+export const UserTokenEnv = z.object({
+  /** HS256 key of user tokens (development, scripts, or a deployment without an identity provider). */
+  JWT_SECRET: SecretKey.optional(),
+  /** The identity provider's key set: RS256, ES256 and EdDSA tokens are verified against it. */
+  JWKS_URL: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
+  /** When set, a token's `iss` must be exactly this. */
+  JWT_ISSUER: z.string().min(1).max(1024).optional(),
+  /** When set, a token's `aud` must be (or contain) this. */
+  JWT_AUDIENCE: z.string().min(1).max(1024).optional(),
+  /** Longest lifetime (`exp` - `iat`) a token may have; every token must carry `iat`. */
+  JWT_MAX_LIFETIME_S: seconds(86_400, 1, 366 * 86_400),
+  /** Clock skew allowed when checking `exp`, `nbf` and `iat`. */
+  JWT_CLOCK_TOLERANCE_S: seconds(5, 0, 300),
+});
+export type UserTokenConfig = z.infer<typeof UserTokenEnv>;
+
+/**
+ * The rule that goes with UserTokenEnv, `requireTokenKey(CommonEnv.extend({...UserTokenEnv.shape}))`:
+ * tokens must be verifiable, with a secret, a key set or both. It is checked even when other
+ * variables are wrong, so that every problem is reported at once.
+ */
+export function requireTokenKey<S extends z.ZodObject>(schema: S): S {
+  return schema.refine(
+    (config) => {
+      const c = config as Partial<UserTokenConfig>;
+      return c.JWT_SECRET !== undefined || c.JWKS_URL !== undefined;
+    },
+    {
+      path: ['JWT_SECRET'],
+      message: 'must be set (at least 32 random characters), unless JWKS_URL is set',
+      when: (payload) => typeof payload.value === 'object' && payload.value !== null,
+    },
+  );
+}
+
+/** Parses `env` against `schema` (usually `CommonEnv.extend({...})`). Empty strings count as unset. */
 export function loadConfig<S extends z.ZodObject>(
   schema: S,
   env: Record<string, string | undefined> = process.env,
@@ -88,11 +140,6 @@ export function loadConfig<S extends z.ZodObject>(
   const parsed = schema.safeParse(cleaned);
   if (!parsed.success) {
     throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.') || '(env)'}: ${i.message}`));
-  }
-  const config = parsed.data as Record<string, unknown>;
-  if (config['NODE_ENV'] === 'production') {
-    const insecure = ['JWT_SECRET', 'WORKER_SECRET'].filter((k) => String(config[k]).startsWith(DEV_SECRET));
-    if (insecure.length > 0) throw new ConfigError(insecure.map((k) => `${k}: must be set in production`));
   }
   return parsed.data;
 }

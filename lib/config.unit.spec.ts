@@ -1,6 +1,6 @@
 import t from 'tap';
 import { z } from 'zod';
-import { CommonEnv, ConfigError, loadConfig } from './config.ts';
+import { CommonEnv, ConfigError, loadConfig, requireTokenKey, SecretKey, UserTokenEnv } from './config.ts';
 
 const STRONG = 's'.repeat(40);
 
@@ -23,17 +23,12 @@ t.test('defaults point at the local services', async (t) => {
     NATS_URL: 'nats://127.0.0.1:4222',
     DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/test',
     REDIS_URL: 'redis://127.0.0.1:6379',
-    JWT_SECRET: c.JWT_SECRET,
-    WORKER_SECRET: c.WORKER_SECRET,
     HOST: '127.0.0.1',
     DISPATCHER_PORT: 8080,
     PROJECTOR_PORT: 8081,
     NOTIFIER_PORT: 8082,
   });
   t.equal(c.KURRENTDB_URL, undefined, 'no KurrentDB unless configured (PostgreSQL event store)');
-  t.ok(c.JWT_SECRET.length >= 32, 'a usable development JWT secret');
-  t.ok(c.WORKER_SECRET.length >= 32);
-  t.not(c.JWT_SECRET, c.WORKER_SECRET, 'user tokens and worker announcements use different keys');
 });
 
 t.test('empty strings count as unset', async (t) => {
@@ -52,7 +47,6 @@ t.test('values from the environment are used, ports as numbers', async (t) => {
     DATABASE_URL: 'postgresql://u:p@db:5432/toolbus',
     REDIS_URL: 'rediss://cache:6380',
     KURRENTDB_URL: 'kurrentdb://admin:changeit@kdb:2113?tls=false',
-    JWT_SECRET: STRONG,
     HOST: '0.0.0.0',
     DISPATCHER_PORT: '9000',
     PROJECTOR_PORT: '0',
@@ -66,7 +60,6 @@ t.test('values from the environment are used, ports as numbers', async (t) => {
     DATABASE_URL: 'postgresql://u:p@db:5432/toolbus',
     REDIS_URL: 'rediss://cache:6380',
     KURRENTDB_URL: 'kurrentdb://admin:changeit@kdb:2113?tls=false',
-    JWT_SECRET: STRONG,
     HOST: '0.0.0.0',
     DISPATCHER_PORT: 9000,
     PROJECTOR_PORT: 0,
@@ -102,8 +95,6 @@ t.test('a bad value throws a ConfigError that names the variable', async (t) => 
     ['NOTIFIER_PORT', '1_000'],
     ['NODE_ENV', 'prod'],
     ['LOG_LEVEL', 'verbose'],
-    ['JWT_SECRET', 'short'],
-    ['WORKER_SECRET', 'x'.repeat(31)],
   ];
   for (const [name, value] of cases) {
     t.test(`${name}=${JSON.stringify(value)}`, async (t) => {
@@ -131,39 +122,63 @@ t.test('every bad variable is reported at once', async (t) => {
   t.notMatch(err.message, /http:\/\/x/, 'values (possibly secrets) are not echoed');
 });
 
-t.test('production refuses the development secrets', async (t) => {
-  const both = configError(() => loadConfig(CommonEnv, { NODE_ENV: 'production' }));
-  t.strictSame(both.problems, [
-    'JWT_SECRET: must be set in production',
-    'WORKER_SECRET: must be set in production',
+const TokenEnv = requireTokenKey(CommonEnv.extend({ ...UserTokenEnv.shape, WORKER_SECRET: SecretKey }));
+
+t.test('keys have no default: a missing or short key stops start-up, naming the variable', async (t) => {
+  t.strictSame(configError(() => loadConfig(TokenEnv, {})).problems, [
+    'WORKER_SECRET: must be set (at least 32 random characters)',
+    'JWT_SECRET: must be set (at least 32 random characters), unless JWKS_URL is set',
   ]);
-
-  const worker = configError(() => loadConfig(CommonEnv, { NODE_ENV: 'production', JWT_SECRET: STRONG }));
-  t.strictSame(worker.problems, ['WORKER_SECRET: must be set in production']);
-
-  const dev = loadConfig(CommonEnv, {});
-  const jwt = configError(() =>
-    loadConfig(CommonEnv, { NODE_ENV: 'production', JWT_SECRET: dev.JWT_SECRET, WORKER_SECRET: STRONG }),
-  );
   t.strictSame(
-    jwt.problems,
-    ['JWT_SECRET: must be set in production'],
-    'the dev secret given explicitly is refused too',
+    configError(() => loadConfig(TokenEnv, { JWT_SECRET: 'short', WORKER_SECRET: 'x'.repeat(31) })).problems,
+    ['JWT_SECRET: must be at least 32 characters', 'WORKER_SECRET: must be at least 32 characters'],
   );
+  for (const env of [{}, { NODE_ENV: 'development' }, { NODE_ENV: 'test' }, { NODE_ENV: 'production' }]) {
+    t.match(
+      configError(() => loadConfig(TokenEnv, env)).message,
+      /JWT_SECRET: must be set/,
+      'in every NODE_ENV',
+    );
+  }
+});
 
-  const ok = loadConfig(CommonEnv, {
-    NODE_ENV: 'production',
-    JWT_SECRET: STRONG,
-    WORKER_SECRET: 't'.repeat(40),
+t.test('user tokens: a secret, a key set or both, with the lifetime rules', async (t) => {
+  const withSecret = loadConfig(TokenEnv, { JWT_SECRET: STRONG, WORKER_SECRET: 'w'.repeat(40) });
+  t.match(withSecret, { JWT_SECRET: STRONG, JWT_MAX_LIFETIME_S: 86_400, JWT_CLOCK_TOLERANCE_S: 5 });
+  t.equal(withSecret.JWKS_URL, undefined);
+  const withJwks = loadConfig(TokenEnv, {
+    WORKER_SECRET: 'w'.repeat(40),
+    JWKS_URL: 'https://id.example/.well-known/jwks.json',
+    JWT_ISSUER: 'https://id.example/',
+    JWT_AUDIENCE: 'toolbus',
+    JWT_MAX_LIFETIME_S: '3600',
+    JWT_CLOCK_TOLERANCE_S: '0',
   });
-  t.equal(ok.NODE_ENV, 'production');
-  t.equal(ok.JWT_SECRET, STRONG);
-
-  t.equal(
-    loadConfig(CommonEnv, { NODE_ENV: 'test' }).JWT_SECRET,
-    dev.JWT_SECRET,
-    'tests may use the dev secret',
-  );
+  t.match(withJwks, {
+    JWKS_URL: 'https://id.example/.well-known/jwks.json',
+    JWT_ISSUER: 'https://id.example/',
+    JWT_AUDIENCE: 'toolbus',
+    JWT_MAX_LIFETIME_S: 3600,
+    JWT_CLOCK_TOLERANCE_S: 0,
+  });
+  t.equal(withJwks.JWT_SECRET, undefined, 'no secret needed with a key set');
+  for (const [name, value] of [
+    ['JWKS_URL', 'ftp://id.example/jwks'],
+    ['JWKS_URL', 'id.example/jwks'],
+    ['JWT_MAX_LIFETIME_S', '0'],
+    ['JWT_MAX_LIFETIME_S', '1h'],
+    ['JWT_CLOCK_TOLERANCE_S', '301'],
+    ['JWT_CLOCK_TOLERANCE_S', '-1'],
+  ] as const) {
+    const err = configError(() =>
+      loadConfig(TokenEnv, { JWT_SECRET: STRONG, WORKER_SECRET: STRONG, [name]: value }),
+    );
+    t.strictSame(
+      err.problems.map((p) => p.split(':')[0]),
+      [name],
+      `${name}=${value}`,
+    );
+  }
 });
 
 t.test('services extend the common schema', async (t) => {

@@ -182,7 +182,7 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
 
     // 4. CPU of the per-request work in the dispatcher's process, beside the bare operation.
     const token = await signToken(ctx.jwtSecret, { sub: 'u1', roles: ['user'] });
-    const verifier = createTokenVerifier(ctx.jwtSecret);
+    const verifier = createTokenVerifier({ secret: ctx.jwtSecret, maxLifetimeS: 86_400, clockToleranceS: 5 });
     const cryptoKey = await crypto.subtle.importKey(
       'raw',
       new TextEncoder().encode(ctx.jwtSecret),

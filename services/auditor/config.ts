@@ -1,7 +1,5 @@
 import { z } from 'zod';
-import { CommonEnv, ConfigError, loadConfig } from '../../lib/config.ts';
-
-const DEV_SIGNING_KEY = 'toolbus-development-audit-key-do-not-use-in-production';
+import { CommonEnv, loadConfig, requireTokenKey, SecretKey, UserTokenEnv } from '../../lib/config.ts';
 
 /** Decimal digits only, as lib/config.ts reads the other ports. */
 const port = (fallback: number) =>
@@ -12,20 +10,28 @@ const port = (fallback: number) =>
     .pipe(z.number().max(65535, 'must be a port number (0-65535)'))
     .default(fallback);
 
+/** What the CLI needs: the event store, the audit log and the signing key (it verifies no tokens). */
 export const AuditorEnv = CommonEnv.extend({
   AUDITOR_PORT: port(8083),
-  /** HMAC-SHA256 key that checkpoints are signed and checked with. */
-  AUDIT_SIGNING_KEY: z.string().min(32, 'must be at least 32 characters').default(DEV_SIGNING_KEY),
+  /** HMAC-SHA256 key that checkpoints are signed and checked with (no default). */
+  AUDIT_SIGNING_KEY: SecretKey,
   /** Who the CLI records as the auditor (defaults to the OS user). */
   AUDITOR_ID: z.string().min(1).max(128).optional(),
 });
 export type AuditorConfig = z.infer<typeof AuditorEnv>;
 
-/** loadConfig, and in production the development signing key is refused too. */
+/** The HTTP service's environment: the CLI's and the user-token variables. */
+export const AuditorServerEnv = requireTokenKey(AuditorEnv.extend(UserTokenEnv.shape));
+export type AuditorServerEnvConfig = z.infer<typeof AuditorServerEnv>;
+
+/** The CLI's configuration. */
 export function loadAuditorConfig(env: Record<string, string | undefined> = process.env): AuditorConfig {
-  const config = loadConfig(AuditorEnv, env);
-  if (config.NODE_ENV === 'production' && config.AUDIT_SIGNING_KEY === DEV_SIGNING_KEY) {
-    throw new ConfigError(['AUDIT_SIGNING_KEY: must be set in production']);
-  }
-  return config;
+  return loadConfig(AuditorEnv, env);
+}
+
+/** The HTTP service's configuration. */
+export function loadAuditorServerConfig(
+  env: Record<string, string | undefined> = process.env,
+): AuditorServerEnvConfig {
+  return loadConfig(AuditorServerEnv, env);
 }

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { signToken } from '../../lib/auth.ts';
@@ -10,7 +11,7 @@ t.test('main.ts runs the auditor service until SIGTERM', async (t) => {
   const { url, store } = await openTestStore(t);
   await recordHistory(store, 'alice', 2);
   const port = await freePort();
-  const secret = 'main-test-jwt-secret-0123456789abcdefgh';
+  const secret = randomBytes(32).toString('hex');
   const child = spawn(
     process.execPath,
     ['--import', 'tsx', fileURLToPath(new URL('./main.ts', import.meta.url))],
@@ -20,6 +21,7 @@ t.test('main.ts runs the auditor service until SIGTERM', async (t) => {
         DATABASE_URL: url,
         AUDITOR_PORT: String(port),
         JWT_SECRET: secret,
+        AUDIT_SIGNING_KEY: randomBytes(32).toString('hex'),
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     },

@@ -1,11 +1,11 @@
 import { createLogger } from '../../lib/log.ts';
-import { loadAuditorConfig } from './config.ts';
+import { loadAuditorServerConfig } from './config.ts';
 import { startAuditor } from './server.ts';
 
 /** The auditor's HTTP service: `npx tsx services/auditor/main.ts` (port AUDITOR_PORT, default 8083). */
 const log = createLogger('auditor');
 try {
-  const config = loadAuditorConfig();
+  const config = loadAuditorServerConfig();
   const auditor = await startAuditor(config);
   log.info({ url: auditor.url }, 'auditor ready');
   let stopping = false;

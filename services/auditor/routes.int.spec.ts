@@ -1,7 +1,9 @@
+import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import type { ToolEvent } from '../../contracts/index.ts';
 import { signToken } from '../../lib/auth.ts';
 import { type Checkpoint } from './checkpoint.ts';
+import { loadAuditorServerConfig } from './config.ts';
 import { buildAuditor, startAuditor, type AuditorServerConfig } from './server.ts';
 import { alterData, bulkInsertHistory, openTestStore, recordHistory, truncateTail } from './testkit.ts';
 import type { VerifyReport } from './verify.ts';
@@ -12,19 +14,19 @@ import type { VerifyReport } from './verify.ts';
  */
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
 type Line = { revision: number; event: ToolEvent };
-const JWT_SECRET = 'routes-test-jwt-secret-0123456789abcdef';
+const JWT_SECRET = randomBytes(32).toString('hex');
+const AUDIT_SIGNING_KEY = randomBytes(32).toString('hex');
 
 async function setup(t: Tap, executions = 8) {
   const db = await openTestStore(t);
   await recordHistory(db.store, 'alice', executions);
-  const config: AuditorServerConfig = {
+  const config: AuditorServerConfig = loadAuditorServerConfig({
     DATABASE_URL: db.url,
     JWT_SECRET,
-    AUDIT_SIGNING_KEY: 'routes-test-signing-key-0123456789abcdef',
-    HOST: '127.0.0.1',
-    AUDITOR_PORT: 0,
+    AUDIT_SIGNING_KEY,
+    AUDITOR_PORT: '0',
     LOG_LEVEL: 'silent',
-  };
+  });
   const auditor = await buildAuditor(config);
   t.teardown(() => auditor.close());
   const token = (sub: string, roles: string[]) => signToken(JWT_SECRET, { sub, roles });
@@ -304,14 +306,15 @@ t.test('verify and checkpoint over HTTP', async (t) => {
 t.test('startAuditor listens, streams, answers health checks and closes', async (t) => {
   const db = await openTestStore(t);
   await recordHistory(db.store, 'alice', 40);
-  const auditor = await startAuditor({
-    DATABASE_URL: db.url,
-    JWT_SECRET,
-    AUDIT_SIGNING_KEY: 'routes-test-signing-key-0123456789abcdef',
-    HOST: '127.0.0.1',
-    AUDITOR_PORT: 0,
-    LOG_LEVEL: 'silent',
-  });
+  const auditor = await startAuditor(
+    loadAuditorServerConfig({
+      DATABASE_URL: db.url,
+      JWT_SECRET,
+      AUDIT_SIGNING_KEY,
+      AUDITOR_PORT: '0',
+      LOG_LEVEL: 'silent',
+    }),
+  );
   t.teardown(() => auditor.close());
   t.ok(auditor.port > 0);
   const ready = await fetch(`${auditor.url}/health/ready`);

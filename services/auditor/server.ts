@@ -1,23 +1,19 @@
 import type { FastifyInstance } from 'fastify';
-import { createTokenVerifier } from '../../lib/auth.ts';
+import { tokenVerifierFromConfig } from '../../lib/auth.ts';
 import { createPool, type Pool } from '../../lib/db.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
 import { createHttpApp } from '../../lib/http.ts';
 import { createAuditLog, migrateAuditLog } from './auditLog.ts';
+import type { UserTokenConfig } from '../../lib/config.ts';
 import type { AuditorConfig } from './config.ts';
 import { auditRoutes } from './routes.ts';
 import { createEventStore } from '../../lib/eventstore/index.ts';
 
 export type AuditorServerConfig = Pick<
   AuditorConfig,
-  | 'DATABASE_URL'
-  | 'KURRENTDB_URL'
-  | 'JWT_SECRET'
-  | 'AUDIT_SIGNING_KEY'
-  | 'HOST'
-  | 'AUDITOR_PORT'
-  | 'LOG_LEVEL'
->;
+  'DATABASE_URL' | 'KURRENTDB_URL' | 'AUDIT_SIGNING_KEY' | 'HOST' | 'AUDITOR_PORT' | 'LOG_LEVEL'
+> &
+  UserTokenConfig;
 
 export interface Auditor {
   app: FastifyInstance;
@@ -51,7 +47,7 @@ export async function buildAuditor(config: AuditorServerConfig): Promise<Auditor
     await app.register(auditRoutes, {
       store,
       auditLog,
-      tokens: createTokenVerifier(config.JWT_SECRET),
+      tokens: tokenVerifierFromConfig(config),
       signingKey: config.AUDIT_SIGNING_KEY,
     });
     await app.ready();

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import {
@@ -222,7 +222,8 @@ export async function bulkInsertHistory(
 }
 
 export const CLI = fileURLToPath(new URL('./cli.ts', import.meta.url));
-export const SIGNING_KEY = 'test-audit-signing-key-0123456789abcdef';
+/** The CLI's signing key in tests: random per run (no key has a default). */
+export const SIGNING_KEY = randomBytes(32).toString('hex');
 
 export interface CliRun {
   code: number | null;

@@ -1,7 +1,7 @@
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
-import { createTokenVerifier } from '../../lib/auth.ts';
+import { tokenVerifierFromConfig } from '../../lib/auth.ts';
 import { createEventStore, type EventStore } from '../../lib/eventstore/index.ts';
 import { createHttpApp } from '../../lib/http.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
@@ -124,7 +124,7 @@ export async function startDispatcher(
     });
     cleanup.push(() => app.close());
     const metrics = createMetrics(app.metrics);
-    const verifier = createTokenVerifier(config.JWT_SECRET);
+    const verifier = tokenVerifierFromConfig(config);
     const now = options.now ?? (() => new Date());
     const streams = new UserStreams({ store, nc, log, now, onConflict: () => metrics.conflicts.inc() });
     const guard = new Guard(

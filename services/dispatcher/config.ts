@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { CommonEnv } from '../../lib/config.ts';
+import { CommonEnv, requireTokenKey, SecretKey, UserTokenEnv } from '../../lib/config.ts';
 
 const int = (fallback: number, min: number, max: number) =>
   z
@@ -28,10 +28,13 @@ export const defaultDispatcherId = (): string =>
   `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 100);
 
 /**
- * The dispatcher's environment: the common variables and its own. Every limit has a default that
- * suits a single machine; see docs/dispatcher.md.
+ * The dispatcher's environment: the common variables, the user-token ones and its own. Every limit
+ * has a default that suits a single machine; see docs/dispatcher.md. Keys have none.
  */
-export const DispatcherEnv = CommonEnv.extend({
+const DispatcherVariables = CommonEnv.extend({
+  ...UserTokenEnv.shape,
+  /** Shared secret that tool workers sign their announcements with. */
+  WORKER_SECRET: SecretKey,
   /** How long JetStream waits for an ack (or a `working()` heartbeat) before redelivering. */
   ACK_WAIT_MS: int(30_000, 1_000, 3_600_000),
   /** Requests this instance runs at the same time. */
@@ -81,4 +84,5 @@ export const DispatcherEnv = CommonEnv.extend({
     .regex(/^[A-Za-z0-9_-]{1,100}$/, 'must match [A-Za-z0-9_-]{1,100} (it is a NATS subject token)')
     .default(defaultDispatcherId),
 });
+export const DispatcherEnv = requireTokenKey(DispatcherVariables);
 export type DispatcherConfig = z.infer<typeof DispatcherEnv>;

@@ -1,11 +1,15 @@
+import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { ConfigError, loadConfig } from '../../lib/config.ts';
 import { DispatcherEnv } from './config.ts';
 import { requestIdFromMsgId } from './dispatcher.ts';
 import { defaultUserSlots } from './intake.ts';
 
+/** The keys the dispatcher cannot start without (random: no key has a default). */
+const KEYS = { JWT_SECRET: randomBytes(32).toString('hex'), WORKER_SECRET: randomBytes(32).toString('hex') };
+
 t.test('dispatcher settings: defaults', async (t) => {
-  const c = loadConfig(DispatcherEnv, {});
+  const c = loadConfig(DispatcherEnv, KEYS);
   t.match(c, {
     ACK_WAIT_MS: 30_000,
     DISPATCH_CONCURRENCY: 64,
@@ -25,10 +29,15 @@ t.test('dispatcher settings: defaults', async (t) => {
 });
 
 t.test('dispatcher settings: from the environment, and refused when wrong', async (t) => {
-  const c = loadConfig(DispatcherEnv, { ACK_WAIT_MS: '5000', TOOLBUS_TEST_TOOLS: '1', DISPATCHER_ID: 'd-1' });
+  const c = loadConfig(DispatcherEnv, {
+    ...KEYS,
+    ACK_WAIT_MS: '5000',
+    TOOLBUS_TEST_TOOLS: '1',
+    DISPATCHER_ID: 'd-1',
+  });
   t.match(c, { ACK_WAIT_MS: 5000, TOOLBUS_TEST_TOOLS: true, DISPATCHER_ID: 'd-1' });
-  t.equal(loadConfig(DispatcherEnv, { TOOLBUS_TEST_TOOLS: 'false' }).TOOLBUS_TEST_TOOLS, false);
-  t.equal(loadConfig(DispatcherEnv, { USER_DISPATCH_SLOTS: '3' }).USER_DISPATCH_SLOTS, 3);
+  t.equal(loadConfig(DispatcherEnv, { ...KEYS, TOOLBUS_TEST_TOOLS: 'false' }).TOOLBUS_TEST_TOOLS, false);
+  t.equal(loadConfig(DispatcherEnv, { ...KEYS, USER_DISPATCH_SLOTS: '3' }).USER_DISPATCH_SLOTS, 3);
   for (const [key, value] of [
     ['ACK_WAIT_MS', '10'],
     ['ACK_WAIT_MS', 'soon'],
@@ -40,7 +49,7 @@ t.test('dispatcher settings: from the environment, and refused when wrong', asyn
     ['USER_DISPATCH_SLOTS', '0'],
     ['INTAKE_BUFFER_BYTES', '1000'],
   ] as const) {
-    t.throws(() => loadConfig(DispatcherEnv, { [key]: value }), ConfigError, `${key}=${value}`);
+    t.throws(() => loadConfig(DispatcherEnv, { ...KEYS, [key]: value }), ConfigError, `${key}=${value}`);
   }
 });
 

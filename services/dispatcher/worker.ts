@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { CommonEnv, ConfigError, loadConfig } from '../../lib/config.ts';
+import { CommonEnv, ConfigError, loadConfig, SecretKey } from '../../lib/config.ts';
 import { createLogger } from '../../lib/log.ts';
 import { natsCredentialsFromConfig } from '../../lib/nats.ts';
 import { startToolWorker } from './tools/worker.ts';
@@ -15,6 +15,8 @@ import { startToolWorker } from './tools/worker.ts';
 const defaultWorkerId = `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_.:-]/g, '-').slice(0, 128);
 
 const WorkerEnv = CommonEnv.extend({
+  /** Shared with the dispatchers; no default. */
+  WORKER_SECRET: SecretKey,
   WORKER_ID: z
     .string()
     .regex(/^[A-Za-z0-9_.:-]{1,128}$/, 'must match [A-Za-z0-9_.:-]{1,128}')

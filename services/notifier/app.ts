@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { pino, type DestinationStream } from 'pino';
 import { Counter, Gauge } from 'prom-client';
 import { CLOSE_CODES } from '../../contracts/index.ts';
-import { AuthError, createTokenVerifier } from '../../lib/auth.ts';
+import { AuthError, tokenVerifierFromConfig } from '../../lib/auth.ts';
 import { createEventStore } from '../../lib/eventstore/index.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
 import { createHttpApp } from '../../lib/http.ts';
@@ -89,7 +89,7 @@ async function build(
   { store, nc, redis, log }: { store: EventStore; nc: NatsConnection; redis: Redis; log: Logger },
   closeOwned: () => Promise<void>,
 ): Promise<Notifier> {
-  const verifier = createTokenVerifier(config.JWT_SECRET);
+  const verifier = tokenVerifierFromConfig(config);
   const tickets = new TicketStore(redis, config.NOTIFIER_TICKET_TTL_SECONDS);
   const app = createHttpApp({
     service: 'notifier',

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { CommonEnv } from '../../lib/config.ts';
+import { CommonEnv, requireTokenKey, UserTokenEnv } from '../../lib/config.ts';
 
 const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
 
@@ -24,8 +24,9 @@ const OriginList = z
     ),
   );
 
-/** The notifier's environment: the common variables and its own (see docs/notifier.md). */
-export const NotifierEnv = CommonEnv.extend({
+/** The notifier's environment: the common variables, the user-token ones and its own (see docs/notifier.md). */
+const NotifierVariables = CommonEnv.extend({
+  ...UserTokenEnv.shape,
   /** Comma list of origins allowed to open /ws and POST /tickets. Default: the notifier's own. */
   NOTIFIER_ALLOWED_ORIGINS: OriginList.optional(),
   /** Unsent bytes per socket: events wait while a socket holds more than half of this. */
@@ -46,6 +47,7 @@ export const NotifierEnv = CommonEnv.extend({
   /** How long an event waits for its socket to drain before the socket is cut off (4408). */
   NOTIFIER_SLOW_CONSUMER_MS: positiveInt(10_000),
 });
+export const NotifierEnv = requireTokenKey(NotifierVariables);
 export type NotifierConfig = z.infer<typeof NotifierEnv>;
 
 export function normalizeOrigin(origin: string): string {

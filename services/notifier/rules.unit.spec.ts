@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { loadConfig } from '../../lib/config.ts';
 import { allowedOrigins, NotifierEnv, originAllowed } from './config.ts';
@@ -59,7 +60,8 @@ t.test('client messages', async (t) => {
 });
 
 t.test('origins: configured list, or the notifier own', async (t) => {
-  const own = allowedOrigins(loadConfig(NotifierEnv, {}), 8082);
+  const KEYS = { JWT_SECRET: randomBytes(32).toString('hex') };
+  const own = allowedOrigins(loadConfig(NotifierEnv, KEYS), 8082);
   t.same([...own].sort(), ['http://127.0.0.1:8082', 'http://localhost:8082']);
   t.ok(originAllowed('http://localhost:8082', own));
   t.ok(originAllowed('HTTP://LOCALHOST:8082', own), 'compared as origins, not strings');
@@ -69,19 +71,25 @@ t.test('origins: configured list, or the notifier own', async (t) => {
   t.ok(originAllowed(undefined, own), 'no Origin: not a browser page');
 
   const configured = allowedOrigins(
-    loadConfig(NotifierEnv, { NOTIFIER_ALLOWED_ORIGINS: 'https://app.example.com, http://localhost:3000/' }),
+    loadConfig(NotifierEnv, {
+      ...KEYS,
+      NOTIFIER_ALLOWED_ORIGINS: 'https://app.example.com, http://localhost:3000/',
+    }),
     8082,
   );
   t.same([...configured], ['https://app.example.com', 'http://localhost:3000']);
   t.notOk(originAllowed('http://localhost:8082', configured), 'the configured list replaces the default');
   t.ok(originAllowed('https://app.example.com', configured));
 
-  const host = allowedOrigins(loadConfig(NotifierEnv, { HOST: 'notifier.internal' }), 80);
+  const host = allowedOrigins(loadConfig(NotifierEnv, { ...KEYS, HOST: 'notifier.internal' }), 80);
   t.ok(originAllowed('http://notifier.internal', host), 'port 80 is the default port of http');
 
   t.throws(
-    () => loadConfig(NotifierEnv, { NOTIFIER_ALLOWED_ORIGINS: 'https://app.example.com/path' }),
+    () => loadConfig(NotifierEnv, { ...KEYS, NOTIFIER_ALLOWED_ORIGINS: 'https://app.example.com/path' }),
     /NOTIFIER_ALLOWED_ORIGINS/,
   );
-  t.throws(() => loadConfig(NotifierEnv, { NOTIFIER_MAX_BUFFER_BYTES: '-1' }), /NOTIFIER_MAX_BUFFER_BYTES/);
+  t.throws(
+    () => loadConfig(NotifierEnv, { ...KEYS, NOTIFIER_MAX_BUFFER_BYTES: '-1' }),
+    /NOTIFIER_MAX_BUFFER_BYTES/,
+  );
 });

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
 import type { Registry } from 'prom-client';
-import { createTokenVerifier } from '../../lib/auth.ts';
+import { tokenVerifierFromConfig } from '../../lib/auth.ts';
 import { createPool, migrate } from '../../lib/db.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
 import { createHttpApp } from '../../lib/http.ts';
@@ -85,7 +85,7 @@ export async function startProjector(
   });
   await registerQueryApi(app, {
     pool,
-    verifier: createTokenVerifier(config.JWT_SECRET),
+    verifier: tokenVerifierFromConfig(config),
     status: async () => {
       const checkpoint = await readCheckpoint(pool, PROJECTION_NAME);
       return {

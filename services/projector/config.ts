@@ -1,8 +1,8 @@
 import { z } from 'zod';
-import { CommonEnv } from '../../lib/config.ts';
+import { CommonEnv, requireTokenKey, UserTokenEnv } from '../../lib/config.ts';
 
-/** The projector's environment: the common variables plus its own. */
-export const ProjectorEnv = CommonEnv.extend({
+/** The projector's own variables (all that the rebuild script, which serves no HTTP, needs). */
+export const ProjectorStoreEnv = CommonEnv.extend({
   /** Most events applied in one transaction. */
   PROJECTION_BATCH_SIZE: z.coerce.number().int().min(1).max(10_000).default(500),
   /** How long a batch waits for more ready events after its first one. */
@@ -20,4 +20,7 @@ export const ProjectorEnv = CommonEnv.extend({
    */
   PROJECTOR_FAULT_KILL_BEFORE_CHECKPOINT: z.coerce.number().min(0).max(1).default(0),
 });
+
+/** The projector's environment: the common variables, its own, and the user-token ones. */
+export const ProjectorEnv = requireTokenKey(ProjectorStoreEnv.extend(UserTokenEnv.shape));
 export type ProjectorConfig = z.infer<typeof ProjectorEnv>;

@@ -13,7 +13,7 @@ import {
 } from '../../lib/eventstore/types.ts';
 import { createLogger } from '../../lib/log.ts';
 import { ensureCheckpoint, readCheckpoint, rebuildLockKey, writeCheckpoint } from './checkpoint.ts';
-import { ProjectorEnv } from './config.ts';
+import { ProjectorStoreEnv } from './config.ts';
 import { LIVE_SCHEMA, PROJECTION_NAME, projectorMigrations } from './migrations.ts';
 import type { Log } from './runner.ts';
 import { incomingFromRecorded, type Incoming } from './model.ts';
@@ -206,7 +206,7 @@ async function project(
 
 /** `npx tsx services/projector/rebuild.ts`: rebuild with the projector's configuration. */
 async function main(): Promise<void> {
-  const config = loadConfig(ProjectorEnv);
+  const config = loadConfig(ProjectorStoreEnv);
   const logger = createLogger('projector-rebuild', config.LOG_LEVEL);
   const pool = createPool(config.DATABASE_URL, { application: 'toolbus-projector-rebuild' });
   const store = await openEventStore(config, logger);

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { USER_STREAM_PREFIX, userStream } from '../../contracts/index.ts';
 import { loadConfig } from '../../lib/config.ts';
 import {
@@ -15,7 +15,8 @@ import type { Queryable } from './sql.ts';
 
 /** Helpers for the projector's tests (not used by the service itself). */
 
-export const TEST_SECRET = 'projector-test-secret-0123456789abcdef';
+/** The JWT secret of the projectors a test starts: random per run (no key has a default). */
+export const TEST_SECRET = randomBytes(32).toString('hex');
 
 export function testConfig(databaseUrl: string, env: Record<string, string> = {}): ProjectorConfig {
   return loadConfig(ProjectorEnv, {

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { subjects, type Notification, type ToolEvent } from '../../../contracts/index.ts';
@@ -66,6 +67,9 @@ export async function harness(t: T, env: Record<string, string> = {}): Promise<H
     NATS_URL: nats.url,
     REDIS_URL: redis.url,
     DATABASE_URL: db.url,
+    // Random keys per run: no key has a default.
+    JWT_SECRET: randomBytes(32).toString('hex'),
+    WORKER_SECRET: randomBytes(32).toString('hex'),
     TOOLBUS_TEST_TOOLS: '1',
     DISPATCHER_PORT: '0',
     ACK_WAIT_MS: '5000',
@@ -99,7 +103,7 @@ export async function harness(t: T, env: Record<string, string> = {}): Promise<H
       return d;
     },
     token: (sub, roles = ['user'], expiresIn = '1h') =>
-      signToken(h.config.JWT_SECRET, { sub, roles }, expiresIn),
+      signToken(baseEnv['JWT_SECRET']!, { sub, roles }, expiresIn),
     async events(userId) {
       return (await readUserEvents(store, userId)).map((e) => e.event);
     },
