@@ -29,13 +29,22 @@ export const EventMetadata = z.strictObject({
 export type EventMetadata = z.infer<typeof EventMetadata>;
 
 export const ToolRequestedData = z.strictObject({
+  /** The tool named by the request, as it was named (also when no such tool exists). */
   tool: z.string().min(1).max(64),
+  /** The registered tool's version; null when the registry had no tool by that name and version. */
   version: z.string().max(32).nullable(),
   /** Arguments with sensitive fields replaced by `"[REDACTED]"`. */
   args: JsonObject,
   /** Names of the top-level fields that were redacted (as listed in the manifest). */
   redacted: z.array(z.string()).default([]),
 });
+/**
+ * What metrics labels and per-tool read models call a tool the registry did not know (an execution
+ * whose ToolRequested has `version: null`). Agents choose tool names: a label or a row per name
+ * would let anyone grow them without bound. The event keeps the name as it was asked.
+ */
+export const UNKNOWN_TOOL_LABEL = '(unknown)';
+
 export const ToolExecutingData = z.strictObject({
   attempt: z.number().int().min(1),
   /** The dispatcher instance or tool worker that runs it. */

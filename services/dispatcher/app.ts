@@ -52,6 +52,8 @@ export interface RunningDispatcher {
   readonly active: number;
   /** Requests pulled by this instance and waiting for a slot. */
   readonly queued: number;
+  /** Whether the intake pulls requests (what `/health/ready` reports as `intake`), and its changes. */
+  readonly intake: Pick<Intake, 'state' | 'watch'>;
   close(): Promise<void>;
 }
 
@@ -86,15 +88,16 @@ export async function startDispatcher(
       natsCredentialsFromConfig(config),
     );
     cleanup.push(() => (nc.isClosed() ? Promise.resolve() : nc.drain().catch(() => nc.close())));
-    await ensureIntake(await jetstreamManager(nc), {
-      ackWaitMs: config.ACK_WAIT_MS,
-      maxAckPending: config.MAX_ACK_PENDING,
-      log,
-    });
+    const jsm = await jetstreamManager(nc);
+    const intakeOptions = { ackWaitMs: config.ACK_WAIT_MS, maxAckPending: config.MAX_ACK_PENDING, log };
+    await ensureIntake(jsm, intakeOptions);
     const js = jetstream(nc);
 
     const redis = createRedis(config.REDIS_URL);
     cleanup.push(() => redis.quit().catch(() => redis.disconnect()));
+
+    // The intake starts last (once everything it feeds is ready); readiness and the coordinator reach it then.
+    const intakeRef: { current?: Intake } = {};
 
     const registry = new ToolRegistry();
     for (const tool of [
@@ -119,6 +122,12 @@ export async function startDispatcher(
         eventstore: () => store.ping(),
         redis: async () => {
           await redis.ping();
+        },
+        // Not ready while requests are not pulled (before the intake starts, or while it heals).
+        intake: async () => {
+          const state = intakeRef.current?.state;
+          if (!state) throw new Error('not started');
+          if (!state.consuming) throw new Error(state.reason);
         },
       },
     });
@@ -158,8 +167,6 @@ export async function startDispatcher(
     cleanup.push(async () => liveness.stop());
     const answers = serveAnswers(nc, verifier, (u, r) => dispatcher.lookup(u, r), log);
     cleanup.push(() => answers.stop());
-    // The intake starts last (once everything it feeds is ready); the coordinator reaches it then.
-    const intakeRef: { current?: Intake } = {};
     const cancels = new CancelCoordinator({
       dispatcherId,
       nc,
@@ -188,6 +195,8 @@ export async function startDispatcher(
       ackWaitMs: config.ACK_WAIT_MS,
       handle: (d) => dispatcher.handle(d),
       log,
+      // Someone with JetStream API rights may delete the stream or the consumer: make them again.
+      repair: () => ensureIntake(jsm, intakeOptions),
       ...(config.USER_DISPATCH_SLOTS !== undefined ? { userSlots: config.USER_DISPATCH_SLOTS } : {}),
       bufferMessages: config.INTAKE_BUFFER,
       bufferBytes: config.INTAKE_BUFFER_BYTES,
@@ -224,6 +233,7 @@ export async function startDispatcher(
       get queued() {
         return running.queued;
       },
+      intake: running,
       close() {
         closing ??= (async () => {
           log.info({ active: running.active, queued: running.queued }, 'dispatcher stopping');

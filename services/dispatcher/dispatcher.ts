@@ -10,6 +10,7 @@ import {
   REQUEST_HEADERS,
   REQUEST_ID_PATTERN,
   subjects,
+  UNKNOWN_TOOL_LABEL,
   type AgentAnswer,
   type ErrorCode,
   type ExecutionCommand,
@@ -561,7 +562,8 @@ export class Dispatcher {
     const execution = newExecution(h.ref);
     // Before the tool is known, every argument is treated as sensitive.
     const { value, redacted } = redact(args, manifest ? manifest.sensitive.input : Object.keys(args));
-    const version = manifest?.version ?? h.request?.version ?? null;
+    // Null when the tool was not resolved: the projector keeps such names out of per-tool models.
+    const version = manifest?.version ?? null;
     const { appended } = await this.o.streams.step(execution, (s) =>
       s.status === 'none'
         ? [
@@ -968,7 +970,8 @@ export class Dispatcher {
       });
     }
     const outcome = outcomeOf(answer);
-    const tool = h.tool ? h.tool.manifest.name : NO_TOOL;
+    // Only names the registry knows become labels (see UNKNOWN_TOOL_LABEL).
+    const tool = h.tool ? h.tool.manifest.name : UNKNOWN_TOOL_LABEL;
     this.o.metrics.executions.inc({ tool, outcome });
     this.o.metrics.duration.observe({ tool, outcome }, (performance.now() - h.startedAt) / 1000);
     this.o.log.info(

@@ -123,7 +123,10 @@ t.test('HTTP API', async (t) => {
   t.test('health and metrics', async (t) => {
     const ready = await app.inject({ method: 'GET', url: '/health/ready' });
     t.equal(ready.statusCode, 200);
-    t.match(ready.json(), { status: 'ready', checks: { nats: 'ok', eventstore: 'ok', redis: 'ok' } });
+    t.match(ready.json(), {
+      status: 'ready',
+      checks: { nats: 'ok', eventstore: 'ok', redis: 'ok', intake: 'ok' },
+    });
     const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body;
     t.match(metrics, /toolbus_executions_total\{[^}]*tool="echo"[^}]*outcome="completed"[^}]*\} \d/);
     t.match(metrics, /toolbus_executions_total\{[^}]*tool="hang"[^}]*outcome="TIMEOUT"/);

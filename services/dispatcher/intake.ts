@@ -3,6 +3,7 @@ import {
   DeliverPolicy,
   JetStreamApiCodes,
   JetStreamApiError,
+  JetStreamError,
   RetentionPolicy,
   StorageType,
   type ConsumerMessages,
@@ -11,6 +12,7 @@ import {
   type JsMsg,
 } from '@nats-io/jetstream';
 import { nanos } from '@nats-io/transport-node';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Gauge, Histogram } from 'prom-client';
 import { jetstream as names, parseRequestSubject, subjects } from '../../contracts/index.ts';
 import type { Logger } from '../../lib/log.ts';
@@ -22,16 +24,61 @@ export const DUPLICATE_WINDOW_MS = 2 * 60_000;
 
 const isApiError = (e: unknown, code: number): boolean => e instanceof JetStreamApiError && e.code === code;
 
+/** A part of the intake that can disappear (deleted through the JetStream API) and be recreated. */
+export type IntakeResource = 'stream' | 'consumer';
+
+const resourceName = (r: IntakeResource): string =>
+  r === 'stream' ? `stream ${names.requestsStream}` : `consumer ${names.dispatcherConsumer}`;
+
+/** `ensureIntake` found a part missing and could not create it (another stream holds its subjects, …). */
+export class IntakeCreateError extends Error {
+  constructor(
+    readonly resource: IntakeResource,
+    cause: unknown,
+  ) {
+    super(
+      `${resourceName(resource)} missing and not created: ${(cause as Error)?.message ?? String(cause)}`,
+      {
+        cause,
+      },
+    );
+    this.name = 'IntakeCreateError';
+  }
+}
+
+/**
+ * Adds a missing part; when the add fails but the part is there now, another instance created it
+ * at the same moment (instances heal at once), which is as good.
+ */
+async function createOrAccept(
+  resource: IntakeResource,
+  add: () => Promise<unknown>,
+  exists: () => Promise<unknown>,
+): Promise<void> {
+  try {
+    await add();
+  } catch (e) {
+    const there = await exists().then(
+      () => true,
+      () => false,
+    );
+    if (!there) throw new IntakeCreateError(resource, e);
+  }
+}
+
 /**
  * The intake: a file-backed work-queue stream of tool requests on `toolbus.requests.>`,
  * deduplicated by `Nats-Msg-Id` over two minutes, and one durable pull consumer that every
  * dispatcher instance shares (explicit ack). Created when missing; brought in line when an
- * instance starts with other limits. Safe to call from several instances at once.
+ * instance starts with other limits. Safe to call from several instances at once. Returns what it
+ * created (empty when both were there); throws `IntakeCreateError` when a missing part cannot be
+ * created.
  */
 export async function ensureIntake(
   jsm: JetStreamManager,
   options: { ackWaitMs: number; maxAckPending: number; log: Logger },
-): Promise<void> {
+): Promise<IntakeResource[]> {
+  const created: IntakeResource[] = [];
   const stream = {
     name: names.requestsStream,
     subjects: [subjects.requestsAll],
@@ -53,7 +100,12 @@ export async function ensureIntake(
     }
   } catch (e) {
     if (!isApiError(e, JetStreamApiCodes.StreamNotFound)) throw e;
-    await jsm.streams.add(stream);
+    await createOrAccept(
+      'stream',
+      () => jsm.streams.add(stream),
+      () => jsm.streams.info(names.requestsStream),
+    );
+    created.push('stream');
     options.log.info({ stream: names.requestsStream }, 'intake stream created');
   }
 
@@ -82,10 +134,44 @@ export async function ensureIntake(
     }
   } catch (e) {
     if (!isApiError(e, JetStreamApiCodes.ConsumerNotFound)) throw e;
-    await jsm.consumers.add(names.requestsStream, consumer);
+    await createOrAccept(
+      'consumer',
+      () => jsm.consumers.add(names.requestsStream, consumer),
+      () => jsm.consumers.info(names.requestsStream, names.dispatcherConsumer),
+    );
+    created.push('consumer');
     options.log.info({ consumer: names.dispatcherConsumer }, 'intake consumer created');
   }
+  return created;
 }
+
+/**
+ * What a failed pull says is missing: the stream or the consumer (JetStream's API errors, or the
+ * pull's 409 status), or null when it says nothing about that (a timeout, a lost connection).
+ */
+export function missingResource(e: unknown): IntakeResource | null {
+  if (e instanceof IntakeCreateError) return e.resource;
+  if (isApiError(e, JetStreamApiCodes.StreamNotFound)) return 'stream';
+  if (isApiError(e, JetStreamApiCodes.ConsumerNotFound)) return 'consumer';
+  // A pull's status (JetStreamStatusError, not exported by the client): 409 with a description.
+  if (e instanceof JetStreamError && (e as JetStreamError & { code?: unknown }).code === 409) {
+    if (e.message === 'stream deleted') return 'stream';
+    if (e.message === 'consumer deleted') return 'consumer';
+  }
+  return null;
+}
+
+/** Whether the intake is pulling requests; when not, why (what `/health/ready` shows). */
+export type IntakeState =
+  | { consuming: true }
+  | {
+      consuming: false;
+      reason: string;
+      /** What is missing, when that is the trouble. */
+      missing: IntakeResource | null;
+      /** Attempts to pull (and repair) that failed since the trouble began. */
+      attempts: number;
+    };
 
 export interface IntakeMetrics {
   /** Requests pulled and waiting here for a slot. */
@@ -115,6 +201,11 @@ export interface IntakeOptions {
   /** Largest pull when looking past requests that must wait (default 256). */
   pullBatch?: number;
   metrics?: IntakeMetrics;
+  /**
+   * Recreates what is missing (`ensureIntake`), called after a pull fails: the stream or the
+   * consumer may have been deleted through the JetStream API. Without it the intake only retries.
+   */
+  repair?: () => Promise<IntakeResource[]>;
 }
 
 export interface Intake {
@@ -128,9 +219,16 @@ export interface Intake {
    * it cancelled instead of running it. False when no such request waits here.
    */
   cancelQueued(userKey: string, match: (d: Delivery) => boolean, cancel: CancelOrder): boolean;
+  /** Whether it is pulling requests, or why not. */
+  readonly state: IntakeState;
+  /** Calls `listener` on each change of `state` (consuming again, or a new trouble); returns the unsubscribe. */
+  watch(listener: (state: IntakeState) => void): () => void;
   /** Stops pulling, hands back what waits, waits up to `graceMs` for running requests; the rest come back to another instance. */
   stop(graceMs: number): Promise<void>;
 }
+
+/** The wait after the n-th failed pull in a row, before repairing and pulling again: 500 ms doubling up to 5 s. */
+const retryDelayMs = (attempts: number): number => Math.min(5_000, 500 * 2 ** Math.min(attempts - 1, 4));
 
 /** One user may hold all but an eighth of an instance's slots (at least one slot for them). */
 export const defaultUserSlots = (concurrency: number): number =>
@@ -291,11 +389,65 @@ export function startIntake(o: IntakeOptions): Intake {
     }
   };
 
+  let state: IntakeState = { consuming: false, reason: 'starting', missing: null, attempts: 0 };
+  const listeners = new Set<(s: IntakeState) => void>();
+  const setState = (next: IntakeState) => {
+    state = next;
+    for (const l of listeners) l(next);
+  };
+
+  /** The trouble last logged (a missing part, or null: another failure); undefined while consuming. */
+  let logged: IntakeResource | null | undefined;
+  /** Wakes a retry wait when the intake stops. */
+  const halt = new AbortController();
+
+  /** A pull works: say so once when it did not. */
+  const consuming = () => {
+    if (state.consuming) return;
+    if (state.attempts > 0)
+      o.log.info({ attempts: state.attempts, was: state.reason }, 'intake consuming again');
+    logged = undefined;
+    setState({ consuming: true });
+  };
+
+  const trouble = (missing: IntakeResource | null, cause: unknown, attempts: number) => {
+    const reason = missing
+      ? `${resourceName(missing)} missing; recreating`
+      : `pulling requests failed: ${errorInfo(cause).message}`;
+    setState({ consuming: false, reason, missing, attempts });
+  };
+
+  /**
+   * After a failed pull (and a wait): recreates what is missing and says what the trouble is. One
+   * log line per trouble, not per attempt: an outage retried every few seconds does not flood the
+   * log, and a part deleted again after the intake healed is logged again.
+   */
+  const repair = async (e: unknown) => {
+    let missing = missingResource(e);
+    let cause: unknown = e;
+    if (o.repair) {
+      try {
+        const created = await o.repair();
+        // The stream gone takes its consumer with it; name the stream then.
+        if (created.length > 0) missing = created[0]!;
+      } catch (re) {
+        missing = missingResource(re) ?? missing;
+        cause = re;
+      }
+    }
+    trouble(missing, cause, state.consuming ? 1 : state.attempts);
+    if (logged === missing) return;
+    logged = missing;
+    const fields = { err: errorInfo(cause), ...(missing ? { missing: resourceName(missing) } : {}) };
+    if (missing) o.log.error(fields, `intake ${resourceName(missing)} missing; recreating it`);
+    else o.log.warn(fields, 'pulling requests failed; retrying');
+  };
+
   const loop = async () => {
-    let failures = 0;
     while (!stopped) {
       try {
         const consumer = await o.js.consumers.get(names.requestsStream, names.dispatcherConsumer);
+        consuming();
         while (!stopped) {
           const n = await untilWanted();
           if (stopped) break;
@@ -314,14 +466,20 @@ export function startIntake(o: IntakeOptions): Intake {
           }
           if (received === 0) behind = 0;
           current = null;
-          failures = 0;
+          consuming();
         }
       } catch (e) {
         current = null;
         if (stopped) break;
-        failures++;
-        o.log.warn({ err: errorInfo(e), failures }, 'pulling requests failed; retrying');
-        await new Promise((r) => setTimeout(r, Math.min(5_000, 100 * 2 ** Math.min(failures, 6))));
+        // Not consuming from now on (readiness says so at once), with what the error tells.
+        const attempts = state.consuming ? 1 : state.attempts + 1;
+        trouble(state.consuming ? missingResource(e) : state.missing, e, attempts);
+        // Wait before creating anything again: the pull hears of a deletion before nats-server has
+        // finished removing the files, and a stream or consumer created in that moment is broken
+        // (v2.9: "error opening msg block file", "directory not empty").
+        await sleep(retryDelayMs(attempts), undefined, { signal: halt.signal }).catch(() => undefined);
+        if (stopped) break;
+        await repair(e);
       }
     }
   };
@@ -334,6 +492,13 @@ export function startIntake(o: IntakeOptions): Intake {
     get queued() {
       return queue.size;
     },
+    get state() {
+      return state;
+    },
+    watch(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
     cancelQueued(userKey, match, cancel) {
       if (stopped) return false;
       const w = queue.take(userKey, (x) => match(x.delivery));
@@ -345,6 +510,8 @@ export function startIntake(o: IntakeOptions): Intake {
     },
     async stop(graceMs) {
       stopped = true;
+      halt.abort();
+      setState({ consuming: false, reason: 'stopping', missing: null, attempts: 0 });
       changed();
       await current?.close().catch(() => undefined);
       await running;

@@ -1,4 +1,10 @@
-import { canonicalJson, EVENT_TYPES, userStream, type ToolEvent } from '../../contracts/index.ts';
+import {
+  canonicalJson,
+  EVENT_TYPES,
+  UNKNOWN_TOOL_LABEL,
+  userStream,
+  type ToolEvent,
+} from '../../contracts/index.ts';
 import {
   comparePositions,
   formatPosition,
@@ -127,6 +133,20 @@ const minIso = (a: string, b: string): string => (a <= b ? a : b);
 const isTerminalStatus = (s: ExecutionStatus): boolean => s === 'completed' || s === 'failed';
 
 /**
+ * The tool an execution counts under in the per-tool models: its name when the dispatcher resolved
+ * it to a registered tool, else UNKNOWN_TOOL_LABEL. The projector does not know the registry; the
+ * event says it: the dispatcher records `version: null` exactly when no registered tool matched
+ * (and builds before that rule recorded an unknown tool's refusal as UNKNOWN_TOOL). Agents choose
+ * tool names, so a row per unknown name would let anyone grow these tables without bound. The
+ * execution's own row keeps the name as it was asked.
+ */
+export function metricsToolOf(row: Pick<ExecutionRow, 'tool' | 'version' | 'errorCode'>): string {
+  if (row.tool === null || row.version === null || row.errorCode === 'UNKNOWN_TOOL')
+    return UNKNOWN_TOOL_LABEL;
+  return row.tool;
+}
+
+/**
  * Applies one event to the execution and user rows in `state` (mutating them) and returns the
  * tool-metrics sample of a terminal event. An event the life cycle does not allow (anything after
  * a terminal event, a second ToolRequested) changes nothing and is reported as not applied.
@@ -218,7 +238,7 @@ export function applyEvent(state: ExecutionState, event: ToolEvent, revision: nu
   return {
     applied: true,
     sample: {
-      tool: row.tool,
+      tool: metricsToolOf(row),
       minute: minuteOf(at),
       outcome,
       code: row.errorCode === null || outcome === 'completed' ? null : row.errorCode,

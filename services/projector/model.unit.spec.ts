@@ -5,6 +5,7 @@ import {
   eventIdFor,
   executionIdFor,
   GENESIS_HASH,
+  UNKNOWN_TOOL_LABEL,
   type ToolEvent,
   type ToolEventBody,
 } from '../../contracts/index.ts';
@@ -18,7 +19,7 @@ import {
   mergeHistograms,
   quantile,
 } from './histogram.ts';
-import { diffDumps, mergeToolRows, replayReadModels, skipKind, toDump } from './model.ts';
+import { diffDumps, mergeToolRows, metricsToolOf, replayReadModels, skipKind, toDump } from './model.ts';
 
 /** One execution's envelopes (chained after `prevHash`), like the dispatcher writes them. */
 function execution(
@@ -362,5 +363,24 @@ t.test('per-minute rows merge into one row per tool', async (t) => {
   t.strictSame(
     merged.map((r) => r.latencyHistogram),
     [...model.toolTotals.values()].sort((a, b) => (a.tool < b.tool ? -1 : 1)).map((r) => r.latencyHistogram),
+  );
+});
+
+t.test('metricsToolOf: names the registry did not know count as (unknown)', async (t) => {
+  t.equal(metricsToolOf({ tool: 'echo', version: '1.0.0', errorCode: null }), 'echo', 'a resolved tool');
+  t.equal(
+    metricsToolOf({ tool: 'echo', version: '1.0.0', errorCode: 'FORBIDDEN' }),
+    'echo',
+    'refused, but resolved',
+  );
+  t.equal(
+    metricsToolOf({ tool: 'made_up', version: null, errorCode: 'FORBIDDEN' }),
+    UNKNOWN_TOOL_LABEL,
+    'not resolved (version null), whatever the refusal',
+  );
+  t.equal(
+    metricsToolOf({ tool: 'made_up', version: '9.9.9', errorCode: 'UNKNOWN_TOOL' }),
+    UNKNOWN_TOOL_LABEL,
+    'recorded with the asked version by an older dispatcher',
   );
 });

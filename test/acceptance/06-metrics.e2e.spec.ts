@@ -262,10 +262,10 @@ t.test("the dispatcher's Prometheus endpoint counts every answer", async (t) => 
   const text = await metricsText(s.url('dispatcher'));
   const tally = new Map<string, number>();
   for (const d of done) {
-    // A tool name the dispatcher does not know is labelled '(invalid)': agents choose those names,
+    // A tool name the dispatcher does not know is labelled '(unknown)': agents choose those names,
     // and a label per name would let them grow the metric without bound.
     const tool =
-      d.answer.status === 'failed' && d.answer.error.code === 'UNKNOWN_TOOL' ? '(invalid)' : d.tool;
+      d.answer.status === 'failed' && d.answer.error.code === 'UNKNOWN_TOOL' ? '(unknown)' : d.tool;
     const key = `${tool}|${outcomeOf(d.answer)}`;
     tally.set(key, (tally.get(key) ?? 0) + 1);
   }
