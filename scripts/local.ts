@@ -93,7 +93,7 @@ export async function localSetup(natsPort: number): Promise<LocalSetup> {
     { mode: 0o600 },
   );
   return {
-    secrets: secrets as LocalSetup['secrets'],
+    secrets: secrets,
     identities,
     seedFile: (name) => join(NATS_DIR, `${name}.nk`),
     natsConfig,

@@ -300,10 +300,13 @@ t.test('progress reaches only its user', async (t) => {
   const bob = user();
   const a = await subscribe(notifier.address, await token(alice));
   const b = await subscribe(notifier.address, await token(bob));
+  // Progress is shown for an execution the store holds as running.
+  const running = await recordExecution(store, alice, { nats: publisher, outcome: 'executing' });
+  await a.waitFor('the running execution', () => a.events().length === 2);
   const progress = {
     kind: 'progress',
     userId: alice,
-    executionId: randomUUID(),
+    executionId: running.executionId,
     correlationId: 'c1',
     fraction: 0.5,
     message: 'halfway',

@@ -13,10 +13,11 @@ import { connectNats, natsCredentialsFromConfig, type NatsConnection } from '../
 import { createRedis, type Redis } from '../../lib/redis.ts';
 import { allowedOrigins, originAllowed, type NotifierConfig } from './config.ts';
 import { Hub } from './hub.ts';
+import { UnauthenticatedSockets } from './limits.ts';
 import { authenticate } from './protocol.ts';
 import { Session, type Admission, type SessionContext } from './session.ts';
 import { registerLivePage } from './static.ts';
-import { TicketStore, TicketsUnavailableError } from './tickets.ts';
+import { TicketRateExceededError, TicketStore, TicketsUnavailableError } from './tickets.ts';
 
 export interface NotifierDeps {
   /** Shared with the caller (tests); otherwise the configured store is opened (KURRENTDB_URL, else DATABASE_URL). */
@@ -32,7 +33,7 @@ export interface Notifier {
   /** `http://host:port` of the listening server. */
   address: string;
   port: number;
-  /** Compares every watched user's stream tail with what was sent (also run on a timer and after a NATS reconnect). */
+  /** Reads every watched user's stream for events not sent yet (also run on a timer and after a NATS reconnect). */
   checkTails(): Promise<void>;
   /** Open sockets, and scopes with a NATS subscription: for tests and diagnostics. */
   stats(): { sockets: number; scopes: string[] };
@@ -42,9 +43,12 @@ export interface Notifier {
 /** Live events queued per socket behind a replay or a gap fill before they are left to the store. */
 const MAX_QUEUE = 10_000;
 
+/** WebSocket close code for a socket refused because too many have not authenticated yet ("try again later"). */
+export const CLOSE_TRY_AGAIN_LATER = 1013;
+
 /**
  * Starts the notifier: HTTP (live page, POST /tickets, health, metrics) and the WebSocket
- * endpoint /ws, fed by per-user NATS subscriptions and the event store.
+ * endpoint /ws. What sockets are sent comes from the event store; NATS says when to read it.
  */
 export async function startNotifier(config: NotifierConfig, deps: NotifierDeps = {}): Promise<Notifier> {
   const log = pino(
@@ -90,7 +94,15 @@ async function build(
   closeOwned: () => Promise<void>,
 ): Promise<Notifier> {
   const verifier = tokenVerifierFromConfig(config);
-  const tickets = new TicketStore(redis, config.NOTIFIER_TICKET_TTL_SECONDS);
+  const tickets = new TicketStore(
+    redis,
+    config.NOTIFIER_TICKET_TTL_SECONDS,
+    config.NOTIFIER_TICKETS_PER_MINUTE,
+  );
+  const unauthenticated = new UnauthenticatedSockets(
+    config.NOTIFIER_MAX_UNAUTHENTICATED,
+    config.NOTIFIER_MAX_UNAUTHENTICATED_PER_ADDRESS,
+  );
   const app = createHttpApp({
     service: 'notifier',
     checks: {
@@ -124,7 +136,7 @@ async function build(
   });
   const refused = new Counter({
     name: 'toolbus_notifier_refused_total',
-    help: 'HTTP requests refused (foreign origin, bad token, tickets unavailable)',
+    help: 'Requests refused (foreign origin, bad token, tickets unavailable, ticket rate, too many unauthenticated sockets)',
     labelNames: ['reason'] as const,
     registers,
   });
@@ -144,7 +156,26 @@ async function build(
     registers,
   });
 
-  const hub = new Hub(nc, log, { natsSubscriptions, invalidMessages });
+  const mismatched = new Counter({
+    name: 'toolbus_notifier_mismatched_events_total',
+    help: 'NATS event messages that name another event than the store holds at their revision (never shown)',
+    registers,
+  });
+  const progressDropped = new Counter({
+    name: 'toolbus_notifier_progress_dropped_total',
+    help: 'Progress messages dropped: their execution is not running according to the event store',
+    registers,
+  });
+  new Gauge({
+    name: 'toolbus_notifier_unauthenticated_sockets',
+    help: 'Open sockets that have not authenticated yet',
+    registers,
+    collect() {
+      this.set(unauthenticated.size);
+    },
+  });
+
+  const hub = new Hub(nc, store, log, { natsSubscriptions, invalidMessages, mismatched, progressDropped });
   const sessions = new Set<Session>();
   const ctx: SessionContext = {
     store,
@@ -206,7 +237,18 @@ async function build(
     '/ws',
     { websocket: true, onRequest: guardOrigin, preValidation: redeemTicket },
     (socket, request) => {
-      const session = new Session(socket, ctx, admissions.get(request.raw) ?? { kind: 'none' });
+      let admission = admissions.get(request.raw);
+      if (!admission) {
+        const release = unauthenticated.enter(request.ip);
+        if (!release) {
+          refused.inc({ reason: 'unauthenticated_sockets' });
+          request.log.warn({ address: request.ip }, 'too many unauthenticated sockets; refused');
+          socket.close(CLOSE_TRY_AGAIN_LATER, 'TOO_MANY_UNAUTHENTICATED');
+          return;
+        }
+        admission = { kind: 'none', release };
+      }
+      const session = new Session(socket, ctx, admission);
       if (!session.isClosed) {
         sessions.add(session);
         connections.set(sessions.size);
@@ -237,6 +279,14 @@ async function build(
         userId: grant.principal.userId,
       });
     } catch (e) {
+      if (e instanceof TicketRateExceededError) {
+        refused.inc({ reason: 'ticket_rate' });
+        request.log.warn({ userId: grant.principal.userId }, 'ticket refused: over the rate');
+        return reply
+          .code(429)
+          .header('retry-after', String(e.retryAfterSeconds))
+          .send({ error: 'TOO_MANY_TICKETS', message: e.message });
+      }
       if (!(e instanceof TicketsUnavailableError)) throw e;
       refused.inc({ reason: 'tickets_unavailable' });
       request.log.warn('ticket store unavailable');
@@ -249,15 +299,11 @@ async function build(
 
   await registerLivePage(app);
 
-  // Tail checks: after a NATS reconnect (publishes may have been lost meanwhile) and on a timer.
+  // Tail checks: every feed reads its stream after a NATS reconnect (publishes may have been lost
+  // meanwhile) and on a timer (a publish lost at the end of a burst, with no later one to wake the
+  // feed: the dispatcher stopped between commit and publish, or NATS dropped the message).
   let closing = false;
-  const checkTails = async () => {
-    try {
-      await hub.checkTails(store);
-    } catch (err) {
-      log.warn({ err }, 'tail check failed; the next one retries');
-    }
-  };
+  const checkTails = () => hub.wakeAll();
   void (async () => {
     for await (const status of nc.status()) {
       if (closing) return;
@@ -297,7 +343,7 @@ async function build(
     address: `http://${host}:${port}`,
     port,
     checkTails,
-    stats: () => ({ sockets: sessions.size, scopes: hub.scopes() }),
+    stats: () => ({ sockets: sessions.size, scopes: hub.scopeNames() }),
     async close() {
       if (closing) return;
       closing = true;

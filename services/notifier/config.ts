@@ -35,6 +35,11 @@ const NotifierVariables = CommonEnv.extend({
   NOTIFIER_MAX_FRAME_BYTES: positiveInt(16 * 1024),
   /** How long a ticket from POST /tickets may wait before it is used. */
   NOTIFIER_TICKET_TTL_SECONDS: positiveInt(30),
+  /** Tickets one user may get per minute (a window counted in Redis, shared by every instance); 429 above. */
+  NOTIFIER_TICKETS_PER_MINUTE: positiveInt(60),
+  /** Sockets that have not authenticated yet (no ticket, no auth message so far), in all and per remote address. */
+  NOTIFIER_MAX_UNAUTHENTICATED: positiveInt(1_000),
+  NOTIFIER_MAX_UNAUTHENTICATED_PER_ADDRESS: positiveInt(100),
   /** A socket without a ticket must send `{type:'auth'}` within this time. */
   NOTIFIER_AUTH_TIMEOUT_MS: positiveInt(5_000),
   /** Protocol pings; a socket that misses one pong is terminated at the next round. */
@@ -42,7 +47,7 @@ const NotifierVariables = CommonEnv.extend({
   /** Sustained client messages per second per socket, and the burst allowed above it. */
   NOTIFIER_MAX_MESSAGES_PER_SECOND: positiveInt(5),
   NOTIFIER_MESSAGE_BURST: positiveInt(20),
-  /** How often each watched user's stream tail is compared with what was delivered. */
+  /** How often each watched user's stream is read for events whose NATS publish was lost. */
   NOTIFIER_TAIL_CHECK_MS: positiveInt(30_000),
   /** How long an event waits for its socket to drain before the socket is cut off (4408). */
   NOTIFIER_SLOW_CONSUMER_MS: positiveInt(10_000),

@@ -44,10 +44,6 @@ t.teardown(async () => {
 const user = () => `u${randomUUID().slice(0, 8)}`;
 const tokenOf = (sub: string) => signToken(SECRET, { sub }, '1h');
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-const sentFrom = async (n: Notifier, source: string) => {
-  const metric = await n.app.metrics.getSingleMetric('toolbus_notifier_events_sent_total')!.get();
-  return metric.values.find((v) => v.labels['source'] === source)?.value ?? 0;
-};
 const overflows = async (n: Notifier) =>
   (await n.app.metrics.getSingleMetric('toolbus_notifier_queue_overflows_total')!.get()).values[0]?.value ??
   0;
@@ -126,15 +122,13 @@ t.test('a client cut off in the middle of a burst resumes with every event exact
 t.test('a missed NATS publish is filled from the store', async (t) => {
   const u = user();
   const client = await subscribe(notifier.address, await tokenOf(u));
-  const gapsBefore = await sentFrom(notifier, 'gap');
   await recordExecution(store, u, { nats: publisher });
   await recordExecution(store, u); // appended, never published
   await recordExecution(store, u, { nats: publisher });
+  // The next publish wakes the user's feed, which reads everything after what it has sent.
   await client.waitFor('nine events', () => client.events().length >= 9);
   t.same(client.revisions(), range(9));
   t.same(ids(client), await storedIds(u));
-  // The three unpublished events, and the live one that revealed the gap, were read from the store.
-  t.equal((await sentFrom(notifier, 'gap')) - gapsBefore, 4, 'the gap was filled from the store');
   client.ws.close();
 });
 

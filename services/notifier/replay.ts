@@ -1,14 +1,16 @@
-import { notificationName, userStream, type Notification } from '../../contracts/index.ts';
-import type { EventStore } from '../../lib/eventstore/types.ts';
+import { notificationName, userStream, type Notification, type ToolEvent } from '../../contracts/index.ts';
+import type { EventStore, RecordedEvent } from '../../lib/eventstore/types.ts';
 import { fromRecorded } from '../../lib/toolEvents.ts';
 
-/** One user event ready to send: its revision and the JSON text of its notification. */
+/** One stored user event ready to send: its revision, the event, and the JSON text of its notification. */
 export interface Delivery {
   userId: string;
   revision: number;
+  event: ToolEvent;
   text: string;
 }
 
+/** A stored event, or the revision of one this notifier cannot parse (a newer schema), and why. */
 export type StoredItem = Delivery | { userId: string; revision: number; unreadable: string };
 
 /**
@@ -26,17 +28,31 @@ export async function* readNotifications(
   const maxCount = Number.isFinite(toRevision) ? toRevision - fromRevision + 1 : undefined;
   for await (const recorded of store.readStream(userStream(userId), { fromRevision, maxCount })) {
     if (recorded.revision > toRevision) return;
-    const parsed = fromRecorded(recorded);
-    if (!parsed.ok) {
-      yield { userId, revision: recorded.revision, unreadable: parsed.reason };
-      continue;
-    }
-    yield {
-      userId,
-      revision: parsed.revision,
-      text: JSON.stringify(eventNotification(parsed.userId, parsed.revision, parsed.event)),
-    };
+    yield storedItem(userId, recorded);
   }
+}
+
+/** The last `count` events of a user's stream, oldest first. */
+export async function readLast(store: EventStore, userId: string, count: number): Promise<StoredItem[]> {
+  const items: StoredItem[] = [];
+  for await (const recorded of store.readStream(userStream(userId), {
+    direction: 'backwards',
+    maxCount: count,
+  })) {
+    items.push(storedItem(userId, recorded));
+  }
+  return items.reverse();
+}
+
+function storedItem(userId: string, recorded: RecordedEvent): StoredItem {
+  const parsed = fromRecorded(recorded);
+  if (!parsed.ok) return { userId, revision: recorded.revision, unreadable: parsed.reason };
+  return {
+    userId,
+    revision: parsed.revision,
+    event: parsed.event,
+    text: JSON.stringify(eventNotification(parsed.userId, parsed.revision, parsed.event)),
+  };
 }
 
 export function eventNotification(

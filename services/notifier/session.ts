@@ -12,7 +12,7 @@ import type { Logger } from '../../lib/log.ts';
 import { ALL_USERS, type FeedListener, type Hub, type Scope } from './hub.ts';
 import { classify, RateLimiter } from './ordering.ts';
 import { authenticate, parseClientMessage, type Inbound } from './protocol.ts';
-import { readNotifications, type Delivery } from './replay.ts';
+import { readNotifications, type StoredItem } from './replay.ts';
 import type { Grant } from './tickets.ts';
 
 export interface SessionLimits {
@@ -23,7 +23,7 @@ export interface SessionLimits {
   slowConsumerMs: number;
   messagesPerSecond: number;
   messageBurst: number;
-  /** Live events queued behind a replay or a gap fill (count, and bytes of text); beyond either they are read from the store later. */
+  /** Live events and progress queued behind a replay or a gap fill (count, and bytes of text); beyond either, events are read from the store later and progress is dropped. */
   maxQueue: number;
   maxQueueBytes: number;
 }
@@ -56,21 +56,29 @@ export interface SessionContext {
   onDispose(session: Session): void;
 }
 
-/** How the socket arrived: with a redeemed ticket, with one that was refused, or with none. */
+/**
+ * How the socket arrived: with a redeemed ticket, with one that was refused, or with none (it must
+ * send an auth message; `release` gives back its place among the unauthenticated sockets).
+ */
 export type Admission =
-  { kind: 'ticket'; grant: Grant } | { kind: 'refused'; message: string } | { kind: 'none' };
+  | { kind: 'ticket'; grant: Grant }
+  | { kind: 'refused'; message: string }
+  | { kind: 'none'; release: () => void };
 
 type Work =
   | { kind: 'replay'; userId: string; afterRevision: number }
-  | { kind: 'event'; userId: string; revision: number; text: string }
-  | { kind: 'tail'; userId: string; revision: number };
+  | { kind: 'event'; item: StoredItem }
+  | { kind: 'progress'; text: string }
+  /** Stored events up to `revision` that were not queued (the queue was full). */
+  | { kind: 'fill'; userId: string; revision: number };
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * One WebSocket. Client messages are handled one at a time (auth, subscribe); events go through
- * one queue per socket, so a replay from the store, the live events that arrive meanwhile and
- * gap fills are sent in revision order, each revision once.
+ * one queue per socket, so a replay from the store, the events the user's feed reads from the
+ * store meanwhile and gap fills are sent in revision order, each revision once. Everything sent
+ * as an event comes from the store.
  */
 export class Session implements FeedListener {
   /** Cleared at each protocol ping, set by the pong (or any frame). */
@@ -89,6 +97,9 @@ export class Session implements FeedListener {
   private closed = false;
   private disposed = false;
   private detach: (() => void) | null = null;
+  /** Resolves once the user's feed has started (see `Hub.attach`); the replay waits for it. */
+  private feedReady: Promise<void> = Promise.resolve();
+  private releaseUnauthenticated: (() => void) | null = null;
   private inbox: Promise<void> = Promise.resolve();
   private authTimer: NodeJS.Timeout | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
@@ -113,6 +124,7 @@ export class Session implements FeedListener {
         this.refuse(CLOSE_CODES.unauthenticated, 'UNAUTHENTICATED', admission.message, 'unauthenticated');
         break;
       case 'none':
+        this.releaseUnauthenticated = admission.release;
         this.authTimer = setTimeout(
           () =>
             this.refuse(
@@ -137,21 +149,14 @@ export class Session implements FeedListener {
 
   // ---- FeedListener -------------------------------------------------------------------------
 
-  onEvent(delivery: Delivery): void {
-    this.enqueue({ kind: 'event', ...delivery });
-  }
-
-  onTail(userId: string, revision: number): void {
-    this.enqueue({ kind: 'tail', userId, revision });
+  onEvent(item: StoredItem): void {
+    this.enqueue({ kind: 'event', item });
   }
 
   onProgress(_userId: string, text: string): void {
-    // Progress is transient: not replayed, and dropped while a replay runs or the client lags.
-    if (this.live && this.ws.bufferedAmount <= this.lowWater) this.send(text, null);
-  }
-
-  trackedUsers(): Iterable<string> {
-    return this.cursors.keys();
+    // Progress is transient: not replayed, and dropped while a replay runs or the client lags. It
+    // is queued behind the events already queued, so it never comes before its ToolExecuting.
+    if (this.live) this.enqueue({ kind: 'progress', text });
   }
 
   // ---- closing --------------------------------------------------------------------------------
@@ -188,6 +193,7 @@ export class Session implements FeedListener {
     this.disposed = true;
     clearTimeout(this.authTimer);
     clearTimeout(this.expiryTimer);
+    this.leaveUnauthenticated();
     this.detach?.();
     this.detach = null;
     this.queue = [];
@@ -269,6 +275,7 @@ export class Session implements FeedListener {
       return this.refuse(CLOSE_CODES.unauthenticated, 'UNAUTHENTICATED', 'token expired', 'expired');
     }
     clearTimeout(this.authTimer);
+    this.leaveUnauthenticated();
     this.principal = grant.principal;
     this.expiresAt = grant.expiresAt;
     this.log = this.ctx.log.child({ userId: grant.principal.userId });
@@ -281,6 +288,12 @@ export class Session implements FeedListener {
       );
     }
     this.scheduleExpiry();
+  }
+
+  /** Leaves the unauthenticated sockets (once: on the first good auth, or when the socket goes). */
+  private leaveUnauthenticated(): void {
+    this.releaseUnauthenticated?.();
+    this.releaseUnauthenticated = null;
   }
 
   private scheduleExpiry(): void {
@@ -311,7 +324,11 @@ export class Session implements FeedListener {
     }
     this.scope = target;
     this.log.info({ scope: target, afterRevision }, 'subscribed');
-    this.detach = this.ctx.hub.attach(target, this);
+    const { detach, ready } = this.ctx.hub.attach(target, this);
+    this.detach = detach;
+    this.feedReady = ready;
+    // A failure is seen by the replay, which awaits it.
+    ready.catch(() => undefined);
     if (target === ALL_USERS) {
       // Live only: each user is tracked from the first event seen, gaps after it are filled.
       this.live = true;
@@ -325,15 +342,17 @@ export class Session implements FeedListener {
 
   private enqueue(work: Work): void {
     if (this.closed) return;
-    const bytes = work.kind === 'event' ? work.text.length : 0;
+    const bytes = bytesOf(work);
     if (
       work.kind !== 'replay' &&
       (this.queue.length >= this.ctx.limits.maxQueue ||
         this.queuedBytes + bytes > this.ctx.limits.maxQueueBytes)
     ) {
+      if (work.kind !== 'event') return; // progress is transient
       // Not kept in memory: the store has it, and the next round reads it from there.
+      const { userId, revision } = work.item;
       this.ctx.metrics.overflowed.inc();
-      this.overflow.set(work.userId, Math.max(this.overflow.get(work.userId) ?? -1, work.revision));
+      this.overflow.set(userId, Math.max(this.overflow.get(userId) ?? -1, revision));
       return;
     }
     this.queuedBytes += bytes;
@@ -346,12 +365,12 @@ export class Session implements FeedListener {
     try {
       while (!this.closed) {
         let work = this.queue.shift();
-        if (work?.kind === 'event') this.queuedBytes -= work.text.length;
+        if (work) this.queuedBytes -= bytesOf(work);
         if (!work) {
           const [first] = this.overflow;
           if (!first) break;
           this.overflow.delete(first[0]);
-          work = { kind: 'tail', userId: first[0], revision: first[1] };
+          work = { kind: 'fill', userId: first[0], revision: first[1] };
         }
         await this.handle(work);
       }
@@ -371,6 +390,7 @@ export class Session implements FeedListener {
   private async handle(work: Work): Promise<void> {
     switch (work.kind) {
       case 'replay': {
+        await this.feedReady;
         let after = work.afterRevision;
         if (after >= 0) {
           const tail = (await this.ctx.store.streamInfo(userStream(work.userId)))?.revision ?? -1;
@@ -392,22 +412,25 @@ export class Session implements FeedListener {
         return;
       }
       case 'event': {
-        const verdict = classify(this.cursors.get(work.userId), work.revision);
+        const { userId, revision } = work.item;
+        const verdict = classify(this.cursors.get(userId), revision);
         if (verdict === 'duplicate') return;
         if (verdict === 'gap') {
+          // Events were left to the store when the queue was full: read them, this one included.
           this.log.info(
-            { from: this.cursors.get(work.userId)! + 1, to: work.revision },
+            { from: this.cursors.get(userId)! + 1, to: revision },
             'gap in live events, reading the store',
           );
-          // The store has the live event too (it is published after it is committed).
-          await this.fill(work.userId, work.revision, 'gap');
+          await this.fill(userId, revision, 'gap');
           return;
         }
-        if (!(await this.writable())) return;
-        if (this.send(work.text, 'live')) this.cursors.set(work.userId, work.revision);
+        await this.deliver(work.item, 'live');
         return;
       }
-      case 'tail': {
+      case 'progress':
+        if (this.ws.bufferedAmount <= this.lowWater) this.send(work.text, null);
+        return;
+      case 'fill': {
         const cursor = this.cursors.get(work.userId);
         if (cursor !== undefined && work.revision > cursor)
           await this.fill(work.userId, work.revision, 'gap');
@@ -423,21 +446,7 @@ export class Session implements FeedListener {
       if (this.closed) return;
       const cursor = this.cursors.get(userId) ?? -1;
       if (item.revision <= cursor) continue;
-      if ('unreadable' in item) {
-        this.log.error(
-          { revision: item.revision, reason: item.unreadable },
-          'stored event cannot be read; skipped',
-        );
-        this.sendError(
-          'UNREADABLE_EVENT',
-          `revision ${item.revision} cannot be read by this notifier and was skipped`,
-        );
-        this.cursors.set(userId, item.revision);
-        continue;
-      }
-      if (!(await this.writable())) return;
-      if (!this.send(item.text, source)) return;
-      this.cursors.set(userId, item.revision);
+      if (!(await this.deliver(item, source))) return;
     }
     const reached = this.cursors.get(userId) ?? -1;
     if (Number.isFinite(upTo) && reached < upTo && !this.closed) {
@@ -446,6 +455,26 @@ export class Session implements FeedListener {
         'the store has fewer events than announced; the next check fills the rest',
       );
     }
+  }
+
+  /** Sends one stored event (or says it cannot be read) and moves the cursor; false once the socket is gone. */
+  private async deliver(item: StoredItem, source: 'live' | 'replay' | 'gap'): Promise<boolean> {
+    if ('unreadable' in item) {
+      this.log.error(
+        { revision: item.revision, reason: item.unreadable },
+        'stored event cannot be read; skipped',
+      );
+      this.sendError(
+        'UNREADABLE_EVENT',
+        `revision ${item.revision} cannot be read by this notifier and was skipped`,
+      );
+      this.cursors.set(item.userId, item.revision);
+      return true;
+    }
+    if (!(await this.writable())) return false;
+    if (!this.send(item.text, source)) return false;
+    this.cursors.set(item.userId, item.revision);
+    return true;
   }
 
   /** Unsent bytes under which the next event may be sent. */
@@ -496,4 +525,9 @@ export class Session implements FeedListener {
   private sendJson(n: Notification): void {
     this.send(JSON.stringify(n), null);
   }
+}
+
+function bytesOf(work: Work): number {
+  if (work.kind === 'event') return 'text' in work.item ? work.item.text.length : 0;
+  return work.kind === 'progress' ? work.text.length : 0;
 }

@@ -21,12 +21,17 @@ export interface TestClient {
 export interface OpenOptions {
   ticket?: string;
   origin?: string;
+  /** The local address to connect from (any 127.x.y.z on Linux), to look like another host. */
+  localAddress?: string;
 }
 
 export async function openClient(address: string, options: OpenOptions = {}): Promise<TestClient> {
   const url = new URL('/ws', address.replace(/^http/, 'ws'));
   if (options.ticket !== undefined) url.searchParams.set('ticket', options.ticket);
-  const ws = new WebSocket(url, options.origin ? { origin: options.origin } : {});
+  const ws = new WebSocket(url, {
+    ...(options.origin ? { origin: options.origin } : {}),
+    ...(options.localAddress ? { localAddress: options.localAddress } : {}),
+  });
   const received: Notification[] = [];
   let closedAt: { code: number; reason: string } | null = null;
   const closed = new Promise<{ code: number; reason: string }>((resolve) => {

@@ -16,9 +16,19 @@ export class TicketsUnavailableError extends Error {
   }
 }
 
+/** The user asked for more tickets than NOTIFIER_TICKETS_PER_MINUTE allows. */
+export class TicketRateExceededError extends Error {
+  constructor(readonly retryAfterSeconds: number) {
+    super(`too many tickets; retry in ${retryAfterSeconds} s`);
+    this.name = 'TicketRateExceededError';
+  }
+}
+
 /** 32 random bytes, base64url: 43 characters. */
 export const TICKET_PATTERN = /^[A-Za-z0-9_-]{43}$/;
 const KEY_PREFIX = 'toolbus:notifier:ticket:';
+const RATE_PREFIX = 'toolbus:notifier:ticket-rate:';
+const RATE_WINDOW_SECONDS = 60;
 
 /**
  * One-time tickets in Redis, so any notifier instance can redeem a ticket another one issued.
@@ -30,9 +40,12 @@ export class TicketStore {
   constructor(
     private readonly redis: Redis,
     private readonly ttlSeconds: number,
+    private readonly perMinute: number,
   ) {}
 
+  /** A new ticket for the grant's user, within the user's rate (TicketRateExceededError above it). */
   async issue(grant: Grant): Promise<string> {
+    await this.countIssue(grant.principal.userId);
     const ticket = randomBytes(32).toString('base64url');
     const value = JSON.stringify({
       userId: grant.principal.userId,
@@ -45,6 +58,30 @@ export class TicketStore {
       throw new TicketsUnavailableError(e);
     }
     return ticket;
+  }
+
+  /**
+   * Counts one ticket in the user's current minute, a window kept in Redis so that every instance
+   * shares it (the window starts with the user's first ticket in it).
+   */
+  private async countIssue(userId: string): Promise<void> {
+    const key = `${RATE_PREFIX}${userId}`;
+    let replies;
+    try {
+      replies = await this.redis
+        .multi()
+        .set(key, 0, 'EX', RATE_WINDOW_SECONDS, 'NX')
+        .incr(key)
+        .ttl(key)
+        .exec();
+    } catch (e) {
+      throw new TicketsUnavailableError(e);
+    }
+    const failed = replies?.find(([err]) => err !== null)?.[0];
+    if (!replies || failed) throw new TicketsUnavailableError(failed ?? new Error('transaction aborted'));
+    const count = Number(replies[1]![1]);
+    const ttl = Number(replies[2]![1]);
+    if (count > this.perMinute) throw new TicketRateExceededError(Math.max(1, ttl));
   }
 
   /** The grant of a ticket seen for the first time; null for an unknown, used or expired one. */

@@ -1,0 +1,124 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import t from 'tap';
+import { signToken } from '../../lib/auth.ts';
+import { loadConfig } from '../../lib/config.ts';
+import { createPostgresEventStore } from '../../lib/eventstore/postgres.ts';
+import { CLOSE_TRY_AGAIN_LATER, startNotifier } from '../../services/notifier/app.ts';
+import { NotifierEnv } from '../../services/notifier/config.ts';
+import {
+  openClient,
+  requestTicket,
+  ticketFor,
+  type TestClient,
+} from '../../services/notifier/test-client.ts';
+import { createTestDatabase } from '../support/postgres.ts';
+import { startNats, startRedis } from '../support/processes.ts';
+
+/**
+ * Limits that cost an attacker more than the service: sockets that have not authenticated yet
+ * are capped (in all and per remote address), and tickets are rationed per user.
+ */
+const secret = randomBytes(32).toString('hex');
+const db = await createTestDatabase(t);
+const nats = await startNats(t);
+const redis = await startRedis(t);
+const store = await createPostgresEventStore({ connectionString: db.url });
+const notifier = await startNotifier(
+  loadConfig(NotifierEnv, {
+    NODE_ENV: 'test',
+    LOG_LEVEL: 'error',
+    NATS_URL: nats.url,
+    REDIS_URL: redis.url,
+    JWT_SECRET: secret,
+    NOTIFIER_PORT: '0',
+    // Long enough that no socket of these tests is closed for want of an auth message.
+    NOTIFIER_AUTH_TIMEOUT_MS: '60000',
+    NOTIFIER_MAX_UNAUTHENTICATED: '3',
+    NOTIFIER_MAX_UNAUTHENTICATED_PER_ADDRESS: '2',
+    NOTIFIER_TICKETS_PER_MINUTE: '3',
+  }),
+  { store },
+);
+t.teardown(async () => {
+  await notifier.close();
+  await store.close();
+});
+
+const user = () => `u${randomUUID().slice(0, 8)}`;
+const tokenOf = (sub: string) => signToken(secret, { sub }, '1h');
+const refusals = async (reason: string) =>
+  (await notifier.app.metrics.getSingleMetric('toolbus_notifier_refused_total')!.get()).values.find(
+    (v) => v.labels['reason'] === reason,
+  )?.value ?? 0;
+
+const unauthenticatedNow = async () =>
+  (await notifier.app.metrics.getSingleMetric('toolbus_notifier_unauthenticated_sockets')!.get()).values[0]
+    ?.value ?? 0;
+
+/** Sends the auth message and subscribes; resolves once the socket is live (it was accepted). */
+async function authenticate(client: TestClient, token: string): Promise<void> {
+  client.send({ type: 'auth', token });
+  client.send({ type: 'subscribe' });
+  await client.waitFor('ready', () => client.received.some((n) => n.kind === 'ready') || client.isClosed());
+  if (client.isClosed()) throw new Error(`closed: ${JSON.stringify(await client.closed)}`);
+}
+
+t.test('unauthenticated sockets are capped per address and in all', async (t) => {
+  const refusedBefore = await refusals('unauthenticated_sockets');
+  const a1 = await openClient(notifier.address, { localAddress: '127.0.0.1' });
+  const a2 = await openClient(notifier.address, { localAddress: '127.0.0.1' });
+  const a3 = await openClient(notifier.address, { localAddress: '127.0.0.1' });
+  t.equal((await a3.closed).code, CLOSE_TRY_AGAIN_LATER, 'a third from one address is refused');
+  t.notOk(a1.isClosed() || a2.isClosed(), 'the first two stay open');
+
+  // A socket with a ticket is authenticated from the start: it does not count.
+  const alice = user();
+  const withTicket = await openClient(notifier.address, {
+    ticket: await ticketFor(notifier.address, await tokenOf(alice)),
+    localAddress: '127.0.0.1',
+  });
+  withTicket.send({ type: 'subscribe' });
+  await withTicket.waitFor('ready', () => withTicket.received.some((n) => n.kind === 'ready'));
+
+  const b1 = await openClient(notifier.address, { localAddress: '127.0.0.2' });
+  const c1 = await openClient(notifier.address, { localAddress: '127.0.0.3' });
+  t.equal((await c1.closed).code, CLOSE_TRY_AGAIN_LATER, 'a fourth in all is refused, from any address');
+  t.equal((await refusals('unauthenticated_sockets')) - refusedBefore, 2, 'both refusals are counted');
+
+  // Authenticating gives the place back.
+  await authenticate(a1, await tokenOf(alice));
+  const a4 = await openClient(notifier.address, { localAddress: '127.0.0.1' });
+  await authenticate(a4, await tokenOf(alice));
+  t.pass('a socket from the first address is accepted again once one of them authenticated');
+
+  // Closing does too.
+  b1.ws.close();
+  const deadline = Date.now() + 20_000;
+  while ((await unauthenticatedNow()) > 2) {
+    if (Date.now() > deadline) throw new Error('the closed socket still counts');
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  const c2 = await openClient(notifier.address, { localAddress: '127.0.0.3' });
+  await authenticate(c2, await tokenOf(alice));
+  t.pass('and once one of them closed');
+
+  for (const c of [a1, a2, a4, withTicket, c2]) c.ws.close();
+});
+
+t.test('tickets are rationed per user: 429 with Retry-After, other users unaffected', async (t) => {
+  const mallory = user();
+  const token = await tokenOf(mallory);
+  for (let i = 0; i < 3; i++) t.equal((await requestTicket(notifier.address, token)).status, 201);
+  const res = await fetch(new URL('/tickets', notifier.address), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}` },
+  });
+  t.equal(res.status, 429, 'the fourth ticket in a minute is refused');
+  const retryAfter = Number(res.headers.get('retry-after'));
+  t.ok(retryAfter >= 1 && retryAfter <= 60, `Retry-After names the seconds left (${retryAfter})`);
+  t.match(await res.json(), { error: 'TOO_MANY_TICKETS' });
+  t.ok((await refusals('ticket_rate')) >= 1, 'the refusal is counted');
+
+  const bob = await tokenOf(user());
+  t.equal((await requestTicket(notifier.address, bob)).status, 201, 'another user still gets tickets');
+});
