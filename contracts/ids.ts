@@ -45,7 +45,8 @@ export const IDENTITY_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 export const isIdentityId = (value: unknown): value is string =>
   typeof value === 'string' && IDENTITY_ID_PATTERN.test(value);
 function assertIdentityId(value: string): string {
-  if (!isIdentityId(value)) throw new Error(`invalid NATS identity id ${JSON.stringify(String(value).slice(0, 80))}`);
+  if (!isIdentityId(value))
+    throw new Error(`invalid NATS identity id ${JSON.stringify(String(value).slice(0, 80))}`);
   return value;
 }
 /** Where an identity's replies arrive: it may subscribe under this prefix and nowhere else. */

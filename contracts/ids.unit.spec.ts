@@ -86,11 +86,15 @@ t.test('good user ids give the expected names', async (t) => {
   t.same(parseRequestSubject('toolbus.requests.alice.agent-1'), { userId: 'alice', agentId: 'agent-1' });
   t.equal(parseRequestSubject('toolbus.requests.alice'), null, 'a request subject names its agent');
   t.ok(isInboxOf('agent-1', '_INBOX.agent-1.abc'));
-  t.notOk(isInboxOf('agent-1', '_INBOX.agent-2.abc'), 'another identity\'s inbox');
+  t.notOk(isInboxOf('agent-1', '_INBOX.agent-2.abc'), "another identity's inbox");
   t.notOk(isInboxOf('agent-1', '_INBOX.agent-1'), 'the prefix itself is no inbox');
   t.notOk(isInboxOf('agent-1', 'toolbus.requests.alice'), 'any other subject');
   for (const bad of ['', '.', '*', '>', 'a.b', 'x'.repeat(65)]) {
-    t.throws(() => subjects.request('alice', bad), /invalid NATS identity id/, `agent id ${JSON.stringify(bad)} is refused`);
+    t.throws(
+      () => subjects.request('alice', bad),
+      /invalid NATS identity id/,
+      `agent id ${JSON.stringify(bad)} is refused`,
+    );
   }
   t.equal(subjects.events('alice'), 'events.user.alice');
   t.equal(subjects.progress('alice'), 'toolbus.progress.alice');

@@ -124,7 +124,10 @@ t.test('ToolAnnouncement', async (t) => {
     signature: 'ab'.repeat(32),
   };
   t.ok(ToolAnnouncement.safeParse(a).success);
-  t.ok(ToolAnnouncement.safeParse({ ...a, manifests: [] }).success, 'no manifests: the worker withdraws the tool');
+  t.ok(
+    ToolAnnouncement.safeParse({ ...a, manifests: [] }).success,
+    'no manifests: the worker withdraws the tool',
+  );
   t.notOk(ToolAnnouncement.safeParse({ ...a, signature: 'AB'.repeat(32) }).success, 'uppercase signature');
   t.notOk(ToolAnnouncement.safeParse({ ...a, workerId: 'has space' }).success, 'bad worker id');
   t.notOk(ToolAnnouncement.safeParse({ ...a, extra: 1 }).success, 'unknown key');

@@ -213,7 +213,9 @@ t.test('forged, stale, malformed and duplicate announcements are refused and nev
   const publish = (value: unknown) => {
     const name = (value as { manifests?: { name?: string }[] } | null)?.manifests?.[0]?.name;
     d.nc.publish(
-      subjects.toolAnnounce(typeof name === 'string' && /^[a-z][a-z0-9_]{1,63}$/.test(name) ? name : 'no_name'),
+      subjects.toolAnnounce(
+        typeof name === 'string' && /^[a-z][a-z0-9_]{1,63}$/.test(name) ? name : 'no_name',
+      ),
       typeof value === 'string' ? value : JSON.stringify(value),
     );
   };

@@ -229,7 +229,7 @@ export class Dispatcher {
     if (foreignReplyTo) {
       this.o.log.warn(
         { subject: delivery.subject, replyTo: partial.replyTo },
-        'request names a reply subject outside its agent\'s inbox: it is not answered there',
+        "request names a reply subject outside its agent's inbox: it is not answered there",
       );
     }
 

@@ -41,7 +41,9 @@ t.test('one execution per request id', async (t) => {
   t.test('three copies that JetStream does not deduplicate (no Nats-Msg-Id): still one run', async (t) => {
     const body = { requestId: 'dup-2', tool: 'sleep', args: { ms: 300 } };
     const answers = await Promise.all(
-      [1, 2, 3].map(() => rawRequest(h, { subject: subjects.request('ida', connectionIdentity(h.nc)), body, token })),
+      [1, 2, 3].map(() =>
+        rawRequest(h, { subject: subjects.request('ida', connectionIdentity(h.nc)), body, token }),
+      ),
     );
     t.match(answers[0], { status: 'completed' });
     t.strictSame(answers[1], answers[0]);

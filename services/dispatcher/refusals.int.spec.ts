@@ -153,7 +153,13 @@ t.test('refusals', async (t) => {
 
   t.test('bad request bodies: typed refusals, recorded where the user and request are known', async (t) => {
     const send = (body: Record<string, unknown> | string | Uint8Array, msgId?: string, waitMs = 15_000) =>
-      rawRequest(h, { subject: subjects.request('alice', connectionIdentity(h.nc)), body, token: alice, msgId, waitMs });
+      rawRequest(h, {
+        subject: subjects.request('alice', connectionIdentity(h.nc)),
+        body,
+        token: alice,
+        msgId,
+        waitMs,
+      });
 
     const unknownKey = await send({ requestId: 'bad-key', tool: 'noop', args: {}, priority: 'high' });
     t.match(unknownKey, {

@@ -54,7 +54,11 @@ t.test('no credentials, or a key the server does not know: the connection is ref
 t.test('sniffing: an agent cannot read requests, tokens, or anything but its own inbox', async (t) => {
   const spy = await s.connectAs('otherAgent');
   for (const subject of ['>', subjects.requestsAll, subjects.request('alice', connectionIdentity(s.nc))]) {
-    t.match(await subscribeRefused(spy, subject), /Permissions Violation for Subscription/, `${subject} refused`);
+    t.match(
+      await subscribeRefused(spy, subject),
+      /Permissions Violation for Subscription/,
+      `${subject} refused`,
+    );
   }
   t.match(
     await subscribeRefused(spy, `_INBOX.${connectionIdentity(s.nc)}.>`),
@@ -89,7 +93,10 @@ t.test('queue-group hijack and liveness lies: only dispatchers serve dispatcher 
   t.match(await refused, /Permissions Violation for Publish/);
   // A worker identity cannot either.
   const worker = await s.connectAs('worker');
-  t.match(await subscribeRefused(worker, subjects.answersAll, 'toolbus-dispatchers'), /Permissions Violation/);
+  t.match(
+    await subscribeRefused(worker, subjects.answersAll, 'toolbus-dispatchers'),
+    /Permissions Violation/,
+  );
   await stillWorks(t);
 });
 
@@ -154,37 +161,40 @@ t.test('forged workers: only a worker identity serves a tool, and only its own t
   await stillWorks(t);
 });
 
-t.test('a request naming another agent’s inbox (or any subject) as replyTo is not answered there', async (t) => {
-  const other = await s.connectAs('otherAgent');
-  const otherInbox = inboxFor(other);
-  const received: string[] = [];
-  other.subscribe(otherInbox, {
-    callback: (_e, m) => {
-      received.push(m.string());
-    },
-  });
-  await other.flush();
+t.test(
+  'a request naming another agent’s inbox (or any subject) as replyTo is not answered there',
+  async (t) => {
+    const other = await s.connectAs('otherAgent');
+    const otherInbox = inboxFor(other);
+    const received: string[] = [];
+    other.subscribe(otherInbox, {
+      callback: (_e, m) => {
+        received.push(m.string());
+      },
+    });
+    await other.flush();
 
-  const requestId = `foreign-reply-${Date.now()}`;
-  const h = headers();
-  h.set('Authorization', `Bearer ${victimToken}`);
-  await jetstream(s.nc).publish(
-    subjects.request('victim', connectionIdentity(s.nc)),
-    JSON.stringify({ requestId, tool: 'noop', args: {}, replyTo: otherInbox }),
-    { headers: h, msgID: `victim:${requestId}` },
-  );
-  // The request is recorded, refused, and its answer is there for its own agent to look up.
-  const reply = await waitForAnswer(s.nc, 'victim', requestId);
-  t.match(reply, { status: 'failed', error: { code: 'VALIDATION', message: /replyTo must be an inbox/ } });
-  t.same(received, [], 'nothing reached the other agent’s inbox');
+    const requestId = `foreign-reply-${Date.now()}`;
+    const h = headers();
+    h.set('Authorization', `Bearer ${victimToken}`);
+    await jetstream(s.nc).publish(
+      subjects.request('victim', connectionIdentity(s.nc)),
+      JSON.stringify({ requestId, tool: 'noop', args: {}, replyTo: otherInbox }),
+      { headers: h, msgID: `victim:${requestId}` },
+    );
+    // The request is recorded, refused, and its answer is there for its own agent to look up.
+    const reply = await waitForAnswer(s.nc, 'victim', requestId);
+    t.match(reply, { status: 'failed', error: { code: 'VALIDATION', message: /replyTo must be an inbox/ } });
+    t.same(received, [], 'nothing reached the other agent’s inbox');
 
-  // Publishing under another agent's identity is refused by the server.
-  const spoofed = subjects.request('victim', connectionIdentity(s.nc));
-  const refused = refusal(other, spoofed);
-  other.publish(spoofed, '{}');
-  t.match(await refused, /Permissions Violation for Publish/);
-  await stillWorks(t);
-});
+    // Publishing under another agent's identity is refused by the server.
+    const spoofed = subjects.request('victim', connectionIdentity(s.nc));
+    const refused = refusal(other, spoofed);
+    other.publish(spoofed, '{}');
+    t.match(await refused, /Permissions Violation for Publish/);
+    await stillWorks(t);
+  },
+);
 
 async function waitForAnswer(nc: NatsConnection, userId: string, requestId: string): Promise<unknown> {
   const h = headers();
