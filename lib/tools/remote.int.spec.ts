@@ -454,12 +454,23 @@ t.test('two workers in the queue group share the calls', async (t) => {
   t.equal(results.length, 40, 'each call answered once');
 });
 
-t.test('a stopped worker: calls fail as TOOL_ERROR, and its silent tools expire', async (t) => {
-  const d = await dispatcherSide(t, { expireAfterMs: 3_000 });
-  const gone = await worker(t, 'leaving', [failing], { announceIntervalMs: 300 });
-  await worker(t, 'staying', [adder()], { announceIntervalMs: 300 });
+t.test('a cleanly stopped worker withdraws its tools at once', async (t) => {
+  // No expiry: only the withdrawal can remove the tool.
+  const d = await dispatcherSide(t, { expireAfterMs: 0 });
+  const gone = await worker(t, 'leaving', [failing]);
+  await worker(t, 'staying', [adder()]);
   await waitFor('both tools', () => d.registry.list().length === 2);
   await gone.server.stop();
+  await waitFor('the withdrawal', () => d.registry.resolve('remote_fail') === undefined);
+  t.ok(d.registry.resolve('remote_adder'), 'the other worker’s tool stays');
+});
+
+t.test('a worker that vanishes: calls fail as TOOL_ERROR, and its silent tools expire', async (t) => {
+  const d = await dispatcherSide(t, { expireAfterMs: 3_000 });
+  const gone = await worker(t, 'vanishing', [failing], { announceIntervalMs: 300 });
+  await worker(t, 'staying', [adder()], { announceIntervalMs: 300 });
+  await waitFor('both tools', () => d.registry.list().length === 2);
+  await gone.nc.close(); // no stop(): nothing is withdrawn, as when the process is killed
   const e = await d.registry
     .resolve('remote_fail')!
     .run({}, ctx())

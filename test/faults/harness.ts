@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,8 +28,8 @@ import { startProxy, type TcpProxy } from '../support/proxy.ts';
  * may kill). Redis may sit behind a TCP proxy, so the test can black-hole it.
  */
 
-export const FAULT_JWT_SECRET = 'fault-suite-secret-0123456789abcdefghijklmnop';
-export const FAULT_WORKER_SECRET = 'fault-suite-worker-secret-0123456789abcdefghij';
+export const FAULT_JWT_SECRET = randomBytes(32).toString('hex');
+export const FAULT_WORKER_SECRET = randomBytes(32).toString('hex');
 
 /** A tap test (the `t` a subtest receives). */
 export type Tap = Parameters<Parameters<typeof tap.test>[0]>[0];
@@ -94,6 +95,7 @@ export async function startFaultStack(t: Tap, options: FaultStackOptions = {}): 
     DATABASE_URL: database.url,
     JWT_SECRET: FAULT_JWT_SECRET,
     WORKER_SECRET: FAULT_WORKER_SECRET,
+    AUDIT_SIGNING_KEY: randomBytes(32).toString('hex'),
     TOOLBUS_TEST_TOOLS: '1',
     // Fault tests see the tail check work within their time budget.
     NOTIFIER_TAIL_CHECK_MS: '3000',

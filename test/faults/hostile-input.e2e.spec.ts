@@ -1,6 +1,5 @@
-import { connectionIdentity } from '../../lib/nats.ts';
+import { connectionIdentity, inboxFor } from '../../lib/nats.ts';
 import fc from 'fast-check';
-import { createInbox } from '@nats-io/transport-node';
 import { SignJWT } from 'jose';
 import t from 'tap';
 import { WebSocket } from 'ws';
@@ -107,7 +106,7 @@ t.test('hostile input is refused clearly, pollutes nothing, and every process ke
       await fc.assert(
         fc.asyncProperty(hostileRequest(REQUEST_ID, INBOX, other.userId), async (template) => {
           const requestId = `fz-${n++}`;
-          const inbox = createInbox();
+          const inbox = inboxFor(fs.nc);
           const text = template.replace(REQUEST_ID, requestId).replace(INBOX, inbox);
           ledger.expect(me.userId, requestId, 'fuzz');
           const sub = fs.nc.subscribe(inbox, { max: 1, timeout: 10_000 });
@@ -197,7 +196,7 @@ t.test('hostile input is refused clearly, pollutes nothing, and every process ke
         hostileObjectText,
         async (token, args) => {
           const requestId = `fu-${n++}`;
-          const inbox = createInbox();
+          const inbox = inboxFor(fs.nc);
           const sub = fs.nc.subscribe(inbox, { max: 1, timeout: 10_000 });
           await rawRequest(fs.nc, {
             subject: subjects.request(other.userId, connectionIdentity(fs.nc)),

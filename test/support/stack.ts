@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { createEventStore, type EventStore } from '../../lib/eventstore/index.ts';
 import { signToken } from '../../lib/auth.ts';
 import { createAgentClient } from '../../lib/clients/agent.ts';
@@ -13,8 +14,8 @@ export const ALL_TOOL_NAMES = [...new Set([...exampleTools, ...testTools].map((t
 
 type Teardown = { teardown(fn: () => Promise<void> | void): void };
 
-export const STACK_JWT_SECRET = 'acceptance-test-secret-0123456789abcdefghij';
-export const STACK_WORKER_SECRET = 'acceptance-worker-secret-0123456789abcdefghij';
+export const STACK_JWT_SECRET = randomBytes(32).toString('hex');
+export const STACK_WORKER_SECRET = randomBytes(32).toString('hex');
 
 export interface TestStack {
   stack: Stack;
@@ -44,11 +45,16 @@ export interface TestStack {
  */
 export async function startTestStack(
   t: Teardown,
-  options: { services?: ServiceName[]; env?: Record<string, string> } = {},
+  options: {
+    services?: ServiceName[];
+    env?: Record<string, string>;
+    /** Tool names the `worker` identity may serve besides the example and test tools. */
+    workerTools?: string[];
+  } = {},
 ): Promise<TestStack> {
   const services = options.services ?? ['dispatcher', 'projector', 'notifier'];
   const [nats, redis, db] = await Promise.all([
-    startSecuredNats(t, ALL_TOOL_NAMES),
+    startSecuredNats(t, [...ALL_TOOL_NAMES, ...(options.workerTools ?? [])]),
     startRedis(t),
     createTestDatabase(t),
   ]);
@@ -62,6 +68,7 @@ export async function startTestStack(
     DATABASE_URL: db.url,
     JWT_SECRET: STACK_JWT_SECRET,
     WORKER_SECRET: STACK_WORKER_SECRET,
+    AUDIT_SIGNING_KEY: randomBytes(32).toString('hex'),
     TOOLBUS_TEST_TOOLS: '1',
     ...options.env,
   };
