@@ -115,6 +115,8 @@ export function createIdentity(name: string, role: Role): Identity {
 export function natsServerConfig(o: {
   port: number;
   host?: string;
+  /** The monitoring port (`/healthz`), when a health check needs it. */
+  monitorPort?: number;
   storeDir: string;
   identities: Identity[];
 }): string {
@@ -128,6 +130,7 @@ export function natsServerConfig(o: {
     '# each may use only the subjects listed with it.',
     `host: ${JSON.stringify(o.host ?? '127.0.0.1')}`,
     `port: ${o.port}`,
+    ...(o.monitorPort ? [`http_port: ${o.monitorPort}`] : []),
     `jetstream { store_dir: ${JSON.stringify(o.storeDir)} }`,
     'authorization {',
     '  users: [',
