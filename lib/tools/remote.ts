@@ -462,7 +462,7 @@ export async function invokeRemote(
   const id = `${manifest.name}@${manifest.version}`;
   const subject = subjects.toolRun(manifest.name, manifest.version);
   const invocationId = randomUUID();
-  // Only the workers of this tool (and dispatchers) may publish on its progress subjects.
+  // Only the workers of this tool may publish on its progress subjects (scripts/nats-auth.ts).
   const progressSubject = subjects.toolProgress(manifest.name, invocationId);
   const progressSub = nc.subscribe(progressSubject, {
     callback: (err, msg) => {
