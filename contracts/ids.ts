@@ -39,7 +39,7 @@ export function userIdOfStream(stream: string): string | undefined {
 /**
  * The id of a NATS identity (an agent, a dispatcher, a worker...): an nkey's public key or a user
  * name. It names the identity's inbox and, for an agent, the last token of its request subjects,
- * so the server's permissions can tie both to the identity (lib/natsAuth.ts).
+ * so the server's permissions can tie both to the identity (`permissionsOf` in scripts/nats-auth.ts).
  */
 export const IDENTITY_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 export const isIdentityId = (value: unknown): value is string =>

@@ -11,7 +11,7 @@ export const REQUEST_HEADERS = {
 
 const NatsSubject = z.string().regex(/^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$/, 'must be a plain NATS subject');
 
-/** What an agent publishes on `toolbus.requests.<userId>`. */
+/** What an agent publishes on `toolbus.requests.<userId>.<agentId>` (`subjects.request`). */
 export const ToolRequest = z.strictObject({
   requestId: RequestId,
   tool: ToolName,

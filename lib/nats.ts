@@ -28,7 +28,7 @@ export interface NatsCredentials {
   /**
    * The identity's id on the bus: names its inbox (`_INBOX.<id>`) and, for agents, the last token
    * of its request subject. Default: the nkey's public key, else the user name, else `anonymous`.
-   * The server's permissions are written for this id (see lib/natsAuth.ts).
+   * The server's permissions are written for this id (`permissionsOf` in scripts/nats-auth.ts).
    */
   identity?: string;
 }

@@ -58,14 +58,14 @@ export const Invocation = z.object({
     correlationId: z.string().min(1).max(128),
     /** Epoch ms after which the result is no longer wanted: the worker aborts the tool then. */
     deadline: z.number().int(),
-    /** Optional: where the worker publishes `{ fraction, message? }` progress messages. */
+    /** Optional: where the worker publishes `{ fraction, message? }` progress messages (the dispatcher sends `toolbus.tools.progress.<tool>.<invocationId>`). */
     progressSubject: NatsSubject.optional(),
-    /** Optional: names this invocation in a cancel on `toolbus.tools.cancel`. */
+    /** Optional: names this invocation in a cancel on `toolbus.tools.cancel.<tool>`. */
     invocationId: z.string().min(1).max(128).optional(),
   }),
 });
 
-/** What a dispatcher publishes on `toolbus.tools.cancel`. */
+/** What a dispatcher publishes on `toolbus.tools.cancel.<tool>` (`subjects.toolCancel`). */
 export const InvocationCancel = z.object({
   invocationId: z.string().min(1).max(128),
   executionId: z.string().min(1).max(128).optional(),
@@ -462,7 +462,7 @@ export async function invokeRemote(
   const id = `${manifest.name}@${manifest.version}`;
   const subject = subjects.toolRun(manifest.name, manifest.version);
   const invocationId = randomUUID();
-  // Only the workers of this tool (and dispatchers) may publish on its progress subjects.
+  // Only the workers of this tool may publish on its progress subjects (scripts/nats-auth.ts).
   const progressSubject = subjects.toolProgress(manifest.name, invocationId);
   const progressSub = nc.subscribe(progressSubject, {
     callback: (err, msg) => {
@@ -561,11 +561,12 @@ export interface AnnouncementListener {
 }
 
 /**
- * The dispatcher side: listens on `toolbus.tools.announce`, registers the tools of trusted, fresh,
+ * The dispatcher side: listens on `toolbus.tools.announce.*`, registers the tools of trusted, fresh,
  * well-formed announcements (each callable through `invokeRemote`), refuses everything else with a
- * logged reason, and asks running workers to announce once at start (`toolbus.tools.discover`).
- * A worker's latest announcement is the whole list of what it serves; a worker silent for
- * `expireAfterMs` is forgotten.
+ * logged reason (also a manifest naming another tool than the announcement's subject), and asks
+ * running workers to announce once at start (`toolbus.tools.discover`). A worker's latest
+ * announcement on a tool's subject is the whole list of the versions of that tool it serves (empty:
+ * withdrawn); a worker silent for `expireAfterMs` is forgotten, all its tools.
  */
 export async function acceptAnnouncements(
   nc: NatsConnection,

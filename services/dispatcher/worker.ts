@@ -7,10 +7,12 @@ import { startToolWorker } from './tools/worker.ts';
 
 /**
  * A tool worker process: serves example tools over NATS for the dispatchers.
- *   NATS_URL, WORKER_SECRET (shared with the dispatchers), WORKER_ID (default <hostname>-<pid>),
+ *   NATS_URL, its NATS identity (NATS_NKEY_SEED / NATS_NKEY_SEED_FILE / NATS_CREDS / NATS_USER and
+ *   NATS_PASSWORD / NATS_TOKEN, NATS_TLS_*, NATS_IDENTITY: lib/nats.ts; the server must let it serve
+ *   the tools it names), WORKER_SECRET (shared with the dispatchers), WORKER_ID (default <hostname>-<pid>),
  *   TOOLBUS_WORKER_TOOLS (comma list of tool names; default all example tools),
  *   TOOLBUS_TEST_TOOLS=1 (the test tools may be named too).
- * Stops on SIGTERM/SIGINT after the running calls finish.
+ * Stops on SIGTERM/SIGINT: withdraws its tools at once, then waits for the running calls.
  */
 const defaultWorkerId = `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_.:-]/g, '-').slice(0, 128);
 
