@@ -37,12 +37,20 @@ export interface NatsCredentials {
 export function identityOf(credentials: NatsCredentials = {}): string {
   if (credentials.identity) return credentials.identity;
   if (credentials.nkeySeed) return publicKeyOfSeed(credentials.nkeySeed);
+  if (credentials.credsFile) return publicKeyOfCreds(readFileSync(credentials.credsFile, 'utf8'));
   if (credentials.user && isIdentityId(credentials.user)) return credentials.user;
   return 'anonymous';
 }
 
 export function publicKeyOfSeed(seed: string): string {
   return fromSeed(new TextEncoder().encode(seed.trim())).getPublicKey();
+}
+
+/** The user's public key in a creds file: the seed's, which is also its JWT's subject. */
+function publicKeyOfCreds(creds: string): string {
+  const seed = /-----BEGIN USER NKEY SEED-----\s*(SU[A-Z2-7]+)\s*/.exec(creds)?.[1];
+  if (!seed) throw new Error('NATS_CREDS: no user nkey seed in the creds file');
+  return publicKeyOfSeed(seed);
 }
 
 function authenticatorOf(c: NatsCredentials): Partial<ConnectionOptions> {
@@ -114,6 +122,9 @@ export function natsCredentialsFromConfig(config: {
   NATS_TLS_KEY?: string | undefined;
   NATS_IDENTITY?: string | undefined;
 }): NatsCredentials {
+  if (config.NATS_NKEY_SEED && config.NATS_NKEY_SEED_FILE) {
+    throw new Error('NATS_NKEY_SEED and NATS_NKEY_SEED_FILE: give one of them');
+  }
   const seed =
     config.NATS_NKEY_SEED ??
     (config.NATS_NKEY_SEED_FILE ? readFileSync(config.NATS_NKEY_SEED_FILE, 'utf8').trim() : undefined);

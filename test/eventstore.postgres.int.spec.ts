@@ -55,9 +55,11 @@ t.test('a subscription is woken by an append of another process at once, not by 
 });
 
 t.test(
-  'an event held behind an older open transaction arrives soon after that transaction ends',
+  'an event held behind an older open transaction arrives after that transaction ends, before any poll',
   async (t) => {
-    const reader = await createPostgresEventStore({ connectionString: db.url, pollIntervalMs: 60_000 });
+    // The poll never comes within the test's time: only the wake-ups (NOTIFY, the look-again behind
+    // the horizon) can deliver the event. No time bound is asserted: a loaded machine is slow.
+    const reader = await createPostgresEventStore({ connectionString: db.url, pollIntervalMs: 3_600_000 });
     const writer = await createPostgresEventStore({ connectionString: db.url });
     const blocker = new pg.Client({ connectionString: db.url });
     await blocker.connect();
@@ -77,12 +79,13 @@ t.test(
     await blocker.query('select pg_current_xact_id()');
     const id = randomUUID();
     await writer.append('held-1', [{ id, type: 'Held', data: {}, metadata: {} }], 'no_stream');
+    // The append has committed but is invisible behind the blocker: the subscription looks again.
     await new Promise((r) => setTimeout(r, 500));
     const released = performance.now();
     await blocker.query('commit');
     const got = await first;
     await subscription.close();
-    t.equal(got?.id, id, 'the event arrives');
-    t.ok(got!.at - released < 5_000, `within seconds of the release (${(got!.at - released).toFixed(0)} ms)`);
+    t.equal(got?.id, id, 'the event arrives without waiting for the poll');
+    t.comment(`${(got!.at - released).toFixed(0)} ms after the release`);
   },
 );

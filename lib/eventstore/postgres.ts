@@ -357,6 +357,11 @@ class PostgresEventStore implements EventStore {
     return () => this.listeners.delete(listener);
   }
 
+  /** Resolves once LISTEN is active (or its attempt failed and a retry is scheduled). */
+  listening(): Promise<void> {
+    return this.ensureListening();
+  }
+
   private async ensureListening(): Promise<void> {
     if (this.listenClient || this.listenStarting || this.closed) return this.listenStarting ?? undefined;
     this.listenStarting = (async () => {
@@ -441,6 +446,9 @@ class PostgresSubscription implements Subscription {
       this.wake?.();
     });
     try {
+      // LISTEN first: an append that commits after `caughtUp` must wake this subscription, not
+      // wait for the poll (a loaded machine once connected the listener after such an append).
+      await this.store.listening();
       const start = await this.start();
       let cursor = start.cursor;
       let failures = 0;

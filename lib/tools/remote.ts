@@ -390,8 +390,17 @@ export async function serveTools(
     );
   }
   // The subscriptions reach the server before the announcement does: a dispatcher that hears
-  // the announcement can call at once.
+  // the announcement can call at once. The server has answered them by then too: one it refused
+  // (this identity may not serve that tool) is closed, and the worker does not pretend to serve.
   await nc.flush();
+  const refused = subs.filter((s) => s.isClosed()).map((s) => s.getSubject());
+  if (refused.length > 0) {
+    await Promise.all(subs.map((s) => s.drain().catch(() => undefined)));
+    throw new Error(
+      `NATS refused this worker's subscription to ${refused.join(', ')}: its identity may not serve ` +
+        'that tool (see docs/security.md)',
+    );
+  }
   announce();
   await nc.flush();
   const interval = opts.announceIntervalMs ?? 30_000;

@@ -53,6 +53,8 @@ export interface Delivery {
   /** Unique per delivery (stream sequence and delivery count): names a concurrency slot. */
   id: string;
   redelivered: boolean;
+  /** When the request was stored by JetStream (epoch ms): the rate limit judges it by this time. */
+  sentAt?: number;
   /** Set by the intake when the request was cancelled while it waited: it is recorded cancelled, not run. */
   cancel?: CancelOrder;
 }
@@ -447,6 +449,7 @@ export class Dispatcher {
       slot,
       slotTtlMs: manifest.timeoutMs + this.slotMarginMs,
       ...(cacheKey ? { cacheKey } : {}),
+      ...(h.delivery.sentAt !== undefined ? { sentAt: h.delivery.sentAt } : {}),
     });
     if (admission.kind === 'go' || admission.kind === 'cached') h.slot = slot;
     h.cacheKey = cacheKey;

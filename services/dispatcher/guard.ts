@@ -26,18 +26,26 @@ local burst = tonumber(ARGV[2])
 local bucket = redis.call('HMGET', KEYS[2], 'tokens', 'at')
 local tokens = tonumber(bucket[1])
 local at = tonumber(bucket[2])
+-- The request is judged at the time it was sent (ARGV[8], when given and not in the future): a
+-- backlog admitted late after an outage is not turned into refusals its senders did not cause.
+local sent = tonumber(ARGV[8])
+local judged = now
+if sent ~= nil and sent < now then judged = sent end
 if tokens == nil or at == nil then
   tokens = burst
-  at = now
+  at = judged
 end
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
-local idle = math.ceil(burst * 1000 / rate) + 1000
+if judged > at then
+  tokens = math.min(burst, tokens + (judged - at) * rate / 1000)
+  at = judged
+end
+local idle = math.ceil(burst * 1000 / rate) + 1000 + math.max(0, now - at)
 if tokens < 1 then
-  redis.call('HSET', KEYS[2], 'tokens', string.format('%.6f', tokens), 'at', string.format('%d', now))
+  redis.call('HSET', KEYS[2], 'tokens', string.format('%.6f', tokens), 'at', string.format('%d', at))
   redis.call('PEXPIRE', KEYS[2], idle)
   return {'rate', string.format('%d', math.ceil((1 - tokens) * 1000 / rate))}
 end
-redis.call('HSET', KEYS[2], 'tokens', string.format('%.6f', tokens - 1), 'at', string.format('%d', now))
+redis.call('HSET', KEYS[2], 'tokens', string.format('%.6f', tokens - 1), 'at', string.format('%d', at))
 redis.call('PEXPIRE', KEYS[2], idle)
 redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[7])
 local ttl = tonumber(ARGV[5])
@@ -69,6 +77,11 @@ export interface AdmitRequest {
   slotTtlMs: number;
   /** Present for cacheable tools. */
   cacheKey?: string;
+  /**
+   * When the agent sent the request (epoch ms, JetStream's timestamp): the rate limit judges it
+   * by that time, not by when it is admitted.
+   */
+  sentAt?: number;
 }
 
 export type Admission =
@@ -140,6 +153,7 @@ export class Guard {
         String(req.slotTtlMs),
         req.cacheKey ? '1' : '0',
         String(this.limits.answerTtlSec),
+        req.sentAt === undefined ? '' : String(Math.floor(req.sentAt)),
       );
       switch (kind) {
         case 'answer':

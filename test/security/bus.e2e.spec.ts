@@ -8,7 +8,7 @@ import { jetstream } from '@nats-io/jetstream';
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream as names, subjects } from '../../contracts/index.ts';
 import { connectionIdentity, connectNats, inboxFor } from '../../lib/nats.ts';
-import { toManifest } from '../../lib/tools/index.ts';
+import { serveTools, toManifest } from '../../lib/tools/index.ts';
 import { createAnnouncement } from '../../lib/tools/remote.ts';
 import { costAnalyzer } from '../../services/dispatcher/tools/index.ts';
 import { createIdentity } from '../../scripts/nats-auth.ts';
@@ -147,6 +147,13 @@ t.test('forged workers: only a worker identity serves a tool, and only its own t
   const refused = refusal(narrow, announce);
   narrow.publish(announce, '{}');
   t.match(await refused, /Permissions Violation for Publish/);
+
+  // A worker process with that identity is told at start, instead of claiming to serve.
+  const another = await s.connectAs('narrowWorker');
+  await t.rejects(
+    serveTools(another, [costAnalyzer], { workerId: 'narrow', secret: STACK_WORKER_SECRET }),
+    /NATS refused this worker's subscription to toolbus\.tools\.run\.cost_analyzer/,
+  );
 
   // ...nor pass a manifest of another tool off under its own subject: the dispatcher refuses it.
   const before = s.logText('dispatcher').split('tool announcement refused').length;
