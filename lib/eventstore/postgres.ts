@@ -23,6 +23,8 @@ import {
 export interface PostgresEventStoreOptions {
   connectionString: string;
   poolSize?: number;
+  /** PostgreSQL's application_name of its sessions (default toolbus-eventstore). */
+  application?: string;
   /** Rows per read round trip (reads, catch-up). */
   batchSize?: number;
   /** How often a live subscriber looks for new events when no notification arrives. */
@@ -109,7 +111,7 @@ async function* paged<C>(
 export async function createPostgresEventStore(options: PostgresEventStoreOptions): Promise<EventStore> {
   const pool = createPool(options.connectionString, {
     max: options.poolSize ?? 10,
-    application: 'toolbus-eventstore',
+    application: options.application ?? 'toolbus-eventstore',
   });
   try {
     await migrate(pool, 'eventstore', eventStoreMigrations);

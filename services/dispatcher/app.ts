@@ -78,6 +78,7 @@ export async function startDispatcher(
     const store =
       options.store ??
       (await createEventStore(config, {
+        application: 'toolbus-dispatcher',
         onError: (e) => log.warn({ err: errorInfo(e) }, 'event store connection trouble'),
       }));
     if (!options.store) cleanup.push(() => store.close());

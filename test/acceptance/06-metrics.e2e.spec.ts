@@ -92,9 +92,13 @@ for (const token of badTokens) {
 const outcomeOf = (a: TerminalAnswer) =>
   a.status === 'completed' ? (a.cached ? 'cached' : 'completed') : a.error.code;
 const REFUSALS = new Set(['FORBIDDEN', 'UNKNOWN_TOOL', 'RATE_LIMITED']);
-const tools = [...new Set(done.map((d) => d.tool))].sort();
+// A tool name the registry does not know is counted under '(unknown)' (UNKNOWN_TOOL_LABEL), never
+// under its own name: agents choose those names.
+const metricsToolOf = (d: { tool: string; answer: TerminalAnswer }) =>
+  d.answer.status === 'failed' && d.answer.error.code === 'UNKNOWN_TOOL' ? '(unknown)' : d.tool;
+const tools = [...new Set(done.map(metricsToolOf))].sort();
 const expectedFor = (tool: string) => {
-  const mine = done.filter((d) => d.tool === tool);
+  const mine = done.filter((d) => metricsToolOf(d) === tool);
   const codes: Record<string, number> = {};
   let completed = 0;
   let failed = 0;

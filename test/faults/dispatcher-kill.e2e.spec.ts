@@ -38,6 +38,20 @@ t.test('a dispatcher killed mid-tool and restarted loses nothing and runs nothin
     await waitUntil('several tools running', async () => (await running(fs.store)).length >= 3, 30_000, 50);
     await fs.stack.kill('dispatcher');
     fs.expectExit('dispatcher');
+    // A commit the dead process sent just before it died still completes in PostgreSQL: wait
+    // until its sessions are gone. Then nothing writes: what is executing was left by it.
+    await waitUntil(
+      "the dead dispatcher's database sessions to end",
+      async () =>
+        (
+          await fs.pool.query<{ n: number }>(
+            `select count(*)::int as n from pg_stat_activity
+              where application_name = 'toolbus-dispatcher' and datname = current_database()`,
+          )
+        ).rows[0]!.n === 0,
+      30_000,
+      50,
+    );
     // Nothing writes now: what is still executing was left by the dead process.
     const orphans = await running(fs.store);
     t.ok(orphans.length > 0, `round ${round}: the kill left ${orphans.length} execution(s) mid-tool`);
