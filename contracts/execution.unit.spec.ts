@@ -44,7 +44,6 @@ import { deciderSpecification } from './testing/decider.ts';
 const ARGS = { amount: 120, account: 'DE89 3704 0044 0532 0130 00' };
 const HASH = argsHash(ARGS);
 const OTHER_HASH = argsHash({ ...ARGS, amount: 12000 });
-const REQUESTED_AT = '2025-01-02T10:00:00.000Z';
 const DEADLINE = '2025-01-02T11:00:00.000Z';
 const BEFORE_DEADLINE = '2025-01-02T10:30:00.000Z';
 const AFTER_DEADLINE = '2025-01-02T11:00:00.000Z'; // the deadline itself counts as passed
@@ -692,7 +691,7 @@ t.test('eventProblem names what a recorded history may not hold', async (t) => {
     problem(STATE.awaiting_approval, {
       type: 'ToolApproved',
       data: { ...approvedByBob.data, argsHash: OTHER_HASH },
-    } as ToolEventBody),
+    }),
     'its argsHash is not the one approval was asked for',
   );
   t.equal(problem(STATE.approved, approvedByBob), 'no approval is awaited');

@@ -236,7 +236,8 @@ export class ChainVerifier {
     }
 
     const problem = eventProblem(state, event);
-    if (problem) return `${event.type} is not allowed while execution ${executionId} is ${state.status}: ${problem}`;
+    if (problem)
+      return `${event.type} is not allowed while execution ${executionId} is ${state.status}: ${problem}`;
 
     state = evolve(state, event);
     if (event.type === 'ToolRequested') this.started++;

@@ -817,7 +817,9 @@ export class Dispatcher {
       case 'awaiting_approval':
       case 'approved':
         // This dispatcher asks for no approval; one that does will handle these (issue 18).
-        throw new Error(`execution ${h.ref.executionId} is ${state.status}: approvals are not handled here yet`);
+        throw new Error(
+          `execution ${h.ref.executionId} is ${state.status}: approvals are not handled here yet`,
+        );
       default: {
         const unknown: never = state;
         throw new Error(`unknown state ${JSON.stringify(unknown)}`);

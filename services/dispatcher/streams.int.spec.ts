@@ -12,11 +12,21 @@ const request = (tool: string): ExecutionCommand => ({
   type: 'Request',
   data: { tool, version: '1.0.0', args: {}, redacted: [] },
 });
-const start = (runner: string): ExecutionCommand => ({ type: 'StartAttempt', data: { runner, timeoutMs: 1000 } });
+const start = (runner: string): ExecutionCommand => ({
+  type: 'StartAttempt',
+  data: { runner, timeoutMs: 1000 },
+});
 /** A re-run: the runner of the running attempt is dead and the tool idempotent. */
 const rerunOn = (runner: string): ExecutionCommand => ({
   type: 'Recover',
-  data: { liveness: 'dead', idempotent: true, maxAttempts: 10, runner, timeoutMs: 1000, now: new Date().toISOString() },
+  data: {
+    liveness: 'dead',
+    idempotent: true,
+    maxAttempts: 10,
+    runner,
+    timeoutMs: 1000,
+    now: new Date().toISOString(),
+  },
 });
 const complete = (n: number): ExecutionCommand => ({
   type: 'Complete',
@@ -151,7 +161,9 @@ t.test('the same, when the writer reads the stream tail only after the execution
   const seen = await b.load(r);
   await a.step(running, (s) => (s.status === 'executing' ? [complete(1)] : []));
 
-  const result = await b.step(seen, (s) => (s.status === 'executing' && s.attempt === 1 ? [rerunOn('b')] : []));
+  const result = await b.step(seen, (s) =>
+    s.status === 'executing' && s.attempt === 1 ? [rerunOn('b')] : [],
+  );
   t.strictSame(result.appended, [], 'no second attempt');
   t.equal(seen.state.status, 'completed');
   t.equal((await readUserEvents(store, 'yul')).length, 3);
