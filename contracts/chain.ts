@@ -100,12 +100,28 @@ export function verifyChain(events: Iterable<ToolEvent>, prevHash: string = GENE
 }
 
 /** The step an event body is in its execution's life, which names the event's deterministic id. */
-export const stepOf = (body: ToolEventBody): ExecutionStep =>
-  body.type === 'ToolRequested'
-    ? 'requested'
-    : body.type === 'ToolExecuting'
-      ? `executing:${body.data.attempt}`
-      : 'terminal';
+export function stepOf(body: ToolEventBody): ExecutionStep {
+  switch (body.type) {
+    case 'ToolRequested':
+      return 'requested';
+    case 'ToolExecuting':
+      return `executing:${body.data.attempt}`;
+    case 'ToolCompleted':
+    case 'ToolFailed':
+      return 'terminal';
+    case 'ToolCancelRequested':
+      return 'cancel-requested';
+    case 'ToolApprovalRequested':
+      return 'approval-requested';
+    case 'ToolApproved':
+    case 'ToolDenied':
+      return 'approval-decided';
+    default: {
+      const unknown: never = body;
+      throw new Error(`unknown event ${JSON.stringify(unknown)}`);
+    }
+  }
+}
 
 /** Whose execution a run of events belongs to, what caused the first of them, and when each occurred. */
 export interface EnvelopeContext {

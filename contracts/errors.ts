@@ -12,6 +12,10 @@ export const ErrorCode = z.enum([
   'OUTPUT_INVALID',
   'INTERRUPTED',
   'INTERNAL',
+  /** The approval's deadline passed before anyone approved or denied. */
+  'APPROVAL_EXPIRED',
+  /** An approver denied the call. */
+  'DENIED',
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 

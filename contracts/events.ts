@@ -4,10 +4,22 @@ import { RequestId, UserId } from './ids.ts';
 import { JsonObject, JsonValue } from './json.ts';
 
 /**
- * The four events of an execution, each in a versioned envelope. They are stored in the user's
- * stream `user-<userId>`; `metadata.prevHash` and `metadata.hash` chain them (see chain.ts).
+ * The events of an execution, each in a versioned envelope. They are stored in the user's stream
+ * `user-<userId>`; `metadata.prevHash` and `metadata.hash` chain them (see chain.ts). The four of
+ * the life cycle come first; the facts that change an execution's course (a cancel asked for, an
+ * approval asked for, given or refused) follow, in the same stream, versioned the same way. Which
+ * event may follow which is decided in execution.ts.
  */
-export const EVENT_TYPES = ['ToolRequested', 'ToolExecuting', 'ToolCompleted', 'ToolFailed'] as const;
+export const EVENT_TYPES = [
+  'ToolRequested',
+  'ToolExecuting',
+  'ToolCompleted',
+  'ToolFailed',
+  'ToolCancelRequested',
+  'ToolApprovalRequested',
+  'ToolApproved',
+  'ToolDenied',
+] as const;
 export type ToolEventType = (typeof EVENT_TYPES)[number];
 export const SCHEMA_VERSION = 1;
 
@@ -62,6 +74,52 @@ export const ToolFailedData = z.strictObject({
   durationMs: z.number().nonnegative().nullable(),
 });
 
+/** Who asked for a cancel: the execution's user, or an admin acting for them. */
+export const CancelRequester = z.strictObject({
+  userId: UserId,
+  admin: z.boolean(),
+});
+export const ToolCancelRequestedData = z.strictObject({
+  by: CancelRequester,
+  reason: z.string().max(500),
+  /** When the cancel was asked for (the request's time, which may precede the append). */
+  requestedAt: z.iso.datetime({ offset: true }),
+});
+
+/**
+ * The hash an approval is bound to: SHA-256 of the canonical JSON of the arguments exactly as the
+ * agent sent them, before redaction (see `argsHash` in execution.ts for why).
+ */
+export const ArgsHash = Hash;
+/** A role an approver must hold (a claim of the approver's token). */
+export const ApproverRole = z.string().min(1).max(64);
+
+export const ToolApprovalRequestedData = z.strictObject({
+  argsHash: ArgsHash,
+  /** Holders of any one of these roles may approve or deny. */
+  approverRoles: z.array(ApproverRole).min(1).max(16),
+  /** After this instant the execution ends `APPROVAL_EXPIRED`; kept here so a restart enforces it. */
+  deadline: z.iso.datetime({ offset: true }),
+  /** The user who asked for the call (the stream's user). */
+  requesterId: UserId,
+  /** Whether the requester may approve their own call. */
+  allowSelfApproval: z.boolean(),
+});
+export const ToolApprovedData = z.strictObject({
+  approverId: UserId,
+  /** The approver's role that allowed it (one of the requested approver roles). */
+  approverRole: ApproverRole,
+  /** The hash the approver saw: equal to the one requested, or the approval is refused. */
+  argsHash: ArgsHash,
+  reason: z.string().max(500).optional(),
+});
+export const ToolDeniedData = z.strictObject({
+  approverId: UserId,
+  approverRole: ApproverRole,
+  argsHash: ArgsHash,
+  reason: z.string().max(500),
+});
+
 function envelope<T extends ToolEventType, D extends z.ZodType>(type: T, data: D) {
   return z.strictObject({
     id: z.uuid(),
@@ -76,17 +134,29 @@ export const ToolRequested = envelope('ToolRequested', ToolRequestedData);
 export const ToolExecuting = envelope('ToolExecuting', ToolExecutingData);
 export const ToolCompleted = envelope('ToolCompleted', ToolCompletedData);
 export const ToolFailed = envelope('ToolFailed', ToolFailedData);
+export const ToolCancelRequested = envelope('ToolCancelRequested', ToolCancelRequestedData);
+export const ToolApprovalRequested = envelope('ToolApprovalRequested', ToolApprovalRequestedData);
+export const ToolApproved = envelope('ToolApproved', ToolApprovedData);
+export const ToolDenied = envelope('ToolDenied', ToolDeniedData);
 export const ToolEvent = z.discriminatedUnion('type', [
   ToolRequested,
   ToolExecuting,
   ToolCompleted,
   ToolFailed,
+  ToolCancelRequested,
+  ToolApprovalRequested,
+  ToolApproved,
+  ToolDenied,
 ]);
 
 export type ToolRequested = z.infer<typeof ToolRequested>;
 export type ToolExecuting = z.infer<typeof ToolExecuting>;
 export type ToolCompleted = z.infer<typeof ToolCompleted>;
 export type ToolFailed = z.infer<typeof ToolFailed>;
+export type ToolCancelRequested = z.infer<typeof ToolCancelRequested>;
+export type ToolApprovalRequested = z.infer<typeof ToolApprovalRequested>;
+export type ToolApproved = z.infer<typeof ToolApproved>;
+export type ToolDenied = z.infer<typeof ToolDenied>;
 export type ToolEvent = z.infer<typeof ToolEvent>;
 
 /** An event's type and data without its envelope: what the life-cycle decider speaks. */

@@ -4,13 +4,18 @@ import {
   GENESIS_HASH,
   isTerminal,
   SCHEMA_VERSION,
+  ToolApprovalRequested,
+  ToolApproved,
+  ToolCancelRequested,
   ToolCompleted,
+  ToolDenied,
   ToolEvent,
   ToolExecuting,
   ToolFailed,
   ToolRequested,
   type ToolEventType,
 } from './events.ts';
+import { stepOf } from './chain.ts';
 import { eventIdFor, executionIdFor } from './ids.ts';
 
 const executionId = executionIdFor('alice', 'req-1');
@@ -25,15 +30,26 @@ const DATA: Record<ToolEventType, unknown> = {
   ToolExecuting: { attempt: 1, runner: 'dispatcher-1', timeoutMs: 5000 },
   ToolCompleted: { result: { echoed: 'hi' }, redacted: ['$.secret'], durationMs: 3.5, cached: false },
   ToolFailed: { error: { code: 'TOOL_ERROR', message: 'boom', details: { line: 3 } }, durationMs: null },
+  ToolCancelRequested: {
+    by: { userId: 'alice', admin: false },
+    reason: 'changed my mind',
+    requestedAt: '2025-01-02T03:04:05.000Z',
+  },
+  ToolApprovalRequested: {
+    argsHash: 'cd'.repeat(32),
+    approverRoles: ['finance'],
+    deadline: '2025-01-02T04:04:05.000Z',
+    requesterId: 'alice',
+    allowSelfApproval: false,
+  },
+  ToolApproved: { approverId: 'bob', approverRole: 'finance', argsHash: 'cd'.repeat(32) },
+  ToolDenied: { approverId: 'bob', approverRole: 'finance', argsHash: 'cd'.repeat(32), reason: 'too much' },
 };
 
 /** A valid envelope of `type`: ids from the id functions, a well-formed (not chained) hash pair. */
 function envelope(type: ToolEventType): Record<string, unknown> & { metadata: Record<string, unknown> } {
   return {
-    id: eventIdFor(
-      executionId,
-      type === 'ToolRequested' ? 'requested' : type === 'ToolExecuting' ? 'executing:1' : 'terminal',
-    ),
+    id: eventIdFor(executionId, stepOf({ type, data: DATA[type] } as Parameters<typeof stepOf>[0])),
     type,
     schemaVersion: SCHEMA_VERSION,
     data: structuredClone(DATA[type]),
@@ -50,14 +66,35 @@ function envelope(type: ToolEventType): Record<string, unknown> & { metadata: Re
   };
 }
 
-t.test('exactly the four event types, version 1', async (t) => {
-  t.strictSame([...EVENT_TYPES], ['ToolRequested', 'ToolExecuting', 'ToolCompleted', 'ToolFailed']);
+t.test('the four event types of the life cycle and the four that change its course, version 1', async (t) => {
+  t.strictSame(
+    [...EVENT_TYPES],
+    [
+      'ToolRequested',
+      'ToolExecuting',
+      'ToolCompleted',
+      'ToolFailed',
+      'ToolCancelRequested',
+      'ToolApprovalRequested',
+      'ToolApproved',
+      'ToolDenied',
+    ],
+  );
   t.equal(SCHEMA_VERSION, 1);
   t.equal(GENESIS_HASH, '0'.repeat(64));
 });
 
 t.test('ToolEvent parses a valid envelope of each type, unchanged', async (t) => {
-  const own = { ToolRequested, ToolExecuting, ToolCompleted, ToolFailed };
+  const own = {
+    ToolRequested,
+    ToolExecuting,
+    ToolCompleted,
+    ToolFailed,
+    ToolCancelRequested,
+    ToolApprovalRequested,
+    ToolApproved,
+    ToolDenied,
+  };
   for (const type of EVENT_TYPES) {
     const e = envelope(type);
     const parsed = ToolEvent.safeParse(e);
@@ -127,6 +164,17 @@ const REFUSED: Array<[ToolEventType, ...Mutation]> = [
   ['ToolCompleted', 'a non-finite result', (e) => (data(e)['result'] = Number.NaN)],
   ['ToolCompleted', 'a negative duration', (e) => (data(e)['durationMs'] = -1)],
   ['ToolCompleted', 'cached missing', (e) => delete data(e)['cached']],
+  ['ToolCancelRequested', 'no requester', (e) => delete data(e)['by']],
+  ['ToolCancelRequested', 'a requester without the admin flag', (e) => (data(e)['by'] = { userId: 'alice' })],
+  ['ToolCancelRequested', 'a requestedAt that is not ISO', (e) => (data(e)['requestedAt'] = 'now')],
+  ['ToolApprovalRequested', 'no approver role', (e) => (data(e)['approverRoles'] = [])],
+  ['ToolApprovalRequested', 'an argsHash that is not SHA-256 hex', (e) => (data(e)['argsHash'] = 'abc')],
+  ['ToolApprovalRequested', 'a deadline that is not ISO', (e) => (data(e)['deadline'] = 'tomorrow')],
+  ['ToolApprovalRequested', 'no self-approval flag', (e) => delete data(e)['allowSelfApproval']],
+  ['ToolApproved', 'no approver role', (e) => delete data(e)['approverRole']],
+  ['ToolApproved', 'a bad approver id', (e) => (data(e)['approverId'] = 'a b')],
+  ['ToolDenied', 'no reason', (e) => delete data(e)['reason']],
+  ['ToolDenied', 'no argsHash', (e) => delete data(e)['argsHash']],
   [
     'ToolFailed',
     'an unknown error code',

@@ -143,6 +143,16 @@ export const executionIdFor = (userId: string, requestId: string): string =>
   deterministicUuid('execution', assertUserId(userId), requestId);
 
 /** One event id per step of an execution; a terminal step has a single id, so at most one is ever stored. */
-export type ExecutionStep = 'requested' | `executing:${number}` | 'terminal';
+/**
+ * The steps of an execution that name its events' deterministic ids. Each happens at most once
+ * (a second cancel or a second approval decides no event), so a retried append is a no-op.
+ */
+export type ExecutionStep =
+  | 'requested'
+  | `executing:${number}`
+  | 'terminal'
+  | 'cancel-requested'
+  | 'approval-requested'
+  | 'approval-decided';
 export const eventIdFor = (executionId: string, step: ExecutionStep): string =>
   deterministicUuid('event', executionId, step);

@@ -4,7 +4,7 @@ export * from './errors.ts';
 export * from './events.ts';
 export * from './ids.ts';
 export * from './json.ts';
-export * from './lifecycle.ts';
+export * from './execution.ts';
 export * from './manifest.ts';
 export * from './notification.ts';
 export * from './request.ts';

@@ -2,10 +2,20 @@ import { z } from 'zod';
 import { ToolEvent, type ToolEventType } from './events.ts';
 import { UserId } from './ids.ts';
 
-/** `ToolExecuting` -> `tool_executing`: the names frontends switch on. */
-export const notificationName = (type: ToolEventType) =>
-  type.replace(/^Tool/, 'tool_').toLowerCase() as
-    'tool_requested' | 'tool_executing' | 'tool_completed' | 'tool_failed';
+/** `ToolExecuting` -> `tool_executing`: the names frontends switch on, one per event type. */
+export const NOTIFICATION_NAMES = {
+  ToolRequested: 'tool_requested',
+  ToolExecuting: 'tool_executing',
+  ToolCompleted: 'tool_completed',
+  ToolFailed: 'tool_failed',
+  ToolCancelRequested: 'tool_cancel_requested',
+  ToolApprovalRequested: 'tool_approval_requested',
+  ToolApproved: 'tool_approved',
+  ToolDenied: 'tool_denied',
+} as const satisfies Record<ToolEventType, string>;
+export type NotificationName = (typeof NOTIFICATION_NAMES)[ToolEventType];
+export const notificationName = (type: ToolEventType): NotificationName => NOTIFICATION_NAMES[type];
+const NAMES = Object.values(NOTIFICATION_NAMES) as [NotificationName, ...NotificationName[]];
 
 /** WebSocket close codes of the notifier (4000-4999 are the application's own). */
 export const CLOSE_CODES = {
@@ -31,7 +41,7 @@ export const CLOSE_CODES = {
 export const Notification = z.discriminatedUnion('kind', [
   z.strictObject({
     kind: z.literal('event'),
-    name: z.enum(['tool_requested', 'tool_executing', 'tool_completed', 'tool_failed']),
+    name: z.enum(NAMES),
     userId: UserId,
     /** The event's revision in its user stream: contiguous from 0, the resume point. */
     revision: z.number().int().nonnegative(),

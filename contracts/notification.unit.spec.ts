@@ -26,7 +26,16 @@ const [event] = chainEvents<ToolEvent>([
 t.test('notificationName maps each event type to its frontend name', async (t) => {
   t.strictSame(
     EVENT_TYPES.map((type) => notificationName(type)),
-    ['tool_requested', 'tool_executing', 'tool_completed', 'tool_failed'],
+    [
+      'tool_requested',
+      'tool_executing',
+      'tool_completed',
+      'tool_failed',
+      'tool_cancel_requested',
+      'tool_approval_requested',
+      'tool_approved',
+      'tool_denied',
+    ],
   );
   for (const type of EVENT_TYPES) {
     t.ok(

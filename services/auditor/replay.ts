@@ -111,6 +111,14 @@ function outcomeOf(e: ToolEvent): string {
       return `completed in ${formatMs(e.data.durationMs)} ms${e.data.cached ? ' (cached)' : ''}`;
     case 'ToolFailed':
       return `failed ${e.data.error.code}: ${oneLine(e.data.error.message).slice(0, 120)}`;
+    case 'ToolCancelRequested':
+      return `cancel requested by ${e.data.by.userId}${e.data.by.admin ? ' (admin)' : ''}: ${oneLine(e.data.reason).slice(0, 120)}`;
+    case 'ToolApprovalRequested':
+      return `awaiting approval by ${e.data.approverRoles.join('|')} until ${e.data.deadline}`;
+    case 'ToolApproved':
+      return `approved by ${e.data.approverId} (${e.data.approverRole})`;
+    case 'ToolDenied':
+      return `denied by ${e.data.approverId} (${e.data.approverRole}): ${oneLine(e.data.reason).slice(0, 120)}`;
     default: {
       const unknown: never = e;
       return String(unknown);

@@ -1,14 +1,12 @@
 import {
-  decide,
   eventHash,
+  eventProblem,
   GENESIS_HASH,
-  IllegalCommandError,
   initialState,
   evolve,
   isTerminal,
   isTerminalState,
   userStream,
-  type ExecutionCommand,
   type ExecutionState,
   type ToolEvent,
 } from '../../contracts/index.ts';
@@ -23,8 +21,10 @@ import type { Checkpoint } from './checkpoint.ts';
  *  - every event parses against its schema (lib/toolEvents `fromRecorded`) and names the stream's user;
  *  - `metadata.prevHash` is the hash of the event before (GENESIS_HASH for revision 0) and
  *    `metadata.hash` covers the event's canonical content (contracts/chain `eventHash`);
- *  - every execution follows its life cycle (contracts/lifecycle `decide`): a request first,
- *    attempts counted as the decider counts them, one terminal event, nothing after it;
+ *  - every execution follows its life cycle (contracts/execution `eventProblem`, the rules the
+ *    decider decides by): a request first, attempts counted as the decider counts them, no run
+ *    before an approval asked for, an approval for the hash asked, one terminal event, nothing
+ *    after it;
  *  - against a checkpoint: the event at the checkpoint's revision carries the checkpoint's hash,
  *    and the stream reaches that revision.
  * The first problem stops the walk and is reported exactly (revision, event id, what is wrong).
@@ -235,23 +235,9 @@ export class ChainVerifier {
       return `${event.type} for execution ${executionId} names request ${requestId}, but the execution was requested as ${open.requestId}`;
     }
 
-    let decided;
-    try {
-      decided = decide(commandOf(event), state);
-    } catch (e) {
-      if (e instanceof IllegalCommandError) {
-        return `${event.type} is not allowed while execution ${executionId} is ${state.status}`;
-      }
-      throw e;
-    }
-    const expected = decided[0];
-    if (
-      event.type === 'ToolExecuting' &&
-      expected?.type === 'ToolExecuting' &&
-      expected.data.attempt !== event.data.attempt
-    ) {
-      return `ToolExecuting of execution ${executionId} says attempt ${event.data.attempt}, but it is attempt ${expected.data.attempt}`;
-    }
+    const problem = eventProblem(state, event);
+    if (problem)
+      return `${event.type} is not allowed while execution ${executionId} is ${state.status}: ${problem}`;
 
     state = evolve(state, event);
     if (event.type === 'ToolRequested') this.started++;
@@ -263,23 +249,6 @@ export class ChainVerifier {
       this.open.set(executionId, { requestId, state });
     }
     return null;
-  }
-}
-
-function commandOf(event: ToolEvent): ExecutionCommand {
-  switch (event.type) {
-    case 'ToolRequested':
-      return { type: 'Request', data: event.data };
-    case 'ToolExecuting':
-      return { type: 'Start', data: { runner: event.data.runner, timeoutMs: event.data.timeoutMs } };
-    case 'ToolCompleted':
-      return { type: 'Complete', data: event.data };
-    case 'ToolFailed':
-      return { type: 'Fail', data: event.data };
-    default: {
-      const unknown: never = event;
-      throw new Error(`unknown event ${JSON.stringify(unknown)}`);
-    }
   }
 }
 

@@ -35,7 +35,10 @@ export function httpStatusOf(answer: TerminalAnswer): number {
     case 'UNAUTHENTICATED':
       return 401;
     case 'FORBIDDEN':
+    case 'DENIED':
       return 403;
+    case 'APPROVAL_EXPIRED':
+      return 410;
     case 'UNKNOWN_TOOL':
       return 404;
     case 'VALIDATION':

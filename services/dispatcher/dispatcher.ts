@@ -645,7 +645,7 @@ export class Dispatcher {
               type: 'Request',
               data: { tool: manifest.name, version: manifest.version, args: value, redacted },
             },
-            { type: 'Start', data: { runner: this.o.dispatcherId, timeoutMs: manifest.timeoutMs } },
+            { type: 'StartAttempt', data: { runner: this.o.dispatcherId, timeoutMs: manifest.timeoutMs } },
             {
               type: 'Complete',
               data: {
@@ -678,7 +678,7 @@ export class Dispatcher {
               type: 'Request',
               data: { tool: manifest.name, version: manifest.version, args: value, redacted },
             },
-            { type: 'Start', data: { runner: this.o.dispatcherId, timeoutMs: manifest.timeoutMs } },
+            { type: 'StartAttempt', data: { runner: this.o.dispatcherId, timeoutMs: manifest.timeoutMs } },
           ]
         : [],
     );
@@ -758,7 +758,20 @@ export class Dispatcher {
         if (tool && sameRequest && (tool.manifest.idempotent || state.status === 'requested')) {
           const { appended } = await this.o.streams.step(execution, (s) =>
             (s.status === 'executing' && s.attempt === attempt) || (s.status === 'requested' && attempt === 0)
-              ? [{ type: 'Start', data: { runner: this.o.dispatcherId, timeoutMs: tool.manifest.timeoutMs } }]
+              ? [
+                  {
+                    // Nobody runs it (checked above), and it is idempotent or never started.
+                    type: 'Recover',
+                    data: {
+                      liveness: 'dead',
+                      idempotent: tool.manifest.idempotent,
+                      maxAttempts: Number.MAX_SAFE_INTEGER,
+                      runner: this.o.dispatcherId,
+                      timeoutMs: tool.manifest.timeoutMs,
+                      now: new Date().toISOString(),
+                    },
+                  },
+                ]
               : [],
           );
           if (appended.length === 0) return this.existing(h, execution, tool);
@@ -804,6 +817,12 @@ export class Dispatcher {
         );
         return this.answered(h, answerFromTerminal(appended.at(-1)!), true);
       }
+      case 'awaiting_approval':
+      case 'approved':
+        // This dispatcher asks for no approval; one that does will handle these (issue 18).
+        throw new Error(
+          `execution ${h.ref.executionId} is ${state.status}: approvals are not handled here yet`,
+        );
       default: {
         const unknown: never = state;
         throw new Error(`unknown state ${JSON.stringify(unknown)}`);

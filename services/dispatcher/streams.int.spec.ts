@@ -12,7 +12,22 @@ const request = (tool: string): ExecutionCommand => ({
   type: 'Request',
   data: { tool, version: '1.0.0', args: {}, redacted: [] },
 });
-const start = (runner: string): ExecutionCommand => ({ type: 'Start', data: { runner, timeoutMs: 1000 } });
+const start = (runner: string): ExecutionCommand => ({
+  type: 'StartAttempt',
+  data: { runner, timeoutMs: 1000 },
+});
+/** A re-run: the runner of the running attempt is dead and the tool idempotent. */
+const rerunOn = (runner: string): ExecutionCommand => ({
+  type: 'Recover',
+  data: {
+    liveness: 'dead',
+    idempotent: true,
+    maxAttempts: 10,
+    runner,
+    timeoutMs: 1000,
+    now: new Date().toISOString(),
+  },
+});
 const complete = (n: number): ExecutionCommand => ({
   type: 'Complete',
   data: { result: { n }, redacted: [], durationMs: 1, cached: false },
@@ -128,7 +143,7 @@ t.test('a writer that read an execution before another ended it appends nothing 
   await a.step(running, (s) => (s.status === 'executing' ? [complete(1)] : []));
   await b.step(newExecution(ref('xan', 'unrelated')), () => [request('noop'), start('b')]);
 
-  const rerun: Plan = (s) => (s.status === 'executing' && s.attempt === 1 ? [start('b')] : []);
+  const rerun: Plan = (s) => (s.status === 'executing' && s.attempt === 1 ? [rerunOn('b')] : []);
   const result = await b.step(seen, rerun);
   t.strictSame(result.appended, [], 'no second attempt');
   t.equal(seen.state.status, 'completed', 'b now knows the execution ended');
@@ -146,7 +161,9 @@ t.test('the same, when the writer reads the stream tail only after the execution
   const seen = await b.load(r);
   await a.step(running, (s) => (s.status === 'executing' ? [complete(1)] : []));
 
-  const result = await b.step(seen, (s) => (s.status === 'executing' && s.attempt === 1 ? [start('b')] : []));
+  const result = await b.step(seen, (s) =>
+    s.status === 'executing' && s.attempt === 1 ? [rerunOn('b')] : [],
+  );
   t.strictSame(result.appended, [], 'no second attempt');
   t.equal(seen.state.status, 'completed');
   t.equal((await readUserEvents(store, 'yul')).length, 3);

@@ -31,7 +31,14 @@ export class ApiError extends Error {
   }
 }
 
-const ExecutionStatus = z.enum(['requested', 'executing', 'completed', 'failed']);
+const ExecutionStatus = z.enum([
+  'requested',
+  'awaiting_approval',
+  'approved',
+  'executing',
+  'completed',
+  'failed',
+]);
 const Timestamp = z.iso.datetime({ offset: true, message: 'must be an ISO 8601 date-time with a time zone' });
 const ToolFilter = z.string().min(1).max(64);
 
@@ -97,6 +104,7 @@ export function executionView(r: ExecutionRow) {
     cached: r.cached,
     events: r.eventCount,
     lastRevision: r.lastRevision,
+    cancelRequestedAt: r.cancelRequestedAt,
   };
 }
 

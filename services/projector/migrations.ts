@@ -101,4 +101,16 @@ export const projectorMigrations: Migration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    name: 'approval statuses and cancel requests of executions',
+    sql: `
+      alter table ${LIVE_SCHEMA}.executions drop constraint if exists executions_status_check;
+      alter table ${LIVE_SCHEMA}.executions add constraint executions_status_check check (
+        status in ('requested', 'awaiting_approval', 'approved', 'executing', 'completed', 'failed')
+      );
+      -- When a cancel was asked for (ToolCancelRequested); null when nobody asked.
+      alter table ${LIVE_SCHEMA}.executions add column cancel_requested_at timestamptz;
+    `,
+  },
 ];

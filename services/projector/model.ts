@@ -3,6 +3,7 @@ import {
   EVENT_TYPES,
   UNKNOWN_TOOL_LABEL,
   userStream,
+  type ExecutionStatus as DeciderStatus,
   type ToolEvent,
 } from '../../contracts/index.ts';
 import {
@@ -20,7 +21,8 @@ import { bucketOf, emptyHistogram, mergeHistograms } from './histogram.ts';
  * the batch here and writes the rows back, so the tables are by construction what a replay gives.
  */
 
-export type ExecutionStatus = 'requested' | 'executing' | 'completed' | 'failed';
+/** The decider's statuses (contracts/execution.ts) but `none`: a row exists once something was recorded. */
+export type ExecutionStatus = Exclude<DeciderStatus, 'none'>;
 
 /** Timestamps are ISO strings (UTC, milliseconds), so rows compare and serialize exactly. */
 export interface ExecutionRow {
@@ -45,6 +47,8 @@ export interface ExecutionRow {
   /** Events applied to this row; equals the execution's events in the store (a double apply shows). */
   eventCount: number;
   lastRevision: number;
+  /** When a cancel was asked for (ToolCancelRequested's requestedAt); null when nobody asked. */
+  cancelRequestedAt: string | null;
 }
 
 /** Outcome classes shared by user activity and tool metrics. */
@@ -179,6 +183,7 @@ export function applyEvent(state: ExecutionState, event: ToolEvent, revision: nu
     cached: null,
     eventCount: 0,
     lastRevision: revision,
+    cancelRequestedAt: null,
   };
   let outcome: Outcome | null = null;
   switch (event.type) {
@@ -200,13 +205,26 @@ export function applyEvent(state: ExecutionState, event: ToolEvent, revision: nu
       outcome = 'completed';
       break;
     case 'ToolFailed':
-      outcome = row.status === 'requested' ? 'refused' : 'failed';
+      // Refused: ended before any attempt ran (admission, denial, expiry, a cancel before the start).
+      outcome = row.status === 'executing' ? 'failed' : 'refused';
       row.status = 'failed';
       row.finishedAt = at;
       row.durationMs = event.data.durationMs;
       row.errorCode = event.data.error.code;
       row.errorMessage = storable(event.data.error.message);
       row.cached = false;
+      break;
+    case 'ToolApprovalRequested':
+      row.status = 'awaiting_approval';
+      break;
+    case 'ToolApproved':
+      row.status = 'approved';
+      break;
+    case 'ToolDenied':
+      // Still not running; the ToolFailed DENIED decided with it ends the row.
+      break;
+    case 'ToolCancelRequested':
+      row.cancelRequestedAt = isoOf(event.data.requestedAt);
       break;
     default: {
       const unknown: never = event;

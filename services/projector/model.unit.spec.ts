@@ -5,6 +5,7 @@ import {
   eventIdFor,
   executionIdFor,
   GENESIS_HASH,
+  stepOf,
   UNKNOWN_TOOL_LABEL,
   type ToolEvent,
   type ToolEventBody,
@@ -33,13 +34,8 @@ function execution(
   let executing = 0;
   let causationId: string | null = null;
   const unhashed = steps.map((b, i) => {
-    const step =
-      b.type === 'ToolRequested'
-        ? 'requested'
-        : b.type === 'ToolExecuting'
-          ? `executing:${++executing}`
-          : 'terminal';
-    const id = eventIdFor(executionId, step as 'requested');
+    if (b.type === 'ToolExecuting') executing++;
+    const id = eventIdFor(executionId, b.type === 'ToolExecuting' ? `executing:${executing}` : stepOf(b));
     const e = {
       id,
       type: b.type,
@@ -77,6 +73,27 @@ const failed = (code: 'TIMEOUT' | 'FORBIDDEN' | 'TOOL_ERROR', durationMs: number
   type: 'ToolFailed',
   data: { error: { code, message: `${code} happened` }, durationMs },
 });
+
+const HASH = 'ab'.repeat(32);
+const approvalRequested: ToolEventBody = {
+  type: 'ToolApprovalRequested',
+  data: {
+    argsHash: HASH,
+    approverRoles: ['finance'],
+    deadline: '2025-01-01T13:00:00.000Z',
+    requesterId: 'alice',
+    allowSelfApproval: false,
+  },
+};
+const decided = (type: 'ToolApproved' | 'ToolDenied'): ToolEventBody =>
+  ({
+    type,
+    data: { approverId: 'bob', approverRole: 'finance', argsHash: HASH, reason: 'checked' },
+  });
+const cancelRequested: ToolEventBody = {
+  type: 'ToolCancelRequested',
+  data: { by: { userId: 'alice', admin: false }, reason: 'oops', requestedAt: '2025-01-01T12:00:05.000Z' },
+};
 
 /** Stored events as a store hands them back, with positions in order. */
 function recorded(events: ToolEvent[], start = 1): RecordedEvent[] {
@@ -383,4 +400,26 @@ t.test('metricsToolOf: names the registry did not know count as (unknown)', asyn
     UNKNOWN_TOOL_LABEL,
     'recorded with the asked version by an older dispatcher',
   );
+});
+
+t.test('approvals and cancels: the execution row shows the wait and the cancel asked for', async (t) => {
+  const events = [
+    ...execution('alice', 'waiting', [requested('pay'), approvalRequested]),
+    ...execution('alice', 'approved', [requested('pay'), approvalRequested, decided('ToolApproved')]),
+    ...execution('alice', 'denied', [
+      requested('pay'),
+      approvalRequested,
+      decided('ToolDenied'),
+      { type: 'ToolFailed', data: { error: { code: 'DENIED', message: 'denied' }, durationMs: null } },
+    ]),
+    ...execution('alice', 'cancelling', [requested('pay'), executing(1), cancelRequested]),
+  ];
+  const model = replayReadModels(recorded(events));
+  const byRequest = (id: string) => [...model.executions.values()].find((r) => r.requestId === id)!;
+  t.match(byRequest('waiting'), { status: 'awaiting_approval', attempts: 0, cancelRequestedAt: null });
+  t.match(byRequest('approved'), { status: 'approved', eventCount: 3 });
+  t.match(byRequest('denied'), { status: 'failed', errorCode: 'DENIED', eventCount: 4 });
+  t.match(byRequest('cancelling'), { status: 'executing', cancelRequestedAt: '2025-01-01T12:00:05.000Z' });
+  // A denied call never ran: it counts as refused, not as a failure of the tool.
+  t.match(model.users.get('alice'), { executions: 4, refused: 1, failed: 0 });
 });

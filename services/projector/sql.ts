@@ -66,6 +66,7 @@ const EXECUTIONS: TableSpec<ExecutionRow> = {
     col('cached', 'cached', 'boolean', 'bool'),
     col('event_count', 'eventCount', 'int', 'int'),
     col('last_revision', 'lastRevision', 'bigint', 'int'),
+    col('cancel_requested_at', 'cancelRequestedAt', 'timestamptz', 'ts'),
   ],
 };
 

@@ -114,6 +114,17 @@ function apply(n) {
       x.progress = null;
       if (e.data.durationMs !== null) latencies.push({ ms: e.data.durationMs, status: 'failed' });
       break;
+    // The facts that change an execution's course (contracts/execution.ts): shown as a status
+    // until the execution runs or ends; a cancel asked for shows only through its end.
+    case 'ToolApprovalRequested':
+      x.status = 'awaiting_approval';
+      break;
+    case 'ToolApproved':
+      x.status = 'approved';
+      break;
+    case 'ToolDenied':
+    case 'ToolCancelRequested':
+      break;
     default:
   }
   if (latencies.length > CHART_BARS) latencies = latencies.slice(-CHART_BARS);
