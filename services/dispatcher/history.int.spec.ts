@@ -2,7 +2,7 @@ import pg from 'pg';
 import t from 'tap';
 import { executionIdFor, REQUEST_HEADERS, subjects, userStream } from '../../contracts/index.ts';
 import { headers as natsHeaders } from '@nats-io/transport-node';
-import type { EventStore, RecordedEvent } from '../../lib/eventstore/types.ts';
+import type { EventStore, ReadStreamOptions, RecordedEvent } from '../../lib/eventstore/types.ts';
 import { seedHistory } from '../../bench/lib/seed.ts';
 import { harness } from './test/harness.ts';
 
@@ -18,15 +18,14 @@ const HISTORY = 20_000;
 /** The store, counting the events of `stream` that reads hand out (stream reads and reads by key). */
 function countingStore(store: EventStore, stream: string): { store: EventStore; read: () => number } {
   let read = 0;
-  const counted = (f: (s: string, ...rest: never[]) => AsyncIterable<RecordedEvent>) =>
-    async function* (s: string, ...rest: never[]): AsyncGenerator<RecordedEvent> {
-      for await (const e of f.call(store, s, ...rest)) {
-        if (s === stream) read++;
-        yield e;
-      }
-    };
-  const readStream = counted(store.readStream as never);
-  const readByKey = counted(store.readByKey as never);
+  async function* count(s: string, events: AsyncIterable<RecordedEvent>): AsyncGenerator<RecordedEvent> {
+    for await (const e of events) {
+      if (s === stream) read++;
+      yield e;
+    }
+  }
+  const readStream = (s: string, options?: ReadStreamOptions) => count(s, store.readStream(s, options));
+  const readByKey = (s: string, key: string) => count(s, store.readByKey(s, key));
   const proxy = new Proxy(store, {
     get(target, prop) {
       if (prop === 'readStream') return readStream;
