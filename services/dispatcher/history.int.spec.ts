@@ -43,7 +43,6 @@ t.test(
     const h = await harness(t);
     const userId = 'long-history';
     const pool = new pg.Pool({ connectionString: h.databaseUrl, max: 2 });
-    t.teardown(() => pool.end());
     // Executions `seed-0`, `seed-1`, ... of noop, three events each, straight into the tables.
     await seedHistory(pool, { users: [userId], events: HISTORY, requestPrefix: 'seed' });
     const { rows } = await pool.query<{ n: number }>(
@@ -51,6 +50,8 @@ t.test(
       [userStream(userId)],
     );
     t.ok(rows[0]!.n >= HISTORY, `the user's stream holds ${rows[0]!.n} events`);
+    // Closed now: the harness drops the database at teardown, before later teardowns would run.
+    await pool.end();
 
     const counting = countingStore(h.store, userStream(userId));
     const d = await h.start({}, { store: counting.store });
