@@ -12,7 +12,7 @@ import type { DispatchSetup } from './suites/dispatch.ts';
  * smoke check). Runs every benchmark against test-owned NATS and Redis and fresh databases, writes
  * bench/results/latest(-quick).md and .json plus a timestamped copy, prints one summary line, and
  * exits non-zero when a benchmark did not run or did not produce all of its figures.
- * `--only=a,b` runs some of them (ids: latency, throughput, lag, rebuild, notify, audit, cpu, diagnostics);
+ * `--only=a,b` runs some of them (ids: latency, throughput, lag, rebuild, notify, audit, cpu, diagnostics, lookup);
  * `--own-postgres` runs them on a PostgreSQL server of the run's own instead of the shared one.
  */
 const args = process.argv.slice(2);
@@ -33,6 +33,7 @@ const BENCHMARKS = new Map([
   ['audit', 'audit'],
   ['cpu', 'cpu'],
   ['diagnostics', 'diagnostics'],
+  ['lookup', 'lookup'],
 ]);
 const ctx = new BenchContext(mode, quick ? QUICK : FULL, ownPostgres);
 const wanted = (id: string) => !only || only.includes(id);
@@ -169,6 +170,10 @@ async function main(): Promise<number> {
     if (wanted('audit'))
       await step('audit', '5. Audit replay and verification', async () =>
         (await import('./suites/audit.ts')).auditReplay(ctx),
+      );
+    if (wanted('lookup'))
+      await step('lookup', '8. Lookup cost against history length', async () =>
+        (await import('./suites/lookup.ts')).lookupCost(ctx),
       );
   } catch (e) {
     results.push(failed('setup', 'Set-up', e, started));

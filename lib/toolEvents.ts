@@ -3,7 +3,7 @@ import { InvalidEventError, type EventData, type Json, type RecordedEvent } from
 
 /**
  * How a `ToolEvent` envelope sits in the event store: type and data as they are, the envelope's
- * schema version inside the stored metadata. Parsing on the way in means an event whose data fails
+ * schema version inside the stored metadata, the execution id as the event's key. Parsing on the way in means an event whose data fails
  * its schema is refused before anything is written.
  */
 export function toEventData(event: ToolEvent): EventData {
@@ -19,6 +19,8 @@ export function toEventData(event: ToolEvent): EventData {
     type: e.type,
     data: e.data as Json,
     metadata: { schemaVersion: e.schemaVersion, ...e.metadata },
+    // The store indexes an event by its execution: `readByKey` finds one execution in O(its events).
+    key: e.metadata.executionId,
   };
 }
 

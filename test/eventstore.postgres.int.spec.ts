@@ -1,8 +1,10 @@
 import pg from 'pg';
 import t from 'tap';
 import { randomUUID } from 'node:crypto';
+import { migrate } from '../lib/db.ts';
 import { createPostgresEventStore } from '../lib/eventstore/postgres.ts';
-import { eventStoreConformance } from './conformance/eventstore.ts';
+import { eventStoreMigrations } from '../lib/eventstore/postgres.migrations.ts';
+import { collect, eventStoreConformance } from './conformance/eventstore.ts';
 import { createTestDatabase } from './support/postgres.ts';
 
 // One fresh database; each store the suite asks for is a new instance (its own pool) on it.
@@ -89,3 +91,97 @@ t.test(
     t.comment(`${(got!.at - released).toFixed(0)} ms after the release`);
   },
 );
+
+t.test('a database from before keys: its rows are found by the executionId of their metadata', async (t) => {
+  const old = await createTestDatabase(t);
+  const pool = new pg.Pool({ connectionString: old.url, max: 1 });
+  t.teardown(() => pool.end());
+  await migrate(
+    pool,
+    'eventstore',
+    eventStoreMigrations.filter((m) => m.version <= 2),
+  );
+  // Appended as a store of version 2 did: the six-argument function, no key.
+  const before = [
+    { executionId: 'exec-1' },
+    { executionId: 'exec-2' },
+    'metadata that is not an object',
+    { executionId: 'not a key' },
+    { executionId: 'exec-1' },
+  ].map((metadata) => ({ id: randomUUID(), metadata }));
+  await pool.query('select * from toolbus_append($1, $2, $3, $4, $5, $6)', [
+    'user-old',
+    'no_stream',
+    before.map((e) => e.id),
+    before.map(() => 'Old'),
+    before.map(() => '{}'),
+    before.map((e) => JSON.stringify(e.metadata)),
+  ]);
+
+  const store = await createPostgresEventStore({ connectionString: old.url });
+  t.teardown(() => store.close());
+  const idsOf = async (key: string) => (await collect(store.readByKey('user-old', key))).map((e) => e.id);
+  t.strictSame(await idsOf('exec-1'), [before[0]!.id, before[4]!.id], 'old rows of execution 1, in order');
+  t.strictSame(await idsOf('exec-2'), [before[1]!.id], 'the old row of execution 2');
+  const { rows } = await pool.query<{ n: number }>(
+    `select count(*)::int as n from toolbus_events where event_key is null`,
+  );
+  t.equal(rows[0]!.n, 2, 'rows without a usable executionId (not an object, not a key) keep no key');
+
+  const added = randomUUID();
+  await store.append('user-old', [{ id: added, type: 'New', data: {}, metadata: {}, key: 'exec-1' }], 4);
+  t.strictSame(
+    await idsOf('exec-1'),
+    [before[0]!.id, before[4]!.id, added],
+    'a new event joins the old ones under the same key',
+  );
+});
+
+t.test('readByKey reads the index, not the stream', async (t) => {
+  const store = await createPostgresEventStore({ connectionString: db.url });
+  const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+  t.teardown(async () => {
+    await store.close();
+    await pool.end();
+  });
+  // A stream of 2,000 events, one of which has the key looked for.
+  const stream = `long-${randomUUID().slice(0, 8)}`;
+  const key = randomUUID();
+  const batch = (n: number, keyOf: (i: number) => string | undefined) =>
+    Array.from({ length: n }, (_, i) => ({
+      id: randomUUID(),
+      type: 'Filler',
+      data: {},
+      metadata: {},
+      ...(keyOf(i) !== undefined && { key: keyOf(i)! }),
+    }));
+  await store.append(
+    stream,
+    batch(1_000, () => randomUUID()),
+    'no_stream',
+  );
+  await store.append(
+    stream,
+    batch(1, () => key),
+    999,
+  );
+  await store.append(
+    stream,
+    batch(999, () => undefined),
+    1000,
+  );
+  await pool.query('analyze toolbus_events');
+  const { rows } = await pool.query<{ 'QUERY PLAN': Array<{ Plan: Record<string, unknown> }> }>(
+    `explain (analyze, format json) select * from toolbus_events
+      where stream_id = $1 and event_key = $2 and revision >= 0 order by revision limit 500`,
+    [stream, key],
+  );
+  const plan = JSON.stringify(rows[0]!['QUERY PLAN']);
+  t.match(plan, /toolbus_events_stream_key/, 'the plan uses the (stream, key) index');
+  t.notMatch(plan, /"Seq Scan"/, 'no sequential scan');
+  t.strictSame(
+    (await collect(store.readByKey(stream, key))).map((e) => e.revision),
+    [1000],
+    'the one event with the key',
+  );
+});

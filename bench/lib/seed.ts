@@ -28,9 +28,9 @@ export async function seedHistory(
     if (batch.length === 0) return;
     const rows = batch.map((b) => ({ ...b, data: toEventData(b.event) }));
     await pool.query(
-      `insert into toolbus_events (stream_id, revision, event_id, event_type, data, metadata)
-       select x.s, x.r, x.id, x.t, x.d::json, x.m::json
-         from unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[]) with ordinality as x(s, r, id, t, d, m, o)
+      `insert into toolbus_events (stream_id, revision, event_id, event_type, data, metadata, event_key)
+       select x.s, x.r, x.id, x.t, x.d::json, x.m::json, x.k
+         from unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[]) with ordinality as x(s, r, id, t, d, m, k, o)
         order by x.o`,
       [
         rows.map((r) => r.stream),
@@ -39,6 +39,7 @@ export async function seedHistory(
         rows.map((r) => r.data.type),
         rows.map((r) => JSON.stringify(r.data.data)),
         rows.map((r) => JSON.stringify(r.data.metadata)),
+        rows.map((r) => r.data.key ?? null),
       ],
     );
     written += batch.length;

@@ -33,7 +33,9 @@ import {
   EventStoreError,
   WrongExpectedRevisionError,
   assertAppendable,
+  assertKey,
   assertStreamName,
+  InvalidEventError,
   comparePositions,
   type AppendResult,
   type EventData,
@@ -55,6 +57,13 @@ const PING_TIMEOUT_MS = 5_000;
 const NO_POSITION = 0xffff_ffff_ffff_ffffn;
 /** Every stream but KurrentDB's own (`$`-prefixed) ones, filtered on the server. */
 const USER_STREAMS: Filter = streamNameFilter({ regex: '^[^$]' });
+/**
+ * Where an event's key goes: the metadata field that KurrentDB's `$by_correlation_id` system
+ * projection reads, and the streams it links into. Reserved: metadata of an event may not carry
+ * this field itself, and it is taken out again when an event is read.
+ */
+const KEY_FIELD = '$correlationId';
+const KEY_STREAM_PREFIX = '$bc-';
 
 /** The fields this adapter reads from the client's recorded events (stream and $all reads alike). */
 interface ClientRecord {
@@ -88,7 +97,12 @@ export function createKurrentEventStore(url: string, settings: KurrentEventStore
   /** Reads one stream; a stream that does not exist reads as empty. */
   async function* readStreamEvents(
     stream: string,
-    options: { direction: typeof FORWARDS | typeof BACKWARDS; fromRevision: ReadRevision; maxCount?: number },
+    options: {
+      direction: typeof FORWARDS | typeof BACKWARDS;
+      fromRevision: ReadRevision;
+      maxCount?: number;
+      resolveLinkTos?: boolean;
+    },
   ): AsyncGenerator<RecordedEvent> {
     try {
       for await (const resolved of client.readStream(stream, options) as AsyncIterable<ClientResolved>) {
@@ -171,6 +185,7 @@ export function createKurrentEventStore(url: string, settings: KurrentEventStore
 
     async append(stream: string, events: EventData[], expected: ExpectedRevision): Promise<AppendResult> {
       assertAppendable(stream, events, expected);
+      assertKeyable(events);
       const ids = events.map((e) => e.id.toLowerCase());
       const earlier = await findEarlierAppend(stream, ids, expected);
       if (earlier !== null) return { nextRevision: earlier, position: null, written: false };
@@ -219,6 +234,31 @@ export function createKurrentEventStore(url: string, settings: KurrentEventStore
         fromRevision: from === 'start' ? START : from === 'end' ? END : BigInt(from),
         ...(options.maxCount !== undefined && { maxCount: options.maxCount }),
       });
+    },
+
+    /**
+     * The by-correlation-id system projection (`$by_correlation_id`, which must run) links every
+     * event whose metadata has `$correlationId` into `$bc-<that value>`; the adapter writes the
+     * key there. That stream holds the key's events of every stream, in global order (which is
+     * revision order within one stream): the links are resolved and only `stream`'s are kept.
+     * The projection runs after the commit: a read right after an append may miss its events.
+     */
+    async *readByKey(stream: string, key: string): AsyncGenerator<RecordedEvent> {
+      assertStreamName(stream);
+      assertKey(key);
+      const seen = new Set<string>();
+      const found: RecordedEvent[] = [];
+      for await (const e of readStreamEvents(`${KEY_STREAM_PREFIX}${key}`, {
+        direction: FORWARDS,
+        fromRevision: START,
+        resolveLinkTos: true,
+      })) {
+        // A link whose event was deleted resolves to nothing; a projection reset may link twice.
+        if (e.streamId !== stream || e.type.startsWith('$') || seen.has(e.id)) continue;
+        seen.add(e.id);
+        found.push(e);
+      }
+      yield* found.sort((a, b) => a.revision - b.revision);
     },
 
     async *readAll(options: ReadAllOptions = {}): AsyncGenerator<RecordedEvent> {
@@ -449,12 +489,19 @@ function toRecorded(e: ClientRecord): RecordedEvent {
     id: e.id.toLowerCase(),
     type: e.type,
     data: decodeJson(e.data),
-    metadata: decodeJson(e.metadata),
+    metadata: withoutKey(decodeJson(e.metadata)),
     streamId: e.streamId,
     revision: Number(e.revision),
     position: { commit: BigInt(p.commit), prepare: BigInt(p.prepare) },
     created: e.created,
   };
+}
+
+/** The metadata as the writer gave it: the key the adapter added is taken out. */
+function withoutKey(metadata: Json): Json {
+  if (!isObject(metadata) || !(KEY_FIELD in metadata)) return metadata;
+  const { [KEY_FIELD]: _key, ...rest } = metadata;
+  return rest;
 }
 
 /** KurrentDB's own events (`$` streams, `$` types such as links) are not part of the record. */
@@ -483,7 +530,24 @@ function decodeJson(value: unknown): Json {
 
 const encoder = new TextEncoder();
 
+const isObject = (m: Json): m is { [key: string]: Json } =>
+  typeof m === 'object' && m !== null && !Array.isArray(m);
+
+/** The key rides in the metadata (see KEY_FIELD), which must then be an object. */
+function assertKeyable(events: EventData[]): void {
+  for (const e of events) {
+    if (isObject(e.metadata) && KEY_FIELD in e.metadata) {
+      throw new InvalidEventError(`event ${e.id}: metadata field ${KEY_FIELD} is reserved by the store`);
+    }
+    if (e.key !== undefined && !isObject(e.metadata)) {
+      throw new InvalidEventError(`event ${e.id}: an event with a key needs object metadata on KurrentDB`);
+    }
+  }
+}
+
 function toKurrentEvent(e: EventData): KurrentEventData {
+  const metadata =
+    e.key !== undefined && isObject(e.metadata) ? { ...e.metadata, [KEY_FIELD]: e.key } : e.metadata;
   return jsonEvent({
     id: e.id,
     type: e.type,
@@ -491,7 +555,7 @@ function toKurrentEvent(e: EventData): KurrentEventData {
     data: e.data as JSONType,
     // As bytes, because the client drops metadata that is falsy (null, false, 0, ''): ours is kept
     // exactly as given.
-    metadata: encoder.encode(JSON.stringify(e.metadata)),
+    metadata: encoder.encode(JSON.stringify(metadata)),
   });
 }
 

@@ -6,13 +6,13 @@ import type { Migration } from '../db.ts';
  * WAL flush included), so every append waited for the one before it to reach the disk. Version 2
  * leaves the notification to the adapter, after the commit.
  */
-const appendFunction = (notify: boolean) => `
+const appendFunction = (notify: boolean, keyed: boolean) => `
       -- One round trip per append. The per-stream advisory lock is taken before anything is
       -- written, so a stream's transaction ids (and so its global order) follow its revisions.
       -- That only holds if the transaction gets its id here, after the lock: a transaction that
       -- has written before (and so has an id already) is refused.
       create or replace function toolbus_append(
-        p_stream text, p_expected text, p_ids uuid[], p_types text[], p_data text[], p_metadata text[])
+        p_stream text, p_expected text, p_ids uuid[], p_types text[], p_data text[], p_metadata text[]${keyed ? ', p_keys text[]' : ''})
       returns table (next_revision bigint, commit_position text, prepare_position bigint, written boolean)
       language plpgsql as $fn$
       declare
@@ -60,9 +60,10 @@ const appendFunction = (notify: boolean) => `
         end if;
 
         with inserted as (
-          insert into toolbus_events (stream_id, revision, event_id, event_type, data, metadata)
-          select p_stream, cur + x.ord, x.id, x.type, x.data::json, x.metadata::json
-            from unnest(p_ids, p_types, p_data, p_metadata) with ordinality as x(id, type, data, metadata, ord)
+          insert into toolbus_events (stream_id, revision, event_id, event_type, data, metadata${keyed ? ', event_key' : ''})
+          select p_stream, cur + x.ord, x.id, x.type, x.data::json, x.metadata::json${keyed ? ', x.key' : ''}
+            from unnest(p_ids, p_types, p_data, p_metadata${keyed ? ', p_keys' : ''})
+                 with ordinality as x(id, type, data, metadata${keyed ? ', key' : ''}, ord)
            order by x.ord
           returning seq)
         select max(seq) into last_seq from inserted;
@@ -105,12 +106,31 @@ export const eventStoreMigrations: Migration[] = [
         revision bigint not null
       );
 
-      ${appendFunction(true)}
+      ${appendFunction(true, false)}
     `,
   },
   {
     version: 2,
     name: 'append without pg_notify (the adapter notifies after the commit)',
-    sql: appendFunction(false),
+    sql: appendFunction(false, false),
+  },
+  {
+    // The key (the execution id, for Toolbus) is a column written by the append's own INSERT, so
+    // the index is never behind the events. Rows written before take the only key Toolbus ever
+    // meant, the metadata's executionId (when it fits a key); rows of other writers keep none.
+    // The old six-argument function is dropped: an instance that still calls it would write rows
+    // without a key, invisible to readByKey, so it fails instead (stop old instances first).
+    version: 3,
+    name: 'event keys: a column written by the append, an index on (stream, key), old rows backfilled',
+    sql: `
+      alter table toolbus_events add column event_key text;
+      update toolbus_events set event_key = metadata->>'executionId'
+       where json_typeof(metadata) = 'object'
+         and metadata->>'executionId' ~ '^[^[:space:][:cntrl:]]{1,128}$';
+      create index toolbus_events_stream_key on toolbus_events (stream_id, event_key, revision)
+       where event_key is not null;
+      drop function toolbus_append(text, text, uuid[], text[], text[], text[]);
+      ${appendFunction(false, true)}
+    `,
   },
 ];

@@ -3,6 +3,7 @@ import { createPool, migrate } from '../db.ts';
 import { eventStoreMigrations } from './postgres.migrations.ts';
 import {
   assertAppendable,
+  assertKey,
   assertStreamName,
   EventStoreError,
   WrongExpectedRevisionError,
@@ -151,13 +152,14 @@ class PostgresEventStore implements EventStore {
         commit_position: string | null;
         prepare_position: number | null;
         written: boolean;
-      }>('select * from toolbus_append($1, $2, $3, $4, $5, $6)', [
+      }>('select * from toolbus_append($1, $2, $3, $4, $5, $6, $7)', [
         stream,
         String(expected),
         events.map((e) => e.id),
         events.map((e) => e.type),
         events.map((e) => JSON.stringify(e.data)),
         events.map((e) => JSON.stringify(e.metadata)),
+        events.map((e) => e.key ?? null),
       ]);
       const row = rows[0]!;
       if (row.written) this.announce();
@@ -198,6 +200,27 @@ class PostgresEventStore implements EventStore {
       this.batchSize,
       (at, limit) => this.pool.query<Row>(sql, [stream, at, limit]).then((r) => r.rows),
       (last) => last.revision + (forwards ? 1 : -1),
+    );
+  }
+
+  /** Through the partial index on (stream_id, event_key, revision), page by page. */
+  async *readByKey(stream: string, key: string): AsyncIterable<RecordedEvent> {
+    assertStreamName(stream);
+    assertKey(key);
+    yield* paged(
+      0,
+      Infinity,
+      this.batchSize,
+      (from, limit) =>
+        this.pool
+          .query<Row>(
+            `select ${COLUMNS} from toolbus_events
+              where stream_id = $1 and event_key = $2 and revision >= $3
+              order by revision limit $4`,
+            [stream, key, from, limit],
+          )
+          .then((r) => r.rows),
+      (last) => last.revision + 1,
     );
   }
 

@@ -16,6 +16,12 @@ export interface EventData {
   type: string;
   data: Json;
   metadata: Json;
+  /**
+   * Optional secondary key (1 to 128 characters, no whitespace or control characters) under which
+   * `readByKey` finds the event within its stream, whatever the stream's length. Toolbus sets it
+   * to the execution id. Written in the same append as the event (see docs/decisions/0013-execution-index.md).
+   */
+  key?: string;
 }
 
 /**
@@ -98,6 +104,13 @@ export interface EventStore {
   /** A stream that does not exist reads as empty. */
   readStream(stream: string, options?: ReadStreamOptions): AsyncIterable<RecordedEvent>;
   readAll(options?: ReadAllOptions): AsyncIterable<RecordedEvent>;
+  /**
+   * The events of `stream` appended with `key` (see `EventData.key`), in revision order; empty
+   * when there are none. Costs what those events cost, not what the stream holds: PostgreSQL reads
+   * an index kept in the append's transaction; KurrentDB reads a by-key projection stream, which
+   * may trail the append by the projection's lag (docs/decisions/0013-execution-index.md).
+   */
+  readByKey(stream: string, key: string): AsyncIterable<RecordedEvent>;
   subscribe(options: SubscribeOptions): Subscription;
   /** The last revision and position of a stream, or null when it does not exist. */
   streamInfo(stream: string): Promise<StreamInfo | null>;
@@ -139,6 +152,17 @@ export class InvalidEventError extends EventStoreError {
   }
 }
 
+/** What `EventData.key` may be: 1 to 128 characters, none of them whitespace or control characters. */
+export const KEY_PATTERN = /^[^\s\p{C}]{1,128}$/u;
+
+export function assertKey(key: string): void {
+  if (typeof key !== 'string' || !KEY_PATTERN.test(key)) {
+    throw new InvalidEventError(
+      `invalid key ${JSON.stringify(String(key).slice(0, 140))}: 1 to 128 characters, no whitespace or control characters`,
+    );
+  }
+}
+
 export const STREAM_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$/;
 const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -167,6 +191,7 @@ export function assertAppendable(stream: string, events: EventData[], expected: 
     if (typeof e.type !== 'string' || !/^[A-Za-z][A-Za-z0-9_.-]{0,99}$/.test(e.type)) {
       throw new InvalidEventError(`event type ${JSON.stringify(e.type)} is invalid`);
     }
+    if (e.key !== undefined) assertKey(e.key);
   }
 }
 

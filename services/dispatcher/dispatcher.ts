@@ -1034,7 +1034,7 @@ export class Dispatcher {
 
   /**
    * What became of (user, request id): the remembered answer (Redis), else the stored terminal
-   * event (read backwards until the execution's ToolRequested). Null while it has none yet.
+   * event (found through the store's index by execution id). Null while it has none yet.
    */
   async lookup(userId: string, requestId: string): Promise<TerminalAnswer | null> {
     const executionId = executionIdFor(userId, requestId);

@@ -211,12 +211,13 @@ export class UserStreams {
   }
 
   /**
-   * The execution as stored: the user stream read backwards until its ToolRequested (all of it
-   * when the execution is not there). Outside the user's queue: it reads, never appends.
+   * The execution as stored, found by its id in the store's index (never by reading the user's
+   * stream): its events, and the stream's tail revision up to which they are complete. Outside
+   * the user's queue: it reads, never appends.
    */
   async load(ref: ExecutionRef): Promise<Execution> {
     const execution = newExecution(ref);
-    await this.readBack(execution, false);
+    await this.readExecution(execution, false);
     return execution;
   }
 
@@ -308,7 +309,7 @@ export class UserStreams {
   /**
    * After a conflict: when the stream only grew past a known tail, the new events are read forwards
    * (a few); otherwise (the tail was right, so an event id of this step is already stored; or no
-   * tail was known) the execution is read backwards until its ToolRequested.
+   * tail was known) the execution is read again through the index, with the tail.
    */
   private async reload(
     execution: Execution,
@@ -322,25 +323,25 @@ export class UserStreams {
       return;
     }
     this.cacheTail(execution.ref.userId, null);
-    await this.readBack(execution);
+    await this.readExecution(execution);
   }
 
-  /** Reads the user stream backwards until the execution's ToolRequested; refreshes the tail. */
-  private async readBack(execution: Execution, updateTail = true): Promise<void> {
+  /**
+   * Reads the execution's events through the store's index by execution id (`readByKey`): the cost
+   * follows the execution, not the user's history. The tail is read first (one event, backwards),
+   * so every event of the execution up to it is among those read; one appended meanwhile may be
+   * too (a later catch-up skips it by id). Refreshes the cached tail when asked.
+   */
+  private async readExecution(execution: Execution, updateTail = true): Promise<void> {
     const { userId, executionId } = execution.ref;
+    const tail = await this.readTail(userId);
     const found: ToolEvent[] = [];
-    let tail: CachedTail | null = null;
-    for await (const r of this.options.store.readStream(userStream(userId), { direction: 'backwards' })) {
-      tail ??= this.tailOf(r);
+    for await (const r of this.options.store.readByKey(userStream(userId), executionId)) {
       const parsed = fromRecorded(r);
-      if (!parsed.ok) continue;
-      if (parsed.event.metadata.executionId !== executionId) continue;
-      found.push(parsed.event);
-      if (parsed.event.type === 'ToolRequested') break;
+      if (parsed.ok && parsed.event.metadata.executionId === executionId) found.push(parsed.event);
     }
-    if (updateTail) this.cacheTail(userId, tail ?? emptyStream());
-    execution.knownRevision = (tail ?? emptyStream()).revision;
-    found.reverse();
+    if (updateTail) this.cacheTail(userId, tail);
+    execution.knownRevision = tail.revision;
     // Continue the execution under the correlation id it was recorded with.
     if (found[0]) execution.ref = { ...execution.ref, correlationId: found[0].metadata.correlationId };
     execution.events = found;

@@ -789,6 +789,95 @@ export function eventStoreConformance(
       t.strictSame(info?.position, last?.position, 'the same position readStream gives');
     });
 
+    /**
+     * What `readByKey` gives once it shows every one of `expected` (KurrentDB links events into its
+     * by-key streams after the commit; PostgreSQL shows them at once).
+     */
+    const readByKeyUntil = (s: string, key: string, expected: string[]) =>
+      eventually(`readByKey(${s}, ${key}) to show ${expected.length} events`, async () => {
+        const found = await collect(store.readByKey(s, key));
+        const have = new Set(ids(found));
+        return expected.every((id) => have.has(id)) ? found : undefined;
+      });
+    const keyed = (key: string | undefined, metadata: Json = { by: 'conformance' }): EventData => ({
+      ...event(undefined, TYPE, metadata),
+      ...(key !== undefined && { key }),
+    });
+
+    t.test("readByKey: exactly the stream's events with that key, in revision order", async (t) => {
+      const s = stream('keyed');
+      const other = stream('keyed-other');
+      const k1 = `${run}-execution-1`;
+      const k2 = `${run}-execution-2`;
+      const first = [keyed(k1), keyed(k2), keyed(undefined), keyed(k1)];
+      const second = [keyed(k2), keyed(k1)];
+      await store.append(s, first, 'no_stream');
+      await store.append(s, second, 3);
+      const elsewhere = [keyed(k1)];
+      await store.append(other, elsewhere, 'no_stream');
+
+      const k1Events = [first[0]!, first[3]!, second[1]!];
+      const found = await readByKeyUntil(s, k1, ids(k1Events));
+      t.strictSame(ids(found), ids(k1Events), 'the events with key 1, nothing else, in order');
+      t.strictSame(
+        found.map((e) => e.revision),
+        [0, 3, 5],
+        'their revisions in the stream',
+      );
+      t.ok(
+        found.every((e) => e.streamId === s),
+        "another stream's event with the same key is not returned",
+      );
+      t.strictSame(
+        found.map((e) => e.metadata),
+        k1Events.map((e) => e.metadata),
+        'metadata reads back as given (the key is not added to it)',
+      );
+      const k2Found = await readByKeyUntil(s, k2, ids([first[1]!, second[0]!]));
+      t.strictSame(ids(k2Found), ids([first[1]!, second[0]!]), 'the events with key 2');
+      const inOther = await readByKeyUntil(other, k1, ids(elsewhere));
+      t.strictSame(ids(inOther), ids(elsewhere), 'the other stream finds its own event with key 1');
+      t.strictSame(await collect(store.readByKey(s, `${run}-absent`)), [], 'a key absent reads as empty');
+      t.strictSame(
+        await collect(store.readByKey(stream('keyed-missing'), k1)),
+        [],
+        'a missing stream reads as empty',
+      );
+      const [byStream] = await collect(store.readStream(s, { fromRevision: 5, maxCount: 1 }));
+      t.strictSame(found[2], byStream, 'an event read by key is the event readStream gives');
+    });
+
+    t.test('readByKey: an idempotent re-append does not duplicate', async (t) => {
+      const s = stream('keyed-retry');
+      const key = `${run}-retry`;
+      const batch = [keyed(key), keyed(key)];
+      await store.append(s, batch, 'no_stream');
+      const again = await store.append(s, batch, 'no_stream');
+      t.equal(again.written, false, 'the retry writes nothing');
+      await store.append(s, [keyed(key)], 1);
+      const all = await collect(store.readStream(s));
+      const found = await readByKeyUntil(s, key, ids(all));
+      t.strictSame(ids(found), ids(all), 'each event once');
+    });
+
+    t.test('keys are checked before anything is written', async (t) => {
+      const s = stream('keyed-invalid');
+      for (const [what, key] of [
+        ['an empty key', ''],
+        ['a key of 129 characters', 'k'.repeat(129)],
+        ['a key with a space', 'a b'],
+        ['a key with a newline', 'a\nb'],
+      ] as const) {
+        await invalid(t, store.append(s, [keyed(key)], 'any'), what);
+        await invalid(t, collect(store.readByKey(s, key)), `readByKey with ${what}`);
+      }
+      t.equal(await store.streamInfo(s), null, 'nothing was written');
+      const longest = 'k'.repeat(128);
+      const e = keyed(longest);
+      await store.append(s, [e], 'no_stream');
+      t.strictSame(ids(await readByKeyUntil(s, longest, [e.id])), [e.id], 'a key of 128 characters is kept');
+    });
+
     t.test('data and metadata round trip exactly', async (t) => {
       const s = stream('data');
       const values: Json[] = [
