@@ -76,6 +76,8 @@ t.test(
       FORBIDDEN: 403,
       UNKNOWN_TOOL: 404,
       CANCELLED: 409,
+      DENIED: 403,
+      APPROVAL_EXPIRED: 410,
       RATE_LIMITED: 429,
       TOOL_ERROR: 502,
       OUTPUT_INVALID: 502,
