@@ -86,7 +86,20 @@ export async function launchStack(options: LaunchOptions): Promise<Stack> {
       if (children.get(name) === child) children.delete(name);
       record(name, `[process exited: ${signal ?? `code ${code}`}]`);
     });
-    await waitReady(name, `http://127.0.0.1:${port}/health/ready`, child, options.readyTimeoutMs ?? 30_000);
+    try {
+      await waitReady(name, `http://127.0.0.1:${port}/health/ready`, child, options.readyTimeoutMs ?? 30_000);
+    } catch (e) {
+      // The service's own words say why (NATS refused, PostgreSQL unreachable, a bad variable).
+      const said = logs
+        .filter((l) => l.service === name)
+        .map((l) => reasonOf(l.line))
+        .filter((r): r is string => r !== null)
+        .slice(-5);
+      throw new Error(
+        `${(e as Error).message}${said.length > 0 ? `\n${name} said:\n  ${said.join('\n  ')}` : ''}`,
+        { cause: e },
+      );
+    }
   };
 
   const kill = async (name: ServiceName, signal: NodeJS.Signals = 'SIGKILL') => {
@@ -128,6 +141,26 @@ export async function launchStack(options: LaunchOptions): Promise<Stack> {
     throw e;
   }
   return stack;
+}
+
+/** A log line's message and error, when it is a warning or worse (pino JSON), else null. */
+function reasonOf(line: string): string | null {
+  try {
+    const j = JSON.parse(line) as {
+      level?: number;
+      msg?: string;
+      err?: { message?: string };
+      problems?: string[];
+      checks?: unknown;
+    };
+    if ((j.level ?? 0) < 40) return null;
+    const detail = j.err?.message ?? j.problems?.join('; ') ?? (j.checks ? JSON.stringify(j.checks) : '');
+    const msg = j.msg ?? '';
+    if (!detail || detail.startsWith(msg)) return detail || msg;
+    return `${msg}: ${detail}`;
+  } catch {
+    return line.trim() && !line.startsWith('[process exited') ? line.trim() : null;
+  }
 }
 
 async function waitReady(name: string, url: string, child: ChildProcess, timeoutMs: number): Promise<void> {

@@ -29,6 +29,11 @@ const StackEnv = CommonEnv.pick({
   NATS_URL: z.string().optional(),
   /** Where the stack's own nats-server listens. */
   TOOLBUS_NATS_PORT: CommonEnv.shape.DISPATCHER_PORT.default(4223),
+  /**
+   * How long a service may take to become ready (ms). A service that stops before is reported at
+   * once, with its own reason; a slow, loaded machine only needs patience.
+   */
+  TOOLBUS_START_TIMEOUT_MS: z.coerce.number().int().min(1_000).max(3_600_000).default(180_000),
 });
 
 async function main() {
@@ -82,6 +87,7 @@ async function main() {
         auditor: config.AUDITOR_PORT,
       },
       onLog: (line) => console.log(prettyLine(line)),
+      readyTimeoutMs: config.TOOLBUS_START_TIMEOUT_MS,
     });
   } catch (e) {
     await stopNats();

@@ -4,7 +4,15 @@ import { startDispatcher } from './app.ts';
 import { DispatcherEnv } from './config.ts';
 
 /** The dispatcher process: config from the environment, start, stop cleanly on SIGINT/SIGTERM. */
-const config = loadConfig(DispatcherEnv);
+const config = (() => {
+  try {
+    return loadConfig(DispatcherEnv);
+  } catch (e) {
+    // One line that names every bad variable: what `npm start` shows as the reason.
+    createLogger('dispatcher').fatal({ err: e }, 'invalid configuration');
+    process.exit(2);
+  }
+})();
 const log = createLogger('dispatcher', config.LOG_LEVEL);
 
 try {

@@ -4,7 +4,15 @@ import { startProjector } from './app.ts';
 import { ProjectorEnv } from './config.ts';
 
 /** The projector process: `node --import tsx services/projector/main.ts`. */
-const config = loadConfig(ProjectorEnv);
+const config = (() => {
+  try {
+    return loadConfig(ProjectorEnv);
+  } catch (e) {
+    // One line that names every bad variable: what `npm start` shows as the reason.
+    createLogger('projector').fatal({ err: e }, 'invalid configuration');
+    process.exit(2);
+  }
+})();
 const log = createLogger('projector', config.LOG_LEVEL);
 
 const faultRate = config.NODE_ENV === 'test' ? config.PROJECTOR_FAULT_KILL_BEFORE_CHECKPOINT : 0;
