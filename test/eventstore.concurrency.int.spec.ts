@@ -47,7 +47,7 @@ const event = (data: EventData['data'] = {}, type = 'Tested'): EventData => ({
 /** Appends one event inside `client`'s open transaction, as the adapter does; returns its transaction id. */
 async function appendInTransaction(client: pg.Client, stream: string, e: EventData): Promise<bigint> {
   const { rows } = await client.query<{ commit_position: string }>(
-    `select * from toolbus_append($1, 'any', array[$2]::uuid[], array[$3], array[$4], array['{}'])`,
+    `select * from toolbus_append($1, 'any', array[$2]::uuid[], array[$3], array[$4], array['{}'], array[null]::text[])`,
     [stream, e.id, e.type, JSON.stringify(e.data)],
   );
   return BigInt(rows[0]!.commit_position);

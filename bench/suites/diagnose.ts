@@ -124,13 +124,14 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
               else if (fn === 'store') {
                 await appender.append(userStream(streamUser), batch, rev < 0 ? 'no_stream' : rev);
               } else {
-                await pool2.query(`select * from ${fn}($1, $2, $3, $4, $5, $6)`, [
+                await pool2.query(`select * from ${fn}($1, $2, $3, $4, $5, $6, $7)`, [
                   userStream(streamUser),
                   rev < 0 ? 'no_stream' : String(rev),
                   batch.map((x) => x.id),
                   batch.map((x) => x.type),
                   batch.map((x) => JSON.stringify(x.data)),
                   batch.map((x) => JSON.stringify(x.metadata)),
+                  batch.map((x) => x.key ?? null),
                 ]);
               }
               rev += batch.length;
