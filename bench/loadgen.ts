@@ -10,14 +10,21 @@ import {
   type ToolEvent,
 } from '../contracts/index.ts';
 import { signToken } from '../lib/auth.ts';
-import { createAgentClient, type AgentClient } from '../lib/clients/agent.ts';
+import { AgentClientError, createAgentClient, type AgentClient } from '../lib/clients/agent.ts';
 import { createPool, type Pool } from '../lib/db.ts';
 import { createPostgresEventStore } from '../lib/eventstore/postgres.ts';
 import type { EventStore } from '../lib/eventstore/types.ts';
 import { toEventData } from '../lib/toolEvents.ts';
 import { encodeHistogram, newHistogram, recordMs } from './lib/histogram.ts';
 import { serve } from './lib/ipc.ts';
-import { runOpenLoop, type OpenLoopOptions, type OpenLoopResult } from './lib/openloop.ts';
+import {
+  runOpenLoop,
+  runPhasedOpenLoop,
+  type OpenLoopOptions,
+  type OpenLoopResult,
+  type PhasedOpenLoopOptions,
+  type PhasedOpenLoopResult,
+} from './lib/openloop.ts';
 import { insertStep, RAW_EVENTS_DDL, RowFactory, noopExecutionEvents } from './lib/rows.ts';
 
 /**
@@ -32,9 +39,16 @@ export type Workload =
   | { kind: 'pg-steps'; databaseUrl: string; poolSize: number };
 
 export type RunRequest = Omit<OpenLoopOptions, 'fire'> & { tag: string };
+export type PhasedRunRequest = Omit<PhasedOpenLoopOptions, 'fire'> & { tag: string };
 
 interface Driver {
   fire(i: number, tag: string): Promise<void>;
+  /**
+   * Sends request `i` and tells how it ended, without throwing: "completed", "failed:<code>" (an
+   * answer that refuses or fails it, OVERLOADED and RATE_LIMITED included) or "error:<what>" (no
+   * answer: a timeout, a closed connection). Only workloads with typed answers have it.
+   */
+  outcome?(i: number, tag: string): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -60,17 +74,28 @@ async function setup(w: Workload): Promise<void> {
           signToken(w.jwtSecret, { sub: `bench-u${k}`, roles: ['user'] }, '2h'),
         ),
       );
+      const execute = (i: number, tag: string) =>
+        client.execute(
+          w.tool,
+          {},
+          { token: tokens[i % tokens.length]!, requestId: `${tag}-${i}`, timeoutMs: 120_000 },
+        );
       driver = {
         async fire(i, tag) {
-          const answer = await client.execute(
-            w.tool,
-            {},
-            { token: tokens[i % tokens.length]!, requestId: `${tag}-${i}`, timeoutMs: 120_000 },
-          );
+          const answer = await execute(i, tag);
           if (answer.status !== 'completed') {
             throw new Error(
               answer.status === 'failed' ? `${answer.error.code}: ${answer.error.message}` : answer.status,
             );
+          }
+        },
+        async outcome(i, tag) {
+          try {
+            const answer = await execute(i, tag);
+            if (answer.status === 'failed') return `failed:${answer.error.code}`;
+            return answer.status;
+          } catch (e) {
+            return `error:${e instanceof AgentClientError ? e.code : e instanceof Error ? e.name : 'unknown'}`;
           }
         },
         close: () => nc.drain(),
@@ -138,6 +163,20 @@ async function run(r: RunRequest): Promise<OpenLoopResult> {
     fire: (i) => {
       inFlight++;
       return d.fire(i, r.tag).finally(() => inFlight--);
+    },
+  });
+}
+
+/** An open loop in phases (bench/suites/overload.ts): every request's due time, answer time and outcome. */
+async function runPhases(r: PhasedRunRequest): Promise<PhasedOpenLoopResult> {
+  const d = driver;
+  if (!d?.outcome) throw new Error('no workload with typed answers set up');
+  const outcome = d.outcome.bind(d);
+  return runPhasedOpenLoop({
+    ...r,
+    fire: (i) => {
+      inFlight++;
+      return outcome(i, r.tag).finally(() => inFlight--);
     },
   });
 }
@@ -381,6 +420,7 @@ async function notifyTeardown(): Promise<void> {
 serve({
   setup: (w: Workload) => setup(w),
   run: (r: RunRequest) => run(r),
+  runPhases: (r: PhasedRunRequest) => runPhases(r),
   quiesce: (q: { timeoutMs: number }) => quiesce(q),
   teardown: () => teardown(),
   notifySetup: (s: NotifySetup) => notifySetup(s),

@@ -12,7 +12,8 @@ import type { DispatchSetup } from './suites/dispatch.ts';
  * smoke check). Runs every benchmark against test-owned NATS and Redis and fresh databases, writes
  * bench/results/latest(-quick).md and .json plus a timestamped copy, prints one summary line, and
  * exits non-zero when a benchmark did not run or did not produce all of its figures.
- * `--only=a,b` runs some of them (ids: latency, throughput, lag, rebuild, notify, audit, cpu, diagnostics, lookup);
+ * `--only=a,b` runs some of them (ids: latency, throughput, overload, lag, rebuild, notify, audit, cpu, diagnostics,
+ * lookup; overload without throughput measures its own capacity);
  * `--own-postgres` runs them on a PostgreSQL server of the run's own instead of the shared one.
  */
 const args = process.argv.slice(2);
@@ -27,6 +28,7 @@ const mode = quick ? 'quick' : 'full';
 const BENCHMARKS = new Map([
   ['dispatch-latency', 'latency'],
   ['dispatch-throughput', 'throughput'],
+  ['overload', 'overload'],
   ['projection-lag', 'lag'],
   ['rebuild', 'rebuild'],
   ['notify', 'notify'],
@@ -35,6 +37,8 @@ const BENCHMARKS = new Map([
   ['diagnostics', 'diagnostics'],
   ['lookup', 'lookup'],
 ]);
+/** Also in suites/overload.ts: here for the failure row when the dispatch set-up fails. */
+const OVERLOAD_TITLE = '2b. Throughput under overload (2× capacity, open loop)';
 const ctx = new BenchContext(mode, quick ? QUICK : FULL, ownPostgres);
 const wanted = (id: string) => !only || only.includes(id);
 const started = performance.now();
@@ -114,7 +118,8 @@ async function main(): Promise<number> {
     const dispatchSuite = () => import('./suites/dispatch.ts');
     let dispatch: DispatchSetup | null = null;
     let highest: number | null = null;
-    if (wanted('latency') || wanted('cpu') || wanted('throughput') || wanted('diagnostics')) {
+    const dispatchWanted = ['latency', 'cpu', 'throughput', 'overload', 'diagnostics'].some(wanted);
+    if (dispatchWanted) {
       try {
         dispatch = await (await dispatchSuite()).setUpDispatch(ctx);
       } catch (e) {
@@ -122,6 +127,7 @@ async function main(): Promise<number> {
         for (const [id, title, option] of [
           ['dispatch-latency', '1. Dispatch latency (noop)', 'latency'],
           ['dispatch-throughput', '2. Sustained dispatch throughput (p99 ≤ 50 ms)', 'throughput'],
+          ['overload', OVERLOAD_TITLE, 'overload'],
           ['cpu', '6. CPU per dispatch', 'cpu'],
           ['diagnostics', '7. Where dispatch time goes (diagnostics, no target)', 'diagnostics'],
         ] as const) {
@@ -149,6 +155,15 @@ async function main(): Promise<number> {
         async () => (await dispatchSuite()).dispatchThroughput(ctx, d),
       );
       highest = r?.max ?? null;
+    }
+    if (dispatch && wanted('overload')) {
+      // Benchmark 2's figure is the capacity; without it (not selected, or failed) the suite
+      // measures its own with the same ladder, Toolbus alone.
+      const d = dispatch;
+      const capacity = highest;
+      await step('overload', OVERLOAD_TITLE, async () =>
+        (await import('./suites/overload.ts')).overload(ctx, d, capacity),
+      );
     }
     if (dispatch && wanted('diagnostics'))
       await step('diagnostics', '7. Where dispatch time goes (diagnostics, no target)', async () =>

@@ -32,6 +32,13 @@ export interface Durations {
   retryStep: boolean;
   /** A system's ladder stops after this many failed rates in a row (a stall of the machine fails one rate, not the system). */
   failedRatesToStop: number;
+  /**
+   * Overload (2b): twice the capacity for `stepMs`, then half of it for `overloadRecoveryMs` (the
+   * window in which latency must come back under the bound), then at most `overloadDrainMs` for the
+   * last answers.
+   */
+  overloadRecoveryMs: number;
+  overloadDrainMs: number;
   lagMs: number;
   lagWarmupMs: number;
   rebuildEvents: number;
@@ -57,6 +64,8 @@ export const FULL: Durations = {
   firstRate: 50,
   retryStep: true,
   failedRatesToStop: 2,
+  overloadRecoveryMs: 20_000,
+  overloadDrainMs: 60_000,
   lagMs: 20_000,
   lagWarmupMs: 4_000,
   rebuildEvents: 100_000,
@@ -81,6 +90,8 @@ export const QUICK: Durations = {
   firstRate: 50,
   retryStep: false,
   failedRatesToStop: 1,
+  overloadRecoveryMs: 5_000,
+  overloadDrainMs: 30_000,
   lagMs: 3_000,
   lagWarmupMs: 1_000,
   rebuildEvents: 6_000,

@@ -120,3 +120,98 @@ export async function runOpenLoop(o: OpenLoopOptions): Promise<OpenLoopResult> {
     firstErrors,
   };
 }
+
+/**
+ * An open loop whose rate changes in phases, back to back (the overload benchmark: twice the
+ * capacity, then half of it at once). As in `runOpenLoop`, request i is due at its phase's start +
+ * its index in the phase / the phase's rate, and its latency runs from when it was due. Instead of
+ * a histogram it returns every request's due time, answer time and outcome, so that the caller can
+ * cut the run into windows by due time or by answer time.
+ */
+export interface PhasedOpenLoopOptions {
+  phases: Array<{ rate: number; durationMs: number }>;
+  /** After the last send, how long unanswered requests are waited for. */
+  drainMs: number;
+  /** Sending stops (the run "fell behind") when this many requests are unanswered at once. */
+  maxOutstanding: number;
+  /** Sends request `i`; resolves with its outcome ("completed", "failed:OVERLOADED", …), rejects when it failed without an answer. */
+  fire: (i: number) => Promise<string>;
+}
+
+export interface PhasedOpenLoopResult {
+  /** Each phase's start, ms from the run's start. */
+  phaseStartMs: number[];
+  /** Per request, in send order: its phase, when it was due and when it settled (ms from the run's start; -1: never). */
+  phase: number[];
+  dueMs: number[];
+  settledMs: number[];
+  /** Per request: an index into `outcomes` ("unanswered" for one still open after the drain). */
+  outcome: number[];
+  outcomes: string[];
+  /** When the drain ended (ms from the run's start). */
+  endMs: number;
+  /** True when sending stopped at `maxOutstanding`. */
+  fellBehind: boolean;
+  maxSendLagMs: number;
+}
+
+const tenth = (ms: number): number => Math.round(ms * 10) / 10;
+
+export async function runPhasedOpenLoop(o: PhasedOpenLoopOptions): Promise<PhasedOpenLoopResult> {
+  const start = now() + 20;
+  const outcomes: string[] = [];
+  const outcomeIndex = (label: string): number => {
+    const k = outcomes.indexOf(label);
+    return k >= 0 ? k : outcomes.push(label) - 1;
+  };
+  const unanswered = outcomeIndex('unanswered');
+  const r: PhasedOpenLoopResult = {
+    phaseStartMs: [],
+    phase: [],
+    dueMs: [],
+    settledMs: [],
+    outcome: [],
+    outcomes,
+    endMs: 0,
+    fellBehind: false,
+    maxSendLagMs: 0,
+  };
+  let open = 0;
+  let phaseStart = 0;
+  let i = 0;
+  sending: for (const [p, { rate, durationMs }] of o.phases.entries()) {
+    r.phaseStartMs.push(phaseStart);
+    const total = Math.floor((durationMs / 1000) * rate);
+    for (let k = 0; k < total; k++, i++) {
+      const due = start + phaseStart + (k * 1000) / rate;
+      const wait = due - now();
+      if (wait > 1) await sleep(wait);
+      if (open >= o.maxOutstanding) {
+        r.fellBehind = true;
+        break sending;
+      }
+      const sentAt = now();
+      r.maxSendLagMs = Math.max(r.maxSendLagMs, sentAt - due);
+      const from = Math.min(due, sentAt);
+      const n = i;
+      r.phase.push(p);
+      r.dueMs.push(tenth(from - start));
+      r.settledMs.push(-1);
+      r.outcome.push(unanswered);
+      open++;
+      const settle = (label: string) => {
+        if (r.settledMs[n] !== -1) return;
+        open--;
+        r.settledMs[n] = tenth(now() - start);
+        r.outcome[n] = outcomeIndex(label);
+      };
+      o.fire(n).then(settle, (e: unknown) => settle(`error:${e instanceof Error ? e.name : 'unknown'}`));
+    }
+    phaseStart += durationMs;
+  }
+  const drainUntil = now() + o.drainMs;
+  while (open > 0 && now() < drainUntil) await sleep(10);
+  r.endMs = tenth(now() - start);
+  // What settles after this is not counted: the arrays are handed back as they are now.
+  return { ...r, settledMs: [...r.settledMs], outcome: [...r.outcome], outcomes: [...outcomes] };
+}

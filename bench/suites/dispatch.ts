@@ -454,19 +454,8 @@ async function step(
   return verdict.pass;
 }
 
-/**
- * Benchmark 2: each system's offered rate steps up (×stepFactor); a failed step is run once more
- * (full mode), and a system stops after `failedRatesToStop` failed rates in a row. The figure is the
- * highest rate that passed. All systems take each rate in turn before the next rate. A system that
- * passes no rate steps down from the first (÷2 to FLOOR_RATE): its figure is then the rate that
- * passed there, or 0.
- */
-export async function dispatchThroughput(
-  ctx: BenchContext,
-  s: DispatchSetup,
-): Promise<BenchResult & { max: number | null }> {
-  const started = performance.now();
-  const systems: System[] = ['toolbus', 'bullmq', 'pg-inserts'];
+/** The ladders of benchmark 2 for `systems`, stepped together (see `dispatchThroughput`). */
+async function climb(ctx: BenchContext, s: DispatchSetup, systems: System[]): Promise<Map<System, Ladder>> {
   const ladders = new Map<System, Ladder>(
     systems.map((system) => [
       system,
@@ -505,6 +494,34 @@ export async function dispatchThroughput(
       }
     }
   }
+  return ladders;
+}
+
+/**
+ * Toolbus's highest sustained rate by benchmark 2's ladder, Toolbus alone (the overload benchmark's
+ * reference when benchmark 2 is not run).
+ */
+export async function toolbusCapacity(
+  ctx: BenchContext,
+  s: DispatchSetup,
+): Promise<{ max: number | null; steps: StepSummary[]; capped: boolean }> {
+  const { max, steps, capped } = (await climb(ctx, s, ['toolbus'])).get('toolbus')!;
+  return { max, steps, capped };
+}
+
+/**
+ * Benchmark 2: each system's offered rate steps up (×stepFactor); a failed step is run once more
+ * (full mode), and a system stops after `failedRatesToStop` failed rates in a row. The figure is the
+ * highest rate that passed. All systems take each rate in turn before the next rate. A system that
+ * passes no rate steps down from the first (÷2 to FLOOR_RATE): its figure is then the rate that
+ * passed there, or 0.
+ */
+export async function dispatchThroughput(
+  ctx: BenchContext,
+  s: DispatchSetup,
+): Promise<BenchResult & { max: number | null }> {
+  const started = performance.now();
+  const ladders = await climb(ctx, s, ['toolbus', 'bullmq', 'pg-inserts']);
   const l = (system: System) => ladders.get(system)!;
   const toolbus = l('toolbus');
   const bullmq = l('bullmq');
