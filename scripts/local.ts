@@ -4,13 +4,14 @@
  * (`.toolbus/nats/<name>.nk`) and the nats-server configuration that authorizes them
  * (`.toolbus/nats/nats.conf`). Made once, reused after; delete `.toolbus/` to make new ones.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chownSync, existsSync, readdirSync } from 'node:fs';
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import pg from 'pg';
 import { exampleTools } from '../services/dispatcher/tools/index.ts';
 import {
   createIdentity,
@@ -27,7 +28,13 @@ export const LOCAL_DIR = fileURLToPath(new URL('../.toolbus/', import.meta.url))
  * The secrets every service reads; generated, never a constant. PGPASSWORD is for a PostgreSQL
  * that this setup also creates (docker-compose); `npm start` uses the local one and ignores it.
  */
-const SECRET_VARS = ['JWT_SECRET', 'WORKER_SECRET', 'AUDIT_SIGNING_KEY', 'PGPASSWORD'] as const;
+const SECRET_VARS = [
+  'JWT_SECRET',
+  'WORKER_SECRET',
+  'AUDIT_SIGNING_KEY',
+  'PGPASSWORD',
+  'REDIS_PASSWORD',
+] as const;
 
 /** The identities of a local stack. The `worker` serves the example tools (`npm run worker`). */
 const LOCAL_IDENTITIES: [string, Role][] = [
@@ -47,6 +54,8 @@ export interface LocalSetup {
   natsStoreDir: string;
   /** True when this call made them (first start). */
   created: boolean;
+  /** The folder everything is in. */
+  dir: string;
 }
 
 function parseEnv(text: string): Record<string, string> {
@@ -68,6 +77,8 @@ export interface SetupOptions {
   natsStoreDir?: string;
   /** nats-server's monitoring port (health checks), if any. */
   natsMonitorPort?: number;
+  /** Also write `postgres-password` (world-readable inside `dir`) for a database container. */
+  postgresPasswordFile?: boolean;
 }
 
 /** Makes (first time) or reads `dir`, and writes the nats-server config for `natsPort`. */
@@ -90,9 +101,11 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
     await writeFile(secretsFile, text, { mode: 0o600 });
     created = true;
   }
-  // For a PostgreSQL this stack creates (docker-compose's POSTGRES_PASSWORD_FILE): readable by the
-  // database's own user, inside a volume only this stack's containers mount.
-  await writeFile(join(dir, 'postgres-password'), secrets['PGPASSWORD']!, { mode: 0o644 });
+  if (o.postgresPasswordFile) {
+    // docker-compose's POSTGRES_PASSWORD_FILE: read by the database's own user, inside a volume
+    // only this stack's containers mount.
+    await writeFile(join(dir, 'postgres-password'), secrets['PGPASSWORD']!, { mode: 0o644 });
+  }
   const identities: Record<string, Identity> = {};
   const fresh: Identity[] = [];
   for (const [name, role] of LOCAL_IDENTITIES) {
@@ -127,6 +140,7 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
     natsConfig,
     natsStoreDir,
     created,
+    dir,
   };
 }
 
@@ -182,4 +196,163 @@ export async function startLocalNats(
     if (await portOpen(port)) return child;
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** Runs a process and resolves once something accepts connections on `port`; refuses a taken port. */
+async function startServer(
+  what: string,
+  port: number,
+  command: { command: string; args: string[] },
+  onLine: (line: string) => void,
+  variable: string,
+): Promise<ChildProcess> {
+  if (await portOpen(port)) {
+    throw new Error(
+      `port ${port} is taken: the stack runs its own ${what} there, with its own password. ` +
+        `Stop what listens on it, or set ${variable} to a free port.`,
+    );
+  }
+  const child = spawn(command.command, command.args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.on('data', (d: Buffer) => {
+      output = (output + d.toString()).slice(-4000);
+      for (const line of d.toString().split('\n')) if (line.trim()) onLine(line);
+    });
+  }
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`${what} stopped at start:\n${output}`);
+    }
+    if (await portOpen(port)) return child;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** redis-server on loopback with the generated password, keeping nothing on disk (an accelerator). */
+export function startLocalRedis(
+  setup: LocalSetup,
+  port: number,
+  onLine: (line: string) => void,
+): Promise<ChildProcess> {
+  const bin = process.env['REDIS_SERVER_BIN'] ?? 'redis-server';
+  return startServer(
+    'Redis',
+    port,
+    {
+      command: bin,
+      args: [
+        '--port',
+        String(port),
+        '--bind',
+        '127.0.0.1',
+        '--requirepass',
+        setup.secrets.REDIS_PASSWORD,
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--dir',
+        setup.dir,
+      ],
+    },
+    onLine,
+    'TOOLBUS_REDIS_PORT',
+  );
+}
+
+/**
+ * A PostgreSQL cluster of the stack's own in `.toolbus/postgres` (initdb once), on loopback, with
+ * password (SCRAM) authentication for the generated PGPASSWORD; the event store and the read models
+ * live in its database `toolbus`. As root, it runs as the `postgres` user (PostgreSQL refuses root).
+ */
+export async function startLocalPostgres(
+  setup: LocalSetup,
+  port: number,
+  onLine: (line: string) => void,
+): Promise<{ process: ChildProcess; url: string }> {
+  const versions = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').sort() : [];
+  const version = versions.at(-1);
+  if (!version)
+    throw new Error('PostgreSQL is not installed (Debian: apt-get install postgresql), or set DATABASE_URL');
+  const bin = (name: string) => `/usr/lib/postgresql/${version}/bin/${name}`;
+  const asRoot = process.getuid?.() === 0;
+  const ids = asRoot
+    ? {
+        uid: Number(execFileSync('id', ['-u', 'postgres']).toString().trim()),
+        gid: Number(execFileSync('id', ['-g', 'postgres']).toString().trim()),
+      }
+    : null;
+  const as = (command: string, args: string[]) =>
+    ids
+      ? {
+          command: 'setpriv',
+          args: [`--reuid=${ids.uid}`, `--regid=${ids.gid}`, '--clear-groups', '--', command, ...args],
+        }
+      : { command, args };
+  const home = join(setup.dir, 'postgres');
+  const data = join(home, 'data');
+  if (!existsSync(join(data, 'PG_VERSION'))) {
+    await mkdir(home, { recursive: true, mode: 0o700 });
+    const pwfile = join(home, 'initdb-password');
+    await writeFile(pwfile, `${setup.secrets.PGPASSWORD}\n`, { mode: 0o600 });
+    if (ids) {
+      // The postgres user must reach its folder: .toolbus is entered, never listed, by others.
+      await chmod(setup.dir, 0o711);
+      chownSync(home, ids.uid, ids.gid);
+      chownSync(pwfile, ids.uid, ids.gid);
+    }
+    const init = as(bin('initdb'), [
+      '-D',
+      data,
+      '-U',
+      'postgres',
+      '--pwfile',
+      pwfile,
+      '--auth-host=scram-sha-256',
+      '--auth-local=scram-sha-256',
+      '-E',
+      'UTF8',
+      '--no-sync',
+    ]);
+    execFileSync(init.command, init.args, { stdio: 'ignore' });
+    await rm(pwfile, { force: true });
+  }
+  const child = await startServer(
+    'PostgreSQL',
+    port,
+    as(bin('postgres'), [
+      '-D',
+      data,
+      '-p',
+      String(port),
+      '-k',
+      home,
+      '-c',
+      'listen_addresses=127.0.0.1',
+      '-c',
+      'synchronous_commit=on',
+      '-c',
+      'max_connections=200',
+    ]),
+    onLine,
+    'TOOLBUS_POSTGRES_PORT',
+  );
+  const admin = `postgres://postgres:${setup.secrets.PGPASSWORD}@127.0.0.1:${port}/postgres`;
+  for (let i = 0; ; i++) {
+    const client = new pg.Client({ connectionString: admin });
+    try {
+      await client.connect();
+      const { rows } = await client.query(`select 1 from pg_database where datname = 'toolbus'`);
+      if (rows.length === 0) await client.query('create database toolbus');
+      break;
+    } catch (e) {
+      if (i > 300 || child.exitCode !== null)
+        throw new Error(`PostgreSQL did not accept the stack's password: ${(e as Error).message}`);
+      await new Promise((r) => setTimeout(r, 100));
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+  return { process: child, url: `postgres://postgres:${setup.secrets.PGPASSWORD}@127.0.0.1:${port}/toolbus` };
 }

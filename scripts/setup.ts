@@ -17,6 +17,8 @@ const { values } = parseArgs({
     'nats-monitor-port': { type: 'string' },
     /** uid:gid that should own what is made (the services' user in docker-compose). */
     owner: { type: 'string' },
+    /** Also write postgres-password, for a database container's POSTGRES_PASSWORD_FILE. */
+    'postgres-password-file': { type: 'boolean', default: false },
   },
 });
 const port = (v: string | undefined) => (v === undefined ? undefined : Number.parseInt(v, 10));
@@ -26,6 +28,7 @@ const setup = await localSetup({
   ...(values['nats-host'] ? { natsHost: values['nats-host'] } : {}),
   ...(values['nats-store'] ? { natsStoreDir: values['nats-store'] } : {}),
   ...(values['nats-monitor-port'] ? { natsMonitorPort: port(values['nats-monitor-port'])! } : {}),
+  postgresPasswordFile: values['postgres-password-file'],
 });
 if (values.owner) {
   const [uid, gid] = values.owner.split(':').map((n) => Number.parseInt(n, 10));

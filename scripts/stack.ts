@@ -6,29 +6,32 @@
  * set, that NATS is used instead, with the NATS_* credentials of the environment for every part.
  * Ctrl-C stops everything cleanly.
  */
+import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { z } from 'zod';
 import { CommonEnv, ConfigError, loadConfig } from '../lib/config.ts';
 import { signToken } from '../lib/auth.ts';
 import { launchStack, prettyLine, type ServiceName } from './launcher.ts';
-import { localSetup, startLocalNats } from './local.ts';
+import { localSetup, startLocalNats, startLocalPostgres, startLocalRedis } from './local.ts';
 
 const ALL: ServiceName[] = ['dispatcher', 'projector', 'notifier', 'auditor'];
 
 const StackEnv = CommonEnv.pick({
   LOG_LEVEL: true,
-  DATABASE_URL: true,
-  REDIS_URL: true,
   KURRENTDB_URL: true,
   DISPATCHER_PORT: true,
   PROJECTOR_PORT: true,
   NOTIFIER_PORT: true,
 }).extend({
   AUDITOR_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8083),
-  /** An existing NATS to use instead of the stack's own. */
+  /** An existing NATS, PostgreSQL, Redis to use instead of the stack's own. */
   NATS_URL: z.string().optional(),
-  /** Where the stack's own nats-server listens. */
+  DATABASE_URL: CommonEnv.shape.DATABASE_URL.unwrap().optional(),
+  REDIS_URL: CommonEnv.shape.REDIS_URL.unwrap().optional(),
+  /** Where the stack's own servers listen. */
   TOOLBUS_NATS_PORT: CommonEnv.shape.DISPATCHER_PORT.default(4223),
+  TOOLBUS_POSTGRES_PORT: CommonEnv.shape.DISPATCHER_PORT.default(5433),
+  TOOLBUS_REDIS_PORT: CommonEnv.shape.DISPATCHER_PORT.default(6380),
   /**
    * How long a service may take to become ready (ms). A service that stops before is reported at
    * once, with its own reason; a slow, loaded machine only needs patience.
@@ -51,19 +54,47 @@ async function main() {
   const setup = await localSetup(natsPort);
   if (setup.created)
     console.log('made new secrets and NATS identities in .toolbus/ (kept for the next start)');
+  // The stack's own servers, each with the generated credentials, unless told to use others.
+  const servers: ChildProcess[] = [];
+  const stopServers = async () => {
+    for (const child of servers.reverse()) {
+      if (child.exitCode !== null || child.signalCode !== null) continue;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    }
+  };
   const ownNats = config.NATS_URL === undefined;
   const natsUrl = config.NATS_URL ?? `nats://127.0.0.1:${natsPort}`;
-  const nats = ownNats
-    ? await startLocalNats(setup, natsPort, (line) => {
-        if (/\[(ERR|FTL|WRN)\]/.test(line)) console.log(`nats       ${line}`);
-      })
-    : null;
-  const stopNats = async () => {
-    if (!nats || nats.exitCode !== null) return;
-    const exited = new Promise((r) => nats.once('exit', r));
-    nats.kill('SIGTERM');
-    await exited;
-  };
+  let databaseUrl = config.DATABASE_URL;
+  let redisUrl = config.REDIS_URL;
+  try {
+    if (ownNats) {
+      servers.push(
+        await startLocalNats(setup, natsPort, (line) => {
+          if (/\[(ERR|FTL|WRN)\]/.test(line)) console.log(`nats       ${line}`);
+        }),
+      );
+    }
+    if (databaseUrl === undefined) {
+      const postgres = await startLocalPostgres(setup, config.TOOLBUS_POSTGRES_PORT, (line) => {
+        if (/\b(ERROR|FATAL|PANIC)\b/.test(line)) console.log(`postgres   ${line}`);
+      });
+      servers.push(postgres.process);
+      databaseUrl = postgres.url;
+    }
+    if (redisUrl === undefined) {
+      servers.push(
+        await startLocalRedis(setup, config.TOOLBUS_REDIS_PORT, (line) => {
+          if (/# (WARNING|Failed)/.test(line)) console.log(`redis      ${line}`);
+        }),
+      );
+      redisUrl = `redis://:${setup.secrets.REDIS_PASSWORD}@127.0.0.1:${config.TOOLBUS_REDIS_PORT}`;
+    }
+  } catch (e) {
+    await stopServers();
+    throw e;
+  }
   // A secret given in the environment wins over the generated one.
   const secrets = Object.fromEntries(
     Object.entries(setup.secrets).map(([k, v]) => [k, process.env[k] || v]),
@@ -78,7 +109,7 @@ async function main() {
   try {
     stack = await launchStack({
       services,
-      env: { NATS_URL: natsUrl, ...secrets },
+      env: { NATS_URL: natsUrl, DATABASE_URL: databaseUrl, REDIS_URL: redisUrl, ...secrets },
       serviceEnv: { dispatcher: seedEnv('dispatcher'), notifier: seedEnv('notifier') },
       ports: {
         dispatcher: config.DISPATCHER_PORT,
@@ -90,7 +121,7 @@ async function main() {
       readyTimeoutMs: config.TOOLBUS_START_TIMEOUT_MS,
     });
   } catch (e) {
-    await stopNats();
+    await stopServers();
     throw e;
   }
 
@@ -100,7 +131,7 @@ async function main() {
     stopping = true;
     console.log(`\n${signal}: stopping ${services.join(', ')}...`);
     await stack.stop();
-    await stopNats();
+    await stopServers();
     console.log('stopped.');
     process.exit(0);
   };
