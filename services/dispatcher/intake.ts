@@ -18,6 +18,7 @@ import { jetstream as names, parseRequestSubject, subjects } from '../../contrac
 import type { Logger } from '../../lib/log.ts';
 import { errorInfo, type CancelOrder, type Delivery, type Disposition } from './dispatcher.ts';
 import { FairQueue } from './fairQueue.ts';
+import { backoffMs } from '../../lib/retry.ts';
 
 /** How long JetStream remembers a `Nats-Msg-Id` to drop a repeat of the same request. */
 export const DUPLICATE_WINDOW_MS = 2 * 60_000;
@@ -227,8 +228,11 @@ export interface Intake {
   stop(graceMs: number): Promise<void>;
 }
 
-/** The wait after the n-th failed pull in a row, before repairing and pulling again: 500 ms doubling up to 5 s. */
-const retryDelayMs = (attempts: number): number => Math.min(5_000, 500 * 2 ** Math.min(attempts - 1, 4));
+/**
+ * The wait after the n-th failed pull in a row, before repairing and pulling again: a random time
+ * below 500 ms doubling up to 5 s (instances that lost the stream together do not repair together).
+ */
+const retryDelayMs = (attempts: number): number => backoffMs(attempts - 1, { minMs: 500, maxMs: 5_000 });
 
 /** One user may hold all but an eighth of an instance's slots (at least one slot for them). */
 export const defaultUserSlots = (concurrency: number): number =>
