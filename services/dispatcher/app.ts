@@ -166,7 +166,17 @@ export async function startDispatcher(
     });
     const liveness = serveLiveness(nc, dispatcherId, dispatcher.isRunning);
     cleanup.push(async () => liveness.stop());
-    const answers = serveAnswers(nc, verifier, (u, r) => dispatcher.lookup(u, r), log);
+    const answers = serveAnswers({
+      nc,
+      verifier,
+      lookup: (u, r) => dispatcher.lookup(u, r),
+      log,
+      limits: {
+        maxInFlight: config.DISPATCHER_MAX_LOOKUPS,
+        deadlineMs: config.DISPATCHER_LOOKUP_DEADLINE_MS,
+      },
+      metrics,
+    });
     cleanup.push(() => answers.stop());
     const cancels = new CancelCoordinator({
       dispatcherId,
