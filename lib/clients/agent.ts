@@ -264,7 +264,14 @@ async function lookUpDuplicate(nc: NatsConnection, d: DuplicateWait): Promise<vo
 
 export function createAgentClient(
   nc: NatsConnection,
-  options: { js?: JetStreamClient; pollIntervalMs?: number } = {},
+  options: {
+    js?: JetStreamClient;
+    /** @deprecated the first lookup wait's ceiling; use `lookupBackoff`. */
+    pollIntervalMs?: number;
+    /** How a duplicate asks for its answer (default 1 s doubling to 15 s, full jitter). */
+    lookupBackoff?: Partial<LookupBackoff>;
+    onLookup?: SubmitOptions['onLookup'];
+  } = {},
 ): AgentClient {
   const js = options.js ?? jetstream(nc);
   return {
@@ -294,6 +301,8 @@ export function createAgentClient(
         ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
         ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
         ...(options.pollIntervalMs ? { pollIntervalMs: options.pollIntervalMs } : {}),
+        ...(options.lookupBackoff ? { lookupBackoff: options.lookupBackoff } : {}),
+        ...(options.onLookup ? { onLookup: options.onLookup } : {}),
       });
     },
     cancel: (target, opts) => cancelExecution(nc, target, opts),
