@@ -66,6 +66,10 @@ export async function startDispatcher(
   config: DispatcherConfig,
   options: StartOptions = {},
 ): Promise<RunningDispatcher> {
+  if (config.TOOLBUS_TEST_TOOLS && config.NODE_ENV === 'production') {
+    // DispatcherEnv refuses it too; this catches a configuration made without it.
+    throw new Error('TOOLBUS_TEST_TOOLS is a test hook: refused when NODE_ENV=production');
+  }
   const dispatcherId = config.DISPATCHER_ID;
   const log = (options.log ?? createLogger('dispatcher', config.LOG_LEVEL)).child({
     dispatcher: dispatcherId,

@@ -1,6 +1,12 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { CommonEnv, requireTokenKey, SecretKey, UserTokenEnv } from '../../lib/config.ts';
+import {
+  CommonEnv,
+  refuseTestHooksInProduction,
+  requireTokenKey,
+  SecretKey,
+  UserTokenEnv,
+} from '../../lib/config.ts';
 
 const int = (fallback: number, min: number, max: number) =>
   z
@@ -83,7 +89,10 @@ const DispatcherVariables = CommonEnv.extend({
   DISPATCHER_LOOKUP_DEADLINE_MS: int(2_000, 50, 60_000),
   /** How long close() lets running tools finish before leaving them to redelivery. */
   SHUTDOWN_GRACE_MS: int(5_000, 0, 600_000),
-  /** Register the test tools (noop, echo, sleep, fail, hang, ...) besides the example tools. */
+  /**
+   * Register the test tools (noop, echo, sleep, fail, hang, ...) besides the example tools. Refused
+   * when NODE_ENV=production.
+   */
   TOOLBUS_TEST_TOOLS: flag,
   /** This instance's name, recorded as the `runner` of what it runs. Default hostname-pid. */
   DISPATCHER_ID: z
@@ -91,5 +100,7 @@ const DispatcherVariables = CommonEnv.extend({
     .regex(/^[A-Za-z0-9_-]{1,100}$/, 'must match [A-Za-z0-9_-]{1,100} (it is a NATS subject token)')
     .default(defaultDispatcherId),
 });
-export const DispatcherEnv = requireTokenKey(DispatcherVariables);
+export const DispatcherEnv = refuseTestHooksInProduction(requireTokenKey(DispatcherVariables), {
+  TOOLBUS_TEST_TOOLS: (v) => v === true,
+});
 export type DispatcherConfig = z.infer<typeof DispatcherEnv>;
