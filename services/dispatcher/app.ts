@@ -10,7 +10,7 @@ import { createRedis, type Redis } from '../../lib/redis.ts';
 import { acceptAnnouncements, ToolRegistry, type ToolDefinition } from '../../lib/tools/index.ts';
 import { CancelCoordinator, forwardCancel, serveCancels } from './cancel.ts';
 import type { DispatcherConfig } from './config.ts';
-import { Dispatcher, errorInfo } from './dispatcher.ts';
+import { Dispatcher } from './dispatcher.ts';
 import { Guard } from './guard.ts';
 import { defaultUserSlots, ensureIntake, startIntake, type Intake } from './intake.ts';
 import { serveLiveness } from './liveness.ts';
@@ -83,7 +83,7 @@ export async function startDispatcher(
       options.store ??
       (await createEventStore(config, {
         application: 'toolbus-dispatcher',
-        onError: (e) => log.warn({ err: errorInfo(e) }, 'event store connection trouble'),
+        onError: (e) => log.warn({ err: e }, 'event store connection trouble'),
       }));
     if (!options.store) cleanup.push(() => store.close());
 
@@ -152,7 +152,7 @@ export async function startDispatcher(
       },
       (op, e) => {
         metrics.redisErrors.inc({ op });
-        log.warn({ op, err: errorInfo(e) }, 'redis unavailable; continuing without it');
+        log.warn({ op, err: e }, 'redis unavailable; continuing without it');
       },
     );
     const dispatcher = new Dispatcher({
