@@ -32,3 +32,192 @@ export const ExecutionError = z.strictObject({
   details: z.record(z.string(), z.unknown()).optional(),
 });
 export type ExecutionError = z.infer<typeof ExecutionError>;
+
+/**
+ * Codes the HTTP APIs answer besides those of executions: the projector's and auditor's query
+ * errors and the cancel service's store-unavailable refusal.
+ */
+export const ServiceErrorCode = z.enum([
+  'BAD_REQUEST',
+  'NOT_FOUND',
+  'UNAVAILABLE',
+  'HISTORY_BROKEN',
+  'CHECKPOINT_REFUSED',
+  'AUDIT_LOG_UNAVAILABLE',
+]);
+export type ServiceErrorCode = z.infer<typeof ServiceErrorCode>;
+
+/** Every error code any Toolbus service answers. */
+export type Code = ErrorCode | RefusalCode | ServiceErrorCode;
+
+export interface CodeEntry {
+  /** The HTTP status an HTTP API answers it with. */
+  status: number;
+  /**
+   * Whether sending the same request again (same request id) later may succeed. A recorded
+   * execution's answer never changes: its retry gets the same answer, so only codes answered
+   * before anything is recorded, or of a transient cause, are retryable.
+   */
+  retryable: boolean;
+  /** When it is answered (the errors table of docs/dispatcher.md is made from these). */
+  description: string;
+  /** Whether an execution's events record it (`ToolFailed`), or it is only answered. */
+  recorded: boolean;
+}
+
+/**
+ * The one catalogue of error codes: HTTP status, retryability and meaning. The dispatcher's
+ * answers and routes, the projector's and auditor's HTTP errors, and docs/dispatcher.md's table
+ * (checked by contracts/errors.unit.spec.ts) all read it.
+ */
+export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
+  VALIDATION: {
+    status: 400,
+    retryable: false,
+    recorded: true,
+    description: "bad body, or arguments that fail the tool's input schema (then after `ToolExecuting`)",
+  },
+  FORBIDDEN: {
+    status: 403,
+    retryable: false,
+    recorded: true,
+    description: "token for another user, or a missing role (recorded under the token's user)",
+  },
+  UNKNOWN_TOOL: { status: 404, retryable: false, recorded: true, description: 'no such tool or version' },
+  RATE_LIMITED: {
+    status: 429,
+    retryable: true,
+    recorded: true,
+    description:
+      'rate or concurrency limit (`details.limit`: `rate` / `concurrency`, `retryAfterMs`); retry with a new request id',
+  },
+  TIMEOUT: {
+    status: 504,
+    retryable: false,
+    recorded: true,
+    description: 'the tool ran past its manifest timeout',
+  },
+  CANCELLED: {
+    status: 409,
+    retryable: false,
+    recorded: true,
+    description: 'cancelled by its user or an admin (`details.cancelledBy`, `details.via`)',
+  },
+  TOOL_ERROR: {
+    status: 502,
+    retryable: false,
+    recorded: true,
+    description: 'the tool threw (or a worker failed)',
+  },
+  OUTPUT_INVALID: {
+    status: 502,
+    retryable: false,
+    recorded: true,
+    description: "output fails the tool's schema, is not JSON, or is over 512 KiB",
+  },
+  INTERRUPTED: {
+    status: 502,
+    retryable: false,
+    recorded: true,
+    description: 'its dispatcher died mid-run and the tool is not idempotent',
+  },
+  INTERNAL: {
+    status: 500,
+    retryable: false,
+    recorded: true,
+    description: 'the dispatcher failed to handle the request `DISPATCHER_MAX_FAILURES` times; given up',
+  },
+  APPROVAL_EXPIRED: {
+    status: 410,
+    retryable: false,
+    recorded: true,
+    description: "the approval's deadline passed before anyone approved or denied",
+  },
+  DENIED: { status: 403, retryable: false, recorded: true, description: 'an approver denied the call' },
+  UNAUTHENTICATED: {
+    status: 401,
+    retryable: false,
+    recorded: false,
+    description: 'no, expired or forged token',
+  },
+  MALFORMED: {
+    status: 400,
+    retryable: false,
+    recorded: false,
+    description: 'no request id to record it under, or refused by the client (over the size limit)',
+  },
+  OVERLOADED: {
+    status: 503,
+    retryable: true,
+    recorded: false,
+    description:
+      'the intake did not accept the request, or a lookup was refused over its bound or deadline (`retryAfterMs`); retry with the same request id',
+  },
+  BAD_REQUEST: {
+    status: 400,
+    retryable: false,
+    recorded: false,
+    description: 'projector and auditor: a query or body that does not parse',
+  },
+  NOT_FOUND: {
+    status: 404,
+    retryable: false,
+    recorded: false,
+    description: 'no such execution (of the caller)',
+  },
+  UNAVAILABLE: {
+    status: 503,
+    retryable: true,
+    recorded: false,
+    description: 'cancel: the event store could not be reached',
+  },
+  HISTORY_BROKEN: {
+    status: 409,
+    retryable: false,
+    recorded: false,
+    description: "auditor: the user's history fails verification",
+  },
+  CHECKPOINT_REFUSED: {
+    status: 422,
+    retryable: false,
+    recorded: false,
+    description: 'auditor: the checkpoint given is not one it signed for this user',
+  },
+  AUDIT_LOG_UNAVAILABLE: {
+    status: 503,
+    retryable: true,
+    recorded: false,
+    description: 'auditor: the access log could not be written, so nothing is read',
+  },
+};
+
+/** Every code of the catalogue, in the order of the enums. */
+export const ALL_CODES: readonly Code[] = [
+  ...ErrorCode.options,
+  ...RefusalCode.options,
+  ...ServiceErrorCode.options,
+];
+
+/** The HTTP status of a code. */
+export const httpStatusOfCode = (code: Code): number => ERROR_CATALOGUE[code].status;
+
+/** Whether a later retry of what was refused with `code` may succeed. */
+export const isRetryableCode = (code: Code): boolean => ERROR_CATALOGUE[code].retryable;
+
+/** The errors table of docs/dispatcher.md, made from the catalogue (a unit test keeps them equal). */
+export function errorTableMarkdown(): string {
+  const rows = ALL_CODES.map((code) => {
+    const e = ERROR_CATALOGUE[code];
+    return [
+      `\`${code}\``,
+      String(e.status),
+      e.retryable ? 'yes' : 'no',
+      e.recorded ? 'yes' : 'no',
+      e.description,
+    ];
+  });
+  const header = ['code', 'HTTP', 'retryable', 'recorded', 'when'];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
+  return [line(header), `| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |`, ...rows.map(line)].join('\n');
+}

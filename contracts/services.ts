@@ -12,10 +12,24 @@ import { AgentAnswer } from './request.ts';
 /** The queue group of the dispatchers' request/reply services: one instance answers each request. */
 export const DISPATCHERS_QUEUE = 'toolbus-dispatchers';
 
-/*
+/**
  * "What became of request R?": request/reply on `subjects.answers(userId)`, the token in the
- * Authorization header, body `{"requestId": R}`, reply `{"answer": TerminalAnswer | null}`.
+ * Authorization header, body `{"requestId": R}`. The reply is an `AnswersReply`:
+ * - `{"answer": TerminalAnswer}`: R's terminal answer (or a refusal of the lookup itself:
+ *   UNAUTHENTICATED, FORBIDDEN, MALFORMED, which concern the asker, not R);
+ * - `{"answer": null}`: R has no terminal event yet (or is unknown);
+ * - `{"answer": null, "overloaded": {"retryAfterMs": n}}`: the dispatcher did not look (more
+ *   lookups in flight than its bound) or gave up at its deadline; ask again, not before n ms.
+ *
+ * OVERLOADED is a field beside a null answer, not a failed answer: an older client takes a failed
+ * answer as R's own terminal answer, and R may well have completed. An older client reads the
+ * overload as "no answer yet" and asks again, which is safe.
  */
+export const AnswersReply = z.object({
+  answer: AgentAnswer.nullable(),
+  overloaded: z.strictObject({ retryAfterMs: z.number().int().min(0) }).optional(),
+});
+export type AnswersReply = z.infer<typeof AnswersReply>;
 
 /**
  * Cancellation: request/reply on `toolbus.cancel.<userId>`, the token in the Authorization header

@@ -131,6 +131,29 @@ export function requireTokenKey<S extends z.ZodObject>(schema: S): S {
   );
 }
 
+/**
+ * Test tools and fault hooks must not be switched on in a production start by accident: each
+ * hook named here (with the test that it is on) is refused when NODE_ENV=production, naming the
+ * variable. Tests and development starts (NODE_ENV=test or development, the default) may use them.
+ */
+export function refuseTestHooksInProduction<S extends z.ZodObject>(
+  schema: S,
+  hooks: Record<string, (value: unknown) => boolean>,
+): S {
+  return schema.superRefine((config, ctx) => {
+    const c = config as Record<string, unknown>;
+    if (c['NODE_ENV'] !== 'production') return;
+    for (const [name, isOn] of Object.entries(hooks)) {
+      if (!isOn(c[name])) continue;
+      ctx.addIssue({
+        code: 'custom',
+        path: [name],
+        message: 'is a test hook: refused when NODE_ENV=production (unset it, or start with NODE_ENV=test)',
+      });
+    }
+  });
+}
+
 /** Parses `env` against `schema` (usually `CommonEnv.extend({...})`). Empty strings count as unset. */
 export function loadConfig<S extends z.ZodObject>(
   schema: S,

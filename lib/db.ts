@@ -71,9 +71,13 @@ export async function migrate(pool: pg.Pool, component: string, migrations: Migr
     }
     return applied;
   } finally {
-    await client
+    const unlocked = await client
       .query(`select pg_advisory_unlock(hashtextextended('toolbus-migrations', 0))`)
-      .catch(() => undefined);
-    client.release();
+      .then(
+        () => true,
+        () => false,
+      );
+    // A session whose unlock failed may still hold the lock: end it rather than pool it.
+    client.release(!unlocked);
   }
 }

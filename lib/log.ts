@@ -27,7 +27,14 @@ const LOG_BUFFER_BYTES = 16 * 1024 * 1024;
  */
 export function createLogger(name: string, level: string = process.env['LOG_LEVEL'] ?? 'info'): Logger {
   return pino(
-    { name, level, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } },
+    {
+      name,
+      level,
+      redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
+      // `{ err: e }` everywhere: type, message and stack (with those of its causes), and its own
+      // fields such as `code`. Log the error itself, not a hand-made summary of it.
+      serializers: { err: pino.stdSerializers.err },
+    },
     pino.destination({ dest: 1, sync: false, maxLength: LOG_BUFFER_BYTES }),
   );
 }

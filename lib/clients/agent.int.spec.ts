@@ -1,10 +1,10 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { jetstream as names, LIMITS, subjects } from '../../contracts/index.ts';
+import { executionIdFor, jetstream as names, LIMITS, subjects } from '../../contracts/index.ts';
 import { startNats } from '../../test/support/processes.ts';
 import { signToken } from '../auth.ts';
 import { connectionIdentity, connectNats } from '../nats.ts';
-import { AgentClientError, createAgentClient } from './agent.ts';
+import { AgentClientError, createAgentClient, type TerminalAnswer } from './agent.ts';
 
 const SECRET = 's'.repeat(40);
 
@@ -111,6 +111,134 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
       asked.every((h) => h === `Bearer ${token}`),
       'with the token',
     );
+  });
+
+  /** A fake dispatcher: remembers each request's replyTo; the test answers when it wants. */
+  const fakeDispatcher = (t: Test) => {
+    const seen: Array<{ requestId: string; replyTo: string }> = [];
+    const sub = nc.subscribe(subjects.request('alice', connectionIdentity(nc)), {
+      callback: (_e, m) => {
+        seen.push(m.json<{ requestId: string; replyTo: string }>());
+      },
+    });
+    t.teardown(() => sub.unsubscribe());
+    return {
+      seen,
+      async received(n: number) {
+        while (seen.length < n) await new Promise((r) => setTimeout(r, 5));
+      },
+      answer(replyTo: string, requestId: string, result: unknown) {
+        const done: TerminalAnswer = {
+          status: 'completed',
+          requestId,
+          executionId: executionIdFor('alice', requestId),
+          correlationId: 'c',
+          result: result as never,
+          durationMs: 1,
+          cached: false,
+        };
+        nc.publish(replyTo, JSON.stringify(done));
+        return done;
+      },
+    };
+  };
+
+  /** Counts the lookups on toolbus.answers.alice, answering each with `reply(n)`. */
+  const fakeAnswers = (t: Test, reply: (n: number) => unknown) => {
+    let n = 0;
+    const sub = nc.subscribe(subjects.answers('alice'), {
+      callback: (_e, m) => {
+        m.respond(JSON.stringify(reply(++n)));
+      },
+    });
+    t.teardown(() => sub.unsubscribe());
+    return { count: () => n };
+  };
+
+  t.test('many concurrent requests on one client share one subscription', async (t) => {
+    const own = await connectNats(nats.url, 'agent-shared');
+    t.teardown(() => own.close());
+    let subscriptions = 0;
+    const subscribe = own.subscribe.bind(own);
+    own.subscribe = (...args: Parameters<typeof own.subscribe>) => {
+      subscriptions++;
+      return subscribe(...args);
+    };
+    const ownClient = createAgentClient(own);
+    const sub = nc.subscribe(subjects.request('alice', connectionIdentity(own)), {
+      callback: (_e, m) => {
+        const { requestId, replyTo } = m.json<{ requestId: string; replyTo: string }>();
+        const ids = { requestId, executionId: executionIdFor('alice', requestId), correlationId: 'c' };
+        nc.publish(
+          replyTo,
+          JSON.stringify({ status: 'completed', ...ids, result: requestId, durationMs: 1, cached: false }),
+        );
+      },
+    });
+    t.teardown(() => sub.unsubscribe());
+    await nc.flush();
+    const ids = Array.from({ length: 50 }, (_, i) => `many-${i}`);
+    const answers = await Promise.all(
+      ids.map((id) => ownClient.execute('noop', {}, { token, requestId: id, timeoutMs: 30_000 })),
+    );
+    t.strictSame(
+      answers.map((a) => (a.status === 'completed' ? a.result : a.status)),
+      ids,
+      'each request got its own answer',
+    );
+    t.equal(subscriptions, 1, 'one subscription for all of them');
+  });
+
+  t.test("a duplicate's answer arrives without a lookup while the first attempt here waits", async (t) => {
+    const dispatcher = fakeDispatcher(t);
+    const lookups = fakeAnswers(t, () => ({ answer: null }));
+    await nc.flush();
+    const first = client.execute('noop', {}, { token, requestId: 'r-5', timeoutMs: 30_000 });
+    await dispatcher.received(1);
+    const again = client.execute('noop', {}, { token, requestId: 'r-5', timeoutMs: 30_000 });
+    // JetStream drops the second publish: the fake dispatcher sees one request.
+    const done = dispatcher.answer(dispatcher.seen[0]!.replyTo, 'r-5', 'once');
+    t.strictSame(await first, done);
+    t.strictSame(await again, done, 'the retry gets the same answer');
+    t.equal(lookups.count(), 0, 'no lookup');
+    const later = await client.execute('noop', {}, { token, requestId: 'r-5', timeoutMs: 30_000 });
+    t.strictSame(later, done, 'a retry after the answer came gets it from this client');
+    t.equal(lookups.count(), 0, 'still no lookup');
+  });
+
+  t.test('lookups back off with jitter and honour an OVERLOADED retry hint', async (t) => {
+    const dispatcher = fakeDispatcher(t);
+    await nc.flush();
+    await t.rejects(client.execute('noop', {}, { token, requestId: 'r-6', timeoutMs: 100 }), {
+      code: 'TIMEOUT',
+    });
+    await dispatcher.received(1);
+    const done = {
+      status: 'completed',
+      requestId: 'r-6',
+      executionId: 'x',
+      correlationId: 'c',
+      result: 'late',
+      durationMs: 1,
+      cached: false,
+    };
+    const lookups = fakeAnswers(t, (n) =>
+      n === 2
+        ? { answer: null, overloaded: { retryAfterMs: 120 } }
+        : n < 5
+          ? { answer: null }
+          : { answer: done },
+    );
+    const waits: number[] = [];
+    const other = createAgentClient(nc, {
+      lookupBackoff: { minMs: 10, maxMs: 40, random: () => 0.5 },
+      onLookup: ({ waitedMs }) => waits.push(waitedMs),
+    });
+    const again = await other.execute('noop', {}, { token, requestId: 'r-6', timeoutMs: 30_000 });
+    t.strictSame(again, done, 'the answer the fifth lookup gave');
+    t.equal(lookups.count(), 5, 'asked until there was one');
+    // Half of each ceiling (10, 20, 40, 40, ...), except after the OVERLOADED reply: its hint.
+    t.strictSame(waits, [5, 10, 120, 20, 20]);
   });
 
   t.test('an oversized request is refused locally (the dispatcher could not answer it)', async (t) => {

@@ -2,8 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
 import { headers, RequestError, type NatsConnection } from '@nats-io/transport-node';
 import {
-  AgentAnswer,
+  AnswersReply,
+  type AgentAnswer,
   CancelResult,
+  isTerminalAnswer,
   isUserId,
   looksLikeExecutionId,
   LIMITS,
@@ -13,7 +15,9 @@ import {
   type JsonObject,
   type TerminalAnswer,
 } from '../../contracts/index.ts';
-import { connectionIdentity, inboxFor } from '../nats.ts';
+import { connectionIdentity } from '../nats.ts';
+import { backoffMs, sleep } from '../retry.ts';
+import { answerInboxOf, type InterimAnswer, type Waiter } from './answerInbox.ts';
 
 /**
  * The agent's side of Toolbus: publish a tool request into the JetStream intake and wait for its
@@ -30,7 +34,7 @@ import { connectionIdentity, inboxFor } from '../nats.ts';
 export { CancelRequest, CancelResult, looksLikeExecutionId } from '../../contracts/services.ts';
 
 export type { TerminalAnswer } from '../../contracts/services.ts';
-export type InterimAnswer = Exclude<AgentAnswer, TerminalAnswer>;
+export type { InterimAnswer } from './answerInbox.ts';
 
 export interface CancelOptions {
   /** The JWT of the execution's user, or of an admin (then give `userId`). */
@@ -92,7 +96,17 @@ export function userIdOfToken(token: string): string | null {
   }
 }
 
-const isTerminal = (a: AgentAnswer): a is TerminalAnswer => a.status === 'completed' || a.status === 'failed';
+/** How an attempt that JetStream reported as a duplicate asks the dispatchers for its answer. */
+export interface LookupBackoff {
+  /** The ceiling of the first wait (default 1 s); each wait is random below its ceiling. */
+  minMs: number;
+  /** The largest ceiling (default 15 s). */
+  maxMs: number;
+  /** The random source (tests). */
+  random?: () => number;
+}
+
+export const DEFAULT_LOOKUP_BACKOFF: LookupBackoff = { minMs: 1_000, maxMs: 15_000 };
 
 export interface SubmitOptions {
   /** The user's JWT (with or without `Bearer `). */
@@ -104,13 +118,26 @@ export interface SubmitOptions {
   body: Record<string, unknown>;
   onProgress?: (answer: InterimAnswer) => void;
   timeoutMs?: number;
+  /** @deprecated the first lookup wait's ceiling; use `lookupBackoff`. */
   pollIntervalMs?: number;
+  lookupBackoff?: Partial<LookupBackoff>;
+  /** Told of each lookup before it is sent, with the wait that preceded it (tests, diagnostics). */
+  onLookup?: (event: { attempt: number; waitedMs: number }) => void;
 }
 
+/** The error of an attempt whose inbox failed. */
+const inboxClosed = (cause: Error, requestId: string) =>
+  new AgentClientError(`the inbox failed: ${cause.message}`, 'CLOSED', requestId, { cause });
+
 /**
- * Publishes a request body into the intake (with its own inbox as `replyTo`) and waits for the
- * terminal answer; what `execute` and the HTTP API share. Requests over the size limit are refused
- * here (MALFORMED), as the dispatcher could not read their `replyTo` to answer them.
+ * Publishes a request body into the intake and waits for the terminal answer; what `execute` and
+ * the HTTP API share. The answer comes to the connection's one answer inbox (`AnswerInbox`), under
+ * which each attempt has its own `replyTo`. When JetStream reports the publish as a duplicate, the
+ * answer went to the first attempt's inbox: if that attempt is this connection's and still waits,
+ * this one gets the same answer without asking; otherwise it asks `toolbus.answers` with
+ * exponential backoff and full jitter, waiting at least what an OVERLOADED reply asks. Requests
+ * over the size limit are refused here (MALFORMED), as the dispatcher could not read their
+ * `replyTo` to answer them.
  */
 export async function submitRequest(
   nc: NatsConnection,
@@ -118,45 +145,36 @@ export async function submitRequest(
   o: SubmitOptions,
 ): Promise<AgentAnswer> {
   const { userId, requestId } = o;
-  const pollMs = o.pollIntervalMs ?? 250;
   // The server lets this connection publish requests only under its own identity, and read only
   // its own inbox; the dispatcher answers only to that inbox.
   const agentId = connectionIdentity(nc);
-  const inbox = inboxFor(nc);
-  const { replyTo: _r, progress: _p, ...rest } = o.body;
-  const body = JSON.stringify({ ...rest, replyTo: inbox, ...(o.onProgress ? { progress: true } : {}) });
-  const size = Buffer.byteLength(body);
-  if (size > LIMITS.maxRequestBytes) {
-    return {
-      status: 'failed',
-      requestId,
-      executionId: null,
-      correlationId: null,
-      error: { code: 'MALFORMED', message: `request is ${size} bytes; limit ${LIMITS.maxRequestBytes}` },
-    };
-  }
-  const auth = headers();
-  auth.set(REQUEST_HEADERS.authorization, `Bearer ${bare(o.token)}`);
-
-  const timeoutMs = o.timeoutMs ?? 60_000;
-  const sub = nc.subscribe(inbox);
-  let settled = false;
+  const waiter = answerInboxOf(nc, inboxClosed).wait(userId, requestId, o.onProgress);
+  const stop = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   try {
-    return await new Promise<AgentAnswer>((resolve, reject) => {
-      const finish = (answer: AgentAnswer) => {
-        if (settled) return;
-        settled = true;
-        resolve(answer);
+    const { replyTo: _r, progress: _p, ...rest } = o.body;
+    const body = JSON.stringify({
+      ...rest,
+      replyTo: waiter.replyTo,
+      ...(o.onProgress ? { progress: true } : {}),
+    });
+    const size = Buffer.byteLength(body);
+    if (size > LIMITS.maxRequestBytes) {
+      return {
+        status: 'failed',
+        requestId,
+        executionId: null,
+        correlationId: null,
+        error: { code: 'MALFORMED', message: `request is ${size} bytes; limit ${LIMITS.maxRequestBytes}` },
       };
-      const fail = (e: Error) => {
-        if (settled) return;
-        settled = true;
-        reject(e);
-      };
+    }
+    const auth = headers();
+    auth.set(REQUEST_HEADERS.authorization, `Bearer ${bare(o.token)}`);
+    const timeoutMs = o.timeoutMs ?? 60_000;
+    const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
         () =>
-          fail(
+          reject(
             new AgentClientError(
               `no answer to request ${requestId} within ${timeoutMs} ms`,
               'TIMEOUT',
@@ -165,73 +183,95 @@ export async function submitRequest(
           ),
         timeoutMs,
       );
-
-      void (async () => {
-        try {
-          for await (const m of sub) {
-            let parsed;
-            try {
-              parsed = AgentAnswer.safeParse(m.json());
-            } catch {
-              continue;
-            }
-            if (!parsed.success || (parsed.data.requestId !== requestId && parsed.data.requestId !== null))
-              continue;
-            if (isTerminal(parsed.data)) return finish(parsed.data);
-            try {
-              o.onProgress?.(parsed.data);
-            } catch {
-              // the caller's callback failing must not lose the answer
-            }
-          }
-        } catch (e) {
-          return fail(
-            new AgentClientError(`the inbox failed: ${(e as Error).message}`, 'CLOSED', requestId, {
-              cause: e,
-            }),
-          );
-        }
-        fail(new AgentClientError('the subscription closed before the answer came', 'CLOSED', requestId));
-      })();
-
-      void (async () => {
-        let ack;
-        try {
-          ack = await js.publish(subjects.request(userId, agentId), body, {
-            msgID: `${userId}:${requestId}`,
-            headers: auth,
-          });
-        } catch (e) {
-          return fail(
-            new AgentClientError(
-              `request ${requestId} was not accepted: ${(e as Error).message}`,
-              'PUBLISH_FAILED',
-              requestId,
-              {
-                cause: e,
-              },
-            ),
-          );
-        }
-        if (!ack.duplicate) return;
-        // JetStream already has this request: its answer goes (or went) to the first inbox.
-        for (let wait = pollMs; !settled; wait = Math.min(wait * 2, 2_000)) {
-          const answer = await lookup(nc, userId, requestId, auth);
-          if (answer) return finish(answer);
-          await new Promise((r) => setTimeout(r, wait));
-        }
-      })();
     });
+    const backoff: LookupBackoff = {
+      ...DEFAULT_LOOKUP_BACKOFF,
+      ...(o.pollIntervalMs !== undefined ? { minMs: o.pollIntervalMs } : {}),
+      ...o.lookupBackoff,
+    };
+    const publishing = (async (): Promise<never> => {
+      let ack;
+      try {
+        ack = await js.publish(subjects.request(userId, agentId), body, {
+          msgID: `${userId}:${requestId}`,
+          headers: auth,
+        });
+      } catch (e) {
+        throw new AgentClientError(
+          `request ${requestId} was not accepted: ${(e as Error).message}`,
+          'PUBLISH_FAILED',
+          requestId,
+          {
+            cause: e,
+          },
+        );
+      }
+      if (!ack.duplicate) waiter.own();
+      else
+        await lookUpDuplicate(nc, {
+          userId,
+          requestId,
+          auth,
+          waiter,
+          backoff,
+          signal: stop.signal,
+          onLookup: o.onLookup,
+        });
+      return new Promise<never>(() => undefined); // the answer comes to the waiter
+    })();
+    return await Promise.race([waiter.answer, timeout, publishing]);
   } finally {
-    settled = true;
     clearTimeout(timer);
-    sub.unsubscribe();
+    stop.abort();
+    waiter.release();
+  }
+}
+
+interface DuplicateWait {
+  userId: string;
+  requestId: string;
+  auth: ReturnType<typeof headers>;
+  waiter: Waiter;
+  backoff: LookupBackoff;
+  signal: AbortSignal;
+  onLookup: SubmitOptions['onLookup'];
+}
+
+/**
+ * JetStream already had this request: its answer goes (or went) to the first attempt's inbox.
+ * While an attempt of this connection that owns it waits, so does this one (the answer reaches
+ * both); then it asks the dispatchers, backing off, until there is an answer or it stops waiting.
+ */
+async function lookUpDuplicate(nc: NatsConnection, d: DuplicateWait): Promise<void> {
+  const aborted = new Promise<void>((resolve) =>
+    d.signal.addEventListener('abort', () => resolve(), { once: true }),
+  );
+  await Promise.race([d.waiter.ownersGone(), aborted]);
+  let hintMs = 0;
+  for (let attempt = 0; !d.signal.aborted; attempt++) {
+    const waitMs = Math.max(backoffMs(attempt, d.backoff), hintMs);
+    try {
+      await sleep(waitMs, d.signal);
+    } catch {
+      return; // the attempt stopped waiting (answered, timed out)
+    }
+    d.onLookup?.({ attempt, waitedMs: waitMs });
+    const reply = await askForAnswer(nc, d.userId, d.requestId, d.auth);
+    if (reply.answer) return d.waiter.settle(reply.answer);
+    hintMs = reply.overloaded?.retryAfterMs ?? 0;
   }
 }
 
 export function createAgentClient(
   nc: NatsConnection,
-  options: { js?: JetStreamClient; pollIntervalMs?: number } = {},
+  options: {
+    js?: JetStreamClient;
+    /** @deprecated the first lookup wait's ceiling; use `lookupBackoff`. */
+    pollIntervalMs?: number;
+    /** How a duplicate asks for its answer (default 1 s doubling to 15 s, full jitter). */
+    lookupBackoff?: Partial<LookupBackoff>;
+    onLookup?: SubmitOptions['onLookup'];
+  } = {},
 ): AgentClient {
   const js = options.js ?? jetstream(nc);
   return {
@@ -261,6 +301,8 @@ export function createAgentClient(
         ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
         ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
         ...(options.pollIntervalMs ? { pollIntervalMs: options.pollIntervalMs } : {}),
+        ...(options.lookupBackoff ? { lookupBackoff: options.lookupBackoff } : {}),
+        ...(options.onLookup ? { onLookup: options.onLookup } : {}),
       });
     },
     cancel: (target, opts) => cancelExecution(nc, target, opts),
@@ -335,20 +377,33 @@ export async function cancelExecution(
   return parsed.data;
 }
 
-async function lookup(
+/** Asks `toolbus.answers` once; a failed ask (no dispatcher, a timeout) reads as "no answer yet". */
+async function askForAnswer(
   nc: NatsConnection,
   userId: string,
   requestId: string,
   auth: ReturnType<typeof headers>,
-): Promise<TerminalAnswer | null> {
+): Promise<{ answer: TerminalAnswer | null; overloaded?: { retryAfterMs: number } }> {
+  let reply;
   try {
-    const reply = await nc.request(subjects.answers(userId), JSON.stringify({ requestId }), {
+    reply = await nc.request(subjects.answers(userId), JSON.stringify({ requestId }), {
       timeout: 5_000,
       headers: auth,
     });
-    const answer = AgentAnswer.safeParse(reply.json<{ answer?: unknown }>().answer);
-    return answer.success && isTerminal(answer.data) ? answer.data : null;
   } catch {
-    return null;
+    return { answer: null }; // no dispatcher answered in time: ask again after the next wait
   }
+  let value: unknown;
+  try {
+    value = reply.json();
+  } catch {
+    return { answer: null }; // not JSON: nothing a dispatcher sends
+  }
+  const parsed = AnswersReply.safeParse(value);
+  if (!parsed.success) return { answer: null };
+  const { answer, overloaded } = parsed.data;
+  return {
+    answer: answer && isTerminalAnswer(answer) ? (answer as TerminalAnswer) : null,
+    ...(overloaded ? { overloaded } : {}),
+  };
 }

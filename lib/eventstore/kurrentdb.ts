@@ -51,8 +51,11 @@ import {
   type Subscription,
   type SubscriptionFilter,
 } from './types.ts';
+import { backoffMs } from '../retry.ts';
 
 const PING_TIMEOUT_MS = 5_000;
+/** A subscription whose reads fail waits a random time below 100 ms doubling up to 5 s, then reads again. */
+const SUBSCRIPTION_RETRY = { minMs: 100, maxMs: 5_000 };
 /** Servers before 22.6 return this instead of a position when an event is read from its stream. */
 const NO_POSITION = 0xffff_ffff_ffff_ffffn;
 /** Every stream but KurrentDB's own (`$`-prefixed) ones, filtered on the server. */
@@ -441,7 +444,7 @@ function catchUpSubscription(
           if (err instanceof AccessDeniedError) throw err;
           onError?.(err as Error);
           await new Promise<void>((resolve) => {
-            const timer = setTimeout(resolve, Math.min(5_000, 100 * 2 ** failures++));
+            const timer = setTimeout(resolve, backoffMs(failures++, SUBSCRIPTION_RETRY));
             wake = () => {
               clearTimeout(timer);
               resolve();

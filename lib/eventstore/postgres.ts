@@ -20,6 +20,7 @@ import {
   type SubscribeOptions,
   type Subscription,
 } from './types.ts';
+import { backoffMs } from '../retry.ts';
 
 export interface PostgresEventStoreOptions {
   connectionString: string;
@@ -40,6 +41,8 @@ const COLUMNS = `seq, tx_id::text as tx, stream_id, revision, event_id, event_ty
 const MAX_SEQ = 9223372036854775807n;
 /** How soon a subscription first looks again while committed events wait behind the visibility horizon. */
 const BEHIND_HORIZON_POLL_MS = 20;
+/** A subscription whose reads fail waits a random time below 100 ms doubling up to 5 s, then reads again. */
+const SUBSCRIPTION_RETRY = { minMs: 100, maxMs: 5_000 };
 
 interface Row {
   seq: number;
@@ -488,7 +491,7 @@ class PostgresSubscription implements Subscription {
         } catch (e) {
           // The database went away: keep the cursor, wait, try again. Nothing is skipped.
           this.store.reportError(e as Error);
-          await this.idle(Math.min(5000, 100 * 2 ** failures++));
+          await this.idle(backoffMs(failures++, SUBSCRIPTION_RETRY));
           continue;
         }
         for (const event of batch.rows) {
@@ -537,7 +540,7 @@ class PostgresSubscription implements Subscription {
         return { cursor: from === 'start' ? { commit: 0n, prepare: 0n } : from, lastStored };
       } catch (e) {
         this.store.reportError(e as Error);
-        await this.idle(Math.min(5000, 100 * 2 ** failures));
+        await this.idle(backoffMs(failures, SUBSCRIPTION_RETRY));
       }
     }
     return { cursor: { commit: MAX_SEQ, prepare: MAX_SEQ }, lastStored: null };

@@ -333,7 +333,7 @@ export async function serveTools(
     try {
       parsed = InvocationCancel.safeParse(msg.json());
     } catch {
-      return;
+      return; // not JSON: a cancel that names no invocation we can read; the deadline still ends it
     }
     if (!parsed.success) return;
     const controller = running.get(parsed.data.invocationId);

@@ -1,13 +1,18 @@
-/** The auditor's coded errors, each with its HTTP status (the CLI's exit codes are `EXIT`). */
-export const AUDIT_ERRORS = {
-  UNAUTHENTICATED: { status: 401 },
-  FORBIDDEN: { status: 403 },
-  BAD_REQUEST: { status: 400 },
-  NOT_FOUND: { status: 404 },
-  HISTORY_BROKEN: { status: 409 },
-  CHECKPOINT_REFUSED: { status: 422 },
-  AUDIT_LOG_UNAVAILABLE: { status: 503 },
-} as const;
+import { httpStatusOfCode } from '../../contracts/index.ts';
+
+/** The auditor's coded errors; their HTTP statuses are the catalogue's (contracts/errors.ts). The CLI's exit codes are `EXIT`. */
+const AUDIT_ERROR_CODES = [
+  'UNAUTHENTICATED',
+  'FORBIDDEN',
+  'BAD_REQUEST',
+  'NOT_FOUND',
+  'HISTORY_BROKEN',
+  'CHECKPOINT_REFUSED',
+  'AUDIT_LOG_UNAVAILABLE',
+] as const;
+export const AUDIT_ERRORS = Object.fromEntries(
+  AUDIT_ERROR_CODES.map((c) => [c, { status: httpStatusOfCode(c) }]),
+) as Record<(typeof AUDIT_ERROR_CODES)[number], { status: number }>;
 export type AuditErrorCode = keyof typeof AUDIT_ERRORS;
 
 /** CLI exit codes. */

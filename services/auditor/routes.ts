@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { ROLES, UserId, type Principal } from '../../contracts/index.ts';
+import { httpStatusOfCode, ROLES, UserId, type Principal } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
 import type { AuditAction, AuditEntry, AuditLog, AuditOutcome } from './auditLog.ts';
@@ -72,7 +72,9 @@ export async function auditRoutes(app: FastifyInstance, options: AuditRoutesOpti
       return reply.code(error.statusCode).send({ error: 'BAD_REQUEST', message: error.message });
     }
     request.log.error({ err: error }, 'audit request failed');
-    return reply.code(500).send({ error: 'INTERNAL', message: 'the audit request failed' });
+    return reply
+      .code(httpStatusOfCode('INTERNAL'))
+      .send({ error: 'INTERNAL', message: 'the audit request failed' });
   });
 
   /** Authenticates, checks the role, and records the access (or its refusal) before anything is read. */

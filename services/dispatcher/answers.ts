@@ -1,4 +1,9 @@
-import type { ErrorCode, RefusalCode, TerminalAnswer } from '../../contracts/index.ts';
+import {
+  httpStatusOfCode,
+  type ErrorCode,
+  type RefusalCode,
+  type TerminalAnswer,
+} from '../../contracts/index.ts';
 
 export { answerFromTerminal, type TerminalAnswer } from '../../contracts/index.ts';
 
@@ -25,44 +30,12 @@ export function refusal(
 }
 
 /**
- * HTTP status of a terminal answer (POST /executions). The request's own faults are 4xx; a tool
- * that ran and failed is 502 (the gateway ran it, the tool failed), a tool that ran out of time 504.
+ * HTTP status of a terminal answer (POST /executions), from the catalogue (contracts/errors.ts):
+ * the request's own faults are 4xx; a tool that ran and failed is 502 (the gateway ran it, the tool
+ * failed), a tool that ran out of time 504.
  */
 export function httpStatusOf(answer: TerminalAnswer): number {
-  if (answer.status === 'completed') return 200;
-  const code = answer.error.code;
-  switch (code) {
-    case 'UNAUTHENTICATED':
-      return 401;
-    case 'FORBIDDEN':
-    case 'DENIED':
-      return 403;
-    case 'APPROVAL_EXPIRED':
-      return 410;
-    case 'UNKNOWN_TOOL':
-      return 404;
-    case 'VALIDATION':
-    case 'MALFORMED':
-      return 400;
-    case 'RATE_LIMITED':
-      return 429;
-    case 'OVERLOADED':
-      return 503;
-    case 'CANCELLED':
-      return 409;
-    case 'TIMEOUT':
-      return 504;
-    case 'TOOL_ERROR':
-    case 'OUTPUT_INVALID':
-    case 'INTERRUPTED':
-      return 502;
-    case 'INTERNAL':
-      return 500;
-    default: {
-      const unknown: never = code;
-      throw new Error(`unknown code ${String(unknown)}`);
-    }
-  }
+  return answer.status === 'completed' ? 200 : httpStatusOfCode(answer.error.code);
 }
 
 /** Outcome label for metrics: `completed` or the error code. */

@@ -10,7 +10,7 @@ import { createRedis, type Redis } from '../../lib/redis.ts';
 import { acceptAnnouncements, ToolRegistry, type ToolDefinition } from '../../lib/tools/index.ts';
 import { CancelCoordinator, forwardCancel, serveCancels } from './cancel.ts';
 import type { DispatcherConfig } from './config.ts';
-import { Dispatcher, errorInfo } from './dispatcher.ts';
+import { Dispatcher } from './dispatcher.ts';
 import { Guard } from './guard.ts';
 import { defaultUserSlots, ensureIntake, startIntake, type Intake } from './intake.ts';
 import { serveLiveness } from './liveness.ts';
@@ -66,6 +66,10 @@ export async function startDispatcher(
   config: DispatcherConfig,
   options: StartOptions = {},
 ): Promise<RunningDispatcher> {
+  if (config.TOOLBUS_TEST_TOOLS && config.NODE_ENV === 'production') {
+    // DispatcherEnv refuses it too; this catches a configuration made without it.
+    throw new Error('TOOLBUS_TEST_TOOLS is a test hook: refused when NODE_ENV=production');
+  }
   const dispatcherId = config.DISPATCHER_ID;
   const log = (options.log ?? createLogger('dispatcher', config.LOG_LEVEL)).child({
     dispatcher: dispatcherId,
@@ -79,7 +83,7 @@ export async function startDispatcher(
       options.store ??
       (await createEventStore(config, {
         application: 'toolbus-dispatcher',
-        onError: (e) => log.warn({ err: errorInfo(e) }, 'event store connection trouble'),
+        onError: (e) => log.warn({ err: e }, 'event store connection trouble'),
       }));
     if (!options.store) cleanup.push(() => store.close());
 
@@ -148,7 +152,7 @@ export async function startDispatcher(
       },
       (op, e) => {
         metrics.redisErrors.inc({ op });
-        log.warn({ op, err: errorInfo(e) }, 'redis unavailable; continuing without it');
+        log.warn({ op, err: e }, 'redis unavailable; continuing without it');
       },
     );
     const dispatcher = new Dispatcher({
@@ -166,7 +170,17 @@ export async function startDispatcher(
     });
     const liveness = serveLiveness(nc, dispatcherId, dispatcher.isRunning);
     cleanup.push(async () => liveness.stop());
-    const answers = serveAnswers(nc, verifier, (u, r) => dispatcher.lookup(u, r), log);
+    const answers = serveAnswers({
+      nc,
+      verifier,
+      lookup: (u, r) => dispatcher.lookup(u, r),
+      log,
+      limits: {
+        maxInFlight: config.DISPATCHER_MAX_LOOKUPS,
+        deadlineMs: config.DISPATCHER_LOOKUP_DEADLINE_MS,
+      },
+      metrics,
+    });
     cleanup.push(() => answers.stop());
     const cancels = new CancelCoordinator({
       dispatcherId,

@@ -1,6 +1,12 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { CommonEnv, requireTokenKey, SecretKey, UserTokenEnv } from '../../lib/config.ts';
+import {
+  CommonEnv,
+  refuseTestHooksInProduction,
+  requireTokenKey,
+  SecretKey,
+  UserTokenEnv,
+} from '../../lib/config.ts';
 
 const int = (fallback: number, min: number, max: number) =>
   z
@@ -74,9 +80,19 @@ const DispatcherVariables = CommonEnv.extend({
    * INTERNAL, recorded and answered. Retries wait 2 s, 4 s, 8 s, ... up to 60 s.
    */
   DISPATCHER_MAX_FAILURES: int(6, 1, 1_000),
+  /**
+   * Answer lookups (`toolbus.answers.<user>`) this instance serves at once; beyond them a lookup is
+   * refused at once with OVERLOADED and a retry hint, before any store work.
+   */
+  DISPATCHER_MAX_LOOKUPS: int(32, 1, 10_000),
+  /** How long one lookup may take before it is answered OVERLOADED (its store work still counts against the bound until it ends). */
+  DISPATCHER_LOOKUP_DEADLINE_MS: int(2_000, 50, 60_000),
   /** How long close() lets running tools finish before leaving them to redelivery. */
   SHUTDOWN_GRACE_MS: int(5_000, 0, 600_000),
-  /** Register the test tools (noop, echo, sleep, fail, hang, ...) besides the example tools. */
+  /**
+   * Register the test tools (noop, echo, sleep, fail, hang, ...) besides the example tools. Refused
+   * when NODE_ENV=production.
+   */
   TOOLBUS_TEST_TOOLS: flag,
   /** This instance's name, recorded as the `runner` of what it runs. Default hostname-pid. */
   DISPATCHER_ID: z
@@ -84,5 +100,7 @@ const DispatcherVariables = CommonEnv.extend({
     .regex(/^[A-Za-z0-9_-]{1,100}$/, 'must match [A-Za-z0-9_-]{1,100} (it is a NATS subject token)')
     .default(defaultDispatcherId),
 });
-export const DispatcherEnv = requireTokenKey(DispatcherVariables);
+export const DispatcherEnv = refuseTestHooksInProduction(requireTokenKey(DispatcherVariables), {
+  TOOLBUS_TEST_TOOLS: (v) => v === true,
+});
 export type DispatcherConfig = z.infer<typeof DispatcherEnv>;

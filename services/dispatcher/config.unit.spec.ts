@@ -70,3 +70,21 @@ t.test('one user may hold all but an eighth of the slots, at least one', async (
   t.equal(defaultUserSlots(2), 1);
   t.equal(defaultUserSlots(1), 1);
 });
+
+t.test('the test tools are refused in a production start', async (t) => {
+  t.throws(
+    () => loadConfig(DispatcherEnv, { ...KEYS, NODE_ENV: 'production', TOOLBUS_TEST_TOOLS: '1' }),
+    new ConfigError([
+      'TOOLBUS_TEST_TOOLS: is a test hook: refused when NODE_ENV=production (unset it, or start with NODE_ENV=test)',
+    ]),
+  );
+  t.equal(
+    loadConfig(DispatcherEnv, { ...KEYS, NODE_ENV: 'production' }).TOOLBUS_TEST_TOOLS,
+    false,
+    'a production start without them',
+  );
+  t.equal(
+    loadConfig(DispatcherEnv, { ...KEYS, NODE_ENV: 'test', TOOLBUS_TEST_TOOLS: '1' }).TOOLBUS_TEST_TOOLS,
+    true,
+  );
+});

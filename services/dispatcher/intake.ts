@@ -16,8 +16,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Gauge, Histogram } from 'prom-client';
 import { jetstream as names, parseRequestSubject, subjects } from '../../contracts/index.ts';
 import type { Logger } from '../../lib/log.ts';
-import { errorInfo, type CancelOrder, type Delivery, type Disposition } from './dispatcher.ts';
+import { type CancelOrder, type Delivery, type Disposition } from './dispatcher.ts';
 import { FairQueue } from './fairQueue.ts';
+import { backoffMs } from '../../lib/retry.ts';
 
 /** How long JetStream remembers a `Nats-Msg-Id` to drop a repeat of the same request. */
 export const DUPLICATE_WINDOW_MS = 2 * 60_000;
@@ -227,8 +228,11 @@ export interface Intake {
   stop(graceMs: number): Promise<void>;
 }
 
-/** The wait after the n-th failed pull in a row, before repairing and pulling again: 500 ms doubling up to 5 s. */
-const retryDelayMs = (attempts: number): number => Math.min(5_000, 500 * 2 ** Math.min(attempts - 1, 4));
+/**
+ * The wait after the n-th failed pull in a row, before repairing and pulling again: a random time
+ * below 500 ms doubling up to 5 s (instances that lost the stream together do not repair together).
+ */
+const retryDelayMs = (attempts: number): number => backoffMs(attempts - 1, { minMs: 500, maxMs: 5_000 });
 
 /** One user may hold all but an eighth of an instance's slots (at least one slot for them). */
 export const defaultUserSlots = (concurrency: number): number =>
@@ -344,14 +348,11 @@ export function startIntake(o: IntakeOptions): Intake {
       .then(
         (d) => (d.ack ? m.ack() : m.nak(d.retryInMs)),
         (e: unknown) => {
-          o.log.error(
-            { err: errorInfo(e), seq: m.seq },
-            'request handler failed; it will be delivered again',
-          );
+          o.log.error({ err: e, seq: m.seq }, 'request handler failed; it will be delivered again');
           m.nak(1_000);
         },
       )
-      .catch((e: unknown) => o.log.warn({ err: errorInfo(e), seq: m.seq }, 'ack failed'))
+      .catch((e: unknown) => o.log.warn({ err: e, seq: m.seq }, 'ack failed'))
       .finally(() => {
         clearInterval(beat);
         heartbeats.delete(beat);
@@ -414,7 +415,7 @@ export function startIntake(o: IntakeOptions): Intake {
   const trouble = (missing: IntakeResource | null, cause: unknown, attempts: number) => {
     const reason = missing
       ? `${resourceName(missing)} missing; recreating`
-      : `pulling requests failed: ${errorInfo(cause).message}`;
+      : `pulling requests failed: ${cause instanceof Error ? cause.message : String(cause)}`;
     setState({ consuming: false, reason, missing, attempts });
   };
 
@@ -439,7 +440,7 @@ export function startIntake(o: IntakeOptions): Intake {
     trouble(missing, cause, state.consuming ? 1 : state.attempts);
     if (logged === missing) return;
     logged = missing;
-    const fields = { err: errorInfo(cause), ...(missing ? { missing: resourceName(missing) } : {}) };
+    const fields = { err: cause, ...(missing ? { missing: resourceName(missing) } : {}) };
     if (missing) o.log.error(fields, `intake ${resourceName(missing)} missing; recreating it`);
     else o.log.warn(fields, 'pulling requests failed; retrying');
   };

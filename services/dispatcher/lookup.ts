@@ -1,70 +1,170 @@
 import type { Msg } from '@nats-io/transport-node';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
-import { DISPATCHERS_QUEUE, REQUEST_HEADERS, REQUEST_ID_PATTERN, subjects } from '../../contracts/index.ts';
+import {
+  DISPATCHERS_QUEUE,
+  REQUEST_HEADERS,
+  REQUEST_ID_PATTERN,
+  subjects,
+  type AnswersReply,
+} from '../../contracts/index.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import { refusal, type TerminalAnswer } from './answers.ts';
-import { errorInfo } from './dispatcher.ts';
 
 const PREFIX = 'toolbus.answers.';
+
+/** How many lookups run at once, and how long one may take, before lookups are refused OVERLOADED. */
+export interface LookupLimits {
+  /** Lookups in flight in this instance (their store work included, even past the deadline). */
+  maxInFlight: number;
+  /** How long one lookup may take before it is answered OVERLOADED. */
+  deadlineMs: number;
+  /** The retry hint of an OVERLOADED reply (default: the deadline). */
+  retryAfterMs?: number;
+}
+
+/** Results counted by `toolbus_answer_lookups_total{result}`. */
+export type LookupResult = 'answered' | 'pending' | 'refused' | 'overloaded' | 'deadline' | 'failed';
+
+export interface LookupMetrics {
+  lookups: { inc(labels: { result: LookupResult }): void };
+  lookupsInFlight: { inc(): void; dec(): void };
+}
+
+export interface AnswersServiceOptions {
+  nc: NatsConnection;
+  verifier: TokenVerifier;
+  lookup: (userId: string, requestId: string) => Promise<TerminalAnswer | null>;
+  log: Logger;
+  limits: LookupLimits;
+  metrics?: LookupMetrics;
+}
+
+/** The lookup did not end within its deadline. */
+class LookupDeadlineError extends Error {
+  constructor(deadlineMs: number) {
+    super(`the lookup took more than ${deadlineMs} ms`);
+    this.name = 'LookupDeadlineError';
+  }
+}
 
 /**
  * "What became of my request R?" on `toolbus.answers.<userId>` (queue group of all dispatchers):
  * the agent client asks when JetStream dropped its retry as a duplicate, so the answer went to the
- * first attempt's inbox. The token decides the user, as for requests. Replies
- * `{"answer": TerminalAnswer | null}`; null while the execution has no terminal event yet.
+ * first attempt's inbox. The token decides the user, as for requests. Replies an `AnswersReply`
+ * (contracts/services.ts).
+ *
+ * Bounded: at most `maxInFlight` lookups run at once, each answered within `deadlineMs`. A lookup
+ * over the bound is refused before its token is read or the store touched, and one past its
+ * deadline is answered then (its store work keeps its slot until it ends, so the bound is the
+ * store work this service causes); both as `{answer: null, overloaded: {retryAfterMs}}`.
  */
-export function serveAnswers(
-  nc: NatsConnection,
-  verifier: TokenVerifier,
-  lookup: (userId: string, requestId: string) => Promise<TerminalAnswer | null>,
-  log: Logger,
-): { stop(): Promise<void> } {
-  const respond = (msg: Msg, answer: TerminalAnswer | null) => {
+export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>; readonly inFlight: number } {
+  const { nc, verifier, log, limits } = o;
+  const retryAfterMs = limits.retryAfterMs ?? limits.deadlineMs;
+  let inFlight = 0;
+
+  const respond = (msg: Msg, reply: AnswersReply, result: LookupResult) => {
+    o.metrics?.lookups.inc({ result });
     try {
-      msg.respond(JSON.stringify({ answer }));
+      msg.respond(JSON.stringify(reply));
     } catch {
-      // the asker is gone
+      // The connection is closing: the asker will ask another dispatcher.
     }
   };
+  const overloaded = (msg: Msg, result: 'overloaded' | 'deadline') =>
+    respond(msg, { answer: null, overloaded: { retryAfterMs } }, result);
+
+  /** The lookup, or LookupDeadlineError at the deadline; the slot is held until the lookup ends. */
+  const bounded = (userId: string, requestId: string): Promise<TerminalAnswer | null> => {
+    inFlight++;
+    o.metrics?.lookupsInFlight.inc();
+    const work = o.lookup(userId, requestId).finally(() => {
+      inFlight--;
+      o.metrics?.lookupsInFlight.dec();
+    });
+    let timer: NodeJS.Timeout | undefined;
+    let late = false;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        late = true;
+        reject(new LookupDeadlineError(limits.deadlineMs));
+      }, limits.deadlineMs);
+    });
+    // A lookup that fails after its deadline was answered already: its failure is only logged.
+    work.catch((e: unknown) => {
+      if (late) log.debug({ err: e, userId, requestId }, 'lookup failed after its deadline');
+    });
+    return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
+  };
+
   const handle = async (msg: Msg) => {
+    if (inFlight >= limits.maxInFlight) return overloaded(msg, 'overloaded');
     let userId: string;
     try {
       ({ userId } = await verifier.verify(msg.headers?.get(REQUEST_HEADERS.authorization)));
     } catch (e) {
       if (!(e instanceof AuthError)) throw e;
-      return respond(msg, refusal('UNAUTHENTICATED', `token ${e.reason}: ${e.message}`));
-    }
-    if (msg.subject !== `${PREFIX}${userId}`) {
       return respond(
         msg,
-        refusal('FORBIDDEN', `the token is for user ${userId}; it may not ask about another user's requests`),
+        { answer: refusal('UNAUTHENTICATED', `token ${e.reason}: ${e.message}`) },
+        'refused',
       );
     }
-    let requestId: unknown;
+    if (msg.subject !== `${PREFIX}${userId}`) {
+      const message = `the token is for user ${userId}; it may not ask about another user's requests`;
+      return respond(msg, { answer: refusal('FORBIDDEN', message) }, 'refused');
+    }
+    const requestId = requestIdOf(msg);
+    if (requestId === null) {
+      return respond(
+        msg,
+        { answer: refusal('MALFORMED', 'expected {"requestId": "<request id>"}') },
+        'refused',
+      );
+    }
+    // Checked again: verifying the token may have waited (a JWKS fetch) while others started.
+    if (inFlight >= limits.maxInFlight) return overloaded(msg, 'overloaded');
+    let answer: TerminalAnswer | null;
     try {
-      requestId = msg.json<{ requestId?: unknown }>().requestId;
-    } catch {
-      requestId = undefined;
+      answer = await bounded(userId, requestId);
+    } catch (e) {
+      if (!(e instanceof LookupDeadlineError)) throw e;
+      log.warn({ userId, requestId, deadlineMs: limits.deadlineMs }, 'answer lookup past its deadline');
+      return overloaded(msg, 'deadline');
     }
-    if (typeof requestId !== 'string' || !REQUEST_ID_PATTERN.test(requestId)) {
-      return respond(msg, refusal('MALFORMED', 'expected {"requestId": "<request id>"}'));
-    }
-    respond(msg, await lookup(userId, requestId));
+    respond(msg, { answer }, answer ? 'answered' : 'pending');
   };
+
   const sub = nc.subscribe(subjects.answersAll, {
     queue: DISPATCHERS_QUEUE,
     callback: (err, msg) => {
-      if (err) return;
+      // A subscription error (permissions) ends it; nats.js reports it on the connection's status too.
+      if (err) return log.warn({ err }, 'answer lookups subscription failed');
       handle(msg).catch((e: unknown) => {
-        log.warn({ err: errorInfo(e), subject: msg.subject }, 'answer lookup failed');
-        respond(msg, null);
+        log.warn({ err: e, subject: msg.subject }, 'answer lookup failed');
+        respond(msg, { answer: null }, 'failed');
       });
     },
   });
   return {
+    get inFlight() {
+      return inFlight;
+    },
     async stop() {
+      // Draining a subscription of a connection that is closing fails; nothing is left to stop then.
       if (!nc.isClosed()) await sub.drain().catch(() => undefined);
     },
   };
+}
+
+/** The request id a lookup asks about; null when the body is not `{"requestId": <request id>}`. */
+function requestIdOf(msg: Msg): string | null {
+  let requestId: unknown;
+  try {
+    requestId = msg.json<{ requestId?: unknown }>().requestId;
+  } catch {
+    return null; // not JSON: answered MALFORMED
+  }
+  return typeof requestId === 'string' && REQUEST_ID_PATTERN.test(requestId) ? requestId : null;
 }

@@ -12,6 +12,8 @@ export interface DispatcherMetrics {
   cancellations: Counter<'result'>;
   intakeQueued: Gauge;
   intakeWait: Histogram;
+  lookups: Counter<'result'>;
+  lookupsInFlight: Gauge;
 }
 
 /** The dispatcher's Prometheus metrics, registered on the app's registry (`/metrics`). */
@@ -78,6 +80,17 @@ export function createMetrics(registry: Registry): DispatcherMetrics {
       name: 'toolbus_intake_wait_seconds',
       help: 'From a request being pulled to it being started',
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers: [registry],
+    }),
+    lookups: new Counter({
+      name: 'toolbus_answer_lookups_total',
+      help: 'Answer lookups (toolbus.answers) by result: answered, pending (no terminal answer yet), refused (token, user or body), overloaded (over the bound), deadline (past it), failed',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
+    lookupsInFlight: new Gauge({
+      name: 'toolbus_answer_lookups_in_flight',
+      help: 'Answer lookups this dispatcher is serving now (including those answered at their deadline whose store work goes on)',
       registers: [registry],
     }),
   };

@@ -2,7 +2,13 @@ import { randomUUID } from 'node:crypto';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { executionIdFor, UserId, type CancelResult, type Principal } from '../../contracts/index.ts';
+import {
+  executionIdFor,
+  httpStatusOfCode,
+  UserId,
+  type CancelResult,
+  type Principal,
+} from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import { AgentClientError, submitRequest } from '../../lib/clients/agent.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
@@ -29,18 +35,7 @@ const CancelOwner = z.object({ userId: UserId.optional() });
 /** HTTP status of a cancel answer. */
 export function cancelStatusOf(result: CancelResult): number {
   if (result.cancelled) return 200;
-  switch (result.error?.code) {
-    case 'UNAUTHENTICATED':
-      return 401;
-    case 'FORBIDDEN':
-      return 403;
-    case 'MALFORMED':
-      return 400;
-    case 'UNAVAILABLE':
-      return 503;
-    case undefined:
-      break;
-  }
+  if (result.error) return httpStatusOfCode(result.error.code);
   switch (result.status) {
     case 'unknown':
       return 404;
@@ -50,6 +45,20 @@ export function cancelStatusOf(result: CancelResult): number {
       // It had already ended (or ended first): nothing was changed.
       return 409;
   }
+}
+
+/** What a client of POST /executions is told to wait before retrying when the intake refused. */
+const INTAKE_RETRY_AFTER_MS = 1_000;
+
+/** Sends a refusal with the status the catalogue gives its code (contracts/errors.ts). */
+function refuse(
+  reply: FastifyReply,
+  answer: TerminalAnswer,
+  details?: Record<string, unknown>,
+): FastifyReply {
+  const body =
+    answer.status === 'failed' && details ? { ...answer, error: { ...answer.error, details } } : answer;
+  return reply.code(httpStatusOf(answer)).send(body);
 }
 
 /**
@@ -62,7 +71,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       return await deps.verifier.verify(req.headers.authorization);
     } catch (e) {
       if (!(e instanceof AuthError)) throw e;
-      await reply.code(401).send(refusal('UNAUTHENTICATED', `token ${e.reason}: ${e.message}`));
+      await refuse(reply, refusal('UNAUTHENTICATED', `token ${e.reason}: ${e.message}`));
       return null;
     }
   };
@@ -74,14 +83,13 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     if (!principal) return reply;
     const body = req.body;
     if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-      return reply
-        .code(400)
-        .send(
-          refusal(
-            'MALFORMED',
-            'the body must be a JSON object: { requestId?, tool, version?, args, correlationId? }',
-          ),
-        );
+      return refuse(
+        reply,
+        refusal(
+          'MALFORMED',
+          'the body must be a JSON object: { requestId?, tool, version?, args, correlationId? }',
+        ),
+      );
     }
     const fields = body as Record<string, unknown>;
     const given = fields['requestId'];
@@ -111,22 +119,21 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
             message: `no terminal answer within ${deps.waitMs} ms; the execution goes on`,
           });
       }
-      req.log.error(
-        { err: { message: (e as Error).message }, requestId },
-        'request not accepted by the intake',
+      req.log.error({ err: e, requestId }, 'request not accepted by the intake');
+      return refuse(
+        reply.header('retry-after', String(Math.ceil(INTAKE_RETRY_AFTER_MS / 1000))),
+        refusal(
+          'OVERLOADED',
+          'the request could not be handed to a dispatcher; retry with the same requestId',
+          {
+            requestId,
+          },
+        ),
+        { retryAfterMs: INTAKE_RETRY_AFTER_MS },
       );
-      return reply
-        .code(503)
-        .send(
-          refusal(
-            'OVERLOADED',
-            'the request could not be handed to a dispatcher; retry with the same requestId',
-            { requestId },
-          ),
-        );
     }
     if (answer.status !== 'completed' && answer.status !== 'failed') {
-      return reply.code(500).send(refusal('OVERLOADED', 'unexpected interim answer', { requestId }));
+      return refuse(reply, refusal('INTERNAL', 'unexpected interim answer', { requestId }));
     }
     return reply.code(httpStatusOf(answer)).send(answer);
   });
@@ -139,8 +146,8 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       ...(req.query && typeof req.query === 'object' ? req.query : {}),
       ...(req.body && typeof req.body === 'object' && !Array.isArray(req.body) ? req.body : {}),
     });
-    const refused = (status: number, code: NonNullable<CancelResult['error']>['code'], message: string) =>
-      reply.code(status).send({
+    const refused = (code: NonNullable<CancelResult['error']>['code'], message: string) =>
+      reply.code(httpStatusOfCode(code)).send({
         executionId: params.success ? params.data.executionId : null,
         requestId: null,
         cancelled: false,
@@ -149,11 +156,11 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
         message,
         error: { code, message },
       } satisfies CancelResult);
-    if (!params.success) return refused(400, 'MALFORMED', 'the execution id must be a UUID');
-    if (!owner.success) return refused(400, 'MALFORMED', 'userId must be a user id');
+    if (!params.success) return refused('MALFORMED', 'the execution id must be a UUID');
+    if (!owner.success) return refused('MALFORMED', 'userId must be a user id');
     const userId = owner.data.userId ?? principal.userId;
     if (userId !== principal.userId && !principal.roles.includes('admin')) {
-      return refused(403, 'FORBIDDEN', `only ${userId} or an admin may cancel ${userId}'s executions`);
+      return refused('FORBIDDEN', `only ${userId} or an admin may cancel ${userId}'s executions`);
     }
     const result = await deps.cancels.cancel({
       userId,
@@ -168,8 +175,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
     const params = ExecutionIdParam.safeParse(req.params);
-    if (!params.success)
-      return reply.code(400).send(refusal('VALIDATION', 'the execution id must be a UUID'));
+    if (!params.success) return refuse(reply, refusal('VALIDATION', 'the execution id must be a UUID'));
     const { executionId } = params.data;
     // Only the caller's own stream is read: another user's execution is simply not there (404).
     const execution = await deps.streams.load({
@@ -180,7 +186,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     });
     const requested = execution.events.find((e) => e.type === 'ToolRequested');
     if (!requested || requested.type !== 'ToolRequested') {
-      return reply.code(404).send({
+      return reply.code(httpStatusOfCode('NOT_FOUND')).send({
         error: { code: 'NOT_FOUND', message: `no execution ${executionId} of user ${principal.userId}` },
       });
     }

@@ -1,6 +1,12 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { CommonEnv, ConfigError, loadConfig, SecretKey } from '../../lib/config.ts';
+import {
+  CommonEnv,
+  ConfigError,
+  loadConfig,
+  refuseTestHooksInProduction,
+  SecretKey,
+} from '../../lib/config.ts';
 import { createLogger } from '../../lib/log.ts';
 import { natsCredentialsFromConfig } from '../../lib/nats.ts';
 import { startToolWorker } from './tools/worker.ts';
@@ -11,12 +17,12 @@ import { startToolWorker } from './tools/worker.ts';
  *   NATS_PASSWORD / NATS_TOKEN, NATS_TLS_*, NATS_IDENTITY: lib/nats.ts; the server must let it serve
  *   the tools it names), WORKER_SECRET (shared with the dispatchers), WORKER_ID (default <hostname>-<pid>),
  *   TOOLBUS_WORKER_TOOLS (comma list of tool names; default all example tools),
- *   TOOLBUS_TEST_TOOLS=1 (the test tools may be named too).
+ *   TOOLBUS_TEST_TOOLS=1 (the test tools may be named too; refused when NODE_ENV=production).
  * Stops on SIGTERM/SIGINT: withdraws its tools at once, then waits for the running calls.
  */
 const defaultWorkerId = `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_.:-]/g, '-').slice(0, 128);
 
-const WorkerEnv = CommonEnv.extend({
+const WorkerVariables = CommonEnv.extend({
   /** Shared with the dispatchers; no default. */
   WORKER_SECRET: SecretKey,
   WORKER_ID: z
@@ -35,6 +41,9 @@ const WorkerEnv = CommonEnv.extend({
   TOOLBUS_TEST_TOOLS: z.enum(['0', '1', 'false', 'true']).default('0'),
   /** How often to announce again (ms); 0 = only at start and when a dispatcher asks. */
   TOOLBUS_ANNOUNCE_INTERVAL_MS: z.coerce.number().int().min(0).max(3_600_000).default(30_000),
+});
+const WorkerEnv = refuseTestHooksInProduction(WorkerVariables, {
+  TOOLBUS_TEST_TOOLS: (v) => v === '1' || v === 'true',
 });
 
 const log = createLogger('tool-worker');

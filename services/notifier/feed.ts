@@ -1,6 +1,7 @@
 import type { EventStore } from '../../lib/eventstore/types.ts';
 import type { Logger } from '../../lib/log.ts';
 import { readLast, readNotifications, type StoredItem } from './replay.ts';
+import { backoffMs } from '../../lib/retry.ts';
 
 /** Most events read from the store in one go; a longer backlog is read in several. */
 export const FEED_BATCH = 256;
@@ -10,7 +11,8 @@ export const FEED_START_WINDOW = 256;
 const MAX_WAITING_PROGRESS = 64;
 /** NATS announcements kept to compare with the store once it is read (forgery detection only). */
 const MAX_ANNOUNCED = 256;
-const RETRY_MS = 1_000;
+/** Reads of the store that failed are retried after a random wait below 1 s doubling up to 15 s. */
+const RETRY = { minMs: 1_000, maxMs: 15_000 };
 
 export class FeedUnavailableError extends Error {
   constructor(readonly userId: string) {
@@ -57,6 +59,8 @@ export class UserFeed {
   private again = false;
   private closed = false;
   private retryTimer: NodeJS.Timeout | undefined;
+  /** Failed reads in a row: the backoff's attempt. */
+  private failures = 0;
   /** Executions the stream shows started and not ended. */
   private readonly running = new Set<string>();
   /** Progress for an execution not known to run yet: decided after the next read. */
@@ -128,10 +132,12 @@ export class UserFeed {
         this.decide(deciding);
         deciding = [];
       }
+      this.failures = 0;
     } catch (err) {
       this.deps.log.warn({ err, userId: this.userId }, 'could not read the event store; retrying');
       this.decide(deciding);
-      if (!this.closed) this.retryTimer = setTimeout(() => void this.wake(), RETRY_MS).unref();
+      if (!this.closed)
+        this.retryTimer = setTimeout(() => void this.wake(), backoffMs(this.failures++, RETRY)).unref();
     } finally {
       this.draining = null;
     }

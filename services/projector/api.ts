@@ -1,20 +1,19 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type pg from 'pg';
 import { z } from 'zod';
-import { isAdmin, UserId, type Principal } from '../../contracts/index.ts';
+import { httpStatusOfCode, isAdmin, UserId, type Principal } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import { LATENCY_BUCKETS, quantile } from './histogram.ts';
 import { LIVE_SCHEMA } from './migrations.ts';
 import { mergeToolRows, type ExecutionRow, type ToolMetricsRow } from './model.ts';
 import { rowMappers } from './sql.ts';
 
-/** The query API's errors, each with its HTTP status. */
-export const API_ERRORS = {
-  UNAUTHENTICATED: 401,
-  FORBIDDEN: 403,
-  NOT_FOUND: 404,
-  BAD_REQUEST: 400,
-} as const;
+/** The query API's errors; their HTTP statuses are the catalogue's (contracts/errors.ts). */
+export const API_ERROR_CODES = ['UNAUTHENTICATED', 'FORBIDDEN', 'NOT_FOUND', 'BAD_REQUEST'] as const;
+export const API_ERRORS = Object.fromEntries(API_ERROR_CODES.map((c) => [c, httpStatusOfCode(c)])) as Record<
+  (typeof API_ERROR_CODES)[number],
+  number
+>;
 export type ApiErrorCode = keyof typeof API_ERRORS;
 
 export class ApiError extends Error {
@@ -164,7 +163,9 @@ export async function registerQueryApi(app: FastifyInstance, options: QueryApiOp
         return reply.code(error.statusCode).send({ error: { code: 'BAD_REQUEST', message: error.message } });
       }
       request.log.error({ err: error }, 'query failed');
-      return reply.code(500).send({ error: { code: 'INTERNAL', message: 'internal error' } });
+      return reply
+        .code(httpStatusOfCode('INTERNAL'))
+        .send({ error: { code: 'INTERNAL', message: 'internal error' } });
     });
 
     const principalOf = new WeakMap<FastifyRequest, Principal>();

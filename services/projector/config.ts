@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { CommonEnv, requireTokenKey, UserTokenEnv } from '../../lib/config.ts';
+import { CommonEnv, refuseTestHooksInProduction, requireTokenKey, UserTokenEnv } from '../../lib/config.ts';
 
 /** The projector's own variables (all that the rebuild script, which serves no HTTP, needs). */
 export const ProjectorStoreEnv = CommonEnv.extend({
@@ -14,7 +14,7 @@ export const ProjectorStoreEnv = CommonEnv.extend({
   /** The lag in events is counted up to this many (a higher lag reads as this). */
   PROJECTOR_LAG_CAP: z.coerce.number().int().min(1).max(1_000_000).default(10_000),
   /**
-   * Fault injection for tests, honoured only when NODE_ENV=test: the probability that the process
+   * Fault injection for tests, honoured only when NODE_ENV=test (refused when NODE_ENV=production): the probability that the process
    * SIGKILLs itself inside a batch transaction, after the read models are written and before the
    * checkpoint is.
    */
@@ -22,5 +22,10 @@ export const ProjectorStoreEnv = CommonEnv.extend({
 });
 
 /** The projector's environment: the common variables, its own, and the user-token ones. */
-export const ProjectorEnv = requireTokenKey(ProjectorStoreEnv.extend(UserTokenEnv.shape));
+export const ProjectorEnv = refuseTestHooksInProduction(
+  requireTokenKey(ProjectorStoreEnv.extend(UserTokenEnv.shape)),
+  {
+    PROJECTOR_FAULT_KILL_BEFORE_CHECKPOINT: (v) => typeof v === 'number' && v > 0,
+  },
+);
 export type ProjectorConfig = z.infer<typeof ProjectorEnv>;

@@ -129,10 +129,14 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
     log?.info(result, 'read models rebuilt and swapped in');
     return result;
   } finally {
-    await session
+    const unlocked = await session
       .query('select pg_advisory_unlock(hashtextextended($1, 0))', [rebuildLockKey(projection)])
-      .catch(() => undefined);
-    session.release();
+      .then(
+        () => true,
+        () => false,
+      );
+    // A session whose unlock failed may still hold the lock: end it rather than pool it.
+    session.release(!unlocked);
   }
 }
 

@@ -12,6 +12,7 @@ import type { ProjectorMetrics } from './metrics.ts';
 import { LIVE_SCHEMA, PROJECTION_NAME } from './migrations.ts';
 import { incomingFromRecorded, skipKind } from './model.ts';
 import { applyBatch } from './sql.ts';
+import { backoffMs } from '../../lib/retry.ts';
 
 export type Log = Pick<Logger, 'info' | 'warn' | 'error' | 'debug'>;
 
@@ -163,7 +164,7 @@ export class ProjectionRunner {
           this.options.logger.warn({ err: error }, 'checkpoint moved; resuming from it');
         else
           this.options.logger.error({ err: error }, 'projection interrupted; retrying from the checkpoint');
-        await this.sleep(Math.min(5_000, 100 * 2 ** failures++));
+        await this.sleep(backoffMs(failures++, { minMs: 100, maxMs: 5_000 }));
       }
     }
   }

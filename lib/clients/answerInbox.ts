@@ -1,0 +1,201 @@
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import { AgentAnswer, executionIdFor, type TerminalAnswer } from '../../contracts/index.ts';
+import { inboxFor } from '../nats.ts';
+
+export type InterimAnswer = Exclude<AgentAnswer, TerminalAnswer>;
+
+const isTerminal = (a: AgentAnswer): a is TerminalAnswer => a.status === 'completed' || a.status === 'failed';
+
+/** Terminal answers kept for a retry from the same connection (they never change once given). */
+const RECENT_ANSWERS = 1_024;
+
+/** One request waiting for its answer on the connection's inbox. */
+export interface Waiter {
+  /** Where this attempt's answers go: `<inbox>.<n>`, under the shared subscription. */
+  readonly replyTo: string;
+  /** The terminal answer (or a rejection when the inbox closes). */
+  readonly answer: Promise<TerminalAnswer>;
+  /**
+   * Marks this attempt as the one JetStream accepted (not a duplicate): its answer comes to this
+   * inbox, so other attempts of the same request here need not look it up while it waits.
+   */
+  own(): void;
+  /** Resolves when no attempt of this request owning the answer waits here any more. */
+  ownersGone(): Promise<void>;
+  /** Delivers a terminal answer found another way (a lookup). */
+  settle(answer: TerminalAnswer): void;
+  /** Stops waiting (after the answer, a timeout or a failure). */
+  release(): void;
+}
+
+interface Entry {
+  requestId: string;
+  /** The execution id the request will have: answers to another user's request never match. */
+  executionId: string;
+  replyTo: string;
+  onProgress: ((a: InterimAnswer) => void) | undefined;
+  resolve(a: TerminalAnswer): void;
+  reject(e: Error): void;
+  owner: boolean;
+}
+
+/**
+ * One subscription per connection for every answer its requests wait for: each request's
+ * `replyTo` is `<inbox>.<n>` under the connection's own prefix (`inboxFor`), and the one
+ * subscription on `<inbox>.>` routes each answer to the attempts waiting for it: by execution id
+ * (every attempt of the same request of the same user here, whichever inbox the dispatcher
+ * answered), and by `replyTo` for refusals that name no execution.
+ *
+ * Routing by execution id, not request id: one connection (the dispatcher's HTTP API) carries
+ * requests of many users, who may choose the same request id.
+ */
+export class AnswerInbox {
+  private readonly base: string;
+  private sub: Subscription | null = null;
+  private seq = 0;
+  private readonly byExecution = new Map<string, Set<Entry>>();
+  private readonly byReplyTo = new Map<string, Entry>();
+  private readonly recent = new Map<string, TerminalAnswer>();
+  private readonly ownerWatchers = new Map<string, Array<() => void>>();
+  /** How many subscriptions this inbox made (one, unless the connection closed in between). */
+  subscriptions = 0;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    /** The error a waiting attempt of `requestId` fails with when the inbox cannot serve it. */
+    private readonly onClosed: (cause: Error, requestId: string) => Error,
+  ) {
+    this.base = inboxFor(nc);
+  }
+
+  /** Registers an attempt of `requestId` by `userId` before it is published. */
+  wait(userId: string, requestId: string, onProgress?: (a: InterimAnswer) => void): Waiter {
+    this.subscribe(requestId);
+    const executionId = executionIdFor(userId, requestId);
+    const replyTo = `${this.base}.${++this.seq}`;
+    let entry!: Entry;
+    const answer = new Promise<TerminalAnswer>((resolve, reject) => {
+      entry = { requestId, executionId, replyTo, onProgress, resolve, reject, owner: false };
+    });
+    // Rejections are the caller's to handle; a released waiter's rejection must not go unhandled.
+    answer.catch(() => undefined);
+    const set = this.byExecution.get(executionId) ?? new Set<Entry>();
+    set.add(entry);
+    this.byExecution.set(executionId, set);
+    this.byReplyTo.set(replyTo, entry);
+    const known = this.recent.get(executionId);
+    if (known) entry.resolve(known);
+    return {
+      replyTo,
+      answer,
+      own: () => {
+        entry.owner = true;
+      },
+      ownersGone: () => this.ownersGone(executionId),
+      settle: (a) => {
+        this.remember(a);
+        entry.resolve(a);
+      },
+      release: () => this.release(entry),
+    };
+  }
+
+  private subscribe(requestId: string): void {
+    if (this.sub && !this.sub.isClosed()) return;
+    if (this.nc.isClosed()) throw this.onClosed(new Error('the connection is closed'), requestId);
+    this.subscriptions++;
+    const sub = this.nc.subscribe(`${this.base}.>`, {
+      callback: (err, msg) => {
+        if (err) return this.fail(err);
+        let parsed;
+        try {
+          parsed = AgentAnswer.safeParse(msg.json());
+        } catch {
+          return; // not JSON: nothing a dispatcher sends
+        }
+        if (parsed.success) this.route(msg.subject, parsed.data);
+      },
+    });
+    this.sub = sub;
+    void sub.closed.then((e) => {
+      if (this.sub === sub) this.fail(e ?? new Error('the subscription closed before the answer came'));
+    });
+  }
+
+  /** Every attempt waiting here that this answer is for. */
+  private targets(replyTo: string, a: AgentAnswer): Set<Entry> {
+    const out = new Set<Entry>();
+    const direct = this.byReplyTo.get(replyTo);
+    if (direct && (a.requestId === null || a.requestId === direct.requestId)) out.add(direct);
+    if (a.executionId !== null) for (const e of this.byExecution.get(a.executionId) ?? []) out.add(e);
+    return out;
+  }
+
+  private route(replyTo: string, a: AgentAnswer): void {
+    if (isTerminal(a)) this.remember(a);
+    for (const entry of this.targets(replyTo, a)) {
+      if (isTerminal(a)) {
+        entry.resolve(a);
+        continue;
+      }
+      try {
+        entry.onProgress?.(a);
+      } catch {
+        // the caller's callback failing must not lose the answer
+      }
+    }
+  }
+
+  private remember(a: TerminalAnswer): void {
+    if (a.executionId === null) return;
+    this.recent.delete(a.executionId);
+    this.recent.set(a.executionId, a);
+    if (this.recent.size > RECENT_ANSWERS) this.recent.delete(this.recent.keys().next().value!);
+  }
+
+  private release(entry: Entry): void {
+    this.byReplyTo.delete(entry.replyTo);
+    const set = this.byExecution.get(entry.executionId);
+    set?.delete(entry);
+    if (set?.size === 0) this.byExecution.delete(entry.executionId);
+    if (entry.owner && !this.hasOwner(entry.executionId)) {
+      for (const w of this.ownerWatchers.get(entry.executionId) ?? []) w();
+      this.ownerWatchers.delete(entry.executionId);
+    }
+  }
+
+  private hasOwner(executionId: string): boolean {
+    for (const e of this.byExecution.get(executionId) ?? []) if (e.owner) return true;
+    return false;
+  }
+
+  private ownersGone(executionId: string): Promise<void> {
+    if (!this.hasOwner(executionId)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const list = this.ownerWatchers.get(executionId) ?? [];
+      list.push(resolve);
+      this.ownerWatchers.set(executionId, list);
+    });
+  }
+
+  /** The subscription failed or closed: every waiting attempt fails; the next one subscribes again. */
+  private fail(cause: Error): void {
+    this.sub = null;
+    for (const entry of this.byReplyTo.values()) entry.reject(this.onClosed(cause, entry.requestId));
+  }
+}
+
+const inboxes = new WeakMap<NatsConnection, AnswerInbox>();
+
+/** The connection's one answer inbox (made on first use). */
+export function answerInboxOf(
+  nc: NatsConnection,
+  onClosed: (cause: Error, requestId: string) => Error,
+): AnswerInbox {
+  let inbox = inboxes.get(nc);
+  if (!inbox) {
+    inbox = new AnswerInbox(nc, onClosed);
+    inboxes.set(nc, inbox);
+  }
+  return inbox;
+}

@@ -1,0 +1,149 @@
+import t from 'tap';
+import { headers } from '@nats-io/transport-node';
+import { AnswersReply, subjects, type TerminalAnswer } from '../../contracts/index.ts';
+import { createTokenVerifier, signToken } from '../../lib/auth.ts';
+import { createLogger } from '../../lib/log.ts';
+import { connectNats } from '../../lib/nats.ts';
+import { startNats } from '../../test/support/processes.ts';
+import { serveAnswers, type LookupResult } from './lookup.ts';
+
+const SECRET = 'l'.repeat(40);
+
+/** A store lookup the test finishes when it wants: counts the calls. */
+function heldLookups() {
+  const calls: Array<{ requestId: string; finish: (a: TerminalAnswer | null) => void }> = [];
+  const waiters: Array<() => void> = [];
+  return {
+    calls,
+    lookup: (_userId: string, requestId: string) =>
+      new Promise<TerminalAnswer | null>((resolve) => {
+        calls.push({ requestId, finish: resolve });
+        waiters.splice(0).forEach((w) => w());
+      }),
+    /** Resolves once `n` lookups have started. */
+    async started(n: number) {
+      while (calls.length < n) await new Promise<void>((r) => waiters.push(r));
+    },
+  };
+}
+
+const completed = (requestId: string): TerminalAnswer => ({
+  status: 'completed',
+  requestId,
+  executionId: 'e',
+  correlationId: 'c',
+  result: 1,
+  durationMs: 1,
+  cached: false,
+});
+
+t.test(
+  'answer lookups are bounded: over the bound or past the deadline, OVERLOADED with a retry hint',
+  async (t) => {
+    const nats = await startNats(t);
+    const nc = await connectNats(nats.url, 'lookup-test');
+    t.teardown(() => nc.close());
+    const verifier = createTokenVerifier({ secret: SECRET, maxLifetimeS: 86_400, clockToleranceS: 5 });
+    const auth = headers();
+    auth.set('Authorization', `Bearer ${await signToken(SECRET, { sub: 'alice' })}`);
+    const ask = async (requestId: string): Promise<AnswersReply> => {
+      const reply = await nc.request(subjects.answers('alice'), JSON.stringify({ requestId }), {
+        headers: auth,
+        timeout: 30_000,
+      });
+      return AnswersReply.parse(reply.json());
+    };
+    const results: LookupResult[] = [];
+    const metrics = {
+      lookups: { inc: ({ result }: { result: LookupResult }) => void results.push(result) },
+      lookupsInFlight: { inc() {}, dec() {} },
+    };
+    const log = createLogger('lookup-test', 'silent');
+
+    t.test('beyond the bound: refused at once, before any lookup starts', async (t) => {
+      const held = heldLookups();
+      const service = serveAnswers({
+        nc,
+        verifier,
+        lookup: held.lookup,
+        log,
+        limits: { maxInFlight: 2, deadlineMs: 600_000, retryAfterMs: 1_500 },
+        metrics,
+      });
+      t.teardown(() => service.stop());
+      results.length = 0;
+      const first = ask('r-1');
+      const second = ask('r-2');
+      await held.started(2);
+      t.strictSame(await ask('r-3'), { answer: null, overloaded: { retryAfterMs: 1_500 } });
+      t.equal(held.calls.length, 2, 'the third lookup did no store work');
+      held.calls[0]!.finish(completed('r-1'));
+      held.calls[1]!.finish(null);
+      t.strictSame(await first, { answer: completed('r-1') });
+      t.strictSame(await second, { answer: null }, 'no terminal answer yet');
+      const fourth = ask('r-4');
+      await held.started(3);
+      held.calls[2]!.finish(completed('r-4'));
+      t.strictSame(await fourth, { answer: completed('r-4') }, 'served again once slots are free');
+      t.strictSame(results.sort(), ['answered', 'answered', 'overloaded', 'pending']);
+    });
+
+    t.test('past the deadline: OVERLOADED, and the slow lookup keeps its slot until it ends', async (t) => {
+      const held = heldLookups();
+      const service = serveAnswers({
+        nc,
+        verifier,
+        lookup: held.lookup,
+        log,
+        limits: { maxInFlight: 1, deadlineMs: 50 },
+        metrics,
+      });
+      t.teardown(() => service.stop());
+      results.length = 0;
+      t.strictSame(
+        await ask('r-5'),
+        { answer: null, overloaded: { retryAfterMs: 50 } },
+        'hint: the deadline',
+      );
+      t.equal(service.inFlight, 1, 'its store work still runs');
+      t.strictSame(
+        await ask('r-6'),
+        { answer: null, overloaded: { retryAfterMs: 50 } },
+        'and holds the only slot',
+      );
+      t.equal(held.calls.length, 1);
+      held.calls[0]!.finish(null);
+      while (service.inFlight > 0) await new Promise((r) => setImmediate(r));
+      const next = ask('r-7');
+      await held.started(2);
+      held.calls[1]!.finish(completed('r-7'));
+      t.strictSame(await next, { answer: completed('r-7') });
+      t.strictSame(results, ['deadline', 'overloaded', 'answered']);
+    });
+
+    t.test('refusals of the asker are answers; a body without a request id is MALFORMED', async (t) => {
+      const held = heldLookups();
+      const service = serveAnswers({
+        nc,
+        verifier,
+        lookup: held.lookup,
+        log,
+        limits: { maxInFlight: 4, deadlineMs: 600_000 },
+      });
+      t.teardown(() => service.stop());
+      const reply = await nc.request(subjects.answers('alice'), 'not json', {
+        headers: auth,
+        timeout: 30_000,
+      });
+      t.match(AnswersReply.parse(reply.json()), {
+        answer: { status: 'failed', error: { code: 'MALFORMED' } },
+      });
+      const other = await nc.request(subjects.answers('bob'), JSON.stringify({ requestId: 'r-8' }), {
+        headers: auth,
+        timeout: 30_000,
+      });
+      t.match(AnswersReply.parse(other.json()), { answer: { error: { code: 'FORBIDDEN' } } });
+      t.equal(held.calls.length, 0, 'no store work for either');
+    });
+  },
+);
