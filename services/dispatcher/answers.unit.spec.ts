@@ -74,8 +74,6 @@ t.test(
       MALFORMED: 400,
       UNAUTHENTICATED: 401,
       FORBIDDEN: 403,
-      DENIED: 403,
-      APPROVAL_EXPIRED: 410,
       UNKNOWN_TOOL: 404,
       CANCELLED: 409,
       DENIED: 403,
