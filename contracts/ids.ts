@@ -74,8 +74,9 @@ export const subjects = {
    * An agent whose retry JetStream dropped as a duplicate asks here for the stored answer
    * (`{requestId}` -> `{answer: AgentAnswer | null}`); every dispatcher serves it.
    */
-  answers: (userId: string): string => `toolbus.answers.${assertUserId(userId)}`,
-  answersAll: 'toolbus.answers.*',
+  answers: (userId: string, agentId: string): string =>
+    `toolbus.answers.${assertUserId(userId)}.${assertIdentityId(agentId)}`,
+  answersAll: 'toolbus.answers.*.*',
   /** A tool worker announces the versions of one tool it serves here (one message per tool). */
   toolAnnounce: (name: string): string => `toolbus.tools.announce.${assertToolName(name)}`,
   toolAnnounceAll: 'toolbus.tools.announce.*',

@@ -13,7 +13,7 @@ import { AgentAnswer } from './request.ts';
 export const DISPATCHERS_QUEUE = 'toolbus-dispatchers';
 
 /**
- * "What became of request R?": request/reply on `subjects.answers(userId)`, the token in the
+ * "What became of request R?": request/reply on `subjects.answers(userId, agentId)` (the asking identity), the token in the
  * Authorization header, body `{"requestId": R}`. The reply is an `AnswersReply`:
  * - `{"answer": TerminalAnswer}`: R's terminal answer (or a refusal of the lookup itself:
  *   UNAUTHENTICATED, FORBIDDEN, MALFORMED, which concern the asker, not R);

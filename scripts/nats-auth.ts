@@ -46,7 +46,7 @@ export function permissionsOf(role: Role, id: string): Permissions {
   switch (role.kind) {
     case 'agent':
       return {
-        publish: { allow: [`toolbus.requests.*.${id}`, subjects.cancelAll, subjects.answersAll] },
+        publish: { allow: [`toolbus.requests.*.${id}`, subjects.cancelAll, `toolbus.answers.*.${id}`] },
         subscribe: { allow: [inbox] },
       };
     case 'dispatcher':
@@ -55,6 +55,7 @@ export function permissionsOf(role: Role, id: string): Permissions {
           allow: [
             // its own HTTP API is an agent too
             `toolbus.requests.*.${id}`,
+            `toolbus.answers.*.${id}`,
             // answers, to the inbox a request names (checked against the request's agent)
             '_INBOX.>',
             subjects.eventsAll,

@@ -94,7 +94,7 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
       cached: false,
     };
     const asked: string[] = [];
-    const lookups = nc.subscribe(subjects.answers('alice'), {
+    const lookups = nc.subscribe(subjects.answers('alice', connectionIdentity(nc)), {
       callback: (_e, m) => {
         asked.push(m.headers?.get('Authorization') ?? '');
         m.respond(JSON.stringify({ answer: asked.length < 3 ? null : answer }));
@@ -146,7 +146,7 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
   /** Counts the lookups on toolbus.answers.alice, answering each with `reply(n)`. */
   const fakeAnswers = (t: Test, reply: (n: number) => unknown) => {
     let n = 0;
-    const sub = nc.subscribe(subjects.answers('alice'), {
+    const sub = nc.subscribe(subjects.answers('alice', connectionIdentity(nc)), {
       callback: (_e, m) => {
         m.respond(JSON.stringify(reply(++n)));
       },

@@ -386,7 +386,7 @@ async function askForAnswer(
 ): Promise<{ answer: TerminalAnswer | null; overloaded?: { retryAfterMs: number } }> {
   let reply;
   try {
-    reply = await nc.request(subjects.answers(userId), JSON.stringify({ requestId }), {
+    reply = await nc.request(subjects.answers(userId, connectionIdentity(nc)), JSON.stringify({ requestId }), {
       timeout: 5_000,
       headers: auth,
     });

@@ -1,3 +1,4 @@
+import { connectionIdentity } from '../../lib/nats.ts';
 import pg from 'pg';
 import t from 'tap';
 import { executionIdFor, REQUEST_HEADERS, subjects, userStream } from '../../contracts/index.ts';
@@ -62,7 +63,7 @@ t.test(
     // 1. "What became of seed-0?" on toolbus.answers.<user>, as the agent client asks.
     const hdrs = natsHeaders();
     hdrs.set(REQUEST_HEADERS.authorization, `Bearer ${token}`);
-    const reply = await h.nc.request(subjects.answers(userId), JSON.stringify({ requestId: 'seed-0' }), {
+    const reply = await h.nc.request(subjects.answers(userId, connectionIdentity(h.nc)), JSON.stringify({ requestId: 'seed-0' }), {
       timeout: 30_000,
       headers: hdrs,
     });

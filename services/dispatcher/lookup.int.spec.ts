@@ -3,7 +3,7 @@ import { headers } from '@nats-io/transport-node';
 import { AnswersReply, subjects, type TerminalAnswer } from '../../contracts/index.ts';
 import { createTokenVerifier, signToken } from '../../lib/auth.ts';
 import { createLogger } from '../../lib/log.ts';
-import { connectNats } from '../../lib/nats.ts';
+import { connectionIdentity, connectNats } from '../../lib/nats.ts';
 import { startNats } from '../../test/support/processes.ts';
 import { serveAnswers, type LookupResult } from './lookup.ts';
 
@@ -47,7 +47,7 @@ t.test(
     const auth = headers();
     auth.set('Authorization', `Bearer ${await signToken(SECRET, { sub: 'alice' })}`);
     const ask = async (requestId: string): Promise<AnswersReply> => {
-      const reply = await nc.request(subjects.answers('alice'), JSON.stringify({ requestId }), {
+      const reply = await nc.request(subjects.answers('alice', connectionIdentity(nc)), JSON.stringify({ requestId }), {
         headers: auth,
         timeout: 30_000,
       });
@@ -131,14 +131,14 @@ t.test(
         limits: { maxInFlight: 4, deadlineMs: 600_000 },
       });
       t.teardown(() => service.stop());
-      const reply = await nc.request(subjects.answers('alice'), 'not json', {
+      const reply = await nc.request(subjects.answers('alice', connectionIdentity(nc)), 'not json', {
         headers: auth,
         timeout: 30_000,
       });
       t.match(AnswersReply.parse(reply.json()), {
         answer: { status: 'failed', error: { code: 'MALFORMED' } },
       });
-      const other = await nc.request(subjects.answers('bob'), JSON.stringify({ requestId: 'r-8' }), {
+      const other = await nc.request(subjects.answers('bob', connectionIdentity(nc)), JSON.stringify({ requestId: 'r-8' }), {
         headers: auth,
         timeout: 30_000,
       });

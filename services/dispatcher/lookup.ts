@@ -4,6 +4,7 @@ import {
   DISPATCHERS_QUEUE,
   REQUEST_HEADERS,
   REQUEST_ID_PATTERN,
+  isInboxOf,
   subjects,
   type AnswersReply,
 } from '../../contracts/index.ts';
@@ -11,7 +12,8 @@ import type { Logger } from '../../lib/log.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import { refusal, type TerminalAnswer } from './answers.ts';
 
-const PREFIX = 'toolbus.answers.';
+/** `toolbus.answers.<user>.<asking identity>` */
+const ANSWERS_SUBJECT = /^toolbus\.answers\.([A-Za-z0-9_-]{1,64})\.([A-Za-z0-9_-]{1,64})$/;
 
 /** How many lookups run at once, and how long one may take, before lookups are refused OVERLOADED. */
 export interface LookupLimits {
@@ -99,6 +101,16 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
   };
 
   const handle = async (msg: Msg) => {
+    // The reply goes only to an inbox of the identity the subject names (the server lets only that
+    // identity publish there): no one can make a dispatcher answer into another's inbox.
+    const asker = ANSWERS_SUBJECT.exec(msg.subject);
+    if (!asker || !msg.reply || !isInboxOf(asker[2]!, msg.reply)) {
+      log.warn(
+        { subject: msg.subject, reply: msg.reply },
+        "answer lookup with a reply subject outside its asker's inbox: ignored",
+      );
+      return;
+    }
     if (inFlight >= limits.maxInFlight) return overloaded(msg, 'overloaded');
     let userId: string;
     try {
@@ -111,7 +123,7 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
         'refused',
       );
     }
-    if (msg.subject !== `${PREFIX}${userId}`) {
+    if (asker[1] !== userId) {
       const message = `the token is for user ${userId}; it may not ask about another user's requests`;
       return respond(msg, { answer: refusal('FORBIDDEN', message) }, 'refused');
     }

@@ -2,7 +2,7 @@ import { jetstream } from '@nats-io/jetstream';
 import { headers } from '@nats-io/transport-node';
 import { REQUEST_HEADERS, subjects, type ToolEvent } from '../../contracts/index.ts';
 import type { TerminalAnswer } from '../../lib/clients/agent.ts';
-import { inboxFor, type NatsConnection } from '../../lib/nats.ts';
+import { connectionIdentity, inboxFor, type NatsConnection } from '../../lib/nats.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
 import { fromRecorded } from '../../lib/toolEvents.ts';
 import { readStreams } from './checker.ts';
@@ -133,7 +133,7 @@ export async function lookupAnswer(
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     try {
-      const reply = await nc.request(subjects.answers(user.userId), JSON.stringify({ requestId }), {
+      const reply = await nc.request(subjects.answers(user.userId, connectionIdentity(nc)), JSON.stringify({ requestId }), {
         timeout: 3_000,
         headers: h,
       });

@@ -203,14 +203,56 @@ t.test(
   },
 );
 
+t.test("the answers service replies only into the asker's own inbox (no reflection)", async (t) => {
+  const attacker = await s.connectAs('otherAgent');
+  const victimInbox = inboxFor(s.nc);
+  const received: string[] = [];
+  s.nc.subscribe(victimInbox, {
+    callback: (_e, m) => {
+      received.push(m.string());
+    },
+  });
+  await s.nc.flush();
+  const h = headers();
+  h.set('Authorization', `Bearer ${victimToken}`);
+  // On its own subject, but naming the victim's inbox as the reply subject: no reply is sent.
+  attacker.publish(
+    subjects.answers('victim', connectionIdentity(attacker)),
+    JSON.stringify({ requestId: 'x' }),
+    {
+      headers: h,
+      reply: victimInbox,
+    },
+  );
+  // On the victim agent's subject: refused by the server.
+  const spoofed = subjects.answers('victim', connectionIdentity(s.nc));
+  const refused = refusal(attacker, spoofed);
+  attacker.publish(spoofed, JSON.stringify({ requestId: 'x' }), { headers: h, reply: victimInbox });
+  t.match(await refused, /Permissions Violation for Publish/);
+  // A legitimate lookup of the attacker's own, asked after the reflected one, is answered: by
+  // then the reflected one was handled (one dispatcher, one subscription, in order).
+  const own = await attacker.request(
+    subjects.answers('victim', connectionIdentity(attacker)),
+    JSON.stringify({ requestId: 'nothing-here' }),
+    { timeout: 10_000, headers: h },
+  );
+  t.same(own.json(), { answer: null }, 'its own lookup is answered');
+  await s.nc.flush();
+  t.same(received, [], "nothing reached the victim agent's inbox");
+});
+
 async function waitForAnswer(nc: NatsConnection, userId: string, requestId: string): Promise<unknown> {
   const h = headers();
   h.set('Authorization', `Bearer ${victimToken}`);
   for (;;) {
-    const m = await nc.request(subjects.answers(userId), JSON.stringify({ requestId }), {
-      timeout: 10_000,
-      headers: h,
-    });
+    const m = await nc.request(
+      subjects.answers(userId, connectionIdentity(nc)),
+      JSON.stringify({ requestId }),
+      {
+        timeout: 10_000,
+        headers: h,
+      },
+    );
     const { answer } = m.json<{ answer: unknown }>();
     if (answer) return answer;
     await new Promise((r) => setTimeout(r, 100));
