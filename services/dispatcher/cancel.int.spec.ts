@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { headers } from '@nats-io/transport-node';
+import { pino } from 'pino';
 import t from 'tap';
 import { z } from 'zod';
 import { executionIdFor, type AgentAnswer, type ToolEvent } from '../../contracts/index.ts';
@@ -7,6 +8,8 @@ import { cancelExecution, type CancelResult } from '../../lib/clients/agent.ts';
 import { defineTool, serveTools } from '../../lib/tools/index.ts';
 import { recordExecution } from '../../test/support/events.ts';
 import type { RunningDispatcher } from './app.ts';
+import { handleExecution } from './commands.ts';
+import { UserStreams } from './streams.ts';
 import { eventually, harness, type Harness } from './test/harness.ts';
 
 /**
@@ -382,6 +385,56 @@ t.test('an execution left running by a dead dispatcher is cancelled by the recor
     'counted in the metrics',
   );
 });
+
+t.test(
+  'a cancel recorded for an orphan is read by the recovery: the request ends CANCELLED, not re-run',
+  async (t) => {
+    const h = await harness(t);
+    await h.start({}, options);
+    const token = await h.token('rita');
+    // A dispatcher recorded the cancel of an execution whose runner ('test') died before it ended it.
+    const orphan = await recordExecution(h.store, 'rita', {
+      requestId: 'orphan-2',
+      tool: 'watched_wait',
+      args: { ms: 50 },
+      outcome: 'executing',
+    });
+    const streams = new UserStreams({
+      store: h.store,
+      nc: h.nc,
+      log: pino({ level: 'silent' }),
+      now: () => new Date(),
+    });
+    const execution = await streams.load({
+      userId: 'rita',
+      executionId: orphan.executionId,
+      requestId: 'orphan-2',
+      correlationId: orphan.executionId,
+    });
+    await handleExecution(streams, execution, {
+      type: 'RequestCancel',
+      data: {
+        by: { userId: 'rita', admin: false },
+        reason: 'asked through nats',
+        now: new Date().toISOString(),
+      },
+    });
+
+    // The request comes back (the agent's retry): watched_wait is idempotent, yet it is not run again.
+    const answer = await h.agent.execute('watched_wait', { ms: 50 }, { token, requestId: 'orphan-2' });
+    t.match(answer, { status: 'failed', error: { code: 'CANCELLED', message: /its runner test stopped/ } });
+    t.strictSame(typesOf(await eventsOf(h, 'rita', 'orphan-2')), [
+      'ToolRequested',
+      'ToolExecuting',
+      'ToolCancelRequested',
+      'ToolFailed',
+    ]);
+    t.notOk(
+      aborts.some((a) => a.executionId === orphan.executionId),
+      'the tool never ran',
+    );
+  },
+);
 
 t.test('a tool on a worker: the cancel reaches the worker and the tool’s signal fires there', async (t) => {
   const h = await harness(t);

@@ -17,7 +17,7 @@ import {
   type Delivery,
   type Disposition,
 } from './delivery.ts';
-import { process, recordPendingCancel } from './handling.ts';
+import { handleDelivery, recordPendingCancel } from './handling.ts';
 import { giveUp } from './recovery.ts';
 import { abortForCancel, NO_TOOL, type DispatcherOptions, type Handling, type Shell } from './shell.ts';
 import { terminalOf, type ExecutionRef } from './streams.ts';
@@ -205,7 +205,7 @@ export class Dispatcher {
     this.o.metrics.inFlight.inc();
     let disposition: Disposition = { ack: false, retryInMs: this.shell.deferMs };
     try {
-      disposition = await process(this.shell, h, parsed.ok ? null : parsed.problem.message);
+      disposition = await handleDelivery(this.shell, h, parsed.ok ? null : parsed.problem.message);
       this.failures.delete(executionId);
       return disposition;
     } catch (e) {

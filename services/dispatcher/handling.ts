@@ -24,7 +24,11 @@ import { newExecution, type Execution } from './streams.ts';
  * answer. Every append goes through the command handler; what an existing execution needs is
  * recovery.ts's.
  */
-export async function process(shell: Shell, h: Handling, parseProblem: string | null): Promise<Disposition> {
+export async function handleDelivery(
+  shell: Shell,
+  h: Handling,
+  parseProblem: string | null,
+): Promise<Disposition> {
   const { ref, request } = h;
   const { guard } = shell.o;
   const refused = refusalOf(shell, h, parseProblem);
