@@ -263,7 +263,7 @@ function execute(shell: Shell, h: Handling, tool: RunnableTool): Promise<Disposi
 
 /**
  * Records a cancel that reached this handling in memory (before its execution was recorded) and,
- * when it runs, aborts it. Returns the execution's state afterwards.
+ * when it runs, aborts it.
  */
 export async function recordPendingCancel(shell: Shell, h: Handling, execution: Execution): Promise<void> {
   if (!h.cancel) return;
