@@ -8,7 +8,7 @@ import { createLogger, type Logger } from '../../lib/log.ts';
 import { connectNats, natsCredentialsFromConfig, type NatsConnection } from '../../lib/nats.ts';
 import { createRedis, type Redis } from '../../lib/redis.ts';
 import { acceptAnnouncements, ToolRegistry, type ToolDefinition } from '../../lib/tools/index.ts';
-import { CancelCoordinator, forwardCancel, serveCancels } from './cancel.ts';
+import { CancelCoordinator, serveCancels, wakeRunner } from './cancel.ts';
 import type { DispatcherConfig } from './config.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { Guard } from './guard.ts';
@@ -166,7 +166,7 @@ export async function startDispatcher(
       log,
       maxFailures: config.DISPATCHER_MAX_FAILURES,
       ...(options.progressIntervalMs !== undefined ? { progressIntervalMs: options.progressIntervalMs } : {}),
-      forwardCancel: (runner, ref, order, token) => forwardCancel(nc, log, runner, ref, order, token),
+      wakeRunner: (executionId) => wakeRunner(nc, log, executionId),
     });
     const liveness = serveLiveness(nc, dispatcherId, dispatcher.isRunning);
     cleanup.push(async () => liveness.stop());
@@ -193,7 +193,7 @@ export async function startDispatcher(
       metrics,
       waitMs: config.CANCEL_WAIT_MS,
     });
-    const cancelService = serveCancels(nc, { dispatcherId, verifier, coordinator: cancels, log });
+    const cancelService = serveCancels(nc, { verifier, coordinator: cancels, dispatcher, log });
     cleanup.push(() => cancelService.stop());
     registerRoutes(app, { nc, js, registry, verifier, streams, cancels, waitMs: config.HTTP_WAIT_MS });
 

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { headers } from '@nats-io/transport-node';
+import { pino } from 'pino';
 import t from 'tap';
 import { z } from 'zod';
 import { executionIdFor, type AgentAnswer, type ToolEvent } from '../../contracts/index.ts';
@@ -7,10 +8,12 @@ import { cancelExecution, type CancelResult } from '../../lib/clients/agent.ts';
 import { defineTool, serveTools } from '../../lib/tools/index.ts';
 import { recordExecution } from '../../test/support/events.ts';
 import type { RunningDispatcher } from './app.ts';
+import { handleExecution } from './commands.ts';
+import { UserStreams } from './streams.ts';
 import { eventually, harness, type Harness } from './test/harness.ts';
 
 /**
- * Cancellation against a real NATS, Redis and PostgreSQL: by the agent (NATS) and by the user
+ * Cancellation (a recorded ToolCancelRequested, then the end) against a real NATS, Redis and PostgreSQL: by the agent (NATS) and by the user
  * (HTTP), of running, waiting, finished, unknown and orphaned executions, on one or two dispatcher
  * instances and on a tool worker; and a cancel racing the tool's own completion, many times.
  */
@@ -100,7 +103,10 @@ t.test('a running tool is cancelled by its agent: its signal fires, it ends CANC
     status: 'failed',
     answer: {
       status: 'failed',
-      error: { code: 'CANCELLED', details: { cancelledBy: 'alice', via: 'nats' } },
+      error: {
+        code: 'CANCELLED',
+        details: { cancelledBy: 'alice', admin: false, reason: 'asked through nats' },
+      },
     },
   });
   const answer = await r.answer;
@@ -111,8 +117,13 @@ t.test('a running tool is cancelled by its agent: its signal fires, it ends CANC
     'the tool saw its signal fire',
   );
   const events = await eventsOf(h, 'alice', 'c-run');
-  t.strictSame(typesOf(events), ['ToolRequested', 'ToolExecuting', 'ToolFailed']);
-  const failed = events[2]!;
+  t.strictSame(typesOf(events), ['ToolRequested', 'ToolExecuting', 'ToolCancelRequested', 'ToolFailed']);
+  t.match(
+    events[2],
+    { data: { by: { userId: 'alice', admin: false }, reason: 'asked through nats' } },
+    'the cancel is recorded',
+  );
+  const failed = events[3]!;
   t.ok(
     failed.type === 'ToolFailed' && failed.data.durationMs !== null && failed.data.durationMs < 30_000,
     'it stopped long before it would have finished',
@@ -122,7 +133,7 @@ t.test('a running tool is cancelled by its agent: its signal fires, it ends CANC
   const again = await h.agent.cancel(executionId, { token });
   t.match(again, { cancelled: false, status: 'failed', message: /already been cancelled/ });
   t.strictSame(again.answer, answer);
-  t.equal((await eventsOf(h, 'alice', 'c-run')).length, 3, 'no event was added');
+  t.equal((await eventsOf(h, 'alice', 'c-run')).length, 4, 'no event was added');
 
   // The same through HTTP: the sleep tool ends early.
   const s = run(h, token, 'c-http', 'sleep', { ms: 4_000 });
@@ -132,12 +143,13 @@ t.test('a running tool is cancelled by its agent: its signal fires, it ends CANC
   t.match(byHttp.body, {
     cancelled: true,
     status: 'failed',
-    answer: { error: { code: 'CANCELLED', details: { via: 'http' } } },
+    answer: { error: { code: 'CANCELLED', details: { reason: 'asked through http' } } },
   });
   t.ok(isCancelled(await s.answer));
   t.strictSame(typesOf(await eventsOf(h, 'alice', 'c-http')), [
     'ToolRequested',
     'ToolExecuting',
+    'ToolCancelRequested',
     'ToolFailed',
   ]);
 });
@@ -227,7 +239,12 @@ t.test('only the execution’s user, or an admin, may cancel it', async (t) => {
   t.equal(byAdmin.status, 200);
   t.match(byAdmin.body, {
     cancelled: true,
-    answer: { error: { code: 'CANCELLED', details: { cancelledBy: 'root', via: 'http' } } },
+    answer: {
+      error: {
+        code: 'CANCELLED',
+        details: { cancelledBy: 'root', admin: true, reason: 'asked through http' },
+      },
+    },
   });
   t.ok(isCancelled(await r.answer));
 });
@@ -283,11 +300,11 @@ t.test('a request still waiting in the intake is cancelled before it runs', asyn
   t.ok(isCancelled(await third.answer), 'its agent is answered at once');
   t.strictSame(
     typesOf(await eventsOf(h, 'quinn', 'q-3')),
-    ['ToolRequested', 'ToolFailed'],
+    ['ToolRequested', 'ToolCancelRequested', 'ToolFailed'],
     'recorded cancelled, never run',
   );
-  t.match((await eventsOf(h, 'quinn', 'q-3'))[1], {
-    data: { durationMs: null, error: { message: /before it started/ } },
+  t.match((await eventsOf(h, 'quinn', 'q-3'))[2], {
+    data: { durationMs: null, error: { message: /before it ran/ } },
   });
   t.equal(d.queued, 1);
   t.match(await h.agent.cancel({ requestId: 'q-1' }, { token }), { cancelled: true });
@@ -313,7 +330,11 @@ t.test('with two instances, the cancel reaches the one that holds the execution'
   t.equal(queued.status, 200);
   t.match(queued.body, { cancelled: true });
   t.ok(isCancelled(await waiting.answer));
-  t.strictSame(typesOf(await eventsOf(h, 'dana', 'x-wait')), ['ToolRequested', 'ToolFailed']);
+  t.strictSame(typesOf(await eventsOf(h, 'dana', 'x-wait')), [
+    'ToolRequested',
+    'ToolCancelRequested',
+    'ToolFailed',
+  ]);
 
   // Asked at d2: the record names d1 as the runner; d1 is asked and cancels it.
   const remote = await cancelHttp(d2, token, executionIdFor('dana', 'x-run'));
@@ -346,23 +367,74 @@ t.test('an execution left running by a dead dispatcher is cancelled by the recor
     executionId: orphan.executionId,
     cancelled: true,
     status: 'failed',
-    answer: { error: { code: 'CANCELLED', message: /after its dispatcher stopped/ } },
+    answer: { error: { code: 'CANCELLED', message: /its runner .* stopped/ } },
   });
   t.strictSame(typesOf(await eventsOf(h, 'olga', 'orphan-1')), [
     'ToolRequested',
     'ToolExecuting',
+    'ToolCancelRequested',
     'ToolFailed',
   ]);
   // The request coming back (JetStream redelivery, or the agent's retry) gets that answer, no run.
   const retried = await h.agent.execute('sleep', { ms: 100 }, { token, requestId: 'orphan-1' });
   t.strictSame(retried, result.answer);
-  t.equal((await eventsOf(h, 'olga', 'orphan-1')).length, 3);
+  t.equal((await eventsOf(h, 'olga', 'orphan-1')).length, 4);
   t.match(
     await d.app.metrics.metrics(),
     /toolbus_cancellations_total\{result="cancelled"[^}]*\} 1\n/,
     'counted in the metrics',
   );
 });
+
+t.test(
+  'a cancel recorded for an orphan is read by the recovery: the request ends CANCELLED, not re-run',
+  async (t) => {
+    const h = await harness(t);
+    await h.start({}, options);
+    const token = await h.token('rita');
+    // A dispatcher recorded the cancel of an execution whose runner ('test') died before it ended it.
+    const orphan = await recordExecution(h.store, 'rita', {
+      requestId: 'orphan-2',
+      tool: 'watched_wait',
+      args: { ms: 50 },
+      outcome: 'executing',
+    });
+    const streams = new UserStreams({
+      store: h.store,
+      nc: h.nc,
+      log: pino({ level: 'silent' }),
+      now: () => new Date(),
+    });
+    const execution = await streams.load({
+      userId: 'rita',
+      executionId: orphan.executionId,
+      requestId: 'orphan-2',
+      correlationId: orphan.executionId,
+    });
+    await handleExecution(streams, execution, {
+      type: 'RequestCancel',
+      data: {
+        by: { userId: 'rita', admin: false },
+        reason: 'asked through nats',
+        now: new Date().toISOString(),
+      },
+    });
+
+    // The request comes back (the agent's retry): watched_wait is idempotent, yet it is not run again.
+    const answer = await h.agent.execute('watched_wait', { ms: 50 }, { token, requestId: 'orphan-2' });
+    t.match(answer, { status: 'failed', error: { code: 'CANCELLED', message: /its runner test stopped/ } });
+    t.strictSame(typesOf(await eventsOf(h, 'rita', 'orphan-2')), [
+      'ToolRequested',
+      'ToolExecuting',
+      'ToolCancelRequested',
+      'ToolFailed',
+    ]);
+    t.notOk(
+      aborts.some((a) => a.executionId === orphan.executionId),
+      'the tool never ran',
+    );
+  },
+);
 
 t.test('a tool on a worker: the cancel reaches the worker and the tool’s signal fires there', async (t) => {
   const h = await harness(t);

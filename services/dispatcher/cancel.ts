@@ -14,54 +14,46 @@ import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import { answerFromTerminal, type TerminalAnswer } from './answers.ts';
-import {
-  cancelledError,
-  errorInfo,
-  executionIdOfDelivery,
-  type CancelOrder,
-  type Dispatcher,
-} from './dispatcher.ts';
+import { handleExecution } from './commands.ts';
+import { errorInfo, executionIdOfDelivery, type CancelOrder } from './delivery.ts';
+import type { Dispatcher } from './dispatcher.ts';
 import type { Guard } from './guard.ts';
 import type { Intake } from './intake.ts';
+import { probeRunner } from './liveness.ts';
 import type { DispatcherMetrics } from './metrics.ts';
-import {
-  lastExecutingOf,
-  terminalOf,
-  type Execution,
-  type ExecutionRef,
-  type UserStreams,
-} from './streams.ts';
+import { requestCancel } from './shell.ts';
+import { terminalOf, type Execution, type ExecutionRef, type UserStreams } from './streams.ts';
 
 /**
- * Cancellation across dispatcher instances. A cancel request (NATS `toolbus.cancel.<userId>`,
- * queue group; or HTTP `POST /executions/:id/cancel`) reaches one instance, the coordinator:
+ * Cancellation is a recorded fact. A cancel request (NATS `toolbus.cancel.<userId>`, queue group;
+ * or HTTP `POST /executions/:id/cancel`) reaches one instance, which:
  *
- * 1. held here (waiting in this intake, or in flight in this dispatcher): cancelled here;
- * 2. otherwise the record decides: ended: answered with what happened; running on dispatcher R:
- *    R is asked on `toolbus.dispatchers.<R>.cancel` and cancels it; not recorded: every instance
- *    is asked on `toolbus.dispatchers.cancel` (it may wait in another intake); recorded as running
- *    but nobody runs it (its dispatcher died, the request has not come back yet): the coordinator
- *    appends ToolFailed CANCELLED itself, with the exact expected revision, so it can never be a
- *    second terminal event;
- * 3. the answer is built from the terminal event (waited for, up to `waitMs`).
+ * 1. cancels it where it is held unrecorded: waiting in this intake, or handled here before its
+ *    record; else, when the store has nothing of it, asks the other instances once
+ *    (`toolbus.dispatchers.cancel.unrecorded`): the one holding it records it cancelled;
+ * 2. otherwise decides `RequestCancel` through the command handler: an execution that has not
+ *    started ends CANCELLED in that append (ToolCancelRequested + ToolFailed); a running one gets
+ *    ToolCancelRequested, and its runner is woken (`toolbus.dispatchers.cancel`, the execution id
+ *    only): it reads the store, aborts the tool and records Fail CANCELLED. A runner that is gone
+ *    (no answer to the liveness probe) is recovered here: `Recover` with the cancel recorded ends
+ *    it CANCELLED;
+ * 3. answers with the terminal answer when it comes within `waitMs`, else `executing` (the agent
+ *    still gets its terminal answer on its request's inbox).
  *
- * Peers are asked with the token of whoever asked, and check it again. See
- * docs/progress-cancellation-fairness.md.
+ * See docs/progress-cancellation-fairness.md and docs/decisions/0009-cancellation.md.
  */
 
-export const CANCEL_PEERS = 'toolbus.dispatchers.cancel';
-export const cancelPeerSubject = (dispatcherId: string): string =>
-  `toolbus.dispatchers.${dispatcherId}.cancel`;
-const RUNNER_ID = /^[A-Za-z0-9_-]{1,100}$/;
+/** The wake-up after a cancel was recorded: the body is the execution id, nothing else. */
+export const CANCEL_WAKE = 'toolbus.dispatchers.cancel';
+/** Asks every instance to cancel an execution not recorded yet that it may hold (request/reply). */
+export const CANCEL_UNRECORDED = 'toolbus.dispatchers.cancel.unrecorded';
 const CANCEL_PREFIX = 'toolbus.cancel.';
 
-const PeerCancel = z.strictObject({
+const Unrecorded = z.strictObject({
   userId: z.string().refine(isUserId),
   executionId: z.uuid(),
   via: z.enum(['nats', 'http']),
 });
-type PeerCancel = z.infer<typeof PeerCancel>;
-type PeerReply = { held: boolean } | { refused: string };
 
 export interface CancelTarget {
   userId: string;
@@ -69,7 +61,7 @@ export interface CancelTarget {
   /** When the cancel named a request id. */
   requestId?: string;
   order: CancelOrder;
-  /** The Authorization header of who asked, passed on to the peer that runs the execution. */
+  /** The Authorization header of who asked: the instance holding an unrecorded request checks it again. */
   token: string | undefined;
 }
 
@@ -84,9 +76,9 @@ export interface CancelCoordinatorOptions {
   metrics: DispatcherMetrics;
   /** How long to wait for a cancelled execution to end before answering `executing` (default 15 s). */
   waitMs?: number;
-  /** How long the runner has to say whether it holds the execution (default 2 s). */
-  peerTimeoutMs?: number;
-  /** How long to wait for any instance to claim an execution not recorded yet (default 1 s). */
+  /** How long a runner has to say whether it still runs the execution (default 1.5 s). */
+  probeTimeoutMs?: number;
+  /** How long to wait for an instance to hold an execution not recorded yet (default 1 s). */
   broadcastWaitMs?: number;
 }
 
@@ -104,28 +96,37 @@ async function untilDeadline<T>(p: Promise<T>, deadline: number): Promise<T | nu
   }
 }
 
+/** Publishes the wake-up for an execution whose cancel was recorded. */
+export function wakeRunner(nc: NatsConnection, log: Logger, executionId: string): void {
+  try {
+    nc.publish(CANCEL_WAKE, executionId);
+  } catch (e) {
+    // The cancel is recorded: a later cancel request wakes it again, a recovery reads it.
+    log.warn({ err: errorInfo(e), executionId }, 'cancel wake-up publish failed');
+  }
+}
+
 export class CancelCoordinator {
   private readonly waitMs: number;
-  private readonly peerTimeoutMs: number;
+  private readonly probeTimeoutMs: number;
   private readonly broadcastWaitMs: number;
 
   constructor(private readonly o: CancelCoordinatorOptions) {
     this.waitMs = o.waitMs ?? 15_000;
-    this.peerTimeoutMs = o.peerTimeoutMs ?? 2_000;
+    this.probeTimeoutMs = o.probeTimeoutMs ?? 1_500;
     this.broadcastWaitMs = o.broadcastWaitMs ?? 1_000;
   }
 
   /**
-   * Cancels the execution if this instance holds it. Returns its outcome (null when it ended
-   * without an answer here), 'queued' when it was waiting in the intake (its outcome comes from
-   * the record), or null when it is not held here.
+   * Cancels the execution if this instance holds it: waiting in the intake ('queued'), or handled
+   * here (its outcome). Null when it is not held here.
    */
   holdHere(
     userId: string,
     executionId: string,
     order: CancelOrder,
   ): Promise<TerminalAnswer | null> | 'queued' | null {
-    const held = this.o.dispatcher.cancelHeld(userId, executionId, order);
+    const held = this.o.dispatcher.holdCancel(userId, executionId, order);
     if (held) return held;
     const intake = this.o.intake();
     if (intake?.cancelQueued(userId, (d) => executionIdOfDelivery(d, userId) === executionId, order)) {
@@ -164,116 +165,116 @@ export class CancelCoordinator {
   }
 
   private async resolve(target: CancelTarget): Promise<CancelResult> {
-    const { userId, executionId, order } = target;
+    const { userId, executionId } = target;
+    // Who asks for another user's execution may (routes and serveCancels checked it): an admin.
+    const order: CancelOrder = { ...target.order, admin: target.order.admin ?? target.order.by !== userId };
     const deadline = Date.now() + this.waitMs;
     const ref: ExecutionRef = { userId, executionId, requestId: '-', correlationId: executionId };
-    let delivered = false;
-    let askedEveryone = false;
-    for (let round = 0; round < 10 && Date.now() < deadline; round++) {
-      // 1. Held here.
-      const here = this.holdHere(userId, executionId, order);
-      if (here) {
-        delivered = true;
-        const answer =
-          here === 'queued' ? await this.awaitTerminal(ref, deadline) : await untilDeadline(here, deadline);
-        if (answer) return this.ended(target, answer, true);
-        // It ended here without an answer (it runs elsewhere, or this instance is stopping).
-        continue;
-      }
-      // 2. The record decides.
-      const execution = await this.o.streams.load(ref);
-      const terminal = terminalOf(execution);
-      if (terminal) return this.ended(target, answerFromTerminal(terminal), delivered);
-      if (execution.state.status === 'none') {
-        if (delivered) {
-          const answer = await this.awaitTerminal(ref, deadline);
-          if (answer) return this.ended(target, answer, true);
-          break;
-        }
-        if (askedEveryone) return this.unknown(target);
-        askedEveryone = true;
-        // Not recorded: it may wait in another instance's intake, or be starting there.
-        if ((await this.askPeer(CANCEL_PEERS, target, this.broadcastWaitMs)) === 'held') delivered = true;
-        continue;
-      }
-      const runner = lastExecutingOf(execution)?.data.runner;
-      if (runner !== undefined && runner !== this.o.dispatcherId && RUNNER_ID.test(runner)) {
-        const reply = await this.askPeer(cancelPeerSubject(runner), target, this.peerTimeoutMs);
-        if (reply === 'held') {
-          delivered = true;
-          const answer = await this.awaitTerminal(ref, deadline);
-          if (answer) return this.ended(target, answer, true);
-          break;
-        }
-        if (reply === 'refused') {
-          return this.result(target, null, false, {
-            status: 'executing',
-            message: `its runner ${runner} refused the cancel`,
-            error: { code: 'FORBIDDEN', message: `its runner ${runner} refused the cancel` },
-          });
-        }
-      }
-      // 3. Recorded as running, but nobody runs it: end it here.
-      const stuck = await this.cancelStuck(execution, order);
-      if (stuck) return this.ended(target, stuck, true);
-      // The record moved meanwhile (another instance took it over or ended it): look again.
-    }
-    if (!delivered) return this.unknown(target);
-    return this.result(target, null, false, {
-      status: 'executing',
-      message: `the cancel was delivered but the execution has not ended within ${this.waitMs} ms; ask again`,
-    });
-  }
+    const here = this.holdHere(userId, executionId, order);
+    if (here) return this.awaitEnd(target, ref, deadline);
 
-  /** Waits for the execution's terminal answer: from this instance when it handles it, else from the record. */
-  private async awaitTerminal(ref: ExecutionRef, deadline: number): Promise<TerminalAnswer | null> {
-    for (let wait = 20; ; wait = Math.min(wait * 2, 500)) {
-      const local = this.o.dispatcher.outcomeOf(ref.userId, ref.executionId);
-      if (local) {
-        const answer = await untilDeadline(local, deadline);
-        if (answer) return answer;
-      }
-      const terminal = terminalOf(await this.o.streams.load(ref));
-      if (terminal) return answerFromTerminal(terminal);
-      if (Date.now() >= deadline) return null;
-      await sleep(Math.min(wait, deadline - Date.now()));
+    const execution = await this.o.streams.load(ref);
+    if (execution.state.status === 'none') {
+      // Not recorded: it may wait in another instance's intake, or be starting there.
+      if (!(await this.askHolders(target))) return this.unknown(target);
+      return this.awaitEnd(target, ref, deadline);
     }
-  }
-
-  /** Appends ToolFailed CANCELLED to an execution nobody runs; null when the record moved first. */
-  private async cancelStuck(execution: Execution, order: CancelOrder): Promise<TerminalAnswer | null> {
     const requested = execution.events.find((e) => e.type === 'ToolRequested');
-    if (!requested) return null;
-    execution.ref = {
-      ...execution.ref,
-      requestId: requested.metadata.requestId,
-      correlationId: requested.metadata.correlationId,
-    };
+    if (requested) execution.ref = { ...execution.ref, requestId: requested.metadata.requestId };
+    const before = terminalOf(execution);
+    if (before) return this.ended(target, answerFromTerminal(before), false);
+
+    await handleExecution(this.o.streams, execution, requestCancel(order, new Date()));
+    const after = terminalOf(execution);
+    if (after) return this.ended(target, this.remember(execution, answerFromTerminal(after)), true);
+    // Running, with the cancel recorded: its runner is woken, or recovered when it is gone.
+    wakeRunner(this.o.nc, this.o.log, executionId);
+    const recovered = await this.recoverIfRunnerGone(execution);
+    if (recovered) return this.ended(target, recovered, true);
+    return this.awaitEnd(target, execution.ref, deadline);
+  }
+
+  /**
+   * When the runner of the cancelled execution is gone, the decider ends it (`Recover` with the
+   * cancel recorded: CANCELLED). Null when the runner lives, or the record moved meanwhile.
+   */
+  private async recoverIfRunnerGone(execution: Execution): Promise<TerminalAnswer | null> {
     const state = execution.state;
-    const attempt = state.status === 'executing' ? state.attempt : 0;
-    const { appended } = await this.o.streams.step(execution, (s) =>
-      (s.status === 'executing' && s.attempt === attempt) || (s.status === 'requested' && attempt === 0)
-        ? [
-            {
-              type: 'Fail',
-              data: { error: cancelledError(order, 'after its dispatcher stopped'), durationMs: null },
-            },
-          ]
-        : [],
+    if (state.status !== 'executing') return null;
+    const alive =
+      state.runner === this.o.dispatcherId
+        ? this.o.dispatcher.isRunning(execution.ref.executionId)
+        : (await probeRunner(this.o.nc, state.runner, execution.ref.executionId, this.probeTimeoutMs)) ===
+          'running';
+    if (alive) return null;
+    const { appended } = await handleExecution(
+      this.o.streams,
+      execution,
+      {
+        type: 'Recover',
+        data: {
+          liveness: 'dead',
+          idempotent: false,
+          maxAttempts: state.attempts,
+          runner: this.o.dispatcherId,
+          timeoutMs: state.timeoutMs,
+          now: new Date().toISOString(),
+        },
+      },
+      { attempt: state.attempt },
     );
     const last = appended.at(-1);
     if (!last) return null;
-    const answer = answerFromTerminal(last);
-    void this.o.guard.remember(execution.ref.userId, execution.ref.requestId, answer);
     this.o.log.warn(
-      { userId: execution.ref.userId, executionId: execution.ref.executionId, by: order.by },
-      'cancelled an execution nobody was running',
+      { userId: execution.ref.userId, executionId: execution.ref.executionId, runner: state.runner },
+      'cancelled an execution whose runner is gone',
     );
+    return this.remember(execution, answerFromTerminal(last));
+  }
+
+  private remember(execution: Execution, answer: TerminalAnswer): TerminalAnswer {
+    void this.o.guard.remember(execution.ref.userId, execution.ref.requestId, answer);
     return answer;
   }
 
-  private async askPeer(subject: string, target: CancelTarget, timeoutMs: number): Promise<PeerAnswer> {
-    return askPeer(this.o.nc, subject, target, timeoutMs);
+  /** Asks the other instances, once, to cancel the unrecorded execution if they hold it. */
+  private async askHolders(target: CancelTarget): Promise<boolean> {
+    const h = headers();
+    if (target.token) h.set(REQUEST_HEADERS.authorization, target.token);
+    const body: z.infer<typeof Unrecorded> = {
+      userId: target.userId,
+      executionId: target.executionId,
+      via: target.order.via,
+    };
+    try {
+      const reply = await this.o.nc.request(CANCEL_UNRECORDED, JSON.stringify(body), {
+        timeout: this.broadcastWaitMs,
+        headers: h,
+      });
+      return reply.json<{ held?: unknown }>().held === true;
+    } catch {
+      // no responders, or nobody holds it: nothing of it exists yet
+      return false;
+    }
+  }
+
+  /**
+   * Waits for the execution's terminal answer until the deadline: from this instance's handling
+   * when it has it, else from the record (read by the index, with a growing pause).
+   */
+  private async awaitEnd(target: CancelTarget, ref: ExecutionRef, deadline: number): Promise<CancelResult> {
+    for (let wait = 20; Date.now() < deadline; wait = Math.min(wait * 2, 500)) {
+      const local = this.o.dispatcher.outcomeOf(ref.userId, ref.executionId);
+      const answer = local ? await untilDeadline(local, deadline) : null;
+      if (answer) return this.ended(target, answer, true);
+      const terminal = terminalOf(await this.o.streams.load(ref));
+      if (terminal) return this.ended(target, answerFromTerminal(terminal), true);
+      await sleep(Math.min(wait, deadline - Date.now()));
+    }
+    return this.result(target, null, false, {
+      status: 'executing',
+      message: `the cancel is recorded but the execution has not ended within ${this.waitMs} ms; its agent gets the answer`,
+    });
   }
 
   private ended(target: CancelTarget, answer: TerminalAnswer, delivered: boolean): CancelResult {
@@ -313,44 +314,6 @@ export class CancelCoordinator {
   }
 }
 
-type PeerAnswer = 'held' | 'not_held' | 'gone' | 'refused';
-
-async function askPeer(
-  nc: NatsConnection,
-  subject: string,
-  target: CancelTarget,
-  timeoutMs: number,
-): Promise<PeerAnswer> {
-  const h = headers();
-  if (target.token) h.set(REQUEST_HEADERS.authorization, target.token);
-  const body: PeerCancel = { userId: target.userId, executionId: target.executionId, via: target.order.via };
-  try {
-    const reply = await nc.request(subject, JSON.stringify(body), { timeout: timeoutMs, headers: h });
-    const r = reply.json<Partial<{ held: unknown; refused: unknown }>>();
-    if (typeof r.refused === 'string') return 'refused';
-    return r.held === true ? 'held' : 'not_held';
-  } catch {
-    // no responders (the runner is gone), or no answer in time
-    return 'gone';
-  }
-}
-
-/** Asks the dispatcher `runner` to cancel an execution it runs; nothing is waited for. */
-export function forwardCancel(
-  nc: NatsConnection,
-  log: Logger,
-  runner: string,
-  ref: ExecutionRef,
-  order: CancelOrder,
-  token: string | undefined,
-): void {
-  if (!RUNNER_ID.test(runner)) return;
-  void askPeer(nc, cancelPeerSubject(runner), { ...ref, order, token }, 5_000).then((a) => {
-    if (a !== 'held')
-      log.warn({ runner, executionId: ref.executionId, answer: a }, 'forwarded cancel was not taken');
-  });
-}
-
 async function principalOf(
   verifier: TokenVerifier,
   token: string | undefined,
@@ -364,22 +327,27 @@ async function principalOf(
 }
 
 const mayCancel = (p: Principal, userId: string): boolean => p.userId === userId || p.roles.includes('admin');
+const orderOf = (p: Principal, userId: string, via: CancelOrder['via']): CancelOrder => ({
+  by: p.userId,
+  via,
+  admin: p.userId !== userId,
+});
 
 /**
  * Serves the dispatcher side of cancellation on NATS: `toolbus.cancel.<userId>` for agents (queue
- * group: one instance coordinates each request), and the peer subjects other instances use to
- * reach the one that holds an execution (`toolbus.dispatchers.<id>.cancel` always answers;
- * `toolbus.dispatchers.cancel`, sent to all, is answered only by an instance that holds it).
+ * group: one instance handles each request); the wake-up `toolbus.dispatchers.cancel` (every
+ * instance: the one running the execution reads the store); and
+ * `toolbus.dispatchers.cancel.unrecorded` (answered only by an instance holding the request).
  */
 export function serveCancels(
   nc: NatsConnection,
-  o: { dispatcherId: string; verifier: TokenVerifier; coordinator: CancelCoordinator; log: Logger },
+  o: { verifier: TokenVerifier; coordinator: CancelCoordinator; dispatcher: Dispatcher; log: Logger },
 ): { stop(): Promise<void> } {
   const respond = (msg: Msg, body: unknown) => {
     try {
       msg.respond(JSON.stringify(body));
-    } catch {
-      // the asker is gone
+    } catch (e) {
+      o.log.debug({ err: errorInfo(e), subject: msg.subject }, 'cancel reply not sent (the asker is gone)');
     }
   };
   const refuse = (
@@ -408,13 +376,7 @@ export function serveCancels(
     }
     const userId = msg.subject.slice(CANCEL_PREFIX.length);
     if (!isUserId(userId)) return refuse(msg, 'MALFORMED', 'the subject names no user');
-    let body: unknown;
-    try {
-      body = msg.json();
-    } catch {
-      body = undefined;
-    }
-    const parsed = CancelRequest.safeParse(body);
+    const parsed = CancelRequest.safeParse(jsonOf(msg));
     if (!parsed.success) {
       return refuse(msg, 'MALFORMED', 'expected {"executionId": "<uuid>"} or {"requestId": "<request id>"}');
     }
@@ -435,60 +397,57 @@ export function serveCancels(
         userId,
         executionId,
         ...(requestId ? { requestId } : {}),
-        order: { by: principal.userId, via: 'nats' },
+        order: orderOf(principal, userId, 'nats'),
         token,
       }),
     );
   };
 
-  const onPeer = async (msg: Msg, all: boolean) => {
-    let body: PeerCancel;
-    try {
-      const parsed = PeerCancel.safeParse(msg.json());
-      if (!parsed.success)
-        return all ? undefined : respond(msg, { refused: 'malformed' } satisfies PeerReply);
-      body = parsed.data;
-    } catch {
-      return all ? undefined : respond(msg, { refused: 'malformed' } satisfies PeerReply);
-    }
+  const onUnrecorded = async (msg: Msg) => {
+    const body = Unrecorded.safeParse(jsonOf(msg));
+    if (!body.success) return;
     const principal = await principalOf(
       o.verifier,
       msg.headers?.get(REQUEST_HEADERS.authorization) || undefined,
     );
-    if (principal instanceof AuthError || !mayCancel(principal, body.userId)) {
-      if (!all)
-        respond(msg, {
-          refused: principal instanceof AuthError ? principal.reason : 'forbidden',
-        } satisfies PeerReply);
-      return;
-    }
-    const held = o.coordinator.holdHere(body.userId, body.executionId, {
-      by: principal.userId,
-      via: body.via,
-    });
-    if (held !== null || !all) respond(msg, { held: held !== null } satisfies PeerReply);
+    // Checked again here: the asker's token is the authority, not the bus.
+    if (principal instanceof AuthError || !mayCancel(principal, body.data.userId)) return;
+    const { userId, executionId, via } = body.data;
+    if (o.coordinator.holdHere(userId, executionId, orderOf(principal, userId, via)))
+      respond(msg, { held: true });
   };
 
-  const subscribe = (subject: string, handle: (msg: Msg) => Promise<void>, queue?: string) =>
+  const subscribe = (subject: string, handle: (msg: Msg) => Promise<void> | void, queue?: string) =>
     nc.subscribe(subject, {
       ...(queue ? { queue } : {}),
       callback: (err, msg) => {
         if (err) return;
-        handle(msg).catch((e: unknown) => {
-          o.log.warn({ err: errorInfo(e), subject: msg.subject }, 'cancel handling failed');
-          if (subject === subjects.cancelAll)
-            refuse(msg, 'UNAVAILABLE', 'the cancel could not be handled; ask again');
-        });
+        Promise.resolve()
+          .then(() => handle(msg))
+          .catch((e: unknown) => {
+            o.log.warn({ err: errorInfo(e), subject: msg.subject }, 'cancel handling failed');
+            if (subject === subjects.cancelAll)
+              refuse(msg, 'UNAVAILABLE', 'the cancel could not be handled; ask again');
+          });
       },
     });
   const subs = [
     subscribe(subjects.cancelAll, onCancel, DISPATCHERS_QUEUE),
-    subscribe(cancelPeerSubject(o.dispatcherId), (m) => onPeer(m, false)),
-    subscribe(CANCEL_PEERS, (m) => onPeer(m, true)),
+    subscribe(CANCEL_WAKE, (m) => void o.dispatcher.wake(m.string())),
+    subscribe(CANCEL_UNRECORDED, onUnrecorded),
   ];
   return {
     async stop() {
       if (!nc.isClosed()) await Promise.all(subs.map((s) => s.drain().catch(() => undefined)));
     },
   };
+}
+
+function jsonOf(msg: Msg): unknown {
+  try {
+    return msg.json();
+  } catch {
+    // not JSON: the schema check refuses it
+    return undefined;
+  }
 }

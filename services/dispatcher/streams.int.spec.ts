@@ -6,7 +6,8 @@ import { connectNats } from '../../lib/nats.ts';
 import { readUserEvents } from '../../test/support/events.ts';
 import { createTestDatabase } from '../../test/support/postgres.ts';
 import { startNats } from '../../test/support/processes.ts';
-import { newExecution, UserStreams, type Plan } from './streams.ts';
+import { handleExecution } from './commands.ts';
+import { newExecution, UserStreams } from './streams.ts';
 
 const request = (tool: string): ExecutionCommand => ({
   type: 'Request',
@@ -64,8 +65,8 @@ t.test('two writers on one user stream: every append lands, the chain holds', as
     const writer = i % 2 === 0 ? a : b;
     const execution = newExecution(ref('uma', `r-${i}`));
     return (async () => {
-      await writer.step(execution, (s) => (s.status === 'none' ? [request('noop'), start(`w${i % 2}`)] : []));
-      await writer.step(execution, (s) => (s.status === 'executing' ? [complete(i)] : []));
+      await handleExecution(writer, execution, [request('noop'), start(`w${i % 2}`)], { onlyNew: true });
+      await handleExecution(writer, execution, complete(i), { attempt: 1 });
       return execution;
     })();
   });
@@ -89,16 +90,15 @@ t.test('two writers ending the same execution: exactly one terminal event', asyn
   const { store, a, b } = await setup(t);
   const r = ref('vic', 'same');
   const first = newExecution(r);
-  await a.step(first, (s) => (s.status === 'none' ? [request('sleep'), start('a')] : []));
+  await handleExecution(a, first, [request('sleep'), start('a')], { onlyNew: true });
 
   // b learns of the execution from the store, as a dispatcher does after a redelivery.
   const seen = await b.load(r);
   t.equal(seen.state.status, 'executing');
-  const plan =
-    (n: number): Plan =>
-    (s) =>
-      s.status === 'executing' && s.attempt === 1 ? [complete(n)] : [];
-  const [ra, rb] = await Promise.all([a.step(first, plan(1)), b.step(seen, plan(2))]);
+  const [ra, rb] = await Promise.all([
+    handleExecution(a, first, complete(1), { attempt: 1 }),
+    handleExecution(b, seen, complete(2), { attempt: 1 }),
+  ]);
   t.equal(ra.appended.length + rb.appended.length, 1, 'one of them appended the terminal event');
   t.equal(first.state.status, 'completed');
   t.equal(seen.state.status, 'completed', 'the other sees the terminal event after its conflict');
@@ -114,14 +114,14 @@ t.test('an append of an execution that already exists (lost idempotency cache) f
   const { store, a, b } = await setup(t);
   const r = ref('wes', 'again');
   const e1 = newExecution(r);
-  await a.step(e1, (s) => (s.status === 'none' ? [request('noop'), start('a')] : []));
-  await a.step(e1, (s) => (s.status === 'executing' ? [complete(1)] : []));
+  await handleExecution(a, e1, [request('noop'), start('a')], { onlyNew: true });
+  await handleExecution(a, e1, complete(1), { attempt: 1 });
   for (let i = 0; i < 5; i++)
-    await a.step(newExecution(ref('wes', `other-${i}`)), () => [request('noop'), start('a')]);
+    await handleExecution(a, newExecution(ref('wes', `other-${i}`)), [request('noop'), start('a')]);
 
   // b believes the execution is new (as after a Redis flush): the append conflicts and b reads it back.
   const e2 = newExecution(r);
-  const result = await b.step(e2, (s) => (s.status === 'none' ? [request('noop'), start('b')] : []));
+  const result = await handleExecution(b, e2, [request('noop'), start('b')], { onlyNew: true });
   t.strictSame(result.appended, [], 'nothing appended');
   t.equal(e2.state.status, 'completed', 'the stored execution was found');
   t.strictSame(
@@ -135,16 +135,15 @@ t.test('a writer that read an execution before another ended it appends nothing 
   const { store, a, b } = await setup(t);
   const r = ref('xan', 'taken-for-dead');
   const running = newExecution(r);
-  await a.step(running, (s) => (s.status === 'none' ? [request('sleep'), start('a')] : []));
+  await handleExecution(a, running, [request('sleep'), start('a')], { onlyNew: true });
 
   // b reads the execution (a redelivery, its runner not answering a probe), then a finishes it,
   // and b's view of the stream's tail is refreshed by another execution of the same user.
   const seen = await b.load(r);
-  await a.step(running, (s) => (s.status === 'executing' ? [complete(1)] : []));
-  await b.step(newExecution(ref('xan', 'unrelated')), () => [request('noop'), start('b')]);
+  await handleExecution(a, running, complete(1), { attempt: 1 });
+  await handleExecution(b, newExecution(ref('xan', 'unrelated')), [request('noop'), start('b')]);
 
-  const rerun: Plan = (s) => (s.status === 'executing' && s.attempt === 1 ? [rerunOn('b')] : []);
-  const result = await b.step(seen, rerun);
+  const result = await handleExecution(b, seen, rerunOn('b'), { attempt: 1 });
   t.strictSame(result.appended, [], 'no second attempt');
   t.equal(seen.state.status, 'completed', 'b now knows the execution ended');
   const types = (await readUserEvents(store, 'xan'))
@@ -157,13 +156,11 @@ t.test('the same, when the writer reads the stream tail only after the execution
   const { store, a, b } = await setup(t);
   const r = ref('yul', 'taken-for-dead');
   const running = newExecution(r);
-  await a.step(running, (s) => (s.status === 'none' ? [request('sleep'), start('a')] : []));
+  await handleExecution(a, running, [request('sleep'), start('a')], { onlyNew: true });
   const seen = await b.load(r);
-  await a.step(running, (s) => (s.status === 'executing' ? [complete(1)] : []));
+  await handleExecution(a, running, complete(1), { attempt: 1 });
 
-  const result = await b.step(seen, (s) =>
-    s.status === 'executing' && s.attempt === 1 ? [rerunOn('b')] : [],
-  );
+  const result = await handleExecution(b, seen, rerunOn('b'), { attempt: 1 });
   t.strictSame(result.appended, [], 'no second attempt');
   t.equal(seen.state.status, 'completed');
   t.equal((await readUserEvents(store, 'yul')).length, 3);
@@ -176,15 +173,15 @@ t.test(
     const r = ref('zoe', 'two-views');
     // The handling of a redelivery, and a cancel that read the execution on its own.
     const handling = newExecution(r);
-    await a.step(handling, (s) => (s.status === 'none' ? [request('sleep'), start('a')] : []));
+    await handleExecution(a, handling, [request('sleep'), start('a')], { onlyNew: true });
     const cancel = await a.load(r);
-    await a.step(handling, (s) => (s.status === 'executing' ? [complete(1)] : []));
+    await handleExecution(a, handling, complete(1), { attempt: 1 });
 
     const fail: ExecutionCommand = {
       type: 'Fail',
       data: { error: { code: 'CANCELLED', message: 'cancelled' }, durationMs: null },
     };
-    const result = await a.step(cancel, (s) => (s.status === 'executing' && s.attempt === 1 ? [fail] : []));
+    const result = await handleExecution(a, cancel, fail, { attempt: 1 });
     t.strictSame(result.appended, [], 'no second terminal event');
     t.equal(cancel.state.status, 'completed', 'the cancel learns the execution completed');
     t.strictSame(

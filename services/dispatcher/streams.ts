@@ -1,5 +1,4 @@
 import {
-  decide,
   envelopeEvents,
   evolve,
   GENESIS_HASH,
@@ -7,7 +6,6 @@ import {
   notificationName,
   subjects,
   userStream,
-  type ExecutionCommand,
   type ExecutionState,
   type Notification,
   type ToolEvent,
@@ -76,8 +74,11 @@ export const terminalOf = (e: Execution): ToolEvent | undefined =>
 export const lastExecutingOf = (e: Execution) =>
   e.events.findLast((x): x is Extract<ToolEvent, { type: 'ToolExecuting' }> => x.type === 'ToolExecuting');
 
-/** Decides which commands to apply given the execution's current state; none means leave it. */
-export type Plan = (state: ExecutionState) => ExecutionCommand[];
+/**
+ * Decides the events to append given the execution's current state; none means leave it. The
+ * dispatcher passes the decider here through its command handler (commands.ts).
+ */
+export type Plan = (state: ExecutionState) => ToolEventBody[];
 
 export interface StepResult {
   /** The events this step appended (empty when the plan chose nothing after a re-read). */
@@ -147,7 +148,7 @@ export class UserStreams {
   }
 
   /**
-   * Applies `plan` to the execution and appends the events it decides, in one append. Mutates
+   * Calls `plan` with the execution's state and appends the events it decides, in one append. Mutates
    * `execution` (state and events) to what the stream says afterwards. The plan always sees every
    * event of the execution up to the revision the append expects: when the stream holds events
    * this process has not read since the execution was known, they are read first.
@@ -171,9 +172,9 @@ export class UserStreams {
           // dead, or another view of it in this process.
           tail = await this.catchUp(execution, known + 1);
         }
-        const commands = plan(execution.state);
-        if (commands.length === 0) return { appended: [] };
-        const events = this.build(execution, commands, tail.hash);
+        const bodies = plan(execution.state);
+        if (bodies.length === 0) return { appended: [] };
+        const events = this.build(execution, bodies, tail.hash);
         try {
           const result = await this.options.store.append(
             stream,
@@ -221,17 +222,9 @@ export class UserStreams {
     return execution;
   }
 
-  private build(execution: Execution, commands: ExecutionCommand[], prevHash: string): ToolEvent[] {
+  private build(execution: Execution, bodies: ToolEventBody[], prevHash: string): ToolEvent[] {
     const { ref } = execution;
     const at = this.options.now().toISOString();
-    let state = execution.state;
-    const bodies: ToolEventBody[] = [];
-    for (const command of commands) {
-      for (const body of decide(command, state)) {
-        state = evolve(state, body);
-        bodies.push(body);
-      }
-    }
     return envelopeEvents(
       bodies,
       { ...ref, causationId: execution.events.at(-1)?.id ?? ref.requestId, occurredAt: () => at },

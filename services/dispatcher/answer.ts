@@ -1,0 +1,97 @@
+import { subjects, UNKNOWN_TOOL_LABEL, type AgentAnswer, type Notification } from '../../contracts/index.ts';
+import { outcomeOf, type TerminalAnswer } from './answers.ts';
+import { errorInfo, type Disposition } from './delivery.ts';
+import type { Handling, Shell } from './shell.ts';
+
+/** Publishes an answer to each reply subject; a failed publish is logged (the agent can ask again). */
+export function reply(shell: Shell, to: string | undefined | Iterable<string>, answer: AgentAnswer): void {
+  const targets = to === undefined ? [] : typeof to === 'string' ? [to] : [...to];
+  if (targets.length === 0) return;
+  const body = JSON.stringify(answer);
+  for (const subject of targets) {
+    try {
+      shell.o.nc.publish(subject, body);
+    } catch (e) {
+      shell.o.log.warn({ err: errorInfo(e), subject }, 'answer publish failed');
+    }
+  }
+}
+
+/** Tells an agent that asked for progress that its request was recorded, or started. */
+export function sendInterim(shell: Shell, h: Handling, status: 'requested' | 'executing'): void {
+  if (!h.progress) return;
+  const { requestId, executionId, correlationId } = h.ref;
+  reply(shell, h.replyTos, { status, requestId, executionId, correlationId });
+}
+
+/** A tool's progress: to the user's progress subject (the notifier), and to the agent when it asked. */
+export function sendProgress(shell: Shell, h: Handling, p: { fraction: number; message?: string }): void {
+  const { userId, requestId, executionId, correlationId } = h.ref;
+  const message = p.message === undefined ? {} : { message: p.message };
+  const n: Notification = {
+    kind: 'progress',
+    userId,
+    executionId,
+    correlationId,
+    fraction: p.fraction,
+    ...message,
+  };
+  shell.o.nc.publish(subjects.progress(userId), JSON.stringify(n));
+  if (h.progress) {
+    reply(shell, h.replyTos, {
+      status: 'progress',
+      requestId,
+      executionId,
+      correlationId,
+      fraction: p.fraction,
+      ...message,
+    });
+  }
+}
+
+/**
+ * Sends the terminal answer, remembers it (Redis) when this handling produced it (`fresh`), counts
+ * it; the request can be acked.
+ */
+export async function answered(
+  shell: Shell,
+  h: Handling,
+  answer: TerminalAnswer,
+  fresh: boolean,
+): Promise<Disposition> {
+  // Each reply subject gets the terminal answer once; a delivery that joins later answers its own.
+  const to = [...h.replyTos].filter((s) => !h.answeredTo.has(s));
+  for (const s of to) h.answeredTo.add(s);
+  reply(shell, to, answer);
+  h.settleOutcome(answer);
+  if (fresh) {
+    const slot = h.slot;
+    h.slot = undefined;
+    await shell.o.guard.finish({
+      userId: h.ref.userId,
+      requestId: h.ref.requestId,
+      answer,
+      ...(slot ? { slot } : {}),
+      ...(h.cacheKey ? { cacheKey: h.cacheKey } : {}),
+    });
+  }
+  const outcome = outcomeOf(answer);
+  // Only names the registry knows become labels (see UNKNOWN_TOOL_LABEL).
+  const tool = h.tool ? h.tool.manifest.name : UNKNOWN_TOOL_LABEL;
+  const { metrics, log } = shell.o;
+  metrics.executions.inc({ tool, outcome });
+  metrics.duration.observe({ tool, outcome }, (performance.now() - h.startedAt) / 1000);
+  log.info(
+    {
+      userId: h.ref.userId,
+      requestId: h.ref.requestId,
+      executionId: h.ref.executionId,
+      tool: h.toolLabel,
+      outcome,
+      replay: !fresh,
+      ms: Math.round(performance.now() - h.startedAt),
+    },
+    'request answered',
+  );
+  return { ack: true };
+}
