@@ -68,8 +68,9 @@ export const subjects = {
   progress: (userId: string): string => `toolbus.progress.${assertUserId(userId)}`,
   progressAll: 'toolbus.progress.*',
   /** Cancellation requests for a user's executions. */
-  cancel: (userId: string): string => `toolbus.cancel.${assertUserId(userId)}`,
-  cancelAll: 'toolbus.cancel.*',
+  cancel: (userId: string, agentId: string): string =>
+    `toolbus.cancel.${assertUserId(userId)}.${assertIdentityId(agentId)}`,
+  cancelAll: 'toolbus.cancel.*.*',
   /**
    * An agent whose retry JetStream dropped as a duplicate asks here for the stored answer
    * (`{requestId}` -> `{answer: AgentAnswer | null}`); every dispatcher serves it.

@@ -48,7 +48,8 @@ const NAMERS: Record<string, (id: string) => string> = {
   'subjects.request': (id) => subjects.request(id, 'agent-1'),
   'subjects.events': subjects.events,
   'subjects.progress': subjects.progress,
-  'subjects.cancel': subjects.cancel,
+  'subjects.cancel': (id) => subjects.cancel(id, 'agent-1'),
+  'subjects.answers': (id) => subjects.answers(id, 'agent-1'),
   executionIdFor: (id) => executionIdFor(id, 'req-1'),
 };
 
@@ -98,12 +99,14 @@ t.test('good user ids give the expected names', async (t) => {
   }
   t.equal(subjects.events('alice'), 'events.user.alice');
   t.equal(subjects.progress('alice'), 'toolbus.progress.alice');
-  t.equal(subjects.cancel('alice'), 'toolbus.cancel.alice');
+  t.equal(subjects.cancel('alice', 'agent-1'), 'toolbus.cancel.alice.agent-1');
+  t.equal(subjects.answers('alice', 'agent-1'), 'toolbus.answers.alice.agent-1');
   // each per-user subject is one token below its wildcard, so the wildcards cover them
   t.equal(subjects.requestsAll, 'toolbus.requests.>');
   t.equal(subjects.eventsAll, 'events.user.*');
   t.equal(subjects.progressAll, 'toolbus.progress.*');
-  t.equal(subjects.cancelAll, 'toolbus.cancel.*');
+  t.equal(subjects.cancelAll, 'toolbus.cancel.*.*', 'user and asking identity');
+  t.equal(subjects.answersAll, 'toolbus.answers.*.*', 'user and asking identity');
 });
 
 t.test('userIdOfStream', async (t) => {

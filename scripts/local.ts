@@ -348,7 +348,9 @@ export async function startLocalPostgres(
       break;
     } catch (e) {
       if (i > 300 || child.exitCode !== null)
-        throw new Error(`PostgreSQL did not accept the stack's password: ${(e as Error).message}`);
+        throw new Error(`PostgreSQL did not accept the stack's password: ${(e as Error).message}`, {
+          cause: e,
+        });
       await new Promise((r) => setTimeout(r, 100));
     } finally {
       await client.end().catch(() => undefined);

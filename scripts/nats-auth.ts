@@ -46,7 +46,9 @@ export function permissionsOf(role: Role, id: string): Permissions {
   switch (role.kind) {
     case 'agent':
       return {
-        publish: { allow: [`toolbus.requests.*.${id}`, subjects.cancelAll, `toolbus.answers.*.${id}`] },
+        publish: {
+          allow: [`toolbus.requests.*.${id}`, `toolbus.cancel.*.${id}`, `toolbus.answers.*.${id}`],
+        },
         subscribe: { allow: [inbox] },
       };
     case 'dispatcher':
@@ -56,6 +58,7 @@ export function permissionsOf(role: Role, id: string): Permissions {
             // its own HTTP API is an agent too
             `toolbus.requests.*.${id}`,
             `toolbus.answers.*.${id}`,
+            `toolbus.cancel.*.${id}`,
             // answers, to the inbox a request names (checked against the request's agent)
             '_INBOX.>',
             subjects.eventsAll,

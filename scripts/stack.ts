@@ -86,7 +86,8 @@ async function main() {
     if (redisUrl === undefined) {
       servers.push(
         await startLocalRedis(setup, config.TOOLBUS_REDIS_PORT, (line) => {
-          if (/# (WARNING|Failed)/.test(line) && !line.includes('overcommit')) console.log(`redis      ${line}`);
+          if (/# (WARNING|Failed)/.test(line) && !line.includes('overcommit'))
+            console.log(`redis      ${line}`);
         }),
       );
       redisUrl = `redis://:${setup.secrets.REDIS_PASSWORD}@127.0.0.1:${config.TOOLBUS_REDIS_PORT}`;

@@ -341,7 +341,7 @@ export async function cancelExecution(
   const what = named.executionId ?? named.requestId ?? '?';
   let reply;
   try {
-    reply = await nc.request(subjects.cancel(userId), JSON.stringify(body), {
+    reply = await nc.request(subjects.cancel(userId, connectionIdentity(nc)), JSON.stringify(body), {
       timeout: o.timeoutMs ?? 30_000,
       headers: auth,
     });
@@ -386,10 +386,14 @@ async function askForAnswer(
 ): Promise<{ answer: TerminalAnswer | null; overloaded?: { retryAfterMs: number } }> {
   let reply;
   try {
-    reply = await nc.request(subjects.answers(userId, connectionIdentity(nc)), JSON.stringify({ requestId }), {
-      timeout: 5_000,
-      headers: auth,
-    });
+    reply = await nc.request(
+      subjects.answers(userId, connectionIdentity(nc)),
+      JSON.stringify({ requestId }),
+      {
+        timeout: 5_000,
+        headers: auth,
+      },
+    );
   } catch {
     return { answer: null }; // no dispatcher answered in time: ask again after the next wait
   }

@@ -3,7 +3,8 @@ import { headers } from '@nats-io/transport-node';
 import { pino } from 'pino';
 import t from 'tap';
 import { z } from 'zod';
-import { executionIdFor, type AgentAnswer, type ToolEvent } from '../../contracts/index.ts';
+import { executionIdFor, subjects, type AgentAnswer, type ToolEvent } from '../../contracts/index.ts';
+import { connectionIdentity } from '../../lib/nats.ts';
 import { cancelExecution, type CancelResult } from '../../lib/clients/agent.ts';
 import { defineTool, serveTools } from '../../lib/tools/index.ts';
 import { recordExecution } from '../../test/support/events.ts';
@@ -192,10 +193,14 @@ t.test('cancelling a finished or unknown execution is answered clearly and chang
   // Malformed cancel requests are refused.
   const auth = headers();
   auth.set('Authorization', `Bearer ${token}`);
-  const malformed = await h.nc.request('toolbus.cancel.carol', JSON.stringify({ id: 'x' }), {
-    timeout: 10_000,
-    headers: auth,
-  });
+  const malformed = await h.nc.request(
+    subjects.cancel('carol', connectionIdentity(h.nc)),
+    JSON.stringify({ id: 'x' }),
+    {
+      timeout: 10_000,
+      headers: auth,
+    },
+  );
   t.match(malformed.json(), { status: 'refused', error: { code: 'MALFORMED' } });
   const bad = await d.app.inject({
     method: 'POST',

@@ -4,6 +4,7 @@ import {
   CancelRequest,
   DISPATCHERS_QUEUE,
   executionIdFor,
+  isInboxOf,
   isUserId,
   REQUEST_HEADERS,
   subjects,
@@ -47,7 +48,8 @@ import { terminalOf, type Execution, type ExecutionRef, type UserStreams } from 
 export const CANCEL_WAKE = 'toolbus.dispatchers.cancel';
 /** Asks every instance to cancel an execution not recorded yet that it may hold (request/reply). */
 export const CANCEL_UNRECORDED = 'toolbus.dispatchers.cancel.unrecorded';
-const CANCEL_PREFIX = 'toolbus.cancel.';
+/** `toolbus.cancel.<user>.<asking identity>` */
+const CANCEL_SUBJECT = /^toolbus\.cancel\.([A-Za-z0-9_-]{1,64})\.([A-Za-z0-9_-]{1,64})$/;
 
 const Unrecorded = z.strictObject({
   userId: z.string().refine(isUserId),
@@ -369,13 +371,22 @@ export function serveCancels(
   };
 
   const onCancel = async (msg: Msg) => {
+    // The reply goes only to an inbox of the identity the subject names (the server lets only that
+    // identity publish there): no one can make a dispatcher answer into another's inbox.
+    const asker = CANCEL_SUBJECT.exec(msg.subject);
+    if (!asker || !msg.reply || !isInboxOf(asker[2]!, msg.reply)) {
+      o.log.warn(
+        { subject: msg.subject, reply: msg.reply },
+        "cancel with a reply subject outside its asker's inbox: ignored",
+      );
+      return;
+    }
     const token = msg.headers?.get(REQUEST_HEADERS.authorization) || undefined;
     const principal = await principalOf(o.verifier, token);
     if (principal instanceof AuthError) {
       return refuse(msg, 'UNAUTHENTICATED', `token ${principal.reason}: ${principal.message}`);
     }
-    const userId = msg.subject.slice(CANCEL_PREFIX.length);
-    if (!isUserId(userId)) return refuse(msg, 'MALFORMED', 'the subject names no user');
+    const userId = asker[1]!;
     const parsed = CancelRequest.safeParse(jsonOf(msg));
     if (!parsed.success) {
       return refuse(msg, 'MALFORMED', 'expected {"executionId": "<uuid>"} or {"requestId": "<request id>"}');
