@@ -32,7 +32,7 @@ export const AnswersReply = z.object({
 export type AnswersReply = z.infer<typeof AnswersReply>;
 
 /**
- * Cancellation: request/reply on `toolbus.cancel.<userId>`, the token in the Authorization header
+ * Cancellation: request/reply on `toolbus.cancel.<userId>.<agentId>`, the token in the Authorization header
  * (the execution's user, or an admin), body `{"executionId": id}` or `{"requestId": id}`; the
  * reply is a `CancelResult`.
  */

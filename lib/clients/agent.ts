@@ -27,7 +27,7 @@ import { answerInboxOf, type InterimAnswer, type Waiter } from './answerInbox.ts
  * dispatcher verifies it). The connection must come from `connectNats` (lib/nats.ts): its identity
  * names the request subject (`toolbus.requests.<user>.<agent>`) and the inbox. `Nats-Msg-Id` is `<userId>:<requestId>`, so JetStream drops a repeat
  * within its duplicate window; the answer then went to the first attempt's inbox, so the client
- * asks the dispatchers for it on `toolbus.answers.<userId>` until it is there.
+ * asks the dispatchers for it on `toolbus.answers.<userId>.<agentId>` until it is there.
  */
 
 // The wire formats of the answers and cancel services live in contracts/services.ts.

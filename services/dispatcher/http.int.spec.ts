@@ -82,6 +82,15 @@ t.test('HTTP API', async (t) => {
       payload: '{nope',
     });
     t.equal(notJson.statusCode, 400);
+    // Parsed, but nested too deeply to be written out again: refused for good, not "retry later".
+    const deep = await app.inject({
+      method: 'POST',
+      url: '/executions',
+      headers: { ...auth(alice), 'content-type': 'application/json' },
+      payload: `{"tool":"noop","args":{"x":${'['.repeat(100_000)}${']'.repeat(100_000)}}}`,
+    });
+    t.equal(deep.statusCode, 400, 'deep nesting is a bad request');
+    t.match(deep.json(), { status: 'failed', error: { code: 'VALIDATION' } });
   });
 
   t.test('POST /executions: 401 without a valid token', async (t) => {

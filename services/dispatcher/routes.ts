@@ -119,6 +119,11 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
             message: `no terminal answer within ${deps.waitMs} ms; the execution goes on`,
           });
       }
+      if (e instanceof RangeError) {
+        // Nested deeper than a request can be written out (JSON.stringify's stack): it would fail
+        // the same way on every retry.
+        return refuse(reply, refusal('VALIDATION', 'the request is nested too deeply', { requestId }));
+      }
       req.log.error({ err: e, requestId }, 'request not accepted by the intake');
       return refuse(
         reply.header('retry-after', String(Math.ceil(INTAKE_RETRY_AFTER_MS / 1000))),
