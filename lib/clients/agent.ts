@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
+import { jetstream, JetStreamApiError, type JetStreamClient } from '@nats-io/jetstream';
 import { headers, RequestError, type NatsConnection } from '@nats-io/transport-node';
 import {
   AnswersReply,
@@ -197,6 +197,7 @@ export async function submitRequest(
           headers: auth,
         });
       } catch (e) {
+        if (isIntakeFull(e)) throw new IntakeFullError(requestId, e);
         throw new AgentClientError(
           `request ${requestId} was not accepted: ${(e as Error).message}`,
           'PUBLISH_FAILED',
@@ -219,11 +220,43 @@ export async function submitRequest(
         });
       return new Promise<never>(() => undefined); // the answer comes to the waiter
     })();
-    return await Promise.race([waiter.answer, timeout, publishing]);
+    try {
+      return await Promise.race([waiter.answer, timeout, publishing]);
+    } catch (e) {
+      if (!(e instanceof IntakeFullError)) throw e;
+      // Refused before anything was recorded: answered as such, with when to try again.
+      return {
+        status: 'failed',
+        requestId,
+        executionId: null,
+        correlationId: null,
+        error: {
+          code: 'OVERLOADED',
+          message: 'the intake is full: nothing was recorded; retry later with the same request id',
+          details: { retryAfterMs: INTAKE_FULL_RETRY_MS },
+        },
+      };
+    }
   } finally {
     clearTimeout(timer);
     stop.abort();
     waiter.release();
+  }
+}
+
+/** How long an agent refused by a full intake is told to wait. */
+const INTAKE_FULL_RETRY_MS = 5_000;
+
+/** JetStream refused the publish because the intake stream is at its bounds (discard new). */
+function isIntakeFull(e: unknown): boolean {
+  // 10077: maximum messages exceeded; 10078: maximum bytes exceeded; 10047: insufficient resources.
+  return e instanceof JetStreamApiError && [10077, 10078, 10047].includes(e.code);
+}
+
+class IntakeFullError extends Error {
+  constructor(requestId: string, cause: unknown) {
+    super(`request ${requestId} was refused: the intake is full`, { cause });
+    this.name = 'IntakeFullError';
   }
 }
 

@@ -94,7 +94,13 @@ export async function startDispatcher(
     );
     cleanup.push(() => (nc.isClosed() ? Promise.resolve() : nc.drain().catch(() => nc.close())));
     const jsm = await jetstreamManager(nc);
-    const intakeOptions = { ackWaitMs: config.ACK_WAIT_MS, maxAckPending: config.MAX_ACK_PENDING, log };
+    const intakeOptions = {
+      ackWaitMs: config.ACK_WAIT_MS,
+      maxAckPending: config.MAX_ACK_PENDING,
+      maxMessages: config.INTAKE_MAX_MESSAGES,
+      maxBytes: config.INTAKE_MAX_BYTES,
+      log,
+    };
     await ensureIntake(jsm, intakeOptions);
     const js = jetstream(nc);
 

@@ -51,6 +51,13 @@ const DispatcherVariables = CommonEnv.extend({
    */
   MAX_ACK_PENDING: int(20_000, 1, 1_000_000),
   /**
+   * Requests the intake stream holds at most, waiting or running (and their bytes): beyond, a new
+   * request is refused at once (the agent gets OVERLOADED with a retry hint) instead of queueing
+   * without end.
+   */
+  INTAKE_MAX_MESSAGES: int(100_000, 1, 100_000_000),
+  INTAKE_MAX_BYTES: int(1024 * 1024 * 1024, 1024 * 1024, 1024 * 1024 * 1024 * 1024),
+  /**
    * Slots of this instance one user may hold at once; the rest of the user's requests wait here
    * while others are served. Default: DISPATCH_CONCURRENCY minus an eighth (at least 1).
    */

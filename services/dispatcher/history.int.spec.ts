@@ -63,10 +63,14 @@ t.test(
     // 1. "What became of seed-0?" on toolbus.answers.<user>, as the agent client asks.
     const hdrs = natsHeaders();
     hdrs.set(REQUEST_HEADERS.authorization, `Bearer ${token}`);
-    const reply = await h.nc.request(subjects.answers(userId, connectionIdentity(h.nc)), JSON.stringify({ requestId: 'seed-0' }), {
-      timeout: 30_000,
-      headers: hdrs,
-    });
+    const reply = await h.nc.request(
+      subjects.answers(userId, connectionIdentity(h.nc)),
+      JSON.stringify({ requestId: 'seed-0' }),
+      {
+        timeout: 30_000,
+        headers: hdrs,
+      },
+    );
     t.match(
       reply.json<{ answer: unknown }>().answer,
       { status: 'completed', requestId: 'seed-0' },

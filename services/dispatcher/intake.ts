@@ -1,6 +1,7 @@
 import {
   AckPolicy,
   DeliverPolicy,
+  DiscardPolicy,
   JetStreamApiCodes,
   JetStreamApiError,
   JetStreamError,
@@ -77,7 +78,14 @@ async function createOrAccept(
  */
 export async function ensureIntake(
   jsm: JetStreamManager,
-  options: { ackWaitMs: number; maxAckPending: number; log: Logger },
+  options: {
+    ackWaitMs: number;
+    maxAckPending: number;
+    /** Bounds of the stream: beyond them a publish is refused (discard new), nothing old is dropped. */
+    maxMessages?: number;
+    maxBytes?: number;
+    log: Logger;
+  },
 ): Promise<IntakeResource[]> {
   const created: IntakeResource[] = [];
   const stream = {
@@ -86,16 +94,25 @@ export async function ensureIntake(
     storage: StorageType.File,
     retention: RetentionPolicy.Workqueue,
     duplicate_window: nanos(DUPLICATE_WINDOW_MS),
+    max_msgs: options.maxMessages ?? -1,
+    max_bytes: options.maxBytes ?? -1,
+    discard: DiscardPolicy.New,
   };
   try {
     const info = await jsm.streams.info(names.requestsStream);
     if (
       info.config.duplicate_window !== stream.duplicate_window ||
-      !info.config.subjects?.includes(subjects.requestsAll)
+      !info.config.subjects?.includes(subjects.requestsAll) ||
+      info.config.max_msgs !== stream.max_msgs ||
+      info.config.max_bytes !== stream.max_bytes ||
+      info.config.discard !== stream.discard
     ) {
       await jsm.streams.update(names.requestsStream, {
         subjects: stream.subjects,
         duplicate_window: stream.duplicate_window,
+        max_msgs: stream.max_msgs,
+        max_bytes: stream.max_bytes,
+        discard: stream.discard,
       });
       options.log.info({ stream: names.requestsStream }, 'intake stream updated');
     }

@@ -47,10 +47,14 @@ t.test(
     const auth = headers();
     auth.set('Authorization', `Bearer ${await signToken(SECRET, { sub: 'alice' })}`);
     const ask = async (requestId: string): Promise<AnswersReply> => {
-      const reply = await nc.request(subjects.answers('alice', connectionIdentity(nc)), JSON.stringify({ requestId }), {
-        headers: auth,
-        timeout: 30_000,
-      });
+      const reply = await nc.request(
+        subjects.answers('alice', connectionIdentity(nc)),
+        JSON.stringify({ requestId }),
+        {
+          headers: auth,
+          timeout: 30_000,
+        },
+      );
       return AnswersReply.parse(reply.json());
     };
     const results: LookupResult[] = [];
@@ -138,10 +142,14 @@ t.test(
       t.match(AnswersReply.parse(reply.json()), {
         answer: { status: 'failed', error: { code: 'MALFORMED' } },
       });
-      const other = await nc.request(subjects.answers('bob', connectionIdentity(nc)), JSON.stringify({ requestId: 'r-8' }), {
-        headers: auth,
-        timeout: 30_000,
-      });
+      const other = await nc.request(
+        subjects.answers('bob', connectionIdentity(nc)),
+        JSON.stringify({ requestId: 'r-8' }),
+        {
+          headers: auth,
+          timeout: 30_000,
+        },
+      );
       t.match(AnswersReply.parse(other.json()), { answer: { error: { code: 'FORBIDDEN' } } });
       t.equal(held.calls.length, 0, 'no store work for either');
     });
