@@ -4,12 +4,14 @@ import { bulkInsertHistory, openTestStore, runCli } from './testkit.ts';
 
 /**
  * A 100,000-event history replays and verifies in a child process whose heap stays flat: the
- * CLI's progress lines (--progress) report its heap once a second, and /proc reports its peak
- * resident size. Holding the history would need more than its stored size (printed below) on the
- * heap; the walk must stay within HEAP_GROWTH_BOUND_MB of where it started.
+ * child runs with V8's old space capped at HEAP_CAP_MB, less than holding the history would need
+ * (its stored JSON alone is printed below; parsed events take several times that), so a walk that
+ * kept the history would run out of memory and fail. The CLI's progress lines (--progress) report
+ * its heap once a second, and /proc its peak resident size: both are printed, not asserted, since
+ * when garbage is collected depends on how busy the machine is.
  */
 const EXECUTIONS = 33_334; // 3 events each: 100,002 events
-const HEAP_GROWTH_BOUND_MB = 64;
+const HEAP_CAP_MB = 96;
 
 interface Measured {
   code: number | null;
@@ -21,7 +23,10 @@ interface Measured {
   stderr: string;
 }
 
-async function measure(args: string[], env: { DATABASE_URL: string }): Promise<Measured> {
+async function measure(
+  args: string[],
+  env: { DATABASE_URL: string } & Record<string, string>,
+): Promise<Measured> {
   let pid = 0;
   let peakRssMb = 0;
   const sample = () => {
@@ -68,7 +73,7 @@ t.test('a 100,000-event history replays and verifies in flat memory', async (t) 
   t.comment(
     `inserted ${events} events (${storedMb.toFixed(1)} MB of stored JSON) in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
   );
-  const env = { DATABASE_URL: url };
+  const env = { DATABASE_URL: url, NODE_OPTIONS: `--max-old-space-size=${HEAP_CAP_MB}` };
 
   for (const args of [
     ['verify', 'bulk', '--json'],
@@ -85,12 +90,8 @@ t.test('a 100,000-event history replays and verifies in flat memory', async (t) 
         `(growth ${(peak - baseline).toFixed(1)} MB), peak RSS ${m.peakRssMb.toFixed(0)} MB, ${m.heapMb.length} samples`,
     );
     t.ok(
-      peak - baseline < HEAP_GROWTH_BOUND_MB,
-      `${args[0]}: heap growth ${(peak - baseline).toFixed(1)} MB < ${HEAP_GROWTH_BOUND_MB} MB`,
-    );
-    t.ok(
-      peak - baseline < storedMb,
-      `${args[0]}: heap growth stays below the history's own size (${storedMb.toFixed(0)} MB)`,
+      HEAP_CAP_MB < storedMb * 2,
+      `${args[0]} ran within ${HEAP_CAP_MB} MB of old space, too little to hold the history`,
     );
     if (args[0] === 'verify') {
       const report = JSON.parse(m.stdout) as {
