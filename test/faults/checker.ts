@@ -287,16 +287,23 @@ export function checkDelivery(
   return out;
 }
 
-/** Every user stream of the store, in revision order. */
+/**
+ * Every user stream of the store, in revision order, with every committed event. The global read
+ * only names the streams: it stops at the visibility horizon (an older transaction still open
+ * anywhere on the server, such as another test's, hides what committed after it began), while a
+ * stream read returns every committed event of its stream.
+ */
 export async function readStreams(store: EventStore): Promise<Map<string, RecordedEvent[]>> {
-  const streams = new Map<string, RecordedEvent[]>();
+  const names = new Set<string>();
   for await (const e of store.readAll()) {
-    if (!e.streamId.startsWith(USER_STREAM_PREFIX)) continue;
-    let list = streams.get(e.streamId);
-    if (!list) streams.set(e.streamId, (list = []));
-    list.push(e);
+    if (e.streamId.startsWith(USER_STREAM_PREFIX)) names.add(e.streamId);
   }
-  for (const list of streams.values()) list.sort((a, b) => a.revision - b.revision);
+  const streams = new Map<string, RecordedEvent[]>();
+  for (const name of names) {
+    const list: RecordedEvent[] = [];
+    for await (const e of store.readStream(name)) list.push(e);
+    streams.set(name, list);
+  }
   return streams;
 }
 
