@@ -93,10 +93,15 @@ export async function requestTicket(
   return { status: res.status, body: (await res.json()) as { ticket?: string; error?: string } };
 }
 
+/** A ticket; while the notifier's Redis is still connecting (503), it asks again (up to 30 s). */
 export async function ticketFor(address: string, token: string): Promise<string> {
-  const { status, body } = await requestTicket(address, token);
-  if (status !== 201 || !body.ticket) throw new Error(`no ticket: ${status} ${JSON.stringify(body)}`);
-  return body.ticket;
+  for (const deadline = Date.now() + 30_000; ;) {
+    const { status, body } = await requestTicket(address, token);
+    if (status === 201 && body.ticket) return body.ticket;
+    if (status !== 503 || Date.now() > deadline)
+      throw new Error(`no ticket: ${status} ${JSON.stringify(body)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 /** Opens a socket with a fresh ticket and subscribes; resolves once the replay is done (`ready`). */
