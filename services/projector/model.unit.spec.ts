@@ -85,11 +85,10 @@ const approvalRequested: ToolEventBody = {
     allowSelfApproval: false,
   },
 };
-const decided = (type: 'ToolApproved' | 'ToolDenied'): ToolEventBody =>
-  ({
-    type,
-    data: { approverId: 'bob', approverRole: 'finance', argsHash: HASH, reason: 'checked' },
-  });
+const decided = (type: 'ToolApproved' | 'ToolDenied'): ToolEventBody => ({
+  type,
+  data: { approverId: 'bob', approverRole: 'finance', argsHash: HASH, reason: 'checked' },
+});
 const cancelRequested: ToolEventBody = {
   type: 'ToolCancelRequested',
   data: { by: { userId: 'alice', admin: false }, reason: 'oops', requestedAt: '2025-01-01T12:00:05.000Z' },

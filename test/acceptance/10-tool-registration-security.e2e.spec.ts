@@ -362,7 +362,6 @@ t.test('a signed worker process is accepted and its tools are callable', async (
     'UNKNOWN_TOOL',
     'a stopped worker withdrew echo at once: it is refused, not left hanging',
   );
-
 });
 
 t.test('a worker process with the wrong secret gets nothing registered', async (t) => {

@@ -45,7 +45,9 @@ t.test('twice the capacity, two dispatcher kills: degraded, not wedged, nothing 
   t.teardown(() => Promise.all(watchers.map((w) => w.stop())));
   const ledger = new Ledger();
   const mix = (i: number): RequestSpec =>
-    i % 5 === 0 ? { tool: 'sleep_idempotent', args: { ms: 50 } } : { tool: i % 2 ? 'echo' : 'noop', args: { i } };
+    i % 5 === 0
+      ? { tool: 'sleep_idempotent', args: { ms: 50 } }
+      : { tool: i % 2 ? 'echo' : 'noop', args: { i } };
 
   // 1. Capacity: a closed loop, each user keeping 4 requests in flight, for 4 s.
   let measured = 0;
@@ -104,7 +106,10 @@ t.test('twice the capacity, two dispatcher kills: degraded, not wedged, nothing 
   await waitHealthy(fs, ['dispatcher']);
   await Promise.all(
     users.map(async (user) => {
-      const a = await send(fs.agent, ledger, user, `after-${user.userId}`, { tool: 'echo', args: { after: 1 } });
+      const a = await send(fs.agent, ledger, user, `after-${user.userId}`, {
+        tool: 'echo',
+        args: { after: 1 },
+      });
       t.match(a, { status: 'completed', result: { after: 1 } }, `${user.userId} is served after the load`);
     }),
   );
@@ -114,7 +119,10 @@ t.test('twice the capacity, two dispatcher kills: degraded, not wedged, nothing 
   await Promise.all(inFlight);
   t.equal(ledger.summary()['unanswered'], undefined, 'every request was answered in the end');
   clearInterval(sampler);
-  t.ok(maxRss > 0 && maxRss < MAX_RSS_BYTES, `the dispatcher's memory stayed bounded (${(maxRss / 2 ** 20).toFixed(0)} MiB at most)`);
+  t.ok(
+    maxRss > 0 && maxRss < MAX_RSS_BYTES,
+    `the dispatcher's memory stayed bounded (${(maxRss / 2 ** 20).toFixed(0)} MiB at most)`,
+  );
   t.strictSame(fs.unexpectedExits(), [], 'no service process ended on its own');
 
   await checkNothingLost(t, { store: fs.store, pool: fs.pool, ledger, watchers, requireAllAnswered: true });

@@ -133,10 +133,14 @@ export async function lookupAnswer(
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     try {
-      const reply = await nc.request(subjects.answers(user.userId, connectionIdentity(nc)), JSON.stringify({ requestId }), {
-        timeout: 3_000,
-        headers: h,
-      });
+      const reply = await nc.request(
+        subjects.answers(user.userId, connectionIdentity(nc)),
+        JSON.stringify({ requestId }),
+        {
+          timeout: 3_000,
+          headers: h,
+        },
+      );
       const answer = reply.json<{ answer?: unknown }>().answer;
       if (answer) {
         const parsed = parseTerminal(new TextEncoder().encode(JSON.stringify(answer)));

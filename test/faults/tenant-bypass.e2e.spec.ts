@@ -157,7 +157,11 @@ t.test('tenant bypass attempts under load: every one refused, zero events cross 
       const h = headers();
       h.set(REQUEST_HEADERS.authorization, `Bearer ${me.token}`);
       for (const [what, subject, hdrs] of [
-        ["my token on the victim's answers subject", subjects.answers(victim.userId, connectionIdentity(fs.nc)), h],
+        [
+          "my token on the victim's answers subject",
+          subjects.answers(victim.userId, connectionIdentity(fs.nc)),
+          h,
+        ],
         ['no token', subjects.answers(victim.userId, connectionIdentity(fs.nc)), undefined],
       ] as const) {
         let reply: unknown;

@@ -2,11 +2,7 @@ import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { connectNats } from '../../../lib/nats.ts';
-import {
-  acceptAnnouncements,
-  ToolRegistry,
-  type ToolContext,
-} from '../../../lib/tools/index.ts';
+import { acceptAnnouncements, ToolRegistry, type ToolContext } from '../../../lib/tools/index.ts';
 import { startNats } from '../../../test/support/processes.ts';
 
 const SECRET = 'worker-e2e-secret-0123456789abcdef0123456789';
