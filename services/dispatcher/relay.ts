@@ -75,6 +75,8 @@ export interface EventRelayOptions {
   connectionString: string;
   log: Logger;
   name?: string;
+  /** The streams relayed: those whose names start with this (default every user stream, `user-`). */
+  streamPrefix?: string;
   /** How often a standby relay tries the lock. */
   lockPollMs?: number;
   /** How often the active relay flushes NATS and writes its checkpoint while it publishes. */
@@ -284,7 +286,7 @@ export class EventRelay {
     );
     const subscription = this.options.store.subscribe({
       from,
-      filter: { streamPrefixes: [USER_STREAM_PREFIX] },
+      filter: { streamPrefixes: [this.options.streamPrefix ?? USER_STREAM_PREFIX] },
     });
     const iterator = subscription[Symbol.asyncIterator]();
     const stopped = new Promise<'stopped'>((resolve) => (this.stopFollowing = () => resolve('stopped')));
