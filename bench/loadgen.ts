@@ -15,6 +15,8 @@ import { createPool, type Pool } from '../lib/db.ts';
 import { createPostgresEventStore } from '../lib/eventstore/postgres.ts';
 import type { EventStore } from '../lib/eventstore/types.ts';
 import { toEventData } from '../lib/toolEvents.ts';
+import { pino } from 'pino';
+import { EventRelay } from '../services/dispatcher/relay.ts';
 import { encodeHistogram, newHistogram, recordMs } from './lib/histogram.ts';
 import { serve } from './lib/ipc.ts';
 import {
@@ -207,6 +209,12 @@ export interface NotifySetup {
   databaseUrl: string;
   /** Events to prepare (the most a run may send). */
   events: number;
+  /**
+   * notifier mode: `commit` publishes each event right after its append, as the dispatcher does on
+   * commit; `relay` publishes nothing and runs the dispatcher's event relay (on a store and NATS
+   * connection of its own, as a relay in another dispatcher process would). Default commit.
+   */
+  publish?: 'commit' | 'relay';
 }
 
 export interface NotifyRun {
@@ -241,6 +249,7 @@ interface NotifyState {
   next: number;
   connectMs: number;
   onRevision: ((client: number, revision: number, at: number) => void) | null;
+  relay: { relay: EventRelay; store: EventStore; nc: NatsConnection } | null;
 }
 
 let notify: NotifyState | null = null;
@@ -277,8 +286,24 @@ async function notifySetup(s: NotifySetup): Promise<{ connectMs: number }> {
     next: 0,
     connectMs: 0,
     onRevision: null,
+    relay: null,
   };
   notify = state;
+  if (s.mode === 'notifier' && s.publish === 'relay') {
+    const store = await createPostgresEventStore({ connectionString: s.databaseUrl, poolSize: 2 });
+    const nc = await connect({ servers: s.natsUrl, name: 'bench-notify-relay' });
+    const relay = new EventRelay({
+      store,
+      nc,
+      connectionString: s.databaseUrl,
+      log: pino({ level: 'warn' }),
+      name: `bench-${s.userId}`,
+      // Only this user's stream: the reference's events are not the relay's to publish.
+      streamPrefix: userStream(s.userId),
+    });
+    await relay.start();
+    state.relay = { relay, store, nc };
+  }
   // The user's history, chained as the dispatcher would write it.
   let prev: string | undefined;
   for (let i = 0; state.events.length < s.events; i++) {
@@ -378,9 +403,10 @@ async function notifyRun(r: NotifyRun): Promise<NotifyResult> {
           revision: i,
           event,
         };
-        const text = JSON.stringify(n);
+        // From the commit: what the relay publishes, it publishes after this.
         publishedAt[i] = wallMs();
-        state.nc.publish(subject, text);
+        if (state.relay) return;
+        state.nc.publish(subject, JSON.stringify(n));
       });
       chain = step.catch(() => undefined);
       return step;
@@ -415,6 +441,11 @@ async function notifyTeardown(): Promise<void> {
   }
   await state.nc.drain();
   await state.store.close();
+  if (state.relay) {
+    await state.relay.relay.close();
+    await state.relay.nc.drain();
+    await state.relay.store.close();
+  }
 }
 
 serve({

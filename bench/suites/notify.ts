@@ -21,6 +21,12 @@ interface Totals {
 
 export async function notificationLatency(ctx: BenchContext): Promise<BenchResult> {
   const started = performance.now();
+  // BENCH_NOTIFY_PUBLISH=relay: the events reach NATS through the dispatcher's event relay
+  // (docs/decisions/0017-event-relay.md) instead of a publish right after the commit.
+  const publish = process.env['BENCH_NOTIFY_PUBLISH'] === 'relay' ? 'relay' : 'commit';
+  ctx.log(
+    `notify: events published by ${publish === 'relay' ? 'the event relay' : 'the appender on commit'}`,
+  );
   const db = await ctx.database();
   const users = { bare: 'bench-notify-bare', notifier: 'bench-notify-toolbus' } as const;
   const notifier = await ctx.service('notifier', {
@@ -53,6 +59,7 @@ export async function notificationLatency(ctx: BenchContext): Promise<BenchResul
       const setup: NotifySetup = {
         ...common,
         mode,
+        publish,
         url: (mode === 'bare' ? broadcast : notifier).started.url!,
         userId: users[mode],
       };
@@ -116,7 +123,9 @@ export async function notificationLatency(ctx: BenchContext): Promise<BenchResul
         `${ctx.d.notifyClients} WebSocket clients per system, all subscribed to ONE user (the fan-out worst case: each event goes to every socket), ` +
           `in a load-generator process of their own. ${ctx.d.notifyRate} events/s; ${ctx.d.notifyRounds} round(s) of ${ctx.d.notifySegmentMs / 1000} s per system in turn ` +
           `(the first ${ctx.d.notifySegmentWarmupMs / 1000} s not recorded): ${recordedS} s recorded, ${latency.notifier.count.toLocaleString('en-US')} receipts for Toolbus.`,
-        "Each event is appended to the user's stream (one commit) and then published on events.user.<id>, as the dispatcher does; latency runs from that publish to the receipt of the frame by each client.",
+        publish === 'relay'
+          ? "Each event is appended to the user's stream (one commit); for Toolbus the dispatcher's event relay (another process's view: its own store pool, woken by NOTIFY) publishes it on events.user.<id>, for the reference the appender publishes it at once; latency runs from the end of the commit to the receipt of the frame by each client (BENCH_NOTIFY_PUBLISH=relay)."
+          : "Each event is appended to the user's stream (one commit) and then published on events.user.<id>, as the dispatcher does on commit; latency runs from the end of the commit (that publish) to the receipt of the frame by each client.",
         "Toolbus: the notifier (auth message with the user's token, subscribe from the start, then live events; default limits). Reference: a process that forwards each NATS message on the subject as a text frame to every open socket (the `ws` README broadcast), nothing else.",
         `Receipts: Toolbus ${totals.notifier.received}/${totals.notifier.expected}, ${totals.notifier.disorder} out of order or repeated; reference ${totals.bare.received}/${totals.bare.expected}. ` +
           `Connecting 1,000 clients took ${(totals.notifier.connectMs / 1000).toFixed(1)} s with authentication and subscription (reference ${(totals.bare.connectMs / 1000).toFixed(1)} s).`,
@@ -129,6 +138,7 @@ export async function notificationLatency(ctx: BenchContext): Promise<BenchResul
           .join(', ')}.`,
       ],
       details: {
+        publish,
         latency,
         commit: { bare: summarize(commits.bare), notifier: summarize(commits.notifier) },
         totals,

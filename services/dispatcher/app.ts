@@ -17,6 +17,7 @@ import { serveLiveness } from './liveness.ts';
 import { serveAnswers } from './lookup.ts';
 import { createMetrics } from './metrics.ts';
 import { registerRoutes } from './routes.ts';
+import { EventRelay, publishesOnCommit, runsRelay } from './relay.ts';
 import { UserStreams } from './streams.ts';
 import { exampleTools } from './tools/index.ts';
 import { testTools } from './tools/testing.ts';
@@ -52,6 +53,8 @@ export interface RunningDispatcher {
   readonly active: number;
   /** Requests pulled by this instance and waiting for a slot. */
   readonly queued: number;
+  /** The event relay of this instance (null when DISPATCHER_EVENT_PUBLISH=commit); one is active at a time. */
+  relay: EventRelay | null;
   /** Whether the intake pulls requests (what `/health/ready` reports as `intake`), and its changes. */
   readonly intake: Pick<Intake, 'state' | 'watch'>;
   close(): Promise<void>;
@@ -146,7 +149,30 @@ export async function startDispatcher(
     const metrics = createMetrics(app.metrics);
     const verifier = tokenVerifierFromConfig(config);
     const now = options.now ?? (() => new Date());
-    const streams = new UserStreams({ store, nc, log, now, onConflict: () => metrics.conflicts.inc() });
+    const streams = new UserStreams({
+      store,
+      nc,
+      log,
+      now,
+      onConflict: () => metrics.conflicts.inc(),
+      publishOnCommit: publishesOnCommit(config.DISPATCHER_EVENT_PUBLISH),
+    });
+    // One relay among the dispatchers publishes every committed event (relay.ts); the others stand by.
+    let relay: EventRelay | null = null;
+    if (runsRelay(config.DISPATCHER_EVENT_PUBLISH)) {
+      const r = new EventRelay({
+        store,
+        nc,
+        connectionString: config.DATABASE_URL,
+        log: log.child({ component: 'relay' }),
+        lockPollMs: config.DISPATCHER_RELAY_LOCK_POLL_MS,
+        onPublished: () => metrics.relayed.inc(),
+      });
+      await r.start();
+      // Before NATS and the store close: the relay writes its last checkpoint on the way out.
+      cleanup.push(() => r.close());
+      relay = r;
+    }
     const guard = new Guard(
       redis,
       {
@@ -248,6 +274,7 @@ export async function startDispatcher(
       redis,
       dispatcherId,
       url,
+      relay,
       get active() {
         return running.active;
       },

@@ -7,6 +7,7 @@ import {
   SecretKey,
   UserTokenEnv,
 } from '../../lib/config.ts';
+import { EVENT_PUBLISH_MODES } from './relay.ts';
 
 const int = (fallback: number, min: number, max: number) =>
   z
@@ -94,6 +95,15 @@ const DispatcherVariables = CommonEnv.extend({
   DISPATCHER_MAX_LOOKUPS: int(32, 1, 10_000),
   /** How long one lookup may take before it is answered OVERLOADED (its store work still counts against the bound until it ends). */
   DISPATCHER_LOOKUP_DEADLINE_MS: int(2_000, 50, 60_000),
+  /**
+   * How committed events reach `events.user.<id>` (docs/decisions/0017-event-relay.md): `commit`
+   * (published right after the commit; lost if the dispatcher dies in between), `relay` (one
+   * dispatcher follows the store and publishes every committed event), `both` (the default: the
+   * fast publish, and the relay as the safety net).
+   */
+  DISPATCHER_EVENT_PUBLISH: z.enum(EVENT_PUBLISH_MODES, 'must be commit, relay or both').default('both'),
+  /** How often a dispatcher whose relay stands by tries to take over (the relay lock). */
+  DISPATCHER_RELAY_LOCK_POLL_MS: int(1_000, 50, 600_000),
   /** How long close() lets running tools finish before leaving them to redelivery. */
   SHUTDOWN_GRACE_MS: int(5_000, 0, 600_000),
   /**

@@ -7,6 +7,7 @@ export interface DispatcherMetrics {
   rateLimited: Counter<'limit'>;
   redisErrors: Counter<'op'>;
   conflicts: Counter;
+  relayed: Counter;
   refusedUnauthenticated: Counter;
   redeliveries: Counter<'action'>;
   cancellations: Counter<'result'>;
@@ -52,6 +53,11 @@ export function createMetrics(registry: Registry): DispatcherMetrics {
     conflicts: new Counter({
       name: 'toolbus_append_conflicts_total',
       help: 'Appends refused for a wrong expected revision (another writer), then retried',
+      registers: [registry],
+    }),
+    relayed: new Counter({
+      name: 'toolbus_events_relayed_total',
+      help: 'Committed events the event relay of this instance published on events.user.<id>',
       registers: [registry],
     }),
     refusedUnauthenticated: new Counter({

@@ -3,11 +3,8 @@ import {
   evolve,
   GENESIS_HASH,
   initialState,
-  notificationName,
-  subjects,
   userStream,
   type ExecutionState,
-  type Notification,
   type ToolEvent,
   type ToolEventBody,
 } from '../../contracts/index.ts';
@@ -19,6 +16,7 @@ import {
 import type { Logger } from '../../lib/log.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import { fromRecorded, toEventData } from '../../lib/toolEvents.ts';
+import { publishEvent } from './relay.ts';
 
 /** The last event of a user stream: where the next append goes and what it chains to. */
 export interface Tail {
@@ -103,6 +101,11 @@ export interface UserStreamsOptions {
   /** How many users' tails to keep in memory. */
   maxCachedTails?: number;
   onConflict?: () => void;
+  /**
+   * Publish each appended event on `events.user.<id>` right after the commit (default true);
+   * false when only the relay publishes (DISPATCHER_EVENT_PUBLISH=relay).
+   */
+  publishOnCommit?: boolean;
 }
 
 /**
@@ -110,7 +113,8 @@ export interface UserStreamsOptions {
  * with itself), the tail of each stream cached (no read in the happy path), optimistic concurrency
  * with the exact expected revision across instances. On a conflict the tail and the execution are
  * read again and the plan decides again, since another writer may have moved the very execution.
- * Every appended event is published on `events.user.<id>` in revision order, after the commit.
+ * Unless only the relay publishes, every appended event is published on `events.user.<id>` in
+ * revision order, after the commit (relay.ts).
  */
 export class UserStreams {
   private readonly tails = new Map<string, CachedTail>();
@@ -233,19 +237,12 @@ export class UserStreams {
   }
 
   private publish(userId: string, events: ToolEvent[], firstRevision: number): void {
-    const subject = subjects.events(userId);
+    if (this.options.publishOnCommit === false) return;
     events.forEach((event, i) => {
-      const n: Notification = {
-        kind: 'event',
-        name: notificationName(event.type),
-        userId,
-        revision: firstRevision + i,
-        event,
-      };
       try {
-        this.options.nc.publish(subject, JSON.stringify(n));
+        publishEvent(this.options.nc, userId, firstRevision + i, event);
       } catch (e) {
-        // The event is committed; a notifier recovers a missed publish from the store (gap in revisions).
+        // The event is committed: the relay (when it runs) publishes it, and a notifier fills a gap from the store.
         this.options.log.warn({ err: e, userId, revision: firstRevision + i }, 'event publish failed');
       }
     });

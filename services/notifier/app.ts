@@ -300,8 +300,9 @@ async function build(
   await registerLivePage(app);
 
   // Tail checks: every feed reads its stream after a NATS reconnect (publishes may have been lost
-  // meanwhile) and on a timer (a publish lost at the end of a burst, with no later one to wake the
-  // feed: the dispatcher stopped between commit and publish, or NATS dropped the message).
+  // meanwhile). The periodic one is off by default: the dispatchers' relay publishes every
+  // committed event, so no publish is lost between the commit and NATS; with
+  // DISPATCHER_EVENT_PUBLISH=commit one at the end of a burst would wait for it.
   let closing = false;
   const checkTails = () => hub.wakeAll();
   void (async () => {
@@ -316,7 +317,10 @@ async function build(
       }
     }
   })();
-  const tailTimer = setInterval(() => void checkTails(), config.NOTIFIER_TAIL_CHECK_MS);
+  const tailTimer =
+    config.NOTIFIER_TAIL_CHECK_MS > 0
+      ? setInterval(() => void checkTails(), config.NOTIFIER_TAIL_CHECK_MS)
+      : undefined;
   const pingTimer = setInterval(() => {
     for (const session of sessions) {
       if (!session.alive) {

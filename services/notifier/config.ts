@@ -47,8 +47,12 @@ const NotifierVariables = CommonEnv.extend({
   /** Sustained client messages per second per socket, and the burst allowed above it. */
   NOTIFIER_MAX_MESSAGES_PER_SECOND: positiveInt(5),
   NOTIFIER_MESSAGE_BURST: positiveInt(20),
-  /** How often each watched user's stream is read for events whose NATS publish was lost. */
-  NOTIFIER_TAIL_CHECK_MS: positiveInt(30_000),
+  /**
+   * How often each watched user's stream is read for events whose NATS publish never came; 0 (the
+   * default) never: the dispatchers' event relay publishes every committed event
+   * (docs/decisions/0017-event-relay.md). Set it when the dispatchers run DISPATCHER_EVENT_PUBLISH=commit.
+   */
+  NOTIFIER_TAIL_CHECK_MS: z.coerce.number().int().min(0).default(0),
   /** How long an event waits for its socket to drain before the socket is cut off (4408). */
   NOTIFIER_SLOW_CONSUMER_MS: positiveInt(10_000),
 });

@@ -1,0 +1,152 @@
+import { randomUUID } from 'node:crypto';
+import { pino } from 'pino';
+import t from 'tap';
+import { subjects, type Notification } from '../../contracts/index.ts';
+import { signToken } from '../../lib/auth.ts';
+import { loadConfig } from '../../lib/config.ts';
+import { createPostgresEventStore } from '../../lib/eventstore/postgres.ts';
+import { connectNats } from '../../lib/nats.ts';
+import { readUserEvents, recordExecution } from '../../test/support/events.ts';
+import { createTestDatabase } from '../../test/support/postgres.ts';
+import { startNats, startRedis } from '../../test/support/processes.ts';
+import { startNotifier } from '../notifier/app.ts';
+import { NotifierEnv } from '../notifier/config.ts';
+import { subscribe, waitFor } from '../notifier/test-client.ts';
+import { EventRelay, MSG_ID_HEADER } from './relay.ts';
+
+/**
+ * The event relay publishes every committed event of the user streams, whoever committed it and
+ * whether or not it was published on commit: real NATS, PostgreSQL (store, lock, checkpoint) and
+ * a real notifier whose periodic tail check is off.
+ */
+const SECRET = 'relay-test-secret-that-is-long-enough-0123456789';
+const WAIT_MS = 60_000;
+const db = await createTestDatabase(t);
+const nats = await startNats(t);
+const redis = await startRedis(t);
+const store = await createPostgresEventStore({ connectionString: db.url });
+const nc = await connectNats(nats.url, 'relay-test-relays');
+const listener = await connectNats(nats.url, 'relay-test-listener');
+const log = pino({ level: 'silent' });
+t.teardown(async () => {
+  await listener.close();
+  await nc.close();
+  await store.close();
+});
+
+const user = () => `u${randomUUID().slice(0, 8)}`;
+const relay = (name: string) =>
+  new EventRelay({ store, nc, connectionString: db.url, log, name, lockPollMs: 100, checkpointMs: 50 });
+
+/** Every event message published for `userId`: its event id, revision and Nats-Msg-Id header. */
+function listen(userId: string) {
+  const seen: Array<{ id: string; revision: number; msgId: string | undefined }> = [];
+  const sub = listener.subscribe(subjects.events(userId), {
+    callback: (_err, msg) => {
+      const n = msg.json<Extract<Notification, { kind: 'event' }>>();
+      seen.push({ id: n.event.id, revision: n.revision, msgId: msg.headers?.get(MSG_ID_HEADER) });
+    },
+  });
+  return { seen, ids: () => new Set(seen.map((s) => s.id)), stop: () => sub.unsubscribe() };
+}
+const storedIds = async (userId: string) => (await readUserEvents(store, userId)).map((e) => e.event.id);
+
+t.test('an event committed without a publish reaches the socket through the relay', async (t) => {
+  const notifier = await startNotifier(
+    loadConfig(NotifierEnv, {
+      NODE_ENV: 'test',
+      LOG_LEVEL: 'warn',
+      NATS_URL: nats.url,
+      REDIS_URL: redis.url,
+      JWT_SECRET: SECRET,
+      NOTIFIER_PORT: '0',
+      NOTIFIER_TAIL_CHECK_MS: '0',
+    }),
+    { store },
+  );
+  t.teardown(() => notifier.close());
+  const r = relay('socket');
+  await r.start();
+  t.teardown(() => r.close());
+  await waitFor('the relay active', () => r.state === 'active', WAIT_MS);
+
+  const u = user();
+  const heard = listen(u);
+  t.teardown(() => heard.stop());
+  const client = await subscribe(notifier.address, await signToken(SECRET, { sub: u }, '1h'));
+  // A dispatcher that died between its commit and its publish: the events are only in the store.
+  await recordExecution(store, u);
+  await client.waitFor('the three committed events', () => client.events().length >= 3, WAIT_MS);
+  t.same(client.revisions(), [0, 1, 2], 'every revision once, in order');
+  t.same(
+    client.events().map((e) => e.event.id),
+    await storedIds(u),
+    'exactly the stored events',
+  );
+  await waitFor('the relay’s messages', () => heard.seen.length >= 3, WAIT_MS);
+  t.ok(
+    heard.seen.every((s) => s.msgId === s.id),
+    'each message carries its event id as Nats-Msg-Id',
+  );
+  client.ws.close();
+});
+
+t.test('a relay restarted resumes from its checkpoint and skips nothing', async (t) => {
+  const u = user();
+  const heard = listen(u);
+  t.teardown(() => heard.stop());
+  const first = relay('resume');
+  await first.start();
+  await waitFor('the relay active', () => first.state === 'active', WAIT_MS);
+  await recordExecution(store, u);
+  await waitFor('the first execution relayed', () => heard.ids().size >= 3, WAIT_MS);
+  await first.close();
+
+  // Committed while no relay runs.
+  await recordExecution(store, u);
+  await recordExecution(store, u);
+  const second = relay('resume');
+  await second.start();
+  t.teardown(() => second.close());
+  const stored = await storedIds(u);
+  await waitFor('every stored event relayed', () => stored.every((id) => heard.ids().has(id)), WAIT_MS);
+  t.equal(stored.length, 9);
+  t.ok(
+    second.published < 9,
+    `the second relay started after what the first published (${second.published} published)`,
+  );
+});
+
+t.test('of two relays one publishes; the other takes over when it stops', async (t) => {
+  const u = user();
+  const heard = listen(u);
+  t.teardown(() => heard.stop());
+  const a = relay('pair');
+  const b = relay('pair');
+  await a.start();
+  await waitFor('a active', () => a.state === 'active', WAIT_MS);
+  await b.start();
+  t.teardown(() => Promise.all([a.close(), b.close()]));
+  await waitFor('b on standby', () => b.state === 'standby', WAIT_MS);
+
+  await recordExecution(store, u);
+  await recordExecution(store, u);
+  const before = await storedIds(u);
+  await waitFor('both executions relayed', () => before.every((id) => heard.ids().has(id)), WAIT_MS);
+  // Published once each: a flush of the listener's connection makes sure no second copy is on its way.
+  await nc.flush();
+  await listener.flush();
+  t.equal(heard.seen.length, before.length, 'each event published once');
+  t.equal(b.published, 0, 'the standby published nothing');
+
+  await a.close();
+  await waitFor('b active', () => b.state === 'active', WAIT_MS);
+  await recordExecution(store, u);
+  const after = await storedIds(u);
+  await waitFor(
+    'the execution after the takeover relayed',
+    () => after.every((id) => heard.ids().has(id)),
+    WAIT_MS,
+  );
+  t.ok(b.published >= 3, 'the relay that took over publishes');
+});
