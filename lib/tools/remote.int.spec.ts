@@ -33,9 +33,13 @@ const connect = async (name: string) => {
   return nc;
 };
 
-async function waitFor(what: string, condition: () => boolean, timeoutMs = 20_000): Promise<void> {
+async function waitFor(
+  what: string,
+  condition: () => boolean | Promise<boolean>,
+  timeoutMs = 20_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
+  while (!(await condition())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
@@ -471,13 +475,18 @@ t.test('a worker that vanishes: calls fail as TOOL_ERROR, and its silent tools e
   await worker(t, 'staying', [adder()], { announceIntervalMs: 300 });
   await waitFor('both tools', () => d.registry.list().length === 2);
   await gone.nc.close(); // no stop(): nothing is withdrawn, as when the process is killed
-  const e = await d.registry
-    .resolve('remote_fail')!
-    .run({}, ctx())
-    .then(
-      () => undefined,
-      (e: unknown) => e as ToolRunError,
-    );
+  // Once the server has dropped the closed connection's subscription, a call fails at once.
+  let e: ToolRunError | undefined;
+  await waitFor('a call to fail with no responders', async () => {
+    e = await d.registry
+      .resolve('remote_fail')!
+      .run({}, ctx())
+      .then(
+        () => undefined,
+        (x: unknown) => x as ToolRunError,
+      );
+    return (e?.details as { reason?: string } | undefined)?.reason === 'no_responders';
+  });
   t.equal(e?.code, 'TOOL_ERROR');
   t.match(e?.details, { reason: 'no_responders' });
   await waitFor('the silent worker to expire', () => d.registry.resolve('remote_fail') === undefined);

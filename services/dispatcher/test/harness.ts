@@ -55,10 +55,20 @@ export async function harness(t: T, env: Record<string, string> = {}): Promise<H
   const store = await createPostgresEventStore({ connectionString: db.url });
   const nc = await connectNats(nats.url, 'dispatcher-test');
   const logs = new LogCapture();
+  // Each event once, as a notifier takes them: it is published on commit and again by the relay
+  // (DISPATCHER_EVENT_PUBLISH=both), and the second copy is a hint the notifier drops.
   const published: Notification[] = [];
+  const seen = new Set<string>();
   nc.subscribe(subjects.eventsAll, {
     callback: (err, msg) => {
-      if (!err) published.push(msg.json<Notification>());
+      if (err) return;
+      const n = msg.json<Notification>();
+      if (n.kind === 'event') {
+        const key = `${n.userId}:${n.revision}`;
+        if (seen.has(key)) return;
+        seen.add(key);
+      }
+      published.push(n);
     },
   });
   const baseEnv: Record<string, string> = {
