@@ -113,4 +113,14 @@ export const projectorMigrations: Migration[] = [
       alter table ${LIVE_SCHEMA}.executions add column cancel_requested_at timestamptz;
     `,
   },
+  {
+    version: 3,
+    name: 'the decider state of open executions',
+    sql: `
+      -- The execution decider's state (contracts/execution.ts) while the execution is open; null
+      -- once it ended. Rows from before this column get theirs from their columns (model.ts,
+      -- deciderStateOf); a rebuild re-folds them from the store.
+      alter table ${LIVE_SCHEMA}.executions add column state jsonb;
+    `,
+  },
 ];

@@ -3,9 +3,17 @@ import {
   EVENT_TYPES,
   UNKNOWN_TOOL_LABEL,
   userStream,
+  type ErrorCode,
   type ExecutionStatus as DeciderStatus,
   type ToolEvent,
 } from '../../contracts/index.ts';
+import {
+  evolve,
+  eventProblem,
+  initialState,
+  isTerminalState,
+  type ExecutionState as DeciderState,
+} from '../../contracts/execution.ts';
 import {
   comparePositions,
   formatPosition,
@@ -49,6 +57,13 @@ export interface ExecutionRow {
   lastRevision: number;
   /** When a cancel was asked for (ToolCancelRequested's requestedAt); null when nobody asked. */
   cancelRequestedAt: string | null;
+  /**
+   * The decider's state (contracts/execution.ts) after the events applied, while the execution is
+   * open: the next event is judged by `eventProblem` and folded by `evolve` from it. Null once it
+   * ended (status and error code say all that matters then: nothing may follow), and in rows written
+   * before the column existed (see `deciderStateOf`).
+   */
+  state: DeciderState | null;
 }
 
 /** Outcome classes shared by user activity and tool metrics. */
@@ -134,7 +149,6 @@ export const minuteOf = (iso: string): string => {
 };
 const maxIso = (a: string, b: string): string => (a >= b ? a : b);
 const minIso = (a: string, b: string): string => (a <= b ? a : b);
-const isTerminalStatus = (s: ExecutionStatus): boolean => s === 'completed' || s === 'failed';
 
 /**
  * The tool an execution counts under in the per-tool models: its name when the dispatcher resolved
@@ -150,21 +164,103 @@ export function metricsToolOf(row: Pick<ExecutionRow, 'tool' | 'version' | 'erro
   return row.tool;
 }
 
+/** Every string in a decider state made storable (see `storable`): the state is kept as jsonb. */
+function storableState(state: DeciderState): DeciderState {
+  const walk = (v: unknown): unknown => {
+    if (typeof v === 'string') return storable(v);
+    if (Array.isArray(v)) return v.map(walk);
+    if (v !== null && typeof v === 'object')
+      return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]));
+    return v;
+  };
+  return walk(state) as DeciderState;
+}
+
+/**
+ * The decider's state of an execution as its row holds it. A row holds it while the execution is
+ * open; an ended row's state is rebuilt from its columns (only its status matters to what may
+ * follow). A row written before the `state` column existed (projector migration 3) gets its state
+ * rebuilt from its columns too, as far as they go: they do not hold an approval asked for, its
+ * deadline or approvers, nor the running attempt's runner, so an approval of a call that was
+ * already waiting is refused. A rebuild (rebuild.ts) re-folds every execution from the store.
+ */
+export function deciderStateOf(row: ExecutionRow | undefined): DeciderState {
+  if (!row) return initialState();
+  if (row.state) return row.state;
+  const known = {
+    tool: row.tool ?? '',
+    version: row.version,
+    attempts: row.attempts,
+    approval: null,
+    cancel: row.cancelRequestedAt
+      ? { by: { userId: row.userId, admin: false }, reason: '', requestedAt: row.cancelRequestedAt }
+      : null,
+  };
+  switch (row.status) {
+    case 'completed':
+      return { ...known, status: 'completed' };
+    case 'failed':
+      return { ...known, status: 'failed', code: (row.errorCode ?? 'INTERNAL') as ErrorCode };
+    case 'executing':
+      return { ...known, status: 'executing', attempt: row.attempts, runner: '', timeoutMs: 0 };
+    case 'requested':
+      return { ...known, status: 'requested' };
+    case 'awaiting_approval':
+    case 'approved':
+      return {
+        ...known,
+        status: row.status,
+        approval: {
+          argsHash: '',
+          approverRoles: [],
+          deadline: '',
+          requesterId: '',
+          allowSelfApproval: false,
+          decision: null,
+        },
+      };
+    default: {
+      const unknown: never = row.status;
+      throw new Error(`unknown status ${JSON.stringify(unknown)}`);
+    }
+  }
+}
+
+/**
+ * What an execution is taken to be when this reader never read its ToolRequested (a newer schema
+ * version, say, skipped as unreadable): requested, tool unknown. Its other events are judged from
+ * there rather than all refused for want of a start.
+ */
+const UNREAD_REQUEST: DeciderState = {
+  status: 'requested',
+  tool: '',
+  version: null,
+  attempts: 0,
+  approval: null,
+  cancel: null,
+};
+
+/** The prefix of the reason an event the decider refuses is skipped with (see `skipKind`). */
+export const LIFECYCLE_REASON = 'life cycle: ';
+
 /**
  * Applies one event to the execution and user rows in `state` (mutating them) and returns the
- * tool-metrics sample of a terminal event. An event the life cycle does not allow (anything after
- * a terminal event, a second ToolRequested) changes nothing and is reported as not applied.
+ * tool-metrics sample of a terminal event. Whether the event may follow, and the status it leads
+ * to, are the decider's (contracts/execution.ts): an event `eventProblem` refuses changes nothing
+ * and is reported as not applied, with the decider's reason; the row's status is the status of the
+ * state `evolve` folds. The projector, the auditor and the shells share one life cycle.
  */
 export function applyEvent(state: ExecutionState, event: ToolEvent, revision: number): ApplyResult {
   const m = event.metadata;
   const at = isoOf(m.occurredAt);
   const existing = state.executions.get(m.executionId);
-  if (existing && isTerminalStatus(existing.status)) {
-    return { applied: false, reason: `${event.type} after the execution ${existing.status}` };
-  }
-  if (existing && event.type === 'ToolRequested') {
-    return { applied: false, reason: `ToolRequested for an execution already ${existing.status}` };
-  }
+  let before = deciderStateOf(existing);
+  if (before.status === 'none' && event.type !== 'ToolRequested') before = UNREAD_REQUEST;
+  const problem = eventProblem(before, event);
+  if (problem !== null) return { applied: false, reason: `${LIFECYCLE_REASON}${problem}` };
+  const after = evolve(before, event);
+  if (after.status === 'none') throw new Error(`${event.type} left the execution unrequested`);
+
   const row: ExecutionRow = existing ?? {
     executionId: m.executionId,
     userId: m.userId,
@@ -184,21 +280,21 @@ export function applyEvent(state: ExecutionState, event: ToolEvent, revision: nu
     eventCount: 0,
     lastRevision: revision,
     cancelRequestedAt: null,
+    state: null,
   };
+  row.status = after.status;
+  row.attempts = after.attempts;
+  row.state = isTerminalState(after) ? null : storableState(after);
   let outcome: Outcome | null = null;
   switch (event.type) {
     case 'ToolRequested':
       row.tool = storable(event.data.tool);
       row.version = storableOrNull(event.data.version);
-      row.status = 'requested';
       break;
     case 'ToolExecuting':
-      row.status = 'executing';
-      row.attempts = Math.max(row.attempts, event.data.attempt);
       row.startedAt ??= at;
       break;
     case 'ToolCompleted':
-      row.status = 'completed';
       row.finishedAt = at;
       row.durationMs = event.data.durationMs;
       row.cached = event.data.cached;
@@ -206,25 +302,20 @@ export function applyEvent(state: ExecutionState, event: ToolEvent, revision: nu
       break;
     case 'ToolFailed':
       // Refused: ended before any attempt ran (admission, denial, expiry, a cancel before the start).
-      outcome = row.status === 'executing' ? 'failed' : 'refused';
-      row.status = 'failed';
+      outcome = before.status === 'executing' ? 'failed' : 'refused';
       row.finishedAt = at;
       row.durationMs = event.data.durationMs;
       row.errorCode = event.data.error.code;
       row.errorMessage = storable(event.data.error.message);
       row.cached = false;
       break;
-    case 'ToolApprovalRequested':
-      row.status = 'awaiting_approval';
-      break;
-    case 'ToolApproved':
-      row.status = 'approved';
-      break;
-    case 'ToolDenied':
-      // Still not running; the ToolFailed DENIED decided with it ends the row.
-      break;
     case 'ToolCancelRequested':
       row.cancelRequestedAt = isoOf(event.data.requestedAt);
+      break;
+    case 'ToolApprovalRequested':
+    case 'ToolApproved':
+    case 'ToolDenied':
+      // Only the status changes (the ToolFailed DENIED decided with a denial ends the row).
       break;
     default: {
       const unknown: never = event;
@@ -339,7 +430,7 @@ export function skipKind(
 ): 'unknown_type' | 'newer_version' | 'invalid' | 'lifecycle' {
   if (!(EVENT_TYPES as readonly string[]).includes(type)) return 'unknown_type';
   if (/schema version \d+ is newer/.test(reason)) return 'newer_version';
-  if (/ after the execution | already /.test(reason)) return 'lifecycle';
+  if (reason.startsWith(LIFECYCLE_REASON)) return 'lifecycle';
   return 'invalid';
 }
 

@@ -10,6 +10,7 @@ import {
   type ToolEvent,
   type ToolEventBody,
 } from '../../contracts/index.ts';
+import { eventProblem, foldExecution } from '../../contracts/execution.ts';
 import { formatPosition, type RecordedEvent } from '../../lib/eventstore/types.ts';
 import { toEventData } from '../../lib/toolEvents.ts';
 import {
@@ -421,4 +422,61 @@ t.test('approvals and cancels: the execution row shows the wait and the cancel a
   t.match(byRequest('cancelling'), { status: 'executing', cancelRequestedAt: '2025-01-01T12:00:05.000Z' });
   // A denied call never ran: it counts as refused, not as a failure of the tool.
   t.match(model.users.get('alice'), { executions: 4, refused: 1, failed: 0 });
+});
+
+t.test('an event the decider refuses is not applied, and is skipped with the decider’s reason', async (t) => {
+  const cases: Array<{ name: string; steps: ToolEventBody[]; skipped: number; status: string }> = [
+    {
+      name: 'running after it completed',
+      steps: [requested(), executing(), completed(3), executing(2)],
+      skipped: 3,
+      status: 'completed',
+    },
+    {
+      name: 'a second request',
+      steps: [requested(), executing(), requested()],
+      skipped: 2,
+      status: 'executing',
+    },
+    {
+      name: 'an approval nobody asked for',
+      steps: [requested('pay'), decided('ToolApproved')],
+      skipped: 1,
+      status: 'requested',
+    },
+    {
+      name: 'running while it awaits approval',
+      steps: [requested('pay'), approvalRequested, executing()],
+      skipped: 2,
+      status: 'awaiting_approval',
+    },
+  ];
+  for (const c of cases) {
+    const events = execution('ivan', c.name.replaceAll(' ', '-'), c.steps);
+    const model = replayReadModels(recorded(events));
+    const row = [...model.executions.values()][0]!;
+    // The decider, folding the same history up to the refused event, gives the reason.
+    const before = foldExecution(c.steps.slice(0, c.skipped));
+    const reason = eventProblem(before, c.steps[c.skipped]!);
+    t.ok(reason, `${c.name}: the decider refuses it`);
+    t.strictSame(
+      model.skipped.map((s) => [s.revision, s.eventType, s.reason, skipKind(s.reason, s.eventType)]),
+      [[c.skipped, c.steps[c.skipped]!.type, `life cycle: ${reason}`, 'lifecycle']],
+      `${c.name}: skipped with the decider's reason`,
+    );
+    t.equal(row.eventCount, c.steps.length - 1, `${c.name}: not applied`);
+    t.equal(row.status, c.status, `${c.name}: the status is the one before it`);
+    t.equal(model.users.get('ivan')!.events, c.steps.length - 1);
+  }
+});
+
+t.test('the row keeps the decider state of an open execution, and its status is that state’s', async (t) => {
+  const steps = [requested('pay'), approvalRequested, decided('ToolApproved'), executing(1), cancelRequested];
+  const model = replayReadModels(execution('judy', 'r1', steps));
+  const row = [...model.executions.values()][0]!;
+  const folded = foldExecution(steps);
+  t.strictSame(row.state, folded, 'the state evolve folds');
+  t.equal(row.status, folded.status);
+  const ended = replayReadModels(execution('judy', 'r2', [...steps, failed('TOOL_ERROR', 5)]));
+  t.match([...ended.executions.values()][0], { status: 'failed', state: null }, 'none kept once it ended');
 });

@@ -67,6 +67,7 @@ const EXECUTIONS: TableSpec<ExecutionRow> = {
     col('event_count', 'eventCount', 'int', 'int'),
     col('last_revision', 'lastRevision', 'bigint', 'int'),
     col('cancel_requested_at', 'cancelRequestedAt', 'timestamptz', 'ts'),
+    col('state', 'state', 'jsonb', 'json'),
   ],
 };
 
