@@ -1,5 +1,5 @@
 import t from 'tap';
-import { headers } from '@nats-io/transport-node';
+import { headers, RequestError } from '@nats-io/transport-node';
 import { z } from 'zod';
 import { canonicalJson, subjects } from '../../contracts/index.ts';
 import { connectNats, type NatsConnection } from '../nats.ts';
@@ -470,23 +470,29 @@ t.test('a cleanly stopped worker withdraws its tools at once', async (t) => {
 });
 
 t.test('a worker that vanishes: calls fail as TOOL_ERROR, and its silent tools expire', async (t) => {
-  const d = await dispatcherSide(t, { expireAfterMs: 3_000 });
+  // Expiry long enough for a busy server to notice the closed connection first.
+  const d = await dispatcherSide(t, { expireAfterMs: 10_000 });
   const gone = await worker(t, 'vanishing', [failing], { announceIntervalMs: 300 });
   await worker(t, 'staying', [adder()], { announceIntervalMs: 300 });
   await waitFor('both tools', () => d.registry.list().length === 2);
   await gone.nc.close(); // no stop(): nothing is withdrawn, as when the process is killed
-  // Once the server has dropped the closed connection's subscription, a call fails at once.
-  let e: ToolRunError | undefined;
-  await waitFor('a call to fail with no responders', async () => {
-    e = await d.registry
-      .resolve('remote_fail')!
-      .run({}, ctx())
-      .then(
-        () => undefined,
-        (x: unknown) => x as ToolRunError,
-      );
-    return (e?.details as { reason?: string } | undefined)?.reason === 'no_responders';
+  // Once the server has dropped the closed connection's subscription (a busy server notices a
+  // closed socket late), nobody answers the tool's subject: a call then fails at once.
+  await waitFor('the server to drop the vanished worker', async () => {
+    try {
+      await d.nc.request(subjects.toolRun('remote_fail', '1.0.0'), '{}', { timeout: 1_000 });
+      return false;
+    } catch (x) {
+      return x instanceof RequestError && x.isNoResponders();
+    }
   });
+  const e = await d.registry
+    .resolve('remote_fail')!
+    .run({}, ctx())
+    .then(
+      () => undefined,
+      (x: unknown) => x as ToolRunError,
+    );
   t.equal(e?.code, 'TOOL_ERROR');
   t.match(e?.details, { reason: 'no_responders' });
   await waitFor('the silent worker to expire', () => d.registry.resolve('remote_fail') === undefined);
