@@ -20,10 +20,8 @@ const ownCredentials = [
 if (!env['NATS_URL']) env['NATS_URL'] = `nats://127.0.0.1:${env['TOOLBUS_NATS_PORT'] ?? '4223'}`;
 if (!ownCredentials && existsSync(seedFile)) env['NATS_NKEY_SEED_FILE'] = seedFile;
 if (!env['WORKER_SECRET'] && existsSync(secretsFile)) {
-  const line = readFileSync(secretsFile, 'utf8')
-    .split('\n')
-    .find((l) => l.startsWith('WORKER_SECRET='));
-  if (line) env['WORKER_SECRET'] = line.slice('WORKER_SECRET='.length).trim();
+  const generated = /^WORKER_SECRET=(.+)$/m.exec(readFileSync(secretsFile, 'utf8'))?.[1]?.trim();
+  if (generated) env['WORKER_SECRET'] = generated;
 }
 if (!existsSync(seedFile) && !ownCredentials) {
   console.error(
