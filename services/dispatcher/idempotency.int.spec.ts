@@ -2,7 +2,7 @@ import { connectionIdentity } from '../../lib/nats.ts';
 import t from 'tap';
 import { Redis } from 'ioredis';
 import { subjects, verifyChain, type ToolEvent } from '../../contracts/index.ts';
-import { harness, rawRequest, type Harness } from './test/harness.ts';
+import { eventually, harness, rawRequest, type Harness } from './test/harness.ts';
 
 const executionsOf = (events: ToolEvent[], requestId: string) =>
   events.filter((e) => e.metadata.requestId === requestId);
@@ -146,7 +146,12 @@ t.test('Redis stopped mid-run: executions finish, no duplicate, limits fail open
   const running = Promise.all(
     [0, 1, 2].map((i) => h.agent.execute('sleep', { ms: 1_000 }, { token, requestId: `rs-${i}` })),
   );
-  await new Promise((r) => setTimeout(r, 300));
+  // Redis goes while all three run (admitted through it, not finished).
+  await eventually(
+    async () => (await h.events('rex')).filter((e) => e.type === 'ToolExecuting').length === 3,
+    20_000,
+    'the three executions running',
+  );
   await h.redis.kill('SIGKILL');
   const answers = await running;
   t.ok(
