@@ -1,16 +1,11 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import t from 'tap';
+import { startNotifierFixture } from './notifier-fixture.ts';
 import { notificationName, subjects, type Notification, type ToolEvent } from '../../contracts/index.ts';
-import { signToken } from '../../lib/auth.ts';
-import { loadConfig } from '../../lib/config.ts';
-import { createPostgresEventStore } from '../../lib/eventstore/postgres.ts';
 import { connectNats } from '../../lib/nats.ts';
-import { startNotifier, type Notifier } from '../../services/notifier/app.ts';
-import { NotifierEnv } from '../../services/notifier/config.ts';
+import { type Notifier } from '../../services/notifier/app.ts';
 import { subscribe, type TestClient } from '../../services/notifier/test-client.ts';
 import { readUserEvents, recordExecution } from '../support/events.ts';
-import { createTestDatabase } from '../support/postgres.ts';
-import { startNats, startRedis } from '../support/processes.ts';
 
 /**
  * Attack: a client that may publish on `events.user.<victim>` (here a plain test connection, as if
@@ -19,35 +14,22 @@ import { startNats, startRedis } from '../support/processes.ts';
  * real event of that revision as a duplicate. Now a NATS event only makes the notifier read the
  * store: neither forged event is shown, and the real one arrives once, in order.
  */
-const secret = randomBytes(32).toString('hex');
-const db = await createTestDatabase(t);
-const nats = await startNats(t);
-const redis = await startRedis(t);
-const store = await createPostgresEventStore({ connectionString: db.url });
+// Only a NATS event may make the notifier read the store during these tests.
+const {
+  notifier,
+  store,
+  nats,
+  user,
+  token: tokenOf,
+} = await startNotifierFixture(t, {
+  NOTIFIER_TAIL_CHECK_MS: '600000',
+});
 const attacker = await connectNats(nats.url, 'forged-event-attacker');
 const dispatcher = await connectNats(nats.url, 'forged-event-dispatcher');
-const notifier = await startNotifier(
-  loadConfig(NotifierEnv, {
-    NODE_ENV: 'test',
-    LOG_LEVEL: 'error',
-    NATS_URL: nats.url,
-    REDIS_URL: redis.url,
-    JWT_SECRET: secret,
-    NOTIFIER_PORT: '0',
-    // Only a NATS event may make the notifier read the store during these tests.
-    NOTIFIER_TAIL_CHECK_MS: '600000',
-  }),
-  { store },
-);
 t.teardown(async () => {
-  await notifier.close();
   await attacker.close();
   await dispatcher.close();
-  await store.close();
 });
-
-const user = () => `u${randomUUID().slice(0, 8)}`;
-const tokenOf = (sub: string, roles: string[] = []) => signToken(secret, { sub, roles }, '1h');
 const counter = async (n: Notifier, name: string) =>
   (await n.app.metrics.getSingleMetric(name)!.get()).values.reduce((sum, v) => sum + v.value, 0);
 const ids = (c: TestClient, userId: string) =>

@@ -1,5 +1,6 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import t from 'tap';
+import { startNotifierFixture } from './notifier-fixture.ts';
 import {
   envelopeEvents,
   notificationName,
@@ -8,49 +9,27 @@ import {
   userStream,
   type Notification,
 } from '../../contracts/index.ts';
-import { signToken } from '../../lib/auth.ts';
-import { loadConfig } from '../../lib/config.ts';
-import { createPostgresEventStore } from '../../lib/eventstore/postgres.ts';
 import { connectNats } from '../../lib/nats.ts';
 import { toEventData } from '../../lib/toolEvents.ts';
-import { startNotifier } from '../../services/notifier/app.ts';
-import { NotifierEnv } from '../../services/notifier/config.ts';
 import { subscribe, type TestClient } from '../../services/notifier/test-client.ts';
 import { recordExecution, streamTail } from '../support/events.ts';
-import { createTestDatabase } from '../support/postgres.ts';
-import { startNats, startRedis } from '../support/processes.ts';
 
 /**
  * Attack: progress forged on `toolbus.progress.<victim>` for an execution that is not running
  * (unknown, finished, or another user's). Progress is not stored, so the notifier shows it only
  * for an execution that the victim's stream holds as started (ToolExecuting) and not ended.
  */
-const secret = randomBytes(32).toString('hex');
-const db = await createTestDatabase(t);
-const nats = await startNats(t);
-const redis = await startRedis(t);
-const store = await createPostgresEventStore({ connectionString: db.url });
-const bus = await connectNats(nats.url, 'forged-progress');
-const notifier = await startNotifier(
-  loadConfig(NotifierEnv, {
-    NODE_ENV: 'test',
-    LOG_LEVEL: 'error',
-    NATS_URL: nats.url,
-    REDIS_URL: redis.url,
-    JWT_SECRET: secret,
-    NOTIFIER_PORT: '0',
-    NOTIFIER_TAIL_CHECK_MS: '600000',
-  }),
-  { store },
-);
-t.teardown(async () => {
-  await notifier.close();
-  await bus.close();
-  await store.close();
+const {
+  notifier,
+  store,
+  nats,
+  user,
+  token: tokenOf,
+} = await startNotifierFixture(t, {
+  NOTIFIER_TAIL_CHECK_MS: '600000',
 });
-
-const user = () => `u${randomUUID().slice(0, 8)}`;
-const tokenOf = (sub: string) => signToken(secret, { sub }, '1h');
+const bus = await connectNats(nats.url, 'forged-progress');
+t.teardown(() => bus.close());
 const dropped = async () =>
   (await notifier.app.metrics.getSingleMetric('toolbus_notifier_progress_dropped_total')!.get()).values[0]
     ?.value ?? 0;

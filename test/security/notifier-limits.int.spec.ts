@@ -1,51 +1,28 @@
-import { randomBytes, randomUUID } from 'node:crypto';
 import t from 'tap';
-import { signToken } from '../../lib/auth.ts';
-import { loadConfig } from '../../lib/config.ts';
-import { createPostgresEventStore } from '../../lib/eventstore/postgres.ts';
-import { CLOSE_TRY_AGAIN_LATER, startNotifier } from '../../services/notifier/app.ts';
-import { NotifierEnv } from '../../services/notifier/config.ts';
+import { startNotifierFixture } from './notifier-fixture.ts';
+import { CLOSE_TRY_AGAIN_LATER } from '../../services/notifier/app.ts';
 import {
   openClient,
   requestTicket,
   ticketFor,
   type TestClient,
 } from '../../services/notifier/test-client.ts';
-import { createTestDatabase } from '../support/postgres.ts';
-import { startNats, startRedis } from '../support/processes.ts';
 
 /**
  * Limits that cost an attacker more than the service: sockets that have not authenticated yet
  * are capped (in all and per remote address), and tickets are rationed per user.
  */
-const secret = randomBytes(32).toString('hex');
-const db = await createTestDatabase(t);
-const nats = await startNats(t);
-const redis = await startRedis(t);
-const store = await createPostgresEventStore({ connectionString: db.url });
-const notifier = await startNotifier(
-  loadConfig(NotifierEnv, {
-    NODE_ENV: 'test',
-    LOG_LEVEL: 'error',
-    NATS_URL: nats.url,
-    REDIS_URL: redis.url,
-    JWT_SECRET: secret,
-    NOTIFIER_PORT: '0',
-    // Long enough that no socket of these tests is closed for want of an auth message.
-    NOTIFIER_AUTH_TIMEOUT_MS: '60000',
-    NOTIFIER_MAX_UNAUTHENTICATED: '3',
-    NOTIFIER_MAX_UNAUTHENTICATED_PER_ADDRESS: '2',
-    NOTIFIER_TICKETS_PER_MINUTE: '3',
-  }),
-  { store },
-);
-t.teardown(async () => {
-  await notifier.close();
-  await store.close();
+const {
+  notifier,
+  user,
+  token: tokenOf,
+} = await startNotifierFixture(t, {
+  // Long enough that no socket of these tests is closed for want of an auth message.
+  NOTIFIER_AUTH_TIMEOUT_MS: '60000',
+  NOTIFIER_MAX_UNAUTHENTICATED: '3',
+  NOTIFIER_MAX_UNAUTHENTICATED_PER_ADDRESS: '2',
+  NOTIFIER_TICKETS_PER_MINUTE: '3',
 });
-
-const user = () => `u${randomUUID().slice(0, 8)}`;
-const tokenOf = (sub: string) => signToken(secret, { sub }, '1h');
 const refusals = async (reason: string) =>
   (await notifier.app.metrics.getSingleMetric('toolbus_notifier_refused_total')!.get()).values.find(
     (v) => v.labels['reason'] === reason,
