@@ -39,6 +39,17 @@ async function waitFor<T>(what: string, probe: () => Promise<T | undefined>): Pr
   }
 }
 
+/** The execution of `tool` that has started (its ToolExecuting is recorded), if any. */
+async function startedExecution(ts: TestStack, userId: string, tool: string): Promise<string | undefined> {
+  const events = await eventsOf(ts, userId);
+  const requested = events.filter((e) => e.type === 'ToolRequested' && e.data.tool === tool);
+  const ids = new Set(requested.map((e) => e.metadata.executionId));
+  return events.find((e) => e.type === 'ToolExecuting' && ids.has(e.metadata.executionId))?.metadata.executionId;
+}
+
+const terminalOf = async (ts: TestStack, userId: string, executionId: string) =>
+  (await eventsOf(ts, userId)).find((e) => e.type === 'ToolFailed' && e.metadata.executionId === executionId);
+
 const executionOf = (result: { _meta?: Record<string, unknown> }) =>
   (result._meta?.['io.toolbus/execution'] as { executionId: string }).executionId;
 
@@ -133,17 +144,12 @@ t.test('an MCP client lists and calls tools through the gateway; every call is a
     const abort = new AbortController();
     const call = client.callTool({ name: 'sleep_idempotent', arguments: { ms: 4_000 } }, { signal: abort.signal });
     call.catch(() => undefined);
-    const started = await waitFor('the execution to start', async () => {
-      const events = await eventsOf(ts, 'ann');
-      return events.find((e) => e.type === 'ToolExecuting' && e.metadata.tool === 'sleep_idempotent');
-    });
+    const started = await waitFor('the execution to start', () =>
+      startedExecution(ts, 'ann', 'sleep_idempotent'),
+    );
     abort.abort(new Error('the user changed their mind'));
     await t.rejects(call);
-    const failed = await waitFor('the execution to end', async () =>
-      (await eventsOf(ts, 'ann')).find(
-        (e) => e.type === 'ToolFailed' && e.metadata.executionId === started.metadata.executionId,
-      ),
-    );
+    const failed = await waitFor('the execution to end', () => terminalOf(ts, 'ann', started));
     t.match(failed, { data: { error: { code: 'CANCELLED' } } });
   });
 
@@ -156,15 +162,9 @@ t.test('an MCP client lists and calls tools through the gateway; every call is a
     const abort = new AbortController();
     const call = modern.callTool({ name: 'sleep', arguments: { ms: 4_500 } }, { signal: abort.signal });
     call.catch(() => undefined);
-    const started = await waitFor('the execution to start', async () =>
-      (await eventsOf(ts, 'ann')).find((e) => e.type === 'ToolExecuting' && e.metadata.tool === 'sleep'),
-    );
+    const started = await waitFor('the execution to start', () => startedExecution(ts, 'ann', 'sleep'));
     abort.abort();
-    const failed = await waitFor('the execution to end', async () =>
-      (await eventsOf(ts, 'ann')).find(
-        (e) => e.type === 'ToolFailed' && e.metadata.executionId === started.metadata.executionId,
-      ),
-    );
+    const failed = await waitFor('the execution to end', () => terminalOf(ts, 'ann', started));
     t.match(failed, { data: { error: { code: 'CANCELLED' } } });
   });
 
