@@ -40,9 +40,16 @@ async function waitFor<T>(what: string, probe: () => Promise<T | undefined>): Pr
 }
 
 /** The execution of `tool` that has started (its ToolExecuting is recorded), if any. */
-async function startedExecution(ts: TestStack, userId: string, tool: string): Promise<string | undefined> {
+async function startedExecution(
+  ts: TestStack,
+  userId: string,
+  tool: string,
+  args: Record<string, unknown>,
+): Promise<string | undefined> {
   const events = await eventsOf(ts, userId);
-  const requested = events.filter((e) => e.type === 'ToolRequested' && e.data.tool === tool);
+  const requested = events.filter(
+    (e) => e.type === 'ToolRequested' && e.data.tool === tool && JSON.stringify(e.data.args) === JSON.stringify(args),
+  );
   const ids = new Set(requested.map((e) => e.metadata.executionId));
   return events.find((e) => e.type === 'ToolExecuting' && ids.has(e.metadata.executionId))?.metadata.executionId;
 }
@@ -52,6 +59,14 @@ const terminalOf = async (ts: TestStack, userId: string, executionId: string) =>
 
 const executionOf = (result: { _meta?: Record<string, unknown> }) =>
   (result._meta?.['io.toolbus/execution'] as { executionId: string }).executionId;
+
+/** The JSON-RPC message of a response, whether sent as JSON or as one SSE event. */
+async function rpcOf(res: Response): Promise<unknown> {
+  const text = await res.text();
+  if (!res.headers.get('content-type')?.startsWith('text/event-stream')) return JSON.parse(text);
+  const data = text.split('\n').find((l) => l.startsWith('data: '));
+  return data ? JSON.parse(data.slice(6)) : null;
+}
 
 const post = (ts: TestStack, body: string, headers: Record<string, string> = {}) =>
   fetch(`${ts.url('gateway')}/mcp`, {
@@ -145,7 +160,7 @@ t.test('an MCP client lists and calls tools through the gateway; every call is a
     const call = client.callTool({ name: 'sleep_idempotent', arguments: { ms: 4_000 } }, { signal: abort.signal });
     call.catch(() => undefined);
     const started = await waitFor('the execution to start', () =>
-      startedExecution(ts, 'ann', 'sleep_idempotent'),
+      startedExecution(ts, 'ann', 'sleep_idempotent', { ms: 4_000 }),
     );
     abort.abort(new Error('the user changed their mind'));
     await t.rejects(call);
@@ -162,7 +177,7 @@ t.test('an MCP client lists and calls tools through the gateway; every call is a
     const abort = new AbortController();
     const call = modern.callTool({ name: 'sleep', arguments: { ms: 4_500 } }, { signal: abort.signal });
     call.catch(() => undefined);
-    const started = await waitFor('the execution to start', () => startedExecution(ts, 'ann', 'sleep'));
+    const started = await waitFor('the execution to start', () => startedExecution(ts, 'ann', 'sleep', { ms: 4_500 }));
     abort.abort();
     const failed = await waitFor('the execution to end', () => terminalOf(ts, 'ann', started));
     t.match(failed, { data: { error: { code: 'CANCELLED' } } });
@@ -173,9 +188,9 @@ t.test('an MCP client lists and calls tools through the gateway; every call is a
     const auth = { authorization: `Bearer ${token}` };
     const notJson = await post(ts, '{"jsonrpc": "2.0", "id": 1, "method": ', auth);
     t.equal(notJson.status, 400);
-    t.match(await notJson.json(), { error: { code: -32700 } });
+    t.match(await rpcOf(notJson), { error: { code: -32700 } });
     const unknown = await post(ts, JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/explode', params: {} }), auth);
-    t.match(await unknown.json(), { error: { code: -32601 } }, 'unknown method');
+    t.match(await rpcOf(unknown), { error: { code: -32601 } }, 'unknown method');
     const huge = await post(
       ts,
       JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'tools/call', params: { name: 'echo', arguments: { x: 'x'.repeat(2_000_000) } } }),
