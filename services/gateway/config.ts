@@ -54,11 +54,19 @@ const GatewayVariables = CommonEnv.extend({
 });
 
 export const GatewayEnv = requireTokenKey(GatewayVariables).superRefine((c, ctx) => {
-  if (c.GATEWAY_TEST_PRINCIPAL !== undefined && c.NODE_ENV !== 'test') {
+  if (c.GATEWAY_TEST_PRINCIPAL === undefined) return;
+  if (c.NODE_ENV !== 'test') {
     ctx.addIssue({
       code: 'custom',
       path: ['GATEWAY_TEST_PRINCIPAL'],
       message: `is the conformance test mode: refused unless NODE_ENV=test (it is ${c.NODE_ENV})`,
+    });
+  }
+  if (c.JWT_SECRET === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['GATEWAY_TEST_PRINCIPAL'],
+      message: "needs JWT_SECRET: the test principal's token is signed with it",
     });
   }
 });
