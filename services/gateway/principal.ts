@@ -54,7 +54,7 @@ export function testModeIdentify(
             ...(claims.iss !== undefined ? { iss: claims.iss } : {}),
             ...(claims.aud !== undefined ? { aud: claims.aud } : {}),
           },
-          TEST_TOKEN_LIFETIME_S,
+          `${TEST_TOKEN_LIFETIME_S}s`,
         ),
         renewAt: Date.now() + (TEST_TOKEN_LIFETIME_S * 1000) / 2,
       };

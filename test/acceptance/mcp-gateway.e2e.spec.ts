@@ -257,3 +257,23 @@ t.test('authorization: metadata, 401 challenges, audience and Origin', async (t)
   t.equal(good.status, 401, 'an allowed Origin goes on to authentication');
   t.equal((await eventsOf(ts, 'ann')).length, 0, 'nothing recorded');
 });
+
+t.test('test mode: a request without a token acts as the fixed test principal, recorded as any user', async (t) => {
+  const ts = await startTestStack(t, {
+    services: ['dispatcher', 'gateway'],
+    env: { GATEWAY_TEST_PRINCIPAL: 'conformance' },
+  });
+  const client = new Client({ name: 'conformance-like', version: '1.0.0' });
+  await client.connect(new StreamableHTTPClientTransport(new URL(`${ts.url('gateway')}/mcp`)));
+  t.teardown(() => client.close());
+  const r = await client.callTool({ name: 'echo', arguments: { who: 'test mode' } });
+  t.same(r.structuredContent, { who: 'test mode' });
+  const events = await eventsOf(ts, 'conformance');
+  t.same(
+    events.map((e) => e.type),
+    ['ToolRequested', 'ToolExecuting', 'ToolCompleted'],
+    'in the test principal’s own stream',
+  );
+  t.equal((await post(ts, '{}', { authorization: 'Bearer not-a-token' })).status, 401, 'a bad token is still refused');
+  t.match(ts.logText('gateway'), /TEST MODE/, 'the gateway says it runs in test mode');
+});
