@@ -198,6 +198,26 @@ t.test('an MCP client lists and calls tools through the gateway; every call is a
       auth,
     );
     t.equal(huge.status, 413, 'a body over the limit');
+    t.match(await rpcOf(huge), { error: { code: -32600 } });
+    const badVersion = await post(ts, JSON.stringify({ jsonrpc: '2.0', id: 4, method: 'tools/list', params: {} }), {
+      ...auth,
+      'mcp-protocol-version': '1999-01-01',
+    });
+    t.equal(badVersion.status, 400, 'an unsupported protocol version');
+    t.match(await rpcOf(badVersion), { error: { message: /Unsupported protocol version/ } });
+    const batch = await post(
+      ts,
+      JSON.stringify([
+        { jsonrpc: '2.0', id: 5, method: 'tools/list', params: {} },
+        { jsonrpc: '2.0', id: 6, method: 'tools/call', params: { name: 'echo', arguments: {} } },
+      ]),
+      auth,
+    );
+    t.equal(batch.status, 400, 'a batch');
+    t.match(await rpcOf(batch), { error: { code: -32600, message: /batches are not supported/ } });
+    const notRpc = await post(ts, JSON.stringify({ hello: 'world' }), auth);
+    t.equal(notRpc.status, 400, 'not a JSON-RPC message');
+    t.match(await rpcOf(notRpc), { error: { code: -32600 } });
     t.equal((await eventsOf(ts, 'ann')).length, before, 'nothing recorded');
   });
 
@@ -240,6 +260,7 @@ t.test('authorization: metadata, 401 challenges, audience and Origin', async (t)
   t.match(metadata, { resource: `${gw}/mcp`, authorization_servers: ['https://id.example.test'], bearer_methods_supported: ['header'] });
   t.same(await (await fetch(`${gw}/.well-known/oauth-protected-resource`)).json(), metadata);
 
+  t.equal((await post(ts, 'x'.repeat(2_000_000))).status, 401, 'no body is read before the token is checked');
   const wrong = await post(ts, list, { authorization: 'Bearer not-a-token' });
   t.equal(wrong.status, 401, 'a bad token');
   t.match(wrong.headers.get('www-authenticate'), /error="invalid_token"/);
