@@ -366,3 +366,39 @@ t.test('tasks (2025-11-25): a long call as a task, polled to completion across a
   t.equal(new Set(events.map((e) => e.metadata.executionId)).size, 2, 'two executions: the retry ran nothing');
   t.ok((await verifyHistory(ts.store, 'tess')).ok, 'the auditor’s verification passes');
 });
+
+t.test('faults: a dispatcher killed mid-call, a gateway killed mid-call; each execution ends once', async (t) => {
+  // A killed dispatcher's request is redelivered after the ack wait: short here.
+  const ts = await startTestStack(t, { services: ['dispatcher', 'gateway'], env: { ACK_WAIT_MS: '2000' } });
+  const client = await connect(ts, await ts.token('faye'));
+  t.teardown(() => client.close());
+
+  const survived = client.callTool({ name: 'sleep_idempotent', arguments: { ms: 1_500 }, _meta: { [KEY]: 'd-dies' } });
+  await waitFor('the first attempt to start', () => startedExecution(ts, 'faye', 'sleep_idempotent', { ms: 1_500 }));
+  await ts.stack.kill('dispatcher');
+  await ts.stack.start('dispatcher');
+  const r = await survived;
+  t.notOk(r.isError, 'the client still gets its one result');
+  t.same(r.structuredContent, { slept: 1_500 });
+
+  const lost = client.callTool({ name: 'sleep', arguments: { ms: 1_500 }, _meta: { [KEY]: 'g-dies' } });
+  lost.catch(() => undefined);
+  const id = await waitFor('the call to start', () => startedExecution(ts, 'faye', 'sleep', { ms: 1_500 }));
+  await ts.stack.kill('gateway');
+  await t.rejects(lost, 'the client loses its connection');
+  const ended = await waitFor('the execution to end', async () =>
+    (await eventsOf(ts, 'faye')).find(
+      (e) => (e.type === 'ToolCompleted' || e.type === 'ToolFailed') && e.metadata.executionId === id,
+    ),
+  );
+  t.equal(ended.type, 'ToolCompleted', 'the execution went on without the gateway');
+  await ts.stack.start('gateway');
+  const retried = await client.callTool({ name: 'sleep', arguments: { ms: 1_500 }, _meta: { [KEY]: 'g-dies' } });
+  t.equal(executionOf(retried), id, 'a retry with the same key gets that execution’s answer');
+
+  const events = await eventsOf(ts, 'faye');
+  const terminals = events.filter((e) => e.type === 'ToolCompleted' || e.type === 'ToolFailed');
+  t.equal(new Set(events.map((e) => e.metadata.executionId)).size, 2, 'two executions');
+  t.equal(terminals.length, 2, 'each ended exactly once');
+  t.ok((await verifyHistory(ts.store, 'faye')).ok, 'the auditor’s verification passes');
+});
