@@ -16,6 +16,8 @@ export interface McpRouteOptions {
   authorizationServers: string[];
   allowedOrigins: string[];
   maxBodyBytes: number;
+  /** Told of each request refused before MCP (401, 403). */
+  onRefused?: (status: 401 | 403) => void;
 }
 
 /** The metadata document's URL for `resource` (RFC 9728 section 3.1: inserted before the path). */
@@ -52,12 +54,16 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
     scope.addHook('onRequest', async (req, reply) => {
       if (req.routeOptions.url !== MCP_PATH) return;
       const origin = validateOriginHeader(req.headers.origin, o.allowedOrigins);
-      if (!origin.ok) return reply.code(403).send(rpcError(-32000, `Forbidden: ${origin.message}`));
+      if (!origin.ok) {
+        o.onRefused?.(403);
+        return reply.code(403).send(rpcError(-32000, `Forbidden: ${origin.message}`));
+      }
       const who = await o.identify(req.headers.authorization);
       if (who.ok) {
         callers.set(req, who.caller);
         return;
       }
+      o.onRefused?.(401);
       const given = who.error.reason !== 'missing';
       const challenge = [
         ...(given ? [`error="invalid_token"`, `error_description=${quoted(who.error.message)}`] : []),

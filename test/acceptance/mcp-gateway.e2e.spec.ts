@@ -235,6 +235,10 @@ t.test('an MCP client lists and calls tools through the gateway; every call is a
     }
     const report = await verifyHistory(ts.store, 'ann');
     t.ok(report.ok, `the auditor's verification passes (${JSON.stringify(report.break)})`);
+    const metrics = await (await fetch(`${ts.url('gateway')}/metrics`)).text();
+    t.match(metrics, /toolbus_mcp_calls_total\{[^}]*outcome="completed"[^}]*\} [1-9]/, 'calls are counted');
+    t.match(metrics, /toolbus_mcp_calls_total\{[^}]*outcome="CANCELLED"[^}]*\} [1-9]/);
+    t.match(metrics, /toolbus_mcp_calls_total\{[^}]*outcome="refused"[^}]*\} [1-9]/, 'unknown tool, conflict');
   });
 });
 
