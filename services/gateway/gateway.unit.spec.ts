@@ -2,7 +2,7 @@ import t from 'tap';
 import { ConfigError, loadConfig } from '../../lib/config.ts';
 import type { TerminalAnswer, ToolManifest } from '../../contracts/index.ts';
 import { fingerprintOf, requestIdOf } from './calls.ts';
-import { GatewayEnv, publicUrlOf } from './config.ts';
+import { allowedHostsOf, GatewayEnv, publicUrlOf } from './config.ts';
 import { resultOf, toolOf } from './mapping.ts';
 import { taskOf } from './tasks.ts';
 import { ToolCatalog } from './catalog.ts';
@@ -164,4 +164,12 @@ t.test('notifications/cancelled reaches the call of the same user and id only', 
   inFlight.track('ann', 8, later)();
   inFlight.cancel('ann', 8, undefined);
   t.notOk(later.signal.aborted, 'a finished call is no longer tracked');
+});
+
+t.test('the Host check: on for a loopback gateway, off behind another address unless configured', async (t) => {
+  const localhost = ['localhost', '127.0.0.1'];
+  t.same(allowedHostsOf(loadConfig(GatewayEnv, { JWT_SECRET: SECRET }), localhost), [...localhost, '127.0.0.1']);
+  t.equal(allowedHostsOf(loadConfig(GatewayEnv, { JWT_SECRET: SECRET, HOST: '0.0.0.0' }), localhost), null);
+  const listed = loadConfig(GatewayEnv, { JWT_SECRET: SECRET, HOST: '0.0.0.0', GATEWAY_ALLOWED_HOSTS: 'tools.example' });
+  t.same(allowedHostsOf(listed, localhost), ['tools.example']);
 });
