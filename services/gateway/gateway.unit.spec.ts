@@ -7,6 +7,7 @@ import { resultOf, toolOf } from './mapping.ts';
 import { taskOf } from './tasks.ts';
 import { ToolCatalog } from './catalog.ts';
 import { InFlight } from './server.ts';
+import { bearerIdentify } from './principal.ts';
 
 const SECRET = 's'.repeat(40);
 
@@ -172,4 +173,19 @@ t.test('the Host check: on for a loopback gateway, off behind another address un
   t.equal(allowedHostsOf(loadConfig(GatewayEnv, { JWT_SECRET: SECRET, HOST: '0.0.0.0' }), localhost), null);
   const listed = loadConfig(GatewayEnv, { JWT_SECRET: SECRET, HOST: '0.0.0.0', GATEWAY_ALLOWED_HOSTS: 'tools.example' });
   t.same(allowedHostsOf(listed, localhost), ['tools.example']);
+});
+
+t.test('bearer tokens: the scheme in any case, nothing else', async (t) => {
+  const seen: string[] = [];
+  const identify = bearerIdentify({
+    verify: async (token) => {
+      seen.push(token!);
+      return { userId: 'ann', roles: [] };
+    },
+  });
+  t.ok((await identify('Bearer abc')).ok);
+  t.ok((await identify('bearer def')).ok);
+  t.match(await identify('Basic xyz'), { ok: false, error: { reason: 'missing' } });
+  t.match(await identify(undefined), { ok: false, error: { reason: 'missing' } });
+  t.same(seen, ['abc', 'def'], 'only bearer tokens reach the verifier, without the scheme');
 });
