@@ -27,6 +27,14 @@ t.test('a tool named in the configuration file is served by `npm start`’s disp
   const stored = (await userEvents(s.store, 'words_user')).map((e) => e.event);
   t.match(stored[0], { type: 'ToolRequested', data: { args: { apiKey: '[REDACTED]' } } });
   t.notOk(JSON.stringify(stored).includes('k-123'), 'the sensitive argument is not stored');
+  const completed = stored.find((e) => e.type === 'ToolCompleted');
+  const durationMs = completed?.type === 'ToolCompleted' ? completed.data.durationMs : NaN;
+  t.ok(durationMs >= 0, 'a duration is recorded');
+  t.equal(
+    durationMs,
+    Math.round(durationMs * 1000) / 1000,
+    `durationMs ${durationMs} is kept to the microsecond`,
+  );
 });
 
 t.test('a broken configuration stops the dispatcher with its reason', async (t) => {
