@@ -179,7 +179,7 @@ async function run() {
       page: document.documentElement.scrollWidth,
       viewport: window.innerWidth,
       rightmost: Math.max(
-        ...[...document.querySelectorAll('#executions td')].map((td) => td.getBoundingClientRect().right),
+        ...Array.from(document.querySelectorAll('#executions td'), (td) => td.getBoundingClientRect().right),
       ),
     }));
     t.ok(
