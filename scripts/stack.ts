@@ -171,7 +171,8 @@ async function main() {
     ...(ownNats
       ? [
           `  NATS_URL=${natsUrl} NATS_NKEY_SEED_FILE=${setup.seedFile('agent')}`,
-          `  connectNats(NATS_URL, 'my-agent', { nkeySeed: <that file's text> }) then createAgentClient(nc) (docs/security.md)`,
+          `  connectNats(NATS_URL, 'my-agent', { nkeySeed: <that file's text> }) then createAgentClient(nc),`,
+          `  both from @toolbus/client (packages/client; docs/security.md)`,
           `A tool worker with the example tools: npm run worker (it uses .toolbus/nats/worker.nk)`,
         ]
       : []),
