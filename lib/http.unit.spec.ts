@@ -17,6 +17,9 @@ function appLogging(level: string) {
     fastify: { logger: undefined, loggerInstance: pino({ level }, sink) },
   });
   app.get('/things', async () => ({ things: [] }));
+  app.get('/broken', async () => {
+    throw new Error('it broke');
+  });
   return { app, lines };
 }
 
@@ -38,5 +41,14 @@ t.test('one info line per request; health checks and scrapes only at debug', asy
       [20, '/metrics'],
     ],
     'at debug, the routine ones too',
+  );
+});
+
+t.test('a failing request keeps fastify’s error line', async (t) => {
+  const info = appLogging('info');
+  await info.app.inject({ url: '/broken' });
+  t.ok(
+    info.lines.some((l) => l.level >= 50),
+    'the error is logged',
   );
 });

@@ -47,4 +47,5 @@ for (const stream of [child.stdout, child.stderr]) {
   );
 }
 for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => child.kill(signal));
-child.once('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+// 'close', not 'exit': its last lines (why it stopped) are printed first.
+child.once('close', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
