@@ -191,6 +191,22 @@ async function run() {
     t.match(started, new RegExp(String(new Date().getFullYear())), `the time has its date: ${started}`);
     t.same(pageErrors, [], 'no script errors');
   });
+
+  await t.test('a #token= link works in the open tab; a token that is not one says so', async (t) => {
+    await page.evaluate(() => (location.hash = '#token=not-a-jwt'));
+    await page.waitForSelector('#connection[data-state="stopped"]', { timeout: 20_000 });
+    t.match(await page.textContent('#connection'), /not a user token/);
+    t.equal(await page.evaluate(() => location.hash), '', 'the bad token is not left in the address bar');
+
+    const other = `u${randomUUID().slice(0, 8)}`;
+    await page.evaluate(
+      (token) => (location.hash = `#token=${token}`),
+      await signToken(SECRET, { sub: other }, '1h'),
+    );
+    await page.waitForSelector('#connection[data-state="live"]', { timeout: 20_000 });
+    t.equal(await page.textContent('#user'), other, 'the open tab now watches the linked user');
+    t.same(pageErrors, [], 'no script errors');
+  });
 }
 
 /** Appends the terminal `ToolCompleted` of a running execution and publishes it as the dispatcher does. */

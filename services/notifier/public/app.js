@@ -26,20 +26,33 @@ function tokenFromFragment() {
   return token;
 }
 
+/** The user a token names, or null when it is not a JWT with a subject. */
 function subjectOf(token) {
   try {
     const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    return JSON.parse(atob(part)).sub ?? '?';
+    const sub = JSON.parse(atob(part)).sub;
+    return typeof sub === 'string' && sub ? sub : null;
   } catch {
-    return '?';
+    return null;
   }
 }
 
 function connect(token) {
   client?.stop();
+  const user = subjectOf(token);
+  if (user === null) {
+    // Said at once: the notifier would only refuse it after a round trip, and "Watching ?" helps nobody.
+    client = null;
+    $('token').value = '';
+    setConnection(
+      'stopped',
+      'that is not a user token (a JWT with a subject); make one with `npm run token -- <user>`',
+    );
+    return;
+  }
   executions.clear();
   latencies = [];
-  $('user').textContent = subjectOf(token);
+  $('user').textContent = user;
   $('summary').hidden = false;
   $('chart-section').hidden = false;
   $('disconnect').hidden = false;
@@ -285,3 +298,8 @@ $('disconnect').addEventListener('click', () => {
 
 const fromFragment = tokenFromFragment();
 if (fromFragment) connect(fromFragment);
+// A `#token=` link opened in a tab that already shows the page does not reload it.
+window.addEventListener('hashchange', () => {
+  const token = tokenFromFragment();
+  if (token) connect(token);
+});
