@@ -2,12 +2,12 @@
  * `npm start` as a new user meets it, pointed at the test's own servers (NATS_URL, DATABASE_URL,
  * REDIS_URL) so that it starts only the services: it says it is running, and the lines it prints
  * for trying progress and cancellation work when pasted into a shell. Against a NATS port where
- * nothing listens it stops with the reason a service gave.
+ * nothing listens, or a NATS without JetStream, it stops with the reason a service gave.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { freePort } from '../test/support/ports.ts';
+import { freePort, waitForPort } from '../test/support/ports.ts';
 import { createTestDatabase } from '../test/support/postgres.ts';
 import { startNats, startRedis } from '../test/support/processes.ts';
 
@@ -128,4 +128,27 @@ t.test('against a closed NATS port npm start stops with the reason', async (t) =
     /\w+ exited before it was ready[^\n]*\n\w+ said:\n.*connection refused/,
     'the reason is printed',
   );
+});
+
+t.test('against a NATS without JetStream npm start stops with the reason', async (t) => {
+  const [redis, db] = await Promise.all([startRedis(t), createTestDatabase(t)]);
+  const port = await freePort();
+  const nats = spawn(
+    process.env['NATS_SERVER_BIN'] ?? 'nats-server',
+    ['-a', '127.0.0.1', '-p', String(port)],
+    {
+      stdio: 'ignore',
+    },
+  );
+  t.teardown(() => {
+    nats.kill('SIGKILL');
+  });
+  await waitForPort(port);
+  const s = await npmStart(t, {
+    NATS_URL: `nats://127.0.0.1:${port}`,
+    REDIS_URL: redis.url,
+    DATABASE_URL: db.url,
+  });
+  t.not(await s.exited, 0);
+  t.match(s.output(), /\w+ said:\n.*jetstream/i, 'the reason names JetStream');
 });
