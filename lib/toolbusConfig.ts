@@ -100,7 +100,9 @@ export async function importToolModule(path: string, file = path): Promise<ToolD
     try {
       toManifest(tool);
     } catch (e) {
-      problems.push(`tool module ${shown}, default export${Array.isArray(mod.default) ? `[${i}]` : ''}: ${(e as Error).message}`);
+      problems.push(
+        `tool module ${shown}, default export${Array.isArray(mod.default) ? `[${i}]` : ''}: ${(e as Error).message}`,
+      );
     }
   });
   if (problems.length > 0) throw new ToolbusConfigError(file, problems);

@@ -46,13 +46,21 @@ t.test('a default export may be one tool or an array; paths are relative to the 
     (await toolsFromConfiguration({ TOOLBUS_CONFIG: config })).map((d) => d.name),
     ['alpha', 'beta', 'gamma'],
   );
-  t.strictSame((await readToolbusConfig(config)).mcpServers, { any: { shape: 1 } }, 'mcpServers is passed on');
+  t.strictSame(
+    (await readToolbusConfig(config)).mcpServers,
+    { any: { shape: 1 } },
+    'mcpServers is passed on',
+  );
 });
 
 t.test('a bad file is refused with the file and every problem named', async (t) => {
   const cases: Array<[string, Record<string, string>, RegExp]> = [
     ['not JSON', { 'a.json': '{ tools: ' }, /a\.json: cannot be read as JSON/],
-    ['a misspelt key', { 'b.json': '{"tool": ["x.ts"]}' }, /b\.json: \(top level\): Unrecognized key: "tool"/],
+    [
+      'a misspelt key',
+      { 'b.json': '{"tool": ["x.ts"]}' },
+      /b\.json: \(top level\): Unrecognized key: "tool"/,
+    ],
     ['tools not a list', { 'c.json': '{"tools": "x.ts"}' }, /c\.json: tools: /],
     ['an empty path', { 'd.json': '{"tools": [""]}' }, /d\.json: tools\.0: must not be empty/],
     ['a missing module', { 'e.json': '{"tools": ["nope.ts"]}' }, /tool module .*nope\.ts does not exist/],
@@ -90,5 +98,8 @@ t.test('a bad file is refused with the file and every problem named', async (t) 
 });
 
 t.test('TOOLBUS_CONFIG must name a file that exists', async (t) => {
-  t.throws(() => toolbusConfigFile({ TOOLBUS_CONFIG: join(dir, 'missing.json') }), /TOOLBUS_CONFIG: no such file/);
+  t.throws(
+    () => toolbusConfigFile({ TOOLBUS_CONFIG: join(dir, 'missing.json') }),
+    /TOOLBUS_CONFIG: no such file/,
+  );
 });
