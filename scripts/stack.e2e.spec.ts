@@ -22,7 +22,7 @@ interface Started {
 type Teardown = { teardown(fn: () => void): void };
 
 async function npmStart(t: Teardown, env: Record<string, string>): Promise<Started> {
-  const ports = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  const ports = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
   const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/stack.ts'], {
     cwd: ROOT,
     env: {
@@ -31,6 +31,7 @@ async function npmStart(t: Teardown, env: Record<string, string>): Promise<Start
       PROJECTOR_PORT: String(ports[1]),
       NOTIFIER_PORT: String(ports[2]),
       AUDITOR_PORT: String(ports[3]),
+      GATEWAY_PORT: String(ports[4]),
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -107,6 +108,15 @@ t.test('npm start prints lines that show progress and cancellation', async (t) =
     JSON.parse(await waited),
     { status: 'failed', error: { code: 'CANCELLED' } },
     'the wait was cancelled',
+  );
+
+  // The MCP gateway's curl line: one tools/call, answered as an SSE event with the structured result.
+  const mcp = commandAfter(out, 'or with curl (one stateless JSON-RPC request)');
+  const event = (await sh(mcp)).split('\n').find((l) => l.startsWith('data: '));
+  t.match(
+    JSON.parse(event!.slice(6)),
+    { result: { structuredContent: { rowCount: 5 } } },
+    'the MCP call ran',
   );
 
   s.child.kill('SIGINT');
