@@ -1,0 +1,59 @@
+/**
+ * Where the provider finds its servers: the `mcpServers` key of the Toolbus configuration file
+ * (`TOOLBUS_CONFIG`, default `toolbus.json` in the working directory). Other keys of the file
+ * belong to other parts of Toolbus and are neither read nor judged here.
+ */
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { McpServers } from '../../contracts/index.ts';
+
+export const DEFAULT_CONFIG_FILE = 'toolbus.json';
+
+export class McpConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly problems: string[],
+  ) {
+    super(`${file}: the mcpServers configuration is not valid:\n  - ${problems.join('\n  - ')}`);
+    this.name = 'McpConfigError';
+  }
+}
+
+/** The file's `mcpServers`, checked; `{}` when the file has none. Throws McpConfigError naming each problem. */
+export function parseMcpServers(file: string, text: string): McpServers {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new McpConfigError(file, [`not JSON: ${(e as Error).message}`]);
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value))
+    throw new McpConfigError(file, ['the file must hold a JSON object']);
+  const servers = (value as { mcpServers?: unknown }).mcpServers;
+  if (servers === undefined) return {};
+  const parsed = McpServers.safeParse(servers);
+  if (!parsed.success)
+    throw new McpConfigError(
+      file,
+      parsed.error.issues.map((i) =>
+        `mcpServers.${i.path.map(String).join('.')}: ${i.message}`.replace(/\.: /, ': '),
+      ),
+    );
+  return parsed.data;
+}
+
+export async function loadMcpServers(
+  path: string = process.env['TOOLBUS_CONFIG'] ?? DEFAULT_CONFIG_FILE,
+): Promise<{
+  file: string;
+  servers: McpServers;
+}> {
+  const file = resolve(path);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new McpConfigError(file, [`cannot be read: ${(e as Error).message}`]);
+  }
+  return { file, servers: parseMcpServers(file, text) };
+}
