@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { exampleTools } from '../services/dispatcher/tools/index.ts';
+import { configuredMcpNamespaces } from '../services/mcp-tools/config.ts';
 import {
   createIdentity,
   natsServerConfig,
@@ -43,6 +44,9 @@ const LOCAL_IDENTITIES: [string, Role][] = [
   ['worker', { kind: 'worker', tools: exampleTools.map((t) => t.name) }],
   ['agent', { kind: 'agent' }],
   ['gateway', { kind: 'agent' }],
+  // --- MCP tool provider (`npm run mcp-tools`): the namespaces of toolbus.json's mcpServers, read
+  // at each start (a server added to the file needs a restart of the stack to be authorized).
+  ['mcp-tools', { kind: 'worker', tools: [], namespaces: await configuredMcpNamespaces() }],
 ];
 
 export interface LocalSetup {

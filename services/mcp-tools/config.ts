@@ -57,3 +57,18 @@ export async function loadMcpServers(
   }
   return { file, servers: parseMcpServers(file, text) };
 }
+
+/**
+ * The namespaces of the configured servers, for the provider's NATS authorization (`npm start`):
+ * none when there is no configuration file; a file that is not valid is reported by the provider
+ * itself, and authorizes nothing here.
+ */
+export async function configuredMcpNamespaces(
+  path: string = process.env['TOOLBUS_CONFIG'] ?? DEFAULT_CONFIG_FILE,
+): Promise<string[]> {
+  try {
+    return Object.keys((await loadMcpServers(path)).servers);
+  } catch {
+    return [];
+  }
+}
