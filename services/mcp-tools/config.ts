@@ -5,7 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { McpServers } from '../../contracts/index.ts';
+import { McpHttpServer, McpServers, McpStdioServer, ToolNamespace } from '../../contracts/index.ts';
 
 export const DEFAULT_CONFIG_FILE = 'toolbus.json';
 
@@ -31,15 +31,39 @@ export function parseMcpServers(file: string, text: string): McpServers {
     throw new McpConfigError(file, ['the file must hold a JSON object']);
   const servers = (value as { mcpServers?: unknown }).mcpServers;
   if (servers === undefined) return {};
-  const parsed = McpServers.safeParse(servers);
-  if (!parsed.success)
-    throw new McpConfigError(
-      file,
-      parsed.error.issues.map((i) =>
-        `mcpServers.${i.path.map(String).join('.')}: ${i.message}`.replace(/\.: /, ': '),
-      ),
-    );
-  return parsed.data;
+  if (servers === null || typeof servers !== 'object' || Array.isArray(servers))
+    throw new McpConfigError(file, ['mcpServers must be an object: server name -> server']);
+  // Each entry on its own, by its kind, so that a problem is reported against the schema the entry
+  // meant (a union's "no member matched" helps nobody).
+  const problems: string[] = [];
+  const out: Record<string, unknown> = {};
+  for (const [name, entry] of Object.entries(servers as Record<string, unknown>)) {
+    const at = `mcpServers.${JSON.stringify(name)}`;
+    if (!ToolNamespace.safeParse(name).success) {
+      problems.push(`${at}: a server's name is its tools' namespace and must match [a-z][a-z0-9_-]{0,31}`);
+      continue;
+    }
+    const kind =
+      entry && typeof entry === 'object' && 'command' in entry
+        ? McpStdioServer
+        : entry && typeof entry === 'object' && 'url' in entry
+          ? McpHttpServer
+          : undefined;
+    if (!kind) {
+      problems.push(`${at}: needs a "command" (a stdio server) or a "url" (a Streamable HTTP server)`);
+      continue;
+    }
+    const parsed = kind.safeParse(entry);
+    if (parsed.success) out[name] = parsed.data;
+    else
+      problems.push(
+        ...parsed.error.issues.map((i) => `${[at, ...i.path.map(String)].join('.')}: ${i.message}`),
+      );
+  }
+  const all = McpServers.safeParse(out);
+  if (!all.success) problems.push(...all.error.issues.map((i) => `mcpServers: ${i.message}`));
+  if (problems.length > 0) throw new McpConfigError(file, problems);
+  return all.data!;
 }
 
 export async function loadMcpServers(

@@ -81,9 +81,7 @@ const provider = spawn(node, ['--import', 'tsx', 'services/mcp-tools/main.ts'], 
   stdio: ['ignore', 'pipe', 'pipe'],
 });
 for (const stream of [provider.stdout, provider.stderr])
-  stream.on('data', (chunk: Buffer) =>
-    providerLog.push(...chunk.toString('utf8').split('\n').filter(Boolean)),
-  );
+  createInterface({ input: stream }).on('line', (line) => providerLog.push(line));
 t.teardown(async () => {
   if (provider.exitCode === null) {
     const exited = new Promise((r) => provider.once('exit', r));

@@ -377,7 +377,7 @@ export class McpServerLink {
         const client = await this.#ready(ctx.signal);
         let result: CallToolResult;
         try {
-          result = (await client.callTool(
+          result = await client.callTool(
             { name: tool, arguments: args },
             {
               signal: ctx.signal,
@@ -385,7 +385,7 @@ export class McpServerLink {
               timeout: MAX_TIMEOUT_MS,
               onprogress: (p) => reportProgress(ctx, p),
             },
-          )) as CallToolResult;
+          );
         } catch (e) {
           if (ctx.signal.aborted) throw ctx.signal.reason as Error;
           if (e instanceof SdkError && e.code === SdkErrorCode.ConnectionClosed) {
