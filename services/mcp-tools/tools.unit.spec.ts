@@ -60,7 +60,7 @@ t.test(
       echo,
       { name: 'bad-schema', inputSchema: { type: 'object', properties: { a: { type: 'bogus' } } } },
       { name: 'bad-ref', inputSchema: { type: 'object', properties: { a: { $ref: '#/nowhere' } } } },
-      { name: 'not-object', inputSchema: { type: 'string' } as Record<string, unknown> },
+      { name: 'not-object', inputSchema: { type: 'string' } },
       { name: 'bad-output', inputSchema: { type: 'object' }, outputSchema: { type: 'nope' } },
       { name: 'has.dot', inputSchema: { type: 'object' } },
       { name: 'x'.repeat(65), inputSchema: { type: 'object' } },
