@@ -10,11 +10,13 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import t from 'tap';
 import type { AgentAnswer } from '../../contracts/index.ts';
 import type { InterimAnswer } from '../../lib/clients/agent.ts';
 import { newUserId, terminal, waitUntil } from '../../test/acceptance/support.ts';
+import { freePort, waitForPort } from '../../test/support/ports.ts';
 import { startTestStack } from '../../test/support/stack.ts';
 import { verifyHistory } from '../auditor/verify.ts';
 
@@ -23,8 +25,30 @@ const everythingBin = require.resolve('@modelcontextprotocol/server-everything/d
 const filesystemBin = require.resolve('@modelcontextprotocol/server-filesystem/dist/index.js');
 const node = process.execPath;
 
-const NAMESPACES = ['everything', 'fs', 'victim', 'rerun', 'broken', 'garbage', 'hang', 'flood'];
+const quirkyServer = fileURLToPath(new URL('./fixtures/quirky-server.ts', import.meta.url));
+
+const NAMESPACES = [
+  'everything',
+  'fs',
+  'remote',
+  'victim',
+  'rerun',
+  'broken',
+  'garbage',
+  'hang',
+  'quirky',
+  'lazy',
+];
 const s = await startTestStack(t, { mcpNamespaces: NAMESPACES });
+
+// server-everything over Streamable HTTP, on a port of the test's.
+const httpPort = await freePort();
+const httpServer = spawn(node, [everythingBin, 'streamableHttp'], {
+  env: { ...process.env, PORT: String(httpPort) },
+  stdio: 'ignore',
+});
+t.teardown(() => void httpServer.kill('SIGKILL'));
+await waitForPort(httpPort, 60_000);
 const work = await mkdtemp(join(tmpdir(), 'toolbus-mcp-'));
 const files = join(work, 'files');
 await import('node:fs/promises').then((fs) => fs.mkdir(files));
@@ -49,6 +73,17 @@ const config = {
       command: node,
       args: [filesystemBin, files],
       toolbus: { roles: ['files'], tools: { write_file: { roles: ['files', 'files_write'] } } },
+    },
+    remote: { url: `http://127.0.0.1:${httpPort}/mcp` },
+    quirky: {
+      command: node,
+      args: ['--import', 'tsx', quirkyServer],
+      toolbus: { maxNotificationsPerSecond: 100 },
+    },
+    lazy: {
+      command: node,
+      args: ['--import', 'tsx', quirkyServer],
+      toolbus: { lifecycle: 'on-demand', idleMs: 1_000 },
     },
     victim: { ...killable(join(work, 'victim.pid')), toolbus: { timeoutMs: 60_000 } },
     rerun: {
@@ -101,7 +136,9 @@ const manifestOf = async (name: string) => {
   return body.tools.find((tool) => tool['name'] === name);
 };
 /** Whether the provider logged a line matching `pattern` (its JSON's escaped quotes read as quotes). */
-const logged = (pattern: RegExp) => providerLog.some((line) => pattern.test(line.replaceAll('\\"', '"')));
+const loggedCount = (pattern: RegExp) =>
+  providerLog.filter((line) => pattern.test(line.replaceAll('\\"', '"'))).length;
+const logged = (pattern: RegExp) => loggedCount(pattern) > 0;
 
 await waitUntil(
   'the MCP servers’ tools at the dispatcher',
@@ -327,6 +364,66 @@ t.test('broken servers: a clear error naming each; every other server keeps work
     'completed',
   );
   t.equal(failure(await s.agent.execute('hang.anything', {}, { token }))?.code, 'UNKNOWN_TOOL');
+});
+
+t.test('Streamable HTTP: a server reached by its url', async (t) => {
+  const { token } = await user('http');
+  t.match(result(await s.agent.execute('remote.get-sum', { a: 1, b: 2 }, { token })), { text: /is 3/ });
+});
+
+t.test('a tool with an unusable schema is refused naming server and tool; the rest serve', async (t) => {
+  t.ok(logged(/MCP server "quirky" tool "bad-schema" is not served: its input schema cannot be used/));
+  t.notOk((await toolNames()).includes('quirky.bad-schema'));
+  const { token } = await user('quirky');
+  t.match(result(await s.agent.execute('quirky.shout', { word: 'hey' }, { token })), { text: 'HEY' });
+});
+
+t.test('a result that breaks its output schema is OUTPUT_INVALID', async (t) => {
+  const { token } = await user('output');
+  t.equal(failure(await s.agent.execute('quirky.wrong-output', {}, { token }))?.code, 'OUTPUT_INVALID');
+});
+
+t.test('tools/list_changed: the new list is announced', async (t) => {
+  const { token } = await user('grow');
+  t.match(result(await s.agent.execute('quirky.grow', {}, { token })), { text: 'grown' });
+  await waitUntil(
+    'quirky.added at the dispatcher',
+    async () => (await toolNames()).includes('quirky.added'),
+    60_000,
+  );
+  t.match(result(await s.agent.execute('quirky.added', { word: 'new' }, { token })), { text: 'NEW' });
+});
+
+t.test('a flood of notifications: the server is stopped as faulty and restarted', async (t) => {
+  const { token } = await user('flood');
+  const error = failure(await s.agent.execute('quirky.flood', {}, { token }));
+  t.equal(error?.code, 'INTERRUPTED', 'the call in flight is interrupted');
+  t.ok(logged(/MCP server "quirky" sent more than 100 notifications in a second: stopping it as faulty/));
+  t.equal(
+    (await s.agent.execute('everything.echo', { message: 'unbothered' }, { token })).status,
+    'completed',
+    'another server was not disturbed',
+  );
+  await waitUntil(
+    'quirky to be back',
+    async () => (await s.agent.execute('quirky.shout', { word: 'back' }, { token })).status === 'completed',
+    120_000,
+    500,
+  );
+});
+
+t.test('on demand: stopped when idle, its tools still listed, started by the next call', async (t) => {
+  const { token } = await user('lazy');
+  t.match(result(await s.agent.execute('lazy.shout', { word: 'one' }, { token })), { text: 'ONE' });
+  await waitUntil(
+    'lazy to go idle',
+    () => logged(/MCP server "lazy" idle: stopped until the next call/),
+    60_000,
+  );
+  t.ok((await toolNames()).includes('lazy.shout'), 'an idle server’s tools stay announced');
+  const ups = loggedCount(/MCP server "lazy" is up/);
+  t.match(result(await s.agent.execute('lazy.shout', { word: 'two' }, { token })), { text: 'TWO' });
+  t.equal(loggedCount(/MCP server "lazy" is up/), ups + 1, 'the call started it again');
 });
 
 t.test('every user’s stream passes the auditor’s verification', async (t) => {

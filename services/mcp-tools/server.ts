@@ -381,6 +381,10 @@ export class McpServerLink {
             { name: tool, arguments: args },
             {
               signal: ctx.signal,
+              // The result is checked once, by the tool's own zod output schema (OUTPUT_INVALID when
+              // it does not match): the SDK's own check, which would throw a ProtocolError like any
+              // server refusal, is turned off by handing it the tool without its output schema.
+              toolDefinition: { name: tool, inputSchema: { type: 'object' } },
               // The worker's deadline (ctx.signal) ends the call; the SDK's own default (60 s) must not.
               timeout: MAX_TIMEOUT_MS,
               onprogress: (p) => reportProgress(ctx, p),
