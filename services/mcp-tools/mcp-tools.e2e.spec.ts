@@ -397,7 +397,7 @@ t.test('tools/list_changed: the new list is announced', async (t) => {
 t.test('a flood of notifications: the server is stopped as faulty and restarted', async (t) => {
   const { token } = await user('flood');
   const error = failure(await s.agent.execute('quirky.flood', {}, { token }));
-  t.equal(error?.code, 'INTERRUPTED', 'the call in flight is interrupted');
+  t.equal(error?.code, 'INTERRUPTED', `the call in flight is interrupted (${error?.message})`);
   t.ok(logged(/MCP server "quirky" sent more than 100 notifications in a second: stopping it as faulty/));
   t.equal(
     (await s.agent.execute('everything.echo', { message: 'unbothered' }, { token })).status,
@@ -414,16 +414,17 @@ t.test('a flood of notifications: the server is stopped as faulty and restarted'
 
 t.test('on demand: stopped when idle, its tools still listed, started by the next call', async (t) => {
   const { token } = await user('lazy');
+  const idle = /MCP server "lazy" idle: stopped until the next call/;
+  const idles = loggedCount(idle);
   t.match(result(await s.agent.execute('lazy.shout', { word: 'one' }, { token })), { text: 'ONE' });
-  await waitUntil(
-    'lazy to go idle',
-    () => logged(/MCP server "lazy" idle: stopped until the next call/),
-    60_000,
-  );
+  await waitUntil('lazy to go idle after the call', () => loggedCount(idle) > idles, 60_000);
   t.ok((await toolNames()).includes('lazy.shout'), 'an idle server’s tools stay announced');
   const ups = loggedCount(/MCP server "lazy" is up/);
   t.match(result(await s.agent.execute('lazy.shout', { word: 'two' }, { token })), { text: 'TWO' });
-  t.equal(loggedCount(/MCP server "lazy" is up/), ups + 1, 'the call started it again');
+  await waitUntil(
+    'the provider to log that the call started lazy again',
+    () => loggedCount(/MCP server "lazy" is up/) === ups + 1,
+  );
 });
 
 t.test('every user’s stream passes the auditor’s verification', async (t) => {

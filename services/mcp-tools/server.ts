@@ -73,6 +73,8 @@ export class McpServerLink {
   /** Serializes announcing: a list change never overtakes another. */
   #serving: Promise<void> = Promise.resolve();
   #toolsKnown = false;
+  /** The tool list last announced, as the server sent it. */
+  #listed: string | undefined;
   #failures = 0;
   #restartTimer: NodeJS.Timeout | undefined;
   #idleTimer: NodeJS.Timeout | undefined;
@@ -304,6 +306,11 @@ export class McpServerLink {
   #announce(tools: Tool[]): void {
     this.#serving = this.#serving.then(async () => {
       if (this.#closed()) return;
+      // An on-demand server started again lists what it listed before: nothing to announce anew
+      // (re-serving would withdraw its tools for a moment).
+      const listed = JSON.stringify(tools);
+      if (listed === this.#listed && this.#served.length > 0) return;
+      this.#listed = listed;
       const { definitions, refused } = toolDefinitions(this.name, this.#settings, tools, this.#call);
       for (const reason of refused) this.#log.error(reason);
       const previous = this.#served.splice(0);
