@@ -44,9 +44,9 @@ const LOCAL_IDENTITIES: [string, Role][] = [
   ['worker', { kind: 'worker', tools: exampleTools.map((t) => t.name) }],
   ['agent', { kind: 'agent' }],
   ['gateway', { kind: 'agent' }],
-  // --- MCP tool provider (`npm run mcp-tools`): the namespaces of toolbus.json's mcpServers, read
-  // at each start (a server added to the file needs a restart of the stack to be authorized).
-  ['mcp-tools', { kind: 'worker', tools: [], namespaces: await configuredMcpNamespaces() }],
+  // --- MCP tool provider (`npm run mcp-tools`): granted the namespaces of toolbus.json's
+  // mcpServers, read by localSetup at each start (a server added later needs a restart).
+  ['mcp-tools', { kind: 'worker', tools: [], namespaces: [] }],
 ];
 
 export interface LocalSetup {
@@ -112,7 +112,10 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
   }
   const identities: Record<string, Identity> = {};
   const fresh: Identity[] = [];
-  for (const [name, role] of LOCAL_IDENTITIES) {
+  const mcpNamespaces = await configuredMcpNamespaces();
+  for (const [name, listed] of LOCAL_IDENTITIES) {
+    const role: Role =
+      name === 'mcp-tools' ? { kind: 'worker', tools: [], namespaces: mcpNamespaces } : listed;
     if (existsSync(join(NATS_DIR, `${name}.nk`))) {
       identities[name] = await readIdentity(NATS_DIR, name, role);
     } else {

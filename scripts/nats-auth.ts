@@ -141,7 +141,7 @@ export function natsServerConfig(o: {
 }): string {
   const users = o.identities.map(
     (i) =>
-      `    # ${i.name} (${i.role.kind}${i.role.kind === 'worker' ? `: ${i.role.tools.join(', ')}` : ''})\n` +
+      `    # ${i.name} (${i.role.kind}${i.role.kind === 'worker' ? `: ${[...i.role.tools, ...(i.role.namespaces ?? []).map((ns) => `${ns}.*`)].join(', ')}` : ''})\n` +
       `    ${JSON.stringify({ nkey: i.publicKey, permissions: permissionsOf(i.role, i.publicKey) })}`,
   );
   return [
