@@ -42,6 +42,8 @@ const CLIENT_INFO = { name: 'toolbus-mcp-tools', version: '1.0.0' };
 const STDERR_LINES = 5;
 /** A call waits at most this many times for its server to come back (idempotent tools only). */
 const MAX_RERUNS = 2;
+/** Up this long, a server's restart backoff starts again from its shortest wait. */
+const STABLE_MS = 30_000;
 
 export interface ServerLinkOptions {
   /** The namespace: the key of the server in `mcpServers`. */
@@ -76,12 +78,15 @@ export class McpServerLink {
   /** The tool list last announced, as the server sent it. */
   #listed: string | undefined;
   #failures = 0;
+  #upSince = 0;
   #restartTimer: NodeJS.Timeout | undefined;
   #idleTimer: NodeJS.Timeout | undefined;
   #active = 0;
   /** The client being closed on purpose (idle, flood, shutdown): its close is no death. */
   #closingOnPurpose = new WeakSet<Client>();
   #waiters: Waiter[] = [];
+  /** ToolServers withdrawn and finishing their running calls. */
+  readonly #stopping = new Set<Promise<void>>();
 
   constructor(o: ServerLinkOptions) {
     this.#o = o;
@@ -109,12 +114,15 @@ export class McpServerLink {
     clearTimeout(this.#idleTimer);
     for (const w of this.#waiters.splice(0)) w.reject(this.#unavailable('the provider is stopping'));
     await this.#withdraw();
+    // Closing the connection ends the calls still running (they answer at once), so that the
+    // ToolServers' wait for them is short.
     const client = this.#client;
     this.#client = undefined;
     if (client) {
       this.#closingOnPurpose.add(client);
       await client.close().catch(() => undefined);
     }
+    await Promise.allSettled([...this.#stopping]);
   }
 
   // --- connecting ---------------------------------------------------------------------------
@@ -211,7 +219,7 @@ export class McpServerLink {
       const { tools } = await client.listTools(undefined, { timeout: settings.startTimeoutMs });
       if (this.#closed()) throw this.#unavailable('the provider is stopping');
       this.#client = client;
-      this.#failures = 0;
+      this.#upSince = Date.now();
       this.#state = 'up';
       this.#log.info({ tools: tools.length }, `MCP server "${name}" is up`);
       this.#announce(tools);
@@ -219,6 +227,7 @@ export class McpServerLink {
       this.#armIdle();
       return client;
     } catch (e) {
+      if (!this.#closed()) this.#state = 'down';
       this.#closingOnPurpose.add(client);
       await client.close().catch(() => undefined);
       const why =
@@ -290,10 +299,13 @@ export class McpServerLink {
       return;
     }
     this.#state = 'down';
+    // A server that stayed up a while starts its backoff afresh; one that dies soon after each
+    // start keeps backing off (no restart loop at full speed).
+    if (Date.now() - this.#upSince >= STABLE_MS) this.#failures = 0;
     this.#failures++;
     const wait = backoffMs(this.#failures - 1, this.#o.restart ?? { minMs: 500, maxMs: 30_000 });
     this.#log.error(
-      { retryInMs: wait },
+      { retryInMs: wait, failures: this.#failures },
       `MCP server "${this.name}" stopped: its tools are withdrawn until it is back`,
     );
     void this.#withdraw();
@@ -316,7 +328,7 @@ export class McpServerLink {
       const previous = this.#served.splice(0);
       // The old servers withdraw (synchronously, before the new announcement is published) and
       // finish their running calls in the background.
-      for (const s of previous) void s.stop();
+      for (const s of previous) this.#track(s.stop());
       for (let i = 0; i < definitions.length; i += 100) {
         try {
           this.#served.push(
@@ -340,9 +352,19 @@ export class McpServerLink {
     });
   }
 
-  async #withdraw(): Promise<void> {
-    await (this.#serving = this.#serving.then(async () => {
-      await Promise.allSettled(this.#served.splice(0).map((s) => s.stop()));
+  #track(stopping: Promise<void>): void {
+    const tracked = stopping.finally(() => this.#stopping.delete(tracked));
+    this.#stopping.add(tracked);
+  }
+
+  /**
+   * Withdraws every tool now (in announcing order). A stopped ToolServer publishes its withdrawal
+   * at once and then waits for its running calls; that wait is kept in #stopping, not in the
+   * announcing chain, so a call waiting for the server to come back never holds up its return.
+   */
+  #withdraw(): Promise<void> {
+    return (this.#serving = this.#serving.then(() => {
+      for (const s of this.#served.splice(0)) this.#track(s.stop());
     }));
   }
 
@@ -400,7 +422,7 @@ export class McpServerLink {
         } catch (e) {
           if (ctx.signal.aborted) throw ctx.signal.reason as Error;
           if (e instanceof SdkError && e.code === SdkErrorCode.ConnectionClosed) {
-            if (idempotent && attempt < MAX_RERUNS) {
+            if (idempotent && attempt < MAX_RERUNS && !this.#closed()) {
               this.#log.warn(
                 { tool, executionId: ctx.executionId },
                 `MCP server "${this.name}" stopped during a call: running it again (idempotent)`,
@@ -410,9 +432,11 @@ export class McpServerLink {
             throw new ToolRunError(
               'INTERRUPTED',
               `MCP server "${this.name}" stopped while ${this.name}.${tool} was running` +
-                (idempotent
-                  ? `, ${attempt + 1} times`
-                  : '; it is not configured idempotent, so it is not run again'),
+                (this.#closed()
+                  ? '; the provider is stopping'
+                  : idempotent
+                    ? `; it ran ${attempt + 1} times, the most allowed`
+                    : '; it is not configured idempotent, so it is not run again'),
               { mcpServer: this.name },
             );
           }
