@@ -191,7 +191,12 @@ export class McpServerLink {
     });
     const guard = this.#floodGuard(client);
     client.onerror = (e) => {
-      firstError ??= e.message;
+      // A system error (spawn ENOENT, a refused connection) is what connect() rejects with too;
+      // only a message that could not be read is "output that is not MCP".
+      if (typeof (e as NodeJS.ErrnoException).code !== 'string')
+        firstError ??= /^\s*\[/.test(e.message)
+          ? 'JSON that is not a JSON-RPC message'
+          : e.message.split('\n')[0];
       guard();
       this.#log.debug(
         { err: { message: clip(e.message, 300) } },
@@ -235,7 +240,7 @@ export class McpServerLink {
           ? `it did not complete the MCP handshake within ${settings.startTimeoutMs} ms`
           : (e as Error).message;
       const details = [
-        firstError ? `it wrote output that is not MCP: ${clip(firstError, 200)}` : '',
+        firstError && firstError !== why ? `it wrote output that is not MCP: ${clip(firstError, 200)}` : '',
         stderrTail.length ? `its stderr ended: ${clip(stderrTail.join(' | '), 400)}` : '',
       ].filter(Boolean);
       throw new Error(
