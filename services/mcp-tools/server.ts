@@ -23,13 +23,14 @@ import {
   type Tool,
 } from '@modelcontextprotocol/client';
 import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
-import { isStdioServer, MAX_TIMEOUT_MS, type McpServerConfig } from '../../contracts/index.ts';
+import { canonicalJson, isStdioServer, MAX_TIMEOUT_MS, type McpServerConfig } from '../../contracts/index.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import { backoffMs } from '../../lib/retry.ts';
 import {
   clip,
   serveTools,
+  toManifest,
   ToolOutputError,
   ToolRunError,
   type ToolContext,
@@ -71,12 +72,11 @@ export class McpServerLink {
   #state: ServerState = 'starting';
   #client: Client | undefined;
   #connecting: Promise<Client> | undefined;
-  #served: ToolServer[] = [];
+  /** What is served, by Toolbus tool name, with the canonical manifest it was announced with. */
+  readonly #served = new Map<string, { key: string; server: ToolServer }>();
   /** Serializes announcing: a list change never overtakes another. */
   #serving: Promise<void> = Promise.resolve();
   #toolsKnown = false;
-  /** The tool list last announced, as the server sent it. */
-  #listed: string | undefined;
   #failures = 0;
   #upSince = 0;
   #restartTimer: NodeJS.Timeout | undefined;
@@ -320,36 +320,41 @@ export class McpServerLink {
 
   // --- serving ------------------------------------------------------------------------------
 
+  /**
+   * Serves the listed tools, one ToolServer per tool: a tool whose manifest is unchanged keeps
+   * serving without a gap (an on-demand restart, or a list change elsewhere); a removed or
+   * changed tool is withdrawn first (its withdrawal is published before its new announcement),
+   * its running calls finishing in the background.
+   */
   #announce(tools: Tool[]): void {
     this.#serving = this.#serving.then(async () => {
       if (this.#closed()) return;
-      // An on-demand server started again lists what it listed before: nothing to announce anew
-      // (re-serving would withdraw its tools for a moment).
-      const listed = JSON.stringify(tools);
-      if (listed === this.#listed && this.#served.length > 0) return;
-      this.#listed = listed;
       const { definitions, refused } = toolDefinitions(this.name, this.#settings, tools, this.#call);
       for (const reason of refused) this.#log.error(reason);
-      const previous = this.#served.splice(0);
-      // The old servers withdraw (synchronously, before the new announcement is published) and
-      // finish their running calls in the background.
-      for (const s of previous) this.#track(s.stop());
-      for (let i = 0; i < definitions.length; i += 100) {
+      const wanted = new Map(
+        definitions.map((d) => [d.name, { definition: d, key: canonicalJson(toManifest(d)) }]),
+      );
+      for (const [name, served] of this.#served) {
+        if (wanted.get(name)?.key === served.key) continue;
+        this.#served.delete(name);
+        this.#track(served.server.stop());
+      }
+      for (const [name, { definition, key }] of wanted) {
+        if (this.#served.has(name)) continue;
         try {
-          this.#served.push(
-            await serveTools(this.#o.nc, definitions.slice(i, i + 100), {
-              workerId: `${this.#o.workerId}:${this.name}`,
-              secret: this.#o.secret,
-              ...(this.#o.announceIntervalMs !== undefined
-                ? { announceIntervalMs: this.#o.announceIntervalMs }
-                : {}),
-              log: this.#log,
-            }),
-          );
+          const server = await serveTools(this.#o.nc, [definition], {
+            workerId: `${this.#o.workerId}:${this.name}`,
+            secret: this.#o.secret,
+            ...(this.#o.announceIntervalMs !== undefined
+              ? { announceIntervalMs: this.#o.announceIntervalMs }
+              : {}),
+            log: this.#log,
+          });
+          this.#served.set(name, { key, server });
         } catch (e) {
           this.#log.error(
             { err: { message: (e as Error).message } },
-            `MCP server "${this.name}": its tools cannot be served`,
+            `MCP server "${this.name}": ${name} cannot be served`,
           );
         }
       }
@@ -369,7 +374,8 @@ export class McpServerLink {
    */
   #withdraw(): Promise<void> {
     return (this.#serving = this.#serving.then(() => {
-      for (const s of this.#served.splice(0)) this.#track(s.stop());
+      for (const { server } of this.#served.values()) this.#track(server.stop());
+      this.#served.clear();
     }));
   }
 
