@@ -6,6 +6,7 @@
  * dispatcher, and every user's stream is checked by the auditor's verification afterwards.
  */
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -369,6 +370,19 @@ t.test('broken servers: a clear error naming each; every other server keeps work
 t.test('Streamable HTTP: a server reached by its url', async (t) => {
   const { token } = await user('http');
   t.match(result(await s.agent.execute('remote.get-sum', { a: 1, b: 2 }, { token })), { text: /is 3/ });
+});
+
+t.test('a Toolbus cancel reaches the MCP server as notifications/cancelled', async (t) => {
+  const { token } = await user('cancel-mcp');
+  const started = join(work, 'wait.started');
+  const cancelled = join(work, 'wait.cancelled');
+  const requestId = `cancel-mcp-${Date.now()}`;
+  const running = s.agent.execute('quirky.wait-for-cancel', { started, cancelled }, { token, requestId });
+  await waitUntil('the server to run the call', () => existsSync(started), 60_000);
+  t.equal((await s.agent.cancel({ requestId }, { token })).cancelled, true);
+  t.equal(failure(await running)?.code, 'CANCELLED');
+  await waitUntil('the server to see the cancellation', () => existsSync(cancelled), 60_000);
+  t.pass('the server’s own request signal fired');
 });
 
 t.test('a tool with an unusable schema is refused naming server and tool; the rest serve', async (t) => {
