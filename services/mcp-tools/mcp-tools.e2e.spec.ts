@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -51,8 +51,9 @@ const httpServer = spawn(node, [everythingBin, 'streamableHttp'], {
 t.teardown(() => void httpServer.kill('SIGKILL'));
 await waitForPort(httpPort, 60_000);
 const work = await mkdtemp(join(tmpdir(), 'toolbus-mcp-'));
+t.teardown(() => rm(work, { recursive: true, force: true }));
 const files = join(work, 'files');
-await import('node:fs/promises').then((fs) => fs.mkdir(files));
+await mkdir(files);
 await writeFile(join(files, 'notes.txt'), 'hello from a file\n');
 
 /** A stdio server started through `sh`, which writes its pid first: the test kills it mid-call. */
