@@ -4,13 +4,14 @@ import { ToolNamespace, ToolVersion } from './ids.ts';
 import { MAX_TIMEOUT_MS } from './manifest.ts';
 
 /**
- * The `mcpServers` key of the Toolbus configuration file (`TOOLBUS_CONFIG`, default `toolbus.json`):
+ * The `mcpServers` key of the Toolbus configuration file (contracts/toolbusConfig.ts, which accepts
+ * it as an opaque record):
  * the existing MCP servers the MCP tool provider (services/mcp-tools) serves as Toolbus tools.
  * Each entry is what MCP clients already write (`command`/`args`/`env` for stdio, `url` for
  * Streamable HTTP) plus an optional `toolbus` block. The entry's key is the tools' namespace:
  * server `everything`'s tool `echo` is the Toolbus tool `everything.echo`.
  *
- * Only this key is described here; the rest of the file belongs to others and is not read.
+ * Only this key is described here.
  */
 
 /** A tool name as an MCP server spells it, when it can be a Toolbus name part (one subject token). */

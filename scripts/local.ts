@@ -12,6 +12,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { toolsFromConfiguration } from '../lib/toolbusConfig.ts';
 import { exampleTools } from '../services/dispatcher/tools/index.ts';
 import { configuredMcpNamespaces } from '../services/mcp-tools/config.ts';
 import {
@@ -37,16 +38,19 @@ const SECRET_VARS = [
   'REDIS_PASSWORD',
 ] as const;
 
-/** The identities of a local stack. The `worker` serves the example tools (`npm run worker`). */
-const LOCAL_IDENTITIES: [string, Role][] = [
+/**
+ * The identities of a local stack. The `worker` serves the example tools and those of the
+ * configuration file (`npm run worker`; lib/toolbusConfig.ts).
+ */
+const localIdentities = (workerTools: string[], mcpNamespaces: string[]): [string, Role][] => [
   ['dispatcher', { kind: 'dispatcher' }],
   ['notifier', { kind: 'notifier' }],
-  ['worker', { kind: 'worker', tools: exampleTools.map((t) => t.name) }],
+  ['worker', { kind: 'worker', tools: workerTools }],
   ['agent', { kind: 'agent' }],
   ['gateway', { kind: 'agent' }],
-  // --- MCP tool provider (`npm run mcp-tools`): granted the namespaces of toolbus.json's
-  // mcpServers, read by localSetup at each start (a server added later needs a restart).
-  ['mcp-tools', { kind: 'worker', tools: [], namespaces: [] }],
+  // --- MCP tool provider (`npm run mcp-tools`): granted the namespaces of the configuration
+  // file's mcpServers, read at each start (a server added later needs a restart).
+  ['mcp-tools', { kind: 'worker', tools: [], namespaces: mcpNamespaces }],
 ];
 
 export interface LocalSetup {
@@ -112,10 +116,9 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
   }
   const identities: Record<string, Identity> = {};
   const fresh: Identity[] = [];
+  const workerTools = [...exampleTools, ...(await toolsFromConfiguration())].map((t) => t.name);
   const mcpNamespaces = await configuredMcpNamespaces();
-  for (const [name, listed] of LOCAL_IDENTITIES) {
-    const role: Role =
-      name === 'mcp-tools' ? { kind: 'worker', tools: [], namespaces: mcpNamespaces } : listed;
+  for (const [name, role] of localIdentities([...new Set(workerTools)], mcpNamespaces)) {
     if (existsSync(join(NATS_DIR, `${name}.nk`))) {
       identities[name] = await readIdentity(NATS_DIR, name, role);
     } else {

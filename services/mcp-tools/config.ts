@@ -1,40 +1,21 @@
 /**
- * Where the provider finds its servers: the `mcpServers` key of the Toolbus configuration file
- * (`TOOLBUS_CONFIG`, default `toolbus.json` in the working directory). Other keys of the file
- * belong to other parts of Toolbus and are neither read nor judged here.
+ * Where the provider finds its servers: the `mcpServers` key of the Toolbus configuration file,
+ * found and read by lib/toolbusConfig.ts (TOOLBUS_CONFIG, else the checkout's `toolbus.json`),
+ * which accepts the key as an opaque record. Its entries are checked here against
+ * contracts/mcpServers.ts.
  */
-import { readFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
 import { McpHttpServer, McpServers, McpStdioServer, ToolNamespace } from '../../contracts/index.ts';
+import { readToolbusConfig, toolbusConfigFile, ToolbusConfigError } from '../../lib/toolbusConfig.ts';
 
-export const DEFAULT_CONFIG_FILE = 'toolbus.json';
-
-export class McpConfigError extends Error {
-  constructor(
-    readonly file: string,
-    readonly problems: string[],
-  ) {
-    super(`${file}: the mcpServers configuration is not valid:\n  - ${problems.join('\n  - ')}`);
-    this.name = 'McpConfigError';
-  }
-}
-
-/** The file's `mcpServers`, checked; `{}` when the file has none. Throws McpConfigError naming each problem. */
-export function parseMcpServers(file: string, text: string): McpServers {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (e) {
-    throw new McpConfigError(file, [`not JSON: ${(e as Error).message}`]);
-  }
-  if (value === null || typeof value !== 'object' || Array.isArray(value))
-    throw new McpConfigError(file, ['the file must hold a JSON object']);
-  const servers = (value as { mcpServers?: unknown }).mcpServers;
+/**
+ * The `mcpServers` value of configuration file `file`, checked entry by entry so that a problem
+ * is reported against the kind of server the entry meant (a union's "no member matched" helps
+ * nobody). Throws ToolbusConfigError listing every problem, each naming its place.
+ */
+export function parseMcpServers(file: string, servers: unknown): McpServers {
   if (servers === undefined) return {};
   if (servers === null || typeof servers !== 'object' || Array.isArray(servers))
-    throw new McpConfigError(file, ['mcpServers must be an object: server name -> server']);
-  // Each entry on its own, by its kind, so that a problem is reported against the schema the entry
-  // meant (a union's "no member matched" helps nobody).
+    throw new ToolbusConfigError(file, ['mcpServers must be an object: server name -> server']);
   const problems: string[] = [];
   const out: Record<string, unknown> = {};
   for (const [name, entry] of Object.entries(servers as Record<string, unknown>)) {
@@ -62,36 +43,28 @@ export function parseMcpServers(file: string, text: string): McpServers {
   }
   const all = McpServers.safeParse(out);
   if (!all.success) problems.push(...all.error.issues.map((i) => `mcpServers: ${i.message}`));
-  if (problems.length > 0) throw new McpConfigError(file, problems);
+  if (problems.length > 0) throw new ToolbusConfigError(file, problems);
   return all.data!;
 }
 
+/** The configured servers and the file they came from (none: no configuration file). */
 export async function loadMcpServers(
-  path: string = process.env['TOOLBUS_CONFIG'] ?? DEFAULT_CONFIG_FILE,
-): Promise<{
-  file: string;
-  servers: McpServers;
-}> {
-  const file = resolve(path);
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    throw new McpConfigError(file, [`cannot be read: ${(e as Error).message}`]);
-  }
-  return { file, servers: parseMcpServers(file, text) };
+  env: Record<string, string | undefined> = process.env,
+): Promise<{ file: string | undefined; servers: McpServers }> {
+  const file = toolbusConfigFile(env);
+  if (file === undefined) return { file, servers: {} };
+  return { file, servers: parseMcpServers(file, (await readToolbusConfig(file)).mcpServers) };
 }
 
 /**
- * The namespaces of the configured servers, for the provider's NATS authorization (`npm start`):
- * none when there is no configuration file; a file that is not valid is reported by the provider
- * itself, and authorizes nothing here.
+ * The namespaces of the configured servers, for the provider's NATS authorization (`npm start`).
+ * A file that is not valid authorizes nothing here; the provider itself reports why.
  */
 export async function configuredMcpNamespaces(
-  path: string = process.env['TOOLBUS_CONFIG'] ?? DEFAULT_CONFIG_FILE,
+  env: Record<string, string | undefined> = process.env,
 ): Promise<string[]> {
   try {
-    return Object.keys((await loadMcpServers(path)).servers);
+    return Object.keys((await loadMcpServers(env)).servers);
   } catch {
     return [];
   }

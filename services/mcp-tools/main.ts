@@ -3,13 +3,13 @@ import { z } from 'zod';
 import { CommonEnv, ConfigError, loadConfig, SecretKey } from '../../lib/config.ts';
 import { createLogger } from '../../lib/log.ts';
 import { connectNats, natsCredentialsFromConfig } from '../../lib/nats.ts';
-import { loadMcpServers, McpConfigError } from './config.ts';
+import { loadMcpServers } from './config.ts';
 import { startMcpToolProvider } from './provider.ts';
 
 /**
  * The MCP tool provider process (`npm run mcp-tools`): serves the tools of the MCP servers named
  * in the `mcpServers` key of the Toolbus configuration file as Toolbus tools.
- *   TOOLBUS_CONFIG (default toolbus.json), NATS_URL and its NATS identity (lib/nats.ts; the server
+ *   TOOLBUS_CONFIG (default the checkout's toolbus.json), NATS_URL and its NATS identity (lib/nats.ts; the server
  *   must grant it the servers' namespaces: scripts/nats-auth.ts), WORKER_SECRET (shared with the
  *   dispatchers), WORKER_ID (default mcp-tools-<hostname>-<pid>).
  * Stops on SIGTERM/SIGINT: withdraws every tool, then stops the MCP servers.
@@ -32,13 +32,19 @@ async function main(): Promise<void> {
     config = loadConfig(ProviderEnv);
     servers = await loadMcpServers();
   } catch (e) {
-    const problems =
-      e instanceof ConfigError || e instanceof McpConfigError ? e.problems : [(e as Error).message];
-    log.fatal({ problems, file: e instanceof McpConfigError ? e.file : undefined }, 'invalid configuration');
+    log.fatal(
+      { problems: e instanceof ConfigError ? e.problems : [(e as Error).message] },
+      'invalid configuration',
+    );
     process.exit(1);
   }
   if (Object.keys(servers.servers).length === 0) {
-    log.fatal({ file: servers.file }, 'no MCP servers: the configuration file has no mcpServers');
+    log.fatal(
+      { file: servers.file ?? null },
+      servers.file
+        ? 'no MCP servers: the configuration file has no mcpServers'
+        : 'no configuration file: set TOOLBUS_CONFIG, or write toolbus.json at the checkout root (docs/tools.md)',
+    );
     process.exit(1);
   }
   const nc = await connectNats(config.NATS_URL, 'mcp-tools', natsCredentialsFromConfig(config));

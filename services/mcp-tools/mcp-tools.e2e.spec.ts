@@ -64,7 +64,7 @@ const killable = (pidFile: string) => ({
 
 const config = {
   // Another part of Toolbus owns this key; the provider must leave it alone.
-  tools: { modules: [] },
+  tools: [],
   mcpServers: {
     everything: {
       command: node,

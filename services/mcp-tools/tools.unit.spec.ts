@@ -1,7 +1,12 @@
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import t from 'tap';
 import { McpToolbusBlock } from '../../contracts/index.ts';
 import { toManifest } from '../../lib/tools/index.ts';
-import { parseMcpServers, McpConfigError } from './config.ts';
+import { ToolbusConfigError } from '../../lib/toolbusConfig.ts';
+import { configuredMcpNamespaces, loadMcpServers, parseMcpServers } from './config.ts';
 import { contentResult, toolDefinitions, type McpTool } from './tools.ts';
 
 const settings = (over: Record<string, unknown> = {}) => McpToolbusBlock.parse(over);
@@ -105,16 +110,20 @@ t.test('content blocks in the documented shape', async (t) => {
 });
 
 t.test('the mcpServers key of the configuration file', async (t) => {
-  const servers = parseMcpServers(
-    'toolbus.json',
-    JSON.stringify({
-      tools: { anything: 'belongs to someone else' },
-      mcpServers: {
-        everything: { command: 'npx', args: ['-y', '@modelcontextprotocol/server-everything'] },
-        remote: { url: 'https://mcp.example.com/mcp', toolbus: { lifecycle: 'on-demand', roles: ['ops'] } },
-      },
-    }),
-  );
+  const dir = await mkdtemp(join(tmpdir(), 'toolbus-mcp-config-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const load = async (value: unknown) => {
+    const file = join(dir, `${randomUUID()}.json`);
+    await writeFile(file, typeof value === 'string' ? value : JSON.stringify(value));
+    return loadMcpServers({ TOOLBUS_CONFIG: file });
+  };
+  const { servers } = await load({
+    tools: [],
+    mcpServers: {
+      everything: { command: 'npx', args: ['-y', '@modelcontextprotocol/server-everything'] },
+      remote: { url: 'https://mcp.example.com/mcp', toolbus: { lifecycle: 'on-demand', roles: ['ops'] } },
+    },
+  });
   t.match(servers['everything'], {
     command: 'npx',
     env: {},
@@ -124,37 +133,42 @@ t.test('the mcpServers key of the configuration file', async (t) => {
     url: 'https://mcp.example.com/mcp',
     toolbus: { lifecycle: 'on-demand', roles: ['ops'] },
   });
-  t.same(parseMcpServers('f', '{"tools": {}}'), {}, 'no mcpServers: none');
+  t.same((await load({ tools: [] })).servers, {}, 'no mcpServers: none');
+  t.same(
+    await configuredMcpNamespaces({ TOOLBUS_CONFIG: join(dir, 'missing.json') }),
+    [],
+    'no file, no namespace',
+  );
 
-  const refusals: Array<[string, string, RegExp]> = [
-    ['not JSON', '{', /not JSON/],
-    ['an array', '[]', /JSON object/],
-    ['a namespace that is no subject token', '{"mcpServers": {"a.b": {"command": "x"}}}', /namespace/],
-    ['a wildcard namespace', '{"mcpServers": {"*": {"command": "x"}}}', /namespace/],
+  const refusals: Array<[string, unknown, RegExp]> = [
+    ['not JSON', '{', /cannot be read as JSON/],
+    [
+      'a namespace that is no subject token',
+      { mcpServers: { 'a.b': { command: 'x' } } },
+      /"a\.b": a server's name is its tools' namespace/,
+    ],
+    ['a wildcard namespace', { mcpServers: { '*': { command: 'x' } } }, /"\*": a server's name/],
     [
       'a typo in the toolbus block',
-      '{"mcpServers": {"a": {"command": "x", "toolbus": {"role": []}}}}',
-      /mcpServers/,
+      { mcpServers: { a: { command: 'x', toolbus: { role: [] } } } },
+      /mcpServers\."a"\.toolbus: Unrecognized key: "role"/,
     ],
     [
       'a timeout too long',
-      '{"mcpServers": {"a": {"command": "x", "toolbus": {"timeoutMs": 9999999}}}}',
-      /timeoutMs/,
+      { mcpServers: { a: { command: 'x', toolbus: { timeoutMs: 9_999_999 } } } },
+      /mcpServers\."a"\.toolbus\.timeoutMs/,
     ],
-    [
-      'a url that is not http',
-      '{"mcpServers": {"a": {"url": "file:///etc/passwd"}}}',
-      /mcpServers\."a"\.url/,
-    ],
-    ['neither command nor url', '{"mcpServers": {"a": {"args": []}}}', /needs a "command".*or a "url"/],
-    ['mcpServers a list', '{"mcpServers": []}', /must be an object/],
+    ['a url that is not http', { mcpServers: { a: { url: 'file:///etc/passwd' } } }, /mcpServers\."a"\.url/],
+    ['neither command nor url', { mcpServers: { a: { args: [] } } }, /needs a "command".*or a "url"/],
+    ['mcpServers a list', { mcpServers: [] }, /mcpServers/],
   ];
-  for (const [what, text, problem] of refusals) {
-    t.throws(() => parseMcpServers('toolbus.json', text), McpConfigError, what);
-    try {
-      parseMcpServers('toolbus.json', text);
-    } catch (e) {
-      t.match((e as Error).message, problem, `${what}: ${(e as Error).message.split('\n')[1] ?? ''}`);
-    }
+  for (const [what, value, problem] of refusals) {
+    const error = await load(value).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    t.type(error, ToolbusConfigError, what);
+    t.match((error as Error | null)?.message, problem, what);
   }
+  t.throws(() => parseMcpServers('f.json', 'text'), /f\.json: mcpServers must be an object/);
 });
