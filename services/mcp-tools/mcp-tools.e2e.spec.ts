@@ -337,7 +337,14 @@ t.test('a server killed mid-call: INTERRUPTED, tools withdrawn, then back', asyn
     120_000,
     500,
   );
-  t.pass('restarted, its tools serve again');
+  // The dispatcher's side: it forgot victim.echo when the provider withdrew it (so registers it anew).
+  const registrations = () =>
+    s
+      .logText('dispatcher')
+      .split('\n')
+      .filter((l) => l.includes('remote tool registered') && l.includes('"victim.echo@1.0.0"')).length;
+  await waitUntil('the dispatcher’s log of the second registration', () => registrations() >= 2, 60_000);
+  t.equal(registrations(), 2, 'the dispatcher dropped victim’s tools while it was down, and took them back');
 });
 
 t.test('a server killed mid-call of an idempotent tool: run again once it is back', async (t) => {
