@@ -78,14 +78,19 @@ export const subjects = {
   answers: (userId: string, agentId: string): string =>
     `toolbus.answers.${assertUserId(userId)}.${assertIdentityId(agentId)}`,
   answersAll: 'toolbus.answers.*.*',
-  /** A tool worker announces the versions of one tool it serves here (one message per tool). */
+  /**
+   * A tool worker announces the versions of one tool it serves here (one message per tool). A
+   * namespaced tool (`everything.echo`) spans two subject tokens, so every tool subject below has
+   * one token more for it, and a wildcard over all tools ends in `>`.
+   */
   toolAnnounce: (name: string): string => `toolbus.tools.announce.${assertToolName(name)}`,
-  toolAnnounceAll: 'toolbus.tools.announce.*',
+  toolAnnounceAll: 'toolbus.tools.announce.>',
   /** A worker publishes the progress of one invocation of tool `name` here. */
   toolProgress: (name: string, invocationId: string): string =>
     `toolbus.tools.progress.${assertToolName(name)}.${assertIdentityId(invocationId)}`,
   /** A dispatcher tells the workers of tool `name` to stop an invocation. */
   toolCancel: (name: string): string => `toolbus.tools.cancel.${assertToolName(name)}`,
+  toolCancelAll: 'toolbus.tools.cancel.>',
   /** Dispatchers ask workers to announce again (on start). */
   toolDiscover: 'toolbus.tools.discover',
   /** A worker serves one tool version here, in queue group `toolbus-workers`. */
@@ -112,14 +117,42 @@ export const jetstream = {
 
 export const USER_ID_HEADER = 'Toolbus-User';
 
-/** Tool names and versions. */
-export const TOOL_NAME_PATTERN = /^[a-z][a-z0-9_]{1,63}$/;
+/**
+ * Tool names and versions. A name is either plain (`word_count`: `[a-z][a-z0-9_]{1,63}`) or
+ * namespaced (`everything.get-sum`: a namespace `[a-z][a-z0-9_-]{0,31}`, a dot, and a name
+ * `[A-Za-z0-9_-]{1,64}`, the form MCP servers' tools take behind the MCP tool provider). Either way
+ * it is one or two NATS subject tokens with no wildcard and no empty token, and a plain name never
+ * equals a namespaced one. A namespaced name has exactly one dot: a name part with a dot would make
+ * two different tools share subjects.
+ */
+export const TOOL_NAMESPACE_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
+export const TOOL_NAME_PATTERN = /^(?:[a-z][a-z0-9_]{1,63}|[a-z][a-z0-9_-]{0,31}\.[A-Za-z0-9_-]{1,64})$/;
 export const VERSION_PATTERN = /^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$/;
-export const ToolName = z.string().regex(TOOL_NAME_PATTERN, 'tool name must match [a-z][a-z0-9_]{1,63}');
+const TOOL_NAME_RULE =
+  '[a-z][a-z0-9_]{1,63}, or <namespace>.<name> with a namespace [a-z][a-z0-9_-]{0,31} and a name [A-Za-z0-9_-]{1,64}';
+export const ToolName = z.string().regex(TOOL_NAME_PATTERN, `tool name must match ${TOOL_NAME_RULE}`);
 export const ToolVersion = z.string().regex(VERSION_PATTERN, 'version must be MAJOR.MINOR.PATCH');
+export const ToolNamespace = z
+  .string()
+  .regex(TOOL_NAMESPACE_PATTERN, 'tool namespace must match [a-z][a-z0-9_-]{0,31}');
+
+export function assertToolNamespace(namespace: string): string {
+  if (typeof namespace !== 'string' || !TOOL_NAMESPACE_PATTERN.test(namespace))
+    throw new Error(
+      `invalid tool namespace ${JSON.stringify(String(namespace).slice(0, 80))}: must match [a-z][a-z0-9_-]{0,31}`,
+    );
+  return namespace;
+}
+
+/** The namespace of a namespaced tool name (`everything` of `everything.echo`), else undefined. */
+export const toolNamespaceOf = (name: string): string | undefined =>
+  TOOL_NAME_PATTERN.test(name) && name.includes('.') ? name.slice(0, name.indexOf('.')) : undefined;
 
 function assertToolName(name: string): string {
-  if (!TOOL_NAME_PATTERN.test(name)) throw new Error(`invalid tool name ${JSON.stringify(name)}`);
+  if (typeof name !== 'string' || !TOOL_NAME_PATTERN.test(name))
+    throw new Error(
+      `invalid tool name ${JSON.stringify(String(name).slice(0, 80))}: must match ${TOOL_NAME_RULE}`,
+    );
   return name;
 }
 function assertVersion(version: string): string {

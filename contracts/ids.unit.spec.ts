@@ -1,6 +1,8 @@
 import t from 'tap';
 import { z } from 'zod';
 import {
+  assertToolNamespace,
+  toolNamespaceOf,
   isInboxOf,
   parseRequestSubject,
   assertUserId,
@@ -182,10 +184,29 @@ t.test('subjects.toolRun', async (t) => {
   t.equal(subjects.toolRun('web_search', '10.0.100'), 'toolbus.tools.run.web_search.10_0_100');
   const run = subjects.toolRun('echo', '1.2.3');
   t.equal(run.split('.').length, 5, 'the version is a single subject token');
+  t.equal(
+    subjects.toolRun('everything.get-sum', '1.0.0'),
+    'toolbus.tools.run.everything.get-sum.1_0_0',
+    'a namespaced name is two tokens: namespace, then the name as its server spells it',
+  );
+  t.equal(subjects.toolRun('fs.Read_File', '1.0.0').split('.').length, 6);
   for (const [name, version] of [
     ['Echo', '1.0.0'],
     ['e', '1.0.0'],
-    ['echo.x', '1.0.0'],
+    ['echo.x.y', '1.0.0'],
+    ['echo.', '1.0.0'],
+    ['.echo', '1.0.0'],
+    ['echo..x', '1.0.0'],
+    ['Echo.x', '1.0.0'],
+    ['-ns.x', '1.0.0'],
+    ['ns.x*', '1.0.0'],
+    ['ns.>', '1.0.0'],
+    ['ns.*', '1.0.0'],
+    ['ns.a b', '1.0.0'],
+    ['ns.a\tb', '1.0.0'],
+    [`ns.${'x'.repeat(65)}`, '1.0.0'],
+    [`${'n'.repeat(33)}.x`, '1.0.0'],
+    ['x'.repeat(100_000), '1.0.0'],
     ['echo*', '1.0.0'],
     ['echo>', '1.0.0'],
     ['has-dash', '1.0.0'],
@@ -206,4 +227,16 @@ t.test('subjects.toolRun', async (t) => {
       `${name}@${version}`,
     );
   }
+});
+
+t.test('tool namespaces', async (t) => {
+  t.equal(toolNamespaceOf('everything.echo'), 'everything');
+  t.equal(toolNamespaceOf('server-fs.read_file'), 'server-fs');
+  t.equal(toolNamespaceOf('word_count'), undefined, 'a plain name has none');
+  t.equal(toolNamespaceOf('a.b.c'), undefined, 'not a tool name');
+  t.equal(assertToolNamespace('everything'), 'everything');
+  for (const bad of ['', '*', '>', 'a.b', 'Everything', '-x', 'x'.repeat(33), 'a b'])
+    t.throws(() => assertToolNamespace(bad), { message: /invalid tool namespace/ }, JSON.stringify(bad));
+  t.equal(subjects.toolAnnounceAll, 'toolbus.tools.announce.>', 'names of one or two tokens');
+  t.equal(subjects.toolCancelAll, 'toolbus.tools.cancel.>');
 });

@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { toolsFromConfiguration } from '../lib/toolbusConfig.ts';
 import { exampleTools } from '../services/dispatcher/tools/index.ts';
+import { configuredMcpNamespaces } from '../services/mcp-tools/config.ts';
 import {
   createIdentity,
   natsServerConfig,
@@ -41,12 +42,15 @@ const SECRET_VARS = [
  * The identities of a local stack. The `worker` serves the example tools and those of the
  * configuration file (`npm run worker`; lib/toolbusConfig.ts).
  */
-const localIdentities = (workerTools: string[]): [string, Role][] => [
+const localIdentities = (workerTools: string[], mcpNamespaces: string[]): [string, Role][] => [
   ['dispatcher', { kind: 'dispatcher' }],
   ['notifier', { kind: 'notifier' }],
   ['worker', { kind: 'worker', tools: workerTools }],
   ['agent', { kind: 'agent' }],
   ['gateway', { kind: 'agent' }],
+  // --- MCP tool provider (`npm run mcp-tools`): granted the namespaces of the configuration
+  // file's mcpServers, read at each start (a server added later needs a restart).
+  ['mcp-tools', { kind: 'worker', tools: [], namespaces: mcpNamespaces }],
 ];
 
 export interface LocalSetup {
@@ -113,7 +117,8 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
   const identities: Record<string, Identity> = {};
   const fresh: Identity[] = [];
   const workerTools = [...exampleTools, ...(await toolsFromConfiguration())].map((t) => t.name);
-  for (const [name, role] of localIdentities([...new Set(workerTools)])) {
+  const mcpNamespaces = await configuredMcpNamespaces();
+  for (const [name, role] of localIdentities([...new Set(workerTools)], mcpNamespaces)) {
     if (existsSync(join(NATS_DIR, `${name}.nk`))) {
       identities[name] = await readIdentity(NATS_DIR, name, role);
     } else {

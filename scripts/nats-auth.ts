@@ -11,15 +11,18 @@
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createUser, fromSeed } from '@nats-io/nkeys';
-import { inboxPrefixOf, jetstream, subjects } from '../contracts/index.ts';
+import { assertToolNamespace, inboxPrefixOf, jetstream, subjects } from '../contracts/index.ts';
 
 export type Role =
   | { kind: 'dispatcher' }
   | { kind: 'notifier' }
   /** Publishes tool requests, cancels and answer lookups; reads only its own inbox. */
   | { kind: 'agent' }
-  /** Serves and announces exactly `tools` (tool names). */
-  | { kind: 'worker'; tools: string[] };
+  /**
+   * Serves and announces exactly `tools` (tool names), and every tool of each of `namespaces`
+   * (`<namespace>.<name>`, whatever the name: the MCP tool provider learns its names at run time).
+   */
+  | { kind: 'worker'; tools: string[]; namespaces?: string[] };
 
 export interface Identity {
   /** A readable name (files, logs, the generated config's comments). */
@@ -65,7 +68,7 @@ export function permissionsOf(role: Role, id: string): Permissions {
             subjects.progressAll,
             'toolbus.dispatchers.>',
             'toolbus.tools.run.>',
-            'toolbus.tools.cancel.*',
+            subjects.toolCancelAll,
             subjects.toolDiscover,
             // the JetStream API of its own stream and consumer, and nothing else's
             '$JS.API.INFO',
@@ -93,20 +96,32 @@ export function permissionsOf(role: Role, id: string): Permissions {
         publish: { deny: ['>'] },
         subscribe: { allow: [inbox, subjects.eventsAll, subjects.progressAll] },
       };
-    case 'worker':
+    case 'worker': {
+      // A tool's subjects end in exactly its name's tokens (one, or two for a namespaced name) and
+      // then the version or invocation token, so each grant below counts tokens with `*` and never
+      // uses `>`: the worker of tool `web` may not reach the tools of namespace `web`, nor back.
+      const namespaces = (role.namespaces ?? []).map(assertToolNamespace);
       return {
         publish: {
-          allow: role.tools.flatMap((t) => [subjects.toolAnnounce(t), `toolbus.tools.progress.${t}.>`]),
+          allow: [
+            ...role.tools.flatMap((t) => [subjects.toolAnnounce(t), `toolbus.tools.progress.${t}.*`]),
+            ...namespaces.flatMap((ns) => [
+              `toolbus.tools.announce.${ns}.*`,
+              `toolbus.tools.progress.${ns}.*.*`,
+            ]),
+          ],
         },
         subscribe: {
           allow: [
             inbox,
             subjects.toolDiscover,
             ...role.tools.flatMap((t) => [`toolbus.tools.run.${t}.*`, subjects.toolCancel(t)]),
+            ...namespaces.flatMap((ns) => [`toolbus.tools.run.${ns}.*.*`, `toolbus.tools.cancel.${ns}.*`]),
           ],
         },
         allow_responses: true,
       };
+    }
   }
 }
 
@@ -126,7 +141,7 @@ export function natsServerConfig(o: {
 }): string {
   const users = o.identities.map(
     (i) =>
-      `    # ${i.name} (${i.role.kind}${i.role.kind === 'worker' ? `: ${i.role.tools.join(', ')}` : ''})\n` +
+      `    # ${i.name} (${i.role.kind}${i.role.kind === 'worker' ? `: ${[...i.role.tools, ...(i.role.namespaces ?? []).map((ns) => `${ns}.*`)].join(', ')}` : ''})\n` +
       `    ${JSON.stringify({ nkey: i.publicKey, permissions: permissionsOf(i.role, i.publicKey) })}`,
   );
   return [
@@ -175,13 +190,17 @@ export function permissionTable(): string {
     ['notifier', { kind: 'notifier' }],
     ['agent (also the MCP gateway)', { kind: 'agent' }],
     ['tool worker of tool `<tool>`', { kind: 'worker', tools: ['tname'] }],
+    [
+      'tool worker of namespace `<ns>` (the MCP tool provider)',
+      { kind: 'worker', tools: [], namespaces: ['nsname'] },
+    ],
   ];
   const list = (xs: string[] | undefined) => (xs?.length ? xs.map((x) => `\`${x}\``).join(', ') : '');
   const lines = ['| identity | may publish | may subscribe |', '| --- | --- | --- |'];
   for (const [label, role] of rows) {
     const p = permissionsOf(role, 'ID');
     const fix = (xs: string[] | undefined) =>
-      xs?.map((x) => x.replaceAll('ID', id).replaceAll('tname', '<tool>'));
+      xs?.map((x) => x.replaceAll('ID', id).replaceAll('tname', '<tool>').replaceAll('nsname', '<ns>'));
     const pub =
       (p.publish.deny?.includes('>') ? 'nothing' : list(fix(p.publish.allow))) +
       (p.allow_responses ? '; replies to requests it received' : '');

@@ -197,6 +197,7 @@ async function main() {
           `  connectNats(NATS_URL, 'my-agent', { nkeySeed: <that file's text> }) then createAgentClient(nc),`,
           `  both from @toolbus/client (packages/client; docs/security.md)`,
           `A tool worker with the example tools: npm run worker (it uses .toolbus/nats/worker.nk)`,
+          `Existing MCP servers (toolbus.json's mcpServers) as tools: npm run mcp-tools (docs/tools.md)`,
         ]
       : []),
     '',

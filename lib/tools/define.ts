@@ -158,7 +158,7 @@ export function toManifest(def: ToolDefinition): ToolManifest {
 
   if (typeof d['name'] !== 'string' || !TOOL_NAME_PATTERN.test(d['name'])) {
     problems.push(
-      `name ${JSON.stringify(d['name'])} must match ${TOOL_NAME_PATTERN.source} (lower case, digits, _)`,
+      `name ${JSON.stringify(d['name'])} must match ${TOOL_NAME_PATTERN.source} (lower case, digits, _; or <namespace>.<name>)`,
     );
   }
   if (typeof d['version'] !== 'string' || !VERSION_PATTERN.test(d['version'])) {

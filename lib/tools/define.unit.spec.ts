@@ -69,7 +69,8 @@ t.test('defineTool returns the definition itself and refuses a bad one where it 
 t.test('refusals name the tool and the problem', async (t) => {
   const cases: Array<[string, Record<string, unknown>, RegExp]> = [
     ['a capitalised name', { name: 'WebSearch' }, /name "WebSearch" must match/],
-    ['a name with a dot', { name: 'web.search' }, /name "web.search"/],
+    ['a name with two dots', { name: 'web.search.deep' }, /name "web.search.deep"/],
+    ['an empty namespace', { name: '.search' }, /name ".search"/],
     ['a one-letter name', { name: 'w' }, /name "w"/],
     ['no name', { name: undefined }, /name undefined/],
     ['a two-part version', { version: '1.2' }, /version "1.2" must be MAJOR.MINOR.PATCH/],

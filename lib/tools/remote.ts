@@ -39,6 +39,8 @@ export const WORKER_ERROR_CODES = [
   'TIMEOUT',
   'FORBIDDEN',
   'CANCELLED',
+  /** The tool's own backend (an MCP server behind the MCP tool provider) died during the call. */
+  'INTERRUPTED',
 ] as const;
 export type WorkerErrorCode = (typeof WORKER_ERROR_CODES)[number];
 
@@ -454,6 +456,7 @@ function replyError(
     case 'FORBIDDEN':
     case 'TOOL_ERROR':
     case 'CANCELLED':
+    case 'INTERRUPTED':
       return new ToolRunError(error.code, message, error.details);
     default:
       return new ToolRunError('TOOL_ERROR', message, { ...error.details, workerCode: error.code });

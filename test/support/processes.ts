@@ -102,6 +102,8 @@ export interface NatsIdentities {
   narrowWorker: Identity;
   /** The MCP gateway (services/gateway): an agent's rights. */
   gateway: Identity;
+  /** The MCP tool provider: may serve every tool of the namespaces given to `startSecuredNats`. */
+  mcpTools: Identity;
 }
 
 export type SecuredNats = OwnedServer & {
@@ -119,7 +121,11 @@ export type SecuredNats = OwnedServer & {
  * `npm start` runs it: no client without one of the identities' nkeys gets in, and each gets only
  * its subjects. `workerTools` are the tools the `worker` identity may serve.
  */
-export async function startSecuredNats(t: Teardown | undefined, workerTools: string[]): Promise<SecuredNats> {
+export async function startSecuredNats(
+  t: Teardown | undefined,
+  workerTools: string[],
+  mcpNamespaces: string[] = [],
+): Promise<SecuredNats> {
   const identities: NatsIdentities = {
     dispatcher: createIdentity('dispatcher', { kind: 'dispatcher' }),
     notifier: createIdentity('notifier', { kind: 'notifier' }),
@@ -128,6 +134,7 @@ export async function startSecuredNats(t: Teardown | undefined, workerTools: str
     otherAgent: createIdentity('other-agent', { kind: 'agent' }),
     narrowWorker: createIdentity('narrow-worker', { kind: 'worker', tools: ['intruder_tool'] }),
     gateway: createIdentity('gateway', { kind: 'agent' }),
+    mcpTools: createIdentity('mcp-tools', { kind: 'worker', tools: [], namespaces: mcpNamespaces }),
   };
   const server = await ownServer(
     'nats-secured',

@@ -50,11 +50,13 @@ export async function startTestStack(
     env?: Record<string, string>;
     /** Tool names the `worker` identity may serve besides the example and test tools. */
     workerTools?: string[];
+    /** Tool namespaces the `mcpTools` identity (the MCP tool provider) may serve. */
+    mcpNamespaces?: string[];
   } = {},
 ): Promise<TestStack> {
   const services = options.services ?? ['dispatcher', 'projector', 'notifier'];
   const [nats, redis, db] = await Promise.all([
-    startSecuredNats(t, [...ALL_TOOL_NAMES, ...(options.workerTools ?? [])]),
+    startSecuredNats(t, [...ALL_TOOL_NAMES, ...(options.workerTools ?? [])], options.mcpNamespaces),
     startRedis(t),
     createTestDatabase(t),
   ]);
