@@ -6,8 +6,9 @@ import { z } from 'zod';
  *
  * - `tools`: tool modules, as paths relative to the file. Each module's default export is a tool
  *   definition made with `defineTool`, or an array of them (docs/tools.md, decision 0025).
- * - `mcpServers`: MCP servers whose tools Toolbus offers (the MCP-tools work owns their schema;
- *   here the key is only accepted, as a record of named entries).
+ * - `mcpServers`: MCP servers whose tools Toolbus offers (`npm run mcp-tools`). Their schema is
+ *   `McpServers` (contracts/mcpServers.ts); the provider checks it entry by entry so that every
+ *   problem is named with its server (services/mcp-tools/config.ts). Here the key is a record.
  *
  * Unknown keys are refused: a misspelt `tool` would otherwise load nothing, silently.
  */
