@@ -84,40 +84,52 @@ t.test('a wait whose message is gone ends APPROVAL_EXPIRED from the store, once'
 t.test("a call outlives its agent's token while it waits: approved later, it runs", async (t) => {
   const h = await harness(t, { APPROVAL_RECHECK_MS: '200', JWT_CLOCK_TOLERANCE_S: '0' });
   const d = await h.start();
-  const shortLived = await h.token('erin', ['user'], '2s');
-  const { exp } = JSON.parse(Buffer.from(shortLived.split('.')[1]!, 'base64url').toString('utf8')) as {
-    exp: number;
-  };
   const bob = await h.token('bob', ['approver']);
   const args = { text: 'slow approvers' };
-  const requestId = 'outlive-1';
-  const executionId = executionIdFor('erin', requestId);
-  const answer = h.agent.execute('guarded_echo', args, { token: shortLived, requestId, timeoutMs: 60_000 });
-  const listed = async () =>
-    (
-      await d.app.inject({ method: 'GET', url: '/approvals', headers: { authorization: `Bearer ${bob}` } })
-    ).json<ApprovalsPage>().approvals;
-  await eventually(
-    async () => (await listed()).some((a) => a.executionId === executionId),
-    30_000,
-    'the wait',
-  );
-  await eventually(() => Date.now() > exp * 1000 + 500, 30_000, 'the token to expire');
-
-  const approve = await d.app.inject({
-    method: 'POST',
-    url: `/executions/${executionId}/approve`,
-    headers: { authorization: `Bearer ${bob}` },
-    payload: { argsHash: argsHash(args) },
-  });
-  t.equal(approve.statusCode, 200);
-  t.match(
-    await answer,
-    { status: 'completed', result: { text: 'slow approvers' } },
-    'it ran and was answered',
-  );
-  const types = (await h.events('erin')).map((e) => e.type);
-  t.same(types, ['ToolRequested', 'ToolApprovalRequested', 'ToolApproved', 'ToolExecuting', 'ToolCompleted']);
+  const listed = async (executionId: string) =>
+    (await d.app.inject({ method: 'GET', url: '/approvals', headers: { authorization: `Bearer ${bob}` } }))
+      .json<ApprovalsPage>()
+      .approvals.some((a) => a.executionId === executionId);
+  // A token short-lived enough to expire while its call waits, long enough to be recorded first
+  // (a loaded machine may need a longer one: each try doubles it).
+  for (let lifeS = 2; ; lifeS *= 2) {
+    const token = await h.token('erin', ['user'], `${lifeS}s`);
+    const expiresAt = Date.now() + lifeS * 1000;
+    const requestId = `outlive-${lifeS}`;
+    const executionId = executionIdFor('erin', requestId);
+    let settled = false;
+    const answer = h.agent.execute('guarded_echo', args, { token, requestId, timeoutMs: 120_000 });
+    void answer.finally(() => (settled = true));
+    await eventually(async () => settled || (await listed(executionId)), 60_000, 'the wait or its refusal');
+    if (settled) {
+      t.comment(`a ${lifeS} s token expired before its request was recorded; trying a longer one`);
+      continue;
+    }
+    await eventually(() => Date.now() > expiresAt + 1_000, 120_000, 'the token to expire');
+    const approve = await d.app.inject({
+      method: 'POST',
+      url: `/executions/${executionId}/approve`,
+      headers: { authorization: `Bearer ${bob}` },
+      payload: { argsHash: argsHash(args) },
+    });
+    t.equal(approve.statusCode, 200);
+    t.match(
+      await answer,
+      { status: 'completed', result: { text: 'slow approvers' } },
+      'it ran and was answered',
+    );
+    const types = (await h.events('erin'))
+      .filter((e) => e.metadata.requestId === requestId)
+      .map((e) => e.type);
+    t.same(types, [
+      'ToolRequested',
+      'ToolApprovalRequested',
+      'ToolApproved',
+      'ToolExecuting',
+      'ToolCompleted',
+    ]);
+    break;
+  }
 });
 
 t.test("an approved call runs within its user's concurrency limit", async (t) => {
@@ -132,11 +144,8 @@ t.test("an approved call runs within its user's concurrency limit", async (t) =>
     timeoutMs: 60_000,
   });
   const executionId = executionIdFor('fay', 'slot-g');
-  await eventually(
-    async () => (await h.events('fay')).some((e) => e.type === 'ToolApprovalRequested'),
-    30_000,
-    'the wait',
-  );
+  // Logged once it waits and its slot is free again.
+  await eventually(() => h.logs.text.includes('execution awaits approval'), 30_000, 'the wait');
   // The waiting call holds no slot: another call of hers runs meanwhile, and holds the only one.
   const sleeping = h.agent.execute(
     'sleep',

@@ -74,6 +74,11 @@ export async function waitForApproval(
         ),
       );
   }
+  // Waiting is not running: the user's concurrency slot is free for their other calls now.
+  if (h.slot) {
+    await shell.o.guard.release(h.ref.userId, h.slot);
+    h.slot = undefined;
+  }
   if (first) {
     shell.o.metrics.approvals.inc({ event: 'requested' });
     sendInterim(shell, h, 'requested');
