@@ -119,9 +119,9 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
         : { type: 'Deny', data: { ...approver, reason: body.data.reason ?? '' } };
     try {
       const { appended } = await handleExecution(deps.streams, execution, command);
-      if (appended.length > 0)
+      if (appended.length > 0) {
         deps.metrics.approvals.inc({ event: kind === 'approve' ? 'approved' : 'denied' });
-      if (appended.length === 0) {
+      } else {
         // The same decision was recorded already: by this approver it is their retry, else theirs stands.
         const decision = execution.state.status === 'none' ? null : execution.state.approval?.decision;
         if (decision && decision.approverId !== principal.userId) {
