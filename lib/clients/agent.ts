@@ -53,7 +53,10 @@ export interface ExecuteOptions {
   /** Default: the newest registered version. */
   version?: string;
   correlationId?: string;
-  /** Asks for `requested`, `executing` and `progress` answers too, and receives them here. */
+  /**
+   * Asks for `requested`, `executing` and `progress` answers too, and receives them here; a call
+   * that waits for an approver also says `awaiting_approval` (docs/approval.md).
+   */
   onProgress?: (answer: InterimAnswer) => void;
   /** How long to wait for the terminal answer (default 60 s). */
   timeoutMs?: number;
