@@ -226,3 +226,42 @@ t.test('GET /approvals: the waits the caller may decide, oldest first, in pages'
   t.equal((await get(approver, '?limit=0')).status, 400, 'a limit out of range');
   t.equal((await get('not-a-token')).status, 401);
 });
+
+t.test('a cancel while it waits ends it CANCELLED; an approval then is refused', async (t) => {
+  const h = await harness(t, { APPROVAL_RECHECK_MS: '200' });
+  const d = await h.start();
+  const jo = await h.token('jo');
+  const bob = await h.token('bob', ['approver']);
+  const args = { text: 'never mind' };
+  const executionId = executionIdFor('jo', 'cancel-wait');
+  const answer = h.agent.execute('guarded_echo', args, {
+    token: jo,
+    requestId: 'cancel-wait',
+    timeoutMs: 60_000,
+  });
+  await eventually(() => h.logs.text.includes('execution awaits approval'), 30_000, 'the wait');
+  const cancel = await d.app.inject({
+    method: 'POST',
+    url: `/executions/${executionId}/cancel`,
+    headers: { authorization: `Bearer ${jo}` },
+    payload: {},
+  });
+  t.equal(cancel.statusCode, 200, 'cancelled');
+  t.match(await answer, { status: 'failed', error: { code: 'CANCELLED' } }, 'the agent hears it');
+  const approve = await d.app.inject({
+    method: 'POST',
+    url: `/executions/${executionId}/approve`,
+    headers: { authorization: `Bearer ${bob}` },
+    payload: { argsHash: argsHash(args) },
+  });
+  t.equal(approve.statusCode, 409, 'too late to approve');
+  t.equal(approve.json<{ error: { code: string } }>().error.code, 'NOT_AWAITING');
+  const types = (await h.events('jo')).map((e) => e.type);
+  t.same(types, ['ToolRequested', 'ToolApprovalRequested', 'ToolCancelRequested', 'ToolFailed'], 'one end');
+  // The list is settled by whoever handles it next (its request coming back, or the refusal above).
+  const listed = async () =>
+    (
+      await d.app.inject({ method: 'GET', url: '/approvals', headers: { authorization: `Bearer ${bob}` } })
+    ).json<ApprovalsPage>().approvals;
+  t.same(await listed(), [], 'it left the list');
+});

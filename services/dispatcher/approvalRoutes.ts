@@ -140,6 +140,8 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
         await settle(deps, execution);
         return fail(reply, 410, 'EXPIRED', `the approval's deadline (${wait.deadline}) has passed`);
       }
+      // Refused because it no longer waits: the list learns it here too.
+      await settle(deps, execution);
       return fail(reply, DECISION_STATUS[e.code], e.code, e.message);
     }
     await settle(deps, execution);
