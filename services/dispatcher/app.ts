@@ -236,6 +236,12 @@ export async function startDispatcher(
       log,
       metrics,
       waitMs: config.CANCEL_WAIT_MS,
+      onWaitEnded: (executionId) =>
+        void waits
+          .settle(executionId)
+          .catch((e: unknown) =>
+            log.warn({ err: e, executionId }, 'approval wait not settled; its request will'),
+          ),
     });
     const cancelService = serveCancels(nc, { verifier, coordinator: cancels, dispatcher, log });
     cleanup.push(() => cancelService.stop());

@@ -78,6 +78,8 @@ export interface CancelCoordinatorOptions {
   metrics: DispatcherMetrics;
   /** How long to wait for a cancelled execution to end before answering `executing` (default 15 s). */
   waitMs?: number;
+  /** Told when a cancel ended an execution that waited for approval (its wait leaves the list). */
+  onWaitEnded?: (executionId: string) => void;
   /** How long a runner has to say whether it still runs the execution (default 1.5 s). */
   probeTimeoutMs?: number;
   /** How long to wait for an instance to hold an execution not recorded yet (default 1 s). */
@@ -186,8 +188,10 @@ export class CancelCoordinator {
     const before = terminalOf(execution);
     if (before) return this.ended(target, answerFromTerminal(before), false);
 
+    const waited = execution.state.status === 'awaiting_approval';
     await handleExecution(this.o.streams, execution, requestCancel(order, new Date()));
     const after = terminalOf(execution);
+    if (after && waited) this.o.onWaitEnded?.(executionId);
     if (after) return this.ended(target, this.remember(execution, answerFromTerminal(after)), true);
     // Running, with the cancel recorded: its runner is woken, or recovered when it is gone.
     wakeRunner(this.o.nc, this.o.log, executionId);
