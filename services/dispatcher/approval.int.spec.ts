@@ -6,6 +6,8 @@
 import { jetstreamManager } from '@nats-io/jetstream';
 import t from 'tap';
 import { argsHash, executionIdFor, jetstream as names, type ApprovalsPage } from '../../contracts/index.ts';
+import { z } from 'zod';
+import { defineTool, serveTools } from '../../lib/tools/index.ts';
 import { eventually, harness } from './test/harness.ts';
 
 const TEN_MINUTES_AND_MORE = 11 * 60_000;
@@ -265,4 +267,61 @@ t.test('a cancel while it waits ends it CANCELLED; an approval then is refused',
   const types = (await h.events('jo')).map((e) => e.type);
   t.same(types, ['ToolRequested', 'ToolApprovalRequested', 'ToolCancelRequested', 'ToolFailed'], 'one end');
   t.same(await listed(), [], 'it stays off the list');
+});
+
+t.test("a worker's tool announces its rule, and the dispatcher holds its calls to it", async (t) => {
+  const h = await harness(t, { APPROVAL_RECHECK_MS: '200' });
+  const d = await h.start();
+  const transfer = defineTool({
+    name: 'remote_transfer',
+    version: '1.0.0',
+    description: 'Moves money (pretend); above 1000 a finance approver looks first.',
+    input: z.object({ amount: z.number(), to: z.string() }),
+    output: z.object({ moved: z.number() }),
+    approval: { approverRoles: ['finance'], when: [{ path: 'amount', op: 'gt', value: 1000 }] },
+    async run({ amount }) {
+      return { moved: amount };
+    },
+  });
+  const worker = await serveTools(h.nc, [transfer], {
+    workerId: 'transfer-worker',
+    secret: h.config.WORKER_SECRET,
+    announceIntervalMs: 0,
+  });
+  t.teardown(() => worker.stop());
+  await eventually(() => d.registry.resolve('remote_transfer'), 10_000, "the worker's tool");
+  const kim = await h.token('kim');
+  const small = await h.agent.execute(
+    'remote_transfer',
+    { amount: 10, to: 'bo' },
+    { token: kim, timeoutMs: 60_000 },
+  );
+  t.match(small, { status: 'completed', result: { moved: 10 } }, 'below the rule: it runs unasked');
+
+  const args = { amount: 5000, to: 'bo' };
+  const big = h.agent.execute('remote_transfer', args, { token: kim, requestId: 'big', timeoutMs: 60_000 });
+  const executionId = executionIdFor('kim', 'big');
+  const finance = await h.token('fin', ['finance']);
+  await eventually(
+    async () =>
+      (
+        await d.app.inject({
+          method: 'GET',
+          url: '/approvals',
+          headers: { authorization: `Bearer ${finance}` },
+        })
+      )
+        .json<ApprovalsPage>()
+        .approvals.some((a) => a.executionId === executionId),
+    30_000,
+    'the wait',
+  );
+  const approve = await d.app.inject({
+    method: 'POST',
+    url: `/executions/${executionId}/approve`,
+    headers: { authorization: `Bearer ${finance}` },
+    payload: { argsHash: argsHash(args) },
+  });
+  t.equal(approve.statusCode, 200);
+  t.match(await big, { status: 'completed', result: { moved: 5000 } }, 'approved: it runs on the worker');
 });
