@@ -224,6 +224,11 @@ t.test('GET /approvals: the waits the caller may decide, oldest first, in pages'
 
   t.same((await get(await h.token('ivy', ['finance']))).body.approvals, [], 'another role sees none');
   t.equal((await get(await h.token('ada', ['admin']))).body.approvals.length, 3, 'an admin sees them all');
+  t.same(
+    (await get(await h.token('gus', ['user', 'approver']))).body.approvals,
+    [],
+    'the requester is not shown their own calls (self-approval is not allowed)',
+  );
   t.equal((await get(approver, '?after=garbage')).status, 400, 'a cursor that is not one');
   t.equal((await get(approver, '?limit=0')).status, 400, 'a limit out of range');
   t.equal((await get('not-a-token')).status, 401);

@@ -78,13 +78,16 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     if (!query.success) return fail(reply, 400, 'VALIDATION', issues(query.error));
     try {
       const { waits, next } = await deps.waits.pending({
+        userId: principal.userId,
         roles: principal.roles,
         now: deps.now(),
         after: query.data.after,
         limit: query.data.limit,
       });
       const page: ApprovalsPage = {
-        approvals: waits.map(({ requestId: _r, correlationId: _c, ...shown }) => shown),
+        approvals: waits.map(
+          ({ requestId: _r, correlationId: _c, allowSelfApproval: _s, ...shown }) => shown,
+        ),
         next,
       };
       return page;

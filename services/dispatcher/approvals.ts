@@ -27,6 +27,7 @@ export const approvalMigrations: Migration[] = [
         args jsonb not null,
         args_hash text not null,
         approver_roles text[] not null,
+        allow_self_approval boolean not null,
         deadline timestamptz not null,
         requested_at timestamptz not null,
         settled_at timestamptz
@@ -41,6 +42,7 @@ export const approvalMigrations: Migration[] = [
 export interface ApprovalWait extends PendingApproval {
   requestId: string;
   correlationId: string;
+  allowSelfApproval: boolean;
 }
 
 interface Row {
@@ -53,6 +55,7 @@ interface Row {
   args: PendingApproval['args'];
   args_hash: string;
   approver_roles: string[];
+  allow_self_approval: boolean;
   deadline: Date;
   requested_at: Date;
 }
@@ -67,6 +70,7 @@ const fromRow = (r: Row): ApprovalWait => ({
   args: r.args,
   argsHash: r.args_hash,
   approverRoles: r.approver_roles,
+  allowSelfApproval: r.allow_self_approval,
   deadline: r.deadline.toISOString(),
   requestedAt: r.requested_at.toISOString(),
 });
@@ -115,6 +119,7 @@ export function waitOf(execution: Execution): ApprovalWait | null {
     args: requested.data.args,
     argsHash: asked.data.argsHash,
     approverRoles: asked.data.approverRoles,
+    allowSelfApproval: asked.data.allowSelfApproval,
     deadline: asked.data.deadline,
     requestedAt: asked.metadata.occurredAt,
   };
@@ -138,8 +143,8 @@ export class ApprovalWaits {
   async record(w: ApprovalWait): Promise<void> {
     await this.pool.query(
       `insert into ${TABLE} (execution_id, user_id, request_id, correlation_id, tool, version, args,
-         args_hash, approver_roles, deadline, requested_at)
-       values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         args_hash, approver_roles, allow_self_approval, deadline, requested_at)
+       values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
        on conflict (execution_id) do nothing`,
       [
         w.executionId,
@@ -151,6 +156,7 @@ export class ApprovalWaits {
         JSON.stringify(w.args),
         w.argsHash,
         w.approverRoles,
+        w.allowSelfApproval,
         w.deadline,
         w.requestedAt,
       ],
@@ -174,10 +180,12 @@ export class ApprovalWaits {
   }
 
   /**
-   * Open waits that holders of `roles` may decide, deadline not passed at `now`, oldest first,
-   * after the cursor; `next` is null on the last page.
+   * Open waits that `userId` holding `roles` may decide (one of the roles asked for; not their own
+   * call unless self-approval is allowed), deadline not passed at `now`, oldest first, after the
+   * cursor; `next` is null on the last page.
    */
   async pending(o: {
+    userId: string;
     roles: readonly string[];
     now: Date;
     after?: string | undefined;
@@ -187,10 +195,11 @@ export class ApprovalWaits {
     const { rows } = await this.pool.query<Row>(
       `select * from ${TABLE}
         where settled_at is null and deadline > $1 and approver_roles && $2::text[]
+          and (allow_self_approval or user_id <> $6)
           and ($3::timestamptz is null or (requested_at, execution_id) > ($3::timestamptz, $4::uuid))
         order by requested_at, execution_id
         limit $5`,
-      [o.now, [...o.roles], after?.requestedAt ?? null, after?.executionId ?? null, o.limit + 1],
+      [o.now, [...o.roles], after?.requestedAt ?? null, after?.executionId ?? null, o.limit + 1, o.userId],
     );
     const waits = rows.slice(0, o.limit).map(fromRow);
     const last = waits.at(-1);
