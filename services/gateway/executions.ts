@@ -7,6 +7,11 @@ const ExecutionView = z.object({
   requestId: z.string(),
   correlationId: z.string(),
   tool: z.string(),
+  status: z.string().optional(),
+  approval: z
+    .object({ approverRoles: z.array(z.string()), deadline: z.string() })
+    .nullable()
+    .optional(),
   answer: AgentAnswer.nullable(),
   events: z.array(z.object({ metadata: z.object({ occurredAt: z.string() }) })).min(1),
 });
@@ -18,6 +23,8 @@ export interface Execution {
   tool: string;
   /** The terminal answer, once there is one. */
   answer: TerminalAnswer | null;
+  /** While it waits for an approver (docs/approval.md): who may approve, until when. */
+  awaitingApproval?: { approverRoles: string[]; deadline: string } | undefined;
   createdAt: string;
   lastUpdatedAt: string;
 }
@@ -47,6 +54,14 @@ export async function readExecution(
     correlationId: view.correlationId,
     tool: view.tool,
     answer: view.answer && isTerminalAnswer(view.answer) ? (view.answer as TerminalAnswer) : null,
+    ...(view.status === 'awaiting_approval' && view.approval
+      ? {
+          awaitingApproval: {
+            approverRoles: view.approval.approverRoles,
+            deadline: view.approval.deadline,
+          },
+        }
+      : {}),
     createdAt: view.events[0]!.metadata.occurredAt,
     lastUpdatedAt: view.events.at(-1)!.metadata.occurredAt,
   };

@@ -137,6 +137,18 @@ t.test('an execution as a task', async (t) => {
     createdAt: e.createdAt,
   });
   t.match(
+    taskOf({
+      ...e,
+      answer: null,
+      awaitingApproval: { approverRoles: ['approver', 'admin'], deadline: '2026-01-01T00:15:00.000Z' },
+    }),
+    {
+      status: 'input_required',
+      statusMessage: 'awaits approval by approver or admin until 2026-01-01T00:15:00.000Z',
+    },
+    'waiting for an approver: input_required',
+  );
+  t.match(
     taskOf({ ...e, answer: { status: 'completed', ...ids, result: {}, durationMs: 1, cached: false } }),
     {
       status: 'completed',

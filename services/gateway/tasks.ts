@@ -28,7 +28,8 @@ export const TASK_POLL_MS = 1_000;
 // A type, not an interface: the SDK's result type wants an index signature.
 export type Task = {
   taskId: string;
-  status: 'working' | 'completed' | 'failed' | 'cancelled';
+  /** `input_required`: it waits for an approver (a person, not the client: docs/approval.md). */
+  status: 'working' | 'input_required' | 'completed' | 'failed' | 'cancelled';
   statusMessage?: string;
   createdAt: string;
   lastUpdatedAt: string;
@@ -44,7 +45,16 @@ export interface TaskDeps extends CallDeps {
 
 export const TaskParams = z.looseObject({ taskId: z.string().min(1).max(128) });
 
-function statusOf(answer: TerminalAnswer | null): Pick<Task, 'status' | 'statusMessage'> {
+function statusOf(
+  answer: TerminalAnswer | null,
+  waiting?: Execution['awaitingApproval'],
+): Pick<Task, 'status' | 'statusMessage'> {
+  if (!answer && waiting) {
+    return {
+      status: 'input_required',
+      statusMessage: `awaits approval by ${waiting.approverRoles.join(' or ')} until ${waiting.deadline}`,
+    };
+  }
   if (!answer) return { status: 'working' };
   if (answer.status === 'completed') return { status: 'completed' };
   const statusMessage = `${answer.error.code}: ${answer.error.message}`;
@@ -53,7 +63,7 @@ function statusOf(answer: TerminalAnswer | null): Pick<Task, 'status' | 'statusM
 
 export const taskOf = (e: Execution): Task => ({
   taskId: e.executionId,
-  ...statusOf(e.answer),
+  ...statusOf(e.answer, e.awaitingApproval),
   createdAt: e.createdAt,
   lastUpdatedAt: e.lastUpdatedAt,
   ttl: null,
@@ -145,7 +155,7 @@ export async function taskResult(
 /** `tasks/cancel`: a Toolbus cancel of the execution; a task already ended cannot be cancelled. */
 export async function cancelTask(deps: TaskDeps, caller: Caller, taskId: string): Promise<Task> {
   const before = await getTask(deps, caller, taskId);
-  if (before.status !== 'working') {
+  if (before.status !== 'working' && before.status !== 'input_required') {
     throw new ProtocolError(
       ProtocolErrorCode.InvalidParams,
       `task ${taskId} has already ended (${before.status})`,

@@ -1,0 +1,64 @@
+/**
+ * A call that waits for an approver, made through the MCP gateway as a task (2025-11-25): the task
+ * is `input_required` (with who may approve, until when) while it waits, then `completed` once an
+ * approver approves it through the dispatcher's HTTP API. Real dispatcher and gateway processes.
+ */
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import t from 'tap';
+import { z } from 'zod';
+import { argsHash } from '../../contracts/index.ts';
+import { eventually } from '../../services/dispatcher/test/harness.ts';
+import { startTestStack } from '../support/stack.ts';
+
+const TaskResult = z.looseObject({ task: z.looseObject({ taskId: z.string(), status: z.string() }) });
+const TaskState = z.looseObject({
+  taskId: z.string(),
+  status: z.string(),
+  statusMessage: z.string().optional(),
+});
+const ToolResult = z.looseObject({ structuredContent: z.unknown().optional() });
+
+t.test('through the gateway, a waiting call is an input_required task', async (t) => {
+  const ts = await startTestStack(t, {
+    services: ['dispatcher', 'gateway'],
+    // guarded_echo (5 s) is offered as a task here.
+    env: { GATEWAY_TASK_MIN_TIMEOUT_MS: '5000', APPROVAL_RECHECK_MS: '200' },
+  });
+  const client = new Client({ name: 'approval-e2e', version: '1.0.0' });
+  await client.connect(
+    new StreamableHTTPClientTransport(new URL(`${ts.url('gateway')}/mcp`), {
+      requestInit: { headers: { authorization: `Bearer ${await ts.token('nina')}` } },
+    }),
+  );
+  t.teardown(() => client.close());
+
+  const args = { text: 'wire the deposit' };
+  const created = await client.request(
+    { method: 'tools/call', params: { name: 'guarded_echo', arguments: args, task: { ttl: 60_000 } } },
+    TaskResult,
+  );
+  const { taskId } = created.task;
+  const get = () => client.request({ method: 'tasks/get', params: { taskId } }, TaskState);
+  const waiting = await eventually(
+    async () => {
+      const s = await get();
+      return s.status === 'input_required' ? s : null;
+    },
+    60_000,
+    'the task to need input',
+  );
+  t.match(waiting.statusMessage, /awaits approval by approver or admin until/, 'it says who and until when');
+
+  const approve = await fetch(`${ts.url('dispatcher')}/executions/${taskId}/approve`, {
+    method: 'POST',
+    headers: {
+      authorization: `Bearer ${await ts.token('otto', ['approver'])}`,
+      'content-type': 'application/json',
+    },
+    body: JSON.stringify({ argsHash: argsHash(args) }),
+  });
+  t.equal(approve.status, 200, 'approved (the task id is the execution id)');
+  await eventually(async () => (await get()).status === 'completed', 60_000, 'the task to complete');
+  const result = await client.request({ method: 'tasks/result', params: { taskId } }, ToolResult);
+  t.same(result.structuredContent, args, 'its result');
+});
