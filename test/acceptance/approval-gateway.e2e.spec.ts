@@ -61,4 +61,24 @@ t.test('through the gateway, a waiting call is an input_required task', async (t
   await eventually(async () => (await get()).status === 'completed', 60_000, 'the task to complete');
   const result = await client.request({ method: 'tasks/result', params: { taskId } }, ToolResult);
   t.same(result.structuredContent, args, 'its result');
+
+  const other = await client.request(
+    {
+      method: 'tools/call',
+      params: { name: 'guarded_echo', arguments: { text: 'no' }, task: { ttl: 60_000 } },
+    },
+    TaskResult,
+  );
+  const otherState = () =>
+    client.request({ method: 'tasks/get', params: { taskId: other.task.taskId } }, TaskState);
+  await eventually(
+    async () => (await otherState()).status === 'input_required',
+    60_000,
+    'the second to wait',
+  );
+  const cancelled = await client.request(
+    { method: 'tasks/cancel', params: { taskId: other.task.taskId } },
+    TaskState,
+  );
+  t.equal(cancelled.status, 'cancelled', 'a waiting task can be cancelled');
 });
