@@ -40,7 +40,9 @@ const NAMESPACES = [
   'quirky',
   'lazy',
 ];
-const s = await startTestStack(t, { mcpNamespaces: NAMESPACES });
+// Its tools are destructive unless configured, so by default each call would wait for an approver
+// (docs/approval.md): this test is about serving them, so the operator turns that off.
+const s = await startTestStack(t, { mcpNamespaces: NAMESPACES, env: { APPROVAL_DESTRUCTIVE: 'off' } });
 
 // server-everything over Streamable HTTP, on a port of the test's.
 const httpPort = await freePort();
