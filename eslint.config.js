@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', '.scratch/**', 'bench/results/**', 'services/notifier/public/**'] },
+  { ignores: ['node_modules/**', '.scratch/**', 'bench/results/**', 'services/notifier/public/**', 'services/console/public/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

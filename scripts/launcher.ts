@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
  * configured by environment variables only. Used by `npm start` (for a person: readable logs,
  * clean stop on Ctrl-C) and by the acceptance tests (logs collected for assertions).
  */
-export type ServiceName = 'dispatcher' | 'projector' | 'notifier' | 'auditor';
+export type ServiceName = 'dispatcher' | 'projector' | 'notifier' | 'auditor' | 'console';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const PORT_VARS: Record<ServiceName, string> = {
@@ -15,7 +15,16 @@ const PORT_VARS: Record<ServiceName, string> = {
   projector: 'PROJECTOR_PORT',
   notifier: 'NOTIFIER_PORT',
   auditor: 'AUDITOR_PORT',
+  console: 'CONSOLE_PORT',
 };
+
+/** The operator console forwards to the services started beside it (services/console/config.ts). */
+const consoleUpstreams = (ports: LaunchOptions['ports']): Record<string, string> =>
+  Object.fromEntries(
+    (['dispatcher', 'projector', 'auditor'] as const)
+      .filter((name) => ports[name] !== undefined)
+      .map((name) => [`CONSOLE_${name.toUpperCase()}_URL`, `http://127.0.0.1:${ports[name]}`]),
+  );
 
 export interface LogLine {
   service: ServiceName;
@@ -71,6 +80,7 @@ export async function launchStack(options: LaunchOptions): Promise<Stack> {
       cwd: ROOT,
       env: {
         ...process.env,
+        ...(name === 'console' ? consoleUpstreams(options.ports) : {}),
         ...options.env,
         ...options.serviceEnv?.[name],
         [PORT_VARS[name]]: String(port),
