@@ -52,7 +52,10 @@ t.test('console', async (t) => {
       const res = await get(path);
       t.equal(res.status, 200, path);
       t.match(res.headers.get('content-type'), type);
-      t.match(res.headers.get('content-security-policy'), /default-src 'none'; script-src 'self'.*connect-src 'self';/);
+      t.match(
+        res.headers.get('content-security-policy'),
+        /default-src 'none'; script-src 'self'.*connect-src 'self';/,
+      );
     }
     t.match(await (await get('/vendor/uPlot.esm.js')).text(), /export \{ uPlot as default \}|export default/);
     t.equal((await get('/../package.json')).status, 404, 'no other file');
@@ -64,9 +67,17 @@ t.test('console', async (t) => {
     t.equal(all.status, 200);
     t.equal(all.headers.get('cache-control'), 'no-store');
     const body = (await all.json()) as { items: Array<{ userId: string }> };
-    t.same(new Set(body.items.map((e) => e.userId)), new Set(['alice', 'bob']), "an operator sees every user's");
+    t.same(
+      new Set(body.items.map((e) => e.userId)),
+      new Set(['alice', 'bob']),
+      "an operator sees every user's",
+    );
     const own = (await (await get('/api/executions', plain)).json()) as { items: Array<{ userId: string }> };
-    t.same(own.items.map((e) => e.userId), ['alice'], 'a plain user: their own only');
+    t.same(
+      own.items.map((e) => e.userId),
+      ['alice'],
+      'a plain user: their own only',
+    );
     const refused = await get('/api/executions?userId=bob', plain);
     t.equal(refused.status, 403, "the projector's refusal comes back");
     t.match(await refused.json(), { error: { code: 'FORBIDDEN' } });

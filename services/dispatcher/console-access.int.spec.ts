@@ -42,14 +42,18 @@ t.test('operators cancel and read other users’ executions; plain users do not'
 
   let running!: () => void;
   const executing = new Promise<void>((resolve) => (running = resolve));
-  const answer = h.agent.execute('console_hold', { ms: 30_000 }, {
-    token: alice,
-    requestId: 'held-1',
-    timeoutMs: 60_000,
-    onProgress: (a) => {
-      if (a.status === 'executing') running();
+  const answer = h.agent.execute(
+    'console_hold',
+    { ms: 30_000 },
+    {
+      token: alice,
+      requestId: 'held-1',
+      timeoutMs: 60_000,
+      onProgress: (a) => {
+        if (a.status === 'executing') running();
+      },
     },
-  });
+  );
   answer.catch(() => undefined);
   await executing;
   const executionId = executionIdFor('alice', 'held-1');
@@ -74,8 +78,16 @@ t.test('operators cancel and read other users’ executions; plain users do not'
     t.equal(byBob.status, 403, 'a plain user naming another user is refused');
     t.equal(byBob.body.error.code, 'FORBIDDEN');
     t.equal((await call(d, 'GET', `/executions/${executionId}`, bob)).status, 404, "not in bob's own stream");
-    t.equal((await call(d, 'GET', `/executions/${executionId}`, olga)).status, 404, 'without userId: the caller’s own');
-    t.equal((await call(d, 'GET', `/executions/${executionId}?userId=a.b`, olga)).status, 400, 'a bad user id');
+    t.equal(
+      (await call(d, 'GET', `/executions/${executionId}`, olga)).status,
+      404,
+      'without userId: the caller’s own',
+    );
+    t.equal(
+      (await call(d, 'GET', `/executions/${executionId}?userId=a.b`, olga)).status,
+      400,
+      'a bad user id',
+    );
     t.equal((await call(d, 'GET', events, alice)).status, 200, 'the user names themself');
   });
 

@@ -44,7 +44,10 @@ t.test('console reads', async (t) => {
     t.test(`role ${role} reads every user's executions and activity`, async (t) => {
       const all = await get('/executions', 'olga', [role]);
       t.equal(all.status, 200);
-      t.same(new Set(all.body.items.map((e: { userId: string }) => e.userId)), new Set(['alice', 'bob', 'carol']));
+      t.same(
+        new Set(all.body.items.map((e: { userId: string }) => e.userId)),
+        new Set(['alice', 'bob', 'carol']),
+      );
       const bobs = await get('/executions?userId=bob&status=failed', 'olga', [role]);
       t.equal(bobs.body.items.length, 1, "filtered to bob's failure");
       t.equal(bobs.body.items[0].error.code, 'TOOL_ERROR');
@@ -59,7 +62,11 @@ t.test('console reads', async (t) => {
       t.equal(list.status, 403, `list with roles [${roles.join(',')}]`);
       t.equal(list.body.error.code, 'FORBIDDEN');
       t.match(list.body.error.message, /operator/, 'the refusal names the roles that may');
-      t.equal((await get(`/executions/${bob.executionId}`, 'alice', roles)).status, 404, 'one: as if missing');
+      t.equal(
+        (await get(`/executions/${bob.executionId}`, 'alice', roles)).status,
+        404,
+        'one: as if missing',
+      );
       t.equal((await get('/users/bob/activity', 'alice', roles)).status, 403);
       const own = await get('/executions', 'alice', roles);
       t.same(

@@ -85,21 +85,28 @@ async function run() {
 
   await t.test('the list shows every user; filtering by user and status, with the keyboard', async (t) => {
     await waitUntil('both users listed', async () => {
-      const users = await page.$$eval('#executions tbody tr', (rows) => rows.map((r) => r.getAttribute('data-user')));
+      const users = await page.$$eval('#executions tbody tr', (rows) =>
+        rows.map((r) => r.getAttribute('data-user')),
+      );
       return users.includes(alice) && users.includes(bob);
     });
     await page.focus('#f-user');
     await page.keyboard.type(bob);
     await page.selectOption('#f-status', 'failed');
     await page.keyboard.press('Enter'); // submits the filter form from its field
-    await page.waitForFunction(
-      (user) => {
-        const rows = [...document.querySelectorAll('#executions tbody tr[data-execution-id]')];
-        return rows.length === 1 && rows[0].getAttribute('data-user') === user && rows[0].getAttribute('data-status') === 'failed';
-      },
-      bob,
+    await page.waitForFunction((user) => {
+      const rows = [...document.querySelectorAll('#executions tbody tr[data-execution-id]')];
+      return (
+        rows.length === 1 &&
+        rows[0].getAttribute('data-user') === user &&
+        rows[0].getAttribute('data-status') === 'failed'
+      );
+    }, bob);
+    t.match(
+      page.url(),
+      new RegExp(`userId=${bob}&status=failed`),
+      'the filter is in the address (a link to share)',
     );
-    t.match(page.url(), new RegExp(`userId=${bob}&status=failed`), 'the filter is in the address (a link to share)');
     t.match(await page.textContent('#executions tbody'), /TOOL_ERROR: broken on purpose/);
     await shot('01-filtered');
   });
@@ -107,14 +114,17 @@ async function run() {
   await t.test("an execution's page: its timeline, arguments and result", async (t) => {
     await page.click(`#executions tbody tr[data-user="${bob}"] a`);
     await page.waitForSelector('#timeline li[data-type="ToolFailed"]');
-    t.same(
-      await page.$$eval('#timeline li', (items) => items.map((i) => i.getAttribute('data-type'))),
-      ['ToolRequested', 'ToolExecuting', 'ToolFailed'],
-    );
+    t.same(await page.$$eval('#timeline li', (items) => items.map((i) => i.getAttribute('data-type'))), [
+      'ToolRequested',
+      'ToolExecuting',
+      'ToolFailed',
+    ]);
     t.match(await page.textContent('#arguments'), /"message": "broken on purpose"/);
     t.match(await page.textContent('#outcome'), /TOOL_ERROR: broken on purpose/);
     t.equal(await page.textContent('#execution-status'), 'failed');
     t.ok(await page.isHidden('#cancel'), 'no cancel for an ended execution');
+    t.ok(await page.isHidden('#decide'), 'nothing to approve');
+    t.ok(await page.isHidden('#login'), 'no sign-in form while signed in');
     await shot('02-timeline');
   });
 
@@ -137,47 +147,55 @@ async function run() {
     await shot('04-cancelled');
   });
 
-  await t.test('approving a waiting call, then denying one', { skip: !hasApprovals && 'the dispatcher has no approvals API in this branch' }, async (t) => {
-    const approved = execute(aliceToken, 'guarded_echo', { text: 'pay 10' }, 'wait-approve');
-    const denied = execute(bobToken, 'guarded_echo', { text: 'pay 1000' }, 'wait-deny');
-    approved.catch(() => undefined);
-    denied.catch(() => undefined);
-    const approveId = executionIdFor(alice, 'wait-approve');
-    const denyId = executionIdFor(bob, 'wait-deny');
-    await page.click('#nav a[data-section="approvals"]');
-    const card = (id: string) => `#approvals li[data-execution-id="${id}"]`;
-    await page.waitForSelector(card(approveId), { timeout: 60_000 });
-    await page.waitForSelector(card(denyId), { timeout: 60_000 });
-    t.match(await page.textContent(card(approveId)), /"text": "pay 10"/, 'the arguments to decide on');
-    await page.waitForSelector('#approvals-count:text("2")');
-    await shot('05-approvals');
+  await t.test(
+    'approving a waiting call, then denying one',
+    { skip: !hasApprovals && 'the dispatcher has no approvals API in this branch' },
+    async (t) => {
+      const approved = execute(aliceToken, 'guarded_echo', { text: 'pay 10' }, 'wait-approve');
+      const denied = execute(bobToken, 'guarded_echo', { text: 'pay 1000' }, 'wait-deny');
+      approved.catch(() => undefined);
+      denied.catch(() => undefined);
+      const approveId = executionIdFor(alice, 'wait-approve');
+      const denyId = executionIdFor(bob, 'wait-deny');
+      await page.click('#nav a[data-section="approvals"]');
+      const card = (id: string) => `#approvals li[data-execution-id="${id}"]`;
+      await page.waitForSelector(card(approveId), { timeout: 60_000 });
+      await page.waitForSelector(card(denyId), { timeout: 60_000 });
+      t.match(await page.textContent(card(approveId)), /"text": "pay 10"/, 'the arguments to decide on');
+      await page.waitForSelector('#approvals-count:text("2")');
+      await shot('05-approvals');
 
-    await page.click(`${card(approveId)} button.approve`);
-    await page.waitForSelector(card(approveId), { state: 'detached' });
-    t.match(await approved, { status: 'completed' }, 'the approved call ran');
+      await page.click(`${card(approveId)} button.approve`);
+      await page.waitForSelector(card(approveId), { state: 'detached' });
+      t.match(await approved, { status: 'completed' }, 'the approved call ran');
 
-    await page.click(`${card(denyId)} button.deny`);
-    t.match(await page.textContent('#status'), /needs a reason/, 'a denial without a reason is stopped');
-    await page.fill(`${card(denyId)} input[name="reason"]`, 'too much');
-    await page.click(`${card(denyId)} button.deny`);
-    await page.waitForSelector(card(denyId), { state: 'detached' });
-    t.match(await denied, { status: 'failed', error: { code: 'DENIED' } });
-    await page.waitForSelector('#approvals-empty:not([hidden])');
+      await page.click(`${card(denyId)} button.deny`);
+      t.match(await page.textContent('#status'), /needs a reason/, 'a denial without a reason is stopped');
+      await page.fill(`${card(denyId)} input[name="reason"]`, 'too much');
+      await page.click(`${card(denyId)} button.deny`);
+      await page.waitForSelector(card(denyId), { state: 'detached' });
+      t.match(await denied, { status: 'failed', error: { code: 'DENIED' } });
+      await page.waitForSelector('#approvals-empty:not([hidden])');
 
-    await page.goto(`${consoleUrl}/#/executions/${approveId}?user=${alice}`);
-    await page.waitForSelector('#timeline li[data-type="ToolCompleted"]', { timeout: 60_000 });
-    t.match(await page.textContent('#decision'), /approved by olga \(approver\)/, 'who approved');
-    await page.goto(`${consoleUrl}/#/executions/${denyId}?user=${bob}`);
-    await page.waitForSelector('#timeline li[data-type="ToolDenied"]', { timeout: 60_000 });
-    t.match(await page.textContent('#decision'), /denied by olga \(approver\): too much/);
-    await shot('06-denied');
-  });
+      await page.goto(`${consoleUrl}/#/executions/${approveId}?user=${alice}`);
+      await page.waitForSelector('#timeline li[data-type="ToolCompleted"]', { timeout: 60_000 });
+      t.match(await page.textContent('#decision'), /approved by olga \(approver\)/, 'who approved');
+      await page.goto(`${consoleUrl}/#/executions/${denyId}?user=${bob}`);
+      await page.waitForSelector('#timeline li[data-type="ToolDenied"]', { timeout: 60_000 });
+      t.match(await page.textContent('#decision'), /denied by olga \(approver\): too much/);
+      await shot('06-denied');
+    },
+  );
 
   await t.test('tool charts: throughput, latency percentiles and error rate per tool (uPlot)', async (t) => {
     await page.goto(`${consoleUrl}/#/metrics`);
     await page.waitForSelector('#charts section[data-tool="fail"] .uplot', { timeout: 60_000 });
     for (const tool of ['echo', 'fail']) {
-      t.equal(await page.locator(`#charts section[data-tool="${tool}"] .uplot canvas`).count(), 3, `${tool}: three charts`);
+      t.equal(
+        await page.locator(`#charts section[data-tool="${tool}"] .uplot canvas`).count(),
+        3,
+        `${tool}: three charts`,
+      );
     }
     t.match(await page.textContent('#tool-totals tr[data-tool="fail"]'), /100\.0 %/, "fail's error rate");
     t.match(await page.textContent('#tool-totals tr[data-tool="echo"]'), /0\.0 %/);
@@ -195,13 +213,20 @@ async function run() {
 
   await t.test('at 375 px wide nothing overflows sideways', async (t) => {
     await page.setViewportSize({ width: 375, height: 800 });
-    for (const view of ['#/executions', `#/executions/${executionIdFor(alice, 'held-1')}?user=${alice}`, '#/approvals', '#/metrics', '#/audit']) {
+    const views = {
+      executions: '#/executions',
+      execution: `#/executions/${executionIdFor(alice, 'held-1')}?user=${alice}`,
+      approvals: '#/approvals',
+      metrics: '#/metrics',
+      audit: '#/audit',
+    };
+    for (const [name, view] of Object.entries(views)) {
       await page.goto(`${consoleUrl}/${view}`);
       await page.waitForSelector('#view > *');
       await page.waitForLoadState('networkidle');
       const width = await page.evaluate(() => document.documentElement.scrollWidth);
       t.ok(width <= 375, `${view}: page ${width} px wide`);
-      await shot(`09-phone-${view.split('/')[1]}`);
+      await shot(`09-phone-${name}`);
     }
     await page.setViewportSize({ width: 1200, height: 900 });
   });
@@ -210,14 +235,18 @@ async function run() {
     await page.goto(`${consoleUrl}/#/executions`);
     await page.waitForSelector('#filters');
     const unlabelled = await page.$$eval('input, select', (els) =>
-      els.filter((e) => !(e as HTMLInputElement).hidden && (e as HTMLInputElement).labels?.length === 0).map((e) => e.id),
+      els
+        .filter((e) => !(e as HTMLInputElement).hidden && (e as HTMLInputElement).labels?.length === 0)
+        .map((e) => e.id),
     );
     t.same(unlabelled, [], 'each input has a label');
 
     const plain = await browser.newPage();
     await plain.goto(`${consoleUrl}/#token=${aliceToken}`);
     await plain.waitForSelector('#executions tbody tr[data-execution-id]');
-    const users = await plain.$$eval('#executions tbody tr', (rows) => [...new Set(rows.map((r) => r.getAttribute('data-user')))]);
+    const users = await plain.$$eval('#executions tbody tr', (rows) => [
+      ...new Set(rows.map((r) => r.getAttribute('data-user'))),
+    ]);
     t.same(users, [alice], 'a plain user sees only their own executions');
     await plain.fill('#f-user', bob);
     await plain.press('#f-user', 'Enter');

@@ -58,7 +58,8 @@ function signOut() {
 /** The number of calls waiting for the signed-in approver, beside the Approvals link. */
 async function refreshBadge() {
   const r = await api('/approvals?limit=100');
-  $('approvals-count').textContent = r.ok && r.body.approvals.length > 0 ? String(r.body.approvals.length) : '';
+  $('approvals-count').textContent =
+    r.ok && r.body.approvals.length > 0 ? String(r.body.approvals.length) : '';
 }
 
 function route() {

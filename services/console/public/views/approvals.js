@@ -9,7 +9,11 @@ import { field, fmtTime, h, json, LIVE_INTERVAL_MS, poll } from '../dom.js';
  */
 export function render(main, { say }) {
   const list = h('ul', { id: 'approvals', class: 'cards' });
-  const empty = h('p', { id: 'approvals-empty', class: 'muted', hidden: true }, 'No calls wait for your approval.');
+  const empty = h(
+    'p',
+    { id: 'approvals-empty', class: 'muted', hidden: true },
+    'No calls wait for your approval.',
+  );
   main.append(h('h2', {}, 'Approvals'), empty, list);
   const cards = new Map();
 
@@ -17,9 +21,7 @@ export function render(main, { say }) {
     const r = await api(`/approvals${query({ limit: 100 })}`);
     if (!r.ok) {
       say(
-        r.status === 404 && !r.body?.error?.code
-          ? 'This dispatcher has no approvals API.'
-          : errorText(r),
+        r.status === 404 && !r.body?.error?.code ? 'This dispatcher has no approvals API.' : errorText(r),
         'error',
       );
       return;
@@ -44,7 +46,12 @@ export function render(main, { say }) {
 }
 
 function cardOf(a, say, reload) {
-  const reason = h('input', { id: `reason-${a.executionId}`, name: 'reason', maxlength: 500, autocomplete: 'off' });
+  const reason = h('input', {
+    id: `reason-${a.executionId}`,
+    name: 'reason',
+    maxlength: 500,
+    autocomplete: 'off',
+  });
   const decide = async (verb, button) => {
     const text = reason.value.trim();
     if (verb === 'deny' && !text) {
@@ -58,7 +65,10 @@ function cardOf(a, say, reload) {
       body: { argsHash: a.argsHash, ...(text ? { reason: text } : {}) },
     });
     button.disabled = false;
-    say(r.ok ? `${verb === 'approve' ? 'Approved' : 'Denied'}: ${a.tool} for ${a.userId}.` : errorText(r), r.ok ? 'info' : 'error');
+    say(
+      r.ok ? `${verb === 'approve' ? 'Approved' : 'Denied'}: ${a.tool} for ${a.userId}.` : errorText(r),
+      r.ok ? 'info' : 'error',
+    );
     await reload();
   };
   const approve = h('button', { type: 'button', class: 'approve' }, 'Approve');
@@ -70,11 +80,19 @@ function cardOf(a, say, reload) {
     'li',
     { class: 'card', dataset: { executionId: a.executionId } },
     h('h3', {}, h('a', { href }, `${a.tool} ${a.version ?? ''}`), ' for ', a.userId),
-    h('p', { class: 'muted' }, `Asked ${fmtTime(a.requestedAt)} · decide before ${fmtTime(a.deadline)} · approvers: ${a.approverRoles.join(', ')}`),
+    h(
+      'p',
+      { class: 'muted' },
+      `Asked ${fmtTime(a.requestedAt)} · decide before ${fmtTime(a.deadline)} · approvers: ${a.approverRoles.join(', ')}`,
+    ),
     json(a.args),
     h(
       'form',
-      { class: 'decide', 'aria-label': `Approve or deny ${a.tool} for ${a.userId}`, onsubmit: (e) => e.preventDefault() },
+      {
+        class: 'decide',
+        'aria-label': `Approve or deny ${a.tool} for ${a.userId}`,
+        onsubmit: (e) => e.preventDefault(),
+      },
       field('Reason (required to deny)', reason),
       h('div', { class: 'actions' }, approve, deny),
     ),

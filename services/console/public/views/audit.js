@@ -7,7 +7,13 @@ import { facts, field, fmtTime, h, json } from '../dom.js';
  * recorded in the auditor's log.
  */
 export function render(main, { query: params, say }) {
-  const user = h('input', { id: 'audit-user', name: 'userId', required: true, autocomplete: 'off', value: params.get('user') ?? '' });
+  const user = h('input', {
+    id: 'audit-user',
+    name: 'userId',
+    required: true,
+    autocomplete: 'off',
+    value: params.get('user') ?? '',
+  });
   const result = h('div', { id: 'audit-result', 'aria-live': 'polite' });
   const button = h('button', { type: 'submit' }, 'Verify history');
   const form = h(
@@ -42,11 +48,18 @@ function reportOf(report) {
   return h(
     'section',
     { class: `report ${report.ok ? 'ok' : 'broken'}`, dataset: { ok: String(report.ok) } },
-    h('p', { class: 'verdict' }, report.ok ? `✓ ${report.userId}'s history verifies` : `✗ ${report.userId}'s history is broken`),
+    h(
+      'p',
+      { class: 'verdict' },
+      report.ok ? `✓ ${report.userId}'s history verifies` : `✗ ${report.userId}'s history is broken`,
+    ),
     facts([
       ['Events checked', String(report.events)],
       ['Last revision', String(report.lastRevision)],
-      ['Executions', `${report.executions.started} started, ${report.executions.ended} ended, ${report.executions.open} open`],
+      [
+        'Executions',
+        `${report.executions.started} started, ${report.executions.ended} ended, ${report.executions.open} open`,
+      ],
       ['Verified', fmtTime(report.finishedAt)],
     ]),
     report.break ? [h('h3', {}, 'Where it breaks'), json(report.break)] : null,

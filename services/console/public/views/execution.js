@@ -20,13 +20,23 @@ export function render(main, { id, query: params, say }) {
   const outcome = h('div', { id: 'outcome' });
   const timeline = h('ol', { id: 'timeline', class: 'timeline' });
 
-  const cancelButton = h('button', { type: 'button', id: 'cancel', class: 'danger', hidden: true }, 'Cancel execution');
+  const cancelButton = h(
+    'button',
+    { type: 'button', id: 'cancel', class: 'danger', hidden: true },
+    'Cancel execution',
+  );
   const reason = h('input', { id: 'decision-reason', name: 'reason', maxlength: 500, autocomplete: 'off' });
   const approveButton = h('button', { type: 'button', id: 'approve' }, 'Approve');
   const denyButton = h('button', { type: 'button', id: 'deny', class: 'danger' }, 'Deny');
   const decide = h(
     'form',
-    { id: 'decide', class: 'decide', hidden: true, 'aria-label': 'Approve or deny this call', onsubmit: (e) => e.preventDefault() },
+    {
+      id: 'decide',
+      class: 'decide',
+      hidden: true,
+      'aria-label': 'Approve or deny this call',
+      onsubmit: (e) => e.preventDefault(),
+    },
     field('Reason (required to deny)', reason),
     h('div', { class: 'actions' }, approveButton, denyButton),
   );
@@ -76,7 +86,14 @@ export function render(main, { id, query: params, say }) {
     main.dataset.status = stored.status;
     summary.replaceChildren(
       facts([
-        ['Status', h('span', { class: `status ${stored.status}`, id: 'execution-status' }, stored.status.replace('_', ' '))],
+        [
+          'Status',
+          h(
+            'span',
+            { class: `status ${stored.status}`, id: 'execution-status' },
+            stored.status.replace('_', ' '),
+          ),
+        ],
         ['User', userId],
         ['Execution', id],
         ['Request', stored.requestId],
@@ -106,18 +123,31 @@ export function render(main, { id, query: params, say }) {
           ]),
     );
     args.replaceChildren(
-      requested ? json(requested.data.args) : h('p', { class: 'muted' }, 'Not recorded.'),
-      requested?.data.redacted.length
-        ? h('p', { class: 'muted' }, `Redacted when stored: ${requested.data.redacted.join(', ')}`)
-        : null,
+      h(
+        'div',
+        {},
+        requested ? json(requested.data.args) : h('p', { class: 'muted' }, 'Not recorded.'),
+        requested?.data.redacted.length > 0 &&
+          h('p', { class: 'muted' }, `Redacted when stored: ${requested.data.redacted.join(', ')}`),
+      ),
     );
     const end = events.findLast((e) => e.type === 'ToolCompleted' || e.type === 'ToolFailed');
     outcome.replaceChildren(
       !end
         ? h('p', { class: 'muted' }, 'Not ended yet.')
         : end.type === 'ToolCompleted'
-          ? h('div', {}, h('p', {}, `Completed in ${fmtMs(end.data.durationMs)}${end.data.cached ? ' (cached)' : ''}`), json(end.data.result))
-          : h('div', {}, h('p', { class: 'error', id: 'error' }, `${end.data.error.code}: ${end.data.error.message}`), end.data.error.details ? json(end.data.error.details) : null),
+          ? h(
+              'div',
+              {},
+              h('p', {}, `Completed in ${fmtMs(end.data.durationMs)}${end.data.cached ? ' (cached)' : ''}`),
+              json(end.data.result),
+            )
+          : h(
+              'div',
+              {},
+              h('p', { class: 'error', id: 'error' }, `${end.data.error.code}: ${end.data.error.message}`),
+              end.data.error.details ? json(end.data.error.details) : null,
+            ),
     );
     timeline.replaceChildren(...events.map(timelineItem));
 
@@ -140,7 +170,12 @@ export function render(main, { id, query: params, say }) {
   approveButton.addEventListener('click', () => {
     if (!current?.approval) return;
     const r = reason.value.trim();
-    act(approveButton, 'approve', { argsHash: current.approval.argsHash, ...(r ? { reason: r } : {}) }, () => 'Approved.');
+    act(
+      approveButton,
+      'approve',
+      { argsHash: current.approval.argsHash, ...(r ? { reason: r } : {}) },
+      () => 'Approved.',
+    );
   });
   denyButton.addEventListener('click', () => {
     if (!current?.approval) return;
@@ -149,7 +184,12 @@ export function render(main, { id, query: params, say }) {
       reason.focus();
       return;
     }
-    act(denyButton, 'deny', { argsHash: current.approval.argsHash, reason: reason.value.trim() }, () => 'Denied.');
+    act(
+      denyButton,
+      'deny',
+      { argsHash: current.approval.argsHash, reason: reason.value.trim() },
+      () => 'Denied.',
+    );
   });
 
   let ended = false;

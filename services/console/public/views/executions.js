@@ -39,7 +39,12 @@ export function render(main, { query: params, say, go }) {
     h('option', { value: '' }, 'any'),
     STATUSES.map((s) => h('option', { value: s, selected: s === filters.status }, s.replace('_', ' '))),
   );
-  const from = h('input', { id: 'f-from', name: 'from', type: 'datetime-local', value: localOf(filters.from) });
+  const from = h('input', {
+    id: 'f-from',
+    name: 'from',
+    type: 'datetime-local',
+    value: localOf(filters.from),
+  });
   const to = h('input', { id: 'f-to', name: 'to', type: 'datetime-local', value: localOf(filters.to) });
   const form = h(
     'form',
@@ -115,7 +120,9 @@ export function render(main, { query: params, say, go }) {
     next.disabled = nextCursor === null;
     prev.disabled = cursors.length === 1;
     live.textContent =
-      cursors.length === 1 ? `(live, updated ${new Date().toLocaleTimeString()})` : '(an older page: not live)';
+      cursors.length === 1
+        ? `(live, updated ${new Date().toLocaleTimeString()})`
+        : '(an older page: not live)';
     tbody.replaceChildren(...r.body.items.map(rowOf));
     if (r.body.items.length === 0) {
       tbody.append(h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No executions match.')));
@@ -138,7 +145,15 @@ function rowOf(e) {
   return h(
     'tr',
     { dataset: { executionId: e.executionId, status: e.status, user: e.userId } },
-    h('td', {}, h('a', { href, 'aria-label': `Open ${e.tool} of ${e.userId} at ${fmtTime(e.requestedAt)}` }, fmtTime(e.requestedAt))),
+    h(
+      'td',
+      {},
+      h(
+        'a',
+        { href, 'aria-label': `Open ${e.tool} of ${e.userId} at ${fmtTime(e.requestedAt)}` },
+        fmtTime(e.requestedAt),
+      ),
+    ),
     h('td', {}, e.userId),
     h('td', {}, `${e.tool}${e.version ? ` ${e.version}` : ''}`),
     h('td', {}, h('span', { class: `status ${e.status}` }, e.status.replace('_', ' '))),

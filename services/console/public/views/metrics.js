@@ -9,7 +9,14 @@ const WINDOWS = [
   ['1440', 'last 24 hours'],
 ];
 const REFRESH_MS = 10_000;
-const COLORS = { completed: '#1b7f4b', failed: '#c0392b', p50: '#2f5bd3', p95: '#d68a00', p99: '#8e44ad', rate: '#c0392b' };
+const COLORS = {
+  completed: '#1b7f4b',
+  failed: '#c0392b',
+  p50: '#2f5bd3',
+  p95: '#d68a00',
+  p99: '#8e44ad',
+  rate: '#c0392b',
+};
 
 /**
  * Per tool, over a chosen window: a table of the totals (projector GET /tools/metrics) and three
@@ -27,7 +34,11 @@ export function render(main, { say }) {
   const charts = h('div', { id: 'charts' });
   main.append(
     h('h2', {}, 'Tool metrics'),
-    h('form', { class: 'filters', 'aria-label': 'Metrics window', onsubmit: (e) => e.preventDefault() }, field('Window', windowSelect)),
+    h(
+      'form',
+      { class: 'filters', 'aria-label': 'Metrics window', onsubmit: (e) => e.preventDefault() },
+      field('Window', windowSelect),
+    ),
     table,
     charts,
   );
@@ -52,24 +63,47 @@ export function render(main, { say }) {
     const width = Math.max(260, Math.min(charts.clientWidth || 600, 900) - 8);
     charts.replaceChildren(
       ...series.body.tools.map((s) => {
-        const section = h('section', { class: 'tool-charts', dataset: { tool: s.tool } }, h('h3', {}, s.tool));
+        const section = h(
+          'section',
+          { class: 'tool-charts', dataset: { tool: s.tool } },
+          h('h3', {}, s.tool),
+        );
         const data = columns(s.points, from, to);
         plots.push(
-          chart(section, `Throughput (executions per minute)`, width, [data.x, data.completed, data.failed], [
-            { label: 'completed', stroke: COLORS.completed },
-            { label: 'failed', stroke: COLORS.failed },
-          ]),
-          chart(section, 'Latency (ms)', width, [data.x, data.p50, data.p95, data.p99], [
-            { label: 'p50', stroke: COLORS.p50 },
-            { label: 'p95', stroke: COLORS.p95 },
-            { label: 'p99', stroke: COLORS.p99 },
-          ]),
-          chart(section, 'Error rate (%)', width, [data.x, data.rate], [{ label: 'error rate', stroke: COLORS.rate }]),
+          chart(
+            section,
+            `Throughput (executions per minute)`,
+            width,
+            [data.x, data.completed, data.failed],
+            [
+              { label: 'completed', stroke: COLORS.completed },
+              { label: 'failed', stroke: COLORS.failed },
+            ],
+          ),
+          chart(
+            section,
+            'Latency (ms)',
+            width,
+            [data.x, data.p50, data.p95, data.p99],
+            [
+              { label: 'p50', stroke: COLORS.p50 },
+              { label: 'p95', stroke: COLORS.p95 },
+              { label: 'p99', stroke: COLORS.p99 },
+            ],
+          ),
+          chart(
+            section,
+            'Error rate (%)',
+            width,
+            [data.x, data.rate],
+            [{ label: 'error rate', stroke: COLORS.rate }],
+          ),
         );
         return section;
       }),
     );
-    if (series.body.tools.length === 0) charts.append(h('p', { class: 'muted' }, 'No tool ran in this window.'));
+    if (series.body.tools.length === 0)
+      charts.append(h('p', { class: 'muted' }, 'No tool ran in this window.'));
   }
 
   let stop = poll(load, REFRESH_MS);
@@ -104,7 +138,16 @@ function chart(section, title, width, data, series) {
   const target = h('figure', { class: 'chart', 'aria-label': title });
   section.append(target);
   return new uPlot(
-    { title, width, height: 180, series: [{}, ...series.map((s) => ({ ...s, width: 2, spanGaps: false }))], scales: { y: { range: (_u, min, max) => [0, Math.max(1, max ?? 1)] } } },
+    {
+      title,
+      width,
+      height: 180,
+      series: [
+        {},
+        ...series.map((s) => ({ ...s, width: 2, spanGaps: false, points: { show: true, size: 6 } })),
+      ],
+      scales: { y: { range: (_u, min, max) => [0, Math.max(1, max ?? 1)] } },
+    },
     data,
     target,
   );
@@ -115,7 +158,17 @@ function totalsTable(tools) {
     'table',
     { id: 'tool-totals' },
     h('caption', {}, 'Totals over the window'),
-    h('thead', {}, h('tr', {}, ['Tool', 'Ran', 'Failed', 'Refused', 'Error rate', 'p50', 'p95', 'p99'].map((c) => h('th', { scope: 'col' }, c)))),
+    h(
+      'thead',
+      {},
+      h(
+        'tr',
+        {},
+        ['Tool', 'Ran', 'Failed', 'Refused', 'Error rate', 'p50', 'p95', 'p99'].map((c) =>
+          h('th', { scope: 'col' }, c),
+        ),
+      ),
+    ),
     h(
       'tbody',
       {},
