@@ -142,23 +142,19 @@ export function render(main, { query: params, say, go }) {
 
 function rowOf(e) {
   const href = `#/executions/${e.executionId}${query({ user: e.userId })}`;
+  const label = `Open ${e.tool} of ${e.userId} at ${fmtTime(e.requestedAt)}`;
   return h(
     'tr',
     { dataset: { executionId: e.executionId, status: e.status, user: e.userId } },
-    h(
-      'td',
-      {},
-      h(
-        'a',
-        { href, 'aria-label': `Open ${e.tool} of ${e.userId} at ${fmtTime(e.requestedAt)}` },
-        fmtTime(e.requestedAt),
-      ),
-    ),
-    h('td', {}, e.userId),
-    h('td', {}, `${e.tool}${e.version ? ` ${e.version}` : ''}`),
-    h('td', {}, h('span', { class: `status ${e.status}` }, e.status.replace('_', ' '))),
-    h('td', {}, fmtMs(e.durationMs)),
-    h('td', {}, String(e.attempts)),
-    h('td', {}, e.error ? `${e.error.code}: ${e.error.message ?? ''}` : ''),
+    cell('Requested', h('a', { href, 'aria-label': label }, fmtTime(e.requestedAt))),
+    cell('User', e.userId),
+    cell('Tool', `${e.tool}${e.version ? ` ${e.version}` : ''}`),
+    cell('Status', h('span', { class: `status ${e.status}` }, e.status.replace('_', ' '))),
+    cell('Duration', fmtMs(e.durationMs)),
+    cell('Attempts', String(e.attempts)),
+    e.error ? cell('Error', `${e.error.code}: ${e.error.message ?? ''}`) : h('td'),
   );
 }
+
+/** A cell that names its column (shown before it when a phone stacks the row). */
+const cell = (label, content) => h('td', { 'data-label': label }, content);

@@ -86,9 +86,9 @@ export function render(main, { say }) {
             width,
             [data.x, data.p50, data.p95, data.p99],
             [
-              { label: 'p50', stroke: COLORS.p50 },
-              { label: 'p95', stroke: COLORS.p95 },
-              { label: 'p99', stroke: COLORS.p99 },
+              { label: 'p50', stroke: COLORS.p50, points: true },
+              { label: 'p95', stroke: COLORS.p95, points: true },
+              { label: 'p99', stroke: COLORS.p99, points: true },
             ],
           ),
           chart(
@@ -96,7 +96,7 @@ export function render(main, { say }) {
             'Error rate (%)',
             width,
             [data.x, data.rate],
-            [{ label: 'error rate', stroke: COLORS.rate }],
+            [{ label: 'error rate', stroke: COLORS.rate, points: true }],
           ),
         );
         return section;
@@ -144,7 +144,12 @@ function chart(section, title, width, data, series) {
       height: 180,
       series: [
         {},
-        ...series.map((s) => ({ ...s, width: 2, spanGaps: false, points: { show: true, size: 6 } })),
+        ...series.map((s) => ({
+          ...s,
+          width: 2,
+          spanGaps: false,
+          points: { show: s.points ?? false, size: 6 },
+        })),
       ],
       scales: { y: { range: (_u, min, max) => [0, Math.max(1, max ?? 1)] } },
     },
