@@ -95,11 +95,11 @@ async function run() {
     await page.selectOption('#f-status', 'failed');
     await page.keyboard.press('Enter'); // submits the filter form from its field
     await page.waitForFunction((user) => {
-      const rows = [...document.querySelectorAll('#executions tbody tr[data-execution-id]')];
+      const rows = Array.from(document.querySelectorAll('#executions tbody tr[data-execution-id]'));
       return (
         rows.length === 1 &&
-        rows[0].getAttribute('data-user') === user &&
-        rows[0].getAttribute('data-status') === 'failed'
+        rows[0]?.getAttribute('data-user') === user &&
+        rows[0]?.getAttribute('data-status') === 'failed'
       );
     }, bob);
     t.match(
