@@ -1,5 +1,7 @@
 import { z } from 'zod';
 import {
+  ApprovalPolicy,
+  type ApprovalPolicyInput,
   JsonSchemaDoc,
   MAX_TIMEOUT_MS,
   Role,
@@ -51,6 +53,11 @@ export interface ToolDefinition<I extends z.ZodType = z.ZodType, O extends z.Zod
     idempotentHint?: boolean;
     openWorldHint?: boolean;
   };
+  /**
+   * Calls wait for an approver: always, or when one of the `when` rules holds for the arguments
+   * (docs/approval.md). A destructive tool without it follows the operator's default.
+   */
+  approval?: ApprovalPolicyInput;
   run(args: z.infer<I>, ctx: ToolContext): Promise<z.infer<O>>;
 }
 
@@ -205,6 +212,17 @@ export function toManifest(def: ToolDefinition): ToolManifest {
     if (!a.success)
       problems.push(...a.error.issues.map((i) => `annotations.${i.path.join('.')}: ${i.message}`));
   }
+  if (d['approval'] !== undefined) {
+    const a = ApprovalPolicy.safeParse(d['approval']);
+    if (!a.success) problems.push(...a.error.issues.map((i) => `approval.${i.path.join('.')}: ${i.message}`));
+    // A rule on a field the input does not have would never hold: the call would run unasked.
+    const props = topLevelProperties(inputSchema);
+    for (const [i, rule] of (a.data?.when ?? []).entries()) {
+      const field = rule.path.split('.')[0]!;
+      if (props && !props.has(field))
+        problems.push(`approval.when.${i}.path: "${field}" is not a top-level key of the input schema`);
+    }
+  }
   if (typeof d['run'] !== 'function') problems.push('run must be a function');
   if (problems.length > 0) throw new ToolDefinitionError(label, problems);
 
@@ -221,6 +239,7 @@ export function toManifest(def: ToolDefinition): ToolManifest {
     cacheable: def.cacheable ?? false,
     sensitive: { input: [...(sensitive.input ?? [])], output: [...(sensitive.output ?? [])] },
     ...(def.annotations ? { annotations: { ...def.annotations } } : {}),
+    ...(def.approval ? { approval: def.approval } : {}),
   };
   const parsed = ToolManifest.safeParse(candidate);
   if (!parsed.success) {
