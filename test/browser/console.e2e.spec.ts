@@ -111,6 +111,38 @@ async function run() {
     await shot('01-filtered');
   });
 
+  await t.test('paging: older and newer pages, only the first one live', async (t) => {
+    const ids = () =>
+      page.$$eval('#executions tbody tr[data-execution-id]', (rows) =>
+        rows.map((r) => r.getAttribute('data-execution-id')),
+      );
+    await page.goto(`${consoleUrl}/#/executions?limit=2`);
+    await page.waitForFunction(
+      () => document.querySelectorAll('#executions tbody tr[data-execution-id]').length === 2,
+    );
+    const first = await ids();
+    t.match(await page.textContent('#live'), /live/);
+    await page.click('#next-page');
+    await page.waitForSelector('#live:text("not live")');
+    await page.waitForFunction((before) => {
+      const now = Array.from(document.querySelectorAll('#executions tbody tr[data-execution-id]')).map((r) =>
+        r.getAttribute('data-execution-id'),
+      );
+      return now.length === 2 && !now.some((id) => before.includes(id));
+    }, first);
+    const second = await ids();
+    t.equal(second.length, 2, 'a second page of two, none of the first');
+    await page.click('#prev-page');
+    await page.waitForFunction(
+      (before) =>
+        Array.from(document.querySelectorAll('#executions tbody tr[data-execution-id]'))
+          .map((r) => r.getAttribute('data-execution-id'))
+          .join() === before.join(),
+      first,
+    );
+    t.ok(await page.isDisabled('#prev-page'), 'back on the first page');
+  });
+
   await t.test("an execution's page: its timeline, arguments and result", async (t) => {
     await page.click(`#executions tbody tr[data-user="${bob}"] a`);
     await page.waitForSelector('#timeline li[data-type="ToolFailed"]');
@@ -240,6 +272,16 @@ async function run() {
         .map((e) => e.id),
     );
     t.same(unlabelled, [], 'each input has a label');
+    // The keyboard reaches the section links, and the focused one is outlined.
+    await page.focus('#sign-out');
+    await page.keyboard.press('Tab'); // the first section link
+    t.equal(await page.evaluate(() => document.activeElement?.textContent?.trim()), 'Executions');
+    t.not(
+      await page.evaluate(() => getComputedStyle(document.activeElement!).outlineStyle),
+      'none',
+      'focus is visible',
+    );
+    await page.keyboard.press('Enter');
 
     const plain = await browser.newPage();
     await plain.goto(`${consoleUrl}/#token=${aliceToken}`);

@@ -2,6 +2,7 @@ import { api, errorText, query } from '../api.js';
 import { field, fmtMs, fmtTime, h, LIVE_INTERVAL_MS, poll } from '../dom.js';
 
 const STATUSES = ['requested', 'awaiting_approval', 'approved', 'executing', 'completed', 'failed'];
+/** Executions a page, unless the address says `limit=` (1-500, as the projector allows). */
 const PAGE_SIZE = 25;
 
 /** `2026-12-05T04:30` from a datetime-local input as an ISO instant (the browser's time zone). */
@@ -20,6 +21,8 @@ function localOf(iso) {
  * new executions and status changes appear on their own; later pages stay as read.
  */
 export function render(main, { query: params, say, go }) {
+  const asked = Number(params.get('limit'));
+  const pageSize = Number.isInteger(asked) && asked >= 1 && asked <= 500 ? asked : PAGE_SIZE;
   const filters = {
     userId: params.get('userId') ?? '',
     tool: params.get('tool') ?? '',
@@ -111,7 +114,7 @@ export function render(main, { query: params, say, go }) {
   );
 
   async function load() {
-    const r = await api(`/executions${query({ ...filters, limit: PAGE_SIZE, cursor: cursor() })}`);
+    const r = await api(`/executions${query({ ...filters, limit: pageSize, cursor: cursor() })}`);
     if (!r.ok) {
       say(errorText(r), 'error');
       return;
