@@ -15,5 +15,7 @@ export const ConsoleEnv = CommonEnv.pick({ NODE_ENV: true, LOG_LEVEL: true, HOST
   CONSOLE_AUDITOR_URL: upstream('http://127.0.0.1:8083'),
   /** How long a forwarded call may take before the console answers 504. */
   CONSOLE_UPSTREAM_TIMEOUT_MS: z.coerce.number().int().min(100).max(600_000).default(30_000),
+  /** Forwarded calls in flight at once; beyond it a call is refused 503 OVERLOADED at once. */
+  CONSOLE_MAX_IN_FLIGHT: z.coerce.number().int().min(1).max(100_000).default(256),
 });
 export type ConsoleConfig = z.infer<typeof ConsoleEnv>;

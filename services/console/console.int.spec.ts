@@ -1,3 +1,4 @@
+import { createServer, type Socket } from 'node:net';
 import t from 'tap';
 import { signToken } from '../../lib/auth.ts';
 import { loadConfig } from '../../lib/config.ts';
@@ -6,7 +7,7 @@ import { recordExecution } from '../../test/support/events.ts';
 import { freePort } from '../../test/support/ports.ts';
 import { createTestDatabase } from '../../test/support/postgres.ts';
 import { startProjector } from '../projector/app.ts';
-import { TEST_SECRET, testConfig, waitForCatchUp } from '../projector/testkit.ts';
+import { TEST_SECRET, testConfig, waitFor, waitForCatchUp } from '../projector/testkit.ts';
 import { startConsole } from './app.ts';
 import { ConsoleEnv } from './config.ts';
 
@@ -107,4 +108,48 @@ t.test('console', async (t) => {
     t.equal(res.status, 502);
     t.match(await res.json(), { error: { code: 'UPSTREAM_UNAVAILABLE', message: /dispatcher/ } });
   });
+});
+
+t.test('a service that does not answer: bounded calls in flight, then 504', async (t) => {
+  // A service that takes connections and never answers them.
+  const held: Socket[] = [];
+  const silent = createServer((socket) => void held.push(socket));
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    for (const socket of held) socket.destroy();
+    silent.close();
+  });
+  const address = silent.address();
+  const url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
+  const consoleApp = await startConsole(
+    loadConfig(ConsoleEnv, {
+      NODE_ENV: 'test',
+      LOG_LEVEL: 'silent',
+      CONSOLE_PORT: '0',
+      CONSOLE_PROJECTOR_URL: url,
+      CONSOLE_DISPATCHER_URL: url,
+      CONSOLE_AUDITOR_URL: url,
+      CONSOLE_UPSTREAM_TIMEOUT_MS: '1000',
+      CONSOLE_MAX_IN_FLIGHT: '2',
+    }),
+  );
+  t.teardown(() => consoleApp.close());
+  const get = (path: string) => fetch(`${consoleApp.url}${path}`, { headers: { authorization: 'Bearer x' } });
+
+  const waiting = [get('/api/executions'), get('/api/approvals')];
+  await waitFor(() => held.length === 2, { what: 'both calls at the silent service' });
+  const third = await get('/api/tools/metrics');
+  t.equal(third.status, 503, 'a third call is refused at once');
+  t.equal(third.headers.get('retry-after'), '1');
+  t.match(await third.json(), { error: { code: 'OVERLOADED' } });
+
+  for (const res of await Promise.all(waiting)) {
+    t.equal(res.status, 504);
+    t.match(await res.json(), {
+      error: { code: 'UPSTREAM_TIMEOUT', message: /did not answer within 1000 ms/ },
+    });
+  }
+  const after = get('/api/executions');
+  await waitFor(() => held.length === 3, { what: 'a slot free again: the call reaches the service' });
+  t.equal((await after).status, 504);
 });

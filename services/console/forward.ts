@@ -44,7 +44,8 @@ const PASSED_ON = ['content-type', 'www-authenticate', 'retry-after', 'x-audit-i
 /**
  * Registers the forwarding routes under /api. The user's `Authorization` header goes with each
  * call as it came; the service that answers decides (401/403/404) and its answer comes back as it
- * is. A service that does not answer is a 502 (refused) or 504 (too slow) in the API's error shape.
+ * is. A service that does not answer is a 502 (refused) or 504 (too slow) in the API's error shape;
+ * beyond CONSOLE_MAX_IN_FLIGHT calls at once, a call is refused 503 OVERLOADED without waiting.
  */
 export function registerForwarding(app: FastifyInstance, config: ConsoleConfig): void {
   const base: Record<Upstream, string> = {
@@ -52,50 +53,60 @@ export function registerForwarding(app: FastifyInstance, config: ConsoleConfig):
     projector: config.CONSOLE_PROJECTOR_URL.replace(/\/$/, ''),
     auditor: config.CONSOLE_AUDITOR_URL.replace(/\/$/, ''),
   };
+  const fail = (reply: FastifyReply, status: number, code: string, message: string) =>
+    reply.code(status).send({ error: { code, message } });
+  let inFlight = 0;
+
   for (const route of ROUTES) {
     app.route({
       method: route.method,
       url: `/api${route.path}`,
       handler: async (request: FastifyRequest, reply: FastifyReply) => {
+        if (inFlight >= config.CONSOLE_MAX_IN_FLIGHT) {
+          void reply.header('retry-after', '1');
+          return fail(
+            reply,
+            503,
+            'OVERLOADED',
+            `the console has ${inFlight} calls in flight; retry in a second`,
+          );
+        }
         const params = request.params as Record<string, string>;
         const path = route.to ? route.to(params) : pathWith(route.path, params);
         const query = request.url.includes('?') ? request.url.slice(request.url.indexOf('?')) : '';
         const headers: Record<string, string> = {};
         if (request.headers.authorization) headers['authorization'] = request.headers.authorization;
-        let body: string | undefined;
-        if (route.method === 'POST') {
-          headers['content-type'] = 'application/json';
-          body = JSON.stringify(request.body ?? {});
-        }
-        let answer: Response;
+        if (route.method === 'POST') headers['content-type'] = 'application/json';
+        inFlight++;
         try {
-          answer = await fetch(`${base[route.upstream]}${path}${query}`, {
+          // The whole answer is read under the same deadline, so a service that stalls mid-body
+          // cannot hold a slot.
+          const answer = await fetch(`${base[route.upstream]}${path}${query}`, {
             method: route.method,
             headers,
-            ...(body !== undefined ? { body } : {}),
+            ...(route.method === 'POST' ? { body: JSON.stringify(request.body ?? {}) } : {}),
             redirect: 'manual',
             signal: AbortSignal.timeout(config.CONSOLE_UPSTREAM_TIMEOUT_MS),
           });
+          const body = Buffer.from(await answer.arrayBuffer());
+          for (const name of PASSED_ON) {
+            const value = answer.headers.get(name);
+            if (value !== null) void reply.header(name, value);
+          }
+          return reply.code(answer.status).header('cache-control', 'no-store').send(body);
         } catch (e) {
-          const slow = (e as Error).name === 'TimeoutError';
           request.log.warn({ err: e, upstream: route.upstream, path }, 'upstream call failed');
-          return reply.code(slow ? 504 : 502).send({
-            error: {
-              code: slow ? 'UPSTREAM_TIMEOUT' : 'UPSTREAM_UNAVAILABLE',
-              message: slow
-                ? `the ${route.upstream} did not answer within ${config.CONSOLE_UPSTREAM_TIMEOUT_MS} ms`
-                : `the ${route.upstream} is not reachable`,
-            },
-          });
+          return (e as Error).name === 'TimeoutError'
+            ? fail(
+                reply,
+                504,
+                'UPSTREAM_TIMEOUT',
+                `the ${route.upstream} did not answer within ${config.CONSOLE_UPSTREAM_TIMEOUT_MS} ms`,
+              )
+            : fail(reply, 502, 'UPSTREAM_UNAVAILABLE', `the ${route.upstream} is not reachable`);
+        } finally {
+          inFlight--;
         }
-        for (const name of PASSED_ON) {
-          const value = answer.headers.get(name);
-          if (value !== null) void reply.header(name, value);
-        }
-        return reply
-          .code(answer.status)
-          .header('cache-control', 'no-store')
-          .send(Buffer.from(await answer.arrayBuffer()));
       },
     });
   }
