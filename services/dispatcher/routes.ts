@@ -170,7 +170,10 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     if (!owner.success) return refused('MALFORMED', 'userId must be a user id');
     const userId = owner.data.userId ?? principal.userId;
     if (!mayCancelFor(principal, userId)) {
-      return refused('FORBIDDEN', `only ${userId}, an admin or an operator may cancel ${userId}'s executions`);
+      return refused(
+        'FORBIDDEN',
+        `only ${userId}, an admin or an operator may cancel ${userId}'s executions`,
+      );
     }
     const result = await deps.cancels.cancel({
       userId,
