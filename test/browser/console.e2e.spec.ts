@@ -160,12 +160,14 @@ async function run() {
     await shot('02-timeline');
   });
 
-  await t.test('cancelling a running execution', async (t) => {
+  await t.test('a new execution appears on the open list by itself; cancelling it', async (t) => {
+    await page.goto(`${consoleUrl}/#/executions`);
+    await page.waitForSelector('#executions tbody tr[data-execution-id]');
+    // Started while the list is open: only the list's own refresh can show it.
     const requestId = 'held-1';
     const answer = execute(aliceToken, hold.name, { ms: 600_000 }, requestId);
     answer.catch(() => undefined);
     const executionId = executionIdFor(alice, requestId);
-    await page.goto(`${consoleUrl}/#/executions`);
     await page.waitForSelector(row(executionId, 'executing'), { timeout: 60_000 });
     await page.click(`${row(executionId)} a`);
     await page.waitForSelector('#cancel:not([hidden])');
@@ -183,13 +185,15 @@ async function run() {
     'approving a waiting call, then denying one',
     { skip: !hasApprovals && 'the dispatcher has no approvals API in this branch' },
     async (t) => {
+      await page.click('#nav a[data-section="approvals"]');
+      await page.waitForSelector('#approvals-empty:not([hidden])');
+      // Asked for while the queue is open: they appear by themselves.
       const approved = execute(aliceToken, 'guarded_echo', { text: 'pay 10' }, 'wait-approve');
       const denied = execute(bobToken, 'guarded_echo', { text: 'pay 1000' }, 'wait-deny');
       approved.catch(() => undefined);
       denied.catch(() => undefined);
       const approveId = executionIdFor(alice, 'wait-approve');
       const denyId = executionIdFor(bob, 'wait-deny');
-      await page.click('#nav a[data-section="approvals"]');
       const card = (id: string) => `#approvals li[data-execution-id="${id}"]`;
       await page.waitForSelector(card(approveId), { timeout: 60_000 });
       await page.waitForSelector(card(denyId), { timeout: 60_000 });
