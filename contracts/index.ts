@@ -1,3 +1,4 @@
+export * from './approval.ts';
 export * from './auth.ts';
 export * from './chain.ts';
 export * from './errors.ts';

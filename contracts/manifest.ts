@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { ApprovalPolicy } from './approval.ts';
 import { Role } from './auth.ts';
 import { ToolName, ToolVersion } from './ids.ts';
 
@@ -53,6 +54,11 @@ export const ToolManifest = z.strictObject({
     .strictObject({ input: z.array(z.string()).default([]), output: z.array(z.string()).default([]) })
     .default({ input: [], output: [] }),
   annotations: ToolAnnotations.optional(),
+  /**
+   * Calls wait for an approver (docs/approval.md): always, or when a rule on the arguments holds.
+   * Without it, a tool annotated `destructiveHint: true` follows the operator's default.
+   */
+  approval: ApprovalPolicy.optional(),
 });
 export type ToolManifest = z.infer<typeof ToolManifest>;
 export type ToolManifestInput = z.input<typeof ToolManifest>;

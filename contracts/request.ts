@@ -103,6 +103,17 @@ export const AgentAnswer = z.discriminatedUnion('status', [
     executionId: z.string(),
     correlationId: z.string(),
   }),
+  /** The call waits for an approver (docs/approval.md); the terminal answer follows the decision. */
+  z.strictObject({
+    status: z.literal('awaiting_approval'),
+    requestId: z.string(),
+    executionId: z.string(),
+    correlationId: z.string(),
+    /** The hash an approver must confirm: SHA-256 of the exact arguments (execution.ts `argsHash`). */
+    argsHash: z.string(),
+    approverRoles: z.array(z.string()),
+    deadline: z.iso.datetime({ offset: true }),
+  }),
   z.strictObject({
     status: z.literal('progress'),
     requestId: z.string(),

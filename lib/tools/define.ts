@@ -1,5 +1,7 @@
 import { z } from 'zod';
 import {
+  ApprovalPolicy,
+  type ApprovalPolicyInput,
   JsonSchemaDoc,
   MAX_TIMEOUT_MS,
   Role,
@@ -51,6 +53,11 @@ export interface ToolDefinition<I extends z.ZodType = z.ZodType, O extends z.Zod
     idempotentHint?: boolean;
     openWorldHint?: boolean;
   };
+  /**
+   * Calls wait for an approver: always, or when one of the `when` rules holds for the arguments
+   * (docs/approval.md). A destructive tool without it follows the operator's default.
+   */
+  approval?: ApprovalPolicyInput;
   run(args: z.infer<I>, ctx: ToolContext): Promise<z.infer<O>>;
 }
 
@@ -205,6 +212,11 @@ export function toManifest(def: ToolDefinition): ToolManifest {
     if (!a.success)
       problems.push(...a.error.issues.map((i) => `annotations.${i.path.join('.')}: ${i.message}`));
   }
+  if (d['approval'] !== undefined) {
+    const a = ApprovalPolicy.safeParse(d['approval']);
+    if (!a.success)
+      problems.push(...a.error.issues.map((i) => `approval.${i.path.join('.')}: ${i.message}`));
+  }
   if (typeof d['run'] !== 'function') problems.push('run must be a function');
   if (problems.length > 0) throw new ToolDefinitionError(label, problems);
 
@@ -221,6 +233,7 @@ export function toManifest(def: ToolDefinition): ToolManifest {
     cacheable: def.cacheable ?? false,
     sensitive: { input: [...(sensitive.input ?? [])], output: [...(sensitive.output ?? [])] },
     ...(def.annotations ? { annotations: { ...def.annotations } } : {}),
+    ...(def.approval ? { approval: def.approval } : {}),
   };
   const parsed = ToolManifest.safeParse(candidate);
   if (!parsed.success) {

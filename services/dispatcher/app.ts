@@ -9,7 +9,10 @@ import { connectNats, natsCredentialsFromConfig, type NatsConnection } from '../
 import { createRedis, type Redis } from '../../lib/redis.ts';
 import { acceptAnnouncements, ToolRegistry, type ToolDefinition } from '../../lib/tools/index.ts';
 import { CancelCoordinator, serveCancels, wakeRunner } from './cancel.ts';
-import type { DispatcherConfig } from './config.ts';
+import { registerApprovalRoutes } from './approvalRoutes.ts';
+import { ApprovalWaits } from './approvals.ts';
+import { destructiveDefaultOf, type DispatcherConfig } from './config.ts';
+import { startExpirySweep, type ExpirySweep } from './expiry.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { Guard } from './guard.ts';
 import { defaultUserSlots, ensureIntake, startIntake, type Intake } from './intake.ts';
@@ -187,7 +190,16 @@ export async function startDispatcher(
         log.warn({ op, err: e }, 'redis unavailable; continuing without it');
       },
     );
+    // Approvals waiting, listed in PostgreSQL (approvals.ts); the deadlines are enforced from it.
+    const waits = await ApprovalWaits.open(config.DATABASE_URL);
+    cleanup.push(() => waits.close());
+    const approvals = {
+      waits,
+      destructive: destructiveDefaultOf(config),
+      recheckMs: config.APPROVAL_RECHECK_MS,
+    };
     const dispatcher = new Dispatcher({
+      approvals,
       dispatcherId,
       nc,
       registry,
@@ -228,6 +240,15 @@ export async function startDispatcher(
     const cancelService = serveCancels(nc, { verifier, coordinator: cancels, dispatcher, log });
     cleanup.push(() => cancelService.stop());
     registerRoutes(app, { nc, js, registry, verifier, streams, cancels, waitMs: config.HTTP_WAIT_MS });
+    registerApprovalRoutes(app, { verifier, streams, waits, now });
+    const expiry: ExpirySweep = startExpirySweep({
+      waits,
+      streams,
+      log: log.child({ component: 'approvals' }),
+      everyMs: config.APPROVAL_SWEEP_MS,
+      now,
+    });
+    cleanup.push(() => expiry.stop());
 
     let url: string | null = null;
     if (options.listen !== false) {

@@ -7,6 +7,12 @@ import {
   SecretKey,
   UserTokenEnv,
 } from '../../lib/config.ts';
+import {
+  DEFAULT_APPROVAL_TIMEOUT_MS,
+  MAX_APPROVAL_TIMEOUT_MS,
+  Role,
+  type DestructiveDefault,
+} from '../../contracts/index.ts';
 import { EVENT_PUBLISH_MODES } from './relay.ts';
 
 const int = (fallback: number, min: number, max: number) =>
@@ -111,6 +117,26 @@ const DispatcherVariables = CommonEnv.extend({
    * when NODE_ENV=production.
    */
   TOOLBUS_TEST_TOOLS: flag,
+  // ---- Approval (docs/approval.md) ----
+  /**
+   * Tools annotated `destructiveHint: true` that declare no approval policy: `require` (the
+   * default) makes every call wait for an approver, `off` runs them unasked.
+   */
+  APPROVAL_DESTRUCTIVE: z.enum(['require', 'off'], 'must be require or off').default('require'),
+  /** Who approves those calls (comma-separated roles; admins always may). */
+  APPROVAL_DESTRUCTIVE_ROLES: z
+    .string()
+    .default('approver')
+    .transform((v) => v.split(',').map((r) => r.trim()).filter((r) => r.length > 0))
+    .pipe(z.array(Role).min(1, 'needs at least one role').max(15)),
+  /** How long those calls wait before they end APPROVAL_EXPIRED. */
+  APPROVAL_DESTRUCTIVE_TIMEOUT_MS: int(DEFAULT_APPROVAL_TIMEOUT_MS, 1_000, MAX_APPROVAL_TIMEOUT_MS),
+  /** Whether the requester may approve their own destructive call. */
+  APPROVAL_DESTRUCTIVE_ALLOW_SELF: flag,
+  /** How soon a request waiting for approval comes back to see whether it was decided (and starts). */
+  APPROVAL_RECHECK_MS: int(1_000, 50, 60_000),
+  /** How often the store's waits are searched for passed deadlines (also once at start). */
+  APPROVAL_SWEEP_MS: int(5_000, 100, 3_600_000),
   /** This instance's name, recorded as the `runner` of what it runs. Default hostname-pid. */
   DISPATCHER_ID: z
     .string()
@@ -121,3 +147,13 @@ export const DispatcherEnv = refuseTestHooksInProduction(requireTokenKey(Dispatc
   TOOLBUS_TEST_TOOLS: (v) => v === true,
 });
 export type DispatcherConfig = z.infer<typeof DispatcherEnv>;
+
+/** The operator's approval policy for destructive tools that declare none. */
+export const destructiveDefaultOf = (c: DispatcherConfig): DestructiveDefault =>
+  c.APPROVAL_DESTRUCTIVE === 'off'
+    ? null
+    : {
+        approverRoles: c.APPROVAL_DESTRUCTIVE_ROLES,
+        timeoutMs: c.APPROVAL_DESTRUCTIVE_TIMEOUT_MS,
+        allowSelfApproval: c.APPROVAL_DESTRUCTIVE_ALLOW_SELF,
+      };

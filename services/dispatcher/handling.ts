@@ -1,5 +1,6 @@
 import {
   inboxPrefixOf,
+  type ApprovalNeed,
   parseRequestSubject,
   type ErrorCode,
   type ExecutionCommand,
@@ -10,6 +11,7 @@ import {
 } from '../../contracts/index.ts';
 import { redact, type RunnableTool } from '../../lib/tools/index.ts';
 import { answered, sendInterim } from './answer.ts';
+import { approvalNeedOf, requestApproval, waitForApproval } from './approval.ts';
 import { answerFromTerminal } from './answers.ts';
 import { handleExecution, type HandleOptions } from './commands.ts';
 import { errorInfo, type Disposition } from './delivery.ts';
@@ -46,7 +48,9 @@ export async function handleDelivery(
   if (h.cancel)
     return recordNew(shell, h, tool, [requestOf(tool.manifest, h), requestCancel(h.cancel, new Date())]);
   const manifest = tool.manifest;
-  const cacheKey = manifest.cacheable
+  const approval = approvalNeedOf(shell, h, tool);
+  // A call that needs approval is never answered from the cache: an approver sees every one.
+  const cacheKey = manifest.cacheable && !approval
     ? guard.cacheKey(ref.userId, manifest.name, manifest.version, request!.args)
     : undefined;
   const slot = `${shell.o.dispatcherId}:${h.delivery.id}`;
@@ -100,7 +104,7 @@ export async function handleDelivery(
     case 'go':
     case 'seen':
     case 'unavailable':
-      return execute(shell, h, tool);
+      return execute(shell, h, tool, approval);
     default: {
       const unknown: never = admission;
       throw new Error(`unknown admission ${JSON.stringify(unknown)}`);
@@ -189,6 +193,7 @@ async function recordNew(
   h.recorded = true;
   if (appended.length === 0) return existing(shell, h, execution, tool);
   const last = appended.at(-1);
+  if (last?.type === 'ToolApprovalRequested') return waitForApproval(shell, h, execution, true);
   if (appended.some((e) => e.type === 'ToolExecuting')) {
     sendInterim(shell, h, 'requested');
     sendInterim(shell, h, 'executing');
@@ -251,13 +256,23 @@ function fromCache(shell: Shell, h: Handling, tool: RunnableTool, result: JsonVa
   ]);
 }
 
-/** The normal path: Requested + Executing (one append), run, outcome (one append). */
-function execute(shell: Shell, h: Handling, tool: RunnableTool): Promise<Disposition> {
+/**
+ * The normal path: Requested + Executing (one append), run, outcome (one append). A call that
+ * needs approval is recorded Requested + ApprovalRequested instead, and waits (approval.ts).
+ */
+function execute(
+  shell: Shell,
+  h: Handling,
+  tool: RunnableTool,
+  approval: ApprovalNeed | null,
+): Promise<Disposition> {
   const manifest = tool.manifest;
   // Cancelled while it was admitted: nothing ran yet.
   const next: ExecutionCommand = h.cancel
     ? requestCancel(h.cancel, new Date())
-    : { type: 'StartAttempt', data: { runner: shell.o.dispatcherId, timeoutMs: manifest.timeoutMs } };
+    : approval
+      ? requestApproval(h, approval, new Date())
+      : { type: 'StartAttempt', data: { runner: shell.o.dispatcherId, timeoutMs: manifest.timeoutMs } };
   return recordNew(shell, h, tool, [requestOf(manifest, h), next]);
 }
 

@@ -1,6 +1,7 @@
 import { canonicalJson, type ExecutionCommand } from '../../contracts/index.ts';
 import { redact, type RunnableTool } from '../../lib/tools/index.ts';
 import { answered, sendInterim } from './answer.ts';
+import { recheckWait, settleWait, startApproved } from './approval.ts';
 import { answerFromTerminal } from './answers.ts';
 import { handleExecution } from './commands.ts';
 import type { Disposition } from './delivery.ts';
@@ -23,6 +24,9 @@ export async function existing(
 ): Promise<Disposition> {
   h.recorded = true;
   const state = execution.state;
+  if (state.status !== 'none' && state.status !== 'awaiting_approval' && state.approval)
+    settleWait(shell, h.ref.executionId);
+  const again = () => existing(shell, h, execution, tool);
   switch (state.status) {
     case 'completed':
     case 'failed': {
@@ -37,11 +41,9 @@ export async function existing(
     case 'executing':
       return recover(shell, h, execution, tool);
     case 'awaiting_approval':
+      return recheckWait(shell, h, execution, again);
     case 'approved':
-      // This dispatcher asks for no approval; one that does will handle these (issue 18).
-      throw new Error(
-        `execution ${h.ref.executionId} is ${state.status}: approvals are not handled here yet`,
-      );
+      return startApproved(shell, h, execution, tool, () => runAttempt(shell, h, execution, tool!), again);
     default: {
       const unknown: never = state;
       throw new Error(`unknown state ${JSON.stringify(unknown)}`);

@@ -15,7 +15,7 @@ import type { NatsConnection } from '../../lib/nats.ts';
 import type { ToolRegistry } from '../../lib/tools/index.ts';
 import { answerFromTerminal, httpStatusOf, refusal, type TerminalAnswer } from './answers.ts';
 import type { CancelCoordinator } from './cancel.ts';
-import { terminalOf, type UserStreams } from './streams.ts';
+import { terminalOf, type Execution, type UserStreams } from './streams.ts';
 
 export interface RouteDeps {
   nc: NatsConnection;
@@ -189,23 +189,35 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       requestId: '-',
       correlationId: executionId,
     });
-    const requested = execution.events.find((e) => e.type === 'ToolRequested');
-    if (!requested || requested.type !== 'ToolRequested') {
+    const view = executionView(execution);
+    if (!view) {
       return reply.code(httpStatusOfCode('NOT_FOUND')).send({
         error: { code: 'NOT_FOUND', message: `no execution ${executionId} of user ${principal.userId}` },
       });
     }
-    const terminal = terminalOf(execution);
-    const answer: TerminalAnswer | null = terminal ? answerFromTerminal(terminal) : null;
-    return {
-      executionId,
-      requestId: requested.metadata.requestId,
-      correlationId: requested.metadata.correlationId,
-      tool: requested.data.tool,
-      version: requested.data.version,
-      status: execution.state.status,
-      answer,
-      events: execution.events,
-    };
+    return view;
   });
+}
+
+/**
+ * An execution as GET /executions/:executionId shows it: ids, tool, status, the approval asked for
+ * and its decision (null when the call needed none), the terminal answer once there is one, and
+ * its events. Null when nothing of it is recorded.
+ */
+export function executionView(execution: Execution) {
+  const requested = execution.events.find((e) => e.type === 'ToolRequested');
+  if (!requested || requested.type !== 'ToolRequested' || execution.state.status === 'none') return null;
+  const terminal = terminalOf(execution);
+  const answer: TerminalAnswer | null = terminal ? answerFromTerminal(terminal) : null;
+  return {
+    executionId: execution.ref.executionId,
+    requestId: requested.metadata.requestId,
+    correlationId: requested.metadata.correlationId,
+    tool: requested.data.tool,
+    version: requested.data.version,
+    status: execution.state.status,
+    approval: execution.state.approval,
+    answer,
+    events: execution.events,
+  };
 }

@@ -4,6 +4,7 @@ import type { Logger } from '../../lib/log.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import type { RunnableTool, ToolRegistry } from '../../lib/tools/index.ts';
 import type { TerminalAnswer } from './answers.ts';
+import type { ApprovalSettings } from './approval.ts';
 import type { CancelOrder, Delivery } from './delivery.ts';
 import type { Guard } from './guard.ts';
 import type { DispatcherMetrics } from './metrics.ts';
@@ -18,6 +19,8 @@ export interface DispatcherOptions {
   streams: UserStreams;
   metrics: DispatcherMetrics;
   log: Logger;
+  /** Which calls wait for an approver, and where the waiting ones are listed (approval.ts). */
+  approvals: ApprovalSettings;
   /** How long a concurrency slot outlives a tool's timeout if its holder dies. */
   slotMarginMs?: number;
   /** How long to wait for another dispatcher to say whether it still runs an execution. */

@@ -154,6 +154,9 @@ export function analyzeCosts(rows: readonly BillingRow[], options: Partial<CostO
   };
 }
 
+/** Above this month's spend (sum of usageHours * hourlyRate) a call waits for an approver. */
+export const COST_APPROVAL_THRESHOLD = 10_000_000;
+
 export const costAnalyzer = defineTool({
   name: 'cost_analyzer',
   version: '1.0.0',
@@ -165,6 +168,21 @@ export const costAnalyzer = defineTool({
   timeoutMs: 30_000,
   idempotent: true,
   cacheable: true,
+  // A month's billing above ten million is somebody's whole budget: a finance approver looks
+  // first (docs/approval.md). Plain JSON, so a remote worker can announce the same rule.
+  approval: {
+    approverRoles: ['approver'],
+    timeoutMs: 60 * 60_000,
+    when: [
+      {
+        path: 'rows.*.usageHours',
+        times: 'hourlyRate',
+        aggregate: 'sum',
+        op: 'gt',
+        value: COST_APPROVAL_THRESHOLD,
+      },
+    ],
+  },
   annotations: {
     title: 'Cloud cost analyzer',
     readOnlyHint: true,

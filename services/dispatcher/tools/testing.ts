@@ -176,7 +176,48 @@ export const progress = defineTool({
   },
 });
 
+/** Test tool: `echo` behind an approver (role `approver`, ten minutes). */
+export const guardedEcho = defineTool({
+  name: 'guarded_echo',
+  version: '1.0.0',
+  description: 'Test tool: returns its arguments once an approver (role approver) allows it. `secret` is sensitive.',
+  input: EchoArgs,
+  output: z.looseObject({ secret: z.string().optional() }),
+  sensitive: { input: ['secret'], output: ['secret'] },
+  timeoutMs: 5_000,
+  idempotent: true,
+  approval: { approverRoles: ['approver'], timeoutMs: 600_000 },
+  async run(args) {
+    return args;
+  },
+});
+
+/** Test tool: `guarded_echo` whose approval expires after one second. */
+export const guardedEchoBrief = defineTool({
+  ...guardedEcho,
+  name: 'guarded_echo_brief',
+  description: 'Test tool: like guarded_echo, but nobody has more than a second to approve it.',
+  approval: { approverRoles: ['approver'], timeoutMs: 1_000 },
+});
+
+/** Test tool: annotated destructive and declaring no policy, so the operator's default applies. */
+export const destructiveNoop = defineTool({
+  name: 'destructive_noop',
+  version: '1.0.0',
+  description: 'Test tool: pretends to delete something (destructiveHint) and returns {}.',
+  input: z.object({}),
+  output: z.object({}),
+  timeoutMs: 5_000,
+  annotations: { readOnlyHint: false, destructiveHint: true },
+  async run() {
+    return {};
+  },
+});
+
 export const testTools: ToolDefinition[] = [
+  guardedEcho,
+  guardedEchoBrief,
+  destructiveNoop,
   noop,
   echo,
   cachedEcho,

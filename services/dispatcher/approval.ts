@@ -1,0 +1,170 @@
+import {
+  approvalNeeded,
+  argsHash,
+  type ApprovalNeed,
+  type DestructiveDefault,
+  type ExecutionCommand,
+} from '../../contracts/index.ts';
+import type { RunnableTool } from '../../lib/tools/index.ts';
+import { answered, reply, sendInterim } from './answer.ts';
+import { refusal } from './answers.ts';
+import { waitOf, type ApprovalWaits } from './approvals.ts';
+import { handleExecution } from './commands.ts';
+import { errorInfo, type Disposition } from './delivery.ts';
+import { requestCancel, type Handling, type Shell } from './shell.ts';
+import type { Execution } from './streams.ts';
+
+/**
+ * Approval in the dispatcher shell (docs/approval.md). A call that needs it is recorded waiting
+ * (`Request` + `RequestApproval`, one append) and its JetStream message is handed back with a
+ * delay instead of acked: the message keeps the exact arguments (the store has them redacted) and
+ * the agent's reply subject, and each time it comes back the store says what became of the wait:
+ * still waiting (back again later, or `Expire` once the deadline passed), approved (run it, bound
+ * to the hash of the arguments about to run), or ended (denied, expired, cancelled: answered).
+ */
+
+export interface ApprovalSettings {
+  waits: ApprovalWaits;
+  /** The operator's policy for destructive tools without their own (null: they run unasked). */
+  destructive: DestructiveDefault;
+  /** How soon a waiting request comes back to see whether it was decided. */
+  recheckMs: number;
+}
+
+/** What this call needs: the manifest's policy on its exact arguments, or the destructive default. */
+export function approvalNeedOf(shell: Shell, h: Handling, tool: RunnableTool): ApprovalNeed | null {
+  return h.request ? approvalNeeded(tool.manifest, h.request.args, shell.o.approvals.destructive) : null;
+}
+
+/** `RequestApproval` for this call, its deadline counted from `now`. */
+export function requestApproval(h: Handling, need: ApprovalNeed, now: Date): ExecutionCommand {
+  return {
+    type: 'RequestApproval',
+    data: {
+      argsHash: argsHash(h.request!.args),
+      approverRoles: need.approverRoles,
+      deadline: new Date(now.getTime() + need.timeoutMs).toISOString(),
+      requesterId: h.ref.userId,
+      allowSelfApproval: need.allowSelfApproval,
+    },
+  };
+}
+
+/**
+ * The execution waits for an approver: it is kept on the waiting list (again, after a crash), the
+ * agent hears it (first time), and the request comes back at the next check or at the deadline.
+ */
+export async function waitForApproval(
+  shell: Shell,
+  h: Handling,
+  execution: Execution,
+  first: boolean,
+): Promise<Disposition> {
+  const state = execution.state;
+  if (state.status !== 'awaiting_approval') throw new Error('waitForApproval: it does not wait');
+  const wait = waitOf(execution);
+  if (wait) await shell.o.approvals.waits.record(wait);
+  if (first) {
+    sendInterim(shell, h, 'requested');
+    if (h.progress) {
+      const { requestId, executionId, correlationId } = h.ref;
+      const { argsHash: hash, approverRoles, deadline } = state.approval;
+      reply(shell, h.replyTos, {
+        status: 'awaiting_approval',
+        requestId,
+        executionId,
+        correlationId,
+        argsHash: hash,
+        approverRoles,
+        deadline,
+      });
+    }
+    shell.o.log.info(
+      { userId: h.ref.userId, executionId: h.ref.executionId, tool: h.toolLabel, deadline: state.approval.deadline },
+      'execution awaits approval',
+    );
+  }
+  const untilDeadline = Date.parse(state.approval.deadline) - Date.now();
+  return { ack: false, retryInMs: Math.max(1, Math.min(shell.o.approvals.recheckMs, untilDeadline + 1)) };
+}
+
+/**
+ * A request that came back while its execution waits: a cancel that reached it is recorded (the
+ * decider ends it CANCELLED), a passed deadline ends it APPROVAL_EXPIRED; else it waits on.
+ * `next` handles whatever it is now when it no longer waits.
+ */
+export async function recheckWait(
+  shell: Shell,
+  h: Handling,
+  execution: Execution,
+  next: () => Promise<Disposition>,
+): Promise<Disposition> {
+  const now = new Date();
+  const command: ExecutionCommand = h.cancel
+    ? requestCancel(h.cancel, now)
+    : { type: 'Expire', data: { now: now.toISOString() } };
+  await handleExecution(shell.o.streams, execution, command);
+  if (execution.state.status === 'awaiting_approval') return waitForApproval(shell, h, execution, false);
+  return next();
+}
+
+/**
+ * An approved execution's request came back: run it. `StartAttempt` carries the hash of the
+ * arguments of this delivery, so the decider refuses to run other arguments than those approved
+ * (a request id reused with other arguments is refused here, unrecorded: the approved call stays).
+ */
+export async function startApproved(
+  shell: Shell,
+  h: Handling,
+  execution: Execution,
+  tool: RunnableTool | undefined,
+  run: () => Promise<Disposition>,
+  next: () => Promise<Disposition>,
+): Promise<Disposition> {
+  const state = execution.state;
+  if (state.status !== 'approved') return next();
+  const commands: ExecutionCommand[] = h.cancel ? [requestCancel(h.cancel, new Date())] : [];
+  if (!tool || !h.request) {
+    commands.push({
+      type: 'Fail',
+      data: {
+        error: { code: 'INTERRUPTED', message: 'it was approved, but its tool is no longer available' },
+        durationMs: null,
+      },
+    });
+  } else {
+    const hash = argsHash(h.request.args);
+    if (hash !== state.approval.argsHash) {
+      return answered(
+        shell,
+        h,
+        refusal('VALIDATION', 'this request id was approved for other arguments; use a new request id', {
+          requestId: h.ref.requestId,
+          executionId: h.ref.executionId,
+          correlationId: h.ref.correlationId,
+        }),
+        false,
+      );
+    }
+    commands.push({
+      type: 'StartAttempt',
+      data: { runner: shell.o.dispatcherId, timeoutMs: tool.manifest.timeoutMs, argsHash: hash },
+    });
+  }
+  const { appended } = await handleExecution(shell.o.streams, execution, commands);
+  if (appended.at(-1)?.type === 'ToolExecuting') {
+    shell.o.log.info({ userId: h.ref.userId, executionId: h.ref.executionId }, 'approved execution starts');
+    sendInterim(shell, h, 'executing');
+    return run();
+  }
+  return next();
+}
+
+/** Takes an execution that no longer waits off the waiting list (logged when PostgreSQL is away). */
+export function settleWait(shell: Shell, executionId: string): void {
+  shell.o.approvals.waits
+    .settle(executionId)
+    .catch((e: unknown) =>
+      shell.o.log.warn({ err: errorInfo(e), executionId }, 'approval wait not settled; the sweep will'),
+    );
+}

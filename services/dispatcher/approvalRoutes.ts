@@ -1,0 +1,140 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { z } from 'zod';
+import {
+  ApproveBody,
+  ApprovalsQuery,
+  DecisionError,
+  DenyBody,
+  httpStatusOfCode,
+  type ApprovalsPage,
+  type DecisionErrorCode,
+  type ExecutionCommand,
+  type Principal,
+} from '../../contracts/index.ts';
+import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
+import { CursorError, refOfWait, type ApprovalWaits } from './approvals.ts';
+import { handleExecution } from './commands.ts';
+import { executionView } from './routes.ts';
+import type { Execution, UserStreams } from './streams.ts';
+
+export interface ApprovalRouteDeps {
+  verifier: TokenVerifier;
+  streams: UserStreams;
+  waits: ApprovalWaits;
+  now: () => Date;
+}
+
+/** The HTTP status of each refusal of the decider, as the approvers' API answers it. */
+const DECISION_STATUS: Record<DecisionErrorCode, number> = {
+  NOT_AN_APPROVER: 403,
+  SELF_APPROVAL: 403,
+  HASH_MISMATCH: 409,
+  NOT_AWAITING: 409,
+  EXPIRED: 410,
+  NOT_REQUESTED: 404,
+  ILLEGAL_COMMAND: 409,
+  AWAITING_APPROVAL: 409,
+  ALREADY_RUNNING: 409,
+  NOT_RUNNING: 409,
+};
+
+const ExecutionIdParam = z.object({ executionId: z.uuid() });
+
+const fail = (reply: FastifyReply, status: number, code: string, message: string): FastifyReply =>
+  reply.code(status).send({ error: { code, message } });
+
+const issues = (e: z.ZodError): string =>
+  e.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; ');
+
+/**
+ * The approvers' API (docs/approval.md): `GET /approvals` (the open waits the caller's roles may
+ * decide, oldest first, paged), `POST /executions/:executionId/approve` and `.../deny`. An
+ * approver's path names no user: the waiting list says whose stream the execution is in. Every
+ * decision is the decider's, on the stream as stored, appended with the expected revision: of an
+ * approval, a denial, a cancel and the deadline racing, exactly one is recorded.
+ */
+export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRouteDeps): void {
+  const authenticate = async (req: FastifyRequest, reply: FastifyReply): Promise<Principal | null> => {
+    try {
+      return await deps.verifier.verify(req.headers.authorization);
+    } catch (e) {
+      if (!(e instanceof AuthError)) throw e;
+      await fail(reply, httpStatusOfCode('UNAUTHENTICATED'), 'UNAUTHENTICATED', `token ${e.reason}: ${e.message}`);
+      return null;
+    }
+  };
+
+  app.get('/approvals', async (req, reply) => {
+    const principal = await authenticate(req, reply);
+    if (!principal) return reply;
+    const query = ApprovalsQuery.safeParse(req.query ?? {});
+    if (!query.success) return fail(reply, 400, 'VALIDATION', issues(query.error));
+    try {
+      const { waits, next } = await deps.waits.pending({
+        roles: principal.roles,
+        now: deps.now(),
+        after: query.data.after,
+        limit: query.data.limit,
+      });
+      const page: ApprovalsPage = {
+        approvals: waits.map(({ requestId: _r, correlationId: _c, ...shown }) => shown),
+        next,
+      };
+      return page;
+    } catch (e) {
+      if (e instanceof CursorError) return fail(reply, 400, 'VALIDATION', e.message);
+      throw e;
+    }
+  });
+
+  const decide = (kind: 'approve' | 'deny') => async (req: FastifyRequest, reply: FastifyReply) => {
+    const principal = await authenticate(req, reply);
+    if (!principal) return reply;
+    const params = ExecutionIdParam.safeParse(req.params);
+    if (!params.success) return fail(reply, 400, 'VALIDATION', 'the execution id must be a UUID');
+    const body = (kind === 'approve' ? ApproveBody : DenyBody).safeParse(req.body ?? {});
+    if (!body.success) return fail(reply, 400, 'VALIDATION', issues(body.error));
+    const { executionId } = params.data;
+
+    const wait = await deps.waits.find(executionId);
+    if (!wait) return fail(reply, 404, 'NOT_FOUND', `no execution ${executionId} asked for approval`);
+    const execution = await deps.streams.load(refOfWait(wait));
+    const now = deps.now().toISOString();
+    const approver = { approverId: principal.userId, approverRoles: principal.roles, argsHash: body.data.argsHash, now };
+    const command: ExecutionCommand =
+      kind === 'approve'
+        ? { type: 'Approve', data: { ...approver, reason: body.data.reason } }
+        : { type: 'Deny', data: { ...approver, reason: body.data.reason ?? '' } };
+    try {
+      const { appended } = await handleExecution(deps.streams, execution, command);
+      if (appended.length === 0) {
+        // The same decision was recorded already: by this approver it is their retry, else theirs stands.
+        const decision = execution.state.status === 'none' ? null : execution.state.approval?.decision;
+        if (decision && decision.approverId !== principal.userId) {
+          return fail(reply, 409, 'NOT_AWAITING', `already ${decision.outcome} by ${decision.approverId}`);
+        }
+      }
+    } catch (e) {
+      if (!(e instanceof DecisionError)) throw e;
+      if (e.code === 'EXPIRED' || (e.code === 'NOT_AWAITING' && expired(execution))) {
+        // Nobody decided in time: it ends now (if the sweep has not ended it yet).
+        await handleExecution(deps.streams, execution, { type: 'Expire', data: { now } });
+        await settle(deps, execution);
+        return fail(reply, 410, 'EXPIRED', `the approval's deadline (${wait.deadline}) has passed`);
+      }
+      return fail(reply, DECISION_STATUS[e.code], e.code, e.message);
+    }
+    await settle(deps, execution);
+    return executionView(execution);
+  };
+
+  app.post('/executions/:executionId/approve', decide('approve'));
+  app.post('/executions/:executionId/deny', decide('deny'));
+}
+
+const expired = (execution: Execution): boolean =>
+  execution.state.status === 'failed' && execution.state.code === 'APPROVAL_EXPIRED';
+
+async function settle(deps: ApprovalRouteDeps, execution: Execution): Promise<void> {
+  if (execution.state.status !== 'awaiting_approval') await deps.waits.settle(execution.ref.executionId);
+}
