@@ -51,7 +51,11 @@ export const ApprovalRule = z
     if (r.op === 'in' && !Array.isArray(r.value))
       ctx.addIssue({ code: 'custom', path: ['value'], message: 'in compares with a list of values' });
     if (r.aggregate !== 'any' && !numeric)
-      ctx.addIssue({ code: 'custom', path: ['op'], message: `${r.aggregate} is compared with gt, gte, lt or lte` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['op'],
+        message: `${r.aggregate} is compared with gt, gte, lt or lte`,
+      });
   });
 export type ApprovalRule = z.infer<typeof ApprovalRule>;
 
@@ -121,7 +125,9 @@ export function ruleHolds(rule: ApprovalRule, args: JsonObject): boolean {
   const values = valuesAt(args, rule.path).map(({ value, parent }) => {
     if (rule.times === undefined) return value;
     const factor =
-      parent !== null && typeof parent === 'object' && !Array.isArray(parent) ? parent[rule.times] : undefined;
+      parent !== null && typeof parent === 'object' && !Array.isArray(parent)
+        ? parent[rule.times]
+        : undefined;
     return typeof value === 'number' && typeof factor === 'number' ? value * factor : null;
   });
   switch (rule.aggregate) {

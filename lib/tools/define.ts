@@ -214,8 +214,7 @@ export function toManifest(def: ToolDefinition): ToolManifest {
   }
   if (d['approval'] !== undefined) {
     const a = ApprovalPolicy.safeParse(d['approval']);
-    if (!a.success)
-      problems.push(...a.error.issues.map((i) => `approval.${i.path.join('.')}: ${i.message}`));
+    if (!a.success) problems.push(...a.error.issues.map((i) => `approval.${i.path.join('.')}: ${i.message}`));
   }
   if (typeof d['run'] !== 'function') problems.push('run must be a function');
   if (problems.length > 0) throw new ToolDefinitionError(label, problems);

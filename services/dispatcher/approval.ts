@@ -80,7 +80,12 @@ export async function waitForApproval(
       });
     }
     shell.o.log.info(
-      { userId: h.ref.userId, executionId: h.ref.executionId, tool: h.toolLabel, deadline: state.approval.deadline },
+      {
+        userId: h.ref.userId,
+        executionId: h.ref.executionId,
+        tool: h.toolLabel,
+        deadline: state.approval.deadline,
+      },
       'execution awaits approval',
     );
   }

@@ -59,7 +59,12 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
       return await deps.verifier.verify(req.headers.authorization);
     } catch (e) {
       if (!(e instanceof AuthError)) throw e;
-      await fail(reply, httpStatusOfCode('UNAUTHENTICATED'), 'UNAUTHENTICATED', `token ${e.reason}: ${e.message}`);
+      await fail(
+        reply,
+        httpStatusOfCode('UNAUTHENTICATED'),
+        'UNAUTHENTICATED',
+        `token ${e.reason}: ${e.message}`,
+      );
       return null;
     }
   };
@@ -100,7 +105,12 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     if (!wait) return fail(reply, 404, 'NOT_FOUND', `no execution ${executionId} asked for approval`);
     const execution = await deps.streams.load(refOfWait(wait));
     const now = deps.now().toISOString();
-    const approver = { approverId: principal.userId, approverRoles: principal.roles, argsHash: body.data.argsHash, now };
+    const approver = {
+      approverId: principal.userId,
+      approverRoles: principal.roles,
+      argsHash: body.data.argsHash,
+      now,
+    };
     const command: ExecutionCommand =
       kind === 'approve'
         ? { type: 'Approve', data: { ...approver, reason: body.data.reason } }

@@ -89,7 +89,8 @@ function decodeCursor(cursor: string): { requestedAt: string; executionId: strin
   const [requestedAt, executionId, ...rest] = Buffer.from(cursor, 'base64url').toString('utf8').split('|');
   if (!requestedAt || !executionId || rest.length > 0 || Number.isNaN(Date.parse(requestedAt)))
     throw new CursorError('after must be the next cursor of a previous page');
-  if (!/^[0-9a-f-]{36}$/.test(executionId)) throw new CursorError('after must be the next cursor of a previous page');
+  if (!/^[0-9a-f-]{36}$/.test(executionId))
+    throw new CursorError('after must be the next cursor of a previous page');
   return { requestedAt, executionId };
 }
 
@@ -158,14 +159,17 @@ export class ApprovalWaits {
 
   /** The execution no longer waits (approved, denied, expired, cancelled, given up). */
   async settle(executionId: string): Promise<void> {
-    await this.pool.query(`update ${TABLE} set settled_at = now() where execution_id = $1 and settled_at is null`, [
-      executionId,
-    ]);
+    await this.pool.query(
+      `update ${TABLE} set settled_at = now() where execution_id = $1 and settled_at is null`,
+      [executionId],
+    );
   }
 
   /** The wait of an execution, settled or not: who the approver acts on (their path names no user). */
   async find(executionId: string): Promise<ApprovalWait | null> {
-    const { rows } = await this.pool.query<Row>(`select * from ${TABLE} where execution_id = $1`, [executionId]);
+    const { rows } = await this.pool.query<Row>(`select * from ${TABLE} where execution_id = $1`, [
+      executionId,
+    ]);
     return rows[0] ? fromRow(rows[0]) : null;
   }
 

@@ -127,7 +127,12 @@ const DispatcherVariables = CommonEnv.extend({
   APPROVAL_DESTRUCTIVE_ROLES: z
     .string()
     .default('approver')
-    .transform((v) => v.split(',').map((r) => r.trim()).filter((r) => r.length > 0))
+    .transform((v) =>
+      v
+        .split(',')
+        .map((r) => r.trim())
+        .filter((r) => r.length > 0),
+    )
     .pipe(z.array(Role).min(1, 'needs at least one role').max(15)),
   /** How long those calls wait before they end APPROVAL_EXPIRED. */
   APPROVAL_DESTRUCTIVE_TIMEOUT_MS: int(DEFAULT_APPROVAL_TIMEOUT_MS, 1_000, MAX_APPROVAL_TIMEOUT_MS),

@@ -62,7 +62,9 @@ export function startExpirySweep(o: {
     return running;
   };
   const tick = () => {
-    sweep().catch((e: unknown) => o.log.warn({ err: errorInfo(e) }, 'approval expiry sweep failed; next time'));
+    sweep().catch((e: unknown) =>
+      o.log.warn({ err: errorInfo(e) }, 'approval expiry sweep failed; next time'),
+    );
   };
   tick();
   const timer = setInterval(tick, o.everyMs);

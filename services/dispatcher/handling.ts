@@ -50,9 +50,10 @@ export async function handleDelivery(
   const manifest = tool.manifest;
   const approval = approvalNeedOf(shell, h, tool);
   // A call that needs approval is never answered from the cache: an approver sees every one.
-  const cacheKey = manifest.cacheable && !approval
-    ? guard.cacheKey(ref.userId, manifest.name, manifest.version, request!.args)
-    : undefined;
+  const cacheKey =
+    manifest.cacheable && !approval
+      ? guard.cacheKey(ref.userId, manifest.name, manifest.version, request!.args)
+      : undefined;
   const slot = `${shell.o.dispatcherId}:${h.delivery.id}`;
   const admission = await guard.admit({
     userId: ref.userId,

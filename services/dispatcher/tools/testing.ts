@@ -180,7 +180,8 @@ export const progress = defineTool({
 export const guardedEcho = defineTool({
   name: 'guarded_echo',
   version: '1.0.0',
-  description: 'Test tool: returns its arguments once an approver (role approver) allows it. `secret` is sensitive.',
+  description:
+    'Test tool: returns its arguments once an approver (role approver) allows it. `secret` is sensitive.',
   input: EchoArgs,
   output: z.looseObject({ secret: z.string().optional() }),
   sensitive: { input: ['secret'], output: ['secret'] },
