@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { Role } from './auth.ts';
+import { canonicalJson } from './chain.ts';
 import { ArgsHash, ApproverRole } from './events.ts';
 import { JsonObject, JsonValue } from './json.ts';
 
@@ -112,11 +113,11 @@ function compare(op: ApprovalRule['op'], a: JsonValue, b: JsonValue): boolean {
     case 'lte':
       return typeof a === 'number' && a <= (b as number);
     case 'eq':
-      return JSON.stringify(a) === JSON.stringify(b);
+      return canonicalJson(a) === canonicalJson(b);
     case 'ne':
-      return JSON.stringify(a) !== JSON.stringify(b);
+      return canonicalJson(a) !== canonicalJson(b);
     case 'in':
-      return Array.isArray(b) && b.some((x) => JSON.stringify(x) === JSON.stringify(a));
+      return Array.isArray(b) && b.some((x) => canonicalJson(x) === canonicalJson(a));
   }
 }
 

@@ -215,6 +215,13 @@ export function toManifest(def: ToolDefinition): ToolManifest {
   if (d['approval'] !== undefined) {
     const a = ApprovalPolicy.safeParse(d['approval']);
     if (!a.success) problems.push(...a.error.issues.map((i) => `approval.${i.path.join('.')}: ${i.message}`));
+    // A rule on a field the input does not have would never hold: the call would run unasked.
+    const props = topLevelProperties(inputSchema);
+    for (const [i, rule] of (a.data?.when ?? []).entries()) {
+      const field = rule.path.split('.')[0]!;
+      if (props && !props.has(field))
+        problems.push(`approval.when.${i}.path: "${field}" is not a top-level key of the input schema`);
+    }
   }
   if (typeof d['run'] !== 'function') problems.push('run must be a function');
   if (problems.length > 0) throw new ToolDefinitionError(label, problems);

@@ -167,3 +167,22 @@ t.test('a refined object input is still an object', async (t) => {
   });
   t.equal(m.inputSchema['type'], 'object');
 });
+
+t.test('an approval policy reaches the manifest; a rule on a field the input lacks is refused', async (t) => {
+  const approval = {
+    approverRoles: ['finance'],
+    when: [{ path: 'limit', op: 'gt' as const, value: 100 }],
+  };
+  const manifest = toManifest({ ...base(), approval });
+  t.same(manifest.approval, {
+    approverRoles: ['finance'],
+    timeoutMs: 15 * 60_000,
+    allowSelfApproval: false,
+    when: [{ path: 'limit', aggregate: 'any', op: 'gt', value: 100 }],
+  });
+  t.match(
+    refusal({ ...base(), approval: { ...approval, when: [{ path: 'lmit', op: 'gt', value: 1 }] } })?.problems,
+    [/approval\.when\.0\.path: "lmit" is not a top-level key/],
+  );
+  t.match(refusal({ ...base(), approval: { approverRoles: [] } })?.problems, [/approval\.approverRoles/]);
+});
