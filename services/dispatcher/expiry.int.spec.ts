@@ -1,0 +1,77 @@
+/**
+ * Deadlines are enforced from the store: a wait whose request message is gone (lost by JetStream,
+ * or dropped) still ends APPROVAL_EXPIRED once its deadline passed, found by the dispatchers'
+ * sweep of the waiting list, once, however many dispatchers sweep. Real NATS, Redis, PostgreSQL.
+ */
+import { jetstreamManager } from '@nats-io/jetstream';
+import t from 'tap';
+import { argsHash, executionIdFor, jetstream as names, type ApprovalsPage } from '../../contracts/index.ts';
+import { eventually, harness } from './test/harness.ts';
+
+const TEN_MINUTES_AND_MORE = 11 * 60_000;
+
+t.test('a wait whose message is gone ends APPROVAL_EXPIRED from the store, once', async (t) => {
+  const h = await harness(t, { APPROVAL_SWEEP_MS: '200' });
+  const first = await h.start();
+  const alice = await h.token('alice');
+  const bob = await h.token('bob', ['approver']);
+  const args = { text: 'nobody will look' };
+  const requestId = 'exp-1';
+  const executionId = executionIdFor('alice', requestId);
+  void h.agent
+    .execute('guarded_echo', args, { token: alice, requestId, timeoutMs: 5_000 })
+    .catch(() => undefined);
+
+  const listed = () =>
+    first.app
+      .inject({ method: 'GET', url: '/approvals', headers: { authorization: `Bearer ${bob}` } })
+      .then((r) => r.json<ApprovalsPage>().approvals);
+  await eventually(
+    async () => (await listed()).some((a) => a.executionId === executionId),
+    30_000,
+    'the wait',
+  );
+
+  // The dispatcher stops and the request message is lost: only the store knows of the wait.
+  await first.close();
+  const jsm = await jetstreamManager(h.nc);
+  await jsm.streams.purge(names.requestsStream);
+
+  // Two dispatchers come up after the deadline (their clocks are ten minutes on) and sweep.
+  const later = () => new Date(Date.now() + TEN_MINUTES_AND_MORE);
+  const [a] = await Promise.all([h.start({}, { now: later }), h.start({}, { now: later })]);
+
+  const events = await eventually(
+    async () => {
+      const mine = (await h.events('alice')).filter((e) => e.metadata.executionId === executionId);
+      return mine.some((e) => e.type === 'ToolFailed') ? mine : null;
+    },
+    30_000,
+    'the expiry',
+  );
+  t.same(
+    events.map((e) => e.type),
+    ['ToolRequested', 'ToolApprovalRequested', 'ToolFailed'],
+    'requested, waited, ended',
+  );
+  const end = events.at(-1);
+  t.equal(end?.type === 'ToolFailed' && end.data.error.code, 'APPROVAL_EXPIRED');
+
+  const approve = await a.app.inject({
+    method: 'POST',
+    url: `/executions/${executionId}/approve`,
+    headers: { authorization: `Bearer ${bob}` },
+    payload: { argsHash: argsHash(args) },
+  });
+  t.equal(approve.statusCode, 410, 'an approval now is too late');
+  const after = await a.app.inject({
+    method: 'GET',
+    url: '/approvals',
+    headers: { authorization: `Bearer ${bob}` },
+  });
+  t.same(after.json<ApprovalsPage>().approvals, [], 'the list is empty');
+  // One more sweep of both finds nothing to do: still one end.
+  await eventually(() => h.logs.text.includes('approval expired'), 10_000, 'the log line');
+  const final = (await h.events('alice')).filter((e) => e.metadata.executionId === executionId);
+  t.equal(final.filter((e) => e.type === 'ToolFailed').length, 1, 'one end, however many swept');
+});
