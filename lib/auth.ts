@@ -2,6 +2,7 @@ import { createSecretKey, type KeyObject } from 'node:crypto';
 import {
   createLocalJWKSet,
   createRemoteJWKSet,
+  decodeJwt,
   errors,
   jwtVerify,
   SignJWT,
@@ -30,6 +31,12 @@ export class AuthError extends Error {
 
 export interface TokenVerifier {
   verify(token: string | undefined | null): Promise<Principal>;
+  /**
+   * Verifies a token as it was when issued: signature, issuer, audience, lifetime, claims, but not
+   * whether it has expired since. Only for a request recorded while its token was valid that
+   * outlives it (a call waiting for approval: docs/approval.md); never to admit anything new.
+   */
+  verifyAsIssued?(token: string): Promise<Principal>;
 }
 
 export interface TokenVerifierOptions {
@@ -98,9 +105,21 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
       if (verified.size > VERIFIED_CACHE_SIZE) verified.delete(verified.keys().next().value!);
       return principal;
     },
+    async verifyAsIssued(token) {
+      const raw = token.startsWith('Bearer ') ? token.slice(7) : token;
+      let iat: unknown;
+      try {
+        iat = decodeJwt(raw).iat;
+      } catch (e) {
+        throw asAuthError(e);
+      }
+      if (typeof iat !== 'number') throw new AuthError('token has no iat', 'invalid');
+      // Judged at its issue time (the signature decides whether iat is true).
+      return verifyNew(raw, new Date(iat * 1000));
+    },
   };
 
-  async function verifyNew(raw: string): Promise<Principal & { expiresAt: number }> {
+  async function verifyNew(raw: string, at?: Date): Promise<Principal & { expiresAt: number }> {
     let payload: JWTPayload;
     try {
       ({ payload } = await jwtVerify(raw, keys.resolve, {
@@ -111,6 +130,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
         // Also refuses an `iat` in the future (beyond the tolerance).
         maxTokenAge: options.maxLifetimeS,
         clockTolerance: options.clockToleranceS,
+        ...(at ? { currentDate: at } : {}),
       }));
     } catch (e) {
       throw asAuthError(e);

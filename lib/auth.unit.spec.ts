@@ -118,3 +118,28 @@ t.test('issuer and audience are required when configured, also of HS256 tokens',
 t.test('a verifier needs a secret or a key set', async (t) => {
   t.throws(() => createTokenVerifier({ maxLifetimeS: 60, clockToleranceS: 0 }), TypeError);
 });
+
+t.test(
+  'verifyAsIssued: an expired token as it was when issued, and nothing a forger could make',
+  async (t) => {
+    const verifier = hs256({ maxLifetimeS: 3_600 });
+    const expired = await rawToken({ sub: 'ed', iat: now() - 7_200, exp: now() - 3_600 });
+    t.equal((await refusal(verifier.verify(expired))).reason, 'expired', 'verify refuses it');
+    t.match(
+      await verifier.verifyAsIssued!(expired),
+      { userId: 'ed', roles: ['user'] },
+      'verifyAsIssued takes it',
+    );
+    const forged = await new SignJWT({ sub: 'ed', roles: ['admin'], iat: now() - 7_200, exp: now() - 3_600 })
+      .setProtectedHeader({ alg: 'HS256' })
+      .sign(Buffer.from('another secret of thirty-two bytes!'));
+    t.equal((await refusal(verifier.verifyAsIssued!(forged))).reason, 'invalid', 'not a forged one');
+    const tooLong = await rawToken({ sub: 'ed', iat: now() - 7_200, exp: now() + 3_600 });
+    t.equal(
+      (await refusal(verifier.verifyAsIssued!(tooLong))).reason,
+      'invalid',
+      'nor one that lived too long',
+    );
+    t.equal((await refusal(verifier.verifyAsIssued!('not.a.jwt'))).reason, 'invalid', 'nor garbage');
+  },
+);

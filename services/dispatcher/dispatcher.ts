@@ -230,6 +230,8 @@ export class Dispatcher {
       return await this.o.verifier.verify(delivery.header(REQUEST_HEADERS.authorization));
     } catch (e) {
       if (!(e instanceof AuthError)) throw e;
+      const waiting = e.reason === 'expired' ? await this.waitingPrincipal(delivery, partial) : null;
+      if (waiting) return waiting;
       this.o.metrics.refusedUnauthenticated.inc();
       this.o.log.warn(
         { subject: delivery.subject, requestId: partial.requestId, reason: e.reason },
@@ -242,6 +244,39 @@ export class Dispatcher {
       reply(this.shell, replyTo, refusal('UNAUTHENTICATED', `token ${e.reason}: ${e.message}`, ids));
       return null;
     }
+  }
+
+  /**
+   * The principal of a request whose token expired while its call waited for approval: the same
+   * message, delivered again, of an execution recorded waiting (or approved), with a token that
+   * was valid when issued. Its message must live on until the wait ends; nothing new is admitted
+   * with it (docs/approval.md). Null otherwise: the token is refused as expired.
+   */
+  private async waitingPrincipal(
+    delivery: Delivery,
+    partial: Partial<ToolRequest>,
+  ): Promise<Principal | null> {
+    const { verifier } = this.o;
+    const token = delivery.header(REQUEST_HEADERS.authorization);
+    if (!delivery.redelivered || !verifier.verifyAsIssued || !token) return null;
+    let principal: Principal;
+    try {
+      principal = await verifier.verifyAsIssued(token);
+    } catch {
+      return null;
+    }
+    const { userId } = principal;
+    const requestId = partial.requestId ?? requestIdFromMsgId(delivery.header(REQUEST_HEADERS.msgId), userId);
+    if (!requestId) return null;
+    const executionId = executionIdFor(userId, requestId);
+    const execution = await this.o.streams.load({
+      userId,
+      executionId,
+      requestId,
+      correlationId: executionId,
+    });
+    const status = execution.state.status;
+    return status === 'awaiting_approval' || status === 'approved' ? principal : null;
   }
 
   /**

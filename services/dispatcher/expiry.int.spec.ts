@@ -75,3 +75,42 @@ t.test('a wait whose message is gone ends APPROVAL_EXPIRED from the store, once'
   const final = (await h.events('alice')).filter((e) => e.metadata.executionId === executionId);
   t.equal(final.filter((e) => e.type === 'ToolFailed').length, 1, 'one end, however many swept');
 });
+
+t.test("a call outlives its agent's token while it waits: approved later, it runs", async (t) => {
+  const h = await harness(t, { APPROVAL_RECHECK_MS: '200', JWT_CLOCK_TOLERANCE_S: '0' });
+  const d = await h.start();
+  const shortLived = await h.token('erin', ['user'], '2s');
+  const { exp } = JSON.parse(Buffer.from(shortLived.split('.')[1]!, 'base64url').toString('utf8')) as {
+    exp: number;
+  };
+  const bob = await h.token('bob', ['approver']);
+  const args = { text: 'slow approvers' };
+  const requestId = 'outlive-1';
+  const executionId = executionIdFor('erin', requestId);
+  const answer = h.agent.execute('guarded_echo', args, { token: shortLived, requestId, timeoutMs: 60_000 });
+  const listed = async () =>
+    (
+      await d.app.inject({ method: 'GET', url: '/approvals', headers: { authorization: `Bearer ${bob}` } })
+    ).json<ApprovalsPage>().approvals;
+  await eventually(
+    async () => (await listed()).some((a) => a.executionId === executionId),
+    30_000,
+    'the wait',
+  );
+  await eventually(() => Date.now() > exp * 1000 + 500, 30_000, 'the token to expire');
+
+  const approve = await d.app.inject({
+    method: 'POST',
+    url: `/executions/${executionId}/approve`,
+    headers: { authorization: `Bearer ${bob}` },
+    payload: { argsHash: argsHash(args) },
+  });
+  t.equal(approve.statusCode, 200);
+  t.match(
+    await answer,
+    { status: 'completed', result: { text: 'slow approvers' } },
+    'it ran and was answered',
+  );
+  const types = (await h.events('erin')).map((e) => e.type);
+  t.same(types, ['ToolRequested', 'ToolApprovalRequested', 'ToolApproved', 'ToolExecuting', 'ToolCompleted']);
+});
