@@ -151,6 +151,16 @@ export async function startApproved(
         false,
       );
     }
+    // It runs within the user's concurrency limit like any call; at the limit it stays approved
+    // and comes back.
+    const slot = `${shell.o.dispatcherId}:${h.delivery.id}`;
+    const taken = await shell.o.guard.takeSlot(
+      h.ref.userId,
+      slot,
+      tool.manifest.timeoutMs + shell.slotMarginMs,
+    );
+    if (taken === 'busy') return { ack: false, retryInMs: shell.o.approvals.recheckMs };
+    if (taken === 'go') h.slot = slot;
     commands.push({
       type: 'StartAttempt',
       data: { runner: shell.o.dispatcherId, timeoutMs: tool.manifest.timeoutMs, argsHash: hash },

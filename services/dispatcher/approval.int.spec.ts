@@ -114,3 +114,50 @@ t.test("a call outlives its agent's token while it waits: approved later, it run
   const types = (await h.events('erin')).map((e) => e.type);
   t.same(types, ['ToolRequested', 'ToolApprovalRequested', 'ToolApproved', 'ToolExecuting', 'ToolCompleted']);
 });
+
+t.test("an approved call runs within its user's concurrency limit", async (t) => {
+  const h = await harness(t, { APPROVAL_RECHECK_MS: '100', USER_CONCURRENCY: '1' });
+  const d = await h.start();
+  const fay = await h.token('fay');
+  const bob = await h.token('bob', ['approver']);
+  const args = { text: 'after the sleep' };
+  const guarded = h.agent.execute('guarded_echo', args, {
+    token: fay,
+    requestId: 'slot-g',
+    timeoutMs: 60_000,
+  });
+  const executionId = executionIdFor('fay', 'slot-g');
+  await eventually(
+    async () => (await h.events('fay')).some((e) => e.type === 'ToolApprovalRequested'),
+    30_000,
+    'the wait',
+  );
+  // The waiting call holds no slot: another call of hers runs meanwhile, and holds the only one.
+  const sleeping = h.agent.execute(
+    'sleep',
+    { ms: 1_500 },
+    { token: fay, requestId: 'slot-s', timeoutMs: 60_000 },
+  );
+  await eventually(
+    async () => (await h.events('fay')).some((e) => e.type === 'ToolExecuting'),
+    30_000,
+    'the sleep',
+  );
+  const approve = await d.app.inject({
+    method: 'POST',
+    url: `/executions/${executionId}/approve`,
+    headers: { authorization: `Bearer ${bob}` },
+    payload: { argsHash: argsHash(args) },
+  });
+  t.equal(approve.statusCode, 200);
+  t.match(await sleeping, { status: 'completed' });
+  t.match(await guarded, { status: 'completed' });
+  const order = (await h.events('fay'))
+    .filter((e) => e.type === 'ToolExecuting' || e.type === 'ToolCompleted')
+    .map((e) => `${e.metadata.requestId} ${e.type}`);
+  t.same(
+    order,
+    ['slot-s ToolExecuting', 'slot-s ToolCompleted', 'slot-g ToolExecuting', 'slot-g ToolCompleted'],
+    'the approved call started only once the slot was free',
+  );
+});
