@@ -161,3 +161,54 @@ t.test("an approved call runs within its user's concurrency limit", async (t) =>
     'the approved call started only once the slot was free',
   );
 });
+
+t.test('GET /approvals: the waits the caller may decide, oldest first, in pages', async (t) => {
+  const h = await harness(t, { RATE_LIMIT_BURST: '100' });
+  const d = await h.start();
+  const gus = await h.token('gus');
+  const get = async (token: string, query = '') => {
+    const r = await d.app.inject({
+      method: 'GET',
+      url: `/approvals${query}`,
+      headers: { authorization: `Bearer ${token}` },
+    });
+    return { status: r.statusCode, body: r.json<ApprovalsPage & { error?: { code: string } }>() };
+  };
+  const ids: string[] = [];
+  for (const n of [1, 2, 3]) {
+    const requestId = `page-${n}`;
+    void h.agent
+      .execute('guarded_echo', { n }, { token: gus, requestId, timeoutMs: 5_000 })
+      .catch(() => undefined);
+    ids.push(executionIdFor('gus', requestId));
+    // One after the other, so that "oldest first" has an order to keep.
+    await eventually(
+      async () => (await h.events('gus')).filter((e) => e.type === 'ToolApprovalRequested').length === n,
+      30_000,
+      `wait ${n}`,
+    );
+  }
+  const approver = await h.token('hal', ['approver']);
+  const first = await get(approver, '?limit=2');
+  t.equal(first.status, 200);
+  t.same(
+    first.body.approvals.map((a) => a.executionId),
+    ids.slice(0, 2),
+    'the two oldest',
+  );
+  t.type(first.body.next, 'string', 'and a cursor');
+  const second = await get(approver, `?limit=2&after=${encodeURIComponent(first.body.next!)}`);
+  t.same(
+    second.body.approvals.map((a) => a.executionId),
+    ids.slice(2),
+    'then the rest',
+  );
+  t.equal(second.body.next, null, 'the last page');
+  t.same(second.body.approvals[0]?.args, { n: 3 }, 'with the arguments as stored');
+
+  t.same((await get(await h.token('ivy', ['finance']))).body.approvals, [], 'another role sees none');
+  t.equal((await get(await h.token('ada', ['admin']))).body.approvals.length, 3, 'an admin sees them all');
+  t.equal((await get(approver, '?after=garbage')).status, 400, 'a cursor that is not one');
+  t.equal((await get(approver, '?limit=0')).status, 400, 'a limit out of range');
+  t.equal((await get('not-a-token')).status, 401);
+});
