@@ -63,7 +63,17 @@ export async function waitForApproval(
   const state = execution.state;
   if (state.status !== 'awaiting_approval') throw new Error('waitForApproval: it does not wait');
   const wait = waitOf(execution);
-  if (wait) await shell.o.approvals.waits.record(wait);
+  // The list heals at the next recheck: PostgreSQL away must not fail (and at last give up) the call.
+  if (wait) {
+    await shell.o.approvals.waits
+      .record(wait)
+      .catch((e: unknown) =>
+        shell.o.log.warn(
+          { err: errorInfo(e), executionId: wait.executionId },
+          'approval wait not listed; the next recheck will',
+        ),
+      );
+  }
   if (first) {
     sendInterim(shell, h, 'requested');
     if (h.progress) {
