@@ -39,7 +39,7 @@ t.test('a wait whose message is gone ends APPROVAL_EXPIRED from the store, once'
 
   // Two dispatchers come up after the deadline (their clocks are ten minutes on) and sweep.
   const later = () => new Date(Date.now() + TEN_MINUTES_AND_MORE);
-  const [a] = await Promise.all([h.start({}, { now: later }), h.start({}, { now: later })]);
+  const [a, b] = await Promise.all([h.start({}, { now: later }), h.start({}, { now: later })]);
 
   const events = await eventually(
     async () => {
@@ -74,6 +74,11 @@ t.test('a wait whose message is gone ends APPROVAL_EXPIRED from the store, once'
   await eventually(() => h.logs.text.includes('approval expired'), 10_000, 'the log line');
   const final = (await h.events('alice')).filter((e) => e.metadata.executionId === executionId);
   t.equal(final.filter((e) => e.type === 'ToolFailed').length, 1, 'one end, however many swept');
+  const expiredCount = async (d: typeof a) => {
+    const text = (await d.app.inject({ method: 'GET', url: '/metrics' })).body;
+    return Number(/toolbus_approvals_total\{event="expired"[^}]*\} (\d+)/.exec(text)?.[1] ?? 0);
+  };
+  t.equal((await expiredCount(a)) + (await expiredCount(b)), 1, 'counted once in the metrics');
 });
 
 t.test("a call outlives its agent's token while it waits: approved later, it runs", async (t) => {

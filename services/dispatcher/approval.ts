@@ -75,6 +75,7 @@ export async function waitForApproval(
       );
   }
   if (first) {
+    shell.o.metrics.approvals.inc({ event: 'requested' });
     sendInterim(shell, h, 'requested');
     if (h.progress) {
       const { requestId, executionId, correlationId } = h.ref;
@@ -118,7 +119,9 @@ export async function recheckWait(
   const command: ExecutionCommand = h.cancel
     ? requestCancel(h.cancel, now)
     : { type: 'Expire', data: { now: now.toISOString() } };
-  await handleExecution(shell.o.streams, execution, command);
+  const { appended } = await handleExecution(shell.o.streams, execution, command);
+  if (appended.at(-1)?.type === 'ToolFailed' && command.type === 'Expire')
+    shell.o.metrics.approvals.inc({ event: 'expired' });
   if (execution.state.status === 'awaiting_approval') return waitForApproval(shell, h, execution, false);
   return next();
 }
