@@ -597,6 +597,28 @@ t.test('races end exactly once', async (t) => {
       errors: ['Approve:NOT_AWAITING'],
     });
   });
+  t.test('a wait cancelled: every later decision is refused or decides nothing', async (t) => {
+    t.strictSame(
+      play(STATE.awaiting_approval, [
+        C.cancel,
+        C.approve(),
+        C.deny(),
+        C.expire(AFTER_DEADLINE),
+        C.cancel,
+        C.startApproved,
+      ]),
+      {
+        events: [cancelByAlice, cancelledBeforeRun],
+        errors: ['Approve:NOT_AWAITING', 'Deny:NOT_AWAITING'],
+      },
+    );
+  });
+  t.test('approved, then the deadline passes before it starts: it still runs', async (t) => {
+    t.strictSame(play(STATE.awaiting_approval, [C.approve(), C.expire(AFTER_DEADLINE), C.startApproved]), {
+      events: [approvedByBob, executing(1)],
+      errors: [],
+    });
+  });
   t.test('two approvals by two approvers: recorded once', async (t) => {
     t.strictSame(play(STATE.awaiting_approval, [C.approve(), C.approve({ approverId: 'carol' })]).events, [
       approvedByBob,

@@ -240,12 +240,13 @@ export async function startDispatcher(
     const cancelService = serveCancels(nc, { verifier, coordinator: cancels, dispatcher, log });
     cleanup.push(() => cancelService.stop());
     registerRoutes(app, { nc, js, registry, verifier, streams, cancels, waitMs: config.HTTP_WAIT_MS });
-    registerApprovalRoutes(app, { verifier, streams, waits, now });
+    registerApprovalRoutes(app, { verifier, streams, waits, now, metrics });
     const expiry: ExpirySweep = startExpirySweep({
       waits,
       streams,
       log: log.child({ component: 'approvals' }),
       everyMs: config.APPROVAL_SWEEP_MS,
+      metrics,
       now,
     });
     cleanup.push(() => expiry.stop());

@@ -63,8 +63,19 @@ export async function waitForApproval(
   const state = execution.state;
   if (state.status !== 'awaiting_approval') throw new Error('waitForApproval: it does not wait');
   const wait = waitOf(execution);
-  if (wait) await shell.o.approvals.waits.record(wait);
+  // The list heals at the next recheck: PostgreSQL away must not fail (and at last give up) the call.
+  if (wait) {
+    await shell.o.approvals.waits
+      .record(wait)
+      .catch((e: unknown) =>
+        shell.o.log.warn(
+          { err: errorInfo(e), executionId: wait.executionId },
+          'approval wait not listed; the next recheck will',
+        ),
+      );
+  }
   if (first) {
+    shell.o.metrics.approvals.inc({ event: 'requested' });
     sendInterim(shell, h, 'requested');
     if (h.progress) {
       const { requestId, executionId, correlationId } = h.ref;
@@ -108,7 +119,9 @@ export async function recheckWait(
   const command: ExecutionCommand = h.cancel
     ? requestCancel(h.cancel, now)
     : { type: 'Expire', data: { now: now.toISOString() } };
-  await handleExecution(shell.o.streams, execution, command);
+  const { appended } = await handleExecution(shell.o.streams, execution, command);
+  if (appended.at(-1)?.type === 'ToolFailed' && command.type === 'Expire')
+    shell.o.metrics.approvals.inc({ event: 'expired' });
   if (execution.state.status === 'awaiting_approval') return waitForApproval(shell, h, execution, false);
   return next();
 }
@@ -151,6 +164,16 @@ export async function startApproved(
         false,
       );
     }
+    // It runs within the user's concurrency limit like any call; at the limit it stays approved
+    // and comes back.
+    const slot = `${shell.o.dispatcherId}:${h.delivery.id}`;
+    const taken = await shell.o.guard.takeSlot(
+      h.ref.userId,
+      slot,
+      tool.manifest.timeoutMs + shell.slotMarginMs,
+    );
+    if (taken === 'busy') return { ack: false, retryInMs: shell.o.approvals.recheckMs };
+    if (taken === 'go') h.slot = slot;
     commands.push({
       type: 'StartAttempt',
       data: { runner: shell.o.dispatcherId, timeoutMs: tool.manifest.timeoutMs, argsHash: hash },

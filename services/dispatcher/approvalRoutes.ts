@@ -14,6 +14,7 @@ import {
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import { CursorError, refOfWait, type ApprovalWaits } from './approvals.ts';
 import { handleExecution } from './commands.ts';
+import type { DispatcherMetrics } from './metrics.ts';
 import { executionView } from './routes.ts';
 import type { Execution, UserStreams } from './streams.ts';
 
@@ -22,6 +23,7 @@ export interface ApprovalRouteDeps {
   streams: UserStreams;
   waits: ApprovalWaits;
   now: () => Date;
+  metrics: Pick<DispatcherMetrics, 'approvals'>;
 }
 
 /** The HTTP status of each refusal of the decider, as the approvers' API answers it. */
@@ -117,6 +119,8 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
         : { type: 'Deny', data: { ...approver, reason: body.data.reason ?? '' } };
     try {
       const { appended } = await handleExecution(deps.streams, execution, command);
+      if (appended.length > 0)
+        deps.metrics.approvals.inc({ event: kind === 'approve' ? 'approved' : 'denied' });
       if (appended.length === 0) {
         // The same decision was recorded already: by this approver it is their retry, else theirs stands.
         const decision = execution.state.status === 'none' ? null : execution.state.approval?.decision;
@@ -128,7 +132,11 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
       if (!(e instanceof DecisionError)) throw e;
       if (e.code === 'EXPIRED' || (e.code === 'NOT_AWAITING' && expired(execution))) {
         // Nobody decided in time: it ends now (if the sweep has not ended it yet).
-        await handleExecution(deps.streams, execution, { type: 'Expire', data: { now } });
+        const { appended } = await handleExecution(deps.streams, execution, {
+          type: 'Expire',
+          data: { now },
+        });
+        if (appended.length > 0) deps.metrics.approvals.inc({ event: 'expired' });
         await settle(deps, execution);
         return fail(reply, 410, 'EXPIRED', `the approval's deadline (${wait.deadline}) has passed`);
       }

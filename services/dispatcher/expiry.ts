@@ -2,6 +2,7 @@ import type { Logger } from '../../lib/log.ts';
 import { refOfWait, type ApprovalWaits } from './approvals.ts';
 import { handleExecution } from './commands.ts';
 import { errorInfo } from './delivery.ts';
+import type { DispatcherMetrics } from './metrics.ts';
 import type { UserStreams } from './streams.ts';
 
 /** Waits handled per query; the sweep goes on while a batch comes back full. */
@@ -26,6 +27,7 @@ export function startExpirySweep(o: {
   streams: UserStreams;
   log: Logger;
   everyMs: number;
+  metrics: Pick<DispatcherMetrics, 'approvals'>;
   now?: () => Date;
 }): ExpirySweep {
   const now = o.now ?? (() => new Date());
@@ -45,6 +47,7 @@ export function startExpirySweep(o: {
         });
         if (appended.length > 0) {
           ended++;
+          o.metrics.approvals.inc({ event: 'expired' });
           o.log.info({ userId: wait.userId, executionId: wait.executionId }, 'approval expired');
         }
         if (execution.state.status !== 'awaiting_approval') {

@@ -60,6 +60,19 @@ end
 return {'go', ''}
 `;
 
+/** One of the user's concurrency slots alone, for a run admitted earlier (an approved call). */
+const TAKE_SLOT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 'go' end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 'busy' end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl + 1000)
+return 'go'
+`;
+
 export interface GuardLimits {
   ratePerSec: number;
   burst: number;
@@ -112,8 +125,11 @@ type AdmitFn = (
   ...args: string[]
 ) => Promise<[string, string]>;
 
+type TakeSlotFn = (slotsKey: string, ...args: string[]) => Promise<string>;
+
 export class Guard {
   private readonly admitScript: AdmitFn;
+  private readonly takeSlotScript: TakeSlotFn;
 
   constructor(
     private readonly redis: Redis,
@@ -125,6 +141,29 @@ export class Guard {
     if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 4, lua: ADMIT });
     const fn = (redis as unknown as Record<string, AdmitFn>)[name]!;
     this.admitScript = fn.bind(redis);
+    const take = 'toolbusTakeSlot';
+    if (!(take in redis)) redis.defineCommand(take, { numberOfKeys: 1, lua: TAKE_SLOT });
+    this.takeSlotScript = (redis as unknown as Record<string, TakeSlotFn>)[take]!.bind(redis);
+  }
+
+  /**
+   * Takes one of the user's concurrency slots for a run that was admitted before it could start
+   * (an approved call): `busy` when the user is at the limit; `unavailable` (limits off) when Redis
+   * does not answer.
+   */
+  async takeSlot(userId: string, slot: string, ttlMs: number): Promise<'go' | 'busy' | 'unavailable'> {
+    try {
+      const r = await this.takeSlotScript(
+        this.key(userId, 'c'),
+        String(this.limits.userConcurrency),
+        slot,
+        String(ttlMs),
+      );
+      return r === 'busy' ? 'busy' : 'go';
+    } catch (e) {
+      this.onError('take_slot', e as Error);
+      return 'unavailable';
+    }
   }
 
   private key(userId: string, rest: string): string {

@@ -15,6 +15,7 @@ export interface DispatcherMetrics {
   intakeWait: Histogram;
   lookups: Counter<'result'>;
   lookupsInFlight: Gauge;
+  approvals: Counter<'event'>;
 }
 
 /** The dispatcher's Prometheus metrics, registered on the app's registry (`/metrics`). */
@@ -97,6 +98,12 @@ export function createMetrics(registry: Registry): DispatcherMetrics {
     lookupsInFlight: new Gauge({
       name: 'toolbus_answer_lookups_in_flight',
       help: 'Answer lookups this dispatcher is serving now (including those answered at their deadline whose store work goes on)',
+      registers: [registry],
+    }),
+    approvals: new Counter({
+      name: 'toolbus_approvals_total',
+      help: 'Approval events this dispatcher recorded: requested, approved, denied, expired',
+      labelNames: ['event'],
       registers: [registry],
     }),
   };

@@ -132,9 +132,11 @@ function apply(n) {
     // until the execution runs or ends; a cancel asked for shows only through its end.
     case 'ToolApprovalRequested':
       x.status = 'awaiting_approval';
+      x.approval = { roles: e.data.approverRoles, deadline: e.data.deadline };
       break;
     case 'ToolApproved':
       x.status = 'approved';
+      x.approvedBy = e.data.approverId;
       break;
     case 'ToolDenied':
     case 'ToolCancelRequested':
@@ -216,6 +218,10 @@ function render() {
       if (x.status !== 'cancelled') details.classList.add('error');
     } else if (x.status === 'completed') {
       details.textContent = x.cached ? 'cached result' : '';
+    } else if (x.status === 'awaiting_approval' && x.approval) {
+      details.textContent = `awaits approval (${x.approval.roles.join(' or ')}) until ${formatTime(x.approval.deadline)}`;
+    } else if (x.status === 'approved') {
+      details.textContent = `approved by ${x.approvedBy}; starting`;
     } else if (x.status === 'executing') {
       details.textContent = x.attempt > 1 ? `attempt ${x.attempt} ` : '';
       if (x.progress) {

@@ -1,0 +1,71 @@
+import { existsSync, mkdirSync } from 'node:fs';
+import { chromium, type Browser } from 'playwright-core';
+import t, { type Test } from 'tap';
+import { argsHash, executionIdFor } from '../../contracts/index.ts';
+import { startTestStack } from '../support/stack.ts';
+
+/**
+ * The user's live page while a call waits for approval, over the real services (dispatcher and
+ * notifier processes): the row says it awaits approval and by whom, then runs and completes once
+ * an approver approves it through the dispatcher's HTTP API. A screenshot of the waiting row is
+ * kept in test/browser/artifacts/.
+ */
+const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
+const ARTIFACTS = new URL('./artifacts/', import.meta.url);
+
+if (!existsSync(CHROMIUM)) {
+  t.fail(`Chromium is not installed at ${CHROMIUM}: install it or set CHROMIUM_PATH`);
+} else {
+  t.test('the live page shows a call waiting for approval, then its run', run);
+}
+
+async function run(t: Test) {
+  const s = await startTestStack(t, {
+    services: ['dispatcher', 'notifier'],
+    env: { APPROVAL_RECHECK_MS: '200' },
+  });
+  const browser: Browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--no-first-run',
+      '--disable-background-networking',
+    ],
+  });
+  t.teardown(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+  const pageErrors: string[] = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+
+  const token = await s.token('lena');
+  await page.goto(`${s.url('notifier')}/#token=${token}`);
+  await page.waitForSelector('#connection[data-state="live"]', { timeout: 30_000 });
+
+  const args = { text: 'transfer the budget' };
+  const requestId = 'live-approval';
+  const executionId = executionIdFor('lena', requestId);
+  const answer = s.agent.execute('guarded_echo', args, { token, requestId, timeoutMs: 120_000 });
+  const row = (status: string) => `tr[data-execution-id="${executionId}"][data-status="${status}"]`;
+
+  await page.waitForSelector(row('awaiting_approval'), { timeout: 60_000 });
+  t.match(
+    await page.textContent(row('awaiting_approval')),
+    /awaits approval \(approver or admin\) until/,
+    'the row says it waits, for whom, until when',
+  );
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: new URL('live-page-awaiting-approval.png', ARTIFACTS).pathname });
+
+  const approver = await s.token('moe', ['approver']);
+  const res = await fetch(`${s.url('dispatcher')}/executions/${executionId}/approve`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${approver}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ argsHash: argsHash(args) }),
+  });
+  t.equal(res.status, 200, 'approved');
+  await page.waitForSelector(row('completed'), { timeout: 60_000 });
+  t.match(await answer, { status: 'completed' });
+  t.same(pageErrors, [], 'no script errors');
+}
