@@ -7,7 +7,7 @@ import { recordExecution } from '../../test/support/events.ts';
 import { freePort } from '../../test/support/ports.ts';
 import { createTestDatabase } from '../../test/support/postgres.ts';
 import { startProjector } from '../projector/app.ts';
-import { TEST_SECRET, testConfig, waitFor, waitForCatchUp } from '../projector/testkit.ts';
+import { countingStore, TEST_SECRET, testConfig, waitFor, waitForCatchUp } from '../projector/testkit.ts';
 import { startConsole } from './app.ts';
 import { ConsoleEnv } from './config.ts';
 
@@ -18,7 +18,8 @@ import { ConsoleEnv } from './config.ts';
  */
 t.test('console', async (t) => {
   const db = await createTestDatabase(t);
-  const store = await createPostgresEventStore({ connectionString: db.url });
+  // Counted, so the catch-up waits for every append (the store's head alone can lag under load).
+  const store = countingStore(await createPostgresEventStore({ connectionString: db.url }));
   t.teardown(() => store.close());
   const alice = await recordExecution(store, 'alice', { tool: 'echo' });
   await recordExecution(store, 'bob', { tool: 'echo' });
@@ -110,46 +111,59 @@ t.test('console', async (t) => {
   });
 });
 
-t.test('a service that does not answer: bounded calls in flight, then 504', async (t) => {
-  // A service that takes connections and never answers them.
+t.test('a service that does not answer: calls in flight bounded; a deadline', async (t) => {
+  // A service that takes connections and never answers them (until the test drops them).
   const held: Socket[] = [];
   const silent = createServer((socket) => void held.push(socket));
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const drop = () => held.forEach((socket) => socket.destroy());
   t.teardown(() => {
-    for (const socket of held) socket.destroy();
+    drop();
     silent.close();
   });
   const address = silent.address();
   const url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
-  const consoleApp = await startConsole(
-    loadConfig(ConsoleEnv, {
-      NODE_ENV: 'test',
-      LOG_LEVEL: 'silent',
-      CONSOLE_PORT: '0',
-      CONSOLE_PROJECTOR_URL: url,
-      CONSOLE_DISPATCHER_URL: url,
-      CONSOLE_AUDITOR_URL: url,
-      CONSOLE_UPSTREAM_TIMEOUT_MS: '1000',
-      CONSOLE_MAX_IN_FLIGHT: '2',
-    }),
-  );
-  t.teardown(() => consoleApp.close());
-  const get = (path: string) => fetch(`${consoleApp.url}${path}`, { headers: { authorization: 'Bearer x' } });
+  const start = async (env: Record<string, string>) => {
+    const c = await startConsole(
+      loadConfig(ConsoleEnv, {
+        NODE_ENV: 'test',
+        LOG_LEVEL: 'silent',
+        CONSOLE_PORT: '0',
+        CONSOLE_PROJECTOR_URL: url,
+        CONSOLE_DISPATCHER_URL: url,
+        CONSOLE_AUDITOR_URL: url,
+        ...env,
+      }),
+    );
+    t.teardown(() => c.close());
+    return (path: string) => fetch(`${c.url}${path}`, { headers: { authorization: 'Bearer x' } });
+  };
 
-  const waiting = [get('/api/executions'), get('/api/approvals')];
-  await waitFor(() => held.length === 2, { what: 'both calls at the silent service' });
-  const third = await get('/api/tools/metrics');
-  t.equal(third.status, 503, 'a third call is refused at once');
-  t.equal(third.headers.get('retry-after'), '1');
-  t.match(await third.json(), { error: { code: 'OVERLOADED' } });
+  t.test('beyond CONSOLE_MAX_IN_FLIGHT a call is refused at once', async (t) => {
+    const get = await start({ CONSOLE_MAX_IN_FLIGHT: '2', CONSOLE_UPSTREAM_TIMEOUT_MS: '600000' });
+    const waiting = [get('/api/executions'), get('/api/approvals')];
+    await waitFor(() => held.length === 2, { what: 'both calls at the silent service' });
+    const third = await get('/api/tools/metrics');
+    t.equal(third.status, 503);
+    t.equal(third.headers.get('retry-after'), '1');
+    t.match(await third.json(), { error: { code: 'OVERLOADED' } });
+    drop();
+    for (const res of await Promise.all(waiting)) {
+      t.equal(res.status, 502, 'a dropped connection: the service is not reachable');
+      t.match(await res.json(), { error: { code: 'UPSTREAM_UNAVAILABLE' } });
+    }
+    const after = get('/api/executions');
+    await waitFor(() => held.length === 3, { what: 'a slot free again: the call reaches the service' });
+    drop();
+    t.equal((await after).status, 502);
+  });
 
-  for (const res of await Promise.all(waiting)) {
+  t.test('a call the service does not answer within the deadline: 504', async (t) => {
+    const get = await start({ CONSOLE_UPSTREAM_TIMEOUT_MS: '200' });
+    const res = await get('/api/executions');
     t.equal(res.status, 504);
     t.match(await res.json(), {
-      error: { code: 'UPSTREAM_TIMEOUT', message: /did not answer within 1000 ms/ },
+      error: { code: 'UPSTREAM_TIMEOUT', message: /did not answer within 200 ms/ },
     });
-  }
-  const after = get('/api/executions');
-  await waitFor(() => held.length === 3, { what: 'a slot free again: the call reaches the service' });
-  t.equal((await after).status, 504);
+  });
 });

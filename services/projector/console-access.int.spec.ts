@@ -4,7 +4,7 @@ import { createPostgresEventStore } from '../../lib/eventstore/postgres.ts';
 import { recordExecution } from '../../test/support/events.ts';
 import { createTestDatabase } from '../../test/support/postgres.ts';
 import { startProjector } from './app.ts';
-import { TEST_SECRET, testConfig, waitForCatchUp } from './testkit.ts';
+import { countingStore, TEST_SECRET, testConfig, waitForCatchUp } from './testkit.ts';
 
 /**
  * The operator console's reads: the console's roles (operator, approver, auditor) read every user's
@@ -15,7 +15,8 @@ const at = (minute: number, second = 0) => new Date(Date.UTC(2025, 0, 1, 10, min
 
 t.test('console reads', async (t) => {
   const db = await createTestDatabase(t);
-  const store = await createPostgresEventStore({ connectionString: db.url });
+  // Counted, so the catch-up waits for every append (the store's head alone can lag under load).
+  const store = countingStore(await createPostgresEventStore({ connectionString: db.url }));
   t.teardown(() => store.close());
   const alice = await recordExecution(store, 'alice', { tool: 'echo', durationMs: 10, at: at(0, 1) });
   const bob = await recordExecution(store, 'bob', { tool: 'echo', durationMs: 30, at: at(0, 30) });
