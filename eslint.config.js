@@ -12,6 +12,8 @@ export default tseslint.config(
       'services/notifier/public/**',
     ],
   },
+  // The operator console's page: plain browser ES modules, like the live page (decision 0023).
+  { ignores: ['services/console/public/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

@@ -23,3 +23,26 @@ export interface Principal {
 }
 
 export const isAdmin = (p: Principal): boolean => p.roles.includes(ROLES.admin);
+
+// --- The operator console's roles (docs/console.md) ---
+
+/** Roles of the people at the operator console (beside `admin` and `auditor` above). */
+export const CONSOLE_ROLES = { operator: 'operator', approver: 'approver' } as const;
+
+/**
+ * Who may read every user's executions, activity and execution events (not only their own): the
+ * console's readers. An approver must see the call it decides; an auditor already reads whole
+ * histories through the auditor.
+ */
+export const ALL_USERS_READERS: readonly string[] = [
+  ROLES.admin,
+  CONSOLE_ROLES.operator,
+  CONSOLE_ROLES.approver,
+  ROLES.auditor,
+];
+export const mayReadAllUsers = (p: Principal): boolean => p.roles.some((r) => ALL_USERS_READERS.includes(r));
+
+/** Who may cancel another user's execution: admins and operators. */
+export const OTHERS_CANCELLERS: readonly string[] = [ROLES.admin, CONSOLE_ROLES.operator];
+export const mayCancelFor = (p: Principal, userId: string): boolean =>
+  p.userId === userId || p.roles.some((r) => OTHERS_CANCELLERS.includes(r));

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
  * configured by environment variables only. Used by `npm start` (for a person: readable logs,
  * clean stop on Ctrl-C) and by the acceptance tests (logs collected for assertions).
  */
-export type ServiceName = 'dispatcher' | 'projector' | 'notifier' | 'auditor' | 'gateway';
+export type ServiceName = 'dispatcher' | 'projector' | 'notifier' | 'auditor' | 'gateway' | 'console';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const PORT_VARS: Record<ServiceName, string> = {
@@ -16,7 +16,16 @@ const PORT_VARS: Record<ServiceName, string> = {
   notifier: 'NOTIFIER_PORT',
   auditor: 'AUDITOR_PORT',
   gateway: 'GATEWAY_PORT',
+  console: 'CONSOLE_PORT',
 };
+
+/** The operator console forwards to the services started beside it (services/console/config.ts). */
+const consoleUpstreams = (ports: LaunchOptions['ports']): Record<string, string> =>
+  Object.fromEntries(
+    (['dispatcher', 'projector', 'auditor'] as const)
+      .filter((name) => ports[name] !== undefined)
+      .map((name) => [`CONSOLE_${name.toUpperCase()}_URL`, `http://127.0.0.1:${ports[name]}`]),
+  );
 
 export interface LogLine {
   service: ServiceName;
@@ -72,6 +81,7 @@ export async function launchStack(options: LaunchOptions): Promise<Stack> {
       cwd: ROOT,
       env: {
         ...process.env,
+        ...(name === 'console' ? consoleUpstreams(options.ports) : {}),
         ...options.env,
         ...options.serviceEnv?.[name],
         [PORT_VARS[name]]: String(port),

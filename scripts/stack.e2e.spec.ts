@@ -22,7 +22,7 @@ interface Started {
 type Teardown = { teardown(fn: () => void): void };
 
 async function npmStart(t: Teardown, env: Record<string, string>): Promise<Started> {
-  const ports = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
+  const ports = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
   const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/stack.ts'], {
     cwd: ROOT,
     env: {
@@ -32,6 +32,7 @@ async function npmStart(t: Teardown, env: Record<string, string>): Promise<Start
       NOTIFIER_PORT: String(ports[2]),
       AUDITOR_PORT: String(ports[3]),
       GATEWAY_PORT: String(ports[4]),
+      CONSOLE_PORT: String(ports[5]),
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -86,6 +87,7 @@ t.test('npm start prints lines that show progress and cancellation', async (t) =
   await until('it was running', () => s.output().includes('Ctrl-C stops everything.'), s);
   const out = s.output();
   t.match(out, /Live page for user "demo": http:\/\/127\.0\.0\.1:\d+\/#token=\S+/);
+  t.match(out, /Operator console: http:\/\/127\.0\.0\.1:\d+\/#token=<an operator token>/);
 
   const countdown = commandAfter(out, 'Progress (watch it on the live page)');
   t.match(countdown, /"tool":"countdown"/);

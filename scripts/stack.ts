@@ -16,7 +16,7 @@ import { signToken } from '../lib/auth.ts';
 import { launchStack, prettyLine, type ServiceName } from './launcher.ts';
 import { localSetup, startLocalNats, startLocalPostgres, startLocalRedis } from './local.ts';
 
-const ALL: ServiceName[] = ['dispatcher', 'projector', 'notifier', 'auditor', 'gateway'];
+const ALL: ServiceName[] = ['dispatcher', 'projector', 'notifier', 'auditor', 'gateway', 'console'];
 
 const StackEnv = CommonEnv.pick({
   LOG_LEVEL: true,
@@ -27,6 +27,8 @@ const StackEnv = CommonEnv.pick({
 }).extend({
   AUDITOR_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8083),
   GATEWAY_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8084),
+  /** The operator console (services/console). */
+  CONSOLE_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8085),
   /** An existing NATS, PostgreSQL, Redis to use instead of the stack's own. */
   NATS_URL: z.string().optional(),
   DATABASE_URL: CommonEnv.shape.DATABASE_URL.unwrap().optional(),
@@ -129,6 +131,7 @@ async function main() {
         notifier: config.NOTIFIER_PORT,
         auditor: config.AUDITOR_PORT,
         gateway: config.GATEWAY_PORT,
+        console: config.CONSOLE_PORT,
       },
       onLog: (line) => console.log(prettyLine(line)),
       readyTimeoutMs: config.TOOLBUS_START_TIMEOUT_MS,
@@ -162,6 +165,13 @@ async function main() {
   ];
   if (services.includes('notifier')) {
     lines.push('', `Live page for user "demo": ${stack.services.notifier.url}/#token=${demoToken}`);
+  }
+  if (services.includes('console')) {
+    lines.push(
+      '',
+      `Operator console: ${stack.services.console.url}/#token=<an operator token>`,
+      '  make one with: npm run token -- <your name> operator,approver,auditor   (docs/console.md)',
+    );
   }
   if (services.includes('dispatcher')) {
     lines.push(

@@ -6,6 +6,7 @@ import {
   executionIdFor,
   isInboxOf,
   isUserId,
+  mayCancelFor,
   REQUEST_HEADERS,
   subjects,
   type CancelResult,
@@ -170,7 +171,7 @@ export class CancelCoordinator {
 
   private async resolve(target: CancelTarget): Promise<CancelResult> {
     const { userId, executionId } = target;
-    // Who asks for another user's execution may (routes and serveCancels checked it): an admin.
+    // Who asks for another user's execution may (routes and serveCancels checked it): an admin or an operator.
     const order: CancelOrder = { ...target.order, admin: target.order.admin ?? target.order.by !== userId };
     const deadline = Date.now() + this.waitMs;
     const ref: ExecutionRef = { userId, executionId, requestId: '-', correlationId: executionId };
@@ -332,7 +333,6 @@ async function principalOf(
   }
 }
 
-const mayCancel = (p: Principal, userId: string): boolean => p.userId === userId || p.roles.includes('admin');
 const orderOf = (p: Principal, userId: string, via: CancelOrder['via']): CancelOrder => ({
   by: p.userId,
   via,
@@ -398,11 +398,11 @@ export function serveCancels(
     const requestId = 'requestId' in parsed.data ? parsed.data.requestId : undefined;
     const executionId =
       'executionId' in parsed.data ? parsed.data.executionId : executionIdFor(userId, parsed.data.requestId);
-    if (!mayCancel(principal, userId)) {
+    if (!mayCancelFor(principal, userId)) {
       return refuse(
         msg,
         'FORBIDDEN',
-        `the token is for user ${principal.userId}; only ${userId} or an admin may cancel ${userId}'s executions`,
+        `the token is for user ${principal.userId}; only ${userId}, an admin or an operator may cancel ${userId}'s executions`,
         { executionId, requestId: requestId ?? null },
       );
     }
@@ -426,7 +426,7 @@ export function serveCancels(
       msg.headers?.get(REQUEST_HEADERS.authorization) || undefined,
     );
     // Checked again here: the asker's token is the authority, not the bus.
-    if (principal instanceof AuthError || !mayCancel(principal, body.data.userId)) return;
+    if (principal instanceof AuthError || !mayCancelFor(principal, body.data.userId)) return;
     const { userId, executionId, via } = body.data;
     if (o.coordinator.holdHere(userId, executionId, orderOf(principal, userId, via)))
       respond(msg, { held: true });

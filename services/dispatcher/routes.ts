@@ -3,8 +3,11 @@ import type { JetStreamClient } from '@nats-io/jetstream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import {
+  ALL_USERS_READERS,
   executionIdFor,
   httpStatusOfCode,
+  mayCancelFor,
+  mayReadAllUsers,
   UserId,
   type CancelResult,
   type Principal,
@@ -29,8 +32,10 @@ export interface RouteDeps {
 }
 
 const ExecutionIdParam = z.object({ executionId: z.uuid() });
-/** An admin may name the user whose execution it cancels (body or query); anyone else cancels their own. */
+/** An admin or operator may name the user whose execution it cancels (body or query); anyone else cancels their own. */
 const CancelOwner = z.object({ userId: UserId.optional() });
+/** Whose stream GET /executions/:executionId reads: the caller's, or for a reader of all users the one named. */
+const ReadOwner = z.object({ userId: UserId.optional() });
 
 /** HTTP status of a cancel answer. */
 export function cancelStatusOf(result: CancelResult): number {
@@ -164,8 +169,11 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     if (!params.success) return refused('MALFORMED', 'the execution id must be a UUID');
     if (!owner.success) return refused('MALFORMED', 'userId must be a user id');
     const userId = owner.data.userId ?? principal.userId;
-    if (userId !== principal.userId && !principal.roles.includes('admin')) {
-      return refused('FORBIDDEN', `only ${userId} or an admin may cancel ${userId}'s executions`);
+    if (!mayCancelFor(principal, userId)) {
+      return refused(
+        'FORBIDDEN',
+        `only ${userId}, an admin or an operator may cancel ${userId}'s executions`,
+      );
     }
     const result = await deps.cancels.cancel({
       userId,
@@ -182,9 +190,21 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     const params = ExecutionIdParam.safeParse(req.params);
     if (!params.success) return refuse(reply, refusal('VALIDATION', 'the execution id must be a UUID'));
     const { executionId } = params.data;
-    // Only the caller's own stream is read: another user's execution is simply not there (404).
+    // The caller's own stream is read, or (for the operator console's readers) the one `?userId=`
+    // names: another user's execution is simply not there (404).
+    const owner = ReadOwner.safeParse(req.query ?? {});
+    if (!owner.success) return refuse(reply, refusal('VALIDATION', 'userId must be a user id'));
+    const userId = owner.data.userId ?? principal.userId;
+    if (userId !== principal.userId && !mayReadAllUsers(principal)) {
+      return reply.code(httpStatusOfCode('FORBIDDEN')).send({
+        error: {
+          code: 'FORBIDDEN',
+          message: `only ${userId} or a holder of ${ALL_USERS_READERS.join(', ')} may read ${userId}'s executions`,
+        },
+      });
+    }
     const execution = await deps.streams.load({
-      userId: principal.userId,
+      userId,
       executionId,
       requestId: '-',
       correlationId: executionId,
@@ -192,7 +212,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     const view = executionView(execution);
     if (!view) {
       return reply.code(httpStatusOfCode('NOT_FOUND')).send({
-        error: { code: 'NOT_FOUND', message: `no execution ${executionId} of user ${principal.userId}` },
+        error: { code: 'NOT_FOUND', message: `no execution ${executionId} of user ${userId}` },
       });
     }
     return view;

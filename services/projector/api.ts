@@ -1,7 +1,14 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type pg from 'pg';
 import { z } from 'zod';
-import { httpStatusOfCode, isAdmin, UserId, type Principal } from '../../contracts/index.ts';
+import {
+  ALL_USERS_READERS,
+  httpStatusOfCode,
+  isAdmin,
+  mayReadAllUsers,
+  UserId,
+  type Principal,
+} from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import { LATENCY_BUCKETS, quantile } from './histogram.ts';
 import { LIVE_SCHEMA } from './migrations.ts';
@@ -62,6 +69,24 @@ const ToolMetricsQuery = z
   .refine((q) => !q.from || !q.to || Date.parse(q.from) < Date.parse(q.to), {
     message: 'from must be before to',
   });
+/** Who may read across users, as the refusals name them. */
+const READERS = `holders of ${ALL_USERS_READERS.join(', ')}`;
+
+/** At most a day of minutes in one series answer (1,440 points per tool). */
+export const SERIES_MAX_RANGE_MS = 24 * 60 * 60_000;
+const SERIES_DEFAULT_RANGE_MS = 60 * 60_000;
+const ToolSeriesQuery = z
+  .strictObject({ tool: ToolFilter.optional(), from: Timestamp.optional(), to: Timestamp.optional() })
+  .transform((q) => {
+    const to = q.to ? Date.parse(q.to) : Date.now();
+    const from = q.from ? Date.parse(q.from) : to - SERIES_DEFAULT_RANGE_MS;
+    return { tool: q.tool, from: new Date(from).toISOString(), to: new Date(to).toISOString() };
+  })
+  .refine((q) => Date.parse(q.from) < Date.parse(q.to), { message: 'from must be before to' })
+  .refine((q) => Date.parse(q.to) - Date.parse(q.from) <= SERIES_MAX_RANGE_MS, {
+    message: 'the range may span at most 24 hours',
+  });
+
 const Cursor = z.tuple([z.string().regex(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/), z.uuid()]);
 
 function parse<S extends z.ZodType>(schema: S, value: unknown, what: string): z.infer<S> {
@@ -132,6 +157,12 @@ export function toolMetricsView(r: ToolMetricsRow) {
   };
 }
 
+/** One minute of a tool's series: the metrics view of that minute's row. */
+function seriesPoint(r: ToolMetricsRow) {
+  const { tool: _tool, ...view } = toolMetricsView(r);
+  return { minute: r.minute!, ...view };
+}
+
 export interface QueryApiOptions {
   pool: pg.Pool;
   verifier: TokenVerifier;
@@ -141,7 +172,8 @@ export interface QueryApiOptions {
 
 /**
  * GET /executions, /executions/:id, /tools/metrics, /users/:userId/activity (and /projection for
- * admins), each behind a Bearer token. A user sees their own rows; role `admin` sees every user's.
+ * admins), each behind a Bearer token. A user sees their own rows; the roles of ALL_USERS_READERS
+ * (admin, operator, approver, auditor: the operator console's readers) see every user's.
  */
 export async function registerQueryApi(app: FastifyInstance, options: QueryApiOptions): Promise<void> {
   const { pool, verifier } = options;
@@ -183,9 +215,9 @@ export async function registerQueryApi(app: FastifyInstance, options: QueryApiOp
       const principal = who(request);
       const q = parse(ListExecutionsQuery, request.query, 'query');
       let userId: string | null = principal.userId;
-      if (isAdmin(principal)) userId = q.userId ?? null;
+      if (mayReadAllUsers(principal)) userId = q.userId ?? null;
       else if (q.userId !== undefined && q.userId !== principal.userId) {
-        throw new ApiError('FORBIDDEN', "only admins may list another user's executions");
+        throw new ApiError('FORBIDDEN', `only ${READERS} may list another user's executions`);
       }
       const after = q.cursor ? decodeCursor(q.cursor) : null;
       const { rows } = await pool.query<Record<string, unknown> & { cursor_at: string }>(
@@ -228,7 +260,7 @@ export async function registerQueryApi(app: FastifyInstance, options: QueryApiOp
       );
       const row = rows[0] ? rowMappers.execution(rows[0]) : undefined;
       // Another user's execution is answered exactly like a missing one.
-      if (!row || (row.userId !== principal.userId && !isAdmin(principal))) {
+      if (!row || (row.userId !== principal.userId && !mayReadAllUsers(principal))) {
         throw new ApiError('NOT_FOUND', `no execution ${id}`);
       }
       return executionView(row);
@@ -263,11 +295,35 @@ export async function registerQueryApi(app: FastifyInstance, options: QueryApiOp
       };
     });
 
+    // Per-minute points for charts (the operator console's): only minutes with activity are listed.
+    scope.get('/tools/metrics/series', async (request) => {
+      const q = parse(ToolSeriesQuery, request.query, 'query');
+      const { rows } = await pool.query<Record<string, unknown>>(
+        `select * from ${t('tool_metrics_minute')}
+          where ($1::text is null or tool = $1)
+            and minute >= date_trunc('minute', $2::timestamptz) and minute < $3::timestamptz
+          order by tool, minute`,
+        [q.tool ?? null, q.from, q.to],
+      );
+      const byTool = new Map<string, ReturnType<typeof seriesPoint>[]>();
+      for (const row of rows.map(rowMappers.toolMinute)) {
+        const points = byTool.get(row.tool) ?? [];
+        points.push(seriesPoint(row));
+        byTool.set(row.tool, points);
+      }
+      return {
+        from: q.from,
+        to: q.to,
+        granularity: 'minute',
+        tools: [...byTool].map(([tool, points]) => ({ tool, points })),
+      };
+    });
+
     scope.get('/users/:userId/activity', async (request) => {
       const principal = who(request);
       const { userId } = parse(UserParams, request.params, 'user id');
-      if (userId !== principal.userId && !isAdmin(principal)) {
-        throw new ApiError('FORBIDDEN', "only admins may read another user's activity");
+      if (userId !== principal.userId && !mayReadAllUsers(principal)) {
+        throw new ApiError('FORBIDDEN', `only ${READERS} may read another user's activity`);
       }
       const { rows } = await pool.query<Record<string, unknown>>(
         `select * from ${t('user_activity')} where user_id = $1`,
