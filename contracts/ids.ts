@@ -91,6 +91,12 @@ export const subjects = {
   /** A dispatcher tells the workers of tool `name` to stop an invocation. */
   toolCancel: (name: string): string => `toolbus.tools.cancel.${assertToolName(name)}`,
   toolCancelAll: 'toolbus.tools.cancel.>',
+  /**
+   * A dispatcher tells the workers of tool `name` that it refused one's announcement (an
+   * `AnnouncementRefusal` naming the worker and why), so a worker is not left believing it serves.
+   */
+  toolRefused: (name: string): string => `toolbus.tools.refused.${assertToolName(name)}`,
+  toolRefusedAll: 'toolbus.tools.refused.>',
   /** Dispatchers ask workers to announce again (on start). */
   toolDiscover: 'toolbus.tools.discover',
   /** A worker serves one tool version here, in queue group `toolbus-workers`. */

@@ -72,3 +72,12 @@ export const ToolAnnouncement = z.strictObject({
   signature: z.string().regex(/^[0-9a-f]{64}$/),
 });
 export type ToolAnnouncement = z.infer<typeof ToolAnnouncement>;
+
+/** What a dispatcher publishes on `subjects.toolRefused(tool)` when it refuses a signed announcement. */
+export const AnnouncementRefusal = z.strictObject({
+  workerId: ToolAnnouncement.shape.workerId,
+  /** The tool (and version, when the manifest named one) that was not registered. */
+  tool: z.string().max(200),
+  reason: z.string().max(2_000),
+});
+export type AnnouncementRefusal = z.infer<typeof AnnouncementRefusal>;

@@ -69,6 +69,7 @@ export function permissionsOf(role: Role, id: string): Permissions {
             'toolbus.dispatchers.>',
             'toolbus.tools.run.>',
             subjects.toolCancelAll,
+            subjects.toolRefusedAll,
             subjects.toolDiscover,
             // the JetStream API of its own stream and consumer, and nothing else's
             '$JS.API.INFO',
@@ -115,8 +116,16 @@ export function permissionsOf(role: Role, id: string): Permissions {
           allow: [
             inbox,
             subjects.toolDiscover,
-            ...role.tools.flatMap((t) => [`toolbus.tools.run.${t}.*`, subjects.toolCancel(t)]),
-            ...namespaces.flatMap((ns) => [`toolbus.tools.run.${ns}.*.*`, `toolbus.tools.cancel.${ns}.*`]),
+            ...role.tools.flatMap((t) => [
+              `toolbus.tools.run.${t}.*`,
+              subjects.toolCancel(t),
+              subjects.toolRefused(t),
+            ]),
+            ...namespaces.flatMap((ns) => [
+              `toolbus.tools.run.${ns}.*.*`,
+              `toolbus.tools.cancel.${ns}.*`,
+              `toolbus.tools.refused.${ns}.*`,
+            ]),
           ],
         },
         allow_responses: true,

@@ -11,6 +11,7 @@ import { z } from 'zod';
 import {
   canonicalJson,
   MAX_TIMEOUT_MS,
+  AnnouncementRefusal,
   subjects,
   ToolAnnouncement,
   UserId,
@@ -184,6 +185,11 @@ export interface ServeToolsOptions {
   announceIntervalMs?: number;
   /** Refuse invocations without a valid dispatcher signature (default true). */
   verifyInvocations?: boolean;
+  /**
+   * A dispatcher refused this worker's announcement of a tool (a name it runs itself, an invalid
+   * manifest...). Always logged as an error; `npm run worker` also exits with the reason.
+   */
+  onRefused?: (refusal: AnnouncementRefusal) => void;
   log?: Logger;
 }
 
@@ -386,9 +392,25 @@ export async function serveTools(
     );
   }
   subs.push(nc.subscribe(subjects.toolDiscover, { callback: (err) => (err ? undefined : announceNow()) }));
+  const onRefusal = (msg: Msg) => {
+    let refusal: AnnouncementRefusal;
+    try {
+      const parsed = AnnouncementRefusal.safeParse(msg.json());
+      if (!parsed.success) return;
+      refusal = parsed.data;
+    } catch {
+      return;
+    }
+    if (refusal.workerId !== opts.workerId) return;
+    log?.error({ tool: refusal.tool, reason: refusal.reason }, 'a dispatcher refused to register this tool');
+    opts.onRefused?.(refusal);
+  };
   for (const name of byName.keys()) {
     subs.push(
       nc.subscribe(subjects.toolCancel(name), { callback: (err, msg) => (err ? undefined : onCancel(msg)) }),
+      nc.subscribe(subjects.toolRefused(name), {
+        callback: (err, msg) => (err ? undefined : onRefusal(msg)),
+      }),
     );
   }
   // The subscriptions reach the server before the announcement does: a dispatcher that hears
@@ -598,6 +620,27 @@ export async function acceptAnnouncements(
       // a listener's failure does not change the refusal
     }
   };
+  /**
+   * A signed announcement refused: also tell the workers of that tool, so the one it names learns
+   * it is not serving. Unsigned or stale ones are not echoed (their worker id proves nothing).
+   */
+  const refuseSigned = (reason: string, workerId: string, tool: string, manifest: unknown) => {
+    refuse(reason, workerId);
+    const version = (manifest as { version?: unknown } | null)?.version;
+    const refusal: AnnouncementRefusal = {
+      workerId,
+      tool: typeof version === 'string' ? clip(`${tool}@${version}`, 200) : tool,
+      reason: clip(reason, 2_000),
+    };
+    try {
+      nc.publish(subjects.toolRefused(tool), JSON.stringify(refusal));
+    } catch (e) {
+      log?.warn(
+        { workerId, tool, err: { message: (e as Error).message } },
+        'could not tell a worker of its refusal',
+      );
+    }
+  };
 
   const onAnnouncement = (msg: Msg) => {
     const subjectTool = msg.subject.slice(ANNOUNCE_PREFIX.length);
@@ -614,9 +657,11 @@ export async function acceptAnnouncements(
     for (const m of manifests) {
       const claimed = (m as { name?: unknown } | null)?.name;
       if (claimed !== subjectTool) {
-        refuse(
+        refuseSigned(
           `announcement on ${msg.subject} names another tool (${JSON.stringify(claimed)}): refused`,
           workerId,
+          subjectTool,
+          m,
         );
         continue;
       }
@@ -636,9 +681,11 @@ export async function acceptAnnouncements(
             'remote tool registered',
           );
       } catch (e) {
-        refuse(
+        refuseSigned(
           e instanceof ToolDefinitionError ? e.message : `announcement refused: ${(e as Error).message}`,
           workerId,
+          subjectTool,
+          m,
         );
       }
     }

@@ -21,6 +21,8 @@ import { startToolWorker } from './tools/worker.ts';
  *   configuration file: TOOLBUS_CONFIG, default toolbus.json at the checkout root, lib/toolbusConfig.ts),
  *   TOOLBUS_TEST_TOOLS=1 (the test tools may be named too; refused when NODE_ENV=production).
  * Stops on SIGTERM/SIGINT: withdraws its tools at once, then waits for the running calls.
+ * Exits 1 with the dispatcher's reason when a dispatcher refuses to register one of its tools (a
+ * tool the dispatcher runs itself, a manifest it finds invalid): serving it would be a pretence.
  */
 const defaultWorkerId = `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9_.:-]/g, '-').slice(0, 128);
 
@@ -63,6 +65,7 @@ async function main(): Promise<void> {
     );
     process.exit(1);
   }
+  let stop: (signal: string, code?: number) => void = () => process.exit(1);
   const worker = await startToolWorker({
     natsUrl: config.NATS_URL,
     credentials: natsCredentialsFromConfig(config),
@@ -72,17 +75,24 @@ async function main(): Promise<void> {
     testTools: config.TOOLBUS_TEST_TOOLS === '1' || config.TOOLBUS_TEST_TOOLS === 'true',
     configuredTools,
     announceIntervalMs: config.TOOLBUS_ANNOUNCE_INTERVAL_MS,
+    onRefused: (refusal) => {
+      log.fatal(
+        { tool: refusal.tool, reason: refusal.reason },
+        'a dispatcher refused this tool: fix the configuration (TOOLBUS_WORKER_TOOLS, the tool, or the dispatcher) and start again',
+      );
+      stop('refused', 1);
+    },
     log,
   });
   log.info({ workerId: worker.workerId, tools: worker.tools, nats: config.NATS_URL }, 'tool worker ready');
 
   let stopping = false;
-  const stop = (signal: string) => {
+  stop = (signal: string, code = 0) => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'tool worker stopping');
     worker.close().then(
-      () => process.exit(0),
+      () => process.exit(code),
       (e: unknown) => {
         log.error({ err: { message: (e as Error).message } }, 'tool worker did not stop cleanly');
         process.exit(1);

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { connectNats } from '../../../lib/nats.ts';
 import { acceptAnnouncements, ToolRegistry, type ToolContext } from '../../../lib/tools/index.ts';
 import { startNats } from '../../../test/support/processes.ts';
+import { datasetStatsTool } from './datasetStats.ts';
 
 const SECRET = 'worker-e2e-secret-0123456789abcdef0123456789';
 const ENTRY = fileURLToPath(new URL('../worker.ts', import.meta.url));
@@ -117,3 +118,16 @@ t.test(
     t.match(badId.output(), /WORKER_ID/);
   },
 );
+
+t.test('a worker whose tool a dispatcher refuses is told, and exits 1 with the reason', async (t) => {
+  // This dispatcher runs dataset_stats in its own process, as the default stack does.
+  const registry = new ToolRegistry();
+  registry.register(datasetStatsTool);
+  const listener = await acceptAnnouncements(nc, registry, { secret: SECRET, expireAfterMs: 0 });
+  t.teardown(() => listener.stop());
+  const w = startWorker({ WORKER_ID: 'e2e-refused-worker', TOOLBUS_WORKER_TOOLS: 'dataset_stats' });
+  t.equal(await w.exited, 1, 'the worker does not go on pretending to serve');
+  t.match(w.output(), /dispatcher refused this tool/);
+  t.match(w.output(), /dataset_stats@1\.0\.0 is already registered in process/);
+  t.equal(registry.resolve('dataset_stats')?.source, 'local', 'the dispatcher kept its own tool');
+});

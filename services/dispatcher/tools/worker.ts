@@ -1,6 +1,6 @@
 import type { Logger } from '../../../lib/log.ts';
 import { connectNats, type NatsConnection, type NatsCredentials } from '../../../lib/nats.ts';
-import { serveTools, type ToolDefinition } from '../../../lib/tools/index.ts';
+import { serveTools, type ServeToolsOptions, type ToolDefinition } from '../../../lib/tools/index.ts';
 import { exampleTools } from './index.ts';
 import { testTools } from './testing.ts';
 
@@ -18,6 +18,8 @@ export interface ToolWorkerConfig {
   /** The tools of the configuration file (lib/toolbusConfig.ts), served besides the example tools. */
   configuredTools?: readonly ToolDefinition[];
   announceIntervalMs?: number;
+  /** A dispatcher refused to register one of the tools (serveTools' `onRefused`). */
+  onRefused?: ServeToolsOptions['onRefused'];
   log?: Logger;
 }
 
@@ -61,6 +63,7 @@ export async function startToolWorker(config: ToolWorkerConfig): Promise<ToolWor
       secret: config.secret,
       ...(config.announceIntervalMs !== undefined ? { announceIntervalMs: config.announceIntervalMs } : {}),
       ...(config.log ? { log: config.log } : {}),
+      ...(config.onRefused ? { onRefused: config.onRefused } : {}),
     });
     let closing: Promise<void> | undefined;
     return {
