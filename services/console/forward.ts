@@ -27,7 +27,7 @@ export const ROUTES: readonly Route[] = [
     method: 'GET',
     path: '/executions/:id/events',
     upstream: 'dispatcher',
-    to: ({ id }) => `/executions/${id}`,
+    to: ({ id }) => `/executions/${encodeURIComponent(id ?? '')}`,
   },
   { method: 'POST', path: '/executions/:id/cancel', upstream: 'dispatcher' },
   { method: 'POST', path: '/executions/:id/approve', upstream: 'dispatcher' },
@@ -72,6 +72,9 @@ export function registerForwarding(app: FastifyInstance, config: ConsoleConfig):
           );
         }
         const params = request.params as Record<string, string>;
+        // `.` and `..` survive encoding and the URL parser resolves them: /executions/.. is `/`.
+        const dots = Object.entries(params).find(([, v]) => v === '.' || v === '..');
+        if (dots) return fail(reply, 400, 'VALIDATION', `${dots[0]} cannot be "${dots[1]}"`);
         const path = route.to ? route.to(params) : pathWith(route.path, params);
         const query = request.url.includes('?') ? request.url.slice(request.url.indexOf('?')) : '';
         const headers: Record<string, string> = {};
@@ -112,6 +115,9 @@ export function registerForwarding(app: FastifyInstance, config: ConsoleConfig):
   }
 }
 
-/** The route's path with its parameters filled in, each encoded (they are checked upstream). */
+/**
+ * The route's path with its parameters filled in, each encoded (they are checked upstream): a
+ * parameter is one path segment, never a `/`, `?` or `#` that would reach another path.
+ */
 const pathWith = (path: string, params: Record<string, string>): string =>
   path.replace(/:([A-Za-z]+)/g, (_, name: string) => encodeURIComponent(params[name] ?? ''));
