@@ -13,6 +13,7 @@ import { allowedHostsOf, listOf, publicUrlOf, type GatewayConfig } from './confi
 import { bearerIdentify, testModeIdentify } from './principal.ts';
 import { MCP_PATH, registerMcpRoutes } from './routes.ts';
 import { InFlight, serverFactory } from './server.ts';
+import { Waits } from './waits.ts';
 
 const VERSION = (
   JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -93,6 +94,7 @@ export async function startGateway(
           taskMinTimeoutMs: config.GATEWAY_TASK_MIN_TIMEOUT_MS,
           version: VERSION,
           metrics,
+          waits: new Waits(config.GATEWAY_MAX_WAITS_PER_USER),
         },
         new InFlight(),
       ),

@@ -53,6 +53,11 @@ const GatewayVariables = CommonEnv.extend({
    * `execution.taskSupport: "optional"` and callable as a task (2025-11-25 revision).
    */
   GATEWAY_TASK_MIN_TIMEOUT_MS: int(60_000, 1, 24 * 3_600_000),
+  /**
+   * Calls one user may have waiting on this gateway at once (`tools/call`s awaiting their answer,
+   * `tasks/result`s); the next is refused at once as OVERLOADED (docs/mcp.md, "Limits").
+   */
+  GATEWAY_MAX_WAITS_PER_USER: int(64, 1, 100_000),
   /** Largest body `/mcp` reads; beyond, 413 before anything is parsed. */
   GATEWAY_MAX_BODY_BYTES: int(1024 * 1024, 1024, 64 * 1024 * 1024),
   /**

@@ -7,9 +7,10 @@ import {
   type ServerContext,
 } from '@modelcontextprotocol/server';
 import type { Principal } from '../../contracts/index.ts';
-import { execute, idempotencyKeyOf, type Call } from './calls.ts';
+import { execute, idempotencyKeyOf, requestOf, type Call } from './calls.ts';
 import { ERROR_META_KEY, resultOf, toolOf } from './mapping.ts';
 import type { GatewayMetrics } from './metrics.ts';
+import type { Waits } from './waits.ts';
 import { cancelTask, getTask, startTask, TaskParams, taskResult, type TaskDeps } from './tasks.ts';
 
 /** What the HTTP layer verified, handed to the factory as the SDK's `authInfo.extra`. */
@@ -23,6 +24,8 @@ export interface ServerDeps extends TaskDeps {
   /** A tool with at least this timeout may be called as a task. */
   taskMinTimeoutMs: number;
   metrics: GatewayMetrics;
+  /** Calls and task results each user has waiting, bounded. */
+  waits: Waits;
 }
 
 /**
@@ -98,6 +101,22 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
         deps.metrics.calls.inc({ outcome });
         return result;
       };
+      const release = deps.waits.enter(principal.userId);
+      if (!release) {
+        // Refused before anything is recorded: a failed call the client may retry, as a dispatcher's OVERLOADED.
+        return counted(
+          resultOf(
+            {
+              status: 'failed',
+              requestId: requestOf(call).requestId,
+              executionId: null,
+              correlationId: null,
+              error: { code: 'OVERLOADED', message: deps.waits.refusal() },
+            },
+            tool,
+          ),
+        );
+      }
       deps.metrics.inFlight.inc();
       try {
         if ((request.params as { task?: unknown }).task === undefined)
@@ -116,6 +135,7 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
         throw e;
       } finally {
         deps.metrics.inFlight.dec();
+        release();
       }
     });
 
@@ -158,9 +178,16 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
 
     if (tasks) {
       server.setRequestHandler('tasks/get', { params: TaskParams }, (p) => getTask(deps, caller, p.taskId));
-      server.setRequestHandler('tasks/result', { params: TaskParams }, (p, ctx) =>
-        taskResult(deps, caller, p.taskId, ctx.mcpReq.signal),
-      );
+      server.setRequestHandler('tasks/result', { params: TaskParams }, async (p, ctx) => {
+        const release = deps.waits.enter(principal.userId);
+        if (!release)
+          throw new ProtocolError(ProtocolErrorCode.InternalError, `OVERLOADED: ${deps.waits.refusal()}`);
+        try {
+          return await taskResult(deps, caller, p.taskId, ctx.mcpReq.signal);
+        } finally {
+          release();
+        }
+      });
       server.setRequestHandler('tasks/cancel', { params: TaskParams }, (p) =>
         cancelTask(deps, caller, p.taskId),
       );
