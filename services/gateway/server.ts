@@ -6,7 +6,7 @@ import {
   type McpServerFactory,
   type ServerContext,
 } from '@modelcontextprotocol/server';
-import type { Principal } from '../../contracts/index.ts';
+import { checkJsonShape, type Principal } from '../../contracts/index.ts';
 import { execute, idempotencyKeyOf, requestOf, type Call } from './calls.ts';
 import { ERROR_META_KEY, resultOf, toolOf } from './mapping.ts';
 import type { GatewayMetrics } from './metrics.ts';
@@ -94,6 +94,14 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
 
     server.setRequestHandler('tools/call', async (request, ctx) => {
       const { name, arguments: args = {}, _meta } = request.params;
+      // The dispatcher's rule, checked first: hashing and forwarding the arguments recurse, so
+      // nesting far deeper (a 1 MB body holds 100 000 levels) would overflow the stack here.
+      const shape = checkJsonShape(args);
+      if (shape)
+        throw new ProtocolError(
+          ProtocolErrorCode.InvalidParams,
+          `arguments at ${shape.path}: ${shape.problem}`,
+        );
       const tool = await deps.catalog.find(principal, name);
       if (!tool) throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Unknown tool: ${name}`);
       const call = { principal, token, tool, args, idempotencyKey: idempotencyKeyOf(_meta) };
