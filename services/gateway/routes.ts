@@ -134,9 +134,13 @@ const callers = new WeakMap<object, Caller>();
 
 const rpcError = (code: number, message: string) => ({ jsonrpc: '2.0', id: null, error: { code, message } });
 
-/** A JSON array at the top level (after optional whitespace). */
+/**
+ * A JSON array at the top level (after optional whitespace). A leading UTF-8 byte order mark is
+ * skipped as the SDK's TextDecoder drops it: otherwise a batch behind one would be run.
+ */
 function isBatch(body: Buffer): boolean {
-  for (const byte of body) {
+  const bom = body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf;
+  for (const byte of bom ? body.subarray(3) : body) {
     if (byte === 0x20 || byte === 0x09 || byte === 0x0a || byte === 0x0d) continue;
     return byte === 0x5b; // '['
   }
