@@ -222,6 +222,29 @@ t.test('notifications/cancelled reaches the call of the same user and id only', 
   t.notOk(later.signal.aborted, 'a finished call is no longer tracked');
 });
 
+t.test("two clients of one user with the same id: a cancel reaches the sender's call, or none", async (t) => {
+  const inFlight = new InFlight();
+  const a = new AbortController();
+  const b = new AbortController();
+  inFlight.track('ann', 1, a, 'token-a');
+  const untrackB = inFlight.track('ann', 1, b, 'token-b');
+  t.ok(inFlight.cancel('ann', 1, 'stop', 'token-a'));
+  t.ok(a.signal.aborted, "the sender's call");
+  t.notOk(b.signal.aborted, "not the other client's");
+  untrackB();
+  const c = new AbortController();
+  const d = new AbortController();
+  inFlight.track('ann', 2, c, 'shared');
+  inFlight.track('ann', 2, d, 'shared');
+  t.notOk(inFlight.cancel('ann', 2, 'stop', 'shared'), 'one token, two calls: ambiguous');
+  t.notOk(inFlight.cancel('ann', 2, 'stop', 'renewed'), 'another token, two calls: ambiguous');
+  t.notOk(c.signal.aborted || d.signal.aborted, 'neither is cancelled');
+  const e = new AbortController();
+  inFlight.track('ann', 3, e, 'before-renewal');
+  t.ok(inFlight.cancel('ann', 3, 'stop', 'after-renewal'), "the user's only call with that id");
+  t.ok(e.signal.aborted);
+});
+
 t.test(
   'the Host check: on for a loopback gateway, off behind another address unless configured',
   async (t) => {

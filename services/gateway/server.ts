@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import {
   ProtocolError,
   ProtocolErrorCode,
@@ -32,23 +33,41 @@ export interface ServerDeps extends TaskDeps {
  * Calls in flight by user and JSON-RPC id, so that `notifications/cancelled` reaches its call:
  * the SDK serves each HTTP request with a fresh server (stateless), so the notification arrives
  * at another instance than the call it names. Keyed by user, a client can only cancel its own
- * user's calls.
+ * user's calls. Two clients of one user number their requests alike (each from 0) and nothing
+ * but the token says which one a notification came from: a cancel reaches the one call with that
+ * id made with the same token (`clientOf`), else the user's only call with that id (a client that
+ * renewed its token since), else none. Cancelling another client's call would be worse than not
+ * cancelling (docs/mcp.md).
  */
 export class InFlight {
-  readonly #calls = new Map<string, AbortController>();
+  readonly #calls = new Map<string, Map<AbortController, string>>();
 
-  track(userId: string, id: string | number, controller: AbortController): () => void {
+  track(userId: string, id: string | number, controller: AbortController, client = ''): () => void {
     const key = `${userId}\n${typeof id}:${id}`;
-    this.#calls.set(key, controller);
+    const held = this.#calls.get(key) ?? new Map<AbortController, string>();
+    held.set(controller, client);
+    this.#calls.set(key, held);
     return () => {
-      if (this.#calls.get(key) === controller) this.#calls.delete(key);
+      held.delete(controller);
+      if (held.size === 0 && this.#calls.get(key) === held) this.#calls.delete(key);
     };
   }
 
-  cancel(userId: string, id: string | number, reason: string | undefined): void {
-    this.#calls.get(`${userId}\n${typeof id}:${id}`)?.abort(new Error(reason ?? 'cancelled by the client'));
+  /** Cancels the call the notification names (see above); false when none or it is ambiguous. */
+  cancel(userId: string, id: string | number, reason: string | undefined, client = ''): boolean {
+    const held = [
+      ...(this.#calls.get(`${userId}\n${typeof id}:${id}`) ?? new Map<AbortController, string>()),
+    ];
+    const same = held.filter(([, c]) => c === client);
+    const target = same.length === 1 ? same[0] : same.length === 0 && held.length === 1 ? held[0] : undefined;
+    target?.[0].abort(new Error(reason ?? 'cancelled by the client'));
+    return target !== undefined;
   }
 }
+
+/** Which client a request came from, as far as the gateway can tell: a digest of its token. */
+export const clientOf = (caller: Caller): string =>
+  createHash('sha256').update(caller.token).digest('base64url');
 
 /** A result's outcome label: `completed`, or its error code. */
 const outcomeOf = (result: CallToolResult): string =>
@@ -155,7 +174,7 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
       const forward = () => controller.abort(ctx.mcpReq.signal.reason);
       if (ctx.mcpReq.signal.aborted) forward();
       ctx.mcpReq.signal.addEventListener('abort', forward, { once: true });
-      const untrack = inFlight.track(principal.userId, ctx.mcpReq.id, controller);
+      const untrack = inFlight.track(principal.userId, ctx.mcpReq.id, controller, clientOf(caller));
       try {
         const answer = await execute(deps, {
           ...call,
@@ -202,8 +221,12 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
     }
 
     server.setNotificationHandler('notifications/cancelled', (n) => {
-      if (n.params.requestId !== undefined)
-        inFlight.cancel(principal.userId, n.params.requestId, n.params.reason);
+      const id = n.params.requestId;
+      if (id !== undefined && !inFlight.cancel(principal.userId, id, n.params.reason, clientOf(caller)))
+        deps.log.info(
+          { userId: principal.userId, requestId: id },
+          'notifications/cancelled: no call, or more than one, has that id; nothing cancelled',
+        );
     });
     return server;
   };
