@@ -127,7 +127,10 @@ export interface SuiteRun {
  * checks each scenario wrote. Throws when the suite did not run to its summary or a scenario it
  * announced left no results (a crash must not look like a short list of failures).
  */
-export async function runConformanceSuite(url: string, opts: { signal?: AbortSignal } = {}): Promise<SuiteRun> {
+export async function runConformanceSuite(
+  url: string,
+  opts: { signal?: AbortSignal } = {},
+): Promise<SuiteRun> {
   const outputDir = await mkdtemp(join(tmpdir(), 'toolbus-mcp-conformance-'));
   try {
     const output = await new Promise<string>((resolve, reject) => {
@@ -151,7 +154,9 @@ export async function runConformanceSuite(url: string, opts: { signal?: AbortSig
     for (const folder of await readdir(outputDir)) {
       const scenario = scenarioOfFolder(folder);
       if (!scenario) continue;
-      const checks = z.array(Check).parse(JSON.parse(await readFile(join(outputDir, folder, 'checks.json'), 'utf8')));
+      const checks = z
+        .array(Check)
+        .parse(JSON.parse(await readFile(join(outputDir, folder, 'checks.json'), 'utf8')));
       const failed = checks.filter((c) => c.status === 'FAILURE');
       results.push({
         scenario,

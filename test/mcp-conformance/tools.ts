@@ -35,7 +35,7 @@ export const simpleText = defineTool({
   name: 'test_simple_text',
   description: 'MCP conformance: returns one text block.',
   output: McpContentResult,
-  async run() {
+  async run(): Promise<McpContentResult> {
     return { content: [{ type: 'text', text: 'This is a simple text response for testing.' }] };
   },
 });
@@ -45,7 +45,7 @@ export const imageContent = defineTool({
   name: 'test_image_content',
   description: 'MCP conformance: returns one image block (a 1x1 red PNG).',
   output: McpContentResult,
-  async run() {
+  async run(): Promise<McpContentResult> {
     return { content: [{ type: 'image', data: RED_PIXEL_PNG, mimeType: 'image/png' }] };
   },
 });
@@ -55,7 +55,7 @@ export const audioContent = defineTool({
   name: 'test_audio_content',
   description: 'MCP conformance: returns one audio block (a short silent WAV).',
   output: McpContentResult,
-  async run() {
+  async run(): Promise<McpContentResult> {
     return { content: [{ type: 'audio', data: SILENT_WAV, mimeType: 'audio/wav' }] };
   },
 });
@@ -65,7 +65,7 @@ export const embeddedResource = defineTool({
   name: 'test_embedded_resource',
   description: 'MCP conformance: returns one embedded text resource.',
   output: McpContentResult,
-  async run() {
+  async run(): Promise<McpContentResult> {
     return {
       content: [
         {
@@ -86,7 +86,7 @@ export const multipleContentTypes = defineTool({
   name: 'test_multiple_content_types',
   description: 'MCP conformance: returns a text, an image and an embedded resource block.',
   output: McpContentResult,
-  async run() {
+  async run(): Promise<McpContentResult> {
     return {
       content: [
         { type: 'text', text: 'Multiple content types test:' },
@@ -126,7 +126,7 @@ export const toolWithProgress = defineTool({
   name: 'test_tool_with_progress',
   description: 'MCP conformance: reports progress 0, 0.5 and 1, then returns a text block.',
   output: McpContentResult,
-  async run(_args, ctx) {
+  async run(_args, ctx): Promise<McpContentResult> {
     for (const fraction of [0, 0.5, 1]) {
       if (fraction > 0) await sleep(PROGRESS_STEP_MS, undefined, { signal: ctx.signal });
       ctx.progress({ fraction, message: `step ${fraction * 2 + 1} of 3` });
