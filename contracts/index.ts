@@ -9,3 +9,4 @@ export * from './manifest.ts';
 export * from './notification.ts';
 export * from './request.ts';
 export * from './services.ts';
+export * from './mcpContent.ts';

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
-import { McpContentResult } from '../../contracts/mcpContent.ts';
+import { McpContentResult } from '../../contracts/index.ts';
 import { defineTool, type ToolDefinition } from '../../lib/tools/index.ts';
 
 /*
