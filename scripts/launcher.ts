@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
  * configured by environment variables only. Used by `npm start` (for a person: readable logs,
  * clean stop on Ctrl-C) and by the acceptance tests (logs collected for assertions).
  */
-export type ServiceName = 'dispatcher' | 'projector' | 'notifier' | 'auditor';
+export type ServiceName = 'dispatcher' | 'projector' | 'notifier' | 'auditor' | 'gateway';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const PORT_VARS: Record<ServiceName, string> = {
@@ -15,6 +15,7 @@ const PORT_VARS: Record<ServiceName, string> = {
   projector: 'PROJECTOR_PORT',
   notifier: 'NOTIFIER_PORT',
   auditor: 'AUDITOR_PORT',
+  gateway: 'GATEWAY_PORT',
 };
 
 export interface LogLine {

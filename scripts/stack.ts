@@ -14,7 +14,7 @@ import { signToken } from '../lib/auth.ts';
 import { launchStack, prettyLine, type ServiceName } from './launcher.ts';
 import { localSetup, startLocalNats, startLocalPostgres, startLocalRedis } from './local.ts';
 
-const ALL: ServiceName[] = ['dispatcher', 'projector', 'notifier', 'auditor'];
+const ALL: ServiceName[] = ['dispatcher', 'projector', 'notifier', 'auditor', 'gateway'];
 
 const StackEnv = CommonEnv.pick({
   LOG_LEVEL: true,
@@ -24,6 +24,7 @@ const StackEnv = CommonEnv.pick({
   NOTIFIER_PORT: true,
 }).extend({
   AUDITOR_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8083),
+  GATEWAY_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8084),
   /** An existing NATS, PostgreSQL, Redis to use instead of the stack's own. */
   NATS_URL: z.string().optional(),
   DATABASE_URL: CommonEnv.shape.DATABASE_URL.unwrap().optional(),
@@ -111,12 +112,21 @@ async function main() {
     stack = await launchStack({
       services,
       env: { NATS_URL: natsUrl, DATABASE_URL: databaseUrl, REDIS_URL: redisUrl, ...secrets },
-      serviceEnv: { dispatcher: seedEnv('dispatcher'), notifier: seedEnv('notifier') },
+      serviceEnv: {
+        dispatcher: seedEnv('dispatcher'),
+        notifier: seedEnv('notifier'),
+        // The MCP gateway: its own NATS identity, and the dispatcher whose GET /tools it reads.
+        gateway: {
+          ...seedEnv('gateway'),
+          GATEWAY_DISPATCHER_URL: `http://127.0.0.1:${config.DISPATCHER_PORT}`,
+        },
+      },
       ports: {
         dispatcher: config.DISPATCHER_PORT,
         projector: config.PROJECTOR_PORT,
         notifier: config.NOTIFIER_PORT,
         auditor: config.AUDITOR_PORT,
+        gateway: config.GATEWAY_PORT,
       },
       onLog: (line) => console.log(prettyLine(line)),
       readyTimeoutMs: config.TOOLBUS_START_TIMEOUT_MS,
@@ -158,6 +168,19 @@ async function main() {
       `  curl -s -X POST ${stack.services.dispatcher.url}/executions -H 'content-type: application/json' \\`,
       `    -H 'authorization: Bearer ${demoToken}' \\`,
       `    -d '{"tool":"dataset_stats","args":{"columns":{"latency":[12,15,11,40,13]}}}'`,
+    );
+  }
+  if (services.includes('gateway')) {
+    lines.push(
+      '',
+      'MCP clients (Streamable HTTP, docs/mcp.md): list the tools "demo" may call with the MCP inspector:',
+      `  npx @modelcontextprotocol/inspector --cli ${stack.services.gateway.url}/mcp --transport http \\`,
+      `    --header 'Authorization: Bearer ${demoToken}' --method tools/list`,
+      'or with curl (one stateless JSON-RPC request):',
+      `  curl -s ${stack.services.gateway.url}/mcp -H 'content-type: application/json' \\`,
+      `    -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: 2025-11-25' \\`,
+      `    -H 'authorization: Bearer ${demoToken}' \\`,
+      `    -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"dataset_stats","arguments":{"columns":{"latency":[12,15,11,40,13]}}}}'`,
     );
   }
   lines.push(

@@ -100,12 +100,18 @@ export interface NatsIdentities {
   otherAgent: Identity;
   /** A worker allowed only the tool `intruder_tool`. */
   narrowWorker: Identity;
+  /** The MCP gateway (services/gateway): an agent's rights. */
+  gateway: Identity;
 }
 
 export type SecuredNats = OwnedServer & {
   identities: NatsIdentities;
   /** Each service's environment for its identity (launchStack's `serviceEnv`). */
-  serviceEnv: { dispatcher: Record<string, string>; notifier: Record<string, string> };
+  serviceEnv: {
+    dispatcher: Record<string, string>;
+    notifier: Record<string, string>;
+    gateway: Record<string, string>;
+  };
 };
 
 /**
@@ -121,6 +127,7 @@ export async function startSecuredNats(t: Teardown | undefined, workerTools: str
     agent: createIdentity('agent', { kind: 'agent' }),
     otherAgent: createIdentity('other-agent', { kind: 'agent' }),
     narrowWorker: createIdentity('narrow-worker', { kind: 'worker', tools: ['intruder_tool'] }),
+    gateway: createIdentity('gateway', { kind: 'agent' }),
   };
   const server = await ownServer(
     'nats-secured',
@@ -137,7 +144,11 @@ export async function startSecuredNats(t: Teardown | undefined, workerTools: str
   );
   return Object.assign(server, {
     identities,
-    serviceEnv: { dispatcher: natsEnvOf(identities.dispatcher), notifier: natsEnvOf(identities.notifier) },
+    serviceEnv: {
+      dispatcher: natsEnvOf(identities.dispatcher),
+      notifier: natsEnvOf(identities.notifier),
+      gateway: natsEnvOf(identities.gateway),
+    },
   });
 }
 

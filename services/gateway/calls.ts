@@ -1,0 +1,152 @@
+import { createHash, randomUUID } from 'node:crypto';
+import type { JetStreamClient } from '@nats-io/jetstream';
+import { ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
+import { canonicalJson, type Principal, type TerminalAnswer, type ToolManifest } from '../../contracts/index.ts';
+import {
+  AgentClientError,
+  cancelExecution,
+  submitRequest,
+  type InterimAnswer,
+} from '../../lib/clients/agent.ts';
+import type { Logger } from '../../lib/log.ts';
+import type { NatsConnection } from '../../lib/nats.ts';
+
+/**
+ * The `_meta` key of a `tools/call` that makes it idempotent (docs/mcp.md): a string of 1 to 256
+ * characters chosen by the client. The same key from the same user gets the first call's answer,
+ * never a second run; the same key with another tool or other arguments is refused.
+ */
+export const IDEMPOTENCY_META_KEY = 'io.toolbus/idempotencyKey';
+
+/** The data of the JSON-RPC error that refuses a reused key (code -32602, invalid params). */
+export const IDEMPOTENCY_CONFLICT = 'IDEMPOTENCY_CONFLICT';
+
+/** The request id of a keyed call: the same for the same user and key, whoever's process asks. */
+export function requestIdOf(userId: string, key: string): string {
+  return `mcp-${createHash('sha256').update(`${userId}\n${key}`).digest('hex').slice(0, 40)}`;
+}
+
+/**
+ * What a keyed call asked for, carried as its correlation id: the answer to a request id always
+ * carries the correlation id of the request that was recorded, so a retry with other arguments
+ * sees a fingerprint not its own and is refused (docs/decisions/0019).
+ */
+export function fingerprintOf(tool: string, args: Record<string, unknown>): string {
+  return `mcp-${createHash('sha256').update(canonicalJson({ tool, args })).digest('hex').slice(0, 40)}`;
+}
+
+export function idempotencyKeyOf(meta: Record<string, unknown> | undefined): string | undefined {
+  const key = meta?.[IDEMPOTENCY_META_KEY];
+  if (key === undefined) return undefined;
+  if (typeof key !== 'string' || key.length < 1 || key.length > 256) {
+    throw new ProtocolError(
+      ProtocolErrorCode.InvalidParams,
+      `_meta["${IDEMPOTENCY_META_KEY}"] must be a string of 1 to 256 characters`,
+    );
+  }
+  return key;
+}
+
+export interface CallDeps {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  log: Logger;
+  timeoutMs: number;
+}
+
+export interface Call {
+  principal: Principal;
+  /** The user's bearer token: the dispatcher verifies and records under it, as for any agent. */
+  token: string;
+  tool: ToolManifest;
+  args: Record<string, unknown>;
+  idempotencyKey: string | undefined;
+  /** Fires when the client gives the call up (notifications/cancelled, or its stream closed). */
+  signal: AbortSignal;
+  onProgress?: (p: { fraction: number; message?: string }) => void;
+}
+
+/**
+ * Runs one `tools/call` as one Toolbus execution: a request into the dispatchers' intake under
+ * the gateway's NATS identity with the user's token, answered exactly as an agent's. A call the
+ * client gives up is cancelled in Toolbus (and ends CANCELLED unless it had ended already).
+ */
+export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswer> {
+  const { principal, tool } = call;
+  const requestId = call.idempotencyKey ? requestIdOf(principal.userId, call.idempotencyKey) : randomUUID();
+  const fingerprint = call.idempotencyKey ? fingerprintOf(tool.name, call.args) : undefined;
+  const log = deps.log.child({ userId: principal.userId, requestId, tool: tool.name });
+
+  const onAbort = () => {
+    log.info('the client gave the call up: cancelling the execution');
+    cancelExecution(deps.nc, { requestId }, { token: call.token }).then(
+      (r) => log.info({ status: r.status, cancelled: r.cancelled }, 'cancel answered'),
+      (e: unknown) => log.warn({ err: e }, 'cancel not delivered'),
+    );
+  };
+  if (call.signal.aborted) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, 'the call was cancelled');
+  call.signal.addEventListener('abort', onAbort, { once: true });
+  let answer;
+  try {
+    answer = await submitRequest(deps.nc, deps.js, {
+      token: call.token,
+      userId: principal.userId,
+      requestId,
+      body: {
+        requestId,
+        tool: tool.name,
+        version: tool.version,
+        args: call.args,
+        ...(fingerprint ? { correlationId: fingerprint } : {}),
+      },
+      ...(call.onProgress ? { onProgress: progressOf(call.onProgress) } : {}),
+      timeoutMs: deps.timeoutMs,
+    });
+  } catch (e) {
+    if (!(e instanceof AgentClientError)) throw e;
+    log.warn({ err: e }, 'no answer from the dispatchers');
+    return unanswered(requestId, e);
+  } finally {
+    call.signal.removeEventListener('abort', onAbort);
+  }
+  if (answer.status !== 'completed' && answer.status !== 'failed') {
+    throw new ProtocolError(ProtocolErrorCode.InternalError, `unexpected ${answer.status} answer`);
+  }
+  if (fingerprint && answer.correlationId !== null && answer.correlationId !== fingerprint) {
+    throw new ProtocolError(
+      ProtocolErrorCode.InvalidParams,
+      `the idempotency key was first used with another tool or other arguments (execution ${answer.executionId}); use a new key`,
+      { code: IDEMPOTENCY_CONFLICT, executionId: answer.executionId },
+    );
+  }
+  return answer;
+}
+
+/** Progress answers as MCP wants them: only forward, never the same fraction twice. */
+function progressOf(
+  send: (p: { fraction: number; message?: string }) => void,
+): (a: InterimAnswer) => void {
+  let last = -1;
+  return (a) => {
+    if (a.status !== 'progress' || a.fraction <= last) return;
+    last = a.fraction;
+    send({ fraction: a.fraction, ...(a.message !== undefined ? { message: a.message } : {}) });
+  };
+}
+
+/** The answer of a call the dispatchers did not answer in time (or could not be handed to them). */
+function unanswered(requestId: string, e: AgentClientError): TerminalAnswer {
+  const timedOut = e.code === 'TIMEOUT';
+  return {
+    status: 'failed',
+    requestId,
+    executionId: null,
+    correlationId: null,
+    error: {
+      code: timedOut ? 'TIMEOUT' : 'OVERLOADED',
+      message: timedOut
+        ? `no answer within the gateway's wait; the execution may go on (request ${requestId}): retry with the same idempotency key to get its answer`
+        : `the request could not be handed to a dispatcher (${e.message}); retry with the same idempotency key`,
+    },
+  };
+}

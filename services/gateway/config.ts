@@ -1,0 +1,83 @@
+import { z } from 'zod';
+import { CommonEnv, requireTokenKey, UserTokenEnv } from '../../lib/config.ts';
+import { UserId } from '../../contracts/index.ts';
+
+const int = (fallback: number, min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d{1,9}$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`))
+    .default(fallback);
+
+const httpUrl = (what: string) => z.url({ protocol: /^https?$/, error: `must be an http(s) URL (${what})` });
+
+/**
+ * The gateway's environment: the common variables, the user-token ones (its tokens are the users'
+ * own, verified as every service verifies them) and its own. docs/mcp.md describes each.
+ */
+const GatewayVariables = CommonEnv.extend({
+  ...UserTokenEnv.shape,
+  GATEWAY_PORT: CommonEnv.shape.DISPATCHER_PORT.default(8084),
+  /**
+   * The URL clients reach `/mcp` at, as they see it (behind a proxy it differs from HOST:PORT):
+   * the `resource` of the protected-resource metadata and the base of its URL in 401 challenges.
+   * Default `http://<HOST>:<GATEWAY_PORT>/mcp`.
+   */
+  GATEWAY_PUBLIC_URL: httpUrl('the public URL of /mcp').optional(),
+  /**
+   * The authorization server(s) the metadata names, comma-separated; default JWT_ISSUER. Clients
+   * get their tokens there.
+   */
+  GATEWAY_AUTHORIZATION_SERVERS: z.string().optional(),
+  /**
+   * Browser origins allowed to call `/mcp`, comma-separated hostnames (no scheme, no port), as the
+   * MCP SDK's `validateOriginHeader` takes them. Requests without an Origin header (non-browser
+   * clients) always pass; any other origin gets 403 (DNS-rebinding defence). Default: localhost only.
+   */
+  GATEWAY_ALLOWED_ORIGINS: z.string().default('localhost,127.0.0.1,[::1]'),
+  /** Where the dispatcher's HTTP API is: the gateway reads the tool registry from its GET /tools. */
+  GATEWAY_DISPATCHER_URL: httpUrl('the dispatcher HTTP API').default('http://127.0.0.1:8080'),
+  /** How long a read registry is used before it is read again (a miss reads it at once). */
+  GATEWAY_TOOLS_TTL_MS: int(5_000, 0, 3_600_000),
+  /** How long a `tools/call` waits for its terminal answer before the call fails (the execution goes on). */
+  GATEWAY_CALL_TIMEOUT_MS: int(10 * 60_000 + 30_000, 1_000, 24 * 3_600_000),
+  /** Largest body `/mcp` reads; beyond, 413 before anything is parsed. */
+  GATEWAY_MAX_BODY_BYTES: int(1024 * 1024, 1024, 64 * 1024 * 1024),
+  /**
+   * TEST MODE for the MCP conformance suite, which sends no token: requests without a token act
+   * as this user (roles: GATEWAY_TEST_PRINCIPAL_ROLES). Refused unless NODE_ENV=test, so a normal
+   * start (development, production) can never run it; see docs/mcp.md.
+   */
+  GATEWAY_TEST_PRINCIPAL: UserId.optional(),
+  GATEWAY_TEST_PRINCIPAL_ROLES: z.string().default('user'),
+});
+
+export const GatewayEnv = requireTokenKey(GatewayVariables).superRefine((c, ctx) => {
+  if (c.GATEWAY_TEST_PRINCIPAL === undefined) return;
+  if (c.NODE_ENV !== 'test') {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['GATEWAY_TEST_PRINCIPAL'],
+      message: `is the conformance test mode: refused unless NODE_ENV=test (it is ${c.NODE_ENV})`,
+    });
+  }
+  if (c.JWT_SECRET === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['GATEWAY_TEST_PRINCIPAL'],
+      message: "needs JWT_SECRET: the test principal's token is signed with it",
+    });
+  }
+});
+export type GatewayConfig = z.infer<typeof GatewayEnv>;
+
+export const listOf = (value: string | undefined): string[] =>
+  (value ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+
+/** The URL of `/mcp` as clients see it. */
+export const publicUrlOf = (c: GatewayConfig): URL =>
+  new URL(c.GATEWAY_PUBLIC_URL ?? `http://${c.HOST.includes(':') ? `[${c.HOST}]` : c.HOST}:${c.GATEWAY_PORT}/mcp`);

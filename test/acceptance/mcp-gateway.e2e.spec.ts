@@ -1,0 +1,279 @@
+import { Client, ProtocolError, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import t from 'tap';
+import { userStream, type ToolEvent } from '../../contracts/index.ts';
+import { verifyHistory } from '../../services/auditor/verify.ts';
+import { signToken } from '../../lib/auth.ts';
+import { STACK_JWT_SECRET, startTestStack, type TestStack } from '../support/stack.ts';
+
+/**
+ * The MCP gateway end to end: the SDK's own client over real HTTP against the gateway process,
+ * the dispatcher process behind it, the store underneath. What an MCP client sees, and what the
+ * user's stream holds afterwards.
+ */
+
+const KEY = 'io.toolbus/idempotencyKey';
+
+async function connect(ts: TestStack, token: string, modern = false): Promise<Client> {
+  const client = new Client(
+    { name: 'toolbus-e2e', version: '1.0.0' },
+    modern ? { versionNegotiation: { mode: { pin: '2026-07-28' } } } : {},
+  );
+  const transport = new StreamableHTTPClientTransport(new URL(`${ts.url('gateway')}/mcp`), {
+    requestInit: { headers: { authorization: `Bearer ${token}` } },
+  });
+  await client.connect(transport);
+  return client;
+}
+
+async function eventsOf(ts: TestStack, userId: string): Promise<ToolEvent[]> {
+  const out: ToolEvent[] = [];
+  for await (const e of ts.store.readStream(userStream(userId))) out.push(e as unknown as ToolEvent);
+  return out;
+}
+
+async function waitFor<T>(what: string, probe: () => Promise<T | undefined>): Promise<T> {
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The execution of `tool` that has started (its ToolExecuting is recorded), if any. */
+async function startedExecution(
+  ts: TestStack,
+  userId: string,
+  tool: string,
+  args: Record<string, unknown>,
+): Promise<string | undefined> {
+  const events = await eventsOf(ts, userId);
+  const requested = events.filter(
+    (e) => e.type === 'ToolRequested' && e.data.tool === tool && JSON.stringify(e.data.args) === JSON.stringify(args),
+  );
+  const ids = new Set(requested.map((e) => e.metadata.executionId));
+  return events.find((e) => e.type === 'ToolExecuting' && ids.has(e.metadata.executionId))?.metadata.executionId;
+}
+
+const terminalOf = async (ts: TestStack, userId: string, executionId: string) =>
+  (await eventsOf(ts, userId)).find((e) => e.type === 'ToolFailed' && e.metadata.executionId === executionId);
+
+const executionOf = (result: { _meta?: Record<string, unknown> }) =>
+  (result._meta?.['io.toolbus/execution'] as { executionId: string }).executionId;
+
+/** The JSON-RPC message of a response, whether sent as JSON or as one SSE event. */
+async function rpcOf(res: Response): Promise<unknown> {
+  const text = await res.text();
+  if (!res.headers.get('content-type')?.startsWith('text/event-stream')) return JSON.parse(text);
+  const data = text.split('\n').find((l) => l.startsWith('data: '));
+  return data ? JSON.parse(data.slice(6)) : null;
+}
+
+const post = (ts: TestStack, body: string, headers: Record<string, string> = {}) =>
+  fetch(`${ts.url('gateway')}/mcp`, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      accept: 'application/json, text/event-stream',
+      'mcp-protocol-version': '2025-11-25',
+      ...headers,
+    },
+    body,
+  });
+
+t.test('an MCP client lists and calls tools through the gateway; every call is an audited execution', async (t) => {
+  const ts = await startTestStack(t, { services: ['dispatcher', 'gateway'] });
+  const token = await ts.token('ann');
+  const client = await connect(ts, token);
+  t.teardown(() => client.close());
+
+  t.test('tools/list: the user’s tools, in name order, with schemas and annotations', async (t) => {
+    const { tools } = await client.listTools();
+    const names = tools.map((x) => x.name);
+    t.same(names, [...names].sort(), 'stable order');
+    t.ok(names.includes('echo') && names.includes('progress'), 'the user’s tools');
+    t.notOk(names.includes('admin_runtime_info'), 'an admin-only tool is not listed for a user');
+    const stats = tools.find((x) => x.name === 'dataset_stats')!;
+    t.equal(stats.title, 'Dataset statistics');
+    t.match(stats.annotations, { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false });
+    t.equal(stats.inputSchema.type, 'object');
+    t.equal(stats.outputSchema?.type, 'object');
+    const admin = await connect(ts, await ts.token('root', ['user', 'admin']));
+    t.teardown(() => admin.close());
+    t.ok((await admin.listTools()).tools.some((x) => x.name === 'admin_runtime_info'), 'an admin sees it');
+  });
+
+  t.test('tools/call: structured result and text, progress as notifications', async (t) => {
+    const seen: Array<{ progress: number; total?: number; message?: string }> = [];
+    const result = await client.callTool(
+      { name: 'progress', arguments: { steps: 3, delayMs: 30 } },
+      { onprogress: (p) => seen.push(p) },
+    );
+    t.notOk(result.isError);
+    t.same(result.structuredContent, { steps: 3 });
+    t.same(JSON.parse((result.content as Array<{ text: string }>)[0]!.text), { steps: 3 });
+    t.ok(seen.length >= 1, `progress reached the client (${seen.length})`);
+    t.match(seen.at(-1), { progress: 1, total: 1, message: 'step 3 of 3' });
+    t.ok(seen.every((p, i) => i === 0 || p.progress > seen[i - 1]!.progress), 'progress only goes forward');
+  });
+
+  t.test('a tool’s failure and bad arguments are tool errors with the typed code', async (t) => {
+    const failed = await client.callTool({ name: 'fail', arguments: { message: 'boom' } });
+    t.equal(failed.isError, true);
+    t.match((failed.content as Array<{ text: string }>)[0]!.text, /^TOOL_ERROR: /);
+    t.match(failed._meta?.['io.toolbus/error'], { code: 'TOOL_ERROR' });
+    const bad = await client.callTool({ name: 'sleep', arguments: { ms: 'long' } });
+    t.equal(bad.isError, true);
+    t.match(bad._meta?.['io.toolbus/error'], { code: 'VALIDATION' });
+  });
+
+  t.test('an unknown tool (or one the user may not call) is a JSON-RPC invalid-params error', async (t) => {
+    for (const name of ['no_such_tool', 'admin_runtime_info']) {
+      const e = await client.callTool({ name, arguments: {} }).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      t.ok(e instanceof ProtocolError, name);
+      t.equal((e as ProtocolError).code, -32602, name);
+    }
+  });
+
+  t.test('an idempotency key: the same key gets the first answer; other arguments are refused', async (t) => {
+    const first = await client.callTool({ name: 'echo', arguments: { n: 1 }, _meta: { [KEY]: 'k-1' } });
+    const again = await client.callTool({ name: 'echo', arguments: { n: 1 }, _meta: { [KEY]: 'k-1' } });
+    t.same(again.structuredContent, { n: 1 });
+    t.equal(executionOf(again), executionOf(first), 'the same execution');
+    const conflict = await client
+      .callTool({ name: 'echo', arguments: { n: 2 }, _meta: { [KEY]: 'k-1' } })
+      .then(() => null, (e: unknown) => e);
+    t.ok(conflict instanceof ProtocolError);
+    t.equal((conflict as ProtocolError).code, -32602);
+    t.match((conflict as ProtocolError).data, { code: 'IDEMPOTENCY_CONFLICT', executionId: executionOf(first) });
+    // Another user's same key is another execution.
+    const bob = await connect(ts, await ts.token('bob'));
+    t.teardown(() => bob.close());
+    const bobs = await bob.callTool({ name: 'echo', arguments: { n: 2 }, _meta: { [KEY]: 'k-1' } });
+    t.not(executionOf(bobs), executionOf(first));
+  });
+
+  t.test('the client cancelling a call cancels the execution: it ends CANCELLED', async (t) => {
+    const abort = new AbortController();
+    const call = client.callTool({ name: 'sleep_idempotent', arguments: { ms: 4_000 } }, { signal: abort.signal });
+    call.catch(() => undefined);
+    const started = await waitFor('the execution to start', () =>
+      startedExecution(ts, 'ann', 'sleep_idempotent', { ms: 4_000 }),
+    );
+    abort.abort(new Error('the user changed their mind'));
+    await t.rejects(call);
+    const failed = await waitFor('the execution to end', () => terminalOf(ts, 'ann', started));
+    t.match(failed, { data: { error: { code: 'CANCELLED' } } });
+  });
+
+  t.test('the 2026-07-28 revision: list and call, and closing the call’s stream cancels it', async (t) => {
+    const modern = await connect(ts, token, true);
+    t.teardown(() => modern.close());
+    t.ok((await modern.listTools()).tools.some((x) => x.name === 'echo'));
+    const r = await modern.callTool({ name: 'echo', arguments: { era: 'modern' } });
+    t.same(r.structuredContent, { era: 'modern' });
+    const abort = new AbortController();
+    const call = modern.callTool({ name: 'sleep', arguments: { ms: 4_500 } }, { signal: abort.signal });
+    call.catch(() => undefined);
+    const started = await waitFor('the execution to start', () => startedExecution(ts, 'ann', 'sleep', { ms: 4_500 }));
+    abort.abort();
+    const failed = await waitFor('the execution to end', () => terminalOf(ts, 'ann', started));
+    t.match(failed, { data: { error: { code: 'CANCELLED' } } });
+  });
+
+  t.test('bad HTTP and JSON-RPC get the spec’s errors and record nothing', async (t) => {
+    const before = (await eventsOf(ts, 'ann')).length;
+    const auth = { authorization: `Bearer ${token}` };
+    const notJson = await post(ts, '{"jsonrpc": "2.0", "id": 1, "method": ', auth);
+    t.equal(notJson.status, 400);
+    t.match(await rpcOf(notJson), { error: { code: -32700 } });
+    const unknown = await post(ts, JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/explode', params: {} }), auth);
+    t.match(await rpcOf(unknown), { error: { code: -32601 } }, 'unknown method');
+    const huge = await post(
+      ts,
+      JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'tools/call', params: { name: 'echo', arguments: { x: 'x'.repeat(2_000_000) } } }),
+      auth,
+    );
+    t.equal(huge.status, 413, 'a body over the limit');
+    t.equal((await eventsOf(ts, 'ann')).length, before, 'nothing recorded');
+  });
+
+  t.test('afterwards the user’s stream holds exactly those executions, and it verifies', async (t) => {
+    const events = await eventsOf(ts, 'ann');
+    const byExecution = new Map<string, string[]>();
+    for (const e of events) byExecution.set(e.metadata.executionId, [...(byExecution.get(e.metadata.executionId) ?? []), e.type]);
+    const terminal = (types: string[]) => types.filter((x) => x === 'ToolCompleted' || x === 'ToolFailed');
+    // progress, fail, sleep (bad args), echo k-1 (once for two calls and a conflict), sleep_idempotent
+    // (cancelled), echo (modern), sleep (modern, cancelled).
+    t.equal(byExecution.size, 7, 'one execution per call, none for a retry, a conflict or a refusal');
+    for (const [id, types] of byExecution) {
+      t.equal(types[0], 'ToolRequested', `${id} starts requested`);
+      t.equal(terminal(types).length, 1, `${id} ends exactly once`);
+    }
+    const report = await verifyHistory(ts.store, 'ann');
+    t.ok(report.ok, `the auditor's verification passes (${JSON.stringify(report.break)})`);
+  });
+});
+
+t.test('authorization: metadata, 401 challenges, audience and Origin', async (t) => {
+  const ts = await startTestStack(t, {
+    services: ['dispatcher', 'gateway'],
+    env: {
+      JWT_ISSUER: 'https://id.example.test',
+      JWT_AUDIENCE: 'toolbus-mcp',
+      GATEWAY_ALLOWED_ORIGINS: 'localhost,app.example.test',
+    },
+  });
+  const gw = ts.url('gateway');
+  const list = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/list', params: {} });
+
+  const none = await post(ts, list);
+  t.equal(none.status, 401, 'no token');
+  const challenge = none.headers.get('www-authenticate') ?? '';
+  t.match(challenge, /^Bearer resource_metadata="([^"]+)"$/);
+  const metadataUrl = /resource_metadata="([^"]+)"/.exec(challenge)![1]!;
+  t.equal(metadataUrl, `${gw}/.well-known/oauth-protected-resource/mcp`);
+  const metadata = (await (await fetch(metadataUrl)).json()) as Record<string, unknown>;
+  t.match(metadata, { resource: `${gw}/mcp`, authorization_servers: ['https://id.example.test'], bearer_methods_supported: ['header'] });
+  t.same(await (await fetch(`${gw}/.well-known/oauth-protected-resource`)).json(), metadata);
+
+  const wrong = await post(ts, list, { authorization: 'Bearer not-a-token' });
+  t.equal(wrong.status, 401, 'a bad token');
+  t.match(wrong.headers.get('www-authenticate'), /error="invalid_token"/);
+  // A token of no issuer (or another) is refused: the gateway verifies as every service does.
+  t.equal((await post(ts, list, { authorization: `Bearer ${await ts.token('ann')}` })).status, 401, 'no issuer');
+  const sign = (aud: string) =>
+    signToken(STACK_JWT_SECRET, { sub: 'ann', roles: ['user'], iss: 'https://id.example.test', aud });
+  const otherAudience = await post(ts, list, { authorization: `Bearer ${await sign('another-api')}` });
+  t.equal(otherAudience.status, 401, 'a token for another audience');
+  const right = await post(ts, list, { authorization: `Bearer ${await sign('toolbus-mcp')}` });
+  t.equal(right.status, 200, 'the right issuer and audience');
+
+  const bad = await post(ts, list, { origin: 'https://evil.example', authorization: 'Bearer x' });
+  t.equal(bad.status, 403, 'an Origin not allowed');
+  const good = await post(ts, list, { origin: 'https://app.example.test' });
+  t.equal(good.status, 401, 'an allowed Origin goes on to authentication');
+  t.equal((await eventsOf(ts, 'ann')).length, 0, 'nothing recorded');
+});
+
+t.test('test mode: a request without a token acts as the fixed test principal, recorded as any user', async (t) => {
+  const ts = await startTestStack(t, {
+    services: ['dispatcher', 'gateway'],
+    env: { GATEWAY_TEST_PRINCIPAL: 'conformance' },
+  });
+  const client = new Client({ name: 'conformance-like', version: '1.0.0' });
+  await client.connect(new StreamableHTTPClientTransport(new URL(`${ts.url('gateway')}/mcp`)));
+  t.teardown(() => client.close());
+  const r = await client.callTool({ name: 'echo', arguments: { who: 'test mode' } });
+  t.same(r.structuredContent, { who: 'test mode' });
+  const events = await eventsOf(ts, 'conformance');
+  t.same(
+    events.map((e) => e.type),
+    ['ToolRequested', 'ToolExecuting', 'ToolCompleted'],
+    'in the test principal’s own stream',
+  );
+  t.equal((await post(ts, '{}', { authorization: 'Bearer not-a-token' })).status, 401, 'a bad token is still refused');
+  t.match(ts.logText('gateway'), /TEST MODE/, 'the gateway says it runs in test mode');
+});
