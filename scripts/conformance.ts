@@ -28,6 +28,9 @@ try {
   for (const r of results) {
     console.log(`${r.passed ? 'pass' : 'FAIL'} ${r.scenario}${r.passed ? '' : `: ${r.failures.join('; ')}`}`);
   }
+  const checks = results.reduce((n, r) => n + r.checks, 0);
+  const failedChecks = results.reduce((n, r) => n + r.failures.length, 0);
+  console.log(`${results.length} scenarios, ${checks - failedChecks} of ${checks} checks passed`);
   const verdict = judge(results, expected);
   console.log(describeVerdict(verdict));
   exitCode = verdict.ok ? 0 : 1;

@@ -1,5 +1,3 @@
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { isTerminal, userStream, type ToolEvent } from '../../contracts/index.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
@@ -14,12 +12,8 @@ import { CONFORMANCE_TOOL_NAMES } from './tools.ts';
  * except those listed in expected-failures.json, and every listed one must still fail.
  */
 
-const GATEWAY_MAIN = fileURLToPath(new URL('../../services/gateway/main.ts', import.meta.url));
-
 t.test(
   'the MCP conformance suite passes against the gateway, but for the listed expected failures',
-  // Remove this skip when the gateway is merged: it exists only while services/gateway is built.
-  { skip: existsSync(GATEWAY_MAIN) ? false : 'services/gateway/main.ts does not exist yet (issue 21)' },
   async (t) => {
     const expected = await loadExpectedFailures();
     const { mcpUrl, stack } = await startConformanceStack(t);
