@@ -27,10 +27,12 @@ try {
   if (process.argv.includes('--verbose')) console.log(output);
   for (const r of results) {
     console.log(`${r.passed ? 'pass' : 'FAIL'} ${r.scenario}${r.passed ? '' : `: ${r.failures.join('; ')}`}`);
+    for (const w of r.warnings) console.log(`     warning ${w}`);
   }
-  const checks = results.reduce((n, r) => n + r.checks, 0);
-  const failedChecks = results.reduce((n, r) => n + r.failures.length, 0);
-  console.log(`${results.length} scenarios, ${checks - failedChecks} of ${checks} checks passed`);
+  const sum = (count: (r: (typeof results)[number]) => number) => results.reduce((n, r) => n + count(r), 0);
+  console.log(
+    `${results.length} scenarios; checks: ${sum((r) => r.succeeded)} passed, ${sum((r) => r.failures.length)} failed`,
+  );
   const verdict = judge(results, expected);
   console.log(describeVerdict(verdict));
   exitCode = verdict.ok ? 0 : 1;

@@ -32,7 +32,10 @@ export interface ScenarioResult {
   passed: boolean;
   /** `check id: message` of each failed check. */
   failures: string[];
-  checks: number;
+  /** `check id: message` of each warning: a scenario with only warnings passes, having checked little. */
+  warnings: string[];
+  /** Checks that succeeded (warnings and notes count as neither, as in the suite's summary). */
+  succeeded: number;
 }
 
 export const ExpectedFailure = z.strictObject({
@@ -162,7 +165,10 @@ export async function runConformanceSuite(
         scenario,
         passed: failed.length === 0,
         failures: failed.map((c) => `${c.id}: ${c.errorMessage ?? 'failed'}`),
-        checks: checks.length,
+        warnings: checks
+          .filter((c) => c.status === 'WARNING')
+          .map((c) => `${c.id}: ${c.errorMessage ?? JSON.stringify(c['details'] ?? {})}`),
+        succeeded: checks.filter((c) => c.status === 'SUCCESS').length,
       });
     }
     const missing = announced.filter((s) => !results.some((r) => r.scenario === s));

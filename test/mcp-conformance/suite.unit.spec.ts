@@ -7,12 +7,19 @@ import {
   type ScenarioResult,
 } from './suite.ts';
 
-const pass = (scenario: string): ScenarioResult => ({ scenario, passed: true, failures: [], checks: 1 });
+const pass = (scenario: string): ScenarioResult => ({
+  scenario,
+  passed: true,
+  failures: [],
+  warnings: [],
+  succeeded: 1,
+});
 const fail = (scenario: string): ScenarioResult => ({
   scenario,
   passed: false,
   failures: [`${scenario}: No image content found`],
-  checks: 1,
+  warnings: [],
+  succeeded: 0,
 });
 const listed = (scenario: string) => ({ scenario, reason: 'a tools-only server has no prompts' });
 
