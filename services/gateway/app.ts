@@ -79,7 +79,16 @@ export async function startGateway(
 
     const handler = createMcpHandler(
       serverFactory(
-        { nc, js: jetstream(nc), log, timeoutMs: config.GATEWAY_CALL_TIMEOUT_MS, catalog, version: VERSION },
+        {
+          nc,
+          js: jetstream(nc),
+          log,
+          timeoutMs: config.GATEWAY_CALL_TIMEOUT_MS,
+          catalog,
+          dispatcherUrl: config.GATEWAY_DISPATCHER_URL,
+          taskMinTimeoutMs: config.GATEWAY_TASK_MIN_TIMEOUT_MS,
+          version: VERSION,
+        },
         new InFlight(),
       ),
       {

@@ -35,6 +35,30 @@ export function fingerprintOf(tool: string, args: Record<string, unknown>): stri
   return `mcp-${createHash('sha256').update(canonicalJson({ tool, args })).digest('hex').slice(0, 40)}`;
 }
 
+/** The request id and (for a keyed call) the fingerprint a call is sent with. */
+export function requestOf(call: Pick<Call, 'principal' | 'tool' | 'args' | 'idempotencyKey'>): {
+  requestId: string;
+  fingerprint: string | undefined;
+} {
+  const key = call.idempotencyKey;
+  return key
+    ? { requestId: requestIdOf(call.principal.userId, key), fingerprint: fingerprintOf(call.tool.name, call.args) }
+    : { requestId: randomUUID(), fingerprint: undefined };
+}
+
+/** Refuses a keyed call whose key was first used for something else (see `fingerprintOf`). */
+export function checkFingerprint(
+  fingerprint: string | undefined,
+  recorded: { correlationId: string | null; executionId: string | null },
+): void {
+  if (fingerprint === undefined || recorded.correlationId === null || recorded.correlationId === fingerprint) return;
+  throw new ProtocolError(
+    ProtocolErrorCode.InvalidParams,
+    `the idempotency key was first used with another tool or other arguments (execution ${recorded.executionId}); use a new key`,
+    { code: IDEMPOTENCY_CONFLICT, executionId: recorded.executionId },
+  );
+}
+
 export function idempotencyKeyOf(meta: Record<string, unknown> | undefined): string | undefined {
   const key = meta?.[IDEMPOTENCY_META_KEY];
   if (key === undefined) return undefined;
@@ -73,8 +97,7 @@ export interface Call {
  */
 export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswer> {
   const { principal, tool } = call;
-  const requestId = call.idempotencyKey ? requestIdOf(principal.userId, call.idempotencyKey) : randomUUID();
-  const fingerprint = call.idempotencyKey ? fingerprintOf(tool.name, call.args) : undefined;
+  const { requestId, fingerprint } = requestOf(call);
   const log = deps.log.child({ userId: principal.userId, requestId, tool: tool.name });
 
   const onAbort = () => {
@@ -92,13 +115,7 @@ export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswe
       token: call.token,
       userId: principal.userId,
       requestId,
-      body: {
-        requestId,
-        tool: tool.name,
-        version: tool.version,
-        args: call.args,
-        ...(fingerprint ? { correlationId: fingerprint } : {}),
-      },
+      body: bodyOf(call, requestId, fingerprint),
       ...(call.onProgress ? { onProgress: progressOf(call.onProgress) } : {}),
       timeoutMs: deps.timeoutMs,
     });
@@ -112,15 +129,22 @@ export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswe
   if (answer.status !== 'completed' && answer.status !== 'failed') {
     throw new ProtocolError(ProtocolErrorCode.InternalError, `unexpected ${answer.status} answer`);
   }
-  if (fingerprint && answer.correlationId !== null && answer.correlationId !== fingerprint) {
-    throw new ProtocolError(
-      ProtocolErrorCode.InvalidParams,
-      `the idempotency key was first used with another tool or other arguments (execution ${answer.executionId}); use a new key`,
-      { code: IDEMPOTENCY_CONFLICT, executionId: answer.executionId },
-    );
-  }
+  checkFingerprint(fingerprint, answer);
   return answer;
 }
+
+/** The Toolbus request of a call: the manifest's version pinned, the fingerprint as correlation id. */
+export const bodyOf = (
+  call: Pick<Call, 'tool' | 'args'>,
+  requestId: string,
+  fingerprint: string | undefined,
+): Record<string, unknown> => ({
+  requestId,
+  tool: call.tool.name,
+  version: call.tool.version,
+  args: call.args,
+  ...(fingerprint ? { correlationId: fingerprint } : {}),
+});
 
 /** Progress answers as MCP wants them: only forward, never the same fraction twice. */
 function progressOf(

@@ -42,6 +42,11 @@ const GatewayVariables = CommonEnv.extend({
   GATEWAY_TOOLS_TTL_MS: int(5_000, 0, 3_600_000),
   /** How long a `tools/call` waits for its terminal answer before the call fails (the execution goes on). */
   GATEWAY_CALL_TIMEOUT_MS: int(10 * 60_000 + 30_000, 1_000, 24 * 3_600_000),
+  /**
+   * A tool whose manifest `timeoutMs` is at least this is long-running: listed with
+   * `execution.taskSupport: "optional"` and callable as a task (2025-11-25 revision).
+   */
+  GATEWAY_TASK_MIN_TIMEOUT_MS: int(60_000, 1, 24 * 3_600_000),
   /** Largest body `/mcp` reads; beyond, 413 before anything is parsed. */
   GATEWAY_MAX_BODY_BYTES: int(1024 * 1024, 1024, 64 * 1024 * 1024),
   /**

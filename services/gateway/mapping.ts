@@ -18,7 +18,7 @@ const isObjectSchema = (s: Record<string, unknown>): boolean => s['type'] === 'o
  * object, so a tool whose input is not one is not listed. An output schema is given only when it
  * is an object schema (MCP's `structuredContent` is an object); otherwise the result is text only.
  */
-export function toolOf(m: ToolManifest): Tool | null {
+export function toolOf(m: ToolManifest, options: { asTask?: boolean } = {}): Tool | null {
   if (!isObjectSchema(m.inputSchema)) return null;
   const { title, ...hints } = m.annotations ?? {};
   return {
@@ -28,6 +28,8 @@ export function toolOf(m: ToolManifest): Tool | null {
     inputSchema: m.inputSchema as Tool['inputSchema'],
     ...(isObjectSchema(m.outputSchema) ? { outputSchema: m.outputSchema } : {}),
     ...(m.annotations ? { annotations: { ...(title !== undefined ? { title } : {}), ...hints } } : {}),
+    // 2025-11-25 tasks: a long-running tool may be called as a task (docs/mcp.md).
+    ...(options.asTask ? { execution: { taskSupport: 'optional' as const } } : {}),
     _meta: { 'io.toolbus/version': m.version, 'io.toolbus/timeoutMs': m.timeoutMs },
   };
 }
@@ -40,14 +42,15 @@ const isPlainObject = (v: unknown): v is Record<string, unknown> =>
  * the tool declares an object output) and the same JSON as text; a failed one as `isError: true`,
  * its typed code and message in the text (what a model reads) and in `_meta` (what a program reads).
  */
-export function resultOf(answer: TerminalAnswer, tool: ToolManifest): CallToolResult {
+export function resultOf(answer: TerminalAnswer, tool: ToolManifest | null): CallToolResult {
   const execution = {
     executionId: answer.executionId,
     requestId: answer.requestId,
     ...(answer.status === 'completed' ? { cached: answer.cached, durationMs: answer.durationMs } : {}),
   };
   if (answer.status === 'completed') {
-    const structured = isObjectSchema(tool.outputSchema) && isPlainObject(answer.result);
+    // A tool gone from the registry since (a task read later): its result as text only.
+    const structured = tool !== null && isObjectSchema(tool.outputSchema) && isPlainObject(answer.result);
     return {
       content: [{ type: 'text', text: JSON.stringify(answer.result) }],
       ...(structured ? { structuredContent: answer.result } : {}),

@@ -1,8 +1,8 @@
 import { ProtocolError, ProtocolErrorCode, Server, type McpServerFactory } from '@modelcontextprotocol/server';
 import type { Principal } from '../../contracts/index.ts';
-import { execute, idempotencyKeyOf, type CallDeps } from './calls.ts';
-import type { ToolCatalog } from './catalog.ts';
+import { execute, idempotencyKeyOf } from './calls.ts';
 import { resultOf, toolOf } from './mapping.ts';
+import { cancelTask, getTask, startTask, TaskParams, taskResult, type TaskDeps } from './tasks.ts';
 
 /** What the HTTP layer verified, handed to the factory as the SDK's `authInfo.extra`. */
 export interface Caller {
@@ -10,9 +10,10 @@ export interface Caller {
   token: string;
 }
 
-export interface ServerDeps extends CallDeps {
-  catalog: ToolCatalog;
+export interface ServerDeps extends TaskDeps {
   version: string;
+  /** A tool with at least this timeout may be called as a task. */
+  taskMinTimeoutMs: number;
 }
 
 /**
@@ -49,19 +50,28 @@ export const callerOf = (extra: Record<string, unknown> | undefined): Caller => 
  * tools are the registry's, filtered by the caller's roles, each call one Toolbus execution.
  */
 export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFactory {
-  return ({ authInfo }) => {
-    const { principal, token } = callerOf(authInfo?.extra);
+  return ({ authInfo, era }) => {
+    const caller = callerOf(authInfo?.extra);
+    const { principal, token } = caller;
+    // Tasks exist in the 2025-11-25 revision only: SDK v2 serves no tasks/* on 2026-07-28 (docs/mcp.md).
+    const tasks = era === 'legacy';
+    const longRunning = (timeoutMs: number) => tasks && timeoutMs >= deps.taskMinTimeoutMs;
     const server = new Server(
       { name: 'toolbus', title: 'Toolbus', version: deps.version },
       {
-        capabilities: { tools: { listChanged: false } },
+        capabilities: {
+          tools: { listChanged: false },
+          ...(tasks ? { tasks: { requests: { tools: { call: {} } }, cancel: {} } } : {}),
+        },
         instructions:
           'Every tools/call is a durable, audited Toolbus execution. Send _meta["io.toolbus/idempotencyKey"] to retry safely.',
       },
     );
 
     server.setRequestHandler('tools/list', async () => {
-      const tools = (await deps.catalog.listFor(principal)).map(toolOf).filter((t) => t !== null);
+      const tools = (await deps.catalog.listFor(principal))
+        .map((m) => toolOf(m, { asTask: longRunning(m.timeoutMs) }))
+        .filter((t) => t !== null);
       return { tools };
     });
 
@@ -70,6 +80,15 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
       const tool = await deps.catalog.find(principal, name);
       if (!tool) throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Unknown tool: ${name}`);
       const idempotencyKey = idempotencyKeyOf(_meta);
+      if ((request.params as { task?: unknown }).task !== undefined) {
+        if (!longRunning(tool.timeoutMs)) {
+          // The spec's answer to a task-augmented call of a tool that does not support tasks.
+          throw new ProtocolError(ProtocolErrorCode.MethodNotFound, `${name} does not run as a task`);
+        }
+        const started = await startTask(deps, { principal, token, tool, args, idempotencyKey });
+        // `content` beside `task`: the SDK's tools/call result check wants it on every result.
+        return 'task' in started ? { content: [], task: started.task } : resultOf(started.result, tool);
+      }
       const progressToken = ctx.mcpReq._meta?.progressToken;
 
       const controller = new AbortController();
@@ -103,6 +122,14 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
         ctx.mcpReq.signal.removeEventListener('abort', forward);
       }
     });
+
+    if (tasks) {
+      server.setRequestHandler('tasks/get', { params: TaskParams }, (p) => getTask(deps, caller, p.taskId));
+      server.setRequestHandler('tasks/result', { params: TaskParams }, (p, ctx) =>
+        taskResult(deps, caller, p.taskId, ctx.mcpReq.signal),
+      );
+      server.setRequestHandler('tasks/cancel', { params: TaskParams }, (p) => cancelTask(deps, caller, p.taskId));
+    }
 
     server.setNotificationHandler('notifications/cancelled', (n) => {
       if (n.params.requestId !== undefined) inFlight.cancel(principal.userId, n.params.requestId, n.params.reason);

@@ -1,5 +1,6 @@
 import { Client, ProtocolError, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import t from 'tap';
+import { z } from 'zod';
 import { userStream, type ToolEvent } from '../../contracts/index.ts';
 import { verifyHistory } from '../../services/auditor/verify.ts';
 import { signToken } from '../../lib/auth.ts';
@@ -276,4 +277,71 @@ t.test('test mode: a request without a token acts as the fixed test principal, r
   );
   t.equal((await post(ts, '{}', { authorization: 'Bearer not-a-token' })).status, 401, 'a bad token is still refused');
   t.match(ts.logText('gateway'), /TEST MODE/, 'the gateway says it runs in test mode');
+});
+
+const TaskResult = z.looseObject({
+  task: z.looseObject({ taskId: z.string(), status: z.string(), pollInterval: z.number().optional() }),
+});
+const TaskState = z.looseObject({ taskId: z.string(), status: z.string(), statusMessage: z.string().optional() });
+const ToolResult = z.looseObject({ structuredContent: z.unknown().optional(), _meta: z.record(z.string(), z.unknown()) });
+
+t.test('tasks (2025-11-25): a long call as a task, polled to completion across a gateway restart', async (t) => {
+  const ts = await startTestStack(t, {
+    services: ['dispatcher', 'gateway'],
+    // The `progress` test tool (timeout 10 s) is long-running here; `echo` (5 s) is not.
+    env: { GATEWAY_TASK_MIN_TIMEOUT_MS: '10000' },
+  });
+  const client = await connect(ts, await ts.token('tess'));
+  t.teardown(() => client.close());
+  const { tools } = await client.listTools();
+  t.match(tools.find((x) => x.name === 'progress'), { execution: { taskSupport: 'optional' } });
+  t.notOk(tools.find((x) => x.name === 'echo')?.execution, 'a short tool is not offered as a task');
+
+  const asTask = (name: string, args: Record<string, unknown>, key?: string) =>
+    client.request(
+      {
+        method: 'tools/call',
+        params: { name, arguments: args, task: { ttl: 60_000 }, ...(key ? { _meta: { [KEY]: key } } : {}) },
+      },
+      TaskResult,
+    );
+  const refused = await asTask('echo', {}).then(() => null, (e: unknown) => e);
+  t.equal((refused as ProtocolError).code, -32601, 'a tool that does not run as a task');
+
+  const created = await asTask('progress', { steps: 30, delayMs: 100 }, 'long-1');
+  const { taskId } = created.task;
+  t.equal(created.task.status, 'working');
+  const requested = (await eventsOf(ts, 'tess')).find((e) => e.type === 'ToolRequested');
+  t.equal(requested?.metadata.executionId, taskId, 'the task id is the execution id, recorded before the answer');
+
+  // The gateway dies; the execution goes on in the dispatcher; a new gateway serves the same task.
+  await ts.stack.kill('gateway');
+  await ts.stack.start('gateway');
+  const get = (id: string, c: Client = client) => c.request({ method: 'tasks/get', params: { taskId: id } }, TaskState);
+  const done = await waitFor('the task to complete', async () => {
+    const state = await get(taskId);
+    return state.status === 'working' ? undefined : state;
+  });
+  t.equal(done.status, 'completed');
+  const result = await client.request({ method: 'tasks/result', params: { taskId } }, ToolResult);
+  t.same(result.structuredContent, { steps: 30 });
+  t.match(result._meta, { 'io.modelcontextprotocol/related-task': { taskId } });
+  const again = await asTask('progress', { steps: 30, delayMs: 100 }, 'long-1');
+  t.match(again.task, { taskId, status: 'completed' }, 'the same key: the same task');
+
+  const other = await connect(ts, await ts.token('mallory'));
+  t.teardown(() => other.close());
+  const hidden = await get(taskId, other).then(() => null, (e: unknown) => e);
+  t.equal((hidden as ProtocolError).code, -32602, 'another user’s task is unknown');
+
+  const second = await asTask('progress', { steps: 50, delayMs: 100 });
+  const cancelled = await client.request({ method: 'tasks/cancel', params: { taskId: second.task.taskId } }, TaskState);
+  t.equal(cancelled.status, 'cancelled');
+  const failed = await waitFor('the execution to end', () => terminalOf(ts, 'tess', second.task.taskId));
+  t.match(failed, { data: { error: { code: 'CANCELLED' } } });
+  t.equal((await get(second.task.taskId)).status, 'cancelled');
+
+  const events = await eventsOf(ts, 'tess');
+  t.equal(new Set(events.map((e) => e.metadata.executionId)).size, 2, 'two executions: the retry ran nothing');
+  t.ok((await verifyHistory(ts.store, 'tess')).ok, 'the auditor’s verification passes');
 });
