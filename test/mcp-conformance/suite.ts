@@ -130,17 +130,13 @@ export interface SuiteRun {
  * checks each scenario wrote. Throws when the suite did not run to its summary or a scenario it
  * announced left no results (a crash must not look like a short list of failures).
  */
-export async function runConformanceSuite(
-  url: string,
-  opts: { signal?: AbortSignal } = {},
-): Promise<SuiteRun> {
+export async function runConformanceSuite(url: string): Promise<SuiteRun> {
   const outputDir = await mkdtemp(join(tmpdir(), 'toolbus-mcp-conformance-'));
   try {
     const output = await new Promise<string>((resolve, reject) => {
       const child = spawn(nodeForSuite(), [SUITE_CLI, 'server', '--url', url, '--output-dir', outputDir], {
         cwd: outputDir,
         stdio: ['ignore', 'pipe', 'pipe'],
-        ...(opts.signal ? { signal: opts.signal } : {}),
       });
       let text = '';
       child.stdout.on('data', (d: Buffer) => (text += d.toString()));
