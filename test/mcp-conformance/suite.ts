@@ -126,29 +126,41 @@ export interface SuiteRun {
 }
 
 /**
- * Runs every scenario of the suite's default ("active") server suite against `url` and reads the
- * checks each scenario wrote. Throws when the suite did not run to its summary or a scenario it
- * announced left no results (a crash must not look like a short list of failures).
+ * Scenarios of the suite's "pending" set that are run as well: they check what Toolbus promises
+ * anyway (SEP-1613: a tool's JSON Schema reaches the client as written).
+ */
+export const EXTRA_SCENARIOS = ['json-schema-2020-12'];
+
+/** One run of the suite's CLI; its output (it exits 1 whenever a scenario fails: the verdict is ours). */
+function runCli(args: string[], cwd: string): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const child = spawn(nodeForSuite(), [SUITE_CLI, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let text = '';
+    child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (text += d.toString()));
+    child.on('error', reject);
+    child.on('close', () => resolve(text));
+  });
+}
+
+/**
+ * Runs every scenario of the suite's default ("active") server suite and EXTRA_SCENARIOS against
+ * `url` and reads the checks each scenario wrote. Throws when the suite did not run to its summary
+ * or a scenario left no results (a crash must not look like a short list of failures).
  */
 export async function runConformanceSuite(url: string): Promise<SuiteRun> {
   const outputDir = await mkdtemp(join(tmpdir(), 'toolbus-mcp-conformance-'));
   try {
-    const output = await new Promise<string>((resolve, reject) => {
-      const child = spawn(nodeForSuite(), [SUITE_CLI, 'server', '--url', url, '--output-dir', outputDir], {
-        cwd: outputDir,
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let text = '';
-      child.stdout.on('data', (d: Buffer) => (text += d.toString()));
-      child.stderr.on('data', (d: Buffer) => (text += d.toString()));
-      child.on('error', reject);
-      // The suite exits 1 whenever a scenario fails: the verdict is ours to make, not its.
-      child.on('close', () => resolve(text));
-    });
+    const common = ['server', '--url', url, '--output-dir', outputDir];
+    let output = await runCli(common, outputDir);
     if (!output.includes('=== SUMMARY ===')) {
       throw new Error(`the conformance suite stopped before its summary:\n${output.slice(-4000)}`);
     }
-    const announced = [...output.matchAll(/^=== Running scenario: (\S+) ===$/gm)].map((m) => m[1]!);
+    const scenarios = [...output.matchAll(/^=== Running scenario: (\S+) ===$/gm)].map((m) => m[1]!);
+    for (const scenario of EXTRA_SCENARIOS) {
+      output += await runCli([...common, '--scenario', scenario], outputDir);
+      scenarios.push(scenario);
+    }
     const results: ScenarioResult[] = [];
     for (const folder of await readdir(outputDir)) {
       const scenario = scenarioOfFolder(folder);
@@ -167,11 +179,11 @@ export async function runConformanceSuite(url: string): Promise<SuiteRun> {
         succeeded: checks.filter((c) => c.status === 'SUCCESS').length,
       });
     }
-    const missing = announced.filter((s) => !results.some((r) => r.scenario === s));
-    if (missing.length > 0 || announced.length === 0) {
-      throw new Error(`the conformance suite left no results for ${missing.join(', ') || 'any scenario'}`);
+    const missing = scenarios.filter((s) => !results.some((r) => r.scenario === s));
+    if (missing.length > 0 || scenarios.length === EXTRA_SCENARIOS.length) {
+      throw new Error(`the conformance suite left no results for ${missing.join(', ') || 'its scenarios'}`);
     }
-    results.sort((a, b) => announced.indexOf(a.scenario) - announced.indexOf(b.scenario));
+    results.sort((a, b) => scenarios.indexOf(a.scenario) - scenarios.indexOf(b.scenario));
     return { results, output };
   } finally {
     await rm(outputDir, { recursive: true, force: true });

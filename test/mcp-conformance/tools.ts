@@ -135,6 +135,24 @@ export const toolWithProgress = defineTool({
   },
 });
 
+/** Registered under an id, so that the JSON Schema refers to it from `$defs` (what SEP-1613 checks). */
+const Address = z.object({ street: z.string(), city: z.string() }).meta({ id: 'address' });
+
+/**
+ * The suite checks that `$schema`, `$defs` and `additionalProperties: false` reach the client as
+ * written (SEP-1613): zod writes all three, the registry and the gateway must keep them.
+ */
+export const jsonSchema202012 = defineTool({
+  ...common,
+  name: 'json_schema_2020_12_tool',
+  description: 'MCP conformance: an input schema with $schema, $defs and additionalProperties (2020-12).',
+  input: z.strictObject({ name: z.string().optional(), address: Address.optional() }),
+  output: McpContentResult,
+  async run(args): Promise<McpContentResult> {
+    return { content: [{ type: 'text', text: JSON.stringify(args) }] };
+  },
+});
+
 export const conformanceTools: ToolDefinition[] = [
   simpleText,
   imageContent,
@@ -143,6 +161,7 @@ export const conformanceTools: ToolDefinition[] = [
   multipleContentTypes,
   errorHandling,
   toolWithProgress,
+  jsonSchema202012,
 ];
 
 export const CONFORMANCE_TOOL_NAMES = conformanceTools.map((t) => t.name);
