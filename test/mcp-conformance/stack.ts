@@ -34,7 +34,14 @@ export async function startConformanceStack(t: Teardown): Promise<ConformanceSta
   });
   t.teardown(() => worker.stop());
   const mcpUrl = new URL('/mcp', stack.url('gateway')).href;
-  await waitUntilListed(mcpUrl, CONFORMANCE_TOOL_NAMES);
+  try {
+    await waitUntilListed(mcpUrl, CONFORMANCE_TOOL_NAMES);
+  } catch (e) {
+    const tail = stack.logText('gateway').split('\n').slice(-20).join('\n');
+    throw new Error(`the gateway at ${mcpUrl} is not ready: ${(e as Error).message}\ngateway log:\n${tail}`, {
+      cause: e,
+    });
+  }
   return { stack, mcpUrl };
 }
 
