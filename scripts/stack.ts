@@ -173,9 +173,9 @@ async function main() {
   if (services.includes('gateway')) {
     lines.push(
       '',
-      'MCP clients (Streamable HTTP, docs/mcp.md): list the tools "demo" may call with the MCP inspector:',
-      `  npx @modelcontextprotocol/inspector --cli ${stack.services.gateway.url}/mcp --transport http \\`,
-      `    --header 'Authorization: Bearer ${demoToken}' --method tools/list`,
+      `MCP clients (Streamable HTTP, docs/mcp.md) at ${stack.services.gateway.url}/mcp; as "demo", with the SDK's client:`,
+      `  TOOLBUS_TOKEN=${demoToken} \\`,
+      `    npx tsx scripts/mcp.ts call dataset_stats '{"columns":{"latency":[12,15,11,40,13]}}'`,
       'or with curl (one stateless JSON-RPC request):',
       `  curl -s ${stack.services.gateway.url}/mcp -H 'content-type: application/json' \\`,
       `    -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: 2025-11-25' \\`,

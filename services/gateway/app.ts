@@ -8,6 +8,7 @@ import { createHttpApp } from '../../lib/http.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
 import { connectNats, natsCredentialsFromConfig, type NatsConnection } from '../../lib/nats.ts';
 import { ToolCatalog } from './catalog.ts';
+import { createMetrics } from './metrics.ts';
 import { listOf, publicUrlOf, type GatewayConfig } from './config.ts';
 import { bearerIdentify, testModeIdentify } from './principal.ts';
 import { MCP_PATH, registerMcpRoutes } from './routes.ts';
@@ -60,6 +61,7 @@ export async function startGateway(
       },
     });
     cleanup.push(() => app.close());
+    const metrics = createMetrics(app.metrics);
 
     const bearer = bearerIdentify(tokenVerifierFromConfig(config));
     // GatewayEnv allows the test principal only with NODE_ENV=test and JWT_SECRET.
@@ -88,6 +90,7 @@ export async function startGateway(
           dispatcherUrl: config.GATEWAY_DISPATCHER_URL,
           taskMinTimeoutMs: config.GATEWAY_TASK_MIN_TIMEOUT_MS,
           version: VERSION,
+          metrics,
         },
         new InFlight(),
       ),
@@ -106,6 +109,7 @@ export async function startGateway(
       authorizationServers: listOf(config.GATEWAY_AUTHORIZATION_SERVERS ?? config.JWT_ISSUER),
       allowedOrigins: listOf(config.GATEWAY_ALLOWED_ORIGINS),
       maxBodyBytes: config.GATEWAY_MAX_BODY_BYTES,
+      onRefused: (status) => metrics.refused.inc({ status: String(status) }),
     });
 
     let url: string | null = null;

@@ -4,6 +4,7 @@ import type { TerminalAnswer, ToolManifest } from '../../contracts/index.ts';
 import { fingerprintOf, requestIdOf } from './calls.ts';
 import { GatewayEnv, publicUrlOf } from './config.ts';
 import { resultOf, toolOf } from './mapping.ts';
+import { taskOf } from './tasks.ts';
 
 const SECRET = 's'.repeat(40);
 
@@ -71,6 +72,8 @@ t.test('a manifest as an MCP tool', async (t) => {
   });
   t.equal(toolOf(manifest({ inputSchema: { type: 'string' } })), null, 'MCP arguments are an object');
   t.notOk('outputSchema' in toolOf(manifest({ outputSchema: { type: 'number' } }))!, 'no structured output');
+  t.match(toolOf(manifest(), { asTask: true }), { execution: { taskSupport: 'optional' } });
+  t.notOk('execution' in toolOf(manifest())!, 'not a task unless long-running');
 });
 
 t.test('answers as tool results', async (t) => {
@@ -88,4 +91,25 @@ t.test('answers as tool results', async (t) => {
     content: [{ type: 'text', text: 'TIMEOUT: too slow' }],
     _meta: { 'io.toolbus/error': { code: 'TIMEOUT', message: 'too slow' } },
   });
+});
+
+t.test('an execution as a task', async (t) => {
+  const e = {
+    executionId: 'e',
+    requestId: 'r',
+    correlationId: 'c',
+    tool: 'stats',
+    createdAt: '2026-01-01T00:00:00.000Z',
+    lastUpdatedAt: '2026-01-01T00:00:05.000Z',
+  };
+  const ids = { requestId: 'r', executionId: 'e', correlationId: 'c' };
+  t.match(taskOf({ ...e, answer: null }), { taskId: 'e', status: 'working', ttl: null, createdAt: e.createdAt });
+  t.match(taskOf({ ...e, answer: { status: 'completed', ...ids, result: {}, durationMs: 1, cached: false } }), {
+    status: 'completed',
+    lastUpdatedAt: e.lastUpdatedAt,
+  });
+  const failed = (code: 'CANCELLED' | 'TOOL_ERROR') =>
+    taskOf({ ...e, answer: { status: 'failed', ...ids, error: { code, message: 'm' } } });
+  t.match(failed('CANCELLED'), { status: 'cancelled', statusMessage: 'CANCELLED: m' });
+  t.match(failed('TOOL_ERROR'), { status: 'failed', statusMessage: 'TOOL_ERROR: m' });
 });

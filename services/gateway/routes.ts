@@ -2,6 +2,7 @@ import { toNodeHandler } from '@modelcontextprotocol/node';
 import { validateOriginHeader, type McpHttpHandler } from '@modelcontextprotocol/server';
 import type { FastifyInstance } from 'fastify';
 import type { Identify } from './principal.ts';
+import type { Caller } from './server.ts';
 
 export const MCP_PATH = '/mcp';
 /** RFC 9728 metadata: at the root, and path-aware for `/mcp` (what the SDK's clients try first). */
@@ -15,6 +16,8 @@ export interface McpRouteOptions {
   authorizationServers: string[];
   allowedOrigins: string[];
   maxBodyBytes: number;
+  /** Told of each request refused before MCP (401, 403). */
+  onRefused?: (status: 401 | 403) => void;
 }
 
 /** The metadata document's URL for `resource` (RFC 9728 section 3.1: inserted before the path). */
@@ -47,47 +50,87 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
   });
 
   await app.register(async (scope) => {
-    // The SDK reads the body itself (with its own size bound and JSON-RPC errors): Fastify leaves it.
-    scope.removeAllContentTypeParsers();
-    scope.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
-
-    scope.all(MCP_PATH, async (req, reply) => {
+    // Who is asking is settled before any body is read: an unauthenticated request costs no upload.
+    scope.addHook('onRequest', async (req, reply) => {
+      if (req.routeOptions.url !== MCP_PATH) return;
       const origin = validateOriginHeader(req.headers.origin, o.allowedOrigins);
       if (!origin.ok) {
-        return reply.code(403).send({
-          jsonrpc: '2.0',
-          id: null,
-          error: { code: -32000, message: `Forbidden: ${origin.message}` },
-        });
+        o.onRefused?.(403);
+        return reply.code(403).send(rpcError(-32000, `Forbidden: ${origin.message}`));
       }
       const who = await o.identify(req.headers.authorization);
-      if (!who.ok) {
-        const given = who.error.reason !== 'missing';
-        const challenge = [
-          ...(given ? [`error="invalid_token"`, `error_description=${quoted(who.error.message)}`] : []),
-          `resource_metadata=${quoted(metadataUrl)}`,
-        ].join(', ');
-        return reply
-          .code(401)
-          .header('www-authenticate', `Bearer ${challenge}`)
-          .send({
-            error: given ? 'invalid_token' : 'unauthorized',
-            error_description: given ? who.error.message : 'a bearer token is required',
-          });
+      if (who.ok) {
+        callers.set(req, who.caller);
+        return;
       }
-      const { principal, token } = who.caller;
+      o.onRefused?.(401);
+      const given = who.error.reason !== 'missing';
+      const challenge = [
+        ...(given ? [`error="invalid_token"`, `error_description=${quoted(who.error.message)}`] : []),
+        `resource_metadata=${quoted(metadataUrl)}`,
+      ].join(', ');
+      return reply
+        .code(401)
+        .header('www-authenticate', `Bearer ${challenge}`)
+        .send({
+          error: given ? 'invalid_token' : 'unauthorized',
+          error_description: given ? who.error.message : 'a bearer token is required',
+        });
+    });
+
+    // The body as bytes, bounded; the SDK parses it (and answers bad JSON, content types, methods).
+    scope.removeAllContentTypeParsers();
+    scope.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: o.maxBodyBytes }, (_req, body, done) =>
+      done(null, body),
+    );
+    scope.setErrorHandler(async (e: Error & { statusCode?: number }, _req, reply) => {
+      if (e.statusCode === 413) {
+        return reply.code(413).send(rpcError(-32600, `the body is over ${o.maxBodyBytes} bytes`));
+      }
+      throw e;
+    });
+
+    scope.all(MCP_PATH, async (req, reply) => {
+      const caller = callers.get(req)!;
+      const body = Buffer.isBuffer(req.body) ? req.body : undefined;
+      if (body && isBatch(body)) {
+        // Batches left JSON-RPC-over-MCP in 2025-06-18; the SDK's stateless path would still run them.
+        return reply.code(400).send(rpcError(-32600, 'JSON-RPC batches are not supported: send one message per request'));
+      }
+      const { principal, token } = caller;
       reply.hijack();
-      // toNodeHandler hands `req.auth` to the server factory as `authInfo`.
-      Object.assign(req.raw, {
-        auth: {
-          token,
-          clientId: principal.userId,
-          scopes: [...principal.roles],
-          ...(principal.expiresAt ? { expiresAt: Math.floor(principal.expiresAt / 1000) } : {}),
-          extra: { caller: who.caller },
+      await node(
+        {
+          method: req.raw.method,
+          url: req.raw.url,
+          headers: req.raw.headers,
+          // toNodeHandler hands `auth` to the server factory as `authInfo`.
+          auth: {
+            token,
+            clientId: principal.userId,
+            scopes: [...principal.roles],
+            ...(principal.expiresAt ? { expiresAt: Math.floor(principal.expiresAt / 1000) } : {}),
+            extra: { caller },
+          },
+          async *[Symbol.asyncIterator]() {
+            if (body) yield body;
+          },
         },
-      });
-      await node(req.raw, reply.raw);
+        reply.raw,
+      );
     });
   });
+}
+
+const callers = new WeakMap<object, Caller>();
+
+const rpcError = (code: number, message: string) => ({ jsonrpc: '2.0', id: null, error: { code, message } });
+
+/** A JSON array at the top level (after optional whitespace). */
+function isBatch(body: Buffer): boolean {
+  for (const byte of body) {
+    if (byte === 0x20 || byte === 0x09 || byte === 0x0a || byte === 0x0d) continue;
+    return byte === 0x5b; // '['
+  }
+  return false;
 }

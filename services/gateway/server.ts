@@ -1,7 +1,15 @@
-import { ProtocolError, ProtocolErrorCode, Server, type McpServerFactory } from '@modelcontextprotocol/server';
+import {
+  ProtocolError,
+  ProtocolErrorCode,
+  Server,
+  type CallToolResult,
+  type McpServerFactory,
+  type ServerContext,
+} from '@modelcontextprotocol/server';
 import type { Principal } from '../../contracts/index.ts';
-import { execute, idempotencyKeyOf } from './calls.ts';
-import { resultOf, toolOf } from './mapping.ts';
+import { execute, idempotencyKeyOf, type Call } from './calls.ts';
+import { ERROR_META_KEY, resultOf, toolOf } from './mapping.ts';
+import type { GatewayMetrics } from './metrics.ts';
 import { cancelTask, getTask, startTask, TaskParams, taskResult, type TaskDeps } from './tasks.ts';
 
 /** What the HTTP layer verified, handed to the factory as the SDK's `authInfo.extra`. */
@@ -14,6 +22,7 @@ export interface ServerDeps extends TaskDeps {
   version: string;
   /** A tool with at least this timeout may be called as a task. */
   taskMinTimeoutMs: number;
+  metrics: GatewayMetrics;
 }
 
 /**
@@ -37,6 +46,10 @@ export class InFlight {
     this.#calls.get(`${userId}\n${typeof id}:${id}`)?.abort(new Error(reason ?? 'cancelled by the client'));
   }
 }
+
+/** A result's outcome label: `completed`, or its error code. */
+const outcomeOf = (result: CallToolResult): string =>
+  (result._meta?.[ERROR_META_KEY] as { code?: string } | undefined)?.code ?? 'completed';
 
 export const callerOf = (extra: Record<string, unknown> | undefined): Caller => {
   const caller = extra?.['caller'] as Caller | undefined;
@@ -79,18 +92,35 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
       const { name, arguments: args = {}, _meta } = request.params;
       const tool = await deps.catalog.find(principal, name);
       if (!tool) throw new ProtocolError(ProtocolErrorCode.InvalidParams, `Unknown tool: ${name}`);
-      const idempotencyKey = idempotencyKeyOf(_meta);
-      if ((request.params as { task?: unknown }).task !== undefined) {
+      const call = { principal, token, tool, args, idempotencyKey: idempotencyKeyOf(_meta) };
+      const counted = <R extends CallToolResult>(result: R, outcome = outcomeOf(result)): R => {
+        deps.metrics.calls.inc({ outcome });
+        return result;
+      };
+      deps.metrics.inFlight.inc();
+      try {
+        if ((request.params as { task?: unknown }).task === undefined) return counted(await callNow(call, ctx));
         if (!longRunning(tool.timeoutMs)) {
           // The spec's answer to a task-augmented call of a tool that does not support tasks.
           throw new ProtocolError(ProtocolErrorCode.MethodNotFound, `${name} does not run as a task`);
         }
-        const started = await startTask(deps, { principal, token, tool, args, idempotencyKey });
+        const started = await startTask(deps, call);
         // `content` beside `task`: the SDK's tools/call result check wants it on every result.
-        return 'task' in started ? { content: [], task: started.task } : resultOf(started.result, tool);
+        return 'task' in started
+          ? counted({ content: [], task: started.task }, 'task')
+          : counted(resultOf(started.result, tool));
+      } catch (e) {
+        deps.metrics.calls.inc({ outcome: 'refused' });
+        throw e;
+      } finally {
+        deps.metrics.inFlight.dec();
       }
-      const progressToken = ctx.mcpReq._meta?.progressToken;
+    });
 
+    /** One call, answered when the execution ends; the client giving up cancels it. */
+    const callNow = async (call: Omit<Call, 'signal' | 'onProgress'>, ctx: ServerContext) => {
+      const progressToken = ctx.mcpReq._meta?.progressToken;
+      // notifications/cancelled reaches the call through `inFlight` (another server instance gets it).
       const controller = new AbortController();
       const forward = () => controller.abort(ctx.mcpReq.signal.reason);
       if (ctx.mcpReq.signal.aborted) forward();
@@ -98,11 +128,7 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
       const untrack = inFlight.track(principal.userId, ctx.mcpReq.id, controller);
       try {
         const answer = await execute(deps, {
-          principal,
-          token,
-          tool,
-          args,
-          idempotencyKey,
+          ...call,
           signal: controller.signal,
           ...(progressToken !== undefined
             ? {
@@ -116,12 +142,12 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
               }
             : {}),
         });
-        return resultOf(answer, tool);
+        return resultOf(answer, call.tool);
       } finally {
         untrack();
         ctx.mcpReq.signal.removeEventListener('abort', forward);
       }
-    });
+    };
 
     if (tasks) {
       server.setRequestHandler('tasks/get', { params: TaskParams }, (p) => getTask(deps, caller, p.taskId));

@@ -198,6 +198,26 @@ t.test('an MCP client lists and calls tools through the gateway; every call is a
       auth,
     );
     t.equal(huge.status, 413, 'a body over the limit');
+    t.match(await rpcOf(huge), { error: { code: -32600 } });
+    const badVersion = await post(ts, JSON.stringify({ jsonrpc: '2.0', id: 4, method: 'tools/list', params: {} }), {
+      ...auth,
+      'mcp-protocol-version': '1999-01-01',
+    });
+    t.equal(badVersion.status, 400, 'an unsupported protocol version');
+    t.match(await rpcOf(badVersion), { error: { message: /Unsupported protocol version/ } });
+    const batch = await post(
+      ts,
+      JSON.stringify([
+        { jsonrpc: '2.0', id: 5, method: 'tools/list', params: {} },
+        { jsonrpc: '2.0', id: 6, method: 'tools/call', params: { name: 'echo', arguments: {} } },
+      ]),
+      auth,
+    );
+    t.equal(batch.status, 400, 'a batch');
+    t.match(await rpcOf(batch), { error: { code: -32600, message: /batches are not supported/ } });
+    const notRpc = await post(ts, JSON.stringify({ hello: 'world' }), auth);
+    t.equal(notRpc.status, 400, 'not a JSON-RPC message');
+    t.match(await rpcOf(notRpc), { error: { code: -32600 } });
     t.equal((await eventsOf(ts, 'ann')).length, before, 'nothing recorded');
   });
 
@@ -215,6 +235,10 @@ t.test('an MCP client lists and calls tools through the gateway; every call is a
     }
     const report = await verifyHistory(ts.store, 'ann');
     t.ok(report.ok, `the auditor's verification passes (${JSON.stringify(report.break)})`);
+    const metrics = await (await fetch(`${ts.url('gateway')}/metrics`)).text();
+    t.match(metrics, /toolbus_mcp_calls_total\{[^}]*outcome="completed"[^}]*\} [1-9]/, 'calls are counted');
+    t.match(metrics, /toolbus_mcp_calls_total\{[^}]*outcome="CANCELLED"[^}]*\} [1-9]/);
+    t.match(metrics, /toolbus_mcp_calls_total\{[^}]*outcome="refused"[^}]*\} [1-9]/, 'unknown tool, conflict');
   });
 });
 
@@ -240,6 +264,7 @@ t.test('authorization: metadata, 401 challenges, audience and Origin', async (t)
   t.match(metadata, { resource: `${gw}/mcp`, authorization_servers: ['https://id.example.test'], bearer_methods_supported: ['header'] });
   t.same(await (await fetch(`${gw}/.well-known/oauth-protected-resource`)).json(), metadata);
 
+  t.equal((await post(ts, 'x'.repeat(2_000_000))).status, 401, 'no body is read before the token is checked');
   const wrong = await post(ts, list, { authorization: 'Bearer not-a-token' });
   t.equal(wrong.status, 401, 'a bad token');
   t.match(wrong.headers.get('www-authenticate'), /error="invalid_token"/);
@@ -344,4 +369,40 @@ t.test('tasks (2025-11-25): a long call as a task, polled to completion across a
   const events = await eventsOf(ts, 'tess');
   t.equal(new Set(events.map((e) => e.metadata.executionId)).size, 2, 'two executions: the retry ran nothing');
   t.ok((await verifyHistory(ts.store, 'tess')).ok, 'the auditor’s verification passes');
+});
+
+t.test('faults: a dispatcher killed mid-call, a gateway killed mid-call; each execution ends once', async (t) => {
+  // A killed dispatcher's request is redelivered after the ack wait: short here.
+  const ts = await startTestStack(t, { services: ['dispatcher', 'gateway'], env: { ACK_WAIT_MS: '2000' } });
+  const client = await connect(ts, await ts.token('faye'));
+  t.teardown(() => client.close());
+
+  const survived = client.callTool({ name: 'sleep_idempotent', arguments: { ms: 1_500 }, _meta: { [KEY]: 'd-dies' } });
+  await waitFor('the first attempt to start', () => startedExecution(ts, 'faye', 'sleep_idempotent', { ms: 1_500 }));
+  await ts.stack.kill('dispatcher');
+  await ts.stack.start('dispatcher');
+  const r = await survived;
+  t.notOk(r.isError, 'the client still gets its one result');
+  t.same(r.structuredContent, { slept: 1_500 });
+
+  const lost = client.callTool({ name: 'sleep', arguments: { ms: 1_500 }, _meta: { [KEY]: 'g-dies' } });
+  lost.catch(() => undefined);
+  const id = await waitFor('the call to start', () => startedExecution(ts, 'faye', 'sleep', { ms: 1_500 }));
+  await ts.stack.kill('gateway');
+  await t.rejects(lost, 'the client loses its connection');
+  const ended = await waitFor('the execution to end', async () =>
+    (await eventsOf(ts, 'faye')).find(
+      (e) => (e.type === 'ToolCompleted' || e.type === 'ToolFailed') && e.metadata.executionId === id,
+    ),
+  );
+  t.equal(ended.type, 'ToolCompleted', 'the execution went on without the gateway');
+  await ts.stack.start('gateway');
+  const retried = await client.callTool({ name: 'sleep', arguments: { ms: 1_500 }, _meta: { [KEY]: 'g-dies' } });
+  t.equal(executionOf(retried), id, 'a retry with the same key gets that execution’s answer');
+
+  const events = await eventsOf(ts, 'faye');
+  const terminals = events.filter((e) => e.type === 'ToolCompleted' || e.type === 'ToolFailed');
+  t.equal(new Set(events.map((e) => e.metadata.executionId)).size, 2, 'two executions');
+  t.equal(terminals.length, 2, 'each ended exactly once');
+  t.ok((await verifyHistory(ts.store, 'faye')).ok, 'the auditor’s verification passes');
 });

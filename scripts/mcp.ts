@@ -1,0 +1,36 @@
+/**
+ * A small MCP client (the official SDK's) for the gateway: `npx tsx scripts/mcp.ts list` or
+ * `npx tsx scripts/mcp.ts call <tool> '<json arguments>' [idempotency key]`, with the user's token
+ * in TOOLBUS_TOKEN and the gateway at MCP_URL (default http://127.0.0.1:8084/mcp). Prints the
+ * JSON of the answer; progress goes to stderr.
+ */
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+
+const [command, tool, args, key] = process.argv.slice(2);
+const token = process.env['TOOLBUS_TOKEN'];
+if (!token || (command !== 'list' && !(command === 'call' && tool))) {
+  console.error("usage: TOOLBUS_TOKEN=<jwt> npx tsx scripts/mcp.ts list | call <tool> '<json arguments>' [key]");
+  process.exit(2);
+}
+const client = new Client({ name: 'toolbus-mcp-script', version: '1.0.0' });
+await client.connect(
+  new StreamableHTTPClientTransport(new URL(process.env['MCP_URL'] ?? 'http://127.0.0.1:8084/mcp'), {
+    requestInit: { headers: { authorization: `Bearer ${token}` } },
+  }),
+);
+try {
+  const answer =
+    command === 'list'
+      ? await client.listTools()
+      : await client.callTool(
+          {
+            name: tool!,
+            arguments: args ? (JSON.parse(args) as Record<string, unknown>) : {},
+            ...(key ? { _meta: { 'io.toolbus/idempotencyKey': key } } : {}),
+          },
+          { onprogress: (p) => console.error(`progress ${p.progress}/${p.total ?? '?'} ${p.message ?? ''}`) },
+        );
+  console.log(JSON.stringify(answer, null, 2));
+} finally {
+  await client.close();
+}
