@@ -3,7 +3,15 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', '.scratch/**', 'bench/results/**', 'services/notifier/public/**'] },
+  {
+    ignores: [
+      'node_modules/**',
+      'packages/*/dist/**',
+      '.scratch/**',
+      'bench/results/**',
+      'services/notifier/public/**',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

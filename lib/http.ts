@@ -1,4 +1,10 @@
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, {
+  LogController,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  type FastifyServerOptions,
+} from 'fastify';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { REDACT_PATHS } from './log.ts';
 
@@ -14,7 +20,8 @@ export interface HttpAppOptions {
 }
 
 /**
- * The HTTP surface every service shares: pino logs (tokens censored), `/health/live`,
+ * The HTTP surface every service shares: pino logs (tokens censored; one line per request, at
+ * debug for health checks and metrics scrapes), `/health/live`,
  * `/health/ready` (each dependency checked with a deadline), and Prometheus `/metrics` from the
  * app's own registry (`app.metrics`). Routes of the service are registered on the returned app.
  */
@@ -26,6 +33,7 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
       redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
     },
     bodyLimit: options.bodyLimit ?? 1024 * 1024,
+    logController: new RequestLines(),
     ...options.fastify,
   });
   const registry = new Registry();
@@ -54,6 +62,30 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
     return reply.type(registry.contentType).send(await registry.metrics());
   });
   return app;
+}
+
+/**
+ * One log line per request, when it is answered, instead of fastify's two at info. Health checks
+ * and scrapes come every few seconds and say nothing an operator reads: debug. Errors keep
+ * fastify's own lines.
+ */
+class RequestLines extends LogController {
+  override incomingRequest(): void {}
+
+  override requestCompleted(error: Error | null | undefined, req: FastifyRequest, reply: FastifyReply): void {
+    if (error) return super.requestCompleted(error, req, reply);
+    const routine = req.url.startsWith('/health/') || req.url.startsWith('/metrics');
+    const level = routine ? 'debug' : reply.statusCode >= 500 ? 'warn' : 'info';
+    req.log[level](
+      {
+        method: req.method,
+        url: req.url,
+        statusCode: reply.statusCode,
+        ms: Math.round(reply.elapsedTime * 10) / 10,
+      },
+      'request',
+    );
+  }
 }
 
 function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {

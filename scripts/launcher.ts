@@ -184,7 +184,7 @@ async function waitReady(name: string, url: string, child: ChildProcess, timeout
 }
 
 /** A pino JSON line as `time service level message {fields}`; other lines as they are. */
-export function prettyLine({ service, line }: LogLine): string {
+export function prettyLine({ service, line }: { service: string; line: string }): string {
   try {
     const {
       level,

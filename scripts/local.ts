@@ -12,6 +12,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { toolsFromConfiguration } from '../lib/toolbusConfig.ts';
 import { exampleTools } from '../services/dispatcher/tools/index.ts';
 import {
   createIdentity,
@@ -36,11 +37,14 @@ const SECRET_VARS = [
   'REDIS_PASSWORD',
 ] as const;
 
-/** The identities of a local stack. The `worker` serves the example tools (`npm run worker`). */
-const LOCAL_IDENTITIES: [string, Role][] = [
+/**
+ * The identities of a local stack. The `worker` serves the example tools and those of the
+ * configuration file (`npm run worker`; lib/toolbusConfig.ts).
+ */
+const localIdentities = (workerTools: string[]): [string, Role][] => [
   ['dispatcher', { kind: 'dispatcher' }],
   ['notifier', { kind: 'notifier' }],
-  ['worker', { kind: 'worker', tools: exampleTools.map((t) => t.name) }],
+  ['worker', { kind: 'worker', tools: workerTools }],
   ['agent', { kind: 'agent' }],
   ['gateway', { kind: 'agent' }],
 ];
@@ -108,7 +112,8 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
   }
   const identities: Record<string, Identity> = {};
   const fresh: Identity[] = [];
-  for (const [name, role] of LOCAL_IDENTITIES) {
+  const workerTools = [...exampleTools, ...(await toolsFromConfiguration())].map((t) => t.name);
+  for (const [name, role] of localIdentities([...new Set(workerTools)])) {
     if (existsSync(join(NATS_DIR, `${name}.nk`))) {
       identities[name] = await readIdentity(NATS_DIR, name, role);
     } else {

@@ -7,8 +7,10 @@
  * Ctrl-C stops everything cleanly.
  */
 import type { ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { z } from 'zod';
+import { executionIdFor } from '../contracts/index.ts';
 import { CommonEnv, ConfigError, loadConfig } from '../lib/config.ts';
 import { signToken } from '../lib/auth.ts';
 import { launchStack, prettyLine, type ServiceName } from './launcher.ts';
@@ -168,6 +170,7 @@ async function main() {
       `  curl -s -X POST ${stack.services.dispatcher.url}/executions -H 'content-type: application/json' \\`,
       `    -H 'authorization: Bearer ${demoToken}' \\`,
       `    -d '{"tool":"dataset_stats","args":{"columns":{"latency":[12,15,11,40,13]}}}'`,
+      ...demoRuns(stack.services.dispatcher.url, demoToken),
     );
   }
   if (services.includes('gateway')) {
@@ -191,7 +194,8 @@ async function main() {
     ...(ownNats
       ? [
           `  NATS_URL=${natsUrl} NATS_NKEY_SEED_FILE=${setup.seedFile('agent')}`,
-          `  connectNats(NATS_URL, 'my-agent', { nkeySeed: <that file's text> }) then createAgentClient(nc) (docs/security.md)`,
+          `  connectNats(NATS_URL, 'my-agent', { nkeySeed: <that file's text> }) then createAgentClient(nc),`,
+          `  both from @toolbus/client (packages/client; docs/security.md)`,
           `A tool worker with the example tools: npm run worker (it uses .toolbus/nats/worker.nk)`,
         ]
       : []),
@@ -200,6 +204,26 @@ async function main() {
     '',
   );
   console.log(lines.join('\n'));
+}
+
+/**
+ * Progress and cancellation, to watch on the live page: a countdown, and a wait cancelled from a
+ * second terminal. The request id is fresh per start, so the execution id to cancel is known in
+ * advance (it is derived from the user and the request id) and a second start runs anew.
+ */
+function demoRuns(url: string, token: string): string[] {
+  const requestId = `try-cancel-${randomUUID()}`;
+  const post = `curl -s -X POST ${url}/executions -H 'content-type: application/json' -H 'authorization: Bearer ${token}'`;
+  return [
+    '',
+    'Progress (watch it on the live page): a 20 s countdown',
+    `  ${post} \\`,
+    `    -d '{"tool":"countdown","args":{"seconds":20}}'`,
+    'Cancellation: start a long wait, then cancel it from another terminal',
+    `  ${post} \\`,
+    `    -d '{"requestId":"${requestId}","tool":"wait_for_cancel","args":{}}'`,
+    `  curl -s -X POST ${url}/executions/${executionIdFor('demo', requestId)}/cancel -H 'authorization: Bearer ${token}'`,
+  ];
 }
 
 main().catch((e: unknown) => {

@@ -1,10 +1,15 @@
 /**
  * `npm run worker`: the example tool worker (services/dispatcher/worker.ts) against the stack that
  * `npm start` runs, as its `worker` identity, with its worker secret (both from .toolbus/). Any
- * NATS_URL, NATS_* credential or WORKER_SECRET in the environment is used instead.
+ * NATS_URL, NATS_* credential or WORKER_SECRET in the environment is used instead. Its log lines
+ * are shown as `npm start` shows the services' (time, name, level, message).
  */
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { prettyLine } from './launcher.ts';
 import { LOCAL_DIR } from './local.ts';
 
 const env = process.env;
@@ -29,4 +34,18 @@ if (!existsSync(seedFile) && !ownCredentials) {
   );
   process.exit(2);
 }
-await import('../services/dispatcher/worker.ts');
+// The worker runs as a child so that its JSON log lines can be shown as `npm start` shows the
+// services' (prettyLine); Ctrl-C reaches it with the terminal's process group, SIGTERM is passed on.
+const child = spawn(
+  process.execPath,
+  ['--import', 'tsx', fileURLToPath(new URL('../services/dispatcher/worker.ts', import.meta.url))],
+  { env, stdio: ['ignore', 'pipe', 'pipe'] },
+);
+for (const stream of [child.stdout, child.stderr]) {
+  createInterface({ input: stream }).on('line', (line) =>
+    console.log(prettyLine({ service: 'worker', line })),
+  );
+}
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => child.kill(signal));
+// 'close', not 'exit': its last lines (why it stopped) are printed first.
+child.once('close', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));

@@ -85,6 +85,9 @@ t.test('the command line', async (t) => {
     const against = await cli('verify', 'alice', '--checkpoint', checkpointFile);
     t.equal(against.code, 0, against.stderr);
     t.match(against.stdout, /checkpoint at revision 21 matched/);
+    const nothing = await cli('verify', 'nobody');
+    t.equal(nothing.code, 0, 'an empty history is not broken');
+    t.match(nothing.stdout, /^NOTHING TO VERIFY user-nobody: no events/, 'nor is it called OK');
     const empty = await cli('checkpoint', 'nobody');
     t.equal(empty.code, 2, 'nothing to checkpoint for a user without events');
   });
@@ -147,7 +150,7 @@ t.test('the command line', async (t) => {
       subject_user: string;
       outcome: string;
     }>(`select actor, via, action, subject_user, outcome from audit_log order by id`);
-    t.equal(rows[9]!.actor, userInfo().username, 'without AUDITOR_ID, the OS user is the auditor');
+    t.equal(rows[10]!.actor, userInfo().username, 'without AUDITOR_ID, the OS user is the auditor');
     t.same(
       rows.map((r) => [r.action, r.outcome]),
       [
@@ -157,6 +160,7 @@ t.test('the command line', async (t) => {
         ['verify', 'ok'],
         ['verify', 'ok'],
         ['checkpoint', 'ok'],
+        ['verify', 'ok'],
         ['verify', 'ok'],
         ['checkpoint', 'ok'],
         ['verify', 'refused'],
@@ -168,6 +172,6 @@ t.test('the command line', async (t) => {
       ],
     );
     t.ok(rows.every((r) => r.via === 'cli' && r.subject_user !== ''));
-    t.equal(rows.filter((r) => r.actor === 'ida').length, 13, 'AUDITOR_ID names the auditor');
+    t.equal(rows.filter((r) => r.actor === 'ida').length, 14, 'AUDITOR_ID names the auditor');
   });
 });

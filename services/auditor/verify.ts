@@ -317,8 +317,12 @@ export function describeReport(report: VerifyReport): string {
   const cp = report.checkpoint
     ? `; checkpoint at revision ${report.checkpoint.revision} ${report.checkpoint.matched ? 'matched' : 'not matched'}`
     : '';
+  if (report.ok && report.events === 0) {
+    // Sound, but only because there is nothing: a mistyped user id must not read as a clean audit.
+    return `NOTHING TO VERIFY ${report.stream}: no events (this user has run no tool, or the user id is mistyped)${cp}`;
+  }
   if (report.ok) {
-    const range = report.lastRevision < 0 ? 'empty stream' : `revisions 0..${report.lastRevision}`;
+    const range = `revisions 0..${report.lastRevision}`;
     return (
       `OK ${report.stream}: ${report.events} events (${range}), ${ex.started} executions ` +
       `(${ex.ended} ended, ${ex.open} open), last hash ${report.lastHash}${cp}`

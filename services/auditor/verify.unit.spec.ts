@@ -297,6 +297,11 @@ t.test('describeReport', async (t) => {
     `OK user-alice: 8 events (revisions 0..7), 3 executions (2 ended, 1 open), last hash ${'a'.repeat(64)}`,
   );
   t.equal(
+    describeReport({ ...base, events: 0, lastRevision: -1, executions: { started: 0, ended: 0, open: 0 } }),
+    'NOTHING TO VERIFY user-alice: no events (this user has run no tool, or the user id is mistyped)',
+    'an empty history is not reported as OK',
+  );
+  t.equal(
     describeReport({
       ...base,
       ok: false,

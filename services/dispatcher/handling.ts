@@ -14,7 +14,7 @@ import { answerFromTerminal } from './answers.ts';
 import { handleExecution, type HandleOptions } from './commands.ts';
 import { errorInfo, type Disposition } from './delivery.ts';
 import { existing } from './recovery.ts';
-import { runTool } from './runner.ts';
+import { elapsedMs, runTool } from './runner.ts';
 import { abortForCancel, requestCancel, ShuttingDownError, type Handling, type Shell } from './shell.ts';
 import { newExecution, type Execution } from './streams.ts';
 
@@ -244,7 +244,7 @@ function fromCache(shell: Shell, h: Handling, tool: RunnableTool, result: JsonVa
       data: {
         result,
         redacted: manifest.sensitive.output.filter((f) => isRedactedField(result, f)),
-        durationMs: performance.now() - started,
+        durationMs: elapsedMs(started),
         cached: true,
       },
     },

@@ -1,5 +1,6 @@
 import { loadConfig } from '../../lib/config.ts';
 import { createLogger } from '../../lib/log.ts';
+import { toolsFromConfiguration } from '../../lib/toolbusConfig.ts';
 import { startDispatcher } from './app.ts';
 import { DispatcherEnv } from './config.ts';
 
@@ -14,9 +15,14 @@ const config = (() => {
   }
 })();
 const log = createLogger('dispatcher', config.LOG_LEVEL);
+// The tools of the configuration file (toolbus.json or TOOLBUS_CONFIG), run in this process.
+const tools = await toolsFromConfiguration().catch((e: unknown) => {
+  log.fatal({ err: e }, 'invalid configuration');
+  process.exit(2);
+});
 
 try {
-  const dispatcher = await startDispatcher(config, { log });
+  const dispatcher = await startDispatcher(config, { log, tools });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

@@ -12,6 +12,12 @@ import { createProgressReporter } from './progress.ts';
 import { ToolCancelledError, type Handling, type Shell } from './shell.ts';
 
 /** Largest result stored and answered (its canonical JSON); larger is OUTPUT_INVALID. */
+/**
+ * Milliseconds since `started` (a `performance.now()`), to the microsecond: what is recorded as
+ * `durationMs` and shown to users, so without the fifteen decimals of a float subtraction.
+ */
+export const elapsedMs = (started: number): number => Math.round((performance.now() - started) * 1000) / 1000;
+
 export const MAX_RESULT_BYTES = 512 * 1024;
 
 /** How an attempt ended, as the command that records it. */
@@ -82,7 +88,7 @@ export async function runTool(shell: Shell, h: Handling, tool: RunnableTool): Pr
         .then(() => tool.run(args, ctx))
         .then(resolve, reject);
     });
-    const durationMs = performance.now() - started;
+    const durationMs = elapsedMs(started);
     if (durationMs > manifest.timeoutMs) {
       // It finished, but late: a tool that blocked the event loop past its deadline (the timer
       // could not fire). The deadline is what counts.
@@ -106,7 +112,7 @@ export async function runTool(shell: Shell, h: Handling, tool: RunnableTool): Pr
     reporter.stop(true);
     return { type: 'Complete', data: { result: value, redacted, durationMs, cached: false } };
   } catch (e) {
-    const durationMs = performance.now() - started;
+    const durationMs = elapsedMs(started);
     if (e instanceof ToolTimeoutError)
       return fail('TIMEOUT', e.message, durationMs, { timeoutMs: e.timeoutMs });
     if (e instanceof ToolCancelledError) {

@@ -9,6 +9,7 @@ import {
 } from '../../lib/config.ts';
 import { createLogger } from '../../lib/log.ts';
 import { natsCredentialsFromConfig } from '../../lib/nats.ts';
+import { toolsFromConfiguration } from '../../lib/toolbusConfig.ts';
 import { startToolWorker } from './tools/worker.ts';
 
 /**
@@ -16,7 +17,8 @@ import { startToolWorker } from './tools/worker.ts';
  *   NATS_URL, its NATS identity (NATS_NKEY_SEED / NATS_NKEY_SEED_FILE / NATS_CREDS / NATS_USER and
  *   NATS_PASSWORD / NATS_TOKEN, NATS_TLS_*, NATS_IDENTITY: lib/nats.ts; the server must let it serve
  *   the tools it names), WORKER_SECRET (shared with the dispatchers), WORKER_ID (default <hostname>-<pid>),
- *   TOOLBUS_WORKER_TOOLS (comma list of tool names; default all example tools),
+ *   TOOLBUS_WORKER_TOOLS (comma list of tool names; default all example tools and those of the
+ *   configuration file: TOOLBUS_CONFIG, default toolbus.json at the checkout root, lib/toolbusConfig.ts),
  *   TOOLBUS_TEST_TOOLS=1 (the test tools may be named too; refused when NODE_ENV=production).
  * Stops on SIGTERM/SIGINT: withdraws its tools at once, then waits for the running calls.
  */
@@ -50,8 +52,10 @@ const log = createLogger('tool-worker');
 
 async function main(): Promise<void> {
   let config: z.infer<typeof WorkerEnv>;
+  let configuredTools;
   try {
     config = loadConfig(WorkerEnv);
+    configuredTools = await toolsFromConfiguration();
   } catch (e) {
     log.fatal(
       { problems: e instanceof ConfigError ? e.problems : [(e as Error).message] },
@@ -66,6 +70,7 @@ async function main(): Promise<void> {
     workerId: config.WORKER_ID,
     tools: config.TOOLBUS_WORKER_TOOLS,
     testTools: config.TOOLBUS_TEST_TOOLS === '1' || config.TOOLBUS_TEST_TOOLS === 'true',
+    configuredTools,
     announceIntervalMs: config.TOOLBUS_ANNOUNCE_INTERVAL_MS,
     log,
   });

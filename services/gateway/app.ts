@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { jetstream } from '@nats-io/jetstream';
-import { createMcpHandler } from '@modelcontextprotocol/server';
+import { createMcpHandler, localhostAllowedHostnames } from '@modelcontextprotocol/server';
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 import { tokenVerifierFromConfig } from '../../lib/auth.ts';
@@ -9,7 +9,7 @@ import { createLogger, type Logger } from '../../lib/log.ts';
 import { connectNats, natsCredentialsFromConfig, type NatsConnection } from '../../lib/nats.ts';
 import { ToolCatalog } from './catalog.ts';
 import { createMetrics } from './metrics.ts';
-import { listOf, publicUrlOf, type GatewayConfig } from './config.ts';
+import { allowedHostsOf, listOf, publicUrlOf, type GatewayConfig } from './config.ts';
 import { bearerIdentify, testModeIdentify } from './principal.ts';
 import { MCP_PATH, registerMcpRoutes } from './routes.ts';
 import { InFlight, serverFactory } from './server.ts';
@@ -47,6 +47,7 @@ export async function startGateway(
     const catalog = new ToolCatalog({
       dispatcherUrl: config.GATEWAY_DISPATCHER_URL,
       ttlMs: config.GATEWAY_TOOLS_TTL_MS,
+      onInvalid: (problem) => log.warn({ problem }, 'a tool of the registry is not a valid manifest: not served'),
     });
     const app = createHttpApp({
       service: 'gateway',
@@ -108,6 +109,7 @@ export async function startGateway(
       resource,
       authorizationServers: listOf(config.GATEWAY_AUTHORIZATION_SERVERS ?? config.JWT_ISSUER),
       allowedOrigins: listOf(config.GATEWAY_ALLOWED_ORIGINS),
+      allowedHosts: allowedHostsOf(config, localhostAllowedHostnames()),
       maxBodyBytes: config.GATEWAY_MAX_BODY_BYTES,
       onRefused: (status) => metrics.refused.inc({ status: String(status) }),
     });

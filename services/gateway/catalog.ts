@@ -1,8 +1,8 @@
 import { z } from 'zod';
 import { ToolManifest, type Principal } from '../../contracts/index.ts';
 
-/** What the dispatcher's GET /tools answers. */
-const ToolsReply = z.object({ tools: z.array(ToolManifest) });
+/** What the dispatcher's GET /tools answers; each manifest is checked on its own. */
+const ToolsReply = z.object({ tools: z.array(z.unknown()) });
 
 export interface CatalogOptions {
   /** The dispatcher's HTTP API (GATEWAY_DISPATCHER_URL). */
@@ -11,6 +11,8 @@ export interface CatalogOptions {
   ttlMs: number;
   fetch?: typeof fetch;
   now?: () => number;
+  /** Told of a manifest that is not one (another version of the contracts): it is left out. */
+  onInvalid?: (problem: string) => void;
 }
 
 /**
@@ -60,7 +62,13 @@ export class ToolCatalog {
     if (!res.ok) throw new Error(`the dispatcher answered GET /tools with ${res.status}`);
     const parsed = ToolsReply.safeParse(await res.json());
     if (!parsed.success) throw new Error(`the dispatcher's GET /tools is not a tool list: ${parsed.error.message}`);
-    this.#tools = newestOfEach(parsed.data.tools);
+    const manifests: ToolManifest[] = [];
+    for (const item of parsed.data.tools) {
+      const m = ToolManifest.safeParse(item);
+      if (m.success) manifests.push(m.data);
+      else this.#o.onInvalid?.(`${JSON.stringify((item as { name?: unknown }).name)}: ${m.error.issues[0]?.message}`);
+    }
+    this.#tools = newestOfEach(manifests);
     this.#readAt = (this.#o.now ?? Date.now)();
     return this.#tools;
   }

@@ -36,6 +36,12 @@ const GatewayVariables = CommonEnv.extend({
    * clients) always pass; any other origin gets 403 (DNS-rebinding defence). Default: localhost only.
    */
   GATEWAY_ALLOWED_ORIGINS: z.string().default('localhost,127.0.0.1,[::1]'),
+  /**
+   * Host header values allowed (hostnames, comma-separated): DNS-rebinding defence for a gateway
+   * bound to a loopback address. Default: localhost names when HOST is loopback (and the
+   * hostname of GATEWAY_PUBLIC_URL), otherwise no check.
+   */
+  GATEWAY_ALLOWED_HOSTS: z.string().optional(),
   /** Where the dispatcher's HTTP API is: the gateway reads the tool registry from its GET /tools. */
   GATEWAY_DISPATCHER_URL: httpUrl('the dispatcher HTTP API').default('http://127.0.0.1:8080'),
   /** How long a read registry is used before it is read again (a miss reads it at once). */
@@ -82,6 +88,15 @@ export const listOf = (value: string | undefined): string[] =>
     .split(',')
     .map((s) => s.trim())
     .filter((s) => s.length > 0);
+
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1']);
+
+/** The Host header values /mcp accepts, or null for any (see GATEWAY_ALLOWED_HOSTS). */
+export function allowedHostsOf(c: GatewayConfig, localhost: string[]): string[] | null {
+  if (c.GATEWAY_ALLOWED_HOSTS !== undefined) return listOf(c.GATEWAY_ALLOWED_HOSTS);
+  if (!LOOPBACK.has(c.HOST)) return null;
+  return [...localhost, publicUrlOf(c).hostname];
+}
 
 /** The URL of `/mcp` as clients see it. */
 export const publicUrlOf = (c: GatewayConfig): URL =>

@@ -2,9 +2,12 @@ import t from 'tap';
 import { ConfigError, loadConfig } from '../../lib/config.ts';
 import type { TerminalAnswer, ToolManifest } from '../../contracts/index.ts';
 import { fingerprintOf, requestIdOf } from './calls.ts';
-import { GatewayEnv, publicUrlOf } from './config.ts';
+import { allowedHostsOf, GatewayEnv, publicUrlOf } from './config.ts';
 import { resultOf, toolOf } from './mapping.ts';
 import { taskOf } from './tasks.ts';
+import { ToolCatalog } from './catalog.ts';
+import { InFlight } from './server.ts';
+import { bearerIdentify } from './principal.ts';
 
 const SECRET = 's'.repeat(40);
 
@@ -112,4 +115,77 @@ t.test('an execution as a task', async (t) => {
     taskOf({ ...e, answer: { status: 'failed', ...ids, error: { code, message: 'm' } } });
   t.match(failed('CANCELLED'), { status: 'cancelled', statusMessage: 'CANCELLED: m' });
   t.match(failed('TOOL_ERROR'), { status: 'failed', statusMessage: 'TOOL_ERROR: m' });
+});
+
+t.test('the catalog: newest version of each tool, filtered by role, kept for its TTL, read again on a miss', async (t) => {
+  let now = 0;
+  let reads = 0;
+  let tools: unknown[] = [
+    manifest({ name: 'bb', version: '1.0.0' }),
+    manifest({ name: 'bb', version: '2.0.0' }),
+    manifest({ name: 'aa', roles: ['admin'] }),
+    { name: 'zz', version: 'not a manifest' },
+  ];
+  const invalid: string[] = [];
+  const catalog = new ToolCatalog({
+    dispatcherUrl: 'http://dispatcher.test',
+    ttlMs: 1_000,
+    now: () => now,
+    onInvalid: (p) => invalid.push(p),
+    fetch: async () => {
+      reads++;
+      return Response.json({ tools });
+    },
+  });
+  const user = { userId: 'u', roles: ['user'] };
+  t.same((await catalog.listFor(user)).map((m) => `${m.name}@${m.version}`), ['bb@2.0.0'], 'newest, allowed only');
+  t.match(invalid, [/^"zz": /], 'an invalid manifest is left out, and said');
+  t.same((await catalog.listFor({ userId: 'r', roles: ['admin'] })).map((m) => m.name), ['aa', 'bb'], 'by name');
+  t.equal(reads, 1, 'read once within the TTL');
+  tools = [...tools, manifest({ name: 'cc' })];
+  t.equal((await catalog.find(user, 'cc'))?.name, 'cc', 'a miss reads again at once');
+  t.equal(reads, 2);
+  t.equal(await catalog.find(user, 'aa'), null, 'a tool the user may not call is not found');
+  now += 1_001;
+  await catalog.listFor(user);
+  t.equal(reads, 3, 'read again after the TTL');
+});
+
+t.test('notifications/cancelled reaches the call of the same user and id only', async (t) => {
+  const inFlight = new InFlight();
+  const mine = new AbortController();
+  const untrack = inFlight.track('ann', 7, mine);
+  inFlight.cancel('bob', 7, 'not yours');
+  inFlight.cancel('ann', '7', 'a string id is another id');
+  t.notOk(mine.signal.aborted);
+  inFlight.cancel('ann', 7, 'stop');
+  t.ok(mine.signal.aborted);
+  untrack();
+  const later = new AbortController();
+  inFlight.track('ann', 8, later)();
+  inFlight.cancel('ann', 8, undefined);
+  t.notOk(later.signal.aborted, 'a finished call is no longer tracked');
+});
+
+t.test('the Host check: on for a loopback gateway, off behind another address unless configured', async (t) => {
+  const localhost = ['localhost', '127.0.0.1'];
+  t.same(allowedHostsOf(loadConfig(GatewayEnv, { JWT_SECRET: SECRET }), localhost), [...localhost, '127.0.0.1']);
+  t.equal(allowedHostsOf(loadConfig(GatewayEnv, { JWT_SECRET: SECRET, HOST: '0.0.0.0' }), localhost), null);
+  const listed = loadConfig(GatewayEnv, { JWT_SECRET: SECRET, HOST: '0.0.0.0', GATEWAY_ALLOWED_HOSTS: 'tools.example' });
+  t.same(allowedHostsOf(listed, localhost), ['tools.example']);
+});
+
+t.test('bearer tokens: the scheme in any case, nothing else', async (t) => {
+  const seen: string[] = [];
+  const identify = bearerIdentify({
+    verify: async (token) => {
+      seen.push(token!);
+      return { userId: 'ann', roles: [] };
+    },
+  });
+  t.ok((await identify('Bearer abc')).ok);
+  t.ok((await identify('bearer def')).ok);
+  t.match(await identify('Basic xyz'), { ok: false, error: { reason: 'missing' } });
+  t.match(await identify(undefined), { ok: false, error: { reason: 'missing' } });
+  t.same(seen, ['abc', 'def'], 'only bearer tokens reach the verifier, without the scheme');
 });

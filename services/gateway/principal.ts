@@ -16,7 +16,8 @@ export interface Identify {
  */
 export function bearerIdentify(verifier: TokenVerifier): Identify {
   return async (authorization) => {
-    const token = authorization?.startsWith('Bearer ') ? authorization.slice(7).trim() : undefined;
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
+    const token = /^bearer\s+(\S+)\s*$/i.exec(authorization ?? '')?.[1];
     if (!token) return { ok: false, error: new AuthError('no bearer token', 'missing') };
     try {
       return { ok: true, caller: { principal: await verifier.verify(token), token } };

@@ -1,5 +1,5 @@
 import { toNodeHandler } from '@modelcontextprotocol/node';
-import { validateOriginHeader, type McpHttpHandler } from '@modelcontextprotocol/server';
+import { validateHostHeader, validateOriginHeader, type McpHttpHandler } from '@modelcontextprotocol/server';
 import type { FastifyInstance } from 'fastify';
 import type { Identify } from './principal.ts';
 import type { Caller } from './server.ts';
@@ -15,6 +15,8 @@ export interface McpRouteOptions {
   resource: URL;
   authorizationServers: string[];
   allowedOrigins: string[];
+  /** Host header values allowed; null: any. */
+  allowedHosts: string[] | null;
   maxBodyBytes: number;
   /** Told of each request refused before MCP (401, 403). */
   onRefused?: (status: 401 | 403) => void;
@@ -28,10 +30,11 @@ export const metadataUrlOf = (resource: URL): string =>
 const quoted = (s: string) => `"${s.replace(/[\\"]/g, '\\$&')}"`;
 
 /**
- * `/mcp` as an OAuth resource server (MCP authorization, RFC 9728 and RFC 6750): the Origin is
- * checked first (403, DNS-rebinding defence), then the bearer token (401 with a challenge naming
- * the metadata), and only then does the request reach the SDK, which owns everything MCP:
- * JSON-RPC parsing, protocol versions, methods, body size.
+ * `/mcp` as an OAuth resource server (MCP authorization, RFC 9728 and RFC 6750): the Host and
+ * Origin are checked first (403, DNS-rebinding defence), then the bearer token (401 with a
+ * challenge naming the metadata), before any body is read; then the body is read within its bound
+ * (413) and a batch refused; everything else MCP (JSON-RPC parsing, protocol versions, methods)
+ * is the SDK's.
  */
 export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions): Promise<void> {
   const metadata = {
@@ -52,11 +55,13 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
   await app.register(async (scope) => {
     // Who is asking is settled before any body is read: an unauthenticated request costs no upload.
     scope.addHook('onRequest', async (req, reply) => {
-      if (req.routeOptions.url !== MCP_PATH) return;
+      if (req.routeOptions.url !== MCP_PATH) return; // the scope's only route; 404s pass through
+      const host = o.allowedHosts ? validateHostHeader(req.headers.host, o.allowedHosts) : null;
       const origin = validateOriginHeader(req.headers.origin, o.allowedOrigins);
-      if (!origin.ok) {
+      const forbidden = host && !host.ok ? host : !origin.ok ? origin : null;
+      if (forbidden) {
         o.onRefused?.(403);
-        return reply.code(403).send(rpcError(-32000, `Forbidden: ${origin.message}`));
+        return reply.code(403).send(rpcError(-32000, `Forbidden: ${forbidden.message}`));
       }
       const who = await o.identify(req.headers.authorization);
       if (who.ok) {
@@ -122,6 +127,7 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
   });
 }
 
+/** The verified caller of each request to /mcp, from the onRequest hook to the handler. */
 const callers = new WeakMap<object, Caller>();
 
 const rpcError = (code: number, message: string) => ({ jsonrpc: '2.0', id: null, error: { code, message } });

@@ -74,7 +74,8 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
       {
         capabilities: {
           tools: { listChanged: false },
-          ...(tasks ? { tasks: { requests: { tools: { call: {} } }, cancel: {} } } : {}),
+          // 2025 era: tasks, and logging (accepted; Toolbus's tools send no MCP log messages).
+          ...(tasks ? { tasks: { requests: { tools: { call: {} } }, cancel: {} }, logging: {} } : {}),
         },
         instructions:
           'Every tools/call is a durable, audited Toolbus execution. Send _meta["io.toolbus/idempotencyKey"] to retry safely.',

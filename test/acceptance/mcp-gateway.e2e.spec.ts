@@ -1,3 +1,4 @@
+import { request } from 'node:http';
 import { Client, ProtocolError, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import t from 'tap';
 import { z } from 'zod';
@@ -101,6 +102,7 @@ t.test('an MCP client lists and calls tools through the gateway; every call is a
     const admin = await connect(ts, await ts.token('root', ['user', 'admin']));
     t.teardown(() => admin.close());
     t.ok((await admin.listTools()).tools.some((x) => x.name === 'admin_runtime_info'), 'an admin sees it');
+    await client.setLoggingLevel('info'); // accepted (2025 era)
   });
 
   t.test('tools/call: structured result and text, progress as notifications', async (t) => {
@@ -277,6 +279,15 @@ t.test('authorization: metadata, 401 challenges, audience and Origin', async (t)
   const right = await post(ts, list, { authorization: `Bearer ${await sign('toolbus-mcp')}` });
   t.equal(right.status, 200, 'the right issuer and audience');
 
+  const rebound = await new Promise<number>((resolve, reject) => {
+    const req = request(`${gw}/mcp`, { method: 'POST', headers: { host: 'evil.example.com', 'content-type': 'application/json' } }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end(list);
+  });
+  t.equal(rebound, 403, 'a Host that is not this (loopback) gateway’s: DNS rebinding');
   const bad = await post(ts, list, { origin: 'https://evil.example', authorization: 'Bearer x' });
   t.equal(bad.status, 403, 'an Origin not allowed');
   const good = await post(ts, list, { origin: 'https://app.example.test' });

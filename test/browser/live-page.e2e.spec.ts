@@ -110,7 +110,7 @@ async function run() {
     },
   );
 
-  await t.test('a failure shows its error', async (t) => {
+  await t.test('a timeout shows as timed out, with its error', async (t) => {
     const { executionId } = await recordExecution(store, userId, {
       nats: publisher,
       tool: 'slowpoke',
@@ -118,9 +118,10 @@ async function run() {
       code: 'TIMEOUT',
       durationMs: 1500,
     });
-    await page.waitForSelector(row(executionId, 'failed'), { timeout: 20_000 });
+    await page.waitForSelector(row(executionId, 'timed_out'), { timeout: 20_000 });
     const text = await page.textContent(row(executionId));
     t.match(text, /slowpoke/);
+    t.match(text, /timed out/);
     t.match(text, /TIMEOUT: it failed/);
     t.match(text, /1\.50 s/);
     t.equal(await page.locator('svg#latency rect.failed').count(), 1);
@@ -149,6 +150,63 @@ async function run() {
       t.same(pageErrors, [], 'no script errors');
     },
   );
+
+  await t.test('a cancelled run shows as cancelled, not failed', async (t) => {
+    const { executionId } = await recordExecution(store, userId, {
+      nats: publisher,
+      tool: 'wait_for_cancel',
+      outcome: 'failed',
+      code: 'CANCELLED',
+      durationMs: 2400,
+    });
+    await page.waitForSelector(row(executionId, 'cancelled'), { timeout: 20_000 });
+    const status = await page.textContent(`${row(executionId)} .status`);
+    t.equal(status, 'cancelled');
+    t.match(await page.textContent('#counts'), /0 running, 3 completed, 1 failed, 1 cancelled/);
+    t.equal(await page.locator('svg#latency rect.cancelled').count(), 1, 'its bar is not a failure’s');
+  });
+
+  await t.test('on a 375 px phone nothing overflows, and times carry their date', async (t) => {
+    await recordExecution(store, userId, {
+      nats: publisher,
+      tool: 'a_tool_with_a_rather_long_name_that_does_not_break',
+      outcome: 'failed',
+      durationMs: 31_000,
+    });
+    await page.setViewportSize({ width: 375, height: 800 });
+    await page.waitForFunction(() => document.querySelectorAll('#executions tbody tr').length === 6);
+    const widths = await page.evaluate(() => ({
+      page: document.documentElement.scrollWidth,
+      viewport: window.innerWidth,
+      rightmost: Math.max(
+        ...Array.from(document.querySelectorAll('#executions td'), (td) => td.getBoundingClientRect().right),
+      ),
+    }));
+    t.ok(
+      widths.page <= widths.viewport,
+      `no sideways scroll (page ${widths.page} px, screen ${widths.viewport} px)`,
+    );
+    t.ok(widths.rightmost <= widths.viewport, `every cell fits (rightmost edge ${widths.rightmost} px)`);
+    const started = await page.locator('#executions td.started').first().textContent();
+    t.match(started, new RegExp(String(new Date().getFullYear())), `the time has its date: ${started}`);
+    t.same(pageErrors, [], 'no script errors');
+  });
+
+  await t.test('a #token= link works in the open tab; a token that is not one says so', async (t) => {
+    await page.evaluate(() => (location.hash = '#token=not-a-jwt'));
+    await page.waitForSelector('#connection[data-state="stopped"]', { timeout: 20_000 });
+    t.match(await page.textContent('#connection'), /not a user token/);
+    t.equal(await page.evaluate(() => location.hash), '', 'the bad token is not left in the address bar');
+
+    const other = `u${randomUUID().slice(0, 8)}`;
+    await page.evaluate(
+      (token) => (location.hash = `#token=${token}`),
+      await signToken(SECRET, { sub: other }, '1h'),
+    );
+    await page.waitForSelector('#connection[data-state="live"]', { timeout: 20_000 });
+    t.equal(await page.textContent('#user'), other, 'the open tab now watches the linked user');
+    t.same(pageErrors, [], 'no script errors');
+  });
 }
 
 /** Appends the terminal `ToolCompleted` of a running execution and publishes it as the dispatcher does. */

@@ -2,10 +2,12 @@ import type { ToolDefinition } from '../../../lib/tools/index.ts';
 import { adminRuntimeInfo } from './adminRuntimeInfo.ts';
 import { costAnalyzer } from './costAnalyzer.ts';
 import { datasetStatsTool } from './datasetStats.ts';
+import { countdown, waitForCancel } from './demo.ts';
 import { secretVaultCheck } from './secretVaultCheck.ts';
 
 export { adminRuntimeInfo } from './adminRuntimeInfo.ts';
 export { analyzeCosts, costAnalyzer, roundCents, rowSavings } from './costAnalyzer.ts';
+export { countdown, waitForCancel } from './demo.ts';
 export { columnStats, datasetStats, datasetStatsTool, percentile } from './datasetStats.ts';
 export { checkKey, secretVaultCheck } from './secretVaultCheck.ts';
 export { testTools } from './testing.ts';
@@ -16,4 +18,6 @@ export const exampleTools: ToolDefinition[] = [
   datasetStatsTool,
   adminRuntimeInfo,
   secretVaultCheck,
+  countdown,
+  waitForCancel,
 ];

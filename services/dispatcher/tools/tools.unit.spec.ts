@@ -8,7 +8,7 @@ import {
   toManifest,
   type ToolContext,
 } from '../../../lib/tools/index.ts';
-import { exampleTools } from './index.ts';
+import { countdown, exampleTools, waitForCancel } from './index.ts';
 import { checkKey, entropyBits, fingerprint } from './secretVaultCheck.ts';
 import { testTools } from './testing.ts';
 import { selectTools } from './worker.ts';
@@ -35,10 +35,11 @@ const run = (name: string, args: unknown, c: ToolContext = ctx()) => registry.re
 t.test(
   'every tool has a valid manifest that survives JSON and converts back for remote checks',
   async (t) => {
-    t.strictSame(
-      exampleTools.map((d) => d.name),
-      ['cost_analyzer', 'dataset_stats', 'admin_runtime_info', 'secret_vault_check'],
-    );
+    // The built-in tools include these; more may be added without changing this test.
+    const names = exampleTools.map((d) => d.name);
+    for (const name of ['cost_analyzer', 'dataset_stats', 'admin_runtime_info', 'secret_vault_check'])
+      t.ok(names.includes(name), `${name} is built in`);
+    t.equal(new Set(names).size, names.length, 'no name twice');
     for (const def of [...exampleTools, ...testTools]) {
       const m = toManifest(def);
       t.ok(ToolManifest.safeParse(JSON.parse(JSON.stringify(m))).success, def.name);
@@ -122,6 +123,22 @@ t.test('test tools behave as their names say', async (t) => {
   const c = ctx();
   t.strictSame(await run('progress', { steps: 4, delayMs: 1 }, c), { steps: 4 });
   t.strictSame(c.progressed, [0.25, 0.5, 0.75, 1]);
+});
+
+t.test('the demo tools: countdown reports each second; both stop at once when cancelled', async (t) => {
+  const c = ctx();
+  t.strictSame(await run('countdown', { seconds: 2 }, c), { counted: 2 });
+  t.strictSame(c.progressed, [0.5, 1]);
+  // The definitions' own run (the registry's would end on the signal even for a tool that ignored it).
+  for (const tool of [countdown, waitForCancel]) {
+    const controller = new AbortController();
+    const pending = tool.run({ seconds: 300 }, ctx({ signal: controller.signal }));
+    const reason = new Error('cancelled');
+    setTimeout(() => controller.abort(reason), 10);
+    const ended = (await pending.catch((e: unknown) => e)) as Error;
+    t.equal(ended.name, 'AbortError', `${tool.name} stops waiting when cancelled`);
+    t.equal(ended.cause, reason);
+  }
 });
 
 t.test('sleep stops when its signal fires; hang does not, but run() still ends', async (t) => {

@@ -89,6 +89,23 @@ t.test('the worker process serves the named tools and stops cleanly on SIGTERM',
   t.pass('a cleanly stopped worker withdrew its tools at once (no expiry here)');
 });
 
+t.test('the worker serves the tools of the configuration file (TOOLBUS_CONFIG)', async (t) => {
+  const registry = new ToolRegistry();
+  const listener = await acceptAnnouncements(nc, registry, { secret: SECRET, expireAfterMs: 0 });
+  t.teardown(() => listener.stop());
+  const w = startWorker({
+    WORKER_ID: 'e2e-config-worker',
+    TOOLBUS_CONFIG: 'examples/toolbus.json',
+    TOOLBUS_WORKER_TOOLS: 'word_count',
+  });
+  await waitFor('word_count from examples/wordCount.ts', () => registry.resolve('word_count') !== undefined);
+  t.equal(registry.resolve('word_count')?.source, 'worker:e2e-config-worker');
+  t.strictSame(registry.resolve('word_count')?.manifest.sensitive.input, ['apiKey']);
+  t.strictSame(await registry.resolve('word_count')!.run({ text: 'one two  three' }, ctx()), { words: 3 });
+  w.proc.kill('SIGTERM');
+  t.equal(await w.exited, 0);
+});
+
 t.test(
   'a bad configuration stops the worker with exit code 1 and a message naming the problem',
   async (t) => {

@@ -15,6 +15,8 @@ export interface ToolWorkerConfig {
   tools?: string[];
   /** Also allow the test tools (TOOLBUS_TEST_TOOLS=1). */
   testTools?: boolean;
+  /** The tools of the configuration file (lib/toolbusConfig.ts), served besides the example tools. */
+  configuredTools?: readonly ToolDefinition[];
   announceIntervalMs?: number;
   log?: Logger;
 }
@@ -27,15 +29,18 @@ export interface ToolWorker {
   close(): Promise<void>;
 }
 
-/** The definitions named in `names` (all example tools when none are named). Unknown names are an error. */
+/**
+ * The definitions named in `names` (all example and configured tools when none are named).
+ * Unknown names are an error.
+ */
 export function selectTools(
   names: readonly string[] | undefined,
   includeTestTools = false,
+  configured: readonly ToolDefinition[] = [],
 ): ToolDefinition[] {
-  const available = new Map(
-    [...exampleTools, ...(includeTestTools ? testTools : [])].map((t) => [t.name, t]),
-  );
-  if (!names || names.length === 0) return [...exampleTools];
+  const served = [...exampleTools, ...configured];
+  const available = new Map([...served, ...(includeTestTools ? testTools : [])].map((t) => [t.name, t]));
+  if (!names || names.length === 0) return served;
   const unknown = names.filter((n) => !available.has(n));
   if (unknown.length > 0) {
     throw new Error(
@@ -48,7 +53,7 @@ export function selectTools(
 
 /** A tool worker: connects to NATS and serves the chosen tools in the `toolbus-workers` queue group. */
 export async function startToolWorker(config: ToolWorkerConfig): Promise<ToolWorker> {
-  const tools = selectTools(config.tools, config.testTools ?? false);
+  const tools = selectTools(config.tools, config.testTools ?? false, config.configuredTools);
   const nc = await connectNats(config.natsUrl, `toolbus-worker-${config.workerId}`, config.credentials);
   try {
     const server = await serveTools(nc, tools, {

@@ -26,20 +26,33 @@ function tokenFromFragment() {
   return token;
 }
 
+/** The user a token names, or null when it is not a JWT with a subject. */
 function subjectOf(token) {
   try {
     const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    return JSON.parse(atob(part)).sub ?? '?';
+    const sub = JSON.parse(atob(part)).sub;
+    return typeof sub === 'string' && sub ? sub : null;
   } catch {
-    return '?';
+    return null;
   }
 }
 
 function connect(token) {
   client?.stop();
+  const user = subjectOf(token);
+  if (user === null) {
+    // Said at once: the notifier would only refuse it after a round trip, and "Watching ?" helps nobody.
+    client = null;
+    $('token').value = '';
+    setConnection(
+      'stopped',
+      'that is not a user token (a JWT with a subject); make one with `npm run token -- <user>`',
+    );
+    return;
+  }
   executions.clear();
   latencies = [];
-  $('user').textContent = subjectOf(token);
+  $('user').textContent = user;
   $('summary').hidden = false;
   $('chart-section').hidden = false;
   $('disconnect').hidden = false;
@@ -108,11 +121,12 @@ function apply(n) {
       latencies.push({ ms: e.data.durationMs, status: 'completed' });
       break;
     case 'ToolFailed':
-      x.status = 'failed';
+      x.status = endedStatus(e.data.error.code);
       x.durationMs = e.data.durationMs;
       x.error = e.data.error;
       x.progress = null;
-      if (e.data.durationMs !== null) latencies.push({ ms: e.data.durationMs, status: 'failed' });
+      if (e.data.durationMs !== null)
+        latencies.push({ ms: e.data.durationMs, status: x.status === 'cancelled' ? 'cancelled' : 'failed' });
       break;
     // The facts that change an execution's course (contracts/execution.ts): shown as a status
     // until the execution runs or ends; a cancel asked for shows only through its end.
@@ -132,9 +146,19 @@ function apply(n) {
   scheduleRender();
 }
 
+/** A run that failed because its user cancelled it, or ran out of time, is shown as that. */
+function endedStatus(code) {
+  if (code === 'CANCELLED') return 'cancelled';
+  if (code === 'TIMEOUT') return 'timed_out';
+  return 'failed';
+}
+
+const ENDED = new Set(['completed', 'failed', 'cancelled', 'timed_out']);
+const STATUS_LABELS = { timed_out: 'timed out', awaiting_approval: 'awaiting approval' };
+
 function applyProgress(p) {
   const x = executions.get(p.executionId);
-  if (!x || x.status === 'completed' || x.status === 'failed') return;
+  if (!x || ENDED.has(x.status)) return;
   x.progress = { fraction: p.fraction, message: p.message ?? '' };
   scheduleRender();
 }
@@ -148,9 +172,19 @@ function formatDuration(ms) {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
 
+const TIME_FORMAT = new Intl.DateTimeFormat(undefined, {
+  year: 'numeric',
+  month: 'short',
+  day: 'numeric',
+  hour: '2-digit',
+  minute: '2-digit',
+  second: '2-digit',
+});
+
+/** The date and the time, in the reader's locale and time zone (a page stays open for days). */
 function formatTime(iso) {
   const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? iso : d.toLocaleTimeString();
+  return Number.isNaN(d.getTime()) ? iso : TIME_FORMAT.format(d);
 }
 
 function render() {
@@ -168,18 +202,18 @@ function render() {
       tr.append(td);
       return td;
     };
-    cell(formatTime(x.startedAt));
+    cell(formatTime(x.startedAt), 'started').title = x.startedAt;
     cell(x.version ? `${x.tool} ${x.version}` : x.tool, 'tool');
     const status = cell('');
     const badge = document.createElement('span');
     badge.className = 'status';
-    badge.textContent = x.status;
+    badge.textContent = STATUS_LABELS[x.status] ?? x.status;
     status.append(badge);
     cell(formatDuration(x.durationMs), 'duration');
     const details = cell('', 'details');
-    if (x.status === 'failed' && x.error) {
+    if ((x.status === 'failed' || x.status === 'timed_out' || x.status === 'cancelled') && x.error) {
       details.textContent = `${x.error.code}: ${x.error.message}`;
-      details.classList.add('error');
+      if (x.status !== 'cancelled') details.classList.add('error');
     } else if (x.status === 'completed') {
       details.textContent = x.cached ? 'cached result' : '';
     } else if (x.status === 'executing') {
@@ -196,14 +230,17 @@ function render() {
   $('executions').tBodies[0].replaceWith(body);
   $('empty').hidden = executions.size > 0;
 
-  const counts = { completed: 0, failed: 0, running: 0 };
+  const counts = { completed: 0, failed: 0, cancelled: 0, running: 0 };
   for (const x of executions.values()) {
     if (x.status === 'completed') counts.completed++;
-    else if (x.status === 'failed') counts.failed++;
+    else if (x.status === 'cancelled') counts.cancelled++;
+    else if (ENDED.has(x.status))
+      counts.failed++; // failed or timed out
     else counts.running++;
   }
   $('counts').textContent =
-    `${counts.running} running, ${counts.completed} completed, ${counts.failed} failed`;
+    `${counts.running} running, ${counts.completed} completed, ${counts.failed} failed` +
+    (counts.cancelled > 0 ? `, ${counts.cancelled} cancelled` : '');
   renderChart();
 }
 
@@ -261,3 +298,8 @@ $('disconnect').addEventListener('click', () => {
 
 const fromFragment = tokenFromFragment();
 if (fromFragment) connect(fromFragment);
+// A `#token=` link opened in a tab that already shows the page does not reload it.
+window.addEventListener('hashchange', () => {
+  const token = tokenFromFragment();
+  if (token) connect(token);
+});

@@ -1,0 +1,164 @@
+/**
+ * `npm start` as a new user meets it, pointed at the test's own servers (NATS_URL, DATABASE_URL,
+ * REDIS_URL) so that it starts only the services: it says it is running, and the lines it prints
+ * for trying progress and cancellation work when pasted into a shell. Against a NATS port where
+ * nothing listens, or a NATS without JetStream, it stops with the reason a service gave.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import t from 'tap';
+import { freePort, waitForPort } from '../test/support/ports.ts';
+import { createTestDatabase } from '../test/support/postgres.ts';
+import { startNats, startRedis } from '../test/support/processes.ts';
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+
+interface Started {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+type Teardown = { teardown(fn: () => void): void };
+
+async function npmStart(t: Teardown, env: Record<string, string>): Promise<Started> {
+  const ports = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort()]);
+  const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/stack.ts'], {
+    cwd: ROOT,
+    env: {
+      PATH: process.env['PATH'] ?? '',
+      DISPATCHER_PORT: String(ports[0]),
+      PROJECTOR_PORT: String(ports[1]),
+      NOTIFIER_PORT: String(ports[2]),
+      AUDITOR_PORT: String(ports[3]),
+      GATEWAY_PORT: String(ports[4]),
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout?.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (output += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  return { child, output: () => output, exited };
+}
+
+async function until(what: string, condition: () => boolean, started: Started): Promise<void> {
+  while (!condition()) {
+    if (started.child.exitCode !== null)
+      throw new Error(`npm start stopped before ${what}:\n${started.output()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Runs a printed command line (and its continuation lines) in a shell; resolves with its output. */
+function sh(command: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('sh', ['-c', command], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.once('exit', (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`${command} exited ${code}`)),
+    );
+  });
+}
+
+/** The printed command that follows the line containing `title` (a curl line and its `\` continuation). */
+function commandAfter(output: string, title: string, index = 0): string {
+  const lines = output.split('\n');
+  let at = lines.findIndex((l) => l.includes(title));
+  if (at < 0) throw new Error(`npm start did not print "${title}"`);
+  const commands: string[] = [];
+  for (at++; at < lines.length && lines[at]!.startsWith('  '); at++) {
+    const line = lines[at]!.trim();
+    if (line.startsWith('curl')) commands.push(line);
+    else commands[commands.length - 1] += `\n${line}`;
+  }
+  return commands[index]!;
+}
+
+t.test('npm start prints lines that show progress and cancellation', async (t) => {
+  const [nats, redis, db] = await Promise.all([startNats(t), startRedis(t), createTestDatabase(t)]);
+  const s = await npmStart(t, { NATS_URL: nats.url, REDIS_URL: redis.url, DATABASE_URL: db.url });
+  await until('it was running', () => s.output().includes('Ctrl-C stops everything.'), s);
+  const out = s.output();
+  t.match(out, /Live page for user "demo": http:\/\/127\.0\.0\.1:\d+\/#token=\S+/);
+
+  const countdown = commandAfter(out, 'Progress (watch it on the live page)');
+  t.match(countdown, /"tool":"countdown"/);
+  t.match(
+    JSON.parse(await sh(countdown)),
+    { status: 'completed', result: { counted: 20 } },
+    'the countdown ran',
+  );
+
+  const wait = commandAfter(out, 'Cancellation:', 0);
+  const cancel = commandAfter(out, 'Cancellation:', 1);
+  const waited = sh(wait);
+  // The cancel line may come before the wait has started: it answers so, and is tried again.
+  let cancelled: { cancelled: boolean; status: string };
+  do {
+    cancelled = JSON.parse(await sh(cancel)) as typeof cancelled;
+    if (!cancelled.cancelled) await new Promise((r) => setTimeout(r, 200));
+  } while (!cancelled.cancelled);
+  t.match(
+    JSON.parse(await waited),
+    { status: 'failed', error: { code: 'CANCELLED' } },
+    'the wait was cancelled',
+  );
+
+  // The MCP gateway's curl line: one tools/call, answered as an SSE event with the structured result.
+  const mcp = commandAfter(out, 'or with curl (one stateless JSON-RPC request)');
+  const event = (await sh(mcp)).split('\n').find((l) => l.startsWith('data: '));
+  t.match(
+    JSON.parse(event!.slice(6)),
+    { result: { structuredContent: { rowCount: 5 } } },
+    'the MCP call ran',
+  );
+
+  s.child.kill('SIGINT');
+  t.equal(await s.exited, 0, 'Ctrl-C stops everything cleanly');
+  t.match(s.output(), /stopped\./);
+});
+
+t.test('against a closed NATS port npm start stops with the reason', async (t) => {
+  const [redis, db] = await Promise.all([startRedis(t), createTestDatabase(t)]);
+  const s = await npmStart(t, {
+    NATS_URL: `nats://127.0.0.1:${await freePort()}`,
+    REDIS_URL: redis.url,
+    DATABASE_URL: db.url,
+  });
+  t.not(await s.exited, 0);
+  // Whichever service meets it first says so, in its own words.
+  t.match(
+    s.output(),
+    /\w+ exited before it was ready[^\n]*\n\w+ said:\n.*connection refused/,
+    'the reason is printed',
+  );
+});
+
+t.test('against a NATS without JetStream npm start stops with the reason', async (t) => {
+  const [redis, db] = await Promise.all([startRedis(t), createTestDatabase(t)]);
+  const port = await freePort();
+  const nats = spawn(
+    process.env['NATS_SERVER_BIN'] ?? 'nats-server',
+    ['-a', '127.0.0.1', '-p', String(port)],
+    {
+      stdio: 'ignore',
+    },
+  );
+  t.teardown(() => {
+    nats.kill('SIGKILL');
+  });
+  await waitForPort(port);
+  const s = await npmStart(t, {
+    NATS_URL: `nats://127.0.0.1:${port}`,
+    REDIS_URL: redis.url,
+    DATABASE_URL: db.url,
+  });
+  t.not(await s.exited, 0);
+  t.match(s.output(), /\w+ said:\n.*jetstream/i, 'the reason names JetStream');
+});
