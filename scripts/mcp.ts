@@ -9,7 +9,9 @@ import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/cli
 const [command, tool, args, key] = process.argv.slice(2);
 const token = process.env['TOOLBUS_TOKEN'];
 if (!token || (command !== 'list' && !(command === 'call' && tool))) {
-  console.error("usage: TOOLBUS_TOKEN=<jwt> npx tsx scripts/mcp.ts list | call <tool> '<json arguments>' [key]");
+  console.error(
+    "usage: TOOLBUS_TOKEN=<jwt> npx tsx scripts/mcp.ts list | call <tool> '<json arguments>' [key]",
+  );
   process.exit(2);
 }
 const client = new Client({ name: 'toolbus-mcp-script', version: '1.0.0' });

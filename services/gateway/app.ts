@@ -47,7 +47,8 @@ export async function startGateway(
     const catalog = new ToolCatalog({
       dispatcherUrl: config.GATEWAY_DISPATCHER_URL,
       ttlMs: config.GATEWAY_TOOLS_TTL_MS,
-      onInvalid: (problem) => log.warn({ problem }, 'a tool of the registry is not a valid manifest: not served'),
+      onInvalid: (problem) =>
+        log.warn({ problem }, 'a tool of the registry is not a valid manifest: not served'),
     });
     const app = createHttpApp({
       service: 'gateway',

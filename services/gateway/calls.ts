@@ -1,7 +1,12 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { JetStreamClient } from '@nats-io/jetstream';
 import { ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
-import { canonicalJson, type Principal, type TerminalAnswer, type ToolManifest } from '../../contracts/index.ts';
+import {
+  canonicalJson,
+  type Principal,
+  type TerminalAnswer,
+  type ToolManifest,
+} from '../../contracts/index.ts';
 import {
   AgentClientError,
   cancelExecution,
@@ -42,7 +47,10 @@ export function requestOf(call: Pick<Call, 'principal' | 'tool' | 'args' | 'idem
 } {
   const key = call.idempotencyKey;
   return key
-    ? { requestId: requestIdOf(call.principal.userId, key), fingerprint: fingerprintOf(call.tool.name, call.args) }
+    ? {
+        requestId: requestIdOf(call.principal.userId, key),
+        fingerprint: fingerprintOf(call.tool.name, call.args),
+      }
     : { requestId: randomUUID(), fingerprint: undefined };
 }
 
@@ -51,7 +59,8 @@ export function checkFingerprint(
   fingerprint: string | undefined,
   recorded: { correlationId: string | null; executionId: string | null },
 ): void {
-  if (fingerprint === undefined || recorded.correlationId === null || recorded.correlationId === fingerprint) return;
+  if (fingerprint === undefined || recorded.correlationId === null || recorded.correlationId === fingerprint)
+    return;
   throw new ProtocolError(
     ProtocolErrorCode.InvalidParams,
     `the idempotency key was first used with another tool or other arguments (execution ${recorded.executionId}); use a new key`,
@@ -107,7 +116,8 @@ export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswe
       (e: unknown) => log.warn({ err: e }, 'cancel not delivered'),
     );
   };
-  if (call.signal.aborted) throw new ProtocolError(ProtocolErrorCode.InvalidRequest, 'the call was cancelled');
+  if (call.signal.aborted)
+    throw new ProtocolError(ProtocolErrorCode.InvalidRequest, 'the call was cancelled');
   call.signal.addEventListener('abort', onAbort, { once: true });
   let answer;
   try {
@@ -147,9 +157,7 @@ export const bodyOf = (
 });
 
 /** Progress answers as MCP wants them: only forward, never the same fraction twice. */
-function progressOf(
-  send: (p: { fraction: number; message?: string }) => void,
-): (a: InterimAnswer) => void {
+function progressOf(send: (p: { fraction: number; message?: string }) => void): (a: InterimAnswer) => void {
   let last = -1;
   return (a) => {
     if (a.status !== 'progress' || a.fraction <= last) return;

@@ -61,12 +61,16 @@ export class ToolCatalog {
     });
     if (!res.ok) throw new Error(`the dispatcher answered GET /tools with ${res.status}`);
     const parsed = ToolsReply.safeParse(await res.json());
-    if (!parsed.success) throw new Error(`the dispatcher's GET /tools is not a tool list: ${parsed.error.message}`);
+    if (!parsed.success)
+      throw new Error(`the dispatcher's GET /tools is not a tool list: ${parsed.error.message}`);
     const manifests: ToolManifest[] = [];
     for (const item of parsed.data.tools) {
       const m = ToolManifest.safeParse(item);
       if (m.success) manifests.push(m.data);
-      else this.#o.onInvalid?.(`${JSON.stringify((item as { name?: unknown }).name)}: ${m.error.issues[0]?.message}`);
+      else
+        this.#o.onInvalid?.(
+          `${JSON.stringify((item as { name?: unknown }).name)}: ${m.error.issues[0]?.message}`,
+        );
     }
     this.#tools = newestOfEach(manifests);
     this.#readAt = (this.#o.now ?? Date.now)();

@@ -100,4 +100,6 @@ export function allowedHostsOf(c: GatewayConfig, localhost: string[]): string[] 
 
 /** The URL of `/mcp` as clients see it. */
 export const publicUrlOf = (c: GatewayConfig): URL =>
-  new URL(c.GATEWAY_PUBLIC_URL ?? `http://${c.HOST.includes(':') ? `[${c.HOST}]` : c.HOST}:${c.GATEWAY_PORT}/mcp`);
+  new URL(
+    c.GATEWAY_PUBLIC_URL ?? `http://${c.HOST.includes(':') ? `[${c.HOST}]` : c.HOST}:${c.GATEWAY_PORT}/mcp`,
+  );

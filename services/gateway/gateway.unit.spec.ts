@@ -28,24 +28,36 @@ t.test('the test mode cannot be switched on by accident', async (t) => {
   t.match(problemsOf({ NODE_ENV: 'production', JWT_SECRET: SECRET, GATEWAY_TEST_PRINCIPAL: 'conformance' }), [
     /refused unless NODE_ENV=test \(it is production\)/,
   ]);
-  t.match(problemsOf({ NODE_ENV: 'test', JWKS_URL: 'https://id.example/jwks', GATEWAY_TEST_PRINCIPAL: 'c' }), [
-    /needs JWT_SECRET/,
-  ]);
+  t.match(
+    problemsOf({ NODE_ENV: 'test', JWKS_URL: 'https://id.example/jwks', GATEWAY_TEST_PRINCIPAL: 'c' }),
+    [/needs JWT_SECRET/],
+  );
   t.same(problemsOf({ NODE_ENV: 'test', JWT_SECRET: SECRET, GATEWAY_TEST_PRINCIPAL: 'conformance' }), []);
   t.equal(loadConfig(GatewayEnv, { JWT_SECRET: SECRET }).GATEWAY_TEST_PRINCIPAL, undefined, 'off by default');
 });
 
 t.test('the public URL of /mcp', async (t) => {
   t.equal(publicUrlOf(loadConfig(GatewayEnv, { JWT_SECRET: SECRET })).href, 'http://127.0.0.1:8084/mcp');
-  const behind = loadConfig(GatewayEnv, { JWT_SECRET: SECRET, GATEWAY_PUBLIC_URL: 'https://tools.example/mcp' });
+  const behind = loadConfig(GatewayEnv, {
+    JWT_SECRET: SECRET,
+    GATEWAY_PUBLIC_URL: 'https://tools.example/mcp',
+  });
   t.equal(publicUrlOf(behind).href, 'https://tools.example/mcp');
 });
 
 t.test('idempotency keys: per user, deterministic; fingerprints see other arguments', async (t) => {
   t.equal(requestIdOf('ann', 'k'), requestIdOf('ann', 'k'));
   t.not(requestIdOf('ann', 'k'), requestIdOf('bob', 'k'));
-  t.match(requestIdOf('ann', 'any key at all: ✓'), /^mcp-[0-9a-f]{40}$/, 'a valid request id whatever the key');
-  t.equal(fingerprintOf('echo', { a: 1, b: 2 }), fingerprintOf('echo', { b: 2, a: 1 }), 'key order does not count');
+  t.match(
+    requestIdOf('ann', 'any key at all: ✓'),
+    /^mcp-[0-9a-f]{40}$/,
+    'a valid request id whatever the key',
+  );
+  t.equal(
+    fingerprintOf('echo', { a: 1, b: 2 }),
+    fingerprintOf('echo', { b: 2, a: 1 }),
+    'key order does not count',
+  );
   t.not(fingerprintOf('echo', { a: 1 }), fingerprintOf('echo', { a: 2 }));
   t.not(fingerprintOf('echo', { a: 1 }), fingerprintOf('noop', { a: 1 }));
 });
@@ -81,14 +93,26 @@ t.test('a manifest as an MCP tool', async (t) => {
 
 t.test('answers as tool results', async (t) => {
   const ids = { requestId: 'r', executionId: 'e', correlationId: 'c' };
-  const done: TerminalAnswer = { status: 'completed', ...ids, result: { mean: 2 }, durationMs: 3, cached: false };
+  const done: TerminalAnswer = {
+    status: 'completed',
+    ...ids,
+    result: { mean: 2 },
+    durationMs: 3,
+    cached: false,
+  };
   t.match(resultOf(done, manifest()), {
     content: [{ type: 'text', text: '{"mean":2}' }],
     structuredContent: { mean: 2 },
     _meta: { 'io.toolbus/execution': { executionId: 'e', requestId: 'r', cached: false } },
   });
-  t.notOk('structuredContent' in resultOf({ ...done, result: 2 }, manifest({ outputSchema: { type: 'number' } })));
-  const failed: TerminalAnswer = { status: 'failed', ...ids, error: { code: 'TIMEOUT', message: 'too slow' } };
+  t.notOk(
+    'structuredContent' in resultOf({ ...done, result: 2 }, manifest({ outputSchema: { type: 'number' } })),
+  );
+  const failed: TerminalAnswer = {
+    status: 'failed',
+    ...ids,
+    error: { code: 'TIMEOUT', message: 'too slow' },
+  };
   t.match(resultOf(failed, manifest()), {
     isError: true,
     content: [{ type: 'text', text: 'TIMEOUT: too slow' }],
@@ -106,50 +130,69 @@ t.test('an execution as a task', async (t) => {
     lastUpdatedAt: '2026-01-01T00:00:05.000Z',
   };
   const ids = { requestId: 'r', executionId: 'e', correlationId: 'c' };
-  t.match(taskOf({ ...e, answer: null }), { taskId: 'e', status: 'working', ttl: null, createdAt: e.createdAt });
-  t.match(taskOf({ ...e, answer: { status: 'completed', ...ids, result: {}, durationMs: 1, cached: false } }), {
-    status: 'completed',
-    lastUpdatedAt: e.lastUpdatedAt,
+  t.match(taskOf({ ...e, answer: null }), {
+    taskId: 'e',
+    status: 'working',
+    ttl: null,
+    createdAt: e.createdAt,
   });
+  t.match(
+    taskOf({ ...e, answer: { status: 'completed', ...ids, result: {}, durationMs: 1, cached: false } }),
+    {
+      status: 'completed',
+      lastUpdatedAt: e.lastUpdatedAt,
+    },
+  );
   const failed = (code: 'CANCELLED' | 'TOOL_ERROR') =>
     taskOf({ ...e, answer: { status: 'failed', ...ids, error: { code, message: 'm' } } });
   t.match(failed('CANCELLED'), { status: 'cancelled', statusMessage: 'CANCELLED: m' });
   t.match(failed('TOOL_ERROR'), { status: 'failed', statusMessage: 'TOOL_ERROR: m' });
 });
 
-t.test('the catalog: newest version of each tool, filtered by role, kept for its TTL, read again on a miss', async (t) => {
-  let now = 0;
-  let reads = 0;
-  let tools: unknown[] = [
-    manifest({ name: 'bb', version: '1.0.0' }),
-    manifest({ name: 'bb', version: '2.0.0' }),
-    manifest({ name: 'aa', roles: ['admin'] }),
-    { name: 'zz', version: 'not a manifest' },
-  ];
-  const invalid: string[] = [];
-  const catalog = new ToolCatalog({
-    dispatcherUrl: 'http://dispatcher.test',
-    ttlMs: 1_000,
-    now: () => now,
-    onInvalid: (p) => invalid.push(p),
-    fetch: async () => {
-      reads++;
-      return Response.json({ tools });
-    },
-  });
-  const user = { userId: 'u', roles: ['user'] };
-  t.same((await catalog.listFor(user)).map((m) => `${m.name}@${m.version}`), ['bb@2.0.0'], 'newest, allowed only');
-  t.match(invalid, [/^"zz": /], 'an invalid manifest is left out, and said');
-  t.same((await catalog.listFor({ userId: 'r', roles: ['admin'] })).map((m) => m.name), ['aa', 'bb'], 'by name');
-  t.equal(reads, 1, 'read once within the TTL');
-  tools = [...tools, manifest({ name: 'cc' })];
-  t.equal((await catalog.find(user, 'cc'))?.name, 'cc', 'a miss reads again at once');
-  t.equal(reads, 2);
-  t.equal(await catalog.find(user, 'aa'), null, 'a tool the user may not call is not found');
-  now += 1_001;
-  await catalog.listFor(user);
-  t.equal(reads, 3, 'read again after the TTL');
-});
+t.test(
+  'the catalog: newest version of each tool, filtered by role, kept for its TTL, read again on a miss',
+  async (t) => {
+    let now = 0;
+    let reads = 0;
+    let tools: unknown[] = [
+      manifest({ name: 'bb', version: '1.0.0' }),
+      manifest({ name: 'bb', version: '2.0.0' }),
+      manifest({ name: 'aa', roles: ['admin'] }),
+      { name: 'zz', version: 'not a manifest' },
+    ];
+    const invalid: string[] = [];
+    const catalog = new ToolCatalog({
+      dispatcherUrl: 'http://dispatcher.test',
+      ttlMs: 1_000,
+      now: () => now,
+      onInvalid: (p) => invalid.push(p),
+      fetch: async () => {
+        reads++;
+        return Response.json({ tools });
+      },
+    });
+    const user = { userId: 'u', roles: ['user'] };
+    t.same(
+      (await catalog.listFor(user)).map((m) => `${m.name}@${m.version}`),
+      ['bb@2.0.0'],
+      'newest, allowed only',
+    );
+    t.match(invalid, [/^"zz": /], 'an invalid manifest is left out, and said');
+    t.same(
+      (await catalog.listFor({ userId: 'r', roles: ['admin'] })).map((m) => m.name),
+      ['aa', 'bb'],
+      'by name',
+    );
+    t.equal(reads, 1, 'read once within the TTL');
+    tools = [...tools, manifest({ name: 'cc' })];
+    t.equal((await catalog.find(user, 'cc'))?.name, 'cc', 'a miss reads again at once');
+    t.equal(reads, 2);
+    t.equal(await catalog.find(user, 'aa'), null, 'a tool the user may not call is not found');
+    now += 1_001;
+    await catalog.listFor(user);
+    t.equal(reads, 3, 'read again after the TTL');
+  },
+);
 
 t.test('notifications/cancelled reaches the call of the same user and id only', async (t) => {
   const inFlight = new InFlight();
@@ -167,13 +210,23 @@ t.test('notifications/cancelled reaches the call of the same user and id only', 
   t.notOk(later.signal.aborted, 'a finished call is no longer tracked');
 });
 
-t.test('the Host check: on for a loopback gateway, off behind another address unless configured', async (t) => {
-  const localhost = ['localhost', '127.0.0.1'];
-  t.same(allowedHostsOf(loadConfig(GatewayEnv, { JWT_SECRET: SECRET }), localhost), [...localhost, '127.0.0.1']);
-  t.equal(allowedHostsOf(loadConfig(GatewayEnv, { JWT_SECRET: SECRET, HOST: '0.0.0.0' }), localhost), null);
-  const listed = loadConfig(GatewayEnv, { JWT_SECRET: SECRET, HOST: '0.0.0.0', GATEWAY_ALLOWED_HOSTS: 'tools.example' });
-  t.same(allowedHostsOf(listed, localhost), ['tools.example']);
-});
+t.test(
+  'the Host check: on for a loopback gateway, off behind another address unless configured',
+  async (t) => {
+    const localhost = ['localhost', '127.0.0.1'];
+    t.same(allowedHostsOf(loadConfig(GatewayEnv, { JWT_SECRET: SECRET }), localhost), [
+      ...localhost,
+      '127.0.0.1',
+    ]);
+    t.equal(allowedHostsOf(loadConfig(GatewayEnv, { JWT_SECRET: SECRET, HOST: '0.0.0.0' }), localhost), null);
+    const listed = loadConfig(GatewayEnv, {
+      JWT_SECRET: SECRET,
+      HOST: '0.0.0.0',
+      GATEWAY_ALLOWED_HOSTS: 'tools.example',
+    });
+    t.same(allowedHostsOf(listed, localhost), ['tools.example']);
+  },
+);
 
 t.test('bearer tokens: the scheme in any case, nothing else', async (t) => {
   const seen: string[] = [];

@@ -100,7 +100,9 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
       const body = Buffer.isBuffer(req.body) ? req.body : undefined;
       if (body && isBatch(body)) {
         // Batches left JSON-RPC-over-MCP in 2025-06-18; the SDK's stateless path would still run them.
-        return reply.code(400).send(rpcError(-32600, 'JSON-RPC batches are not supported: send one message per request'));
+        return reply
+          .code(400)
+          .send(rpcError(-32600, 'JSON-RPC batches are not supported: send one message per request'));
       }
       const { principal, token } = caller;
       reply.hijack();

@@ -100,7 +100,8 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
       };
       deps.metrics.inFlight.inc();
       try {
-        if ((request.params as { task?: unknown }).task === undefined) return counted(await callNow(call, ctx));
+        if ((request.params as { task?: unknown }).task === undefined)
+          return counted(await callNow(call, ctx));
         if (!longRunning(tool.timeoutMs)) {
           // The spec's answer to a task-augmented call of a tool that does not support tasks.
           throw new ProtocolError(ProtocolErrorCode.MethodNotFound, `${name} does not run as a task`);
@@ -137,7 +138,12 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
                   void ctx.mcpReq
                     .notify({
                       method: 'notifications/progress',
-                      params: { progressToken, progress: fraction, total: 1, ...(message ? { message } : {}) },
+                      params: {
+                        progressToken,
+                        progress: fraction,
+                        total: 1,
+                        ...(message ? { message } : {}),
+                      },
                     })
                     .catch(() => undefined), // the client went away; the answer path says so
               }
@@ -155,11 +161,14 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
       server.setRequestHandler('tasks/result', { params: TaskParams }, (p, ctx) =>
         taskResult(deps, caller, p.taskId, ctx.mcpReq.signal),
       );
-      server.setRequestHandler('tasks/cancel', { params: TaskParams }, (p) => cancelTask(deps, caller, p.taskId));
+      server.setRequestHandler('tasks/cancel', { params: TaskParams }, (p) =>
+        cancelTask(deps, caller, p.taskId),
+      );
     }
 
     server.setNotificationHandler('notifications/cancelled', (n) => {
-      if (n.params.requestId !== undefined) inFlight.cancel(principal.userId, n.params.requestId, n.params.reason);
+      if (n.params.requestId !== undefined)
+        inFlight.cancel(principal.userId, n.params.requestId, n.params.reason);
     });
     return server;
   };

@@ -1,4 +1,9 @@
-import { ProtocolError, ProtocolErrorCode, RELATED_TASK_META_KEY, type CallToolResult } from '@modelcontextprotocol/server';
+import {
+  ProtocolError,
+  ProtocolErrorCode,
+  RELATED_TASK_META_KEY,
+  type CallToolResult,
+} from '@modelcontextprotocol/server';
 import { z } from 'zod';
 import { executionIdFor, type TerminalAnswer } from '../../contracts/index.ts';
 import { cancelExecution, submitRequest, type InterimAnswer } from '../../lib/clients/agent.ts';
@@ -141,7 +146,10 @@ export async function taskResult(
 export async function cancelTask(deps: TaskDeps, caller: Caller, taskId: string): Promise<Task> {
   const before = await getTask(deps, caller, taskId);
   if (before.status !== 'working') {
-    throw new ProtocolError(ProtocolErrorCode.InvalidParams, `task ${taskId} has already ended (${before.status})`);
+    throw new ProtocolError(
+      ProtocolErrorCode.InvalidParams,
+      `task ${taskId} has already ended (${before.status})`,
+    );
   }
   const r = await cancelExecution(deps.nc, { executionId: taskId }, { token: caller.token });
   const after = await getTask(deps, caller, taskId);

@@ -71,7 +71,9 @@ export async function startTestStack(
     AUDIT_SIGNING_KEY: randomBytes(32).toString('hex'),
     TOOLBUS_TEST_TOOLS: '1',
     // The MCP gateway reads the registry from the stack's dispatcher.
-    ...(ports.dispatcher !== undefined ? { GATEWAY_DISPATCHER_URL: `http://127.0.0.1:${ports.dispatcher}` } : {}),
+    ...(ports.dispatcher !== undefined
+      ? { GATEWAY_DISPATCHER_URL: `http://127.0.0.1:${ports.dispatcher}` }
+      : {}),
     ...options.env,
   };
   const stack = await launchStack({
