@@ -11,3 +11,4 @@ export * from './notification.ts';
 export * from './request.ts';
 export * from './services.ts';
 export * from './mcpServers.ts';
+export * from './mcpContent.ts';

@@ -65,7 +65,8 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
 }
 
 /**
- * One log line per request, when it is answered, instead of fastify's two at info. Health checks
+ * One log line per request, when it is answered, instead of fastify's two at info: its method,
+ * path (never the query), status and time. Health checks
  * and scrapes come every few seconds and say nothing an operator reads: debug. Errors keep
  * fastify's own lines.
  */
@@ -74,12 +75,14 @@ class RequestLines extends LogController {
 
   override requestCompleted(error: Error | null | undefined, req: FastifyRequest, reply: FastifyReply): void {
     if (error) return super.requestCompleted(error, req, reply);
-    const routine = req.url.startsWith('/health/') || req.url.startsWith('/metrics');
+    // The path only: a query string may carry a secret (the notifier's WebSocket ticket).
+    const path = req.url.split('?', 1)[0]!;
+    const routine = path.startsWith('/health/') || path === '/metrics';
     const level = routine ? 'debug' : reply.statusCode >= 500 ? 'warn' : 'info';
     req.log[level](
       {
         method: req.method,
-        url: req.url,
+        url: path,
         statusCode: reply.statusCode,
         ms: Math.round(reply.elapsedTime * 10) / 10,
       },

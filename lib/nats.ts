@@ -104,6 +104,12 @@ export async function connectNats(
 }
 
 /** The identity id of a connection made by `connectNats` (`anonymous` for any other). */
+/** A readiness check of a connection: fails when it is closed or the server does not answer a flush. */
+export async function natsReady(nc: NatsConnection): Promise<void> {
+  if (nc.isClosed()) throw new Error('closed');
+  await nc.flush();
+}
+
 export const connectionIdentity = (nc: NatsConnection): string => identities.get(nc) ?? 'anonymous';
 
 /** A new inbox subject under the connection's own prefix. */

@@ -5,7 +5,7 @@ import { tokenVerifierFromConfig } from '../../lib/auth.ts';
 import { createEventStore, type EventStore } from '../../lib/eventstore/index.ts';
 import { createHttpApp } from '../../lib/http.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
-import { connectNats, natsCredentialsFromConfig, type NatsConnection } from '../../lib/nats.ts';
+import { connectNats, natsCredentialsFromConfig, natsReady, type NatsConnection } from '../../lib/nats.ts';
 import { createRedis, type Redis } from '../../lib/redis.ts';
 import { acceptAnnouncements, ToolRegistry, type ToolDefinition } from '../../lib/tools/index.ts';
 import { CancelCoordinator, serveCancels, wakeRunner } from './cancel.ts';
@@ -132,10 +132,7 @@ export async function startDispatcher(
       logLevel: config.LOG_LEVEL,
       fastify: { logger: undefined, loggerInstance: log.child({ component: 'http' }) },
       checks: {
-        nats: async () => {
-          if (nc.isClosed()) throw new Error('closed');
-          await nc.flush();
-        },
+        nats: () => natsReady(nc),
         eventstore: () => store.ping(),
         redis: async () => {
           await redis.ping();

@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import { z } from 'zod';
 import {
   CommonEnv,
+  intVar,
   refuseTestHooksInProduction,
   requireTokenKey,
   SecretKey,
@@ -14,14 +15,6 @@ import {
   type DestructiveDefault,
 } from '../../contracts/index.ts';
 import { EVENT_PUBLISH_MODES } from './relay.ts';
-
-const int = (fallback: number, min: number, max: number) =>
-  z
-    .string()
-    .regex(/^\d{1,9}$/, 'must be a whole number')
-    .transform(Number)
-    .pipe(z.number().int().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`))
-    .default(fallback);
 
 const optionalInt = (min: number, max: number) =>
   z
@@ -49,58 +42,58 @@ const DispatcherVariables = CommonEnv.extend({
   /** Shared secret that tool workers sign their announcements with. */
   WORKER_SECRET: SecretKey,
   /** How long JetStream waits for an ack (or a `working()` heartbeat) before redelivering. */
-  ACK_WAIT_MS: int(30_000, 1_000, 3_600_000),
+  ACK_WAIT_MS: intVar(30_000, 1_000, 3_600_000),
   /** Requests this instance runs at the same time. */
-  DISPATCH_CONCURRENCY: int(64, 1, 10_000),
+  DISPATCH_CONCURRENCY: intVar(64, 1, 10_000),
   /**
    * Unacknowledged requests across all instances (the consumer's max_ack_pending): what they run
    * and what waits in their intakes. Keep it at least instances × (DISPATCH_CONCURRENCY + INTAKE_BUFFER).
    */
-  MAX_ACK_PENDING: int(20_000, 1, 1_000_000),
+  MAX_ACK_PENDING: intVar(20_000, 1, 1_000_000),
   /**
    * Requests the intake stream holds at most, waiting or running (and their bytes): beyond, a new
    * request is refused at once (the agent gets OVERLOADED with a retry hint) instead of queueing
    * without end.
    */
-  INTAKE_MAX_MESSAGES: int(100_000, 1, 100_000_000),
-  INTAKE_MAX_BYTES: int(1024 * 1024 * 1024, 1024 * 1024, 1024 * 1024 * 1024 * 1024),
+  INTAKE_MAX_MESSAGES: intVar(100_000, 1, 100_000_000),
+  INTAKE_MAX_BYTES: intVar(1024 * 1024 * 1024, 1024 * 1024, 1024 * 1024 * 1024 * 1024),
   /**
    * Slots of this instance one user may hold at once; the rest of the user's requests wait here
    * while others are served. Default: DISPATCH_CONCURRENCY minus an eighth (at least 1).
    */
   USER_DISPATCH_SLOTS: optionalInt(1, 10_000),
   /** Requests one instance pulls ahead of its slots to reach other users behind a flood (count). */
-  INTAKE_BUFFER: int(4_096, 0, 1_000_000),
+  INTAKE_BUFFER: intVar(4_096, 0, 1_000_000),
   /** The same, in bytes of request bodies (at least 1 MiB). */
-  INTAKE_BUFFER_BYTES: int(64 * 1024 * 1024, 1024 * 1024, 999_999_999),
+  INTAKE_BUFFER_BYTES: intVar(64 * 1024 * 1024, 1024 * 1024, 999_999_999),
   /** Largest single pull when looking ahead. */
-  INTAKE_PULL_BATCH: int(256, 1, 10_000),
+  INTAKE_PULL_BATCH: intVar(256, 1, 10_000),
   /** Executions of one user running at the same time, across all instances (Redis). */
-  USER_CONCURRENCY: int(8, 1, 10_000),
+  USER_CONCURRENCY: intVar(8, 1, 10_000),
   /** Sustained requests per second per user (token bucket in Redis). */
-  RATE_LIMIT_PER_SEC: int(20, 1, 1_000_000),
+  RATE_LIMIT_PER_SEC: intVar(20, 1, 1_000_000),
   /** Bucket size: requests a user may send at once after being idle. */
-  RATE_LIMIT_BURST: int(40, 1, 1_000_000),
+  RATE_LIMIT_BURST: intVar(40, 1, 1_000_000),
   /** How long a cacheable tool's result is reused for the same user and arguments. */
-  CACHE_TTL_SEC: int(300, 1, 30 * 86_400),
+  CACHE_TTL_SEC: intVar(300, 1, 30 * 86_400),
   /** How long Redis remembers a terminal answer per (user, request id); the event store after that. */
-  IDEMPOTENCY_TTL_SEC: int(86_400, 1, 30 * 86_400),
+  IDEMPOTENCY_TTL_SEC: intVar(86_400, 1, 30 * 86_400),
   /** How long a cancel waits for the cancelled execution to end before answering `executing`. */
-  CANCEL_WAIT_MS: int(15_000, 100, 600_000),
+  CANCEL_WAIT_MS: intVar(15_000, 100, 600_000),
   /** How long POST /executions waits for the terminal answer before 504 (the execution continues). */
-  HTTP_WAIT_MS: int(120_000, 100, 3_600_000),
+  HTTP_WAIT_MS: intVar(120_000, 100, 3_600_000),
   /**
    * Failed handlings (the store away, a bug) of one request before it is given up: ToolFailed
    * INTERNAL, recorded and answered. Retries wait 2 s, 4 s, 8 s, ... up to 60 s.
    */
-  DISPATCHER_MAX_FAILURES: int(6, 1, 1_000),
+  DISPATCHER_MAX_FAILURES: intVar(6, 1, 1_000),
   /**
    * Answer lookups (`toolbus.answers.<user>`) this instance serves at once; beyond them a lookup is
    * refused at once with OVERLOADED and a retry hint, before any store work.
    */
-  DISPATCHER_MAX_LOOKUPS: int(32, 1, 10_000),
+  DISPATCHER_MAX_LOOKUPS: intVar(32, 1, 10_000),
   /** How long one lookup may take before it is answered OVERLOADED (its store work still counts against the bound until it ends). */
-  DISPATCHER_LOOKUP_DEADLINE_MS: int(2_000, 50, 60_000),
+  DISPATCHER_LOOKUP_DEADLINE_MS: intVar(2_000, 50, 60_000),
   /**
    * How committed events reach `events.user.<id>` (docs/decisions/0017-event-relay.md): `commit`
    * (published right after the commit; lost if the dispatcher dies in between), `relay` (one
@@ -109,9 +102,9 @@ const DispatcherVariables = CommonEnv.extend({
    */
   DISPATCHER_EVENT_PUBLISH: z.enum(EVENT_PUBLISH_MODES, 'must be commit, relay or both').default('both'),
   /** How often a dispatcher whose relay stands by tries to take over (the relay lock). */
-  DISPATCHER_RELAY_LOCK_POLL_MS: int(1_000, 50, 600_000),
+  DISPATCHER_RELAY_LOCK_POLL_MS: intVar(1_000, 50, 600_000),
   /** How long close() lets running tools finish before leaving them to redelivery. */
-  SHUTDOWN_GRACE_MS: int(5_000, 0, 600_000),
+  SHUTDOWN_GRACE_MS: intVar(5_000, 0, 600_000),
   /**
    * Register the test tools (noop, echo, sleep, fail, hang, ...) besides the example tools. Refused
    * when NODE_ENV=production.
@@ -135,13 +128,13 @@ const DispatcherVariables = CommonEnv.extend({
     )
     .pipe(z.array(Role).min(1, 'needs at least one role').max(15)),
   /** How long those calls wait before they end APPROVAL_EXPIRED. */
-  APPROVAL_DESTRUCTIVE_TIMEOUT_MS: int(DEFAULT_APPROVAL_TIMEOUT_MS, 1_000, MAX_APPROVAL_TIMEOUT_MS),
+  APPROVAL_DESTRUCTIVE_TIMEOUT_MS: intVar(DEFAULT_APPROVAL_TIMEOUT_MS, 1_000, MAX_APPROVAL_TIMEOUT_MS),
   /** Whether the requester may approve their own destructive call. */
   APPROVAL_DESTRUCTIVE_ALLOW_SELF: flag,
   /** How soon a request waiting for approval comes back to see whether it was decided (and starts). */
-  APPROVAL_RECHECK_MS: int(1_000, 50, 60_000),
+  APPROVAL_RECHECK_MS: intVar(1_000, 50, 60_000),
   /** How often the store's waits are searched for passed deadlines (also once at start). */
-  APPROVAL_SWEEP_MS: int(5_000, 100, 3_600_000),
+  APPROVAL_SWEEP_MS: intVar(5_000, 100, 3_600_000),
   /** This instance's name, recorded as the `runner` of what it runs. Default hostname-pid. */
   DISPATCHER_ID: z
     .string()

@@ -1,5 +1,6 @@
 import { loadConfig } from '../../lib/config.ts';
 import { createLogger } from '../../lib/log.ts';
+import { runService } from '../../lib/serviceMain.ts';
 import { toolsFromConfiguration } from '../../lib/toolbusConfig.ts';
 import { startDispatcher } from './app.ts';
 import { DispatcherEnv } from './config.ts';
@@ -21,27 +22,4 @@ const tools = await toolsFromConfiguration().catch((e: unknown) => {
   process.exit(2);
 });
 
-try {
-  const dispatcher = await startDispatcher(config, { log, tools });
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'signal received');
-    dispatcher.close().then(
-      () => process.exit(0),
-      (e: unknown) => {
-        log.error({ err: { message: (e as Error).message } }, 'stopping failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.once('SIGINT', () => stop('SIGINT'));
-  process.once('SIGTERM', () => stop('SIGTERM'));
-} catch (e) {
-  log.fatal(
-    { err: { message: (e as Error).message, name: (e as Error).name } },
-    'dispatcher failed to start',
-  );
-  process.exit(1);
-}
+await runService(log, 'dispatcher', () => startDispatcher(config, { log, tools }), null);

@@ -6,7 +6,7 @@ import type { Registry } from 'prom-client';
 import { tokenVerifierFromConfig } from '../../lib/auth.ts';
 import { createHttpApp } from '../../lib/http.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
-import { connectNats, natsCredentialsFromConfig, type NatsConnection } from '../../lib/nats.ts';
+import { connectNats, natsCredentialsFromConfig, natsReady, type NatsConnection } from '../../lib/nats.ts';
 import { ToolCatalog } from './catalog.ts';
 import { createMetrics } from './metrics.ts';
 import { allowedHostsOf, listOf, publicUrlOf, type GatewayConfig } from './config.ts';
@@ -56,10 +56,7 @@ export async function startGateway(
       logLevel: config.LOG_LEVEL,
       fastify: { logger: undefined, loggerInstance: log.child({ component: 'http' }) },
       checks: {
-        nats: async () => {
-          if (nc.isClosed()) throw new Error('closed');
-          await nc.flush();
-        },
+        nats: () => natsReady(nc),
         dispatcher: () => catalog.check(),
       },
     });

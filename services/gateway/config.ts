@@ -1,14 +1,6 @@
 import { z } from 'zod';
-import { CommonEnv, requireTokenKey, UserTokenEnv } from '../../lib/config.ts';
+import { CommonEnv, intVar, requireTokenKey, UserTokenEnv } from '../../lib/config.ts';
 import { UserId } from '../../contracts/index.ts';
-
-const int = (fallback: number, min: number, max: number) =>
-  z
-    .string()
-    .regex(/^\d{1,9}$/, 'must be a whole number')
-    .transform(Number)
-    .pipe(z.number().int().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`))
-    .default(fallback);
 
 const httpUrl = (what: string) => z.url({ protocol: /^https?$/, error: `must be an http(s) URL (${what})` });
 
@@ -45,21 +37,21 @@ const GatewayVariables = CommonEnv.extend({
   /** Where the dispatcher's HTTP API is: the gateway reads the tool registry from its GET /tools. */
   GATEWAY_DISPATCHER_URL: httpUrl('the dispatcher HTTP API').default('http://127.0.0.1:8080'),
   /** How long a read registry is used before it is read again (a miss reads it at once). */
-  GATEWAY_TOOLS_TTL_MS: int(5_000, 0, 3_600_000),
+  GATEWAY_TOOLS_TTL_MS: intVar(5_000, 0, 3_600_000),
   /** How long a `tools/call` waits for its terminal answer before the call fails (the execution goes on). */
-  GATEWAY_CALL_TIMEOUT_MS: int(10 * 60_000 + 30_000, 1_000, 24 * 3_600_000),
+  GATEWAY_CALL_TIMEOUT_MS: intVar(10 * 60_000 + 30_000, 1_000, 24 * 3_600_000),
   /**
    * A tool whose manifest `timeoutMs` is at least this is long-running: listed with
    * `execution.taskSupport: "optional"` and callable as a task (2025-11-25 revision).
    */
-  GATEWAY_TASK_MIN_TIMEOUT_MS: int(60_000, 1, 24 * 3_600_000),
+  GATEWAY_TASK_MIN_TIMEOUT_MS: intVar(60_000, 1, 24 * 3_600_000),
   /**
    * Calls one user may have waiting on this gateway at once (`tools/call`s awaiting their answer,
-   * `tasks/result`s); the next is refused at once as OVERLOADED (docs/mcp.md, "Limits").
+   * `tasks/result`s); the next is refused at once as OVERLOADED (docs/mcp.md, "Configuration").
    */
-  GATEWAY_MAX_WAITS_PER_USER: int(64, 1, 100_000),
+  GATEWAY_MAX_WAITS_PER_USER: intVar(64, 1, 100_000),
   /** Largest body `/mcp` reads; beyond, 413 before anything is parsed. */
-  GATEWAY_MAX_BODY_BYTES: int(1024 * 1024, 1024, 64 * 1024 * 1024),
+  GATEWAY_MAX_BODY_BYTES: intVar(1024 * 1024, 1024, 64 * 1024 * 1024),
   /**
    * TEST MODE for the MCP conformance suite, which sends no token: requests without a token act
    * as this user (roles: GATEWAY_TEST_PRINCIPAL_ROLES). Refused unless NODE_ENV=test, so a normal

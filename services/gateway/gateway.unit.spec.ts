@@ -108,6 +108,13 @@ t.test('answers as tool results', async (t) => {
   t.notOk(
     'structuredContent' in resultOf({ ...done, result: 2 }, manifest({ outputSchema: { type: 'number' } })),
   );
+  // A result that carries MCP content blocks (an image tool, an MCP server behind the provider)
+  // is shown as those blocks; one whose `content` is not blocks is JSON text like any other.
+  const image = { type: 'image', data: 'aGk=', mimeType: 'image/png' };
+  t.strictSame(resultOf({ ...done, result: { content: [image], note: 'x' } }, manifest()).content, [image]);
+  t.strictSame(resultOf({ ...done, result: { content: [{ type: 'video' }] } }, manifest()).content, [
+    { type: 'text', text: '{"content":[{"type":"video"}]}' },
+  ]);
   const failed: TerminalAnswer = {
     status: 'failed',
     ...ids,

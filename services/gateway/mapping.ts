@@ -1,5 +1,5 @@
 import type { CallToolResult, Tool } from '@modelcontextprotocol/server';
-import type { TerminalAnswer, ToolManifest } from '../../contracts/index.ts';
+import { McpContentResult, type TerminalAnswer, type ToolManifest } from '../../contracts/index.ts';
 
 /**
  * How Toolbus's tools and answers look in MCP (docs/mcp.md). Pure: no I/O, so the mapping is
@@ -39,7 +39,9 @@ const isPlainObject = (v: unknown): v is Record<string, unknown> =>
 
 /**
  * A terminal answer as a `tools/call` result: a completed execution as `structuredContent` (when
- * the tool declares an object output) and the same JSON as text; a failed one as `isError: true`,
+ * the tool declares an object output) and as content: the result's own MCP content blocks when it
+ * carries them under `content` (contracts/mcpContent.ts: images, audio, resources, and what MCP
+ * servers behind the tool provider return), else its JSON as text; a failed one as `isError: true`,
  * its typed code and message in the text (what a model reads) and in `_meta` (what a program reads).
  */
 export function resultOf(answer: TerminalAnswer, tool: ToolManifest | null): CallToolResult {
@@ -51,8 +53,9 @@ export function resultOf(answer: TerminalAnswer, tool: ToolManifest | null): Cal
   if (answer.status === 'completed') {
     // A tool gone from the registry since (a task read later): its result as text only.
     const structured = tool !== null && isObjectSchema(tool.outputSchema) && isPlainObject(answer.result);
+    const blocks = McpContentResult.safeParse(answer.result);
     return {
-      content: [{ type: 'text', text: JSON.stringify(answer.result) }],
+      content: blocks.success ? blocks.data.content : [{ type: 'text', text: JSON.stringify(answer.result) }],
       ...(structured ? { structuredContent: answer.result } : {}),
       _meta: { [EXECUTION_META_KEY]: execution },
     };

@@ -3,7 +3,7 @@
  * `tasks/result`s polling for theirs. Each holds an HTTP response and, for a call, a NATS
  * subscription, for up to GATEWAY_CALL_TIMEOUT_MS; the dispatcher's rate limit bounds how fast a
  * user starts calls, not how many they keep open. Beyond the bound the next one is refused at
- * once (docs/mcp.md, "Limits").
+ * once (docs/mcp.md, "Configuration").
  */
 export class Waits {
   readonly #byUser = new Map<string, number>();

@@ -9,7 +9,7 @@ import { createEventStore } from '../../lib/eventstore/index.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
 import { createHttpApp } from '../../lib/http.ts';
 import { REDACT_PATHS, type Logger } from '../../lib/log.ts';
-import { connectNats, natsCredentialsFromConfig, type NatsConnection } from '../../lib/nats.ts';
+import { connectNats, natsCredentialsFromConfig, natsReady, type NatsConnection } from '../../lib/nats.ts';
 import { createRedis, type Redis } from '../../lib/redis.ts';
 import { allowedOrigins, originAllowed, type NotifierConfig } from './config.ts';
 import { Hub } from './hub.ts';
@@ -107,10 +107,7 @@ async function build(
     service: 'notifier',
     checks: {
       eventstore: () => store.ping(),
-      nats: async () => {
-        if (nc.isClosed()) throw new Error('closed');
-        await nc.flush();
-      },
+      nats: () => natsReady(nc),
     },
     fastify: { logger: undefined, loggerInstance: log },
   });

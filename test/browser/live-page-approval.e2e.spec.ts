@@ -1,20 +1,19 @@
-import { existsSync, mkdirSync } from 'node:fs';
-import { chromium, type Browser } from 'playwright-core';
+import { join } from 'node:path';
+import type { Browser } from 'playwright-core';
 import t, { type Test } from 'tap';
 import { argsHash, executionIdFor } from '../../contracts/index.ts';
+import { chromiumMissing, launchChromium, screenshotDir } from '../support/browser.ts';
 import { startTestStack } from '../support/stack.ts';
 
 /**
  * The user's live page while a call waits for approval, over the real services (dispatcher and
  * notifier processes): the row says it awaits approval and by whom, then runs and completes once
  * an approver approves it through the dispatcher's HTTP API. A screenshot of the waiting row is
- * kept in test/browser/artifacts/.
+ * kept in .scratch/screenshots/live-page-approval/.
  */
-const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
-const ARTIFACTS = new URL('./artifacts/', import.meta.url);
-
-if (!existsSync(CHROMIUM)) {
-  t.fail(`Chromium is not installed at ${CHROMIUM}: install it or set CHROMIUM_PATH`);
+const missing = chromiumMissing();
+if (missing) {
+  t.fail(missing);
 } else {
   t.test('the live page shows a call waiting for approval, then its run', run);
 }
@@ -24,16 +23,7 @@ async function run(t: Test) {
     services: ['dispatcher', 'notifier'],
     env: { APPROVAL_RECHECK_MS: '200' },
   });
-  const browser: Browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--no-first-run',
-      '--disable-background-networking',
-    ],
-  });
+  const browser: Browser = await launchChromium();
   t.teardown(() => browser.close());
   const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
   const pageErrors: string[] = [];
@@ -55,8 +45,9 @@ async function run(t: Test) {
     /awaits approval \(approver or admin\) until/,
     'the row says it waits, for whom, until when',
   );
-  mkdirSync(ARTIFACTS, { recursive: true });
-  await page.screenshot({ path: new URL('live-page-awaiting-approval.png', ARTIFACTS).pathname });
+  const shot = join(screenshotDir('live-page-approval'), 'awaiting-approval.png');
+  await page.screenshot({ path: shot });
+  t.comment(`screenshot: ${shot}`);
 
   const approver = await s.token('moe', ['approver']);
   const res = await fetch(`${s.url('dispatcher')}/executions/${executionId}/approve`, {

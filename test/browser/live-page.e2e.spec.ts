@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import t from 'tap';
 import {
   chainEvents,
@@ -22,6 +21,7 @@ import { startNotifier, type Notifier } from '../../services/notifier/app.ts';
 import { NotifierEnv } from '../../services/notifier/config.ts';
 import { recordExecution, streamTail } from '../support/events.ts';
 import { freePort } from '../support/ports.ts';
+import { chromiumMissing, launchChromium } from '../support/browser.ts';
 import { createTestDatabase } from '../support/postgres.ts';
 import { startNats, startRedis } from '../support/processes.ts';
 
@@ -29,13 +29,11 @@ import { startNats, startRedis } from '../support/processes.ts';
  * The live page in headless Chromium: a user's executions appear as they happen, complete, fail,
  * and keep coming after the notifier restarts (the page reconnects and resumes on its own).
  */
-const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
 const SECRET = 'browser-test-secret-that-is-long-enough-012345678';
 
-if (!existsSync(CHROMIUM)) {
-  t.fail(
-    `Chromium is not installed at ${CHROMIUM}: install it (apt-get install -y chromium) or set CHROMIUM_PATH`,
-  );
+const missing = chromiumMissing();
+if (missing) {
+  t.fail(missing);
 } else {
   await run();
 }
@@ -55,19 +53,7 @@ async function run() {
     NOTIFIER_PORT: String(await freePort()),
   });
   let notifier: Notifier = await startNotifier(config, { store });
-  const browser: Browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  const browser: Browser = await launchChromium();
   t.teardown(async () => {
     await browser.close();
     await notifier.close();
