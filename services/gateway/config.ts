@@ -62,6 +62,16 @@ const GatewayVariables = CommonEnv.extend({
 });
 
 export const GatewayEnv = requireTokenKey(GatewayVariables).superRefine((c, ctx) => {
+  // MCP's authorization asks a resource server to take only tokens issued for it: with an identity
+  // provider's keys, a token for any other resource of that provider would otherwise do.
+  if (c.JWKS_URL !== undefined && c.JWT_AUDIENCE === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['JWT_AUDIENCE'],
+      message:
+        'must be set with JWKS_URL: the gateway accepts only tokens issued for it (e.g. its public URL)',
+    });
+  }
   if (c.GATEWAY_TEST_PRINCIPAL === undefined) return;
   if (c.NODE_ENV !== 'test') {
     ctx.addIssue({

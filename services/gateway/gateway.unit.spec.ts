@@ -29,11 +29,22 @@ t.test('the test mode cannot be switched on by accident', async (t) => {
     /refused unless NODE_ENV=test \(it is production\)/,
   ]);
   t.match(
-    problemsOf({ NODE_ENV: 'test', JWKS_URL: 'https://id.example/jwks', GATEWAY_TEST_PRINCIPAL: 'c' }),
+    problemsOf({
+      NODE_ENV: 'test',
+      JWKS_URL: 'https://id.example/jwks',
+      JWT_AUDIENCE: 'https://tools.example/mcp',
+      GATEWAY_TEST_PRINCIPAL: 'c',
+    }),
     [/needs JWT_SECRET/],
   );
   t.same(problemsOf({ NODE_ENV: 'test', JWT_SECRET: SECRET, GATEWAY_TEST_PRINCIPAL: 'conformance' }), []);
   t.equal(loadConfig(GatewayEnv, { JWT_SECRET: SECRET }).GATEWAY_TEST_PRINCIPAL, undefined, 'off by default');
+});
+
+t.test("with an identity provider's keys, only tokens issued for the gateway", async (t) => {
+  t.match(problemsOf({ JWKS_URL: 'https://id.example/jwks' }), [/JWT_AUDIENCE: must be set with JWKS_URL/]);
+  t.same(problemsOf({ JWKS_URL: 'https://id.example/jwks', JWT_AUDIENCE: 'https://tools.example/mcp' }), []);
+  t.same(problemsOf({ JWT_SECRET: SECRET }), [], 'the development secret needs no audience');
 });
 
 t.test('the public URL of /mcp', async (t) => {
