@@ -64,13 +64,13 @@ t.test('the worker process serves the named tools and stops cleanly on SIGTERM',
   t.teardown(() => listener.stop());
   const w = startWorker({
     WORKER_ID: 'e2e-worker',
-    TOOLBUS_WORKER_TOOLS: 'dataset_stats, sleep',
+    TOOLBUS_WORKER_TOOLS: 'countdown, dataset_stats, sleep',
     TOOLBUS_TEST_TOOLS: '1',
   });
-  await waitFor('the worker’s tools', () => registry.list().length === 2);
+  await waitFor('the worker’s tools', () => registry.list().length === 3);
   t.strictSame(
     registry.list().map((m) => m.name),
-    ['dataset_stats', 'sleep'],
+    ['countdown', 'dataset_stats', 'sleep'],
   );
   t.equal(registry.resolve('dataset_stats')?.source, 'worker:e2e-worker');
   const stats = (await registry.resolve('dataset_stats')!.run({ columns: { x: [1, 2, 3, 4] } }, ctx())) as {
@@ -80,11 +80,15 @@ t.test('the worker process serves the named tools and stops cleanly on SIGTERM',
   t.equal(stats.columns['x']?.p50, 2.5);
   await waitFor('the ready log line', () => w.output().includes('tool worker ready'));
 
-  // SIGTERM while a call runs: the call still gets its answer, then the process exits 0.
-  const running = registry.resolve('sleep')!.run({ ms: 300 }, ctx());
-  await new Promise((r) => setTimeout(r, 100));
+  // SIGTERM while a call runs (its first progress says it has started on the worker): the call
+  // still gets its answer, then the process exits 0.
+  let progressed = false;
+  const running = registry
+    .resolve('countdown')!
+    .run({ seconds: 2 }, { ...ctx(), progress: () => void (progressed = true) });
+  await waitFor('the countdown’s first progress', () => progressed);
   w.proc.kill('SIGTERM');
-  t.strictSame(await running, { slept: 300 }, 'the running call finished');
+  t.strictSame(await running, { counted: 2 }, 'the running call finished');
   t.equal(await w.exited, 0, w.output());
   await waitFor('the withdrawal of its tools', () => registry.list().length === 0);
   t.pass('a cleanly stopped worker withdrew its tools at once (no expiry here)');
