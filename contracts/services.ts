@@ -70,6 +70,14 @@ export const looksLikeExecutionId = (id: string): boolean =>
   /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(id);
 
 export type TerminalAnswer = Extract<AgentAnswer, { status: 'completed' | 'failed' }>;
+type FailedAnswer = Extract<AgentAnswer, { status: 'failed' }>;
+
+/** The answer to a request refused before anything was recorded: no execution, the reason only. */
+export const unrecordedFailure = (
+  requestId: string,
+  error: FailedAnswer['error'],
+  correlationId: string | null = null,
+): FailedAnswer => ({ status: 'failed', requestId, executionId: null, correlationId, error });
 
 /** The terminal answer a stored terminal event stands for: the same whether live or replayed. */
 export function answerFromTerminal(event: ToolEvent): TerminalAnswer {

@@ -14,6 +14,7 @@ import {
   type CancelRequest,
   type JsonObject,
   type TerminalAnswer,
+  unrecordedFailure,
 } from '../../contracts/index.ts';
 import { connectionIdentity } from '../nats.ts';
 import { backoffMs, sleep } from '../retry.ts';
@@ -163,13 +164,10 @@ export async function submitRequest(
     });
     const size = Buffer.byteLength(body);
     if (size > LIMITS.maxRequestBytes) {
-      return {
-        status: 'failed',
-        requestId,
-        executionId: null,
-        correlationId: null,
-        error: { code: 'MALFORMED', message: `request is ${size} bytes; limit ${LIMITS.maxRequestBytes}` },
-      };
+      return unrecordedFailure(requestId, {
+        code: 'MALFORMED',
+        message: `request is ${size} bytes; limit ${LIMITS.maxRequestBytes}`,
+      });
     }
     const auth = headers();
     auth.set(REQUEST_HEADERS.authorization, `Bearer ${bare(o.token)}`);
@@ -228,17 +226,11 @@ export async function submitRequest(
     } catch (e) {
       if (!(e instanceof IntakeFullError)) throw e;
       // Refused before anything was recorded: answered as such, with when to try again.
-      return {
-        status: 'failed',
-        requestId,
-        executionId: null,
-        correlationId: null,
-        error: {
-          code: 'OVERLOADED',
-          message: 'the intake is full: nothing was recorded; retry later with the same request id',
-          details: { retryAfterMs: INTAKE_FULL_RETRY_MS },
-        },
-      };
+      return unrecordedFailure(requestId, {
+        code: 'OVERLOADED',
+        message: 'the intake is full: nothing was recorded; retry later with the same request id',
+        details: { retryAfterMs: INTAKE_FULL_RETRY_MS },
+      });
     }
   } finally {
     clearTimeout(timer);
@@ -315,13 +307,11 @@ export function createAgentClient(
       const requestId = opts.requestId ?? randomUUID();
       const userId = userIdOfToken(opts.token);
       if (!userId) {
-        return {
-          status: 'failed',
+        return unrecordedFailure(
           requestId,
-          executionId: null,
-          correlationId: opts.correlationId ?? null,
-          error: { code: 'UNAUTHENTICATED', message: 'the token names no user (no valid sub claim)' },
-        };
+          { code: 'UNAUTHENTICATED', message: 'the token names no user (no valid sub claim)' },
+          opts.correlationId ?? null,
+        );
       }
       return submitRequest(nc, js, {
         token: opts.token,

@@ -6,6 +6,7 @@ import {
   type Principal,
   type TerminalAnswer,
   type ToolManifest,
+  unrecordedFailure,
 } from '../../contracts/index.ts';
 import {
   AgentClientError,
@@ -169,16 +170,10 @@ function progressOf(send: (p: { fraction: number; message?: string }) => void): 
 /** The answer of a call the dispatchers did not answer in time (or could not be handed to them). */
 function unanswered(requestId: string, e: AgentClientError): TerminalAnswer {
   const timedOut = e.code === 'TIMEOUT';
-  return {
-    status: 'failed',
-    requestId,
-    executionId: null,
-    correlationId: null,
-    error: {
-      code: timedOut ? 'TIMEOUT' : 'OVERLOADED',
-      message: timedOut
-        ? `no answer within the gateway's wait; the execution may go on (request ${requestId}): retry with the same idempotency key to get its answer`
-        : `the request could not be handed to a dispatcher (${e.message}); retry with the same idempotency key`,
-    },
-  };
+  return unrecordedFailure(requestId, {
+    code: timedOut ? 'TIMEOUT' : 'OVERLOADED',
+    message: timedOut
+      ? `no answer within the gateway's wait; the execution may go on (request ${requestId}): retry with the same idempotency key to get its answer`
+      : `the request could not be handed to a dispatcher (${e.message}); retry with the same idempotency key`,
+  });
 }
