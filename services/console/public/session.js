@@ -3,7 +3,8 @@
  * live page does), the sign-in form, or this tab's session storage. The console never checks it:
  * each service does, on every call. Its claims are read only to say who is signed in.
  */
-const KEY = 'toolbus-console-token';
+/** The sessionStorage item that holds the signed-in token (an item name, not a secret). */
+const TOKEN_ITEM = 'toolbus-console-token';
 
 export function takeTokenFromAddress() {
   const m = /^#token=([A-Za-z0-9._-]+)$/.exec(location.hash);
@@ -12,9 +13,9 @@ export function takeTokenFromAddress() {
   return m[1];
 }
 
-export const savedToken = () => sessionStorage.getItem(KEY);
-export const saveToken = (token) => sessionStorage.setItem(KEY, token);
-export const forgetToken = () => sessionStorage.removeItem(KEY);
+export const savedToken = () => sessionStorage.getItem(TOKEN_ITEM);
+export const saveToken = (token) => sessionStorage.setItem(TOKEN_ITEM, token);
+export const forgetToken = () => sessionStorage.removeItem(TOKEN_ITEM);
 
 /** The token's claims (sub, roles, exp), unverified; null when it is not a JWT. */
 export function claimsOf(token) {
