@@ -9,13 +9,14 @@ import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, readdirSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { toolsFromConfiguration } from '../lib/toolbusConfig.ts';
 import { exampleTools } from '../services/dispatcher/tools/index.ts';
 import { configuredMcpNamespaces } from '../services/mcp-tools/config.ts';
 import {
+  createClusterPassword,
   createIdentity,
   natsServerConfig,
   readIdentity,
@@ -24,7 +25,10 @@ import {
   type Role,
 } from './nats-auth.ts';
 
-export const LOCAL_DIR = fileURLToPath(new URL('../.toolbus/', import.meta.url));
+/** `.toolbus/` in the checkout, or TOOLBUS_DIR (a second stack beside the first, a test's own). */
+export const LOCAL_DIR = process.env['TOOLBUS_DIR']
+  ? resolve(process.env['TOOLBUS_DIR'])
+  : fileURLToPath(new URL('../.toolbus/', import.meta.url));
 
 /**
  * The secrets every service reads; generated, never a constant. PGPASSWORD is for a PostgreSQL
@@ -60,6 +64,8 @@ export interface LocalSetup {
   seedFile(name: string): string;
   natsConfig: string;
   natsStoreDir: string;
+  /** With `cluster`: one configuration file per node (`npm run start:cluster`). */
+  natsCluster: NatsClusterNode[];
   /** True when this call made them (first start). */
   created: boolean;
   /** The folder everything is in. */
@@ -87,6 +93,27 @@ export interface SetupOptions {
   natsMonitorPort?: number;
   /** Also write `postgres-password` (world-readable inside `dir`) for a database container. */
   postgresPasswordFile?: boolean;
+  /** Also write the configurations of the nodes of a JetStream cluster (`ClusterLayout`). */
+  cluster?: ClusterLayout;
+}
+
+/**
+ * Where a cluster's nodes are. On loopback (no `hosts`), node i (from 0) takes client port
+ * `natsPort + i` and route port `clusterPort + i`, its JetStream in `nats/cluster/<name>`. With
+ * `hosts` (one per node: containers), every node listens on `natsPort` and `clusterPort` at
+ * `natsHost`, with its JetStream in `natsStoreDir`, and reaches the others by their host names.
+ */
+export interface ClusterLayout {
+  nodes: number;
+  clusterPort: number;
+  hosts?: string[];
+}
+
+/** One node of the local NATS cluster. */
+export interface NatsClusterNode {
+  serverName: string;
+  port: number;
+  config: string;
 }
 
 /** Makes (first time) or reads `dir`, and writes the nats-server config for `natsPort`. */
@@ -143,15 +170,68 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
     }),
     { mode: 0o600 },
   );
+  const natsCluster = o.cluster ? await writeClusterConfigs(NATS_DIR, o, o.cluster, identities) : [];
   return {
     secrets: secrets,
     identities,
     seedFile: (name) => join(NATS_DIR, `${name}.nk`),
     natsConfig,
     natsStoreDir,
+    natsCluster,
     created,
     dir,
   };
+}
+
+/**
+ * The nodes of a local JetStream cluster, each with its own JetStream directory and the same
+ * authorization. The route password is generated once (`nats/route-password`): no client can join
+ * as a node.
+ */
+async function writeClusterConfigs(
+  natsDir: string,
+  o: SetupOptions,
+  cluster: ClusterLayout,
+  identities: Record<string, Identity>,
+): Promise<NatsClusterNode[]> {
+  const hosts = cluster.hosts;
+  if (hosts && hosts.length !== cluster.nodes) throw new Error(`${cluster.nodes} nodes need as many hosts`);
+  const clientPort = (i: number) => (hosts ? o.natsPort : o.natsPort + i);
+  const routePort = (i: number) => (hosts ? cluster.clusterPort : cluster.clusterPort + i);
+  const passwordFile = join(natsDir, 'route-password');
+  const password = existsSync(passwordFile)
+    ? (await readFile(passwordFile, 'utf8')).trim()
+    : createClusterPassword();
+  await writeFile(passwordFile, `${password}\n`, { mode: 0o600 });
+  const nodes = Array.from({ length: cluster.nodes }, (_, i) => i);
+  const routes = nodes.map((i) => `${hosts?.[i] ?? '127.0.0.1'}:${routePort(i)}`);
+  return Promise.all(
+    nodes.map(async (i) => {
+      const serverName = `toolbus-${i + 1}`;
+      const config = join(natsDir, `cluster-${i + 1}.conf`);
+      const host = o.natsHost ?? '127.0.0.1';
+      await writeFile(
+        config,
+        natsServerConfig({
+          port: clientPort(i),
+          host,
+          ...(o.natsMonitorPort ? { monitorPort: o.natsMonitorPort + (hosts ? 0 : i) } : {}),
+          storeDir: hosts && o.natsStoreDir ? o.natsStoreDir : join(natsDir, 'cluster', serverName),
+          identities: Object.values(identities),
+          cluster: {
+            serverName,
+            name: 'toolbus',
+            host,
+            port: routePort(i),
+            routes: routes.filter((_, j) => j !== i),
+            password,
+          },
+        }),
+        { mode: 0o600 },
+      );
+      return { serverName, port: clientPort(i), config };
+    }),
+  );
 }
 
 /** The nats-server binary: NATS_SERVER_BIN, else on the PATH, else Debian's. */
@@ -171,13 +251,15 @@ const portOpen = (port: number) =>
   });
 
 /**
- * Runs nats-server with the generated configuration; resolves once it accepts connections.
+ * Runs nats-server with the generated configuration (or one node's of the cluster); resolves once it
+ * accepts connections.
  * Refuses a port something else listens on (it would not be this server, nor this authorization).
  */
 export async function startLocalNats(
   setup: LocalSetup,
   port: number,
   onLine: (line: string) => void,
+  config = setup.natsConfig,
 ): Promise<ChildProcess> {
   if (await portOpen(port)) {
     throw new Error(
@@ -191,7 +273,7 @@ export async function startLocalNats(
       `nats-server not found (${bin}): install it (Debian: apt-get install nats-server) or set NATS_SERVER_BIN`,
     );
   }
-  const child = spawn(bin, ['-c', setup.natsConfig], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(bin, ['-c', config], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   for (const stream of [child.stdout, child.stderr]) {
     stream.on('data', (d: Buffer) => {

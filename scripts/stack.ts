@@ -5,6 +5,10 @@
  * and Redis. Secrets and keys are generated once into .toolbus/ (scripts/local.ts). With NATS_URL
  * set, that NATS is used instead, with the NATS_* credentials of the environment for every part.
  * Ctrl-C stops everything cleanly.
+ *
+ * `npm run start:cluster` (`--cluster`): the clustered topology of docs/scaling.md on loopback:
+ * three nats-server nodes in one JetStream cluster with the request stream on three replicas, and
+ * a second dispatcher, projector (standing by) and notifier beside the first ones.
  */
 import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -13,10 +17,14 @@ import { z } from 'zod';
 import { executionIdFor } from '../contracts/index.ts';
 import { CommonEnv, ConfigError, loadConfig } from '../lib/config.ts';
 import { signToken } from '../lib/auth.ts';
-import { launchStack, prettyLine, type ServiceName } from './launcher.ts';
+import { launchStack, prettyLine, type ServiceName, type Stack } from './launcher.ts';
 import { localSetup, startLocalNats, startLocalPostgres, startLocalRedis } from './local.ts';
 
 const ALL: ServiceName[] = ['dispatcher', 'projector', 'notifier', 'auditor', 'gateway', 'console'];
+/** The services that run twice in the clustered topology; the second instance's port is the first's + 10. */
+const DOUBLED: ServiceName[] = ['dispatcher', 'projector', 'notifier'];
+const SECOND_PORT_OFFSET = 10;
+const CLUSTER_NODES = 3;
 
 const StackEnv = CommonEnv.pick({
   LOG_LEVEL: true,
@@ -35,6 +43,8 @@ const StackEnv = CommonEnv.pick({
   REDIS_URL: CommonEnv.shape.REDIS_URL.unwrap().optional(),
   /** Where the stack's own servers listen. */
   TOOLBUS_NATS_PORT: CommonEnv.shape.DISPATCHER_PORT.default(4223),
+  /** The clustered topology's route ports (first node; the others follow). */
+  TOOLBUS_NATS_CLUSTER_PORT: CommonEnv.shape.DISPATCHER_PORT.default(6223),
   TOOLBUS_POSTGRES_PORT: CommonEnv.shape.DISPATCHER_PORT.default(5433),
   TOOLBUS_REDIS_PORT: CommonEnv.shape.DISPATCHER_PORT.default(6380),
   /**
@@ -55,8 +65,14 @@ async function main() {
     }
     throw e;
   }
+  const clustered = process.argv.includes('--cluster');
   const natsPort = config.TOOLBUS_NATS_PORT;
-  const setup = await localSetup(natsPort);
+  const setup = await localSetup({
+    natsPort,
+    ...(clustered
+      ? { cluster: { nodes: CLUSTER_NODES, clusterPort: config.TOOLBUS_NATS_CLUSTER_PORT } }
+      : {}),
+  });
   if (setup.created)
     console.log('made new secrets and NATS identities in .toolbus/ (kept for the next start)');
   // The stack's own servers, each with the generated credentials, unless told to use others.
@@ -70,11 +86,31 @@ async function main() {
     }
   };
   const ownNats = config.NATS_URL === undefined;
-  const natsUrl = config.NATS_URL ?? `nats://127.0.0.1:${natsPort}`;
+  const natsUrl =
+    config.NATS_URL ??
+    (clustered
+      ? setup.natsCluster.map((node) => `nats://127.0.0.1:${node.port}`).join(',')
+      : `nats://127.0.0.1:${natsPort}`);
   let databaseUrl = config.DATABASE_URL;
   let redisUrl = config.REDIS_URL;
   try {
-    if (ownNats) {
+    if (ownNats && clustered) {
+      // Every node at once: a node's JetStream waits for a quorum of the others.
+      servers.push(
+        ...(await Promise.all(
+          setup.natsCluster.map((node) =>
+            startLocalNats(
+              setup,
+              node.port,
+              (line) => {
+                if (/\[(ERR|FTL|WRN)\]/.test(line)) console.log(`${node.serverName.padEnd(10)} ${line}`);
+              },
+              node.config,
+            ),
+          ),
+        )),
+      );
+    } else if (ownNats) {
       servers.push(
         await startLocalNats(setup, natsPort, (line) => {
           if (/\[(ERR|FTL|WRN)\]/.test(line)) console.log(`nats       ${line}`);
@@ -109,13 +145,24 @@ async function main() {
     ownNats ? { NATS_NKEY_SEED_FILE: setup.seedFile(name) } : {};
   const services = ALL.filter((name) => existsSync(new URL(`../services/${name}/main.ts`, import.meta.url)));
   console.log(
-    `starting ${services.join(', ')} (event store: ${config.KURRENTDB_URL ? 'KurrentDB' : 'PostgreSQL'})`,
+    `starting ${services.join(', ')}${clustered ? ` and a second ${DOUBLED.join(', ')}` : ''} (event store: ${
+      config.KURRENTDB_URL ? 'KurrentDB' : 'PostgreSQL'
+    })`,
   );
-  let stack;
+  const env: Record<string, string> = {
+    NATS_URL: natsUrl,
+    DATABASE_URL: databaseUrl,
+    REDIS_URL: redisUrl,
+    ...secrets,
+    // A request is acknowledged once a quorum of the nodes stored it (docs/reliability.md).
+    ...(clustered ? { NATS_STREAM_REPLICAS: String(CLUSTER_NODES) } : {}),
+  };
+  let stack: Stack | undefined;
+  const seconds: Stack[] = [];
   try {
     stack = await launchStack({
       services,
-      env: { NATS_URL: natsUrl, DATABASE_URL: databaseUrl, REDIS_URL: redisUrl, ...secrets },
+      env,
       serviceEnv: {
         dispatcher: seedEnv('dispatcher'),
         notifier: seedEnv('notifier'),
@@ -136,7 +183,24 @@ async function main() {
       onLog: (line) => console.log(prettyLine(line)),
       readyTimeoutMs: config.TOOLBUS_START_TIMEOUT_MS,
     });
+    if (clustered) {
+      // The second instances, after the first: the second projector finds the lock taken and stands by.
+      const ports = Object.fromEntries(
+        DOUBLED.map((name) => [name, stack!.services[name].port + SECOND_PORT_OFFSET]),
+      );
+      seconds.push(
+        await launchStack({
+          services: DOUBLED,
+          env,
+          serviceEnv: { dispatcher: seedEnv('dispatcher'), notifier: seedEnv('notifier') },
+          ports,
+          onLog: (line) => console.log(prettyLine({ ...line, service: `${line.service}-2` })),
+          readyTimeoutMs: config.TOOLBUS_START_TIMEOUT_MS,
+        }),
+      );
+    }
   } catch (e) {
+    await stack?.stop();
     await stopServers();
     throw e;
   }
@@ -146,7 +210,7 @@ async function main() {
     if (stopping) return;
     stopping = true;
     console.log(`\n${signal}: stopping ${services.join(', ')}...`);
-    await stack.stop();
+    await Promise.all([stack.stop(), ...seconds.map((s) => s.stop())]);
     await stopServers();
     console.log('stopped.');
     process.exit(0);
@@ -161,6 +225,9 @@ async function main() {
     ...services.map(
       (name) =>
         `  ${name.padEnd(10)} ${stack.services[name].url}  (health: /health/ready, metrics: /metrics)`,
+    ),
+    ...seconds.flatMap((second) =>
+      DOUBLED.map((name) => `  ${`${name}-2`.padEnd(10)} ${second.services[name].url}`),
     ),
   ];
   if (services.includes('notifier')) {
@@ -199,7 +266,7 @@ async function main() {
   lines.push(
     '',
     ownNats
-      ? `NATS (JetStream, authorization required): ${natsUrl}. An agent connects as the "agent" identity:`
+      ? `NATS (JetStream${clustered ? `, ${CLUSTER_NODES} nodes, requests on ${CLUSTER_NODES} replicas` : ''}, authorization required): ${natsUrl}. An agent connects as the "agent" identity:`
       : `NATS: ${natsUrl}`,
     ...(ownNats
       ? [
