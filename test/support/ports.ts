@@ -29,3 +29,25 @@ export async function waitForPort(port: number, timeoutMs = 10_000, host = '127.
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** Whether nothing listens on `port` and it can be bound. */
+function bindable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
+
+/**
+ * The first of `count` consecutive ports that were all free a moment ago (for what takes a base
+ * port and the ones after it: the clustered stack's NATS nodes, its second instances).
+ */
+export async function freePortRange(count: number): Promise<number> {
+  for (let tries = 0; tries < 200; tries++) {
+    const base = 20_000 + Math.floor(Math.random() * 30_000);
+    const free = await Promise.all(Array.from({ length: count }, (_, i) => bindable(base + i)));
+    if (free.every(Boolean)) return base;
+  }
+  throw new Error(`no ${count} consecutive free ports found`);
+}
