@@ -261,6 +261,12 @@ class PostgresEventStore implements EventStore {
       );
       return;
     }
+    if (rows.length !== batch.length) {
+      throw new EventStoreError(
+        `toolbus_append_batch answered ${rows.length} rows for ${batch.length} appends`,
+        'BATCH_MISMATCH',
+      );
+    }
     if (rows.some((r) => r.written)) this.announce();
     for (const row of rows) {
       const p = batch[row.member - 1]!;
