@@ -56,6 +56,13 @@ interface BatchRow extends AppendRow {
   conflict: boolean;
 }
 
+/**
+ * An error the session survived (severity ERROR): the statement's transaction was rolled back,
+ * nothing of it was committed. Not so a lost connection or a session the server ended (FATAL),
+ * whose commit may have happened before the answer was lost.
+ */
+const refusedWholly = (e: unknown): boolean => e instanceof pg.DatabaseError && e.severity === 'ERROR';
+
 const resultOf = (row: AppendRow): AppendResult => ({
   nextRevision: row.next_revision,
   position:
@@ -228,9 +235,10 @@ class PostgresEventStore implements EventStore {
    * Several appends (of different streams), one transaction: `toolbus_append_batch`. A member
    * whose expected revision does not hold fails alone. When the server refuses the whole
    * transaction (an event id that a concurrent transaction of another stream holds, 23505; a
-   * deadlock on such ids; anything the server reports), nothing of it was committed: every member
-   * is appended again on its own, so that only the one at fault fails. A lost connection fails
-   * every member, as it would have failed each append on its own.
+   * deadlock on such ids; any other error the session survives), nothing of it was committed:
+   * every member is appended again on its own, so that only the one at fault fails. A lost
+   * connection or a session the server ended (FATAL) may have committed or not: every member fails,
+   * as each append would have failed on its own, and its caller's retry is recognised as one.
    */
   private async commitBatch(batch: PendingAppend[]): Promise<void> {
     if (batch.length === 1) {
@@ -255,7 +263,7 @@ class PostgresEventStore implements EventStore {
         ],
       ));
     } catch (e) {
-      if (!(e instanceof pg.DatabaseError)) throw e;
+      if (!refusedWholly(e)) throw e;
       await Promise.all(
         batch.map((p) => this.appendOne(p.stream, p.events, p.expected).then(p.resolve, p.reject)),
       );
