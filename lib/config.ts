@@ -97,6 +97,14 @@ export const CommonEnv = z.object({
       'must be an esdb:// or kurrentdb:// URL',
     )
     .optional(),
+  /**
+   * Group commit in the PostgreSQL event store (docs/decisions/0028-group-commit.md): on unless
+   * `0` or `false`, which commits every append in a transaction of its own (for comparison).
+   */
+  EVENTSTORE_GROUP_COMMIT: z
+    .enum(['0', '1', 'false', 'true'], 'must be 0, 1, false or true')
+    .transform((v) => v === '1' || v === 'true')
+    .default(true),
   HOST: z.string().default('127.0.0.1'),
   DISPATCHER_PORT: port(8080),
   PROJECTOR_PORT: port(8081),

@@ -23,6 +23,7 @@ t.test('defaults point at the local services', async (t) => {
     NATS_URL: 'nats://127.0.0.1:4222',
     DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/test',
     REDIS_URL: 'redis://127.0.0.1:6379',
+    EVENTSTORE_GROUP_COMMIT: true,
     HOST: '127.0.0.1',
     DISPATCHER_PORT: 8080,
     PROJECTOR_PORT: 8081,
@@ -86,6 +87,18 @@ t.test('values from the environment are used, ports as numbers', async (t) => {
     loadConfig(CommonEnv, { NATS_URL: 'nats://a:4222,nats://b:4222' }).NATS_URL,
     'nats://a:4222,nats://b:4222',
   );
+});
+
+t.test('group commit in the event store: on unless 0 or false', async (t) => {
+  for (const [value, on] of [
+    ['1', true],
+    ['true', true],
+    ['0', false],
+    ['false', false],
+  ] as const) {
+    t.equal(loadConfig(CommonEnv, { EVENTSTORE_GROUP_COMMIT: value }).EVENTSTORE_GROUP_COMMIT, on, value);
+  }
+  t.throws(() => loadConfig(CommonEnv, { EVENTSTORE_GROUP_COMMIT: 'off' }), /EVENTSTORE_GROUP_COMMIT/);
 });
 
 t.test('a bad value throws a ConfigError that names the variable', async (t) => {

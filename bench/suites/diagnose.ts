@@ -104,8 +104,14 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
     );
     const concurrentSeconds = ctx.mode === 'quick' ? 1.5 : 5;
     const appender = await createPostgresEventStore({ connectionString: db.url, poolSize: 10 });
+    // The same store with group commit off (docs/decisions/0028-group-commit.md): one transaction per append.
+    const alone = await createPostgresEventStore({
+      connectionString: db.url,
+      poolSize: 10,
+      groupCommit: false,
+    });
     const concurrent = async (
-      fn: 'store' | 'bench_append_notifying' | 'insert',
+      fn: 'store' | 'alone' | 'bench_append_notifying' | 'insert',
       tag: string,
     ): Promise<number> => {
       const end = performance.now() + concurrentSeconds * 1000;
@@ -121,8 +127,12 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
             prevHash = (execution.at(-1)!.metadata as { hash: string }).hash;
             for (const [k, batch] of [execution.slice(0, 2), execution.slice(2)].entries()) {
               if (fn === 'insert') await insertStep(pool2, raw.step(k === 0 ? 0 : 1));
-              else if (fn === 'store') {
-                await appender.append(userStream(streamUser), batch, rev < 0 ? 'no_stream' : rev);
+              else if (fn === 'store' || fn === 'alone') {
+                await (fn === 'store' ? appender : alone).append(
+                  userStream(streamUser),
+                  batch,
+                  rev < 0 ? 'no_stream' : rev,
+                );
               } else {
                 await pool2.query(`select * from ${fn}($1, $2, $3, $4, $5, $6, $7)`, [
                   userStream(streamUser),
@@ -143,16 +153,18 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
       return steps / concurrentSeconds;
     };
     const pool2 = createPool(db.url, { max: 10, application: 'bench-diagnose-concurrent' });
-    const best = { append: 0, notifying: 0, insert: 0 };
+    const best = { append: 0, alone: 0, notifying: 0, insert: 0 };
     try {
       for (let round = 0; round < (ctx.mode === 'quick' ? 1 : 2); round++) {
         best.append = Math.max(best.append, await concurrent('store', `a${round}`));
+        best.alone = Math.max(best.alone, await concurrent('alone', `s${round}`));
         best.notifying = Math.max(best.notifying, await concurrent('bench_append_notifying', `q${round}`));
         best.insert = Math.max(best.insert, await concurrent('insert', `i${round}`));
       }
     } finally {
       await pool2.end();
       await appender.close();
+      await alone.close();
     }
 
     // 3. The request's way in: a JetStream publish with a dedup id, acked after the file store
@@ -205,6 +217,7 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
 
     ctx.log(
       `diagnostics: append p50 ${append!.p50} ms vs insert ${insert!.p50} ms; 10 connections: ${best.append.toFixed(0)} appends/s, ` +
+        `${best.alone.toFixed(0)} without group commit, ` +
         `${best.notifying.toFixed(0)} notifying inside the transaction (version 1), ${best.insert.toFixed(0)} inserts/s; JetStream publish p50 ${jsPublish!.p50} ms vs request ${request!.p50} ms; ` +
         `verify ${verify.toFixed(0)} µs vs ${verifyImported.toFixed(0)} µs; parse ${parse.toFixed(0)} µs vs ${jsonParse.toFixed(0)} µs; toEventData×3 ${validate.toFixed(0)} µs vs ${stringify.toFixed(0)} µs`,
     );
@@ -219,6 +232,10 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
         figure('event store append of one step, p99', 'ms', append!.p99, {
           name: 'plain insert of the same rows',
           value: insert!.p99,
+        }),
+        figure('appends per second, 10 connections at once', 'steps/s', best.append, {
+          name: 'the same appends with group commit off, one transaction each',
+          value: best.alone,
         }),
         figure('appends per second, 10 connections at once', 'steps/s', best.append, {
           name: 'the same appends notifying inside their transaction (version 1)',
@@ -249,7 +266,7 @@ export async function diagnose(ctx: BenchContext, replierSubject: string): Promi
       notes: [
         `Closed loop, one operation at a time (${n} of each, interleaved), on an otherwise idle run: the cost of each piece, not its cost under load.`,
         `Appends per second: 10 connections (the event store's pool) appending execution steps as fast as they can for ${concurrentSeconds} s, to 10 streams; best of ` +
-          `${ctx.mode === 'quick' ? 1 : 2} round(s). The store appends with toolbus_append and sends one NOTIFY per burst after the commits; "notifying inside their transaction" is a copy of toolbus_append, made in the bench's database, that calls pg_notify before it returns, as version 1 of the function did. ` +
+          `${ctx.mode === 'quick' ? 1 : 2} round(s). The store appends with group commit (appends of the 10 streams made while earlier commits are in flight share one transaction, toolbus_append_batch) and sends one NOTIFY per burst after the commits; "group commit off" is the same store committing each append in its own transaction (toolbus_append); "notifying inside their transaction" is a copy of toolbus_append, made in the bench's database, that calls pg_notify before it returns, as version 1 of the function did. ` +
           'A transaction that called NOTIFY takes a database-wide lock at commit and keeps it until the commit is flushed, so such commits cannot share a WAL flush.',
         "A dispatch makes 2 appends on its critical path (plus a Redis script and a JetStream publish before it), and verifies a token, parses a request and validates 3 events in the dispatcher's process.",
       ],

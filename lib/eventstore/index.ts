@@ -14,6 +14,8 @@ export interface EventStoreConfig {
   KURRENTDB_URL?: string | undefined;
   /** PostgreSQL, used when `KURRENTDB_URL` is not set. */
   DATABASE_URL: string;
+  /** PostgreSQL only: false commits every append on its own (default true, group commit). */
+  EVENTSTORE_GROUP_COMMIT?: boolean | undefined;
 }
 
 /** Settings for the chosen adapter; `onError` applies to both, the rest to PostgreSQL only. */
@@ -27,5 +29,9 @@ export async function createEventStore(
   if (config.KURRENTDB_URL) {
     return createKurrentEventStore(config.KURRENTDB_URL, { onError: options.onError });
   }
-  return createPostgresEventStore({ ...options, connectionString: config.DATABASE_URL });
+  return createPostgresEventStore({
+    groupCommit: config.EVENTSTORE_GROUP_COMMIT ?? true,
+    ...options,
+    connectionString: config.DATABASE_URL,
+  });
 }

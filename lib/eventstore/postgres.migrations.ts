@@ -76,6 +76,100 @@ ${notify ? "        perform pg_notify('toolbus_events', '');\n" : ''}        ret
 `;
 
 /**
+ * Group commit (docs/decisions/0028-group-commit.md): the appends of several streams in one
+ * transaction, one commit. Per member it does what `toolbus_append` does (expected revision,
+ * idempotent retry, insert, the stream's revision) but a conflict is a row, not an exception, so
+ * the other members still commit. Every stream lock is taken first, in the order of the lock keys
+ * (no two batches wait for each other in a cycle), and before the first write: the transaction
+ * gets its id after all of its locks, so each stream's positions still follow its revisions (0001).
+ * Members are `p_streams[i]` with `p_counts[i]` events, flattened in member order in the other
+ * arrays. The caller never puts one stream in twice.
+ */
+const appendBatchFunction = `
+      create function toolbus_append_batch(
+        p_streams text[], p_expected text[], p_counts int[],
+        p_ids uuid[], p_types text[], p_data text[], p_metadata text[], p_keys text[])
+      returns table (member int, next_revision bigint, commit_position text, prepare_position bigint,
+                     written boolean, conflict boolean)
+      language plpgsql as $fn$
+      declare
+        lock_key bigint;
+        i int;
+        lo int := 1;
+        hi int;
+        n int;
+        stream text;
+        expected text;
+        ids uuid[];
+        cur bigint;
+        found_count int;
+        found_min bigint;
+        found_max bigint;
+        found_elsewhere int;
+        last_seq bigint;
+      begin
+        if pg_current_xact_id_if_assigned() is not null then
+          raise exception using errcode = 'TB002',
+            message = 'toolbus_append_batch must be the first write of its transaction';
+        end if;
+        for lock_key in
+          select distinct hashtextextended('toolbus-stream:' || s, 0) from unnest(p_streams) s order by 1
+        loop
+          perform pg_advisory_xact_lock(lock_key);
+        end loop;
+
+        for i in 1 .. cardinality(p_streams) loop
+          stream := p_streams[i];
+          expected := p_expected[i];
+          n := p_counts[i];
+          hi := lo + n - 1;
+          ids := p_ids[lo:hi];
+          select s.revision into cur from toolbus_streams s where s.stream_id = stream;
+          cur := coalesce(cur, -1);
+
+          select count(*), min(e.revision), max(e.revision), count(*) filter (where e.stream_id <> stream)
+            into found_count, found_min, found_max, found_elsewhere
+            from toolbus_events e where e.event_id = any(ids);
+
+          if found_count > 0 then
+            -- The retry rule of toolbus_append, member by member.
+            if found_count = n and found_elsewhere = 0
+               and not exists (
+                 select 1 from unnest(ids) with ordinality as x(id, ord)
+                 join toolbus_events e on e.event_id = x.id
+                 where e.revision <> found_min + x.ord - 1)
+               and (expected in ('any', 'stream_exists')
+                    or (expected = 'no_stream' and found_min = 0)
+                    or (expected ~ '^[0-9]+$' and expected::bigint = found_min - 1)) then
+              return query select i, found_max, null::text, null::bigint, false, false;
+            else
+              return query select i, cur, null::text, null::bigint, false, true;
+            end if;
+          elsif (expected = 'no_stream' and cur <> -1)
+             or (expected = 'stream_exists' and cur = -1)
+             or (expected ~ '^[0-9]+$' and expected::bigint <> cur) then
+            return query select i, cur, null::text, null::bigint, false, true;
+          else
+            with inserted as (
+              insert into toolbus_events (stream_id, revision, event_id, event_type, data, metadata, event_key)
+              select stream, cur + x.ord, x.id, x.type, x.data::json, x.metadata::json, x.key
+                from unnest(ids, p_types[lo:hi], p_data[lo:hi], p_metadata[lo:hi], p_keys[lo:hi])
+                     with ordinality as x(id, type, data, metadata, key, ord)
+               order by x.ord
+              returning seq)
+            select max(seq) into last_seq from inserted;
+
+            insert into toolbus_streams (stream_id, revision) values (stream, cur + n)
+              on conflict (stream_id) do update set revision = excluded.revision;
+            return query select i, cur + n, pg_current_xact_id()::text, last_seq, true, false;
+          end if;
+          lo := hi + 1;
+        end loop;
+      end
+      $fn$;
+`;
+
+/**
  * The PostgreSQL event store. Global order is (tx_id, seq): the writing transaction's id, then the
  * row's sequence. Readers only read rows whose transaction is older than the oldest one still
  * running (`pg_snapshot_xmin`), so a row can never appear behind a reader's cursor later: see
@@ -132,5 +226,12 @@ export const eventStoreMigrations: Migration[] = [
       drop function toolbus_append(text, text, uuid[], text[], text[], text[]);
       ${appendFunction(false, true)}
     `,
+  },
+  {
+    // Added beside toolbus_append, which stays: a lone append still goes through it, and an
+    // instance of the previous version keeps working during a rolling upgrade.
+    version: 4,
+    name: 'group commit: toolbus_append_batch, the appends of several streams in one transaction',
+    sql: appendBatchFunction,
   },
 ];

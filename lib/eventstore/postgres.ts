@@ -21,6 +21,7 @@ import {
   type Subscription,
 } from './types.ts';
 import { backoffMs } from '../retry.ts';
+import { GroupCommitter, type GroupCommitOptions, type PendingAppend } from './postgres.groupcommit.ts';
 
 export interface PostgresEventStoreOptions {
   connectionString: string;
@@ -33,7 +34,43 @@ export interface PostgresEventStoreOptions {
   pollIntervalMs?: number;
   /** Told about transient errors that a subscription retries through (a lost connection). */
   onError?: (error: Error) => void;
+  /**
+   * Group commit (docs/decisions/0028-group-commit.md): appends of different streams made while
+   * earlier commits are in flight share one transaction. On by default; `false` commits every
+   * append on its own (`EVENTSTORE_GROUP_COMMIT=0` for the services).
+   */
+  groupCommit?: boolean | GroupCommitOptions;
 }
+
+/** A row of toolbus_append. */
+interface AppendRow {
+  next_revision: number;
+  commit_position: string | null;
+  prepare_position: number | null;
+  written: boolean;
+}
+
+/** A row of toolbus_append_batch: one per member, `conflict` where its expected revision did not hold. */
+interface BatchRow extends AppendRow {
+  member: number;
+  conflict: boolean;
+}
+
+/**
+ * An error the session survived (severity ERROR): the statement's transaction was rolled back,
+ * nothing of it was committed. Not so a lost connection or a session the server ended (FATAL),
+ * whose commit may have happened before the answer was lost.
+ */
+const refusedWholly = (e: unknown): boolean => e instanceof pg.DatabaseError && e.severity === 'ERROR';
+
+const resultOf = (row: AppendRow): AppendResult => ({
+  nextRevision: row.next_revision,
+  position:
+    row.commit_position === null
+      ? null
+      : { commit: BigInt(row.commit_position), prepare: BigInt(row.prepare_position!) },
+  written: row.written,
+});
 
 // created_at as epoch milliseconds: a number is far cheaper to read than timestamptz text.
 const COLUMNS = `seq, tx_id::text as tx, stream_id, revision, event_id, event_type, data, metadata,
@@ -138,6 +175,8 @@ class PostgresEventStore implements EventStore {
   /** The NOTIFY on its way, if any; `announceAgain`: more appends committed since it was sent. */
   private announcing: Promise<void> | null = null;
   private announceAgain = false;
+  /** Null when group commit is off: every append is its own transaction. */
+  private readonly committer: GroupCommitter | null;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -145,35 +184,42 @@ class PostgresEventStore implements EventStore {
   ) {
     this.batchSize = options.batchSize ?? 500;
     this.pollIntervalMs = options.pollIntervalMs ?? 100;
+    const group = options.groupCommit ?? true;
+    this.committer =
+      group === false
+        ? null
+        : new GroupCommitter((batch) => this.commitBatch(batch), group === true ? {} : group);
   }
 
   async append(stream: string, events: EventData[], expected: ExpectedRevision): Promise<AppendResult> {
     assertAppendable(stream, events, expected);
+    return this.committer
+      ? this.committer.append(stream, events, expected)
+      : this.appendOne(stream, events, expected);
+  }
+
+  /** One append, one transaction: `toolbus_append`. */
+  private async appendOne(
+    stream: string,
+    events: EventData[],
+    expected: ExpectedRevision,
+  ): Promise<AppendResult> {
     try {
-      const { rows } = await this.pool.query<{
-        next_revision: number;
-        commit_position: string | null;
-        prepare_position: number | null;
-        written: boolean;
-      }>('select * from toolbus_append($1, $2, $3, $4, $5, $6, $7)', [
-        stream,
-        String(expected),
-        events.map((e) => e.id),
-        events.map((e) => e.type),
-        events.map((e) => JSON.stringify(e.data)),
-        events.map((e) => JSON.stringify(e.metadata)),
-        events.map((e) => e.key ?? null),
-      ]);
+      const { rows } = await this.pool.query<AppendRow>(
+        'select * from toolbus_append($1, $2, $3, $4, $5, $6, $7)',
+        [
+          stream,
+          String(expected),
+          events.map((e) => e.id),
+          events.map((e) => e.type),
+          events.map((e) => JSON.stringify(e.data)),
+          events.map((e) => JSON.stringify(e.metadata)),
+          events.map((e) => e.key ?? null),
+        ],
+      );
       const row = rows[0]!;
       if (row.written) this.announce();
-      return {
-        nextRevision: row.next_revision,
-        position:
-          row.commit_position === null
-            ? null
-            : { commit: BigInt(row.commit_position), prepare: BigInt(row.prepare_position!) },
-        written: row.written,
-      };
+      return resultOf(row);
     } catch (e) {
       const err = e as pg.DatabaseError;
       if (err.code === 'TB001') throw new WrongExpectedRevisionError(stream, expected, Number(err.detail));
@@ -182,6 +228,58 @@ class PostgresEventStore implements EventStore {
         throw new WrongExpectedRevisionError(stream, expected, null);
       }
       throw e;
+    }
+  }
+
+  /**
+   * Several appends (of different streams), one transaction: `toolbus_append_batch`. A member
+   * whose expected revision does not hold fails alone. When the server refuses the whole
+   * transaction (an event id that a concurrent transaction of another stream holds, 23505; a
+   * deadlock on such ids; any other error the session survives), nothing of it was committed:
+   * every member is appended again on its own, so that only the one at fault fails. A lost
+   * connection or a session the server ended (FATAL) may have committed or not: every member fails,
+   * as each append would have failed on its own, and its caller's retry is recognised as one.
+   */
+  private async commitBatch(batch: PendingAppend[]): Promise<void> {
+    if (batch.length === 1) {
+      const p = batch[0]!;
+      await this.appendOne(p.stream, p.events, p.expected).then(p.resolve, p.reject);
+      return;
+    }
+    let rows: BatchRow[];
+    try {
+      const events = batch.flatMap((p) => p.events);
+      ({ rows } = await this.pool.query<BatchRow>(
+        'select * from toolbus_append_batch($1, $2, $3, $4, $5, $6, $7, $8)',
+        [
+          batch.map((p) => p.stream),
+          batch.map((p) => String(p.expected)),
+          batch.map((p) => p.events.length),
+          events.map((e) => e.id),
+          events.map((e) => e.type),
+          events.map((e) => JSON.stringify(e.data)),
+          events.map((e) => JSON.stringify(e.metadata)),
+          events.map((e) => e.key ?? null),
+        ],
+      ));
+    } catch (e) {
+      if (!refusedWholly(e)) throw e;
+      await Promise.all(
+        batch.map((p) => this.appendOne(p.stream, p.events, p.expected).then(p.resolve, p.reject)),
+      );
+      return;
+    }
+    if (rows.length !== batch.length) {
+      throw new EventStoreError(
+        `toolbus_append_batch answered ${rows.length} rows for ${batch.length} appends`,
+        'BATCH_MISMATCH',
+      );
+    }
+    if (rows.some((r) => r.written)) this.announce();
+    for (const row of rows) {
+      const p = batch[row.member - 1]!;
+      if (row.conflict) p.reject(new WrongExpectedRevisionError(p.stream, p.expected, row.next_revision));
+      else p.resolve(resultOf(row));
     }
   }
 
@@ -437,6 +535,8 @@ class PostgresEventStore implements EventStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // Appends already accepted are committed (or fail) before the pool goes.
+    await this.committer?.drain();
     await Promise.all([...this.subscriptions].map((s) => s.close()));
     const client = this.listenClient;
     this.listenClient = null;
