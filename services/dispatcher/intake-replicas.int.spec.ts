@@ -17,7 +17,8 @@ const nc = await connectNats(cluster.url, 'intake-replicas', {
   nkeySeed: cluster.identities.dispatcher.seed,
 });
 t.teardown(() => nc.close());
-const jsm = await jetstreamManager(nc);
+// A replicated stream's API calls wait for its peers: on a busy machine longer than the 5 s default.
+const jsm = await jetstreamManager(nc, { timeout: 20_000 });
 const log = createLogger('intake-replicas-test', 'silent');
 const ensure = (replicas: number) =>
   ensureIntake(jsm, { ackWaitMs: 30_000, maxAckPending: 1000, replicas, log });
@@ -47,6 +48,9 @@ t.test('one copy by default; a later start with 3 replicates the stream and its 
 });
 
 t.test('a missing stream is created with the configured copies', async (t) => {
+  // Only once its three copies are placed: nats-server 2.9.10 leaves a delete unanswered when it
+  // comes while a stream is still being scaled from one copy to three.
+  await placed(3, 3);
   await jsm.streams.delete(names.requestsStream);
   t.same(await ensure(3), ['stream', 'consumer']);
   t.equal((await jsm.streams.info(names.requestsStream)).config.num_replicas, 3);

@@ -427,21 +427,22 @@ export async function measureResume(
 }
 
 /**
- * The requests first sent in the `windowMs` after a fault, and the slowest of their answers
- * (ms from its first attempt; null while one is unanswered): who waited for the fault, and how long.
+ * The requests first sent in the `windowMs` after a fault, and the slowest of them: who waited for
+ * the fault, and how long (ms from its first attempt to its answer; null while one is unanswered).
  */
 export function faultImpact(
   ledger: Ledger,
   faultAt: number,
   windowMs: number,
-): { sent: number; slowestMs: number | null } {
+): { sent: number; slowestMs: number | null; slowest: LedgerEntry | null } {
   let sent = 0;
-  let slowest: number | null = 0;
+  let slowest: LedgerEntry | null = null;
+  const waited = (e: LedgerEntry) => (e.answeredAt === null ? Infinity : e.answeredAt - e.sentAt);
   for (const e of ledger.entries.values()) {
     if (e.raw || e.sentAt < faultAt || e.sentAt >= faultAt + windowMs) continue;
     sent++;
-    if (e.answeredAt === null) slowest = null;
-    else if (slowest !== null) slowest = Math.max(slowest, e.answeredAt - e.sentAt);
+    if (slowest === null || waited(e) > waited(slowest)) slowest = e;
   }
-  return { sent, slowestMs: slowest };
+  const ms = slowest ? waited(slowest) : 0;
+  return { sent, slowestMs: Number.isFinite(ms) ? ms : null, slowest };
 }
