@@ -15,7 +15,8 @@ import { destructiveDefaultOf, type DispatcherConfig } from './config.ts';
 import { startExpirySweep, type ExpirySweep } from './expiry.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { Guard } from './guard.ts';
-import { defaultUserSlots, ensureIntake, startIntake, type Intake } from './intake.ts';
+import { retry } from '../../lib/retry.ts';
+import { defaultUserSlots, ensureIntake, isJetStreamForming, startIntake, type Intake } from './intake.ts';
 import { serveLiveness } from './liveness.ts';
 import { serveAnswers } from './lookup.ts';
 import { createMetrics } from './metrics.ts';
@@ -108,7 +109,16 @@ export async function startDispatcher(
       replicas: config.NATS_STREAM_REPLICAS,
       log,
     };
-    await ensureIntake(jsm, intakeOptions);
+    // A cluster whose nodes are still joining answers "no suitable peers" or nothing at all for a
+    // few seconds: wait for it rather than stop (npm run start:cluster starts every node at once).
+    await retry(() => ensureIntake(jsm, intakeOptions), {
+      retries: 30,
+      minMs: 250,
+      maxMs: 4_000,
+      retryable: isJetStreamForming,
+      onRetry: (e, attempt, waitMs) =>
+        log.warn({ err: e, attempt, waitMs }, 'JetStream is not ready for the intake yet; trying again'),
+    });
     const js = jetstream(nc);
 
     const redis = createRedis(config.REDIS_URL);

@@ -26,6 +26,23 @@ export const DUPLICATE_WINDOW_MS = 2 * 60_000;
 
 const isApiError = (e: unknown, code: number): boolean => e instanceof JetStreamApiError && e.code === code;
 
+/**
+ * JetStream answers of a cluster that is still forming (no meta leader yet, too few peers joined
+ * to place three replicas) or electing a new leader: they pass within seconds. Anything else (no
+ * JetStream, no permission, another stream holding the subjects) does not.
+ */
+const FORMING_CODES = new Set([10005 /* no suitable peers */, 10008 /* temporarily unavailable */, 10023]);
+
+export function isJetStreamForming(e: unknown): boolean {
+  for (let cause = e; cause instanceof Error; cause = cause.cause) {
+    if (cause instanceof JetStreamApiError && FORMING_CODES.has(cause.code)) return true;
+    if (/no suitable peers|temporarily unavailable|insufficient resources/i.test(cause.message)) return true;
+    // A JetStream API request nobody answered: the cluster has no meta leader yet.
+    if (cause.name === 'TimeoutError' || /^timeout$/i.test(cause.message)) return true;
+  }
+  return false;
+}
+
 /** A part of the intake that can disappear (deleted through the JetStream API) and be recreated. */
 export type IntakeResource = 'stream' | 'consumer';
 
