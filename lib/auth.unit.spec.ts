@@ -40,6 +40,18 @@ t.test('a remembered token is refused once it expires', async (t) => {
   t.equal(await reasonOf(verifier.verify(token)), 'expired', 'and stays refused');
 });
 
+t.test('a token remembered by one verifier is refused by a verifier of another key', async (t) => {
+  const token = await signToken(SECRET, { sub: 'di', roles: ['user'] });
+  t.equal((await hs256().verify(token)).userId, 'di');
+  const otherKey = createTokenVerifier({
+    secret: randomBytes(32).toString('hex'),
+    maxLifetimeS: 86_400,
+    clockToleranceS: 5,
+  });
+  t.equal(await reasonOf(otherKey.verify(token)), 'invalid', 'memory is per verifier, not per process');
+  t.equal(await reasonOf(otherKey.verify(token)), 'invalid', 'and a refusal is not remembered as a pass');
+});
+
 t.test('forged, tampered and missing tokens are refused, also after a good one', async (t) => {
   const verifier = hs256();
   const good = await signToken(SECRET, { sub: 'cy', roles: ['user'] });

@@ -12,3 +12,15 @@ export function procCpuUs(pid: number | undefined): number | null {
     return null;
   }
 }
+
+/** System calls that wrote (`syscw` of /proc/<pid>/io: sockets, pipes, files) by a process so far. */
+export function procWriteCalls(pid: number | undefined): number | null {
+  if (!pid) return null;
+  try {
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+    const m = /^syscw: (\d+)$/m.exec(io);
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}

@@ -150,3 +150,42 @@ t.test('of two relays one publishes; the other takes over when it stops', async 
   );
   t.ok(b.published >= 3, 'the relay that took over publishes');
 });
+
+t.test(
+  'a burst of more events than one write holds is relayed whole, in order, and checkpointed',
+  async (t) => {
+    const u = user();
+    const heard = listen(u);
+    t.teardown(() => heard.stop());
+    // Committed while no relay runs: the relay then reads them in pages, far more than one turn's
+    // batch of publishes (256), and must publish every one in store order.
+    const first = relay('burst');
+    await first.start();
+    await waitFor('the relay active', () => first.state === 'active', WAIT_MS);
+    await first.close();
+    for (let i = 0; i < 100; i++) await recordExecution(store, u);
+    const stored = await storedIds(u);
+    const second = relay('burst');
+    await second.start();
+    await waitFor('the burst relayed', () => stored.every((id) => heard.ids().has(id)), WAIT_MS);
+    t.same(
+      heard.seen.map((s) => s.revision),
+      stored.map((_, i) => i),
+      'each revision once, in order',
+    );
+    // The checkpoint written on close covers everything published: a relay started after it
+    // publishes only what comes next.
+    await second.close();
+    const third = relay('burst');
+    await third.start();
+    t.teardown(() => third.close());
+    await waitFor('the third relay active', () => third.state === 'active', WAIT_MS);
+    await recordExecution(store, u);
+    const after = await storedIds(u);
+    await waitFor('the next execution relayed', () => after.every((id) => heard.ids().has(id)), WAIT_MS);
+    await nc.flush();
+    await listener.flush();
+    t.equal(third.published, 3, 'the next relay published only the new execution');
+    t.equal(heard.seen.length, after.length, 'no event published twice');
+  },
+);

@@ -50,6 +50,8 @@ export function publishEvent(nc: NatsConnection, userId: string, revision: numbe
 }
 
 export const RELAY_NAME = 'events';
+/** Events the relay holds back for one socket write at most (a catch-up reads pages of hundreds). */
+const MAX_QUEUED_PUBLISHES = 256;
 const CHECKPOINT_TABLE = 'toolbus_relay_checkpoints';
 
 export const relayMigrations: Migration[] = [
@@ -291,8 +293,24 @@ export class EventRelay {
     const iterator = subscription[Symbol.asyncIterator]();
     const stopped = new Promise<'stopped'>((resolve) => (this.stopFollowing = () => resolve('stopped')));
     if (this.closed || !this.holding) this.stopFollowing?.();
+    // Events read and not yet handed to NATS: published together at the next turn of the event
+    // loop, so that a burst costs one socket write instead of one per event (the client writes
+    // what was published before its next microtask checkpoint, and every event read is one).
+    let queued: RecordedEvent[] = [];
+    let immediate: NodeJS.Immediate | undefined;
+    const publishQueued = () => {
+      clearImmediate(immediate);
+      immediate = undefined;
+      const batch = queued;
+      queued = [];
+      for (const r of batch) {
+        this.publish(r);
+        this.position = r.position;
+      }
+    };
     // Flushes NATS, then records what the server has: never a position ahead of a publish.
     const checkpoint = async () => {
+      publishQueued();
       const at = this.position;
       if (!at || at === written) return;
       await this.options.nc.flush();
@@ -319,13 +337,31 @@ export class EventRelay {
         const next = await Promise.race([iterator.next(), stopped]);
         if (next === 'stopped') break;
         if (next.done) throw new Error('the store subscription ended');
-        this.publish(next.value);
-        this.position = next.value.position;
+        queued.push(next.value);
+        if (queued.length >= MAX_QUEUED_PUBLISHES) publishQueued();
+        else
+          immediate ??= setImmediate(() => {
+            try {
+              publishQueued();
+            } catch (e) {
+              pending.error = e instanceof Error ? e : new Error(String(e));
+              this.stopFollowing?.();
+            }
+          });
         schedule();
       }
       if (pending.error) throw pending.error;
     } finally {
       clearTimeout(timer);
+      // What was read before the stop goes out, as it did when each event was published at once.
+      if (!pending.error) {
+        try {
+          publishQueued();
+        } catch (e) {
+          pending.error = e instanceof Error ? e : new Error(String(e));
+        }
+      }
+      clearImmediate(immediate);
       this.stopFollowing = null;
       await subscription.close();
       void iterator.return?.(undefined).catch(() => undefined);
