@@ -513,13 +513,24 @@ export interface StepSummary extends RunSummary {
   cpuUs: Cost;
 }
 
+/**
+ * A step's verdict, and who failed it. What only the system can cause comes first (errors, requests
+ * left unanswered, a p99 over the bound by more than the generator's worst lateness: a request sent
+ * L ms late is measured from when it was due, so at most L of its latency is the generator's). Then
+ * a generator that sent later than `maxSendLagMs`: it cannot say whether the system kept up (its
+ * lateness is in the latencies, and the load it offered came in bursts), so the step fails on it.
+ */
 function judge(
   r: RunSummary,
   maxSendLagMs: number,
   loadgenCores: number | null,
 ): { pass: boolean; why: string; boundBy: StepSummary['boundBy'] } {
-  // First: a generator that sent late cannot say whether the system kept up (the lateness is in
-  // every latency it measured, and the load it offered was not the rate asked for).
+  const system = (why: string) => ({ pass: false, why, boundBy: 'system' as const });
+  if (r.fellBehind) return system('fell behind (too many unanswered)');
+  if (r.errors > 0) return system(`${r.errors} errors`);
+  if (r.unanswered > 0) return system(`${r.unanswered} unanswered after the drain`);
+  if (r.latency.p99 - r.maxSendLagMs > P99_BOUND_MS)
+    return system(`p99 ${r.latency.p99} ms (send lag ${r.maxSendLagMs.toFixed(0)} ms)`);
   if (r.maxSendLagMs > maxSendLagMs)
     return {
       pass: false,
@@ -530,10 +541,6 @@ function judge(
           : `; its CPU ${loadgenCores.toFixed(2)} cores: ${loadgenCores >= SATURATED_CORES ? 'saturated' : 'held up by the machine, not by its own work'})`),
       boundBy: 'generator',
     };
-  const system = (why: string) => ({ pass: false, why, boundBy: 'system' as const });
-  if (r.fellBehind) return system('fell behind (too many unanswered)');
-  if (r.errors > 0) return system(`${r.errors} errors`);
-  if (r.unanswered > 0) return system(`${r.unanswered} unanswered after the drain`);
   if (r.achievedRate < r.rate * 0.95) return system(`achieved ${r.achievedRate.toFixed(0)}/s`);
   if (r.latency.p99 > P99_BOUND_MS) return system(`p99 ${r.latency.p99} ms`);
   return { pass: true, why: 'ok', boundBy: null };
