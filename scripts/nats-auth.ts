@@ -8,6 +8,7 @@
  * by that key, its inbox is `_INBOX.<id>`, and an agent's requests carry it as the last subject
  * token, so that the server ties all three to the key and the dispatcher answers only there.
  */
+import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createUser, fromSeed } from '@nats-io/nkeys';
@@ -139,7 +140,64 @@ export function createIdentity(name: string, role: Role): Identity {
   return { name, role, seed: new TextDecoder().decode(kp.getSeed()), publicKey: kp.getPublicKey() };
 }
 
-/** The nats-server configuration text: listen address, JetStream, and one user per identity. */
+/**
+ * How one node of a NATS cluster finds and admits the others. JetStream in a cluster needs a
+ * server name of its own on every node and the same cluster name on all of them.
+ */
+export interface NatsClusterSettings {
+  /** This node's name, unique in the cluster: JetStream names stream leaders and replicas by it. */
+  serverName: string;
+  /** The cluster's name, the same on every node. */
+  name: string;
+  /** Where this node listens for routes from the other nodes. */
+  port: number;
+  host?: string;
+  /** The other nodes' route addresses (`host:port`); listing this node's own is harmless. */
+  routes: string[];
+  /**
+   * The route password every node shares (`createClusterPassword`): a route is admitted only
+   * with it, so no client on the network can join as a node.
+   */
+  password: string;
+  /** The route user name (default `route`). */
+  user?: string;
+  /**
+   * The address the other nodes are told to reach this one at (`host:port`), when it is not the
+   * listen address (a proxy, a NAT). Nodes also connect to addresses they hear of from each other.
+   */
+  advertise?: string;
+  /**
+   * Whether clients are told the other nodes' client addresses (default true): a client then
+   * fails over to nodes it was not given. False keeps clients on the list they were given.
+   */
+  advertiseToClients?: boolean;
+}
+
+/** A fresh route password for a cluster's nodes (random, 32 bytes, never a well-known default). */
+export const createClusterPassword = (): string => randomBytes(32).toString('base64url');
+
+function clusterBlock(c: NatsClusterSettings): string[] {
+  const user = c.user ?? 'route';
+  const credentials = `${encodeURIComponent(user)}:${encodeURIComponent(c.password)}`;
+  return [
+    `server_name: ${JSON.stringify(c.serverName)}`,
+    'cluster {',
+    `  name: ${JSON.stringify(c.name)}`,
+    `  host: ${JSON.stringify(c.host ?? '127.0.0.1')}`,
+    `  port: ${c.port}`,
+    ...(c.advertise ? [`  advertise: ${JSON.stringify(c.advertise)}`] : []),
+    ...(c.advertiseToClients === false ? ['  no_advertise: true'] : []),
+    '  # Routes are admitted only with this user and password (generated for this cluster).',
+    `  authorization { user: ${JSON.stringify(user)}, password: ${JSON.stringify(c.password)} }`,
+    `  routes: [${c.routes.map((r) => JSON.stringify(`nats-route://${credentials}@${r}`)).join(', ')}]`,
+    '}',
+  ];
+}
+
+/**
+ * The nats-server configuration text: listen address, JetStream, and one user per identity; with
+ * `cluster`, this node's name and its routes to the other nodes of a JetStream cluster.
+ */
 export function natsServerConfig(o: {
   port: number;
   host?: string;
@@ -147,6 +205,7 @@ export function natsServerConfig(o: {
   monitorPort?: number;
   storeDir: string;
   identities: Identity[];
+  cluster?: NatsClusterSettings;
 }): string {
   const users = o.identities.map(
     (i) =>
@@ -160,6 +219,7 @@ export function natsServerConfig(o: {
     `port: ${o.port}`,
     ...(o.monitorPort ? [`http_port: ${o.monitorPort}`] : []),
     `jetstream { store_dir: ${JSON.stringify(o.storeDir)} }`,
+    ...(o.cluster ? clusterBlock(o.cluster) : []),
     'authorization {',
     '  users: [',
     users.join(',\n'),

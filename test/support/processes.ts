@@ -3,8 +3,18 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createIdentity, natsEnvOf, natsServerConfig, type Identity } from '../../scripts/nats-auth.ts';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream as jetstreamNames } from '../../contracts/index.ts';
+import {
+  createClusterPassword,
+  createIdentity,
+  natsEnvOf,
+  natsServerConfig,
+  type Identity,
+} from '../../scripts/nats-auth.ts';
 import { freePort, waitForPort } from './ports.ts';
+import { startProxy, type TcpProxy } from './proxy.ts';
 
 type Teardown = { teardown(fn: () => Promise<void> | void): void };
 
@@ -126,16 +136,7 @@ export async function startSecuredNats(
   workerTools: string[],
   mcpNamespaces: string[] = [],
 ): Promise<SecuredNats> {
-  const identities: NatsIdentities = {
-    dispatcher: createIdentity('dispatcher', { kind: 'dispatcher' }),
-    notifier: createIdentity('notifier', { kind: 'notifier' }),
-    worker: createIdentity('worker', { kind: 'worker', tools: workerTools }),
-    agent: createIdentity('agent', { kind: 'agent' }),
-    otherAgent: createIdentity('other-agent', { kind: 'agent' }),
-    narrowWorker: createIdentity('narrow-worker', { kind: 'worker', tools: ['intruder_tool'] }),
-    gateway: createIdentity('gateway', { kind: 'agent' }),
-    mcpTools: createIdentity('mcp-tools', { kind: 'worker', tools: [], namespaces: mcpNamespaces }),
-  };
+  const identities = createNatsIdentities(workerTools, mcpNamespaces);
   const server = await ownServer(
     'nats-secured',
     (port) => `nats://127.0.0.1:${port}`,
@@ -149,14 +150,233 @@ export async function startSecuredNats(
     },
     t,
   );
-  return Object.assign(server, {
-    identities,
-    serviceEnv: {
-      dispatcher: natsEnvOf(identities.dispatcher),
-      notifier: natsEnvOf(identities.notifier),
-      gateway: natsEnvOf(identities.gateway),
-    },
+  return Object.assign(server, { identities, serviceEnv: serviceEnvOf(identities) });
+}
+
+function createNatsIdentities(workerTools: string[], mcpNamespaces: string[]): NatsIdentities {
+  return {
+    dispatcher: createIdentity('dispatcher', { kind: 'dispatcher' }),
+    notifier: createIdentity('notifier', { kind: 'notifier' }),
+    worker: createIdentity('worker', { kind: 'worker', tools: workerTools }),
+    agent: createIdentity('agent', { kind: 'agent' }),
+    otherAgent: createIdentity('other-agent', { kind: 'agent' }),
+    narrowWorker: createIdentity('narrow-worker', { kind: 'worker', tools: ['intruder_tool'] }),
+    gateway: createIdentity('gateway', { kind: 'agent' }),
+    mcpTools: createIdentity('mcp-tools', { kind: 'worker', tools: [], namespaces: mcpNamespaces }),
+  };
+}
+
+const serviceEnvOf = (identities: NatsIdentities): SecuredNats['serviceEnv'] => ({
+  dispatcher: natsEnvOf(identities.dispatcher),
+  notifier: natsEnvOf(identities.notifier),
+  gateway: natsEnvOf(identities.gateway),
+});
+
+/** What the cluster helper reads of a node's `/jsz`. */
+interface Jsz {
+  meta_cluster?: { leader?: string; replicas?: Array<{ name: string; current: boolean }> };
+}
+
+/** Polls `probe` until it gives a value (not undefined, no error), for up to a minute. */
+export async function pollUntil<T>(
+  what: string,
+  probe: () => Promise<T | undefined>,
+  timeoutMs = 60_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`not reached in ${timeoutMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** One nats-server of a test cluster. */
+export interface NatsClusterNode {
+  /** Its server_name: what JetStream calls it (a stream's leader and replicas). */
+  name: string;
+  /** Where clients reach it: through its client proxy, so a partition can cut them off too. */
+  url: string;
+  /** The node's process (its real client port, kill, start again with the same store). */
+  server: OwnedServer;
+  /** Its monitoring address (`/healthz`, `/jsz`), not proxied. */
+  monitorUrl: string;
+  /**
+   * Kills the node (SIGKILL by default); `start` brings it back with its store and resolves once
+   * it has rejoined (its `/healthz`: JetStream current).
+   */
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  start(): Promise<void>;
+  /** Resolves once the node says JetStream is current on it (`/healthz`). */
+  healthy(): Promise<void>;
+  /**
+   * Cuts the node off: its routes to every other node and its clients' connections go silent
+   * (black-holed, not closed: what a lost network looks like). The process keeps running.
+   */
+  partition(): void;
+  /** Ends the partition: the silent connections are dropped, so routes and clients connect afresh. */
+  heal(): void;
+}
+
+export interface SecuredNatsCluster {
+  nodes: NatsClusterNode[];
+  /** Every node's client URL, comma-separated (what NATS_URL takes). */
+  url: string;
+  identities: NatsIdentities;
+  serviceEnv: SecuredNats['serviceEnv'];
+  /**
+   * The node that leads `stream` (default the intake, TOOLBUS_REQUESTS) now, as JetStream says
+   * (`streams.info(...).cluster.leader`); undefined while there is none (an election) or the
+   * stream does not exist.
+   */
+  streamLeader(stream?: string): Promise<NatsClusterNode | undefined>;
+  /** Resolves once JetStream answers, with a meta leader that every node follows. */
+  jetStreamReady(): Promise<void>;
+}
+
+/**
+ * A JetStream cluster of `size` nats-servers with Toolbus's generated authorization (the same
+ * identities and service environments as `startSecuredNats`), each node with its own store that
+ * survives a kill. Every route between two nodes and every client connection goes through a TCP
+ * proxy of the test (test/support/proxy.ts), so that `partition` can cut one node off without
+ * touching the others. Resolves once JetStream answers.
+ */
+export async function startSecuredNatsCluster(
+  t: Teardown,
+  workerTools: string[],
+  mcpNamespaces: string[] = [],
+  size = 3,
+): Promise<SecuredNatsCluster> {
+  const identities = createNatsIdentities(workerTools, mcpNamespaces);
+  const password = createClusterPassword();
+  const names = Array.from({ length: size }, (_, i) => `n${i + 1}`);
+  const clusterPorts = await Promise.all(names.map(() => freePort()));
+  const monitorPorts = await Promise.all(names.map(() => freePort()));
+  // One proxy per route direction (from -> to), so cutting a node off leaves the others' routes be.
+  const routeProxies = new Map<string, TcpProxy>();
+  for (let from = 0; from < size; from++) {
+    for (let to = 0; to < size; to++) {
+      if (from !== to) routeProxies.set(`${from}>${to}`, await startProxy(clusterPorts[to]!, t));
+    }
+  }
+  const proxiesOf = (i: number) =>
+    [...routeProxies].filter(([k]) => k.split('>').includes(String(i))).map(([, p]) => p);
+
+  const nodes: NatsClusterNode[] = [];
+  for (let i = 0; i < size; i++) {
+    const server = await ownServer(
+      `nats-${names[i]}`,
+      (port) => `nats://127.0.0.1:${port}`,
+      (port, dir) => {
+        const conf = join(dir, 'nats.conf');
+        const routes = names
+          .map((_, to) => routeProxies.get(`${i}>${to}`))
+          .filter((p): p is TcpProxy => p !== undefined)
+          .map((p) => `127.0.0.1:${p.port}`);
+        const text = natsServerConfig({
+          port,
+          monitorPort: monitorPorts[i]!,
+          storeDir: join(dir, 'js'),
+          identities: Object.values(identities),
+          cluster: {
+            serverName: names[i]!,
+            name: 'toolbus-test',
+            port: clusterPorts[i]!,
+            routes,
+            password,
+            // Nodes tell each other where to connect; an address nothing listens on keeps every
+            // route on the proxies configured above (a gossiped one would go around them).
+            advertise: '127.0.0.1:1',
+            // Clients stay on the proxied URLs they were given.
+            advertiseToClients: false,
+          },
+        });
+        writeFileSync(conf, text);
+        return { command: process.env['NATS_SERVER_BIN'] ?? 'nats-server', args: ['-c', conf] };
+      },
+      t,
+    );
+    const clientProxy = await startProxy(server.port, t);
+    const own = [clientProxy, ...proxiesOf(i)];
+    const monitorUrl = `http://127.0.0.1:${monitorPorts[i]}`;
+    const healthy = async () => {
+      await pollUntil(
+        `${names[i]} healthy`,
+        async () => (await fetch(`${monitorUrl}/healthz`)).ok || undefined,
+      );
+    };
+    nodes.push({
+      name: names[i]!,
+      url: clientProxy.url('nats'),
+      server,
+      monitorUrl,
+      kill: (signal) => server.kill(signal),
+      start: async () => {
+        await server.start();
+        await healthy();
+      },
+      healthy,
+      partition: () => own.forEach((p) => p.set({ kind: 'blackhole' })),
+      heal: () =>
+        own.forEach((p) => {
+          p.set({ kind: 'reset' });
+          p.set({ kind: 'pass' });
+        }),
+    });
+  }
+  const url = nodes.map((n) => n.url).join(',');
+
+  let nc: NatsConnection | undefined;
+  const admin = async () => {
+    nc ??= await connect({
+      servers: nodes.map((n) => n.url),
+      name: 'test-cluster-admin',
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      pingInterval: 2_000,
+      inboxPrefix: `_INBOX.${identities.dispatcher.publicKey}`,
+      authenticator: nkeyAuthenticator(new TextEncoder().encode(identities.dispatcher.seed)),
+    });
+    return nc;
+  };
+  t.teardown(async () => {
+    await nc?.close();
   });
+
+  const cluster: SecuredNatsCluster = {
+    nodes,
+    url,
+    identities,
+    serviceEnv: serviceEnvOf(identities),
+    async streamLeader(stream = jetstreamNames.requestsStream) {
+      try {
+        const jsm = await jetstreamManager(await admin(), { timeout: 2_000 });
+        const leader = (await jsm.streams.info(stream)).cluster?.leader;
+        return nodes.find((n) => n.name === leader);
+      } catch {
+        return undefined;
+      }
+    },
+    async jetStreamReady() {
+      // Before every node follows the meta leader, a replicated stream finds no place
+      // ("no suitable peers for placement").
+      await pollUntil('a JetStream meta leader that every node follows', async () => {
+        for (const n of nodes) {
+          const meta = ((await (await fetch(`${n.monitorUrl}/jsz`)).json()) as Jsz).meta_cluster;
+          const followers = meta?.replicas?.filter((r) => r.current).length ?? 0;
+          if (meta?.leader === n.name && followers === size - 1) return true;
+        }
+        return undefined;
+      });
+      await pollUntil('JetStream answers', async () => {
+        const jsm = await jetstreamManager(await admin(), { timeout: 2_000 });
+        return jsm.getAccountInfo();
+      });
+    },
+  };
+  await cluster.jetStreamReady();
+  return cluster;
 }
 
 /** redis-server that keeps nothing on disk (as the shared one). */
