@@ -42,6 +42,13 @@ export interface Durations {
   /** A system's ladder stops after this many failed rates in a row (a stall of the machine fails one rate, not the system). */
   failedRatesToStop: number;
   /**
+   * The cluster's fault (benchmark 2c): load at half the cluster's capacity for
+   * `clusterBeforeKillMs`, then the intake stream's leader node is killed, and the load goes on for
+   * `clusterAfterKillMs` (the window in which answers must resume).
+   */
+  clusterBeforeKillMs: number;
+  clusterAfterKillMs: number;
+  /**
    * Overload (2b): twice the capacity for `stepMs`, then half of it for `overloadRecoveryMs` (the
    * window in which latency must come back under the bound), then at most `overloadDrainMs` for the
    * last answers.
@@ -74,6 +81,8 @@ export const FULL: Durations = {
   maxSendLagMs: 50,
   retryStep: true,
   failedRatesToStop: 2,
+  clusterBeforeKillMs: 5_000,
+  clusterAfterKillMs: 25_000,
   overloadRecoveryMs: 20_000,
   overloadDrainMs: 60_000,
   lagMs: 20_000,
@@ -101,6 +110,8 @@ export const QUICK: Durations = {
   maxSendLagMs: 50,
   retryStep: false,
   failedRatesToStop: 1,
+  clusterBeforeKillMs: 2_000,
+  clusterAfterKillMs: 12_000,
   overloadRecoveryMs: 5_000,
   overloadDrainMs: 30_000,
   lagMs: 3_000,
@@ -135,6 +146,8 @@ export class BenchContext {
   private readonly databases: TestDatabase[] = [];
   /** Servers started for one benchmark's lane (a second nats-server, say): stopped at the end too. */
   private readonly extraServers: OwnedServer[] = [];
+  /** Clean-ups registered by a benchmark (a NATS cluster's nodes and proxies): run at the end, newest first. */
+  private readonly deferred: Array<() => Promise<void> | void> = [];
 
   constructor(
     readonly mode: 'full' | 'quick',
@@ -168,6 +181,30 @@ export class BenchContext {
     const server = await startNats();
     this.extraServers.push(server);
     return server;
+  }
+
+  /**
+   * A `Teardown` for test/support helpers (`startSecuredNatsCluster`): what they register runs when
+   * `run()` is called, or at `close` in any case (also on Ctrl-C).
+   */
+  teardown(): { teardown(fn: () => Promise<void> | void): void; run(): Promise<void> } {
+    const fns: Array<() => Promise<void> | void> = [];
+    const run = async () => {
+      for (const fn of fns.splice(0).reverse()) {
+        const k = this.deferred.indexOf(fn);
+        if (k >= 0) this.deferred.splice(k, 1);
+        await Promise.resolve()
+          .then(fn)
+          .catch(() => undefined);
+      }
+    };
+    return {
+      teardown: (fn) => {
+        fns.push(fn);
+        this.deferred.push(fn);
+      },
+      run,
+    };
   }
 
   async stopServer(server: OwnedServer): Promise<void> {
@@ -234,6 +271,10 @@ export class BenchContext {
     await Promise.all([...this.children].map((c) => c.stop().catch(() => undefined)));
     this.children.clear();
     for (const server of this.extraServers.splice(0)) await server.stop().catch(() => undefined);
+    for (const fn of this.deferred.splice(0).reverse())
+      await Promise.resolve()
+        .then(fn)
+        .catch(() => undefined);
     await this.nats?.stop().catch(() => undefined);
     await this.redis?.stop().catch(() => undefined);
     for (const db of this.databases.splice(0)) await db.drop().catch(() => undefined);

@@ -22,16 +22,22 @@ export function procCpuUs(pid: number | undefined): number | null {
  */
 export const COST_ROLES = ['service', 'nats', 'postgres', 'redis', 'loadgen'] as const;
 export type CostRole = (typeof COST_ROLES)[number];
-export type Cost = Record<CostRole | 'postgresServer', number | null>;
+/**
+ * Rows outside the total: the whole PostgreSQL server, and the TCP proxies a test NATS cluster puts
+ * on every route and client connection (test/support/processes.ts), which run in the bench's own
+ * runner process and which a real deployment does not have.
+ */
+export type CostExtra = 'postgresServer' | 'proxies';
+export type Cost = Record<CostRole | CostExtra, number | null>;
 
 export interface CostSources {
-  processes: Array<{ role: CostRole; pid: () => number | undefined }>;
+  processes: Array<{ role: CostRole | 'proxies'; pid: () => number | undefined }>;
   /** The database whose backends serve the lane, or null when it writes none. */
   database: string | null;
 }
 
 interface CostSample {
-  processes: Array<{ role: CostRole; pid: number | undefined }>;
+  processes: Array<{ role: CostRole | 'proxies'; pid: number | undefined }>;
   databasePids: number[];
   serverPids: number[];
   cpu: Map<number, number>;
@@ -94,8 +100,9 @@ export class CostMeter {
       redis: null,
       loadgen: null,
       postgresServer: null,
+      proxies: null,
     };
-    for (const role of COST_ROLES) {
+    for (const role of [...COST_ROLES, 'proxies'] as const) {
       const pids = b.processes.filter((p) => p.role === role).map((p) => p.pid);
       if (pids.length) cost[role] = sum(pids);
     }

@@ -16,10 +16,11 @@ import {
   databaseOf,
   procCpuUs,
   type Cost,
+  type CostExtra,
   type CostRole,
   type CostSources,
 } from '../lib/proc.ts';
-import { figure, target, type BenchResult } from '../lib/report.ts';
+import { figure, target, type BenchResult, type Table } from '../lib/report.ts';
 
 /**
  * Benchmarks 1, 2 and 6: dispatch latency at two fixed loads, the highest sustained dispatch
@@ -45,13 +46,14 @@ const FLOOR_RATE = 5;
 /** The lanes set up with the dispatch suite, used by several benchmarks. */
 type BaseSystem = 'toolbus' | 'nats-rr' | 'nats-rr-pg' | 'bullmq' | 'pg-inserts';
 /** Lanes only benchmark 2 climbs, set up for it and stopped after it. */
-type ExtraSystem = 'toolbus-2';
+type ExtraSystem = 'toolbus-2' | 'toolbus-cluster';
 export type System = BaseSystem | ExtraSystem;
 
 /** How each system is named in the report. */
 export const SYSTEM_NAMES: Record<System, string> = {
   toolbus: 'Toolbus, 1 dispatcher',
   'toolbus-2': 'Toolbus, 2 dispatchers',
+  'toolbus-cluster': 'Toolbus, 3-node NATS cluster (R3), 2 dispatchers',
   'nats-rr': 'NATS req/reply',
   'nats-rr-pg': 'req/reply + 2 commits',
   bullmq: 'BullMQ',
@@ -77,12 +79,14 @@ export function dispatcherEnv(
   });
 }
 
-export const dispatchWorkload = (ctx: BenchContext, natsUrl = ctx.nats.url): Workload => ({
+/** The dispatch workload, on the run's nats-server or another (`nkeySeed`: an agent identity of a secured one). */
+export const dispatchWorkload = (ctx: BenchContext, natsUrl = ctx.nats.url, nkeySeed?: string): Workload => ({
   kind: 'dispatch',
   natsUrl,
   jwtSecret: ctx.jwtSecret,
   users: USERS,
   tool: 'noop',
+  ...(nkeySeed ? { nkeySeed } : {}),
 });
 
 export interface RunSummary {
@@ -125,7 +129,7 @@ export interface DispatchSetup {
 }
 
 /** A lane's load generator: forked, its workload set up, its own CPU counted in the lane's cost. */
-async function openLane(
+export async function openLane(
   ctx: BenchContext,
   system: System,
   workload: Workload,
@@ -144,7 +148,7 @@ async function openLane(
   };
 }
 
-const pidOf =
+export const pidOf =
   (svc: Service): (() => number) =>
   () =>
     svc.started.pid;
@@ -625,7 +629,11 @@ async function step(
  * `failedRatesToStop` rates in a row, or at the safety cap `maxRate` (then its figure is a lower
  * bound, `capped`).
  */
-async function climb(ctx: BenchContext, s: DispatchSetup, lanes: Lane[]): Promise<Map<System, Ladder>> {
+export async function climb(
+  ctx: BenchContext,
+  s: DispatchSetup,
+  lanes: Lane[],
+): Promise<Map<System, Ladder>> {
   const ladders = new Map<System, Ladder>(
     lanes.map(({ system }) => [
       system,
@@ -678,13 +686,14 @@ export async function toolbusCapacity(ctx: BenchContext, s: DispatchSetup): Prom
 }
 
 /** The rows of the "CPU per dispatch" table: each process role, as the report names it. */
-const COST_LABELS: Record<CostRole | 'postgresServer', string> = {
+export const COST_LABELS: Record<CostRole | CostExtra, string> = {
   service: 'dispatcher(s) / BullMQ worker',
   nats: 'nats-server',
   postgres: "PostgreSQL backends of the lane's database",
   redis: 'redis-server',
   loadgen: 'load generator',
   postgresServer: 'PostgreSQL, every process in pg_stat_activity (not in the total)',
+  proxies: "the test cluster's TCP proxies, in the bench runner (not in the total)",
 };
 
 export interface CostAtRate {
@@ -693,7 +702,7 @@ export interface CostAtRate {
   pass: boolean;
   completed: number;
   /** CPU ms per completed request, by process role; null: the role takes no part (or unreadable). */
-  msPerDispatch: Record<CostRole | 'postgresServer', number | null>;
+  msPerDispatch: Record<CostRole | CostExtra, number | null>;
   /** The sum of the roles, `postgresServer` left out. */
   totalMs: number;
 }
@@ -702,7 +711,7 @@ export interface CostAtRate {
  * CPU per completed request of each system at one rate of the ladder (mid-ladder: the step nearest
  * half of Toolbus's figure, which every system climbed), from the step's /proc samples.
  */
-function costsAt(ladders: Ladder[], rate: number): CostAtRate[] {
+export function costsAt(ladders: Ladder[], rate: number): CostAtRate[] {
   const out: CostAtRate[] = [];
   for (const l of ladders) {
     // Every system climbs the same rates; one that stopped below `rate` is taken at its nearest.
@@ -721,6 +730,7 @@ function costsAt(ladders: Ladder[], rate: number): CostAtRate[] {
       redis: ms(st.cpuUs.redis),
       loadgen: ms(st.cpuUs.loadgen),
       postgresServer: ms(st.cpuUs.postgresServer),
+      proxies: ms(st.cpuUs.proxies),
     };
     const totalMs = COST_ROLES.reduce((sum, role) => sum + (msPerDispatch[role] ?? 0), 0);
     out.push({ system: l.system, rate: own, pass: st.pass, completed: st.completed, msPerDispatch, totalMs });
@@ -733,7 +743,7 @@ const nearest = (values: number[], to: number): number =>
   values.reduce((best, v) => (Math.abs(v - to) < Math.abs(best - to) ? v : best), values[0] ?? to);
 
 /** The ladder's rate nearest to half of its figure (the first rate when there is no figure). */
-function midRate(ladder: Ladder, first: number): number {
+export function midRate(ladder: Ladder, first: number): number {
   if (!ladder.max) return first;
   return nearest(
     ladder.steps.map((x) => x.rate),
@@ -741,7 +751,29 @@ function midRate(ladder: Ladder, first: number): number {
   );
 }
 
-const cell = (v: number | null): string => (v === null ? '—' : v.toFixed(3));
+/** The "CPU per dispatch (ms)" table: a row per process role, a column per system. */
+export function costsTable(rate: number, costs: CostAtRate[]): Table {
+  const extras = (['postgresServer', 'proxies'] as const).filter((role) =>
+    costs.some((c) => c.msPerDispatch[role] !== null),
+  );
+  return {
+    title: `CPU per dispatch (ms) at ${rate}/s`,
+    header: [
+      'process',
+      ...costs.map(
+        (c) =>
+          `${SYSTEM_NAMES[c.system]}${c.rate === rate ? '' : ` (at ${c.rate}/s)`}${c.pass ? '' : ' (step failed)'}`,
+      ),
+    ],
+    rows: [
+      ...COST_ROLES.map((role) => [COST_LABELS[role], ...costs.map((c) => cell(c.msPerDispatch[role]))]),
+      ['**total**', ...costs.map((c) => `**${c.totalMs.toFixed(3)}**`)],
+      ...extras.map((role) => [COST_LABELS[role], ...costs.map((c) => cell(c.msPerDispatch[role]))]),
+    ],
+  };
+}
+
+export const cell = (v: number | null): string => (v === null ? '—' : v.toFixed(3));
 
 /**
  * Benchmark 2: each system's offered rate steps up (×stepFactor) until it fails: a failed step is
@@ -787,21 +819,7 @@ export async function dispatchThroughput(
 
   const rate = midRate(toolbus, ctx.d.firstRate);
   const costs = costsAt(all, rate);
-  const costTable = {
-    title: `CPU per dispatch (ms) at ${rate}/s`,
-    header: [
-      'process',
-      ...costs.map(
-        (c) =>
-          `${SYSTEM_NAMES[c.system]}${c.rate === rate ? '' : ` (at ${c.rate}/s)`}${c.pass ? '' : ' (step failed)'}`,
-      ),
-    ],
-    rows: [
-      ...COST_ROLES.map((role) => [COST_LABELS[role], ...costs.map((c) => cell(c.msPerDispatch[role]))]),
-      ['**total**', ...costs.map((c) => `**${c.totalMs.toFixed(3)}**`)],
-      [COST_LABELS.postgresServer, ...costs.map((c) => cell(c.msPerDispatch.postgresServer))],
-    ],
-  };
+  const costTable = costsTable(rate, costs);
   const coresNote = (l: Ladder | null, name: string) =>
     l ? `${name}: ${l.steps.map((x) => `${x.rate}/s ${x.serverCores?.toFixed(2) ?? '?'}`).join(', ')}` : null;
 
