@@ -52,9 +52,13 @@ export const intVar = (fallback: number, min: number, max: number) =>
 export const CommonEnv = z.object({
   NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** One NATS server's URL, or several separated by commas (a cluster's nodes: any one will do). */
   NATS_URL: z
     .string()
-    .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'must be a nats:// URL')
+    .regex(
+      /^(nats|tls|ws|wss):\/\/[^\s,]+(,\s*(nats|tls|ws|wss):\/\/[^\s,]+)*$/,
+      'must be a nats:// URL, or several separated by commas',
+    )
     .default('nats://127.0.0.1:4222'),
   /**
    * The process's NATS identity (lib/nats.ts): an nkey seed (or a file holding it), a creds file,

@@ -39,6 +39,19 @@ t.test('empty strings count as unset', async (t) => {
   t.equal(c.NODE_ENV, 'development');
 });
 
+t.test("NATS_URL: one server, or a cluster's nodes separated by commas", async (t) => {
+  const nodes = 'nats://10.0.0.1:4222,nats://10.0.0.2:4222, nats://10.0.0.3:4222';
+  t.equal(loadConfig(CommonEnv, { NATS_URL: nodes }).NATS_URL, nodes);
+  for (const wrong of [
+    '127.0.0.1:4222',
+    'nats://a:4222,',
+    'nats://a:4222,b:4222',
+    'nats://a:4222,,nats://b:4222',
+  ]) {
+    t.throws(() => loadConfig(CommonEnv, { NATS_URL: wrong }), ConfigError, wrong);
+  }
+});
+
 t.test('values from the environment are used, ports as numbers', async (t) => {
   const c = loadConfig(CommonEnv, {
     NODE_ENV: 'test',

@@ -80,9 +80,20 @@ function authenticatorOf(c: NatsCredentials): Partial<ConnectionOptions> {
 const identities = new WeakMap<NatsConnection, string>();
 
 /**
+ * The servers of a NATS_URL: one URL, or several separated by commas (the nodes of a cluster).
+ */
+export const natsServers = (url: string): string[] =>
+  url
+    .split(',')
+    .map((u) => u.trim())
+    .filter((u) => u.length > 0);
+
+/**
  * Connects as `credentials` and keeps reconnecting for ever: a NATS restart is an interruption,
- * not an end. The connection's inbox prefix is `_INBOX.<identity>`, the only inbox its identity may
- * subscribe to on a server with Toolbus's authorization.
+ * not an end. `url` may name several servers, comma-separated (a cluster's nodes): it connects to
+ * one of them and moves to another when that one is lost. The connection's inbox prefix is
+ * `_INBOX.<identity>`, the only inbox its identity may subscribe to on a server with Toolbus's
+ * authorization.
  */
 export async function connectNats(
   url: string,
@@ -91,7 +102,7 @@ export async function connectNats(
 ): Promise<NatsConnection> {
   const identity = identityOf(credentials);
   const nc = await connect({
-    servers: url,
+    servers: natsServers(url),
     name,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,

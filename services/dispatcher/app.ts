@@ -105,6 +105,7 @@ export async function startDispatcher(
       maxAckPending: config.MAX_ACK_PENDING,
       maxMessages: config.INTAKE_MAX_MESSAGES,
       maxBytes: config.INTAKE_MAX_BYTES,
+      replicas: config.NATS_STREAM_REPLICAS,
       log,
     };
     await ensureIntake(jsm, intakeOptions);

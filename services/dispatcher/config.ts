@@ -58,6 +58,12 @@ const DispatcherVariables = CommonEnv.extend({
   INTAKE_MAX_MESSAGES: intVar(100_000, 1, 100_000_000),
   INTAKE_MAX_BYTES: intVar(1024 * 1024 * 1024, 1024 * 1024, 1024 * 1024 * 1024 * 1024),
   /**
+   * Copies of the intake stream on a JetStream cluster (3 on a 3-node cluster: a request is
+   * acknowledged once a majority stored it). An instance starting with another count changes the
+   * stream's (and its consumer's).
+   */
+  NATS_STREAM_REPLICAS: intVar(1, 1, 5),
+  /**
    * Slots of this instance one user may hold at once; the rest of the user's requests wait here
    * while others are served. Default: DISPATCH_CONCURRENCY minus an eighth (at least 1).
    */

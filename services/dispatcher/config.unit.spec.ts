@@ -23,6 +23,7 @@ t.test('dispatcher settings: defaults', async (t) => {
     INTAKE_BUFFER_BYTES: 64 * 1024 * 1024,
     INTAKE_PULL_BATCH: 256,
     CANCEL_WAIT_MS: 15_000,
+    NATS_STREAM_REPLICAS: 1,
   });
   t.equal(c.USER_DISPATCH_SLOTS, undefined, 'derived from DISPATCH_CONCURRENCY when not set');
   t.match(c.DISPATCHER_ID, /^[A-Za-z0-9_-]+-\d+$/, 'hostname-pid, as a subject token');
@@ -38,6 +39,7 @@ t.test('dispatcher settings: from the environment, and refused when wrong', asyn
   t.match(c, { ACK_WAIT_MS: 5000, TOOLBUS_TEST_TOOLS: true, DISPATCHER_ID: 'd-1' });
   t.equal(loadConfig(DispatcherEnv, { ...KEYS, TOOLBUS_TEST_TOOLS: 'false' }).TOOLBUS_TEST_TOOLS, false);
   t.equal(loadConfig(DispatcherEnv, { ...KEYS, USER_DISPATCH_SLOTS: '3' }).USER_DISPATCH_SLOTS, 3);
+  t.equal(loadConfig(DispatcherEnv, { ...KEYS, NATS_STREAM_REPLICAS: '3' }).NATS_STREAM_REPLICAS, 3);
   for (const [key, value] of [
     ['ACK_WAIT_MS', '10'],
     ['ACK_WAIT_MS', 'soon'],
@@ -48,6 +50,8 @@ t.test('dispatcher settings: from the environment, and refused when wrong', asyn
     ['DISPATCHER_ID', 'has.dot'],
     ['USER_DISPATCH_SLOTS', '0'],
     ['INTAKE_BUFFER_BYTES', '1000'],
+    ['NATS_STREAM_REPLICAS', '0'],
+    ['NATS_STREAM_REPLICAS', '6'],
   ] as const) {
     t.throws(() => loadConfig(DispatcherEnv, { ...KEYS, [key]: value }), ConfigError, `${key}=${value}`);
   }

@@ -72,7 +72,7 @@ async function createOrAccept(
  * The intake: a file-backed work-queue stream of tool requests on `toolbus.requests.>`,
  * deduplicated by `Nats-Msg-Id` over two minutes, and one durable pull consumer that every
  * dispatcher instance shares (explicit ack). Created when missing; brought in line when an
- * instance starts with other limits. Safe to call from several instances at once. Returns what it
+ * instance starts with other limits or another replica count (the consumer follows the stream's). Safe to call from several instances at once. Returns what it
  * created (empty when both were there); throws `IntakeCreateError` when a missing part cannot be
  * created.
  */
@@ -84,6 +84,11 @@ export async function ensureIntake(
     /** Bounds of the stream: beyond them a publish is refused (discard new), nothing old is dropped. */
     maxMessages?: number;
     maxBytes?: number;
+    /**
+     * Copies of the stream on a JetStream cluster (default 1): with 3, a publish is acknowledged
+     * once two nodes stored it, and the stream outlives one lost node.
+     */
+    replicas?: number;
     log: Logger;
   },
 ): Promise<IntakeResource[]> {
@@ -97,6 +102,7 @@ export async function ensureIntake(
     max_msgs: options.maxMessages ?? -1,
     max_bytes: options.maxBytes ?? -1,
     discard: DiscardPolicy.New,
+    num_replicas: options.replicas ?? 1,
   };
   try {
     const info = await jsm.streams.info(names.requestsStream);
@@ -105,16 +111,22 @@ export async function ensureIntake(
       !info.config.subjects?.includes(subjects.requestsAll) ||
       info.config.max_msgs !== stream.max_msgs ||
       info.config.max_bytes !== stream.max_bytes ||
-      info.config.discard !== stream.discard
+      info.config.discard !== stream.discard ||
+      info.config.num_replicas !== stream.num_replicas
     ) {
+      // The consumer keeps the replica count of its stream (it was created without one of its own).
       await jsm.streams.update(names.requestsStream, {
         subjects: stream.subjects,
         duplicate_window: stream.duplicate_window,
         max_msgs: stream.max_msgs,
         max_bytes: stream.max_bytes,
         discard: stream.discard,
+        num_replicas: stream.num_replicas,
       });
-      options.log.info({ stream: names.requestsStream }, 'intake stream updated');
+      options.log.info(
+        { stream: names.requestsStream, replicas: stream.num_replicas },
+        'intake stream updated',
+      );
     }
   } catch (e) {
     if (!isApiError(e, JetStreamApiCodes.StreamNotFound)) throw e;

@@ -204,12 +204,12 @@ export interface NatsClusterNode {
   monitorUrl: string;
   /**
    * Kills the node (SIGKILL by default); `start` brings it back with its store and resolves once
-   * it has rejoined (its `/healthz`: JetStream current).
+   * it has rejoined (`rejoined`). Its copies of streams catch up after that: wait for them.
    */
   kill(signal?: NodeJS.Signals): Promise<void>;
   start(): Promise<void>;
-  /** Resolves once the node says JetStream is current on it (`/healthz`). */
-  healthy(): Promise<void>;
+  /** Resolves once the node follows a JetStream meta leader (its `/jsz`). */
+  rejoined(): Promise<void>;
   /**
    * Cuts the node off: its routes to every other node and its clients' connections go silent
    * (black-holed, not closed: what a lost network looks like). The process keeps running.
@@ -300,11 +300,12 @@ export async function startSecuredNatsCluster(
     const clientProxy = await startProxy(server.port, t);
     const own = [clientProxy, ...proxiesOf(i)];
     const monitorUrl = `http://127.0.0.1:${monitorPorts[i]}`;
-    const healthy = async () => {
-      await pollUntil(
-        `${names[i]} healthy`,
-        async () => (await fetch(`${monitorUrl}/healthz`)).ok || undefined,
-      );
+    // Not /healthz: nats-server 2.9 calls an idle consumer's replica "not current" for a long time.
+    const rejoined = async () => {
+      await pollUntil(`${names[i]} follows a JetStream meta leader`, async () => {
+        const meta = ((await (await fetch(`${monitorUrl}/jsz`)).json()) as Jsz).meta_cluster;
+        return meta?.leader ? true : undefined;
+      });
     };
     nodes.push({
       name: names[i]!,
@@ -314,9 +315,9 @@ export async function startSecuredNatsCluster(
       kill: (signal) => server.kill(signal),
       start: async () => {
         await server.start();
-        await healthy();
+        await rejoined();
       },
-      healthy,
+      rejoined,
       partition: () => own.forEach((p) => p.set({ kind: 'blackhole' })),
       heal: () =>
         own.forEach((p) => {

@@ -1,0 +1,67 @@
+/**
+ * The intake on a 3-node JetStream cluster: NATS_STREAM_REPLICAS sets the stream's copies when
+ * it is created, and an instance starting with another count brings an existing stream (and its
+ * consumer) in line. The dispatcher's connection, given every node's URL, moves to another node
+ * when its own is killed.
+ */
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import t from 'tap';
+import { jetstream as names } from '../../contracts/index.ts';
+import { createLogger } from '../../lib/log.ts';
+import { connectNats } from '../../lib/nats.ts';
+import { pollUntil, startSecuredNatsCluster } from '../../test/support/processes.ts';
+import { ensureIntake } from './intake.ts';
+
+const cluster = await startSecuredNatsCluster(t, []);
+const nc = await connectNats(cluster.url, 'intake-replicas', {
+  nkeySeed: cluster.identities.dispatcher.seed,
+});
+t.teardown(() => nc.close());
+const jsm = await jetstreamManager(nc);
+const log = createLogger('intake-replicas-test', 'silent');
+const ensure = (replicas: number) =>
+  ensureIntake(jsm, { ackWaitMs: 30_000, maxAckPending: 1000, replicas, log });
+
+/** The copies of the stream and of its consumer that the cluster has placed (leader included). */
+async function copies(m: JetStreamManager): Promise<{ stream: number; consumer: number }> {
+  const s = await m.streams.info(names.requestsStream);
+  const c = await m.consumers.info(names.requestsStream, names.dispatcherConsumer);
+  return { stream: 1 + (s.cluster?.replicas?.length ?? 0), consumer: 1 + (c.cluster?.replicas?.length ?? 0) };
+}
+
+const placed = (stream: number, consumer: number) =>
+  pollUntil(`${stream} copies of the stream, ${consumer} of the consumer`, async () => {
+    const c = await copies(jsm);
+    return c.stream === stream && c.consumer === consumer ? c : undefined;
+  });
+
+t.test('one copy by default; a later start with 3 replicates the stream and its consumer', async (t) => {
+  t.same(await ensureIntake(jsm, { ackWaitMs: 30_000, maxAckPending: 1000, log }), ['stream', 'consumer']);
+  t.equal((await jsm.streams.info(names.requestsStream)).config.num_replicas, 1);
+  t.same(await placed(1, 1), { stream: 1, consumer: 1 }, 'one copy of each');
+
+  t.same(await ensure(3), [], 'nothing created: the stream is updated');
+  t.equal((await jsm.streams.info(names.requestsStream)).config.num_replicas, 3);
+  t.same(await placed(3, 3), { stream: 3, consumer: 3 }, 'three copies of the stream and of the consumer');
+  t.same(await ensure(3), [], 'a start with the same count changes nothing');
+});
+
+t.test('a missing stream is created with the configured copies', async (t) => {
+  await jsm.streams.delete(names.requestsStream);
+  t.same(await ensure(3), ['stream', 'consumer']);
+  t.equal((await jsm.streams.info(names.requestsStream)).config.num_replicas, 3);
+  t.same(await placed(3, 3), { stream: 3, consumer: 3 });
+});
+
+t.test("given every node's URL, the connection moves on when its node dies", async (t) => {
+  const on = cluster.nodes.find((n) => nc.info?.server_name === n.name);
+  t.ok(on, `connected to ${nc.info?.server_name}`);
+  await on!.kill();
+  await pollUntil('the connection is on another node', async () =>
+    nc.info?.server_name !== on!.name ? true : undefined,
+  );
+  await nc.flush();
+  t.not(nc.info?.server_name, on!.name, `now on ${nc.info?.server_name}`);
+  t.ok(await pollUntil('the intake answers', () => jsm.streams.info(names.requestsStream)));
+  await on!.start();
+});
