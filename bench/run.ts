@@ -174,9 +174,9 @@ async function main(): Promise<number> {
     }
     if (dispatch && wanted('cluster')) {
       const d = dispatch;
-      const two = twoDispatchers;
+      const [tb, two] = [highest, twoDispatchers];
       await step('cluster', CLUSTER_TITLE, async () =>
-        (await import('./suites/cluster.ts')).clusterBench(ctx, d, two),
+        (await import('./suites/cluster.ts')).clusterBench(ctx, d, tb, two),
       );
     }
     if (dispatch && wanted('diagnostics'))
