@@ -133,7 +133,13 @@ interface Resume {
   fellBehind: boolean;
 }
 
-/** Where answers stopped and started again, from the loop's due and answer times. */
+/**
+ * Where answers stopped and started again, from the loop's due and answer times. "Resume" is the
+ * cluster fault test's definition (`measureResume` in test/faults/load.ts: from the fault to the
+ * first answer to a request sent after it), computed here from the bench's own open loop, which
+ * runs in the load generator's process rather than beside the fault test's ledger. Unlike that
+ * test's sender, the bench's does not retry a publish that was not acknowledged: it is counted.
+ */
 function analyseResume(r: PhasedOpenLoopResult, killMs: number, sendEndMs: number) {
   const label = (i: number) => r.outcomes[r.outcome[i]!]!;
   const completed: number[] = [];
