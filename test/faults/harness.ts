@@ -15,8 +15,10 @@ import {
   startPostgres,
   startRedis,
   startSecuredNats,
+  startSecuredNatsCluster,
   type OwnedServer,
   type SecuredNats,
+  type SecuredNatsCluster,
 } from '../support/processes.ts';
 import { ALL_TOOL_NAMES } from '../support/stack.ts';
 import { startProxy, type TcpProxy } from '../support/proxy.ts';
@@ -25,7 +27,8 @@ import { startProxy, type TcpProxy } from '../support/proxy.ts';
  * The stack a fault test drives: every service as its own process (scripts/launcher.ts, as
  * `npm start` runs them) against a NATS server and a Redis server of the test's own, and either a
  * fresh database on the shared PostgreSQL or a PostgreSQL server of the test's own (which the test
- * may kill). Redis may sit behind a TCP proxy, so the test can black-hole it.
+ * may kill). Redis may sit behind a TCP proxy, so the test can black-hole it. NATS may be a 3-node
+ * JetStream cluster (`natsCluster`), the intake stream replicated on every node.
  */
 
 export const FAULT_JWT_SECRET = randomBytes(32).toString('hex');
@@ -42,11 +45,19 @@ export interface FaultStackOptions {
   ownPostgres?: boolean;
   /** Put Redis behind a TCP proxy (services get the proxy's URL). */
   redisProxy?: boolean;
+  /**
+   * Run NATS as a JetStream cluster of this many nodes (startSecuredNatsCluster) instead of one
+   * server: services get every node's URL, and the intake stream as many replicas (at most 3).
+   */
+  natsCluster?: number;
 }
 
 export interface FaultStack {
   stack: Stack;
-  nats: SecuredNats;
+  /** The NATS server, unless NATS is a cluster. */
+  nats: SecuredNats | null;
+  /** The NATS cluster, when asked for (`natsCluster`). */
+  cluster: SecuredNatsCluster | null;
   redis: OwnedServer;
   /** The proxy in front of Redis, when asked for. */
   redisProxy: TcpProxy | null;
@@ -76,8 +87,10 @@ export interface FaultStack {
 
 export async function startFaultStack(t: Tap, options: FaultStackOptions = {}): Promise<FaultStack> {
   const services = options.services ?? ['dispatcher', 'projector', 'notifier'];
-  const [nats, redis, database] = await Promise.all([
-    startSecuredNats(t, ALL_TOOL_NAMES),
+  const [bus, redis, database] = await Promise.all([
+    options.natsCluster
+      ? startSecuredNatsCluster(t, ALL_TOOL_NAMES, [], options.natsCluster)
+      : startSecuredNats(t, ALL_TOOL_NAMES),
     startRedis(t),
     options.ownPostgres
       ? startPostgres(t).then((pg): { url: string; server: OwnedServer | null } => ({
@@ -86,11 +99,14 @@ export async function startFaultStack(t: Tap, options: FaultStackOptions = {}): 
         }))
       : createTestDatabase(t).then((db) => ({ url: db.url, server: null })),
   ]);
+  const cluster = options.natsCluster ? (bus as SecuredNatsCluster) : null;
+  const nats = options.natsCluster ? null : (bus as SecuredNats);
   const redisProxy = options.redisProxy ? await startProxy(redis.port, t) : null;
   const env: Record<string, string> = {
     NODE_ENV: 'test',
     LOG_LEVEL: 'info',
-    NATS_URL: nats.url,
+    NATS_URL: bus.url,
+    ...(cluster ? { NATS_STREAM_REPLICAS: String(Math.min(3, cluster.nodes.length)) } : {}),
     REDIS_URL: redisProxy ? redisProxy.url('redis') : redis.url,
     DATABASE_URL: database.url,
     JWT_SECRET: FAULT_JWT_SECRET,
@@ -129,12 +145,12 @@ export async function startFaultStack(t: Tap, options: FaultStackOptions = {}): 
   const stack = await launchStack({
     services,
     env,
-    serviceEnv: nats.serviceEnv,
+    serviceEnv: bus.serviceEnv,
     ports,
     readyTimeoutMs: 90_000,
   });
   stacks.push(stack);
-  const nc = await connectNats(nats.url, 'fault-test', { nkeySeed: nats.identities.agent.seed });
+  const nc = await connectNats(bus.url, 'fault-test', { nkeySeed: bus.identities.agent.seed });
   t.teardown(async () => {
     await nc.close();
   });
@@ -147,6 +163,7 @@ export async function startFaultStack(t: Tap, options: FaultStackOptions = {}): 
   return {
     stack,
     nats,
+    cluster,
     redis,
     redisProxy,
     postgres: database.server,
@@ -169,7 +186,7 @@ export async function startFaultStack(t: Tap, options: FaultStackOptions = {}): 
           ...(service === 'dispatcher' ? { DISPATCHER_ID: `extra-${extras}` } : {}),
           ...extraEnv,
         },
-        serviceEnv: nats.serviceEnv,
+        serviceEnv: bus.serviceEnv,
         ports: { [service]: port },
         readyTimeoutMs: 90_000,
       });

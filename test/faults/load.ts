@@ -281,3 +281,168 @@ export function parseTerminal(data: Uint8Array): TerminalAnswer | null {
     return null;
   }
 }
+
+export interface OpenLoadOptions {
+  /** The agents that send (one NATS connection each); requests go to them in turn. */
+  agents: AgentClient[];
+  ledger: Ledger;
+  users: User[];
+  /** New requests per second, whatever the answers do (open loop). */
+  ratePerSec: number;
+  /** What each request is (default `defaultMix`). */
+  mix?: (i: number, rand: () => number, user: User) => RequestSpec;
+  /** Chance that a tick sends an answered request id of the user again instead (default 0.02). */
+  repeatRate?: number;
+  seed?: number;
+  send?: SendOptions;
+  /** Prefix of request ids (default `o`). */
+  prefix?: string;
+  /**
+   * Requests in flight at most (default 5000): a bound of the generator's own memory. A tick that
+   * finds it reached sends nothing and is counted in `skipped`; the test should see none.
+   */
+  maxInFlight?: number;
+}
+
+export interface OpenLoad extends Load {
+  /** Requests sent and not yet answered or given up. */
+  readonly inFlight: number;
+  /** Requests the schedule asked for but the generator did not send (`maxInFlight` reached). */
+  readonly skipped: number;
+}
+
+/**
+ * Open-loop traffic: `ratePerSec` new requests a second on a fixed schedule, sent whether or not
+ * the earlier ones were answered (a stalled system faces a growing backlog, as with real users),
+ * each retried with its request id until answered (`send`). The schedule catches up after a late
+ * timer, so the rate offered is the rate asked for on a loaded machine too.
+ */
+export function startOpenLoad(o: OpenLoadOptions): OpenLoad {
+  const rand = random(o.seed ?? 1);
+  const prefix = o.prefix ?? 'o';
+  const maxInFlight = o.maxInFlight ?? 5_000;
+  const started = performance.now();
+  let scheduled = 0;
+  let issued = 0;
+  let answered = 0;
+  let skipped = 0;
+  const inFlight = new Set<Promise<void>>();
+
+  const fire = (n: number) => {
+    const user = o.users[n % o.users.length]!;
+    const agent = o.agents[n % o.agents.length]!;
+    // The ledger is only searched for a repeat when one is due: it grows large in an open loop.
+    const done =
+      rand() < (o.repeatRate ?? 0.02)
+        ? o.ledger.ofUser(user.userId).filter((e) => e.answers.length > 0 && !e.raw)
+        : [];
+    let requestId: string;
+    let spec: RequestSpec;
+    if (done.length > 0) {
+      const old = done[Math.floor(rand() * done.length)]!;
+      requestId = old.requestId;
+      spec = { tool: old.tool, args: old.args };
+    } else {
+      const i = issued++;
+      requestId = `${prefix}-${user.userId}-${i}`;
+      spec = (o.mix ?? defaultMix)(i, rand, user);
+    }
+    const p: Promise<void> = send(agent, o.ledger, user, requestId, spec, o.send).then((a) => {
+      if (a) answered++;
+      inFlight.delete(p);
+    });
+    inFlight.add(p);
+  };
+
+  const timer = setInterval(() => {
+    const due = Math.floor(((performance.now() - started) * o.ratePerSec) / 1000);
+    for (; scheduled < due; scheduled++) {
+      if (inFlight.size >= maxInFlight) skipped++;
+      else fire(scheduled);
+    }
+  }, 5);
+
+  return {
+    get issued() {
+      return issued;
+    },
+    get answered() {
+      return answered;
+    },
+    get inFlight() {
+      return inFlight.size;
+    },
+    get skipped() {
+      return skipped;
+    },
+    async stop() {
+      clearInterval(timer);
+      await Promise.all([...inFlight]);
+    },
+    async answersAfter(n, timeoutMs = 60_000) {
+      const target = answered + n;
+      const deadline = Date.now() + timeoutMs;
+      while (answered < target) {
+        if (Date.now() > deadline) throw new Error(`fewer than ${n} answers within ${timeoutMs} ms`);
+        await sleep(50);
+      }
+    },
+  };
+}
+
+/** How the answers fared around a fault (`measureResume`). */
+export interface ResumeGap {
+  /** When the fault was made (ms since epoch). */
+  faultAt: number;
+  /**
+   * From the fault to the first answer to a request sent after it: how long the system gave no
+   * new answers (ms).
+   */
+  resumedAfterMs: number;
+}
+
+/**
+ * Waits until a request first sent at or after `faultAt` is answered and says how long after the
+ * fault that was: the time answers stopped for, under traffic that keeps coming. Used by the
+ * cluster fault test and by the benchmark ("answers resume within 15 s").
+ */
+export async function measureResume(
+  ledger: Ledger,
+  faultAt: number,
+  timeoutMs = 120_000,
+): Promise<ResumeGap> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let first: number | null = null;
+    for (const e of ledger.entries.values()) {
+      if (e.sentAt >= faultAt && e.answeredAt !== null && (first === null || e.answeredAt < first)) {
+        first = e.answeredAt;
+      }
+    }
+    if (first !== null) return { faultAt, resumedAfterMs: first - faultAt };
+    if (Date.now() > deadline)
+      throw new Error(`no request sent after the fault was answered within ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
+
+/**
+ * The requests first sent in the `windowMs` after a fault, and the slowest of them: who waited for
+ * the fault, and how long (ms from its first attempt to its answer; null while one is unanswered).
+ */
+export function faultImpact(
+  ledger: Ledger,
+  faultAt: number,
+  windowMs: number,
+): { sent: number; slowestMs: number | null; slowest: LedgerEntry | null } {
+  let sent = 0;
+  let slowest: LedgerEntry | null = null;
+  const waited = (e: LedgerEntry) => (e.answeredAt === null ? Infinity : e.answeredAt - e.sentAt);
+  for (const e of ledger.entries.values()) {
+    if (e.raw || e.sentAt < faultAt || e.sentAt >= faultAt + windowMs) continue;
+    sent++;
+    if (slowest === null || waited(e) > waited(slowest)) slowest = e;
+  }
+  const ms = slowest ? waited(slowest) : 0;
+  return { sent, slowestMs: Number.isFinite(ms) ? ms : null, slowest };
+}

@@ -22,9 +22,9 @@ t.test('NATS killed under load and restarted: nothing acknowledged is lost', asy
 
   for (let round = 1; round <= 2; round++) {
     await load.answersAfter(10);
-    await fs.nats.kill('SIGKILL');
+    await fs.nats!.kill('SIGKILL');
     await sleep(3_000);
-    await fs.nats.start();
+    await fs.nats!.start();
     await load.answersAfter(10, 60_000);
     t.pass(`round ${round}: requests are answered again after the restart`);
   }

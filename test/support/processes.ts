@@ -231,6 +231,11 @@ export interface SecuredNatsCluster {
    * stream does not exist.
    */
   streamLeader(stream?: string): Promise<NatsClusterNode | undefined>;
+  /**
+   * Whether `stream` (default the intake) has a leader and every other node holds a current copy:
+   * after a node rejoins or a partition heals, the cluster is whole again.
+   */
+  streamWhole(stream?: string): Promise<boolean>;
   /** Resolves once JetStream answers, with a meta leader that every node follows. */
   jetStreamReady(): Promise<void>;
 }
@@ -357,6 +362,16 @@ export async function startSecuredNatsCluster(
         return nodes.find((n) => n.name === leader);
       } catch {
         return undefined;
+      }
+    },
+    async streamWhole(stream = jetstreamNames.requestsStream) {
+      try {
+        const jsm = await jetstreamManager(await admin(), { timeout: 2_000 });
+        const c = (await jsm.streams.info(stream)).cluster;
+        const current = c?.replicas?.filter((r) => r.current).length ?? 0;
+        return c?.leader !== undefined && current === size - 1;
+      } catch {
+        return false;
       }
     },
     async jetStreamReady() {
