@@ -8,7 +8,7 @@ import { toMarkdown, type Baseline, type BenchResult, type Meta } from './lib/re
 import type { DispatchSetup } from './suites/dispatch.ts';
 
 /**
- * `npm run bench` (full, under 15 minutes) and `npm run bench:quick` (under 2 minutes, the CI
+ * `npm run bench` (full, about 20 minutes) and `npm run bench:quick` (under 3 minutes, the CI
  * smoke check). Runs every benchmark against test-owned NATS and Redis and fresh databases, writes
  * bench/results/latest(-quick).md and .json plus a timestamped copy, prints one summary line, and
  * exits non-zero when a benchmark did not run or did not produce all of its figures.
