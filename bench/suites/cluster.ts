@@ -335,6 +335,8 @@ export async function clusterBench(
           `${l.steps.at(-1)?.pass === false ? ` (last step ${l.steps.at(-1)!.rate}/s: ${l.steps.at(-1)!.why})` : ''}.`,
       ),
       ...[single, cluster].flatMap((l) => (bound(l) ? [`${bound(l)}.`] : [])),
+      `CPU per dispatch: as in benchmark 2 (/proc, the whole step at ${rate}/s, the rate nearest half of the single-node figure, over the requests completed; idle work included, ` +
+        'so read it at hundreds per second); the three nats-servers are summed in one row.',
       resume
         ? `Leader kill: open loop at ${resume.rate}/s (${cluster.max ? "half the cluster's figure" : 'the lowest step: the cluster passed no rate'}) for ${(ctx.d.clusterBeforeKillMs + ctx.d.clusterAfterKillMs) / 1000} s; ` +
           `after ${(resume.killMs / 1000).toFixed(1)} s the node leading the intake stream (${resume.killedNode ?? 'none found'}) was killed (SIGKILL) and left down; ` +

@@ -897,7 +897,8 @@ export async function dispatchThroughput(
       `CPU per dispatch: user + system CPU from /proc/<pid>/stat (10 ms ticks) of each process the lane uses, over the whole step at ${rate}/s (the rate nearest half of ` +
         "Toolbus's figure; warm-up and drain included), divided by the requests completed in it. PostgreSQL: the backends pg_stat_activity lists for the lane's database " +
         "(the dispatcher's pool and its listener; a backend that closed during the step is missed); the last row is every PostgreSQL process pg_stat_activity lists " +
-        `(background writers included${ctx.ownPostgres ? '' : "; on the shared server, other databases' work too"}). Redis is the run's own; BullMQ's worker is in the first row. Every step's samples are in latest.json.`,
+        `(background writers included${ctx.ownPostgres ? '' : "; on the shared server, other databases' work too"}). Redis is the run's own; BullMQ's worker is in the first row. Every step's samples are in latest.json. ` +
+        "Each row includes the process's idle work over the step (timers, heartbeats, JetStream pulls, pool keep-alives): at a few dozen requests per second it dominates, so read the table at hundreds per second.",
       `CPU of the serving process(es) per step (cores, from /proc) — ${[
         coresNote(toolbus, 'dispatcher'),
         coresNote(toolbus2, '2 dispatchers together'),
