@@ -111,7 +111,7 @@ export const QUICK: Durations = {
   retryStep: false,
   failedRatesToStop: 1,
   clusterBeforeKillMs: 2_000,
-  clusterAfterKillMs: 12_000,
+  clusterAfterKillMs: 8_000,
   overloadRecoveryMs: 5_000,
   overloadDrainMs: 30_000,
   lagMs: 3_000,
