@@ -45,7 +45,7 @@ const FLOOR_RATE = 5;
 
 /** The lanes set up with the dispatch suite, used by several benchmarks. */
 type BaseSystem = 'toolbus' | 'nats-rr' | 'nats-rr-pg' | 'bullmq' | 'pg-inserts';
-/** Lanes only benchmark 2 climbs, set up for it and stopped after it. */
+/** Lanes of benchmarks 2 and 2c only, set up for their ladder and stopped after it. */
 type ExtraSystem = 'toolbus-2' | 'toolbus-cluster';
 export type System = BaseSystem | ExtraSystem;
 
