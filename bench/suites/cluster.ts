@@ -2,11 +2,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { jetstream as jetstreamNames } from '../../contracts/index.ts';
 import { connectNats } from '../../lib/nats.ts';
-import { startSecuredNatsCluster, type SecuredNatsCluster } from '../../test/support/processes.ts';
 import type { PhasedRunRequest } from '../loadgen.ts';
 import type { BenchContext, Service } from '../lib/context.ts';
 import type { Child } from '../lib/ipc.ts';
 import type { PhasedOpenLoopResult } from '../lib/openloop.ts';
+import { startBenchNatsCluster, type BenchNatsCluster } from '../lib/natsCluster.ts';
 import { databaseOf } from '../lib/proc.ts';
 import { figure, target, type BenchResult, type Figure, type Target } from '../lib/report.ts';
 import {
@@ -27,10 +27,10 @@ import {
 } from './dispatch.ts';
 
 /**
- * Benchmark 2c: Toolbus on a JetStream cluster. Three nats-servers (test/support/processes.ts
- * `startSecuredNatsCluster`: Toolbus's authorization, every route and client through a TCP proxy of
- * the runner), the intake stream with three replicas (`NATS_STREAM_REPLICAS=3`: a request is
- * acknowledged once two nodes stored it), two dispatchers sharing the intake consumer. (a) Benchmark
+ * Benchmark 2c: Toolbus on a JetStream cluster. Three nats-servers (bench/lib/natsCluster.ts:
+ * Toolbus's authorization, as the fault tests' cluster, without their TCP proxies), the intake
+ * stream with three replicas (`NATS_STREAM_REPLICAS=3`: a request is acknowledged once two nodes
+ * stored it), two dispatchers sharing the intake consumer. (a) Benchmark
  * 2's ladder for it, rate by rate in turn with the single-node Toolbus lane (one nats-server, one
  * dispatcher) of the same run, its reference. (b) Under an open loop at half the cluster's figure,
  * the node leading the intake stream is killed: how long until answers resume, and whether every
@@ -48,13 +48,13 @@ const LOWEST_RATE = 5;
 
 interface ClusterLane {
   lane: Lane;
-  cluster: SecuredNatsCluster;
+  cluster: BenchNatsCluster;
   /** The intake stream's replicas as JetStream reports them (checks NATS_STREAM_REPLICAS took). */
   replicas: number | null;
   stop(): Promise<void>;
 }
 
-async function streamReplicas(cluster: SecuredNatsCluster): Promise<number | null> {
+async function streamReplicas(cluster: BenchNatsCluster): Promise<number | null> {
   const nc = await connectNats(cluster.url, 'bench-cluster-admin', {
     nkeySeed: cluster.identities.dispatcher.seed,
   });
@@ -78,7 +78,8 @@ async function clusterLane(ctx: BenchContext): Promise<ClusterLane> {
     await t.run();
   };
   try {
-    const cluster = await startSecuredNatsCluster(t, [], [], REPLICAS);
+    const cluster = await startBenchNatsCluster(REPLICAS);
+    t.teardown(() => cluster.stop());
     const db = await ctx.database();
     for (const id of ['a', 'b']) {
       services.push(
@@ -101,10 +102,8 @@ async function clusterLane(ctx: BenchContext): Promise<ClusterLane> {
       {
         processes: [
           ...services.map((svc) => ({ role: 'service' as const, pid: pidOf(svc) })),
-          ...cluster.nodes.map((n) => ({ role: 'nats' as const, pid: () => n.server.pid() })),
+          ...cluster.nodes.map((n) => ({ role: 'nats' as const, pid: () => n.pid() })),
           { role: 'redis', pid: () => ctx.redis.pid() },
-          // The proxies run in this process, which otherwise only waits for its children.
-          { role: 'proxies', pid: () => process.pid },
         ],
         database: databaseOf(db.url),
       },
@@ -322,10 +321,9 @@ export async function clusterBench(
     ],
     tables: [costsTable(rate, costs)],
     notes: [
-      `Cluster: 3 nats-servers with JetStream and Toolbus's authorization (startSecuredNatsCluster), the intake stream with ${REPLICAS} replicas ` +
-        `(JetStream reports ${c.replicas ?? 'unknown'}; a request is acknowledged once a majority stored it), two dispatchers sharing the intake consumer, ` +
-        "the load generator connected as an agent to every node. Every route and client connection passes through a TCP proxy in the bench's runner process " +
-        '(the test cluster is built so a node can be partitioned): a hop and some CPU a deployment does not have; its CPU is a row of the table, outside the total.',
+      `Cluster: 3 nats-servers with JetStream and Toolbus's authorization (bench/lib/natsCluster.ts: as the fault tests' startSecuredNatsCluster, without its TCP proxies), ` +
+        `the intake stream with ${REPLICAS} replicas (JetStream reports ${c.replicas ?? 'unknown'}; a request is acknowledged once a majority stored it), ` +
+        'two dispatchers sharing the intake consumer, the load generator connected as an agent to every node.',
       `Ladder: benchmark 2's (from ${ctx.d.firstRate}/s by ×${ctx.d.stepFactor} until each fails, p99 ≤ ${P99_BOUND_MS} ms, send lag ≤ ${ctx.d.maxSendLagMs} ms` +
         `${highest ? `; its rates under a quarter of benchmark 2's ${highest}/s skipped, from ${single.steps[0]?.rate ?? '?'}/s` : ''}), ` +
         'the cluster lane and its reference in turn at each rate. The reference is the single-node Toolbus lane (one nats-server, one dispatcher) of the same run.',
