@@ -12,6 +12,7 @@ import {
 import { signToken } from '../lib/auth.ts';
 import { AgentClientError, createAgentClient, type AgentClient } from '../lib/clients/agent.ts';
 import { createPool, type Pool } from '../lib/db.ts';
+import { connectNats } from '../lib/nats.ts';
 import { createPostgresEventStore } from '../lib/eventstore/postgres.ts';
 import type { EventStore } from '../lib/eventstore/types.ts';
 import { toEventData } from '../lib/toolEvents.ts';
@@ -35,7 +36,15 @@ import { insertStep, RAW_EVENTS_DDL, RowFactory, noopExecutionEvents } from './l
  * at the rates the runner asks for, and reports each run's latencies as an encoded HDR histogram.
  */
 export type Workload =
-  | { kind: 'dispatch'; natsUrl: string; jwtSecret: string; users: number; tool: string }
+  | {
+      kind: 'dispatch';
+      natsUrl: string;
+      jwtSecret: string;
+      users: number;
+      tool: string;
+      /** On a NATS with Toolbus's authorization (the cluster lane): the agent identity's nkey seed. */
+      nkeySeed?: string;
+    }
   | { kind: 'nats-rr'; natsUrl: string; subject: string }
   | { kind: 'bullmq'; redisUrl: string; queue: string }
   | { kind: 'pg-steps'; databaseUrl: string; poolSize: number };
@@ -69,7 +78,10 @@ async function setup(w: Workload): Promise<void> {
   if (driver) throw new Error('a workload is set up already');
   switch (w.kind) {
     case 'dispatch': {
-      const nc = await connect({ servers: w.natsUrl, name: 'bench-loadgen' });
+      // With an identity, as an agent connects to a secured bus (its inbox named after it).
+      const nc = w.nkeySeed
+        ? await connectNats(w.natsUrl, 'bench-loadgen', { nkeySeed: w.nkeySeed })
+        : await connect({ servers: w.natsUrl, name: 'bench-loadgen' });
       const client: AgentClient = createAgentClient(nc, { js: jetstream(nc) });
       const tokens = await Promise.all(
         Array.from({ length: w.users }, (_, k) =>

@@ -8,12 +8,12 @@ import { toMarkdown, type Baseline, type BenchResult, type Meta } from './lib/re
 import type { DispatchSetup } from './suites/dispatch.ts';
 
 /**
- * `npm run bench` (full, under 15 minutes) and `npm run bench:quick` (under 2 minutes, the CI
+ * `npm run bench` (full, about 20 minutes) and `npm run bench:quick` (under 3 minutes, the CI
  * smoke check). Runs every benchmark against test-owned NATS and Redis and fresh databases, writes
  * bench/results/latest(-quick).md and .json plus a timestamped copy, prints one summary line, and
  * exits non-zero when a benchmark did not run or did not produce all of its figures.
- * `--only=a,b` runs some of them (ids: latency, throughput, overload, lag, rebuild, notify, audit, cpu, diagnostics,
- * lookup; overload without throughput measures its own capacity);
+ * `--only=a,b` runs some of them (ids: latency, throughput, overload, cluster, lag, rebuild, notify, audit, cpu,
+ * diagnostics, lookup; overload without throughput measures its own capacity);
  * `--own-postgres` runs them on a PostgreSQL server of the run's own instead of the shared one.
  */
 const args = process.argv.slice(2);
@@ -29,6 +29,7 @@ const BENCHMARKS = new Map([
   ['dispatch-latency', 'latency'],
   ['dispatch-throughput', 'throughput'],
   ['overload', 'overload'],
+  ['cluster', 'cluster'],
   ['projection-lag', 'lag'],
   ['rebuild', 'rebuild'],
   ['notify', 'notify'],
@@ -39,6 +40,7 @@ const BENCHMARKS = new Map([
 ]);
 /** Also in suites/overload.ts: here for the failure row when the dispatch set-up fails. */
 const OVERLOAD_TITLE = '2b. Throughput under overload (2× capacity, open loop)';
+const CLUSTER_TITLE = '2c. Toolbus on a 3-node NATS cluster (R3, 2 dispatchers)';
 const ctx = new BenchContext(mode, quick ? QUICK : FULL, ownPostgres);
 const wanted = (id: string) => !only || only.includes(id);
 const started = performance.now();
@@ -118,7 +120,10 @@ async function main(): Promise<number> {
     const dispatchSuite = () => import('./suites/dispatch.ts');
     let dispatch: DispatchSetup | null = null;
     let highest: number | null = null;
-    const dispatchWanted = ['latency', 'cpu', 'throughput', 'overload', 'diagnostics'].some(wanted);
+    const dispatchWanted = ['latency', 'cpu', 'throughput', 'overload', 'cluster', 'diagnostics'].some(
+      wanted,
+    );
+    let twoDispatchers: number | null = null;
     if (dispatchWanted) {
       try {
         dispatch = await (await dispatchSuite()).setUpDispatch(ctx);
@@ -128,6 +133,7 @@ async function main(): Promise<number> {
           ['dispatch-latency', '1. Dispatch latency (noop)', 'latency'],
           ['dispatch-throughput', '2. Sustained dispatch throughput (p99 ≤ 50 ms)', 'throughput'],
           ['overload', OVERLOAD_TITLE, 'overload'],
+          ['cluster', CLUSTER_TITLE, 'cluster'],
           ['cpu', '6. CPU per dispatch', 'cpu'],
           ['diagnostics', '7. Where dispatch time goes (diagnostics, no target)', 'diagnostics'],
         ] as const) {
@@ -155,6 +161,7 @@ async function main(): Promise<number> {
         async () => (await dispatchSuite()).dispatchThroughput(ctx, d),
       );
       highest = r?.max ?? null;
+      twoDispatchers = (r?.details['toolbus2'] as { max: number | null } | null)?.max ?? null;
     }
     if (dispatch && wanted('overload')) {
       // Benchmark 2's figure is the capacity; without it (not selected, or failed) the suite
@@ -163,6 +170,13 @@ async function main(): Promise<number> {
       const capacity = highest;
       await step('overload', OVERLOAD_TITLE, async () =>
         (await import('./suites/overload.ts')).overload(ctx, d, capacity),
+      );
+    }
+    if (dispatch && wanted('cluster')) {
+      const d = dispatch;
+      const [tb, two] = [highest, twoDispatchers];
+      await step('cluster', CLUSTER_TITLE, async () =>
+        (await import('./suites/cluster.ts')).clusterBench(ctx, d, tb, two),
       );
     }
     if (dispatch && wanted('diagnostics'))

@@ -24,14 +24,30 @@ export interface Durations {
   /** One step of the throughput ladder. */
   stepMs: number;
   stepWarmupMs: number;
-  /** Steps at most per system, the factor between steps, the first rate. */
-  maxSteps: number;
+  /**
+   * The first rate and the factor between steps. A ladder climbs until the system fails; `maxRate`
+   * is only a safety cap, far above what a load generator here can send: a system still passing
+   * there has a figure that is a lower bound, and the report says so.
+   */
   stepFactor: number;
   firstRate: number;
+  maxRate: number;
+  /**
+   * A step in which the load generator sent a request later than this after it was due fails, and
+   * the report says that the generator (or the machine under it), not the system, bounded it.
+   */
+  maxSendLagMs: number;
   /** Retry a failed step once before counting the rate as failed (noise). */
   retryStep: boolean;
   /** A system's ladder stops after this many failed rates in a row (a stall of the machine fails one rate, not the system). */
   failedRatesToStop: number;
+  /**
+   * The cluster's fault (benchmark 2c): load at half the cluster's capacity for
+   * `clusterBeforeKillMs`, then the intake stream's leader node is killed, and the load goes on for
+   * `clusterAfterKillMs` (the window in which answers must resume).
+   */
+  clusterBeforeKillMs: number;
+  clusterAfterKillMs: number;
   /**
    * Overload (2b): twice the capacity for `stepMs`, then half of it for `overloadRecoveryMs` (the
    * window in which latency must come back under the bound), then at most `overloadDrainMs` for the
@@ -59,11 +75,14 @@ export const FULL: Durations = {
   latencySegmentWarmupMs: 1_500,
   stepMs: 6_000,
   stepWarmupMs: 1_500,
-  maxSteps: 18,
   stepFactor: 1.25,
   firstRate: 50,
+  maxRate: 50_000,
+  maxSendLagMs: 50,
   retryStep: true,
   failedRatesToStop: 2,
+  clusterBeforeKillMs: 5_000,
+  clusterAfterKillMs: 25_000,
   overloadRecoveryMs: 20_000,
   overloadDrainMs: 60_000,
   lagMs: 20_000,
@@ -85,11 +104,14 @@ export const QUICK: Durations = {
   latencySegmentWarmupMs: 1_000,
   stepMs: 1_500,
   stepWarmupMs: 500,
-  maxSteps: 3,
   stepFactor: 2.5,
   firstRate: 50,
+  maxRate: 50_000,
+  maxSendLagMs: 50,
   retryStep: false,
   failedRatesToStop: 1,
+  clusterBeforeKillMs: 2_000,
+  clusterAfterKillMs: 8_000,
   overloadRecoveryMs: 5_000,
   overloadDrainMs: 30_000,
   lagMs: 3_000,
@@ -122,6 +144,10 @@ export class BenchContext {
   postgres: OwnedServer | null = null;
   private readonly children = new Set<Child>();
   private readonly databases: TestDatabase[] = [];
+  /** Servers started for one benchmark's lane (a second nats-server, say): stopped at the end too. */
+  private readonly extraServers: OwnedServer[] = [];
+  /** Clean-ups registered by a benchmark (a NATS cluster's nodes and proxies): run at the end, newest first. */
+  private readonly deferred: Array<() => Promise<void> | void> = [];
 
   constructor(
     readonly mode: 'full' | 'quick',
@@ -145,6 +171,46 @@ export class BenchContext {
       this.postgres = await startPostgres();
       process.env['TEST_DATABASE_URL'] = this.postgres.url;
     }
+  }
+
+  /**
+   * Another nats-server of this run's own (JetStream in a temporary directory), for a lane that
+   * must not share the intake stream with the others; `stopServer` ends it, `close` in any case.
+   */
+  async extraNats(): Promise<OwnedServer> {
+    const server = await startNats();
+    this.extraServers.push(server);
+    return server;
+  }
+
+  /**
+   * A `Teardown` for test/support helpers (`startSecuredNatsCluster`): what they register runs when
+   * `run()` is called, or at `close` in any case (also on Ctrl-C).
+   */
+  teardown(): { teardown(fn: () => Promise<void> | void): void; run(): Promise<void> } {
+    const fns: Array<() => Promise<void> | void> = [];
+    const run = async () => {
+      for (const fn of fns.splice(0).reverse()) {
+        const k = this.deferred.indexOf(fn);
+        if (k >= 0) this.deferred.splice(k, 1);
+        await Promise.resolve()
+          .then(fn)
+          .catch(() => undefined);
+      }
+    };
+    return {
+      teardown: (fn) => {
+        fns.push(fn);
+        this.deferred.push(fn);
+      },
+      run,
+    };
+  }
+
+  async stopServer(server: OwnedServer): Promise<void> {
+    const k = this.extraServers.indexOf(server);
+    if (k >= 0) this.extraServers.splice(k, 1);
+    await server.stop().catch(() => undefined);
   }
 
   async database(): Promise<TestDatabase> {
@@ -204,6 +270,11 @@ export class BenchContext {
   async close(): Promise<void> {
     await Promise.all([...this.children].map((c) => c.stop().catch(() => undefined)));
     this.children.clear();
+    for (const server of this.extraServers.splice(0)) await server.stop().catch(() => undefined);
+    for (const fn of this.deferred.splice(0).reverse())
+      await Promise.resolve()
+        .then(fn)
+        .catch(() => undefined);
     await this.nats?.stop().catch(() => undefined);
     await this.redis?.stop().catch(() => undefined);
     for (const db of this.databases.splice(0)) await db.drop().catch(() => undefined);

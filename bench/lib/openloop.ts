@@ -139,6 +139,8 @@ export interface PhasedOpenLoopOptions {
 }
 
 export interface PhasedOpenLoopResult {
+  /** The run's start by the wall clock (ms since the epoch), to place an outside event in it. */
+  startWallMs: number;
   /** Each phase's start, ms from the run's start. */
   phaseStartMs: number[];
   /** Per request, in send order: its phase, when it was due and when it settled (ms from the run's start; -1: never). */
@@ -166,6 +168,7 @@ export async function runPhasedOpenLoop(o: PhasedOpenLoopOptions): Promise<Phase
   };
   const unanswered = outcomeIndex('unanswered');
   const r: PhasedOpenLoopResult = {
+    startWallMs: performance.timeOrigin + start,
     phaseStartMs: [],
     phase: [],
     dueMs: [],

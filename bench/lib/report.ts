@@ -25,11 +25,20 @@ export interface Target {
   margin: string;
 }
 
+/** A table of its own under a benchmark's figures (benchmark 2's CPU per dispatch, say). */
+export interface Table {
+  title: string;
+  header: string[];
+  rows: string[][];
+}
+
 export interface BenchResult {
   id: string;
   title: string;
   figures: Figure[];
   targets: Target[];
+  /** Rendered after the figures; the same numbers are in `details` for the JSON. */
+  tables?: Table[];
   notes: string[];
   /** Raw data (per-run summaries, steps) for the JSON report. */
   details: Record<string, unknown>;
@@ -159,7 +168,7 @@ const BOUNDS: Array<[RegExp, string]> = [
     'A dispatch crosses four processes (NATS, dispatcher, PostgreSQL, Redis) on two shared cores, against two for the reference: a stall in any one of them (a WAL flush of the shared server, a garbage collection, a JetStream file write) lands in the tail.',
   ],
   [
-    /^throughput at least that of the BullMQ/,
+    /^throughput (with 2 dispatchers )?at least that of the BullMQ/,
     'A Toolbus dispatch costs the dispatcher about half a millisecond of CPU (token, request, three validated and hashed events, two appends, three publishes, two Redis scripts) and costs NATS a JetStream file write and PostgreSQL two synchronous commits; a BullMQ job is a few commands on a Redis that writes nothing to disk. With the load generator, NATS, PostgreSQL, Redis and the dispatcher on two cores, the machine runs out of CPU first (the cores per step are in the notes): one dispatcher process tops out below one core, and a second instance on this machine would take its CPU from the others.',
   ],
   [
@@ -244,6 +253,16 @@ export function toMarkdown(meta: Meta, results: BenchResult[], baseline?: Baseli
           `| ${f.name}${f.note ? ` (${f.note})` : ''} | ${fmt(f.value, f.unit)} | ${ref?.name ?? '—'} | ${ref ? fmt(ref.value, f.unit) : '—'} | ${f.ratio === undefined ? '—' : f.ratio === null ? 'n/a' : `${fmt(f.ratio)}×`} |`,
         );
       }
+      out.push('');
+    }
+    for (const t of r.tables ?? []) {
+      out.push(
+        `### ${t.title}`,
+        '',
+        `| ${t.header.join(' | ')} |`,
+        `| ${t.header.map(() => '---').join(' | ')} |`,
+      );
+      for (const row of t.rows) out.push(`| ${row.join(' | ')} |`);
       out.push('');
     }
     for (const n of r.notes) out.push(`- ${n}`);

@@ -10,8 +10,17 @@ import {
 } from '../lib/histogram.ts';
 import type { Child } from '../lib/ipc.ts';
 import type { OpenLoopResult } from '../lib/openloop.ts';
-import { procCpuUs } from '../lib/proc.ts';
-import { figure, target, type BenchResult } from '../lib/report.ts';
+import {
+  COST_ROLES,
+  CostMeter,
+  databaseOf,
+  procCpuUs,
+  type Cost,
+  type CostExtra,
+  type CostRole,
+  type CostSources,
+} from '../lib/proc.ts';
+import { figure, target, type BenchResult, type Table } from '../lib/report.ts';
 
 /**
  * Benchmarks 1, 2 and 6: dispatch latency at two fixed loads, the highest sustained dispatch
@@ -29,10 +38,27 @@ const USERS = 50;
 const STORE_POOL = 10;
 /** DISPATCH_CONCURRENCY's default; the BullMQ worker gets the same. */
 const CONCURRENCY = 64;
+/** A load generator using this much CPU (cores) is taken as saturated: one Node.js thread is about one core. */
+const SATURATED_CORES = 0.8;
 /** The ladder's lowest rate when even its first step fails. */
 const FLOOR_RATE = 5;
 
-type System = 'toolbus' | 'nats-rr' | 'nats-rr-pg' | 'bullmq' | 'pg-inserts';
+/** The lanes set up with the dispatch suite, used by several benchmarks. */
+type BaseSystem = 'toolbus' | 'nats-rr' | 'nats-rr-pg' | 'bullmq' | 'pg-inserts';
+/** Lanes of benchmarks 2 and 2c only, set up for their ladder and stopped after it. */
+type ExtraSystem = 'toolbus-2' | 'toolbus-cluster';
+export type System = BaseSystem | ExtraSystem;
+
+/** How each system is named in the report. */
+export const SYSTEM_NAMES: Record<System, string> = {
+  toolbus: 'Toolbus, 1 dispatcher',
+  'toolbus-2': 'Toolbus, 2 dispatchers',
+  'toolbus-cluster': 'Toolbus, 3-node NATS cluster (R3), 2 dispatchers',
+  'nats-rr': 'NATS req/reply',
+  'nats-rr-pg': 'req/reply + 2 commits',
+  bullmq: 'BullMQ',
+  'pg-inserts': 'raw PostgreSQL inserts',
+};
 
 /** The environment of a benchmarked dispatcher: defaults, except limits that would refuse the load. */
 export function dispatcherEnv(
@@ -53,12 +79,14 @@ export function dispatcherEnv(
   });
 }
 
-export const dispatchWorkload = (ctx: BenchContext): Workload => ({
+/** The dispatch workload, on the run's nats-server or another (`nkeySeed`: an agent identity of a secured one). */
+export const dispatchWorkload = (ctx: BenchContext, natsUrl = ctx.nats.url, nkeySeed?: string): Workload => ({
   kind: 'dispatch',
-  natsUrl: ctx.nats.url,
+  natsUrl,
   jwtSecret: ctx.jwtSecret,
   users: USERS,
   tool: 'noop',
+  ...(nkeySeed ? { nkeySeed } : {}),
 });
 
 export interface RunSummary {
@@ -80,19 +108,50 @@ export interface RunSummary {
   segments?: Array<Pick<LatencySummary, 'count' | 'p50' | 'p99' | 'max'>>;
 }
 
-/** A load generator with its workload set up, and the process that serves it (for CPU). */
-interface Lane {
+/**
+ * A load generator with its workload set up, the process that serves it (for CPU and memory), and
+ * every process whose CPU a request of this lane costs (benchmark 2's CPU per dispatch).
+ */
+export interface Lane {
   system: System;
   loadgen: Child;
   server: Service | null;
+  cost: CostSources;
 }
 
 export interface DispatchSetup {
-  lanes: Record<System, Lane>;
+  lanes: Record<BaseSystem, Lane> & Partial<Record<ExtraSystem, Lane>>;
   services: Service[];
   loadgens: Child[];
   databaseUrl: string;
+  /** Reads pg_stat_activity for the CPU of PostgreSQL backends. */
+  meter: CostMeter;
 }
+
+/** A lane's load generator: forked, its workload set up, its own CPU counted in the lane's cost. */
+export async function openLane(
+  ctx: BenchContext,
+  system: System,
+  workload: Workload,
+  server: Service | null,
+  cost: CostSources,
+  loadgens: Child[],
+): Promise<Lane> {
+  const loadgen = await ctx.fork('loadgen.ts', `loadgen-${system}`);
+  loadgens.push(loadgen);
+  await loadgen.call('setup', workload);
+  return {
+    system,
+    loadgen,
+    server,
+    cost: { ...cost, processes: [...cost.processes, { role: 'loadgen', pid: () => loadgen.pid }] },
+  };
+}
+
+export const pidOf =
+  (svc: Service): (() => number) =>
+  () =>
+    svc.started.pid;
 
 export async function setUpDispatch(ctx: BenchContext): Promise<DispatchSetup> {
   const db = await ctx.database();
@@ -100,6 +159,7 @@ export async function setUpDispatch(ctx: BenchContext): Promise<DispatchSetup> {
   const loadgens: Child[] = [];
   const setup = { services, loadgens, databaseUrl: db.url } as DispatchSetup;
   try {
+    setup.meter = await CostMeter.open(db.url);
     const dispatcher = await ctx.service('dispatcher', {
       role: 'dispatcher',
       env: dispatcherEnv(ctx, db.url),
@@ -127,29 +187,37 @@ export async function setUpDispatch(ctx: BenchContext): Promise<DispatchSetup> {
       concurrency: CONCURRENCY,
     });
     services.push(bullmq);
-    const lane = async (system: System, workload: Workload, server: Service | null): Promise<Lane> => {
-      const loadgen = await ctx.fork('loadgen.ts', `loadgen-${system}`);
-      loadgens.push(loadgen);
-      await loadgen.call('setup', workload);
-      return { system, loadgen, server };
-    };
+    const database = databaseOf(db.url);
+    const nats = { role: 'nats', pid: () => ctx.nats.pid() } as const;
+    const redis = { role: 'redis', pid: () => ctx.redis.pid() } as const;
+    const lane = (system: System, workload: Workload, server: Service | null, cost: CostSources) =>
+      openLane(ctx, system, workload, server, cost, loadgens);
     setup.lanes = {
-      toolbus: await lane('toolbus', dispatchWorkload(ctx), dispatcher),
+      toolbus: await lane('toolbus', dispatchWorkload(ctx), dispatcher, {
+        processes: [{ role: 'service', pid: pidOf(dispatcher) }, nats, redis],
+        database,
+      }),
       'nats-rr': await lane(
         'nats-rr',
         { kind: 'nats-rr', natsUrl: ctx.nats.url, subject: 'bench.rr.bare' },
         replier,
+        { processes: [{ role: 'service', pid: pidOf(replier) }, nats], database: null },
       ),
       'nats-rr-pg': await lane(
         'nats-rr-pg',
         { kind: 'nats-rr', natsUrl: ctx.nats.url, subject: 'bench.rr.pg' },
         replierPg,
+        { processes: [{ role: 'service', pid: pidOf(replierPg) }, nats], database },
       ),
-      bullmq: await lane('bullmq', { kind: 'bullmq', redisUrl: ctx.redis.url, queue }, bullmq),
+      bullmq: await lane('bullmq', { kind: 'bullmq', redisUrl: ctx.redis.url, queue }, bullmq, {
+        processes: [{ role: 'service', pid: pidOf(bullmq) }, redis],
+        database: null,
+      }),
       'pg-inserts': await lane(
         'pg-inserts',
         { kind: 'pg-steps', databaseUrl: db.url, poolSize: STORE_POOL },
         null,
+        { processes: [], database },
       ),
     };
     return setup;
@@ -162,6 +230,54 @@ export async function setUpDispatch(ctx: BenchContext): Promise<DispatchSetup> {
 export async function tearDownDispatch(ctx: BenchContext, s: DispatchSetup): Promise<void> {
   for (const l of s.loadgens) await ctx.stopChild(l);
   for (const svc of s.services) await ctx.stopChild(svc.child);
+  await s.meter?.close();
+}
+
+/**
+ * The lane "Toolbus, 2 dispatchers": two dispatcher processes sharing the intake consumer, on a
+ * nats-server and a database of their own (the intake stream and its consumer have fixed names, so
+ * a second pair of dispatchers on the first nats-server would also serve the one-dispatcher lane).
+ * The returned function stops what it started.
+ */
+async function twoDispatcherLane(ctx: BenchContext): Promise<{ lane: Lane; stop: () => Promise<void> }> {
+  const nats = await ctx.extraNats();
+  const services: Service[] = [];
+  const loadgens: Child[] = [];
+  const stop = async () => {
+    for (const l of loadgens) await ctx.stopChild(l);
+    for (const svc of services) await ctx.stopChild(svc.child);
+    await ctx.stopServer(nats);
+  };
+  try {
+    const db = await ctx.database();
+    for (const id of ['a', 'b']) {
+      services.push(
+        await ctx.service(`dispatcher-2${id}`, {
+          role: 'dispatcher',
+          env: dispatcherEnv(ctx, db.url, { NATS_URL: nats.url, DISPATCHER_ID: `bench-dispatcher-${id}` }),
+        }),
+      );
+    }
+    const lane = await openLane(
+      ctx,
+      'toolbus-2',
+      dispatchWorkload(ctx, nats.url),
+      services[0]!,
+      {
+        processes: [
+          ...services.map((svc) => ({ role: 'service' as const, pid: pidOf(svc) })),
+          { role: 'nats', pid: () => nats.pid() },
+          { role: 'redis', pid: () => ctx.redis.pid() },
+        ],
+        database: databaseOf(db.url),
+      },
+      loadgens,
+    );
+    return { lane, stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
 }
 
 /** Accumulates a system's segments at one rate: merged histogram, summed counts and CPU. */
@@ -251,7 +367,7 @@ export async function dispatchLatency(
 ): Promise<{ latency: BenchResult; cpu: BenchResult }> {
   const started = performance.now();
   const runs: RunSummary[] = [];
-  const systems: System[] = ['nats-rr', 'nats-rr-pg', 'toolbus'];
+  const systems: BaseSystem[] = ['nats-rr', 'nats-rr-pg', 'toolbus'];
   for (const rate of LOADS) {
     const acc = new Map(systems.map((sys) => [sys, new Accumulator(sys, rate)]));
     for (let round = 0; round < ctx.d.latencyRounds; round++) {
@@ -391,38 +507,87 @@ export async function dispatchLatency(
 export interface StepSummary extends RunSummary {
   pass: boolean;
   why: string;
-  /** CPU of the serving process over the step, in cores (1 = one core busy all the time). */
+  /** What failed the step: the system, or the load generator that could not send on time. */
+  boundBy: 'system' | 'generator' | null;
+  /** CPU of the serving process(es) over the step, in cores (1 = one core busy all the time). */
   serverCores: number | null;
+  /** CPU of the load generator over the step, in cores. */
+  loadgenCores: number | null;
+  /** CPU µs of each process role over the step (warm-up and drain included; proc.ts). */
+  cpuUs: Cost;
 }
 
-function judge(r: RunSummary): { pass: boolean; why: string } {
-  if (r.fellBehind) return { pass: false, why: 'fell behind (too many unanswered)' };
-  if (r.errors > 0) return { pass: false, why: `${r.errors} errors` };
-  if (r.unanswered > 0) return { pass: false, why: `${r.unanswered} unanswered after the drain` };
-  if (r.achievedRate < r.rate * 0.95) return { pass: false, why: `achieved ${r.achievedRate.toFixed(0)}/s` };
-  if (r.latency.p99 > P99_BOUND_MS) return { pass: false, why: `p99 ${r.latency.p99} ms` };
-  return { pass: true, why: 'ok' };
+/**
+ * A step's verdict, and who failed it. What only the system can cause comes first (errors, requests
+ * left unanswered, a p99 over the bound by more than the generator's worst lateness: a request sent
+ * L ms late is measured from when it was due, so at most L of its latency is the generator's). Then
+ * a generator that sent later than `maxSendLagMs`: it cannot say whether the system kept up (its
+ * lateness is in the latencies, and the load it offered came in bursts), so the step fails on it.
+ */
+function judge(
+  r: RunSummary,
+  maxSendLagMs: number,
+  loadgenCores: number | null,
+): { pass: boolean; why: string; boundBy: StepSummary['boundBy'] } {
+  const system = (why: string) => ({ pass: false, why, boundBy: 'system' as const });
+  if (r.fellBehind) return system('fell behind (too many unanswered)');
+  if (r.errors > 0) return system(`${r.errors} errors`);
+  if (r.unanswered > 0) return system(`${r.unanswered} unanswered after the drain`);
+  if (r.latency.p99 - r.maxSendLagMs > P99_BOUND_MS)
+    return system(`p99 ${r.latency.p99} ms (send lag ${r.maxSendLagMs.toFixed(0)} ms)`);
+  if (r.maxSendLagMs > maxSendLagMs)
+    return {
+      pass: false,
+      why:
+        `load generator sent up to ${r.maxSendLagMs.toFixed(0)} ms late (over ${maxSendLagMs} ms` +
+        (loadgenCores === null
+          ? ')'
+          : `; its CPU ${loadgenCores.toFixed(2)} cores: ${loadgenCores >= SATURATED_CORES ? 'saturated' : 'held up by the machine, not by its own work'})`),
+      boundBy: 'generator',
+    };
+  if (r.achievedRate < r.rate * 0.95) return system(`achieved ${r.achievedRate.toFixed(0)}/s`);
+  if (r.latency.p99 > P99_BOUND_MS) return system(`p99 ${r.latency.p99} ms`);
+  return { pass: true, why: 'ok', boundBy: null };
 }
 
-interface Ladder {
+export interface Ladder {
   system: System;
   max: number | null;
   steps: StepSummary[];
-  /** Still passing when the ladder ran out of steps: the figure is a lower bound. */
+  /** Still passing at the safety cap (`maxRate`): the figure is a lower bound. */
   capped: boolean;
+  /**
+   * What ended the ladder: the system failing, the load generator failing (the figure is then a
+   * lower bound of the system's), or the cap.
+   */
+  endedBy: 'system' | 'generator' | 'cap' | null;
   /** Failed rates in a row. */
   failures: number;
   done: boolean;
 }
 
+/** Why a ladder's figure is not the system's own limit, in words; null when it is. */
+export function lowerBound(l: Ladder, maxRate: number): string | null {
+  if (l.capped)
+    return `${SYSTEM_NAMES[l.system]} still passed at the safety cap of ${maxRate}/s: its figure is a lower bound`;
+  if (l.endedBy === 'generator')
+    return (
+      `The ladder of ${SYSTEM_NAMES[l.system]} ended because its load generator could not send on time (send lag over the bound), ` +
+      'not because the system failed: its figure is a lower bound, set by the generator (or by the machine under it: see its CPU in the step)'
+    );
+  return null;
+}
+
 async function step(
   ctx: BenchContext,
+  s: DispatchSetup,
   lane: Lane,
   ladder: Ladder,
   rate: number,
   tag: string,
 ): Promise<boolean> {
-  const c0 = await lane.server?.cpu();
+  const before = await s.meter.sample(lane.cost);
+  const t0 = performance.now();
   const r = await lane.loadgen.call<OpenLoopResult>(
     'run',
     {
@@ -435,16 +600,20 @@ async function step(
     } satisfies RunRequest,
     ctx.d.stepMs + 60_000,
   );
-  const c1 = await lane.server?.cpu();
-  const serverCores = c0 && c1 ? cpuUs(c0, c1) / 1000 / (c1.at - c0.at) : null;
+  const elapsedMs = performance.now() - t0;
+  const cpuUs = CostMeter.between(before, await s.meter.sample(lane.cost));
+  const cores = (us: number | null) => (us === null ? null : us / 1000 / elapsedMs);
+  const serverCores = cores(cpuUs.service);
+  const loadgenCores = cores(cpuUs.loadgen);
   const acc = new Accumulator(lane.system, rate);
   acc.add(r, null, null);
   const summary = acc.summary();
-  const verdict = judge(summary);
-  ladder.steps.push({ ...summary, ...verdict, serverCores });
+  const verdict = judge(summary, ctx.d.maxSendLagMs, loadgenCores);
+  ladder.steps.push({ ...summary, ...verdict, serverCores, loadgenCores, cpuUs });
   ctx.log(
     `${lane.system} step ${rate}/s: ${verdict.pass ? 'pass' : 'FAIL'} (p99 ${summary.latency.p99} ms, achieved ${summary.achievedRate.toFixed(0)}/s` +
-      `${serverCores === null ? '' : `, server ${serverCores.toFixed(2)} cores`}${verdict.pass ? '' : `: ${verdict.why}`})`,
+      `${serverCores === null ? '' : `, server ${serverCores.toFixed(2)} cores`}, send lag ${summary.maxSendLagMs.toFixed(0)} ms` +
+      `${verdict.pass ? '' : `: ${verdict.why}`})`,
   );
   // After a failure, let what is still queued drain before anything else runs.
   if (!verdict.pass) {
@@ -454,40 +623,58 @@ async function step(
   return verdict.pass;
 }
 
-/** The ladders of benchmark 2 for `systems`, stepped together (see `dispatchThroughput`). */
-async function climb(ctx: BenchContext, s: DispatchSetup, systems: System[]): Promise<Map<System, Ladder>> {
+/**
+ * The ladders of benchmark 2 for `systems`, stepped together (see `dispatchThroughput`): each rate
+ * is run by every system still climbing before the next rate. A ladder ends when its system fails
+ * `failedRatesToStop` rates in a row, or at the safety cap `maxRate` (then its figure is a lower
+ * bound, `capped`).
+ */
+export async function climb(
+  ctx: BenchContext,
+  s: DispatchSetup,
+  lanes: Lane[],
+  /**
+   * Skip the ladder's rates below this one (the highest ladder rate at or under it is the first
+   * step): for a ladder whose systems are known to pass the low rates. The rates stay those of the
+   * full ladder, so that figures compare with benchmark 2's.
+   */
+  from = ctx.d.firstRate,
+): Promise<Map<System, Ladder>> {
   const ladders = new Map<System, Ladder>(
-    systems.map((system) => [
+    lanes.map(({ system }) => [
       system,
-      { system, max: null, steps: [], capped: false, failures: 0, done: false },
+      { system, max: null, steps: [], capped: false, endedBy: null, failures: 0, done: false },
     ]),
   );
   let rate = ctx.d.firstRate;
-  for (
-    let k = 0;
-    k < ctx.d.maxSteps && [...ladders.values()].some((l) => !l.done);
-    k++, rate *= ctx.d.stepFactor
-  ) {
+  while (rate * ctx.d.stepFactor <= from) rate *= ctx.d.stepFactor;
+  for (let k = 0; [...ladders.values()].some((l) => !l.done); k++, rate *= ctx.d.stepFactor) {
     const r = Math.round(rate);
-    for (const system of systems) {
-      const ladder = ladders.get(system)!;
+    const last = Math.round(rate * ctx.d.stepFactor) > ctx.d.maxRate;
+    for (const lane of lanes) {
+      const ladder = ladders.get(lane.system)!;
       if (ladder.done) continue;
-      let passed = await step(ctx, s.lanes[system], ladder, r, `${ctx.runId}-tp-${system}-${k}`);
-      if (!passed && ctx.d.retryStep)
-        passed = await step(ctx, s.lanes[system], ladder, r, `${ctx.runId}-tp-${system}-${k}r`);
+      const tag = `${ctx.runId}-tp-${lane.system}-${k}`;
+      let passed = await step(ctx, s, lane, ladder, r, tag);
+      if (!passed && ctx.d.retryStep) passed = await step(ctx, s, lane, ladder, r, `${tag}r`);
       if (passed) {
         ladder.max = r;
         ladder.failures = 0;
-        if (k === ctx.d.maxSteps - 1) ladder.capped = true;
+        if (last) {
+          ladder.capped = true;
+          ladder.endedBy = 'cap';
+          ladder.done = true;
+        }
         continue;
       }
-      if (++ladder.failures < ctx.d.failedRatesToStop && k < ctx.d.maxSteps - 1) continue;
+      ladder.endedBy = ladder.steps.at(-1)!.boundBy;
+      if (++ladder.failures < ctx.d.failedRatesToStop && !last) continue;
       ladder.done = true;
       if (ladder.max !== null) continue;
       // Not even the first rate: look below it.
       ladder.max = 0;
       for (let down = Math.round(r / 2); down >= FLOOR_RATE; down = Math.round(down / 2)) {
-        if (await step(ctx, s.lanes[system], ladder, down, `${ctx.runId}-tp-${system}-d${down}`)) {
+        if (await step(ctx, s, lane, ladder, down, `${ctx.runId}-tp-${lane.system}-d${down}`)) {
           ladder.max = down;
           break;
         }
@@ -501,63 +688,232 @@ async function climb(ctx: BenchContext, s: DispatchSetup, systems: System[]): Pr
  * Toolbus's highest sustained rate by benchmark 2's ladder, Toolbus alone (the overload benchmark's
  * reference when benchmark 2 is not run).
  */
-export async function toolbusCapacity(
-  ctx: BenchContext,
-  s: DispatchSetup,
-): Promise<{ max: number | null; steps: StepSummary[]; capped: boolean }> {
-  const { max, steps, capped } = (await climb(ctx, s, ['toolbus'])).get('toolbus')!;
-  return { max, steps, capped };
+export async function toolbusCapacity(ctx: BenchContext, s: DispatchSetup): Promise<Ladder> {
+  return (await climb(ctx, s, [s.lanes.toolbus])).get('toolbus')!;
+}
+
+/** The rows of the "CPU per dispatch" table: each process role, as the report names it. */
+export const COST_LABELS: Record<CostRole | CostExtra, string> = {
+  service: 'dispatcher(s) / BullMQ worker',
+  nats: 'nats-server',
+  postgres: "PostgreSQL backends of the lane's database",
+  redis: 'redis-server',
+  loadgen: 'load generator',
+  postgresServer: 'PostgreSQL, every process in pg_stat_activity (not in the total)',
+  proxies: "the test cluster's TCP proxies, in the bench runner (not in the total)",
+};
+
+export interface CostAtRate {
+  system: System;
+  rate: number;
+  pass: boolean;
+  completed: number;
+  /** CPU ms per completed request, by process role; null: the role takes no part (or unreadable). */
+  msPerDispatch: Record<CostRole | CostExtra, number | null>;
+  /** The sum of the roles, `postgresServer` left out. */
+  totalMs: number;
 }
 
 /**
- * Benchmark 2: each system's offered rate steps up (×stepFactor); a failed step is run once more
- * (full mode), and a system stops after `failedRatesToStop` failed rates in a row. The figure is the
- * highest rate that passed. All systems take each rate in turn before the next rate. A system that
- * passes no rate steps down from the first (÷2 to FLOOR_RATE): its figure is then the rate that
- * passed there, or 0.
+ * CPU per completed request of each system at one rate of the ladder (mid-ladder: the step nearest
+ * half of Toolbus's figure, which every system climbed), from the step's /proc samples.
+ */
+export function costsAt(ladders: Ladder[], rate: number): CostAtRate[] {
+  const out: CostAtRate[] = [];
+  for (const l of ladders) {
+    // Every system climbs the same rates; one that stopped below `rate` is taken at its nearest.
+    const own = nearest(
+      l.steps.map((x) => x.rate),
+      rate,
+    );
+    const atRate = l.steps.filter((x) => x.rate === own);
+    const st = atRate.find((x) => x.pass) ?? atRate[0];
+    if (!st || st.completed === 0) continue;
+    const ms = (us: number | null) => (us === null ? null : us / 1000 / st.completed);
+    const msPerDispatch = {
+      service: ms(st.cpuUs.service),
+      nats: ms(st.cpuUs.nats),
+      postgres: ms(st.cpuUs.postgres),
+      redis: ms(st.cpuUs.redis),
+      loadgen: ms(st.cpuUs.loadgen),
+      postgresServer: ms(st.cpuUs.postgresServer),
+      proxies: ms(st.cpuUs.proxies),
+    };
+    const totalMs = COST_ROLES.reduce((sum, role) => sum + (msPerDispatch[role] ?? 0), 0);
+    out.push({ system: l.system, rate: own, pass: st.pass, completed: st.completed, msPerDispatch, totalMs });
+  }
+  return out;
+}
+
+/** The value of `values` nearest to `to` (`to` itself when there are none). */
+const nearest = (values: number[], to: number): number =>
+  values.reduce((best, v) => (Math.abs(v - to) < Math.abs(best - to) ? v : best), values[0] ?? to);
+
+/** The ladder's rate nearest to half of its figure (the first rate when there is no figure). */
+export function midRate(ladder: Ladder, first: number): number {
+  if (!ladder.max) return first;
+  return nearest(
+    ladder.steps.map((x) => x.rate),
+    ladder.max / 2,
+  );
+}
+
+/** The "CPU per dispatch (ms)" table: a row per process role, a column per system. */
+export function costsTable(rate: number, costs: CostAtRate[]): Table {
+  const extras = (['postgresServer', 'proxies'] as const).filter((role) =>
+    costs.some((c) => c.msPerDispatch[role] !== null),
+  );
+  return {
+    title: `CPU per dispatch (ms) at ${rate}/s`,
+    header: [
+      'process',
+      ...costs.map(
+        (c) =>
+          `${SYSTEM_NAMES[c.system]}${c.rate === rate ? '' : ` (at ${c.rate}/s)`}${c.pass ? '' : ' (step failed)'}`,
+      ),
+    ],
+    rows: [
+      ...COST_ROLES.map((role) => [COST_LABELS[role], ...costs.map((c) => cell(c.msPerDispatch[role]))]),
+      ['**total**', ...costs.map((c) => `**${c.totalMs.toFixed(3)}**`)],
+      ...extras.map((role) => [COST_LABELS[role], ...costs.map((c) => cell(c.msPerDispatch[role]))]),
+    ],
+  };
+}
+
+export const cell = (v: number | null): string => (v === null ? '—' : v.toFixed(3));
+
+/**
+ * Benchmark 2: each system's offered rate steps up (×stepFactor) until it fails: a failed step is
+ * run once more (full mode), and a system stops after `failedRatesToStop` failed rates in a row;
+ * `maxRate` is only a safety cap. The figure is the highest rate that passed. All systems take each
+ * rate in turn before the next rate. A system that passes no rate steps down from the first (÷2 to
+ * FLOOR_RATE): its figure is then the rate that passed there, or 0. Beside one dispatcher, the lane
+ * "2 dispatchers" (two processes sharing the intake consumer) climbs the same rates.
  */
 export async function dispatchThroughput(
   ctx: BenchContext,
   s: DispatchSetup,
 ): Promise<BenchResult & { max: number | null }> {
   const started = performance.now();
-  const ladders = await climb(ctx, s, ['toolbus', 'bullmq', 'pg-inserts']);
-  const l = (system: System) => ladders.get(system)!;
-  const toolbus = l('toolbus');
-  const bullmq = l('bullmq');
-  const inserts = l('pg-inserts');
+  let two: Awaited<ReturnType<typeof twoDispatcherLane>> | null = null;
+  let twoError: string | null = null;
+  try {
+    two = await twoDispatcherLane(ctx);
+  } catch (e) {
+    // The other lanes still climb; the missing figure makes the run incomplete (exit status 1).
+    twoError = e instanceof Error ? e.message : String(e);
+    ctx.log(`2 dispatchers: set-up failed: ${twoError}`);
+  }
+  const lanes = [s.lanes.toolbus, ...(two ? [two.lane] : []), s.lanes.bullmq, s.lanes['pg-inserts']];
+  let ladders: Map<System, Ladder>;
+  try {
+    ladders = await climb(ctx, s, lanes);
+  } finally {
+    await two?.stop();
+  }
+  const toolbus = ladders.get('toolbus')!;
+  const toolbus2 = ladders.get('toolbus-2') ?? null;
+  const bullmq = ladders.get('bullmq')!;
+  const inserts = ladders.get('pg-inserts')!;
+  const all = [toolbus, ...(toolbus2 ? [toolbus2] : []), bullmq, inserts];
+
+  const bounded = all.map((l) => ({ l, why: lowerBound(l, ctx.d.maxRate) })).filter((x) => x.why !== null);
+  const boundNote = (...ls: Array<Ladder | null>) => {
+    const names = ls.filter((l) => l && lowerBound(l, ctx.d.maxRate)).map((l) => SYSTEM_NAMES[l!.system]);
+    return names.length ? `lower bound for ${names.join(' and ')}, see the notes` : undefined;
+  };
+  const bullmqName = 'BullMQ add + worker + waitUntilFinished';
+
+  const rate = midRate(toolbus, ctx.d.firstRate);
+  const costs = costsAt(all, rate);
+  const costTable = costsTable(rate, costs);
+  const coresNote = (l: Ladder | null, name: string) =>
+    l ? `${name}: ${l.steps.map((x) => `${x.rate}/s ${x.serverCores?.toFixed(2) ?? '?'}`).join(', ')}` : null;
+
   return {
     id: 'dispatch-throughput',
     title: `2. Sustained dispatch throughput (p99 ≤ ${P99_BOUND_MS} ms)`,
     max: toolbus.max,
     figures: [
-      figure('highest sustained rate', 'req/s', toolbus.max, {
-        name: 'BullMQ add + worker + waitUntilFinished',
-        value: bullmq.max,
-      }),
-      figure('highest sustained rate', 'req/s', toolbus.max, {
-        name: 'raw PostgreSQL inserts, 2 commits per execution',
-        value: inserts.max,
-      }),
+      figure(
+        'highest sustained rate',
+        'req/s',
+        toolbus.max,
+        { name: bullmqName, value: bullmq.max },
+        boundNote(toolbus, bullmq),
+      ),
+      figure(
+        'highest sustained rate',
+        'req/s',
+        toolbus.max,
+        { name: 'raw PostgreSQL inserts, 2 commits per execution', value: inserts.max },
+        boundNote(toolbus, inserts),
+      ),
+      figure(
+        'highest sustained rate, 2 dispatchers',
+        'req/s',
+        toolbus2?.max ?? null,
+        { name: bullmqName, value: bullmq.max },
+        boundNote(toolbus2, bullmq),
+      ),
+      figure(
+        'highest sustained rate, 2 dispatchers',
+        'req/s',
+        toolbus2?.max ?? null,
+        { name: 'Toolbus, 1 dispatcher', value: toolbus.max },
+        boundNote(toolbus2, toolbus),
+      ),
     ],
     targets: [
       target('throughput at least that of the BullMQ round trip', 'req/s', toolbus.max, bullmq.max, 'higher'),
+      target(
+        'throughput with 2 dispatchers at least that of the BullMQ round trip',
+        'req/s',
+        toolbus2?.max ?? null,
+        bullmq.max,
+        'higher',
+      ),
     ],
+    tables: [costTable],
     notes: [
-      `Offered rate stepped from ${ctx.d.firstRate}/s by ×${ctx.d.stepFactor}, ${ctx.d.stepMs / 1000} s per step (${ctx.d.stepWarmupMs / 1000} s warm-up), ` +
-        'the three systems in turn at each rate. A step passes when p99 ≤ 50 ms, every request is answered and the achieved rate is at least 95% of the offered one' +
-        `${ctx.d.retryStep ? '; a failed step is run once more' : ''}; a system stops after ${ctx.d.failedRatesToStop} failed rate(s) in a row. ` +
+      `Offered rate stepped from ${ctx.d.firstRate}/s by ×${ctx.d.stepFactor} until each system fails, ${ctx.d.stepMs / 1000} s per step (${ctx.d.stepWarmupMs / 1000} s warm-up), ` +
+        `the systems in turn at each rate (${all.map((l) => SYSTEM_NAMES[l.system]).join(', ')}). ` +
+        `A step passes when the load generator sent every request within ${ctx.d.maxSendLagMs} ms of when it was due, p99 ≤ ${P99_BOUND_MS} ms, every request is answered and the achieved rate is at least 95% of the offered one` +
+        `${ctx.d.retryStep ? '; a failed step is run once more' : ''}; a system stops after ${ctx.d.failedRatesToStop} failed rate(s) in a row, ` +
+        `or at the safety cap of ${ctx.d.maxRate}/s. ` +
         `The figure is the highest rate that passed (when no rate passes, the first rate is halved down to ${FLOOR_RATE}/s; 0 means none passed).`,
+      ...all.map(
+        (l) =>
+          `${SYSTEM_NAMES[l.system]}: ${l.max}/s; ended by ${l.endedBy === 'cap' ? 'the safety cap' : l.endedBy === 'generator' ? 'the load generator' : 'the system failing'}` +
+          `${l.steps.at(-1)?.pass === false ? ` (last step ${l.steps.at(-1)!.rate}/s: ${l.steps.at(-1)!.why})` : ''}.`,
+      ),
+      ...bounded.map((x) => `${x.why}.`),
+      `2 dispatchers: two dispatcher processes (DISPATCHER_ID a and b) sharing the intake consumer, on a nats-server and a database of their own, same settings as the one dispatcher; ` +
+        'on this machine they share its two cores with everything else.' +
+        (twoError ? ` Not measured: its set-up failed (${twoError}).` : ''),
       `BullMQ: Queue.add, a Worker (concurrency ${CONCURRENCY}) that does nothing, job.waitUntilFinished through QueueEvents, on the run's own Redis. ` +
         'Durability is not equal: that Redis keeps nothing on disk (no RDB, no AOF), so a BullMQ job is not durable at all, while each Toolbus execution is committed to PostgreSQL twice.',
       `Raw inserts: the same event rows, one insert transaction per execution step (2 commits per execution), ${STORE_POOL} connections (the event store's pool), synchronous_commit on.`,
-      ...[toolbus, bullmq, inserts]
-        .filter((x) => x.capped)
-        .map((x) => `${x.system} passed the top step of the ladder: its figure is a lower bound.`),
-      `CPU of the serving process per step (cores, from process.cpuUsage) — dispatcher: ${toolbus.steps.map((x) => `${x.rate}/s ${x.serverCores?.toFixed(2) ?? '?'}`).join(', ')}; ` +
-        `BullMQ worker: ${bullmq.steps.map((x) => `${x.rate}/s ${x.serverCores?.toFixed(2) ?? '?'}`).join(', ')}. A Node.js process cannot use more than about one core for its JavaScript.`,
+      `CPU per dispatch: user + system CPU from /proc/<pid>/stat (10 ms ticks) of each process the lane uses, over the whole step at ${rate}/s (the rate nearest half of ` +
+        "Toolbus's figure; warm-up and drain included), divided by the requests completed in it. PostgreSQL: the backends pg_stat_activity lists for the lane's database " +
+        "(the dispatcher's pool and its listener; a backend that closed during the step is missed); the last row is every PostgreSQL process pg_stat_activity lists " +
+        `(background writers included${ctx.ownPostgres ? '' : "; on the shared server, other databases' work too"}). Redis is the run's own; BullMQ's worker is in the first row. Every step's samples are in latest.json. ` +
+        "Each row includes the process's idle work over the step (timers, heartbeats, JetStream pulls, pool keep-alives): at a few dozen requests per second it dominates, so read the table at hundreds per second.",
+      `CPU of the serving process(es) per step (cores, from /proc) — ${[
+        coresNote(toolbus, 'dispatcher'),
+        coresNote(toolbus2, '2 dispatchers together'),
+        coresNote(bullmq, 'BullMQ worker'),
+      ]
+        .filter((x) => x !== null)
+        .join('; ')}. A Node.js process cannot use more than about one core for its JavaScript.`,
     ],
-    details: { toolbus, bullmq, inserts },
+    details: {
+      toolbus,
+      toolbus2,
+      bullmq,
+      inserts,
+      cpuPerDispatch: { rate, systems: costs },
+    },
     seconds: (performance.now() - started) / 1000,
   };
 }

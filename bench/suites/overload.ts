@@ -3,7 +3,7 @@ import type { PhasedRunRequest } from '../loadgen.ts';
 import { cpuUs, type BenchContext } from '../lib/context.ts';
 import type { PhasedOpenLoopResult } from '../lib/openloop.ts';
 import { figure, target, type BenchResult, type Target } from '../lib/report.ts';
-import { P99_BOUND_MS, toolbusCapacity, type DispatchSetup } from './dispatch.ts';
+import { lowerBound, P99_BOUND_MS, toolbusCapacity, type DispatchSetup } from './dispatch.ts';
 
 /**
  * Benchmark 2b: above capacity the dispatcher degrades, it does not collapse. The capacity is the
@@ -49,11 +49,12 @@ async function capacityOf(ctx: BenchContext, s: DispatchSetup, highest: number |
   };
   if (highest === 0) return floor;
   ctx.log('overload: measuring the capacity (benchmark 2 ladder, Toolbus alone)');
-  const { max, capped } = await toolbusCapacity(ctx, s);
-  if (!max) return floor;
+  const ladder = await toolbusCapacity(ctx, s);
+  if (!ladder.max) return floor;
+  const bound = lowerBound(ladder, ctx.d.maxRate);
   return {
-    rate: max,
-    source: `benchmark 2's ladder, Toolbus alone, run for this benchmark${capped ? ' (top step passed: a lower bound)' : ''}`,
+    rate: ladder.max,
+    source: `benchmark 2's ladder, Toolbus alone, run for this benchmark${bound ? ` (${bound})` : ''}`,
   };
 }
 
