@@ -142,9 +142,11 @@ export class ThreadPool<Req, Res> {
     });
     ready.catch(() => undefined); // a failed start also fails the tasks sent to it
     const slot: Slot = { worker, pending: new Map(), ready };
-    worker.unref();
     worker.on('message', (answer: Answer | { ready: true }) => {
-      if ('ready' in answer) return markReady();
+      if ('ready' in answer) {
+        if (slot.pending.size === 0) worker.unref();
+        return markReady();
+      }
       const pending = slot.pending.get(answer.id);
       if (!pending) return;
       slot.pending.delete(answer.id);
@@ -162,6 +164,8 @@ export class ThreadPool<Req, Res> {
     };
     worker.on('error', (e: Error) => lost(e));
     worker.on('exit', (code) => lost(new ThreadPoolError(`a worker thread exited (code ${code})`)));
+    // Referenced while it starts (a caller may be waiting on `warm` alone), unreferenced once ready
+    // and idle. (Adding a 'message' listener refs a worker: unref only after the listeners.)
     return slot;
   }
 
