@@ -60,13 +60,23 @@ export class EventThreads {
     this.pool = new ThreadPool(new URL('./eventTask.ts', import.meta.url), size);
   }
 
+  /** Tasks sent to the threads so far (pages, batches). */
+  tasks = 0;
+
   parse(events: readonly RecordedEvent[]): Promise<Parsed[]> {
+    this.tasks++;
     // A Checked is a Parsed with a hash: the pool's answer type covers both tasks.
     return this.pool.run({ kind: 'parse', events: wire(events) });
   }
 
   check(events: readonly RecordedEvent[]): Promise<Checked[]> {
+    this.tasks++;
     return this.pool.run({ kind: 'check', events: wire(events) }) as Promise<Checked[]>;
+  }
+
+  /** True once every thread has started. */
+  get isWarm(): boolean {
+    return this.pool.isWarm;
   }
 
   /** Resolves once every thread has started (see ThreadPool.warm). */
@@ -86,6 +96,12 @@ export class EventThreads {
 export function defaultEventThreads(): number {
   return Math.min(4, Math.max(1, availableParallelism() - 1));
 }
+
+/**
+ * Below this many events a job parses in the calling thread: starting the threads (tsx and the
+ * schemas loaded in each, about a second of CPU on a busy machine) would cost more than they save.
+ */
+export const THREADED_FROM_EVENTS = 2_000;
 
 export const ThreadsEnv = z.object({
   /**

@@ -79,6 +79,7 @@ export class ThreadPool<Req, Res> {
   private readonly slots: Array<Slot | null>;
   private nextId = 1;
   private closed = false;
+  private started = 0;
 
   /** `module`: the task module's URL (exports `handle(request: Req): Res`); `size`: threads, at least 1. */
   constructor(
@@ -113,6 +114,11 @@ export class ThreadPool<Req, Res> {
     return Promise.all(this.slots.map((s) => s!.ready)).then(() => undefined);
   }
 
+  /** True once every thread has loaded its task module (and none has died since). */
+  get isWarm(): boolean {
+    return this.started === this.size;
+  }
+
   /** Stops every thread; tasks in hand are rejected. */
   async close(): Promise<void> {
     this.closed = true;
@@ -145,6 +151,7 @@ export class ThreadPool<Req, Res> {
     worker.on('message', (answer: Answer | { ready: true }) => {
       if ('ready' in answer) {
         if (slot.pending.size === 0) worker.unref();
+        this.started++;
         return markReady();
       }
       const pending = slot.pending.get(answer.id);
@@ -157,9 +164,17 @@ export class ThreadPool<Req, Res> {
     });
     // A thread that dies (a load error, an uncaught throw, out of memory) fails the tasks it held;
     // its slot is emptied so that the next task starts a fresh thread.
+    let isLost = false;
     const lost = (error: Error) => {
       markFailed(error);
-      if (this.slots[index] === slot) this.slots[index] = null;
+      if (!isLost && this.slots[index] === slot) {
+        isLost = true;
+        this.slots[index] = null;
+        slot.ready.then(
+          () => this.started--,
+          () => undefined,
+        );
+      }
       this.fail(slot, error);
     };
     worker.on('error', (e: Error) => lost(e));

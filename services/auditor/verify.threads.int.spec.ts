@@ -34,7 +34,9 @@ async function verified(s: TestStore, options: VerifyOptions) {
 /** Verifies in this thread and on the threads; both must agree. Returns the threaded report. */
 async function bothWays(t: Tap, s: TestStore): Promise<Omit<VerifyReport, 'startedAt' | 'finishedAt'>> {
   const here = await verified(s, { threads: null });
+  const sent = threads.tasks;
   const there = await verified(s, { threads });
+  t.ok(threads.tasks > sent, 'pages were checked on the threads');
   t.same(there.report, here.report, 'the threads report what the calling thread reports');
   t.equal(there.progress.length, here.progress.length, 'progress counts the same events');
   t.same(there.progress.slice(-3), here.progress.slice(-3), 'and ends at the same revision');

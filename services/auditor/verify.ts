@@ -13,6 +13,7 @@ import type { EventStore, RecordedEvent } from '../../lib/eventstore/types.ts';
 import {
   checkRecorded,
   sharedEventThreads,
+  THREADED_FROM_EVENTS,
   type Checked,
   type EventThreads,
 } from '../../lib/threads/events.ts';
@@ -288,8 +289,6 @@ export interface VerifyOptions {
 
 /** Events per task sent to a thread: the PostgreSQL store's page. */
 export const THREAD_PAGE = 500;
-/** A stream shorter than this is verified in the calling thread unless `threads` is given. */
-export const THREADED_FROM_EVENTS = 4 * THREAD_PAGE;
 
 /** Walks a user's whole stream page by page and verifies it (see the top of this file). */
 export async function verifyHistory(
@@ -351,7 +350,7 @@ export async function* checkedEvents(
     return;
   }
   // Until the threads have started (a second or so), pages are checked here rather than waited for.
-  let started = false;
+  let started = threads.isWarm;
   threads.warm().then(
     () => (started = true),
     () => undefined, // a thread that cannot start fails the first page sent to it

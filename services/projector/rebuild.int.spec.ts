@@ -94,6 +94,7 @@ t.test('a rebuild parsing on worker threads gives the same model as one parsing 
 
   // Batches of 5: many batches in flight on the two threads at once, written in order.
   const threaded = await rebuildReadModels({ pool: p.pool, store, batchSize: 5, threads });
+  t.ok(threads.tasks >= threaded.events / 5, `every batch parsed on the threads (${threads.tasks} tasks)`);
   t.strictSame(await dumpReadModels(p.pool), live, 'rebuilt on threads: identical to the live model');
   const here = await rebuildReadModels({ pool: p.pool, store, batchSize: 5, threads: null });
   t.strictSame(await dumpReadModels(p.pool), live, 'rebuilt in this thread: identical too');

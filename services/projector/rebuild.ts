@@ -17,7 +17,7 @@ import { ProjectorStoreEnv } from './config.ts';
 import { LIVE_SCHEMA, PROJECTION_NAME, projectorMigrations } from './migrations.ts';
 import type { Log } from './runner.ts';
 import { incomingFromParsed, incomingFromRecorded, type Incoming } from './model.ts';
-import { sharedEventThreads, type EventThreads } from '../../lib/threads/events.ts';
+import { sharedEventThreads, THREADED_FROM_EVENTS, type EventThreads } from '../../lib/threads/events.ts';
 import { applyBatch, qualified } from './sql.ts';
 import { openEventStore } from './store.ts';
 
@@ -233,16 +233,24 @@ async function project(
 
 /**
  * Parses a batch (schema validation, the CPU-heavy part of reading) on the worker threads once they
- * have started, and in this thread until then or without threads. Both give the same Incoming.
+ * have started, and in this thread until then or without threads. Both give the same Incoming. The
+ * threads are started once THREADED_FROM_EVENTS events have been parsed here.
  */
 function parser(threads: EventThreads | null): (events: RecordedEvent[]) => Promise<Incoming[]> {
   let started = false;
-  threads?.warm().then(
-    () => (started = true),
-    () => undefined, // threads that cannot start leave the parsing here
-  );
+  let parsedHere = 0;
+  const start = () =>
+    threads?.warm().then(
+      () => (started = true),
+      () => undefined, // threads that cannot start leave the parsing here
+    );
   return async (events) => {
-    if (!threads || !started) return events.map(incomingFromRecorded);
+    if (!threads || !(started || threads.isWarm)) {
+      // A short rebuild (a test, a young store) never pays for starting the threads.
+      if (parsedHere < THREADED_FROM_EVENTS && (parsedHere += events.length) >= THREADED_FROM_EVENTS)
+        void start();
+      return events.map(incomingFromRecorded);
+    }
     const parsed = await threads.parse(events);
     return events.map((e, i) => incomingFromParsed(e, parsed[i]!));
   };
