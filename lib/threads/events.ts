@@ -103,7 +103,7 @@ export function defaultEventThreads(): number {
  * Below this many events a job parses in the calling thread: starting the threads (tsx and the
  * schemas loaded in each, about a second of CPU on a busy machine) would cost more than they save.
  */
-export const THREADED_FROM_EVENTS = 2_000;
+export const THREADED_FROM_EVENTS = 10_000;
 
 export const ThreadsEnv = z.object({
   /**
