@@ -175,7 +175,7 @@ export async function projectionLag(ctx: BenchContext, highest: number | null): 
 const BATCH = 500;
 
 /** A bare batched upsert: the same events read in pages, one upsert of their execution rows and one commit per page. */
-async function bareUpsert(pool: pg.Pool): Promise<number> {
+export async function bareUpsert(pool: pg.Pool): Promise<number> {
   await pool.query(`create table if not exists bench_upsert (
     execution_id uuid primary key, user_id text not null, status text not null,
     event_count int not null, last_revision bigint not null, updated_at timestamptz not null)`);

@@ -76,6 +76,11 @@ const resultOf = (row: AppendRow): AppendResult => ({
 const COLUMNS = `seq, tx_id::text as tx, stream_id, revision, event_id, event_type, data, metadata,
   (extract(epoch from created_at) * 1000)::float8 as created_ms`;
 const MAX_SEQ = 9223372036854775807n;
+/**
+ * The channel that wakes subscriptions: NOTIFYed after appends, and by any writer whose transaction
+ * held the visibility horizon back (the projector's batches), since its commit moves the horizon.
+ */
+export const EVENTS_CHANNEL = 'toolbus_events';
 /** How soon a subscription first looks again while committed events wait behind the visibility horizon. */
 const BEHIND_HORIZON_POLL_MS = 20;
 /** A subscription whose reads fail waits a random time below 100 ms doubling up to 5 s, then reads again. */
@@ -460,7 +465,7 @@ class PostgresEventStore implements EventStore {
       // Its own short transaction, which need not wait for the disk: it records nothing.
       .then(() =>
         this.pool.query(
-          `begin; set local synchronous_commit = off; select pg_notify('toolbus_events', ''); commit`,
+          `begin; set local synchronous_commit = off; select pg_notify('${EVENTS_CHANNEL}', ''); commit`,
         ),
       )
       .then(
@@ -497,7 +502,7 @@ class PostgresEventStore implements EventStore {
         client.on('notification', () => this.listeners.forEach((l) => l()));
         client.on('error', (e) => this.reconnectListener(client, e));
         client.on('end', () => this.reconnectListener(client, new Error('LISTEN connection ended')));
-        await client.query('listen toolbus_events');
+        await client.query(`listen ${EVENTS_CHANNEL}`);
         if (this.closed) await client.end();
         else this.listenClient = client;
       } catch (e) {

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { CommonEnv, loadConfig, requireTokenKey, SecretKey, UserTokenEnv } from '../../lib/config.ts';
+import { ThreadsEnv } from '../../lib/threads/events.ts';
 
 /** Decimal digits only, as lib/config.ts reads the other ports. */
 const port = (fallback: number) =>
@@ -17,6 +18,8 @@ export const AuditorEnv = CommonEnv.extend({
   AUDIT_SIGNING_KEY: SecretKey,
   /** Who the CLI records as the auditor (defaults to the OS user). */
   AUDITOR_ID: z.string().min(1).max(128).optional(),
+  // Checked at start-up; read again by sharedEventThreads, which verification uses.
+  ...ThreadsEnv.shape,
 });
 export type AuditorConfig = z.infer<typeof AuditorEnv>;
 

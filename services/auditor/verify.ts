@@ -1,5 +1,4 @@
 import {
-  eventHash,
   eventProblem,
   GENESIS_HASH,
   initialState,
@@ -11,7 +10,13 @@ import {
   type ToolEvent,
 } from '../../contracts/index.ts';
 import type { EventStore, RecordedEvent } from '../../lib/eventstore/types.ts';
-import { fromRecorded } from '../../lib/toolEvents.ts';
+import {
+  checkRecorded,
+  sharedEventThreads,
+  THREADED_FROM_EVENTS,
+  type Checked,
+  type EventThreads,
+} from '../../lib/threads/events.ts';
 import { BloomFilter } from './bloom.ts';
 import type { Checkpoint } from './checkpoint.ts';
 
@@ -98,8 +103,12 @@ export class ChainVerifier {
     return this.failure;
   }
 
-  /** Checks the next event; returns the break it reveals (and every later call returns it too). */
-  async accept(recorded: RecordedEvent): Promise<HistoryBreak | null> {
+  /**
+   * Checks the next event; returns the break it reveals (and every later call returns it too).
+   * `checked`: the event already parsed and hashed (`checkRecorded`, on a worker thread); the
+   * verdict is the same either way, only where the parsing and hashing ran differs.
+   */
+  async accept(recorded: RecordedEvent, checked?: Checked): Promise<HistoryBreak | null> {
     if (this.failure) return this.failure;
     const revision = recorded.revision;
     const fail = (kind: BreakKind, problem: string, at = revision, eventId: string | null = recorded.id) =>
@@ -125,7 +134,7 @@ export class ChainVerifier {
       );
     }
 
-    const parsed = fromRecorded(recorded);
+    const parsed = checked ?? checkRecorded(recorded);
     if (!parsed.ok) return fail('schema', parsed.reason);
     if (parsed.userId !== this.options.userId) {
       return fail('schema', `event belongs to user ${parsed.userId}, not ${this.options.userId}`);
@@ -140,7 +149,7 @@ export class ChainVerifier {
         `prevHash ${event.metadata.prevHash} does not link to ${before}: an event was removed, inserted or moved here`,
       );
     }
-    const actual = eventHash(event);
+    const actual = parsed.hash;
     if (actual !== event.metadata.hash) {
       return fail(
         'hash',
@@ -270,7 +279,16 @@ export interface VerifyOptions {
   onEvent?: (revision: number) => void;
   now?: () => Date;
   bloomBytes?: number;
+  /**
+   * Where events are parsed and hashed: worker threads, or null for the calling thread. By default
+   * the process's pool (EVENT_THREADS, lib/threads/events.ts) for a stream longer than
+   * THREADED_FROM_EVENTS, the calling thread for a shorter one (starting threads would cost more).
+   */
+  threads?: EventThreads | null;
 }
+
+/** Events per task sent to a thread: the PostgreSQL store's page. */
+export const THREAD_PAGE = 500;
 
 /** Walks a user's whole stream page by page and verifies it (see the top of this file). */
 export async function verifyHistory(
@@ -289,9 +307,15 @@ export async function verifyHistory(
     ...(options.bloomBytes ? { bloomBytes: options.bloomBytes } : {}),
   });
   const head = await store.streamInfo(stream);
+  const threads =
+    options.threads !== undefined
+      ? options.threads
+      : (head?.revision ?? -1) + 1 >= THREADED_FROM_EVENTS
+        ? sharedEventThreads()
+        : null;
   let failure: HistoryBreak | null = null;
-  for await (const recorded of store.readStream(stream)) {
-    failure = await verifier.accept(recorded);
+  for await (const { recorded, checked } of checkedEvents(store.readStream(stream), threads)) {
+    failure = await verifier.accept(recorded, checked);
     if (failure) break;
     options.onEvent?.(recorded.revision);
   }
@@ -309,6 +333,54 @@ export async function verifyHistory(
     startedAt,
     finishedAt: now().toISOString(),
   };
+}
+
+/**
+ * The events of a read, each with its parse and hash. With threads, pages of THREAD_PAGE events
+ * are checked on worker threads while the next pages are read, at most two pages per thread in
+ * flight (so memory stays flat however long the stream), and handed on in the order read.
+ * Leaving the loop early stops the read; the pages still in flight are dropped.
+ */
+export async function* checkedEvents(
+  events: AsyncIterable<RecordedEvent>,
+  threads: EventThreads | null,
+): AsyncGenerator<{ recorded: RecordedEvent; checked?: Checked }> {
+  if (!threads) {
+    for await (const recorded of events) yield { recorded };
+    return;
+  }
+  // Until the threads have started (a second or so), pages are checked here rather than waited for.
+  let started = threads.isWarm;
+  threads.warm().then(
+    () => (started = true),
+    () => undefined, // a thread that cannot start fails the first page sent to it
+  );
+  const maxInFlight = 2 * threads.size;
+  const inFlight: Array<{ page: RecordedEvent[]; checked: Promise<Checked[]> }> = [];
+  const send = (page: RecordedEvent[]) => {
+    const checked = threads.check(page);
+    checked.catch(() => undefined); // awaited in order below, or dropped when the loop ends early
+    inFlight.push({ page, checked });
+  };
+  let page: RecordedEvent[] = [];
+  const drainReady = async function* () {
+    const { page: done, checked } = inFlight.shift()!;
+    const results = await checked;
+    for (let i = 0; i < done.length; i++) yield { recorded: done[i]!, checked: results[i]! };
+  };
+  for await (const recorded of events) {
+    if (!started && inFlight.length === 0 && page.length === 0) {
+      yield { recorded };
+      continue;
+    }
+    page.push(recorded);
+    if (page.length < THREAD_PAGE) continue;
+    send(page);
+    page = [];
+    if (inFlight.length >= maxInFlight) yield* drainReady();
+  }
+  if (page.length > 0) send(page);
+  while (inFlight.length > 0) yield* drainReady();
 }
 
 /** One line for people: "OK ..." or "BROKEN at revision N ...". */

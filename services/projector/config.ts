@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { CommonEnv, refuseTestHooksInProduction, requireTokenKey, UserTokenEnv } from '../../lib/config.ts';
+import { ThreadsEnv } from '../../lib/threads/events.ts';
 
 /** The projector's own variables (all that the rebuild script, which serves no HTTP, needs). */
 export const ProjectorStoreEnv = CommonEnv.extend({
@@ -19,6 +20,8 @@ export const ProjectorStoreEnv = CommonEnv.extend({
    * checkpoint is.
    */
   PROJECTOR_FAULT_KILL_BEFORE_CHECKPOINT: z.coerce.number().min(0).max(1).default(0),
+  // Checked at start-up; read again by sharedEventThreads, which the rebuild uses.
+  ...ThreadsEnv.shape,
 });
 
 /** The projector's environment: the common variables, its own, and the user-token ones. */

@@ -20,7 +20,7 @@ import {
   parsePosition,
   type RecordedEvent,
 } from '../../lib/eventstore/types.ts';
-import { fromRecorded } from '../../lib/toolEvents.ts';
+import { parseRecorded, type Parsed } from '../../lib/threads/events.ts';
 import { bucketOf, emptyHistogram, mergeHistograms } from './histogram.ts';
 
 /**
@@ -474,12 +474,16 @@ export type Incoming =
   | { ok: false; row: SkippedRow };
 
 export function incomingFromRecorded(recorded: RecordedEvent): Incoming {
-  const parsed = fromRecorded(recorded);
+  return incomingFromParsed(recorded, parseRecorded(recorded));
+}
+
+/** The same, from the event parsed elsewhere (`parseRecorded`, on a worker thread in a rebuild). */
+export function incomingFromParsed(recorded: RecordedEvent, parsed: Parsed): Incoming {
   if (!parsed.ok) return { ok: false, row: skippedRow(recorded, parsed.reason) };
   return {
     ok: true,
     event: parsed.event,
-    revision: parsed.revision,
+    revision: recorded.revision,
     skipped: (reason) => skippedRow(recorded, reason),
   };
 }

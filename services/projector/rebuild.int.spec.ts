@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import t from 'tap';
 import pg from 'pg';
 import { createPostgresEventStore } from '../../lib/eventstore/postgres.ts';
+import { EventThreads } from '../../lib/threads/events.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
 import { recordExecution } from '../../test/support/events.ts';
 import { createTestDatabase } from '../../test/support/postgres.ts';
@@ -78,6 +79,28 @@ t.test('a rebuild gives the identical model, and the projector goes on with it',
   await waitForCatchUp(p.pool, store);
   const c = await compareWithReplay(p.pool, store);
   t.ok(c.equal, 'the live projector applies new events to the rebuilt model', { differences: c.differences });
+});
+
+t.test('a rebuild parsing on worker threads gives the same model as one parsing here', async (t) => {
+  const threads = new EventThreads(2);
+  t.teardown(() => threads.close());
+  await threads.warm(); // so that every batch goes to the threads, none is parsed here meanwhile
+  const { store, p } = await setup(t);
+  await writeSome(store, 30);
+  await appendUnreadable(store, 'mallory', 'unknown-type');
+  await writeSome(store, 30, 'w');
+  await waitForCatchUp(p.pool, store);
+  const live = await dumpReadModels(p.pool);
+
+  // Batches of 5: many batches in flight on the two threads at once, written in order.
+  const threaded = await rebuildReadModels({ pool: p.pool, store, batchSize: 5, threads });
+  t.ok(threads.tasks >= threaded.events / 5, `every batch parsed on the threads (${threads.tasks} tasks)`);
+  t.strictSame(await dumpReadModels(p.pool), live, 'rebuilt on threads: identical to the live model');
+  const here = await rebuildReadModels({ pool: p.pool, store, batchSize: 5, threads: null });
+  t.strictSame(await dumpReadModels(p.pool), live, 'rebuilt in this thread: identical too');
+  t.equal(threaded.events, here.events, 'the same events re-projected');
+  t.equal(threaded.position, here.position);
+  t.equal(live.skipped.length, 1, 'the unreadable event is skipped alike');
 });
 
 t.test('readers never see a half model while a rebuild runs next to live writes', async (t) => {

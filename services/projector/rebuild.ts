@@ -16,7 +16,8 @@ import { ensureCheckpoint, readCheckpoint, rebuildLockKey, writeCheckpoint } fro
 import { ProjectorStoreEnv } from './config.ts';
 import { LIVE_SCHEMA, PROJECTION_NAME, projectorMigrations } from './migrations.ts';
 import type { Log } from './runner.ts';
-import { incomingFromRecorded, type Incoming } from './model.ts';
+import { incomingFromParsed, incomingFromRecorded, type Incoming } from './model.ts';
+import { sharedEventThreads, THREADED_FROM_EVENTS, type EventThreads } from '../../lib/threads/events.ts';
 import { applyBatch, qualified } from './sql.ts';
 import { openEventStore } from './store.ts';
 
@@ -30,6 +31,11 @@ export interface RebuildOptions {
   logger?: Log;
   batchSize?: number;
   projection?: string;
+  /**
+   * Where events are parsed: worker threads, or null for this thread. Default: the process's pool
+   * (EVENT_THREADS, lib/threads/events.ts).
+   */
+  threads?: EventThreads | null;
 }
 
 export interface RebuildResult {
@@ -60,6 +66,7 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
   const batchSize = options.batchSize ?? 1000;
   const log = options.logger;
   const started = Date.now();
+  const threads = options.threads !== undefined ? options.threads : sharedEventThreads();
 
   const session = await pool.connect();
   try {
@@ -92,7 +99,7 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
     };
     // Catch up outside the swap until a pass finds little new, so the swap itself is short.
     for (let pass = 0; pass < 10; pass++) {
-      const r = await project(store, position, null, batchSize, inOwnTransaction);
+      const r = await project(store, position, null, batchSize, inOwnTransaction, threads);
       position = r.position ?? position;
       events += r.events;
       log?.info({ pass, events, position }, 'rebuild pass done');
@@ -107,8 +114,13 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
         live.position !== null &&
         (position === null || comparePositions(parsePosition(live.position), parsePosition(position)) > 0)
       ) {
-        const r = await project(store, position, live.position, batchSize, (batch) =>
-          applyBatch(client, BUILD_SCHEMA, batch).then(() => undefined),
+        const r = await project(
+          store,
+          position,
+          live.position,
+          batchSize,
+          (batch) => applyBatch(client, BUILD_SCHEMA, batch).then(() => undefined),
+          threads,
         );
         position = r.position ?? position;
         events += r.events;
@@ -163,7 +175,7 @@ export async function copySchemaStructure(
 /**
  * Feeds user-stream events after `after` (exclusive), up to and including `upTo` when given, to
  * `apply` in batches, parsed. Batches are applied one at a time, in order; while one is written,
- * the next is read and parsed. Returns the last position applied and how many events.
+ * the next ones are read and parsed (with threads, one per thread at a time). Returns the last position applied and how many events.
  */
 async function project(
   store: EventStore,
@@ -171,32 +183,43 @@ async function project(
   upTo: string | null,
   batchSize: number,
   apply: (batch: Incoming[]) => Promise<void>,
+  threads: EventThreads | null,
 ): Promise<{ position: string | null; events: number }> {
   const limit = upTo === null ? null : parsePosition(upTo);
-  let batch: Incoming[] = [];
-  let batchEnd: RecordedEvent | null = null;
+  let batch: RecordedEvent[] = [];
   let last: string | null = null;
   let events = 0;
+  const parse = parser(threads);
+  // Batches parsed and waiting to be written, in order: with threads, one per thread and one more
+  // (so each thread has a batch while one is written); without, the one being written.
+  const depth = threads ? threads.size + 1 : 1;
+  const queued: Array<Promise<void>> = [];
   let writing: Promise<void> = Promise.resolve();
   const flush = async () => {
     if (batch.length === 0) return;
     const full = batch;
-    const end = formatPosition(batchEnd!.position);
+    const end = formatPosition(full[full.length - 1]!.position);
     batch = [];
-    await writing; // the batch before, written (or its failure, thrown here)
-    writing = apply(full).then(() => {
-      events += full.length;
-      last = end;
-    });
-    writing.catch(() => undefined); // handled when awaited: at the next flush or at the end
+    const parsed = parse(full);
+    parsed.catch(() => undefined); // handled through `writing`
+    // Written one after the other, in order; a failed write fails every write queued after it.
+    writing = writing
+      .then(() => parsed)
+      .then(apply)
+      .then(() => {
+        events += full.length;
+        last = end;
+      });
+    writing.catch(() => undefined); // handled when awaited: below, or at the end
+    queued.push(writing);
+    if (queued.length > depth) await queued.shift(); // an older batch written (or its failure, thrown here)
   };
   try {
     for await (const e of store.readAll({ fromPosition: after === null ? 'start' : parsePosition(after) })) {
       if (after !== null && formatPosition(e.position) === after) continue;
       if (limit && comparePositions(e.position, limit) > 0) break;
       if (!e.streamId.startsWith(USER_STREAM_PREFIX)) continue;
-      batch.push(incomingFromRecorded(e));
-      batchEnd = e;
+      batch.push(e);
       if (batch.length >= batchSize) await flush();
     }
     await flush();
@@ -206,6 +229,31 @@ async function project(
   }
   await writing;
   return { position: last, events };
+}
+
+/**
+ * Parses a batch (schema validation, the CPU-heavy part of reading) on the worker threads once they
+ * have started, and in this thread until then or without threads. Both give the same Incoming. The
+ * threads are started once THREADED_FROM_EVENTS events have been parsed here.
+ */
+function parser(threads: EventThreads | null): (events: RecordedEvent[]) => Promise<Incoming[]> {
+  let started = false;
+  let parsedHere = 0;
+  const start = () =>
+    threads?.warm().then(
+      () => (started = true),
+      () => undefined, // threads that cannot start leave the parsing here
+    );
+  return async (events) => {
+    if (!threads || !(started || threads.isWarm)) {
+      // A short rebuild (a test, a young store) never pays for starting the threads.
+      if (parsedHere < THREADED_FROM_EVENTS && (parsedHere += events.length) >= THREADED_FROM_EVENTS)
+        void start();
+      return events.map(incomingFromRecorded);
+    }
+    const parsed = await threads.parse(events);
+    return events.map((e, i) => incomingFromParsed(e, parsed[i]!));
+  };
 }
 
 /** `npx tsx services/projector/rebuild.ts`: rebuild with the projector's configuration. */

@@ -6,6 +6,7 @@ import {
   type EventStore,
   type RecordedEvent,
 } from '../../lib/eventstore/types.ts';
+import { EVENTS_CHANNEL } from '../../lib/eventstore/postgres.ts';
 import type { Logger } from '../../lib/log.ts';
 import { ensureCheckpoint, lockKey, readCheckpoint, writeCheckpoint } from './checkpoint.ts';
 import type { ProjectorMetrics } from './metrics.ts';
@@ -349,6 +350,12 @@ export class ProjectionRunner {
       const outcome = await applyBatch(client, LIVE_SCHEMA, batch.map(incomingFromRecorded));
       await this.options.beforeCheckpoint?.({ events: batch.length, position: last });
       await writeCheckpoint(client, this.projection, last, checkpoint.events + batch.length);
+      // This transaction holds the event store's visibility horizon (decision 0001) from its first
+      // row lock: appends committed meanwhile wait behind it, and their own NOTIFY found them not
+      // yet readable. Its commit moves the horizon but would wake no subscription (they look again
+      // only after 20-100 ms), this projector's own included: a NOTIFY, delivered at the commit,
+      // wakes them at once. (Harmless where the events are not in this database.)
+      await client.query(`select pg_notify('${EVENTS_CHANNEL}', '')`);
       await client.query('commit');
       stopTimer();
       metrics.batchSize.observe(batch.length);

@@ -1,0 +1,2 @@
+/** The task module of the event threads (lib/threads/events.ts): what each worker runs. */
+export { handleEventTask as handle } from './events.ts';

@@ -1,0 +1,127 @@
+import { availableParallelism } from 'node:os';
+import { z } from 'zod';
+import { eventHash, type ToolEvent } from '../../contracts/index.ts';
+import { intVar, loadConfig } from '../config.ts';
+import type { RecordedEvent } from '../eventstore/types.ts';
+import { fromRecorded } from '../toolEvents.ts';
+import { ThreadPool } from './pool.ts';
+
+/**
+ * The CPU work of the long reads, parsing a stored event against its schema (and, for the audit,
+ * hashing its canonical JSON), done either here or in worker threads (lib/threads/pool.ts). Both
+ * ways run the same functions below, so they give the same answers; the threads only change where.
+ */
+
+/** What a worker needs of a stored event (a position or a Date would only cost copying). */
+export type WireEvent = Pick<RecordedEvent, 'id' | 'type' | 'data' | 'metadata' | 'streamId' | 'revision'>;
+
+/** A stored event parsed: the envelope, or why it is not one (lib/toolEvents `fromRecorded`). */
+export type Parsed = { ok: true; event: ToolEvent; userId: string } | { ok: false; reason: string };
+
+/** Parsed, and for a parsed event the hash of its content (contracts/chain `eventHash`). */
+export type Checked =
+  { ok: true; event: ToolEvent; userId: string; hash: string } | { ok: false; reason: string };
+
+export function parseRecorded(recorded: WireEvent): Parsed {
+  // fromRecorded reads only these fields; the rest of a RecordedEvent is not needed to judge it.
+  const parsed = fromRecorded(recorded as RecordedEvent);
+  return parsed.ok
+    ? { ok: true, event: parsed.event, userId: parsed.userId }
+    : { ok: false, reason: parsed.reason };
+}
+
+export function checkRecorded(recorded: WireEvent): Checked {
+  const parsed = parseRecorded(recorded);
+  return parsed.ok ? { ...parsed, hash: eventHash(parsed.event) } : parsed;
+}
+
+export type EventTask = { kind: 'parse'; events: WireEvent[] } | { kind: 'check'; events: WireEvent[] };
+
+/** A worker's answer to one task: the events' results, in the order given. */
+export function handleEventTask(task: EventTask): Parsed[] | Checked[] {
+  return task.kind === 'check' ? task.events.map(checkRecorded) : task.events.map(parseRecorded);
+}
+
+const wire = (events: readonly RecordedEvent[]): WireEvent[] =>
+  events.map(({ id, type, data, metadata, streamId, revision }) => ({
+    id,
+    type,
+    data,
+    metadata,
+    streamId,
+    revision,
+  }));
+
+/** Parses and hashes pages of stored events on worker threads. */
+export class EventThreads {
+  private readonly pool: ThreadPool<EventTask, Parsed[] | Checked[]>;
+
+  constructor(readonly size: number) {
+    this.pool = new ThreadPool(new URL('./eventTask.ts', import.meta.url), size);
+  }
+
+  /** Tasks sent to the threads so far (pages, batches). */
+  tasks = 0;
+
+  parse(events: readonly RecordedEvent[]): Promise<Parsed[]> {
+    this.tasks++;
+    // A Checked is a Parsed with a hash: the pool's answer type covers both tasks.
+    return this.pool.run({ kind: 'parse', events: wire(events) });
+  }
+
+  check(events: readonly RecordedEvent[]): Promise<Checked[]> {
+    this.tasks++;
+    return this.pool.run({ kind: 'check', events: wire(events) }) as Promise<Checked[]>;
+  }
+
+  /** True once every thread has started. */
+  get isWarm(): boolean {
+    return this.pool.isWarm;
+  }
+
+  /** Resolves once every thread has started (see ThreadPool.warm). */
+  warm(): Promise<void> {
+    return this.pool.warm();
+  }
+
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+}
+
+/**
+ * As many threads as cores, at most four. The calling thread mostly waits (on the store, and on the
+ * threads: a third of its time idle in a 1-thread profile), so it does not need a core of its own;
+ * one thread on two cores measured slower than none (the copying to and from it is extra work and
+ * it alone bounds the rate), two faster. Past four the calling thread, not the parsing, bounds a read.
+ */
+export function defaultEventThreads(): number {
+  return Math.min(4, Math.max(1, availableParallelism()));
+}
+
+/**
+ * Below this many events a job parses in the calling thread: starting the threads (tsx and the
+ * schemas loaded in each, about a second of CPU on a busy machine) would cost more than they save.
+ */
+export const THREADED_FROM_EVENTS = 10_000;
+
+export const ThreadsEnv = z.object({
+  /**
+   * Worker threads that parse, validate and hash stored events in the long reads (audit
+   * verification, read-model rebuild); 0 does that work in the calling thread.
+   */
+  EVENT_THREADS: intVar(defaultEventThreads(), 0, 64),
+});
+
+let shared: EventThreads | null | undefined;
+
+/** The process's pool, sized by EVENT_THREADS; null when it is 0. Started on first use, never closed. */
+export function sharedEventThreads(
+  env: Record<string, string | undefined> = process.env,
+): EventThreads | null {
+  if (shared === undefined) {
+    const size = loadConfig(ThreadsEnv, env).EVENT_THREADS;
+    shared = size > 0 ? new EventThreads(size) : null;
+  }
+  return shared;
+}
