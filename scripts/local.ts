@@ -199,9 +199,10 @@ async function writeClusterConfigs(
   const clientPort = (i: number) => (hosts ? o.natsPort : o.natsPort + i);
   const routePort = (i: number) => (hosts ? cluster.clusterPort : cluster.clusterPort + i);
   const passwordFile = join(natsDir, 'route-password');
-  const password = existsSync(passwordFile)
-    ? (await readFile(passwordFile, 'utf8')).trim()
-    : createClusterPassword();
+  const kept = existsSync(passwordFile) ? (await readFile(passwordFile, 'utf8')).trim() : '';
+  // As for the secrets: an empty or short file (a start stopped while writing it) is made again,
+  // never used: an empty route password would admit any route.
+  const password = kept.length >= 32 ? kept : createClusterPassword();
   await writeFile(passwordFile, `${password}\n`, { mode: 0o600 });
   const nodes = Array.from({ length: cluster.nodes }, (_, i) => i);
   const routes = nodes.map((i) => `${hosts?.[i] ?? '127.0.0.1'}:${routePort(i)}`);
