@@ -33,3 +33,26 @@ t.test('an empty or short route-password file (a start stopped while writing it)
   const password = routePassword(await readFile(setup.natsCluster[0]!.config, 'utf8'));
   t.ok(password && password.length >= 32, 'a new password, not an empty one any route could give');
 });
+
+t.test(
+  "a cluster's hosts must be host names: an empty one or one that rewrites the route URL is refused",
+  async (t) => {
+    for (const hosts of [
+      ['nats', 'nats-2', ''],
+      ['nats', 'evil.example@nats-2', 'nats-3'],
+      ['nats', 'nats-2 ', 'nats-3'],
+    ]) {
+      await t.rejects(
+        localSetup({ dir: t.testdir(), natsPort: 4299, cluster: { nodes: 3, clusterPort: 6222, hosts } }),
+        { message: /host/ },
+        JSON.stringify(hosts),
+      );
+    }
+    const ok = await localSetup({
+      dir: t.testdir(),
+      natsPort: 4299,
+      cluster: { nodes: 3, clusterPort: 6222, hosts: ['nats', 'nats-2', '10.0.0.3'] },
+    });
+    t.equal(ok.natsCluster.length, 3, 'names and addresses are fine');
+  },
+);
