@@ -89,6 +89,15 @@ export const natsServers = (url: string): string[] =>
     .filter((u) => u.length > 0);
 
 /**
+ * NATS_URL fit for a log line: a server's user and password (or token) in its URL are left out,
+ * in every one of a cluster's URLs.
+ */
+export const natsUrlForLog = (url: string): string =>
+  natsServers(url)
+    .map((u) => u.replace(/^([a-z]+:\/\/)[^/?#]*@/i, '$1[REDACTED]@'))
+    .join(',');
+
+/**
  * Connects as `credentials` and keeps reconnecting for ever: a NATS restart is an interruption,
  * not an end. `url` may name several servers, comma-separated (a cluster's nodes): it connects to
  * one of them and moves to another when that one is lost. The connection's inbox prefix is

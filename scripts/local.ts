@@ -196,12 +196,18 @@ async function writeClusterConfigs(
 ): Promise<NatsClusterNode[]> {
   const hosts = cluster.hosts;
   if (hosts && hosts.length !== cluster.nodes) throw new Error(`${cluster.nodes} nodes need as many hosts`);
+  // A host goes into every node's route URLs, after the route password: only a host name or an
+  // IPv4 address, so that nothing in it can move the password to another host (`a@b`) or leave
+  // a route without one.
+  const badHost = hosts?.find((h) => !/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/.test(h));
+  if (badHost !== undefined) throw new Error(`cluster host ${JSON.stringify(badHost)} is not a host name`);
   const clientPort = (i: number) => (hosts ? o.natsPort : o.natsPort + i);
   const routePort = (i: number) => (hosts ? cluster.clusterPort : cluster.clusterPort + i);
   const passwordFile = join(natsDir, 'route-password');
-  const password = existsSync(passwordFile)
-    ? (await readFile(passwordFile, 'utf8')).trim()
-    : createClusterPassword();
+  const kept = existsSync(passwordFile) ? (await readFile(passwordFile, 'utf8')).trim() : '';
+  // As for the secrets: an empty or short file (a start stopped while writing it) is made again,
+  // never used: an empty route password would admit any route.
+  const password = kept.length >= 32 ? kept : createClusterPassword();
   await writeFile(passwordFile, `${password}\n`, { mode: 0o600 });
   const nodes = Array.from({ length: cluster.nodes }, (_, i) => i);
   const routes = nodes.map((i) => `${hosts?.[i] ?? '127.0.0.1'}:${routePort(i)}`);

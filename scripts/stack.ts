@@ -17,6 +17,7 @@ import { z } from 'zod';
 import { executionIdFor } from '../contracts/index.ts';
 import { CommonEnv, ConfigError, loadConfig } from '../lib/config.ts';
 import { signToken } from '../lib/auth.ts';
+import { natsUrlForLog } from '../lib/nats.ts';
 import { launchStack, prettyLine, type ServiceName, type Stack } from './launcher.ts';
 import { localSetup, startLocalNats, startLocalPostgres, startLocalRedis } from './local.ts';
 
@@ -267,7 +268,7 @@ async function main() {
     '',
     ownNats
       ? `NATS (JetStream${clustered ? `, ${CLUSTER_NODES} nodes, requests on ${CLUSTER_NODES} replicas` : ''}, authorization required): ${natsUrl}. An agent connects as the "agent" identity:`
-      : `NATS: ${natsUrl}`,
+      : `NATS: ${natsUrlForLog(natsUrl)}`,
     ...(ownNats
       ? [
           `  NATS_URL=${natsUrl} NATS_NKEY_SEED_FILE=${setup.seedFile('agent')}`,

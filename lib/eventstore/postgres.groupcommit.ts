@@ -41,6 +41,8 @@ export class GroupCommitter {
   private readonly options: Required<GroupCommitOptions>;
   private readonly queue: PendingAppend[] = [];
   private inFlight = 0;
+  /** The streams of the batches in flight: their next appends wait, so a stream's commits keep call order. */
+  private readonly committing = new Set<string>();
   private scheduled = false;
   private drained: Array<() => void> = [];
 
@@ -80,11 +82,15 @@ export class GroupCommitter {
   private flush(): void {
     while (this.inFlight < this.options.maxInFlight && this.queue.length > 0) {
       const batch = this.take();
+      // Everything queued is of a stream in flight: it goes when that batch ends.
+      if (batch.length === 0) break;
       this.inFlight++;
+      batch.forEach((p) => this.committing.add(p.stream));
       void this.commit(batch)
         .catch((e: unknown) => batch.forEach((p) => p.reject(e)))
         .finally(() => {
           this.inFlight--;
+          batch.forEach((p) => this.committing.delete(p.stream));
           // What gathered while this commit was under way has waited enough: it goes now.
           this.flush();
           if (this.queue.length === 0 && this.inFlight === 0) {
@@ -98,23 +104,30 @@ export class GroupCommitter {
 
   /**
    * The next batch, in arrival order: at most one append per stream (a second one waits for the
-   * next batch, so one transaction never checks a stream's revision twice), within the limits.
+   * next batch, so one transaction never checks a stream's revision twice), none of a stream whose
+   * batch is still in flight (two transactions would race for its lock, and the later append could
+   * be stored first), within the limits.
    */
   private take(): PendingAppend[] {
     const batch: PendingAppend[] = [];
     const streams = new Set<string>();
+    // Streams with an append left for later: their later appends wait too (no overtaking).
+    const held = new Set<string>();
     let events = 0;
     const rest: PendingAppend[] = [];
     for (const p of this.queue) {
       const fits =
         batch.length < this.options.maxAppends &&
         !streams.has(p.stream) &&
+        !held.has(p.stream) &&
+        !this.committing.has(p.stream) &&
         (batch.length === 0 || events + p.events.length <= this.options.maxEvents);
       if (fits) {
         batch.push(p);
         streams.add(p.stream);
         events += p.events.length;
       } else {
+        held.add(p.stream);
         rest.push(p);
       }
     }

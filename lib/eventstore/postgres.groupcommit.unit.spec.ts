@@ -54,6 +54,26 @@ t.test('a stream goes once per batch; the second append waits for the next', asy
   t.strictSame(h.batches, [['a', 'b', 'c'], ['a'], ['a']], 'in arrival order');
 });
 
+t.test('a stream in a batch still in flight waits for it: its appends commit in call order', async (t) => {
+  // With two commits allowed at once (the default), the second append of `a` must not go in a
+  // second transaction beside the first: whichever took the stream's lock first would win, and
+  // `a`'s events would be stored out of the order in which they were appended.
+  const h = harness();
+  const all = ['a', 'b', 'a', 'a'].map((s) => h.committer.append(s, events(1), 'any'));
+  await h.turn();
+  t.strictSame(h.batches, [['a', 'b']], 'the second `a` waits although a commit could start');
+  await h.finish();
+  t.strictSame(h.batches, [['a', 'b'], ['a']], 'it goes once the first ended');
+  void h.committer.append('c', events(1), 'any');
+  await h.turn();
+  t.strictSame(h.batches, [['a', 'b'], ['a'], ['c']], 'another stream goes beside it');
+  await h.finish();
+  await h.finish();
+  await h.finish();
+  await Promise.all(all);
+  t.strictSame(h.batches.slice(3), [['a']], 'the third `a` after the second');
+});
+
 t.test('limits: appends and events per batch; a long append goes alone', async (t) => {
   const h = harness({ maxInFlight: 1, maxAppends: 2, maxEvents: 5 });
   const all = [
@@ -72,6 +92,19 @@ t.test('limits: appends and events per batch; a long append goes alone', async (
     [['a', 'b'], ['c', 'd'], ['long'], ['e']],
     'each within the limits, in arrival order',
   );
+});
+
+t.test('an append held back by the limits holds back the later appends of its stream', async (t) => {
+  const h = harness({ maxInFlight: 1, maxEvents: 5 });
+  const order: string[] = [];
+  const append = (stream: string, n: number, name: string) =>
+    h.committer.append(stream, events(n), 'any').then(() => order.push(name));
+  const all = [append('a', 3, 'a'), append('x', 4, 'x long'), append('x', 1, 'x short')];
+  await h.turn();
+  while (h.open.length > 0) await h.finish();
+  await Promise.all(all);
+  t.strictSame(h.batches, [['a'], ['x'], ['x']], 'the short one does not overtake the long one');
+  t.strictSame(order, ['a', 'x long', 'x short'], "x's appends commit in the order they were made");
 });
 
 t.test('up to maxInFlight batches commit at once; drain waits for them', async (t) => {

@@ -57,11 +57,27 @@ interface BatchRow extends AppendRow {
 }
 
 /**
+ * SQLSTATEs of errors that end the session or may come after the commit (FATAL, PANIC): a
+ * connection exception (08), an administrator's or a crash's shutdown, a dropped database, an
+ * idle-session timeout (57P), a system or I/O error (58), an internal error (XX), a transaction
+ * or idle-in-transaction timeout (25P03, 25P04), insufficient resources (53).
+ */
+const SESSION_ENDING = /^(08|57P|58|XX|53|25P0[34])/;
+
+/**
  * An error the session survived (severity ERROR): the statement's transaction was rolled back,
  * nothing of it was committed. Not so a lost connection or a session the server ended (FATAL),
- * whose commit may have happened before the answer was lost.
+ * whose commit may have happened before the answer was lost. Told by the SQLSTATE, never
+ * translated, as well as by the severity, which the server words in its lc_messages language
+ * ("FEHLER", "ERREUR"): a German server's 23505 must fall back member by member too.
  */
-const refusedWholly = (e: unknown): boolean => e instanceof pg.DatabaseError && e.severity === 'ERROR';
+export const refusedWholly = (e: unknown): boolean =>
+  e instanceof pg.DatabaseError &&
+  e.severity !== 'FATAL' &&
+  e.severity !== 'PANIC' &&
+  typeof e.code === 'string' &&
+  /^[0-9A-Z]{5}$/.test(e.code) &&
+  !SESSION_ENDING.test(e.code);
 
 const resultOf = (row: AppendRow): AppendResult => ({
   nextRevision: row.next_revision,

@@ -8,7 +8,7 @@ import {
   SecretKey,
 } from '../../lib/config.ts';
 import { createLogger } from '../../lib/log.ts';
-import { natsCredentialsFromConfig } from '../../lib/nats.ts';
+import { natsCredentialsFromConfig, natsUrlForLog } from '../../lib/nats.ts';
 import { toolsFromConfiguration } from '../../lib/toolbusConfig.ts';
 import { startToolWorker } from './tools/worker.ts';
 
@@ -84,7 +84,10 @@ async function main(): Promise<void> {
     },
     log,
   });
-  log.info({ workerId: worker.workerId, tools: worker.tools, nats: config.NATS_URL }, 'tool worker ready');
+  log.info(
+    { workerId: worker.workerId, tools: worker.tools, nats: natsUrlForLog(config.NATS_URL) },
+    'tool worker ready',
+  );
 
   let stopping = false;
   stop = (signal: string, code = 0) => {
