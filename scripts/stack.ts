@@ -155,8 +155,9 @@ async function main() {
     DATABASE_URL: databaseUrl,
     REDIS_URL: redisUrl,
     ...secrets,
-    // A request is acknowledged once a quorum of the nodes stored it (docs/reliability.md).
-    ...(clustered ? { NATS_STREAM_REPLICAS: String(CLUSTER_NODES) } : {}),
+    // A request is acknowledged once a quorum of the nodes stored it (docs/reliability.md). On a
+    // NATS of the user's own, its NATS_STREAM_REPLICAS (if any) decides: it may have one node.
+    ...(clustered && ownNats ? { NATS_STREAM_REPLICAS: String(CLUSTER_NODES) } : {}),
   };
   let stack: Stack | undefined;
   const seconds: Stack[] = [];
