@@ -177,11 +177,11 @@ const BOUNDS: Array<[RegExp, string]> = [
   ],
   [
     /^rebuild at least half/,
-    'A rebuild validates every event against its schema, runs the life-cycle model and writes four read models (executions, users, per-tool metrics by minute and in total with latency histograms); the reference writes one six-column table from rows it does not check. The rebuild is CPU-bound in one Node.js thread (schema validation, row JSON, garbage collection), with its reads and writes already overlapped with that work.',
+    'A rebuild validates every event against its schema, runs the life-cycle model and writes four read models (executions, users, per-tool metrics by minute and in total with latency histograms); the reference writes one six-column table from rows it does not check. The rebuild parses its batches on worker threads (EVENT_THREADS, decision 0029) and runs the life cycle and the row building in its own thread, with reads and writes overlapped with that work; on two cores shared with PostgreSQL the threads find no free core, and copying batches to them costs what they save.',
   ],
   [
     /^audit verification at least half/,
-    'Verification parses every event against its schema, hashes its canonical JSON with SHA-256, checks the link and runs the life cycle, in one Node.js thread; the reference only has the driver parse the rows. It is CPU-bound: the next page is already read while one is checked.',
+    'Verification parses every event against its schema, hashes its canonical JSON with SHA-256, checks the link and runs the life cycle; parsing and hashing run on worker threads (EVENT_THREADS, decision 0029), pages fanned out and checked in order. The reference only has the driver parse the rows. It is CPU-bound: on two cores shared with PostgreSQL, reading the rows, the threads and the in-order check compete for the same cores.',
   ],
   [
     /^audit replay at least half/,
