@@ -111,15 +111,12 @@ export class GroupCommitter {
   private take(): PendingAppend[] {
     const batch: PendingAppend[] = [];
     const streams = new Set<string>();
-    // Streams with an append left for later: their later appends wait too (no overtaking).
-    const held = new Set<string>();
     let events = 0;
     const rest: PendingAppend[] = [];
     for (const p of this.queue) {
       const fits =
         batch.length < this.options.maxAppends &&
         !streams.has(p.stream) &&
-        !held.has(p.stream) &&
         !this.committing.has(p.stream) &&
         (batch.length === 0 || events + p.events.length <= this.options.maxEvents);
       if (fits) {
@@ -127,7 +124,6 @@ export class GroupCommitter {
         streams.add(p.stream);
         events += p.events.length;
       } else {
-        held.add(p.stream);
         rest.push(p);
       }
     }

@@ -94,19 +94,6 @@ t.test('limits: appends and events per batch; a long append goes alone', async (
   );
 });
 
-t.test('an append held back by the limits holds back the later appends of its stream', async (t) => {
-  const h = harness({ maxInFlight: 1, maxEvents: 5 });
-  const order: string[] = [];
-  const append = (stream: string, n: number, name: string) =>
-    h.committer.append(stream, events(n), 'any').then(() => order.push(name));
-  const all = [append('a', 3, 'a'), append('x', 4, 'x long'), append('x', 1, 'x short')];
-  await h.turn();
-  while (h.open.length > 0) await h.finish();
-  await Promise.all(all);
-  t.strictSame(h.batches, [['a'], ['x'], ['x']], 'the short one does not overtake the long one');
-  t.strictSame(order, ['a', 'x long', 'x short'], "x's appends commit in the order they were made");
-});
-
 t.test('up to maxInFlight batches commit at once; drain waits for them', async (t) => {
   const h = harness({ maxInFlight: 2 });
   void h.committer.append('a', events(1), 'any');
