@@ -41,8 +41,6 @@ export class GroupCommitter {
   private readonly options: Required<GroupCommitOptions>;
   private readonly queue: PendingAppend[] = [];
   private inFlight = 0;
-  /** The streams of the batches in flight: their next appends wait, so a stream's commits keep call order. */
-  private readonly committing = new Set<string>();
   private scheduled = false;
   private drained: Array<() => void> = [];
 
@@ -82,15 +80,11 @@ export class GroupCommitter {
   private flush(): void {
     while (this.inFlight < this.options.maxInFlight && this.queue.length > 0) {
       const batch = this.take();
-      // Everything queued is of a stream in flight: it goes when that batch ends.
-      if (batch.length === 0) break;
       this.inFlight++;
-      batch.forEach((p) => this.committing.add(p.stream));
       void this.commit(batch)
         .catch((e: unknown) => batch.forEach((p) => p.reject(e)))
         .finally(() => {
           this.inFlight--;
-          batch.forEach((p) => this.committing.delete(p.stream));
           // What gathered while this commit was under way has waited enough: it goes now.
           this.flush();
           if (this.queue.length === 0 && this.inFlight === 0) {
@@ -104,9 +98,7 @@ export class GroupCommitter {
 
   /**
    * The next batch, in arrival order: at most one append per stream (a second one waits for the
-   * next batch, so one transaction never checks a stream's revision twice), none of a stream whose
-   * batch is still in flight (two transactions would race for its lock, and the later append could
-   * be stored first), within the limits.
+   * next batch, so one transaction never checks a stream's revision twice), within the limits.
    */
   private take(): PendingAppend[] {
     const batch: PendingAppend[] = [];
@@ -117,7 +109,6 @@ export class GroupCommitter {
       const fits =
         batch.length < this.options.maxAppends &&
         !streams.has(p.stream) &&
-        !this.committing.has(p.stream) &&
         (batch.length === 0 || events + p.events.length <= this.options.maxEvents);
       if (fits) {
         batch.push(p);

@@ -54,26 +54,6 @@ t.test('a stream goes once per batch; the second append waits for the next', asy
   t.strictSame(h.batches, [['a', 'b', 'c'], ['a'], ['a']], 'in arrival order');
 });
 
-t.test('a stream in a batch still in flight waits for it: its appends commit in call order', async (t) => {
-  // With two commits allowed at once (the default), the second append of `a` must not go in a
-  // second transaction beside the first: whichever took the stream's lock first would win, and
-  // `a`'s events would be stored out of the order in which they were appended.
-  const h = harness();
-  const all = ['a', 'b', 'a', 'a'].map((s) => h.committer.append(s, events(1), 'any'));
-  await h.turn();
-  t.strictSame(h.batches, [['a', 'b']], 'the second `a` waits although a commit could start');
-  await h.finish();
-  t.strictSame(h.batches, [['a', 'b'], ['a']], 'it goes once the first ended');
-  void h.committer.append('c', events(1), 'any');
-  await h.turn();
-  t.strictSame(h.batches, [['a', 'b'], ['a'], ['c']], 'another stream goes beside it');
-  await h.finish();
-  await h.finish();
-  await h.finish();
-  await Promise.all(all);
-  t.strictSame(h.batches.slice(3), [['a']], 'the third `a` after the second');
-});
-
 t.test('limits: appends and events per batch; a long append goes alone', async (t) => {
   const h = harness({ maxInFlight: 1, maxAppends: 2, maxEvents: 5 });
   const all = [
