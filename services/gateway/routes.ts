@@ -88,8 +88,13 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
     scope.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: o.maxBodyBytes }, (_req, body, done) =>
       done(null, body),
     );
-    scope.setErrorHandler(async (e: Error & { statusCode?: number }, _req, reply) => {
+    scope.setErrorHandler(async (e: Error & { statusCode?: number }, req, reply) => {
       if (e.statusCode === 413) {
+        // Fastify answers a body over the limit and closes the connection with the body unread: a
+        // client still sending it may have its write reset before it reads the 413 ("fetch
+        // failed"). Where the body's declared length is bounded, Node reads and drops the rest
+        // instead and the client gets its answer; a longer or undeclared body is cut off.
+        if (Number(req.headers['content-length']) <= DRAIN_MAX_BYTES) reply.removeHeader('connection');
         return reply.code(413).send(rpcError(-32600, `the body is over ${o.maxBodyBytes} bytes`));
       }
       throw e;
@@ -131,6 +136,9 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
 
 /** The verified caller of each request to /mcp, from the onRequest hook to the handler. */
 const callers = new WeakMap<object, Caller>();
+
+/** The longest over-limit body read to its end (and dropped) so that its client reads the 413. */
+const DRAIN_MAX_BYTES = 64 * 1024 * 1024;
 
 const rpcError = (code: number, message: string) => ({ jsonrpc: '2.0', id: null, error: { code, message } });
 

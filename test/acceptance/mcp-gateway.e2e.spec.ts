@@ -1,4 +1,5 @@
 import { request } from 'node:http';
+import { connect as connectTcp } from 'node:net';
 import { Client, ProtocolError, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import t from 'tap';
 import { z } from 'zod';
@@ -266,6 +267,44 @@ t.test(
       t.match(await rpcOf(notRpc), { error: { code: -32600 } });
       t.equal((await eventsOf(ts, 'ann')).length, before, 'nothing recorded');
     });
+
+    t.test(
+      'a client still sending an over-limit body reads the 413, and its connection stays usable',
+      async (t) => {
+        const url = new URL(ts.url('gateway'));
+        const socket = connectTcp(Number(url.port), url.hostname);
+        t.teardown(() => socket.destroy());
+        let received = '';
+        socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
+        const writeErrors: Error[] = [];
+        socket.on('error', (e) => writeErrors.push(e));
+        const head = (length: number) =>
+          `POST /mcp HTTP/1.1\r\nhost: ${url.host}\r\nauthorization: Bearer ${token}\r\n` +
+          `content-type: application/json\r\naccept: application/json, text/event-stream\r\n` +
+          `mcp-protocol-version: 2025-11-25\r\ncontent-length: ${length}\r\n\r\n`;
+        const total = 3 * 1024 * 1024;
+        const chunk = Buffer.alloc(64 * 1024, 'x');
+        socket.write(head(total));
+        socket.write(chunk);
+        // The answer comes before the body is sent: the client goes on sending, as a slow upload would.
+        await waitFor('the 413', async () => (/\r\n\r\n/.test(received) ? true : undefined));
+        t.match(received, /^HTTP\/1\.1 413 /, 'answered before the body ends');
+        t.notMatch(received, /connection: close/i, 'the connection is kept');
+        for (let sent = chunk.length; sent < total; sent += chunk.length) {
+          await new Promise<void>((resolve, reject) =>
+            socket.write(chunk.subarray(0, Math.min(chunk.length, total - sent)), (e) =>
+              e ? reject(e) : resolve(),
+            ),
+          );
+        }
+        received = '';
+        const list = JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'tools/list', params: {} });
+        socket.write(head(Buffer.byteLength(list)) + list);
+        await waitFor('the second answer', async () => (/"tools"/.test(received) ? true : undefined));
+        t.match(received, /^HTTP\/1\.1 200 /, 'a request after it on the same connection is answered');
+        t.same(writeErrors, [], 'no write was reset');
+      },
+    );
 
     t.test('afterwards the user’s stream holds exactly those executions, and it verifies', async (t) => {
       const events = await eventsOf(ts, 'ann');
