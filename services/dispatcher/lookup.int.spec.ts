@@ -20,6 +20,12 @@ function heldLookups() {
         calls.push({ requestId, finish: resolve });
         waiters.splice(0).forEach((w) => w());
       }),
+    /** The lookup of `requestId`. */
+    of(requestId: string) {
+      const call = calls.find((c) => c.requestId === requestId);
+      if (!call) throw new Error(`no lookup of ${requestId} has started`);
+      return call;
+    },
     /** Resolves once `n` lookups have started. */
     async started(n: number) {
       while (calls.length < n) await new Promise<void>((r) => waiters.push(r));
@@ -81,13 +87,14 @@ t.test(
       await held.started(2);
       t.strictSame(await ask('r-3'), { answer: null, overloaded: { retryAfterMs: 1_500 } });
       t.equal(held.calls.length, 2, 'the third lookup did no store work');
-      held.calls[0]!.finish(completed('r-1'));
-      held.calls[1]!.finish(null);
+      // The two lookups start in either order (each waits on its token check first).
+      held.of('r-1').finish(completed('r-1'));
+      held.of('r-2').finish(null);
       t.strictSame(await first, { answer: completed('r-1') });
       t.strictSame(await second, { answer: null }, 'no terminal answer yet');
       const fourth = ask('r-4');
       await held.started(3);
-      held.calls[2]!.finish(completed('r-4'));
+      held.of('r-4').finish(completed('r-4'));
       t.strictSame(await fourth, { answer: completed('r-4') }, 'served again once slots are free');
       t.strictSame(results.sort(), ['answered', 'answered', 'overloaded', 'pending']);
     });
@@ -116,11 +123,11 @@ t.test(
         'and holds the only slot',
       );
       t.equal(held.calls.length, 1);
-      held.calls[0]!.finish(null);
+      held.of('r-5').finish(null);
       while (service.inFlight > 0) await new Promise((r) => setImmediate(r));
       const next = ask('r-7');
       await held.started(2);
-      held.calls[1]!.finish(completed('r-7'));
+      held.of('r-7').finish(completed('r-7'));
       t.strictSame(await next, { answer: completed('r-7') });
       t.strictSame(results, ['deadline', 'overloaded', 'answered']);
     });
