@@ -2,7 +2,7 @@ import pg from 'pg';
 import t from 'tap';
 import { randomUUID } from 'node:crypto';
 import { migrate } from '../lib/db.ts';
-import { createPostgresEventStore } from '../lib/eventstore/postgres.ts';
+import { createPostgresEventStore, FETCH_AFTER_SQL } from '../lib/eventstore/postgres.ts';
 import { eventStoreMigrations } from '../lib/eventstore/postgres.migrations.ts';
 import { collect, eventStoreConformance } from './conformance/eventstore.ts';
 import { createTestDatabase } from './support/postgres.ts';
@@ -187,4 +187,44 @@ t.test('readByKey reads the index, not the stream', async (t) => {
     [1000],
     'the one event with the key',
   );
+});
+
+t.test('a subscription’s page reads indexes only: its cost does not grow with the table', async (t) => {
+  // Every subscription runs this query at every wake; with a scan of the table in it, the
+  // database's CPU per dispatch grew with the history (benchmark 2, bench/pg-work.ts). A table
+  // filled since its last ANALYZE is when the planner knows least: a fresh database, autovacuum off.
+  const fresh = await createTestDatabase(t);
+  const store = await createPostgresEventStore({ connectionString: fresh.url });
+  const pool = new pg.Pool({ connectionString: fresh.url, max: 1 });
+  t.teardown(async () => {
+    await store.close();
+    await pool.end();
+  });
+  await pool.query('alter table toolbus_events set (autovacuum_enabled = false)');
+  for (let i = 0; i < 6; i++) {
+    await store.append(
+      `page-${randomUUID().slice(0, 8)}`,
+      Array.from({ length: 1_000 }, () => ({ id: randomUUID(), type: 'Filler', data: {}, metadata: {} })),
+      'no_stream',
+    );
+  }
+  const { rows: last } = await pool.query<{ tx: string; seq: string }>(
+    'select tx_id::text as tx, seq from toolbus_events order by tx_id desc, seq desc offset 10 limit 1',
+  );
+  const plan = async (prefixes: string[] | null, exclude: string | null) => {
+    const { rows } = await pool.query<{ 'QUERY PLAN': unknown }>(
+      `explain (analyze, format json) ${FETCH_AFTER_SQL}`,
+      [last[0]!.tx, last[0]!.seq, prefixes, null, 500, exclude],
+    );
+    return JSON.stringify(rows[0]!['QUERY PLAN']);
+  };
+  const { rows: snapshot } = await pool.query<{ s: string }>('select pg_current_snapshot()::text as s');
+  for (const [what, p] of [
+    ['every stream', await plan(null, null)],
+    ['a stream prefix', await plan(['page-%'], null)],
+    ['from the end (a snapshot left out)', await plan(null, snapshot[0]!.s)],
+  ] as const) {
+    t.notMatch(p, /"Seq Scan"/, `${what}: no sequential scan`);
+    t.match(p, /toolbus_events_global/, `${what}: the global-order index`);
+  }
 });
