@@ -3,18 +3,22 @@
  * statement of its database logged with its duration (log_min_duration_statement = 0 on that
  * database only), then sums the server's log by statement: count and milliseconds per dispatch.
  *
- *   npx tsx bench/pg-work.ts [rate=200] [segmentS=10] [log=/var/log/postgresql/postgresql-15-main.log]
+ *   npx tsx bench/pg-work.ts [rate=200] [segmentS=10] [warmupS=segmentS] [log=/var/log/postgresql/postgresql-15-main.log]
+ *
+ * A longer warm-up puts more history in the store first (3 events per dispatch).
  */
 import { readFileSync, statSync } from 'node:fs';
 import pg from 'pg';
 import { FETCH_AFTER_SQL } from '../lib/eventstore/postgres.ts';
 import { BenchContext, QUICK } from './lib/context.ts';
+import { decodeHistogram, summarize } from './lib/histogram.ts';
 import type { OpenLoopResult } from './lib/openloop.ts';
 import { dispatcherEnv, dispatchWorkload } from './suites/dispatch.ts';
 
-const [rateArg, segmentArg, logArg] = process.argv.slice(2);
+const [rateArg, segmentArg, warmupArg, logArg] = process.argv.slice(2);
 const rate = Number(rateArg ?? 200);
 const segmentMs = Number(segmentArg ?? 10) * 1000;
+const warmupMs = Number(warmupArg ?? segmentArg ?? 10) * 1000;
 const logFile = logArg ?? '/var/log/postgresql/postgresql-15-main.log';
 
 const ctx = new BenchContext('quick', QUICK);
@@ -29,15 +33,15 @@ try {
   await ctx.service('dispatcher', { role: 'dispatcher', env: dispatcherEnv(ctx, db.url) });
   const loadgen = await ctx.fork('loadgen.ts', 'loadgen-toolbus');
   await loadgen.call('setup', dispatchWorkload(ctx));
-  const run = (tag: string) =>
+  const run = (tag: string, durationMs: number) =>
     loadgen.call<OpenLoopResult>(
       'run',
-      { rate, durationMs: segmentMs, warmupMs: 0, drainMs: 15_000, maxOutstanding: rate * 10, tag },
-      segmentMs + 140_000,
+      { rate, durationMs, warmupMs: 0, drainMs: 15_000, maxOutstanding: rate * 10, tag },
+      durationMs + 140_000,
     );
-  await run(`${ctx.runId}-warm`);
+  await run(`${ctx.runId}-warm`, warmupMs);
   const from = statSync(logFile).size;
-  const r = await run(`${ctx.runId}-measured`);
+  const r = await run(`${ctx.runId}-measured`, segmentMs);
   const text = readFileSync(logFile).subarray(from).toString();
   const byStatement = new Map<string, { n: number; ms: number }>();
   const line = new RegExp(`@${name} LOG:  duration: ([0-9.]+) ms  (statement|execute|bind|parse)[^:]*: (.*)`);
@@ -56,7 +60,10 @@ try {
     s.ms += Number(m[1]);
     byStatement.set(key, s);
   }
-  console.log(`${r.completed} dispatches answered at ${rate}/s; per dispatch:`);
+  const latency = summarize(decodeHistogram(r.histogram));
+  console.log(
+    `${r.completed} dispatches answered at ${rate}/s (p50 ${latency.p50.toFixed(1)} ms, p99 ${latency.p99.toFixed(1)} ms); per dispatch:`,
+  );
   for (const [k, s] of [...byStatement].sort((a, b) => b[1].ms - a[1].ms).slice(0, 25)) {
     console.log(
       `${(s.n / r.completed).toFixed(3).padStart(8)} × ${(s.ms / r.completed).toFixed(3).padStart(7)} ms  ${k}`,

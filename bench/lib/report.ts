@@ -169,7 +169,7 @@ const BOUNDS: Array<[RegExp, string]> = [
   ],
   [
     /^throughput (with 2 dispatchers )?at least that of the BullMQ/,
-    'A Toolbus dispatch costs the dispatcher about half a millisecond of CPU (token, request, three validated and hashed events, two appends, three publishes, two Redis scripts) and costs NATS a JetStream file write and PostgreSQL two synchronous commits; a BullMQ job is a few commands on a Redis that writes nothing to disk. With the load generator, NATS, PostgreSQL, Redis and the dispatcher on two cores, the machine runs out of CPU first (the cores per step are in the notes): one dispatcher process tops out below one core, and a second instance on this machine would take its CPU from the others.',
+    "The benchmark's CPU table says what a dispatch costs each process: the dispatcher's share (token, request, three validated and hashed events, two appends, the relay reading the events back and publishing them, two Redis scripts) is alone about what a whole BullMQ job costs or more, and that job is a few commands on a Redis that writes nothing to disk; PostgreSQL adds two synchronous commits and NATS a JetStream file write. With the load generator, NATS, PostgreSQL, Redis and the dispatcher on two cores, the p99 bound is crossed before any one process is saturated (the dispatcher's cores per step are in the notes): the tail is the queueing of five busy processes on two cores, and a second dispatcher on this machine takes its CPU from the others. bench/pg-work.ts lists the dispatcher's statements and bench/cpu-dispatch.ts with BENCH_PROFILE=dispatcher its profile.",
   ],
   [
     /^projection lag p99 under 50 ms/,
