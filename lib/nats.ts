@@ -123,13 +123,13 @@ export async function connectNats(
   return nc;
 }
 
-/** The identity id of a connection made by `connectNats` (`anonymous` for any other). */
 /** A readiness check of a connection: fails when it is closed or the server does not answer a flush. */
 export async function natsReady(nc: NatsConnection): Promise<void> {
   if (nc.isClosed()) throw new Error('closed');
   await nc.flush();
 }
 
+/** The identity id of a connection made by `connectNats` (`anonymous` for any other). */
 export const connectionIdentity = (nc: NatsConnection): string => identities.get(nc) ?? 'anonymous';
 
 /** A new inbox subject under the connection's own prefix. */
