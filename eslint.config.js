@@ -8,6 +8,7 @@ export default tseslint.config(
       'node_modules/**',
       'packages/*/dist/**',
       '.scratch/**',
+      '.cache/**',
       'bench/results/**',
       'services/notifier/public/**',
     ],

