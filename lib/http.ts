@@ -33,6 +33,10 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
       redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
     },
     bodyLimit: options.bodyLimit ?? 1024 * 1024,
+    // A request (headers and body) must arrive within a minute: Fastify's default is no limit, so a
+    // client trickling a body could hold a socket for ever (WebSockets and event streams are
+    // answers, not requests: unaffected).
+    requestTimeout: 60_000,
     logController: new RequestLines(),
     ...options.fastify,
   });

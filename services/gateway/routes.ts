@@ -83,18 +83,26 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
         });
     });
 
+    // An answer sent before the body was read (401, 403, 413; Fastify closes the connection on a
+    // 413): a client still sending its body may have its write reset before it reads the answer
+    // ("fetch failed"). Node reads and drops the rest of a body whose declared length is bounded,
+    // and the client gets its answer on a connection it keeps; a longer or undeclared body has its
+    // connection closed. A refused caller is held to the size an accepted one may send.
+    scope.addHook('onSend', async (req, reply, payload) => {
+      if (req.raw.complete) return payload;
+      const bound = callers.has(req) ? Math.max(DRAIN_MAX_BYTES, o.maxBodyBytes) : o.maxBodyBytes;
+      if (Number(req.headers['content-length']) <= bound) reply.removeHeader('connection');
+      else reply.header('connection', 'close');
+      return payload;
+    });
+
     // The body as bytes, bounded; the SDK parses it (and answers bad JSON, content types, methods).
     scope.removeAllContentTypeParsers();
     scope.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: o.maxBodyBytes }, (_req, body, done) =>
       done(null, body),
     );
-    scope.setErrorHandler(async (e: Error & { statusCode?: number }, req, reply) => {
+    scope.setErrorHandler(async (e: Error & { statusCode?: number }, _req, reply) => {
       if (e.statusCode === 413) {
-        // Fastify answers a body over the limit and closes the connection with the body unread: a
-        // client still sending it may have its write reset before it reads the 413 ("fetch
-        // failed"). Where the body's declared length is bounded, Node reads and drops the rest
-        // instead and the client gets its answer; a longer or undeclared body is cut off.
-        if (Number(req.headers['content-length']) <= DRAIN_MAX_BYTES) reply.removeHeader('connection');
         return reply.code(413).send(rpcError(-32600, `the body is over ${o.maxBodyBytes} bytes`));
       }
       throw e;
@@ -137,7 +145,7 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
 /** The verified caller of each request to /mcp, from the onRequest hook to the handler. */
 const callers = new WeakMap<object, Caller>();
 
-/** The longest over-limit body read to its end (and dropped) so that its client reads the 413. */
+/** The longest over-limit body of an authenticated caller read to its end (and dropped) so that its client reads the 413. */
 const DRAIN_MAX_BYTES = 64 * 1024 * 1024;
 
 const rpcError = (code: number, message: string) => ({ jsonrpc: '2.0', id: null, error: { code, message } });

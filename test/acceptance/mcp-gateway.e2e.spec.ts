@@ -75,6 +75,41 @@ async function rpcOf(res: Response): Promise<unknown> {
   return data ? JSON.parse(data.slice(6)) : null;
 }
 
+/**
+ * A raw HTTP/1.1 connection to `base`, for what fetch cannot do (send a body slowly, see the
+ * connection's fate). `until` fails as soon as the connection closes without what it waits for.
+ */
+function rawConnection(t: { teardown: (fn: () => unknown) => void }, base: string) {
+  const url = new URL(base);
+  const socket = connectTcp(Number(url.port), url.hostname);
+  t.teardown(() => socket.destroy());
+  let received = '';
+  let ended = false;
+  const errors: Error[] = [];
+  socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
+  socket.on('error', (e) => errors.push(e));
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  void closed.then(() => (ended = true));
+  return {
+    socket,
+    errors,
+    closed,
+    received: () => received,
+    clear: () => void (received = ''),
+    head: (length: number, token: string | null) =>
+      `POST /mcp HTTP/1.1\r\nhost: ${url.host}\r\n${token ? `authorization: Bearer ${token}\r\n` : ''}` +
+      `content-type: application/json\r\naccept: application/json, text/event-stream\r\n` +
+      `mcp-protocol-version: 2025-11-25\r\ncontent-length: ${length}\r\n\r\n`,
+    async until(what: string, seen: (received: string) => boolean) {
+      while (!seen(received)) {
+        if (ended)
+          throw new Error(`the connection closed before ${what}; received: ${received.slice(0, 300)}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+  };
+}
+
 const post = (ts: TestStack, body: string, headers: Record<string, string> = {}) =>
   fetch(`${ts.url('gateway')}/mcp`, {
     method: 'POST',
@@ -271,40 +306,49 @@ t.test(
     t.test(
       'a client still sending an over-limit body reads the 413, and its connection stays usable',
       async (t) => {
-        const url = new URL(ts.url('gateway'));
-        const socket = connectTcp(Number(url.port), url.hostname);
-        t.teardown(() => socket.destroy());
-        let received = '';
-        socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
-        const writeErrors: Error[] = [];
-        socket.on('error', (e) => writeErrors.push(e));
-        const head = (length: number) =>
-          `POST /mcp HTTP/1.1\r\nhost: ${url.host}\r\nauthorization: Bearer ${token}\r\n` +
-          `content-type: application/json\r\naccept: application/json, text/event-stream\r\n` +
-          `mcp-protocol-version: 2025-11-25\r\ncontent-length: ${length}\r\n\r\n`;
+        const raw = rawConnection(t, ts.url('gateway'));
         const total = 3 * 1024 * 1024;
         const chunk = Buffer.alloc(64 * 1024, 'x');
-        socket.write(head(total));
-        socket.write(chunk);
+        raw.socket.write(raw.head(total, token));
+        raw.socket.write(chunk);
         // The answer comes before the body is sent: the client goes on sending, as a slow upload would.
-        await waitFor('the 413', async () => (/\r\n\r\n/.test(received) ? true : undefined));
-        t.match(received, /^HTTP\/1\.1 413 /, 'answered before the body ends');
-        t.notMatch(received, /connection: close/i, 'the connection is kept');
+        await raw.until('the 413', (r) => /\r\n\r\n/.test(r));
+        t.match(raw.received(), /^HTTP\/1\.1 413 /, 'answered before the body ends');
+        t.notMatch(raw.received(), /connection: close/i, 'the connection is kept');
         for (let sent = chunk.length; sent < total; sent += chunk.length) {
           await new Promise<void>((resolve, reject) =>
-            socket.write(chunk.subarray(0, Math.min(chunk.length, total - sent)), (e) =>
+            raw.socket.write(chunk.subarray(0, Math.min(chunk.length, total - sent)), (e) =>
               e ? reject(e) : resolve(),
             ),
           );
         }
-        received = '';
+        raw.clear();
         const list = JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'tools/list', params: {} });
-        socket.write(head(Buffer.byteLength(list)) + list);
-        await waitFor('the second answer', async () => (/"tools"/.test(received) ? true : undefined));
-        t.match(received, /^HTTP\/1\.1 200 /, 'a request after it on the same connection is answered');
-        t.same(writeErrors, [], 'no write was reset');
+        raw.socket.write(raw.head(Buffer.byteLength(list), token) + list);
+        await raw.until('the second answer', (r) => /"tools"/.test(r));
+        t.match(raw.received(), /^HTTP\/1\.1 200 /, 'a request after it on the same connection is answered');
+        t.same(raw.errors, [], 'no write was reset');
       },
     );
+
+    t.test('a body sent without a token: 401 at once; one past the size limit is cut off', async (t) => {
+      const small = rawConnection(t, ts.url('gateway'));
+      small.socket.write(small.head(1_000, null) + 'x'.repeat(1_000));
+      await small.until('the 401', (r) => /\r\n\r\n/.test(r));
+      t.match(small.received(), /^HTTP\/1\.1 401 /);
+      t.notMatch(small.received(), /connection: close/i, 'a body within the limit: the connection is kept');
+      const big = rawConnection(t, ts.url('gateway'));
+      big.socket.write(big.head(64 * 1024 * 1024, null));
+      big.socket.write(Buffer.alloc(64 * 1024, 'x'));
+      await big.until('the 401', (r) => /\r\n\r\n/.test(r));
+      t.match(big.received(), /^HTTP\/1\.1 401 /);
+      t.match(
+        big.received(),
+        /connection: close/i,
+        'a body past the limit is not read: the connection closes',
+      );
+      await big.closed;
+    });
 
     t.test('afterwards the user’s stream holds exactly those executions, and it verifies', async (t) => {
       const events = await eventsOf(ts, 'ann');
