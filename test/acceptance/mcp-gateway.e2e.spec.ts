@@ -342,12 +342,12 @@ t.test(
       big.socket.write(Buffer.alloc(64 * 1024, 'x'));
       await big.until('the 401', (r) => /\r\n\r\n/.test(r));
       t.match(big.received(), /^HTTP\/1\.1 401 /);
-      t.match(
+      const cut = t.match(
         big.received(),
         /connection: close/i,
         'a body past the limit is not read: the connection closes',
       );
-      await big.closed;
+      if (cut) await big.closed;
     });
 
     t.test('afterwards the user’s stream holds exactly those executions, and it verifies', async (t) => {
