@@ -50,6 +50,8 @@ interface AppendRow {
   written: boolean;
 }
 
+const APPEND_COLUMNS = 'next_revision, commit_position, prepare_position, written';
+
 /** A row of toolbus_append_batch: one per member, `conflict` where its expected revision did not hold. */
 interface BatchRow extends AppendRow {
   member: number;
@@ -250,9 +252,11 @@ class PostgresEventStore implements EventStore {
   ): Promise<AppendResult> {
     try {
       const { rows } = await this.pool.query<AppendRow>({
-        // Named: each connection parses and plans it once (the hot path: two appends per execution).
+        // Named: each connection parses and plans it once (two appends per execution). Its columns
+        // are listed: a prepared statement's result may not change, and a later migration could give
+        // the function another column while running processes hold the statement.
         name: 'toolbus-append',
-        text: 'select * from toolbus_append($1, $2, $3, $4, $5, $6, $7)',
+        text: `select ${APPEND_COLUMNS} from toolbus_append($1, $2, $3, $4, $5, $6, $7)`,
         values: [
           stream,
           String(expected),
@@ -297,7 +301,7 @@ class PostgresEventStore implements EventStore {
       const events = batch.flatMap((p) => p.events);
       ({ rows } = await this.pool.query<BatchRow>({
         name: 'toolbus-append-batch',
-        text: 'select * from toolbus_append_batch($1, $2, $3, $4, $5, $6, $7, $8)',
+        text: `select member, ${APPEND_COLUMNS}, conflict from toolbus_append_batch($1, $2, $3, $4, $5, $6, $7, $8)`,
         values: [
           batch.map((p) => p.stream),
           batch.map((p) => String(p.expected)),
