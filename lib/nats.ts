@@ -5,6 +5,7 @@ import {
   createInbox,
   credsAuthenticator,
   nkeyAuthenticator,
+  TimeoutError,
   type Authenticator,
   type ConnectionOptions,
   type NatsConnection,
@@ -110,18 +111,30 @@ export async function connectNats(
   credentials: NatsCredentials = {},
 ): Promise<NatsConnection> {
   const identity = identityOf(credentials);
-  const nc = await connect({
-    servers: natsServers(url),
-    name,
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 250,
-    pingInterval: 5_000,
-    inboxPrefix: inboxPrefixOf(identity),
-    ...authenticatorOf(credentials),
-  });
-  identities.set(nc, identity);
-  return nc;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const nc = await connect({
+        servers: natsServers(url),
+        name,
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 250,
+        pingInterval: 5_000,
+        inboxPrefix: inboxPrefixOf(identity),
+        ...authenticatorOf(credentials),
+      });
+      identities.set(nc, identity);
+      return nc;
+    } catch (e) {
+      // A first connection that gets no answer in nats.js's 20 s (a server or a machine too busy
+      // to answer: seen once under a heavy CI load) is tried again; a refusal (authentication,
+      // nothing listening) fails at once, as it should.
+      if (!(e instanceof TimeoutError) || attempt >= FIRST_CONNECT_ATTEMPTS) throw e;
+    }
+  }
 }
+
+/** How many times a first connection that timed out is tried before the start fails. */
+const FIRST_CONNECT_ATTEMPTS = 3;
 
 /** A readiness check of a connection: fails when it is closed or the server does not answer a flush. */
 export async function natsReady(nc: NatsConnection): Promise<void> {
