@@ -193,12 +193,14 @@ t.test('a subscription’s page reads indexes only: its cost does not grow with 
   // Every subscription runs this query at every wake; with a scan of the table in it, the
   // database's CPU per dispatch grew with the history (benchmark 2, bench/pg-work.ts). A table
   // filled since its last ANALYZE is when the planner knows least: a fresh database, autovacuum off.
-  const fresh = await createTestDatabase(t);
+  const fresh = await createTestDatabase();
   const store = await createPostgresEventStore({ connectionString: fresh.url });
   const pool = new pg.Pool({ connectionString: fresh.url, max: 1 });
+  // Dropped after its connections are closed (dropping it first ends them under the store's feet).
   t.teardown(async () => {
     await store.close();
     await pool.end();
+    await fresh.drop();
   });
   await pool.query('alter table toolbus_events set (autovacuum_enabled = false)');
   for (let i = 0; i < 6; i++) {
