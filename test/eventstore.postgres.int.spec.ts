@@ -196,10 +196,22 @@ t.test('a subscription’s page reads indexes only: its cost does not grow with 
   const fresh = await createTestDatabase();
   const store = await createPostgresEventStore({ connectionString: fresh.url });
   const pool = new pg.Pool({ connectionString: fresh.url, max: 1 });
-  // Dropped after its connections are closed (dropping it first ends them under the store's feet).
   t.teardown(async () => {
     await store.close();
     await pool.end();
+    // pg's pool.end() resolves before its connections have gone; a forced drop would end them
+    // under the client's feet (an error in CI). Dropped once the server has no session left on it.
+    const admin = new pg.Client({ connectionString: db.url });
+    await admin.connect();
+    const sessions = async () =>
+      (
+        await admin.query<{ n: number }>(
+          'select count(*)::int as n from pg_stat_activity where datname = $1',
+          [fresh.name],
+        )
+      ).rows[0]!.n;
+    while ((await sessions()) > 0) await new Promise((r) => setTimeout(r, 20));
+    await admin.end();
     await fresh.drop();
   });
   await pool.query('alter table toolbus_events set (autovacuum_enabled = false)');
