@@ -53,7 +53,8 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
   });
 
   await app.register(async (scope) => {
-    // Who is asking is settled before any body is read: an unauthenticated request costs no upload.
+    // Who is asking is settled before any body is parsed: an unauthenticated request is answered at
+    // once, and at most the body limit of it is read (and dropped; see the onSend hook below).
     scope.addHook('onRequest', async (req, reply) => {
       if (req.routeOptions.url !== MCP_PATH) return; // the scope's only route; 404s pass through
       const host = o.allowedHosts ? validateHostHeader(req.headers.host, o.allowedHosts) : null;
@@ -145,7 +146,7 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
 /** The verified caller of each request to /mcp, from the onRequest hook to the handler. */
 const callers = new WeakMap<object, Caller>();
 
-/** The longest over-limit body of an authenticated caller read to its end (and dropped) so that its client reads the 413. */
+/** The longest over-limit body of an authenticated caller read (and dropped) so that its client reads the 413. */
 const DRAIN_MAX_BYTES = 64 * 1024 * 1024;
 
 const rpcError = (code: number, message: string) => ({ jsonrpc: '2.0', id: null, error: { code, message } });
