@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { createPool, migrate } from '../db.ts';
 import { eventStoreMigrations } from './postgres.migrations.ts';
@@ -218,6 +219,8 @@ class PostgresEventStore implements EventStore {
   private listenClient: pg.Client | null = null;
   private listenStarting: Promise<void> | null = null;
   private closed = false;
+  /** The payload of this store's NOTIFYs, so that its own come back to it as nothing new. */
+  private readonly sender = randomUUID();
   /** The NOTIFY on its way, if any; `announceAgain`: more appends committed since it was sent. */
   private announcing: Promise<void> | null = null;
   private announceAgain = false;
@@ -503,7 +506,7 @@ class PostgresEventStore implements EventStore {
       // Its own short transaction, which need not wait for the disk: it records nothing.
       .then(() =>
         this.pool.query(
-          `begin; set local synchronous_commit = off; select pg_notify('${EVENTS_CHANNEL}', ''); commit`,
+          `begin; set local synchronous_commit = off; select pg_notify('${EVENTS_CHANNEL}', '${this.sender}'); commit`,
         ),
       )
       .then(
@@ -537,7 +540,8 @@ class PostgresEventStore implements EventStore {
       const client = new pg.Client({ connectionString: this.options.connectionString });
       try {
         await client.connect();
-        client.on('notification', () => this.listeners.forEach((l) => l()));
+        // Its own NOTIFY comes back too: this process's subscriptions were woken at the commit.
+        client.on('notification', (n) => n.payload !== this.sender && this.listeners.forEach((l) => l()));
         client.on('error', (e) => this.reconnectListener(client, e));
         client.on('end', () => this.reconnectListener(client, new Error('LISTEN connection ended')));
         await client.query(`listen ${EVENTS_CHANNEL}`);
