@@ -1,7 +1,27 @@
 import { createServer, connect } from 'node:net';
 
-/** A TCP port that was free a moment ago. */
-export function freePort(): Promise<number> {
+/**
+ * A TCP port that was free a moment ago, below the kernel's range of ephemeral ports (Linux
+ * 32768-60999, macOS from 49152): a port the kernel picks for `listen(0)` is one it may also give,
+ * before the server meant for it binds it, to any outgoing connection as its local port (a test
+ * cluster's monitor port was taken so once in CI).
+ */
+export async function freePort(): Promise<number> {
+  for (let tries = 0; tries < 200; tries++) {
+    const port = LOW_PORTS + Math.floor(Math.random() * LOW_PORT_COUNT);
+    // Never the same twice in one process: ports asked for together are not bound yet.
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
+    if (await bindable(port)) return port;
+  }
+  return kernelPort();
+}
+
+const LOW_PORTS = 20_000;
+const LOW_PORT_COUNT = 12_000;
+const handedOut = new Set<number>();
+
+function kernelPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.unref();
@@ -45,7 +65,7 @@ function bindable(port: number): Promise<boolean> {
  */
 export async function freePortRange(count: number): Promise<number> {
   for (let tries = 0; tries < 200; tries++) {
-    const base = 20_000 + Math.floor(Math.random() * 30_000);
+    const base = LOW_PORTS + Math.floor(Math.random() * (LOW_PORT_COUNT - count));
     const free = await Promise.all(Array.from({ length: count }, (_, i) => bindable(base + i)));
     if (free.every(Boolean)) return base;
   }
