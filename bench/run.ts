@@ -10,7 +10,8 @@ import type { DispatchSetup } from './suites/dispatch.ts';
 /**
  * `npm run bench` (full, about 20 minutes) and `npm run bench:quick` (under 3 minutes, the CI
  * smoke check). Runs every benchmark against test-owned NATS and Redis and fresh databases, writes
- * bench/results/latest(-quick).md and .json plus a timestamped copy, prints one summary line, and
+ * bench/results/latest(-quick).md and .json plus a timestamped copy (latest(-quick)-partial with
+ * `--only`, so that a partial run leaves the last complete report alone), prints one summary line, and
  * exits non-zero when a benchmark did not run or did not produce all of its figures.
  * `--only=a,b` runs some of them (ids: latency, throughput, overload, cluster, lag, rebuild, notify, audit, cpu,
  * diagnostics, lookup; overload without throughput measures its own capacity);
@@ -240,7 +241,8 @@ async function main(): Promise<number> {
 
   const dir = fileURLToPath(new URL('./results/', import.meta.url));
   mkdirSync(dir, { recursive: true });
-  const base = quick ? 'latest-quick' : 'latest';
+  // A partial run (--only) must not replace the report of the last complete one.
+  const base = `latest${quick ? '-quick' : ''}${only ? '-partial' : ''}`;
   const stamp = `${meta.date.replace(/[:.]/g, '-').slice(0, 19)}Z-${mode}`;
   const markdown = toMarkdown(meta, results, readBaseline(dir, mode));
   const json = `${JSON.stringify({ meta, results }, null, 2)}\n`;

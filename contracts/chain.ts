@@ -1,6 +1,36 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { GENESIS_HASH, type ToolEvent, type ToolEventBody } from './events.ts';
 import { eventIdFor, executionIdFor, type ExecutionStep } from './ids.ts';
+
+/**
+ * Each object key seen so far, quoted and followed by its colon: events repeat the same few dozen
+ * keys, and looking one up costs less than quoting it again. Bounded, since arguments bring keys
+ * of their own; past the bound a key is quoted each time.
+ */
+const quotedKeys = new Map<string, string>();
+const QUOTED_KEYS_MAX = 4096;
+
+function quotedKey(key: string): string {
+  let quoted = quotedKeys.get(key);
+  if (quoted === undefined) {
+    quoted = `${JSON.stringify(key)}:`;
+    if (quotedKeys.size < QUOTED_KEYS_MAX) quotedKeys.set(key, quoted);
+  }
+  return quoted;
+}
+
+/** The keys in UTF-16 code unit order; an insertion sort for the few keys of an event's objects. */
+function sortedKeys(record: object): string[] {
+  const keys = Object.keys(record);
+  if (keys.length > 16) return keys.sort();
+  for (let i = 1; i < keys.length; i++) {
+    const key = keys[i]!;
+    let j = i - 1;
+    for (; j >= 0 && keys[j]! > key; j--) keys[j + 1] = keys[j]!;
+    keys[j + 1] = key;
+  }
+  return keys;
+}
 
 /**
  * Canonical JSON (RFC 8785 style): object keys sorted by UTF-16 code units, no whitespace,
@@ -26,12 +56,13 @@ export function canonicalJson(value: unknown): string {
         return `${out}]`;
       }
       const record = value as Record<string, unknown>;
-      const keys = Object.keys(record).sort();
+      const keys = sortedKeys(record);
       let out = '{';
-      for (const key of keys) {
+      for (let i = 0; i < keys.length; i++) {
+        const key = keys[i]!;
         const v = record[key];
         if (v === undefined) continue;
-        out += (out.length === 1 ? '' : ',') + JSON.stringify(key) + ':' + canonicalJson(v);
+        out += (out.length === 1 ? '' : ',') + quotedKey(key) + canonicalJson(v);
       }
       return `${out}}`;
     }
@@ -52,7 +83,7 @@ export function eventHash(event: Unhashed<ToolEvent> | ToolEvent): string {
     data: event.data,
     metadata,
   };
-  return createHash('sha256').update(canonicalJson(content)).digest('hex');
+  return hash('sha256', canonicalJson(content), 'hex');
 }
 
 /** Adds `hash` to each event, linking each to the one before (`prevHash` of the first is given). */

@@ -104,6 +104,41 @@ t.test('canonicalJson', async (t) => {
     t.pass('property holds');
   });
 
+  t.test('orders keys as a plain sort does, for few keys and many, numeric-looking or not', async (t) => {
+    // The encoder sorts small objects itself and caches quoted keys; this is the rule spelled plainly.
+    const plain = (v: unknown): string => {
+      if (Array.isArray(v)) return `[${v.map(plain).join(',')}]`;
+      if (v !== null && typeof v === 'object') {
+        const o = v as Record<string, unknown>;
+        const keys = Object.keys(o)
+          .filter((k) => o[k] !== undefined)
+          .sort();
+        return `{${keys.map((k) => `${JSON.stringify(k)}:${plain(o[k])}`).join(',')}}`;
+      }
+      return JSON.stringify(v);
+    };
+    const key = fc.oneof(
+      fc.string({ maxLength: 4 }),
+      fc.nat(40).map(String),
+      fc.constantFrom('a', 'B', '\u20ac'),
+    );
+    const value = fc.letrec((tie) => ({
+      node: fc.oneof(
+        { depthSize: 'small' },
+        fc.jsonValue({ maxDepth: 1 }),
+        fc.dictionary(key, tie('node'), { maxKeys: 40 }),
+        fc.array(tie('node'), { maxLength: 3 }),
+      ),
+    })).node;
+    fc.assert(
+      fc.property(value, (v) => {
+        if (canonicalJson(v) !== plain(v)) throw new Error(`${canonicalJson(v)} !== ${plain(v)}`);
+      }),
+      { numRuns: 500 },
+    );
+    t.pass('property holds');
+  });
+
   t.test('escapes strings and keys as JSON', async (t) => {
     t.equal(canonicalJson('a"b\\c\nd\te'), String.raw`"a\"b\\c\nd\te"`);
     t.equal(canonicalJson('\u0001\u001f'), String.raw`"\u0001\u001f"`);

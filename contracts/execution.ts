@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { z } from 'zod';
 import { canonicalJson } from './chain.ts';
 import type { ErrorCode, ExecutionError } from './errors.ts';
@@ -182,7 +182,7 @@ export const nextAttempt = (s: ExecutionState): number => (s.status === 'none' ?
  * value against the hash. docs/decisions/0012-execution-decider.md records the choice.
  */
 export const argsHash = (args: JsonObject): string =>
-  createHash('sha256').update(canonicalJson(args)).digest('hex');
+  hash('sha256', canonicalJson(args), 'hex');
 
 const ms = (iso: string): number => {
   const t = Date.parse(iso);

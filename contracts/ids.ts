@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { z } from 'zod';
 
 /**
@@ -172,7 +172,7 @@ export const RequestId = z.string().regex(REQUEST_ID_PATTERN, 'request id must m
 
 /** A UUID (v5 layout) derived from a name, so ids are the same each time the same step is taken. */
 export function deterministicUuid(...parts: string[]): string {
-  const h = createHash('sha256').update(parts.join('\u0000')).digest();
+  const h = hash('sha256', parts.join('\u0000'), 'buffer');
   h[6] = (h[6]! & 0x0f) | 0x50;
   h[8] = (h[8]! & 0x3f) | 0x80;
   const hex = h.subarray(0, 16).toString('hex');

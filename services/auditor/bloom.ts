@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 /**
  * A fixed-size Bloom filter of strings: "maybe seen" or "certainly not seen", in constant memory.
@@ -32,7 +32,7 @@ export class BloomFilter {
 
   /** Double hashing (Kirsch-Mitzenmacher) over two 32-bit words of the value's SHA-256. */
   private *indexes(value: string): Generator<number> {
-    const digest = createHash('sha256').update(value).digest();
+    const digest = hash('sha256', value, 'buffer');
     const h1 = digest.readUInt32BE(0);
     const h2 = digest.readUInt32BE(4) | 1;
     for (let k = 0; k < this.probes; k++) yield ((h1 + Math.imul(k, h2)) >>> 0) % this.size;

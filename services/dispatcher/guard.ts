@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { canonicalJson, type JsonValue } from '../../contracts/index.ts';
 import type { Redis } from '../../lib/redis.ts';
 import type { TerminalAnswer } from './answers.ts';
@@ -174,7 +174,7 @@ export class Guard {
 
   /** Result cache key: per user, tool and version, and the SHA-256 of the canonical arguments. */
   cacheKey(userId: string, tool: string, version: string, args: JsonValue): string {
-    const digest = createHash('sha256').update(canonicalJson(args)).digest('hex');
+    const digest = hash('sha256', canonicalJson(args), 'hex');
     return this.key(userId, `r:${tool}@${version}:${digest}`);
   }
 
