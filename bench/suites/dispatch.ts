@@ -623,6 +623,9 @@ async function step(
   return verdict.pass;
 }
 
+/** Climbs started in this process (each names its requests apart). */
+let climbs = 0;
+
 /**
  * The ladders of benchmark 2 for `systems`, stepped together (see `dispatchThroughput`): each rate
  * is run by every system still climbing before the next rate. A ladder ends when its system fails
@@ -646,6 +649,9 @@ export async function climb(
       { system, max: null, steps: [], capped: false, endedBy: null, failures: 0, done: false },
     ]),
   );
+  // Request ids are unique to each climb: benchmark 2c climbs the single-node lane again, and its
+  // steps must not be answered from what benchmark 2's steps left in the dispatcher's Redis.
+  const climb = `${ctx.runId}-tp${++climbs}`;
   let rate = ctx.d.firstRate;
   while (rate * ctx.d.stepFactor <= from) rate *= ctx.d.stepFactor;
   for (let k = 0; [...ladders.values()].some((l) => !l.done); k++, rate *= ctx.d.stepFactor) {
@@ -654,7 +660,7 @@ export async function climb(
     for (const lane of lanes) {
       const ladder = ladders.get(lane.system)!;
       if (ladder.done) continue;
-      const tag = `${ctx.runId}-tp-${lane.system}-${k}`;
+      const tag = `${climb}-${lane.system}-${k}`;
       let passed = await step(ctx, s, lane, ladder, r, tag);
       if (!passed && ctx.d.retryStep) passed = await step(ctx, s, lane, ladder, r, `${tag}r`);
       if (passed) {
@@ -674,7 +680,7 @@ export async function climb(
       // Not even the first rate: look below it.
       ladder.max = 0;
       for (let down = Math.round(r / 2); down >= FLOOR_RATE; down = Math.round(down / 2)) {
-        if (await step(ctx, s, lane, ladder, down, `${ctx.runId}-tp-${lane.system}-d${down}`)) {
+        if (await step(ctx, s, lane, ladder, down, `${climb}-${lane.system}-d${down}`)) {
           ladder.max = down;
           break;
         }
