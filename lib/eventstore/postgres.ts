@@ -17,6 +17,7 @@ import {
   type ReadAllOptions,
   type ReadStreamOptions,
   type RecordedEvent,
+  type RecordedEventText,
   type StreamInfo,
   type SubscribeOptions,
   type Subscription,
@@ -139,6 +140,14 @@ interface Row {
   metadata: Json;
   created_ms: number;
 }
+
+/** Type parsers that leave json and jsonb values as the text PostgreSQL sends. */
+const JSON_OIDS = new Set<number>([pg.types.builtins.JSON, pg.types.builtins.JSONB]);
+const asText = (value: string): string => value;
+const JSON_AS_TEXT = {
+  getTypeParser: (oid: number, format?: 'text' | 'binary'): ((value: string) => unknown) =>
+    JSON_OIDS.has(oid) ? asText : (pg.types.getTypeParser(oid, format) as (value: string) => unknown),
+};
 
 const positionOf = (r: Row): Position => ({ commit: BigInt(r.tx), prepare: BigInt(r.seq) });
 
@@ -337,7 +346,24 @@ class PostgresEventStore implements EventStore {
     }
   }
 
-  async *readStream(stream: string, options: ReadStreamOptions = {}): AsyncIterable<RecordedEvent> {
+  readStream(stream: string, options: ReadStreamOptions = {}): AsyncIterable<RecordedEvent> {
+    return this.readStreamAs(stream, options, undefined);
+  }
+
+  readStreamText(stream: string, options: ReadStreamOptions = {}): AsyncIterable<RecordedEventText> {
+    // The same rows, the json columns not parsed: their strings are what toRecorded carries.
+    return this.readStreamAs(
+      stream,
+      options,
+      JSON_AS_TEXT,
+    ) as AsyncIterable<unknown> as AsyncIterable<RecordedEventText>;
+  }
+
+  private async *readStreamAs(
+    stream: string,
+    options: ReadStreamOptions,
+    types: pg.CustomTypesConfig | undefined,
+  ): AsyncIterable<RecordedEvent> {
     assertStreamName(stream);
     const forwards = (options.direction ?? 'forwards') === 'forwards';
     const from: number =
@@ -353,7 +379,10 @@ class PostgresEventStore implements EventStore {
       from,
       options.maxCount ?? Infinity,
       this.batchSize,
-      (at, limit) => this.pool.query<Row>(sql, [stream, at, limit]).then((r) => r.rows),
+      (at, limit) =>
+        this.pool
+          .query<Row>({ text: sql, values: [stream, at, limit], ...(types ? { types } : {}) })
+          .then((r) => r.rows),
       (last) => last.revision + (forwards ? 1 : -1),
     );
   }

@@ -45,6 +45,9 @@ export interface RecordedEvent {
   created: Date;
 }
 
+/** A stored event with `data` and `metadata` as the JSON text the store holds (`readStreamText`). */
+export type RecordedEventText = Omit<RecordedEvent, 'data' | 'metadata'> & { data: string; metadata: string };
+
 export interface AppendResult {
   /** The revision of the stream's last event after the append. */
   nextRevision: number;
@@ -103,6 +106,12 @@ export interface EventStore {
   append(stream: string, events: EventData[], expected: ExpectedRevision): Promise<AppendResult>;
   /** A stream that does not exist reads as empty. */
   readStream(stream: string, options?: ReadStreamOptions): AsyncIterable<RecordedEvent>;
+  /**
+   * Optional: the events `readStream` gives, their JSON left as text. For a reader that parses
+   * elsewhere (the audit's worker threads): the reading thread then neither parses the JSON nor
+   * copies the parsed objects to another thread, a string being far cheaper to pass on.
+   */
+  readStreamText?(stream: string, options?: ReadStreamOptions): AsyncIterable<RecordedEventText>;
   readAll(options?: ReadAllOptions): AsyncIterable<RecordedEvent>;
   /**
    * The events of `stream` appended with `key` (see `EventData.key`), in revision order; empty

@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { eventHash, type ToolEvent } from '../../contracts/index.ts';
 import { intVar, loadConfig } from '../config.ts';
-import type { RecordedEvent } from '../eventstore/types.ts';
+import type { Json, RecordedEvent, RecordedEventText } from '../eventstore/types.ts';
 import { fromRecorded } from '../toolEvents.ts';
 import { ThreadPool } from './pool.ts';
 
@@ -14,6 +14,9 @@ import { ThreadPool } from './pool.ts';
 
 /** What a worker needs of a stored event (a position or a Date would only cost copying). */
 export type WireEvent = Pick<RecordedEvent, 'id' | 'type' | 'data' | 'metadata' | 'streamId' | 'revision'>;
+
+/** The same, its JSON still text (EventStore `readStreamText`): a string costs little to copy to a thread. */
+export type WireText = Pick<RecordedEventText, 'id' | 'type' | 'data' | 'metadata' | 'streamId' | 'revision'>;
 
 /** A stored event parsed: the envelope, or why it is not one (lib/toolEvents `fromRecorded`). */
 export type Parsed = { ok: true; event: ToolEvent; userId: string } | { ok: false; reason: string };
@@ -35,14 +38,44 @@ export function checkRecorded(recorded: WireEvent): Checked {
   return parsed.ok ? { ...parsed, hash: eventHash(parsed.event) } : parsed;
 }
 
-export type EventTask = { kind: 'parse'; events: WireEvent[] } | { kind: 'check'; events: WireEvent[] };
+/** `checkRecorded` of an event read as text: its JSON parsed first (here, or on a worker thread). */
+export function checkText(recorded: WireText): Checked {
+  let data: unknown;
+  let metadata: unknown;
+  try {
+    data = JSON.parse(recorded.data);
+    metadata = JSON.parse(recorded.metadata);
+  } catch (e) {
+    // The store keeps JSON columns; text that is not JSON is a damaged row, judged like any other.
+    return {
+      ok: false,
+      reason: `${recorded.type} ${recorded.id}: its stored JSON does not parse (${(e as Error).message})`,
+    };
+  }
+  const { id, type, streamId, revision } = recorded;
+  return checkRecorded({ id, type, streamId, revision, data: data as Json, metadata: metadata as Json });
+}
+
+export type EventTask =
+  | { kind: 'parse'; events: WireEvent[] }
+  | { kind: 'check'; events: WireEvent[] }
+  | { kind: 'check-text'; events: WireText[] };
 
 /** A worker's answer to one task: the events' results, in the order given. */
 export function handleEventTask(task: EventTask): Parsed[] | Checked[] {
-  return task.kind === 'check' ? task.events.map(checkRecorded) : task.events.map(parseRecorded);
+  switch (task.kind) {
+    case 'parse':
+      return task.events.map(parseRecorded);
+    case 'check':
+      return task.events.map(checkRecorded);
+    case 'check-text':
+      return task.events.map(checkText);
+  }
 }
 
-const wire = (events: readonly RecordedEvent[]): WireEvent[] =>
+const wire = <E extends RecordedEvent | RecordedEventText>(
+  events: readonly E[],
+): Array<Pick<E, 'id' | 'type' | 'data' | 'metadata' | 'streamId' | 'revision'>> =>
   events.map(({ id, type, data, metadata, streamId, revision }) => ({
     id,
     type,
@@ -72,6 +105,11 @@ export class EventThreads {
   check(events: readonly RecordedEvent[]): Promise<Checked[]> {
     this.tasks++;
     return this.pool.run({ kind: 'check', events: wire(events) }) as Promise<Checked[]>;
+  }
+
+  checkText(events: readonly RecordedEventText[]): Promise<Checked[]> {
+    this.tasks++;
+    return this.pool.run({ kind: 'check-text', events: wire(events) }) as Promise<Checked[]>;
   }
 
   /** True once every thread has started. */

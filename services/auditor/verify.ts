@@ -9,9 +9,10 @@ import {
   type ExecutionState,
   type ToolEvent,
 } from '../../contracts/index.ts';
-import type { EventStore, RecordedEvent } from '../../lib/eventstore/types.ts';
+import type { EventStore, RecordedEvent, RecordedEventText } from '../../lib/eventstore/types.ts';
 import {
   checkRecorded,
+  checkText,
   sharedEventThreads,
   THREADED_FROM_EVENTS,
   type Checked,
@@ -67,6 +68,9 @@ export interface VerifyReport {
   finishedAt: string;
 }
 
+/** Where a stored event stands, which is all the verifier reads of it besides its parse. */
+type EventAt = Pick<RecordedEvent, 'id' | 'revision'>;
+
 /** Where an ended execution's terminal event is, found by reading the stream before `beforeRevision`. */
 export type FindTerminal = (executionId: string, beforeRevision: number) => Promise<number | null>;
 
@@ -105,10 +109,12 @@ export class ChainVerifier {
 
   /**
    * Checks the next event; returns the break it reveals (and every later call returns it too).
-   * `checked`: the event already parsed and hashed (`checkRecorded`, on a worker thread); the
-   * verdict is the same either way, only where the parsing and hashing ran differs.
+   * `checked`: the event already parsed and hashed (`checkRecorded`, perhaps on a worker thread);
+   * the verdict is the same either way, only where the parsing and hashing ran differs.
    */
-  async accept(recorded: RecordedEvent, checked?: Checked): Promise<HistoryBreak | null> {
+  async accept(recorded: RecordedEvent, checked?: Checked): Promise<HistoryBreak | null>;
+  async accept(recorded: EventAt, checked: Checked): Promise<HistoryBreak | null>;
+  async accept(recorded: EventAt, checked?: Checked): Promise<HistoryBreak | null> {
     if (this.failure) return this.failure;
     const revision = recorded.revision;
     const fail = (kind: BreakKind, problem: string, at = revision, eventId: string | null = recorded.id) =>
@@ -134,7 +140,7 @@ export class ChainVerifier {
       );
     }
 
-    const parsed = checked ?? checkRecorded(recorded);
+    const parsed = checked ?? checkRecorded(recorded as RecordedEvent);
     if (!parsed.ok) return fail('schema', parsed.reason);
     if (parsed.userId !== this.options.userId) {
       return fail('schema', `event belongs to user ${parsed.userId}, not ${this.options.userId}`);
@@ -314,7 +320,11 @@ export async function verifyHistory(
         ? sharedEventThreads()
         : null;
   let failure: HistoryBreak | null = null;
-  for await (const { recorded, checked } of checkedEvents(store.readStream(stream), threads)) {
+  // The store's JSON as text where it can give it: parsed once, where the rest of the check runs.
+  const events = store.readStreamText
+    ? checkedEvents(store.readStreamText(stream), threads, TEXT)
+    : checkedEvents(store.readStream(stream), threads, PARSED);
+  for await (const { recorded, checked } of events) {
     failure = await verifier.accept(recorded, checked);
     if (failure) break;
     options.onEvent?.(recorded.revision);
@@ -335,18 +345,35 @@ export async function verifyHistory(
   };
 }
 
+/** How stored events of one form are parsed and hashed: here, one by one, or a page on the threads. */
+export interface EventChecker<E> {
+  here(event: E): Checked;
+  onThreads(threads: EventThreads, page: readonly E[]): Promise<Checked[]>;
+}
+
+export const PARSED: EventChecker<RecordedEvent> = {
+  here: checkRecorded,
+  onThreads: (threads, page) => threads.check(page),
+};
+
+export const TEXT: EventChecker<RecordedEventText> = {
+  here: checkText,
+  onThreads: (threads, page) => threads.checkText(page),
+};
+
 /**
  * The events of a read, each with its parse and hash. With threads, pages of THREAD_PAGE events
  * are checked on worker threads while the next pages are read, at most two pages per thread in
  * flight (so memory stays flat however long the stream), and handed on in the order read.
  * Leaving the loop early stops the read; the pages still in flight are dropped.
  */
-export async function* checkedEvents(
-  events: AsyncIterable<RecordedEvent>,
+export async function* checkedEvents<E extends EventAt>(
+  events: AsyncIterable<E>,
   threads: EventThreads | null,
-): AsyncGenerator<{ recorded: RecordedEvent; checked?: Checked }> {
+  checker: EventChecker<E>,
+): AsyncGenerator<{ recorded: E; checked: Checked }> {
   if (!threads) {
-    for await (const recorded of events) yield { recorded };
+    for await (const recorded of events) yield { recorded, checked: checker.here(recorded) };
     return;
   }
   // Until the threads have started (a second or so), pages are checked here rather than waited for.
@@ -356,13 +383,13 @@ export async function* checkedEvents(
     () => undefined, // a thread that cannot start fails the first page sent to it
   );
   const maxInFlight = 2 * threads.size;
-  const inFlight: Array<{ page: RecordedEvent[]; checked: Promise<Checked[]> }> = [];
-  const send = (page: RecordedEvent[]) => {
-    const checked = threads.check(page);
+  const inFlight: Array<{ page: E[]; checked: Promise<Checked[]> }> = [];
+  const send = (page: E[]) => {
+    const checked = checker.onThreads(threads, page);
     checked.catch(() => undefined); // awaited in order below, or dropped when the loop ends early
     inFlight.push({ page, checked });
   };
-  let page: RecordedEvent[] = [];
+  let page: E[] = [];
   const drainReady = async function* () {
     const { page: done, checked } = inFlight.shift()!;
     const results = await checked;
@@ -370,7 +397,7 @@ export async function* checkedEvents(
   };
   for await (const recorded of events) {
     if (!started && inFlight.length === 0 && page.length === 0) {
-      yield { recorded };
+      yield { recorded, checked: checker.here(recorded) };
       continue;
     }
     page.push(recorded);

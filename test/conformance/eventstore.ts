@@ -21,6 +21,7 @@ import {
   type EventStore,
   type Json,
   type Position,
+  type ReadStreamOptions,
   type RecordedEvent,
   type Subscription,
 } from '../../lib/eventstore/types.ts';
@@ -942,6 +943,53 @@ export function eventStoreConformance(
         c.events.map((e) => [e.data, e.metadata]),
         written.map((e) => [e.data, e.metadata]),
         'subscribe: the same data and metadata',
+      );
+      if (store.readStreamText) {
+        const text = await collect(store.readStreamText(s));
+        t.ok(
+          text.every((e) => typeof e.data === 'string' && typeof e.metadata === 'string'),
+          'readStreamText: the JSON as text',
+        );
+        t.strictSame(
+          text.map((e): unknown[] => [JSON.parse(e.data), JSON.parse(e.metadata)]),
+          written.map((e) => [e.data, e.metadata ?? null]),
+          'readStreamText: text that parses to the same data and metadata',
+        );
+      }
+    });
+
+    t.test('readStreamText, where the store has it: the events readStream gives, JSON as text', async (t) => {
+      if (!store.readStreamText) {
+        t.pass(`the ${store.kind} store reads parsed events only`);
+        return;
+      }
+      const s = stream('text');
+      const written = events(7);
+      await store.append(s, written, 'no_stream');
+      const options: ReadStreamOptions[] = [
+        {},
+        { direction: 'backwards' },
+        { fromRevision: 4 },
+        { direction: 'backwards', fromRevision: 4, maxCount: 2 },
+        { fromRevision: 7 },
+      ];
+      for (const o of options) {
+        const parsed = await collect(store.readStream(s, o));
+        const text = await collect(store.readStreamText(s, o));
+        t.strictSame(
+          text.map((e) => ({
+            ...e,
+            data: JSON.parse(e.data) as unknown,
+            metadata: JSON.parse(e.metadata) as unknown,
+          })),
+          parsed,
+          `the same events, ${JSON.stringify(o)}`,
+        );
+      }
+      t.strictSame(
+        await collect(store.readStreamText(stream('never-written'))),
+        [],
+        'a missing stream reads as empty',
       );
     });
   });
