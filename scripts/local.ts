@@ -6,7 +6,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chownSync, existsSync, readdirSync } from 'node:fs';
+import { chownSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -122,7 +122,9 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
   const dir = o.dir ?? LOCAL_DIR;
   const NATS_DIR = join(dir, 'nats');
   await mkdir(NATS_DIR, { recursive: true, mode: 0o700 });
-  await chmod(dir, 0o700);
+  // Private to its owner; 0711 (entered, never listed, by others) is kept: a stack run as root
+  // opens it so to the postgres user (startPostgres), and a later start must not shut it out.
+  if ((statSync(dir).mode & 0o777) !== 0o711) await chmod(dir, 0o700);
   const secretsFile = join(dir, 'secrets.env');
   let created = false;
   const secrets = existsSync(secretsFile) ? parseEnv(await readFile(secretsFile, 'utf8')) : {};
@@ -268,10 +270,7 @@ export async function startLocalNats(
   config = setup.natsConfig,
 ): Promise<ChildProcess> {
   if (await portOpen(port)) {
-    throw new Error(
-      `port ${port} is taken: the stack runs its own NATS there with its own authorization. ` +
-        'Stop what listens on it, or set TOOLBUS_NATS_PORT to a free port.',
-    );
+    throw portTaken(port, 'NATS', 'TOOLBUS_NATS_PORT');
   }
   const bin = natsServerBinary();
   if (!existsSync(bin)) {
@@ -279,7 +278,8 @@ export async function startLocalNats(
       `nats-server not found (${bin}): install it (Debian: apt-get install nats-server) or set NATS_SERVER_BIN`,
     );
   }
-  const child = spawn(bin, ['-c', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // A process group of its own, as every server of the stack's (see startServer).
+  const child = spawn(bin, ['-c', config], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let output = '';
   for (const stream of [child.stdout, child.stderr]) {
     stream.on('data', (d: Buffer) => {
@@ -297,6 +297,14 @@ export async function startLocalNats(
 }
 
 /** Runs a process and resolves once something accepts connections on `port`; refuses a taken port. */
+/** A port the stack's own server needs is taken: what that most often means, and the ways out. */
+const portTaken = (port: number, what: string, variable: string) =>
+  new Error(
+    `port ${port} is taken: the stack runs its own ${what} there. Is Toolbus already running ` +
+      '(npm start in another terminal)? Stop it or what listens there, ' +
+      `or set ${variable} to a free port (a second stack needs its own TOOLBUS_DIR and ports: README).`,
+  );
+
 async function startServer(
   what: string,
   port: number,
@@ -305,12 +313,12 @@ async function startServer(
   variable: string,
 ): Promise<ChildProcess> {
   if (await portOpen(port)) {
-    throw new Error(
-      `port ${port} is taken: the stack runs its own ${what} there, with its own password. ` +
-        `Stop what listens on it, or set ${variable} to a free port.`,
-    );
+    throw portTaken(port, what, variable);
   }
-  const child = spawn(command.command, command.args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // A process group of its own: a Ctrl-C in the terminal reaches the stack and its services, which
+  // stop first; the stack then stops its servers (a database stopped under the services' feet
+  // would fill the last lines with their lost connections). The stack stops them when it exits.
+  const child = spawn(command.command, command.args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let output = '';
   for (const stream of [child.stdout, child.stderr]) {
     stream.on('data', (d: Buffer) => {
@@ -390,13 +398,15 @@ export async function startLocalPostgres(
       : { command, args };
   const home = join(setup.dir, 'postgres');
   const data = join(home, 'data');
+  // The postgres user must reach its folder: .toolbus is entered, never listed, by others. At
+  // every start, not only the first: a folder made private again (by hand, by an older Toolbus)
+  // would otherwise stop PostgreSQL with "Permission denied" on its own data.
+  if (ids) await chmod(setup.dir, 0o711);
   if (!existsSync(join(data, 'PG_VERSION'))) {
     await mkdir(home, { recursive: true, mode: 0o700 });
     const pwfile = join(home, 'initdb-password');
     await writeFile(pwfile, `${setup.secrets.PGPASSWORD}\n`, { mode: 0o600 });
     if (ids) {
-      // The postgres user must reach its folder: .toolbus is entered, never listed, by others.
-      await chmod(setup.dir, 0o711);
       chownSync(home, ids.uid, ids.gid);
       chownSync(pwfile, ids.uid, ids.gid);
     }
@@ -424,8 +434,10 @@ export async function startLocalPostgres(
       data,
       '-p',
       String(port),
-      '-k',
-      home,
+      // TCP on loopback only; no Unix socket (everything connects over TCP, and a socket's path
+      // under a deep checkout can pass the kernel's 107 bytes, which stops PostgreSQL at start).
+      '-c',
+      'unix_socket_directories=',
       '-c',
       'listen_addresses=127.0.0.1',
       '-c',

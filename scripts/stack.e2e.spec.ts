@@ -164,3 +164,41 @@ t.test('against a NATS without JetStream npm start stops with the reason', async
   t.not(await s.exited, 0);
   t.match(s.output(), /\w+ said:\n.*jetstream/i, 'the reason names JetStream');
 });
+
+t.test(
+  'npm start with servers of its own, stopped and started again, starts with what it kept',
+  async (t) => {
+    // As a new user runs it twice: its own NATS, PostgreSQL and Redis in one folder (as root, its
+    // PostgreSQL runs as the postgres user, which must still reach its data the second time).
+    const dir = t.testdir();
+    const [natsPort, postgresPort, redisPort] = await Promise.all([freePort(), freePort(), freePort()]);
+    const env = {
+      TOOLBUS_DIR: dir,
+      TOOLBUS_NATS_PORT: String(natsPort),
+      TOOLBUS_POSTGRES_PORT: String(postgresPort),
+      TOOLBUS_REDIS_PORT: String(redisPort),
+    };
+    const first = await npmStart(t, env);
+    await until('it was running', () => first.output().includes('Ctrl-C stops everything.'), first);
+    const run = commandAfter(first.output(), 'Run a tool as "demo":');
+    const ran = JSON.parse(await sh(run)) as { status: string; executionId: string };
+    t.equal(ran.status, 'completed', 'a tool ran');
+    first.child.kill('SIGINT');
+    t.equal(await first.exited, 0, 'the first stopped cleanly');
+
+    const second = await npmStart(t, env);
+    await until('it was running again', () => second.output().includes('Ctrl-C stops everything.'), second);
+    const dispatcher = /dispatcher\s+(http:\/\/\S+)/.exec(second.output())![1]!;
+    const token = /authorization: Bearer (\S+)'/.exec(run)![1]!;
+    const kept = await fetch(`${dispatcher}/executions/${ran.executionId}`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    t.match(
+      await kept.json(),
+      { status: 'completed', executionId: ran.executionId },
+      'the first run is kept',
+    );
+    second.child.kill('SIGINT');
+    t.equal(await second.exited, 0, 'the second stopped cleanly');
+  },
+);
