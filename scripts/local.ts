@@ -72,7 +72,7 @@ export interface LocalSetup {
   dir: string;
 }
 
-function parseEnv(text: string): Record<string, string> {
+export function parseEnv(text: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const line of text.split('\n')) {
     const m = /^([A-Z_]+)=(.*)$/.exec(line.trim());
@@ -297,6 +297,10 @@ export async function startLocalNats(
 }
 
 /** Runs a process and resolves once something accepts connections on `port`; refuses a taken port. */
+/** The database of the stack's own PostgreSQL (startLocalPostgres). */
+export const localDatabaseUrl = (secrets: Record<string, string | undefined>, port: number): string =>
+  `postgres://postgres:${secrets['PGPASSWORD']}@127.0.0.1:${port}/toolbus`;
+
 /** A port the stack's own server needs is taken: what that most often means, and the ways out. */
 const portTaken = (port: number, what: string, variable: string) =>
   new Error(
@@ -466,5 +470,5 @@ export async function startLocalPostgres(
       await client.end().catch(() => undefined);
     }
   }
-  return { process: child, url: `postgres://postgres:${setup.secrets.PGPASSWORD}@127.0.0.1:${port}/toolbus` };
+  return { process: child, url: localDatabaseUrl(setup.secrets, port) };
 }

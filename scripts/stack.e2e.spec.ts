@@ -198,6 +198,19 @@ t.test(
       { status: 'completed', executionId: ran.executionId },
       'the first run is kept',
     );
+    // The audit CLI as the README gives it finds this stack's database and key by itself.
+    const audit = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/audit.ts', 'verify', 'demo'], {
+        cwd: ROOT,
+        env: { PATH: process.env['PATH'] ?? '', ...env },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.once('exit', (code) => resolve({ code, out }));
+    });
+    t.equal(audit.code, 0, 'npm run audit -- verify demo: the history verifies');
+    t.match(audit.out, /^OK user-demo: 3 events/m, "it read the stack's history");
     second.child.kill('SIGINT');
     t.equal(await second.exited, 0, 'the second stopped cleanly');
   },

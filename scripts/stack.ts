@@ -276,8 +276,7 @@ async function main() {
       ? [
           `  NATS_URL=${natsUrl} NATS_NKEY_SEED_FILE=${setup.seedFile('agent')}`,
           `  connectNats(NATS_URL, 'my-agent', { nkeySeed: <that file's text> }) then createAgentClient(nc),`,
-          `  both from @toolbus/client (packages/client; docs/security.md)`,
-          `A tool worker with the example tools: npm run worker (it uses .toolbus/nats/worker.nk)`,
+          `  both from @toolbus/client (packages/client, built by npm run build:packages; docs/security.md)`,
           `Existing MCP servers (toolbus.json's mcpServers) as tools: npm run mcp-tools (docs/tools.md)`,
         ]
       : []),
