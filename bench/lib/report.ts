@@ -181,7 +181,7 @@ const BOUNDS: Array<[RegExp, string]> = [
   ],
   [
     /^audit verification at least half/,
-    'Verification parses every event against its schema, hashes its canonical JSON with SHA-256, checks the link and runs the life cycle; parsing and hashing run on worker threads (EVENT_THREADS, decision 0029), pages fanned out and checked in order. The reference only has the driver parse the rows. It is CPU-bound: on two cores shared with PostgreSQL, reading the rows, the threads and the in-order check compete for the same cores.',
+    'Verification parses every event against its schema, hashes its canonical JSON with SHA-256, checks the link and runs the life cycle. The PostgreSQL store hands it the rows with their JSON as text (EventStore.readStreamText); worker threads (EVENT_THREADS, decision 0029) parse, validate and hash pages of them, and the calling thread reads and checks them in order. The reference only has the driver parse the rows. In one thread an event costs about three times the reference\'s read and parse (measured beside it: about 45,000 events/s against 140,000); schema validation, canonical JSON and SHA-256 are most of it (profile: `node --cpu-prof` on `verifyHistory`, bench/README.md). Two threads on two cores shared with PostgreSQL cannot make a third of the rate into a half: it is CPU-bound here, and where free cores exist the threads carry it further.',
   ],
   [
     /^audit replay at least half/,
