@@ -106,6 +106,25 @@ t.test('HTTP API', async (t) => {
     t.equal(forged.statusCode, 401);
   });
 
+  t.test(
+    'POST /executions: a body that is not JSON is answered as any refusal, saying what to send',
+    async (t) => {
+      const send = (headers: Record<string, string>, payload: string) =>
+        app.inject({ method: 'POST', url: '/executions', headers: { ...auth(alice), ...headers }, payload });
+      // What `curl -d` sends without -H 'content-type: application/json'.
+      const form = await send({ 'content-type': 'application/x-www-form-urlencoded' }, '{"tool":"noop"}');
+      t.equal(form.statusCode, 415);
+      t.match(form.json(), {
+        status: 'failed',
+        requestId: null,
+        error: { code: 'MALFORMED', message: /content-type: application\/json/ },
+      });
+      const broken = await send({ 'content-type': 'application/json' }, '{"tool":');
+      t.equal(broken.statusCode, 400);
+      t.match(broken.json(), { status: 'failed', error: { code: 'MALFORMED', message: /not JSON/ } });
+    },
+  );
+
   t.test('GET /executions/:id: from the caller’s own stream only', async (t) => {
     const executionId = executionIdFor('alice', 'h-1');
     const own = await app.inject({ method: 'GET', url: `/executions/${executionId}`, headers: auth(alice) });

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { JetStreamClient } from '@nats-io/jetstream';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import {
   ALL_USERS_READERS,
@@ -52,6 +52,27 @@ export function cancelStatusOf(result: CancelResult): number {
   }
 }
 
+/**
+ * What a body Fastify could not read is answered, as every other refusal (an AgentAnswer, MALFORMED),
+ * keeping Fastify's status (415, 413, 400) and saying what to send instead.
+ */
+function unreadableBody(error: FastifyError): TerminalAnswer | null {
+  switch (error.code) {
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return refusal(
+        'MALFORMED',
+        `send the body as JSON, with 'content-type: application/json' (${error.message})`,
+      );
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return refusal('MALFORMED', `the body is not JSON: ${error.message}`);
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return refusal('MALFORMED', `the body is too large: ${error.message}`);
+    default:
+      return null;
+  }
+}
+
 /** What a client of POST /executions is told to wait before retrying when the intake refused. */
 const INTAKE_RETRY_AFTER_MS = 1_000;
 
@@ -80,6 +101,13 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       return null;
     }
   };
+
+  app.setErrorHandler((error: FastifyError, _req, reply) => {
+    const answer = unreadableBody(error);
+    // Anything else is Fastify's to answer.
+    if (!answer) throw error;
+    return reply.code(error.statusCode ?? 400).send(answer);
+  });
 
   app.get('/tools', async () => ({ tools: deps.registry.list() }));
 
