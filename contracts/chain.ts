@@ -3,18 +3,20 @@ import { GENESIS_HASH, type ToolEvent, type ToolEventBody } from './events.ts';
 import { eventIdFor, executionIdFor, type ExecutionStep } from './ids.ts';
 
 /**
- * Each object key seen so far, quoted and followed by its colon: events repeat the same few dozen
- * keys, and looking one up costs less than quoting it again. Bounded, since arguments bring keys
- * of their own; past the bound a key is quoted each time.
+ * Short object keys seen so far, quoted and followed by their colon: events repeat the same few
+ * dozen keys, and looking one up costs less than quoting it again. Bounded in count and in key
+ * length, since arguments (hashed before any schema checks them) bring keys of their own, of any
+ * size; past the bounds a key is quoted each time.
  */
 const quotedKeys = new Map<string, string>();
 const QUOTED_KEYS_MAX = 4096;
+const QUOTED_KEY_MAX_LENGTH = 64;
 
 function quotedKey(key: string): string {
   let quoted = quotedKeys.get(key);
   if (quoted === undefined) {
     quoted = `${JSON.stringify(key)}:`;
-    if (quotedKeys.size < QUOTED_KEYS_MAX) quotedKeys.set(key, quoted);
+    if (key.length <= QUOTED_KEY_MAX_LENGTH && quotedKeys.size < QUOTED_KEYS_MAX) quotedKeys.set(key, quoted);
   }
   return quoted;
 }

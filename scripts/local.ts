@@ -278,8 +278,7 @@ export async function startLocalNats(
       `nats-server not found (${bin}): install it (Debian: apt-get install nats-server) or set NATS_SERVER_BIN`,
     );
   }
-  // A process group of its own, as every server of the stack's (see startServer).
-  const child = spawn(bin, ['-c', config], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const child = spawn(bin, ['-c', config], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   for (const stream of [child.stdout, child.stderr]) {
     stream.on('data', (d: Buffer) => {
@@ -319,10 +318,7 @@ async function startServer(
   if (await portOpen(port)) {
     throw portTaken(port, what, variable);
   }
-  // A process group of its own: a Ctrl-C in the terminal reaches the stack and its services, which
-  // stop first; the stack then stops its servers (a database stopped under the services' feet
-  // would fill the last lines with their lost connections). The stack stops them when it exits.
-  const child = spawn(command.command, command.args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const child = spawn(command.command, command.args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   for (const stream of [child.stdout, child.stderr]) {
     stream.on('data', (d: Buffer) => {
@@ -461,10 +457,13 @@ export async function startLocalPostgres(
       if (rows.length === 0) await client.query('create database toolbus');
       break;
     } catch (e) {
-      if (i > 300 || child.exitCode !== null)
+      if (i > 300 || child.exitCode !== null) {
+        // Not handed to the caller, so not stopped by it: stopped here.
+        if (child.exitCode === null) child.kill('SIGTERM');
         throw new Error(`PostgreSQL did not accept the stack's password: ${(e as Error).message}`, {
           cause: e,
         });
+      }
       await new Promise((r) => setTimeout(r, 100));
     } finally {
       await client.end().catch(() => undefined);

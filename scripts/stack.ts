@@ -78,8 +78,6 @@ async function main() {
     console.log('made new secrets and NATS identities in .toolbus/ (kept for the next start)');
   // The stack's own servers, each with the generated credentials, unless told to use others.
   const servers: ChildProcess[] = [];
-  // They run in process groups of their own (scripts/local.ts): whatever ends this process ends them.
-  process.once('exit', () => servers.forEach((child) => child.kill('SIGTERM')));
   const stopServers = async () => {
     for (const child of servers.reverse()) {
       if (child.exitCode !== null || child.signalCode !== null) continue;

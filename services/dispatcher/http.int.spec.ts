@@ -122,6 +122,21 @@ t.test('HTTP API', async (t) => {
       const broken = await send({ 'content-type': 'application/json' }, '{"tool":');
       t.equal(broken.statusCode, 400);
       t.match(broken.json(), { status: 'failed', error: { code: 'MALFORMED', message: /not JSON/ } });
+      const huge = await send(
+        { 'content-type': 'application/json' },
+        JSON.stringify({ tool: 'echo', args: { a: 'x'.repeat(2 * 1024 * 1024) } }),
+      );
+      t.equal(huge.statusCode, 413);
+      t.match(huge.json(), { status: 'failed', error: { code: 'MALFORMED', message: /too large/ } });
+      // Other routes keep their own answers to an unreadable body.
+      const approve = await app.inject({
+        method: 'POST',
+        url: `/executions/${executionIdFor('alice', 'h-1')}/approve`,
+        headers: { ...auth(alice), 'content-type': 'application/json' },
+        payload: '{"reason":',
+      });
+      t.equal(approve.statusCode, 400);
+      t.notMatch(approve.json(), { status: 'failed' }, 'not an AgentAnswer');
     },
   );
 

@@ -102,9 +102,10 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     }
   };
 
-  app.setErrorHandler((error: FastifyError, _req, reply) => {
-    const answer = unreadableBody(error);
-    // Anything else is Fastify's to answer.
+  app.setErrorHandler((error: FastifyError, req, reply) => {
+    // Only POST /executions answers in AgentAnswers; anything else is Fastify's (or the route's) to answer.
+    const answer =
+      req.method === 'POST' && req.routeOptions.url === '/executions' ? unreadableBody(error) : null;
     if (!answer) throw error;
     return reply.code(error.statusCode ?? 400).send(answer);
   });
