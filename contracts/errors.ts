@@ -144,7 +144,8 @@ export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
     status: 400,
     retryable: false,
     recorded: false,
-    description: 'no request id to record it under, or refused by the client (over the size limit)',
+    description:
+      'no request id to record it under, or refused by the client (over the size limit); over HTTP a body that is not JSON (400), is not sent as `application/json` (415) or is too large (413)',
   },
   OVERLOADED: {
     status: 503,
