@@ -9,8 +9,9 @@ import t from 'tap';
 import { jetstream as names } from '../../contracts/index.ts';
 import { createLogger } from '../../lib/log.ts';
 import { connectNats } from '../../lib/nats.ts';
+import { retry } from '../../lib/retry.ts';
 import { pollUntil, startSecuredNatsCluster } from '../../test/support/processes.ts';
-import { ensureIntake } from './intake.ts';
+import { ensureIntake, isJetStreamForming } from './intake.ts';
 
 const cluster = await startSecuredNatsCluster(t, []);
 const nc = await connectNats(cluster.url, 'intake-replicas', {
@@ -20,8 +21,15 @@ t.teardown(() => nc.close());
 // A replicated stream's API calls wait for its peers: on a busy machine longer than the 5 s default.
 const jsm = await jetstreamManager(nc, { timeout: 20_000 });
 const log = createLogger('intake-replicas-test', 'silent');
+// As the dispatcher calls it at start (app.ts): an API request left unanswered while the cluster
+// rescales the stream (nats-server 2.9, once in CI even with 20 s) is asked again.
 const ensure = (replicas: number) =>
-  ensureIntake(jsm, { ackWaitMs: 30_000, maxAckPending: 1000, replicas, log });
+  retry(() => ensureIntake(jsm, { ackWaitMs: 30_000, maxAckPending: 1000, replicas, log }), {
+    retries: 10,
+    minMs: 250,
+    maxMs: 4_000,
+    retryable: isJetStreamForming,
+  });
 
 /** The copies of the stream and of its consumer that the cluster has placed (leader included). */
 async function copies(m: JetStreamManager): Promise<{ stream: number; consumer: number }> {
