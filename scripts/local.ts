@@ -295,7 +295,6 @@ export async function startLocalNats(
   }
 }
 
-/** Runs a process and resolves once something accepts connections on `port`; refuses a taken port. */
 /** The database of the stack's own PostgreSQL (startLocalPostgres). */
 export const localDatabaseUrl = (secrets: Record<string, string | undefined>, port: number): string =>
   `postgres://postgres:${secrets['PGPASSWORD']}@127.0.0.1:${port}/toolbus`;
@@ -308,6 +307,7 @@ const portTaken = (port: number, what: string, variable: string) =>
       `or set ${variable} to a free port (a second stack needs its own TOOLBUS_DIR and ports: README).`,
   );
 
+/** Runs a process and resolves once something accepts connections on `port`; refuses a taken port. */
 async function startServer(
   what: string,
   port: number,
@@ -335,36 +335,34 @@ async function startServer(
   }
 }
 
-/** redis-server on loopback with the generated password, keeping nothing on disk (an accelerator). */
-export function startLocalRedis(
+/**
+ * redis-server on loopback with the generated password, keeping nothing on disk (an accelerator).
+ * Its settings are in a file only this user reads (`.toolbus/redis.conf`, 0600), not on its command
+ * line: /proc/<pid>/cmdline is readable by every local user, and Redis rewrites its process title
+ * only after it has started.
+ */
+export async function startLocalRedis(
   setup: LocalSetup,
   port: number,
   onLine: (line: string) => void,
 ): Promise<ChildProcess> {
   const bin = process.env['REDIS_SERVER_BIN'] ?? 'redis-server';
-  return startServer(
-    'Redis',
-    port,
-    {
-      command: bin,
-      args: [
-        '--port',
-        String(port),
-        '--bind',
-        '127.0.0.1',
-        '--requirepass',
-        setup.secrets.REDIS_PASSWORD,
-        '--save',
-        '',
-        '--appendonly',
-        'no',
-        '--dir',
-        setup.dir,
-      ],
-    },
-    onLine,
-    'TOOLBUS_REDIS_PORT',
+  const conf = join(setup.dir, 'redis.conf');
+  await writeFile(
+    conf,
+    [
+      `port ${port}`,
+      'bind 127.0.0.1',
+      `requirepass ${JSON.stringify(setup.secrets.REDIS_PASSWORD)}`,
+      'save ""',
+      'appendonly no',
+      `dir ${JSON.stringify(setup.dir)}`,
+      '',
+    ].join('\n'),
+    { mode: 0o600 },
   );
+  await chmod(conf, 0o600); // a file left by an older Toolbus keeps its mode through writeFile
+  return startServer('Redis', port, { command: bin, args: [conf] }, onLine, 'TOOLBUS_REDIS_PORT');
 }
 
 /**

@@ -5,11 +5,14 @@
  * nothing listens, or a NATS without JetStream, it stops with the reason a service gave.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { freePort, waitForPort } from '../test/support/ports.ts';
 import { createTestDatabase } from '../test/support/postgres.ts';
 import { startNats, startRedis } from '../test/support/processes.ts';
+import { natsServerBinary, parseEnv } from './local.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 
@@ -178,11 +181,35 @@ t.test(
       TOOLBUS_POSTGRES_PORT: String(postgresPort),
       TOOLBUS_REDIS_PORT: String(redisPort),
     };
-    const first = await npmStart(t, env);
+    // The first start runs its servers through scripts that note their command lines.
+    const argvLog = join(dir, 'argv.log');
+    const spy = async (name: string, real: string) => {
+      const path = join(dir, `${name}-spy.sh`);
+      await writeFile(path, `#!/bin/sh\nprintf '%s\\n' "$*" >> '${argvLog}'\nexec ${real} "$@"\n`, {
+        mode: 0o755,
+      });
+      return path;
+    };
+    const first = await npmStart(t, {
+      ...env,
+      REDIS_SERVER_BIN: await spy('redis', 'redis-server'),
+      NATS_SERVER_BIN: await spy('nats', natsServerBinary()),
+    });
     await until('it was running', () => first.output().includes('Ctrl-C stops everything.'), first);
     const run = commandAfter(first.output(), 'Run a tool as "demo":');
     const ran = JSON.parse(await sh(run)) as { status: string; executionId: string };
     t.equal(ran.status, 'completed', 'a tool ran');
+    // Every local user can read every process's command line (a server that rewrites its process
+    // title still shows it while it starts): no server may be given a secret there.
+    const secrets = Object.values(parseEnv(await readFile(join(dir, 'secrets.env'), 'utf8')));
+    t.ok(secrets.length >= 3, 'the stack generated its secrets');
+    const lines = [...(await readFile(argvLog, 'utf8')).split('\n').filter(Boolean)];
+    t.equal(lines.length, 2, 'nats-server and redis-server started through the spies');
+    for (const pid of await readdir('/proc')) {
+      if (/^\d+$/.test(pid)) lines.push(await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => ''));
+    }
+    const leaks = lines.filter((line) => secrets.some((secret) => line.includes(secret)));
+    t.strictSame(leaks, [], 'no command line, at start or now, holds a generated secret');
     first.child.kill('SIGINT');
     t.equal(await first.exited, 0, 'the first stopped cleanly');
 
