@@ -408,7 +408,21 @@ class PostgresEventStore implements EventStore {
     );
   }
 
-  async *readAll(options: ReadAllOptions = {}): AsyncIterable<RecordedEvent> {
+  readAll(options: ReadAllOptions = {}): AsyncIterable<RecordedEvent> {
+    return this.readAllAs(options, undefined);
+  }
+
+  readAllText(options: ReadAllOptions = {}): AsyncIterable<RecordedEventText> {
+    return this.readAllAs(
+      options,
+      JSON_AS_TEXT,
+    ) as AsyncIterable<unknown> as AsyncIterable<RecordedEventText>;
+  }
+
+  private async *readAllAs(
+    options: ReadAllOptions,
+    types: pg.CustomTypesConfig | undefined,
+  ): AsyncIterable<RecordedEvent> {
     const forwards = (options.direction ?? 'forwards') === 'forwards';
     const from = options.fromPosition ?? (forwards ? 'start' : 'end');
     const start: Position =
@@ -426,13 +440,14 @@ class PostgresEventStore implements EventStore {
         // The first page includes the starting position; the next ones start after the last row.
         const op = forwards ? (first ? '>=' : '>') : first ? '<=' : '<';
         return this.pool
-          .query<Row>(
-            `select ${COLUMNS} from toolbus_events
+          .query<Row>({
+            text: `select ${COLUMNS} from toolbus_events
               where (tx_id, seq) ${op} ($1::text::xid8, $2::bigint)
                 and tx_id < pg_snapshot_xmin(pg_current_snapshot())
               order by tx_id ${order}, seq ${order} limit $3`,
-            [at.commit.toString(), at.prepare.toString(), limit],
-          )
+            values: [at.commit.toString(), at.prepare.toString(), limit],
+            ...(types ? { types } : {}),
+          })
           .then((r) => r.rows);
       },
       positionOf,

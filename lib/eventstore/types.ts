@@ -113,6 +113,8 @@ export interface EventStore {
    */
   readStreamText?(stream: string, options?: ReadStreamOptions): AsyncIterable<RecordedEventText>;
   readAll(options?: ReadAllOptions): AsyncIterable<RecordedEvent>;
+  /** Optional: the events `readAll` gives, their JSON left as text (see `readStreamText`; a rebuild). */
+  readAllText?(options?: ReadAllOptions): AsyncIterable<RecordedEventText>;
   /**
    * The events of `stream` appended with `key` (see `EventData.key`), in revision order; empty
    * when there are none. Costs what those events cost, not what the stream holds: PostgreSQL reads

@@ -38,8 +38,8 @@ export function checkRecorded(recorded: WireEvent): Checked {
   return parsed.ok ? { ...parsed, hash: eventHash(parsed.event) } : parsed;
 }
 
-/** `checkRecorded` of an event read as text: its JSON parsed first (here, or on a worker thread). */
-export function checkText(recorded: WireText): Checked {
+/** An event read as text with its JSON parsed, or why it does not parse. */
+function fromText(recorded: WireText): WireEvent | { ok: false; reason: string } {
   let data: unknown;
   let metadata: unknown;
   try {
@@ -53,11 +53,24 @@ export function checkText(recorded: WireText): Checked {
     };
   }
   const { id, type, streamId, revision } = recorded;
-  return checkRecorded({ id, type, streamId, revision, data: data as Json, metadata: metadata as Json });
+  return { id, type, streamId, revision, data: data as Json, metadata: metadata as Json };
+}
+
+/** `parseRecorded` of an event read as text: its JSON parsed first (here, or on a worker thread). */
+export function parseText(recorded: WireText): Parsed {
+  const event = fromText(recorded);
+  return 'ok' in event ? event : parseRecorded(event);
+}
+
+/** `checkRecorded` of an event read as text. */
+export function checkText(recorded: WireText): Checked {
+  const event = fromText(recorded);
+  return 'ok' in event ? event : checkRecorded(event);
 }
 
 export type EventTask =
   | { kind: 'parse'; events: WireEvent[] }
+  | { kind: 'parse-text'; events: WireText[] }
   | { kind: 'check'; events: WireEvent[] }
   | { kind: 'check-text'; events: WireText[] };
 
@@ -66,6 +79,8 @@ export function handleEventTask(task: EventTask): Parsed[] | Checked[] {
   switch (task.kind) {
     case 'parse':
       return task.events.map(parseRecorded);
+    case 'parse-text':
+      return task.events.map(parseText);
     case 'check':
       return task.events.map(checkRecorded);
     case 'check-text':
@@ -100,6 +115,11 @@ export class EventThreads {
     this.tasks++;
     // A Checked is a Parsed with a hash: the pool's answer type covers both tasks.
     return this.pool.run({ kind: 'parse', events: wire(events) });
+  }
+
+  parseText(events: readonly RecordedEventText[]): Promise<Parsed[]> {
+    this.tasks++;
+    return this.pool.run({ kind: 'parse-text', events: wire(events) });
   }
 
   check(events: readonly RecordedEvent[]): Promise<Checked[]> {

@@ -18,7 +18,7 @@ import {
   type Checked,
   type EventThreads,
 } from '../../lib/threads/events.ts';
-import { BloomFilter } from './bloom.ts';
+import { BloomFilter } from '../../lib/bloom.ts';
 import type { Checkpoint } from './checkpoint.ts';
 
 /**

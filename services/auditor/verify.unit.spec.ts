@@ -9,7 +9,7 @@ import {
 } from '../../contracts/index.ts';
 import type { RecordedEvent } from '../../lib/eventstore/types.ts';
 import { toEventData } from '../../lib/toolEvents.ts';
-import { BloomFilter } from './bloom.ts';
+import { BloomFilter } from '../../lib/bloom.ts';
 import { executionEvents } from './testkit.ts';
 import {
   ChainVerifier,

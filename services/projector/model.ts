@@ -164,8 +164,24 @@ export function metricsToolOf(row: Pick<ExecutionRow, 'tool' | 'version' | 'erro
   return row.tool;
 }
 
-/** Every string in a decider state made storable (see `storable`): the state is kept as jsonb. */
+/** A string `storable` may change (a surrogate, even a paired one, sends it the long way). */
+// eslint-disable-next-line no-control-regex -- NUL is what jsonb refuses
+const UNSTORABLE = /[\u0000\ud800-\udfff]/;
+
+/**
+ * Every string in a decider state made storable (see `storable`): the state is kept as jsonb. A
+ * state with nothing to change (almost every one) is returned as it is, not copied: it is built
+ * per event, on the projector's and the rebuild's hot path.
+ */
 function storableState(state: DeciderState): DeciderState {
+  const needsWork = (v: unknown): boolean => {
+    if (typeof v === 'string') return UNSTORABLE.test(v);
+    if (Array.isArray(v)) return v.some(needsWork);
+    if (v !== null && typeof v === 'object') {
+      for (const k in v) if (needsWork((v as Record<string, unknown>)[k])) return true;
+    }
+    return false;
+  };
   const walk = (v: unknown): unknown => {
     if (typeof v === 'string') return storable(v);
     if (Array.isArray(v)) return v.map(walk);
@@ -173,7 +189,7 @@ function storableState(state: DeciderState): DeciderState {
       return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]));
     return v;
   };
-  return walk(state) as DeciderState;
+  return needsWork(state) ? (walk(state) as DeciderState) : state;
 }
 
 /**
@@ -458,7 +474,10 @@ export const emptyReadModels = (): ReadModels => ({
   skipped: [],
 });
 
-const skippedRow = (recorded: RecordedEvent, reason: string): SkippedRow => ({
+/** What a skipped event's row records of it (its JSON aside: it may be read as text). */
+type StoredAt = Pick<RecordedEvent, 'streamId' | 'revision' | 'position' | 'id' | 'type' | 'created'>;
+
+const skippedRow = (recorded: StoredAt, reason: string): SkippedRow => ({
   streamId: recorded.streamId,
   revision: recorded.revision,
   position: formatPosition(recorded.position),
@@ -478,7 +497,7 @@ export function incomingFromRecorded(recorded: RecordedEvent): Incoming {
 }
 
 /** The same, from the event parsed elsewhere (`parseRecorded`, on a worker thread in a rebuild). */
-export function incomingFromParsed(recorded: RecordedEvent, parsed: Parsed): Incoming {
+export function incomingFromParsed(recorded: StoredAt, parsed: Parsed): Incoming {
   if (!parsed.ok) return { ok: false, row: skippedRow(recorded, parsed.reason) };
   return {
     ok: true,

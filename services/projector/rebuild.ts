@@ -10,6 +10,7 @@ import {
   parsePosition,
   type EventStore,
   type RecordedEvent,
+  type RecordedEventText,
 } from '../../lib/eventstore/types.ts';
 import { createLogger } from '../../lib/log.ts';
 import { ensureCheckpoint, readCheckpoint, rebuildLockKey, writeCheckpoint } from './checkpoint.ts';
@@ -17,8 +18,13 @@ import { ProjectorStoreEnv } from './config.ts';
 import { LIVE_SCHEMA, PROJECTION_NAME, projectorMigrations } from './migrations.ts';
 import type { Log } from './runner.ts';
 import { incomingFromParsed, incomingFromRecorded, type Incoming } from './model.ts';
-import { sharedEventThreads, THREADED_FROM_EVENTS, type EventThreads } from '../../lib/threads/events.ts';
-import { applyBatch, qualified } from './sql.ts';
+import {
+  parseText,
+  sharedEventThreads,
+  THREADED_FROM_EVENTS,
+  type EventThreads,
+} from '../../lib/threads/events.ts';
+import { applyBatch, qualified, SoleWriterRows } from './sql.ts';
 import { openEventStore } from './store.ts';
 
 /** Where a rebuild builds, and where the replaced model waits to be dropped. */
@@ -36,6 +42,11 @@ export interface RebuildOptions {
    * (EVENT_THREADS, lib/threads/events.ts).
    */
   threads?: EventThreads | null;
+  /**
+   * How many of the rows it wrote the rebuild keeps in memory (sql.ts `SoleWriterRows`), so that
+   * applying a batch rarely reads its rows back from the new schema. Default 20,000.
+   */
+  rememberedRows?: number;
 }
 
 export interface RebuildResult {
@@ -44,6 +55,8 @@ export interface RebuildResult {
   /** The checkpoint the new model was swapped in at. */
   position: string | null;
   durationMs: number;
+  /** Rows looked up in the new schema: those the rebuild no longer remembered (`rememberedRows`). */
+  rowsReadBack: number;
 }
 
 export class RebuildBusyError extends Error {
@@ -83,12 +96,14 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
 
     let position: string | null = null;
     let events = 0;
+    // The new schema is the rebuild's alone until the swap: what it wrote, it need not read back.
+    const known = new SoleWriterRows(options.rememberedRows);
     const inOwnTransaction = async (batch: Incoming[]) => {
       const client = await pool.connect();
       try {
         // Short transactions: an open one holds back the event store's visibility horizon.
         await client.query('begin');
-        await applyBatch(client, BUILD_SCHEMA, batch);
+        await applyBatch(client, BUILD_SCHEMA, batch, known);
         await client.query('commit');
       } catch (e) {
         await client.query('rollback').catch(() => undefined);
@@ -119,7 +134,7 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
           position,
           live.position,
           batchSize,
-          (batch) => applyBatch(client, BUILD_SCHEMA, batch).then(() => undefined),
+          (batch) => applyBatch(client, BUILD_SCHEMA, batch, known).then(() => undefined),
           threads,
         );
         position = r.position ?? position;
@@ -137,7 +152,7 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
     }
     // Readers still inside a query on the old tables finish first: the drop waits for them.
     await pool.query(`drop schema if exists ${OLD_SCHEMA} cascade`);
-    const result = { events, position, durationMs: Date.now() - started };
+    const result = { events, position, durationMs: Date.now() - started, rowsReadBack: known.counts.read };
     log?.info(result, 'read models rebuilt and swapped in');
     return result;
   } finally {
@@ -177,7 +192,7 @@ export async function copySchemaStructure(
  * `apply` in batches, parsed. Batches are applied one at a time, in order; while one is written,
  * the next ones are read and parsed (with threads, one per thread at a time). Returns the last position applied and how many events.
  */
-async function project(
+function project(
   store: EventStore,
   after: string | null,
   upTo: string | null,
@@ -185,14 +200,51 @@ async function project(
   apply: (batch: Incoming[]) => Promise<void>,
   threads: EventThreads | null,
 ): Promise<{ position: string | null; events: number }> {
+  const from = { fromPosition: after === null ? ('start' as const) : parsePosition(after) };
+  // With threads, the JSON is left as text where the store can: the threads parse it, and a
+  // string costs this thread little to pass on (where it would parse, then copy, the objects).
+  if (threads && store.readAllText)
+    return projectFrom(store.readAllText(from), after, upTo, batchSize, apply, {
+      here: (events) => events.map((e) => incomingFromParsed(e, parseText(e))),
+      threads: async (events) => {
+        const parsed = await threads.parseText(events);
+        return events.map((e, i) => incomingFromParsed(e, parsed[i]!));
+      },
+      pool: threads,
+    });
+  return projectFrom(store.readAll(from), after, upTo, batchSize, apply, {
+    here: (events) => events.map(incomingFromRecorded),
+    threads: async (events) => {
+      const parsed = await threads!.parse(events);
+      return events.map((e, i) => incomingFromParsed(e, parsed[i]!));
+    },
+    pool: threads,
+  });
+}
+
+/** How a batch of stored events becomes Incoming: in this thread, or on the worker threads. */
+interface Parsing<E> {
+  here: (events: E[]) => Incoming[];
+  threads: (events: E[]) => Promise<Incoming[]>;
+  pool: EventThreads | null;
+}
+
+async function projectFrom<E extends RecordedEvent | RecordedEventText>(
+  read: AsyncIterable<E>,
+  after: string | null,
+  upTo: string | null,
+  batchSize: number,
+  apply: (batch: Incoming[]) => Promise<void>,
+  parsing: Parsing<E>,
+): Promise<{ position: string | null; events: number }> {
   const limit = upTo === null ? null : parsePosition(upTo);
-  let batch: RecordedEvent[] = [];
+  let batch: E[] = [];
   let last: string | null = null;
   let events = 0;
-  const parse = parser(threads);
+  const parse = parser(parsing);
   // Batches parsed and waiting to be written, in order: with threads, one per thread and one more
   // (so each thread has a batch while one is written); without, the one being written.
-  const depth = threads ? threads.size + 1 : 1;
+  const depth = parsing.pool ? parsing.pool.size + 1 : 1;
   const queued: Array<Promise<void>> = [];
   let writing: Promise<void> = Promise.resolve();
   const flush = async () => {
@@ -215,7 +267,7 @@ async function project(
     if (queued.length > depth) await queued.shift(); // an older batch written (or its failure, thrown here)
   };
   try {
-    for await (const e of store.readAll({ fromPosition: after === null ? 'start' : parsePosition(after) })) {
+    for await (const e of read) {
       if (after !== null && formatPosition(e.position) === after) continue;
       if (limit && comparePositions(e.position, limit) > 0) break;
       if (!e.streamId.startsWith(USER_STREAM_PREFIX)) continue;
@@ -236,7 +288,8 @@ async function project(
  * have started, and in this thread until then or without threads. Both give the same Incoming. The
  * threads are started once THREADED_FROM_EVENTS events have been parsed here.
  */
-function parser(threads: EventThreads | null): (events: RecordedEvent[]) => Promise<Incoming[]> {
+function parser<E>(parsing: Parsing<E>): (events: E[]) => Promise<Incoming[]> {
+  const threads = parsing.pool;
   let started = false;
   let parsedHere = 0;
   const start = () =>
@@ -249,10 +302,9 @@ function parser(threads: EventThreads | null): (events: RecordedEvent[]) => Prom
       // A short rebuild (a test, a young store) never pays for starting the threads.
       if (parsedHere < THREADED_FROM_EVENTS && (parsedHere += events.length) >= THREADED_FROM_EVENTS)
         void start();
-      return events.map(incomingFromRecorded);
+      return parsing.here(events);
     }
-    const parsed = await threads.parse(events);
-    return events.map((e, i) => incomingFromParsed(e, parsed[i]!));
+    return parsing.threads(events);
   };
 }
 

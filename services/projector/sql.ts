@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { BloomFilter } from '../../lib/bloom.ts';
 import { emptyHistogram, LATENCY_BUCKETS } from './histogram.ts';
 import { LIVE_SCHEMA } from './migrations.ts';
 import {
@@ -160,33 +161,146 @@ const rowToJson = <R>(spec: TableSpec<R>, row: R): Record<string, unknown> =>
 const recordsetType = <R>(spec: TableSpec<R>, names: string[] = spec.columns.map((c) => c.name)): string =>
   names.map((n) => `${n} ${spec.columns.find((c) => c.name === n)!.type}`).join(', ');
 
+/** A row's key as one string: its table and key columns' values. */
+function keyString<R>(spec: TableSpec<R>, values: unknown[]): string {
+  return `${spec.table}\u0000${values.join('\u0000')}`;
+}
+const keyOfKey = <R>(spec: TableSpec<R>, key: Record<string, unknown>): string =>
+  keyString(
+    spec,
+    spec.key.map((name) => key[name]),
+  );
+const keyOfRow = <R>(spec: TableSpec<R>, row: R): string =>
+  keyString(
+    spec,
+    spec.key.map((name) => row[spec.columns.find((c) => c.name === name)!.field]),
+  );
+
+/**
+ * What the only writer of a schema knows of its rows without reading them back: the rows it wrote
+ * last (up to `capacity`, the least recently written forgotten first) and, in a Bloom filter, the key
+ * of every row it ever wrote. A rebuild owns its fresh schema until the swap, so a row remembered
+ * here is the row, a key the filter never saw has no row, and only a forgotten row (or a false
+ * "maybe" of the filter) is read from the table: most batches read nothing before they write.
+ *
+ * It holds only while every batch applied with it commits; a rebuild abandons it with a failed batch.
+ * The rows are the model's own objects (a batch mutates them as it applies events).
+ */
+export class SoleWriterRows {
+  private readonly rows = new Map<string, unknown>();
+  private readonly written: BloomFilter;
+  /** Keys answered from memory and keys read from the table, for tests and logs. */
+  readonly counts = { remembered: 0, absent: 0, read: 0 };
+
+  constructor(
+    readonly capacity = 20_000,
+    filterBytes = 4 * 1024 * 1024,
+  ) {
+    this.written = new BloomFilter(filterBytes);
+  }
+
+  /** The row, `null` when it certainly does not exist, `undefined` when only the table knows. */
+  lookup(key: string): unknown {
+    const row = this.rows.get(key);
+    if (row !== undefined) {
+      this.counts.remembered++;
+      return row;
+    }
+    if (!this.written.mightContain(key)) {
+      this.counts.absent++;
+      return null;
+    }
+    this.counts.read++;
+    return undefined;
+  }
+
+  remember(key: string, row: unknown): void {
+    this.rows.delete(key);
+    this.rows.set(key, row);
+    this.written.add(key);
+    if (this.rows.size > this.capacity) this.rows.delete(this.rows.keys().next().value!);
+  }
+}
+
 /** Rows of `spec` whose key is among `keys` (objects with the key columns). */
 async function loadByKeys<R>(
   db: Queryable,
   schema: string,
   spec: TableSpec<R>,
   keys: Array<Record<string, unknown>>,
+  known?: SoleWriterRows,
 ): Promise<R[]> {
-  if (keys.length === 0) return [];
+  const found: R[] = [];
+  let ask = keys;
+  if (known) {
+    ask = [];
+    for (const key of keys) {
+      const row = known.lookup(keyOfKey(spec, key));
+      if (row === undefined) ask.push(key);
+      else if (row !== null) found.push(row as R);
+    }
+  }
+  if (ask.length === 0) return found;
   const { rows } = await db.query<Record<string, unknown>>(
     `select t.* from ${qualified(schema, spec.table)} t
        join jsonb_to_recordset($1::jsonb) as k(${recordsetType(spec, spec.key)}) using (${spec.key.join(', ')})`,
-    [JSON.stringify(keys)],
+    [JSON.stringify(ask)],
   );
-  return rows.map((r) => rowFromDb(spec, r));
+  for (const r of rows) found.push(rowFromDb(spec, r));
+  return found;
 }
 
-/** Inserts or replaces whole rows. */
-async function upsert<R>(db: Queryable, schema: string, spec: TableSpec<R>, rows: R[]): Promise<void> {
-  if (rows.length === 0) return;
+/** A data-modifying statement that inserts or replaces whole rows given as a jsonb array in `param`. */
+function upsertStatement<R>(schema: string, spec: TableSpec<R>, param: string): string {
   const names = spec.columns.map((c) => c.name);
   const updates = names.filter((n) => !spec.key.includes(n)).map((n) => `${n} = excluded.${n}`);
-  await db.query(
-    `insert into ${qualified(schema, spec.table)} (${names.join(', ')})
-     select ${names.join(', ')} from jsonb_to_recordset($1::jsonb) as x(${recordsetType(spec)})
-     on conflict (${spec.key.join(', ')}) do update set ${updates.join(', ')}`,
-    [JSON.stringify(rows.map((r) => rowToJson(spec, r)))],
-  );
+  return `insert into ${qualified(schema, spec.table)} (${names.join(', ')})
+     select ${names.join(', ')} from jsonb_to_recordset(${param}::jsonb) as x(${recordsetType(spec)})
+     on conflict (${spec.key.join(', ')}) do update set ${updates.join(', ')}`;
+}
+
+/** One table's rows to write; `write` keeps the rows' type tied to their table's. */
+interface Write {
+  spec: TableSpec<unknown>;
+  rows: unknown[];
+}
+const write = <R>(spec: TableSpec<R>, rows: R[]): Write => ({
+  spec: spec as TableSpec<unknown>,
+  rows,
+});
+
+/**
+ * Writes a batch's rows in one statement (one round trip, one parse): each table's upsert a
+ * data-modifying WITH query of it, the skipped events inserted where they were not already.
+ */
+async function writeRows(
+  db: Queryable,
+  schema: string,
+  writes: Write[],
+  skipped: SkippedRow[],
+): Promise<void> {
+  const statements: string[] = [];
+  const params: string[] = [];
+  const json = <R>(spec: TableSpec<R>, rows: R[]) => JSON.stringify(rows.map((r) => rowToJson(spec, r)));
+  for (const w of writes) {
+    if (w.rows.length === 0) continue;
+    params.push(json(w.spec, w.rows));
+    statements.push(upsertStatement(schema, w.spec, `$${params.length}`));
+  }
+  if (skipped.length > 0) {
+    params.push(json(SKIPPED, skipped));
+    statements.push(
+      `insert into ${qualified(schema, SKIPPED.table)} (${SKIPPED.columns.map((c) => c.name).join(', ')})
+       select * from jsonb_to_recordset($${params.length}::jsonb) as x(${recordsetType(SKIPPED)})
+       on conflict (stream_id, revision) do nothing`,
+    );
+  }
+  if (statements.length === 0) return;
+  if (statements.length === 1) {
+    await db.query(statements[0]!, params);
+    return;
+  }
+  await db.query(`with ${statements.map((sql, i) => `w${i} as (${sql})`).join(', ')} select 1`, params);
 }
 
 export interface BatchOutcome {
@@ -203,6 +317,7 @@ export async function applyBatch(
   db: pg.ClientBase,
   schema: string,
   incoming: Incoming[],
+  known?: SoleWriterRows,
 ): Promise<BatchOutcome> {
   const executionIds = new Set<string>();
   const userIds = new Set<string>();
@@ -217,12 +332,14 @@ export async function applyBatch(
     schema,
     EXECUTIONS,
     [...executionIds].map((id) => ({ execution_id: id })),
+    known,
   );
   const users = await loadByKeys(
     db,
     schema,
     USER_ACTIVITY,
     [...userIds].map((id) => ({ user_id: id })),
+    known,
   );
   for (const r of executions) state.executions.set(r.executionId, r);
   for (const r of users) state.users.set(r.userId, r);
@@ -252,12 +369,13 @@ export async function applyBatch(
       samples.map((s) => [minuteKey(s.tool, s.minute), { tool: s.tool, minute: s.minute }]),
     );
     const tools = new Set(samples.map((s) => s.tool));
-    const m = await loadByKeys(db, schema, TOOL_MINUTE, [...minuteKeys.values()]);
+    const m = await loadByKeys(db, schema, TOOL_MINUTE, [...minuteKeys.values()], known);
     const tt = await loadByKeys(
       db,
       schema,
       TOOL_TOTAL,
       [...tools].map((tool) => ({ tool })),
+      known,
     );
     for (const r of m)
       minutes.set(minuteKey(r.tool, r.minute!), { ...r, latencyHistogram: padded(r.latencyHistogram) });
@@ -271,28 +389,20 @@ export async function applyBatch(
   }
 
   const touchedUsers = new Set([...touched].map((id) => state.executions.get(id)!.userId));
-  await upsert(
-    db,
-    schema,
-    EXECUTIONS,
-    [...touched].map((id) => state.executions.get(id)!),
-  );
-  await upsert(
-    db,
-    schema,
-    USER_ACTIVITY,
-    [...touchedUsers].map((id) => state.users.get(id)!),
-  );
-  await upsert(db, schema, TOOL_MINUTE, [...minutes.values()]);
-  await upsert(db, schema, TOOL_TOTAL, [...totals.values()]);
-  if (outcome.skipped.length > 0) {
-    await db.query(
-      `insert into ${qualified(schema, SKIPPED.table)} (${SKIPPED.columns.map((c) => c.name).join(', ')})
-       select * from jsonb_to_recordset($1::jsonb) as x(${recordsetType(SKIPPED)})
-       on conflict (stream_id, revision) do nothing`,
-      [JSON.stringify(outcome.skipped.map((r) => rowToJson(SKIPPED, r)))],
-    );
-  }
+  const writes = [
+    write(
+      EXECUTIONS,
+      [...touched].map((id) => state.executions.get(id)!),
+    ),
+    write(
+      USER_ACTIVITY,
+      [...touchedUsers].map((id) => state.users.get(id)!),
+    ),
+    write(TOOL_MINUTE, [...minutes.values()]),
+    write(TOOL_TOTAL, [...totals.values()]),
+  ];
+  await writeRows(db, schema, writes, outcome.skipped);
+  if (known) for (const w of writes) for (const row of w.rows) known.remember(keyOfRow(w.spec, row), row);
   return outcome;
 }
 

@@ -21,6 +21,7 @@ import {
   type EventStore,
   type Json,
   type Position,
+  type ReadAllOptions,
   type ReadStreamOptions,
   type RecordedEvent,
   type Subscription,
@@ -991,6 +992,42 @@ export function eventStoreConformance(
         [],
         'a missing stream reads as empty',
       );
+    });
+
+    t.test('readAllText, where the store has it: the events readAll gives, JSON as text', async (t) => {
+      if (!store.readAllText) {
+        t.pass(`the ${store.kind} store reads parsed events only`);
+        return;
+      }
+      const s = stream('alltext');
+      const batch = events(5);
+      // One append: its events are next to each other in the global order.
+      await store.append(s, batch, 'no_stream');
+      const stored = await collect(store.readStream(s));
+      const first = stored[0]!;
+      const last = stored[4]!;
+      await readAllMineUntil(first.position, ids(batch));
+      const options: ReadAllOptions[] = [
+        { fromPosition: first.position, maxCount: 5 },
+        { direction: 'backwards', fromPosition: last.position, maxCount: 3 },
+      ];
+      for (const o of options) {
+        const parsed = await collect(store.readAll(o));
+        const text = await collect(store.readAllText(o));
+        t.ok(
+          text.every((e) => typeof e.data === 'string' && typeof e.metadata === 'string'),
+          `JSON as text, ${o.direction ?? 'forwards'}`,
+        );
+        t.strictSame(
+          text.map((e) => ({
+            ...e,
+            data: JSON.parse(e.data) as unknown,
+            metadata: JSON.parse(e.metadata) as unknown,
+          })),
+          parsed,
+          `the same events, ${o.direction ?? 'forwards'}`,
+        );
+      }
     });
   });
 }
