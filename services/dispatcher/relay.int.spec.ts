@@ -1,10 +1,13 @@
 import { randomUUID } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { pino } from 'pino';
 import t from 'tap';
 import { subjects, type Notification } from '../../contracts/index.ts';
 import { signToken } from '../../lib/auth.ts';
 import { loadConfig } from '../../lib/config.ts';
 import { createPostgresEventStore } from '../../lib/eventstore/postgres.ts';
+import type { RecordedEvent, SubscribeOptions, Subscription } from '../../lib/eventstore/types.ts';
 import { connectNats } from '../../lib/nats.ts';
 import { readUserEvents, recordExecution } from '../../test/support/events.ts';
 import { createTestDatabase } from '../../test/support/postgres.ts';
@@ -189,3 +192,65 @@ t.test(
     t.equal(heard.seen.length, after.length, 'no event published twice');
   },
 );
+
+t.test('a relay keeps no event it has relayed: its memory does not grow with the history', async (t) => {
+  // The store's subscription as the relay reads it, each event it hands out watched by a WeakRef.
+  const handedOut: Array<WeakRef<RecordedEvent>> = [];
+  const watched = new Proxy(store, {
+    get(target, key) {
+      if (key !== 'subscribe') return bound(target, key);
+      return (options: SubscribeOptions): Subscription => {
+        const subscription = target.subscribe(options);
+        return new Proxy(subscription, {
+          get(s, k) {
+            if (k !== Symbol.asyncIterator) return bound(s, k);
+            return () => {
+              const it = s[Symbol.asyncIterator]();
+              return {
+                next: async () => {
+                  const r = await it.next();
+                  if (!r.done) handedOut.push(new WeakRef(r.value));
+                  return r;
+                },
+                return: async (value?: unknown) => (await it.return?.(value)) ?? { done: true, value },
+              };
+            };
+          },
+        });
+      };
+    },
+  });
+  const r = new EventRelay({
+    store: watched,
+    nc,
+    connectionString: db.url,
+    log,
+    name: 'memory',
+    lockPollMs: 100,
+    checkpointMs: 50,
+  });
+  await r.start();
+  t.teardown(() => r.close());
+  await waitFor('the relay active', () => r.state === 'active', WAIT_MS);
+  const u = user();
+  const heard = listen(u);
+  t.teardown(() => heard.stop());
+  for (let i = 0; i < 100; i++) await recordExecution(store, u);
+  await waitFor('300 events relayed', () => heard.seen.length >= 300, WAIT_MS);
+
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  await new Promise((resolve) => setImmediate(resolve));
+  gc();
+  const alive = handedOut.filter((ref) => ref.deref() !== undefined).length;
+  t.ok(handedOut.length >= 300, `the relay read the events (${handedOut.length})`);
+  t.ok(
+    alive <= 10,
+    `after a collection, at most the last few events are still held (${alive} of ${handedOut.length})`,
+  );
+});
+
+function bound(target: object, key: string | symbol): unknown {
+  const value: unknown = Reflect.get(target, key);
+  return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+}

@@ -291,8 +291,22 @@ export class EventRelay {
       filter: { streamPrefixes: [this.options.streamPrefix ?? USER_STREAM_PREFIX] },
     });
     const iterator = subscription[Symbol.asyncIterator]();
-    const stopped = new Promise<'stopped'>((resolve) => (this.stopFollowing = () => resolve('stopped')));
-    if (this.closed || !this.holding) this.stopFollowing?.();
+    // Each read gets its own way to be stopped. Racing every read against one promise that lives as
+    // long as the relay left a handler on that promise per event, each holding its event: every
+    // event relayed stayed in memory (about 1.5 KB each, found under load).
+    let stopRequested = false;
+    let wake: (() => void) | null = null;
+    this.stopFollowing = () => {
+      stopRequested = true;
+      wake?.();
+    };
+    if (this.closed || !this.holding) this.stopFollowing();
+    const nextOrStopped = () =>
+      new Promise<IteratorResult<RecordedEvent> | 'stopped'>((resolve, reject) => {
+        if (stopRequested) return resolve('stopped');
+        wake = () => resolve('stopped');
+        iterator.next().then(resolve, reject);
+      }).finally(() => (wake = null));
     // Events read and not yet handed to NATS: published together at the next turn of the event
     // loop, so that a burst costs one socket write instead of one per event (the client writes
     // what was published before its next microtask checkpoint, and every event read is one).
@@ -334,7 +348,7 @@ export class EventRelay {
     };
     try {
       while (!this.closed && this.holding) {
-        const next = await Promise.race([iterator.next(), stopped]);
+        const next = await nextOrStopped();
         if (next === 'stopped') break;
         if (next.done) throw new Error('the store subscription ended');
         queued.push(next.value);
