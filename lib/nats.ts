@@ -99,8 +99,8 @@ export const natsUrlForLog = (url: string): string =>
     .join(',');
 
 /**
- * Connects as `credentials` and keeps reconnecting for ever: a NATS restart is an interruption,
- * not an end. `url` may name several servers, comma-separated (a cluster's nodes): it connects to
+ * Connects as `credentials` and keeps reconnecting for ever: a NATS restart, or a server too busy
+ * to authenticate a reconnect in time, is an interruption, not an end. `url` may name several servers, comma-separated (a cluster's nodes): it connects to
  * one of them and moves to another when that one is lost. The connection's inbox prefix is
  * `_INBOX.<identity>`, the only inbox its identity may subscribe to on a server with Toolbus's
  * authorization.
@@ -118,6 +118,10 @@ export async function connectNats(
         name,
         maxReconnectAttempts: -1,
         reconnectTimeWait: 250,
+        // nats.js gives up reconnecting after two authentication errors in a row, and a server too
+        // busy to read the CONNECT in time (its "Authentication Timeout") is one: under overload,
+        // connections closed for good. A refused identity keeps failing and the service stays not ready.
+        ignoreAuthErrorAbort: true,
         pingInterval: 5_000,
         inboxPrefix: inboxPrefixOf(identity),
         ...authenticatorOf(credentials),

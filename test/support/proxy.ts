@@ -7,7 +7,8 @@ import { createServer, connect, type Socket } from 'node:net';
  */
 export type ProxyMode =
   | { kind: 'pass' }
-  | { kind: 'delay'; ms: number }
+  /** `upstream`: only what clients send is delayed (a server slow to read, not to answer). */
+  | { kind: 'delay'; ms: number; only?: 'upstream' }
   | { kind: 'stall' }
   | { kind: 'reset' }
   | { kind: 'blackhole' };
@@ -27,13 +28,14 @@ export async function startProxy(
   const pairs = new Set<[Socket, Socket]>();
   const stalled: Array<() => void> = [];
 
-  const forward = (from: Socket, to: Socket) => {
+  const forward = (from: Socket, to: Socket, upstream: boolean) => {
     from.on('data', (chunk: Buffer) => {
       const send = () => to.writable && to.write(chunk);
       switch (mode.kind) {
         case 'pass':
           return send();
         case 'delay':
+          if (mode.only === 'upstream' && !upstream) return send();
           return void setTimeout(send, mode.ms);
         case 'stall':
           return void stalled.push(send);
@@ -58,8 +60,8 @@ export async function startProxy(
     };
     client.on('error', end).on('close', end);
     upstream.on('error', end).on('close', end);
-    forward(client, upstream);
-    forward(upstream, client);
+    forward(client, upstream, true);
+    forward(upstream, client, false);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();
