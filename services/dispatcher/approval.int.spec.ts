@@ -330,3 +330,75 @@ t.test("a worker's tool announces its rule, and the dispatcher holds its calls t
   t.equal(approve.statusCode, 200);
   t.match(await big, { status: 'completed', result: { moved: 5000 } }, 'approved: it runs on the worker');
 });
+
+t.test(
+  'who may not decide a wait learns nothing of it: the same 404 as an execution that never waited',
+  async (t) => {
+    const h = await harness(t, { APPROVAL_RECHECK_MS: '200', RATE_LIMIT_BURST: '100' });
+    const d = await h.start();
+    const kim = await h.token('kim');
+    const args = { text: 'is anyone waiting?' };
+    const executionId = executionIdFor('kim', 'leak-1');
+    const answer = h.agent.execute('guarded_echo', args, {
+      token: kim,
+      requestId: 'leak-1',
+      timeoutMs: 60_000,
+    });
+    await eventually(
+      async () => (await h.events('kim')).some((e) => e.type === 'ToolApprovalRequested'),
+      30_000,
+      'the wait',
+    );
+    const decide = async (id: string, kind: 'approve' | 'deny', token: string, payload: object) => {
+      const r = await d.app.inject({
+        method: 'POST',
+        url: `/executions/${id}/${kind}`,
+        headers: { authorization: `Bearer ${token}` },
+        payload,
+      });
+      return { status: r.statusCode, body: r.json<{ error?: { code: string; message: string } }>() };
+    };
+    const hash = argsHash(args);
+    const unknownId = executionIdFor('kim', 'never-asked');
+    const unknown = await decide(unknownId, 'approve', await h.token('bob'), { argsHash: hash });
+    t.equal(unknown.status, 404, 'an execution that never waited: 404');
+    const asUnknown = (r: typeof unknown, id: string) => ({
+      status: r.status,
+      body: JSON.parse(JSON.stringify(r.body).replaceAll(id, unknownId)) as unknown,
+    });
+    for (const [who, roles] of [
+      ['bob', ['user']],
+      ['ivy', ['finance']],
+      ['kim', ['user']],
+    ] as const) {
+      const token = await h.token(who, [...roles]);
+      for (const kind of ['approve', 'deny'] as const) {
+        const r = await decide(executionId, kind, token, { argsHash: hash, reason: 'curious' });
+        t.same(
+          asUnknown(r, executionId),
+          unknown,
+          `${who} (${roles.join(', ')}) asks to ${kind}: the same 404`,
+        );
+      }
+    }
+
+    // Who may decide it is told as before: a wrong hash, their own call, then the approval.
+    const other = await decide(executionId, 'approve', await h.token('bob', ['approver']), {
+      argsHash: argsHash({ text: 'something else' }),
+    });
+    t.match(other, { status: 409, body: { error: { code: 'HASH_MISMATCH' } } }, 'an approver: 409');
+    const self = await decide(executionId, 'approve', await h.token('kim', ['user', 'approver']), {
+      argsHash: hash,
+    });
+    t.match(
+      self,
+      { status: 403, body: { error: { code: 'SELF_APPROVAL' } } },
+      'the requester as approver: 403',
+    );
+    const byAdmin = await decide(executionId, 'approve', await h.token('ada', ['admin']), { argsHash: hash });
+    t.equal(byAdmin.status, 200, 'an admin approves');
+    t.match(await answer, { status: 'completed' }, 'and it runs');
+    const late = await decide(executionId, 'deny', await h.token('bob'), { argsHash: hash, reason: 'x' });
+    t.same(asUnknown(late, executionId), unknown, 'once decided, still a 404 for who may not decide it');
+  },
+);

@@ -6,13 +6,14 @@ import {
   DecisionError,
   DenyBody,
   httpStatusOfCode,
+  isAdmin,
   type ApprovalsPage,
   type DecisionErrorCode,
   type ExecutionCommand,
   type Principal,
 } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
-import { CursorError, refOfWait, type ApprovalWaits } from './approvals.ts';
+import { CursorError, refOfWait, type ApprovalWait, type ApprovalWaits } from './approvals.ts';
 import { handleExecution } from './commands.ts';
 import type { DispatcherMetrics } from './metrics.ts';
 import { executionView } from './routes.ts';
@@ -107,7 +108,9 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     const { executionId } = params.data;
 
     const wait = await deps.waits.find(executionId);
-    if (!wait) return fail(reply, 404, 'NOT_FOUND', `no execution ${executionId} asked for approval`);
+    // Who may not decide it learns nothing of it: not that it waits, nor whose it is.
+    if (!wait || !mayDecide(principal, wait))
+      return fail(reply, 404, 'NOT_FOUND', `no execution ${executionId} asked for approval`);
     const execution = await deps.streams.load(refOfWait(wait));
     const now = deps.now().toISOString();
     const approver = {
@@ -154,6 +157,13 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
   app.post('/executions/:executionId/approve', decide('approve'));
   app.post('/executions/:executionId/deny', decide('deny'));
 }
+
+/**
+ * Whether the caller holds one of the roles the wait asked for (admins always do): the decider
+ * judges the rest (self-approval, hash, state, deadline).
+ */
+const mayDecide = (principal: Principal, wait: ApprovalWait): boolean =>
+  isAdmin(principal) || wait.approverRoles.some((r) => principal.roles.includes(r));
 
 const expired = (execution: Execution): boolean =>
   execution.state.status === 'failed' && execution.state.code === 'APPROVAL_EXPIRED';

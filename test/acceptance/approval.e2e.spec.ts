@@ -135,8 +135,8 @@ t.test('approval over the real services', async (t) => {
 
     const hash = argsHash(args);
     const byCarol = await http(s, 'POST', `/executions/${id}/approve`, carol, { argsHash: hash });
-    t.equal(byCarol.status, 403, 'no approver role: 403');
-    t.equal(byCarol.body.error.code, 'NOT_AN_APPROVER');
+    t.equal(byCarol.status, 404, 'no approver role: 404, as if it never waited');
+    t.equal(byCarol.body.error.code, 'NOT_FOUND');
     const bySelf = await http(s, 'POST', `/executions/${id}/approve`, aliceApprover, { argsHash: hash });
     t.equal(bySelf.status, 403, 'the requester approving their own call: 403');
     t.equal(bySelf.body.error.code, 'SELF_APPROVAL');
