@@ -10,6 +10,7 @@ import {
   looksLikeExecutionId,
   LIMITS,
   REQUEST_HEADERS,
+  RequestId,
   subjects,
   type CancelRequest,
   type JsonObject,
@@ -149,6 +150,13 @@ export async function submitRequest(
   o: SubmitOptions,
 ): Promise<AgentAnswer> {
   const { userId, requestId } = o;
+  // Not a request id (a line break, say, which no NATS header can carry): refused as the dispatcher
+  // refuses it (VALIDATION, no request id), not reported as a publish that failed and might succeed.
+  const id = RequestId.safeParse(requestId);
+  if (!id.success) {
+    const message = id.error.issues.map((i) => `requestId: ${i.message}`).join('; ');
+    return { ...unrecordedFailure(requestId, { code: 'VALIDATION', message }), requestId: null };
+  }
   // The server lets this connection publish requests only under its own identity, and read only
   // its own inbox; the dispatcher answers only to that inbox.
   const agentId = connectionIdentity(nc);

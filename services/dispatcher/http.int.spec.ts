@@ -93,6 +93,35 @@ t.test('HTTP API', async (t) => {
     t.match(deep.json(), { status: 'failed', error: { code: 'VALIDATION' } });
   });
 
+  t.test('a request id with a line break is a bad request (400), not an overload to retry', async (t) => {
+    for (const requestId of ['x\ny', 'x\r\ny', 'x\r']) {
+      const res = await post(alice, { requestId, tool: 'noop', args: {} });
+      t.equal(res.statusCode, 400, `${JSON.stringify(requestId)}: 400`);
+      t.notOk(res.headers['retry-after'], 'nothing to retry');
+      t.match(
+        res.json(),
+        {
+          status: 'failed',
+          requestId: null,
+          error: { code: 'VALIDATION', message: /request id must match/ },
+        },
+        'VALIDATION, saying what a request id is',
+      );
+      // The agent client (NATS) is answered the same, rather than failing to publish.
+      const answer = await h.agent.execute('noop', {}, { token: alice, requestId, timeoutMs: 10_000 });
+      t.match(
+        answer,
+        {
+          status: 'failed',
+          requestId: null,
+          error: { code: 'VALIDATION', message: /request id must match/ },
+        },
+        'the agent client: the same refusal',
+      );
+    }
+    t.notMatch(h.logs.text, /not accepted by the intake/, 'nothing logged as an intake failure');
+  });
+
   t.test('POST /executions: 401 without a valid token', async (t) => {
     const none = await post(null, { tool: 'noop', args: {} });
     t.equal(none.statusCode, 401);
