@@ -14,7 +14,7 @@ import { ApprovalWaits } from './approvals.ts';
 import { destructiveDefaultOf, type DispatcherConfig } from './config.ts';
 import { startExpirySweep, type ExpirySweep } from './expiry.ts';
 import { Dispatcher } from './dispatcher.ts';
-import { Guard } from './guard.ts';
+import { Guard, REDIS_OUTAGE_LOG_INTERVAL_MS, RedisOutageLog } from './guard.ts';
 import { retry } from '../../lib/retry.ts';
 import { defaultUserSlots, ensureIntake, isJetStreamForming, startIntake, type Intake } from './intake.ts';
 import { serveLiveness } from './liveness.ts';
@@ -39,6 +39,8 @@ export interface StartOptions {
   /** Stream-level and timing knobs for tests. */
   pullExpiresMs?: number;
   progressIntervalMs?: number;
+  /** At most one line per this while Redis stays down (default `REDIS_OUTAGE_LOG_INTERVAL_MS`). */
+  redisLogIntervalMs?: number;
 }
 
 export interface RunningDispatcher {
@@ -184,6 +186,8 @@ export async function startDispatcher(
       cleanup.push(() => r.close());
       relay = r;
     }
+    // One line per outage of Redis and per interval, not one per failed call (guard.ts).
+    const outage = new RedisOutageLog(log, options.redisLogIntervalMs ?? REDIS_OUTAGE_LOG_INTERVAL_MS);
     const guard = new Guard(
       redis,
       {
@@ -193,9 +197,12 @@ export async function startDispatcher(
         cacheTtlSec: config.CACHE_TTL_SEC,
         answerTtlSec: config.IDEMPOTENCY_TTL_SEC,
       },
-      (op, e) => {
-        metrics.redisErrors.inc({ op });
-        log.warn({ op, err: e }, 'redis unavailable; continuing without it');
+      {
+        failed: (op, e) => {
+          metrics.redisErrors.inc({ op });
+          outage.failed(op, e);
+        },
+        succeeded: () => outage.succeeded(),
       },
     );
     // Approvals waiting, listed in PostgreSQL (approvals.ts); the deadlines are enforced from it.

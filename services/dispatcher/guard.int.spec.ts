@@ -1,11 +1,13 @@
 /**
  * The per-user rate limit judges a request by when its agent sent it (JetStream's timestamp), so
- * that a backlog admitted in one burst after an outage is not turned into refusals.
+ * that a backlog admitted in one burst after an outage is not turned into refusals. While Redis is
+ * down, its failed calls are logged per outage and interval, not per call.
  */
 import t from 'tap';
 import { createRedis } from '../../lib/redis.ts';
 import { startRedis } from '../../test/support/processes.ts';
-import { Guard } from './guard.ts';
+import { Guard, RedisOutageLog } from './guard.ts';
+import { eventually } from './test/harness.ts';
 
 const server = await startRedis(t);
 const redis = createRedis(server.url);
@@ -16,7 +18,7 @@ const errors: string[] = [];
 const guard = new Guard(
   redis,
   { ratePerSec: 2, burst: 2, userConcurrency: 1000, cacheTtlSec: 60, answerTtlSec: 60 },
-  (op, e) => errors.push(`${op}: ${e.message}`),
+  { failed: (op, e) => errors.push(`${op}: ${e.message}`), succeeded: () => undefined },
 );
 
 const admitAll = async (user: string, sentAts: (number | undefined)[]) => {
@@ -64,3 +66,60 @@ t.test('a request sent earlier than the last one judged gets no refill from the 
   const kinds = await admitAll('late', [now - 1_000, now - 1_000, now - 20_000, now - 20_000]);
   t.same(kinds, ['go', 'go', 'rate_limited', 'rate_limited']);
 });
+
+t.test(
+  'Redis down for long: a line per interval counting the calls left out, one when it is back',
+  async (t) => {
+    const own = await startRedis(t);
+    const client = createRedis(own.url);
+    t.teardown(() => client.disconnect());
+    if (client.status !== 'ready') await new Promise((resolve) => client.once('ready', resolve));
+    const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+    const log = {
+      warn: (fields: Record<string, unknown>, msg: string) => lines.push({ level: 'warn', msg, fields }),
+      info: (fields: Record<string, unknown>, msg: string) => lines.push({ level: 'info', msg, fields }),
+    };
+    let clock = 0; // the test's clock: only it moves time on
+    const outage = new RedisOutageLog(log, 10_000, () => clock);
+    const g = new Guard(
+      client,
+      { ratePerSec: 1000, burst: 1000, userConcurrency: 1000, cacheTtlSec: 60, answerTtlSec: 60 },
+      outage,
+    );
+    const peekMany = (n: number) =>
+      Promise.all(Array.from({ length: n }, (_, i) => g.peek('ola', `r-${i}`))).then((r) =>
+        r.map((p) => p.kind),
+      );
+    t.same(await peekMany(5), Array(5).fill('none'), 'Redis answers');
+    t.same(lines, [], 'nothing logged');
+
+    await own.kill('SIGKILL');
+    t.same(await peekMany(200), Array(200).fill('unavailable'), 'then fails every call');
+    t.equal(lines.length, 1, 'one line for 200 failed calls');
+    t.match(lines[0], { level: 'warn', msg: /^redis unavailable/, fields: { op: 'peek', err: Error } });
+
+    clock += 9_999;
+    await peekMany(50);
+    t.equal(lines.length, 1, 'none more within the interval');
+    clock += 1;
+    await peekMany(50);
+    t.equal(lines.length, 2, 'one more once the interval has passed');
+    t.match(lines[1], {
+      level: 'warn',
+      msg: 'redis still unavailable; 249 failed calls not logged since the last line',
+      fields: { unlogged: 249, failures: 251, downMs: 10_000 },
+    });
+
+    await own.start();
+    await eventually(
+      async () => (await g.peek('ola', 'r-0')).kind === 'none',
+      30_000,
+      'Redis to answer again',
+    );
+    t.equal(lines.length, 3, 'one line when it is back');
+    t.match(lines[2], { level: 'info', msg: 'redis answers again' });
+    const { failures, unlogged } = lines[2]!.fields as { failures: number; unlogged: number };
+    t.ok(failures >= 300, `counting every failed call of the outage (${failures})`);
+    t.equal(unlogged, failures - 251, 'and those no line counted yet');
+  },
+);

@@ -127,6 +127,93 @@ type AdmitFn = (
 
 type TakeSlotFn = (slotsKey: string, ...args: string[]) => Promise<string>;
 
+/** While Redis stays down, at most one log line per this (see `RedisOutageLog`). */
+export const REDIS_OUTAGE_LOG_INTERVAL_MS = 10_000;
+
+/** Told of every Redis call the guard makes: each one that failed, and each one that answered. */
+export interface RedisHealth {
+  failed(op: string, error: Error): void;
+  succeeded(): void;
+}
+
+type OutageLogger = {
+  warn(fields: Record<string, unknown>, message: string): void;
+  info(fields: Record<string, unknown>, message: string): void;
+};
+
+/**
+ * Logs an outage of Redis, not every call it fails: the first failure with its error, then at most
+ * one line per `intervalMs` with the number of failed calls not logged since the line before, and
+ * one line once Redis answers again (with the outage's count). Under load a dispatcher makes
+ * several Redis calls per request, and each fails while Redis is down; every failure is still
+ * counted in `toolbus_redis_errors_total`. A new outage within `intervalMs` of the last line waits
+ * for the next line, so a flapping Redis cannot flood the log either.
+ */
+export class RedisOutageLog implements RedisHealth {
+  private down = false;
+  /** Whether this outage has had a line yet (else its end is not worth one). */
+  private told = false;
+  private since = 0;
+  private failures = 0;
+  /** Failed calls no line has counted yet. */
+  private unlogged = 0;
+  private lastLineAt = Number.NEGATIVE_INFINITY;
+
+  constructor(
+    private readonly log: OutageLogger,
+    private readonly intervalMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  failed(op: string, error: Error): void {
+    const now = this.now();
+    if (!this.down) {
+      this.down = true;
+      this.told = false;
+      this.since = now;
+      this.failures = 0;
+    }
+    this.failures += 1;
+    if (now - this.lastLineAt < this.intervalMs) {
+      this.unlogged += 1;
+      return;
+    }
+    const every = `${Math.round(this.intervalMs / 1000)} s`;
+    if (!this.told) {
+      this.log.warn(
+        { op, err: error, unlogged: this.unlogged },
+        `redis unavailable; continuing without it (further failures: one line per ${every})`,
+      );
+    } else {
+      this.log.warn(
+        {
+          op,
+          error: error.message,
+          unlogged: this.unlogged,
+          failures: this.failures,
+          downMs: now - this.since,
+        },
+        `redis still unavailable; ${this.unlogged} failed calls not logged since the last line`,
+      );
+    }
+    this.told = true;
+    this.lastLineAt = now;
+    this.unlogged = 0;
+  }
+
+  succeeded(): void {
+    if (!this.down) return;
+    this.down = false;
+    // A blip too short to have had a line: its failures are counted in the next line.
+    if (!this.told) return;
+    this.log.info(
+      { failures: this.failures, unlogged: this.unlogged, downMs: this.now() - this.since },
+      'redis answers again',
+    );
+    this.unlogged = 0;
+  }
+}
+
 export class Guard {
   private readonly admitScript: AdmitFn;
   private readonly takeSlotScript: TakeSlotFn;
@@ -134,7 +221,7 @@ export class Guard {
   constructor(
     private readonly redis: Redis,
     private readonly limits: GuardLimits,
-    private readonly onError: (op: string, error: Error) => void,
+    private readonly health: RedisHealth,
     private readonly prefix = 'tb',
   ) {
     const name = 'toolbusAdmit';
@@ -159,9 +246,10 @@ export class Guard {
         slot,
         String(ttlMs),
       );
+      this.health.succeeded();
       return r === 'busy' ? 'busy' : 'go';
     } catch (e) {
-      this.onError('take_slot', e as Error);
+      this.health.failed('take_slot', e as Error);
       return 'unavailable';
     }
   }
@@ -194,6 +282,7 @@ export class Guard {
         String(this.limits.answerTtlSec),
         req.sentAt === undefined ? '' : String(Math.floor(req.sentAt)),
       );
+      this.health.succeeded();
       switch (kind) {
         case 'answer':
           return { kind: 'answer', answer: JSON.parse(value) as TerminalAnswer };
@@ -209,7 +298,7 @@ export class Guard {
           return { kind: 'go' };
       }
     } catch (e) {
-      this.onError('admit', e as Error);
+      this.health.failed('admit', e as Error);
       return { kind: 'unavailable' };
     }
   }
@@ -231,8 +320,9 @@ export class Guard {
       const results = (await p.exec()) ?? [];
       const failed = results.find(([err]) => err);
       if (failed?.[0]) throw failed[0];
+      this.health.succeeded();
     } catch (e) {
-      this.onError('finish', e as Error);
+      this.health.failed('finish', e as Error);
     }
   }
 
@@ -240,8 +330,9 @@ export class Guard {
   async release(userId: string, slot: string): Promise<void> {
     try {
       await this.redis.zrem(this.key(userId, 'c'), slot);
+      this.health.succeeded();
     } catch (e) {
-      this.onError('release', e as Error);
+      this.health.failed('release', e as Error);
     }
   }
 
@@ -252,11 +343,12 @@ export class Guard {
   ): Promise<{ kind: 'answer'; answer: TerminalAnswer } | { kind: 'seen' | 'none' | 'unavailable' }> {
     try {
       const value = await this.redis.get(this.answerKey(userId, requestId));
+      this.health.succeeded();
       if (value === null) return { kind: 'none' };
       if (value.startsWith('{')) return { kind: 'answer', answer: JSON.parse(value) as TerminalAnswer };
       return { kind: 'seen' };
     } catch (e) {
-      this.onError('peek', e as Error);
+      this.health.failed('peek', e as Error);
       return { kind: 'unavailable' };
     }
   }
@@ -270,8 +362,9 @@ export class Guard {
         'EX',
         this.limits.answerTtlSec,
       );
+      this.health.succeeded();
     } catch (e) {
-      this.onError('remember', e as Error);
+      this.health.failed('remember', e as Error);
     }
   }
 }

@@ -185,3 +185,63 @@ t.test('Redis stopped mid-run: executions finish, no duplicate, limits fail open
   const metrics = await d.app.metrics.metrics();
   t.match(metrics, /toolbus_redis_errors_total\{[^}]*op="admit"[^}]*\} [1-9]/, 'redis errors are counted');
 });
+
+t.test(
+  'Redis down: one log line for the outage, not one per failed call, and one when it is back',
+  async (t) => {
+    const h = await harness(t);
+    // Longer than the test: every line but the first and the last of the outage would be a repeat.
+    const d = await h.start({}, { redisLogIntervalMs: 3_600_000 });
+    const token = await h.token('lou');
+    t.match(await h.agent.execute('noop', {}, { token, requestId: 'ro-before' }), { status: 'completed' });
+    const lines = () =>
+      h.logs.lines
+        .map((l) => JSON.parse(l) as { level: number; msg: string; [k: string]: unknown })
+        .filter((l) => /^redis /.test(l.msg));
+    t.same(lines(), [], 'nothing while Redis answers');
+
+    await h.redis.kill('SIGKILL');
+    const answers = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => h.agent.execute('noop', {}, { token, requestId: `ro-${i}` })),
+    );
+    t.ok(
+      answers.every((a) => a.status === 'completed'),
+      'every request is served without Redis',
+    );
+    const failedCalls = async () => {
+      const text = await d.app.metrics.metrics();
+      return [...text.matchAll(/^toolbus_redis_errors_total\{[^}]*\} (\d+)$/gm)].reduce(
+        (sum, m) => sum + Number(m[1]),
+        0,
+      );
+    };
+    const failed = await failedCalls();
+    t.ok(failed >= 20, `the failed calls are all counted (${failed})`);
+    t.equal(lines().length, 1, `one line for ${failed} failed calls`);
+    t.match(
+      lines()[0],
+      { level: 40, msg: /^redis unavailable; continuing without it/, op: String, err: { stack: String } },
+      'a warning with the first error',
+    );
+
+    await h.redis.start();
+    let n = 0;
+    await eventually(
+      async () => {
+        await h.agent.execute('noop', {}, { token, requestId: `ro-after-${n++}` });
+        return lines().some((l) => l.msg === 'redis answers again');
+      },
+      30_000,
+      'the line saying Redis is back',
+    );
+    t.equal(lines().length, 2, 'and one line when it is back');
+    const back = lines()[1];
+    t.match(back, { level: 30, msg: 'redis answers again' });
+    t.ok(Number(back?.['failures']) >= failed, 'counting the failed calls of the outage');
+    t.equal(
+      Number(back?.['failures']),
+      Number(back?.['unlogged']) + 1,
+      'all of them but the first left out of the log',
+    );
+  },
+);
