@@ -43,7 +43,18 @@ export interface LaunchOptions {
   /** Called with each log line as it arrives. */
   onLog?: (line: LogLine) => void;
   readyTimeoutMs?: number;
+  /**
+   * Starts a service again when it crashes (exits with an error, or killed by a signal), after 1 s,
+   * doubling up to 30 s while it keeps failing (back to 1 s once it has run a minute); `kill`
+   * and `stop` are not restarted. `npm start` sets it; tests that kill services on purpose do not.
+   */
+  restart?: boolean;
 }
+
+/** The first wait before a service is started again, its doubling limit, and the run that resets it. */
+const RESTART_FIRST_MS = 1_000;
+const RESTART_MAX_MS = 30_000;
+const RESTART_RESET_AFTER_MS = 60_000;
 
 export interface RunningService {
   name: ServiceName;
@@ -67,6 +78,10 @@ export async function launchStack(options: LaunchOptions): Promise<Stack> {
   const logs: LogLine[] = [];
   const children = new Map<ServiceName, ChildProcess>();
   const services = {} as Record<ServiceName, RunningService>;
+  /** Processes this stack stopped itself (kill, stop): their exit is not a crash. */
+  const stoppedHere = new WeakSet<ChildProcess>();
+  const restarts = new Map<ServiceName, { failures: number; timer?: NodeJS.Timeout }>();
+  let stopping = false;
 
   const record = (service: ServiceName, line: string) => {
     const entry = { service, at: Date.now(), line };
@@ -90,12 +105,18 @@ export async function launchStack(options: LaunchOptions): Promise<Stack> {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     children.set(name, child);
+    const startedAt = Date.now();
     for (const stream of [child.stdout, child.stderr]) {
       createInterface({ input: stream }).on('line', (line) => record(name, line));
     }
     child.once('exit', (code, signal) => {
       if (children.get(name) === child) children.delete(name);
       record(name, `[process exited: ${signal ?? `code ${code}`}]`);
+      // A clean exit (code 0: a service that stopped on SIGINT or SIGTERM, as a terminal's Ctrl-C
+      // sends them to the whole group) is a stop; an error or a signal that killed it is a crash.
+      const crashed = signal !== null || code !== 0;
+      if (options.restart && crashed && !stopping && !stoppedHere.has(child))
+        restartLater(name, Date.now() - startedAt);
     });
     try {
       await waitReady(name, `http://127.0.0.1:${port}/health/ready`, child, options.readyTimeoutMs ?? 30_000);
@@ -113,9 +134,30 @@ export async function launchStack(options: LaunchOptions): Promise<Stack> {
     }
   };
 
+  const restartLater = (name: ServiceName, ranMs: number) => {
+    const r = restarts.get(name) ?? { failures: 0 };
+    restarts.set(name, r);
+    if (ranMs >= RESTART_RESET_AFTER_MS) r.failures = 0;
+    const waitMs = Math.min(RESTART_MAX_MS, RESTART_FIRST_MS * 2 ** r.failures);
+    r.failures++;
+    record(name, `[restarting in ${waitMs / 1000} s]`);
+    clearTimeout(r.timer);
+    r.timer = setTimeout(() => {
+      r.timer = undefined;
+      if (stopping || children.has(name)) return;
+      start(name).then(
+        () => record(name, '[restarted: ready]'),
+        // An exit before it was ready schedules the next try itself (the exit handler above).
+        (e: unknown) => record(name, `[restart: ${(e as Error).message.split('\n')[0]}]`),
+      );
+    }, waitMs);
+  };
+
   const kill = async (name: ServiceName, signal: NodeJS.Signals = 'SIGKILL') => {
     const child = children.get(name);
+    clearTimeout(restarts.get(name)?.timer);
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    stoppedHere.add(child);
     const exited = new Promise((resolve) => child.once('exit', resolve));
     child.kill(signal);
     const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
@@ -142,6 +184,8 @@ export async function launchStack(options: LaunchOptions): Promise<Stack> {
       await start(name);
     },
     stop: async () => {
+      stopping = true;
+      for (const r of restarts.values()) clearTimeout(r.timer);
       await Promise.all([...children.keys()].map((name) => kill(name, 'SIGTERM')));
     },
   };

@@ -165,6 +165,7 @@ async function main() {
     stack = await launchStack({
       services,
       env,
+      restart: true,
       serviceEnv: {
         dispatcher: seedEnv('dispatcher'),
         notifier: seedEnv('notifier'),
@@ -194,6 +195,7 @@ async function main() {
         await launchStack({
           services: DOUBLED,
           env,
+          restart: true,
           serviceEnv: { dispatcher: seedEnv('dispatcher'), notifier: seedEnv('notifier') },
           ports,
           onLog: (line) => console.log(prettyLine({ ...line, service: `${line.service}-2` })),

@@ -1,0 +1,49 @@
+import t from 'tap';
+import { freePort } from '../test/support/ports.ts';
+import { pollUntil } from '../test/support/processes.ts';
+import { launchStack } from './launcher.ts';
+
+/**
+ * The launcher as `npm start` runs it (restart on): a service that crashes is started again; one
+ * the stack stops itself is not. The console stands in for any service (it needs no other server).
+ */
+t.test('a crashed service is started again; one the stack stops is not', async (t) => {
+  const port = await freePort();
+  const stack = await launchStack({
+    services: ['console'],
+    env: { LOG_LEVEL: 'warn' },
+    ports: { console: port },
+    restart: true,
+    readyTimeoutMs: 120_000,
+  });
+  t.teardown(() => stack.stop());
+  const first = stack.services.console.process()!.pid!;
+
+  process.kill(first, 'SIGKILL'); // from outside, as an OOM killer or a person would
+  const second = await pollUntil(
+    'the console started again and ready',
+    async () => {
+      const pid = stack.services.console.process()?.pid;
+      if (pid === undefined || pid === first) return undefined;
+      const res = await fetch(`${stack.services.console.url}/health/ready`);
+      return res.ok ? pid : undefined;
+    },
+    180_000,
+  );
+  t.not(second, first, 'a new process serves');
+  t.ok(
+    stack.logs.some((l) => l.line.startsWith('[restarting in')),
+    'the log says it restarts',
+  );
+
+  await stack.kill('console');
+  // Give a restart every chance to happen (more than its first wait), then look.
+  const restartsBefore = stack.logs.filter((l) => l.line.startsWith('[restarting in')).length;
+  await new Promise((resolve) => setTimeout(resolve, 3_000));
+  t.equal(stack.services.console.process(), null, 'killed by the stack: it stays down');
+  t.equal(
+    stack.logs.filter((l) => l.line.startsWith('[restarting in')).length,
+    restartsBefore,
+    'no restart was scheduled',
+  );
+});
