@@ -1,3 +1,4 @@
+import { hash } from 'node:crypto';
 import { z } from 'zod';
 import { ErrorCode, RefusalCode } from './errors.ts';
 import { RequestId, ToolName, ToolVersion, UserId } from './ids.ts';
@@ -8,6 +9,19 @@ export const REQUEST_HEADERS = {
   authorization: 'Authorization',
   msgId: 'Nats-Msg-Id',
 } as const;
+
+/**
+ * The `Nats-Msg-Id` of a request: `<userId>:<requestId>/<16 hex of the token's SHA-256>`. JetStream
+ * drops a repeat of an id within its duplicate window, whoever publishes it: with only
+ * `<userId>:<requestId>`, any agent could publish first under another user's id and have that
+ * user's request dropped unseen. Bound to the token, the id is one only that token's holder can
+ * make; a retry with a new token of the same user is not dropped there but answered from the
+ * store, as any repeat (one execution per user and request id). The dispatcher reads the request
+ * id back from the part before `/` (`requestIdFromMsgId`), so no request id may hold a `/`.
+ */
+export function requestMsgId(userId: string, requestId: string, bareToken: string): string {
+  return `${userId}:${requestId}/${hash('sha256', bareToken).slice(0, 16)}`;
+}
 
 const NatsSubject = z.string().regex(/^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$/, 'must be a plain NATS subject');
 

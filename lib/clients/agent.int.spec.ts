@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import t, { type Test } from 'tap';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { executionIdFor, jetstream as names, LIMITS, subjects } from '../../contracts/index.ts';
@@ -42,7 +43,11 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
     t.equal(seen.length, 1, 'published on toolbus.requests.<user of the token>.<agent identity>');
     const msg = seen[0]!;
     t.equal(msg.headers?.get('Authorization'), `Bearer ${token}`);
-    t.equal(msg.headers?.get('Nats-Msg-Id'), 'alice:r-1');
+    t.equal(
+      msg.headers?.get('Nats-Msg-Id'),
+      `alice:r-1/${createHash('sha256').update(token).digest('hex').slice(0, 16)}`,
+      'Nats-Msg-Id: user, request id and a fingerprint of the token',
+    );
     const body = msg.json<Record<string, unknown>>();
     t.match(body, {
       requestId: 'r-1',

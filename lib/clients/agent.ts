@@ -11,6 +11,7 @@ import {
   LIMITS,
   REQUEST_HEADERS,
   RequestId,
+  requestMsgId,
   subjects,
   type CancelRequest,
   type JsonObject,
@@ -27,7 +28,8 @@ import { answerInboxOf, type InterimAnswer, type Waiter } from './answerInbox.ts
  *
  * The user id comes from the token (read here without verifying, only to address the request; the
  * dispatcher verifies it). The connection must come from `connectNats` (lib/nats.ts): its identity
- * names the request subject (`toolbus.requests.<user>.<agent>`) and the inbox. `Nats-Msg-Id` is `<userId>:<requestId>`, so JetStream drops a repeat
+ * names the request subject (`toolbus.requests.<user>.<agent>`) and the inbox. `Nats-Msg-Id` is
+ * `<userId>:<requestId>/<token fingerprint>` (`requestMsgId`), so JetStream drops a repeat
  * within its duplicate window; the answer then went to the first attempt's inbox, so the client
  * asks the dispatchers for it on `toolbus.answers.<userId>.<agentId>` until it is there.
  */
@@ -202,7 +204,7 @@ export async function submitRequest(
       let ack;
       try {
         ack = await js.publish(subjects.request(userId, agentId), body, {
-          msgID: `${userId}:${requestId}`,
+          msgID: requestMsgId(userId, requestId, bare(o.token)),
           headers: auth,
         });
       } catch (e) {

@@ -59,6 +59,9 @@ t.test('dispatcher settings: from the environment, and refused when wrong', asyn
 
 t.test('the request id in Nats-Msg-Id', async (t) => {
   t.equal(requestIdFromMsgId('alice:req-1', 'alice'), 'req-1');
+  t.equal(requestIdFromMsgId('alice:req-1/0123456789abcdef', 'alice'), 'req-1', 'with the token fingerprint');
+  t.equal(requestIdFromMsgId('alice:a:b/0123456789abcdef', 'alice'), 'a:b');
+  t.equal(requestIdFromMsgId('alice:/0123456789abcdef', 'alice'), undefined);
   t.equal(requestIdFromMsgId('alice:a:b', 'alice'), 'a:b', 'request ids may contain colons');
   t.equal(requestIdFromMsgId('bob:req-1', 'alice'), undefined, "another user's prefix");
   t.equal(requestIdFromMsgId('alice:', 'alice'), undefined);

@@ -45,10 +45,14 @@ export function executionIdOfDelivery(d: Delivery, userId: string): string | nul
   return typeof requestId === 'string' && isUserId(userId) ? executionIdFor(userId, requestId) : null;
 }
 
-/** `<userId>:<requestId>` -> requestId, when the prefix is the token's user and the rest a request id. */
+/**
+ * `<userId>:<requestId>/<fingerprint>` (`requestMsgId`; an older client sends no `/<fingerprint>`)
+ * -> requestId, when the prefix is the token's user and the rest a request id.
+ */
 export function requestIdFromMsgId(msgId: string | undefined, userId: string): string | undefined {
   if (!msgId || !isUserId(userId) || !msgId.startsWith(`${userId}:`)) return undefined;
-  const rest = msgId.slice(userId.length + 1);
+  const slash = msgId.indexOf('/');
+  const rest = msgId.slice(userId.length + 1, slash === -1 ? undefined : slash);
   return REQUEST_ID_PATTERN.test(rest) ? rest : undefined;
 }
 

@@ -203,6 +203,26 @@ t.test(
   },
 );
 
+t.test("a message id chosen to match another user's request does not drop that request", async (t) => {
+  // JetStream drops a repeat of a Nats-Msg-Id whoever publishes it. An agent holding only its own
+  // user's token publishes first under the ids the victim's request would have (the plain
+  // `<user>:<request>` of older clients, and one with a guessed fingerprint).
+  const requestId = `squatted-${Date.now()}`;
+  const h = headers();
+  h.set('Authorization', `Bearer ${alice}`);
+  const js = jetstream(s.nc);
+  for (const msgID of [`victim:${requestId}`, `victim:${requestId}/0123456789abcdef`]) {
+    const ack = await js.publish(
+      subjects.request('alice', connectionIdentity(s.nc)),
+      JSON.stringify({ requestId, tool: 'noop', args: {} }),
+      { headers: h, msgID },
+    );
+    t.notOk(ack.duplicate, `the squatting publish was taken (${msgID})`);
+  }
+  const answer = await s.agent.execute('noop', {}, { token: victimToken, requestId, timeoutMs: 30_000 });
+  t.equal(answer.status, 'completed', "the victim's request runs and is answered");
+});
+
 t.test("the answers service replies only into the asker's own inbox (no reflection)", async (t) => {
   const attacker = await s.connectAs('otherAgent');
   const victimInbox = inboxFor(s.nc);
