@@ -7,7 +7,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, readdirSync, statSync } from 'node:fs';
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -295,9 +295,19 @@ export async function startLocalNats(
   }
 }
 
-/** The database of the stack's own PostgreSQL (startLocalPostgres). */
-export const localDatabaseUrl = (secrets: Record<string, string | undefined>, port: number): string =>
-  `postgres://postgres:${secrets['PGPASSWORD']}@127.0.0.1:${port}/toolbus`;
+/**
+ * The database of the stack's own PostgreSQL (startLocalPostgres): through its Unix socket in
+ * `socketDir` (the file `.s.PGSQL.<port>` there), never TCP.
+ */
+export const localDatabaseUrl = (
+  secrets: Record<string, string | undefined>,
+  port: number,
+  socketDir: string,
+): string =>
+  `postgres://postgres:${secrets['PGPASSWORD']}@localhost:${port}/toolbus?host=${encodeURIComponent(socketDir)}`;
+
+/** Where the running stack's PostgreSQL has its socket directory written down (see startLocalPostgres). */
+export const postgresSocketDirFile = (dir: string): string => join(dir, 'postgres', 'socket-dir');
 
 /** A port the stack's own server needs is taken: what that most often means, and the ways out. */
 const portTaken = (port: number, what: string, variable: string) =>
@@ -314,8 +324,10 @@ async function startServer(
   command: { command: string; args: string[] },
   onLine: (line: string) => void,
   variable: string,
+  /** When it is up; default: something accepts TCP connections on `port` (which must be free). */
+  isUp?: () => Promise<boolean>,
 ): Promise<ChildProcess> {
-  if (await portOpen(port)) {
+  if (!isUp && (await portOpen(port))) {
     throw portTaken(port, what, variable);
   }
   const child = spawn(command.command, command.args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -330,7 +342,7 @@ async function startServer(
     if (child.exitCode !== null || child.signalCode !== null) {
       throw new Error(`${what} stopped at start:\n${output}`);
     }
-    if (await portOpen(port)) return child;
+    if (await (isUp ?? (() => portOpen(port)))()) return child;
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -424,6 +436,15 @@ export async function startLocalPostgres(
     execFileSync(init.command, init.args, { stdio: 'ignore' });
     await rm(pwfile, { force: true });
   }
+  // A Unix socket only, no TCP: a TCP port lets any local process hold connections at the password
+  // prompt (a minute each) until max_connections is reached and the services are turned away. The
+  // socket is in a new directory of its own, 0700 (only the server's user, and root, may connect),
+  // under /tmp with a random name (short: a socket's path has at most 107 bytes, too few under a
+  // deep checkout; random: nobody can make it first). Written down for `npm run audit`.
+  const socketDir = await mkdtemp('/tmp/toolbus-pg-');
+  if (ids) chownSync(socketDir, ids.uid, ids.gid);
+  await writeFile(postgresSocketDirFile(setup.dir), `${socketDir}\n`, { mode: 0o600 });
+  const socketFile = join(socketDir, `.s.PGSQL.${port}`);
   const child = await startServer(
     'PostgreSQL',
     port,
@@ -432,12 +453,12 @@ export async function startLocalPostgres(
       data,
       '-p',
       String(port),
-      // TCP on loopback only; no Unix socket (everything connects over TCP, and a socket's path
-      // under a deep checkout can pass the kernel's 107 bytes, which stops PostgreSQL at start).
       '-c',
-      'unix_socket_directories=',
+      `unix_socket_directories=${socketDir}`,
       '-c',
-      'listen_addresses=127.0.0.1',
+      'unix_socket_permissions=0700',
+      '-c',
+      'listen_addresses=',
       '-c',
       'synchronous_commit=on',
       '-c',
@@ -445,8 +466,13 @@ export async function startLocalPostgres(
     ]),
     onLine,
     'TOOLBUS_POSTGRES_PORT',
-  );
-  const admin = `postgres://postgres:${setup.secrets.PGPASSWORD}@127.0.0.1:${port}/postgres`;
+    async () => existsSync(socketFile),
+  ).catch(async (e: unknown) => {
+    await rm(socketDir, { recursive: true, force: true });
+    throw e;
+  });
+  child.once('exit', () => void rm(socketDir, { recursive: true, force: true }).catch(() => undefined));
+  const admin = localDatabaseUrl(setup.secrets, port, socketDir).replace('/toolbus?', '/postgres?');
   for (let i = 0; ; i++) {
     const client = new pg.Client({ connectionString: admin });
     try {
@@ -467,5 +493,5 @@ export async function startLocalPostgres(
       await client.end().catch(() => undefined);
     }
   }
-  return { process: child, url: localDatabaseUrl(setup.secrets, port) };
+  return { process: child, url: localDatabaseUrl(setup.secrets, port, socketDir) };
 }

@@ -5,7 +5,8 @@
  * nothing listens, or a NATS without JetStream, it stops with the reason a service gave.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
@@ -210,6 +211,16 @@ t.test(
     }
     const leaks = lines.filter((line) => secrets.some((secret) => line.includes(secret)));
     t.strictSame(leaks, [], 'no command line, at start or now, holds a generated secret');
+    // Its PostgreSQL takes no TCP connection (no local process can fill its slots at the password
+    // prompt): only its socket, in a directory no other user may enter.
+    const accepts = await new Promise<boolean>((resolve) => {
+      const socket = connect(postgresPort, '127.0.0.1');
+      socket.once('connect', () => (socket.destroy(), resolve(true)));
+      socket.once('error', () => resolve(false));
+    });
+    t.notOk(accepts, 'nothing listens on the PostgreSQL port over TCP');
+    const socketDir = (await readFile(join(dir, 'postgres', 'socket-dir'), 'utf8')).trim();
+    t.equal((await stat(socketDir)).mode & 0o777, 0o700, 'the socket directory is private');
     first.child.kill('SIGINT');
     t.equal(await first.exited, 0, 'the first stopped cleanly');
 
