@@ -5,10 +5,18 @@ import Fastify, {
   type FastifyRequest,
   type FastifyServerOptions,
 } from 'fastify';
+import type { Socket } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { REDACT_PATHS } from './log.ts';
 
 export type ReadinessCheck = () => Promise<void>;
+
+/**
+ * A connection must begin its first request within this many milliseconds of silence, else it is
+ * destroyed. Node's `requestTimeout` and `headersTimeout` only count once a request has begun, so
+ * without it a socket that connects and sends nothing holds a file descriptor for ever.
+ */
+export const FIRST_REQUEST_TIMEOUT_MS = 10_000;
 
 export interface HttpAppOptions {
   service: string;
@@ -16,6 +24,8 @@ export interface HttpAppOptions {
   checks?: Record<string, ReadinessCheck>;
   logLevel?: string;
   bodyLimit?: number;
+  /** Default {@link FIRST_REQUEST_TIMEOUT_MS}; shorter in tests. */
+  firstRequestTimeoutMs?: number;
   fastify?: FastifyServerOptions;
 }
 
@@ -40,6 +50,7 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
     logController: new RequestLines(),
     ...options.fastify,
   });
+  closeSilentConnections(app, options.firstRequestTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS);
   const registry = new Registry();
   registry.setDefaultLabels({ service: options.service });
   collectDefaultMetrics({ register: registry });
@@ -66,6 +77,29 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
     return reply.type(registry.contentType).send(await registry.metrics());
   });
   return app;
+}
+
+/**
+ * Destroys a connection that stays silent for `ms` before its first request begins. The socket's
+ * inactivity timeout is armed on connection and put back to the server's own (`server.timeout`, 0
+ * by default) when a request begins (Fastify's `onRequest`, which WebSocket upgrades through
+ * @fastify/websocket pass too), so long requests, event streams and WebSockets are untouched. Later
+ * silences on a kept-alive connection are Node's `keepAliveTimeout`'s.
+ */
+function closeSilentConnections(app: FastifyInstance, ms: number): void {
+  const waiting = new WeakSet<Socket>();
+  app.server.on('connection', (socket: Socket) => {
+    waiting.add(socket);
+    socket.setTimeout(ms);
+    socket.once('timeout', () => {
+      if (waiting.has(socket)) socket.destroy();
+    });
+  });
+  app.addHook('onRequest', (req, _reply, done) => {
+    const socket = req.raw.socket as Socket | undefined;
+    if (socket && waiting.delete(socket)) socket.setTimeout(app.server.timeout);
+    done();
+  });
 }
 
 /**

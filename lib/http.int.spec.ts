@@ -1,0 +1,102 @@
+import fastifyWebsocket from '@fastify/websocket';
+import { once } from 'node:events';
+import http from 'node:http';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import t from 'tap';
+import WebSocket from 'ws';
+import { createHttpApp } from './http.ts';
+
+/**
+ * Connections to an app built by createHttpApp, over real sockets: one that never begins a request
+ * is closed after the first-request timeout; requests, kept-alive connections and WebSockets that
+ * go quiet after their first request are not.
+ */
+const FIRST_REQUEST_MS = 300;
+/** How long a test waits for something that should happen after FIRST_REQUEST_MS: generous. */
+const PATIENCE_MS = 30_000;
+
+const app = createHttpApp({ service: 'test', logLevel: 'silent', firstRequestTimeoutMs: FIRST_REQUEST_MS });
+await app.register(fastifyWebsocket);
+app.get('/slow', async () => {
+  await sleep(FIRST_REQUEST_MS * 4);
+  return { slow: true };
+});
+app.get('/port', async (req) => ({ port: req.raw.socket.remotePort }));
+app.get('/echo', { websocket: true }, (socket) => {
+  socket.on('message', (data: Buffer) => socket.send(data.toString()));
+});
+await app.listen({ host: '127.0.0.1', port: 0 });
+t.teardown(() => app.close());
+const { port } = app.server.address() as AddressInfo;
+
+/** Rejects after PATIENCE_MS unless `promise` settled first. */
+async function within<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing after ${PATIENCE_MS} ms`)), PATIENCE_MS);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+t.test('a connection that never sends a byte is closed by the server', async (t) => {
+  const socket = net.connect(port, '127.0.0.1');
+  t.teardown(() => socket.destroy());
+  await once(socket, 'connect');
+  let received = 0;
+  socket.on('data', (chunk: Buffer) => (received += chunk.length));
+  socket.on('error', () => {});
+  await within(once(socket, 'close'), 'the silent socket was not closed');
+  t.equal(received, 0, 'closed without an answer');
+});
+
+t.test('a request answered after longer than the first-request timeout gets its answer', async (t) => {
+  const res = await within(fetch(`http://127.0.0.1:${port}/slow`), 'GET /slow');
+  t.equal(res.status, 200);
+  t.strictSame(await res.json(), { slow: true });
+});
+
+t.test(
+  'a kept-alive connection stays usable after a pause longer than the first-request timeout',
+  async (t) => {
+    t.ok(app.server.keepAliveTimeout > FIRST_REQUEST_MS * 4, 'the pause is within keepAliveTimeout');
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    t.teardown(() => agent.destroy());
+    const get = () =>
+      within(
+        new Promise<number>((resolve, reject) => {
+          http
+            .get({ host: '127.0.0.1', port, path: '/port', agent }, (res) => {
+              let body = '';
+              res.on('data', (c: Buffer) => (body += c.toString()));
+              res.on('end', () => resolve((JSON.parse(body) as { port: number }).port));
+            })
+            .on('error', reject);
+        }),
+        'GET /port',
+      );
+    const first = await get();
+    await sleep(FIRST_REQUEST_MS * 3);
+    const second = await get();
+    t.equal(second, first, 'the second request came over the same connection');
+  },
+);
+
+t.test('a WebSocket stays open while idle past the first-request timeout', async (t) => {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/echo`);
+  let closed = false;
+  ws.on('close', () => (closed = true));
+  await within(once(ws, 'open'), 'the WebSocket did not open');
+  await sleep(FIRST_REQUEST_MS * 4);
+  t.notOk(closed, 'still open after the idle pause');
+  ws.send('still there');
+  const [reply] = (await within(once(ws, 'message'), 'no echo')) as [Buffer];
+  t.equal(reply.toString(), 'still there', 'and it still carries messages');
+  ws.close();
+  await within(once(ws, 'close'), 'the WebSocket did not close');
+});
