@@ -85,9 +85,10 @@ export const CommonEnv = z.object({
     .string()
     .regex(/^postgres(ql)?:\/\/\S+$/, 'must be a postgres:// URL')
     .default('postgres://postgres@127.0.0.1:5432/test'),
+  /** redis:// or rediss://, or unix:///path/to/redis.sock?password=… for a Unix socket. */
   REDIS_URL: z
     .string()
-    .regex(/^rediss?:\/\/\S+$/, 'must be a redis:// URL')
+    .regex(/^(rediss?:\/\/\S+|unix:\/\/\/\S+)$/, 'must be a redis://, rediss:// or unix:/// URL')
     .default('redis://127.0.0.1:6379'),
   /** Set to use KurrentDB (EventStoreDB) as the event store; PostgreSQL otherwise. */
   KURRENTDB_URL: z

@@ -348,23 +348,29 @@ async function startServer(
 }
 
 /**
- * redis-server on loopback with the generated password, keeping nothing on disk (an accelerator).
- * Its settings are in a file only this user reads (`.toolbus/redis.conf`, 0600), not on its command
- * line: /proc/<pid>/cmdline is readable by every local user, and Redis rewrites its process title
- * only after it has started.
+ * redis-server with the generated password, keeping nothing on disk (an accelerator), on a Unix
+ * socket only (`redis-<port>.sock` in a new 0700 directory under /tmp with a random name, as the
+ * PostgreSQL's): on a TCP port any local process could open connections without the password until
+ * `maxclients` turned the services away. Its settings are in a file only this user reads
+ * (`.toolbus/redis.conf`, 0600), not on its command line: /proc/<pid>/cmdline is readable by every
+ * local user, and Redis rewrites its process title only after it has started. Resolves with the
+ * server and its `unix://` URL.
  */
 export async function startLocalRedis(
   setup: LocalSetup,
   port: number,
   onLine: (line: string) => void,
-): Promise<ChildProcess> {
+): Promise<{ process: ChildProcess; url: string }> {
   const bin = process.env['REDIS_SERVER_BIN'] ?? 'redis-server';
+  const socketDir = await mkdtemp('/tmp/toolbus-redis-');
+  const socket = join(socketDir, `redis-${port}.sock`);
   const conf = join(setup.dir, 'redis.conf');
   await writeFile(
     conf,
     [
-      `port ${port}`,
-      'bind 127.0.0.1',
+      'port 0',
+      `unixsocket ${JSON.stringify(socket)}`,
+      'unixsocketperm 700',
       `requirepass ${JSON.stringify(setup.secrets.REDIS_PASSWORD)}`,
       'save ""',
       'appendonly no',
@@ -374,8 +380,24 @@ export async function startLocalRedis(
     { mode: 0o600 },
   );
   await chmod(conf, 0o600); // a file left by an older Toolbus keeps its mode through writeFile
-  return startServer('Redis', port, { command: bin, args: [conf] }, onLine, 'TOOLBUS_REDIS_PORT');
+  const child = await startServer(
+    'Redis',
+    port,
+    { command: bin, args: [conf] },
+    onLine,
+    'TOOLBUS_REDIS_PORT',
+    async () => existsSync(socket),
+  ).catch(async (e: unknown) => {
+    await rm(socketDir, { recursive: true, force: true });
+    throw e;
+  });
+  child.once('exit', () => void rm(socketDir, { recursive: true, force: true }).catch(() => undefined));
+  return { process: child, url: localRedisUrl(setup.secrets, socket) };
 }
+
+/** The stack's own Redis (startLocalRedis) through its socket. */
+export const localRedisUrl = (secrets: Record<string, string | undefined>, socket: string): string =>
+  `unix://${socket}?password=${encodeURIComponent(secrets['REDIS_PASSWORD'] ?? '')}`;
 
 /**
  * A PostgreSQL cluster of the stack's own in `.toolbus/postgres` (initdb once), on loopback, with

@@ -211,14 +211,17 @@ t.test(
     }
     const leaks = lines.filter((line) => secrets.some((secret) => line.includes(secret)));
     t.strictSame(leaks, [], 'no command line, at start or now, holds a generated secret');
-    // Its PostgreSQL takes no TCP connection (no local process can fill its slots at the password
-    // prompt): only its socket, in a directory no other user may enter.
-    const accepts = await new Promise<boolean>((resolve) => {
-      const socket = connect(postgresPort, '127.0.0.1');
-      socket.once('connect', () => (socket.destroy(), resolve(true)));
-      socket.once('error', () => resolve(false));
-    });
-    t.notOk(accepts, 'nothing listens on the PostgreSQL port over TCP');
+    // Its PostgreSQL and Redis take no TCP connection (no local process can fill their slots
+    // without the password): only their sockets, in directories no other user may enter. (The
+    // dispatcher is ready only once Redis answers: the tool that ran went through it.)
+    const accepts = (port: number) =>
+      new Promise<boolean>((resolve) => {
+        const socket = connect(port, '127.0.0.1');
+        socket.once('connect', () => (socket.destroy(), resolve(true)));
+        socket.once('error', () => resolve(false));
+      });
+    t.notOk(await accepts(postgresPort), 'nothing listens on the PostgreSQL port over TCP');
+    t.notOk(await accepts(redisPort), 'nor on the Redis port (it too has a private socket)');
     const socketDir = (await readFile(join(dir, 'postgres', 'socket-dir'), 'utf8')).trim();
     t.equal((await stat(socketDir)).mode & 0o777, 0o700, 'the socket directory is private');
     first.child.kill('SIGINT');

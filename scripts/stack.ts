@@ -126,13 +126,12 @@ async function main() {
       databaseUrl = postgres.url;
     }
     if (redisUrl === undefined) {
-      servers.push(
-        await startLocalRedis(setup, config.TOOLBUS_REDIS_PORT, (line) => {
-          if (/# (WARNING|Failed)/.test(line) && !line.includes('overcommit'))
-            console.log(`redis      ${line}`);
-        }),
-      );
-      redisUrl = `redis://:${setup.secrets.REDIS_PASSWORD}@127.0.0.1:${config.TOOLBUS_REDIS_PORT}`;
+      const redis = await startLocalRedis(setup, config.TOOLBUS_REDIS_PORT, (line) => {
+        if (/# (WARNING|Failed)/.test(line) && !line.includes('overcommit'))
+          console.log(`redis      ${line}`);
+      });
+      servers.push(redis.process);
+      redisUrl = redis.url;
     }
   } catch (e) {
     await stopServers();
