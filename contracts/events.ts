@@ -40,15 +40,33 @@ export const EventMetadata = z.strictObject({
 });
 export type EventMetadata = z.infer<typeof EventMetadata>;
 
+/**
+ * What a ToolRequested holds in place of arguments it does not store (a refusal: the request never
+ * ran, see docs/dispatcher.md). They describe the `args` the event would otherwise hold (redacted
+ * as such: by the manifest of `tool@version`, every top-level value when `version` is null):
+ * `bytes` is the UTF-8 length of their canonical JSON, `sha256` its SHA-256 (`argsHash`). Whoever
+ * holds a copy of the arguments can check it against them; nobody can grow the store with them.
+ */
+export const OmittedArgs = z.strictObject({
+  bytes: z.number().int().nonnegative(),
+  sha256: Hash,
+});
+export type OmittedArgs = z.infer<typeof OmittedArgs>;
+
 export const ToolRequestedData = z.strictObject({
   /** The tool named by the request, as it was named (also when no such tool exists). */
   tool: z.string().min(1).max(64),
   /** The registered tool's version; null when the registry had no tool by that name and version. */
   version: z.string().max(32).nullable(),
-  /** Arguments with sensitive fields replaced by `"[REDACTED]"`. */
+  /** Arguments with sensitive fields replaced by `"[REDACTED]"`; `{}` when `argsOmitted` is set. */
   args: JsonObject,
-  /** Names of the top-level fields that were redacted (as listed in the manifest). */
+  /** Names of the top-level fields that were redacted (as listed in the manifest); `[]` when `argsOmitted` is set. */
   redacted: z.array(z.string()).default([]),
+  /**
+   * Set when the arguments were not stored (a refusal): their size and hash. Absent on every
+   * request that was admitted, and on events written before it existed.
+   */
+  argsOmitted: OmittedArgs.optional(),
 });
 /**
  * What metrics labels and per-tool read models call a tool the registry did not know (an execution

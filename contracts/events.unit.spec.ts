@@ -121,6 +121,17 @@ t.test('ToolEvent accepts the variations the contract allows', async (t) => {
   const parsed = ToolEvent.parse(noRedacted);
   t.strictSame((parsed.data as { redacted: string[] }).redacted, [], 'redacted defaults to []');
 
+  const omitted = envelope('ToolRequested');
+  Object.assign(omitted['data'] as Record<string, unknown>, {
+    args: {},
+    argsOmitted: { bytes: 262_000, sha256: 'ef'.repeat(32) },
+  });
+  t.strictSame(ToolEvent.parse(omitted), omitted, 'a request whose arguments were not stored (a refusal)');
+  for (const bad of [{ bytes: -1, sha256: 'ef'.repeat(32) }, { bytes: 2, sha256: 'x' }, { bytes: 2 }]) {
+    (omitted['data'] as Record<string, unknown>)['argsOmitted'] = bad;
+    t.notOk(ToolEvent.safeParse(omitted).success, `not argsOmitted ${JSON.stringify(bad)}`);
+  }
+
   const scalarResult = envelope('ToolCompleted');
   (scalarResult['data'] as Record<string, unknown>)['result'] = null;
   t.ok(ToolEvent.safeParse(scalarResult).success, 'a null result');

@@ -4,6 +4,7 @@ import { canonicalJson } from './chain.ts';
 import type { ErrorCode, ExecutionError } from './errors.ts';
 import type {
   CancelRequester,
+  OmittedArgs,
   ToolApprovalRequestedData,
   ToolCompletedData,
   ToolEventBody,
@@ -181,8 +182,16 @@ export const nextAttempt = (s: ExecutionState): number => (s.status === 'none' ?
  * reads the stream (the user, auditors, admins) could confirm a guess of a low-entropy sensitive
  * value against the hash. docs/decisions/0012-execution-decider.md records the choice.
  */
-export const argsHash = (args: JsonObject): string =>
-  hash('sha256', canonicalJson(args), 'hex');
+export const argsHash = (args: JsonObject): string => hash('sha256', canonicalJson(args), 'hex');
+
+/**
+ * What a ToolRequested records instead of `args` it does not store (`argsOmitted`): the UTF-8 size
+ * and `argsHash` of their canonical JSON. Pass them as the event would have held them (redacted).
+ */
+export function omitArgs(args: JsonObject): OmittedArgs {
+  const json = canonicalJson(args);
+  return { bytes: Buffer.byteLength(json, 'utf8'), sha256: hash('sha256', json, 'hex') };
+}
 
 const ms = (iso: string): number => {
   const t = Date.parse(iso);

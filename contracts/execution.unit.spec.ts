@@ -25,6 +25,7 @@ import {
   isAwaitingApproval,
   isTerminalState,
   nextAttempt,
+  omitArgs,
   type DecisionErrorCode,
   type ExecutionCommand,
   type ExecutionCommandType,
@@ -674,6 +675,27 @@ t.test('argsHash is the SHA-256 of the canonical JSON: key order does not matter
   t.equal(argsHash({ account: ARGS.account, amount: 120 }), HASH);
   t.not(argsHash({ ...ARGS, account: '[REDACTED]' }), HASH, 'the redacted form is another call');
 });
+
+t.test(
+  'omitArgs: the UTF-8 size and argsHash of the canonical JSON; Request records it as given',
+  async (t) => {
+    t.strictSame(omitArgs(ARGS), { bytes: Buffer.byteLength(JSON.stringify(ARGS)), sha256: HASH });
+    t.strictSame(
+      omitArgs({ note: 'é' }),
+      { bytes: 13, sha256: argsHash({ note: 'é' }) },
+      'bytes, not characters',
+    );
+    const summary = omitArgs({ ...ARGS, account: '[REDACTED]' });
+    const [event] = decide(
+      { type: 'Request', data: { tool: 'pay', version: '1.0.0', args: {}, argsOmitted: summary } },
+      initialState(),
+    );
+    t.strictSame(event, {
+      type: 'ToolRequested',
+      data: { tool: 'pay', version: '1.0.0', args: {}, argsOmitted: summary, redacted: [] },
+    });
+  },
+);
 
 t.test('decide and evolve leave their inputs alone', async (t) => {
   const state = foldExecution(STATE.awaiting_approval);

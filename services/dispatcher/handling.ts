@@ -6,6 +6,7 @@ import {
   type ExecutionCommand,
   type JsonObject,
   type JsonValue,
+  omitArgs,
   type ToolEvent,
   type ToolManifest,
 } from '../../contracts/index.ts';
@@ -41,7 +42,7 @@ export async function handleDelivery(
       const found = await recorded(shell, h);
       if (found) return existing(shell, h, found, undefined);
     }
-    return refuse(shell, h, refused, request?.args ?? {}, h.tool?.manifest);
+    return refuse(shell, h, refused, request?.args ?? null, h.tool?.manifest);
   }
   const tool = h.tool!;
   // Cancelled while it waited in the intake: recorded cancelled, never run.
@@ -203,16 +204,27 @@ async function recordNew(
   return runAttempt(shell, h, execution, tool!);
 }
 
-/** Records a refusal (ToolRequested + ToolFailed in one append) and answers it. */
+/**
+ * Records a refusal (ToolRequested + ToolFailed in one append) and answers it. The arguments are
+ * not stored, only their size and hash (`argsOmitted`, of the redacted form the event would have
+ * held): a refused request never runs, and whatever it carries (up to 256 KiB, and refusals are
+ * exactly what a flood gets) would otherwise grow the store at the dispatcher's pace. `args` is
+ * null when the body did not parse (nothing to summarize: `{}` as before).
+ */
 function refuse(
   shell: Shell,
   h: Handling,
   refusal: Refusal,
-  args: JsonObject,
+  args: JsonObject | null,
   manifest: ToolManifest | undefined,
 ): Promise<Disposition> {
   // Before the tool is known, every argument is treated as sensitive.
-  const { value, redacted } = redact(args, manifest ? manifest.sensitive.input : Object.keys(args));
+  const { value } = args
+    ? redact(args, manifest ? manifest.sensitive.input : Object.keys(args))
+    : { value: null };
+  const stored = value
+    ? { args: {}, redacted: [], argsOmitted: omitArgs(value) }
+    : { args: {}, redacted: [] };
   // Null when the tool was not resolved: the projector keeps such names out of per-tool models.
   const version = manifest?.version ?? null;
   const { code, message, details } = refusal;
@@ -232,7 +244,7 @@ function refuse(
     // Already recorded: a rate-limited duplicate may still finish what a dead dispatcher left.
     code === 'RATE_LIMITED' ? h.tool : undefined,
     [
-      { type: 'Request', data: { tool: manifest?.name ?? h.toolLabel, version, args: value, redacted } },
+      { type: 'Request', data: { tool: manifest?.name ?? h.toolLabel, version, ...stored } },
       { type: 'Refuse', data: details ? { code, message, details } : { code, message } },
     ],
   );

@@ -1,7 +1,19 @@
+import { randomBytes } from 'node:crypto';
 import { connectionIdentity } from '../../lib/nats.ts';
+import pg from 'pg';
 import t from 'tap';
 import { z } from 'zod';
-import { executionIdFor, LIMITS, subjects, verifyChain } from '../../contracts/index.ts';
+import {
+  argsHash,
+  canonicalJson,
+  executionIdFor,
+  LIMITS,
+  omitArgs,
+  subjects,
+  userStream,
+  verifyChain,
+  type JsonObject,
+} from '../../contracts/index.ts';
 import { defineTool } from '../../lib/tools/index.ts';
 import { eventually, harness, rawRequest, type Harness } from './test/harness.ts';
 
@@ -107,10 +119,16 @@ t.test('refusals', async (t) => {
       events.map((e) => e.type),
       ['ToolRequested', 'ToolFailed'],
     );
-    t.match(
+    t.strictSame(
       events[0]?.data,
-      { tool: 'admin_only', args: { note: '[REDACTED]' } },
-      'sensitive input redacted in a refusal too',
+      {
+        tool: 'admin_only',
+        version: '1.0.0',
+        args: {},
+        redacted: [],
+        argsOmitted: omitArgs({ note: '[REDACTED]' }),
+      },
+      'a refusal stores the size and hash of the arguments, redacted as they would have been stored',
     );
     const root = await h.token('root', ['admin']);
     const ran = await h.agent.execute('admin_only', {}, { token: root, requestId: 'adm-2' });
@@ -135,10 +153,12 @@ t.test('refusals', async (t) => {
       events.map((e) => e.type),
       ['ToolRequested', 'ToolFailed', 'ToolRequested', 'ToolFailed'],
     );
-    t.match(events[0]?.data, {
+    t.strictSame(events[0]?.data, {
       tool: 'no_such_tool',
-      args: { password: '[REDACTED]' },
-      redacted: ['password'],
+      version: null,
+      args: {},
+      redacted: [],
+      argsOmitted: omitArgs({ password: '[REDACTED]' }),
     });
     t.match(events[2]?.data, { tool: 'noop', version: null }, 'no registered tool: no version recorded');
   });
@@ -266,8 +286,27 @@ t.test('RATE_LIMITED: per-user concurrency', async (t) => {
     },
   );
   await eventually(() => executing, 10_000, 'the first execution to run');
-  const second = await h.agent.execute('noop', {}, { token, requestId: 'cc-second' });
+  const secondArgs = { pad: 'y'.repeat(50_000) };
+  const second = await h.agent.execute('echo', secondArgs, { token, requestId: 'cc-second' });
   t.match(second, { status: 'failed', error: { code: 'RATE_LIMITED', details: { limit: 'concurrency' } } });
+  const secondEvents = (await h.events('conny')).filter((e) => e.metadata.requestId === 'cc-second');
+  t.strictSame(
+    secondEvents.map((e) => [e.type, e.data]),
+    [
+      [
+        'ToolRequested',
+        {
+          tool: 'echo',
+          version: '1.0.0',
+          args: {},
+          redacted: [],
+          argsOmitted: { bytes: Buffer.byteLength(JSON.stringify(secondArgs)), sha256: argsHash(secondArgs) },
+        },
+      ],
+      ['ToolFailed', { error: second.status === 'failed' ? second.error : null, durationMs: null }],
+    ],
+    'refused for concurrency: the size and hash of the arguments, not the arguments',
+  );
   const otherUser = await h.agent.execute(
     'noop',
     {},
@@ -277,4 +316,84 @@ t.test('RATE_LIMITED: per-user concurrency', async (t) => {
   t.match(await long, { status: 'completed' });
   const third = await h.agent.execute('noop', {}, { token, requestId: 'cc-third' });
   t.equal(third.status, 'completed', 'the slot is free again once the first finished');
+});
+
+t.test('RATE_LIMITED with large arguments: the store keeps their size and hash, not them', async (t) => {
+  const h = await harness(t, { RATE_LIMIT_PER_SEC: '1', RATE_LIMIT_BURST: '2' });
+  await h.start();
+  const token = await h.token('flo');
+  // Random (incompressible) arguments of about 100 KB each, all different.
+  const sent = new Map<string, JsonObject>(
+    Array.from({ length: 24 }, (_, i) => [`big-${i}`, { i, pad: randomBytes(75_000).toString('base64') }]),
+  );
+  const answers = await Promise.all(
+    [...sent].map(([requestId, args]) => h.agent.execute('echo', args, { token, requestId })),
+  );
+  const limited = answers.filter((a) => a.status === 'failed' && a.error.code === 'RATE_LIMITED');
+  const accepted = answers.filter((a) => a.status === 'completed');
+  t.ok(limited.length >= 3, `most of them are refused (${limited.length} of ${answers.length})`);
+  t.ok(accepted.length >= 1, 'the first ones run');
+
+  const events = await h.events('flo');
+  t.equal(verifyChain(events), null, 'the chain holds');
+  const requested = (id: string) =>
+    events.find((e) => e.type === 'ToolRequested' && e.metadata.requestId === id);
+  for (const a of limited) {
+    const args = sent.get(a.requestId!)!;
+    const mine = events.filter((e) => e.metadata.requestId === a.requestId);
+    t.strictSame(
+      mine.map((e) => e.type),
+      ['ToolRequested', 'ToolFailed'],
+      `${a.requestId}: requested and failed`,
+    );
+    t.strictSame(
+      requested(a.requestId!)?.data,
+      {
+        tool: 'echo',
+        version: '1.0.0',
+        args: {},
+        redacted: [],
+        argsOmitted: { bytes: Buffer.byteLength(canonicalJson(args)), sha256: argsHash(args) },
+      },
+      `${a.requestId}: size and hash of the arguments sent, not the arguments`,
+    );
+    t.match(mine[1]?.data, { error: { code: 'RATE_LIMITED', details: { limit: 'rate' } }, durationMs: null });
+  }
+  for (const a of accepted) {
+    t.strictSame(
+      requested(a.requestId)?.data,
+      { tool: 'echo', version: '1.0.0', args: sent.get(a.requestId), redacted: [] },
+      `${a.requestId}: run, and its arguments stored in full`,
+    );
+  }
+
+  // What the refusals wrote, as PostgreSQL stores it (after TOAST compression), against what they sent.
+  const refusedIds = limited.map((a) => a.requestId!);
+  const sentBytes = refusedIds.reduce((n, id) => n + Buffer.byteLength(canonicalJson(sent.get(id)!)), 0);
+  const pool = new pg.Pool({ connectionString: h.databaseUrl, max: 1 });
+  try {
+    const { rows } = await pool.query<{ bytes: number }>(
+      `select coalesce(sum(pg_column_size(data) + pg_column_size(metadata)), 0)::int as bytes
+         from toolbus_events where stream_id = $1 and metadata->>'requestId' = any($2::text[])`,
+      [userStream('flo'), refusedIds],
+    );
+    const stored = rows[0]!.bytes;
+    t.ok(stored > 0, 'the refusals are recorded');
+    t.ok(
+      stored * 50 < sentBytes,
+      `${refusedIds.length} refusals stored ${stored} bytes for ${sentBytes} bytes of arguments`,
+    );
+  } finally {
+    await pool.end();
+  }
+
+  // A repeat of a refused request id: the same answer, nothing more recorded.
+  const first = limited[0]!;
+  const again = await h.agent.execute('echo', sent.get(first.requestId!)!, {
+    token,
+    requestId: first.requestId!,
+  });
+  t.strictSame(again, first, 'a repeat gets the first answer');
+  const after = (await h.events('flo')).filter((e) => e.metadata.requestId === first.requestId);
+  t.equal(after.length, 2, 'and records nothing');
 });

@@ -126,7 +126,15 @@ export function render(main, { id, query: params, say }) {
       h(
         'div',
         {},
-        requested ? json(requested.data.args) : h('p', { class: 'muted' }, 'Not recorded.'),
+        !requested
+          ? h('p', { class: 'muted' }, 'Not recorded.')
+          : requested.data.argsOmitted
+            ? h(
+                'p',
+                { class: 'muted' },
+                `Not stored (the request was refused): ${requested.data.argsOmitted.bytes} bytes, SHA-256 ${requested.data.argsOmitted.sha256}`,
+              )
+            : json(requested.data.args),
         requested?.data.redacted.length > 0 &&
           h('p', { class: 'muted' }, `Redacted when stored: ${requested.data.redacted.join(', ')}`),
       ),
