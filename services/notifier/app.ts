@@ -13,9 +13,9 @@ import { connectNats, natsCredentialsFromConfig, natsReady, type NatsConnection 
 import { createRedis, type Redis } from '../../lib/redis.ts';
 import { allowedOrigins, originAllowed, type NotifierConfig } from './config.ts';
 import { Hub } from './hub.ts';
-import { UnauthenticatedSockets } from './limits.ts';
+import { CatchUpReads, UnauthenticatedSockets, UserSockets } from './limits.ts';
 import { authenticate } from './protocol.ts';
-import { Session, type Admission, type SessionContext } from './session.ts';
+import { CLOSE_TRY_AGAIN_LATER, Session, type Admission, type SessionContext } from './session.ts';
 import { registerLivePage } from './static.ts';
 import { TicketRateExceededError, TicketStore, TicketsUnavailableError } from './tickets.ts';
 
@@ -35,16 +35,19 @@ export interface Notifier {
   port: number;
   /** Reads every watched user's stream for events not sent yet (also run on a timer and after a NATS reconnect). */
   checkTails(): Promise<void>;
-  /** Open sockets, and scopes with a NATS subscription: for tests and diagnostics. */
-  stats(): { sockets: number; scopes: string[] };
+  /**
+   * Open sockets, scopes with a NATS subscription, and the catch-up reads (replays, gap fills) in
+   * flight and waiting: for tests and diagnostics.
+   */
+  stats(): { sockets: number; scopes: string[]; catchUpReads: { running: number; queued: number } };
   close(): Promise<void>;
 }
 
 /** Live events queued per socket behind a replay or a gap fill before they are left to the store. */
 const MAX_QUEUE = 10_000;
 
-/** WebSocket close code for a socket refused because too many have not authenticated yet ("try again later"). */
-export const CLOSE_TRY_AGAIN_LATER = 1013;
+/** WebSocket close code for a socket refused for a while: too many unauthenticated sockets, or too many of its user's. */
+export { CLOSE_TRY_AGAIN_LATER };
 
 /**
  * Starts the notifier: HTTP (live page, POST /tickets, health, metrics) and the WebSocket
@@ -103,6 +106,11 @@ async function build(
     config.NOTIFIER_MAX_UNAUTHENTICATED,
     config.NOTIFIER_MAX_UNAUTHENTICATED_PER_ADDRESS,
   );
+  const userSockets = new UserSockets(config.NOTIFIER_MAX_SOCKETS_PER_USER);
+  const catchUp = new CatchUpReads(
+    config.NOTIFIER_MAX_CATCHUP_READS,
+    config.NOTIFIER_MAX_CATCHUP_READS_PER_USER,
+  );
   const app = createHttpApp({
     service: 'notifier',
     checks: {
@@ -133,7 +141,7 @@ async function build(
   });
   const refused = new Counter({
     name: 'toolbus_notifier_refused_total',
-    help: 'Requests refused (foreign origin, bad token, tickets unavailable, ticket rate, too many unauthenticated sockets)',
+    help: 'Requests refused (foreign origin, bad token, tickets unavailable, ticket rate, too many unauthenticated sockets, too many sockets of one user)',
     labelNames: ['reason'] as const,
     registers,
   });
@@ -171,6 +179,14 @@ async function build(
       this.set(unauthenticated.size);
     },
   });
+  new Gauge({
+    name: 'toolbus_notifier_catchup_reads_waiting',
+    help: 'Store reads of replays and gap fills waiting for their turn (NOTIFIER_MAX_CATCHUP_READS*)',
+    registers,
+    collect() {
+      this.set(catchUp.queued);
+    },
+  });
 
   const hub = new Hub(nc, store, log, { natsSubscriptions, invalidMessages, mismatched, progressDropped });
   const sessions = new Set<Session>();
@@ -187,8 +203,11 @@ async function build(
       messageBurst: config.NOTIFIER_MESSAGE_BURST,
       maxQueue: MAX_QUEUE,
       maxQueueBytes: Math.max(config.NOTIFIER_MAX_BUFFER_BYTES, 1024 * 1024),
+      maxSocketsPerUser: config.NOTIFIER_MAX_SOCKETS_PER_USER,
     },
-    metrics: { sent, closed, overflowed },
+    metrics: { sent, closed, overflowed, refused },
+    userSockets,
+    catchUp,
     onDispose: (session) => {
       if (sessions.delete(session)) connections.set(sessions.size);
     },
@@ -344,7 +363,11 @@ async function build(
     address: `http://${host}:${port}`,
     port,
     checkTails,
-    stats: () => ({ sockets: sessions.size, scopes: hub.scopeNames() }),
+    stats: () => ({
+      sockets: sessions.size,
+      scopes: hub.scopeNames(),
+      catchUpReads: { running: catchUp.running, queued: catchUp.queued },
+    }),
     async close() {
       if (closing) return;
       closing = true;

@@ -40,6 +40,15 @@ const NotifierVariables = CommonEnv.extend({
   /** Sockets that have not authenticated yet (no ticket, no auth message so far), in all and per remote address. */
   NOTIFIER_MAX_UNAUTHENTICATED: positiveInt(1_000),
   NOTIFIER_MAX_UNAUTHENTICATED_PER_ADDRESS: positiveInt(100),
+  /** Authenticated sockets one user may hold open on this notifier; beyond it a socket is closed with 1013. */
+  NOTIFIER_MAX_SOCKETS_PER_USER: positiveInt(32),
+  /**
+   * Store reads that sockets make for themselves (replays, gap fills; one page each) in flight at
+   * once, in all and per user; the others wait their turn. Keep the total below the event store's
+   * pool (10 connections) so that the feeds and the health check always find a connection.
+   */
+  NOTIFIER_MAX_CATCHUP_READS: positiveInt(4),
+  NOTIFIER_MAX_CATCHUP_READS_PER_USER: positiveInt(1),
   /** A socket without a ticket must send `{type:'auth'}` within this time. */
   NOTIFIER_AUTH_TIMEOUT_MS: positiveInt(5_000),
   /** Protocol pings; a socket that misses one pong is terminated at the next round. */

@@ -15,17 +15,19 @@ export type StoredItem = Delivery | { userId: string; revision: number; unreadab
 
 /**
  * The events of a user's stream from `fromRevision` (inclusive) up to `toRevision` (inclusive, or
- * the end), as the notifications the dispatcher publishes. An event that does not parse is
- * reported as unreadable rather than skipped silently.
+ * the end), at most `limit` of them, as the notifications the dispatcher publishes. An event that
+ * does not parse is reported as unreadable rather than skipped silently.
  */
 export async function* readNotifications(
   store: EventStore,
   userId: string,
   fromRevision: number,
   toRevision = Number.POSITIVE_INFINITY,
+  limit = Number.POSITIVE_INFINITY,
 ): AsyncGenerator<StoredItem> {
   if (toRevision < fromRevision) return;
-  const maxCount = Number.isFinite(toRevision) ? toRevision - fromRevision + 1 : undefined;
+  const count = Math.min(toRevision - fromRevision + 1, limit);
+  const maxCount = Number.isFinite(count) ? count : undefined;
   for await (const recorded of store.readStream(userStream(userId), { fromRevision, maxCount })) {
     if (recorded.revision > toRevision) return;
     yield storedItem(userId, recorded);

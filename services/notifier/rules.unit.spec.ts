@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { loadConfig } from '../../lib/config.ts';
 import { allowedOrigins, NotifierEnv, originAllowed } from './config.ts';
+import { CatchUpReads, UserSockets } from './limits.ts';
 import { classify, RateLimiter } from './ordering.ts';
 import { parseClientMessage } from './protocol.ts';
 
@@ -92,4 +93,91 @@ t.test('origins: configured list, or the notifier own', async (t) => {
     () => loadConfig(NotifierEnv, { ...KEYS, NOTIFIER_MAX_BUFFER_BYTES: '-1' }),
     /NOTIFIER_MAX_BUFFER_BYTES/,
   );
+});
+
+t.test('user sockets: at most the cap per user, places given back once', async (t) => {
+  const places = new UserSockets(2);
+  const a1 = places.enter('alice');
+  const a2 = places.enter('alice');
+  t.ok(a1 && a2);
+  t.equal(places.enter('alice'), null, 'a third socket of alice is refused');
+  t.ok(places.enter('bob'), 'another user has places of their own');
+  a1!();
+  a1!(); // a second release does not free a second place
+  t.equal(places.of('alice'), 1);
+  t.ok(places.enter('alice'), 'a freed place is taken again');
+  t.equal(places.enter('alice'), null);
+});
+
+/** A read that resolves when the test says so. */
+function pending() {
+  let finish!: (value: string) => void;
+  let fail!: (e: Error) => void;
+  const promise = new Promise<string>((resolve, reject) => ((finish = resolve), (fail = reject)));
+  return { promise, finish, fail };
+}
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+t.test('catch-up reads: one per user at a time, a few in all, the rest in arrival order', async (t) => {
+  const reads = new CatchUpReads(2, 1);
+  const started: string[] = [];
+  const run = (userId: string, name: string, p = pending()) => ({
+    ...p,
+    result: reads.run(userId, () => (started.push(name), p.promise)),
+  });
+  const a1 = run('alice', 'a1');
+  const a2 = run('alice', 'a2');
+  const a3 = run('alice', 'a3');
+  const b1 = run('bob', 'b1');
+  const c1 = run('carol', 'c1');
+  await settle();
+  t.same(started, ['a1', 'b1'], 'one of alice, and bob: the total is two; alice’s others wait, carol too');
+  t.same([reads.running, reads.queued], [2, 3]);
+
+  a1.finish('a1 done');
+  t.equal(await a1.result, 'a1 done');
+  await settle();
+  t.same(started, ['a1', 'b1', 'a2'], 'alice’s next one came first (arrival order)');
+  b1.fail(new Error('store down'));
+  await t.rejects(b1.result, /store down/, 'a failed read is the caller’s failure');
+  await settle();
+  t.same(started, ['a1', 'b1', 'a2', 'c1'], 'and frees its turn: carol goes, passing alice’s waiting one');
+  a2.finish('');
+  c1.finish('');
+  await Promise.all([a2.result, c1.result]);
+  await settle();
+  t.same(started.at(-1), 'a3');
+  a3.finish('');
+  await a3.result;
+  t.same([reads.running, reads.queued], [0, 0], 'every turn given back');
+});
+
+t.test('catch-up reads: a waiter whose socket closed is dropped without reading', async (t) => {
+  const reads = new CatchUpReads(1, 1);
+  const first = pending();
+  const one = reads.run('alice', () => first.promise);
+  let closed = false;
+  let ran = false;
+  const two = reads.run(
+    'alice',
+    async () => ((ran = true), 'read'),
+    () => closed,
+  );
+  const three = reads.run('bob', async () => 'bob read');
+  closed = true;
+  first.finish('first');
+  t.equal(await one, 'first');
+  t.equal(await two, null, 'resolved with null');
+  t.notOk(ran, 'its read never ran');
+  t.equal(await three, 'bob read', 'the next one got the turn');
+  t.equal(
+    await reads.run(
+      'carol',
+      async () => 'x',
+      () => true,
+    ),
+    null,
+    'already closed: no turn taken',
+  );
+  t.same([reads.running, reads.queued], [0, 0]);
 });

@@ -11,6 +11,7 @@ import type { EventStore } from '../../lib/eventstore/types.ts';
 import type { Logger } from '../../lib/log.ts';
 import { ALL_USERS, type FeedListener, type Hub, type Scope } from './hub.ts';
 import { classify, RateLimiter } from './ordering.ts';
+import type { CatchUpReads, UserSockets } from './limits.ts';
 import { authenticate, parseClientMessage, type Inbound } from './protocol.ts';
 import { readNotifications, type StoredItem } from './replay.ts';
 import type { Grant } from './tickets.ts';
@@ -26,6 +27,8 @@ export interface SessionLimits {
   /** Live events and progress queued behind a replay or a gap fill (count, and bytes of text); beyond either, events are read from the store later and progress is dropped. */
   maxQueue: number;
   maxQueueBytes: number;
+  /** Authenticated sockets per user (the cap is kept by `SessionContext.userSockets`; here for the message). */
+  maxSocketsPerUser: number;
 }
 
 export type CloseReason =
@@ -37,13 +40,15 @@ export type CloseReason =
   | 'slow_consumer'
   | 'internal'
   | 'shutdown'
-  | 'dead';
+  | 'dead'
+  | 'too_many_sockets';
 
 export interface SessionMetrics {
   sent: { inc(labels: { source: 'live' | 'replay' | 'gap' }): void };
   closed: { inc(labels: { reason: CloseReason }): void };
   /** Live events left to the store because a socket's queue was full. */
   overflowed: { inc(): void };
+  refused: { inc(labels: { reason: 'user_sockets' }): void };
 }
 
 export interface SessionContext {
@@ -53,8 +58,18 @@ export interface SessionContext {
   log: Logger;
   limits: SessionLimits;
   metrics: SessionMetrics;
+  /** Places for authenticated sockets, per user. */
+  userSockets: UserSockets;
+  /** Turns for the store reads of replays and gap fills. */
+  catchUp: CatchUpReads;
   onDispose(session: Session): void;
 }
+
+/** WebSocket close code for a socket refused for a while ("try again later"): too many unauthenticated sockets, or too many sockets of its user. */
+export const CLOSE_TRY_AGAIN_LATER = 1013;
+
+/** Events read from the store in one turn of a replay or a gap fill (see `CatchUpReads`). */
+const CATCH_UP_PAGE = 256;
 
 /**
  * How the socket arrived: with a redeemed ticket, with one that was refused, or with none (it must
@@ -100,6 +115,8 @@ export class Session implements FeedListener {
   /** Resolves once the user's feed has started (see `Hub.attach`); the replay waits for it. */
   private feedReady: Promise<void> = Promise.resolve();
   private releaseUnauthenticated: (() => void) | null = null;
+  /** Gives back this socket's place among its user's sockets (taken on the first good auth or ticket). */
+  private releaseUserPlace: (() => void) | null = null;
   private inbox: Promise<void> = Promise.resolve();
   private authTimer: NodeJS.Timeout | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
@@ -194,6 +211,8 @@ export class Session implements FeedListener {
     clearTimeout(this.authTimer);
     clearTimeout(this.expiryTimer);
     this.leaveUnauthenticated();
+    this.releaseUserPlace?.();
+    this.releaseUserPlace = null;
     this.detach?.();
     this.detach = null;
     this.queue = [];
@@ -276,6 +295,20 @@ export class Session implements FeedListener {
     }
     clearTimeout(this.authTimer);
     this.leaveUnauthenticated();
+    if (!this.releaseUserPlace) {
+      // The first grant of this socket (a later auth message of the same user only extends it).
+      this.releaseUserPlace = this.ctx.userSockets.enter(grant.principal.userId);
+      if (!this.releaseUserPlace) {
+        this.ctx.metrics.refused.inc({ reason: 'user_sockets' });
+        this.log = this.ctx.log.child({ userId: grant.principal.userId });
+        return this.refuse(
+          CLOSE_TRY_AGAIN_LATER,
+          'TOO_MANY_SOCKETS',
+          `this user has ${this.ctx.limits.maxSocketsPerUser} sockets open on this notifier; close one, then reconnect`,
+          'too_many_sockets',
+        );
+      }
+    }
     this.principal = grant.principal;
     this.expiresAt = grant.expiresAt;
     this.log = this.ctx.log.child({ userId: grant.principal.userId });
@@ -393,7 +426,13 @@ export class Session implements FeedListener {
         await this.feedReady;
         let after = work.afterRevision;
         if (after >= 0) {
-          const tail = (await this.ctx.store.streamInfo(userStream(work.userId)))?.revision ?? -1;
+          const info = await this.ctx.catchUp.run(
+            work.userId,
+            () => this.ctx.store.streamInfo(userStream(work.userId)),
+            () => this.closed,
+          );
+          if (this.closed) return;
+          const tail = info?.revision ?? -1;
           if (tail < after) {
             // The client knows revisions the store does not (a store rebuilt or reset): say so, and
             // continue from the store's tail so that new events are not taken for duplicates.
@@ -439,14 +478,30 @@ export class Session implements FeedListener {
     }
   }
 
-  /** Sends the user's stored events after the cursor, up to `upTo`, pacing to the client's reading. */
+  /**
+   * Sends the user's stored events after the cursor, up to `upTo`, pacing to the client's reading.
+   * The store is read a page at a time, each page in its turn among the catch-up reads (at most
+   * one per user and a few in all at once): the page is read and parsed in the turn, and sent
+   * after it, so that a socket waiting for its client holds no turn.
+   */
   private async fill(userId: string, upTo: number, source: 'replay' | 'gap'): Promise<void> {
-    const from = (this.cursors.get(userId) ?? -1) + 1;
-    for await (const item of readNotifications(this.ctx.store, userId, from, upTo)) {
-      if (this.closed) return;
-      const cursor = this.cursors.get(userId) ?? -1;
-      if (item.revision <= cursor) continue;
-      if (!(await this.deliver(item, source))) return;
+    for (;;) {
+      const from = (this.cursors.get(userId) ?? -1) + 1;
+      if (from > upTo) break;
+      const page = await this.ctx.catchUp.run(
+        userId,
+        () => collect(readNotifications(this.ctx.store, userId, from, upTo, CATCH_UP_PAGE)),
+        () => this.closed,
+      );
+      if (page === null || this.closed) return;
+      for (const item of page) {
+        if (this.closed) return;
+        const cursor = this.cursors.get(userId) ?? -1;
+        if (item.revision <= cursor) continue;
+        if (!(await this.deliver(item, source))) return;
+      }
+      // A short page is the end of the stream (or of `upTo`).
+      if (page.length < CATCH_UP_PAGE) break;
     }
     const reached = this.cursors.get(userId) ?? -1;
     if (Number.isFinite(upTo) && reached < upTo && !this.closed) {
@@ -525,6 +580,12 @@ export class Session implements FeedListener {
   private sendJson(n: Notification): void {
     this.send(JSON.stringify(n), null);
   }
+}
+
+async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
+  const all: T[] = [];
+  for await (const item of items) all.push(item);
+  return all;
 }
 
 function bytesOf(work: Work): number {
