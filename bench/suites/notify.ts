@@ -31,7 +31,12 @@ export async function notificationLatency(ctx: BenchContext): Promise<BenchResul
   const users = { bare: 'bench-notify-bare', notifier: 'bench-notify-toolbus' } as const;
   const notifier = await ctx.service('notifier', {
     role: 'notifier',
-    env: ctx.serviceEnv(db.url, { NOTIFIER_PORT: '0', LOG_LEVEL: 'warn' }),
+    // Every client is the one user's: the per-user socket cap (32 by default) raised to their number.
+    env: ctx.serviceEnv(db.url, {
+      NOTIFIER_PORT: '0',
+      LOG_LEVEL: 'warn',
+      NOTIFIER_MAX_SOCKETS_PER_USER: String(ctx.d.notifyClients),
+    }),
   });
   const broadcast = await ctx.service('ws-broadcast', {
     role: 'ws-broadcast',
@@ -126,7 +131,7 @@ export async function notificationLatency(ctx: BenchContext): Promise<BenchResul
         publish === 'relay'
           ? "Each event is appended to the user's stream (one commit); for Toolbus the dispatcher's event relay (another process's view: its own store pool, woken by NOTIFY) publishes it on events.user.<id>, for the reference the appender publishes it at once; latency runs from the end of the commit to the receipt of the frame by each client (BENCH_NOTIFY_PUBLISH=relay)."
           : "Each event is appended to the user's stream (one commit) and then published on events.user.<id>, as the dispatcher does on commit; latency runs from the end of the commit (that publish) to the receipt of the frame by each client.",
-        "Toolbus: the notifier (auth message with the user's token, subscribe from the start, then live events; default limits). Reference: a process that forwards each NATS message on the subject as a text frame to every open socket (the `ws` README broadcast), nothing else.",
+        "Toolbus: the notifier (auth message with the user's token, subscribe from the start, then live events; default limits but NOTIFIER_MAX_SOCKETS_PER_USER, raised from 32 to the number of clients). Reference: a process that forwards each NATS message on the subject as a text frame to every open socket (the `ws` README broadcast), nothing else.",
         `Receipts: Toolbus ${totals.notifier.received}/${totals.notifier.expected}, ${totals.notifier.disorder} out of order or repeated; reference ${totals.bare.received}/${totals.bare.expected}. ` +
           `Connecting 1,000 clients took ${(totals.notifier.connectMs / 1000).toFixed(1)} s with authentication and subscription (reference ${(totals.bare.connectMs / 1000).toFixed(1)} s).`,
         `p99 of each round (ms) — Toolbus: ${rounds
