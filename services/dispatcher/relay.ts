@@ -112,6 +112,11 @@ export class EventRelay {
   published = 0;
   /** The position of the last event this instance published, or read from the checkpoint. */
   position: Position | null = null;
+  /**
+   * True while it follows the store from its start (read once it holds the lock: the checkpoint, or
+   * the store's end for a relay that never ran): from then on, whatever is committed it relays.
+   */
+  following = false;
 
   constructor(private readonly options: EventRelayOptions) {
     this.name = options.name ?? RELAY_NAME;
@@ -291,6 +296,7 @@ export class EventRelay {
       filter: { streamPrefixes: [this.options.streamPrefix ?? USER_STREAM_PREFIX] },
     });
     const iterator = subscription[Symbol.asyncIterator]();
+    this.following = true;
     // Each read gets its own way to be stopped. Racing every read against one promise that lives as
     // long as the relay left a handler on that promise per event, each holding its event: every
     // event relayed stayed in memory (about 1.5 KB each, found under load).
@@ -377,6 +383,7 @@ export class EventRelay {
       }
       clearImmediate(immediate);
       this.stopFollowing = null;
+      this.following = false;
       await subscription.close();
       void iterator.return?.(undefined).catch(() => undefined);
       await pending.write;
