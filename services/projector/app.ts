@@ -18,7 +18,7 @@ export interface StartOptions {
   /** An event store to use (the caller keeps owning it); otherwise one is opened from the config. */
   store?: EventStore;
   /** Fault injection for tests (see RunnerOptions). */
-  beforeCheckpoint?: RunnerOptions['beforeCheckpoint'];
+  beforeCommit?: RunnerOptions['beforeCommit'];
 }
 
 export interface Projector {
@@ -73,7 +73,7 @@ export async function startProjector(
     batchSize: config.PROJECTION_BATCH_SIZE,
     batchWaitMs: config.PROJECTION_BATCH_WAIT_MS,
     lockPollMs: config.PROJECTOR_LOCK_POLL_MS,
-    ...(options.beforeCheckpoint ? { beforeCheckpoint: options.beforeCheckpoint } : {}),
+    ...(options.beforeCommit ? { beforeCommit: options.beforeCommit } : {}),
   });
   const lag = new LagMonitor({
     db: pool,

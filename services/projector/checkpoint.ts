@@ -6,6 +6,11 @@ export interface Checkpoint {
   /** Events applied or skipped so far. */
   events: number;
   updatedAt: Date;
+  /**
+   * The row's version: the id of the transaction that wrote it last (PostgreSQL's `xmin`). Any
+   * write changes it, also one that leaves the position where it was (a rebuild's swap can).
+   */
+  version: string | null;
 }
 
 export async function ensureCheckpoint(db: Queryable, projection: string): Promise<void> {
@@ -19,14 +24,20 @@ export async function readCheckpoint(
   projection: string,
   forUpdate = false,
 ): Promise<Checkpoint> {
-  const { rows } = await db.query<{ position: string | null; events: number; updated_at: Date }>(
-    `select position, events, updated_at from projector_checkpoints where projection = $1${forUpdate ? ' for update' : ''}`,
+  const { rows } = await db.query<{
+    position: string | null;
+    events: number;
+    updated_at: Date;
+    version: string;
+  }>(
+    `select position, events, updated_at, xmin::text as version from projector_checkpoints
+      where projection = $1${forUpdate ? ' for update' : ''}`,
     [projection],
   );
   const row = rows[0];
   return row
-    ? { position: row.position, events: Number(row.events), updatedAt: row.updated_at }
-    : { position: null, events: 0, updatedAt: new Date(0) };
+    ? { position: row.position, events: Number(row.events), updatedAt: row.updated_at, version: row.version }
+    : { position: null, events: 0, updatedAt: new Date(0), version: null };
 }
 
 export async function writeCheckpoint(

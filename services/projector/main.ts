@@ -17,7 +17,8 @@ const config = (() => {
 const log = createLogger('projector', config.LOG_LEVEL);
 
 const faultRate = config.NODE_ENV === 'test' ? config.PROJECTOR_FAULT_KILL_BEFORE_CHECKPOINT : 0;
-if (faultRate > 0) log.warn({ faultRate }, 'fault injection on: may SIGKILL itself before a checkpoint');
+if (faultRate > 0)
+  log.warn({ faultRate }, 'fault injection on: may SIGKILL itself inside a batch, before its commit');
 
 await runService(
   log,
@@ -26,7 +27,7 @@ await runService(
     startProjector(config, {
       ...(faultRate > 0
         ? {
-            beforeCheckpoint: () => {
+            beforeCommit: () => {
               if (Math.random() < faultRate) process.kill(process.pid, 'SIGKILL');
             },
           }

@@ -153,7 +153,7 @@ t.test('ready events are applied many to a transaction', async (t) => {
 });
 
 t.test(
-  'a batch that dies between its read-model write and its checkpoint leaves nothing behind',
+  'a batch that dies after writing its rows and checkpoint, before its commit, leaves nothing behind',
   async (t) => {
     let calls = 0;
     let hold: (() => void) | null = null;
@@ -164,13 +164,13 @@ t.test(
       t,
       {},
       {
-        beforeCheckpoint: async () => {
+        beforeCommit: async () => {
           calls++;
           if (calls === 1) {
             reached!();
-            await held; // the rows are written, the checkpoint is not: look from outside
+            await held; // the rows and the checkpoint are written, not committed: look from outside
           }
-          if (calls <= 4 || calls % 3 === 0) throw new Error('injected crash before the checkpoint');
+          if (calls <= 4 || calls % 3 === 0) throw new Error('injected crash before the commit');
         },
       },
     );
@@ -240,6 +240,34 @@ t.test('the lag rises while the runner is paused and falls to zero when it resum
   );
   await assertEqualsReplay(t, p, store);
 });
+
+t.test(
+  'a checkpoint someone else wrote, even at the same position, rolls the next batch back; it goes on from the stored one',
+  async (t) => {
+    const { store, start } = await setup(t);
+    await writeSome(store, 3);
+    const p = await start();
+    await waitForCatchUp(p.pool, store);
+    await p.runner.pause();
+    const before = await readCheckpoint(p.pool, PROJECTION_NAME);
+    // What a rebuild's swap that ended where the live projector stood leaves: the same position,
+    // written by another transaction (the read models behind it may be other tables).
+    await p.pool.query('update projector_checkpoints set updated_at = now() where projection = $1', [
+      PROJECTION_NAME,
+    ]);
+    const after = await readCheckpoint(p.pool, PROJECTION_NAME);
+    t.equal(after.position, before.position, 'the position did not move');
+    t.not(after.version, before.version, 'the version did');
+    p.runner.resume();
+    await writeSome(store, 4, 'v');
+    const c = await assertEqualsReplay(t, p, store);
+    t.ok(
+      (metricValue(await metricsText(p), 'toolbus_projector_batch_failures_total') ?? 0) >= 1,
+      'the batch after the foreign write was rolled back',
+    );
+    t.equal(c.checkpointEvents, c.replayedEvents, 'no event counted twice');
+  },
+);
 
 t.test('one active instance: the second stands by and takes over when the first stops', async (t) => {
   const { store, start } = await setup(t);

@@ -8,7 +8,7 @@ import {
 } from '../../lib/eventstore/types.ts';
 import { EVENTS_CHANNEL } from '../../lib/eventstore/postgres.ts';
 import type { Logger } from '../../lib/log.ts';
-import { ensureCheckpoint, lockKey, readCheckpoint, writeCheckpoint } from './checkpoint.ts';
+import { ensureCheckpoint, lockKey, readCheckpoint } from './checkpoint.ts';
 import type { ProjectorMetrics } from './metrics.ts';
 import { LIVE_SCHEMA, PROJECTION_NAME } from './migrations.ts';
 import { incomingFromRecorded, skipKind } from './model.ts';
@@ -30,10 +30,10 @@ export interface RunnerOptions {
   batchWaitMs?: number;
   lockPollMs?: number;
   /**
-   * Runs inside every batch transaction after the read models are written and before the
-   * checkpoint is: a hook for fault injection in tests. Throwing rolls the batch back.
+   * Runs inside every batch transaction after the read models and the checkpoint are written and
+   * before the commit: a hook for fault injection in tests. Throwing rolls the batch back.
    */
-  beforeCheckpoint?: (batch: { events: number; position: string }) => Promise<void> | void;
+  beforeCommit?: (batch: { events: number; position: string }) => Promise<void> | void;
 }
 
 export type RunnerState = 'idle' | 'standby' | 'active' | 'stopped';
@@ -52,6 +52,12 @@ function guard(client: pg.PoolClient): pg.PoolClient {
     guarded.add(client);
   }
   return client;
+}
+
+/** What this instance last wrote to the checkpoint: the position, and the row's version with it. */
+interface Written {
+  position: string | null;
+  version: string;
 }
 
 /** The checkpoint row no longer says what this instance last wrote: someone else moved it. */
@@ -256,11 +262,12 @@ export class ProjectionRunner {
     const { pool, store } = this.options;
     await ensureCheckpoint(pool, this.projection);
     const checkpoint = await readCheckpoint(pool, this.projection);
-    let expected = checkpoint.position;
-    this.position = expected;
-    this.options.logger.info({ from: expected ?? 'start' }, 'projecting from the checkpoint');
+    if (checkpoint.version === null) throw new Error(`checkpoint ${this.projection} missing`);
+    let expected: Written = { position: checkpoint.position, version: checkpoint.version };
+    this.position = expected.position;
+    this.options.logger.info({ from: expected.position ?? 'start' }, 'projecting from the checkpoint');
     const subscription = store.subscribe({
-      from: expected === null ? 'start' : parsePosition(expected),
+      from: expected.position === null ? 'start' : parsePosition(expected.position),
       filter: { streamPrefixes: [USER_STREAM_PREFIX] },
     });
     const iterator = subscription[Symbol.asyncIterator]();
@@ -331,31 +338,40 @@ export class ProjectionRunner {
     }
   }
 
-  /** One transaction: check the checkpoint is ours, apply, move the checkpoint. */
-  private async commit(batch: RecordedEvent[], expected: string | null): Promise<string> {
+  /** One transaction: read the rows, write them and move the checkpoint if it is still ours. */
+  private async commit(batch: RecordedEvent[], expected: Written): Promise<Written> {
     const { pool, metrics, logger } = this.options;
     const last = formatPosition(batch[batch.length - 1]!.position);
     const stopTimer = metrics.batchDuration.startTimer();
     const client = guard(await pool.connect());
     let broken: Error | undefined;
     try {
-      await client.query('begin');
       // Read models are derived: a batch lost with the server's last moments goes together with its
       // checkpoint (one transaction), and is projected again from the event store. So a batch need
       // not wait for the disk, and readers see it a flush sooner.
-      await client.query('set local synchronous_commit = off');
-      // Locking the checkpoint row first orders this batch after any other writer (a rebuild swap).
-      const checkpoint = await readCheckpoint(client, this.projection, true);
-      if (checkpoint.position !== expected) throw new CheckpointMovedError(expected, checkpoint.position);
-      const outcome = await applyBatch(client, LIVE_SCHEMA, batch.map(incomingFromRecorded));
-      await this.options.beforeCheckpoint?.({ events: batch.length, position: last });
-      await writeCheckpoint(client, this.projection, last, checkpoint.events + batch.length);
-      // This transaction holds the event store's visibility horizon (decision 0001) from its first
-      // row lock: appends committed meanwhile wait behind it, and their own NOTIFY found them not
-      // yet readable. Its commit moves the horizon but would wake no subscription (they look again
-      // only after 20-100 ms), this projector's own included: a NOTIFY, delivered at the commit,
-      // wakes them at once. (Harmless where the events are not in this database.)
-      await client.query(`select pg_notify('${EVENTS_CHANNEL}', '')`);
+      await client.query('begin; set local synchronous_commit = off');
+      // The rows the batch touches are read before anything is written: until a transaction writes,
+      // it holds no transaction id, and so not the event store's visibility horizon (decision
+      // 0001), which every append committed meanwhile waits behind. The rows, the checkpoint
+      // (moved only from the version this instance wrote: any other write, a rebuild's swap among
+      // them, changes it and the batch is rolled back) and a NOTIFY are one statement; the horizon
+      // is held from it to the commit, two round trips. The NOTIFY, delivered at the commit,
+      // wakes the subscriptions (this projector's included) that found those appends not yet
+      // readable; they would look again only after 20-100 ms. (Harmless where the events are not
+      // in this database.)
+      const outcome = await applyBatch(client, LIVE_SCHEMA, batch.map(incomingFromRecorded), undefined, {
+        projection: this.projection,
+        expected: expected.version,
+        position: last,
+        events: batch.length,
+        notify: EVENTS_CHANNEL,
+      });
+      const version = outcome.checkpointed;
+      if (version === null) {
+        const actual = await readCheckpoint(client, this.projection);
+        throw new CheckpointMovedError(expected.position, actual.position);
+      }
+      await this.options.beforeCommit?.({ events: batch.length, position: last });
       await client.query('commit');
       stopTimer();
       metrics.batchSize.observe(batch.length);
@@ -375,7 +391,7 @@ export class ProjectionRunner {
       }
       this.position = last;
       this.batches++;
-      return last;
+      return { position: last, version };
     } catch (e) {
       broken = e as Error;
       await client.query('rollback').catch(() => undefined);

@@ -278,7 +278,8 @@ async function writeRows(
   schema: string,
   writes: Write[],
   skipped: SkippedRow[],
-): Promise<void> {
+  checkpoint?: CheckpointMove,
+): Promise<string | null> {
   const statements: string[] = [];
   const params: string[] = [];
   const json = <R>(spec: TableSpec<R>, rows: R[]) => JSON.stringify(rows.map((r) => rowToJson(spec, r)));
@@ -295,18 +296,51 @@ async function writeRows(
        on conflict (stream_id, revision) do nothing`,
     );
   }
-  if (statements.length === 0) return;
-  if (statements.length === 1) {
-    await db.query(statements[0]!, params);
-    return;
+  if (!checkpoint) {
+    if (statements.length === 1) await db.query(statements[0]!, params);
+    else if (statements.length > 1)
+      await db.query(`with ${statements.map((sql, i) => `w${i} as (${sql})`).join(', ')} select 1`, params);
+    return null;
   }
-  await db.query(`with ${statements.map((sql, i) => `w${i} as (${sql})`).join(', ')} select 1`, params);
+  // The checkpoint moves only from the version the batch was read after (compare and set: any
+  // other write, such as a rebuild's swap, changes it), its row lock the statement's last word;
+  // the caller rolls back when it did not move. The NOTIFY is delivered at the commit.
+  const { projection, expected, position, events, notify } = checkpoint;
+  const param = (value: string) => `$${params.push(value)}`;
+  statements.push(
+    `update projector_checkpoints
+        set position = ${param(position)}, events = events + ${param(String(events))}::bigint, updated_at = now()
+      where projection = ${param(projection)} and xmin::text = ${param(expected)}
+      returning xmin::text as version`,
+  );
+  const { rows } = await db.query<{ version: string | null }>(
+    `with ${statements.map((sql, i) => `w${i} as (${sql})`).join(', ')}
+     select (select version from w${statements.length - 1}) as version${notify ? `, pg_notify(${param(notify)}, '')` : ''}`,
+    params,
+  );
+  return rows[0]?.version ?? null;
+}
+
+/** A live batch's checkpoint, moved in the statement that writes the batch's rows. */
+export interface CheckpointMove {
+  projection: string;
+  /** The checkpoint's version (`Checkpoint.version`) the batch was read after: it moves only from there. */
+  expected: string;
+  position: string;
+  events: number;
+  /** A channel to NOTIFY (at the commit), if any. */
+  notify?: string;
 }
 
 export interface BatchOutcome {
   /** Events applied, by type. */
   applied: Map<string, number>;
   skipped: SkippedRow[];
+  /**
+   * With a `checkpoint` to move: its new version; null when it was not at the version the batch
+   * expected (roll back).
+   */
+  checkpointed: string | null;
 }
 
 /**
@@ -318,6 +352,7 @@ export async function applyBatch(
   schema: string,
   incoming: Incoming[],
   known?: SoleWriterRows,
+  checkpoint?: CheckpointMove,
 ): Promise<BatchOutcome> {
   const executionIds = new Set<string>();
   const userIds = new Set<string>();
@@ -344,7 +379,7 @@ export async function applyBatch(
   for (const r of executions) state.executions.set(r.executionId, r);
   for (const r of users) state.users.set(r.userId, r);
 
-  const outcome: BatchOutcome = { applied: new Map(), skipped: [] };
+  const outcome: BatchOutcome = { applied: new Map(), skipped: [], checkpointed: null };
   const samples: Sample[] = [];
   const touched = new Set<string>();
   for (const i of incoming) {
@@ -401,7 +436,7 @@ export async function applyBatch(
     write(TOOL_MINUTE, [...minutes.values()]),
     write(TOOL_TOTAL, [...totals.values()]),
   ];
-  await writeRows(db, schema, writes, outcome.skipped);
+  outcome.checkpointed = await writeRows(db, schema, writes, outcome.skipped, checkpoint);
   if (known) for (const w of writes) for (const row of w.rows) known.remember(keyOfRow(w.spec, row), row);
   return outcome;
 }
