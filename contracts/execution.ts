@@ -408,6 +408,42 @@ const known = (state: ExecutionState): Known =>
       };
 
 /**
+ * What of an event the life-cycle rules (`evolve`, `eventProblem`) read: every ToolEventBody is
+ * one. `lifecycleBody` cuts an event down to it (the auditor's worker threads send back only this,
+ * not the arguments and results the rules never read).
+ */
+export type LifecycleBody =
+  | Exclude<ToolEventBody, { type: 'ToolRequested' | 'ToolCompleted' | 'ToolFailed' }>
+  | { type: 'ToolRequested'; data: Pick<z.infer<typeof ToolRequestedData>, 'tool' | 'version'> }
+  | { type: 'ToolCompleted'; data: unknown }
+  | { type: 'ToolFailed'; data: { error: Pick<ExecutionError, 'code'> } };
+
+export function lifecycleBody(event: ToolEventBody): LifecycleBody {
+  switch (event.type) {
+    case 'ToolRequested':
+      return { type: event.type, data: { tool: event.data.tool, version: event.data.version } };
+    case 'ToolCompleted':
+      return { type: event.type, data: null };
+    case 'ToolFailed':
+      return { type: event.type, data: { error: { code: event.data.error.code } } };
+    case 'ToolExecuting':
+      return { type: event.type, data: event.data };
+    case 'ToolCancelRequested':
+      return { type: event.type, data: event.data };
+    case 'ToolApprovalRequested':
+      return { type: event.type, data: event.data };
+    case 'ToolApproved':
+      return { type: event.type, data: event.data };
+    case 'ToolDenied':
+      return { type: event.type, data: event.data };
+    default: {
+      const unknown: never = event;
+      throw new Error(`unknown event ${JSON.stringify(unknown)}`);
+    }
+  }
+}
+
+/**
  * The state after an event. Total: it folds whatever history it is given (legality of a recorded
  * history is `eventProblem`'s question), so the projector, the auditor and the shells share it.
  *
@@ -415,7 +451,7 @@ const known = (state: ExecutionState): Known =>
  * spread followed by keys in a slow path (6.8 µs against 0.1 for a ToolExecuting, measured), and
  * every service folds every event through here.
  */
-export function evolve(state: ExecutionState, event: ToolEventBody): ExecutionState {
+export function evolve(state: ExecutionState, event: LifecycleBody): ExecutionState {
   const k = known(state);
   switch (event.type) {
     case 'ToolRequested':
@@ -510,7 +546,7 @@ export function evolve(state: ExecutionState, event: ToolEventBody): ExecutionSt
  * CANCELLED or INTERRUPTED without a ToolCancelRequested, stays legal: ToolFailed may end any
  * execution not waiting for approval... and one waiting, for a cancel, expiry, denial or give-up.)
  */
-export function eventProblem(state: ExecutionState, event: ToolEventBody): string | null {
+export function eventProblem(state: ExecutionState, event: LifecycleBody): string | null {
   if (state.status === 'none') {
     return event.type === 'ToolRequested' ? null : 'an execution starts with ToolRequested';
   }

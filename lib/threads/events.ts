@@ -1,6 +1,12 @@
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
-import { eventHash, type ToolEvent } from '../../contracts/index.ts';
+import {
+  eventHash,
+  lifecycleBody,
+  type EventMetadata,
+  type LifecycleBody,
+  type ToolEvent,
+} from '../../contracts/index.ts';
 import { intVar, loadConfig } from '../config.ts';
 import type { Json, RecordedEvent, RecordedEventText } from '../eventstore/types.ts';
 import { fromRecorded } from '../toolEvents.ts';
@@ -24,6 +30,33 @@ export type Parsed = { ok: true; event: ToolEvent; userId: string } | { ok: fals
 /** Parsed, and for a parsed event the hash of its content (contracts/chain `eventHash`). */
 export type Checked =
   { ok: true; event: ToolEvent; userId: string; hash: string } | { ok: false; reason: string };
+
+/**
+ * What the audit's checks read of an event (services/auditor/verify.ts `ChainVerifier`): its id,
+ * its links in the chain, and what the life-cycle rules read. A worker thread sends back only
+ * this: copying whole events (arguments, results, every envelope field) back to the reading thread
+ * cost it more than the rest of its work.
+ */
+export type AuditedEvent = LifecycleBody & {
+  id: string;
+  metadata: Pick<EventMetadata, 'executionId' | 'requestId' | 'prevHash' | 'hash'>;
+};
+
+/** A Checked event cut down to what the audit reads (a whole Checked is one too). */
+export type Audited =
+  { ok: true; event: AuditedEvent; userId: string; hash: string } | { ok: false; reason: string };
+
+export function audited(checked: Checked): Audited {
+  if (!checked.ok) return checked;
+  const { id, metadata } = checked.event;
+  const { executionId, requestId, prevHash, hash } = metadata;
+  return {
+    ok: true,
+    userId: checked.userId,
+    hash: checked.hash,
+    event: { ...lifecycleBody(checked.event), id, metadata: { executionId, requestId, prevHash, hash } },
+  };
+}
 
 export function parseRecorded(recorded: WireEvent): Parsed {
   // fromRecorded reads only these fields; the rest of a RecordedEvent is not needed to judge it.
@@ -71,20 +104,20 @@ export function checkText(recorded: WireText): Checked {
 export type EventTask =
   | { kind: 'parse'; events: WireEvent[] }
   | { kind: 'parse-text'; events: WireText[] }
-  | { kind: 'check'; events: WireEvent[] }
-  | { kind: 'check-text'; events: WireText[] };
+  | { kind: 'audit'; events: WireEvent[] }
+  | { kind: 'audit-text'; events: WireText[] };
 
 /** A worker's answer to one task: the events' results, in the order given. */
-export function handleEventTask(task: EventTask): Parsed[] | Checked[] {
+export function handleEventTask(task: EventTask): Parsed[] | Audited[] {
   switch (task.kind) {
     case 'parse':
       return task.events.map(parseRecorded);
     case 'parse-text':
       return task.events.map(parseText);
-    case 'check':
-      return task.events.map(checkRecorded);
-    case 'check-text':
-      return task.events.map(checkText);
+    case 'audit':
+      return task.events.map((e) => audited(checkRecorded(e)));
+    case 'audit-text':
+      return task.events.map((e) => audited(checkText(e)));
   }
 }
 
@@ -102,7 +135,7 @@ const wire = <E extends RecordedEvent | RecordedEventText>(
 
 /** Parses and hashes pages of stored events on worker threads. */
 export class EventThreads {
-  private readonly pool: ThreadPool<EventTask, Parsed[] | Checked[]>;
+  private readonly pool: ThreadPool<EventTask, Parsed[] | Audited[]>;
 
   constructor(readonly size: number) {
     this.pool = new ThreadPool(new URL('./eventTask.ts', import.meta.url), size);
@@ -113,23 +146,24 @@ export class EventThreads {
 
   parse(events: readonly RecordedEvent[]): Promise<Parsed[]> {
     this.tasks++;
-    // A Checked is a Parsed with a hash: the pool's answer type covers both tasks.
-    return this.pool.run({ kind: 'parse', events: wire(events) });
+    // The pool answers each task with its kind's results: a parse task's are Parsed.
+    return this.pool.run({ kind: 'parse', events: wire(events) }) as Promise<Parsed[]>;
   }
 
   parseText(events: readonly RecordedEventText[]): Promise<Parsed[]> {
     this.tasks++;
-    return this.pool.run({ kind: 'parse-text', events: wire(events) });
+    return this.pool.run({ kind: 'parse-text', events: wire(events) }) as Promise<Parsed[]>;
   }
 
-  check(events: readonly RecordedEvent[]): Promise<Checked[]> {
+  /** Parses and hashes events for the audit, and sends back what it reads of them (`Audited`). */
+  audit(events: readonly RecordedEvent[]): Promise<Audited[]> {
     this.tasks++;
-    return this.pool.run({ kind: 'check', events: wire(events) }) as Promise<Checked[]>;
+    return this.pool.run({ kind: 'audit', events: wire(events) }) as Promise<Audited[]>;
   }
 
-  checkText(events: readonly RecordedEventText[]): Promise<Checked[]> {
+  auditText(events: readonly RecordedEventText[]): Promise<Audited[]> {
     this.tasks++;
-    return this.pool.run({ kind: 'check-text', events: wire(events) }) as Promise<Checked[]>;
+    return this.pool.run({ kind: 'audit-text', events: wire(events) }) as Promise<Audited[]>;
   }
 
   /** True once every thread has started. */

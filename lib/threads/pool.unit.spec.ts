@@ -3,7 +3,7 @@ import { eventHash, userStream } from '../../contracts/index.ts';
 import type { RecordedEvent } from '../eventstore/types.ts';
 import { toEventData } from '../toolEvents.ts';
 import { executionEvents } from '../../services/auditor/testkit.ts';
-import { checkRecorded, EventThreads, parseRecorded } from './events.ts';
+import { audited, checkRecorded, EventThreads, parseRecorded } from './events.ts';
 import { ThreadPool, ThreadPoolError, ThreadTaskError } from './pool.ts';
 
 /** The pool and the event tasks: a thread answers what the calling thread computes. */
@@ -30,17 +30,25 @@ t.test('threads parse and hash as the calling thread does', async (t) => {
   t.teardown(() => threads.close());
   const events = stored();
   const broken = { ...events[1]!, data: { attempt: 'one' } };
-  const checked = await threads.check([...events, broken]);
-  t.same(checked, [...events, broken].map(checkRecorded), 'check: the same answers');
+  const checked = await threads.audit([...events, broken]);
+  const here = [...events, broken].map(checkRecorded);
+  t.same(checked, here.map(audited), 'audit: the same answers');
   t.same(await threads.parse(events), events.map(parseRecorded), 'parse: the same answers');
   const first = checked[0]!;
-  t.ok(first.ok && first.hash === eventHash(first.event), 'the hash is the event hash');
+  const whole = here[0]!;
+  t.ok(first.ok && whole.ok && first.hash === eventHash(whole.event), 'the hash is the event hash');
   t.equal(first.ok && first.hash, (events[0]!.metadata as { hash: string }).hash, 'and the stored one');
   t.equal(checked[3]!.ok, false, 'an event failing its schema is answered with its reason');
+  t.same(
+    first.ok && Object.keys(first.event).sort(),
+    ['data', 'id', 'metadata', 'type'],
+    'an audited event carries what the audit reads, not the envelope',
+  );
+  t.same(first.ok && first.event.data, { tool: 'search', version: '1.0.0' }, 'nor the arguments');
   // Many tasks at once: each answer goes back to its own caller.
-  const many = await Promise.all(events.flatMap((e) => [threads.check([e]), threads.parse([e])]));
+  const many = await Promise.all(events.flatMap((e) => [threads.audit([e]), threads.parse([e])]));
   t.same(many.length, 2 * events.length);
-  t.same(many[2], [checkRecorded(events[1]!)]);
+  t.same(many[2], [audited(checkRecorded(events[1]!))]);
 });
 
 t.test('a task that throws rejects its caller only; a closed pool refuses work', async (t) => {

@@ -7,7 +7,6 @@ import {
   isTerminalState,
   userStream,
   type ExecutionState,
-  type ToolEvent,
 } from '../../contracts/index.ts';
 import type { EventStore, RecordedEvent, RecordedEventText } from '../../lib/eventstore/types.ts';
 import {
@@ -15,7 +14,8 @@ import {
   checkText,
   sharedEventThreads,
   THREADED_FROM_EVENTS,
-  type Checked,
+  type Audited,
+  type AuditedEvent,
   type EventThreads,
 } from '../../lib/threads/events.ts';
 import { BloomFilter } from '../../lib/bloom.ts';
@@ -112,9 +112,9 @@ export class ChainVerifier {
    * `checked`: the event already parsed and hashed (`checkRecorded`, perhaps on a worker thread);
    * the verdict is the same either way, only where the parsing and hashing ran differs.
    */
-  async accept(recorded: RecordedEvent, checked?: Checked): Promise<HistoryBreak | null>;
-  async accept(recorded: EventAt, checked: Checked): Promise<HistoryBreak | null>;
-  async accept(recorded: EventAt, checked?: Checked): Promise<HistoryBreak | null> {
+  async accept(recorded: RecordedEvent, checked?: Audited): Promise<HistoryBreak | null>;
+  async accept(recorded: EventAt, checked: Audited): Promise<HistoryBreak | null>;
+  async accept(recorded: EventAt, checked?: Audited): Promise<HistoryBreak | null> {
     if (this.failure) return this.failure;
     const revision = recorded.revision;
     const fail = (kind: BreakKind, problem: string, at = revision, eventId: string | null = recorded.id) =>
@@ -231,7 +231,7 @@ export class ChainVerifier {
   }
 
   /** Why this event may not happen in its execution's life, or null. */
-  private async checkLifecycle(event: ToolEvent, revision: number): Promise<string | null> {
+  private async checkLifecycle(event: AuditedEvent, revision: number): Promise<string | null> {
     const { executionId, requestId } = event.metadata;
     const open = this.open.get(executionId);
     let state: ExecutionState = open?.state ?? initialState();
@@ -347,18 +347,18 @@ export async function verifyHistory(
 
 /** How stored events of one form are parsed and hashed: here, one by one, or a page on the threads. */
 export interface EventChecker<E> {
-  here(event: E): Checked;
-  onThreads(threads: EventThreads, page: readonly E[]): Promise<Checked[]>;
+  here(event: E): Audited;
+  onThreads(threads: EventThreads, page: readonly E[]): Promise<Audited[]>;
 }
 
 export const PARSED: EventChecker<RecordedEvent> = {
   here: checkRecorded,
-  onThreads: (threads, page) => threads.check(page),
+  onThreads: (threads, page) => threads.audit(page),
 };
 
 export const TEXT: EventChecker<RecordedEventText> = {
   here: checkText,
-  onThreads: (threads, page) => threads.checkText(page),
+  onThreads: (threads, page) => threads.auditText(page),
 };
 
 /**
@@ -371,7 +371,7 @@ export async function* checkedEvents<E extends EventAt>(
   events: AsyncIterable<E>,
   threads: EventThreads | null,
   checker: EventChecker<E>,
-): AsyncGenerator<{ recorded: E; checked: Checked }> {
+): AsyncGenerator<{ recorded: E; checked: Audited }> {
   if (!threads) {
     for await (const recorded of events) yield { recorded, checked: checker.here(recorded) };
     return;
@@ -383,7 +383,7 @@ export async function* checkedEvents<E extends EventAt>(
     () => undefined, // a thread that cannot start fails the first page sent to it
   );
   const maxInFlight = 2 * threads.size;
-  const inFlight: Array<{ page: E[]; checked: Promise<Checked[]> }> = [];
+  const inFlight: Array<{ page: E[]; checked: Promise<Audited[]> }> = [];
   const send = (page: E[]) => {
     const checked = checker.onThreads(threads, page);
     checked.catch(() => undefined); // awaited in order below, or dropped when the loop ends early
