@@ -81,85 +81,134 @@ export async function projectionLag(ctx: BenchContext, highest: number | null): 
     })();
 
     await loadgen.call('setup', dispatchWorkload(ctx));
-    const from = wallMs() + ctx.d.lagWarmupMs;
-    const run = await loadgen.call<OpenLoopResult>(
-      'run',
-      {
-        rate,
-        durationMs: ctx.d.lagMs,
-        warmupMs: ctx.d.lagWarmupMs,
-        drainMs: 15_000,
-        maxOutstanding: Math.max(1_000, rate * 10),
-        tag: `${ctx.runId}-lag`,
-      } satisfies RunRequest,
-      ctx.d.lagMs + 120_000,
-    );
-    await loadgen.call('teardown');
-
-    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
-    let events: Array<{ position: Position; createdMs: number }> = [];
-    try {
-      const { rows } = await pool.query<{ tx: string; position_seq: string; created_ms: number }>(
-        `select tx_id::text as tx, seq::text as position_seq, (extract(epoch from created_at) * 1000)::float8 as created_ms
-           from toolbus_events where stream_id like 'user-%' order by toolbus_events.tx_id, toolbus_events.seq`,
+    /** One run at `at`/s: the lag of the events appended after its warm-up, and how the load went. */
+    const measure = async (at: number, attempt: number) => {
+      const from = wallMs() + ctx.d.lagWarmupMs;
+      const run = await loadgen.call<OpenLoopResult>(
+        'run',
+        {
+          rate: at,
+          durationMs: ctx.d.lagMs,
+          warmupMs: ctx.d.lagWarmupMs,
+          drainMs: 15_000,
+          maxOutstanding: Math.max(1_000, at * 10),
+          tag: `${ctx.runId}-lag${attempt}`,
+        } satisfies RunRequest,
+        ctx.d.lagMs + 120_000,
       );
-      events = rows.map((r) => ({
-        position: { commit: BigInt(r.tx), prepare: BigInt(r.position_seq) },
-        createdMs: r.created_ms,
-      }));
-      const last = events.at(-1)?.position;
-      const deadline = Date.now() + 60_000;
-      const caughtUp = (list: Seen[]) =>
-        !last || (list.length > 0 && comparePositions(list.at(-1)!.position, last) >= 0);
-      while ((!caughtUp(checkpoints) || !caughtUp(delivered)) && Date.now() < deadline)
-        await new Promise((r) => setTimeout(r, 50));
-    } finally {
-      await pool.end();
+      const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+      let events: Array<{ position: Position; createdMs: number }>;
+      try {
+        const { rows } = await pool.query<{ tx: string; position_seq: string; created_ms: number }>(
+          `select tx_id::text as tx, seq::text as position_seq, (extract(epoch from created_at) * 1000)::float8 as created_ms
+             from toolbus_events where stream_id like 'user-%' order by toolbus_events.tx_id, toolbus_events.seq`,
+        );
+        events = rows.map((r) => ({
+          position: { commit: BigInt(r.tx), prepare: BigInt(r.position_seq) },
+          createdMs: r.created_ms,
+        }));
+        const last = events.at(-1)?.position;
+        const deadline = Date.now() + 60_000;
+        const caughtUp = (list: Seen[]) =>
+          !last || (list.length > 0 && comparePositions(list.at(-1)!.position, last) >= 0);
+        while ((!caughtUp(checkpoints) || !caughtUp(delivered)) && Date.now() < deadline)
+          await new Promise((r) => setTimeout(r, 50));
+      } finally {
+        await pool.end();
+      }
+      const projected = lags(events, checkpoints, from);
+      const bare = lags(events, delivered, from);
+      const dispatch = summarize(decodeHistogram(run.histogram));
+      ctx.log(
+        `projection lag @ ${at}/s: p50 ${projected.latency.p50} ms, p99 ${projected.latency.p99} ms (subscription p99 ${bare.latency.p99} ms) over ${projected.latency.count} events` +
+          `; dispatch ${run.completed}/${run.sent} answered, ${run.errors} errors`,
+      );
+      if (projected.missing > 0)
+        throw new Error(`${projected.missing} events never reached the read models within 60 s`);
+      const kept = run.errors === 0 && run.unanswered === 0;
+      return { rate: at, run, projected, bare, dispatch, kept };
+    };
+    // At half of benchmark 2's rate, measured without a projector, the projector's own CPU may
+    // leave the dispatcher short on this machine: then the lag at half load is what it is (the
+    // target's figure), and lower rates (three quarters each time) show where the two keep up.
+    const attempts = [await measure(rate, 0)];
+    while (!attempts.at(-1)!.kept && attempts.length < 4) {
+      await loadgen.call('quiesce', { timeoutMs: 60_000 }, 90_000);
+      // What the load generator gave up on is still queued in the intake: the next rate starts
+      // once the dispatcher has worked it off (the store has stopped growing for 3 s).
+      await settled(db.url, 3_000, 180_000);
+      attempts.push(await measure(Math.max(5, Math.round(attempts.at(-1)!.rate * 0.75)), attempts.length));
     }
-    const projected = lags(events, checkpoints, from);
-    const bare = lags(events, delivered, from);
-    const dispatch = summarize(decodeHistogram(run.histogram));
-    ctx.log(
-      `projection lag @ ${rate}/s: p50 ${projected.latency.p50} ms, p99 ${projected.latency.p99} ms (subscription p99 ${bare.latency.p99} ms) over ${projected.latency.count} events`,
-    );
-    if (run.errors > 0 || run.unanswered > 0)
+    await loadgen.call('teardown');
+    const half = attempts[0]!;
+    const kept = attempts.find((x) => x.kept) ?? null;
+    if (!kept)
       throw new Error(
-        `the dispatch load failed: ${run.errors} errors, ${run.unanswered} unanswered (${run.firstErrors.join('; ')})`,
+        `the dispatch load failed at every rate tried (${attempts.map((x) => `${x.rate}/s: ${x.run.errors} errors, ${x.run.unanswered} unanswered`).join('; ')}; ${half.run.firstErrors.join('; ')})`,
       );
-    if (projected.missing > 0)
-      throw new Error(`${projected.missing} events never reached the read models within 60 s`);
     const reference = 'bare catch-up subscription (no writes)';
+    const figuresAt = (x: typeof half, label: string) => [
+      figure(`lag p50 @ ${x.rate}/s${label}`, 'ms', x.projected.latency.p50, {
+        name: reference,
+        value: x.bare.latency.p50,
+      }),
+      figure(`lag p99 @ ${x.rate}/s${label}`, 'ms', x.projected.latency.p99, {
+        name: reference,
+        value: x.bare.latency.p99,
+      }),
+    ];
+    const dispatched = (x: typeof half) =>
+      `${x.rate}/s: p50 ${x.dispatch.p50} ms, p99 ${x.dispatch.p99} ms, ${x.run.completed}/${x.run.sent} answered, ${x.run.unanswered} unanswered after the drain`;
     return {
       id: 'projection-lag',
       title: '3a. Projection lag at half the highest throughput',
       figures: [
-        figure(`lag p50 @ ${rate}/s`, 'ms', projected.latency.p50, {
-          name: reference,
-          value: bare.latency.p50,
-        }),
-        figure(`lag p99 @ ${rate}/s`, 'ms', projected.latency.p99, {
-          name: reference,
-          value: bare.latency.p99,
-        }),
+        ...figuresAt(half, half.kept ? '' : ' (dispatch fell behind)'),
+        ...(kept === half ? [] : figuresAt(kept, ' (highest rate tried that the stack kept up with)')),
       ],
       targets: [
         target(
           `projection lag p99 under ${LAG_BOUND_MS} ms at half load`,
           'ms',
-          projected.latency.p99,
+          half.projected.latency.p99,
           LAG_BOUND_MS,
           'lower',
         ),
       ],
       notes: [
         `Dispatch load of ${rate}/s (${why}), noop over 50 users, ` +
-          `with the projector (default settings: batches of up to 500, 5 ms batch wait) running beside the dispatcher; ${projected.latency.count} events recorded after ${ctx.d.lagWarmupMs / 1000} s of warm-up.`,
+          `with the projector (default settings: batches of up to 500, 1 ms batch wait) running beside the dispatcher; ${half.projected.latency.count} events recorded after ${ctx.d.lagWarmupMs / 1000} s of warm-up.`,
+        ...(half.kept
+          ? []
+          : [
+              `At ${rate}/s the dispatcher, with the projector beside it on the same cores (benchmark 2 ran without one), did not keep up: the figure is the lag of the events it recorded. ` +
+                `Lower rates, three quarters of the one before, until it kept up: ${attempts
+                  .slice(1)
+                  .map(
+                    (x) =>
+                      `${x.rate}/s ${x.kept ? 'kept up' : 'fell behind'} (lag p99 ${x.projected.latency.p99} ms)`,
+                  )
+                  .join(', ')}.`,
+            ]),
         "Lag of an event: from its `created_at` (set inside the append's transaction, just before the commit) to the commit of the projector batch whose checkpoint covers it — " +
           'seen through a trigger on projector_checkpoints in the bench database that calls pg_notify, which PostgreSQL delivers only after the commit.',
         "Reference: a catch-up subscription on the same PostgreSQL event store (the projector's input) that only receives the events: the part of the lag the event store itself sets (LISTEN/NOTIFY wake-up, 100 ms poll fallback).",
-        `Dispatch during the run: p50 ${dispatch.p50} ms, p99 ${dispatch.p99} ms, ${run.completed}/${run.sent} answered.`,
+        `Dispatch during the runs: ${attempts.map(dispatched).join('; ')}.`,
       ],
-      details: { rate, projected, subscription: bare, dispatch, checkpoints: checkpoints.length },
+      details: {
+        rate,
+        projected: half.projected,
+        subscription: half.bare,
+        dispatch: half.dispatch,
+        checkpoints: checkpoints.length,
+        attempts: attempts.map(({ rate: at, kept: k, projected, bare, dispatch }) => ({
+          rate: at,
+          kept: k,
+          projected,
+          subscription: bare,
+          dispatch,
+        })),
+      },
       seconds: (performance.now() - started) / 1000,
     };
   } finally {
@@ -169,6 +218,26 @@ export async function projectionLag(ctx: BenchContext, highest: number | null): 
     await ctx.stopChild(loadgen);
     await ctx.stopChild(projector.child);
     await ctx.stopChild(dispatcher.child);
+  }
+}
+
+/** Resolves once the store's event count has not changed for `quietMs` (or after `timeoutMs`). */
+async function settled(databaseUrl: string, quietMs: number, timeoutMs: number): Promise<void> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    const count = async () =>
+      (await client.query<{ n: string }>('select count(*)::text as n from toolbus_events')).rows[0]!.n;
+    const deadline = Date.now() + timeoutMs;
+    let last = await count();
+    let since = Date.now();
+    while (Date.now() < deadline && Date.now() - since < quietMs) {
+      await new Promise((r) => setTimeout(r, 250));
+      const now = await count();
+      if (now !== last) [last, since] = [now, Date.now()];
+    }
+  } finally {
+    await client.end();
   }
 }
 

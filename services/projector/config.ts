@@ -7,7 +7,7 @@ export const ProjectorStoreEnv = CommonEnv.extend({
   /** Most events applied in one transaction. */
   PROJECTION_BATCH_SIZE: z.coerce.number().int().min(1).max(10_000).default(500),
   /** How long a batch waits for more ready events after its first one. */
-  PROJECTION_BATCH_WAIT_MS: z.coerce.number().int().min(0).max(1_000).default(5),
+  PROJECTION_BATCH_WAIT_MS: z.coerce.number().int().min(0).max(1_000).default(1),
   /** How often a standby instance tries to take the projection's lock. */
   PROJECTOR_LOCK_POLL_MS: z.coerce.number().int().min(10).max(60_000).default(500),
   /** How often the lag gauges are refreshed. */

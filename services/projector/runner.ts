@@ -100,7 +100,7 @@ export class ProjectionRunner {
   constructor(private readonly options: RunnerOptions) {
     this.projection = options.projection ?? PROJECTION_NAME;
     this.batchSize = options.batchSize ?? 500;
-    this.batchWaitMs = options.batchWaitMs ?? 5;
+    this.batchWaitMs = options.batchWaitMs ?? 1;
     this.lockPollMs = options.lockPollMs ?? 500;
   }
 
