@@ -41,7 +41,7 @@ const ref = (userId: string, requestId: string) => ({
 });
 
 /** Two writers (as two dispatcher instances would be) on one store and one user stream. */
-async function setup(t: { teardown(fn: () => Promise<void> | void): void }) {
+async function setup(t: { teardown(fn: () => Promise<void> | void): void }, tailTrustMs?: number) {
   const nats = await startNats();
   const db = await createTestDatabase();
   const store = await createPostgresEventStore({ connectionString: db.url });
@@ -49,7 +49,14 @@ async function setup(t: { teardown(fn: () => Promise<void> | void): void }) {
   let conflicts = 0;
   const log = pino({ level: 'silent' });
   const make = () =>
-    new UserStreams({ store, nc, log, now: () => new Date(), onConflict: () => conflicts++ });
+    new UserStreams({
+      store,
+      nc,
+      log,
+      now: () => new Date(),
+      onConflict: () => conflicts++,
+      ...(tailTrustMs === undefined ? {} : { tailTrustMs }),
+    });
   t.teardown(async () => {
     await nc.close();
     await store.close();
@@ -85,6 +92,31 @@ t.test('two writers on one user stream: every append lands, the chain holds', as
   t.equal(verifyChain(events.map((e) => e.event)), null, 'one valid chain');
   t.ok(conflicts() > 0, `the writers did conflict (${conflicts()} times) and recovered`);
 });
+
+t.test(
+  'two writers taking turns on one user: after each has met the other once, no append conflicts',
+  async (t) => {
+    // Trust no cached tail once another writer showed (in production, tails older than 10 ms).
+    const { store, a, b, conflicts } = await setup(t, 0);
+    const rounds = 12;
+    for (let i = 0; i < rounds; i++) {
+      // One execution at a time, each on the other writer: the other's tail is always stale.
+      const writer = i % 2 === 0 ? a : b;
+      const execution = newExecution(ref('tess', `turn-${i}`));
+      await handleExecution(writer, execution, [request('noop'), start(`w${i % 2}`)], { onlyNew: true });
+      await handleExecution(writer, execution, complete(i), { attempt: 1 });
+      t.equal(execution.state.status, 'completed', `execution ${i} completed`);
+    }
+    // Each writer's first stale tail conflicts once (b's first turn reads, having none cached).
+    t.ok(
+      conflicts() <= 2,
+      `${conflicts()} conflicts in ${rounds} turns (a stale tail each turn without the re-check)`,
+    );
+    const events = (await readUserEvents(store, 'tess')).map((e) => e.event);
+    t.equal(events.length, 3 * rounds, 'every event of every turn is stored once');
+    t.equal(verifyChain(events), null, 'the chain holds');
+  },
+);
 
 t.test('two writers ending the same execution: exactly one terminal event', async (t) => {
   const { store, a, b } = await setup(t);

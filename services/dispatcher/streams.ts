@@ -34,6 +34,8 @@ export interface Tail {
 interface CachedTail extends Tail {
   read: number;
   own: Map<string, number>;
+  /** When the store last confirmed this tail (performance.now(): read, or appended on). */
+  checkedAt: number;
 }
 
 /** Executions remembered in `own` per user; beyond it the tail is read again from the store. */
@@ -91,7 +93,16 @@ export class AppendConflictError extends Error {
 }
 
 const MAX_ATTEMPTS = 25;
-const emptyStream = (): CachedTail => ({ revision: -1, hash: GENESIS_HASH, read: -1, own: new Map() });
+const emptyStream = (): CachedTail => ({
+  revision: -1,
+  hash: GENESIS_HASH,
+  read: -1,
+  own: new Map(),
+  checkedAt: performance.now(),
+});
+
+/** For how long after a conflict this process takes it that another writer appends to its users' streams. */
+const SHARED_WRITES_MS = 60_000;
 
 export interface UserStreamsOptions {
   store: EventStore;
@@ -106,12 +117,18 @@ export interface UserStreamsOptions {
    * false when only the relay publishes (DISPATCHER_EVENT_PUBLISH=relay).
    */
   publishOnCommit?: boolean;
+  /**
+   * While another writer appends to the same streams (a conflict in the last minute), a cached
+   * tail older than this is read again before an append (default 10 ms; see `step`).
+   */
+  tailTrustMs?: number;
 }
 
 /**
  * Appends to user streams: one queue per user inside this process (so an instance never conflicts
  * with itself), the tail of each stream cached (no read in the happy path), optimistic concurrency
- * with the exact expected revision across instances. On a conflict the tail and the execution are
+ * with the exact expected revision across instances. Once another writer shows (a conflict), and
+ * for a minute after the last one, a tail cached more than `tailTrustMs` ago is read again first. On a conflict the tail and the execution are
  * read again and the plan decides again, since another writer may have moved the very execution.
  * Unless only the relay publishes, every appended event is published on `events.user.<id>` in
  * revision order, after the commit (relay.ts).
@@ -120,9 +137,13 @@ export class UserStreams {
   private readonly tails = new Map<string, CachedTail>();
   private readonly lanes = new Map<string, { queue: Promise<unknown>; pending: number }>();
   private readonly maxTails: number;
+  private readonly tailTrustMs: number;
+  /** When an append of this process last conflicted (performance.now()). */
+  private lastConflictAt = -Infinity;
 
   constructor(private readonly options: UserStreamsOptions) {
     this.maxTails = options.maxCachedTails ?? 100_000;
+    this.tailTrustMs = options.tailTrustMs ?? 10;
   }
 
   /** Runs `fn` after every earlier task of the same user in this process. */
@@ -166,6 +187,14 @@ export class UserStreams {
         if (!tail) {
           tail = await this.readTail(userId);
           this.cacheTail(userId, tail);
+        } else if (this.sharingStreams() && performance.now() - tail.checkedAt > this.tailTrustMs) {
+          // Another writer (a second dispatcher, a tool worker) appends to these streams: its
+          // appends since this tail was cached make it stale, and an append on a stale tail
+          // conflicts, waits for the commit that holds the stream, reads and goes again. Reading
+          // the tail first costs one query. (A lone dispatcher never conflicts and never reads.)
+          const stored = await this.readTail(userId);
+          tail = stored.revision === tail.revision ? { ...tail, checkedAt: performance.now() } : stored;
+          this.cacheTail(userId, tail);
         }
         const known = execution.knownRevision;
         if (
@@ -193,7 +222,13 @@ export class UserStreams {
             userId,
             own.size > MAX_OWN
               ? null
-              : { revision: result.nextRevision, hash: events.at(-1)!.metadata.hash, read: tail.read, own },
+              : {
+                  revision: result.nextRevision,
+                  hash: events.at(-1)!.metadata.hash,
+                  read: tail.read,
+                  own,
+                  checkedAt: performance.now(),
+                },
           );
           for (const event of events) execution.state = evolve(execution.state, event);
           execution.events.push(...events);
@@ -206,6 +241,7 @@ export class UserStreams {
             this.cacheTail(userId, null);
             throw e;
           }
+          this.lastConflictAt = performance.now();
           this.options.onConflict?.();
           await this.reload(execution, tail, e);
         }
@@ -213,6 +249,11 @@ export class UserStreams {
       this.cacheTail(userId, null);
       throw new AppendConflictError(stream, MAX_ATTEMPTS);
     });
+  }
+
+  /** Whether another writer has appended to streams this process appends to, lately. */
+  private sharingStreams(): boolean {
+    return performance.now() - this.lastConflictAt < SHARED_WRITES_MS;
   }
 
   /**
@@ -266,9 +307,15 @@ export class UserStreams {
         { stream: r.streamId, revision: r.revision },
         'stream tail has no hash; chaining to genesis',
       );
-      return { revision: r.revision, hash: GENESIS_HASH, read: r.revision, own: new Map() };
+      return {
+        revision: r.revision,
+        hash: GENESIS_HASH,
+        read: r.revision,
+        own: new Map(),
+        checkedAt: performance.now(),
+      };
     }
-    return { revision: r.revision, hash, read: r.revision, own: new Map() };
+    return { revision: r.revision, hash, read: r.revision, own: new Map(), checkedAt: performance.now() };
   }
 
   /**
