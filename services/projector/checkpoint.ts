@@ -52,6 +52,14 @@ export async function writeCheckpoint(
   );
 }
 
+/**
+ * Writes the checkpoint row without moving it: a new version (`Checkpoint.version`), which a live
+ * batch read before this write will not find, and so rolls back.
+ */
+export async function touchCheckpoint(db: Queryable, projection: string): Promise<void> {
+  await db.query('update projector_checkpoints set updated_at = now() where projection = $1', [projection]);
+}
+
 /** The advisory-lock key of a projection (one active instance) and of its rebuild (one at a time). */
 export const lockKey = (projection: string): string => `toolbus-projector:${projection}`;
 export const rebuildLockKey = (projection: string): string => `toolbus-projector-rebuild:${projection}`;

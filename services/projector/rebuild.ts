@@ -13,7 +13,13 @@ import {
   type RecordedEventText,
 } from '../../lib/eventstore/types.ts';
 import { createLogger } from '../../lib/log.ts';
-import { ensureCheckpoint, readCheckpoint, rebuildLockKey, writeCheckpoint } from './checkpoint.ts';
+import {
+  ensureCheckpoint,
+  readCheckpoint,
+  rebuildLockKey,
+  touchCheckpoint,
+  writeCheckpoint,
+} from './checkpoint.ts';
 import { ProjectorStoreEnv } from './config.ts';
 import { LIVE_SCHEMA, PROJECTION_NAME, projectorMigrations } from './migrations.ts';
 import type { Log } from './runner.ts';
@@ -142,7 +148,10 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
       }
       await client.query(`alter schema ${LIVE_SCHEMA} rename to ${OLD_SCHEMA}`);
       await client.query(`alter schema ${BUILD_SCHEMA} rename to ${LIVE_SCHEMA}`);
+      // Written also with nothing projected: a live batch whose rows were read before the swap
+      // (from the tables renamed away) compares the row's version, which the lock alone leaves.
       if (position !== null) await writeCheckpoint(client, projection, position, events);
+      else await touchCheckpoint(client, projection);
       await client.query('commit');
     } catch (e) {
       await client.query('rollback').catch(() => undefined);

@@ -302,9 +302,9 @@ async function writeRows(
       await db.query(`with ${statements.map((sql, i) => `w${i} as (${sql})`).join(', ')} select 1`, params);
     return null;
   }
-  // The checkpoint moves only from the version the batch was read after (compare and set: any
-  // other write, such as a rebuild's swap, changes it), its row lock the statement's last word;
-  // the caller rolls back when it did not move. The NOTIFY is delivered at the commit.
+  // In the same statement, the checkpoint moves only from the version the batch was read after
+  // (compare and set: any other write, a rebuild's swap among them, changes it); the caller rolls
+  // back when it did not move. The NOTIFY is delivered at the commit.
   const { projection, expected, position, events, notify } = checkpoint;
   const param = (value: string) => `$${params.push(value)}`;
   statements.push(
