@@ -125,6 +125,10 @@ export async function projectionLag(ctx: BenchContext, highest: number | null): 
       );
       if (projected.missing > 0)
         throw new Error(`${projected.missing} events never reached the read models within 60 s`);
+      if (projected.latency.count === 0 || run.completed === 0)
+        throw new Error(
+          `nothing to measure at ${at}/s: ${run.completed}/${run.sent} answered, ${projected.latency.count} events recorded (${run.firstErrors.join('; ')})`,
+        );
       const kept = run.errors === 0 && run.unanswered === 0;
       return { rate: at, run, projected, bare, dispatch, kept };
     };
@@ -137,15 +141,18 @@ export async function projectionLag(ctx: BenchContext, highest: number | null): 
       // What the load generator gave up on is still queued in the intake: the next rate starts
       // once the dispatcher has worked it off (the store has stopped growing for 3 s).
       await settled(db.url, 3_000, 180_000);
-      attempts.push(await measure(Math.max(5, Math.round(attempts.at(-1)!.rate * 0.75)), attempts.length));
+      const lower = Math.max(5, Math.round(attempts.at(-1)!.rate * 0.75));
+      try {
+        attempts.push(await measure(lower, attempts.length));
+      } catch (e) {
+        // The half-load figure stands; the search for a rate that keeps up ends here.
+        ctx.log(`projection lag @ ${lower}/s failed: ${e instanceof Error ? e.message : String(e)}`);
+        break;
+      }
     }
     await loadgen.call('teardown');
     const half = attempts[0]!;
     const kept = attempts.find((x) => x.kept) ?? null;
-    if (!kept)
-      throw new Error(
-        `the dispatch load failed at every rate tried (${attempts.map((x) => `${x.rate}/s: ${x.run.errors} errors, ${x.run.unanswered} unanswered`).join('; ')}; ${half.run.firstErrors.join('; ')})`,
-      );
     const reference = 'bare catch-up subscription (no writes)';
     const figuresAt = (x: typeof half, label: string) => [
       figure(`lag p50 @ ${x.rate}/s${label}`, 'ms', x.projected.latency.p50, {
@@ -164,7 +171,9 @@ export async function projectionLag(ctx: BenchContext, highest: number | null): 
       title: '3a. Projection lag at half the highest throughput',
       figures: [
         ...figuresAt(half, half.kept ? '' : ' (dispatch fell behind)'),
-        ...(kept === half ? [] : figuresAt(kept, ' (highest rate tried that the stack kept up with)')),
+        ...(kept === null || kept === half
+          ? []
+          : figuresAt(kept, ' (highest rate tried that the stack kept up with)')),
       ],
       targets: [
         target(
@@ -182,7 +191,7 @@ export async function projectionLag(ctx: BenchContext, highest: number | null): 
           ? []
           : [
               `At ${rate}/s the dispatcher, with the projector beside it on the same cores (benchmark 2 ran without one), did not keep up: the figure is the lag of the events it recorded. ` +
-                `Lower rates, three quarters of the one before, until it kept up: ${attempts
+                `Lower rates, three quarters of the one before, until it kept up${kept ? '' : ' (none did)'}: ${attempts
                   .slice(1)
                   .map(
                     (x) =>
