@@ -53,6 +53,8 @@ t.test('npm run start:cluster runs the clustered topology', async (t) => {
   child.stderr.on('data', (d: Buffer) => (output += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
   t.teardown(() => {
+    // A failure says what the stack logged (its directory goes with the test).
+    if (!t.passing()) t.comment(`the stack's last output:\n${output.slice(-8_000)}`);
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
   while (!output.includes('Ctrl-C stops everything.')) {
