@@ -115,64 +115,87 @@ export class ChainVerifier {
   async accept(recorded: RecordedEvent, checked?: Audited): Promise<HistoryBreak | null>;
   async accept(recorded: EventAt, checked: Audited): Promise<HistoryBreak | null>;
   async accept(recorded: EventAt, checked?: Audited): Promise<HistoryBreak | null> {
+    return this.check(recorded, checked ?? checkRecorded(recorded as RecordedEvent));
+  }
+
+  /**
+   * `accept` without a promise for most events: only one whose execution the Bloom filter may have
+   * seen end is answered later, once the stream has been read again (a promise is then returned).
+   * A long history's walk checks every event this way, one page of them after another.
+   */
+  check(recorded: EventAt, checked: Audited): HistoryBreak | null | Promise<HistoryBreak | null> {
     if (this.failure) return this.failure;
     const revision = recorded.revision;
-    const fail = (kind: BreakKind, problem: string, at = revision, eventId: string | null = recorded.id) =>
-      (this.failure = { revision: at, eventId, kind, problem });
-
-    if (revision !== this.expectedRevision) {
-      if (revision > this.expectedRevision) {
-        const missing =
-          revision - this.expectedRevision === 1
-            ? `revision ${this.expectedRevision} is missing`
-            : `revisions ${this.expectedRevision}..${revision - 1} are missing`;
-        return fail(
-          'revision',
-          `${missing}: the next stored event is at revision ${revision}`,
-          this.expectedRevision,
-          null,
-        );
-      }
-      return fail(
-        'revision',
-        `revision ${revision} appears where revision ${this.expectedRevision} was expected`,
-        this.expectedRevision,
-      );
+    if (revision !== this.expectedRevision) return this.revisionBreak(recorded);
+    if (!checked.ok) return this.fail('schema', checked.reason, recorded);
+    if (checked.userId !== this.options.userId) {
+      return this.fail('schema', `event belongs to user ${checked.userId}, not ${this.options.userId}`, recorded);
     }
-
-    const parsed = checked ?? checkRecorded(recorded as RecordedEvent);
-    if (!parsed.ok) return fail('schema', parsed.reason);
-    if (parsed.userId !== this.options.userId) {
-      return fail('schema', `event belongs to user ${parsed.userId}, not ${this.options.userId}`);
-    }
-    const event = parsed.event;
+    const event = checked.event;
 
     if (event.metadata.prevHash !== this.prevHash) {
       const before =
         revision === 0 ? 'the genesis hash' : `the hash of revision ${revision - 1} (${this.prevHash})`;
-      return fail(
+      return this.fail(
         'link',
         `prevHash ${event.metadata.prevHash} does not link to ${before}: an event was removed, inserted or moved here`,
+        recorded,
       );
     }
-    const actual = parsed.hash;
+    const actual = checked.hash;
     if (actual !== event.metadata.hash) {
-      return fail(
+      return this.fail(
         'hash',
         `stored hash ${event.metadata.hash} does not cover the event's content (it hashes to ${actual}): the event was altered`,
+        recorded,
       );
     }
 
-    const lifecycle = await this.checkLifecycle(event, revision);
-    if (lifecycle) return fail('lifecycle', lifecycle);
+    const { executionId } = event.metadata;
+    if (!this.open.has(executionId) && this.endedFilter.mightContain(executionId)) {
+      // Maybe ended already: read the stream again to know (never a wrong verdict, only slower).
+      return this.options
+        .findTerminal(executionId, revision)
+        .then((endedAt) => this.afterLifecycle(recorded, event, endedAt));
+    }
+    return this.afterLifecycle(recorded, event, null);
+  }
+
+  private fail(kind: BreakKind, problem: string, at: { revision: number; id: string | null }): HistoryBreak {
+    return (this.failure = { revision: at.revision, eventId: at.id, kind, problem });
+  }
+
+  private revisionBreak(recorded: EventAt): HistoryBreak {
+    const { revision } = recorded;
+    const expected = this.expectedRevision;
+    if (revision > expected) {
+      const missing =
+        revision - expected === 1 ? `revision ${expected} is missing` : `revisions ${expected}..${revision - 1} are missing`;
+      return this.fail('revision', `${missing}: the next stored event is at revision ${revision}`, {
+        revision: expected,
+        id: null,
+      });
+    }
+    return this.fail('revision', `revision ${revision} appears where revision ${expected} was expected`, {
+      revision: expected,
+      id: recorded.id,
+    });
+  }
+
+  /** The rest of `check`, once it is known whether the event's execution ended before (`endedAt`). */
+  private afterLifecycle(recorded: EventAt, event: AuditedEvent, endedAt: number | null): HistoryBreak | null {
+    const revision = recorded.revision;
+    const lifecycle = this.checkLifecycle(event, endedAt);
+    if (lifecycle) return this.fail('lifecycle', lifecycle, recorded);
 
     const cp = this.options.checkpoint;
     if (cp && revision === cp.revision) {
       if (event.metadata.hash !== cp.hash || event.id !== cp.eventId) {
-        return fail(
+        return this.fail(
           'checkpoint',
           `the checkpoint vouches for event ${cp.eventId} with hash ${cp.hash} at revision ${cp.revision}, ` +
             `but the stream holds event ${event.id} with hash ${event.metadata.hash}: the history was rewritten after the checkpoint`,
+          recorded,
         );
       }
       this.checkpointMatched = true;
@@ -230,16 +253,16 @@ export class ChainVerifier {
     };
   }
 
-  /** Why this event may not happen in its execution's life, or null. */
-  private async checkLifecycle(event: AuditedEvent, revision: number): Promise<string | null> {
+  /**
+   * Why this event may not happen in its execution's life, or null. `endedAt`: where the execution
+   * ended before this event, when it is not running and the stream was read to know (`check`).
+   */
+  private checkLifecycle(event: AuditedEvent, endedAt: number | null): string | null {
     const { executionId, requestId } = event.metadata;
     const open = this.open.get(executionId);
     let state: ExecutionState = open?.state ?? initialState();
     if (!open) {
       // Not running: new (only a request may start it), or already ended (nothing may follow).
-      const endedAt = this.endedFilter.mightContain(executionId)
-        ? await this.options.findTerminal(executionId, revision)
-        : null;
       if (endedAt !== null) {
         return `${event.type} for execution ${executionId}, which already ended at revision ${endedAt}: nothing may follow a terminal event`;
       }
@@ -321,13 +344,16 @@ export async function verifyHistory(
         : null;
   let failure: HistoryBreak | null = null;
   // The store's JSON as text where it can give it: parsed once, where the rest of the check runs.
-  const events = store.readStreamText
-    ? checkedEvents(store.readStreamText(stream), threads, TEXT)
-    : checkedEvents(store.readStream(stream), threads, PARSED);
-  for await (const { recorded, checked } of events) {
-    failure = await verifier.accept(recorded, checked);
-    if (failure) break;
-    options.onEvent?.(recorded.revision);
+  const pages: AsyncIterable<CheckedPage<EventAt>> = store.readStreamText
+    ? checkedPages(store.readStreamText(stream), threads, TEXT)
+    : checkedPages(store.readStream(stream), threads, PARSED);
+  walk: for await (const { recorded, checked } of pages) {
+    for (let i = 0; i < recorded.length; i++) {
+      const verdict = verifier.check(recorded[i]!, checked[i]!);
+      failure = verdict instanceof Promise ? await verdict : verdict;
+      if (failure) break walk;
+      options.onEvent?.(recorded[i]!.revision);
+    }
   }
   failure ??= verifier.finish(head?.revision ?? null);
   const { checkpointMatched, ...summary } = verifier.summary();
@@ -347,8 +373,8 @@ export async function verifyHistory(
 
 /** How stored events of one form are parsed and hashed: here, one by one, or a page on the threads. */
 export interface EventChecker<E> {
-  here(event: E): Audited;
-  onThreads(threads: EventThreads, page: readonly E[]): Promise<Audited[]>;
+  here: (event: E) => Audited;
+  onThreads: (threads: EventThreads, page: readonly E[]) => Promise<Audited[]>;
 }
 
 export const PARSED: EventChecker<RecordedEvent> = {
@@ -361,53 +387,60 @@ export const TEXT: EventChecker<RecordedEventText> = {
   onThreads: (threads, page) => threads.auditText(page),
 };
 
+/** Events read, in order, and their parses and hashes: one page of them. */
+export interface CheckedPage<E> {
+  recorded: E[];
+  checked: Audited[];
+}
+
 /**
- * The events of a read, each with its parse and hash. With threads, pages of THREAD_PAGE events
- * are checked on worker threads while the next pages are read, at most two pages per thread in
- * flight (so memory stays flat however long the stream), and handed on in the order read.
- * Leaving the loop early stops the read; the pages still in flight are dropped.
+ * The events of a read with their parses and hashes, page by page (a page costs one step of the
+ * async iteration rather than each of its events). With threads, pages of THREAD_PAGE events are
+ * checked on worker threads while the next pages are read, at most two pages per thread in flight
+ * (so memory stays flat however long the stream), and handed on in the order read. Leaving the loop
+ * early stops the read; the pages still in flight are dropped.
  */
-export async function* checkedEvents<E extends EventAt>(
+export async function* checkedPages<E extends EventAt>(
   events: AsyncIterable<E>,
   threads: EventThreads | null,
   checker: EventChecker<E>,
-): AsyncGenerator<{ recorded: E; checked: Audited }> {
-  if (!threads) {
-    for await (const recorded of events) yield { recorded, checked: checker.here(recorded) };
-    return;
-  }
+): AsyncGenerator<CheckedPage<E>> {
   // Until the threads have started (a second or so), pages are checked here rather than waited for.
-  let started = threads.isWarm;
-  threads.warm().then(
+  let started = threads?.isWarm ?? false;
+  threads?.warm().then(
     () => (started = true),
     () => undefined, // a thread that cannot start fails the first page sent to it
   );
-  const maxInFlight = 2 * threads.size;
-  const inFlight: Array<{ page: E[]; checked: Promise<Audited[]> }> = [];
-  const send = (page: E[]) => {
-    const checked = checker.onThreads(threads, page);
-    checked.catch(() => undefined); // awaited in order below, or dropped when the loop ends early
-    inFlight.push({ page, checked });
-  };
+  const maxInFlight = 2 * (threads?.size ?? 0);
+  const inFlight: Array<{ recorded: E[]; checked: Promise<Audited[]> }> = [];
   let page: E[] = [];
-  const drainReady = async function* () {
-    const { page: done, checked } = inFlight.shift()!;
-    const results = await checked;
-    for (let i = 0; i < done.length; i++) yield { recorded: done[i]!, checked: results[i]! };
-  };
   for await (const recorded of events) {
-    if (!started && inFlight.length === 0 && page.length === 0) {
-      yield { recorded, checked: checker.here(recorded) };
-      continue;
-    }
     page.push(recorded);
     if (page.length < THREAD_PAGE) continue;
-    send(page);
+    if (threads && (started || inFlight.length > 0)) {
+      const checked = checker.onThreads(threads, page);
+      checked.catch(() => undefined); // awaited in order below, or dropped when the loop ends early
+      inFlight.push({ recorded: page, checked });
+      if (inFlight.length >= maxInFlight) {
+        const done = inFlight.shift()!;
+        yield { recorded: done.recorded, checked: await done.checked };
+      }
+    } else {
+      yield { recorded: page, checked: page.map(checker.here) };
+    }
     page = [];
-    if (inFlight.length >= maxInFlight) yield* drainReady();
   }
-  if (page.length > 0) send(page);
-  while (inFlight.length > 0) yield* drainReady();
+  if (page.length > 0 && threads && inFlight.length > 0) {
+    const checked = checker.onThreads(threads, page);
+    checked.catch(() => undefined);
+    inFlight.push({ recorded: page, checked });
+    page = [];
+  }
+  while (inFlight.length > 0) {
+    const done = inFlight.shift()!;
+    yield { recorded: done.recorded, checked: await done.checked };
+  }
+  if (page.length > 0) yield { recorded: page, checked: page.map(checker.here) };
 }
 
 /** One line for people: "OK ..." or "BROKEN at revision N ...". */
