@@ -213,6 +213,87 @@ export function fromAuditedColumns(c: AuditedColumns): Audited[] {
   return results;
 }
 
+/**
+ * A page of Parsed results by field. The envelope's fields are arrays of strings; the metadata
+ * one array per key (a hole where an event lacks it); only `data` stays an object per event.
+ */
+export interface ParsedColumns {
+  reason: Array<string | null>;
+  userId: string[];
+  id: string[];
+  type: Array<ToolEvent['type']>;
+  schemaVersion: number[];
+  data: unknown[];
+  metadata: Record<string, unknown[]>;
+}
+
+export function parsedColumns(results: readonly Parsed[]): ParsedColumns {
+  const c: ParsedColumns = {
+    reason: [],
+    userId: [],
+    id: [],
+    type: [],
+    schemaVersion: [],
+    data: [],
+    metadata: {},
+  };
+  for (let i = 0; i < results.length; i++) {
+    const r = results[i]!;
+    if (!r.ok) {
+      c.reason.push(r.reason);
+      c.userId.push('');
+      c.id.push('');
+      c.type.push('ToolRequested');
+      c.schemaVersion.push(0);
+      c.data.push(null);
+      continue;
+    }
+    const { event } = r;
+    c.reason.push(null);
+    c.userId.push(r.userId);
+    c.id.push(event.id);
+    c.type.push(event.type);
+    c.schemaVersion.push(event.schemaVersion);
+    c.data.push(event.data);
+    const metadata = event.metadata as Record<string, unknown>;
+    for (const key in metadata) {
+      const value = metadata[key];
+      if (value === undefined) continue;
+      (c.metadata[key] ??= new Array<unknown>(results.length))[i] = value;
+    }
+  }
+  return c;
+}
+
+/** The Parsed results of a page sent back by a thread, the envelopes whole again. */
+export function fromParsedColumns(c: ParsedColumns): Parsed[] {
+  const keys = Object.keys(c.metadata);
+  const columns = keys.map((key) => c.metadata[key]!);
+  const results = new Array<Parsed>(c.reason.length);
+  for (let i = 0; i < results.length; i++) {
+    const reason = c.reason[i];
+    if (reason != null) {
+      results[i] = { ok: false, reason };
+      continue;
+    }
+    const metadata: Record<string, unknown> = {};
+    for (let k = 0; k < keys.length; k++) {
+      const value = columns[k]![i];
+      if (value !== undefined) metadata[keys[k]!] = value;
+    }
+    // The fields were taken from one parsed envelope, and are put back together as they were.
+    const event = {
+      id: c.id[i],
+      type: c.type[i],
+      schemaVersion: c.schemaVersion[i],
+      data: c.data[i],
+      metadata,
+    } as ToolEvent;
+    results[i] = { ok: true, event, userId: c.userId[i]! };
+  }
+  return results;
+}
+
 export type EventTask =
   | { kind: 'parse'; events: Columns<WireEvent> }
   | { kind: 'parse-text'; events: Columns<WireText> }
@@ -220,12 +301,12 @@ export type EventTask =
   | { kind: 'audit-text'; events: Columns<WireText> };
 
 /** A worker's answer to one task: the events' results, in the order given. */
-export function handleEventTask(task: EventTask): Parsed[] | AuditedColumns {
+export function handleEventTask(task: EventTask): ParsedColumns | AuditedColumns {
   switch (task.kind) {
     case 'parse':
-      return fromColumns(task.events).map(parseRecorded);
+      return parsedColumns(fromColumns(task.events).map(parseRecorded));
     case 'parse-text':
-      return fromColumns(task.events).map(parseText);
+      return parsedColumns(fromColumns(task.events).map(parseText));
     case 'audit':
       return auditedColumns(fromColumns(task.events).map(checkRecorded));
     case 'audit-text':
@@ -235,7 +316,7 @@ export function handleEventTask(task: EventTask): Parsed[] | AuditedColumns {
 
 /** Parses and hashes pages of stored events on worker threads. */
 export class EventThreads {
-  private readonly pool: ThreadPool<EventTask, Parsed[] | AuditedColumns>;
+  private readonly pool: ThreadPool<EventTask, ParsedColumns | AuditedColumns>;
 
   constructor(readonly size: number) {
     this.pool = new ThreadPool(new URL('./eventTask.ts', import.meta.url), size);
@@ -247,12 +328,14 @@ export class EventThreads {
   parse(events: readonly RecordedEvent[]): Promise<Parsed[]> {
     this.tasks++;
     // The pool answers each task with its kind's results: a parse task's are Parsed.
-    return this.pool.run({ kind: 'parse', events: toColumns(events) }) as Promise<Parsed[]>;
+    const page = this.pool.run({ kind: 'parse', events: toColumns(events) }) as Promise<ParsedColumns>;
+    return page.then(fromParsedColumns);
   }
 
   parseText(events: readonly RecordedEventText[]): Promise<Parsed[]> {
     this.tasks++;
-    return this.pool.run({ kind: 'parse-text', events: toColumns(events) }) as Promise<Parsed[]>;
+    const page = this.pool.run({ kind: 'parse-text', events: toColumns(events) }) as Promise<ParsedColumns>;
+    return page.then(fromParsedColumns);
   }
 
   /** Parses and hashes events for the audit, and sends back what it reads of them (`Audited`). */

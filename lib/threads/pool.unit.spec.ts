@@ -3,7 +3,7 @@ import { eventHash, userStream } from '../../contracts/index.ts';
 import type { RecordedEvent } from '../eventstore/types.ts';
 import { toEventData } from '../toolEvents.ts';
 import { executionEvents } from '../../services/auditor/testkit.ts';
-import { audited, checkRecorded, EventThreads, parseRecorded } from './events.ts';
+import { audited, checkRecorded, EventThreads, parsedColumns, parseRecorded } from './events.ts';
 import { ThreadPool, ThreadPoolError, ThreadTaskError } from './pool.ts';
 
 /** The pool and the event tasks: a thread answers what the calling thread computes. */
@@ -56,7 +56,11 @@ t.test('a task that throws rejects its caller only; a closed pool refuses work',
   await pool.warm();
   await t.rejects(pool.run({ kind: 'parse', events: null }), ThreadTaskError);
   const none = { id: [], type: [], data: [], metadata: [], streamId: [], revision: [] };
-  t.same(await pool.run({ kind: 'parse', events: none }), [], 'the thread goes on after a failed task');
+  t.same(
+    await pool.run({ kind: 'parse', events: none }),
+    parsedColumns([]),
+    'the thread goes on after a failed task',
+  );
   await pool.close();
   await t.rejects(pool.run({ kind: 'parse', events: none }), ThreadPoolError);
   t.throws(() => new ThreadPool(new URL('./eventTask.ts', import.meta.url), 0), ThreadPoolError);

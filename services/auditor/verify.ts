@@ -129,7 +129,11 @@ export class ChainVerifier {
     if (revision !== this.expectedRevision) return this.revisionBreak(recorded);
     if (!checked.ok) return this.fail('schema', checked.reason, recorded);
     if (checked.userId !== this.options.userId) {
-      return this.fail('schema', `event belongs to user ${checked.userId}, not ${this.options.userId}`, recorded);
+      return this.fail(
+        'schema',
+        `event belongs to user ${checked.userId}, not ${this.options.userId}`,
+        recorded,
+      );
     }
     const event = checked.event;
 
@@ -170,7 +174,9 @@ export class ChainVerifier {
     const expected = this.expectedRevision;
     if (revision > expected) {
       const missing =
-        revision - expected === 1 ? `revision ${expected} is missing` : `revisions ${expected}..${revision - 1} are missing`;
+        revision - expected === 1
+          ? `revision ${expected} is missing`
+          : `revisions ${expected}..${revision - 1} are missing`;
       return this.fail('revision', `${missing}: the next stored event is at revision ${revision}`, {
         revision: expected,
         id: null,
@@ -183,7 +189,11 @@ export class ChainVerifier {
   }
 
   /** The rest of `check`, once it is known whether the event's execution ended before (`endedAt`). */
-  private afterLifecycle(recorded: EventAt, event: AuditedEvent, endedAt: number | null): HistoryBreak | null {
+  private afterLifecycle(
+    recorded: EventAt,
+    event: AuditedEvent,
+    endedAt: number | null,
+  ): HistoryBreak | null {
     const revision = recorded.revision;
     const lifecycle = this.checkLifecycle(event, endedAt);
     if (lifecycle) return this.fail('lifecycle', lifecycle, recorded);

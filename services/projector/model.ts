@@ -174,22 +174,24 @@ const UNSTORABLE = /[\u0000\ud800-\udfff]/;
  * per event, on the projector's and the rebuild's hot path.
  */
 function storableState(state: DeciderState): DeciderState {
-  const needsWork = (v: unknown): boolean => {
-    if (typeof v === 'string') return UNSTORABLE.test(v);
-    if (Array.isArray(v)) return v.some(needsWork);
-    if (v !== null && typeof v === 'object') {
-      for (const k in v) if (needsWork((v as Record<string, unknown>)[k])) return true;
-    }
-    return false;
-  };
-  const walk = (v: unknown): unknown => {
-    if (typeof v === 'string') return storable(v);
-    if (Array.isArray(v)) return v.map(walk);
-    if (v !== null && typeof v === 'object')
-      return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]));
-    return v;
-  };
-  return needsWork(state) ? (walk(state) as DeciderState) : state;
+  return needsWork(state) ? (storableCopy(state) as DeciderState) : state;
+}
+
+function needsWork(v: unknown): boolean {
+  if (typeof v === 'string') return UNSTORABLE.test(v);
+  if (Array.isArray(v)) return v.some(needsWork);
+  if (v !== null && typeof v === 'object') {
+    for (const k in v) if (needsWork((v as Record<string, unknown>)[k])) return true;
+  }
+  return false;
+}
+
+function storableCopy(v: unknown): unknown {
+  if (typeof v === 'string') return storable(v);
+  if (Array.isArray(v)) return v.map(storableCopy);
+  if (v !== null && typeof v === 'object')
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, storableCopy(x)]));
+  return v;
 }
 
 /**
@@ -475,22 +477,29 @@ export const emptyReadModels = (): ReadModels => ({
 });
 
 /** What a skipped event's row records of it (its JSON aside: it may be read as text). */
-type StoredAt = Pick<RecordedEvent, 'streamId' | 'revision' | 'position' | 'id' | 'type' | 'created'>;
+/** Where an event was read from; a bare envelope replayed (`replayReadModels`) has no position or time. */
+type StoredAt = Pick<RecordedEvent, 'streamId' | 'revision' | 'id' | 'type'> & {
+  position: RecordedEvent['position'] | null;
+  created: Date | null;
+};
 
 const skippedRow = (recorded: StoredAt, reason: string): SkippedRow => ({
   streamId: recorded.streamId,
   revision: recorded.revision,
-  position: formatPosition(recorded.position),
+  position: recorded.position && formatPosition(recorded.position),
   eventId: recorded.id,
   eventType: storable(recorded.type),
   reason: storable(reason),
-  recordedAt: recorded.created.toISOString(),
+  recordedAt: recorded.created && recorded.created.toISOString(),
 });
 
 /** One stored event in, as the runner sees it: parsed, or skipped with its reason. */
 export type Incoming =
-  | { ok: true; event: ToolEvent; revision: number; skipped: (reason: string) => SkippedRow }
-  | { ok: false; row: SkippedRow };
+  { ok: true; event: ToolEvent; revision: number; recorded: StoredAt } | { ok: false; row: SkippedRow };
+
+/** The row of an event that parsed but that the life cycle refused (`applyEvent`'s reason). */
+export const refusedRow = (incoming: Extract<Incoming, { ok: true }>, reason: string): SkippedRow =>
+  skippedRow(incoming.recorded, reason);
 
 export function incomingFromRecorded(recorded: RecordedEvent): Incoming {
   return incomingFromParsed(recorded, parseRecorded(recorded));
@@ -503,7 +512,7 @@ export function incomingFromParsed(recorded: StoredAt, parsed: Parsed): Incoming
     ok: true,
     event: parsed.event,
     revision: recorded.revision,
-    skipped: (reason) => skippedRow(recorded, reason),
+    recorded,
   };
 }
 
@@ -529,15 +538,7 @@ export function replayReadModels(events: Iterable<RecordedEvent | ToolEvent>): R
         ok: true,
         event: e,
         revision,
-        skipped: (reason) => ({
-          streamId: stream,
-          revision,
-          position: null,
-          eventId: e.id,
-          eventType: e.type,
-          reason: storable(reason),
-          recordedAt: null,
-        }),
+        recorded: { streamId: stream, revision, position: null, id: e.id, type: e.type, created: null },
       };
     }
     applyIncoming(model, incoming);
@@ -553,7 +554,7 @@ export function applyIncoming(model: ReadModels, incoming: Incoming): SkippedRow
   }
   const result = applyEvent(model, incoming.event, incoming.revision);
   if (!result.applied) {
-    const row = incoming.skipped(result.reason);
+    const row = refusedRow(incoming, result.reason);
     model.skipped.push(row);
     return row;
   }

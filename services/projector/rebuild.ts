@@ -30,7 +30,7 @@ import {
   THREADED_FROM_EVENTS,
   type EventThreads,
 } from '../../lib/threads/events.ts';
-import { applyBatch, qualified, SoleWriterRows } from './sql.ts';
+import { applyBatch, flushRows, qualified, SoleWriterRows } from './sql.ts';
 import { openEventStore } from './store.ts';
 
 /** Where a rebuild builds, and where the replaced model waits to be dropped. */
@@ -49,8 +49,9 @@ export interface RebuildOptions {
    */
   threads?: EventThreads | null;
   /**
-   * How many of the rows it wrote the rebuild keeps in memory (sql.ts `SoleWriterRows`), so that
-   * applying a batch rarely reads its rows back from the new schema. Default 20,000.
+   * How many of the rows it touched the rebuild keeps in memory (sql.ts `SoleWriterRows`), so that
+   * applying a batch rarely reads its rows back from the new schema, and writes a row only once it
+   * is forgotten or the build is done. Default 20,000.
    */
   rememberedRows?: number;
 }
@@ -126,6 +127,9 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
       log?.info({ pass, events, position }, 'rebuild pass done');
       if (r.events < batchSize) break;
     }
+    // The rows held back (SoleWriterRows) are written before the swap, which then writes only
+    // those its own catch-up touched.
+    await flushRows(pool, BUILD_SCHEMA, known);
 
     const client = await pool.connect();
     try {
@@ -145,6 +149,7 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
         );
         position = r.position ?? position;
         events += r.events;
+        await flushRows(client, BUILD_SCHEMA, known);
       }
       await client.query(`alter schema ${LIVE_SCHEMA} rename to ${OLD_SCHEMA}`);
       await client.query(`alter schema ${BUILD_SCHEMA} rename to ${LIVE_SCHEMA}`);

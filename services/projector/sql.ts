@@ -8,6 +8,7 @@ import {
   emptyToolMetrics,
   minuteKey,
   normalizeDump,
+  refusedRow,
   sortKeys,
   type ExecutionRow,
   type ExecutionState,
@@ -155,8 +156,11 @@ function fromDb(kind: Kind, value: unknown): unknown {
 const rowFromDb = <R>(spec: TableSpec<R>, r: Record<string, unknown>): R =>
   Object.fromEntries(spec.columns.map((c) => [c.field, fromDb(c.kind, r[c.name])])) as R;
 
-const rowToJson = <R>(spec: TableSpec<R>, row: R): Record<string, unknown> =>
-  Object.fromEntries(spec.columns.map((c) => [c.name, row[c.field] ?? null]));
+function rowToJson<R>(spec: TableSpec<R>, row: R): Record<string, unknown> {
+  const json: Record<string, unknown> = {};
+  for (const c of spec.columns) json[c.name] = row[c.field] ?? null;
+  return json;
+}
 
 const recordsetType = <R>(spec: TableSpec<R>, names: string[] = spec.columns.map((c) => c.name)): string =>
   names.map((n) => `${n} ${spec.columns.find((c) => c.name === n)!.type}`).join(', ');
@@ -170,25 +174,39 @@ const keyOfKey = <R>(spec: TableSpec<R>, key: Record<string, unknown>): string =
     spec,
     spec.key.map((name) => key[name]),
   );
-const keyOfRow = <R>(spec: TableSpec<R>, row: R): string =>
-  keyString(
-    spec,
-    spec.key.map((name) => row[spec.columns.find((c) => c.name === name)!.field]),
-  );
+/** Each spec's key fields, in key order (looked up once: a rebuild keys every row it holds). */
+const keyFields = new Map<TableSpec<never>, string[]>();
+function keyOfRow<R>(spec: TableSpec<R>, row: R): string {
+  let fields = keyFields.get(spec);
+  if (!fields) {
+    fields = spec.key.map((name) => spec.columns.find((c) => c.name === name)!.field);
+    keyFields.set(spec, fields);
+  }
+  let key = spec.table;
+  for (const field of fields) key += `\u0000${(row[field as keyof R] as string | number | null) ?? ''}`;
+  return key;
+}
 
 /**
- * What the only writer of a schema knows of its rows without reading them back: the rows it wrote
- * last (up to `capacity`, the least recently written forgotten first) and, in a Bloom filter, the key
- * of every row it ever wrote. A rebuild owns its fresh schema until the swap, so a row remembered
+ * What the only writer of a schema knows of its rows without reading them back: the rows it touched
+ * last (up to `capacity`, the least recently touched forgotten first) and, in a Bloom filter, the
+ * key of every row it ever touched. A rebuild owns its fresh schema until the swap, so a row held
  * here is the row, a key the filter never saw has no row, and only a forgotten row (or a false
  * "maybe" of the filter) is read from the table: most batches read nothing before they write.
+ *
+ * Being the only reader too, it also writes behind: a batch's rows are held, not written, and a row
+ * is written when it is forgotten (in the statement of the batch that pushed it out) or by `flush`,
+ * which the rebuild calls before the swap. An execution's row is then written once, after its
+ * last event, rather than with each batch that touched it, and a user's or a tool's totals once
+ * at the end rather than in every batch (a rebuild wrote about 54,000 rows for 100,000 events
+ * without this, 34,000 with).
  *
  * It holds only while every batch applied with it commits; a rebuild abandons it with a failed batch.
  * The rows are the model's own objects (a batch mutates them as it applies events).
  */
 export class SoleWriterRows {
-  private readonly rows = new Map<string, unknown>();
-  private readonly written: BloomFilter;
+  private readonly rows = new Map<string, { spec: TableSpec<unknown>; row: unknown; written: boolean }>();
+  private readonly touched: BloomFilter;
   /** Keys answered from memory and keys read from the table, for tests and logs. */
   readonly counts = { remembered: 0, absent: 0, read: 0 };
 
@@ -196,17 +214,17 @@ export class SoleWriterRows {
     readonly capacity = 20_000,
     filterBytes = 4 * 1024 * 1024,
   ) {
-    this.written = new BloomFilter(filterBytes);
+    this.touched = new BloomFilter(filterBytes);
   }
 
   /** The row, `null` when it certainly does not exist, `undefined` when only the table knows. */
   lookup(key: string): unknown {
-    const row = this.rows.get(key);
-    if (row !== undefined) {
+    const held = this.rows.get(key);
+    if (held !== undefined) {
       this.counts.remembered++;
-      return row;
+      return held.row;
     }
-    if (!this.written.mightContain(key)) {
+    if (!this.touched.mightContain(key)) {
       this.counts.absent++;
       return null;
     }
@@ -214,13 +232,59 @@ export class SoleWriterRows {
     return undefined;
   }
 
-  remember(key: string, row: unknown): void {
-    this.rows.delete(key);
-    this.rows.set(key, row);
-    this.written.add(key);
-    if (this.rows.size > this.capacity) this.rows.delete(this.rows.keys().next().value!);
+  /**
+   * Holds a batch's rows, to be written later; returns the rows to write now: those forgotten to
+   * make room that were not written yet.
+   */
+  hold(writes: readonly Write[]): Write[] {
+    for (const { spec, rows } of writes) {
+      for (const row of rows) {
+        const key = keyOfRow(spec, row);
+        this.rows.delete(key);
+        this.rows.set(key, { spec, row, written: false });
+        this.touched.add(key);
+      }
+    }
+    const due = new Map<TableSpec<unknown>, unknown[]>();
+    for (const [key, held] of this.rows) {
+      if (this.rows.size <= this.capacity) break;
+      this.rows.delete(key);
+      if (held.written) continue;
+      let rows = due.get(held.spec);
+      if (!rows) due.set(held.spec, (rows = []));
+      rows.push(held.row);
+    }
+    return [...due].map(([spec, rows]) => ({ spec, rows }));
+  }
+
+  /** The rows held and not written yet, at most `max` (marked written: the caller writes them). */
+  unwritten(max: number): Write[] {
+    const due = new Map<TableSpec<unknown>, unknown[]>();
+    let n = 0;
+    for (const held of this.rows.values()) {
+      if (held.written) continue;
+      if (n++ === max) break;
+      held.written = true;
+      let rows = due.get(held.spec);
+      if (!rows) due.set(held.spec, (rows = []));
+      rows.push(held.row);
+    }
+    return [...due].map(([spec, rows]) => ({ spec, rows }));
   }
 }
+
+/** Writes every row `known` holds and has not written, a few thousand rows per statement. */
+export async function flushRows(db: Queryable, schema: string, known: SoleWriterRows): Promise<number> {
+  let written = 0;
+  for (;;) {
+    const writes = known.unwritten(FLUSH_ROWS);
+    if (writes.length === 0) return written;
+    await writeRows(db, schema, writes, []);
+    written += writes.reduce((n, w) => n + w.rows.length, 0);
+  }
+}
+
+const FLUSH_ROWS = 2000;
 
 /** Rows of `spec` whose key is among `keys` (objects with the key columns). */
 async function loadByKeys<R>(
@@ -389,7 +453,7 @@ export async function applyBatch(
     }
     const result = applyEvent(state, i.event, i.revision);
     if (!result.applied) {
-      outcome.skipped.push(i.skipped(result.reason));
+      outcome.skipped.push(refusedRow(i, result.reason));
       continue;
     }
     touched.add(i.event.metadata.executionId);
@@ -436,8 +500,9 @@ export async function applyBatch(
     write(TOOL_MINUTE, [...minutes.values()]),
     write(TOOL_TOTAL, [...totals.values()]),
   ];
-  outcome.checkpointed = await writeRows(db, schema, writes, outcome.skipped, checkpoint);
-  if (known) for (const w of writes) for (const row of w.rows) known.remember(keyOfRow(w.spec, row), row);
+  // The only writer holds its rows and writes those it forgets (SoleWriterRows); others write all.
+  const due = known ? known.hold(writes) : writes;
+  outcome.checkpointed = await writeRows(db, schema, due, outcome.skipped, checkpoint);
   return outcome;
 }
 
