@@ -33,6 +33,9 @@ import {
 import { applyBatch, flushRows, qualified, SoleWriterRows } from './sql.ts';
 import { openEventStore } from './store.ts';
 
+/** Statements writing the rows held back at the end of a rebuild at once (they fit the default pool of 10). */
+const FLUSH_PARALLEL = 4;
+
 /** Where a rebuild builds, and where the replaced model waits to be dropped. */
 export const BUILD_SCHEMA = `${LIVE_SCHEMA}_rebuild`;
 export const OLD_SCHEMA = `${LIVE_SCHEMA}_old`;
@@ -129,7 +132,7 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
     }
     // The rows held back (SoleWriterRows) are written before the swap, which then writes only
     // those its own catch-up touched.
-    await flushRows(pool, BUILD_SCHEMA, known);
+    await flushRows(pool, BUILD_SCHEMA, known, FLUSH_PARALLEL);
 
     const client = await pool.connect();
     try {

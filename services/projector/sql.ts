@@ -273,15 +273,28 @@ export class SoleWriterRows {
   }
 }
 
-/** Writes every row `known` holds and has not written, a few thousand rows per statement. */
-export async function flushRows(db: Queryable, schema: string, known: SoleWriterRows): Promise<number> {
+/**
+ * Writes every row `known` holds and has not written, a few thousand rows per statement; with a
+ * pool, `parallel` statements at a time (the rows are distinct, each statement its own transaction),
+ * so that the rebuild's last writes use more than one backend and one core.
+ */
+export async function flushRows(
+  db: Queryable,
+  schema: string,
+  known: SoleWriterRows,
+  parallel = 1,
+): Promise<number> {
   let written = 0;
-  for (;;) {
-    const writes = known.unwritten(FLUSH_ROWS);
-    if (writes.length === 0) return written;
-    await writeRows(db, schema, writes, []);
-    written += writes.reduce((n, w) => n + w.rows.length, 0);
-  }
+  const writer = async () => {
+    for (;;) {
+      const writes = known.unwritten(FLUSH_ROWS);
+      if (writes.length === 0) return;
+      written += writes.reduce((n, w) => n + w.rows.length, 0);
+      await writeRows(db, schema, writes, []);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, parallel) }, writer));
+  return written;
 }
 
 const FLUSH_ROWS = 2000;
