@@ -130,7 +130,29 @@ export interface ExecutionState {
 
 export type ApplyResult = { applied: true; sample: Sample | null } | { applied: false; reason: string };
 
-const isoOf = (occurredAt: string): string => new Date(occurredAt).toISOString();
+/**
+ * An instant as `Date.toISOString` writes it. The events' instants are written that way already
+ * (the dispatcher writes them so): one that is, and names a real day and time, is its own answer,
+ * without the Date parsed and formatted again for every event of a projection or a rebuild.
+ */
+export function isoOf(instant: string): string {
+  return isCanonicalIso(instant) ? instant : new Date(instant).toISOString();
+}
+
+const CANONICAL_ISO = /^(\d{4})-(\d\d)-(\d\d)T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z$/;
+const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/** `YYYY-MM-DDTHH:mm:ss.sssZ` naming a day the month has (a Date would move 30 February to March). */
+function isCanonicalIso(text: string): boolean {
+  const m = CANONICAL_ISO.exec(text);
+  if (!m) return false;
+  const year = Number(m[1]);
+  const month = Number(m[2]);
+  const day = Number(m[3]);
+  if (month < 1 || month > 12 || day < 1) return false;
+  const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0);
+  return day <= (month === 2 && leap ? 29 : DAYS_IN_MONTH[month - 1]!);
+}
 
 /**
  * Text as the read models can hold it. Events may carry any JSON string (an error message quoting
@@ -140,9 +162,10 @@ const isoOf = (occurredAt: string): string => new Date(occurredAt).toISOString()
  */
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
 export const storable = (text: string): string =>
-  text.replace(LONE_SURROGATE, '\ufffd').replaceAll('\u0000', '\ufffd');
+  UNSTORABLE.test(text) ? text.replace(LONE_SURROGATE, '\ufffd').replaceAll('\u0000', '\ufffd') : text;
 const storableOrNull = (text: string | null): string | null => (text === null ? null : storable(text));
 export const minuteOf = (iso: string): string => {
+  if (isCanonicalIso(iso)) return `${iso.slice(0, 17)}00.000Z`;
   const d = new Date(iso);
   d.setUTCSeconds(0, 0);
   return d.toISOString();

@@ -21,7 +21,16 @@ import {
   mergeHistograms,
   quantile,
 } from './histogram.ts';
-import { diffDumps, mergeToolRows, metricsToolOf, replayReadModels, skipKind, toDump } from './model.ts';
+import {
+  diffDumps,
+  isoOf,
+  mergeToolRows,
+  metricsToolOf,
+  minuteOf,
+  replayReadModels,
+  skipKind,
+  toDump,
+} from './model.ts';
 
 /** One execution's envelopes (chained after `prevHash`), like the dispatcher writes them. */
 function execution(
@@ -479,4 +488,34 @@ t.test('the row keeps the decider state of an open execution, and its status is 
   t.equal(row.status, folded.status);
   const ended = replayReadModels(execution('judy', 'r2', [...steps, failed('TOOL_ERROR', 5)]));
   t.match([...ended.executions.values()][0], { status: 'failed', state: null }, 'none kept once it ended');
+});
+
+t.test('isoOf and minuteOf answer as Date does, with or without its round trip', async (t) => {
+  const viaDate = (s: string) => new Date(s).toISOString();
+  const minuteViaDate = (s: string) => {
+    const d = new Date(s);
+    d.setUTCSeconds(0, 0);
+    return d.toISOString();
+  };
+  const odd = [
+    '2025-01-31T23:59:59.999Z',
+    '2024-02-29T12:00:00.000Z', // a leap day
+    '2025-02-29T12:00:00.000Z', // not one: a Date moves it to 1 March
+    '2000-02-29T00:00:00.000Z',
+    '1900-02-29T00:00:00.000Z',
+    '2025-04-31T00:00:00.000Z',
+    '2025-06-01T10:00:00+02:00', // an offset
+    '2025-06-01T10:00:00Z', // no milliseconds
+    '2025-06-01T10:00:00.123456Z', // more digits
+  ];
+  for (const s of odd) {
+    t.equal(isoOf(s), viaDate(s), s);
+    t.equal(minuteOf(s), minuteViaDate(s), `minute of ${s}`);
+  }
+  fc.assert(
+    fc.property(fc.date({ min: new Date(0), max: new Date('2200-01-01'), noInvalidDate: true }), (d) => {
+      const s = d.toISOString();
+      return isoOf(s) === s && minuteOf(s) === minuteViaDate(s);
+    }),
+  );
 });
