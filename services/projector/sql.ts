@@ -240,9 +240,9 @@ export class SoleWriterRows {
     for (const { spec, rows } of writes) {
       for (const row of rows) {
         const key = keyOfRow(spec, row);
-        this.rows.delete(key);
+        // Held already (a user's totals, in every batch): in the filter already too.
+        if (!this.rows.delete(key)) this.touched.add(key);
         this.rows.set(key, { spec, row, written: false });
-        this.touched.add(key);
       }
     }
     const due = new Map<TableSpec<unknown>, unknown[]>();
