@@ -100,3 +100,43 @@ t.test('a WebSocket stays open while idle past the first-request timeout', async
   ws.close();
   await within(once(ws, 'close'), 'the WebSocket did not close');
 });
+
+t.test('past its connection cap a service closes new connections and serves the ones it holds', async (t) => {
+  const capped = createHttpApp({ service: 'capped', logLevel: 'silent', maxConnections: 3 });
+  capped.get('/ok', async () => ({ ok: true }));
+  await capped.listen({ host: '127.0.0.1', port: 0 });
+  t.teardown(() => capped.close());
+  const cappedPort = (capped.server.address() as AddressInfo).port;
+  const open = async () => {
+    const socket = net.connect(cappedPort, '127.0.0.1');
+    socket.on('error', () => {});
+    t.teardown(() => socket.destroy());
+    await within(once(socket, 'connect'), 'connect');
+    return socket;
+  };
+  // Three silent sockets take the cap (a local process holding what it opens).
+  const held = [await open(), await open(), await open()];
+  const extra = await open();
+  await within(once(extra, 'close'), 'the connection past the cap was not closed');
+  t.pass('the fourth connection is closed at once');
+  // A held connection still gets its answers.
+  held[0]!.write('GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+  let answer = '';
+  held[0]!.on('data', (c: Buffer) => (answer += c.toString()));
+  await within(once(held[0]!, 'close'), 'no answer on a held connection');
+  t.match(answer, /^HTTP\/1\.1 200/, 'a held connection is served');
+  // Once the holder lets go, others get in again.
+  held[1]!.destroy();
+  held[2]!.destroy();
+  const res = await within(
+    (async () => {
+      for (;;) {
+        const r = await fetch(`http://127.0.0.1:${cappedPort}/ok`).catch(() => null);
+        if (r) return r;
+        await sleep(50);
+      }
+    })(),
+    'GET /ok after the holder let go',
+  );
+  t.equal(res.status, 200, 'served again once below the cap');
+});

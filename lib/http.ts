@@ -5,6 +5,7 @@ import Fastify, {
   type FastifyRequest,
   type FastifyServerOptions,
 } from 'fastify';
+import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { REDACT_PATHS } from './log.ts';
@@ -26,6 +27,8 @@ export interface HttpAppOptions {
   bodyLimit?: number;
   /** Default {@link FIRST_REQUEST_TIMEOUT_MS}; shorter in tests. */
   firstRequestTimeoutMs?: number;
+  /** Connections held at once; past it a new one is closed at once. Default {@link defaultMaxConnections}. */
+  maxConnections?: number;
   fastify?: FastifyServerOptions;
 }
 
@@ -51,6 +54,7 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
     ...options.fastify,
   });
   closeSilentConnections(app, options.firstRequestTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS);
+  app.server.maxConnections = options.maxConnections ?? defaultMaxConnections();
   const registry = new Registry();
   registry.setDefaultLabels({ service: options.service });
   collectDefaultMetrics({ register: registry });
@@ -77,6 +81,45 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
     return reply.type(registry.contentType).send(await registry.metrics());
   });
   return app;
+}
+
+/** File descriptors a service keeps for itself beyond its HTTP connections (see defaultMaxConnections). */
+export const RESERVED_DESCRIPTORS = 512;
+
+/**
+ * The connections an HTTP service accepts at once: HTTP_MAX_CONNECTIONS when set, else the
+ * process's open-file limit less RESERVED_DESCRIPTORS. A local process that opens sockets as fast
+ * as it can (each held until the first-request timeout, or a minute trickling headers) would
+ * otherwise take every descriptor, and the service could no longer open its own connections to
+ * NATS, PostgreSQL or Redis: the connections past the cap are closed as they come, and the service
+ * goes on serving the bus and the connections it holds. Node does not expose the limit; Linux
+ * says it in /proc/self/limits (elsewhere, 4,096 is assumed).
+ */
+export function defaultMaxConnections(
+  env: Record<string, string | undefined> = process.env,
+  limits: () => string = () => readFileSync('/proc/self/limits', 'utf8'),
+): number {
+  const configured = env['HTTP_MAX_CONNECTIONS'];
+  if (configured !== undefined && configured !== '') {
+    const n = Number(configured);
+    if (!Number.isInteger(n) || n < 1) {
+      throw new Error(`HTTP_MAX_CONNECTIONS must be a positive integer, not ${JSON.stringify(configured)}`);
+    }
+    return n;
+  }
+  return Math.max(64, openFileLimit(limits) - RESERVED_DESCRIPTORS);
+}
+
+/** The soft limit on open files (`ulimit -n`), from /proc/self/limits; 4,096 where it cannot be read. */
+export function openFileLimit(limits: () => string): number {
+  try {
+    const soft = /^Max open files\s+(\d+|unlimited)/m.exec(limits())?.[1];
+    if (soft === 'unlimited') return 1_048_576;
+    if (soft) return Number(soft);
+  } catch {
+    // not Linux, or no /proc: the assumption below
+  }
+  return 4_096;
 }
 
 /**

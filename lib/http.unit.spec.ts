@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import t from 'tap';
-import { createHttpApp } from './http.ts';
+import { createHttpApp, defaultMaxConnections, RESERVED_DESCRIPTORS } from './http.ts';
 
 /** An app whose log lines are collected, at `level`. */
 function appLogging(level: string) {
@@ -51,4 +51,20 @@ t.test('a failing request keeps fastify’s error line', async (t) => {
     info.lines.some((l) => l.level >= 50),
     'the error is logged',
   );
+});
+
+t.test('the connection cap: HTTP_MAX_CONNECTIONS, else the open-file limit less a reserve', async (t) => {
+  const limits = (soft: string) => () =>
+    `Limit                     Soft Limit           Hard Limit           Units\nMax open files            ${soft}                65536                files\n`;
+  t.equal(defaultMaxConnections({}, limits('20000')), 20000 - RESERVED_DESCRIPTORS);
+  t.equal(defaultMaxConnections({}, limits('1024')), 1024 - RESERVED_DESCRIPTORS);
+  t.equal(defaultMaxConnections({}, limits('100')), 64, 'never below 64');
+  t.equal(defaultMaxConnections({}, limits('unlimited')), 1_048_576 - RESERVED_DESCRIPTORS);
+  const unreadable = () => {
+    throw new Error('ENOENT');
+  };
+  t.equal(defaultMaxConnections({}, unreadable), 4096 - RESERVED_DESCRIPTORS, 'no /proc: 4,096 assumed');
+  t.equal(defaultMaxConnections({ HTTP_MAX_CONNECTIONS: '500' }, unreadable), 500, 'the setting wins');
+  t.throws(() => defaultMaxConnections({ HTTP_MAX_CONNECTIONS: 'lots' }), /HTTP_MAX_CONNECTIONS/);
+  t.throws(() => defaultMaxConnections({ HTTP_MAX_CONNECTIONS: '0' }), /HTTP_MAX_CONNECTIONS/);
 });
