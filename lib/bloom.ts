@@ -4,12 +4,12 @@ import { randomInt } from 'node:crypto';
  * A fixed-size Bloom filter of strings: "maybe seen" or "certainly not seen", in constant memory.
  * The audit verifier (services/auditor/verify.ts) keeps the ids of ended executions here instead of
  * in a set that would grow with the history; a "maybe" is then confirmed exactly by reading the
- * stream again. A rebuild of the read models keeps the keys of the rows it wrote
+ * stream again. A rebuild of the read models keeps the keys of the rows it touched
  * (services/projector/sql.ts, `SoleWriterRows`); a "maybe" is read from the table.
  *
  * With the default 2 MiB (16 Mi bits) and 7 probes the false-positive rate stays below 1e-6 up to
- * about 1 million ended executions and below 2 % at 2 million; a false positive costs one extra
- * read of the stream, never a wrong verdict.
+ * about 350,000 ended executions, is about 5e-4 at 1 million and 2 % at 2 million; a false positive
+ * costs one extra read of the stream, never a wrong verdict.
  */
 export class BloomFilter {
   private readonly bits: Uint8Array;

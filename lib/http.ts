@@ -93,7 +93,7 @@ export const RESERVED_DESCRIPTORS = 512;
  * otherwise take every descriptor, and the service could no longer open its own connections to
  * NATS, PostgreSQL or Redis: the connections past the cap are closed as they come, and the service
  * goes on serving the bus and the connections it holds. Node does not expose the limit; Linux
- * says it in /proc/self/limits (elsewhere, 4,096 is assumed).
+ * says it in /proc/self/limits (elsewhere, 4,096 is assumed). Never below 64.
  */
 export function defaultMaxConnections(
   env: Record<string, string | undefined> = process.env,
@@ -110,7 +110,10 @@ export function defaultMaxConnections(
   return Math.max(64, openFileLimit(limits) - RESERVED_DESCRIPTORS);
 }
 
-/** The soft limit on open files (`ulimit -n`), from /proc/self/limits; 4,096 where it cannot be read. */
+/**
+ * This process's limit on open files, from /proc/self/limits (Node raises its soft limit to the hard
+ * one as it starts, so this is usually the hard limit); 4,096 where it cannot be read.
+ */
 export function openFileLimit(limits: () => string): number {
   try {
     const soft = /^Max open files\s+(\d+|unlimited)/m.exec(limits())?.[1];

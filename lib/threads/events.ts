@@ -235,7 +235,8 @@ export function parsedColumns(results: readonly Parsed[]): ParsedColumns {
     type: [],
     schemaVersion: [],
     data: [],
-    metadata: {},
+    // No prototype: a key is only ever one the events' metadata carries.
+    metadata: Object.create(null) as Record<string, unknown[]>,
   };
   for (let i = 0; i < results.length; i++) {
     const r = results[i]!;
@@ -259,7 +260,7 @@ export function parsedColumns(results: readonly Parsed[]): ParsedColumns {
     for (const key in metadata) {
       const value = metadata[key];
       if (value === undefined) continue;
-      (c.metadata[key] ??= new Array<unknown>(results.length))[i] = value;
+      (c.metadata[key] ??= new Array<unknown>(results.length).fill(undefined))[i] = value;
     }
   }
   return c;

@@ -424,21 +424,27 @@ export async function* checkedPages<E extends EventAt>(
   const maxInFlight = 2 * (threads?.size ?? 0);
   const inFlight: Array<{ recorded: E[]; checked: Promise<Audited[]> }> = [];
   let page: E[] = [];
-  for await (const recorded of events) {
-    page.push(recorded);
-    if (page.length < THREAD_PAGE) continue;
-    if (threads && (started || inFlight.length > 0)) {
-      const checked = checker.onThreads(threads, page);
-      checked.catch(() => undefined); // awaited in order below, or dropped when the loop ends early
-      inFlight.push({ recorded: page, checked });
-      if (inFlight.length >= maxInFlight) {
-        const done = inFlight.shift()!;
-        yield { recorded: done.recorded, checked: await done.checked };
+  // A read that fails part way still hands on what it read (a break found there is the answer).
+  let failed: { error: unknown } | null = null;
+  try {
+    for await (const recorded of events) {
+      page.push(recorded);
+      if (page.length < THREAD_PAGE) continue;
+      if (threads && (started || inFlight.length > 0)) {
+        const checked = checker.onThreads(threads, page);
+        checked.catch(() => undefined); // awaited in order below, or dropped when the loop ends early
+        inFlight.push({ recorded: page, checked });
+        if (inFlight.length >= maxInFlight) {
+          const done = inFlight.shift()!;
+          yield { recorded: done.recorded, checked: await done.checked };
+        }
+      } else {
+        yield { recorded: page, checked: page.map(checker.here) };
       }
-    } else {
-      yield { recorded: page, checked: page.map(checker.here) };
+      page = [];
     }
-    page = [];
+  } catch (error) {
+    failed = { error };
   }
   if (page.length > 0 && threads && inFlight.length > 0) {
     const checked = checker.onThreads(threads, page);
@@ -451,6 +457,7 @@ export async function* checkedPages<E extends EventAt>(
     yield { recorded: done.recorded, checked: await done.checked };
   }
   if (page.length > 0) yield { recorded: page, checked: page.map(checker.here) };
+  if (failed) throw failed.error;
 }
 
 /** One line for people: "OK ..." or "BROKEN at revision N ...". */

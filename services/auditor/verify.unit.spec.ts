@@ -7,7 +7,7 @@ import {
   type ToolEvent,
   type ToolEventBody,
 } from '../../contracts/index.ts';
-import type { RecordedEvent } from '../../lib/eventstore/types.ts';
+import type { EventStore, RecordedEvent } from '../../lib/eventstore/types.ts';
 import { toEventData } from '../../lib/toolEvents.ts';
 import { BloomFilter } from '../../lib/bloom.ts';
 import { executionEvents } from './testkit.ts';
@@ -17,6 +17,7 @@ import {
   type FindTerminal,
   type HistoryBreak,
   type VerifyReport,
+  verifyHistory,
 } from './verify.ts';
 
 /** The verifier's checks, fed in-memory events: each rule, and the exact point it reports. */
@@ -310,4 +311,28 @@ t.test('describeReport', async (t) => {
     }),
     'BROKEN user-alice at revision 3: [revision] revision 3 is missing. 3 events before it are sound',
   );
+});
+
+t.test('a read that fails after a break still reports the break', async (t) => {
+  const events = recorded(history());
+  /** A store whose read fails after `n` events (a dropped connection, a KurrentDB read error). */
+  const failingAfter = (stored: RecordedEvent[], n: number) =>
+    ({
+      streamInfo: async () => ({ revision: stored.length - 1 }),
+      readStream: async function* () {
+        yield* stored.slice(0, n);
+        throw new Error('connection lost');
+      },
+    }) as unknown as EventStore;
+  const altered = (e: RecordedEvent) => ({
+    ...e,
+    metadata: { ...(e.metadata as object), occurredAt: '2030-01-01T00:00:00.000Z' },
+  });
+  const tampered = events.map((e, i) => (i === 2 ? altered(e) : e));
+  const report = await verifyHistory(failingAfter(tampered, 5), 'alice', { threads: null });
+  t.equal(report.ok, false);
+  t.equal(report.break?.revision, 2, 'the break read before the failure is the answer');
+  t.equal(report.break?.kind, 'hash');
+  // Without a break in what was read, the failure is the caller's.
+  await t.rejects(verifyHistory(failingAfter(events, 5), 'alice', { threads: null }), /connection lost/);
 });

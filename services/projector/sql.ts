@@ -195,7 +195,7 @@ function keyOfRow<R>(spec: TableSpec<R>, row: R): string {
  * "maybe" of the filter) is read from the table: most batches read nothing before they write.
  *
  * Being the only reader too, it also writes behind: a batch's rows are held, not written, and a row
- * is written when it is forgotten (in the statement of the batch that pushed it out) or by `flush`,
+ * is written when it is forgotten (in the statement of the batch that pushed it out) or by `flushRows`,
  * which the rebuild calls before the swap. An execution's row is then written once, after its
  * last event, rather than with each batch that touched it, and a user's or a tool's totals once
  * at the end rather than in every batch (a rebuild wrote about 54,000 rows for 100,000 events
@@ -285,15 +285,25 @@ export async function flushRows(
   parallel = 1,
 ): Promise<number> {
   let written = 0;
+  let failed = false;
   const writer = async () => {
-    for (;;) {
+    // A writer whose statement failed stops the others before they take more rows: the rebuild
+    // is abandoned, and nothing of it may still be writing once its caller has let go.
+    while (!failed) {
       const writes = known.unwritten(FLUSH_ROWS);
       if (writes.length === 0) return;
       written += writes.reduce((n, w) => n + w.rows.length, 0);
-      await writeRows(db, schema, writes, []);
+      try {
+        await writeRows(db, schema, writes, []);
+      } catch (e) {
+        failed = true;
+        throw e;
+      }
     }
   };
-  await Promise.all(Array.from({ length: Math.max(1, parallel) }, writer));
+  const outcomes = await Promise.allSettled(Array.from({ length: Math.max(1, parallel) }, writer));
+  const failure = outcomes.find((o) => o.status === 'rejected');
+  if (failure) throw failure.reason;
   return written;
 }
 
