@@ -273,6 +273,9 @@ export class SoleWriterRows {
   }
 }
 
+/** Rows in one statement of `flushRows`. */
+const FLUSH_ROWS = 2000;
+
 /**
  * Writes every row `known` holds and has not written, a few thousand rows per statement; with a
  * pool, `parallel` statements at a time (the rows are distinct, each statement its own transaction),
@@ -283,6 +286,7 @@ export async function flushRows(
   schema: string,
   known: SoleWriterRows,
   parallel = 1,
+  rowsPerStatement = FLUSH_ROWS,
 ): Promise<number> {
   let written = 0;
   let failed = false;
@@ -290,7 +294,7 @@ export async function flushRows(
     // A writer whose statement failed stops the others before they take more rows: the rebuild
     // is abandoned, and nothing of it may still be writing once its caller has let go.
     while (!failed) {
-      const writes = known.unwritten(FLUSH_ROWS);
+      const writes = known.unwritten(rowsPerStatement);
       if (writes.length === 0) return;
       written += writes.reduce((n, w) => n + w.rows.length, 0);
       try {
@@ -307,7 +311,6 @@ export async function flushRows(
   return written;
 }
 
-const FLUSH_ROWS = 2000;
 
 /** Rows of `spec` whose key is among `keys` (objects with the key columns). */
 async function loadByKeys<R>(
