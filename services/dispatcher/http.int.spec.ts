@@ -192,6 +192,12 @@ t.test('HTTP API', async (t) => {
     t.equal(anon.statusCode, 401);
   });
 
+  t.test('GET /executions on the dispatcher says where the lists are', async (t) => {
+    const res = await app.inject({ method: 'GET', url: '/executions', headers: auth(alice) });
+    t.equal(res.statusCode, 404);
+    t.match(res.json(), { error: { code: 'NOT_FOUND', message: /projector's: GET \/executions there/ } });
+  });
+
   t.test('health and metrics', async (t) => {
     const ready = await app.inject({ method: 'GET', url: '/health/ready' });
     t.equal(ready.statusCode, 200);

@@ -213,6 +213,20 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     return reply.code(cancelStatusOf(result)).send(result);
   });
 
+  // Lists are the projector's read model; a user who asks the dispatcher is told where they are
+  // rather than shown the framework's "Route not found".
+  app.get('/executions', async (_req, reply) =>
+    reply.code(httpStatusOfCode('NOT_FOUND')).send({
+      error: {
+        code: 'NOT_FOUND',
+        message:
+          'the dispatcher runs executions (POST /executions) and shows one by id (GET /executions/:executionId); ' +
+          "lists of executions, with filters and pages, are the projector's: GET /executions there " +
+          '(port 8081 in the stack npm start runs; docs/projector.md)',
+      },
+    }),
+  );
+
   app.get('/executions/:executionId', async (req, reply) => {
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
