@@ -57,7 +57,10 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
   app.server.maxConnections = options.maxConnections ?? defaultMaxConnections();
   const registry = new Registry();
   registry.setDefaultLabels({ service: options.service });
-  collectDefaultMetrics({ register: registry });
+  // The event-loop delay is sampled every 50 ms rather than prom-client's 10: a timer 100 times a
+  // second in every process was half of what an idle stack spends (about 5 % of a core in all);
+  // a stall still shows in the lag metrics, sampled less finely.
+  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 50 });
   app.decorate('metrics', registry);
 
   app.get('/health/live', async () => ({ status: 'ok' }));
