@@ -57,9 +57,9 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
   app.server.maxConnections = options.maxConnections ?? defaultMaxConnections();
   const registry = new Registry();
   registry.setDefaultLabels({ service: options.service });
-  // The event-loop delay is sampled every 50 ms rather than prom-client's 10: a timer 100 times a
-  // second in every process was half of what an idle stack spends (about 5 % of a core in all);
-  // a stall still shows in the lag metrics, sampled less finely.
+  // The event-loop delay is sampled every 50 ms rather than prom-client's 10 (a timer firing 100
+  // times a second in every process, idle or not, for metrics scraped every few seconds); a stall
+  // still shows in the lag metrics, sampled less finely.
   collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 50 });
   app.decorate('metrics', registry);
 
