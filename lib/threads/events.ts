@@ -46,6 +46,10 @@ export type AuditedEvent = LifecycleBody & {
 export type Audited =
   { ok: true; event: AuditedEvent; userId: string; hash: string } | { ok: false; reason: string };
 
+/**
+ * What the audit reads of a checked event, as one object: the definition that `auditedColumns` and
+ * `fromAuditedColumns` reproduce field by field (lib/threads/pool.unit.spec.ts holds them to it).
+ */
 export function audited(checked: Checked): Audited {
   if (!checked.ok) return checked;
   const { id, metadata } = checked.event;
@@ -119,7 +123,7 @@ function toColumns<E extends WireEvent | WireText>(events: readonly E[]): Column
 }
 
 /** The events of a page, as objects again. */
-export function fromColumns<E extends WireEvent | WireText>(page: Columns<E>): E[] {
+function fromColumns<E extends WireEvent | WireText>(page: Columns<E>): E[] {
   const events = new Array<E>(page.id.length);
   for (let i = 0; i < events.length; i++) {
     events[i] = {
