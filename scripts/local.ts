@@ -4,11 +4,10 @@
  * (`.toolbus/nats/<name>.nk`) and the nats-server configuration that authorizes them
  * (`.toolbus/nats/nats.conf`). Made once, reused after; delete `.toolbus/` to make new ones.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -24,6 +23,7 @@ import {
   type Identity,
   type Role,
 } from './nats-auth.ts';
+import { accepts, startSupervised, type LocalServer, type ServerSpec } from './localServer.ts';
 
 /** `.toolbus/` in the checkout, or TOOLBUS_DIR (a second stack beside the first, a test's own). */
 export const LOCAL_DIR = process.env['TOOLBUS_DIR']
@@ -251,25 +251,18 @@ export function natsServerBinary(): string {
   return '/usr/sbin/nats-server';
 }
 
-const portOpen = (port: number) =>
-  new Promise<boolean>((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    socket.once('connect', () => (socket.destroy(), resolve(true)));
-    socket.once('error', () => (socket.destroy(), resolve(false)));
-  });
-
 /**
- * Runs nats-server with the generated configuration (or one node's of the cluster); resolves once it
- * accepts connections.
+ * Runs nats-server with the generated configuration (or one node's of the cluster), kept running
+ * (localServer.ts); resolves once it accepts connections.
  * Refuses a port something else listens on (it would not be this server, nor this authorization).
  */
 export async function startLocalNats(
   setup: LocalSetup,
   port: number,
-  onLine: (line: string) => void,
+  log: ServerLog,
   config = setup.natsConfig,
-): Promise<ChildProcess> {
-  if (await portOpen(port)) {
+): Promise<LocalServer> {
+  if (await accepts(port)) {
     throw portTaken(port, 'NATS', 'TOOLBUS_NATS_PORT');
   }
   const bin = natsServerBinary();
@@ -278,21 +271,12 @@ export async function startLocalNats(
       `nats-server not found (${bin}): install it (Debian: apt-get install nats-server) or set NATS_SERVER_BIN`,
     );
   }
-  const child = spawn(bin, ['-c', config], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  for (const stream of [child.stdout, child.stderr]) {
-    stream.on('data', (d: Buffer) => {
-      output = (output + d.toString()).slice(-4000);
-      for (const line of d.toString().split('\n')) if (line.trim()) onLine(line);
-    });
-  }
-  for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`nats-server stopped at start:\n${output}`);
-    }
-    if (await portOpen(port)) return child;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  return startSupervised({
+    what: 'nats-server',
+    command: { command: bin, args: ['-c', config] },
+    isUp: () => accepts(port),
+    ...log,
+  });
 }
 
 /**
@@ -317,35 +301,8 @@ const portTaken = (port: number, what: string, variable: string) =>
       `or set ${variable} to a free port (a second stack needs its own TOOLBUS_DIR and ports: README).`,
   );
 
-/** Runs a process and resolves once something accepts connections on `port`; refuses a taken port. */
-async function startServer(
-  what: string,
-  port: number,
-  command: { command: string; args: string[] },
-  onLine: (line: string) => void,
-  variable: string,
-  /** When it is up; default: something accepts TCP connections on `port` (which must be free). */
-  isUp?: () => Promise<boolean>,
-): Promise<ChildProcess> {
-  if (!isUp && (await portOpen(port))) {
-    throw portTaken(port, what, variable);
-  }
-  const child = spawn(command.command, command.args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  for (const stream of [child.stdout, child.stderr]) {
-    stream.on('data', (d: Buffer) => {
-      output = (output + d.toString()).slice(-4000);
-      for (const line of d.toString().split('\n')) if (line.trim()) onLine(line);
-    });
-  }
-  for (;;) {
-    if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`${what} stopped at start:\n${output}`);
-    }
-    if (await (isUp ?? (() => portOpen(port)))()) return child;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** Where a server of the stack says what it prints (`onLine`) and what happens to it (`onNotice`). */
+export type ServerLog = Pick<ServerSpec, 'onLine' | 'onNotice'>;
 
 /**
  * redis-server with the generated password, keeping nothing on disk (an accelerator), on a Unix
@@ -359,8 +316,8 @@ async function startServer(
 export async function startLocalRedis(
   setup: LocalSetup,
   port: number,
-  onLine: (line: string) => void,
-): Promise<{ process: ChildProcess; url: string }> {
+  log: ServerLog,
+): Promise<{ server: LocalServer; url: string }> {
   const bin = process.env['REDIS_SERVER_BIN'] ?? 'redis-server';
   const socketDir = await mkdtemp('/tmp/toolbus-redis-');
   const socket = join(socketDir, `redis-${port}.sock`);
@@ -380,19 +337,19 @@ export async function startLocalRedis(
     { mode: 0o600 },
   );
   await chmod(conf, 0o600); // a file left by an older Toolbus keeps its mode through writeFile
-  const child = await startServer(
-    'Redis',
-    port,
-    { command: bin, args: [conf] },
-    onLine,
-    'TOOLBUS_REDIS_PORT',
-    async () => existsSync(socket),
-  ).catch(async (e: unknown) => {
-    await rm(socketDir, { recursive: true, force: true });
+  const removeSocketDir = () => rm(socketDir, { recursive: true, force: true }).catch(() => undefined);
+  const server = await startSupervised({
+    what: 'Redis',
+    command: { command: bin, args: [conf] },
+    // Connected to, not only there: a socket file outlives a killed server.
+    isUp: () => accepts(socket),
+    cleanup: removeSocketDir,
+    ...log,
+  }).catch(async (e: unknown) => {
+    await removeSocketDir();
     throw e;
   });
-  child.once('exit', () => void rm(socketDir, { recursive: true, force: true }).catch(() => undefined));
-  return { process: child, url: localRedisUrl(setup.secrets, socket) };
+  return { server, url: localRedisUrl(setup.secrets, socket) };
 }
 
 /** The stack's own Redis (startLocalRedis) through its socket. */
@@ -407,8 +364,8 @@ export const localRedisUrl = (secrets: Record<string, string | undefined>, socke
 export async function startLocalPostgres(
   setup: LocalSetup,
   port: number,
-  onLine: (line: string) => void,
-): Promise<{ process: ChildProcess; url: string }> {
+  log: ServerLog,
+): Promise<{ server: LocalServer; url: string }> {
   const versions = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').sort() : [];
   const version = versions.at(-1);
   if (!version)
@@ -467,10 +424,10 @@ export async function startLocalPostgres(
   if (ids) chownSync(socketDir, ids.uid, ids.gid);
   await writeFile(postgresSocketDirFile(setup.dir), `${socketDir}\n`, { mode: 0o600 });
   const socketFile = join(socketDir, `.s.PGSQL.${port}`);
-  const child = await startServer(
-    'PostgreSQL',
-    port,
-    as(bin('postgres'), [
+  const removeSocketDir = () => rm(socketDir, { recursive: true, force: true }).catch(() => undefined);
+  const server = await startSupervised({
+    what: 'PostgreSQL',
+    command: as(bin('postgres'), [
       '-D',
       data,
       '-p',
@@ -486,14 +443,14 @@ export async function startLocalPostgres(
       '-c',
       'max_connections=200',
     ]),
-    onLine,
-    'TOOLBUS_POSTGRES_PORT',
-    async () => existsSync(socketFile),
-  ).catch(async (e: unknown) => {
-    await rm(socketDir, { recursive: true, force: true });
+    // Connected to, not only there: a socket file outlives a killed server.
+    isUp: () => accepts(socketFile),
+    cleanup: removeSocketDir,
+    ...log,
+  }).catch(async (e: unknown) => {
+    await removeSocketDir();
     throw e;
   });
-  child.once('exit', () => void rm(socketDir, { recursive: true, force: true }).catch(() => undefined));
   const admin = localDatabaseUrl(setup.secrets, port, socketDir).replace('/toolbus?', '/postgres?');
   for (let i = 0; ; i++) {
     const client = new pg.Client({ connectionString: admin });
@@ -503,9 +460,9 @@ export async function startLocalPostgres(
       if (rows.length === 0) await client.query('create database toolbus');
       break;
     } catch (e) {
-      if (i > 300 || child.exitCode !== null) {
+      if (i > 300) {
         // Not handed to the caller, so not stopped by it: stopped here.
-        if (child.exitCode === null) child.kill('SIGTERM');
+        await server.stop();
         throw new Error(`PostgreSQL did not accept the stack's password: ${(e as Error).message}`, {
           cause: e,
         });
@@ -515,5 +472,5 @@ export async function startLocalPostgres(
       await client.end().catch(() => undefined);
     }
   }
-  return { process: child, url: localDatabaseUrl(setup.secrets, port, socketDir) };
+  return { server, url: localDatabaseUrl(setup.secrets, port, socketDir) };
 }

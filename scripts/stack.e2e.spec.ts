@@ -2,7 +2,9 @@
  * `npm start` as a new user meets it, pointed at the test's own servers (NATS_URL, DATABASE_URL,
  * REDIS_URL) so that it starts only the services: it says it is running, and the lines it prints
  * for trying progress and cancellation work when pasted into a shell. Against a NATS port where
- * nothing listens, or a NATS without JetStream, it stops with the reason a service gave.
+ * nothing listens, or a NATS without JetStream, it stops with the reason a service gave. With
+ * servers of its own, it keeps what it stored across a restart, and starts a server that was
+ * killed again.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
@@ -14,6 +16,8 @@ import { freePort, waitForPort } from '../test/support/ports.ts';
 import { createTestDatabase } from '../test/support/postgres.ts';
 import { startNats, startRedis } from '../test/support/processes.ts';
 import { natsServerBinary, parseEnv } from './local.ts';
+
+t.setTimeout(360_000); // four stacks, two with servers of their own
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 
@@ -57,6 +61,18 @@ async function until(what: string, condition: () => boolean, started: Started): 
       throw new Error(`npm start stopped before ${what}:\n${started.output()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** The pid of the process named `comm` (its executable's name) whose parent is `parent`. */
+async function childNamed(parent: number, comm: string): Promise<number> {
+  for (const pid of await readdir('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+    // pid (comm) state ppid ...
+    const m = /^\d+ \((.*)\) \S+ (\d+)/.exec(stat);
+    if (m && m[1] === comm && Number(m[2]) === parent) return Number(pid);
+  }
+  throw new Error(`no ${comm} runs under ${parent}`);
 }
 
 /** Runs a printed command line (and its continuation lines) in a shell; resolves with its output. */
@@ -170,7 +186,7 @@ t.test('against a NATS without JetStream npm start stops with the reason', async
 });
 
 t.test(
-  'npm start with servers of its own, stopped and started again, starts with what it kept',
+  'npm start with servers of its own, stopped and started again, starts with what it kept; a server killed is started again',
   async (t) => {
     // As a new user runs it twice: its own NATS, PostgreSQL and Redis in one folder (as root, its
     // PostgreSQL runs as the postgres user, which must still reach its data the second time).
@@ -252,6 +268,34 @@ t.test(
     });
     t.equal(audit.code, 0, 'npm run audit -- verify demo: the history verifies');
     t.match(audit.out, /^OK user-demo: 3 events/m, "it read the stack's history");
+
+    // Each of its servers killed in turn is started again, and a tool runs again after each.
+    const runAgain = commandAfter(second.output(), 'Run a tool as "demo":');
+    for (const [server, name] of [
+      ['nats-server', 'nats-server'],
+      ['redis-server', 'Redis'],
+      ['postgres', 'PostgreSQL'],
+    ] as const) {
+      const pid = await childNamed(second.child.pid!, server);
+      const before = second.output().length;
+      process.kill(pid, 'SIGKILL');
+      await until(
+        `${name} was running again`,
+        () => second.output().slice(before).includes(`${name} is running again`),
+        second,
+      );
+      t.not(await childNamed(second.child.pid!, server), pid, `${name} killed: a new one runs`);
+      let answer: { status?: string } = {};
+      for (let attempt = 1; answer.status !== 'completed'; attempt++) {
+        // The services notice and reconnect on their own (an OVERLOADED or 503 answer meanwhile).
+        if (attempt > 1) await new Promise((r) => setTimeout(r, 500));
+        if (attempt > 240) throw new Error(`no tool ran after ${name} was killed: ${JSON.stringify(answer)}`);
+        answer = await sh(runAgain)
+          .then((out) => JSON.parse(out) as { status?: string })
+          .catch(() => ({}));
+      }
+      t.pass(`a tool runs again after ${name} was killed`);
+    }
     second.child.kill('SIGINT');
     t.equal(await second.exited, 0, 'the second stopped cleanly');
   },

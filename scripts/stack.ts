@@ -10,7 +10,6 @@
  * three nats-server nodes in one JetStream cluster with the request stream on three replicas, and
  * a second dispatcher, projector (standing by) and notifier beside the first ones.
  */
-import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { z } from 'zod';
@@ -19,13 +18,16 @@ import { CommonEnv, ConfigError, loadConfig } from '../lib/config.ts';
 import { signToken } from '../lib/auth.ts';
 import { natsUrlForLog } from '../lib/nats.ts';
 import { launchStack, prettyLine, type ServiceName, type Stack } from './launcher.ts';
-import { localSetup, startLocalNats, startLocalPostgres, startLocalRedis } from './local.ts';
+import { localSetup, startLocalNats, startLocalPostgres, startLocalRedis, type ServerLog } from './local.ts';
+import type { LocalServer } from './localServer.ts';
 
 const ALL: ServiceName[] = ['dispatcher', 'projector', 'notifier', 'auditor', 'gateway', 'console'];
 /** The services that run twice in the clustered topology; the second instance's port is the first's + 10. */
 const DOUBLED: ServiceName[] = ['dispatcher', 'projector', 'notifier'];
 const SECOND_PORT_OFFSET = 10;
 const CLUSTER_NODES = 3;
+/** nats-server's lines worth showing: errors, fatal errors, warnings. */
+const NATS_IMPORTANT = /\[(ERR|FTL|WRN)\]/;
 
 const StackEnv = CommonEnv.pick({
   LOG_LEVEL: true,
@@ -77,15 +79,18 @@ async function main() {
   if (setup.created)
     console.log('made new secrets and NATS identities in .toolbus/ (kept for the next start)');
   // The stack's own servers, each with the generated credentials, unless told to use others.
-  const servers: ChildProcess[] = [];
+  // Kept running: one that exits is started again (scripts/localServer.ts), as the services are.
+  const servers: LocalServer[] = [];
   const stopServers = async () => {
-    for (const child of servers.reverse()) {
-      if (child.exitCode !== null || child.signalCode !== null) continue;
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    }
+    for (const server of servers.reverse()) await server.stop();
   };
+  /** What a server prints that matters (`important`), and what happens to it, under its name. */
+  const serverLog = (name: string, important: RegExp): ServerLog => ({
+    onLine: (line) => {
+      if (important.test(line)) console.log(`${name.padEnd(10)} ${line}`);
+    },
+    onNotice: (line) => console.log(`${name.padEnd(10)} ${line}`),
+  });
   const ownNats = config.NATS_URL === undefined;
   const natsUrl =
     config.NATS_URL ??
@@ -100,37 +105,29 @@ async function main() {
       servers.push(
         ...(await Promise.all(
           setup.natsCluster.map((node) =>
-            startLocalNats(
-              setup,
-              node.port,
-              (line) => {
-                if (/\[(ERR|FTL|WRN)\]/.test(line)) console.log(`${node.serverName.padEnd(10)} ${line}`);
-              },
-              node.config,
-            ),
+            startLocalNats(setup, node.port, serverLog(node.serverName, NATS_IMPORTANT), node.config),
           ),
         )),
       );
     } else if (ownNats) {
-      servers.push(
-        await startLocalNats(setup, natsPort, (line) => {
-          if (/\[(ERR|FTL|WRN)\]/.test(line)) console.log(`nats       ${line}`);
-        }),
-      );
+      servers.push(await startLocalNats(setup, natsPort, serverLog('nats', NATS_IMPORTANT)));
     }
     if (databaseUrl === undefined) {
-      const postgres = await startLocalPostgres(setup, config.TOOLBUS_POSTGRES_PORT, (line) => {
-        if (/\b(ERROR|FATAL|PANIC)\b/.test(line)) console.log(`postgres   ${line}`);
-      });
-      servers.push(postgres.process);
+      const postgres = await startLocalPostgres(
+        setup,
+        config.TOOLBUS_POSTGRES_PORT,
+        serverLog('postgres', /\b(ERROR|FATAL|PANIC)\b/),
+      );
+      servers.push(postgres.server);
       databaseUrl = postgres.url;
     }
     if (redisUrl === undefined) {
-      const redis = await startLocalRedis(setup, config.TOOLBUS_REDIS_PORT, (line) => {
-        if (/# (WARNING|Failed)/.test(line) && !line.includes('overcommit'))
-          console.log(`redis      ${line}`);
-      });
-      servers.push(redis.process);
+      const redis = await startLocalRedis(
+        setup,
+        config.TOOLBUS_REDIS_PORT,
+        serverLog('redis', /# (WARNING|Failed)(?!.*overcommit)/),
+      );
+      servers.push(redis.server);
       redisUrl = redis.url;
     }
   } catch (e) {
