@@ -43,6 +43,8 @@ export const accepts = (where: number | string): Promise<boolean> =>
     socket.once('error', () => (socket.destroy(), resolve(false)));
   });
 
+const duration = (ms: number) => (ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`);
+
 const exitText = (code: number | null, signal: NodeJS.Signals | null) =>
   signal ? `signal ${signal}` : `code ${code}`;
 
@@ -59,7 +61,8 @@ export async function startSupervised(spec: ServerSpec): Promise<LocalServer> {
 
   /** Runs it once; resolves when it accepts connections, rejects (with its output) when it exits first. */
   const run = async (): Promise<ChildProcess> => {
-    const child = spawn(spec.command.command, spec.command.args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const { command, args } = spec.command;
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     current = child;
     let output = '';
     for (const stream of [child.stdout, child.stderr]) {
@@ -105,14 +108,14 @@ export async function startSupervised(spec: ServerSpec): Promise<LocalServer> {
   const restart = async (why: string) => {
     const downSince = Date.now();
     for (;;) {
-      spec.onNotice(`${spec.what} exited (${why}); starting it again in ${(delay / 1000).toFixed(1)} s`);
+      spec.onNotice(`${spec.what} exited (${why}); starting it again in ${duration(delay)}`);
       await sleep(delay);
       delay = Math.min(delay * 2, maxDelayMs);
       if (stopping) return;
       try {
         const child = await run();
         if (stopping) return;
-        spec.onNotice(`${spec.what} is running again (down ${((Date.now() - downSince) / 1000).toFixed(1)} s)`);
+        spec.onNotice(`${spec.what} is running again (down ${duration(Date.now() - downSince)})`);
         watch(child);
         return;
       } catch (e) {
