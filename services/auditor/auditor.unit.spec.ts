@@ -116,11 +116,26 @@ t.test('timeline and NDJSON lines', async (t) => {
       metadata,
     },
   };
-  t.match(TIMELINE_HEADER, /^REVISION {2}TIME {22}TYPE {11}TOOL {26}EXECUTION {29}OUTCOME\n$/);
+  t.match(TIMELINE_HEADER, /^REVISION {2}TIME {22}TYPE {19}TOOL {26}EXECUTION {29}OUTCOME\n$/);
   t.equal(
     toTimelineLine(failed),
-    `      12  2025-05-01T12:00:00.000Z  ToolFailed     send_mail@1.0.0               ${executionId}  failed TIMEOUT: took too long\n`,
+    `      12  2025-05-01T12:00:00.000Z  ToolFailed             send_mail@1.0.0               ${executionId}  failed TIMEOUT: took too long\n`,
   );
+  // The longest type lines up with the others: each column starts where the header's does.
+  const approval = toTimelineLine({
+    ...failed,
+    event: {
+      ...failed.event,
+      type: 'ToolApprovalRequested',
+      data: { approverRoles: ['approver'], deadline: '2025-05-01T13:00:00.000Z' },
+    },
+  } as Parameters<typeof toTimelineLine>[0]);
+  for (const column of ['TOOL', 'EXECUTION', 'OUTCOME']) {
+    const at = TIMELINE_HEADER.indexOf(column);
+    t.not(approval[at - 1], undefined);
+    t.equal(approval.slice(at - 2, at), '  ', `${column} starts after two spaces`);
+    t.not(approval[at], ' ', `${column} starts where the header's does`);
+  }
   const done = (durationMs: number) =>
     toTimelineLine({
       ...failed,

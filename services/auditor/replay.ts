@@ -1,4 +1,4 @@
-import { userStream, type ToolEvent } from '../../contracts/index.ts';
+import { EVENT_TYPES, userStream, type ToolEvent } from '../../contracts/index.ts';
 import type { EventStore, Json } from '../../lib/eventstore/types.ts';
 import { fromRecorded } from '../../lib/toolEvents.ts';
 
@@ -86,19 +86,21 @@ export function toNdjson(item: ReplayItem): string {
 }
 
 const TOOL_WIDTH = 28;
+/** As wide as the longest event type (ToolApprovalRequested), so that every column lines up. */
+const TYPE_WIDTH = Math.max(...EVENT_TYPES.map((type) => type.length));
 
-export const TIMELINE_HEADER = `${'REVISION'.padStart(8)}  ${'TIME'.padEnd(24)}  ${'TYPE'.padEnd(13)}  ${'TOOL'.padEnd(TOOL_WIDTH)}  ${'EXECUTION'.padEnd(36)}  OUTCOME\n`;
+export const TIMELINE_HEADER = `${'REVISION'.padStart(8)}  ${'TIME'.padEnd(24)}  ${'TYPE'.padEnd(TYPE_WIDTH)}  ${'TOOL'.padEnd(TOOL_WIDTH)}  ${'EXECUTION'.padEnd(36)}  OUTCOME\n`;
 
 /** One line per event: revision, time, type, tool, execution id, outcome or error code. */
 export function toTimelineLine(item: ReplayItem): string {
   const rev = String(item.revision).padStart(8);
   if ('invalid' in item) {
-    const type = item.raw.type.padEnd(13);
+    const type = item.raw.type.padEnd(TYPE_WIDTH);
     return `${rev}  ${item.recordedAt.toISOString().padEnd(24)}  ${type}  ${'?'.padEnd(TOOL_WIDTH)}  ${'?'.padEnd(36)}  INVALID ${oneLine(item.invalid)}\n`;
   }
   const e = item.event;
   const tool = (item.tool ?? '?').padEnd(TOOL_WIDTH);
-  return `${rev}  ${e.metadata.occurredAt.padEnd(24)}  ${e.type.padEnd(13)}  ${tool}  ${e.metadata.executionId}  ${outcomeOf(e)}\n`;
+  return `${rev}  ${e.metadata.occurredAt.padEnd(24)}  ${e.type.padEnd(TYPE_WIDTH)}  ${tool}  ${e.metadata.executionId}  ${outcomeOf(e)}\n`;
 }
 
 function outcomeOf(e: ToolEvent): string {
