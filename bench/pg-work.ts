@@ -84,6 +84,13 @@ try {
     null,
   ]);
   console.log(plan.rows.map((r) => r['QUERY PLAN']).join('\n'));
+  // Whole-table reads over the run: a plan kept from when a table was small shows here.
+  const scans = await c.query<{ relname: string; seq_scan: string; seq_tup_read: string; idx_scan: string }>(
+    `select relname, seq_scan::text, seq_tup_read::text, coalesce(idx_scan, 0)::text as idx_scan
+       from pg_stat_user_tables where seq_scan > 0 or idx_scan > 0 order by seq_tup_read desc`,
+  );
+  console.log('table scans over the run (warm-up included): table, sequential scans, rows they read, index scans');
+  for (const r of scans.rows) console.log(`  ${r.relname}: ${r.seq_scan}, ${r.seq_tup_read}, ${r.idx_scan}`);
   await c.end();
 } finally {
   await ctx.close();

@@ -234,4 +234,18 @@ export const eventStoreMigrations: Migration[] = [
     name: 'group commit: toolbus_append_batch, the appends of several streams in one transaction',
     sql: appendBatchFunction,
   },
+  {
+    // PL/pgSQL keeps each statement's plan for the session. A plan made while the events table
+    // was still small (a fresh store, before autovacuum's first ANALYZE) scanned the whole table
+    // to find an append's event ids, and kept doing so as the table grew: a store filled at 1,500
+    // events a second paid a scan per append, growing by the second, until an ANALYZE replaced
+    // the plan. Every lookup in the two functions has an index; with sequential scans off inside
+    // them, their plans use it whatever the statistics say.
+    version: 5,
+    name: 'append functions plan their lookups on the indexes, whatever the table statistics say',
+    sql: `
+      alter function toolbus_append(text, text, uuid[], text[], text[], text[], text[]) set enable_seqscan = off;
+      alter function toolbus_append_batch(text[], text[], int[], uuid[], text[], text[], text[], text[]) set enable_seqscan = off;
+    `,
+  },
 ];
