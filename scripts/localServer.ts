@@ -9,9 +9,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
 
 export interface LocalServer {
-  /** The process running now; undefined while it is being started again. */
+  /** The process running now; undefined while it is being started again, and once stopped. */
   readonly pid: number | undefined;
-  /** Stops it for good (SIGTERM, then waits for it), and cleans up after it. */
+  /**
+   * No more starts again from now on (the stack is stopping: a terminal's Ctrl-C reaches the
+   * servers too, and their exits are then no crash). Synchronous.
+   */
+  hold(): void;
+  /** Stops it for good (SIGTERM, then waits for it), and cleans up after it. Every call waits. */
   stop(): Promise<void>;
 }
 
@@ -64,6 +69,10 @@ export async function startSupervised(spec: ServerSpec): Promise<LocalServer> {
     const { command, args } = spec.command;
     const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     current = child;
+    // A failed spawn (no such file, no memory) is an 'error' event: an exception if unheard.
+    let failed: Error | undefined;
+    child.on('error', (e) => (failed ??= e));
+    const closed = new Promise((r) => child.once('close', r));
     let output = '';
     for (const stream of [child.stdout, child.stderr]) {
       stream.on('data', (d: Buffer) => {
@@ -73,7 +82,14 @@ export async function startSupervised(spec: ServerSpec): Promise<LocalServer> {
       });
     }
     for (;;) {
+      if (failed) {
+        if (current === child) current = undefined;
+        throw new Error(`${spec.what} could not be started (${command}): ${failed.message}`);
+      }
       if (child.exitCode !== null || child.signalCode !== null) {
+        // Its last words may still be in the pipes (a child it left may hold them: not for long).
+        await Promise.race([closed, new Promise((r) => setTimeout(r, 1000))]);
+        if (current === child) current = undefined;
         throw new Error(`${spec.what} stopped at start (${exitText(child.exitCode, child.signalCode)}):\n${output}`);
       }
       if (stopping) return child;
@@ -127,24 +143,32 @@ export async function startSupervised(spec: ServerSpec): Promise<LocalServer> {
   };
 
   watch(await run());
+  const hold = () => {
+    stopping = true;
+    if (pause) {
+      clearTimeout(pause.timer);
+      pause.resolve();
+    }
+  };
+  let stopped: Promise<void> | undefined;
   return {
     get pid() {
       return current?.pid;
     },
-    async stop() {
-      if (stopping) return;
-      stopping = true;
-      if (pause) {
-        clearTimeout(pause.timer);
-        pause.resolve();
-      }
-      const child = current;
-      if (child && child.exitCode === null && child.signalCode === null) {
-        const exited = new Promise((r) => child.once('exit', r));
-        child.kill('SIGTERM');
-        await exited;
-      }
-      await spec.cleanup?.();
+    hold,
+    stop() {
+      stopped ??= (async () => {
+        hold();
+        const child = current;
+        if (child && child.exitCode === null && child.signalCode === null) {
+          const exited = new Promise((r) => child.once('exit', r));
+          child.kill('SIGTERM');
+          await exited;
+        }
+        current = undefined;
+        await spec.cleanup?.();
+      })();
+      return stopped;
     },
   };
 }

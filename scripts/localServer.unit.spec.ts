@@ -51,7 +51,7 @@ t.test('a server killed is started again, and one stopped stays stopped', async 
     t.ok(await accepts(port), `killed (${round}): it accepts connections again`);
   }
   t.match(notices[0], /^stand-in exited \(signal SIGKILL\); starting it again in 50 ms$/, 'the exit is told');
-  t.match(notices[1], /^stand-in is running again \(down \d+ ms\)$/, 'and its start again');
+  t.match(notices[1], /^stand-in is running again \(down \d+(\.\d)? m?s\)$/, 'and its start again');
   t.match(notices[2], /in 100 ms$/, 'the pause doubles while it keeps failing soon after a start');
 
   const pid = server.pid!;
@@ -128,4 +128,72 @@ t.test('one that keeps failing after a kill is tried again with a doubling pause
     /exited \(.*port busy\); starting it again in 80 ms/,
     /is running again/,
   ]);
+});
+
+t.test('a command that cannot even be spawned is tried again, not a crash of npm start', async (t) => {
+  const port = await freePort();
+  const notices: string[] = [];
+  let starts = 0;
+  const good = serverOn(port);
+  const server = await startSupervised({
+    what: 'stand-in',
+    // As when a package upgrade removed the binary for a moment: the second start finds nothing.
+    get command() {
+      starts++;
+      return starts === 2 ? { command: '/nonexistent/stand-in', args: [] } : good;
+    },
+    isUp: () => accepts(port),
+    onLine: () => undefined,
+    onNotice: (line) => notices.push(line),
+    firstDelayMs: 20,
+  });
+  t.teardown(() => server.stop());
+  process.kill(server.pid!, 'SIGKILL');
+  await until('it runs again', () => notices.some((n) => n.includes('is running again')));
+  t.match(notices[1], /exited \(stand-in could not be started \(\/nonexistent\/stand-in\): spawn .*ENOENT\)/);
+  t.equal(starts, 3);
+});
+
+t.test('held (the stack stops), an exit is no crash; every stop() waits for the end', async (t) => {
+  const port = await freePort();
+  const notices: string[] = [];
+  let cleanups = 0;
+  const server = await startSupervised({
+    what: 'stand-in',
+    command: serverOn(port),
+    isUp: () => accepts(port),
+    onLine: () => undefined,
+    onNotice: (line) => notices.push(line),
+    cleanup: async () => void cleanups++,
+    firstDelayMs: 20,
+  });
+  const pid = server.pid!;
+  server.hold();
+  // As a terminal's Ctrl-C: the server ends on its own signal before the stack stops it.
+  process.kill(pid, 'SIGINT');
+  await until('it has ended', () => exited(pid));
+  // Longer than the pause before a start again: had it been taken for a crash, it would show.
+  await new Promise((r) => setTimeout(r, 200));
+  t.same(notices, [], 'nothing is told, nothing started again');
+  t.notOk(await accepts(port));
+
+  const second = await startSupervised({
+    what: 'stand-in',
+    command: serverOn(port),
+    isUp: () => accepts(port),
+    onLine: () => undefined,
+    onNotice: () => undefined,
+    cleanup: async () => {
+      await new Promise((r) => setTimeout(r, 50));
+      cleanups++;
+    },
+  });
+  const secondPid = second.pid!;
+  const first = second.stop();
+  await second.stop();
+  t.ok(exited(secondPid), 'a second stop() resolves only once the process has ended');
+  t.equal(cleanups, 1, 'and cleaned up, once');
+  await first;
+  await server.stop();
+  t.equal(cleanups, 2, 'a held server is cleaned up by its stop()');
 });

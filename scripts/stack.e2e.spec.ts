@@ -44,16 +44,21 @@ async function npmStart(t: Teardown, env: Record<string, string>): Promise<Start
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
+    // Its own process group, as a terminal gives it: Ctrl-C (ctrlC) reaches every process of it.
+    detached: true,
   });
   let output = '';
   child.stdout?.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (output += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, 'SIGKILL');
   });
   return { child, output: () => output, exited };
 }
+
+/** Ctrl-C in its terminal: SIGINT to every process of the group, servers included. */
+const ctrlC = (started: Started) => process.kill(-started.child.pid!, 'SIGINT');
 
 async function until(what: string, condition: () => boolean, started: Started): Promise<void> {
   while (!condition()) {
@@ -240,8 +245,10 @@ t.test(
     t.notOk(await accepts(redisPort), 'nor on the Redis port (it too has a private socket)');
     const socketDir = (await readFile(join(dir, 'postgres', 'socket-dir'), 'utf8')).trim();
     t.equal((await stat(socketDir)).mode & 0o777, 0o700, 'the socket directory is private');
-    first.child.kill('SIGINT');
+    const firstBeforeCtrlC = first.output().length;
+    ctrlC(first);
     t.equal(await first.exited, 0, 'the first stopped cleanly');
+    t.notMatch(first.output().slice(firstBeforeCtrlC), /starting it again/, 'no server it stopped was taken for crashed');
 
     const second = await npmStart(t, env);
     await until('it was running again', () => second.output().includes('Ctrl-C stops everything.'), second);
@@ -296,7 +303,9 @@ t.test(
       }
       t.pass(`a tool runs again after ${name} was killed`);
     }
-    second.child.kill('SIGINT');
+    const beforeCtrlC = second.output().length;
+    ctrlC(second);
     t.equal(await second.exited, 0, 'the second stopped cleanly');
+    t.notMatch(second.output().slice(beforeCtrlC), /starting it again/, 'nor by the second');
   },
 );

@@ -102,13 +102,15 @@ async function main() {
   try {
     if (ownNats && clustered) {
       // Every node at once: a node's JetStream waits for a quorum of the others.
-      servers.push(
-        ...(await Promise.all(
-          setup.natsCluster.map((node) =>
-            startLocalNats(setup, node.port, serverLog(node.serverName, NATS_IMPORTANT), node.config),
-          ),
-        )),
+      const nodes = await Promise.allSettled(
+        setup.natsCluster.map((node) =>
+          startLocalNats(setup, node.port, serverLog(node.serverName, NATS_IMPORTANT), node.config),
+        ),
       );
+      // The nodes that started are stopped with the rest when another did not.
+      for (const node of nodes) if (node.status === 'fulfilled') servers.push(node.value);
+      const failed = nodes.find((node) => node.status === 'rejected');
+      if (failed) throw failed.reason;
     } else if (ownNats) {
       servers.push(await startLocalNats(setup, natsPort, serverLog('nats', NATS_IMPORTANT)));
     }
@@ -209,6 +211,8 @@ async function main() {
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
+    // A terminal's Ctrl-C reaches the servers too: from now on their exits are no crash.
+    for (const server of servers) server.hold();
     console.log(`\n${signal}: stopping ${services.join(', ')}...`);
     await Promise.all([stack.stop(), ...seconds.map((s) => s.stop())]);
     await stopServers();
