@@ -248,3 +248,86 @@ t.test('a subscription’s page reads indexes only: its cost does not grow with 
     t.match(p, /toolbus_events_global/, `${what}: the global-order index`);
   }
 });
+
+t.test(
+  'a subscription with settleMs reads a burst of appends together, and closes while it waits',
+  async (t) => {
+    const reader = await createPostgresEventStore({ connectionString: db.url, pollIntervalMs: 3_600_000 });
+    const writer = await createPostgresEventStore({ connectionString: db.url });
+    t.teardown(async () => {
+      await reader.close();
+      await writer.close();
+    });
+    // Counts the reads of the real store (each is one query); nothing else is changed.
+    const store = reader as unknown as { fetchAfter: (...args: unknown[]) => Promise<unknown> };
+    const fetchAfter = store.fetchAfter.bind(reader);
+    let reads = 0;
+    store.fetchAfter = (...args) => {
+      reads++;
+      return fetchAfter(...args);
+    };
+
+    const settleMs = 1_000;
+    const subscription = reader.subscribe({ from: 'end', filter: { streamPrefixes: ['settle-'] }, settleMs });
+    const received: number[] = [];
+    let allThere: () => void = () => undefined;
+    const all = new Promise<void>((resolve) => (allThere = resolve));
+    const reading = (async () => {
+      for await (const e of subscription) {
+        received.push(e.revision);
+        if (received.length === 10) allThere();
+      }
+    })();
+    await subscription.caughtUp;
+    const before = reads;
+    const since = performance.now();
+    for (let i = 0; i < 10; i++) {
+      await writer.append(
+        'settle-1',
+        [{ id: randomUUID(), type: 'Settled', data: { i }, metadata: {} }],
+        i - 1 < 0 ? 'no_stream' : i - 1,
+      );
+    }
+    const appending = performance.now() - since;
+    await all;
+    const burstReads = reads - before;
+    t.strictSame(received, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 'every event, in order');
+    // Without settleMs each append is a wake and a read of its own (ten or so); with it, one read per
+    // second of appending, and the one after: at most a look behind the horizon more.
+    t.ok(
+      burstReads <= Math.ceil(appending / settleMs) + 2,
+      `${burstReads} reads for 10 appends made in ${appending.toFixed(0)} ms`,
+    );
+
+    // A subscription closed during its pause ends at once, not after it.
+    const patient = reader.subscribe({
+      from: 'end',
+      filter: { streamPrefixes: ['settle-'] },
+      settleMs: 3_600_000,
+    });
+    const ended = (async () => {
+      for await (const _ of patient) return 'event';
+      return 'ended';
+    })();
+    await patient.caughtUp;
+    // The writer's NOTIFY reaching the reader wakes the subscription into its pause (its listener
+    // was registered first, and runs first); a turn of the event loop later it waits there.
+    const notified = new Promise<void>((resolve) => {
+      const off = (reader as unknown as { onAppend(l: () => void): () => void }).onAppend(() => {
+        off();
+        resolve();
+      });
+    });
+    await writer.append(
+      'settle-1',
+      [{ id: randomUUID(), type: 'Settled', data: { i: 10 }, metadata: {} }],
+      9,
+    );
+    await notified;
+    await new Promise((resolve) => setImmediate(resolve));
+    await subscription.close();
+    await reading;
+    await patient.close();
+    t.equal(await ended, 'ended', 'the pause ends with close(); the event waits for the next read');
+  },
+);

@@ -644,6 +644,8 @@ class PostgresSubscription implements Subscription {
   private closed = false;
   private dirty = true;
   private wake: (() => void) | null = null;
+  /** Ends the current wait, whichever it is (close). */
+  private interrupt: (() => void) | null = null;
   private started = false;
 
   /** Set when subscribing from 'end': the snapshot whose committed transactions are left out. */
@@ -673,6 +675,7 @@ class PostgresSubscription implements Subscription {
       let failures = 0;
       /** Looks in a row that found committed events behind the horizon and nothing to read. */
       let stuck = 0;
+      const settleMs = this.options.settleMs ?? 0;
       while (!this.closed) {
         this.dirty = false;
         let batch: { rows: RecordedEvent[]; horizon: bigint; behind: boolean };
@@ -705,6 +708,8 @@ class PostgresSubscription implements Subscription {
             : poll;
           stuck = batch.behind && batch.rows.length === 0 ? stuck + 1 : 0;
           if (!this.dirty) await this.idle(wait);
+          // Appends that come meanwhile only mark it dirty: they are read together after the pause.
+          if (settleMs > 0 && !this.closed) await this.idle(settleMs, { wakeable: false });
         }
       }
     } finally {
@@ -737,15 +742,22 @@ class PostgresSubscription implements Subscription {
     return { cursor: { commit: MAX_SEQ, prepare: MAX_SEQ }, lastStored: null };
   }
 
-  private idle(ms: number): Promise<void> {
+  /** Waits `ms`, or less: until an append wakes it (unless `wakeable` is false) or it is closed. */
+  private idle(ms: number, { wakeable = true } = {}): Promise<void> {
     return new Promise((resolve) => {
       const timer = setTimeout(done, ms);
       function done() {
         clearTimeout(timer);
         resolve();
       }
-      this.wake = () => {
-        this.wake = null;
+      this.wake = wakeable
+        ? () => {
+            this.wake = null;
+            done();
+          }
+        : null;
+      this.interrupt = () => {
+        this.interrupt = null;
         done();
       };
     });
@@ -755,5 +767,6 @@ class PostgresSubscription implements Subscription {
     this.closed = true;
     this.onClose();
     this.wake?.();
+    this.interrupt?.();
   }
 }

@@ -82,6 +82,13 @@ export interface SubscribeOptions {
   /** Exclusive: the first event delivered comes after this position. */
   from: Position | 'start' | 'end';
   filter?: SubscriptionFilter;
+  /**
+   * For a subscriber to whom a few milliseconds do not matter (the dispatchers' relay, a safety
+   * net behind the publish on commit): once caught up, it reads again at most this often, so that
+   * the appends of that time come in one read instead of one read each. PostgreSQL store only
+   * (KurrentDB pushes events to its subscriptions); default 0, every wake reads at once.
+   */
+  settleMs?: number;
 }
 
 /**

@@ -21,7 +21,7 @@ import { serveLiveness } from './liveness.ts';
 import { serveAnswers } from './lookup.ts';
 import { createMetrics } from './metrics.ts';
 import { registerRoutes } from './routes.ts';
-import { EventRelay, publishesOnCommit, runsRelay } from './relay.ts';
+import { EventRelay, publishesOnCommit, RELAY_SETTLE_MS, runsRelay } from './relay.ts';
 import { UserStreams } from './streams.ts';
 import { exampleTools } from './tools/index.ts';
 import { testTools } from './tools/testing.ts';
@@ -179,6 +179,7 @@ export async function startDispatcher(
         connectionString: config.DATABASE_URL,
         log: log.child({ component: 'relay' }),
         lockPollMs: config.DISPATCHER_RELAY_LOCK_POLL_MS,
+        settleMs: publishesOnCommit(config.DISPATCHER_EVENT_PUBLISH) ? RELAY_SETTLE_MS : 0,
         onPublished: () => metrics.relayed.inc(),
       });
       await r.start();
