@@ -140,3 +140,48 @@ t.test('past its connection cap a service closes new connections and serves the 
   );
   t.equal(res.status, 200, 'served again once below the cap');
 });
+
+t.test('every refusal, Fastify’s own included, has one shape: {error: {code, message}}', async (t) => {
+  const api = createHttpApp({ service: 'test', logLevel: 'silent', bodyLimit: 100 });
+  api.post('/things', async (req) => ({ got: req.body }));
+  api.get('/broken', async () => {
+    throw new Error('secret detail of the failure');
+  });
+  await api.listen({ host: '127.0.0.1', port: 0 });
+  t.teardown(() => api.close());
+  const base = `http://127.0.0.1:${(api.server.address() as AddressInfo).port}`;
+  const json = { 'content-type': 'application/json' };
+  const cases: Array<[string, RequestInit & { path: string }, number, string]> = [
+    ['an unknown route', { path: '/nowhere?token=x' }, 404, 'NOT_FOUND'],
+    [
+      'a body that is not JSON',
+      { path: '/things', method: 'POST', headers: json, body: '{"a":' },
+      400,
+      'BAD_REQUEST',
+    ],
+    [
+      'a body over the limit',
+      { path: '/things', method: 'POST', headers: json, body: JSON.stringify({ a: 'x'.repeat(200) }) },
+      413,
+      'PAYLOAD_TOO_LARGE',
+    ],
+    [
+      'an unknown content type',
+      { path: '/things', method: 'POST', headers: { 'content-type': 'text/x-unknown' }, body: 'hi' },
+      415,
+      'UNSUPPORTED_MEDIA_TYPE',
+    ],
+    ['a route that fails', { path: '/broken' }, 500, 'INTERNAL'],
+  ];
+  for (const [what, { path, ...init }, status, code] of cases) {
+    const res = await fetch(base + path, init);
+    const body = (await res.json()) as { error?: { code?: unknown; message?: unknown } };
+    t.equal(res.status, status, `${what}: ${status}`);
+    t.equal(body.error?.code, code, `${what}: ${code}`);
+    t.type(body.error?.message, 'string', `${what}: a message`);
+  }
+  const broken = await (await fetch(`${base}/broken`)).text();
+  t.notMatch(broken, /secret detail/, 'a failure’s details stay in the log');
+  const unknown = (await (await fetch(`${base}/nowhere?token=x`)).json()) as { error: { message: string } };
+  t.equal(unknown.error.message, 'no route GET /nowhere', 'the query string is not echoed');
+});

@@ -51,8 +51,17 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
     // answers, not requests: unaffected).
     requestTimeout: 60_000,
     logController: new RequestLines(),
+    allowErrorHandlerOverride: true,
     ...options.fastify,
   });
+  // Every error answer has one shape, whoever answers: a service's own handler (which replaces
+  // this one, hence the override) or Fastify's refusals of a request it cannot parse or route.
+  app.setErrorHandler(answerError);
+  app.setNotFoundHandler((request, reply) =>
+    reply
+      .code(404)
+      .send(errorBody('NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]!.slice(0, 200)}`)),
+  );
   closeSilentConnections(app, options.firstRequestTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS);
   app.server.maxConnections = options.maxConnections ?? defaultMaxConnections();
   const registry = new Registry();
@@ -84,6 +93,42 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
     return reply.type(registry.contentType).send(await registry.metrics());
   });
   return app;
+}
+
+/** The body of every error answer of every service's HTTP API (docs/dispatcher.md, "HTTP"). */
+export interface ErrorBody {
+  error: { code: string; message: string; details?: unknown };
+}
+
+export const errorBody = (code: string, message: string, details?: unknown): ErrorBody => ({
+  error: { code, message, ...(details === undefined ? {} : { details }) },
+});
+
+/** The code of a client error that Fastify (or a plugin) raised with only an HTTP status. */
+const CLIENT_ERROR_CODES: Record<number, string> = {
+  404: 'NOT_FOUND',
+  405: 'METHOD_NOT_ALLOWED',
+  413: 'PAYLOAD_TOO_LARGE',
+  415: 'UNSUPPORTED_MEDIA_TYPE',
+  429: 'TOO_MANY_REQUESTS',
+};
+
+/**
+ * Answers an error no route handled: a client error (a body that is not JSON, over the limit, of
+ * an unknown type) with its status and Fastify's message, anything else as a 500 whose details
+ * stay in the log. Services' own error handlers end with it.
+ */
+export function answerError(
+  error: Error & { statusCode?: number },
+  request: FastifyRequest,
+  reply: FastifyReply,
+): FastifyReply {
+  const status = error.statusCode;
+  if (status !== undefined && status >= 400 && status < 500) {
+    return reply.code(status).send(errorBody(CLIENT_ERROR_CODES[status] ?? 'BAD_REQUEST', error.message));
+  }
+  request.log.error({ err: error }, 'request failed');
+  return reply.code(500).send(errorBody('INTERNAL', 'internal error'));
 }
 
 /** File descriptors a service keeps for itself beyond its HTTP connections (see defaultMaxConnections). */

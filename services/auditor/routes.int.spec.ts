@@ -56,7 +56,7 @@ t.test('access: a token with the auditor or admin role, nothing else', async (t)
   const none = await app.inject({ method: 'GET', url });
   t.equal(none.statusCode, 401, 'no token');
   t.equal(none.headers['www-authenticate'], 'Bearer');
-  t.equal(none.json().error, 'UNAUTHENTICATED');
+  t.equal(none.json().error.code, 'UNAUTHENTICATED');
 
   const forged = await signToken('another-secret-0123456789abcdefghijkl', { sub: 'eve', roles: ['auditor'] });
   t.equal(
@@ -71,7 +71,7 @@ t.test('access: a token with the auditor or admin role, nothing else', async (t)
   );
   const late = await app.inject({ method: 'GET', url, headers: { authorization: `Bearer ${expired}` } });
   t.equal(late.statusCode, 401, 'an expired token');
-  t.match(late.json().message, /expired/);
+  t.match(late.json().error.message, /expired/);
 
   for (const [who, roles] of [
     ['alice', ['user']],
@@ -88,7 +88,7 @@ t.test('access: a token with the auditor or admin role, nothing else', async (t)
         headers: { authorization: `Bearer ${await token(who, [...roles])}` },
       });
       t.equal(res.statusCode, 403, `${who} (${roles.join(',') || 'no roles'}) may not ${method} ${path}`);
-      t.equal(res.json().error, 'FORBIDDEN');
+      t.equal(res.json().error.code, 'FORBIDDEN');
     }
   }
   const auditor = await app.inject({
@@ -228,7 +228,7 @@ t.test('no record, no replay: when audit_log cannot be written the access is ref
     headers: { authorization: `Bearer ${await token('ida', ['auditor'])}` },
   });
   t.equal(res.statusCode, 503);
-  t.equal(res.json().error, 'AUDIT_LOG_UNAVAILABLE');
+  t.equal(res.json().error.code, 'AUDIT_LOG_UNAVAILABLE');
   t.notMatch(res.body, /ToolRequested/, 'no event was sent');
 });
 
@@ -263,7 +263,7 @@ t.test('verify and checkpoint over HTTP', async (t) => {
     payload: { checkpoint: { ...checkpoint, revision: 30 } },
   });
   t.equal(forged.statusCode, 422, 'a forged checkpoint is refused');
-  t.equal(forged.json().error, 'CHECKPOINT_REFUSED');
+  t.equal(forged.json().error.code, 'CHECKPOINT_REFUSED');
 
   await truncateTail(sql, 'alice', 19);
   const cut = await app.inject({
@@ -281,8 +281,8 @@ t.test('verify and checkpoint over HTTP', async (t) => {
 
   const refused = await app.inject({ method: 'POST', url: '/audit/users/alice/checkpoint', headers });
   t.equal(refused.statusCode, 409, 'no checkpoint for a broken history');
-  t.equal(refused.json().error, 'HISTORY_BROKEN');
-  t.match(refused.json().details, { break: { revision: 4 } });
+  t.equal(refused.json().error.code, 'HISTORY_BROKEN');
+  t.match(refused.json().error.details, { break: { revision: 4 } });
 
   const empty = await app.inject({ method: 'POST', url: '/audit/users/nobody/checkpoint', headers });
   t.equal(empty.statusCode, 404, 'nothing to checkpoint for a user without events');

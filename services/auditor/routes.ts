@@ -1,9 +1,10 @@
 import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { httpStatusOfCode, ROLES, UserId, type Principal } from '../../contracts/index.ts';
+import { ROLES, UserId, type Principal } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
+import { answerError, errorBody } from '../../lib/http.ts';
 import type { AuditAction, AuditEntry, AuditLog, AuditOutcome } from './auditLog.ts';
 import { CheckpointRefusedError, openCheckpoint, signCheckpoint, type Checkpoint } from './checkpoint.ts';
 import { AuditError } from './errors.ts';
@@ -64,17 +65,9 @@ export async function auditRoutes(app: FastifyInstance, options: AuditRoutesOpti
   app.setErrorHandler((error: Error & { statusCode?: number }, request, reply) => {
     if (error instanceof AuditError) {
       if (error.code === 'UNAUTHENTICATED') void reply.header('www-authenticate', 'Bearer');
-      return reply
-        .code(error.status)
-        .send({ error: error.code, message: error.message, details: error.details });
+      return reply.code(error.status).send(errorBody(error.code, error.message, error.details));
     }
-    if (error.statusCode && error.statusCode < 500) {
-      return reply.code(error.statusCode).send({ error: 'BAD_REQUEST', message: error.message });
-    }
-    request.log.error({ err: error }, 'audit request failed');
-    return reply
-      .code(httpStatusOfCode('INTERNAL'))
-      .send({ error: 'INTERNAL', message: 'the audit request failed' });
+    return answerError(error, request, reply);
   });
 
   /** Authenticates, checks the role, and records the access (or its refusal) before anything is read. */
@@ -153,7 +146,7 @@ export async function auditRoutes(app: FastifyInstance, options: AuditRoutesOpti
         detail = { error: (e as Error).message };
         log.error({ err: e, userId }, 'replay failed');
         yield format === 'ndjson'
-          ? `${JSON.stringify({ error: 'REPLAY_FAILED', message: 'the replay stopped: the event store failed' })}\n`
+          ? `${JSON.stringify(errorBody('REPLAY_FAILED', 'the replay stopped: the event store failed'))}\n`
           : '# ERROR: the replay stopped: the event store failed\n';
         throw e;
       } finally {

@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { errorBody } from '../../lib/http.ts';
 import type { ConsoleConfig } from './config.ts';
 
 export type Upstream = 'dispatcher' | 'projector' | 'auditor';
@@ -54,7 +55,7 @@ export function registerForwarding(app: FastifyInstance, config: ConsoleConfig):
     auditor: config.CONSOLE_AUDITOR_URL.replace(/\/$/, ''),
   };
   const fail = (reply: FastifyReply, status: number, code: string, message: string) =>
-    reply.code(status).send({ error: { code, message } });
+    reply.code(status).send(errorBody(code, message));
   let inFlight = 0;
 
   for (const route of ROUTES) {

@@ -13,6 +13,7 @@ import {
   type Principal,
 } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
+import { errorBody } from '../../lib/http.ts';
 import { CursorError, refOfWait, type ApprovalWait, type ApprovalWaits } from './approvals.ts';
 import { handleExecution } from './commands.ts';
 import type { DispatcherMetrics } from './metrics.ts';
@@ -44,7 +45,7 @@ const DECISION_STATUS: Record<DecisionErrorCode, number> = {
 const ExecutionIdParam = z.object({ executionId: z.uuid() });
 
 const fail = (reply: FastifyReply, status: number, code: string, message: string): FastifyReply =>
-  reply.code(status).send({ error: { code, message } });
+  reply.code(status).send(errorBody(code, message));
 
 const issues = (e: z.ZodError): string =>
   e.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; ');

@@ -14,6 +14,7 @@ import {
 } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import { AgentClientError, submitRequest } from '../../lib/clients/agent.ts';
+import { answerError } from '../../lib/http.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import type { ToolRegistry } from '../../lib/tools/index.ts';
 import { answerFromTerminal, httpStatusOf, refusal, type TerminalAnswer } from './answers.ts';
@@ -106,7 +107,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     // Only POST /executions answers in AgentAnswers; anything else is Fastify's (or the route's) to answer.
     const answer =
       req.method === 'POST' && req.routeOptions.url === '/executions' ? unreadableBody(error) : null;
-    if (!answer) throw error;
+    if (!answer) return answerError(error, req, reply);
     return reply.code(error.statusCode ?? 400).send(answer);
   });
 

@@ -7,7 +7,7 @@ import { CLOSE_CODES } from '../../contracts/index.ts';
 import { AuthError, tokenVerifierFromConfig } from '../../lib/auth.ts';
 import { createEventStore } from '../../lib/eventstore/index.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
-import { createHttpApp } from '../../lib/http.ts';
+import { createHttpApp, errorBody } from '../../lib/http.ts';
 import { REDACT_PATHS, type Logger } from '../../lib/log.ts';
 import { connectNats, natsCredentialsFromConfig, natsReady, type NatsConnection } from '../../lib/nats.ts';
 import { createRedis, type Redis } from '../../lib/redis.ts';
@@ -221,7 +221,7 @@ async function build(
     request.log.warn({ origin: String(origin).slice(0, 200) }, 'refused a foreign origin');
     return reply
       .code(403)
-      .send({ error: 'FORBIDDEN_ORIGIN', message: 'this origin may not use the notifier' });
+      .send(errorBody('FORBIDDEN_ORIGIN', 'this origin may not use the notifier'));
   };
 
   const admissions = new WeakMap<object, Admission>();
@@ -284,7 +284,7 @@ async function build(
       return reply
         .code(401)
         .header('www-authenticate', 'Bearer')
-        .send({ error: 'UNAUTHENTICATED', reason: e.reason, message: e.message });
+        .send(errorBody('UNAUTHENTICATED', e.message, { reason: e.reason }));
     }
     try {
       const ticket = await tickets.issue(grant);
@@ -301,15 +301,16 @@ async function build(
         return reply
           .code(429)
           .header('retry-after', String(e.retryAfterSeconds))
-          .send({ error: 'TOO_MANY_TICKETS', message: e.message });
+          .send(errorBody('TOO_MANY_TICKETS', e.message));
       }
       if (!(e instanceof TicketsUnavailableError)) throw e;
       refused.inc({ reason: 'tickets_unavailable' });
       request.log.warn('ticket store unavailable');
-      return reply.code(503).send({
-        error: 'TICKETS_UNAVAILABLE',
-        message: 'tickets are unavailable; open /ws and send {type:"auth", token} first',
-      });
+      return reply
+        .code(503)
+        .send(
+          errorBody('TICKETS_UNAVAILABLE', 'tickets are unavailable; open /ws and send {type:"auth", token} first'),
+        );
     }
   });
 

@@ -10,6 +10,7 @@ import {
   type Principal,
 } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
+import { answerError, errorBody } from '../../lib/http.ts';
 import { LATENCY_BUCKETS, quantile } from './histogram.ts';
 import { LIVE_SCHEMA } from './migrations.ts';
 import { mergeToolRows, type ExecutionRow, type ToolMetricsRow } from './model.ts';
@@ -183,21 +184,9 @@ export async function registerQueryApi(app: FastifyInstance, options: QueryApiOp
     scope.setErrorHandler((error: Error & { statusCode?: number }, request, reply) => {
       if (error instanceof ApiError) {
         if (error.code === 'UNAUTHENTICATED') void reply.header('www-authenticate', 'Bearer');
-        return reply.code(error.status).send({
-          error: {
-            code: error.code,
-            message: error.message,
-            ...(error.details ? { details: error.details } : {}),
-          },
-        });
+        return reply.code(error.status).send(errorBody(error.code, error.message, error.details));
       }
-      if (error.statusCode && error.statusCode < 500) {
-        return reply.code(error.statusCode).send({ error: { code: 'BAD_REQUEST', message: error.message } });
-      }
-      request.log.error({ err: error }, 'query failed');
-      return reply
-        .code(httpStatusOfCode('INTERNAL'))
-        .send({ error: { code: 'INTERNAL', message: 'internal error' } });
+      return answerError(error, request, reply);
     });
 
     const principalOf = new WeakMap<FastifyRequest, Principal>();

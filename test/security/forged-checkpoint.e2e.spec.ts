@@ -104,8 +104,7 @@ t.test('a checkpoint signed with another key over a truncated history is refused
     const forgedAnswer = await verify(forged);
     t.equal(forgedAnswer.statusCode, 422);
     t.match(forgedAnswer.json(), {
-      error: 'CHECKPOINT_REFUSED',
-      message: new RegExp(`key id ${keyIdOf(OLD_AUDIT_KEY)}`),
+      error: { code: 'CHECKPOINT_REFUSED', message: new RegExp(`key id ${keyIdOf(OLD_AUDIT_KEY)}`) },
     });
     const legitimateAnswer = await verify(legitimate);
     t.equal(legitimateAnswer.statusCode, 200);

@@ -93,7 +93,7 @@ t.test('tickets are rationed per user: 429 with Retry-After, other users unaffec
   t.equal(res.status, 429, 'the fourth ticket in a minute is refused');
   const retryAfter = Number(res.headers.get('retry-after'));
   t.ok(retryAfter >= 1 && retryAfter <= 60, `Retry-After names the seconds left (${retryAfter})`);
-  t.match(await res.json(), { error: 'TOO_MANY_TICKETS' });
+  t.match(await res.json(), { error: { code: 'TOO_MANY_TICKETS' } });
   t.ok((await refusals('ticket_rate')) >= 1, 'the refusal is counted');
 
   const bob = await tokenOf(user());

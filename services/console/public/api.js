@@ -35,11 +35,10 @@ export async function api(path, { method = 'GET', body } = {}) {
   return { ok: res.ok, status: res.status, body: parsed };
 }
 
-/** The message of an error answer: `{error: {code, message}}` or the auditor's `{error, message}`. */
+/** The message of an error answer: `{error: {code, message}}`, every service's shape. */
 export function errorText({ status, body }) {
-  const e = body?.error;
-  const code = typeof e === 'string' ? e : e?.code;
-  const message = (typeof e === 'object' ? e?.message : undefined) ?? body?.message ?? 'request failed';
+  const code = body?.error?.code;
+  const message = body?.error?.message ?? 'request failed';
   return `${code ? `${code}: ` : ''}${message}${status ? ` (HTTP ${status})` : ''}`;
 }
 

@@ -148,7 +148,8 @@ export class ToolbusClient extends EventTarget {
     if (res.status === 503) return null;
     let message = `ticket refused (HTTP ${res.status})`;
     try {
-      message = (await res.json()).message ?? message;
+      const { error } = await res.json();
+      if (error?.message) message = `${error.code}: ${error.message}`;
     } catch {
       // not JSON
     }
