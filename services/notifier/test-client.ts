@@ -85,12 +85,18 @@ export async function requestTicket(
   address: string,
   token: string | null,
   origin?: string,
-): Promise<{ status: number; body: { ticket?: string; error?: string; reason?: string } }> {
+): Promise<{ status: number; body: TicketAnswer }> {
   const headers: Record<string, string> = {};
   if (token !== null) headers['authorization'] = `Bearer ${token}`;
   if (origin) headers['origin'] = origin;
   const res = await fetch(new URL('/tickets', address), { method: 'POST', headers });
-  return { status: res.status, body: (await res.json()) as { ticket?: string; error?: string } };
+  return { status: res.status, body: (await res.json()) as TicketAnswer };
+}
+
+/** A ticket, or a refusal in every service's error shape. */
+interface TicketAnswer {
+  ticket?: string;
+  error?: { code: string; message: string; details?: { reason?: string } };
 }
 
 /** A ticket; while the notifier's Redis is still connecting (503), it asks again (up to 30 s). */
