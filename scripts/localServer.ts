@@ -88,7 +88,7 @@ export async function startSupervised(spec: ServerSpec): Promise<LocalServer> {
       }
       if (child.exitCode !== null || child.signalCode !== null) {
         // Its last words may still be in the pipes (a child it left may hold them: not for long).
-        await Promise.race([closed, new Promise((r) => setTimeout(r, 1000))]);
+        await Promise.race([closed, new Promise((r) => setTimeout(r, 1000).unref())]);
         if (current === child) current = undefined;
         throw new Error(`${spec.what} stopped at start (${exitText(child.exitCode, child.signalCode)}):\n${output}`);
       }
