@@ -33,6 +33,8 @@ export interface ToolbusConfig {
   file: string;
   /** The tool modules, as absolute paths. */
   tools: string[];
+  /** The tool modules only a worker serves (`workerTools`), as absolute paths. */
+  workerTools: string[];
   /** Opaque here: the MCP-tools work reads it. */
   mcpServers: ToolbusConfigFile['mcpServers'];
 }
@@ -68,9 +70,11 @@ export async function readToolbusConfig(file: string): Promise<ToolbusConfig> {
     );
   }
   const dir = dirname(file);
+  const absolute = (p: string) => (isAbsolute(p) ? p : resolve(dir, p));
   return {
     file,
-    tools: parsed.data.tools.map((p) => (isAbsolute(p) ? p : resolve(dir, p))),
+    tools: parsed.data.tools.map(absolute),
+    workerTools: parsed.data.workerTools.map(absolute),
     mcpServers: parsed.data.mcpServers,
   };
 }
@@ -109,11 +113,21 @@ export async function importToolModule(path: string, file = path): Promise<ToolD
   return tools;
 }
 
-/** Every tool the configuration names, in order; a name@version given twice is refused. */
-export async function loadConfiguredTools(config: ToolbusConfig | undefined): Promise<ToolDefinition[]> {
+/**
+ * Who loads the tools: the dispatcher (`tools`, run in its process), or a worker and the set-up
+ * that authorizes it (`tools` and `workerTools`).
+ */
+export type ToolsFor = 'dispatcher' | 'worker';
+
+/** The tools the configuration names for `who`, in order; a name@version given twice is refused. */
+export async function loadConfiguredTools(
+  config: ToolbusConfig | undefined,
+  who: ToolsFor = 'dispatcher',
+): Promise<ToolDefinition[]> {
   if (!config) return [];
   const tools: ToolDefinition[] = [];
-  for (const path of config.tools) tools.push(...(await importToolModule(path, config.file)));
+  const modules = who === 'worker' ? [...config.tools, ...config.workerTools] : config.tools;
+  for (const path of modules) tools.push(...(await importToolModule(path, config.file)));
   const seen = new Set<string>();
   for (const t of tools) {
     const id = `${t.name}@${t.version}`;
@@ -123,10 +137,11 @@ export async function loadConfiguredTools(config: ToolbusConfig | undefined): Pr
   return tools;
 }
 
-/** The tools of the configuration file the environment points at (none without one). */
+/** The tools of the configuration file the environment points at, for `who` (none without one). */
 export async function toolsFromConfiguration(
   env: Record<string, string | undefined> = process.env,
+  who: ToolsFor = 'dispatcher',
 ): Promise<ToolDefinition[]> {
   const file = toolbusConfigFile(env);
-  return loadConfiguredTools(file === undefined ? undefined : await readToolbusConfig(file));
+  return loadConfiguredTools(file === undefined ? undefined : await readToolbusConfig(file), who);
 }

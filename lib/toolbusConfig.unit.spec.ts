@@ -53,6 +53,34 @@ t.test('a default export may be one tool or an array; paths are relative to the 
   );
 });
 
+t.test(
+  'workerTools are loaded by a worker, not by the dispatcher; a tool in both lists is refused',
+  async (t) => {
+    const config = await files({
+      'split.json': JSON.stringify({ tools: ['in-process.ts'], workerTools: ['on-worker.ts'] }),
+      'in-process.ts': `${tool('delta')}\nexport default delta;`,
+      'on-worker.ts': `${tool('epsilon')}\nexport default epsilon;`,
+    });
+    const env = { TOOLBUS_CONFIG: config };
+    t.strictSame(
+      (await toolsFromConfiguration(env)).map((d) => d.name),
+      ['delta'],
+      'the dispatcher',
+    );
+    t.strictSame(
+      (await toolsFromConfiguration(env, 'worker')).map((d) => d.name),
+      ['delta', 'epsilon'],
+      'a worker',
+    );
+    const twice = await files({
+      'twice.json': JSON.stringify({ tools: ['in-process.ts'], workerTools: ['in-process.ts'] }),
+    });
+    await t.rejects(toolsFromConfiguration({ TOOLBUS_CONFIG: twice }, 'worker'), {
+      message: /tool delta@1\.0\.0 is defined twice/,
+    });
+  },
+);
+
 t.test('a bad file is refused with the file and every problem named', async (t) => {
   const cases: Array<[string, Record<string, string>, RegExp]> = [
     ['not JSON', { 'a.json': '{ tools: ' }, /a\.json: cannot be read as JSON/],

@@ -145,7 +145,9 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
   }
   const identities: Record<string, Identity> = {};
   const fresh: Identity[] = [];
-  const workerTools = [...exampleTools, ...(await toolsFromConfiguration())].map((t) => t.name);
+  const workerTools = [...exampleTools, ...(await toolsFromConfiguration(process.env, 'worker'))].map(
+    (t) => t.name,
+  );
   const mcpNamespaces = await configuredMcpNamespaces();
   for (const [name, role] of localIdentities([...new Set(workerTools)], mcpNamespaces)) {
     if (existsSync(join(NATS_DIR, `${name}.nk`))) {

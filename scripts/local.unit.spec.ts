@@ -1,5 +1,6 @@
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { localSetup } from './local.ts';
 
@@ -54,5 +55,44 @@ t.test(
       cluster: { nodes: 3, clusterPort: 6222, hosts: ['nats', 'nats-2', '10.0.0.3'] },
     });
     t.equal(ok.natsCluster.length, 3, 'names and addresses are fine');
+  },
+);
+
+t.test(
+  "the worker identity may serve the configuration's workerTools, which the dispatcher does not load",
+  async (t) => {
+    // Inside the checkout (.scratch/ is git-ignored): the module resolves `zod` as a user's would.
+    const scratch = fileURLToPath(new URL('../.scratch/', import.meta.url));
+    await mkdir(scratch, { recursive: true });
+    const dir = await mkdtemp(join(scratch, 'local-setup-'));
+    t.teardown(() => rm(dir, { recursive: true, force: true }));
+    const define = fileURLToPath(new URL('../lib/tools/index.ts', import.meta.url));
+    await writeFile(
+      join(dir, 'mine.ts'),
+      `import { z } from 'zod';
+import { defineTool } from ${JSON.stringify(define)};
+export default defineTool({
+  name: 'only_on_my_worker', version: '1.0.0', description: 'test', input: z.object({}), output: z.object({}),
+  async run() { return {}; },
+});`,
+    );
+    await writeFile(join(dir, 'toolbus.json'), JSON.stringify({ workerTools: ['mine.ts'] }));
+    const before = process.env['TOOLBUS_CONFIG'];
+    process.env['TOOLBUS_CONFIG'] = join(dir, 'toolbus.json');
+    t.teardown(() => {
+      if (before === undefined) delete process.env['TOOLBUS_CONFIG'];
+      else process.env['TOOLBUS_CONFIG'] = before;
+    });
+    const setup = await localSetup({ dir: t.testdir(), natsPort: 4299 });
+    t.match(
+      JSON.stringify(setup.identities['worker']),
+      /only_on_my_worker/,
+      'the worker identity is authorized for it',
+    );
+    t.match(
+      await readFile(setup.natsConfig, 'utf8'),
+      /toolbus\.tools\.run\.only_on_my_worker/,
+      'in nats.conf',
+    );
   },
 );

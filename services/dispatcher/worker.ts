@@ -57,7 +57,7 @@ async function main(): Promise<void> {
   let configuredTools;
   try {
     config = loadConfig(WorkerEnv);
-    configuredTools = await toolsFromConfiguration();
+    configuredTools = await toolsFromConfiguration(process.env, 'worker');
   } catch (e) {
     log.fatal(
       { problems: e instanceof ConfigError ? e.problems : [(e as Error).message] },
