@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import t, { type Test } from 'tap';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { executionIdFor, jetstream as names, LIMITS, subjects } from '../../contracts/index.ts';
 import { startNats } from '../../test/support/processes.ts';
 import { signToken } from '../auth.ts';
@@ -159,6 +159,40 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
     t.teardown(() => sub.unsubscribe());
     return { count: () => n };
   };
+
+  t.test(
+    'an acknowledgement that does not come (a stalled server): published again with the same id, stored once, answered',
+    async (t) => {
+      const dispatcher = fakeDispatcher(t);
+      // The real JetStream client, with a short acknowledgement timeout, its publishes counted.
+      const js = jetstream(nc, { timeout: 500 });
+      let publishes = 0;
+      const publish = js.publish.bind(js);
+      js.publish = (...args: Parameters<typeof js.publish>) => {
+        publishes++;
+        return publish(...args);
+      };
+      const stalled = createAgentClient(nc, { js });
+      await nc.flush();
+      const stored = async () => (await jsm.streams.info(names.requestsStream)).state.messages;
+      const before = await stored();
+      nats.pause();
+      let resumed = false;
+      const resume = () => {
+        if (!resumed) nats.resume();
+        resumed = true;
+      };
+      t.teardown(resume);
+      const answer = stalled.execute('noop', {}, { token, requestId: 'r-stalled', timeoutMs: 60_000 });
+      // The server reads nothing while stopped: the first publish goes unacknowledged.
+      while (publishes < 2) await new Promise((r) => setTimeout(r, 20));
+      resume();
+      await dispatcher.received(1);
+      const sent = dispatcher.answer(dispatcher.seen[0]!.replyTo, 'r-stalled', 'once');
+      t.strictSame(await answer, sent, 'the answer, not PUBLISH_FAILED');
+      t.equal((await stored()) - before, 1, 'JetStream kept one copy of the request');
+    },
+  );
 
   t.test('many concurrent requests on one client share one subscription', async (t) => {
     const own = await connectNats(nats.url, 'agent-shared');

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { jetstream, JetStreamApiError, type JetStreamClient } from '@nats-io/jetstream';
-import { headers, RequestError, type NatsConnection } from '@nats-io/transport-node';
+import { headers, RequestError, TimeoutError, type NatsConnection } from '@nats-io/transport-node';
 import {
   AnswersReply,
   type AgentAnswer,
@@ -202,21 +202,32 @@ export async function submitRequest(
     };
     const publishing = (async (): Promise<never> => {
       let ack;
-      try {
-        ack = await js.publish(subjects.request(userId, agentId), body, {
-          msgID: requestMsgId(userId, requestId, bare(o.token)),
-          headers: auth,
-        });
-      } catch (e) {
-        if (isIntakeFull(e)) throw new IntakeFullError(requestId, e);
-        throw new AgentClientError(
-          `request ${requestId} was not accepted: ${(e as Error).message}`,
-          'PUBLISH_FAILED',
-          requestId,
-          {
-            cause: e,
-          },
-        );
+      for (let attempt = 0; ; attempt++) {
+        try {
+          ack = await js.publish(subjects.request(userId, agentId), body, {
+            msgID: requestMsgId(userId, requestId, bare(o.token)),
+            headers: auth,
+          });
+          break;
+        } catch (e) {
+          if (isIntakeFull(e)) throw new IntakeFullError(requestId, e);
+          if (!(e instanceof TimeoutError)) {
+            throw new AgentClientError(
+              `request ${requestId} was not accepted: ${(e as Error).message}`,
+              'PUBLISH_FAILED',
+              requestId,
+              { cause: e },
+            );
+          }
+          // No acknowledgement in time (a busy server): the request may be stored, and then
+          // answered to this waiter, or not. The same message id again settles it, JetStream
+          // keeping the first copy, until the answer or the deadline comes.
+          try {
+            await sleep(backoffMs(attempt, ACK_RETRY), stop.signal);
+          } catch {
+            return new Promise<never>(() => undefined); // answered, or timed out
+          }
+        }
       }
       if (!ack.duplicate) waiter.own();
       else
@@ -248,6 +259,9 @@ export async function submitRequest(
     waiter.release();
   }
 }
+
+/** Publishes of a request whose acknowledgement did not come: again after 0.25 s, doubling to 5 s. */
+const ACK_RETRY = { minMs: 250, maxMs: 5_000 };
 
 /** How long an agent refused by a full intake is told to wait. */
 const INTAKE_FULL_RETRY_MS = 5_000;
