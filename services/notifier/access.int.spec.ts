@@ -326,6 +326,36 @@ t.test('progress reaches only its user', async (t) => {
   b.ws.close();
 });
 
+t.test('progress reaches each socket once while an admin watches everyone', async (t) => {
+  const alice = user();
+  const own = await subscribe(notifier.address, await token(alice));
+  const everyone = await subscribe(notifier.address, await token('root', ['admin']), { userId: '*' });
+  const running = await recordExecution(store, alice, { nats: publisher, outcome: 'executing' });
+  await own.waitFor('the running execution', () => own.events().length === 2);
+  await everyone.waitFor('the running execution', () => everyone.events().length === 2);
+  const progress = (fraction: number) => ({
+    kind: 'progress',
+    userId: alice,
+    executionId: running.executionId,
+    correlationId: 'c1',
+    fraction,
+  });
+  // Both subscriptions of the notifier (alice's and everyone's) carry each message.
+  for (const f of [0.5, 1]) publisher.publish(subjects.progress(alice), JSON.stringify(progress(f)));
+  const fractions = (c: typeof own) =>
+    c.received.filter((n) => n.kind === 'progress').map((n) => (n as { fraction: number }).fraction);
+  await own.waitFor('the last progress', () => fractions(own).includes(1));
+  await everyone.waitFor('the last progress', () => fractions(everyone).includes(1));
+  // Then an event: anything still on its way arrives before it.
+  await recordExecution(store, alice, { nats: publisher });
+  await own.waitFor('the next execution', () => own.events().length === 5);
+  await everyone.waitFor('the next execution', () => everyone.events().length === 5);
+  t.strictSame(fractions(own), [0.5, 1], "alice's socket: each once");
+  t.strictSame(fractions(everyone), [0.5, 1], "the admin's socket: each once");
+  own.ws.close();
+  everyone.ws.close();
+});
+
 t.test('no token or ticket reaches the logs', async (t) => {
   const text = logLines.join('');
   t.ok(text.includes('refused a foreign origin'), 'refusals are logged');

@@ -61,8 +61,8 @@ export class UserFeed {
   private retryTimer: NodeJS.Timeout | undefined;
   /** Failed reads in a row: the backoff's attempt. */
   private failures = 0;
-  /** Executions the stream shows started and not ended. */
-  private readonly running = new Set<string>();
+  /** Executions the stream shows started and not ended, with the last progress passed on for each. */
+  private readonly running = new Map<string, string | null>();
   /** Progress for an execution not known to run yet: decided after the next read. */
   private waiting: Array<{ executionId: string; text: string }> = [];
   /** Event ids announced on NATS for revisions not read yet; and the ids of the last revisions read. */
@@ -99,10 +99,21 @@ export class UserFeed {
    * decides then.
    */
   onProgress(executionId: string, text: string): void {
-    if (this.running.has(executionId)) return this.deps.onProgress(text);
+    if (this.running.has(executionId)) return this.passProgress(executionId, text);
     if (this.waiting.length >= MAX_WAITING_PROGRESS) return this.deps.metrics.progressDropped.inc();
     this.waiting.push({ executionId, text });
     void this.wake();
+  }
+
+  /**
+   * Passes progress on once: the same message comes twice while a socket watches this user and
+   * another watches every user (both NATS subscriptions carry it). A tool's fractions only
+   * increase (services/dispatcher/progress.ts), so a message equal to the last one is a copy.
+   */
+  private passProgress(executionId: string, text: string): void {
+    if (this.running.get(executionId) === text) return;
+    this.running.set(executionId, text);
+    this.deps.onProgress(text);
   }
 
   /** Reads what the store has beyond the last revision read; resolves when that read is done. */
@@ -179,14 +190,15 @@ export class UserFeed {
     this.recent.set(item.revision, item.event.id);
     this.recent.delete(item.revision - MAX_ANNOUNCED);
     const { executionId } = item.event.metadata;
-    if (item.event.type === 'ToolExecuting') this.running.add(executionId);
+    if (item.event.type === 'ToolExecuting' && !this.running.has(executionId))
+      this.running.set(executionId, null);
     else if (item.event.type === 'ToolCompleted' || item.event.type === 'ToolFailed')
       this.running.delete(executionId);
   }
 
   private decide(progress: Array<{ executionId: string; text: string }>): void {
     for (const p of progress) {
-      if (this.running.has(p.executionId)) this.deps.onProgress(p.text);
+      if (this.running.has(p.executionId)) this.passProgress(p.executionId, p.text);
       else this.deps.metrics.progressDropped.inc();
     }
   }
