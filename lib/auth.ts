@@ -83,6 +83,22 @@ export function tokenVerifierFromConfig(config: UserTokenConfig): TokenVerifier 
   });
 }
 
+/**
+ * The token of an `Authorization` value: `Bearer <token>`, the scheme in any case (RFC 7235), or a
+ * bare token (the notifier's `auth` message carries one). Another scheme is refused by name.
+ */
+export function tokenOf(value: string): string {
+  const m = /^([A-Za-z][\w.+-]*)\s+(\S+)\s*$/.exec(value);
+  if (!m) return value.trim();
+  if (m[1]!.toLowerCase() !== 'bearer') {
+    throw new AuthError(
+      `the ${m[1]!.slice(0, 20)} scheme is not accepted: send Authorization: Bearer <token>`,
+      'invalid',
+    );
+  }
+  return m[2]!;
+}
+
 export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifier {
   const keys = tokenKeys(options);
   // The remembered tokens expire as jose would judge them: with the same tolerance.
@@ -92,7 +108,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
   return {
     async verify(token) {
       if (!token) throw new AuthError('no token', 'missing');
-      const raw = token.startsWith('Bearer ') ? token.slice(7) : token;
+      const raw = tokenOf(token);
       const known = verified.get(raw);
       if (known) {
         if (known.expiresAt + toleranceMs > Date.now()) return known;
@@ -106,7 +122,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
       return principal;
     },
     async verifyAsIssued(token) {
-      const raw = token.startsWith('Bearer ') ? token.slice(7) : token;
+      const raw = tokenOf(token);
       let iat: unknown;
       try {
         iat = decodeJwt(raw).iat;

@@ -30,6 +30,22 @@ t.test('a token verifies to its subject and roles, the second time from memory a
   t.not(await another.verify(token), first, 'each verifier remembers its own');
 });
 
+t.test(
+  'the Authorization scheme: Bearer in any case, or none; another scheme is refused by name',
+  async (t) => {
+    const verifier = hs256();
+    const token = await signToken(SECRET, { sub: 'ada' }, '1h');
+    for (const form of [`Bearer ${token}`, `bearer ${token}`, `BEARER  ${token}`, token]) {
+      t.equal((await verifier.verify(form)).userId, 'ada', JSON.stringify(form.slice(0, 8)));
+    }
+    await t.rejects(verifier.verify(`Basic ${token}`), {
+      reason: 'invalid',
+      message: /Basic scheme is not accepted/,
+    });
+    t.equal(await reasonOf(verifier.verifyAsIssued!(`bearer ${token}`).then(() => 'ok')), 'accepted');
+  },
+);
+
 t.test('a remembered token is refused once it expires', async (t) => {
   const verifier = hs256({ clockToleranceS: 0 });
   const token = await signToken(SECRET, { sub: 'bo' }, Math.floor(Date.now() / 1000) + 2);

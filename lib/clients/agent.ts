@@ -89,7 +89,7 @@ export interface AgentClient {
   cancel(target: string | CancelRequest, options: CancelOptions): Promise<CancelResult>;
 }
 
-const bare = (token: string): string => (token.startsWith('Bearer ') ? token.slice(7) : token);
+const bare = (token: string): string => token.replace(/^bearer\s+/i, '').trim();
 
 /** The `sub` claim of a JWT, read without verifying it; null when there is none or it is not a user id. */
 export function userIdOfToken(token: string): string | null {
