@@ -2,7 +2,8 @@
  * `npm run token -- <user> [role,role...] [--ttl 12h]`: a development token (HS256) for a user,
  * signed with the JWT_SECRET of the environment, else the one `npm start` generated in
  * .toolbus/secrets.env. For trying Toolbus out: open the live page with `#token=<it>`, or send it
- * as `Authorization: Bearer <it>`.
+ * as `Authorization: Bearer <it>`. `--ttl`: s, m, h or d, at most the services' JWT_MAX_LIFETIME_S
+ * (24 h by default).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -37,4 +38,15 @@ if (!secret) {
   console.error('no JWT_SECRET: set it, or run `npm start` once (it generates one in .toolbus/secrets.env)');
   process.exit(2);
 }
-console.log(await signToken(secret, { sub: user, roles: roleList }, values.ttl));
+// Checked here: a token the services refuse (over their JWT_MAX_LIFETIME_S) is no use to anyone.
+const UNIT_S: Record<string, number> = { s: 1, m: 60, h: 3_600, d: 86_400 };
+const ttl = /^(\d{1,7})([smhd])$/.exec(values.ttl.trim());
+const maxS = Number(process.env['JWT_MAX_LIFETIME_S'] ?? 86_400);
+const ttlS = ttl ? Number(ttl[1]) * UNIT_S[ttl[2]!]! : NaN;
+if (!(ttlS >= 1 && ttlS <= maxS)) {
+  console.error(
+    `invalid --ttl ${JSON.stringify(values.ttl)}: a number and s, m, h or d (30m, 12h), at most ${maxS} s (JWT_MAX_LIFETIME_S): the services refuse longer tokens`,
+  );
+  process.exit(2);
+}
+console.log(await signToken(secret, { sub: user, roles: roleList }, `${ttlS}s`));
