@@ -231,6 +231,13 @@ t.test('GET /approvals: the waits the caller may decide, oldest first, in pages'
   );
   t.equal((await get(approver, '?after=garbage')).status, 400, 'a cursor that is not one');
   t.equal((await get(approver, '?limit=0')).status, 400, 'a limit out of range');
+  const unknown = await get(approver, '?foo=1');
+  t.equal(unknown.status, 400, 'an unknown parameter');
+  t.match(
+    (unknown.body as { error?: { message?: string } }).error?.message,
+    /^query: /,
+    'named as a query problem',
+  );
   t.equal((await get('not-a-token')).status, 401);
 });
 

@@ -47,8 +47,9 @@ const ExecutionIdParam = z.object({ executionId: z.uuid() });
 const fail = (reply: FastifyReply, status: number, code: string, message: string): FastifyReply =>
   reply.code(status).send(errorBody(code, message));
 
-const issues = (e: z.ZodError): string =>
-  e.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; ');
+/** Zod's issues as one line, each under its path (or under `where`: the query, the body). */
+const issues = (e: z.ZodError, where: 'query' | 'body'): string =>
+  e.issues.map((i) => `${i.path.join('.') || where}: ${i.message}`).join('; ');
 
 /**
  * The approvers' API (docs/approval.md): `GET /approvals` (the open waits the caller's roles may
@@ -77,7 +78,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
     const query = ApprovalsQuery.safeParse(req.query ?? {});
-    if (!query.success) return fail(reply, 400, 'VALIDATION', issues(query.error));
+    if (!query.success) return fail(reply, 400, 'VALIDATION', issues(query.error, 'query'));
     try {
       const { waits, next } = await deps.waits.pending({
         userId: principal.userId,
@@ -105,7 +106,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     const params = ExecutionIdParam.safeParse(req.params);
     if (!params.success) return fail(reply, 400, 'VALIDATION', 'the execution id must be a UUID');
     const body = (kind === 'approve' ? ApproveBody : DenyBody).safeParse(req.body ?? {});
-    if (!body.success) return fail(reply, 400, 'VALIDATION', issues(body.error));
+    if (!body.success) return fail(reply, 400, 'VALIDATION', issues(body.error, 'body'));
     const { executionId } = params.data;
 
     const wait = await deps.waits.find(executionId);
