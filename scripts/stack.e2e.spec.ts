@@ -248,7 +248,11 @@ t.test(
     const firstBeforeCtrlC = first.output().length;
     ctrlC(first);
     t.equal(await first.exited, 0, 'the first stopped cleanly');
-    t.notMatch(first.output().slice(firstBeforeCtrlC), /starting it again/, 'no server it stopped was taken for crashed');
+    t.notMatch(
+      first.output().slice(firstBeforeCtrlC),
+      /starting it again/,
+      'no server it stopped was taken for crashed',
+    );
 
     const second = await npmStart(t, env);
     await until('it was running again', () => second.output().includes('Ctrl-C stops everything.'), second);
@@ -262,19 +266,28 @@ t.test(
       { status: 'completed', executionId: ran.executionId },
       'the first run is kept',
     );
-    // The audit CLI as the README gives it finds this stack's database and key by itself.
-    const audit = await new Promise<{ code: number | null; out: string }>((resolve) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/audit.ts', 'verify', 'demo'], {
-        cwd: ROOT,
-        env: { PATH: process.env['PATH'] ?? '', ...env },
-        stdio: ['ignore', 'pipe', 'inherit'],
+    // The audit CLI and the rebuild as the docs give them find this stack's database by themselves.
+    const tool = (...args: string[]) =>
+      new Promise<{ code: number | null; out: string }>((resolve) => {
+        const child = spawn(process.execPath, ['--import', 'tsx', ...args], {
+          cwd: ROOT,
+          env: { PATH: process.env['PATH'] ?? '', ...env },
+          stdio: ['ignore', 'pipe', 'inherit'],
+        });
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        child.once('exit', (code) => resolve({ code, out }));
       });
-      let out = '';
-      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-      child.once('exit', (code) => resolve({ code, out }));
-    });
+    const audit = await tool('scripts/audit.ts', 'verify', 'demo');
     t.equal(audit.code, 0, 'npm run audit -- verify demo: the history verifies');
     t.match(audit.out, /^OK user-demo: 3 events/m, "it read the stack's history");
+    const rebuild = await tool('scripts/rebuild.ts');
+    t.equal(rebuild.code, 0, 'npm run rebuild');
+    t.match(
+      JSON.parse(rebuild.out.trim().split('\n').at(-1)!) as unknown,
+      { events: 3 },
+      "it re-projected the stack's events",
+    );
 
     // Each of its servers killed in turn is started again, and a tool runs again after each.
     const runAgain = commandAfter(second.output(), 'Run a tool as "demo":');

@@ -325,8 +325,8 @@ function parser<E>(parsing: Parsing<E>): (events: E[]) => Promise<Incoming[]> {
   };
 }
 
-/** `npx tsx services/projector/rebuild.ts`: rebuild with the projector's configuration. */
-async function main(): Promise<void> {
+/** `npx tsx services/projector/rebuild.ts` (or `npm run rebuild`): rebuild with the projector's configuration. */
+export async function rebuildCli(): Promise<void> {
   const config = loadConfig(ProjectorStoreEnv);
   const logger = createLogger('projector-rebuild', config.LOG_LEVEL);
   const pool = createPool(config.DATABASE_URL, { application: 'toolbus-projector-rebuild' });
@@ -347,7 +347,7 @@ async function main(): Promise<void> {
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  main().catch((e: unknown) => {
+  rebuildCli().catch((e: unknown) => {
     process.stderr.write(`rebuild failed: ${(e as Error).stack ?? String(e)}\n`);
     process.exit(1);
   });
