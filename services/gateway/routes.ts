@@ -1,6 +1,7 @@
 import { toNodeHandler } from '@modelcontextprotocol/node';
 import { validateHostHeader, validateOriginHeader, type McpHttpHandler } from '@modelcontextprotocol/server';
 import type { FastifyInstance } from 'fastify';
+import { checkJsonShape } from '../../contracts/index.ts';
 import type { Identify } from './principal.ts';
 import type { Caller } from './server.ts';
 
@@ -118,6 +119,12 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
           .code(400)
           .send(rpcError(-32600, 'JSON-RPC batches are not supported: send one message per request'));
       }
+      const hidden = body ? hiddenArgumentsProblem(body) : null;
+      if (hidden) {
+        return reply
+          .code(200)
+          .send({ jsonrpc: '2.0', id: hidden.id, error: { code: -32602, message: hidden.message } });
+      }
       const { principal, token } = caller;
       reply.hijack();
       await node(
@@ -155,6 +162,25 @@ const rpcError = (code: number, message: string) => ({ jsonrpc: '2.0', id: null,
  * A JSON array at the top level (after optional whitespace). A leading UTF-8 byte order mark is
  * skipped as the SDK's TextDecoder drops it: otherwise a batch behind one would be run.
  */
+/**
+ * A `tools/call` whose arguments hold a key the dispatcher refuses (`__proto__`) that the SDK's
+ * parsing would drop (plain objects take `__proto__` as their prototype, not as a key): checked on
+ * the message as sent, so that it is refused as invalid params, nothing recorded, not silently
+ * run without it. The SDK answers anything that is not such a message (bad JSON included).
+ */
+function hiddenArgumentsProblem(body: Buffer): { id: unknown; message: string } | null {
+  let message: unknown;
+  try {
+    message = JSON.parse(body.toString('utf8'));
+  } catch {
+    return null;
+  }
+  const m = message as { method?: unknown; id?: unknown; params?: { arguments?: unknown } } | null;
+  if (m === null || typeof m !== 'object' || m.method !== 'tools/call') return null;
+  const shape = checkJsonShape(m.params?.arguments);
+  return shape ? { id: m.id ?? null, message: `arguments at ${shape.path}: ${shape.problem}` } : null;
+}
+
 function isBatch(body: Buffer): boolean {
   const bom = body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf;
   for (const byte of bom ? body.subarray(3) : body) {

@@ -51,3 +51,27 @@ t.test('deeply nested arguments are refused clearly by the gateway', async (t) =
     'the gateway goes on serving',
   );
 });
+
+t.test(
+  'a __proto__ key in the arguments, which the SDK would drop, is refused as the dispatcher refuses it',
+  async (t) => {
+    const ts = await startTestStack(t, { services: ['dispatcher', 'gateway'] });
+    const token = await ts.token('bea');
+    for (const [id, args] of [
+      [1, '{"text":"hi","__proto__":{"polluted":true}}'],
+      [2, '{"\\u005f_proto__":{"x":1}}'],
+      [3, '{"nested":{"__proto__":{"x":1}}}'],
+    ] as const) {
+      const answer = await rpc(ts, token, id, `{"name":"echo","arguments":${args}}`);
+      t.match(
+        answer,
+        { id, error: { code: -32602, message: /key "__proto__" is not allowed/ } },
+        `${args}: invalid params`,
+      );
+    }
+    let recorded = 0;
+    for await (const _ of ts.store.readStream(userStream('bea'))) recorded++;
+    t.equal(recorded, 0, 'nothing recorded');
+    t.equal(({} as Record<string, unknown>)['polluted'], undefined, 'no prototype was touched');
+  },
+);
