@@ -157,10 +157,22 @@ export const bodyOf = (
   ...(fingerprint ? { correlationId: fingerprint } : {}),
 });
 
-/** Progress answers as MCP wants them: only forward, never the same fraction twice. */
+/**
+ * Progress answers as MCP wants them: only forward, never the same fraction twice. A wait for an
+ * approver is progress 0 with what it waits for: a client that resets its timeout on progress
+ * keeps waiting, and a person sees why nothing happens.
+ */
 function progressOf(send: (p: { fraction: number; message?: string }) => void): (a: InterimAnswer) => void {
   let last = -1;
   return (a) => {
+    if (a.status === 'awaiting_approval' && last < 0) {
+      last = 0;
+      send({
+        fraction: 0,
+        message: `awaits approval by ${a.approverRoles.join(' or ')} until ${a.deadline}`,
+      });
+      return;
+    }
     if (a.status !== 'progress' || a.fraction <= last) return;
     last = a.fraction;
     send({ fraction: a.fraction, ...(a.message !== undefined ? { message: a.message } : {}) });

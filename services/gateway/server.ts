@@ -7,7 +7,7 @@ import {
   type McpServerFactory,
   type ServerContext,
 } from '@modelcontextprotocol/server';
-import { checkJsonShape, type Principal } from '../../contracts/index.ts';
+import { checkJsonShape, type Principal, type ToolManifest } from '../../contracts/index.ts';
 import { execute, idempotencyKeyOf, requestOf, type Call } from './calls.ts';
 import { ERROR_META_KEY, resultOf, toolOf } from './mapping.ts';
 import type { GatewayMetrics } from './metrics.ts';
@@ -90,7 +90,9 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
     const { principal, token } = caller;
     // Tasks exist in the 2025-11-25 revision only: SDK v2 serves no tasks/* on 2026-07-28 (docs/mcp.md).
     const tasks = era === 'legacy';
-    const longRunning = (timeoutMs: number) => tasks && timeoutMs >= deps.taskMinTimeoutMs;
+    // A call may run long because its tool does, or because it waits for a person's approval.
+    const longRunning = (m: ToolManifest) =>
+      tasks && (m.timeoutMs >= deps.taskMinTimeoutMs || m.approval !== undefined);
     const server = new Server(
       { name: 'toolbus', title: 'Toolbus', version: deps.version },
       {
@@ -106,7 +108,7 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
 
     server.setRequestHandler('tools/list', async () => {
       const tools = (await deps.catalog.listFor(principal))
-        .map((m) => toolOf(m, { asTask: longRunning(m.timeoutMs) }))
+        .map((m) => toolOf(m, { asTask: longRunning(m) }))
         .filter((t) => t !== null);
       return { tools };
     });
@@ -148,7 +150,7 @@ export function serverFactory(deps: ServerDeps, inFlight: InFlight): McpServerFa
       try {
         if ((request.params as { task?: unknown }).task === undefined)
           return counted(await callNow(call, ctx));
-        if (!longRunning(tool.timeoutMs)) {
+        if (!longRunning(tool)) {
           // The spec's answer to a task-augmented call of a tool that does not support tasks.
           throw new ProtocolError(ProtocolErrorCode.MethodNotFound, `${name} does not run as a task`);
         }

@@ -21,8 +21,8 @@ const ToolResult = z.looseObject({ structuredContent: z.unknown().optional() });
 t.test('through the gateway, a waiting call is an input_required task', async (t) => {
   const ts = await startTestStack(t, {
     services: ['dispatcher', 'gateway'],
-    // guarded_echo (5 s) is offered as a task here.
-    env: { GATEWAY_TASK_MIN_TIMEOUT_MS: '5000', APPROVAL_RECHECK_MS: '200' },
+    // guarded_echo's timeout (5 s) is under GATEWAY_TASK_MIN_TIMEOUT_MS: it is a task for its approval.
+    env: { APPROVAL_RECHECK_MS: '200' },
   });
   const client = new Client({ name: 'approval-e2e', version: '1.0.0' });
   await client.connect(
@@ -81,4 +81,57 @@ t.test('through the gateway, a waiting call is an input_required task', async (t
     TaskState,
   );
   t.equal(cancelled.status, 'cancelled', 'a waiting task can be cancelled');
+});
+
+t.test('a plain call that waits for an approver says so as progress, then answers', async (t) => {
+  const ts = await startTestStack(t, {
+    services: ['dispatcher', 'gateway'],
+    env: { APPROVAL_RECHECK_MS: '200' },
+  });
+  const client = new Client({ name: 'approval-progress-e2e', version: '1.0.0' });
+  await client.connect(
+    new StreamableHTTPClientTransport(new URL(`${ts.url('gateway')}/mcp`), {
+      requestInit: { headers: { authorization: `Bearer ${await ts.token('pia')}` } },
+    }),
+  );
+  t.teardown(() => client.close());
+  const listed = await client.listTools();
+  t.match(
+    listed.tools.find((tool) => tool.name === 'guarded_echo')?.execution,
+    { taskSupport: 'optional' },
+    'a tool that needs approval may be called as a task',
+  );
+
+  const args = { text: 'pay the invoice' };
+  const progress: Array<{ progress: number; message?: string }> = [];
+  const call = client.callTool(
+    { name: 'guarded_echo', arguments: args },
+    {
+      onprogress: (p: { progress: number; message?: string }) => progress.push(p),
+      resetTimeoutOnProgress: true,
+    },
+  );
+  await eventually(async () => progress.length > 0, 60_000, 'the progress that says it waits');
+  t.match(progress[0], { progress: 0, message: /^awaits approval by approver or admin until / });
+  const executionId = await eventually(
+    async () => {
+      const res = await fetch(`${ts.url('dispatcher')}/approvals`, {
+        headers: { authorization: `Bearer ${await ts.token('otto', ['approver'])}` },
+      });
+      const page = (await res.json()) as { approvals: Array<{ executionId: string; userId: string }> };
+      return page.approvals.find((a) => a.userId === 'pia')?.executionId ?? null;
+    },
+    60_000,
+    'the wait in the approvers’ list',
+  );
+  const approve = await fetch(`${ts.url('dispatcher')}/executions/${executionId}/approve`, {
+    method: 'POST',
+    headers: {
+      authorization: `Bearer ${await ts.token('otto', ['approver'])}`,
+      'content-type': 'application/json',
+    },
+    body: JSON.stringify({ argsHash: argsHash(args) }),
+  });
+  t.equal(approve.status, 200, 'approved');
+  t.same((await call).structuredContent, args, 'the call answers with the result');
 });
