@@ -92,7 +92,11 @@ export const ToolFailedData = z.strictObject({
   durationMs: z.number().nonnegative().nullable(),
 });
 
-/** Who asked for a cancel: the execution's user, or an admin acting for them. */
+/**
+ * Who asked for a cancel: the execution's user (`admin: false`), or someone acting for them
+ * (`admin: true`: a holder of the `admin` or the `operator` role; the name is kept, events being
+ * immutable, though it means "for another user"). `userId` is who asked.
+ */
 export const CancelRequester = z.strictObject({
   userId: UserId,
   admin: z.boolean(),
