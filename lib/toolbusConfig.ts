@@ -22,8 +22,12 @@ export const ToolbusConfigEnv = z.object({
 
 /** A configuration file that cannot be used; every problem names the file. */
 export class ToolbusConfigError extends ConfigError {
-  constructor(file: string, problems: string[]) {
-    super(problems.map((p) => `${file}: ${p}`));
+  constructor(
+    file: string,
+    /** The problems, without the file's name. */
+    readonly reasons: string[],
+  ) {
+    super(reasons.map((p) => `${file}: ${p}`));
     this.name = 'ToolbusConfigError';
   }
 }
@@ -127,7 +131,17 @@ export async function loadConfiguredTools(
   if (!config) return [];
   const tools: ToolDefinition[] = [];
   const modules = who === 'worker' ? [...config.tools, ...config.workerTools] : config.tools;
-  for (const path of modules) tools.push(...(await importToolModule(path, config.file)));
+  // Every module is tried, so that one start names every bad one.
+  const problems: string[] = [];
+  for (const path of modules) {
+    try {
+      tools.push(...(await importToolModule(path, config.file)));
+    } catch (e) {
+      if (!(e instanceof ToolbusConfigError)) throw e;
+      problems.push(...e.reasons);
+    }
+  }
+  if (problems.length > 0) throw new ToolbusConfigError(config.file, problems);
   const seen = new Set<string>();
   for (const t of tools) {
     const id = `${t.name}@${t.version}`;

@@ -93,6 +93,11 @@ t.test('a bad file is refused with the file and every problem named', async (t) 
     ['an empty path', { 'd.json': '{"tools": [""]}' }, /d\.json: tools\.0: must not be empty/],
     ['a missing module', { 'e.json': '{"tools": ["nope.ts"]}' }, /tool module .*nope\.ts does not exist/],
     [
+      'two bad modules: both named',
+      { 'e2.json': '{"tools": ["gone.ts", "also-gone.ts"]}' },
+      /gone\.ts does not exist\n.*also-gone\.ts does not exist/,
+    ],
+    [
       'no default export',
       { 'f.json': '{"tools": ["named.ts"]}', 'named.ts': tool('delta') },
       /named\.ts has no default export: export default a tool made with defineTool/,
