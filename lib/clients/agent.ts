@@ -3,7 +3,6 @@ import { jetstream, JetStreamApiError, type JetStreamClient } from '@nats-io/jet
 import { headers, RequestError, TimeoutError, type NatsConnection } from '@nats-io/transport-node';
 import {
   AnswersReply,
-  type AgentAnswer,
   CancelResult,
   isTerminalAnswer,
   isUserId,
@@ -79,7 +78,7 @@ export class AgentClientError extends Error {
 }
 
 export interface AgentClient {
-  execute(tool: string, args: JsonObject, options: ExecuteOptions): Promise<AgentAnswer>;
+  execute(tool: string, args: JsonObject, options: ExecuteOptions): Promise<TerminalAnswer>;
   /**
    * Cancels an execution, named by its execution id or its request id (a string is taken as an
    * execution id when it looks like one, see `looksLikeExecutionId`; pass `{ requestId }` to be
@@ -150,7 +149,7 @@ export async function submitRequest(
   nc: NatsConnection,
   js: JetStreamClient,
   o: SubmitOptions,
-): Promise<AgentAnswer> {
+): Promise<TerminalAnswer> {
   const { userId, requestId } = o;
   // Not a request id (a line break, say, which no NATS header can carry): refused as the dispatcher
   // refuses it (VALIDATION, no request id), not reported as a publish that failed and might succeed.

@@ -137,9 +137,6 @@ export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswe
   } finally {
     call.signal.removeEventListener('abort', onAbort);
   }
-  if (answer.status !== 'completed' && answer.status !== 'failed') {
-    throw new ProtocolError(ProtocolErrorCode.InternalError, `unexpected ${answer.status} answer`);
-  }
   checkFingerprint(fingerprint, answer);
   return answer;
 }

@@ -158,11 +158,8 @@ export async function send(
         requestId,
         timeoutMs: Math.max(1_000, Math.min(options.attemptTimeoutMs ?? 15_000, deadline - Date.now())),
       });
-      if (answer.status === 'completed' || answer.status === 'failed') {
-        ledger.answer(user.userId, requestId, answer);
-        return answer;
-      }
-      entry.lastError = `interim answer ${answer.status}`;
+      ledger.answer(user.userId, requestId, answer);
+      return answer;
     } catch (e) {
       entry.lastError = e instanceof AgentClientError ? `${e.code}: ${e.message}` : String(e);
     }

@@ -16,4 +16,5 @@ export {
   type TerminalAnswer,
 } from '../../../lib/clients/agent.ts';
 export { CancelRequest, CancelResult } from '../../../contracts/services.ts';
+export type { AgentAnswer } from '../../../contracts/request.ts';
 export { connectNats, type NatsConnection, type NatsCredentials } from '../../../lib/nats.ts';
