@@ -89,7 +89,7 @@ export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
     retryable: true,
     recorded: true,
     description:
-      'rate or concurrency limit (`details.limit`: `rate` / `concurrency`, `retryAfterMs`); retry with a new request id',
+      'rate or concurrency limit (`details.limit`: `rate` / `concurrency`; for `rate` `retryAfterMs`, over HTTP also `Retry-After`); retry with a new request id',
   },
   TIMEOUT: {
     status: 504,

@@ -234,7 +234,10 @@ t.test('POST /executions: 429 when rate limited', async (t) => {
       payload: { requestId: `rl-${i}`, tool: 'noop', args: {} },
     });
     statuses.push(res.statusCode);
-    if (res.statusCode === 429) t.match(res.json(), { error: { code: 'RATE_LIMITED' } });
+    if (res.statusCode === 429) {
+      t.match(res.json(), { error: { code: 'RATE_LIMITED', details: { retryAfterMs: Number } } });
+      t.match(res.headers['retry-after'], /^[1-9]\d*$/, 'with Retry-After in seconds');
+    }
   }
   t.equal(statuses[0], 200);
   t.ok(statuses.includes(429), `a burst beyond the limit gets 429 (${statuses.join(',')})`);

@@ -175,6 +175,10 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     if (answer.status !== 'completed' && answer.status !== 'failed') {
       return refuse(reply, refusal('INTERNAL', 'unexpected interim answer', { requestId }));
     }
+    // A refusal that says when to try again (RATE_LIMITED, OVERLOADED) says it in HTTP's way too.
+    const retryAfterMs = answer.status === 'failed' ? answer.error.details?.['retryAfterMs'] : undefined;
+    if (typeof retryAfterMs === 'number' && retryAfterMs > 0)
+      void reply.header('retry-after', String(Math.ceil(retryAfterMs / 1000)));
     return reply.code(httpStatusOf(answer)).send(answer);
   });
 
