@@ -145,7 +145,7 @@ export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
     retryable: false,
     recorded: false,
     description:
-      'no request id to record it under, or refused by the client (over the size limit); over HTTP a body that is not JSON (400), is not sent as `application/json` (415) or is too large (413)',
+      'no request id to record it under, or refused by the client (over the size limit); over HTTP a body that is not JSON (400), is not sent as `application/json` (415), is over 1 MiB (413), or makes a request over `LIMITS.maxRequestBytes` once published with its `replyTo` (400, both sizes named)',
   },
   OVERLOADED: {
     status: 503,
