@@ -14,25 +14,40 @@ if (!token || (command !== 'list' && !(command === 'call' && tool))) {
   );
   process.exit(2);
 }
-const client = new Client({ name: 'toolbus-mcp-script', version: '1.0.0' });
-await client.connect(
-  new StreamableHTTPClientTransport(new URL(process.env['MCP_URL'] ?? 'http://127.0.0.1:8084/mcp'), {
-    requestInit: { headers: { authorization: `Bearer ${token}` } },
-  }),
-);
+let parsed: unknown = {};
 try {
+  if (args) parsed = JSON.parse(args);
+} catch (e) {
+  console.error(`the arguments are not JSON: ${(e as Error).message}`);
+  process.exit(2);
+}
+if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+  console.error('the arguments must be a JSON object, as in \'{"text":"hi"}\'');
+  process.exit(2);
+}
+const client = new Client({ name: 'toolbus-mcp-script', version: '1.0.0' });
+try {
+  await client.connect(
+    new StreamableHTTPClientTransport(new URL(process.env['MCP_URL'] ?? 'http://127.0.0.1:8084/mcp'), {
+      requestInit: { headers: { authorization: `Bearer ${token}` } },
+    }),
+  );
   const answer =
     command === 'list'
       ? await client.listTools()
       : await client.callTool(
           {
             name: tool!,
-            arguments: args ? (JSON.parse(args) as Record<string, unknown>) : {},
+            arguments: parsed as Record<string, unknown>,
             ...(key ? { _meta: { 'io.toolbus/idempotencyKey': key } } : {}),
           },
           { onprogress: (p) => console.error(`progress ${p.progress}/${p.total ?? '?'} ${p.message ?? ''}`) },
         );
   console.log(JSON.stringify(answer, null, 2));
+} catch (e) {
+  // The gateway's refusal (a bad token, an unknown tool, bad arguments) as one line, not a stack.
+  console.error(`refused: ${(e as Error).message}`);
+  process.exitCode = 1;
 } finally {
   await client.close();
 }
