@@ -64,7 +64,11 @@ function connect(token) {
   client.addEventListener('event', (e) => apply(e.detail));
   client.addEventListener('progress', (e) => applyProgress(e.detail));
   client.addEventListener('servererror', (e) => console.warn('notifier:', e.detail.code, e.detail.message));
-  client.addEventListener('failed', (e) => setConnection('stopped', e.detail.message));
+  client.addEventListener('failed', (e) => {
+    // The token was refused (expired, forged, no access): nobody is being watched any more.
+    $('user').textContent = `${user} (not watched)`;
+    setConnection('stopped', e.detail.message);
+  });
   client.start();
 }
 
