@@ -4,9 +4,9 @@
  * approver approves it through the dispatcher's HTTP API. Real dispatcher and gateway processes.
  */
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { z } from 'zod';
-import { argsHash } from '../../contracts/index.ts';
+import { argsHash, type JsonObject } from '../../contracts/index.ts';
 import { eventually } from '../../services/dispatcher/test/harness.ts';
 import { startTestStack } from '../support/stack.ts';
 
@@ -18,7 +18,8 @@ const TaskState = z.looseObject({
 });
 const ToolResult = z.looseObject({ structuredContent: z.unknown().optional() });
 
-t.test('through the gateway, a waiting call is an input_required task', async (t) => {
+/** A dispatcher and a gateway, and the SDK's client connected to it as `user`. */
+async function gatewayClient(t: Test, user: string) {
   const ts = await startTestStack(t, {
     services: ['dispatcher', 'gateway'],
     // guarded_echo's timeout (5 s) is under GATEWAY_TASK_MIN_TIMEOUT_MS: it is a task for its approval.
@@ -27,10 +28,25 @@ t.test('through the gateway, a waiting call is an input_required task', async (t
   const client = new Client({ name: 'approval-e2e', version: '1.0.0' });
   await client.connect(
     new StreamableHTTPClientTransport(new URL(`${ts.url('gateway')}/mcp`), {
-      requestInit: { headers: { authorization: `Bearer ${await ts.token('nina')}` } },
+      requestInit: { headers: { authorization: `Bearer ${await ts.token(user)}` } },
     }),
   );
   t.teardown(() => client.close());
+  /** Approves an execution as an approver, through the dispatcher's HTTP API. */
+  const approve = async (executionId: string, args: JsonObject) =>
+    fetch(`${ts.url('dispatcher')}/executions/${executionId}/approve`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${await ts.token('otto', ['approver'])}`,
+        'content-type': 'application/json',
+      },
+      body: JSON.stringify({ argsHash: argsHash(args) }),
+    });
+  return { ts, client, approve };
+}
+
+t.test('through the gateway, a waiting call is an input_required task', async (t) => {
+  const { client, approve } = await gatewayClient(t, 'nina');
 
   const args = { text: 'wire the deposit' };
   const created = await client.request(
@@ -49,15 +65,7 @@ t.test('through the gateway, a waiting call is an input_required task', async (t
   );
   t.match(waiting.statusMessage, /awaits approval by approver or admin until/, 'it says who and until when');
 
-  const approve = await fetch(`${ts.url('dispatcher')}/executions/${taskId}/approve`, {
-    method: 'POST',
-    headers: {
-      authorization: `Bearer ${await ts.token('otto', ['approver'])}`,
-      'content-type': 'application/json',
-    },
-    body: JSON.stringify({ argsHash: argsHash(args) }),
-  });
-  t.equal(approve.status, 200, 'approved (the task id is the execution id)');
+  t.equal((await approve(taskId, args)).status, 200, 'approved (the task id is the execution id)');
   await eventually(async () => (await get()).status === 'completed', 60_000, 'the task to complete');
   const result = await client.request({ method: 'tasks/result', params: { taskId } }, ToolResult);
   t.same(result.structuredContent, args, 'its result');
@@ -84,17 +92,7 @@ t.test('through the gateway, a waiting call is an input_required task', async (t
 });
 
 t.test('a plain call that waits for an approver says so as progress, then answers', async (t) => {
-  const ts = await startTestStack(t, {
-    services: ['dispatcher', 'gateway'],
-    env: { APPROVAL_RECHECK_MS: '200' },
-  });
-  const client = new Client({ name: 'approval-progress-e2e', version: '1.0.0' });
-  await client.connect(
-    new StreamableHTTPClientTransport(new URL(`${ts.url('gateway')}/mcp`), {
-      requestInit: { headers: { authorization: `Bearer ${await ts.token('pia')}` } },
-    }),
-  );
-  t.teardown(() => client.close());
+  const { ts, client, approve } = await gatewayClient(t, 'pia');
   const listed = await client.listTools();
   t.match(
     listed.tools.find((tool) => tool.name === 'guarded_echo')?.execution,
@@ -124,14 +122,6 @@ t.test('a plain call that waits for an approver says so as progress, then answer
     60_000,
     'the wait in the approvers’ list',
   );
-  const approve = await fetch(`${ts.url('dispatcher')}/executions/${executionId}/approve`, {
-    method: 'POST',
-    headers: {
-      authorization: `Bearer ${await ts.token('otto', ['approver'])}`,
-      'content-type': 'application/json',
-    },
-    body: JSON.stringify({ argsHash: argsHash(args) }),
-  });
-  t.equal(approve.status, 200, 'approved');
+  t.equal((await approve(executionId, args)).status, 200, 'approved');
   t.same((await call).structuredContent, args, 'the call answers with the result');
 });
