@@ -159,10 +159,6 @@ const DRAIN_MAX_BYTES = 64 * 1024 * 1024;
 const rpcError = (code: number, message: string) => ({ jsonrpc: '2.0', id: null, error: { code, message } });
 
 /**
- * A JSON array at the top level (after optional whitespace). A leading UTF-8 byte order mark is
- * skipped as the SDK's TextDecoder drops it: otherwise a batch behind one would be run.
- */
-/**
  * A `tools/call` whose arguments hold a key the dispatcher refuses (`__proto__`) that the SDK's
  * parsing would drop (plain objects take `__proto__` as their prototype, not as a key): checked on
  * the message as sent, so that it is refused as invalid params, nothing recorded, not silently
@@ -181,6 +177,10 @@ function hiddenArgumentsProblem(body: Buffer): { id: unknown; message: string } 
   return shape ? { id: m.id ?? null, message: `arguments at ${shape.path}: ${shape.problem}` } : null;
 }
 
+/**
+ * A JSON array at the top level (after optional whitespace). A leading UTF-8 byte order mark is
+ * skipped as the SDK's TextDecoder drops it: otherwise a batch behind one would be run.
+ */
 function isBatch(body: Buffer): boolean {
   const bom = body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf;
   for (const byte of bom ? body.subarray(3) : body) {
