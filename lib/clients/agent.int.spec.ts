@@ -164,15 +164,21 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
     'an acknowledgement that does not come (a stalled server): published again with the same id, stored once, answered',
     async (t) => {
       const dispatcher = fakeDispatcher(t);
+      const lookups = fakeAnswers(t, () => ({ answer: null }));
       // The real JetStream client, with a short acknowledgement timeout, its publishes counted.
       const js = jetstream(nc, { timeout: 500 });
       let publishes = 0;
+      let acknowledged = false;
       const publish = js.publish.bind(js);
       js.publish = (...args: Parameters<typeof js.publish>) => {
         publishes++;
-        return publish(...args);
+        return publish(...args).then((ack) => {
+          acknowledged = true;
+          return ack;
+        });
       };
-      const stalled = createAgentClient(nc, { js });
+      // Lookups, were there any, would go at once.
+      const stalled = createAgentClient(nc, { js, lookupBackoff: { minMs: 1, maxMs: 1 } });
       await nc.flush();
       const stored = async () => (await jsm.streams.info(names.requestsStream)).state.messages;
       const before = await stored();
@@ -188,9 +194,15 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
       while (publishes < 2) await new Promise((r) => setTimeout(r, 20));
       resume();
       await dispatcher.received(1);
+      // The answer waits until a publish was acknowledged (as a duplicate: the first copy was kept)
+      // and a lookup, were one made, has had the time to reach the server.
+      while (!acknowledged) await new Promise((r) => setTimeout(r, 20));
+      await new Promise((r) => setTimeout(r, 50));
+      await nc.flush();
       const sent = dispatcher.answer(dispatcher.seen[0]!.replyTo, 'r-stalled', 'once');
       t.strictSame(await answer, sent, 'the answer, not PUBLISH_FAILED');
       t.equal((await stored()) - before, 1, 'JetStream kept one copy of the request');
+      t.equal(lookups.count(), 0, 'its duplicate acknowledgements were its own copy: no lookup');
     },
   );
 

@@ -201,7 +201,8 @@ export async function submitRequest(
     };
     const publishing = (async (): Promise<never> => {
       let ack;
-      for (let attempt = 0; ; attempt++) {
+      let attempt = 0;
+      for (; ; attempt++) {
         try {
           ack = await js.publish(subjects.request(userId, agentId), body, {
             msgID: requestMsgId(userId, requestId, bare(o.token)),
@@ -228,7 +229,9 @@ export async function submitRequest(
           }
         }
       }
-      if (!ack.duplicate) waiter.own();
+      // A duplicate after a publish of ours went unacknowledged is most likely that copy, whose
+      // answer comes to this waiter: waited for, not looked up (lookups load busy dispatchers).
+      if (!ack.duplicate || attempt > 0) waiter.own();
       else
         await lookUpDuplicate(nc, {
           userId,
