@@ -128,7 +128,11 @@ export function answerError(
     return reply.code(status).send(errorBody(CLIENT_ERROR_CODES[status] ?? 'BAD_REQUEST', error.message));
   }
   request.log.error({ err: error }, 'request failed');
-  return reply.code(500).send(errorBody('INTERNAL', 'internal error'));
+  // A server error keeps its status (a 503 stays one); its details stay in the log.
+  const serverStatus = status !== undefined && status >= 500 && status < 600 ? status : 500;
+  return reply
+    .code(serverStatus)
+    .send(errorBody(serverStatus === 503 ? 'UNAVAILABLE' : 'INTERNAL', 'internal error'));
 }
 
 /** File descriptors a service keeps for itself beyond its HTTP connections (see defaultMaxConnections). */
