@@ -76,6 +76,14 @@ t.test(
       await reader.close();
       await writer.close();
     });
+    // Its reads are counted (the real store answers them), to know when it has looked again.
+    const store = reader as unknown as { fetchAfter: (...args: unknown[]) => Promise<unknown> };
+    const fetchAfter = store.fetchAfter.bind(reader);
+    let reads = 0;
+    store.fetchAfter = (...args) => {
+      reads++;
+      return fetchAfter(...args);
+    };
     const subscription = reader.subscribe({ from: 'end', filter: { streamPrefixes: ['held-'] } });
     const first = (async () => {
       for await (const e of subscription) return { id: e.id, at: performance.now() };
@@ -87,8 +95,10 @@ t.test(
     await blocker.query('select pg_current_xact_id()');
     const id = randomUUID();
     await writer.append('held-1', [{ id, type: 'Held', data: {}, metadata: {} }], 'no_stream');
-    // The append has committed but is invisible behind the blocker: the subscription looks again.
-    await new Promise((r) => setTimeout(r, 500));
+    // The append has committed but is invisible behind the blocker: the subscription, woken, finds
+    // nothing, and looks again (twice here) before the blocker ends.
+    const readsAtAppend = reads;
+    while (reads < readsAtAppend + 2) await new Promise((r) => setTimeout(r, 10));
     const released = performance.now();
     await blocker.query('commit');
     const got = await first;
