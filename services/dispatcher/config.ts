@@ -95,9 +95,10 @@ const DispatcherVariables = CommonEnv.extend({
   DISPATCHER_MAX_FAILURES: intVar(6, 1, 1_000),
   /**
    * Answer lookups (`toolbus.answers.<user>`) this instance serves at once; beyond them a lookup is
-   * refused at once with OVERLOADED and a retry hint, before any store work.
+   * refused at once with OVERLOADED and a retry hint, before any store work. Each holds one of the
+   * event store's 10 connections while it reads: kept below them, appends always find one.
    */
-  DISPATCHER_MAX_LOOKUPS: intVar(32, 1, 10_000),
+  DISPATCHER_MAX_LOOKUPS: intVar(4, 1, 10_000),
   /** How long one lookup may take before it is answered OVERLOADED (its store work still counts against the bound until it ends). */
   DISPATCHER_LOOKUP_DEADLINE_MS: intVar(2_000, 50, 60_000),
   /**

@@ -338,7 +338,7 @@ export class Dispatcher {
     if (this.inFlight.has(executionId)) return null;
     const remembered = await this.o.guard.peek(userId, requestId);
     if (remembered.kind === 'answer') return remembered.answer;
-    const execution = await this.o.streams.load({
+    const execution = await this.o.streams.recorded({
       userId,
       executionId,
       requestId,

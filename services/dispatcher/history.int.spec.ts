@@ -16,17 +16,30 @@ import { harness } from './test/harness.ts';
 
 const HISTORY = 20_000;
 
-/** The store, counting the events of `stream` that reads hand out (stream reads and reads by key). */
-function countingStore(store: EventStore, stream: string): { store: EventStore; read: () => number } {
+/**
+ * The store, counting the events of `stream` that reads hand out (stream reads and reads by key),
+ * and the reads of it (queries, at least one each).
+ */
+function countingStore(
+  store: EventStore,
+  stream: string,
+): { store: EventStore; read: () => number; reads: () => { stream: number; byKey: number } } {
   let read = 0;
+  const reads = { stream: 0, byKey: 0 };
   async function* count(s: string, events: AsyncIterable<RecordedEvent>): AsyncGenerator<RecordedEvent> {
     for await (const e of events) {
       if (s === stream) read++;
       yield e;
     }
   }
-  const readStream = (s: string, options?: ReadStreamOptions) => count(s, store.readStream(s, options));
-  const readByKey = (s: string, key: string) => count(s, store.readByKey(s, key));
+  const readStream = (s: string, options?: ReadStreamOptions) => {
+    if (s === stream) reads.stream++;
+    return count(s, store.readStream(s, options));
+  };
+  const readByKey = (s: string, key: string) => {
+    if (s === stream) reads.byKey++;
+    return count(s, store.readByKey(s, key));
+  };
   const proxy = new Proxy(store, {
     get(target, prop) {
       if (prop === 'readStream') return readStream;
@@ -35,7 +48,7 @@ function countingStore(store: EventStore, stream: string): { store: EventStore; 
       return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
     },
   });
-  return { store: proxy, read: () => read };
+  return { store: proxy, read: () => read, reads: () => ({ ...reads }) };
 }
 
 t.test(
@@ -111,3 +124,27 @@ t.test(
     t.ok(afterLookup - before > 0, 'the lookup did go to the store (the count counts)');
   },
 );
+
+t.test('a lookup of a request not yet handled is one query of the store', async (t) => {
+  // Under overload agents look up requests still queued, many a second; each such lookup finds
+  // nothing, and each query holds one of the store's connections that appends wait for.
+  const h = await harness(t);
+  const userId = 'queued';
+  const counting = countingStore(h.store, userStream(userId));
+  await h.start({}, { store: counting.store });
+  const before = counting.reads();
+  const hdrs = natsHeaders();
+  hdrs.set(REQUEST_HEADERS.authorization, `Bearer ${await h.token(userId)}`);
+  const reply = await h.nc.request(
+    subjects.answers(userId, connectionIdentity(h.nc)),
+    JSON.stringify({ requestId: 'not-yet-handled' }),
+    { timeout: 30_000, headers: hdrs },
+  );
+  t.same(reply.json(), { answer: null }, 'no answer yet');
+  const after = counting.reads();
+  t.same(
+    { stream: after.stream - before.stream, byKey: after.byKey - before.byKey },
+    { stream: 0, byKey: 1 },
+    "one read through the index by execution id, no read of the user's stream (its tail)",
+  );
+});

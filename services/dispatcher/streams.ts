@@ -267,6 +267,27 @@ export class UserStreams {
     return execution;
   }
 
+  /**
+   * The execution's events as stored, through the index only: one query, no tail. For readers
+   * that need what happened, not a revision to append at (the answer lookups: many, under overload,
+   * of requests still queued; each is a query that appends wait behind).
+   */
+  async recorded(ref: ExecutionRef): Promise<Execution> {
+    const execution = newExecution(ref);
+    execution.events = await this.eventsOf(ref.userId, ref.executionId);
+    execution.state = execution.events.reduce(evolve, initialState());
+    return execution;
+  }
+
+  private async eventsOf(userId: string, executionId: string): Promise<ToolEvent[]> {
+    const found: ToolEvent[] = [];
+    for await (const r of this.options.store.readByKey(userStream(userId), executionId)) {
+      const parsed = fromRecorded(r);
+      if (parsed.ok && parsed.event.metadata.executionId === executionId) found.push(parsed.event);
+    }
+    return found;
+  }
+
   private build(execution: Execution, bodies: ToolEventBody[], prevHash: string): ToolEvent[] {
     const { ref } = execution;
     const at = this.options.now().toISOString();
@@ -372,11 +393,7 @@ export class UserStreams {
   private async readExecution(execution: Execution, updateTail = true): Promise<void> {
     const { userId, executionId } = execution.ref;
     const tail = await this.readTail(userId);
-    const found: ToolEvent[] = [];
-    for await (const r of this.options.store.readByKey(userStream(userId), executionId)) {
-      const parsed = fromRecorded(r);
-      if (parsed.ok && parsed.event.metadata.executionId === executionId) found.push(parsed.event);
-    }
+    const found = await this.eventsOf(userId, executionId);
     if (updateTail) this.cacheTail(userId, tail);
     execution.knownRevision = tail.revision;
     // Continue the execution under the correlation id it was recorded with.
