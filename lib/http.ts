@@ -51,11 +51,11 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
     // answers, not requests: unaffected).
     requestTimeout: 60_000,
     logController: new RequestLines(),
-    allowErrorHandlerOverride: true,
     ...options.fastify,
   });
-  // Every error answer has one shape, whoever answers: a service's own handler (which replaces
-  // this one, hence the override) or Fastify's refusals of a request it cannot parse or route.
+  // Every error answer has one shape, whoever answers: this handler (Fastify's refusals of a
+  // request it cannot parse or route, thrown errors), or a service's own, set in a plugin scope of
+  // its routes, which falls back to `answerError`.
   app.setErrorHandler(answerError);
   app.setNotFoundHandler((request, reply) =>
     reply

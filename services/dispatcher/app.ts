@@ -261,7 +261,11 @@ export async function startDispatcher(
     });
     const cancelService = serveCancels(nc, { verifier, coordinator: cancels, dispatcher, log });
     cleanup.push(() => cancelService.stop());
-    registerRoutes(app, { nc, js, registry, verifier, streams, cancels, waitMs: config.HTTP_WAIT_MS });
+    // In a scope of their own: their error handler (POST /executions answers unreadable bodies as
+    // agent answers) replaces the shared one there only, and Fastify does not warn of an override.
+    await app.register(async (scope) =>
+      registerRoutes(scope, { nc, js, registry, verifier, streams, cancels, waitMs: config.HTTP_WAIT_MS }),
+    );
     registerApprovalRoutes(app, { verifier, streams, waits, now, metrics });
     const expiry: ExpirySweep = startExpirySweep({
       waits,
