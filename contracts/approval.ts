@@ -180,6 +180,28 @@ export function approvalNeeded(
   return null;
 }
 
+/**
+ * The manifest as callers should see it: a tool annotated destructive that declares no policy shows
+ * the operator's default as its `approval` (its calls wait for an approver all the same). Agents and
+ * the MCP gateway (which offers such tools as tasks) read `approval` to know a call will wait.
+ */
+export function withEffectiveApproval<
+  M extends {
+    approval?: ApprovalPolicy | undefined;
+    annotations?: { destructiveHint?: boolean | undefined } | undefined;
+  },
+>(manifest: M, destructive: DestructiveDefault): M {
+  if (manifest.approval || manifest.annotations?.destructiveHint !== true || !destructive) return manifest;
+  return {
+    ...manifest,
+    approval: {
+      approverRoles: [...destructive.approverRoles],
+      timeoutMs: destructive.timeoutMs,
+      allowSelfApproval: destructive.allowSelfApproval,
+    },
+  };
+}
+
 // ---- The approvers' HTTP API (services/dispatcher/approvalRoutes.ts; docs/approval.md) ----
 
 /** `POST /executions/:executionId/approve`: the hash of the arguments the approver saw. */

@@ -264,7 +264,16 @@ export async function startDispatcher(
     // In a scope of their own: their error handler (POST /executions answers unreadable bodies as
     // agent answers) replaces the shared one there only, and Fastify does not warn of an override.
     await app.register(async (scope) =>
-      registerRoutes(scope, { nc, js, registry, verifier, streams, cancels, waitMs: config.HTTP_WAIT_MS }),
+      registerRoutes(scope, {
+        nc,
+        js,
+        registry,
+        verifier,
+        streams,
+        cancels,
+        waitMs: config.HTTP_WAIT_MS,
+        destructive: approvals.destructive,
+      }),
     );
     registerApprovalRoutes(app, { verifier, streams, waits, now, metrics });
     const expiry: ExpirySweep = startExpirySweep({

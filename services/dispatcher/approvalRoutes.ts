@@ -42,7 +42,8 @@ const DECISION_STATUS: Record<DecisionErrorCode, number> = {
   NOT_RUNNING: 409,
 };
 
-const ExecutionIdParam = z.object({ executionId: z.uuid() });
+/** Execution ids are lower-case UUIDs; one written in upper case names the same. */
+const ExecutionIdParam = z.object({ executionId: z.uuid().transform((id) => id.toLowerCase()) });
 
 const fail = (reply: FastifyReply, status: number, code: string, message: string): FastifyReply =>
   reply.code(status).send(errorBody(code, message));

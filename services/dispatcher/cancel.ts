@@ -397,7 +397,9 @@ export function serveCancels(
     }
     const requestId = 'requestId' in parsed.data ? parsed.data.requestId : undefined;
     const executionId =
-      'executionId' in parsed.data ? parsed.data.executionId : executionIdFor(userId, parsed.data.requestId);
+      'executionId' in parsed.data
+        ? parsed.data.executionId.toLowerCase() // an id in upper case names the same execution
+        : executionIdFor(userId, parsed.data.requestId);
     if (!mayCancelFor(principal, userId)) {
       return refuse(
         msg,

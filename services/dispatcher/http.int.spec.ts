@@ -28,6 +28,17 @@ t.test('HTTP API', async (t) => {
     );
     const echo = tools.find((m) => (m as { name: string }).name === 'echo') as ToolManifest;
     t.match(echo, { inputSchema: { type: 'object' }, sensitive: { input: ['secret'] } });
+    // Annotated destructive, no policy of its own: its calls wait (APPROVAL_DESTRUCTIVE=require,
+    // the default), and its manifest says so, as the MCP gateway and agents read it.
+    const destructive = tools.find(
+      (m) => (m as { name: string }).name === 'destructive_noop',
+    ) as ToolManifest;
+    t.match(
+      destructive.approval,
+      { approverRoles: ['approver'], allowSelfApproval: false },
+      "a destructive tool shows the operator's default policy",
+    );
+    t.equal(echo.approval, undefined, 'a tool that never waits shows none');
   });
 
   t.test('POST /executions: answers with the terminal answer and a fitting status', async (t) => {
@@ -183,6 +194,16 @@ t.test('HTTP API', async (t) => {
     t.strictSame(
       own.json<{ events: Array<{ type: string }> }>().events.map((e) => e.type),
       ['ToolRequested', 'ToolExecuting', 'ToolCompleted'],
+    );
+    const upper = await app.inject({
+      method: 'GET',
+      url: `/executions/${executionId.toUpperCase()}`,
+      headers: auth(alice),
+    });
+    t.match(
+      upper.json(),
+      { executionId, status: 'completed' },
+      'the id in upper case names the same execution',
     );
     const asBob = await app.inject({ method: 'GET', url: `/executions/${executionId}`, headers: auth(bob) });
     t.equal(asBob.statusCode, 404, "another user's execution is not found");

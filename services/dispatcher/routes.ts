@@ -9,6 +9,8 @@ import {
   mayCancelFor,
   mayReadAllUsers,
   UserId,
+  withEffectiveApproval,
+  type DestructiveDefault,
   type CancelResult,
   type Principal,
 } from '../../contracts/index.ts';
@@ -30,9 +32,12 @@ export interface RouteDeps {
   cancels: CancelCoordinator;
   /** How long POST /executions waits for the terminal answer. */
   waitMs: number;
+  /** The operator's approval policy for destructive tools that declare none (shown in GET /tools). */
+  destructive: DestructiveDefault;
 }
 
-const ExecutionIdParam = z.object({ executionId: z.uuid() });
+/** Execution ids are lower-case UUIDs (`executionIdFor`); one written in upper case names the same. */
+const ExecutionIdParam = z.object({ executionId: z.uuid().transform((id) => id.toLowerCase()) });
 /** An admin or operator may name the user whose execution it cancels (body or query); anyone else cancels their own. */
 const CancelOwner = z.object({ userId: UserId.optional() });
 /** Whose stream GET /executions/:executionId reads: the caller's, or for a reader of all users the one named. */
@@ -111,7 +116,9 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     return reply.code(error.statusCode ?? 400).send(answer);
   });
 
-  app.get('/tools', async () => ({ tools: deps.registry.list() }));
+  app.get('/tools', async () => ({
+    tools: deps.registry.list().map((m) => withEffectiveApproval(m, deps.destructive)),
+  }));
 
   app.post('/executions', async (req, reply) => {
     const principal = await authenticate(req, reply);

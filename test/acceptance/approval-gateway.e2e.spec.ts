@@ -99,6 +99,11 @@ t.test('a plain call that waits for an approver says so as progress, then answer
     { taskSupport: 'optional' },
     'a tool that needs approval may be called as a task',
   );
+  t.match(
+    listed.tools.find((tool) => tool.name === 'destructive_noop')?.execution,
+    { taskSupport: 'optional' },
+    "so may one that waits under the operator's default for destructive tools",
+  );
 
   const args = { text: 'pay the invoice' };
   const progress: Array<{ progress: number; message?: string }> = [];
