@@ -171,6 +171,12 @@ t.test('every refusal, Fastify’s own included, has one shape: {error: {code, m
       415,
       'UNSUPPORTED_MEDIA_TYPE',
     ],
+    [
+      'JSON sent as text/plain',
+      { path: '/things', method: 'POST', headers: { 'content-type': 'text/plain' }, body: '{"a":1}' },
+      415,
+      'UNSUPPORTED_MEDIA_TYPE',
+    ],
     ['a route that fails', { path: '/broken' }, 500, 'INTERNAL'],
   ];
   for (const [what, { path, ...init }, status, code] of cases) {

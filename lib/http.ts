@@ -57,6 +57,9 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
   // request it cannot parse or route, thrown errors), or a service's own, set in a plugin scope of
   // its routes, which falls back to `answerError`.
   app.setErrorHandler(answerError);
+  // Every body these services read is JSON: one sent as text/plain (Fastify reads it as a string
+  // by default) is refused as the wrong media type (415), not read and then found not an object.
+  app.removeContentTypeParser('text/plain');
   app.setNotFoundHandler((request, reply) =>
     reply
       .code(404)

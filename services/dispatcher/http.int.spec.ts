@@ -159,6 +159,9 @@ t.test('HTTP API', async (t) => {
         requestId: null,
         error: { code: 'MALFORMED', message: /content-type: application\/json/ },
       });
+      const text = await send({ 'content-type': 'text/plain' }, '{"tool":"noop","args":{}}');
+      t.equal(text.statusCode, 415, 'JSON sent as text/plain: the content type is named, not the body');
+      t.match(text.json(), { status: 'failed', error: { code: 'MALFORMED', message: /content-type/ } });
       const broken = await send({ 'content-type': 'application/json' }, '{"tool":');
       t.equal(broken.statusCode, 400);
       t.match(broken.json(), { status: 'failed', error: { code: 'MALFORMED', message: /not JSON/ } });
