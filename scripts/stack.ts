@@ -12,6 +12,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { relative, sep } from 'node:path';
 import { z } from 'zod';
 import { executionIdFor } from '../contracts/index.ts';
 import { CommonEnv, ConfigError, loadConfig } from '../lib/config.ts';
@@ -77,7 +78,9 @@ async function main() {
       : {}),
   });
   if (setup.created)
-    console.log('made new secrets and NATS identities in .toolbus/ (kept for the next start)');
+    console.log(
+      `made new secrets and NATS identities in ${shownPath(setup.dir)}/ (kept for the next start)`,
+    );
   // The stack's own servers, each with the generated credentials, unless told to use others.
   // Kept running: one that exits is started again (scripts/localServer.ts), as the services are.
   const servers: LocalServer[] = [];
@@ -311,3 +314,8 @@ main().catch((e: unknown) => {
   console.error(e instanceof Error ? e.message : e);
   process.exit(1);
 });
+
+/** A directory as the user would type it here: relative inside the working directory, else absolute. */
+function shownPath(dir: string): string {
+  return dir.startsWith(process.cwd() + sep) ? relative(process.cwd(), dir) : dir;
+}

@@ -64,10 +64,15 @@ interface Written {
 export class CheckpointMovedError extends Error {
   readonly code = 'CHECKPOINT_MOVED';
   constructor(
-    readonly expected: string | null,
-    readonly actual: string | null,
+    readonly expected: { position: string | null; version: string | null },
+    readonly actual: { position: string | null; version: string | null },
   ) {
-    super(`checkpoint moved: expected ${expected ?? 'none'}, found ${actual ?? 'none'}`);
+    // The position may well be the same: a rebuild's swap writes a new version at the position it
+    // rebuilt to, which is where this instance was when it was idle.
+    super(
+      `checkpoint moved: this instance wrote version ${expected.version ?? 'none'} at ${expected.position ?? 'the start'}, ` +
+        `found version ${actual.version ?? 'none'} at ${actual.position ?? 'the start'} (a rebuild's swap, or another writer)`,
+    );
     this.name = 'CheckpointMovedError';
   }
 }
@@ -168,7 +173,8 @@ export class ProjectionRunner {
       } catch (e) {
         const error = e as Error;
         if (error instanceof CheckpointMovedError)
-          this.options.logger.warn({ err: error }, 'checkpoint moved; resuming from it');
+          // Expected after `npm run rebuild`: said once, without a stack.
+          this.options.logger.info({ reason: error.message }, 'checkpoint moved; resuming from it');
         else
           this.options.logger.error({ err: error }, 'projection interrupted; retrying from the checkpoint');
         await this.sleep(backoffMs(failures++, { minMs: 100, maxMs: 5_000 }));
@@ -369,7 +375,7 @@ export class ProjectionRunner {
       const version = outcome.checkpointed;
       if (version === null) {
         const actual = await readCheckpoint(client, this.projection);
-        throw new CheckpointMovedError(expected.position, actual.position);
+        throw new CheckpointMovedError(expected, actual);
       }
       await this.options.beforeCommit?.({ events: batch.length, position: last });
       await client.query('commit');
