@@ -206,6 +206,50 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
     },
   );
 
+  t.test(
+    'a duplicate acknowledgement after an unacknowledged publish, of an earlier attempt’s copy: looked up',
+    async (t) => {
+      const dispatcher = fakeDispatcher(t);
+      const other = await connectNats(nats.url, 'agent-test-retry');
+      t.teardown(() => other.close());
+      const js = jetstream(other, { timeout: 500 });
+      let publishes = 0;
+      const publish = js.publish.bind(js);
+      js.publish = (...args: Parameters<typeof js.publish>) => {
+        publishes++;
+        return publish(...args);
+      };
+      const retrying = createAgentClient(other, {
+        js,
+        lookupBackoff: { minMs: 1, maxMs: 1, ownCopyMs: 200 },
+      });
+      // An earlier attempt on another connection, given up: JetStream keeps its copy, and its answer
+      // goes to that connection's inbox.
+      await t.rejects(client.execute('noop', {}, { token, requestId: 'r-earlier', timeoutMs: 300 }), {
+        code: 'TIMEOUT',
+      });
+      await dispatcher.received(1);
+      const sent = dispatcher.answer(dispatcher.seen[0]!.replyTo, 'r-earlier', 'first');
+      const lookups = fakeAnswers(t, () => ({ answer: sent }));
+      await nc.flush();
+      // The retry's first publish goes unacknowledged (the server is stopped); the next one is
+      // acknowledged as a duplicate of the earlier attempt's copy, not of its own.
+      const before = publishes;
+      nats.pause();
+      let resumed = false;
+      const resume = () => {
+        if (!resumed) nats.resume();
+        resumed = true;
+      };
+      t.teardown(resume);
+      const retry = retrying.execute('noop', {}, { token, requestId: 'r-earlier', timeoutMs: 60_000 });
+      while (publishes < before + 2) await new Promise((r) => setTimeout(r, 20));
+      resume();
+      t.strictSame(await retry, sent, 'the answer, found by a lookup (before: no answer until the timeout)');
+      t.ok(lookups.count() >= 1, 'it looked up');
+    },
+  );
+
   t.test('many concurrent requests on one client share one subscription', async (t) => {
     const own = await connectNats(nats.url, 'agent-shared');
     t.teardown(() => own.close());

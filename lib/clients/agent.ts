@@ -108,11 +108,17 @@ export interface LookupBackoff {
   minMs: number;
   /** The largest ceiling (default 15 s). */
   maxMs: number;
+  /**
+   * After a publish that went unacknowledged, a duplicate acknowledgement is most likely that
+   * publish's own copy, whose answer comes to this attempt: it looks up only if none came within
+   * this (default 5 s); the copy JetStream kept may have been an earlier attempt's, elsewhere.
+   */
+  ownCopyMs: number;
   /** The random source (tests). */
   random?: () => number;
 }
 
-export const DEFAULT_LOOKUP_BACKOFF: LookupBackoff = { minMs: 1_000, maxMs: 15_000 };
+export const DEFAULT_LOOKUP_BACKOFF: LookupBackoff = { minMs: 1_000, maxMs: 15_000, ownCopyMs: 5_000 };
 
 export interface SubmitOptions {
   /** The user's JWT (with or without `Bearer `). */
@@ -229,10 +235,14 @@ export async function submitRequest(
           }
         }
       }
-      // A duplicate after a publish of ours went unacknowledged is most likely that copy, whose
-      // answer comes to this waiter: waited for, not looked up (lookups load busy dispatchers).
-      if (!ack.duplicate || attempt > 0) waiter.own();
-      else
+      if (!ack.duplicate) waiter.own();
+      else {
+        // A duplicate after a publish of ours went unacknowledged is most likely that copy, whose
+        // answer comes to this waiter: waited for, and looked up only if it does not come soon
+        // (lookups load busy dispatchers). It may be an earlier attempt's copy all the same, one
+        // this client gave up on or made on another connection: its answer went there.
+        const ownCopy = attempt > 0;
+        if (ownCopy) waiter.own();
         await lookUpDuplicate(nc, {
           userId,
           requestId,
@@ -241,7 +251,9 @@ export async function submitRequest(
           backoff,
           signal: stop.signal,
           onLookup: o.onLookup,
+          ownCopy,
         });
+      }
       return new Promise<never>(() => undefined); // the answer comes to the waiter
     })();
     try {
@@ -289,6 +301,8 @@ interface DuplicateWait {
   backoff: LookupBackoff;
   signal: AbortSignal;
   onLookup: SubmitOptions['onLookup'];
+  /** This attempt owns the answer (its own copy, most likely): looks up only after `backoff.ownCopyMs`. */
+  ownCopy: boolean;
 }
 
 /**
@@ -300,7 +314,13 @@ async function lookUpDuplicate(nc: NatsConnection, d: DuplicateWait): Promise<vo
   const aborted = new Promise<void>((resolve) =>
     d.signal.addEventListener('abort', () => resolve(), { once: true }),
   );
-  await Promise.race([d.waiter.ownersGone(), aborted]);
+  if (d.ownCopy) {
+    try {
+      await sleep(d.backoff.ownCopyMs, d.signal);
+    } catch {
+      return; // answered (the usual case), or timed out
+    }
+  } else await Promise.race([d.waiter.ownersGone(), aborted]);
   let hintMs = 0;
   for (let attempt = 0; !d.signal.aborted; attempt++) {
     const waitMs = Math.max(backoffMs(attempt, d.backoff), hintMs);
