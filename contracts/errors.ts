@@ -40,6 +40,7 @@ export type ExecutionError = z.infer<typeof ExecutionError>;
 export const ServiceErrorCode = z.enum([
   'BAD_REQUEST',
   'NOT_FOUND',
+  'ALREADY_ENDED',
   'UNAVAILABLE',
   'HISTORY_BROKEN',
   'CHECKPOINT_REFUSED',
@@ -101,7 +102,8 @@ export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
     status: 409,
     retryable: false,
     recorded: true,
-    description: 'cancelled by its user or an admin (`details.cancelledBy`, `details.via`)',
+    description:
+      'cancelled by its user, an operator or an admin (`details.cancelledBy`; `details.admin`: for another user; `details.reason`)',
   },
   TOOL_ERROR: {
     status: 502,
@@ -165,6 +167,12 @@ export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
     retryable: false,
     recorded: false,
     description: 'no such execution (of the caller)',
+  },
+  ALREADY_ENDED: {
+    status: 409,
+    retryable: false,
+    recorded: false,
+    description: 'cancel: the execution had ended already; nothing was changed (its answer is in the body)',
   },
   UNAVAILABLE: {
     status: 503,

@@ -171,9 +171,14 @@ t.test('cancelling a finished or unknown execution is answered clearly and chang
     message: /already completed; nothing was changed/,
   });
   t.strictSame(finished.answer, done);
-  const finishedHttp = await cancelHttp(d, token, executionIdFor('carol', 'f-done'));
-  t.equal(finishedHttp.status, 409);
-  t.match(finishedHttp.body, { cancelled: false, status: 'completed' });
+  const finishedHttp = await cancelHttp(d, token, executionIdFor('carol', 'f-done').toUpperCase());
+  t.equal(finishedHttp.status, 409, 'over HTTP: 409 (the id in upper case names the same execution)');
+  t.match(finishedHttp.body, {
+    cancelled: false,
+    status: 'completed',
+    answer: { status: 'completed' },
+    error: { code: 'ALREADY_ENDED', message: /already completed/ },
+  });
 
   const failed = await h.agent.execute('fail', {}, { token, requestId: 'f-failed' });
   t.match(await h.agent.cancel({ requestId: 'f-failed' }, { token }), {
@@ -232,6 +237,7 @@ t.test('only the execution’s user, or an admin, may cancel it', async (t) => {
   t.equal(bobHttp.status, 403);
   const bobOwn = await cancelHttp(d, bob, executionId);
   t.equal(bobOwn.status, 404, "bob's own stream has no such execution");
+  t.match(bobOwn.body, { status: 'unknown', error: { code: 'NOT_FOUND' } }, 'with the error shape of HTTP');
   const noToken = await d.app.inject({ method: 'POST', url: `/executions/${executionId}/cancel` });
   t.equal(noToken.statusCode, 401);
   t.strictSame(

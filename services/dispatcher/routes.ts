@@ -59,6 +59,16 @@ export function cancelStatusOf(result: CancelResult): number {
 }
 
 /**
+ * The HTTP body of a cancel: its `CancelResult`, with an `error` whenever the status is not 2xx, as
+ * every error answer of the HTTP APIs has (NATS callers get the `CancelResult` as it is).
+ */
+function cancelBody(result: CancelResult, status: number) {
+  if (status < 400 || result.error) return result;
+  const code = status === 404 ? 'NOT_FOUND' : 'ALREADY_ENDED';
+  return { ...result, error: { code, message: result.message } };
+}
+
+/**
  * What a body Fastify could not read is answered, as every other refusal (an AgentAnswer, MALFORMED),
  * keeping Fastify's status (415, 413, 400) and saying what to send instead.
  */
@@ -222,7 +232,8 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       order: { by: principal.userId, via: 'http' },
       token: req.headers.authorization,
     });
-    return reply.code(cancelStatusOf(result)).send(result);
+    const status = cancelStatusOf(result);
+    return reply.code(status).send(cancelBody(result, status));
   });
 
   // Lists are the projector's read model; a user who asks the dispatcher is told where they are
