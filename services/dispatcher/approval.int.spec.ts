@@ -178,6 +178,69 @@ t.test("an approved call runs within its user's concurrency limit", async (t) =>
   );
 });
 
+t.test(
+  'the same request id with other arguments after the approval: refused to that attempt only; the approved call answers',
+  async (t) => {
+    const h = await harness(t, { APPROVAL_RECHECK_MS: '100', USER_CONCURRENCY: '1' });
+    const d = await h.start();
+    const fay = await h.token('fay');
+    const bob = await h.token('bob', ['approver']);
+    const args = { text: 'harmless' };
+    const guarded = h.agent.execute('guarded_echo', args, {
+      token: fay,
+      requestId: 'swap',
+      timeoutMs: 60_000,
+    });
+    const executionId = executionIdFor('fay', 'swap');
+    await eventually(() => h.logs.text.includes('execution awaits approval'), 30_000, 'the wait');
+    // A call holding her only slot keeps the approved one waiting, approved, while the other comes.
+    const sleeping = h.agent.execute(
+      'sleep',
+      { ms: 3_000 },
+      { token: fay, requestId: 'swap-s', timeoutMs: 60_000 },
+    );
+    await eventually(
+      async () => (await h.events('fay')).some((e) => e.type === 'ToolExecuting'),
+      30_000,
+      'the sleep',
+    );
+    const approve = await d.app.inject({
+      method: 'POST',
+      url: `/executions/${executionId}/approve`,
+      headers: { authorization: `Bearer ${bob}` },
+      payload: { argsHash: argsHash(args) },
+    });
+    t.equal(approve.statusCode, 200);
+    // Another of her tokens (another message id: JetStream keeps it), the same request id, other
+    // arguments, on the same connection (as the HTTP API's requests all are).
+    const other = await h.token('fay', [], '2h');
+    const swapped = await h.agent.execute(
+      'guarded_echo',
+      { text: 'EVIL' },
+      {
+        token: other,
+        requestId: 'swap',
+        timeoutMs: 60_000,
+      },
+    );
+    t.match(
+      swapped,
+      {
+        status: 'failed',
+        executionId: null,
+        error: { code: 'VALIDATION', message: /approved for other arguments/ },
+      },
+      'the swapped attempt is refused, naming no execution: nothing was recorded for it',
+    );
+    t.match(await sleeping, { status: 'completed' });
+    t.match(
+      await guarded,
+      { status: 'completed', result: args },
+      'the approved call answers with its own result, not the refusal',
+    );
+  },
+);
+
 t.test('GET /approvals: the waits the caller may decide, oldest first, in pages', async (t) => {
   const h = await harness(t, { RATE_LIMIT_BURST: '100' });
   const d = await h.start();

@@ -158,13 +158,14 @@ export async function startApproved(
   } else {
     const hash = argsHash(h.request.args);
     if (hash !== state.approval.argsHash) {
+      // An answer to this attempt only, naming no execution (nothing is recorded for it): the agent
+      // client routes answers that name one to every attempt waiting for it, and the approved
+      // call, waiting on the same connection, must get its own answer, not this refusal.
       return answered(
         shell,
         h,
         refusal('VALIDATION', 'this request id was approved for other arguments; use a new request id', {
           requestId: h.ref.requestId,
-          executionId: h.ref.executionId,
-          correlationId: h.ref.correlationId,
         }),
         false,
       );
