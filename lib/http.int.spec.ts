@@ -177,6 +177,12 @@ t.test('every refusal, Fastify’s own included, has one shape: {error: {code, m
       415,
       'UNSUPPORTED_MEDIA_TYPE',
     ],
+    [
+      'a __proto__ key',
+      { path: '/things', method: 'POST', headers: json, body: '{"a":{"__proto__":{"x":1}}}' },
+      400,
+      'BAD_REQUEST',
+    ],
     ['a route that fails', { path: '/broken' }, 500, 'INTERNAL'],
   ];
   for (const [what, { path, ...init }, status, code] of cases) {
@@ -186,6 +192,22 @@ t.test('every refusal, Fastify’s own included, has one shape: {error: {code, m
     t.equal(body.error?.code, code, `${what}: ${code}`);
     t.type(body.error?.message, 'string', `${what}: a message`);
   }
+  const proto = (await (
+    await fetch(`${base}/things`, { method: 'POST', headers: json, body: '{"a":{"__proto__":{"x":1}}}' })
+  ).json()) as { error: { message: string } };
+  t.match(
+    proto.error.message,
+    /key "__proto__".*not allowed/,
+    'a forbidden key is named, not called "not JSON"',
+  );
+  const syntax = (await (
+    await fetch(`${base}/things`, { method: 'POST', headers: json, body: '{"a":' })
+  ).json()) as { error: { message: string } };
+  t.match(
+    syntax.error.message,
+    /^the body is not JSON \(/,
+    'bad JSON is said to be, with the parser’s words',
+  );
   const broken = await (await fetch(`${base}/broken`)).text();
   t.notMatch(broken, /secret detail/, 'a failure’s details stay in the log');
   const unknown = (await (await fetch(`${base}/nowhere?token=x`)).json()) as { error: { message: string } };

@@ -1,5 +1,6 @@
 import Fastify, {
   LogController,
+  type FastifyError,
   type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
@@ -32,6 +33,16 @@ export interface HttpAppOptions {
   fastify?: FastifyServerOptions;
 }
 
+/** Why a body Fastify's JSON parsing refused is refused, in words. */
+function unreadableJson(body: string): string {
+  try {
+    JSON.parse(body);
+  } catch (e) {
+    return `the body is not JSON (${(e as Error).message})`;
+  }
+  return 'the body has a key "__proto__", or "constructor" holding "prototype", which is not allowed';
+}
+
 /**
  * The HTTP surface every service shares: pino logs (tokens censored; one line per request, at
  * debug for health checks and metrics scrapes), `/health/live`,
@@ -60,6 +71,16 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
   // Every body these services read is JSON: one sent as text/plain (Fastify reads it as a string
   // by default) is refused as the wrong media type (415), not read and then found not an object.
   app.removeContentTypeParser('text/plain');
+  // Fastify's JSON parsing (which refuses `__proto__` and `constructor.prototype` keys), with a
+  // message that says what is wrong: Fastify's says "not valid JSON" for both.
+  const strictJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) =>
+    strictJson(request, String(body), (error, value) => {
+      if ((error as FastifyError | null)?.code !== 'FST_ERR_CTP_INVALID_JSON_BODY') return done(error, value);
+      done(Object.assign(error!, { message: unreadableJson(String(body)) }), undefined);
+    }),
+  );
   app.setNotFoundHandler((request, reply) =>
     reply
       .code(404)

@@ -81,7 +81,7 @@ function unreadableBody(error: FastifyError): TerminalAnswer | null {
       );
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
-      return refusal('MALFORMED', `the body is not JSON: ${error.message}`);
+      return refusal('MALFORMED', error.message); // says what is wrong (lib/http.ts)
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return refusal('MALFORMED', `the body is too large: ${error.message}`);
     default:
