@@ -246,6 +246,15 @@ async function run() {
     await page.waitForSelector('#audit-result .report[data-ok="true"]', { timeout: 60_000 });
     t.match(await page.textContent('#audit-result'), new RegExp(`${alice}'s history verifies`));
     await shot('08-audit');
+    // A user with no events (a mistyped id, most often) is not shown as a history that verifies.
+    await page.fill('#audit-user', 'no-such-user');
+    await page.click('#audit button[type="submit"]');
+    await page.waitForFunction(
+      () => document.querySelector('#audit-result')?.textContent?.includes('no-such-user'),
+      undefined,
+      { timeout: 60_000 },
+    );
+    t.match(await page.textContent('#audit-result'), /Nothing to verify: no-such-user has no events/);
   });
 
   await t.test('at 375 px wide nothing overflows sideways', async (t) => {

@@ -44,6 +44,13 @@ export function render(main, { query: params, say }) {
   main.append(h('h2', {}, 'Audit verification'), form, result);
 }
 
+function verdictOf(report) {
+  if (!report.ok) return `✗ ${report.userId}'s history is broken`;
+  // An empty history verifies, but it is more often a mistyped user id (ids are case-sensitive).
+  if (report.events === 0) return `Nothing to verify: ${report.userId} has no events (is the user id right?)`;
+  return `✓ ${report.userId}'s history verifies`;
+}
+
 function reportOf(report) {
   return h(
     'section',
@@ -51,7 +58,7 @@ function reportOf(report) {
     h(
       'p',
       { class: 'verdict' },
-      report.ok ? `✓ ${report.userId}'s history verifies` : `✗ ${report.userId}'s history is broken`,
+      verdictOf(report),
     ),
     facts([
       ['Events checked', String(report.events)],

@@ -134,6 +134,15 @@ function columns(points, from, to) {
   return out;
 }
 
+/** A y-axis tick short enough for the axis: 950, 9,500, 20k, 1.5M. */
+function compactTick(v) {
+  if (v === null || v === undefined) return '';
+  const abs = Math.abs(v);
+  if (abs >= 1e6) return `${+(v / 1e6).toFixed(1)}M`;
+  if (abs >= 1e4) return `${+(v / 1e3).toFixed(1)}k`;
+  return v.toLocaleString('en-US');
+}
+
 function chart(section, title, width, data, series) {
   const target = h('figure', { class: 'chart', 'aria-label': title });
   section.append(target);
@@ -152,6 +161,8 @@ function chart(section, title, width, data, series) {
         })),
       ],
       scales: { y: { range: (_u, min, max) => [0, Math.max(1, max ?? 1)] } },
+      // uPlot's y axis is 50 px wide: "20,000" did not fit. Large ticks are written 20k.
+      axes: [{}, { values: (_u, ticks) => ticks.map(compactTick) }],
     },
     data,
     target,
