@@ -250,7 +250,7 @@ async function run() {
     await page.fill('#audit-user', 'no-such-user');
     await page.click('#audit button[type="submit"]');
     await page.waitForFunction(
-      () => document.querySelector('#audit-result')?.textContent?.includes('no-such-user'),
+      () => document.querySelector('#audit-result .verdict')?.textContent?.includes('no-such-user'),
       undefined,
       { timeout: 60_000 },
     );
