@@ -178,11 +178,30 @@ t.test("an approved call runs within its user's concurrency limit", async (t) =>
   );
 });
 
+/** Test tool: holds its slot until its signal fires (a cancel) or a minute passes. */
+const holdsSlot = defineTool({
+  name: 'holds_slot',
+  version: '1.0.0',
+  description: 'Test tool: waits until cancelled.',
+  input: z.object({}),
+  output: z.object({}),
+  timeoutMs: 60_000,
+  idempotent: true,
+  run: (_args, ctx) =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => resolve({}), 60_000);
+      ctx.signal.addEventListener('abort', () => {
+        clearTimeout(timer);
+        reject(ctx.signal.reason as Error);
+      });
+    }),
+});
+
 t.test(
   'the same request id with other arguments after the approval: refused to that attempt only; the approved call answers',
   async (t) => {
     const h = await harness(t, { APPROVAL_RECHECK_MS: '100', USER_CONCURRENCY: '1' });
-    const d = await h.start();
+    const d = await h.start({}, { tools: [holdsSlot] });
     const fay = await h.token('fay');
     const bob = await h.token('bob', ['approver']);
     const args = { text: 'harmless' };
@@ -194,15 +213,11 @@ t.test(
     const executionId = executionIdFor('fay', 'swap');
     await eventually(() => h.logs.text.includes('execution awaits approval'), 30_000, 'the wait');
     // A call holding her only slot keeps the approved one waiting, approved, while the other comes.
-    const sleeping = h.agent.execute(
-      'sleep',
-      { ms: 3_000 },
-      { token: fay, requestId: 'swap-s', timeoutMs: 60_000 },
-    );
+    const holding = h.agent.execute('holds_slot', {}, { token: fay, requestId: 'swap-h', timeoutMs: 60_000 });
     await eventually(
       async () => (await h.events('fay')).some((e) => e.type === 'ToolExecuting'),
       30_000,
-      'the sleep',
+      'the holding call',
     );
     const approve = await d.app.inject({
       method: 'POST',
@@ -214,30 +229,37 @@ t.test(
     // Another of her tokens (another message id: JetStream keeps it), the same request id, other
     // arguments, on the same connection (as the HTTP API's requests all are).
     const other = await h.token('fay', [], '2h');
-    const swapped = await h.agent.execute(
+    const swapped = h.agent.execute(
       'guarded_echo',
       { text: 'EVIL' },
-      {
-        token: other,
-        requestId: 'swap',
-        timeoutMs: 60_000,
-      },
+      { token: other, requestId: 'swap', timeoutMs: 60_000 },
     );
-    t.match(
-      swapped,
-      {
-        status: 'failed',
-        executionId: null,
-        error: { code: 'VALIDATION', message: /approved for other arguments/ },
-      },
-      'the swapped attempt is refused, naming no execution: nothing was recorded for it',
-    );
-    t.match(await sleeping, { status: 'completed' });
+    // Its delivery is handled while the approved call waits for the slot (then it is refused), or,
+    // when it too waits for her slot, after the approved call ran (then it gets that call's answer,
+    // as any repeat of a request id does). The slot is freed once it has an answer, or after 3 s.
+    await Promise.race([swapped, new Promise((resolve) => setTimeout(resolve, 3_000))]);
+    const cancelled = await h.agent.cancel({ requestId: 'swap-h' }, { token: fay });
+    t.equal(cancelled.cancelled, true, 'the holding call is cancelled, freeing the slot');
+    t.match(await holding, { status: 'failed', error: { code: 'CANCELLED' } });
     t.match(
       await guarded,
       { status: 'completed', result: args },
-      'the approved call answers with its own result, not the refusal',
+      'the approved call answers with its own result, never the refusal of the other attempt',
     );
+    const answer = await swapped;
+    if (answer.status === 'failed') {
+      t.match(
+        answer,
+        { executionId: null, error: { code: 'VALIDATION', message: /approved for other arguments/ } },
+        'the swapped attempt is refused, naming no execution: nothing was recorded for it',
+      );
+    } else {
+      t.match(
+        answer,
+        { status: 'completed', result: args },
+        "the swapped attempt got the approved call's answer",
+      );
+    }
   },
 );
 

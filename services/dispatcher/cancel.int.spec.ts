@@ -209,7 +209,7 @@ t.test('cancelling a finished or unknown execution is answered clearly and chang
   t.match(malformed.json(), { status: 'refused', error: { code: 'MALFORMED' } });
   const bad = await d.app.inject({
     method: 'POST',
-    url: '/executions/not-a-uuid/cancel',
+    url: '/executions/not%20an%20id/cancel',
     headers: { authorization: `Bearer ${token}` },
   });
   t.equal(bad.statusCode, 400);
@@ -246,8 +246,10 @@ t.test('only the execution’s user, or an admin, may cancel it', async (t) => {
     'still running after the refused cancels',
   );
 
-  const byAdmin = await cancelHttp(d, root, executionId, 'alice');
-  t.equal(byAdmin.status, 200);
+  // By the request id alice sent it with: the path names alice's execution of that request id.
+  const byAdmin = await cancelHttp(d, root, 'own-1', 'alice');
+  t.equal(byAdmin.status, 200, 'cancelled, named by its request id');
+  t.equal(byAdmin.body.executionId, executionId);
   t.match(byAdmin.body, {
     cancelled: true,
     answer: {

@@ -210,8 +210,12 @@ t.test('HTTP API', async (t) => {
     );
     const asBob = await app.inject({ method: 'GET', url: `/executions/${executionId}`, headers: auth(bob) });
     t.equal(asBob.statusCode, 404, "another user's execution is not found");
-    const bad = await app.inject({ method: 'GET', url: '/executions/not-a-uuid', headers: auth(alice) });
-    t.equal(bad.statusCode, 400);
+    const byRequestId = await app.inject({ method: 'GET', url: '/executions/h-1', headers: auth(alice) });
+    t.match(byRequestId.json(), { executionId, requestId: 'h-1' }, 'named by its request id, found too');
+    const notHers = await app.inject({ method: 'GET', url: '/executions/h-1', headers: auth(bob) });
+    t.equal(notHers.statusCode, 404, "a request id names the caller's own execution only");
+    const bad = await app.inject({ method: 'GET', url: '/executions/not%20an%20id', headers: auth(alice) });
+    t.equal(bad.statusCode, 400, 'neither an execution id nor a request id');
     const anon = await app.inject({ method: 'GET', url: `/executions/${executionId}` });
     t.equal(anon.statusCode, 401);
   });

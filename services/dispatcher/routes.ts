@@ -7,7 +7,9 @@ import {
   executionIdFor,
   httpStatusOfCode,
   mayCancelFor,
+  looksLikeExecutionId,
   mayReadAllUsers,
+  REQUEST_ID_PATTERN,
   UserId,
   withEffectiveApproval,
   type DestructiveDefault,
@@ -36,8 +38,23 @@ export interface RouteDeps {
   destructive: DestructiveDefault;
 }
 
-/** Execution ids are lower-case UUIDs (`executionIdFor`); one written in upper case names the same. */
-const ExecutionIdParam = z.object({ executionId: z.uuid().transform((id) => id.toLowerCase()) });
+/**
+ * `:executionId` of a path: an execution id (a version 5 UUID as `executionIdFor` makes them, in
+ * either case), or else the request id the user sent the request with, as the agent client's
+ * `cancel` reads its argument (`looksLikeExecutionId`): a caller blocked on `POST /executions`
+ * knows its request id, not yet the execution id. Resolved once the user is known.
+ */
+const ExecutionIdParam = z
+  .object({
+    executionId: z
+      .string()
+      .refine((id) => looksLikeExecutionId(id.toLowerCase()) || REQUEST_ID_PATTERN.test(id)),
+  })
+  .transform(({ executionId: id }) => ({
+    of: (userId: string) =>
+      looksLikeExecutionId(id.toLowerCase()) ? id.toLowerCase() : executionIdFor(userId, id),
+  }));
+const NOT_AN_EXECUTION_ID = 'the path names an execution by its id (a UUID) or by its request id';
 /** An admin or operator may name the user whose execution it cancels (body or query); anyone else cancels their own. */
 const CancelOwner = z.object({ userId: UserId.optional() });
 /** Whose stream GET /executions/:executionId reads: the caller's, or for a reader of all users the one named. */
@@ -209,7 +226,8 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     });
     const refused = (code: NonNullable<CancelResult['error']>['code'], message: string) =>
       reply.code(httpStatusOfCode(code)).send({
-        executionId: params.success ? params.data.executionId : null,
+        executionId:
+          params.success && owner.success ? params.data.of(owner.data.userId ?? principal.userId) : null,
         requestId: null,
         cancelled: false,
         status: 'refused',
@@ -217,7 +235,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
         message,
         error: { code, message },
       } satisfies CancelResult);
-    if (!params.success) return refused('MALFORMED', 'the execution id must be a UUID');
+    if (!params.success) return refused('MALFORMED', NOT_AN_EXECUTION_ID);
     if (!owner.success) return refused('MALFORMED', 'userId must be a user id');
     const userId = owner.data.userId ?? principal.userId;
     if (!mayCancelFor(principal, userId)) {
@@ -228,7 +246,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     }
     const result = await deps.cancels.cancel({
       userId,
-      executionId: params.data.executionId,
+      executionId: params.data.of(userId),
       order: { by: principal.userId, via: 'http' },
       token: req.headers.authorization,
     });
@@ -254,13 +272,13 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
     const params = ExecutionIdParam.safeParse(req.params);
-    if (!params.success) return refuse(reply, refusal('VALIDATION', 'the execution id must be a UUID'));
-    const { executionId } = params.data;
+    if (!params.success) return refuse(reply, refusal('VALIDATION', NOT_AN_EXECUTION_ID));
     // The caller's own stream is read, or (for the operator console's readers) the one `?userId=`
     // names: another user's execution is simply not there (404).
     const owner = ReadOwner.safeParse(req.query ?? {});
     if (!owner.success) return refuse(reply, refusal('VALIDATION', 'userId must be a user id'));
     const userId = owner.data.userId ?? principal.userId;
+    const executionId = params.data.of(userId);
     if (userId !== principal.userId && !mayReadAllUsers(principal)) {
       return reply.code(httpStatusOfCode('FORBIDDEN')).send({
         error: {
