@@ -123,7 +123,14 @@ interface Refusal {
 /** Why the request is refused before it is admitted (no I/O), or null. Resolves the tool. */
 function refusalOf(shell: Shell, h: Handling, parseProblem: string | null): Refusal | null {
   const { ref, request, principal } = h;
-  if (!request) return { code: 'VALIDATION', message: parseProblem ?? 'invalid request' };
+  // Recorded under the request id, which answers every repeat from now on: the fix goes out under a
+  // new one (said, since an agent that corrects a typo would otherwise be refused for ever).
+  if (!request) {
+    return {
+      code: 'VALIDATION',
+      message: `${parseProblem ?? 'invalid request'} (request id ${ref.requestId} is now spent on this refusal: send the corrected request with a new one)`,
+    };
+  }
   const { registry } = shell.o;
   const subjectUser = parseRequestSubject(h.delivery.subject)?.userId ?? '';
   const tool = registry.resolve(request.tool, request.version);

@@ -187,6 +187,16 @@ t.test('refusals', async (t) => {
       requestId: 'bad-key',
       error: { code: 'VALIDATION', message: /priority/ },
     });
+    t.match(
+      unknownKey,
+      {
+        error: {
+          message:
+            /request id bad-key is now spent on this refusal: send the corrected request with a new one/,
+        },
+      },
+      'the refusal says the request id is spent (a repeat gets this refusal again)',
+    );
 
     const proto = await send(
       '{"requestId":"bad-proto","tool":"echo","args":{"__proto__":{"polluted":true}},"replyTo":"_INBOX.proto1"}',
