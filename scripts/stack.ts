@@ -121,7 +121,9 @@ async function main() {
       const postgres = await startLocalPostgres(
         setup,
         config.TOOLBUS_POSTGRES_PORT,
-        serverLog('postgres', /\b(ERROR|FATAL|PANIC)\b/),
+        // Not "the database system is starting up": the start's own readiness checks, refused
+        // until it is up, as they should be.
+        serverLog('postgres', /\b(ERROR|FATAL|PANIC)\b(?!.*the database system is starting up)/),
       );
       servers.push(postgres.server);
       databaseUrl = postgres.url;
