@@ -50,16 +50,18 @@ async function storm(nc: NatsConnection, tokens: string[], perS: number, ms: num
       h.set(REQUEST_HEADERS.authorization, `Bearer ${tokens[k]}`);
       const body = JSON.stringify({ requestId: `storm-${started.toFixed(0)}-${counts.sent}` });
       pending.push(
-        nc.request(subjects.answers(`bench-u${k}`, agentId), body, { timeout: LOOKUP_TIMEOUT_MS, headers: h }).then(
-          (reply) => {
-            const value = reply.json<{ overloaded?: unknown }>();
-            if (value.overloaded) counts.overloaded++;
-            else counts.answered++;
-          },
-          () => {
-            counts.unanswered++;
-          },
-        ),
+        nc
+          .request(subjects.answers(`bench-u${k}`, agentId), body, { timeout: LOOKUP_TIMEOUT_MS, headers: h })
+          .then(
+            (reply) => {
+              const value = reply.json<{ overloaded?: unknown }>();
+              if (value.overloaded) counts.overloaded++;
+              else counts.answered++;
+            },
+            () => {
+              counts.unanswered++;
+            },
+          ),
       );
     }
     await new Promise((resolve) => setTimeout(resolve, 5));
@@ -69,18 +71,25 @@ async function storm(nc: NatsConnection, tokens: string[], perS: number, ms: num
 }
 
 /** DISPATCHER_* settings to try, passed on to the dispatcher (DISPATCHER_MAX_LOOKUPS, say). */
-const extraEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('DISPATCHER_'))) as Record<string, string>;
+const extraEnv = Object.fromEntries(
+  Object.entries(process.env).filter(([k]) => k.startsWith('DISPATCHER_')),
+) as Record<string, string>;
 
 const ctx = new BenchContext('quick', QUICK);
 try {
   await ctx.open();
   const db = await ctx.database();
-  const dispatcher = await ctx.service('dispatcher', { role: 'dispatcher', env: { ...dispatcherEnv(ctx, db.url), ...extraEnv } });
+  const dispatcher = await ctx.service('dispatcher', {
+    role: 'dispatcher',
+    env: { ...dispatcherEnv(ctx, db.url), ...extraEnv },
+  });
   const loadgen = await ctx.fork('loadgen.ts', 'loadgen-toolbus');
   await loadgen.call('setup', dispatchWorkload(ctx));
   const nc = await connectNats(ctx.nats.url, 'bench-lookups');
   const tokens = await Promise.all(
-    Array.from({ length: USERS }, (_, k) => signToken(ctx.jwtSecret, { sub: `bench-u${k}`, roles: ['user'] }, '2h')),
+    Array.from({ length: USERS }, (_, k) =>
+      signToken(ctx.jwtSecret, { sub: `bench-u${k}`, roles: ['user'] }, '2h'),
+    ),
   );
   const segment = async (tag: string, withLookups: boolean) => {
     const c0 = await dispatcher.cpu();
@@ -96,7 +105,11 @@ try {
   await segment(`${ctx.runId}-warm`, false);
   for (let i = 0; i < rounds; i++) {
     for (const withLookups of [false, true]) {
-      const { r, lookups, cpuUs: us } = await segment(`${ctx.runId}-${i}-${withLookups ? 'storm' : 'calm'}`, withLookups);
+      const {
+        r,
+        lookups,
+        cpuUs: us,
+      } = await segment(`${ctx.runId}-${i}-${withLookups ? 'storm' : 'calm'}`, withLookups);
       const l = summarize(decodeHistogram(r.histogram));
       ctx.log(
         `round ${i} ${withLookups ? `with ${lookupRate} lookups/s` : 'without lookups'}: ` +

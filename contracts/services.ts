@@ -58,16 +58,24 @@ export const CancelResult = z.strictObject({
   message: z.string(),
   error: z
     .strictObject({
-      code: z.enum(['UNAUTHENTICATED', 'FORBIDDEN', 'MALFORMED', 'UNAVAILABLE']),
+      /** `NOT_FOUND` and `ALREADY_ENDED`: HTTP only, beside the status `unknown` and an ended one. */
+      code: z.enum([
+        'UNAUTHENTICATED',
+        'FORBIDDEN',
+        'MALFORMED',
+        'UNAVAILABLE',
+        'NOT_FOUND',
+        'ALREADY_ENDED',
+      ]),
       message: z.string(),
     })
     .optional(),
 });
 export type CancelResult = z.infer<typeof CancelResult>;
 
-/** An execution id as `executionIdFor` makes them (a version 5 UUID); anything else is taken as a request id. */
+/** An execution id as `executionIdFor` makes them (a version 5 UUID, in either case); anything else is taken as a request id. */
 export const looksLikeExecutionId = (id: string): boolean =>
-  /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(id);
+  /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i.test(id);
 
 export type TerminalAnswer = Extract<AgentAnswer, { status: 'completed' | 'failed' }>;
 type FailedAnswer = Extract<AgentAnswer, { status: 'failed' }>;

@@ -78,9 +78,7 @@ async function main() {
       : {}),
   });
   if (setup.created)
-    console.log(
-      `made new secrets and NATS identities in ${shownPath(setup.dir)}/ (kept for the next start)`,
-    );
+    console.log(`made new secrets and NATS identities in ${shownPath(setup.dir)}/ (kept for the next start)`);
   // The stack's own servers, each with the generated credentials, unless told to use others.
   // Kept running: one that exits is started again (scripts/localServer.ts), as the services are.
   const servers: LocalServer[] = [];

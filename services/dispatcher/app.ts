@@ -143,7 +143,12 @@ export async function startDispatcher(
     const app = createHttpApp({
       service: 'dispatcher',
       logLevel: config.LOG_LEVEL,
-      fastify: { logger: undefined, loggerInstance: log.child({ component: 'http' }) },
+      fastify: {
+        logger: undefined,
+        loggerInstance: log.child({ component: 'http' }),
+        // A path may name an execution by its request id: up to 128 characters, more once encoded.
+        maxParamLength: 400,
+      },
       checks: {
         nats: () => natsReady(nc),
         eventstore: () => store.ping(),

@@ -6,7 +6,7 @@ import {
   type ExecutionCommand,
 } from '../../contracts/index.ts';
 import type { RunnableTool } from '../../lib/tools/index.ts';
-import { answered, reply, sendInterim } from './answer.ts';
+import { reply, sendInterim } from './answer.ts';
 import { refusal } from './answers.ts';
 import { waitOf, type ApprovalWaits } from './approvals.ts';
 import { handleExecution } from './commands.ts';
@@ -161,14 +161,17 @@ export async function startApproved(
       // An answer to this attempt only, naming no execution (nothing is recorded for it): the agent
       // client routes answers that name one to every attempt waiting for it, and the approved
       // call, waiting on the same connection, must get its own answer, not this refusal.
-      return answered(
-        shell,
-        h,
-        refusal('VALIDATION', 'this request id was approved for other arguments; use a new request id', {
-          requestId: h.ref.requestId,
-        }),
-        false,
+      // To this delivery's reply subject alone, not to duplicates that joined it (the approved
+      // call's own message among them: it comes back and runs).
+      h.attemptOnly = true;
+      const answer = refusal(
+        'VALIDATION',
+        'this request id was approved for other arguments; use a new request id',
+        { requestId: h.ref.requestId },
       );
+      reply(shell, h.ownReplyTo, answer);
+      h.settleOutcome(null);
+      return { ack: true };
     }
     // It runs within the user's concurrency limit like any call; at the limit it stays approved
     // and comes back.

@@ -189,6 +189,7 @@ export class Dispatcher {
       principal,
       request: parsed.ok ? parsed.request : null,
       replyTos: new Set(replyTo ? [replyTo] : []),
+      ownReplyTo: replyTo,
       foreignReplyTo,
       answeredTo: new Set(),
       progress: parsed.ok && parsed.request.progress === true,
@@ -292,6 +293,9 @@ export class Dispatcher {
     if (replyTo) first.replyTos.add(replyTo);
     if (delivery.cancel) void this.holdCancel(first.ref.userId, first.ref.executionId, delivery.cancel);
     const [disposition, answer] = await Promise.all([running.done, running.outcome]);
+    // That handling answered its own attempt only (nothing recorded): this delivery, maybe the
+    // execution's own, comes back and is handled by itself.
+    if (first.attemptOnly) return { ack: false, retryInMs: this.shell.deferMs };
     if (answer && replyTo && !first.answeredTo.has(replyTo)) {
       first.answeredTo.add(replyTo);
       reply(this.shell, replyTo, answer);

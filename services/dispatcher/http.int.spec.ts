@@ -214,6 +214,11 @@ t.test('HTTP API', async (t) => {
     t.match(byRequestId.json(), { executionId, requestId: 'h-1' }, 'named by its request id, found too');
     const notHers = await app.inject({ method: 'GET', url: '/executions/h-1', headers: auth(bob) });
     t.equal(notHers.statusCode, 404, "a request id names the caller's own execution only");
+    const longest = 'r'.repeat(128); // the longest request id there is: a 404, not a 414
+    const long = await app.inject({ method: 'GET', url: `/executions/${longest}`, headers: auth(alice) });
+    t.match(long.json(), {
+      error: { code: 'NOT_FOUND', message: new RegExp(executionIdFor('alice', longest)) },
+    });
     const bad = await app.inject({ method: 'GET', url: '/executions/not%20an%20id', headers: auth(alice) });
     t.equal(bad.statusCode, 400, 'neither an execution id nor a request id');
     const anon = await app.inject({ method: 'GET', url: `/executions/${executionId}` });

@@ -51,8 +51,7 @@ const ExecutionIdParam = z
       .refine((id) => looksLikeExecutionId(id.toLowerCase()) || REQUEST_ID_PATTERN.test(id)),
   })
   .transform(({ executionId: id }) => ({
-    of: (userId: string) =>
-      looksLikeExecutionId(id.toLowerCase()) ? id.toLowerCase() : executionIdFor(userId, id),
+    of: (userId: string) => (looksLikeExecutionId(id) ? id.toLowerCase() : executionIdFor(userId, id)),
   }));
 const NOT_AN_EXECUTION_ID = 'the path names an execution by its id (a UUID) or by its request id';
 /** An admin or operator may name the user whose execution it cancels (body or query); anyone else cancels their own. */
@@ -79,7 +78,7 @@ export function cancelStatusOf(result: CancelResult): number {
  * The HTTP body of a cancel: its `CancelResult`, with an `error` whenever the status is not 2xx, as
  * every error answer of the HTTP APIs has (NATS callers get the `CancelResult` as it is).
  */
-function cancelBody(result: CancelResult, status: number) {
+function cancelBody(result: CancelResult, status: number): CancelResult {
   if (status < 400 || result.error) return result;
   const code = status === 404 ? 'NOT_FOUND' : 'ALREADY_ENDED';
   return { ...result, error: { code, message: result.message } };

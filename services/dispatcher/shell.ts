@@ -72,6 +72,13 @@ export interface Handling {
   principal: Principal;
   request: ToolRequest | null;
   replyTos: Set<string>;
+  /** This delivery's own reply subject (`replyTos` gains those of duplicates that join it). */
+  ownReplyTo: string | undefined;
+  /**
+   * Answered to this delivery only, with nothing recorded (a request id reused with other
+   * arguments after its approval): a duplicate that joined it is handled again on its own.
+   */
+  attemptOnly?: boolean;
   /** The request named a reply subject outside its agent's inbox: refused, not answered there. */
   foreignReplyTo: boolean;
   /** Reply subjects that got the terminal answer. */

@@ -5,7 +5,7 @@ import {
   type CallToolResult,
 } from '@modelcontextprotocol/server';
 import { z } from 'zod';
-import { executionIdFor, type TerminalAnswer } from '../../contracts/index.ts';
+import { executionIdFor, looksLikeExecutionId, type TerminalAnswer } from '../../contracts/index.ts';
 import { cancelExecution, submitRequest, type InterimAnswer } from '../../lib/clients/agent.ts';
 import { sleep } from '../../lib/retry.ts';
 import { bodyOf, checkFingerprint, requestOf, type Call, type CallDeps } from './calls.ts';
@@ -43,6 +43,7 @@ export interface TaskDeps extends CallDeps {
   dispatcherUrl: string;
 }
 
+/** A task id is an execution id (the dispatcher's routes would also read a request id there). */
 export const TaskParams = z.looseObject({ taskId: z.string().min(1).max(128) });
 
 function statusOf(
@@ -128,6 +129,7 @@ const unknownTask = (taskId: string) =>
 
 /** `tasks/get`: the execution's state from the store. Another user's task is unknown. */
 export async function getTask(deps: TaskDeps, caller: Caller, taskId: string): Promise<Task> {
+  if (!looksLikeExecutionId(taskId)) throw unknownTask(taskId);
   const e = await readExecution(deps.dispatcherUrl, caller.token, taskId);
   if (!e) throw unknownTask(taskId);
   return taskOf(e);
@@ -141,7 +143,9 @@ export async function taskResult(
   signal: AbortSignal,
 ): Promise<CallToolResult> {
   for (;;) {
-    const e = await readExecution(deps.dispatcherUrl, caller.token, taskId, signal);
+    const e = looksLikeExecutionId(taskId)
+      ? await readExecution(deps.dispatcherUrl, caller.token, taskId, signal)
+      : null;
     if (!e) throw unknownTask(taskId);
     if (e.answer) {
       const tool = await deps.catalog.find(caller.principal, e.tool);

@@ -55,11 +55,7 @@ function reportOf(report) {
   return h(
     'section',
     { class: `report ${report.ok ? 'ok' : 'broken'}`, dataset: { ok: String(report.ok) } },
-    h(
-      'p',
-      { class: 'verdict' },
-      verdictOf(report),
-    ),
+    h('p', { class: 'verdict' }, verdictOf(report)),
     facts([
       ['Events checked', String(report.events)],
       ['Last revision', String(report.lastRevision)],

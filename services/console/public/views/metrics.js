@@ -138,7 +138,7 @@ function columns(points, from, to) {
 function compactTick(v) {
   if (v === null || v === undefined) return '';
   const abs = Math.abs(v);
-  if (abs >= 1e6) return `${+(v / 1e6).toFixed(1)}M`;
+  if (abs >= 999_950) return `${+(v / 1e6).toFixed(1)}M`;
   if (abs >= 1e4) return `${+(v / 1e3).toFixed(1)}k`;
   return v.toLocaleString('en-US');
 }
