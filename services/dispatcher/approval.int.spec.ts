@@ -5,12 +5,33 @@
  */
 import { jetstreamManager } from '@nats-io/jetstream';
 import t from 'tap';
-import { argsHash, executionIdFor, jetstream as names, type ApprovalsPage } from '../../contracts/index.ts';
+import type { FastifyInstance } from 'fastify';
+import {
+  argsHash,
+  executionIdFor,
+  jetstream as names,
+  type ApprovalsPage,
+  type JsonObject,
+} from '../../contracts/index.ts';
 import { z } from 'zod';
 import { defineTool, serveTools } from '../../lib/tools/index.ts';
 import { eventually, harness } from './test/harness.ts';
 
 const TEN_MINUTES_AND_MORE = 11 * 60_000;
+
+/** POST /executions/:id/approve as the holder of `token`, confirming the hash of `args`. */
+const approveAs = (
+  app: { inject: FastifyInstance['inject'] },
+  executionId: string,
+  token: string,
+  args: JsonObject,
+) =>
+  app.inject({
+    method: 'POST',
+    url: `/executions/${executionId}/approve`,
+    headers: { authorization: `Bearer ${token}` },
+    payload: { argsHash: argsHash(args) },
+  });
 
 t.test('a wait whose message is gone ends APPROVAL_EXPIRED from the store, once', async (t) => {
   const h = await harness(t, { APPROVAL_SWEEP_MS: '200' });
@@ -59,12 +80,7 @@ t.test('a wait whose message is gone ends APPROVAL_EXPIRED from the store, once'
   const end = events.at(-1);
   t.equal(end?.type === 'ToolFailed' && end.data.error.code, 'APPROVAL_EXPIRED');
 
-  const approve = await a.app.inject({
-    method: 'POST',
-    url: `/executions/${executionId}/approve`,
-    headers: { authorization: `Bearer ${bob}` },
-    payload: { argsHash: argsHash(args) },
-  });
+  const approve = await approveAs(a.app, executionId, bob, args);
   t.equal(approve.statusCode, 410, 'an approval now is too late');
   const after = await a.app.inject({
     method: 'GET',
@@ -108,12 +124,7 @@ t.test("a call outlives its agent's token while it waits: approved later, it run
       continue;
     }
     await eventually(() => Date.now() > expiresAt + 1_000, 120_000, 'the token to expire');
-    const approve = await d.app.inject({
-      method: 'POST',
-      url: `/executions/${executionId}/approve`,
-      headers: { authorization: `Bearer ${bob}` },
-      payload: { argsHash: argsHash(args) },
-    });
+    const approve = await approveAs(d.app, executionId, bob, args);
     t.equal(approve.statusCode, 200);
     t.match(
       await answer,
@@ -159,12 +170,7 @@ t.test("an approved call runs within its user's concurrency limit", async (t) =>
     30_000,
     'the sleep',
   );
-  const approve = await d.app.inject({
-    method: 'POST',
-    url: `/executions/${executionId}/approve`,
-    headers: { authorization: `Bearer ${bob}` },
-    payload: { argsHash: argsHash(args) },
-  });
+  const approve = await approveAs(d.app, executionId, bob, args);
   t.equal(approve.statusCode, 200);
   t.match(await sleeping, { status: 'completed' });
   t.match(await guarded, { status: 'completed' });
@@ -219,12 +225,7 @@ t.test(
       30_000,
       'the holding call',
     );
-    const approve = await d.app.inject({
-      method: 'POST',
-      url: `/executions/${executionId}/approve`,
-      headers: { authorization: `Bearer ${bob}` },
-      payload: { argsHash: argsHash(args) },
-    });
+    const approve = await approveAs(d.app, executionId, bob, args);
     t.equal(approve.statusCode, 200);
     // Another of her tokens (another message id: JetStream keeps it), the same request id, other
     // arguments, on the same connection (as the HTTP API's requests all are).
@@ -353,12 +354,7 @@ t.test('a cancel while it waits ends it CANCELLED; an approval then is refused',
   t.match(await answer, { status: 'failed', error: { code: 'CANCELLED' } }, 'the agent hears it');
   // The list is settled by the cancel (and again by whoever handles it next).
   await eventually(async () => (await listed()).length === 0, 30_000, 'it to leave the list');
-  const approve = await d.app.inject({
-    method: 'POST',
-    url: `/executions/${executionId}/approve`,
-    headers: { authorization: `Bearer ${bob}` },
-    payload: { argsHash: argsHash(args) },
-  });
+  const approve = await approveAs(d.app, executionId, bob, args);
   t.equal(approve.statusCode, 409, 'too late to approve');
   t.equal(approve.json<{ error: { code: string } }>().error.code, 'NOT_AWAITING');
   const types = (await h.events('jo')).map((e) => e.type);
@@ -413,12 +409,7 @@ t.test("a worker's tool announces its rule, and the dispatcher holds its calls t
     30_000,
     'the wait',
   );
-  const approve = await d.app.inject({
-    method: 'POST',
-    url: `/executions/${executionId}/approve`,
-    headers: { authorization: `Bearer ${finance}` },
-    payload: { argsHash: argsHash(args) },
-  });
+  const approve = await approveAs(d.app, executionId, finance, args);
   t.equal(approve.statusCode, 200);
   t.match(await big, { status: 'completed', result: { moved: 5000 } }, 'approved: it runs on the worker');
 });
