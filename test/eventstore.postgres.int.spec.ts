@@ -18,6 +18,18 @@ await eventStoreConformance(t, 'PostgreSQL (defaults)', () =>
   createPostgresEventStore({ connectionString: db.url }),
 );
 
+/** Counts the reads (each one query) a store's subscriptions make; nothing else is changed. */
+function countReads(store: object): () => number {
+  const s = store as { fetchAfter: (...args: unknown[]) => Promise<unknown> };
+  const fetchAfter = s.fetchAfter.bind(store);
+  let reads = 0;
+  s.fetchAfter = (...args) => {
+    reads++;
+    return fetchAfter(...args);
+  };
+  return () => reads;
+}
+
 t.test('a subscription is woken by an append of another process at once, not by its poll', async (t) => {
   // Polling once an hour: only the NOTIFY sent after the other store's commit can wake it within
   // the test's time (or, while an older transaction anywhere on the server holds the events behind
@@ -77,13 +89,7 @@ t.test(
       await writer.close();
     });
     // Its reads are counted (the real store answers them), to know when it has looked again.
-    const store = reader as unknown as { fetchAfter: (...args: unknown[]) => Promise<unknown> };
-    const fetchAfter = store.fetchAfter.bind(reader);
-    let reads = 0;
-    store.fetchAfter = (...args) => {
-      reads++;
-      return fetchAfter(...args);
-    };
+    const reads = countReads(reader);
     const subscription = reader.subscribe({ from: 'end', filter: { streamPrefixes: ['held-'] } });
     const first = (async () => {
       for await (const e of subscription) return { id: e.id, at: performance.now() };
@@ -97,8 +103,8 @@ t.test(
     await writer.append('held-1', [{ id, type: 'Held', data: {}, metadata: {} }], 'no_stream');
     // The append has committed but is invisible behind the blocker: the subscription, woken, finds
     // nothing, and looks again (twice here) before the blocker ends.
-    const readsAtAppend = reads;
-    while (reads < readsAtAppend + 2) await new Promise((r) => setTimeout(r, 10));
+    const readsAtAppend = reads();
+    while (reads() < readsAtAppend + 2) await new Promise((r) => setTimeout(r, 10));
     const released = performance.now();
     await blocker.query('commit');
     const got = await first;
@@ -268,14 +274,7 @@ t.test(
       await reader.close();
       await writer.close();
     });
-    // Counts the reads of the real store (each is one query); nothing else is changed.
-    const store = reader as unknown as { fetchAfter: (...args: unknown[]) => Promise<unknown> };
-    const fetchAfter = store.fetchAfter.bind(reader);
-    let reads = 0;
-    store.fetchAfter = (...args) => {
-      reads++;
-      return fetchAfter(...args);
-    };
+    const reads = countReads(reader);
 
     const settleMs = 1_000;
     const subscription = reader.subscribe({ from: 'end', filter: { streamPrefixes: ['settle-'] }, settleMs });
@@ -289,7 +288,7 @@ t.test(
       }
     })();
     await subscription.caughtUp;
-    const before = reads;
+    const before = reads();
     const since = performance.now();
     for (let i = 0; i < 10; i++) {
       await writer.append(
@@ -300,7 +299,7 @@ t.test(
     }
     const appending = performance.now() - since;
     await all;
-    const burstReads = reads - before;
+    const burstReads = reads() - before;
     t.strictSame(received, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 'every event, in order');
     // Without settleMs each append is a wake and a read of its own (ten or so); with it, one read per
     // second of appending, and the one after: at most a look behind the horizon more.
