@@ -149,8 +149,8 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
   };
 
   /** Stops the server (SIGSTOP) until the returned function (or the test's end) resumes it. */
-  const pauseNats = (t: Test) => {
-    nats.pause();
+  const pauseNats = async (t: Test) => {
+    await nats.pause();
     let resumed = false;
     const resume = () => {
       if (!resumed) nats.resume();
@@ -194,7 +194,7 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
       await nc.flush();
       const stored = async () => (await jsm.streams.info(names.requestsStream)).state.messages;
       const before = await stored();
-      const resume = pauseNats(t);
+      const resume = await pauseNats(t);
       const answer = stalled.execute('noop', {}, { token, requestId: 'r-stalled', timeoutMs: 60_000 });
       // The server reads nothing while stopped: the first publish goes unacknowledged.
       while (publishes < 2) await new Promise((r) => setTimeout(r, 20));
@@ -241,7 +241,7 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
       // The retry's first publish goes unacknowledged (the server is stopped); the next one is
       // acknowledged as a duplicate of the earlier attempt's copy, not of its own.
       const before = publishes;
-      const resume = pauseNats(t);
+      const resume = await pauseNats(t);
       const retry = retrying.execute('noop', {}, { token, requestId: 'r-earlier', timeoutMs: 60_000 });
       while (publishes < before + 2) await new Promise((r) => setTimeout(r, 20));
       resume();

@@ -21,7 +21,7 @@ t.test('NATS paused for 30 s under load: nothing acknowledged is lost, nothing r
   const load = startLoad({ agent: fs.agent, ledger, users, concurrency: 2, seed: 22 });
 
   await load.answersAfter(10);
-  fs.nats!.pause();
+  await fs.nats!.pause();
   const frozenAt = load.answered;
   await sleep(30_000);
   fs.nats!.resume();

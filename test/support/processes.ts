@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -27,7 +27,8 @@ export interface OwnedServer {
   url: string;
   pid(): number | undefined;
   kill(signal?: NodeJS.Signals): Promise<void>;
-  pause(): void;
+  /** Stops the process (SIGSTOP); resolves once every one of its threads has stopped. */
+  pause(): Promise<void>;
   resume(): void;
   /** Starts the process again on the same port (and the same data directory). */
   start(): Promise<void>;
@@ -73,7 +74,12 @@ async function ownServer(
     url: urlOf(port),
     pid: () => child?.pid,
     kill,
-    pause: () => child?.kill('SIGSTOP'),
+    async pause() {
+      const proc = child;
+      if (!proc?.pid) return;
+      proc.kill('SIGSTOP');
+      await stopped(proc.pid);
+    },
     resume: () => child?.kill('SIGCONT'),
     start,
     async stop() {
@@ -84,6 +90,28 @@ async function ownServer(
   await start();
   t?.teardown(() => server.stop());
   return server;
+}
+
+/**
+ * Waits until every thread of `pid` is stopped. SIGSTOP is not instant: one thread takes the signal
+ * and stops the others, and on a busy machine another thread, woken by a client's bytes, can run
+ * first and answer them (an acknowledgement 1 ms after the "pause", seen here).
+ */
+async function stopped(pid: number): Promise<void> {
+  const isStopped = async () => {
+    const threads = await readdir(`/proc/${pid}/task`).catch(() => []);
+    const states = await Promise.all(
+      threads.map((tid) =>
+        readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').then(
+          // The state follows the command name, which is in parentheses and may hold spaces.
+          (stat) => stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3),
+          () => 'T', // the thread ended
+        ),
+      ),
+    );
+    return states.every((state) => state === 'T' || state === 't');
+  };
+  while (!(await isStopped())) await new Promise((r) => setTimeout(r, 1));
 }
 
 /** nats-server with JetStream, its store in a temporary directory that survives restarts. */
