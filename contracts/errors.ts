@@ -20,10 +20,11 @@ export const ErrorCode = z.enum([
 export type ErrorCode = z.infer<typeof ErrorCode>;
 
 /**
- * Refusals that cannot be recorded because no user is known (no valid token) or the system
- * cannot take the request right now. They are answered, never stored.
+ * Refusals that cannot be recorded because no user is known (no valid token), the system cannot
+ * take the request right now, or its request id is another request's. They are answered, never
+ * stored.
  */
-export const RefusalCode = z.enum(['UNAUTHENTICATED', 'MALFORMED', 'OVERLOADED']);
+export const RefusalCode = z.enum(['UNAUTHENTICATED', 'MALFORMED', 'OVERLOADED', 'IDEMPOTENCY_CONFLICT']);
 export type RefusalCode = z.infer<typeof RefusalCode>;
 
 export const ExecutionError = z.strictObject({
@@ -155,6 +156,13 @@ export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
     recorded: false,
     description:
       'the intake did not accept the request, or a lookup was refused over its bound or deadline (`retryAfterMs`); retry with the same request id',
+  },
+  IDEMPOTENCY_CONFLICT: {
+    status: 409,
+    retryable: false,
+    recorded: false,
+    description:
+      'the request id was first used with another tool or other arguments (`requestId`; over MCP, the idempotency key): nothing was run for this request, and the first one stands; send it under a new request id. Sensitive arguments are not compared',
   },
   BAD_REQUEST: {
     status: 400,

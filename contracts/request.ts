@@ -2,6 +2,7 @@ import { hash } from 'node:crypto';
 import { z } from 'zod';
 import { ErrorCode, RefusalCode } from './errors.ts';
 import { RequestId, ToolName, ToolVersion, UserId } from './ids.ts';
+import { canonicalJson } from './chain.ts';
 import { checkJsonShape, JsonObject, JsonValue, LIMITS } from './json.ts';
 
 /** NATS headers of a tool request. The token travels in a header, never in the body or a subject. */
@@ -11,16 +12,34 @@ export const REQUEST_HEADERS = {
 } as const;
 
 /**
- * The `Nats-Msg-Id` of a request: `<userId>:<requestId>/<16 hex of the token's SHA-256>`. JetStream
- * drops a repeat of an id within its duplicate window, whoever publishes it: with only
- * `<userId>:<requestId>`, any agent could publish first under another user's id and have that
- * user's request dropped unseen. Bound to the token, the id is one only that token's holder can
- * make; a retry with a new token of the same user is not dropped there but answered from the
- * store, as any repeat (one execution per user and request id). The dispatcher reads the request
- * id back from the part before `/` (`requestIdFromMsgId`), so no request id may hold a `/`.
+ * The `Nats-Msg-Id` of a request: `<userId>:<requestId>/<16 hex of the token's SHA-256><16 hex of
+ * what it asks>`. JetStream drops a repeat of an id within its duplicate window, whoever publishes
+ * it: with only `<userId>:<requestId>`, any agent could publish first under another user's id and
+ * have that user's request dropped unseen. Bound to the token, the id is one only that token's
+ * holder can make; a retry with a new token of the same user is not dropped there but answered
+ * from the store, as any repeat (one execution per user and request id). Bound to the tool and
+ * arguments (`ask`, their `askDigest`), a request id reused for something else is not dropped either: it
+ * reaches a dispatcher, which refuses it (IDEMPOTENCY_CONFLICT) instead of its agent getting the
+ * first request's answer. The dispatcher reads the request id back from the part before `/`
+ * (`requestIdFromMsgId`), so no request id may hold a `/`.
  */
-export function requestMsgId(userId: string, requestId: string, bareToken: string): string {
-  return `${userId}:${requestId}/${hash('sha256', bareToken).slice(0, 16)}`;
+export function requestMsgId(userId: string, requestId: string, bareToken: string, ask: string): string {
+  return `${userId}:${requestId}/${hash('sha256', bareToken).slice(0, 16)}${ask}`;
+}
+
+/**
+ * 16 hex of the SHA-256 of a request's tool and arguments (canonical JSON, key order aside): what
+ * it asks. Arguments no JSON can carry (the dispatcher refuses them) are digested as written.
+ */
+export function askDigest({ tool, args }: { tool?: unknown; args?: unknown }): string {
+  const ask = { tool: tool ?? null, args: args ?? null };
+  let text: string;
+  try {
+    text = canonicalJson(ask);
+  } catch {
+    text = String(JSON.stringify(ask));
+  }
+  return hash('sha256', text).slice(0, 16);
 }
 
 const NatsSubject = z.string().regex(/^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$/, 'must be a plain NATS subject');

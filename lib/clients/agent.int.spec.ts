@@ -43,10 +43,12 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
     t.equal(seen.length, 1, 'published on toolbus.requests.<user of the token>.<agent identity>');
     const msg = seen[0]!;
     t.equal(msg.headers?.get('Authorization'), `Bearer ${token}`);
+    // What it asks, key order aside: {"args":{"a":1},"tool":"echo"}.
+    const ask = createHash('sha256').update('{"args":{"a":1},"tool":"echo"}').digest('hex').slice(0, 16);
     t.equal(
       msg.headers?.get('Nats-Msg-Id'),
-      `alice:r-1/${createHash('sha256').update(token).digest('hex').slice(0, 16)}`,
-      'Nats-Msg-Id: user, request id and a fingerprint of the token',
+      `alice:r-1/${createHash('sha256').update(token).digest('hex').slice(0, 16)}${ask}`,
+      'Nats-Msg-Id: user, request id, a fingerprint of the token and one of the tool and arguments',
     );
     const body = msg.json<Record<string, unknown>>();
     t.match(body, {
@@ -55,7 +57,7 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
       version: '1.0.0',
       args: { a: 1 },
       correlationId: 'c-1',
-      replyTo: new RegExp(`^_INBOX\\.${connectionIdentity(nc)}\\.`),
+      replyTo: new RegExp(`^_INBOX\\.${connectionIdentity(nc)}\\.[^.]+\\.${ask}\\.\\d+$`),
     });
     t.notOk('progress' in body, 'progress is only asked for with onProgress');
   });

@@ -10,6 +10,7 @@ import {
   LIMITS,
   REQUEST_HEADERS,
   RequestId,
+  askDigest,
   requestMsgId,
   subjects,
   type CancelRequest,
@@ -28,9 +29,11 @@ import { answerInboxOf, type InterimAnswer, type Waiter } from './answerInbox.ts
  * The user id comes from the token (read here without verifying, only to address the request; the
  * dispatcher verifies it). The connection must come from `connectNats` (lib/nats.ts): its identity
  * names the request subject (`toolbus.requests.<user>.<agent>`) and the inbox. `Nats-Msg-Id` is
- * `<userId>:<requestId>/<token fingerprint>` (`requestMsgId`), so JetStream drops a repeat
+ * `<userId>:<requestId>/<token and ask digests>` (`requestMsgId`), so JetStream drops a repeat
  * within its duplicate window; the answer then went to the first attempt's inbox, so the client
- * asks the dispatchers for it on `toolbus.answers.<userId>.<agentId>` until it is there.
+ * asks the dispatchers for it on `toolbus.answers.<userId>.<agentId>` until it is there. The same
+ * request id with another tool or other arguments is no repeat: a dispatcher refuses it
+ * (IDEMPOTENCY_CONFLICT).
  */
 
 // The wire formats of the answers and cancel services live in contracts/services.ts.
@@ -167,7 +170,8 @@ export async function submitRequest(
   // The server lets this connection publish requests only under its own identity, and read only
   // its own inbox; the dispatcher answers only to that inbox.
   const agentId = connectionIdentity(nc);
-  const waiter = answerInboxOf(nc, inboxClosed).wait(userId, requestId, o.onProgress);
+  const ask = askDigest(o.body);
+  const waiter = answerInboxOf(nc, inboxClosed).wait(userId, requestId, ask, o.onProgress);
   const stop = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -211,7 +215,7 @@ export async function submitRequest(
       for (; ; attempt++) {
         try {
           ack = await js.publish(subjects.request(userId, agentId), body, {
-            msgID: requestMsgId(userId, requestId, bare(o.token)),
+            msgID: requestMsgId(userId, requestId, bare(o.token), ask),
             headers: auth,
           });
           break;

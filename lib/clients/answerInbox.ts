@@ -32,6 +32,8 @@ interface Entry {
   requestId: string;
   /** The execution id the request will have: answers to another user's request never match. */
   executionId: string;
+  /** `<executionId>/<ask digest>`: attempts of the same request that ask the same. */
+  key: string;
   replyTo: string;
   onProgress: ((a: InterimAnswer) => void) | undefined;
   resolve(a: TerminalAnswer): void;
@@ -41,13 +43,16 @@ interface Entry {
 
 /**
  * One subscription per connection for every answer its requests wait for: each request's
- * `replyTo` is `<inbox>.<n>` under the connection's own prefix (`inboxFor`), and the one
- * subscription on `<inbox>.>` routes each answer to the attempts waiting for it: by execution id
- * (every attempt of the same request of the same user here, whichever inbox the dispatcher
- * answered), and by `replyTo` for refusals that name no execution.
+ * `replyTo` is `<inbox>.<ask digest>.<n>` under the connection's own prefix (`inboxFor`), and the
+ * one subscription on `<inbox>.>` routes each answer to the attempts waiting for it: by execution
+ * id and what they ask (every attempt of the same request of the same user here, whichever inbox
+ * the dispatcher answered), and by `replyTo` for refusals that name no execution.
  *
  * Routing by execution id, not request id: one connection (the dispatcher's HTTP API) carries
- * requests of many users, who may choose the same request id.
+ * requests of many users, who may choose the same request id. And by what they ask (`askDigest`
+ * of the tool and arguments, carried in the reply subject): an attempt that reuses a request id
+ * for another tool or other arguments is refused by the dispatcher (IDEMPOTENCY_CONFLICT), and
+ * must never get the first request's answer here.
  */
 export class AnswerInbox {
   private readonly base: string;
@@ -68,22 +73,26 @@ export class AnswerInbox {
     this.base = inboxFor(nc);
   }
 
-  /** Registers an attempt of `requestId` by `userId` before it is published. */
-  wait(userId: string, requestId: string, onProgress?: (a: InterimAnswer) => void): Waiter {
+  /**
+   * Registers an attempt of `requestId` by `userId` before it is published; `ask` is the
+   * `askDigest` of its tool and arguments.
+   */
+  wait(userId: string, requestId: string, ask: string, onProgress?: (a: InterimAnswer) => void): Waiter {
     this.subscribe(requestId);
     const executionId = executionIdFor(userId, requestId);
-    const replyTo = `${this.base}.${++this.seq}`;
+    const key = `${executionId}/${ask}`;
+    const replyTo = `${this.base}.${ask}.${++this.seq}`;
     let entry!: Entry;
     const answer = new Promise<TerminalAnswer>((resolve, reject) => {
-      entry = { requestId, executionId, replyTo, onProgress, resolve, reject, owner: false };
+      entry = { requestId, executionId, key, replyTo, onProgress, resolve, reject, owner: false };
     });
     // Rejections are the caller's to handle; a released waiter's rejection must not go unhandled.
     answer.catch(() => undefined);
-    const set = this.byExecution.get(executionId) ?? new Set<Entry>();
+    const set = this.byExecution.get(key) ?? new Set<Entry>();
     set.add(entry);
-    this.byExecution.set(executionId, set);
+    this.byExecution.set(key, set);
     this.byReplyTo.set(replyTo, entry);
-    const known = this.recent.get(executionId);
+    const known = this.recent.get(key);
     if (known) entry.resolve(known);
     return {
       replyTo,
@@ -91,9 +100,9 @@ export class AnswerInbox {
       own: () => {
         entry.owner = true;
       },
-      ownersGone: () => this.ownersGone(executionId),
+      ownersGone: () => this.ownersGone(key),
       settle: (a) => {
-        this.remember(a);
+        this.remember(key, a);
         entry.resolve(a);
       },
       release: () => this.release(entry),
@@ -122,18 +131,26 @@ export class AnswerInbox {
     });
   }
 
+  /** The key of the attempts an answer to `replyTo` is for (null when it names no execution). */
+  private keyOf(replyTo: string, a: AgentAnswer): string | null {
+    if (a.executionId === null) return null;
+    const ask = replyTo.slice(this.base.length + 1).split('.')[0];
+    return `${a.executionId}/${ask}`;
+  }
+
   /** Every attempt waiting here that this answer is for. */
-  private targets(replyTo: string, a: AgentAnswer): Set<Entry> {
+  private targets(replyTo: string, key: string | null, a: AgentAnswer): Set<Entry> {
     const out = new Set<Entry>();
     const direct = this.byReplyTo.get(replyTo);
     if (direct && (a.requestId === null || a.requestId === direct.requestId)) out.add(direct);
-    if (a.executionId !== null) for (const e of this.byExecution.get(a.executionId) ?? []) out.add(e);
+    if (key !== null) for (const e of this.byExecution.get(key) ?? []) out.add(e);
     return out;
   }
 
   private route(replyTo: string, a: AgentAnswer): void {
-    if (isTerminal(a)) this.remember(a);
-    for (const entry of this.targets(replyTo, a)) {
+    const key = this.keyOf(replyTo, a);
+    if (isTerminal(a) && key !== null) this.remember(key, a);
+    for (const entry of this.targets(replyTo, key, a)) {
       if (isTerminal(a)) {
         entry.resolve(a);
         continue;
@@ -146,35 +163,35 @@ export class AnswerInbox {
     }
   }
 
-  private remember(a: TerminalAnswer): void {
+  private remember(key: string, a: TerminalAnswer): void {
     if (a.executionId === null) return;
-    this.recent.delete(a.executionId);
-    this.recent.set(a.executionId, a);
+    this.recent.delete(key);
+    this.recent.set(key, a);
     if (this.recent.size > RECENT_ANSWERS) this.recent.delete(this.recent.keys().next().value!);
   }
 
   private release(entry: Entry): void {
     this.byReplyTo.delete(entry.replyTo);
-    const set = this.byExecution.get(entry.executionId);
+    const set = this.byExecution.get(entry.key);
     set?.delete(entry);
-    if (set?.size === 0) this.byExecution.delete(entry.executionId);
-    if (entry.owner && !this.hasOwner(entry.executionId)) {
-      for (const w of this.ownerWatchers.get(entry.executionId) ?? []) w();
-      this.ownerWatchers.delete(entry.executionId);
+    if (set?.size === 0) this.byExecution.delete(entry.key);
+    if (entry.owner && !this.hasOwner(entry.key)) {
+      for (const w of this.ownerWatchers.get(entry.key) ?? []) w();
+      this.ownerWatchers.delete(entry.key);
     }
   }
 
-  private hasOwner(executionId: string): boolean {
-    for (const e of this.byExecution.get(executionId) ?? []) if (e.owner) return true;
+  private hasOwner(key: string): boolean {
+    for (const e of this.byExecution.get(key) ?? []) if (e.owner) return true;
     return false;
   }
 
-  private ownersGone(executionId: string): Promise<void> {
-    if (!this.hasOwner(executionId)) return Promise.resolve();
+  private ownersGone(key: string): Promise<void> {
+    if (!this.hasOwner(key)) return Promise.resolve();
     return new Promise((resolve) => {
-      const list = this.ownerWatchers.get(executionId) ?? [];
+      const list = this.ownerWatchers.get(key) ?? [];
       list.push(resolve);
-      this.ownerWatchers.set(executionId, list);
+      this.ownerWatchers.set(key, list);
     });
   }
 

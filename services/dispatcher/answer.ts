@@ -1,5 +1,5 @@
 import { subjects, UNKNOWN_TOOL_LABEL, type AgentAnswer, type Notification } from '../../contracts/index.ts';
-import { outcomeOf, type TerminalAnswer } from './answers.ts';
+import { outcomeOf, refusal, type TerminalAnswer } from './answers.ts';
 import { errorInfo, type Disposition } from './delivery.ts';
 import type { Handling, Shell } from './shell.ts';
 
@@ -50,6 +50,38 @@ export function sendProgress(shell: Shell, h: Handling, p: { fraction: number; m
 }
 
 /**
+ * Refuses this delivery alone, recording nothing for it: its request id is another request's. The
+ * answer names no execution (the agent client routes answers that name one to every attempt
+ * waiting for it, and the request that owns the id may wait on the same connection), goes to this
+ * delivery's reply subject only, and duplicates that joined this handling are handled again on
+ * their own (the owner's message may be among them).
+ */
+export function refuseAttempt(shell: Shell, h: Handling, why: string): Disposition {
+  const { userId, requestId, executionId } = h.ref;
+  h.attemptOnly = true;
+  shell.o.log.info(
+    { userId, requestId, executionId, tool: h.toolLabel, code: 'IDEMPOTENCY_CONFLICT' },
+    'request refused: its request id is another request’s',
+  );
+  reply(shell, h.ownReplyTo, conflictRefusal(requestId, why));
+  h.settleOutcome(null);
+  return { ack: true };
+}
+
+/** The answer to a request whose request id is another request's (nothing recorded for it). */
+export const conflictRefusal = (requestId: string, why: string): TerminalAnswer =>
+  refusal(
+    'IDEMPOTENCY_CONFLICT',
+    `request id ${requestId} ${why}; send this request under a new request id`,
+    {
+      requestId,
+    },
+  );
+
+/** Why a request id reused for another request is refused. */
+export const REUSED = 'was first used with another tool or other arguments';
+
+/**
  * Sends the terminal answer, remembers it (Redis) when this handling produced it (`fresh`), counts
  * it; the request can be acked.
  */
@@ -71,6 +103,7 @@ export async function answered(
       userId: h.ref.userId,
       requestId: h.ref.requestId,
       answer,
+      ask: h.recordedAsk,
       ...(slot ? { slot } : {}),
       ...(h.cacheKey ? { cacheKey: h.cacheKey } : {}),
     });

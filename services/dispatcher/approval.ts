@@ -6,8 +6,7 @@ import {
   type ExecutionCommand,
 } from '../../contracts/index.ts';
 import type { RunnableTool } from '../../lib/tools/index.ts';
-import { reply, sendInterim } from './answer.ts';
-import { refusal } from './answers.ts';
+import { refuseAttempt, reply, sendInterim } from './answer.ts';
 import { waitOf, type ApprovalWaits } from './approvals.ts';
 import { handleExecution } from './commands.ts';
 import { errorInfo, type Disposition } from './delivery.ts';
@@ -158,20 +157,9 @@ export async function startApproved(
   } else {
     const hash = argsHash(h.request.args);
     if (hash !== state.approval.argsHash) {
-      // An answer to this attempt only, naming no execution (nothing is recorded for it): the agent
-      // client routes answers that name one to every attempt waiting for it, and the approved
-      // call, waiting on the same connection, must get its own answer, not this refusal.
-      // To this delivery's reply subject alone, not to duplicates that joined it (the approved
-      // call's own message among them: it comes back and runs).
-      h.attemptOnly = true;
-      const answer = refusal(
-        'VALIDATION',
-        'this request id was approved for other arguments; use a new request id',
-        { requestId: h.ref.requestId },
-      );
-      reply(shell, h.ownReplyTo, answer);
-      h.settleOutcome(null);
-      return { ack: true };
+      // Other arguments than those approved (those whose redacted form is the same: a sensitive
+      // field's value changed): this attempt alone is refused, the approved call stays.
+      return refuseAttempt(shell, h, 'was approved for other arguments');
     }
     // It runs within the user's concurrency limit like any call; at the limit it stays approved
     // and comes back.

@@ -15,6 +15,7 @@ import {
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
+import { askOfExecution } from './ask.ts';
 import { answerFromTerminal, type TerminalAnswer } from './answers.ts';
 import { handleExecution } from './commands.ts';
 import { errorInfo, executionIdOfDelivery, type CancelOrder } from './delivery.ts';
@@ -240,7 +241,12 @@ export class CancelCoordinator {
   }
 
   private remember(execution: Execution, answer: TerminalAnswer): TerminalAnswer {
-    void this.o.guard.remember(execution.ref.userId, execution.ref.requestId, answer);
+    void this.o.guard.remember(
+      execution.ref.userId,
+      execution.ref.requestId,
+      answer,
+      askOfExecution(execution) ?? undefined,
+    );
     return answer;
   }
 

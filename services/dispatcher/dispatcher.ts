@@ -8,7 +8,8 @@ import {
   type ToolRequest,
 } from '../../contracts/index.ts';
 import { AuthError } from '../../lib/auth.ts';
-import { reply } from './answer.ts';
+import { askOfExecution, askOfHandling, isConflict } from './ask.ts';
+import { conflictRefusal, reply, REUSED } from './answer.ts';
 import { answerFromTerminal, refusal, type TerminalAnswer } from './answers.ts';
 import {
   errorInfo,
@@ -178,7 +179,7 @@ export class Dispatcher {
     };
 
     const running = this.inFlight.get(executionId);
-    if (running) return this.join(running, replyTo, delivery);
+    if (running) return this.join(running, replyTo, delivery, parsed.ok ? parsed.request : null);
 
     let settle!: (d: Disposition) => void;
     const done = new Promise<Disposition>((resolve) => (settle = resolve));
@@ -288,8 +289,14 @@ export class Dispatcher {
     running: InFlight,
     replyTo: string | undefined,
     delivery: Delivery,
+    request: ToolRequest | null,
   ): Promise<Disposition> {
     const first = running.h;
+    // The request id of the request being handled, reused for another: refused to this delivery only.
+    if (isConflict(askOfHandling(first), request)) {
+      reply(this.shell, replyTo, conflictRefusal(first.ref.requestId, REUSED));
+      return { ack: true };
+    }
     if (replyTo) first.replyTos.add(replyTo);
     if (delivery.cancel) void this.holdCancel(first.ref.userId, first.ref.executionId, delivery.cancel);
     const [disposition, answer] = await Promise.all([running.done, running.outcome]);
@@ -351,7 +358,7 @@ export class Dispatcher {
     const terminal = terminalOf(execution);
     if (!terminal) return null;
     const answer = answerFromTerminal(terminal);
-    void this.o.guard.remember(userId, requestId, answer);
+    void this.o.guard.remember(userId, requestId, answer, askOfExecution(execution) ?? undefined);
     return answer;
   }
 }

@@ -2,6 +2,7 @@ import { hash } from 'node:crypto';
 import { canonicalJson, type JsonValue } from '../../contracts/index.ts';
 import type { Redis } from '../../lib/redis.ts';
 import type { TerminalAnswer } from './answers.ts';
+import type { RecordedAsk } from './ask.ts';
 
 /**
  * Redis as an accelerator: the terminal answer per (user, request id), per-user rate and
@@ -97,8 +98,32 @@ export interface AdmitRequest {
   sentAt?: number;
 }
 
+/**
+ * A remembered answer, and what the request that got it asked (absent on answers remembered before
+ * it was kept, and when the dispatcher did not know it).
+ */
+export interface Remembered {
+  kind: 'answer';
+  answer: TerminalAnswer;
+  ask?: RecordedAsk;
+}
+
+/**
+ * The stored form of a remembered answer: the answer's JSON with the ask under `ASK_FIELD`, a name
+ * no answer has (the admission script tells an answer from a mark by its leading `{`).
+ */
+const ASK_FIELD = '_ask';
+
+const rememberedValue = (answer: TerminalAnswer, ask: RecordedAsk | undefined): string =>
+  JSON.stringify(ask ? { ...answer, [ASK_FIELD]: ask } : answer);
+
+function rememberedOf(value: string): Remembered {
+  const { [ASK_FIELD]: ask, ...answer } = JSON.parse(value) as TerminalAnswer & { [ASK_FIELD]?: RecordedAsk };
+  return ask ? { kind: 'answer', answer, ask } : { kind: 'answer', answer };
+}
+
 export type Admission =
-  | { kind: 'answer'; answer: TerminalAnswer }
+  | Remembered
   /** Admitted before, with no answer yet: running elsewhere, or left by a crash. Ask the store. */
   | { kind: 'seen' }
   | { kind: 'rate_limited'; retryAfterMs: number }
@@ -113,6 +138,8 @@ export interface FinishRequest {
   requestId: string;
   slot?: string;
   answer: TerminalAnswer;
+  /** What the request asked, remembered with its answer (see `Remembered`). */
+  ask?: RecordedAsk | undefined;
   /** Stores `answer.result` under this key when the execution completed (not from the cache). */
   cacheKey?: string;
 }
@@ -285,7 +312,7 @@ export class Guard {
       this.health.succeeded();
       switch (kind) {
         case 'answer':
-          return { kind: 'answer', answer: JSON.parse(value) as TerminalAnswer };
+          return rememberedOf(value);
         case 'seen':
           return { kind: 'seen' };
         case 'rate':
@@ -309,7 +336,7 @@ export class Guard {
       const p = this.redis.pipeline();
       p.set(
         this.answerKey(req.userId, req.requestId),
-        JSON.stringify(req.answer),
+        rememberedValue(req.answer, req.ask),
         'EX',
         this.limits.answerTtlSec,
       );
@@ -340,12 +367,12 @@ export class Guard {
   async peek(
     userId: string,
     requestId: string,
-  ): Promise<{ kind: 'answer'; answer: TerminalAnswer } | { kind: 'seen' | 'none' | 'unavailable' }> {
+  ): Promise<Remembered | { kind: 'seen' | 'none' | 'unavailable' }> {
     try {
       const value = await this.redis.get(this.answerKey(userId, requestId));
       this.health.succeeded();
       if (value === null) return { kind: 'none' };
-      if (value.startsWith('{')) return { kind: 'answer', answer: JSON.parse(value) as TerminalAnswer };
+      if (value.startsWith('{')) return rememberedOf(value);
       return { kind: 'seen' };
     } catch (e) {
       this.health.failed('peek', e as Error);
@@ -354,11 +381,16 @@ export class Guard {
   }
 
   /** Remembers a terminal answer found in the event store (after Redis lost it). */
-  async remember(userId: string, requestId: string, answer: TerminalAnswer): Promise<void> {
+  async remember(
+    userId: string,
+    requestId: string,
+    answer: TerminalAnswer,
+    ask: RecordedAsk | undefined,
+  ): Promise<void> {
     try {
       await this.redis.set(
         this.answerKey(userId, requestId),
-        JSON.stringify(answer),
+        rememberedValue(answer, ask),
         'EX',
         this.limits.answerTtlSec,
       );

@@ -11,11 +11,13 @@ import {
   type ToolManifest,
 } from '../../contracts/index.ts';
 import { redact, type RunnableTool } from '../../lib/tools/index.ts';
-import { answered, sendInterim } from './answer.ts';
+import { answered, refuseAttempt, REUSED, sendInterim } from './answer.ts';
 import { approvalNeedOf, requestApproval, waitForApproval } from './approval.ts';
 import { answerFromTerminal } from './answers.ts';
+import { askOfRequested, isConflict } from './ask.ts';
 import { handleExecution, type HandleOptions } from './commands.ts';
 import { errorInfo, type Disposition } from './delivery.ts';
+import type { Remembered } from './guard.ts';
 import { existing } from './recovery.ts';
 import { elapsedMs, runTool } from './runner.ts';
 import { abortForCancel, requestCancel, ShuttingDownError, type Handling, type Shell } from './shell.ts';
@@ -37,7 +39,7 @@ export async function handleDelivery(
   const refused = refusalOf(shell, h, parseProblem);
   if (refused) {
     const prior = await guard.peek(ref.userId, ref.requestId);
-    if (prior.kind === 'answer') return answered(shell, h, prior.answer, false);
+    if (prior.kind === 'answer') return rememberedAnswer(shell, h, prior);
     if (prior.kind !== 'none' || h.delivery.redelivered) {
       const found = await recorded(shell, h);
       if (found) return existing(shell, h, found, undefined);
@@ -67,7 +69,7 @@ export async function handleDelivery(
   if (admission.kind === 'go' || admission.kind === 'cached') h.slot = slot;
   h.cacheKey = cacheKey;
   // Seen before: the first execution's answer, no second run.
-  if (admission.kind === 'answer') return answered(shell, h, admission.answer, false);
+  if (admission.kind === 'answer') return rememberedAnswer(shell, h, admission);
   // Redis cannot vouch that this request is new (admitted before, Redis away, or JetStream
   // delivers it again): the event store decides, before anything is appended.
   if (admission.kind === 'seen' || admission.kind === 'unavailable' || h.delivery.redelivered) {
@@ -112,6 +114,12 @@ export async function handleDelivery(
       throw new Error(`unknown admission ${JSON.stringify(unknown)}`);
     }
   }
+}
+
+/** The answer Redis remembers for the request id, unless the id was first used for another request. */
+function rememberedAnswer(shell: Shell, h: Handling, remembered: Remembered): Promise<Disposition> {
+  if (isConflict(remembered.ask, h.request)) return Promise.resolve(refuseAttempt(shell, h, REUSED));
+  return answered(shell, h, remembered.answer, false);
 }
 
 interface Refusal {
@@ -200,6 +208,8 @@ async function recordNew(
   const execution = newExecution(h.ref);
   const { appended } = await handleExecution(shell.o.streams, execution, commands, options);
   h.recorded = true;
+  const requested = appended.find((e) => e.type === 'ToolRequested');
+  if (requested?.type === 'ToolRequested') h.recordedAsk = askOfRequested(requested.data);
   if (appended.length === 0) return existing(shell, h, execution, tool);
   const last = appended.at(-1);
   if (last?.type === 'ToolApprovalRequested') return waitForApproval(shell, h, execution, true);

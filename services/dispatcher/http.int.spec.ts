@@ -47,6 +47,14 @@ t.test('HTTP API', async (t) => {
     t.match(ok.json(), { status: 'completed', requestId: 'h-1', result: { a: 1 } });
     const again = await post(alice, { requestId: 'h-1', tool: 'echo', args: { a: 1 } });
     t.strictSame(again.json(), ok.json(), 'the same request id: the same answer');
+    const reused = await post(alice, { requestId: 'h-1', tool: 'echo', args: { a: 2 } });
+    t.equal(reused.statusCode, 409, 'the same request id with other arguments: a conflict');
+    t.match(reused.json(), {
+      status: 'failed',
+      requestId: 'h-1',
+      executionId: null,
+      error: { code: 'IDEMPOTENCY_CONFLICT', message: /request id h-1 was first used with another tool/ },
+    });
 
     const generated = await post(alice, { tool: 'noop', args: {} });
     t.equal(generated.statusCode, 200);

@@ -89,14 +89,69 @@ t.test('one execution per request id', async (t) => {
     t.ok(await redis.exists(`tb:{ida}:a:dup-3`), 'the answer found in the store is remembered again');
   });
 
-  t.test('a retry with other arguments gets the first answer, not a second run', async (t) => {
-    const first = await h.agent.execute('echo', { v: 1 }, { token, requestId: 'dup-4' });
-    const second = await rawRequest(h, {
-      subject: subjects.request('ida', connectionIdentity(h.nc)),
-      body: { requestId: 'dup-4', tool: 'echo', args: { v: 2 } },
-      token,
-    });
-    t.strictSame(second, first);
+  t.test(
+    'the request id reused with other arguments or another tool: refused, the first stands',
+    async (t) => {
+      const first = await h.agent.execute('echo', { v: 1 }, { token, requestId: 'dup-4' });
+      const conflict = {
+        status: 'failed',
+        requestId: 'dup-4',
+        executionId: null,
+        error: { code: 'IDEMPOTENCY_CONFLICT', message: /first used with another tool or other arguments/ },
+      };
+      t.match(
+        await h.agent.execute('echo', { v: 2 }, { token, requestId: 'dup-4' }),
+        conflict,
+        'through the client, within the duplicate window: not taken for a repeat',
+      );
+      t.match(
+        await h.agent.execute('noop', { v: 1 }, { token, requestId: 'dup-4' }),
+        conflict,
+        'another tool',
+      );
+      const viaIntake = await rawRequest(h, {
+        subject: subjects.request('ida', connectionIdentity(h.nc)),
+        body: { requestId: 'dup-4', tool: 'echo', args: { v: 2 } },
+        token,
+      });
+      t.match(viaIntake, conflict, 'a new copy through the intake (the answer remembered in Redis)');
+      await redis.del('tb:{ida}:a:dup-4');
+      const fromStore = await rawRequest(h, {
+        subject: subjects.request('ida', connectionIdentity(h.nc)),
+        body: { requestId: 'dup-4', tool: 'echo', args: { v: 3 } },
+        token,
+      });
+      t.match(fromStore, conflict, 'Redis has forgotten it: the store tells');
+      t.strictSame(
+        await h.agent.execute('echo', { v: 1 }, { token, requestId: 'dup-4' }),
+        first,
+        'the same request again still gets the first answer',
+      );
+      t.strictSame(
+        await h.agent.execute('echo', { v: 1 }, { token, requestId: 'dup-4' }),
+        first,
+        'and again, its answer remembered in Redis with what it asked',
+      );
+      const events = await h.events('ida');
+      t.equal(executionsOf(events, 'dup-4').length, 3, 'one execution, nothing recorded for the others');
+    },
+  );
+
+  t.test('the request id reused while its request runs: refused at once; the first runs on', async (t) => {
+    const running = h.agent.execute('sleep', { ms: 1_500 }, { token, requestId: 'dup-5' });
+    await eventually(
+      async () =>
+        (await h.events('ida')).some((e) => e.type === 'ToolExecuting' && e.metadata.requestId === 'dup-5'),
+      30_000,
+      'the first to run',
+    );
+    t.match(
+      await h.agent.execute('sleep', { ms: 1 }, { token, requestId: 'dup-5' }),
+      { status: 'failed', executionId: null, error: { code: 'IDEMPOTENCY_CONFLICT' } },
+      'refused, while the first still runs',
+    );
+    t.match(await running, { status: 'completed', requestId: 'dup-5' }, 'the first gets its own answer');
+    t.equal(executionsOf(await h.events('ida'), 'dup-5').length, 3);
   });
 });
 

@@ -1,6 +1,7 @@
 import { canonicalJson, type ExecutionCommand } from '../../contracts/index.ts';
 import { redact, type RunnableTool } from '../../lib/tools/index.ts';
-import { answered, sendInterim } from './answer.ts';
+import { answered, refuseAttempt, REUSED, sendInterim } from './answer.ts';
+import { askOfExecution, isConflict } from './ask.ts';
 import { recheckWait, settleWait, startApproved } from './approval.ts';
 import { answerFromTerminal } from './answers.ts';
 import { handleExecution } from './commands.ts';
@@ -23,6 +24,9 @@ export async function existing(
   tool: RunnableTool | undefined,
 ): Promise<Disposition> {
   h.recorded = true;
+  h.recordedAsk = askOfExecution(execution) ?? undefined;
+  // The request id of another request: that one stands, untouched by this delivery.
+  if (isConflict(h.recordedAsk, h.request)) return refuseAttempt(shell, h, REUSED);
   const state = execution.state;
   if (state.status !== 'none' && state.status !== 'awaiting_approval' && state.approval)
     settleWait(shell, h.ref.executionId);
@@ -31,7 +35,7 @@ export async function existing(
     case 'completed':
     case 'failed': {
       const answer = answerFromTerminal(terminalOf(execution)!);
-      void shell.o.guard.remember(h.ref.userId, h.ref.requestId, answer);
+      void shell.o.guard.remember(h.ref.userId, h.ref.requestId, answer, h.recordedAsk);
       return answered(shell, h, answer, false);
     }
     case 'none':

@@ -3,6 +3,7 @@ import type { TokenVerifier } from '../../lib/auth.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import type { RunnableTool, ToolRegistry } from '../../lib/tools/index.ts';
+import type { RecordedAsk } from './ask.ts';
 import type { TerminalAnswer } from './answers.ts';
 import type { ApprovalSettings } from './approval.ts';
 import type { CancelOrder, Delivery } from './delivery.ts';
@@ -96,6 +97,8 @@ export interface Handling {
    * intake, or a peer found it here): it is recorded with the request (`RequestCancel`).
    */
   cancel: CancelOrder | null;
+  /** What the execution's ToolRequested asked, once recorded or found (remembered with its answer). */
+  recordedAsk?: RecordedAsk | undefined;
   /** Whether this handling has recorded (or found) the execution: cancels are then read from the store. */
   recorded: boolean;
   /** Fires when the store says the execution is to be cancelled: the running tool is aborted. */

@@ -3,6 +3,8 @@ import type { JetStreamClient } from '@nats-io/jetstream';
 import { ProtocolError, ProtocolErrorCode } from '@modelcontextprotocol/server';
 import {
   canonicalJson,
+  executionIdFor,
+  type Code,
   type Principal,
   type TerminalAnswer,
   type ToolManifest,
@@ -25,7 +27,7 @@ import type { NatsConnection } from '../../lib/nats.ts';
 export const IDEMPOTENCY_META_KEY = 'io.toolbus/idempotencyKey';
 
 /** The data of the JSON-RPC error that refuses a reused key (code -32602, invalid params). */
-export const IDEMPOTENCY_CONFLICT = 'IDEMPOTENCY_CONFLICT';
+export const IDEMPOTENCY_CONFLICT = 'IDEMPOTENCY_CONFLICT' satisfies Code;
 
 /** The request id of a keyed call: the same for the same user and key, whoever's process asks. */
 export function requestIdOf(userId: string, key: string): string {
@@ -55,17 +57,27 @@ export function requestOf(call: Pick<Call, 'principal' | 'tool' | 'args' | 'idem
     : { requestId: randomUUID(), fingerprint: undefined };
 }
 
-/** Refuses a keyed call whose key was first used for something else (see `fingerprintOf`). */
+/**
+ * Refuses a keyed call whose key was first used for something else: the answer carries another
+ * fingerprint (see `fingerprintOf`), or the dispatcher refused it as such (the request's message
+ * id binds its tool and arguments, so JetStream does not take it for a repeat of the first).
+ */
 export function checkFingerprint(
   fingerprint: string | undefined,
-  recorded: { correlationId: string | null; executionId: string | null },
+  recorded: { correlationId: string | null; executionId: string | null; error?: { code: string } },
+  /** The execution the key names (the refusal names none: nothing was recorded for it). */
+  executionId: string,
 ): void {
-  if (fingerprint === undefined || recorded.correlationId === null || recorded.correlationId === fingerprint)
+  const refused = recorded.error?.code === IDEMPOTENCY_CONFLICT;
+  if (
+    !refused &&
+    (fingerprint === undefined || recorded.correlationId === null || recorded.correlationId === fingerprint)
+  )
     return;
   throw new ProtocolError(
     ProtocolErrorCode.InvalidParams,
-    `the idempotency key was first used with another tool or other arguments (execution ${recorded.executionId}); use a new key`,
-    { code: IDEMPOTENCY_CONFLICT, executionId: recorded.executionId },
+    `the idempotency key was first used with another tool or other arguments (execution ${executionId}); use a new key`,
+    { code: IDEMPOTENCY_CONFLICT, executionId },
   );
 }
 
@@ -137,7 +149,7 @@ export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswe
   } finally {
     call.signal.removeEventListener('abort', onAbort);
   }
-  checkFingerprint(fingerprint, answer);
+  checkFingerprint(fingerprint, answer, executionIdFor(principal.userId, requestId));
   return answer;
 }
 

@@ -91,7 +91,7 @@ export async function startTask(
       executionIdFor(principal.userId, requestId),
     );
     if (known) {
-      checkFingerprint(fingerprint, known);
+      checkFingerprint(fingerprint, known, known.executionId);
       return { task: taskOf(known) };
     }
   }
@@ -108,7 +108,7 @@ export async function startTask(
   // The gateway stops listening at the terminal answer or its timeout; the execution goes on regardless.
   terminal.catch((e: unknown) => deps.log.warn({ err: e, requestId }, 'task: no terminal answer'));
   const first = await Promise.race([firstInterim, terminal]);
-  checkFingerprint(fingerprint, first);
+  checkFingerprint(fingerprint, first, executionIdFor(principal.userId, requestId));
   if (first.executionId === null) return { result: first as TerminalAnswer };
   const now = new Date().toISOString();
   const answer = first.status === 'completed' || first.status === 'failed' ? first : null;
