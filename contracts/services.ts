@@ -14,7 +14,10 @@ export const DISPATCHERS_QUEUE = 'toolbus-dispatchers';
 
 /**
  * "What became of request R?": request/reply on `subjects.answers(userId, agentId)` (the asking identity), the token in the
- * Authorization header, body `{"requestId": R}`. The reply is an `AnswersReply`:
+ * Authorization header, body `{"requestId": R, "ask": D}`, D (optional) the `askDigest` of the
+ * asker's request: when the recorded request asked otherwise (compared where its arguments were
+ * stored whole), the answer is an IDEMPOTENCY_CONFLICT refusal, not R's. The reply is an
+ * `AnswersReply`:
  * - `{"answer": TerminalAnswer}`: R's terminal answer (or a refusal of the lookup itself:
  *   UNAUTHENTICATED, FORBIDDEN, MALFORMED, which concern the asker, not R);
  * - `{"answer": null}`: R has no terminal event yet (or is unknown);

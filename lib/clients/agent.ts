@@ -250,6 +250,7 @@ export async function submitRequest(
         await lookUpDuplicate(nc, {
           userId,
           requestId,
+          ask,
           auth,
           waiter,
           backoff,
@@ -300,6 +301,8 @@ class IntakeFullError extends Error {
 interface DuplicateWait {
   userId: string;
   requestId: string;
+  /** What the request asks (`askDigest`): a dispatcher refuses it if the recorded one asked otherwise. */
+  ask: string;
   auth: ReturnType<typeof headers>;
   waiter: Waiter;
   backoff: LookupBackoff;
@@ -334,7 +337,7 @@ async function lookUpDuplicate(nc: NatsConnection, d: DuplicateWait): Promise<vo
       return; // the attempt stopped waiting (answered, timed out)
     }
     d.onLookup?.({ attempt, waitedMs: waitMs });
-    const reply = await askForAnswer(nc, d.userId, d.requestId, d.auth);
+    const reply = await askForAnswer(nc, d.userId, d.requestId, d.ask, d.auth);
     if (reply.answer) return d.waiter.settle(reply.answer);
     hintMs = reply.overloaded?.retryAfterMs ?? 0;
   }
@@ -458,13 +461,14 @@ async function askForAnswer(
   nc: NatsConnection,
   userId: string,
   requestId: string,
+  ask: string,
   auth: ReturnType<typeof headers>,
 ): Promise<{ answer: TerminalAnswer | null; overloaded?: { retryAfterMs: number } }> {
   let reply;
   try {
     reply = await nc.request(
       subjects.answers(userId, connectionIdentity(nc)),
-      JSON.stringify({ requestId }),
+      JSON.stringify({ requestId, ask }),
       {
         timeout: 5_000,
         headers: auth,

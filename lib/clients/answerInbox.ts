@@ -11,7 +11,7 @@ const RECENT_ANSWERS = 1_024;
 
 /** One request waiting for its answer on the connection's inbox. */
 export interface Waiter {
-  /** Where this attempt's answers go: `<inbox>.<n>`, under the shared subscription. */
+  /** Where this attempt's answers go: `<inbox>.<ask digest>.<n>`, under the shared subscription. */
   readonly replyTo: string;
   /** The terminal answer (or a rejection when the inbox closes). */
   readonly answer: Promise<TerminalAnswer>;

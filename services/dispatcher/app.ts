@@ -238,7 +238,7 @@ export async function startDispatcher(
     const answers = serveAnswers({
       nc,
       verifier,
-      lookup: (u, r) => dispatcher.lookup(u, r),
+      lookup: (u, r, a) => dispatcher.lookup(u, r, a),
       log,
       limits: {
         maxInFlight: config.DISPATCHER_MAX_LOOKUPS,

@@ -10,12 +10,14 @@ import {
   argsHash,
   executionIdFor,
   jetstream as names,
+  subjects,
   type ApprovalsPage,
   type JsonObject,
 } from '../../contracts/index.ts';
 import { z } from 'zod';
 import { defineTool, serveTools } from '../../lib/tools/index.ts';
-import { eventually, harness } from './test/harness.ts';
+import { eventually, harness, rawRequest } from './test/harness.ts';
+import { connectionIdentity } from '../../lib/nats.ts';
 
 const TEN_MINUTES_AND_MORE = 11 * 60_000;
 
@@ -260,6 +262,40 @@ t.test(
       e.type === 'ToolRequested' && e.metadata.executionId === executionId ? [e.data.args] : [],
     );
     t.strictSame(requested, [args], 'nothing of the swapped attempt was recorded');
+  },
+);
+
+t.test(
+  'a waiting call’s message comes back while a reuse of its request id is being admitted: neither takes the other’s place',
+  async (t) => {
+    const h = await harness(t, { APPROVAL_RECHECK_MS: '100' });
+    const d = await h.start();
+    const ann = await h.token('ann');
+    const bob = await h.token('bob', ['approver']);
+    const args = { text: 'harmless' };
+    const executionId = executionIdFor('ann', 'race');
+    const owner = h.agent.execute('guarded_echo', args, { token: ann, requestId: 'race', timeoutMs: 60_000 });
+    await eventually(() => h.logs.text.includes('execution awaits approval'), 30_000, 'the wait');
+    // Redis stopped: the reuse waits in its admission, in flight, while the waiting call's message
+    // comes back (every 100 ms) and meets it there, before either is found recorded.
+    await h.redis.pause();
+    const reuse = rawRequest(h, {
+      subject: subjects.request('ann', connectionIdentity(h.nc)),
+      body: { requestId: 'race', tool: 'guarded_echo', args: { text: 'EVIL' } },
+      token: ann,
+      waitMs: 60_000,
+    });
+    await eventually(() => d.dispatcher.inFlightCount > 0, 30_000, 'a request in flight (in its admission)');
+    // The owner's message comes back every 100 ms meanwhile; whichever came second joined the first.
+    await new Promise((r) => setTimeout(r, 1_000));
+    h.redis.resume();
+    t.match(
+      await reuse,
+      { status: 'failed', executionId: null, error: { code: 'IDEMPOTENCY_CONFLICT' } },
+      'the reuse is refused',
+    );
+    t.equal((await approveAs(d.app, executionId, bob, args)).statusCode, 200, 'the wait is still there');
+    t.match(await owner, { status: 'completed', result: args }, 'the approved call runs and answers');
   },
 );
 

@@ -1,4 +1,4 @@
-import { argsHash, type ToolRequest, type ToolRequested } from '../../contracts/index.ts';
+import { argsHash, askDigest, type ToolRequest, type ToolRequested } from '../../contracts/index.ts';
 import { redact } from '../../lib/tools/index.ts';
 import type { Handling } from './shell.ts';
 import type { Execution } from './streams.ts';
@@ -14,13 +14,21 @@ export interface RecordedAsk {
   tool: string;
   args: string | null;
   redacted: string[];
+  /**
+   * The `askDigest` of the tool and arguments, when the arguments are stored whole (nothing
+   * redacted): what an agent client's answer lookup says its request asks is compared with it.
+   */
+  digest?: string;
 }
 
 export function askOfRequested(data: ToolRequested['data']): RecordedAsk {
+  if (data.argsOmitted) return { tool: data.tool, args: null, redacted: [] };
+  const whole = data.redacted.length === 0;
   return {
     tool: data.tool,
-    args: data.argsOmitted ? null : argsHash(data.args),
-    redacted: data.argsOmitted ? [] : data.redacted,
+    args: argsHash(data.args),
+    redacted: data.redacted,
+    ...(whole ? { digest: askDigest({ tool: data.tool, args: data.args }) } : {}),
   };
 }
 

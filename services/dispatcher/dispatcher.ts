@@ -8,7 +8,7 @@ import {
   type ToolRequest,
 } from '../../contracts/index.ts';
 import { AuthError } from '../../lib/auth.ts';
-import { askOfExecution, askOfHandling, isConflict } from './ask.ts';
+import { askOfExecution, askOfHandling, isConflict, type RecordedAsk } from './ask.ts';
 import { conflictRefusal, reply, REUSED } from './answer.ts';
 import { answerFromTerminal, refusal, type TerminalAnswer } from './answers.ts';
 import {
@@ -292,11 +292,19 @@ export class Dispatcher {
     request: ToolRequest | null,
   ): Promise<Disposition> {
     const first = running.h;
-    // The request id of the request being handled, reused for another: refused to this delivery only.
-    if (isConflict(askOfHandling(first), request)) {
+    // The request id of what is recorded, reused for another: refused to this delivery only.
+    if (isConflict(first.recordedAsk, request)) {
+      this.o.log.info(
+        { userId: first.ref.userId, requestId: first.ref.requestId, code: 'IDEMPOTENCY_CONFLICT' },
+        'request refused: its request id is another request’s',
+      );
       reply(this.shell, replyTo, conflictRefusal(first.ref.requestId, REUSED));
       return { ack: true };
     }
+    // Not recorded yet, and the two ask different things: which one owns the id is not known
+    // until one is recorded. This one comes back and is handled on its own then.
+    if (!first.recordedAsk && isConflict(askOfHandling(first), request))
+      return { ack: false, retryInMs: this.shell.deferMs };
     if (replyTo) first.replyTos.add(replyTo);
     if (delivery.cancel) void this.holdCancel(first.ref.userId, first.ref.executionId, delivery.cancel);
     const [disposition, answer] = await Promise.all([running.done, running.outcome]);
@@ -344,21 +352,28 @@ export class Dispatcher {
    * What became of (user, request id): the remembered answer (Redis), else the stored terminal
    * event (found through the store's index by execution id). Null while it has none yet.
    */
-  async lookup(userId: string, requestId: string): Promise<TerminalAnswer | null> {
+  async lookup(userId: string, requestId: string, ask?: string): Promise<TerminalAnswer | null> {
     const executionId = executionIdFor(userId, requestId);
     if (this.inFlight.has(executionId)) return null;
+    // The asker's request asks something else (its `askDigest`, compared where the recorded
+    // arguments had nothing redacted): refused, as the request itself is.
+    const conflict = (recorded: RecordedAsk | null | undefined) =>
+      ask !== undefined && recorded?.digest !== undefined && recorded.digest !== ask;
     const remembered = await this.o.guard.peek(userId, requestId);
-    if (remembered.kind === 'answer') return remembered.answer;
+    if (remembered.kind === 'answer')
+      return conflict(remembered.ask) ? conflictRefusal(requestId, REUSED) : remembered.answer;
     const execution = await this.o.streams.recorded({
       userId,
       executionId,
       requestId,
       correlationId: executionId,
     });
+    const recorded = askOfExecution(execution);
+    if (conflict(recorded)) return conflictRefusal(requestId, REUSED);
     const terminal = terminalOf(execution);
     if (!terminal) return null;
     const answer = answerFromTerminal(terminal);
-    void this.o.guard.remember(userId, requestId, answer, askOfExecution(execution) ?? undefined);
+    void this.o.guard.remember(userId, requestId, answer, recorded ?? undefined);
     return answer;
   }
 }

@@ -1,7 +1,9 @@
 import t from 'tap';
-import { verifyChain } from '../../contracts/index.ts';
+import { Redis } from 'ioredis';
+import { subjects, verifyChain, type JsonObject } from '../../contracts/index.ts';
 import type { EventData, ExpectedRevision } from '../../lib/eventstore/types.ts';
-import { eventually, harness } from './test/harness.ts';
+import { connectionIdentity } from '../../lib/nats.ts';
+import { eventually, harness, rawRequest } from './test/harness.ts';
 
 t.test('tools that fail end in ToolFailed with the right code, and others keep being served', async (t) => {
   const h = await harness(t, { DISPATCH_CONCURRENCY: '4' });
@@ -138,3 +140,47 @@ t.test(
     t.equal(verifyChain(await h.events('carol')), null);
   },
 );
+
+t.test('a request given up and then repeated gets its INTERNAL answer, not a conflict', async (t) => {
+  const h = await harness(t, { DISPATCHER_MAX_FAILURES: '2' });
+  // The store refuses these requests' refusal (unknown tool) and first step (known tool).
+  const store = new Proxy(h.store, {
+    get(target, prop) {
+      if (prop === 'append') {
+        return (stream: string, events: EventData[], expected: ExpectedRevision) =>
+          events.some(
+            (e) =>
+              JSON.stringify(e.metadata).includes('"poison') &&
+              (JSON.stringify(e.data).includes('UNKNOWN_TOOL') || e.type === 'ToolExecuting'),
+          )
+            ? Promise.reject(new Error('the store refuses this event'))
+            : target.append(stream, events, expected);
+      }
+      const value: unknown = Reflect.get(target, prop);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  await h.start({}, { store });
+  const token = await h.token('carol');
+  const redis = new Redis(h.redis.url);
+  t.teardown(() => redis.disconnect());
+  const cases: Array<[string, string, JsonObject]> = [
+    ['poison-u', 'no_such_tool', { a: 1 }],
+    ['poison-k', 'echo', { a: 1, n: { z: [1] } }],
+  ];
+  for (const [requestId, tool, args] of cases) {
+    const first = await h.agent.execute(tool, args, { token, requestId, timeoutMs: 60_000 });
+    t.match(first, { status: 'failed', error: { code: 'INTERNAL' } }, `${requestId}: given up`);
+    await redis.flushall();
+    const again = await rawRequest(h, {
+      subject: subjects.request('carol', connectionIdentity(h.nc)),
+      body: { requestId, tool, args },
+      token,
+    });
+    t.match(
+      again,
+      { error: { code: 'INTERNAL' } },
+      `${requestId}: a repeat, read from the store, gets it again`,
+    );
+  }
+});

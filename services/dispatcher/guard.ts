@@ -1,5 +1,6 @@
 import { hash } from 'node:crypto';
 import { canonicalJson, type JsonValue } from '../../contracts/index.ts';
+import type { ChainableCommander } from 'ioredis';
 import type { Redis } from '../../lib/redis.ts';
 import type { TerminalAnswer } from './answers.ts';
 import type { RecordedAsk } from './ask.ts';
@@ -17,7 +18,7 @@ import type { RecordedAsk } from './ask.ts';
 const ADMIT = `
 local answer = redis.call('GET', KEYS[1])
 if answer then
-  if string.sub(answer, 1, 1) == '{' then return {'answer', answer} end
+  if string.sub(answer, 1, 1) == '{' then return {'answer', answer, redis.call('GET', KEYS[5]) or ''} end
   return {'seen', ''}
 end
 local t = redis.call('TIME')
@@ -109,17 +110,13 @@ export interface Remembered {
 }
 
 /**
- * The stored form of a remembered answer: the answer's JSON with the ask under `ASK_FIELD`, a name
- * no answer has (the admission script tells an answer from a mark by its leading `{`).
+ * A remembered answer as stored: the answer's JSON under its key (as dispatchers before the ask
+ * was kept read it, so that they still can during a rolling upgrade), the ask's under another key
+ * of the same user, with the same expiry.
  */
-const ASK_FIELD = '_ask';
-
-const rememberedValue = (answer: TerminalAnswer, ask: RecordedAsk | undefined): string =>
-  JSON.stringify(ask ? { ...answer, [ASK_FIELD]: ask } : answer);
-
-function rememberedOf(value: string): Remembered {
-  const { [ASK_FIELD]: ask, ...answer } = JSON.parse(value) as TerminalAnswer & { [ASK_FIELD]?: RecordedAsk };
-  return ask ? { kind: 'answer', answer, ask } : { kind: 'answer', answer };
+function rememberedOf(value: string, ask: string | null | undefined): Remembered {
+  const answer = JSON.parse(value) as TerminalAnswer;
+  return ask ? { kind: 'answer', answer, ask: JSON.parse(ask) as RecordedAsk } : { kind: 'answer', answer };
 }
 
 export type Admission =
@@ -149,8 +146,9 @@ type AdmitFn = (
   bucketKey: string,
   slotsKey: string,
   cacheKey: string,
+  askKey: string,
   ...args: string[]
-) => Promise<[string, string]>;
+) => Promise<[string, string, string?]>;
 
 type TakeSlotFn = (slotsKey: string, ...args: string[]) => Promise<string>;
 
@@ -251,8 +249,8 @@ export class Guard {
     private readonly health: RedisHealth,
     private readonly prefix = 'tb',
   ) {
-    const name = 'toolbusAdmit';
-    if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 4, lua: ADMIT });
+    const name = 'toolbusAdmit2';
+    if (!(name in redis)) redis.defineCommand(name, { numberOfKeys: 5, lua: ADMIT });
     const fn = (redis as unknown as Record<string, AdmitFn>)[name]!;
     this.admitScript = fn.bind(redis);
     const take = 'toolbusTakeSlot';
@@ -287,6 +285,9 @@ export class Guard {
 
   answerKey = (userId: string, requestId: string): string => this.key(userId, `a:${requestId}`);
 
+  /** What the request that got the remembered answer asked (`RecordedAsk`, JSON). */
+  private askKey = (userId: string, requestId: string): string => this.key(userId, `q:${requestId}`);
+
   /** Result cache key: per user, tool and version, and the SHA-256 of the canonical arguments. */
   cacheKey(userId: string, tool: string, version: string, args: JsonValue): string {
     const digest = hash('sha256', canonicalJson(args), 'hex');
@@ -295,11 +296,12 @@ export class Guard {
 
   async admit(req: AdmitRequest): Promise<Admission> {
     try {
-      const [kind, value] = await this.admitScript(
+      const [kind, value, ask] = await this.admitScript(
         this.answerKey(req.userId, req.requestId),
         this.key(req.userId, 'rl'),
         this.key(req.userId, 'c'),
         req.cacheKey ?? this.key(req.userId, 'r:none'),
+        this.askKey(req.userId, req.requestId),
         String(this.limits.ratePerSec),
         String(this.limits.burst),
         String(this.limits.userConcurrency),
@@ -312,7 +314,7 @@ export class Guard {
       this.health.succeeded();
       switch (kind) {
         case 'answer':
-          return rememberedOf(value);
+          return rememberedOf(value, ask);
         case 'seen':
           return { kind: 'seen' };
         case 'rate':
@@ -334,12 +336,7 @@ export class Guard {
   async finish(req: FinishRequest): Promise<void> {
     try {
       const p = this.redis.pipeline();
-      p.set(
-        this.answerKey(req.userId, req.requestId),
-        rememberedValue(req.answer, req.ask),
-        'EX',
-        this.limits.answerTtlSec,
-      );
+      this.rememberIn(p, req.userId, req.requestId, req.answer, req.ask);
       if (req.cacheKey && req.answer.status === 'completed' && !req.answer.cached) {
         p.set(req.cacheKey, JSON.stringify(req.answer.result), 'EX', this.limits.cacheTtlSec);
       }
@@ -351,6 +348,20 @@ export class Guard {
     } catch (e) {
       this.health.failed('finish', e as Error);
     }
+  }
+
+  /** Adds the commands that remember an answer (and what its request asked) to `p`. */
+  private rememberIn(
+    p: ChainableCommander,
+    userId: string,
+    requestId: string,
+    answer: TerminalAnswer,
+    ask: RecordedAsk | undefined,
+  ): void {
+    const ttl = this.limits.answerTtlSec;
+    p.set(this.answerKey(userId, requestId), JSON.stringify(answer), 'EX', ttl);
+    if (ask) p.set(this.askKey(userId, requestId), JSON.stringify(ask), 'EX', ttl);
+    else p.del(this.askKey(userId, requestId));
   }
 
   /** Frees a concurrency slot without an answer (a request that ended without a terminal event). */
@@ -369,10 +380,13 @@ export class Guard {
     requestId: string,
   ): Promise<Remembered | { kind: 'seen' | 'none' | 'unavailable' }> {
     try {
-      const value = await this.redis.get(this.answerKey(userId, requestId));
+      const [value, ask] = await this.redis.mget(
+        this.answerKey(userId, requestId),
+        this.askKey(userId, requestId),
+      );
       this.health.succeeded();
-      if (value === null) return { kind: 'none' };
-      if (value.startsWith('{')) return rememberedOf(value);
+      if (value === null || value === undefined) return { kind: 'none' };
+      if (value.startsWith('{')) return rememberedOf(value, ask);
       return { kind: 'seen' };
     } catch (e) {
       this.health.failed('peek', e as Error);
@@ -388,12 +402,11 @@ export class Guard {
     ask: RecordedAsk | undefined,
   ): Promise<void> {
     try {
-      await this.redis.set(
-        this.answerKey(userId, requestId),
-        rememberedValue(answer, ask),
-        'EX',
-        this.limits.answerTtlSec,
-      );
+      const p = this.redis.multi();
+      this.rememberIn(p, userId, requestId, answer, ask);
+      const results = (await p.exec()) ?? [];
+      const failed = results.find(([err]) => err);
+      if (failed?.[0]) throw failed[0];
       this.health.succeeded();
     } catch (e) {
       this.health.failed('remember', e as Error);

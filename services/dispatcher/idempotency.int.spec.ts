@@ -137,6 +137,23 @@ t.test('one execution per request id', async (t) => {
     },
   );
 
+  t.test('a reused request id sent twice at once, and again: every attempt refused', async (t) => {
+    const first = await h.agent.execute('echo', { v: 1 }, { token, requestId: 'dup-6' });
+    t.match(first, { status: 'completed' });
+    // JetStream keeps one of the two copies; the other attempt, a duplicate, looks its answer up
+    // (saying what it asks), and must not be handed the first request's.
+    const refused = { status: 'failed', executionId: null, error: { code: 'IDEMPOTENCY_CONFLICT' } };
+    const both = await Promise.all(
+      [1, 2].map(() => h.agent.execute('echo', { v: 2 }, { token, requestId: 'dup-6', timeoutMs: 60_000 })),
+    );
+    t.match(both, [refused, refused], 'both refused');
+    t.match(
+      await h.agent.execute('echo', { v: 2 }, { token, requestId: 'dup-6', timeoutMs: 60_000 }),
+      refused,
+      'a retry within the duplicate window too',
+    );
+  });
+
   t.test('the request id reused while its request runs: refused at once; the first runs on', async (t) => {
     const running = h.agent.execute('sleep', { ms: 1_500 }, { token, requestId: 'dup-5' });
     await eventually(

@@ -36,7 +36,8 @@ export interface LookupMetrics {
 export interface AnswersServiceOptions {
   nc: NatsConnection;
   verifier: TokenVerifier;
-  lookup: (userId: string, requestId: string) => Promise<TerminalAnswer | null>;
+  /** `ask`: the `askDigest` of what the asker's request asks, when it says (see `Dispatcher.lookup`). */
+  lookup: (userId: string, requestId: string, ask: string | undefined) => Promise<TerminalAnswer | null>;
   log: Logger;
   limits: LookupLimits;
   metrics?: LookupMetrics;
@@ -78,10 +79,14 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
     respond(msg, { answer: null, overloaded: { retryAfterMs } }, result);
 
   /** The lookup, or LookupDeadlineError at the deadline; the slot is held until the lookup ends. */
-  const bounded = (userId: string, requestId: string): Promise<TerminalAnswer | null> => {
+  const bounded = (
+    userId: string,
+    requestId: string,
+    ask: string | undefined,
+  ): Promise<TerminalAnswer | null> => {
     inFlight++;
     o.metrics?.lookupsInFlight.inc();
-    const work = o.lookup(userId, requestId).finally(() => {
+    const work = o.lookup(userId, requestId, ask).finally(() => {
       inFlight--;
       o.metrics?.lookupsInFlight.dec();
     });
@@ -127,7 +132,7 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
       const message = `the token is for user ${userId}; it may not ask about another user's requests`;
       return respond(msg, { answer: refusal('FORBIDDEN', message) }, 'refused');
     }
-    const requestId = requestIdOf(msg);
+    const { requestId, ask } = bodyOf(msg);
     if (requestId === null) {
       return respond(
         msg,
@@ -139,7 +144,7 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
     if (inFlight >= limits.maxInFlight) return overloaded(msg, 'overloaded');
     let answer: TerminalAnswer | null;
     try {
-      answer = await bounded(userId, requestId);
+      answer = await bounded(userId, requestId, ask);
     } catch (e) {
       if (!(e instanceof LookupDeadlineError)) throw e;
       log.warn({ userId, requestId, deadlineMs: limits.deadlineMs }, 'answer lookup past its deadline');
@@ -171,12 +176,17 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
 }
 
 /** The request id a lookup asks about; null when the body is not `{"requestId": <request id>}`. */
-function requestIdOf(msg: Msg): string | null {
-  let requestId: unknown;
+/** The request id asked about (null: answered MALFORMED), and the ask digest when one is given. */
+function bodyOf(msg: Msg): { requestId: string | null; ask: string | undefined } {
+  let body: { requestId?: unknown; ask?: unknown };
   try {
-    requestId = msg.json<{ requestId?: unknown }>().requestId;
+    body = msg.json<{ requestId?: unknown; ask?: unknown }>();
   } catch {
-    return null; // not JSON: answered MALFORMED
+    return { requestId: null, ask: undefined }; // not JSON
   }
-  return typeof requestId === 'string' && REQUEST_ID_PATTERN.test(requestId) ? requestId : null;
+  const { requestId, ask } = body ?? {};
+  return {
+    requestId: typeof requestId === 'string' && REQUEST_ID_PATTERN.test(requestId) ? requestId : null,
+    ask: typeof ask === 'string' && /^[0-9a-f]{16}$/.test(ask) ? ask : undefined,
+  };
 }

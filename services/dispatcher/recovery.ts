@@ -1,4 +1,4 @@
-import { canonicalJson, type ExecutionCommand } from '../../contracts/index.ts';
+import type { ExecutionCommand } from '../../contracts/index.ts';
 import { redact, type RunnableTool } from '../../lib/tools/index.ts';
 import { answered, refuseAttempt, REUSED, sendInterim } from './answer.ts';
 import { askOfExecution, isConflict } from './ask.ts';
@@ -8,7 +8,7 @@ import { handleExecution } from './commands.ts';
 import type { Disposition } from './delivery.ts';
 import { runAttempt } from './handling.ts';
 import { probeRunner } from './liveness.ts';
-import { NO_TOOL, requestCancel, type Handling, type Shell } from './shell.ts';
+import { requestCancel, type Handling, type Shell } from './shell.ts';
 import { lastExecutingOf, terminalOf, type Execution } from './streams.ts';
 
 /**
@@ -94,7 +94,11 @@ async function recover(
     });
   } else {
     // It cannot be run again from this delivery, whatever the decider would allow.
-    const why = !tool ? 'its tool is no longer available' : 'the request id was reused with other arguments';
+    const why = !tool
+      ? 'its tool is no longer available'
+      : !h.request
+        ? 'this delivery of the request does not parse'
+        : 'its tool is now another version';
     commands.push({
       type: 'Fail',
       data: {
@@ -125,7 +129,10 @@ async function recover(
   return answered(shell, h, answerFromTerminal(last), true);
 }
 
-/** Whether the delivery asks for what is recorded: the same tool, version and (redacted) arguments. */
+/**
+ * Whether the delivery asks for what is recorded, of the tool this dispatcher would run: the same
+ * tool and version, and the same arguments (`isConflict`, checked before recovery, compares them).
+ */
 function sameRequest(h: Handling, execution: Execution, tool: RunnableTool): boolean {
   const requested = execution.events.find((e) => e.type === 'ToolRequested');
   return (
@@ -133,8 +140,7 @@ function sameRequest(h: Handling, execution: Execution, tool: RunnableTool): boo
     requested?.type === 'ToolRequested' &&
     requested.data.tool === tool.manifest.name &&
     requested.data.version === tool.manifest.version &&
-    canonicalJson(requested.data.args) ===
-      canonicalJson(redact(h.request.args, tool.manifest.sensitive.input).value)
+    !requested.data.argsOmitted
   );
 }
 
@@ -169,10 +175,11 @@ export async function giveUp(shell: Shell, h: Handling, failures: number): Promi
   const tool = h.tool?.manifest;
   const request: ExecutionCommand = {
     type: 'Request',
-    data: { tool: tool?.name ?? NO_TOOL, version: tool?.version ?? null, args: value, redacted },
+    data: { tool: tool?.name ?? h.toolLabel, version: tool?.version ?? null, args: value, redacted },
   };
   // Request decides nothing on a recorded execution; GiveUp ends whatever is not ended.
   const { appended } = await handleExecution(shell.o.streams, execution, [request, give]);
+  h.recordedAsk = askOfExecution(execution) ?? undefined;
   const last = appended.at(-1);
   if (!last) return existing(shell, h, execution, undefined);
   shell.o.metrics.redeliveries.inc({ action: 'given_up' });

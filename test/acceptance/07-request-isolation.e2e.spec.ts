@@ -179,8 +179,14 @@ t.test('the same request id from two users is two executions', async (t) => {
   t.not(fromA.executionId, fromB.executionId, 'two execution ids');
   t.same(fromA.status === 'completed' ? fromA.result : null, { owner: a.userId }, 'A gets A’s result');
   t.same(fromB.status === 'completed' ? fromB.result : null, { owner: b.userId }, 'B gets B’s result');
-  const again = terminal(
+  const again = terminal(await s.agent.execute('echo', { owner: a.userId }, { token: a.token, requestId }));
+  t.same(again, fromA, "A's retry gets A's first answer, not B's and not a new run");
+  const reused = terminal(
     await s.agent.execute('echo', { owner: 'someone-else' }, { token: a.token, requestId }),
   );
-  t.same(again, fromA, "A's retry gets A's first answer, not B's and not a new run");
+  t.match(
+    reused,
+    { status: 'failed', executionId: null, error: { code: 'IDEMPOTENCY_CONFLICT' } },
+    "A's request id with other arguments: refused, neither A's answer nor B's nor a new run",
+  );
 });
