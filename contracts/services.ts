@@ -14,12 +14,12 @@ export const DISPATCHERS_QUEUE = 'toolbus-dispatchers';
 
 /**
  * "What became of request R?": request/reply on `subjects.answers(userId, agentId)` (the asking identity), the token in the
- * Authorization header, body `{"requestId": R, "ask": D}`, D (optional) the `askDigest` of the
- * asker's request: when the recorded request asked otherwise (compared where its arguments were
- * stored whole), the answer is an IDEMPOTENCY_CONFLICT refusal, not R's. The reply is an
- * `AnswersReply`:
+ * Authorization header, body `{"requestId": R, "tool": T, "ask": D}`, T and D (optional) the tool
+ * and the `askDigest` of the asker's request. The reply is an `AnswersReply`:
  * - `{"answer": TerminalAnswer}`: R's terminal answer (or a refusal of the lookup itself:
- *   UNAUTHENTICATED, FORBIDDEN, MALFORMED, which concern the asker, not R);
+ *   UNAUTHENTICATED, FORBIDDEN, MALFORMED, which concern the asker, not R; or IDEMPOTENCY_CONFLICT,
+ *   naming no execution, when R was recorded asking another tool or other arguments than T and D
+ *   say, whether R has ended or not);
  * - `{"answer": null}`: R has no terminal event yet (or is unknown);
  * - `{"answer": null, "overloaded": {"retryAfterMs": n}}`: the dispatcher did not look (more
  *   lookups in flight than its bound) or gave up at its deadline; ask again, not before n ms.

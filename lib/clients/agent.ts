@@ -170,7 +170,9 @@ export async function submitRequest(
   // The server lets this connection publish requests only under its own identity, and read only
   // its own inbox; the dispatcher answers only to that inbox.
   const agentId = connectionIdentity(nc);
-  const ask = askDigest(o.body);
+  // Of the tool and arguments as JSON carries them (NaN as null, a Date as its string...): the
+  // dispatcher computes the same digest from what it reads.
+  const ask = askDigest(JSON.parse(JSON.stringify({ tool: o.body['tool'], args: o.body['args'] })) as object);
   const waiter = answerInboxOf(nc, inboxClosed).wait(userId, requestId, ask, o.onProgress);
   const stop = new AbortController();
   let timer: NodeJS.Timeout | undefined;
@@ -251,6 +253,7 @@ export async function submitRequest(
           userId,
           requestId,
           ask,
+          tool: typeof o.body['tool'] === 'string' ? o.body['tool'] : undefined,
           auth,
           waiter,
           backoff,
@@ -301,8 +304,9 @@ class IntakeFullError extends Error {
 interface DuplicateWait {
   userId: string;
   requestId: string;
-  /** What the request asks (`askDigest`): a dispatcher refuses it if the recorded one asked otherwise. */
+  /** What the request asks (`askDigest`), and its tool: a dispatcher refuses it if the recorded one asked otherwise. */
   ask: string;
+  tool: string | undefined;
   auth: ReturnType<typeof headers>;
   waiter: Waiter;
   backoff: LookupBackoff;
@@ -337,7 +341,7 @@ async function lookUpDuplicate(nc: NatsConnection, d: DuplicateWait): Promise<vo
       return; // the attempt stopped waiting (answered, timed out)
     }
     d.onLookup?.({ attempt, waitedMs: waitMs });
-    const reply = await askForAnswer(nc, d.userId, d.requestId, d.ask, d.auth);
+    const reply = await askForAnswer(nc, d.userId, d.requestId, { ask: d.ask, tool: d.tool }, d.auth);
     if (reply.answer) return d.waiter.settle(reply.answer);
     hintMs = reply.overloaded?.retryAfterMs ?? 0;
   }
@@ -461,14 +465,14 @@ async function askForAnswer(
   nc: NatsConnection,
   userId: string,
   requestId: string,
-  ask: string,
+  asked: { ask: string; tool: string | undefined },
   auth: ReturnType<typeof headers>,
 ): Promise<{ answer: TerminalAnswer | null; overloaded?: { retryAfterMs: number } }> {
   let reply;
   try {
     reply = await nc.request(
       subjects.answers(userId, connectionIdentity(nc)),
-      JSON.stringify({ requestId, ask }),
+      JSON.stringify({ requestId, ...asked }),
       {
         timeout: 5_000,
         headers: auth,

@@ -238,7 +238,7 @@ export async function startDispatcher(
     const answers = serveAnswers({
       nc,
       verifier,
-      lookup: (u, r, a) => dispatcher.lookup(u, r, a),
+      lookup: (u, r, asked) => dispatcher.lookup(u, r, asked),
       log,
       limits: {
         maxInFlight: config.DISPATCHER_MAX_LOOKUPS,

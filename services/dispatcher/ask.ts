@@ -15,14 +15,20 @@ export interface RecordedAsk {
   args: string | null;
   redacted: string[];
   /**
-   * The `askDigest` of the tool and arguments, when the arguments are stored whole (nothing
-   * redacted): what an agent client's answer lookup says its request asks is compared with it.
+   * The `askDigest` of the tool and arguments, when known whole: from the request that recorded
+   * it, or from the event when nothing was redacted. An agent client's answer lookup says what
+   * its request asks with it.
    */
   digest?: string;
 }
 
+/**
+ * What a ToolRequested asked. Refusals (`argsOmitted`) and requests whose tool was not resolved
+ * (`version` null: refused before, or given up) are compared by tool only: their arguments are
+ * not stored, or not as the request sent them.
+ */
 export function askOfRequested(data: ToolRequested['data']): RecordedAsk {
-  if (data.argsOmitted) return { tool: data.tool, args: null, redacted: [] };
+  if (data.argsOmitted || data.version === null) return { tool: data.tool, args: null, redacted: [] };
   const whole = data.redacted.length === 0;
   return {
     tool: data.tool,
@@ -30,6 +36,12 @@ export function askOfRequested(data: ToolRequested['data']): RecordedAsk {
     redacted: data.redacted,
     ...(whole ? { digest: askDigest({ tool: data.tool, args: data.args }) } : {}),
   };
+}
+
+/** What the recorded request asked, with its whole digest when this handling's request recorded it. */
+export function askRecordedBy(data: ToolRequested['data'], request: ToolRequest | null): RecordedAsk {
+  const recorded = askOfRequested(data);
+  return request && recorded.args !== null ? { ...recorded, digest: askDigest(request) } : recorded;
 }
 
 /** What the execution's ToolRequested asked; null before it is recorded. */

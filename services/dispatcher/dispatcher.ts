@@ -292,6 +292,8 @@ export class Dispatcher {
     request: ToolRequest | null,
   ): Promise<Disposition> {
     const first = running.h;
+    // A cancel that reached this delivery names the execution, whichever request owns it.
+    if (delivery.cancel) void this.holdCancel(first.ref.userId, first.ref.executionId, delivery.cancel);
     // The request id of what is recorded, reused for another: refused to this delivery only.
     if (isConflict(first.recordedAsk, request)) {
       this.o.log.info(
@@ -303,10 +305,9 @@ export class Dispatcher {
     }
     // Not recorded yet, and the two ask different things: which one owns the id is not known
     // until one is recorded. This one comes back and is handled on its own then.
-    if (!first.recordedAsk && isConflict(askOfHandling(first), request))
+    if (!first.recordedAsk && (isConflict(askOfHandling(first), request) || (!first.request && request)))
       return { ack: false, retryInMs: this.shell.deferMs };
     if (replyTo) first.replyTos.add(replyTo);
-    if (delivery.cancel) void this.holdCancel(first.ref.userId, first.ref.executionId, delivery.cancel);
     const [disposition, answer] = await Promise.all([running.done, running.outcome]);
     // That handling answered its own attempt only (nothing recorded): this delivery, maybe the
     // execution's own, comes back and is handled by itself.
@@ -352,13 +353,20 @@ export class Dispatcher {
    * What became of (user, request id): the remembered answer (Redis), else the stored terminal
    * event (found through the store's index by execution id). Null while it has none yet.
    */
-  async lookup(userId: string, requestId: string, ask?: string): Promise<TerminalAnswer | null> {
+  async lookup(
+    userId: string,
+    requestId: string,
+    asked: { tool?: string | undefined; ask?: string | undefined } = {},
+  ): Promise<TerminalAnswer | null> {
     const executionId = executionIdFor(userId, requestId);
     if (this.inFlight.has(executionId)) return null;
-    // The asker's request asks something else (its `askDigest`, compared where the recorded
-    // arguments had nothing redacted): refused, as the request itself is.
+    // The asker's request asks something else: another tool, or (where what the recorded request
+    // asked is known whole, `digest`) other arguments. Refused, as the request itself is.
     const conflict = (recorded: RecordedAsk | null | undefined) =>
-      ask !== undefined && recorded?.digest !== undefined && recorded.digest !== ask;
+      recorded !== null &&
+      recorded !== undefined &&
+      ((asked.tool !== undefined && asked.tool !== recorded.tool) ||
+        (asked.ask !== undefined && recorded.digest !== undefined && recorded.digest !== asked.ask));
     const remembered = await this.o.guard.peek(userId, requestId);
     if (remembered.kind === 'answer')
       return conflict(remembered.ask) ? conflictRefusal(requestId, REUSED) : remembered.answer;

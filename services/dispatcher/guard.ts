@@ -359,9 +359,11 @@ export class Guard {
     ask: RecordedAsk | undefined,
   ): void {
     const ttl = this.limits.answerTtlSec;
-    p.set(this.answerKey(userId, requestId), JSON.stringify(answer), 'EX', ttl);
+    // The ask first: a reader between the two commands finds no answer yet, never an answer
+    // without its ask.
     if (ask) p.set(this.askKey(userId, requestId), JSON.stringify(ask), 'EX', ttl);
     else p.del(this.askKey(userId, requestId));
+    p.set(this.answerKey(userId, requestId), JSON.stringify(answer), 'EX', ttl);
   }
 
   /** Frees a concurrency slot without an answer (a request that ended without a terminal event). */

@@ -14,7 +14,7 @@ import { redact, type RunnableTool } from '../../lib/tools/index.ts';
 import { answered, refuseAttempt, REUSED, sendInterim } from './answer.ts';
 import { approvalNeedOf, requestApproval, waitForApproval } from './approval.ts';
 import { answerFromTerminal } from './answers.ts';
-import { askOfRequested, isConflict } from './ask.ts';
+import { askRecordedBy, isConflict } from './ask.ts';
 import { handleExecution, type HandleOptions } from './commands.ts';
 import { errorInfo, type Disposition } from './delivery.ts';
 import type { Remembered } from './guard.ts';
@@ -209,7 +209,7 @@ async function recordNew(
   const { appended } = await handleExecution(shell.o.streams, execution, commands, options);
   h.recorded = true;
   const requested = appended.find((e) => e.type === 'ToolRequested');
-  if (requested?.type === 'ToolRequested') h.recordedAsk = askOfRequested(requested.data);
+  if (requested?.type === 'ToolRequested') h.recordedAsk = askRecordedBy(requested.data, h.request);
   if (appended.length === 0) return existing(shell, h, execution, tool);
   const last = appended.at(-1);
   if (last?.type === 'ToolApprovalRequested') return waitForApproval(shell, h, execution, true);

@@ -139,20 +139,27 @@ t.test('one execution per request id', async (t) => {
   );
 
   t.test('a reused request id sent twice at once, and again: every attempt refused', async (t) => {
-    const first = await h.agent.execute('echo', { v: 1 }, { token, requestId: 'dup-6' });
-    t.match(first, { status: 'completed' });
-    // JetStream keeps one of the two copies; the other attempt, a duplicate, looks its answer up
-    // (saying what it asks), and must not be handed the first request's.
-    const refused = { status: 'failed', executionId: null, error: { code: 'IDEMPOTENCY_CONFLICT' } };
-    const both = await Promise.all(
-      [1, 2].map(() => h.agent.execute('echo', { v: 2 }, { token, requestId: 'dup-6', timeoutMs: 60_000 })),
-    );
-    t.match(both, [refused, refused], 'both refused');
-    t.match(
-      await h.agent.execute('echo', { v: 2 }, { token, requestId: 'dup-6', timeoutMs: 60_000 }),
-      refused,
-      'a retry within the duplicate window too',
-    );
+    // With `secret` (sensitive: redacted in the event), what the first asked is known whole only
+    // from its request, kept in Redis beside its answer.
+    for (const [requestId, extra] of [
+      ['dup-6', {}],
+      ['dup-6s', { secret: 's' }],
+    ] as Array<[string, JsonObject]>) {
+      const first = await h.agent.execute('echo', { v: 1, ...extra }, { token, requestId });
+      t.match(first, { status: 'completed' });
+      // JetStream keeps one of the two copies; the other attempt, a duplicate, looks its answer up
+      // (saying what it asks), and must not be handed the first request's.
+      const refused = { status: 'failed', executionId: null, error: { code: 'IDEMPOTENCY_CONFLICT' } };
+      const reuse = () =>
+        h.agent.execute('echo', { v: 2, ...extra }, { token, requestId, timeoutMs: 60_000 });
+      t.match(await Promise.all([reuse(), reuse()]), [refused, refused], `${requestId}: both refused`);
+      t.match(await reuse(), refused, `${requestId}: a retry within the duplicate window too`);
+      t.strictSame(
+        await h.agent.execute('echo', { v: 1, ...extra }, { token, requestId }),
+        first,
+        `${requestId}: the first request's retry still gets its answer`,
+      );
+    }
   });
 
   t.test('the request id reused while its request runs: refused at once; the first runs on', async (t) => {

@@ -36,8 +36,8 @@ export interface LookupMetrics {
 export interface AnswersServiceOptions {
   nc: NatsConnection;
   verifier: TokenVerifier;
-  /** `ask`: the `askDigest` of what the asker's request asks, when it says (see `Dispatcher.lookup`). */
-  lookup: (userId: string, requestId: string, ask: string | undefined) => Promise<TerminalAnswer | null>;
+  /** `asked`: the tool and `askDigest` of the asker's request, when it says (see `Dispatcher.lookup`). */
+  lookup: (userId: string, requestId: string, asked: Asked) => Promise<TerminalAnswer | null>;
   log: Logger;
   limits: LookupLimits;
   metrics?: LookupMetrics;
@@ -79,14 +79,10 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
     respond(msg, { answer: null, overloaded: { retryAfterMs } }, result);
 
   /** The lookup, or LookupDeadlineError at the deadline; the slot is held until the lookup ends. */
-  const bounded = (
-    userId: string,
-    requestId: string,
-    ask: string | undefined,
-  ): Promise<TerminalAnswer | null> => {
+  const bounded = (userId: string, requestId: string, asked: Asked): Promise<TerminalAnswer | null> => {
     inFlight++;
     o.metrics?.lookupsInFlight.inc();
-    const work = o.lookup(userId, requestId, ask).finally(() => {
+    const work = o.lookup(userId, requestId, asked).finally(() => {
       inFlight--;
       o.metrics?.lookupsInFlight.dec();
     });
@@ -132,7 +128,7 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
       const message = `the token is for user ${userId}; it may not ask about another user's requests`;
       return respond(msg, { answer: refusal('FORBIDDEN', message) }, 'refused');
     }
-    const { requestId, ask } = bodyOf(msg);
+    const { requestId, asked } = bodyOf(msg);
     if (requestId === null) {
       return respond(
         msg,
@@ -144,7 +140,7 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
     if (inFlight >= limits.maxInFlight) return overloaded(msg, 'overloaded');
     let answer: TerminalAnswer | null;
     try {
-      answer = await bounded(userId, requestId, ask);
+      answer = await bounded(userId, requestId, asked);
     } catch (e) {
       if (!(e instanceof LookupDeadlineError)) throw e;
       log.warn({ userId, requestId, deadlineMs: limits.deadlineMs }, 'answer lookup past its deadline');
@@ -175,18 +171,26 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
   };
 }
 
-/** The request id a lookup asks about; null when the body is not `{"requestId": <request id>}`. */
-/** The request id asked about (null: answered MALFORMED), and the ask digest when one is given. */
-function bodyOf(msg: Msg): { requestId: string | null; ask: string | undefined } {
-  let body: { requestId?: unknown; ask?: unknown };
+/** What the asker's request asks, as far as it says: its tool, and the `askDigest` of tool and arguments. */
+export interface Asked {
+  tool?: string | undefined;
+  ask?: string | undefined;
+}
+
+/** The request id asked about (null: answered MALFORMED), and what the asker's request asks. */
+function bodyOf(msg: Msg): { requestId: string | null; asked: Asked } {
+  let body: { requestId?: unknown; ask?: unknown; tool?: unknown };
   try {
-    body = msg.json<{ requestId?: unknown; ask?: unknown }>();
+    body = msg.json<{ requestId?: unknown; ask?: unknown; tool?: unknown }>();
   } catch {
-    return { requestId: null, ask: undefined }; // not JSON
+    return { requestId: null, asked: {} }; // not JSON
   }
-  const { requestId, ask } = body ?? {};
+  const { requestId, ask, tool } = body ?? {};
   return {
     requestId: typeof requestId === 'string' && REQUEST_ID_PATTERN.test(requestId) ? requestId : null,
-    ask: typeof ask === 'string' && /^[0-9a-f]{16}$/.test(ask) ? ask : undefined,
+    asked: {
+      ask: typeof ask === 'string' && /^[0-9a-f]{16}$/.test(ask) ? ask : undefined,
+      tool: typeof tool === 'string' && tool.length <= 64 ? tool : undefined,
+    },
   };
 }

@@ -94,11 +94,7 @@ async function recover(
     });
   } else {
     // It cannot be run again from this delivery, whatever the decider would allow.
-    const why = !tool
-      ? 'its tool is no longer available'
-      : !h.request
-        ? 'this delivery of the request does not parse'
-        : 'its tool is now another version';
+    const why = tool ? 'its tool is now another version' : 'its tool is no longer available';
     commands.push({
       type: 'Fail',
       data: {
@@ -159,6 +155,8 @@ export async function liveRunnerElsewhere(shell: Shell, execution: Execution): P
  */
 export async function giveUp(shell: Shell, h: Handling, failures: number): Promise<Disposition> {
   const execution = await shell.o.streams.load(h.ref);
+  // Another request's id: that one's failures are its own to count.
+  if (isConflict(askOfExecution(execution), h.request)) return refuseAttempt(shell, h, REUSED);
   const state = execution.state;
   if (state.status === 'completed' || state.status === 'failed')
     return existing(shell, h, execution, undefined);
