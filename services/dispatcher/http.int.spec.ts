@@ -4,7 +4,18 @@ import { harness } from './test/harness.ts';
 
 t.test('HTTP API', async (t) => {
   const h = await harness(t, { RATE_LIMIT_PER_SEC: '1', RATE_LIMIT_BURST: '30' });
+  // Fastify's warnings (deprecated options, FSTDEP…; error handlers, FSTWRN…) reach every operator's log.
+  const warnings: string[] = [];
+  const onWarning = (w: Error & { code?: string }) => warnings.push(`${w.code ?? w.name}: ${w.message}`);
+  process.on('warning', onWarning);
   const d = await h.start();
+  await d.app.ready();
+  process.off('warning', onWarning);
+  t.strictSame(
+    warnings.filter((w) => w.startsWith('FST')),
+    [],
+    'the dispatcher starts without a Fastify warning',
+  );
   const app = d.app;
   const alice = await h.token('alice');
   const bob = await h.token('bob');
