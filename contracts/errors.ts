@@ -155,7 +155,7 @@ export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
     retryable: true,
     recorded: false,
     description:
-      'the intake did not accept the request, or a lookup was refused over its bound or deadline (`retryAfterMs`); retry with the same request id',
+      'the intake did not accept the request, or the request waited in it longer than `INTAKE_MAX_WAIT_MS` and was not run (`waitedMs`, `shed`), or a lookup was refused over its bound or deadline (`retryAfterMs`); retry with the same request id',
   },
   IDEMPOTENCY_CONFLICT: {
     status: 409,

@@ -22,9 +22,21 @@ export const REQUEST_HEADERS = {
  * reaches a dispatcher, which refuses it (IDEMPOTENCY_CONFLICT) instead of its agent getting the
  * first request's answer. The dispatcher reads the request id back from the part before `/`
  * (`requestIdFromMsgId`), so no request id may hold a `/`.
+ *
+ * `republish` n > 0 appends `~n`: the n-th sending after the intake shed a message of the request
+ * unrun (it waited longer than INTAKE_MAX_WAIT_MS; decision 0035). JetStream would drop the
+ * shed message's id as a repeat within its window, and nothing would answer; every agent told by
+ * a lookup that the request was shed n times publishes under the same `~n`, so it is queued once.
  */
-export function requestMsgId(userId: string, requestId: string, bareToken: string, ask: string): string {
-  return `${userId}:${requestId}/${hash('sha256', bareToken).slice(0, 16)}${ask}`;
+export function requestMsgId(
+  userId: string,
+  requestId: string,
+  bareToken: string,
+  ask: string,
+  republish = 0,
+): string {
+  const id = `${userId}:${requestId}/${hash('sha256', bareToken).slice(0, 16)}${ask}`;
+  return republish > 0 ? `${id}~${republish}` : id;
 }
 
 /**

@@ -22,7 +22,11 @@ export const DISPATCHERS_QUEUE = 'toolbus-dispatchers';
  *   say, whether R has ended or not);
  * - `{"answer": null}`: R has no terminal event yet (or is unknown);
  * - `{"answer": null, "overloaded": {"retryAfterMs": n}}`: the dispatcher did not look (more
- *   lookups in flight than its bound) or gave up at its deadline; ask again, not before n ms.
+ *   lookups in flight than its bound) or gave up at its deadline; ask again, not before n ms;
+ * - `{"answer": null, "shed": n}`: R is not recorded, and the intake shed a message of it n times
+ *   unrun (it waited longer than INTAKE_MAX_WAIT_MS): nothing will answer it. JetStream would drop
+ *   the same message id again as a repeat: publish R again under `<message id>~<n>`
+ *   (`requestMsgId`'s `republish`). Older clients read it as "no answer yet".
  *
  * OVERLOADED is a field beside a null answer, not a failed answer: an older client takes a failed
  * answer as R's own terminal answer, and R may well have completed. An older client reads the
@@ -31,6 +35,7 @@ export const DISPATCHERS_QUEUE = 'toolbus-dispatchers';
 export const AnswersReply = z.object({
   answer: AgentAnswer.nullable(),
   overloaded: z.strictObject({ retryAfterMs: z.number().int().min(0) }).optional(),
+  shed: z.number().int().min(1).optional(),
 });
 export type AnswersReply = z.infer<typeof AnswersReply>;
 

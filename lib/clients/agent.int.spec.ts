@@ -338,6 +338,65 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
     t.strictSame(waits, [5, 10, 120, 20, 20]);
   });
 
+  t.test(
+    'a lookup that says the request was shed: sent again under <message id>~<n>, once per n',
+    async (t) => {
+      const sent: Array<{ msgId: string; replyTo: string }> = [];
+      const sub = nc.subscribe(subjects.request('alice', connectionIdentity(nc)), {
+        callback: (_e, m) => {
+          sent.push({
+            msgId: m.headers?.get('Nats-Msg-Id') ?? '',
+            replyTo: m.json<{ replyTo: string }>().replyTo,
+          });
+        },
+      });
+      t.teardown(() => sub.unsubscribe());
+      await nc.flush();
+      // The first call's message is stored; the (absent) dispatcher sheds it: nobody answers it.
+      await t.rejects(client.execute('noop', {}, { token, requestId: 'r-7', timeoutMs: 100 }), {
+        code: 'TIMEOUT',
+      });
+      let phase: 'retry' | 'repeat' = 'retry';
+      let repeatLookups = 0;
+      const done = {
+        status: 'completed',
+        requestId: 'r-7',
+        executionId: executionIdFor('alice', 'r-7'),
+        correlationId: 'c',
+        result: 'ran',
+        durationMs: 1,
+        cached: false,
+      };
+      fakeAnswers(t, () => {
+        if (phase === 'retry') return { answer: null, shed: 1 };
+        // The repeat: told "shed once" twice (its own `~1` is no news), then the answer.
+        return ++repeatLookups <= 2 ? { answer: null, shed: 1 } : { answer: done };
+      });
+      const other = createAgentClient(nc, { lookupBackoff: { minMs: 10, maxMs: 20 } });
+      const retry = other.execute('noop', {}, { token, requestId: 'r-7', timeoutMs: 30_000 });
+      while (!sent.some((s) => s.msgId.endsWith('~1'))) await new Promise((r) => setTimeout(r, 5));
+      const base = sent[0]!.msgId;
+      t.notOk(base.includes('~'), 'the first sending: the plain message id');
+      const again = sent.find((s) => s.msgId.endsWith('~1'))!;
+      t.equal(again.msgId, `${base}~1`, 'sent again under <message id>~1');
+      nc.publish(again.replyTo, JSON.stringify(done));
+      t.strictSame(await retry, done, 'its answer comes to the retry');
+
+      phase = 'repeat';
+      // On another connection: this one's inbox remembers the answer.
+      const nc2 = await connectNats(nats.url, 'agent-test');
+      t.teardown(() => nc2.close());
+      const elsewhere = createAgentClient(nc2, { lookupBackoff: { minMs: 10, maxMs: 20 } });
+      const repeat = await elsewhere.execute('noop', {}, { token, requestId: 'r-7', timeoutMs: 30_000 });
+      t.strictSame(repeat, done, 'a later repeat gets the answer by lookup');
+      t.equal(repeatLookups, 3, 'after asking again, not sending again, while told the same count');
+      t.notOk(
+        sent.some((s) => s.msgId.endsWith('~2')),
+        'never under a count no dispatcher gave',
+      );
+    },
+  );
+
   t.test('an oversized request is refused locally (the dispatcher could not answer it)', async (t) => {
     const a = await client.execute(
       'echo',

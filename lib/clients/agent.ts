@@ -211,16 +211,18 @@ export async function submitRequest(
       ...(o.pollIntervalMs !== undefined ? { minMs: o.pollIntervalMs } : {}),
       ...o.lookupBackoff,
     };
-    const publishing = (async (): Promise<never> => {
-      let ack;
-      let attempt = 0;
-      for (; ; attempt++) {
+    /**
+     * Publishes until JetStream acknowledges, under the message id of the `republish`-th sending
+     * after the intake shed the request (0: the first). Null: stopped waiting meanwhile.
+     */
+    const publishAcknowledged = async (republish: number) => {
+      for (let attempt = 0; ; attempt++) {
         try {
-          ack = await js.publish(subjects.request(userId, agentId), body, {
-            msgID: requestMsgId(userId, requestId, bare(o.token), ask),
+          const ack = await js.publish(subjects.request(userId, agentId), body, {
+            msgID: requestMsgId(userId, requestId, bare(o.token), ask, republish),
             headers: auth,
           });
-          break;
+          return { ack, attempt };
         } catch (e) {
           if (isIntakeFull(e)) throw new IntakeFullError(requestId, e);
           if (!(e instanceof TimeoutError)) {
@@ -237,19 +239,27 @@ export async function submitRequest(
           try {
             await sleep(backoffMs(attempt, ACK_RETRY), stop.signal);
           } catch {
-            return new Promise<never>(() => undefined); // answered, or timed out
+            return null; // answered, or timed out
           }
         }
       }
-      if (!ack.duplicate) waiter.own();
-      else {
+    };
+    const publishing = (async (): Promise<never> => {
+      const forever = new Promise<never>(() => undefined); // the answer comes to the waiter
+      for (let republish = 0; ;) {
+        const sent = await publishAcknowledged(republish);
+        if (!sent) return forever;
+        if (!sent.ack.duplicate) {
+          waiter.own();
+          return forever;
+        }
         // A duplicate after a publish of ours went unacknowledged is most likely that copy, whose
         // answer comes to this waiter: waited for, and looked up only if it does not come soon
         // (lookups load busy dispatchers). It may be an earlier attempt's copy all the same, one
         // this client gave up on or made on another connection: its answer went there.
-        const ownCopy = attempt > 0;
+        const ownCopy = sent.attempt > 0;
         if (ownCopy) waiter.own();
-        await lookUpDuplicate(nc, {
+        const shed = await lookUpDuplicate(nc, {
           userId,
           requestId,
           ask,
@@ -260,9 +270,12 @@ export async function submitRequest(
           signal: stop.signal,
           onLookup: o.onLookup,
           ownCopy,
+          republished: republish,
         });
+        // The copy JetStream kept was shed unrun: sent again, under the id the lookup names.
+        if (shed === null) return forever;
+        republish = shed;
       }
-      return new Promise<never>(() => undefined); // the answer comes to the waiter
     })();
     try {
       return await Promise.race([waiter.answer, timeout, publishing]);
@@ -314,14 +327,19 @@ interface DuplicateWait {
   onLookup: SubmitOptions['onLookup'];
   /** This attempt owns the answer (its own copy, most likely): looks up only after `backoff.ownCopyMs`. */
   ownCopy: boolean;
+  /** The sending after a shedding this attempt published (0: the first): a lookup that names it again is no news. */
+  republished: number;
 }
 
 /**
  * JetStream already had this request: its answer goes (or went) to the first attempt's inbox.
  * While an attempt of this connection that owns it waits, so does this one (the answer reaches
  * both); then it asks the dispatchers, backing off, until there is an answer or it stops waiting.
+ * When a dispatcher says the intake shed the request unrun (`AnswersReply.shed`) more times than
+ * this attempt knows of, resolves to that count: the request must be published again, under a
+ * message id JetStream has not seen (nothing else will answer it). Else resolves to null.
  */
-async function lookUpDuplicate(nc: NatsConnection, d: DuplicateWait): Promise<void> {
+async function lookUpDuplicate(nc: NatsConnection, d: DuplicateWait): Promise<number | null> {
   const aborted = new Promise<void>((resolve) =>
     d.signal.addEventListener('abort', () => resolve(), { once: true }),
   );
@@ -329,7 +347,7 @@ async function lookUpDuplicate(nc: NatsConnection, d: DuplicateWait): Promise<vo
     try {
       await sleep(d.backoff.ownCopyMs, d.signal);
     } catch {
-      return; // answered (the usual case), or timed out
+      return null; // answered (the usual case), or timed out
     }
   } else await Promise.race([d.waiter.ownersGone(), aborted]);
   let hintMs = 0;
@@ -338,13 +356,18 @@ async function lookUpDuplicate(nc: NatsConnection, d: DuplicateWait): Promise<vo
     try {
       await sleep(waitMs, d.signal);
     } catch {
-      return; // the attempt stopped waiting (answered, timed out)
+      return null; // the attempt stopped waiting (answered, timed out)
     }
     d.onLookup?.({ attempt, waitedMs: waitMs });
     const reply = await askForAnswer(nc, d.userId, d.requestId, { ask: d.ask, tool: d.tool }, d.auth);
-    if (reply.answer) return d.waiter.settle(reply.answer);
+    if (reply.answer) {
+      d.waiter.settle(reply.answer);
+      return null;
+    }
+    if (reply.shed !== undefined && reply.shed > d.republished) return reply.shed;
     hintMs = reply.overloaded?.retryAfterMs ?? 0;
   }
+  return null;
 }
 
 export function createAgentClient(
@@ -467,7 +490,7 @@ async function askForAnswer(
   requestId: string,
   asked: { ask: string; tool: string | undefined },
   auth: ReturnType<typeof headers>,
-): Promise<{ answer: TerminalAnswer | null; overloaded?: { retryAfterMs: number } }> {
+): Promise<{ answer: TerminalAnswer | null; overloaded?: { retryAfterMs: number }; shed?: number }> {
   let reply;
   try {
     reply = await nc.request(
@@ -489,9 +512,10 @@ async function askForAnswer(
   }
   const parsed = AnswersReply.safeParse(value);
   if (!parsed.success) return { answer: null };
-  const { answer, overloaded } = parsed.data;
+  const { answer, overloaded, shed } = parsed.data;
   return {
     answer: answer && isTerminalAnswer(answer) ? (answer as TerminalAnswer) : null,
     ...(overloaded ? { overloaded } : {}),
+    ...(shed !== undefined ? { shed } : {}),
   };
 }

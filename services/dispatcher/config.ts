@@ -56,6 +56,13 @@ const DispatcherVariables = CommonEnv.extend({
    * without end.
    */
   INTAKE_MAX_MESSAGES: intVar(100_000, 1, 100_000_000),
+  /**
+   * A request that waited in the intake longer than this before an instance could start it (the
+   * load is above what the instances can run) is not run: its agent gets OVERLOADED at once, with a
+   * retry hint, and nothing is recorded (decision 0035). 0: never. Requests delivered again, and
+   * requests without a reply subject (nobody to tell), always run.
+   */
+  INTAKE_MAX_WAIT_MS: intVar(10_000, 0, 3_600_000),
   INTAKE_MAX_BYTES: intVar(1024 * 1024 * 1024, 1024 * 1024, 1024 * 1024 * 1024 * 1024),
   /**
    * Copies of the intake stream on a JetStream cluster (3 on a 3-node cluster: a request is

@@ -8,6 +8,7 @@ import {
   type ToolRequest,
 } from '../../contracts/index.ts';
 import { AuthError } from '../../lib/auth.ts';
+import type { Logger } from '../../lib/log.ts';
 import { askOfExecution, askOfHandling, isConflict, type RecordedAsk } from './ask.ts';
 import { conflictRefusal, reply, REUSED } from './answer.ts';
 import { answerFromTerminal, refusal, type TerminalAnswer } from './answers.ts';
@@ -19,6 +20,7 @@ import {
   type Disposition,
 } from './delivery.ts';
 import { handleDelivery, recordPendingCancel } from './handling.ts';
+import type { ShedRequest } from './lookup.ts';
 import { giveUp } from './recovery.ts';
 import { abortForCancel, NO_TOOL, type DispatcherOptions, type Handling, type Shell } from './shell.ts';
 import { terminalOf, type ExecutionRef } from './streams.ts';
@@ -61,6 +63,8 @@ export class Dispatcher {
   private readonly maxFailures: number;
   private closing = false;
   private readonly shell: Shell;
+  /** Sheddings, logged as one line per interval rather than one per request (an overload is many). */
+  private readonly shedLog: ShedLog;
 
   constructor(private readonly o: DispatcherOptions) {
     this.maxFailures = o.maxFailures ?? 6;
@@ -71,6 +75,7 @@ export class Dispatcher {
       deferMs: o.deferMs ?? 2_000,
       closing: () => this.closing,
     };
+    this.shedLog = new ShedLog(o.log, o.maxQueueWaitMs ?? 0);
   }
 
   /** Is this instance running the execution right now (asked by other dispatchers). */
@@ -180,6 +185,8 @@ export class Dispatcher {
 
     const running = this.inFlight.get(executionId);
     if (running) return this.join(running, replyTo, delivery, parsed.ok ? parsed.request : null);
+    const waitedMs = this.overdue(delivery, replyTo);
+    if (waitedMs !== null) return this.shed(ref, replyTo!, waitedMs);
 
     let settle!: (d: Disposition) => void;
     const done = new Promise<Disposition>((resolve) => (settle = resolve));
@@ -220,6 +227,52 @@ export class Dispatcher {
       settleOutcome(null);
       settle(disposition);
     }
+  }
+
+  /**
+   * How long a first delivery waited in the intake (JetStream's timestamp to now), when that is
+   * longer than `maxQueueWaitMs` and it may be shed; else null. The load is then above what the
+   * instances run, and what waits is older than its agent should wait for: running it would only
+   * make every later request wait as long (a FIFO behind a standing queue). A delivery that came
+   * back (it may have started elsewhere), a cancel, and a request without a reply subject (nobody
+   * would be told: its publisher counts on it running) are never shed.
+   */
+  private overdue(delivery: Delivery, replyTo: string | undefined): number | null {
+    const max = this.o.maxQueueWaitMs ?? 0;
+    if (max <= 0 || delivery.redelivered || delivery.cancel || !replyTo || delivery.sentAt === undefined) {
+      return null;
+    }
+    const waitedMs = Date.now() - delivery.sentAt;
+    return waitedMs > max ? waitedMs : null;
+  }
+
+  /**
+   * Sheds an overdue request: nothing is recorded, its agent is told OVERLOADED with a retry hint,
+   * and Redis counts the shedding, so that a lookup of a retry JetStream drops as a repeat of this
+   * message says to publish under another message id (decision 0035). Costs a Redis write and a
+   * publish, against two commits and the tool for a run: the standing queue drains.
+   */
+  private async shed(ref: ExecutionRef, replyTo: string, waitedMs: number): Promise<Disposition> {
+    this.o.metrics.shed.inc();
+    this.shedLog.count(waitedMs);
+    const shed = await this.o.guard.markShed(ref.userId, ref.requestId);
+    const message =
+      `the request waited ${(waitedMs / 1000).toFixed(1)} s in the intake, longer than ` +
+      `${this.o.maxQueueWaitMs} ms (more requests than the dispatchers run): it was not run and ` +
+      'nothing was recorded; send it again with the same request id';
+    // Naming no execution: it goes to this attempt only (another copy may be running elsewhere).
+    reply(this.shell, replyTo, {
+      status: 'failed',
+      requestId: ref.requestId,
+      executionId: null,
+      correlationId: ref.correlationId,
+      error: {
+        code: 'OVERLOADED',
+        message,
+        details: { retryAfterMs: SHED_RETRY_AFTER_MS, waitedMs, ...(shed ? { shed } : {}) },
+      },
+    });
+    return { ack: true };
   }
 
   /** The principal of the delivery's token, or null when it was refused (and answered so). */
@@ -351,13 +404,14 @@ export class Dispatcher {
 
   /**
    * What became of (user, request id): the remembered answer (Redis), else the stored terminal
-   * event (found through the store's index by execution id). Null while it has none yet.
+   * event (found through the store's index by execution id); else, when nothing of it is recorded
+   * and the intake shed it (`Guard.markShed`), how many times. Null while it has none yet.
    */
   async lookup(
     userId: string,
     requestId: string,
     asked: { tool?: string | undefined; ask?: string | undefined } = {},
-  ): Promise<TerminalAnswer | null> {
+  ): Promise<TerminalAnswer | ShedRequest | null> {
     const executionId = executionIdFor(userId, requestId);
     if (this.inFlight.has(executionId)) return null;
     // The asker's request asks something else: another tool, or (where what the recorded request
@@ -379,9 +433,52 @@ export class Dispatcher {
     const recorded = askOfExecution(execution);
     if (conflict(recorded)) return conflictRefusal(requestId, REUSED);
     const terminal = terminalOf(execution);
-    if (!terminal) return null;
+    if (!terminal) {
+      // Nothing recorded, and the intake shed a message of it: the asker sends it again.
+      const shed = remembered.kind === 'none' && execution.events.length === 0 ? remembered.shed : 0;
+      return shed > 0 ? { shed } : null;
+    }
     const answer = answerFromTerminal(terminal);
     void this.o.guard.remember(userId, requestId, answer, recorded ?? undefined);
     return answer;
+  }
+}
+
+/** How long an agent whose request was shed is told to wait before sending it again. */
+const SHED_RETRY_AFTER_MS = 5_000;
+
+/** At most one log line per this while requests are shed. */
+const SHED_LOG_INTERVAL_MS = 10_000;
+
+/** Counts sheddings and logs them at most once per `SHED_LOG_INTERVAL_MS`: how many, the longest wait. */
+class ShedLog {
+  private n = 0;
+  private longestMs = 0;
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly maxWaitMs: number,
+  ) {}
+
+  count(waitedMs: number): void {
+    this.n++;
+    this.longestMs = Math.max(this.longestMs, waitedMs);
+    if (!this.timer) this.flush();
+  }
+
+  /** Logs what was counted, then waits an interval: what comes meanwhile is logged at its end. */
+  private flush(): void {
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (this.n > 0) this.flush();
+    }, SHED_LOG_INTERVAL_MS);
+    this.timer.unref();
+    this.log.warn(
+      { shed: this.n, longestWaitMs: this.longestMs, maxWaitMs: this.maxWaitMs },
+      'overloaded: requests that waited longer than INTAKE_MAX_WAIT_MS in the intake were answered OVERLOADED unrun',
+    );
+    this.n = 0;
+    this.longestMs = 0;
   }
 }

@@ -4,6 +4,7 @@ import type { ChainableCommander } from 'ioredis';
 import type { Redis } from '../../lib/redis.ts';
 import type { TerminalAnswer } from './answers.ts';
 import type { RecordedAsk } from './ask.ts';
+import { DUPLICATE_WINDOW_MS } from './intake.ts';
 
 /**
  * Redis as an accelerator: the terminal answer per (user, request id), per-user rate and
@@ -152,6 +153,9 @@ type AdmitFn = (
 
 type TakeSlotFn = (slotsKey: string, ...args: string[]) => Promise<string>;
 
+/** How long Redis counts a request id's sheddings: the intake's duplicate window, and a margin. */
+const SHED_MEMORY_MS = DUPLICATE_WINDOW_MS + 30_000;
+
 /** While Redis stays down, at most one log line per this (see `RedisOutageLog`). */
 export const REDIS_OUTAGE_LOG_INTERVAL_MS = 10_000;
 
@@ -288,6 +292,9 @@ export class Guard {
   /** What the request that got the remembered answer asked (`RecordedAsk`, JSON). */
   private askKey = (userId: string, requestId: string): string => this.key(userId, `q:${requestId}`);
 
+  /** How many times the intake shed the request id unrun (`markShed`). */
+  private shedKey = (userId: string, requestId: string): string => this.key(userId, `s:${requestId}`);
+
   /** Result cache key: per user, tool and version, and the SHA-256 of the canonical arguments. */
   cacheKey(userId: string, tool: string, version: string, args: JsonValue): string {
     const digest = hash('sha256', canonicalJson(args), 'hex');
@@ -376,18 +383,43 @@ export class Guard {
     }
   }
 
-  /** What Redis knows of (user, request id): its answer, that it was admitted, nothing, or Redis is away. */
+  /**
+   * Counts a shedding of (user, request id): a message of it that waited too long in the intake
+   * was answered OVERLOADED unrun (decision 0035). The count lives as long as JetStream's duplicate
+   * window and a margin, while a retry under the same message id would be dropped as a repeat: a
+   * lookup then says so (`peek`), and the agent publishes again under `<message id>~<count>`.
+   * Resolves to the count, or null when Redis is away (the retry then waits for its timeout).
+   */
+  async markShed(userId: string, requestId: string): Promise<number | null> {
+    const key = this.shedKey(userId, requestId);
+    try {
+      const results = (await this.redis.multi().incr(key).pexpire(key, SHED_MEMORY_MS).exec()) ?? [];
+      const failed = results.find(([err]) => err);
+      if (failed?.[0]) throw failed[0];
+      this.health.succeeded();
+      return Number(results[0]?.[1]);
+    } catch (e) {
+      this.health.failed('markShed', e as Error);
+      return null;
+    }
+  }
+
+  /**
+   * What Redis knows of (user, request id): its answer, that it was admitted, nothing (and how
+   * many times the intake shed it, if it did), or Redis is away.
+   */
   async peek(
     userId: string,
     requestId: string,
-  ): Promise<Remembered | { kind: 'seen' | 'none' | 'unavailable' }> {
+  ): Promise<Remembered | { kind: 'seen' | 'unavailable' } | { kind: 'none'; shed: number }> {
     try {
-      const [value, ask] = await this.redis.mget(
+      const [value, ask, shed] = await this.redis.mget(
         this.answerKey(userId, requestId),
         this.askKey(userId, requestId),
+        this.shedKey(userId, requestId),
       );
       this.health.succeeded();
-      if (value === null || value === undefined) return { kind: 'none' };
+      if (value === null || value === undefined) return { kind: 'none', shed: Number(shed ?? 0) || 0 };
       if (value.startsWith('{')) return rememberedOf(value, ask);
       return { kind: 'seen' };
     } catch (e) {

@@ -26,7 +26,15 @@ export interface LookupLimits {
 }
 
 /** Results counted by `toolbus_answer_lookups_total{result}`. */
-export type LookupResult = 'answered' | 'pending' | 'refused' | 'overloaded' | 'deadline' | 'failed';
+export type LookupResult = 'answered' | 'pending' | 'shed' | 'refused' | 'overloaded' | 'deadline' | 'failed';
+
+/**
+ * A request the intake shed unrun `shed` times (it waited too long, decision 0035), with no answer
+ * since: the asker publishes it again under `<message id>~<shed>` (`AnswersReply.shed`).
+ */
+export interface ShedRequest {
+  shed: number;
+}
 
 export interface LookupMetrics {
   lookups: { inc(labels: { result: LookupResult }): void };
@@ -37,7 +45,7 @@ export interface AnswersServiceOptions {
   nc: NatsConnection;
   verifier: TokenVerifier;
   /** `asked`: the tool and `askDigest` of the asker's request, when it says (see `Dispatcher.lookup`). */
-  lookup: (userId: string, requestId: string, asked: Asked) => Promise<TerminalAnswer | null>;
+  lookup: (userId: string, requestId: string, asked: Asked) => Promise<TerminalAnswer | ShedRequest | null>;
   log: Logger;
   limits: LookupLimits;
   metrics?: LookupMetrics;
@@ -79,7 +87,11 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
     respond(msg, { answer: null, overloaded: { retryAfterMs } }, result);
 
   /** The lookup, or LookupDeadlineError at the deadline; the slot is held until the lookup ends. */
-  const bounded = (userId: string, requestId: string, asked: Asked): Promise<TerminalAnswer | null> => {
+  const bounded = (
+    userId: string,
+    requestId: string,
+    asked: Asked,
+  ): Promise<TerminalAnswer | ShedRequest | null> => {
     inFlight++;
     o.metrics?.lookupsInFlight.inc();
     const work = o.lookup(userId, requestId, asked).finally(() => {
@@ -138,7 +150,7 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
     }
     // Checked again: verifying the token may have waited (a JWKS fetch) while others started.
     if (inFlight >= limits.maxInFlight) return overloaded(msg, 'overloaded');
-    let answer: TerminalAnswer | null;
+    let answer: TerminalAnswer | ShedRequest | null;
     try {
       answer = await bounded(userId, requestId, asked);
     } catch (e) {
@@ -146,6 +158,7 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
       log.warn({ userId, requestId, deadlineMs: limits.deadlineMs }, 'answer lookup past its deadline');
       return overloaded(msg, 'deadline');
     }
+    if (answer && 'shed' in answer) return respond(msg, { answer: null, shed: answer.shed }, 'shed');
     respond(msg, { answer }, answer ? 'answered' : 'pending');
   };
 

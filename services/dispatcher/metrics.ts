@@ -13,6 +13,7 @@ export interface DispatcherMetrics {
   cancellations: Counter<'result'>;
   intakeQueued: Gauge;
   intakeWait: Histogram;
+  shed: Counter;
   lookups: Counter<'result'>;
   lookupsInFlight: Gauge;
   approvals: Counter<'event'>;
@@ -81,6 +82,11 @@ export function createMetrics(registry: Registry): DispatcherMetrics {
     intakeQueued: new Gauge({
       name: 'toolbus_intake_queued',
       help: 'Requests pulled by this dispatcher and waiting for a slot (their user is at its share)',
+      registers: [registry],
+    }),
+    shed: new Counter({
+      name: 'toolbus_requests_shed_total',
+      help: 'Requests answered OVERLOADED unrun: they waited in the intake longer than INTAKE_MAX_WAIT_MS',
       registers: [registry],
     }),
     intakeWait: new Histogram({

@@ -35,6 +35,11 @@ export interface DispatcherOptions {
    * INTERNAL and answered, instead of being delivered again for ever. Default 6.
    */
   maxFailures?: number;
+  /**
+   * A first delivery that waited in the intake longer than this (JetStream's timestamp to now) is
+   * shed: answered OVERLOADED unrun (see `Dispatcher.handle`). 0 or absent: never.
+   */
+  maxQueueWaitMs?: number;
   /** Wakes whichever dispatcher runs an execution after a cancel was recorded (cancel.ts). */
   wakeRunner?: (executionId: string) => void;
 }

@@ -138,7 +138,9 @@ export interface SendOptions {
 
 /**
  * Sends one request as an agent would: the agent client, and on no answer (timeout, publish
- * failed, connection closed) the same request id again, until it is answered or `giveUpAfterMs`.
+ * failed, connection closed) or OVERLOADED (nothing was recorded: the intake was full, or the
+ * request waited too long in it and was shed) the same request id again, until it is answered or
+ * `giveUpAfterMs`. An OVERLOADED answer is not the request's answer, so it is not recorded as one.
  */
 export async function send(
   agent: AgentClient,
@@ -158,8 +160,14 @@ export async function send(
         requestId,
         timeoutMs: Math.max(1_000, Math.min(options.attemptTimeoutMs ?? 15_000, deadline - Date.now())),
       });
-      ledger.answer(user.userId, requestId, answer);
-      return answer;
+      if (answer.status === 'failed' && answer.error.code === 'OVERLOADED') {
+        entry.lastError = `OVERLOADED: ${answer.error.message}`;
+        const hint = Number(answer.error.details?.['retryAfterMs'] ?? 0);
+        backoff = Math.max(backoff, Number.isFinite(hint) ? hint : 0);
+      } else {
+        ledger.answer(user.userId, requestId, answer);
+        return answer;
+      }
     } catch (e) {
       entry.lastError = e instanceof AgentClientError ? `${e.code}: ${e.message}` : String(e);
     }
