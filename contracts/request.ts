@@ -39,6 +39,12 @@ export function requestMsgId(
   return republish > 0 ? `${id}~${republish}` : id;
 }
 
+/** The `~n` of a message id (`requestMsgId`'s `republish`), 0 when it has none. */
+export function republishOf(msgId: string | undefined): number {
+  const n = msgId ? /~(\d{1,6})$/.exec(msgId)?.[1] : undefined;
+  return n ? Number(n) : 0;
+}
+
 /**
  * 16 hex of the SHA-256 of a request's tool and arguments (canonical JSON, key order aside): what
  * it asks. Arguments no JSON can carry (the dispatcher refuses them) are digested as written.

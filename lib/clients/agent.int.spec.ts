@@ -390,6 +390,11 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
       const repeat = await elsewhere.execute('noop', {}, { token, requestId: 'r-7', timeoutMs: 30_000 });
       t.strictSame(repeat, done, 'a later repeat gets the answer by lookup');
       t.equal(repeatLookups, 3, 'after asking again, not sending again, while told the same count');
+      t.equal(
+        sent.filter((s) => s.msgId.endsWith('~1')).length,
+        2,
+        'under ~1 once per call told so (JetStream drops the second as a repeat)',
+      );
       t.notOk(
         sent.some((s) => s.msgId.endsWith('~2')),
         'never under a count no dispatcher gave',

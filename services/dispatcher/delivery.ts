@@ -10,6 +10,8 @@ export interface Delivery {
   redelivered: boolean;
   /** When the request was stored by JetStream (epoch ms): the rate limit judges it by this time. */
   sentAt?: number;
+  /** Requests JetStream held behind this one, not yet delivered, when it was pulled. */
+  behind?: number;
   /** Set by the intake when the request was cancelled while it waited: it is recorded cancelled, not run. */
   cancel?: CancelOrder;
 }
@@ -23,8 +25,12 @@ export interface CancelOrder {
   admin?: boolean;
 }
 
-/** What the intake does with the message: ack it, or let it come back later. */
-export type Disposition = { ack: true } | { ack: false; retryInMs: number };
+/**
+ * What the intake does with the message: ack it (and, with `afterAck`, call that once JetStream
+ * has confirmed the ack: an answer that must not go out for a message that could still come
+ * back), or let it come back later.
+ */
+export type Disposition = { ack: true; afterAck?: () => void } | { ack: false; retryInMs: number };
 
 /**
  * The execution a delivery would be, for the user of its subject: its body's request id, or the

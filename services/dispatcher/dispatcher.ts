@@ -4,6 +4,7 @@ import {
   parseRequestSubject,
   parseToolRequest,
   REQUEST_HEADERS,
+  republishOf,
   type Principal,
   type ToolRequest,
 } from '../../contracts/index.ts';
@@ -186,7 +187,13 @@ export class Dispatcher {
     const running = this.inFlight.get(executionId);
     if (running) return this.join(running, replyTo, delivery, parsed.ok ? parsed.request : null);
     const waitedMs = this.overdue(delivery, replyTo);
-    if (waitedMs !== null) return this.shed(ref, replyTo!, waitedMs);
+    if (waitedMs !== null) {
+      const republished = republishOf(delivery.header(REQUEST_HEADERS.msgId));
+      const shed = await this.o.guard.markShed(userId, requestId, republished);
+      if (shed !== null) return this.shed(ref, replyTo!, waitedMs, shed);
+      // Redis knows the request (a late copy: answered, or running elsewhere) or is away: it is
+      // handled as any request, a repeat answered as one.
+    }
 
     let settle!: (d: Disposition) => void;
     const done = new Promise<Disposition>((resolve) => (settle = resolve));
@@ -242,37 +249,43 @@ export class Dispatcher {
     if (max <= 0 || delivery.redelivered || delivery.cancel || !replyTo || delivery.sentAt === undefined) {
       return null;
     }
-    const waitedMs = Date.now() - delivery.sentAt;
+    // Only while a queue stands behind it: the last of a backlog is not shed, and a dispatcher
+    // whose clock runs ahead of the NATS servers' does not shed requests that did not wait.
+    if (delivery.behind === 0) return null;
+    const waitedMs = Math.round(Date.now() - delivery.sentAt);
     return waitedMs > max ? waitedMs : null;
   }
 
   /**
-   * Sheds an overdue request: nothing is recorded, its agent is told OVERLOADED with a retry hint,
-   * and Redis counts the shedding, so that a lookup of a retry JetStream drops as a repeat of this
-   * message says to publish under another message id (decision 0035). Costs a Redis write and a
-   * publish, against two commits and the tool for a run: the standing queue drains.
+   * Sheds an overdue request that Redis counted (`Guard.markShed`: nothing of it is known, so a
+   * lookup of a retry JetStream drops as a repeat of this message says to publish under another
+   * message id; decision 0035): nothing is recorded, and its agent is told OVERLOADED with a retry
+   * hint. Costs a Redis script, an ack and a publish, against two commits and the tool for a run:
+   * the standing queue drains.
    */
-  private async shed(ref: ExecutionRef, replyTo: string, waitedMs: number): Promise<Disposition> {
+  private shed(ref: ExecutionRef, replyTo: string, waitedMs: number, shed: number): Disposition {
     this.o.metrics.shed.inc();
     this.shedLog.count(waitedMs);
-    const shed = await this.o.guard.markShed(ref.userId, ref.requestId);
     const message =
       `the request waited ${(waitedMs / 1000).toFixed(1)} s in the intake, longer than ` +
       `${this.o.maxQueueWaitMs} ms (more requests than the dispatchers run): it was not run and ` +
-      'nothing was recorded; send it again with the same request id';
-    // Naming no execution: it goes to this attempt only (another copy may be running elsewhere).
-    reply(this.shell, replyTo, {
-      status: 'failed',
-      requestId: ref.requestId,
-      executionId: null,
-      correlationId: ref.correlationId,
-      error: {
-        code: 'OVERLOADED',
-        message,
-        details: { retryAfterMs: SHED_RETRY_AFTER_MS, waitedMs, ...(shed ? { shed } : {}) },
-      },
-    });
-    return { ack: true };
+      'nothing of it was recorded; send it again with the same request id';
+    // Told only once JetStream has confirmed the ack: a message whose ack was lost comes back, and
+    // runs (a redelivery is never shed), so its agent must not have been told it did not.
+    // Naming no execution, the answer goes to this attempt only.
+    const told = () =>
+      reply(this.shell, replyTo, {
+        status: 'failed',
+        requestId: ref.requestId,
+        executionId: null,
+        correlationId: ref.correlationId,
+        error: {
+          code: 'OVERLOADED',
+          message,
+          details: { retryAfterMs: SHED_RETRY_AFTER_MS, waitedMs, shed },
+        },
+      });
+    return { ack: true, afterAck: told };
   }
 
   /** The principal of the delivery's token, or null when it was refused (and answered so). */

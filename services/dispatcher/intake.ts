@@ -299,6 +299,7 @@ const toDelivery = (m: JsMsg): Delivery => ({
   id: `${m.info.streamSequence}-${m.info.deliveryCount}`,
   redelivered: m.redelivered,
   sentAt: Number(m.info.timestampNanos) / 1e6,
+  behind: m.info.pending,
 });
 
 /**
@@ -392,7 +393,12 @@ export function startIntake(o: IntakeOptions): Intake {
     const task = o
       .handle(delivery)
       .then(
-        (d) => (d.ack ? m.ack() : m.nak(d.retryInMs)),
+        async (d) => {
+          if (!d.ack) return m.nak(d.retryInMs);
+          if (!d.afterAck) return m.ack();
+          await m.ackAck();
+          d.afterAck();
+        },
         (e: unknown) => {
           o.log.error({ err: e, seq: m.seq }, 'request handler failed; it will be delivered again');
           m.nak(1_000);

@@ -14,7 +14,7 @@ import { headers } from '@nats-io/transport-node';
 import { createAgentClient } from '../../lib/clients/agent.ts';
 import { connectionIdentity, inboxFor } from '../../lib/nats.ts';
 import { jetstream as names, subjects, type ToolEvent } from '../../contracts/index.ts';
-import { eventually, harness } from './test/harness.ts';
+import { eventually, harness, type AgentAnswerLike } from './test/harness.ts';
 
 const MAX_WAIT_MS = 1_000;
 
@@ -30,19 +30,41 @@ const olderThan = async (since: number, ms: number) => {
 
 t.test('requests that waited longer than INTAKE_MAX_WAIT_MS are answered OVERLOADED unrun', async (t) => {
   const h = await harness(t, { INTAKE_MAX_WAIT_MS: String(MAX_WAIT_MS), ACK_WAIT_MS: '1000' });
-  // The intake exists; then no dispatcher consumes it while the requests wait.
-  await (await h.start()).close();
   const token = await h.token('sia');
+  // A request that ran; then no dispatcher consumes the intake while the others wait.
+  const first = await h.start();
+  const done = await h.agent.execute('echo', { text: 'done' }, { token, requestId: 'done-1' });
+  t.match(done, { status: 'completed' });
+  await first.close();
 
   const js = jetstream(h.nc);
   const jsm = await jetstreamManager(h.nc);
   const subject = subjects.request('sia', connectionIdentity(h.nc));
+  /** Publishes by hand (a reply subject of its own unless `replyTo: false`); `answer`: its terminal answer. */
+  const publish = async (
+    body: Record<string, unknown>,
+    o: { msgId?: string; replyTo?: false } = {},
+  ): Promise<{ answer: Promise<AgentAnswerLike> }> => {
+    const inbox = inboxFor(h.nc);
+    const sub = h.nc.subscribe(inbox);
+    const answer = (async () => {
+      for await (const m of sub) {
+        const a = m.json<AgentAnswerLike>();
+        if (a.status === 'completed' || a.status === 'failed') return a;
+      }
+      throw new Error('no answer');
+    })();
+    answer.catch(() => undefined); // unsubscribed at teardown unanswered: only if awaited
+    t.teardown(() => sub.unsubscribe());
+    await js.publish(subject, JSON.stringify(o.replyTo === false ? body : { ...body, replyTo: inbox }), {
+      headers: authHeaders(token),
+      ...(o.msgId ? { msgID: o.msgId } : {}),
+    });
+    return { answer }; // not the promise itself: awaiting this must not wait for the answer
+  };
+
   // A request a dispatcher took and died with (pulled, never acknowledged): delivered again.
-  await js.publish(
-    subject,
-    JSON.stringify({ requestId: 'taken', tool: 'echo', args: { text: 'taken' }, replyTo: inboxFor(h.nc) }),
-    { headers: authHeaders(token) },
-  );
+  const taken = await publish({ requestId: 'taken', tool: 'echo', args: { text: 'taken' } });
   const consumer = await js.consumers.get(names.requestsStream, names.dispatcherConsumer);
   const pulled = await consumer.fetch({ max_messages: 1, expires: 5_000 });
   const takenIds: string[] = [];
@@ -55,16 +77,27 @@ t.test('requests that waited longer than INTAKE_MAX_WAIT_MS are answered OVERLOA
     { text: 'late' },
     { token, requestId: 'shed-1', timeoutMs: 60_000 },
   );
-  // Nobody waits for this one (no reply subject): it runs however long it waited.
-  await js.publish(
-    subject,
-    JSON.stringify({ requestId: 'fire-and-forget', tool: 'echo', args: { text: 'unasked' } }),
-    { headers: authHeaders(token) },
+  // A late copy of the request that ran, under another message id (a new token, say).
+  const lateCopy = await publish(
+    { requestId: 'done-1', tool: 'echo', args: { text: 'done' } },
+    { msgId: 'sia:done-1/another-copy' },
   );
+  // A message sent again after three sheddings: the count goes on from there.
+  const bumped = await publish(
+    { requestId: 'bumped', tool: 'echo', args: { text: 'bumped' } },
+    { msgId: 'sia:bumped/x~3' },
+  );
+  // Nobody waits for this one (no reply subject): it runs however long it waited.
+  await publish(
+    { requestId: 'fire-and-forget', tool: 'echo', args: { text: 'unasked' } },
+    { replyTo: false },
+  );
+  // The last of the backlog: nothing stands behind it.
+  const tail = await publish({ requestId: 'tail', tool: 'echo', args: { text: 'tail' } });
   await eventually(
-    async () => (await jsm.streams.info(names.requestsStream)).state.messages === 3,
+    async () => (await jsm.streams.info(names.requestsStream)).state.messages === 6,
     20_000,
-    'the three requests stored',
+    'the six requests stored',
   );
   await olderThan(Date.now(), MAX_WAIT_MS);
 
@@ -80,20 +113,26 @@ t.test('requests that waited longer than INTAKE_MAX_WAIT_MS are answered OVERLOA
     },
     'the waiting agent is told at once, with a retry hint',
   );
-  t.match(answer.status === 'failed' ? answer.error.message : '', /not run and nothing was recorded/);
+  t.match(answer.status === 'failed' ? answer.error.message : '', /not run and nothing of it was recorded/);
   t.strictSame(typesOf(await h.events('sia'), 'shed-1'), [], 'nothing recorded');
-
+  t.strictSame(
+    await lateCopy.answer,
+    done,
+    'a late copy of a request that ran gets its answer, not OVERLOADED',
+  );
+  t.match(
+    await bumped.answer,
+    { status: 'failed', error: { code: 'OVERLOADED', details: { shed: 4 } } },
+    'a sending under ~3 shed: the count is 4',
+  );
+  t.match(await tail.answer, { status: 'completed' }, 'the last of the backlog runs');
+  t.match(await taken.answer, { status: 'completed' }, 'the request delivered again runs');
   await eventually(
     async () => typesOf(await h.events('sia'), 'fire-and-forget').includes('ToolCompleted'),
     30_000,
     'the request without a reply subject to run',
   );
-  await eventually(
-    async () => typesOf(await h.events('sia'), 'taken').includes('ToolCompleted'),
-    30_000,
-    'the request delivered again to run',
-  );
-  t.pass('a request without a reply subject, and one delivered again, ran though they waited as long');
+  t.pass('the request without a reply subject ran though it waited as long');
 
   // The same request id again, within the duplicate window: JetStream drops the message id as a
   // repeat; the lookup says the request was shed, and the client sends it again under `~1`.
@@ -126,20 +165,21 @@ t.test('INTAKE_MAX_WAIT_MS=0: requests wait as long as it takes', async (t) => {
   const h = await harness(t, { INTAKE_MAX_WAIT_MS: '0' });
   await (await h.start()).close();
   const token = await h.token('sib');
-  const waiting = h.agent.execute(
-    'echo',
-    { text: 'patient' },
-    { token, requestId: 'wait-1', timeoutMs: 60_000 },
+  // Two: the first has a queue behind it, as a shed request does.
+  const waiting = ['wait-1', 'wait-2'].map((requestId) =>
+    h.agent.execute('echo', { text: 'patient' }, { token, requestId, timeoutMs: 60_000 }),
   );
   const jsm = await jetstreamManager(h.nc);
   await eventually(
-    async () => (await jsm.streams.info(names.requestsStream)).state.messages === 1,
+    async () => (await jsm.streams.info(names.requestsStream)).state.messages === 2,
     20_000,
-    'the request stored',
+    'the requests stored',
   );
   await olderThan(Date.now(), MAX_WAIT_MS);
   await h.start();
-  t.match(await waiting, { status: 'completed', result: { text: 'patient' } });
+  for (const answer of await Promise.all(waiting)) {
+    t.match(answer, { status: 'completed', result: { text: 'patient' } });
+  }
 });
 
 function authHeaders(token: string) {
