@@ -232,6 +232,7 @@ export async function startDispatcher(
       log,
       maxFailures: config.DISPATCHER_MAX_FAILURES,
       maxQueueWaitMs: config.INTAKE_MAX_WAIT_MS,
+      ackWaitMs: config.ACK_WAIT_MS,
       ...(options.progressIntervalMs !== undefined ? { progressIntervalMs: options.progressIntervalMs } : {}),
       wakeRunner: (executionId) => wakeRunner(nc, log, executionId),
     });

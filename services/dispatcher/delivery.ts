@@ -10,7 +10,10 @@ export interface Delivery {
   redelivered: boolean;
   /** When the request was stored by JetStream (epoch ms): the rate limit judges it by this time. */
   sentAt?: number;
-  /** Requests JetStream held behind this one, not yet delivered, when it was pulled. */
+  /**
+   * Requests standing behind this one as it starts: not yet delivered by JetStream (as the
+   * intake's last pull said) and waiting in this instance's fair queue.
+   */
   behind?: number;
   /** Set by the intake when the request was cancelled while it waited: it is recorded cancelled, not run. */
   cancel?: CancelOrder;
@@ -26,11 +29,12 @@ export interface CancelOrder {
 }
 
 /**
- * What the intake does with the message: ack it (and, with `afterAck`, call that once JetStream
- * has confirmed the ack: an answer that must not go out for a message that could still come
- * back), or let it come back later.
+ * What the intake does with the message: ack it (and, with `afterAck`, wait for JetStream to
+ * confirm the ack, then call it with whether it did: an answer that must not go out for a message
+ * that could still come back), or let it come back later.
  */
-export type Disposition = { ack: true; afterAck?: () => void } | { ack: false; retryInMs: number };
+export type Disposition =
+  { ack: true; afterAck?: (confirmed: boolean) => void } | { ack: false; retryInMs: number };
 
 /**
  * The execution a delivery would be, for the user of its subject: its body's request id, or the

@@ -187,7 +187,7 @@ export class Dispatcher {
     const running = this.inFlight.get(executionId);
     if (running) return this.join(running, replyTo, delivery, parsed.ok ? parsed.request : null);
     const waitedMs = this.overdue(delivery, replyTo);
-    if (waitedMs !== null) {
+    if (waitedMs !== null && !(delivery.redelivered && (await this.started(ref)))) {
       const republished = republishOf(delivery.header(REQUEST_HEADERS.msgId));
       const shed = await this.o.guard.markShed(userId, requestId, republished);
       if (shed !== null) return this.shed(ref, replyTo!, waitedMs, shed);
@@ -240,20 +240,32 @@ export class Dispatcher {
    * How long a first delivery waited in the intake (JetStream's timestamp to now), when that is
    * longer than `maxQueueWaitMs` and it may be shed; else null. The load is then above what the
    * instances run, and what waits is older than its agent should wait for: running it would only
-   * make every later request wait as long (a FIFO behind a standing queue). A delivery that came
-   * back (it may have started elsewhere), a cancel, and a request without a reply subject (nobody
-   * would be told: its publisher counts on it running) are never shed.
+   * make every later request wait as long (a FIFO behind a standing queue). A cancel, and a
+   * request without a reply subject (nobody would be told: its publisher counts on it running),
+   * are never shed; a delivery that came back only when nothing of it is stored (`started`).
    */
   private overdue(delivery: Delivery, replyTo: string | undefined): number | null {
     const max = this.o.maxQueueWaitMs ?? 0;
-    if (max <= 0 || delivery.redelivered || delivery.cancel || !replyTo || delivery.sentAt === undefined) {
-      return null;
-    }
+    if (max <= 0 || delivery.cancel || !replyTo || delivery.sentAt === undefined) return null;
     // Only while a queue stands behind it: the last of a backlog is not shed, and a dispatcher
     // whose clock runs ahead of the NATS servers' does not shed requests that did not wait.
     if (delivery.behind === 0) return null;
     const waitedMs = Math.round(Date.now() - delivery.sentAt);
     return waitedMs > max ? waitedMs : null;
+  }
+
+  /**
+   * Whether anything of the execution is stored: a delivery that came back (handed back by an
+   * instance that stopped, or left by one that died) may have started there, and then recovery
+   * must finish it, not shedding. Redis says so too once it was admitted, but not when Redis was
+   * away then. A store that does not answer counts as yes.
+   */
+  private async started(ref: ExecutionRef): Promise<boolean> {
+    try {
+      return (await this.o.streams.recorded(ref)).events.length > 0;
+    } catch {
+      return true;
+    }
   }
 
   /**
@@ -270,9 +282,9 @@ export class Dispatcher {
       `the request waited ${(waitedMs / 1000).toFixed(1)} s in the intake, longer than ` +
       `${this.o.maxQueueWaitMs} ms (more requests than the dispatchers run): it was not run and ` +
       'nothing of it was recorded; send it again with the same request id';
-    // Told only once JetStream has confirmed the ack: a message whose ack was lost comes back, and
-    // runs (a redelivery is never shed), so its agent must not have been told it did not.
-    // Naming no execution, the answer goes to this attempt only.
+    // Told only once JetStream has confirmed the ack: a message whose ack was lost comes back and
+    // may run, and its agent must not have been told it did not. Naming no execution, the answer
+    // goes to this attempt only.
     const told = () =>
       reply(this.shell, replyTo, {
         status: 'failed',
@@ -285,7 +297,21 @@ export class Dispatcher {
           details: { retryAfterMs: SHED_RETRY_AFTER_MS, waitedMs, shed },
         },
       });
-    return { ack: true, afterAck: told };
+    const afterAck = (confirmed: boolean) => {
+      if (confirmed) return told();
+      // Not confirmed (NATS away longer than the API timeout): the ack may have reached JetStream
+      // all the same, and then nothing comes back and nothing else would tell the agent. Once
+      // the message would have come back and been admitted, the agent is told, unless it was.
+      this.shedLog.unconfirmed();
+      setTimeout(
+        () =>
+          void this.o.guard.peek(ref.userId, ref.requestId).then((known) => {
+            if (known.kind === 'none') told();
+          }),
+        (this.o.ackWaitMs ?? 30_000) + UNCONFIRMED_MARGIN_MS,
+      ).unref();
+    };
+    return { ack: true, afterAck };
   }
 
   /** The principal of the delivery's token, or null when it was refused (and answered so). */
@@ -460,12 +486,16 @@ export class Dispatcher {
 /** How long an agent whose request was shed is told to wait before sending it again. */
 const SHED_RETRY_AFTER_MS = 5_000;
 
+/** After an unconfirmed ack of a shed request: beyond the ack wait, the time a redelivery takes to be admitted. */
+const UNCONFIRMED_MARGIN_MS = 5_000;
+
 /** At most one log line per this while requests are shed. */
 const SHED_LOG_INTERVAL_MS = 10_000;
 
 /** Counts sheddings and logs them at most once per `SHED_LOG_INTERVAL_MS`: how many, the longest wait. */
 class ShedLog {
   private n = 0;
+  private notConfirmed = 0;
   private longestMs = 0;
   private timer: NodeJS.Timeout | null = null;
 
@@ -480,18 +510,29 @@ class ShedLog {
     if (!this.timer) this.flush();
   }
 
+  /** A shedding whose ack JetStream did not confirm (logged with the next line). */
+  unconfirmed(): void {
+    this.notConfirmed++;
+  }
+
   /** Logs what was counted, then waits an interval: what comes meanwhile is logged at its end. */
   private flush(): void {
     this.timer = setTimeout(() => {
       this.timer = null;
-      if (this.n > 0) this.flush();
+      if (this.n > 0 || this.notConfirmed > 0) this.flush();
     }, SHED_LOG_INTERVAL_MS);
     this.timer.unref();
     this.log.warn(
-      { shed: this.n, longestWaitMs: this.longestMs, maxWaitMs: this.maxWaitMs },
+      {
+        shed: this.n,
+        longestWaitMs: this.longestMs,
+        maxWaitMs: this.maxWaitMs,
+        ...(this.notConfirmed > 0 ? { ackNotConfirmed: this.notConfirmed } : {}),
+      },
       'overloaded: requests that waited longer than INTAKE_MAX_WAIT_MS in the intake were answered OVERLOADED unrun',
     );
     this.n = 0;
+    this.notConfirmed = 0;
     this.longestMs = 0;
   }
 }

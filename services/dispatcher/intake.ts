@@ -299,7 +299,6 @@ const toDelivery = (m: JsMsg): Delivery => ({
   id: `${m.info.streamSequence}-${m.info.deliveryCount}`,
   redelivered: m.redelivered,
   sentAt: Number(m.info.timestampNanos) / 1e6,
-  behind: m.info.pending,
 });
 
 /**
@@ -389,15 +388,22 @@ export function startIntake(o: IntakeOptions): Intake {
       }
     }, beatEvery);
     heartbeats.add(beat);
-    const delivery = cancel ? { ...w.delivery, cancel } : w.delivery;
+    // What stands behind it as it starts: requests JetStream has not delivered yet (as the last
+    // pull said) and those waiting here.
+    const delivery = { ...w.delivery, behind: behind + queue.size, ...(cancel ? { cancel } : {}) };
     const task = o
       .handle(delivery)
       .then(
         async (d) => {
           if (!d.ack) return m.nak(d.retryInMs);
           if (!d.afterAck) return m.ack();
-          await m.ackAck();
-          d.afterAck();
+          let confirmed = true;
+          try {
+            await m.ackAck();
+          } catch {
+            confirmed = false; // the ack may still reach JetStream, or the message come back
+          }
+          d.afterAck(confirmed);
         },
         (e: unknown) => {
           o.log.error({ err: e, seq: m.seq }, 'request handler failed; it will be delivered again');

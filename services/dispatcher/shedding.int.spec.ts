@@ -1,9 +1,9 @@
 /**
  * Decision 0035: a request that waited in the intake longer than INTAKE_MAX_WAIT_MS before a
- * dispatcher could start it is not run: its agent is told OVERLOADED at once, nothing is
- * recorded, and the same request id sent again (within JetStream's duplicate window, so under the
- * same message id) runs. Requests that may have started (delivered again) and requests nobody
- * waits for (no reply subject) always run.
+ * dispatcher could start it, with more behind it, is not run: its agent is told OVERLOADED at
+ * once, nothing is recorded, and the same request id sent again (within JetStream's duplicate
+ * window, so under the same message id) runs. Requests that started (something stored), requests
+ * Redis knows, requests nobody waits for (no reply subject) and the last of a backlog always run.
  *
  * The wait is made by publishing while no dispatcher consumes, then waiting until the requests
  * are older than the bound: an age, not a time bound on anything the test measures.
@@ -14,6 +14,7 @@ import { headers } from '@nats-io/transport-node';
 import { createAgentClient } from '../../lib/clients/agent.ts';
 import { connectionIdentity, inboxFor } from '../../lib/nats.ts';
 import { jetstream as names, subjects, type ToolEvent } from '../../contracts/index.ts';
+import { recordExecution } from '../../test/support/events.ts';
 import { eventually, harness, type AgentAnswerLike } from './test/harness.ts';
 
 const MAX_WAIT_MS = 1_000;
@@ -63,13 +64,22 @@ t.test('requests that waited longer than INTAKE_MAX_WAIT_MS are answered OVERLOA
     return { answer }; // not the promise itself: awaiting this must not wait for the answer
   };
 
-  // A request a dispatcher took and died with (pulled, never acknowledged): delivered again.
+  // Two requests a dispatcher took and died with (pulled, never acknowledged): delivered again.
+  // One had started there, with Redis away (recorded in the store, unknown to Redis); the other
+  // had not.
+  await recordExecution(h.store, 'sia', {
+    requestId: 'started',
+    tool: 'sleep',
+    args: { ms: 50 },
+    outcome: 'executing',
+  });
+  const started = await publish({ requestId: 'started', tool: 'sleep', args: { ms: 50 } });
   const taken = await publish({ requestId: 'taken', tool: 'echo', args: { text: 'taken' } });
   const consumer = await js.consumers.get(names.requestsStream, names.dispatcherConsumer);
-  const pulled = await consumer.fetch({ max_messages: 1, expires: 5_000 });
+  const pulled = await consumer.fetch({ max_messages: 2, expires: 5_000 });
   const takenIds: string[] = [];
   for await (const m of pulled) takenIds.push(m.json<{ requestId: string }>().requestId);
-  t.strictSame(takenIds, ['taken'], 'pulled, and left unacknowledged');
+  t.strictSame(takenIds, ['started', 'taken'], 'pulled, and left unacknowledged');
 
   const lookups: number[] = [];
   const waiting = h.agent.execute(
@@ -95,9 +105,9 @@ t.test('requests that waited longer than INTAKE_MAX_WAIT_MS are answered OVERLOA
   // The last of the backlog: nothing stands behind it.
   const tail = await publish({ requestId: 'tail', tool: 'echo', args: { text: 'tail' } });
   await eventually(
-    async () => (await jsm.streams.info(names.requestsStream)).state.messages === 6,
+    async () => (await jsm.streams.info(names.requestsStream)).state.messages === 7,
     20_000,
-    'the six requests stored',
+    'the seven requests stored',
   );
   await olderThan(Date.now(), MAX_WAIT_MS);
 
@@ -126,7 +136,16 @@ t.test('requests that waited longer than INTAKE_MAX_WAIT_MS are answered OVERLOA
     'a sending under ~3 shed: the count is 4',
   );
   t.match(await tail.answer, { status: 'completed' }, 'the last of the backlog runs');
-  t.match(await taken.answer, { status: 'completed' }, 'the request delivered again runs');
+  t.match(
+    await taken.answer,
+    { status: 'failed', error: { code: 'OVERLOADED', details: { shed: 1 } } },
+    'a request delivered again with nothing of it stored is shed too',
+  );
+  t.match(
+    await started.answer,
+    { status: 'failed', error: { code: 'INTERRUPTED', message: /its runner test stopped/ } },
+    'one that had started is finished by the recovery, not shed',
+  );
   await eventually(
     async () => typesOf(await h.events('sia'), 'fire-and-forget').includes('ToolCompleted'),
     30_000,

@@ -40,6 +40,8 @@ export interface DispatcherOptions {
    * shed: answered OVERLOADED unrun (see `Dispatcher.handle`). 0 or absent: never.
    */
   maxQueueWaitMs?: number;
+  /** JetStream's ack wait (ACK_WAIT_MS): when an unacknowledged message would have come back. */
+  ackWaitMs?: number;
   /** Wakes whichever dispatcher runs an execution after a cancel was recorded (cancel.ts). */
   wakeRunner?: (executionId: string) => void;
 }
