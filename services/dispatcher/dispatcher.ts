@@ -184,9 +184,7 @@ export class Dispatcher {
       correlationId: partial.correlationId ?? executionId,
     };
 
-    const running = this.inFlight.get(executionId);
-    if (running) return this.join(running, replyTo, delivery, parsed.ok ? parsed.request : null);
-    const waitedMs = this.overdue(delivery, replyTo);
+    const waitedMs = this.inFlight.has(executionId) ? null : this.overdue(delivery, replyTo);
     if (waitedMs !== null && !(delivery.redelivered && (await this.started(ref)))) {
       const republished = republishOf(delivery.header(REQUEST_HEADERS.msgId));
       const shed = await this.o.guard.markShed(userId, requestId, republished);
@@ -194,6 +192,9 @@ export class Dispatcher {
       // Redis knows the request (a late copy: answered, or running elsewhere) or is away: it is
       // handled as any request, a repeat answered as one.
     }
+    // After the awaits above: another delivery of the execution may have started here meanwhile.
+    const running = this.inFlight.get(executionId);
+    if (running) return this.join(running, replyTo, delivery, parsed.ok ? parsed.request : null);
 
     let settle!: (d: Disposition) => void;
     const done = new Promise<Disposition>((resolve) => (settle = resolve));
@@ -237,8 +238,8 @@ export class Dispatcher {
   }
 
   /**
-   * How long a first delivery waited in the intake (JetStream's timestamp to now), when that is
-   * longer than `maxQueueWaitMs` and it may be shed; else null. The load is then above what the
+   * How long a delivery waited in the intake (JetStream's timestamp to now), when that is longer
+   * than `maxQueueWaitMs` and it may be shed; else null. The load is then above what the
    * instances run, and what waits is older than its agent should wait for: running it would only
    * make every later request wait as long (a FIFO behind a standing queue). A cancel, and a
    * request without a reply subject (nobody would be told: its publisher counts on it running),
@@ -248,7 +249,7 @@ export class Dispatcher {
     const max = this.o.maxQueueWaitMs ?? 0;
     if (max <= 0 || delivery.cancel || !replyTo || delivery.sentAt === undefined) return null;
     // Only while a queue stands behind it: the last of a backlog is not shed, and a dispatcher
-    // whose clock runs ahead of the NATS servers' does not shed requests that did not wait.
+    // whose clock runs ahead of the NATS servers' does not shed lone requests that did not wait.
     if (delivery.behind === 0) return null;
     const waitedMs = Math.round(Date.now() - delivery.sentAt);
     return waitedMs > max ? waitedMs : null;
