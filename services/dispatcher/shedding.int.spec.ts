@@ -206,3 +206,41 @@ function authHeaders(token: string) {
   h.set('Authorization', `Bearer ${token}`);
   return h;
 }
+
+t.test('requests queued in an instance behind a busy user count as a standing queue', async (t) => {
+  // One slot per user: the user's later requests wait in the instance's fair queue, each pulled
+  // as it came (nothing behind it in JetStream then), while the first holds the slot.
+  const h = await harness(t, {
+    INTAKE_MAX_WAIT_MS: String(MAX_WAIT_MS),
+    DISPATCH_CONCURRENCY: '2',
+    USER_DISPATCH_SLOTS: '1',
+  });
+  await h.start();
+  const token = await h.token('sic');
+  const jsm = await jetstreamManager(h.nc);
+  const consumer = () => jsm.consumers.info(names.requestsStream, names.dispatcherConsumer);
+  const blocker = h.agent.execute('sleep', { ms: 4_500 }, { token, requestId: 'blocker' });
+  await eventually(
+    async () => typesOf(await h.events('sic'), 'blocker').includes('ToolExecuting'),
+    20_000,
+    'the first request to hold the slot',
+  );
+  const queued: Array<ReturnType<typeof h.agent.execute>> = [];
+  for (let i = 1; i <= 3; i++) {
+    queued.push(h.agent.execute('echo', { i }, { token, requestId: `queued-${i}`, timeoutMs: 60_000 }));
+    await eventually(
+      async () => (await consumer()).num_pending === 0,
+      20_000,
+      `queued-${i} pulled into the instance`,
+    );
+  }
+  t.match(await blocker, { status: 'completed' });
+  const [first, second, last] = await Promise.all(queued);
+  t.match(
+    first,
+    { status: 'failed', error: { code: 'OVERLOADED', details: { shed: 1 } } },
+    'the oldest, with others waiting behind it in the instance, is shed',
+  );
+  t.ok(second, 'the second is answered');
+  t.match(last, { status: 'completed', result: { i: 3 } }, 'the last, with nothing behind it, runs');
+});
