@@ -23,10 +23,11 @@ export const REQUEST_HEADERS = {
  * first request's answer. The dispatcher reads the request id back from the part before `/`
  * (`requestIdFromMsgId`), so no request id may hold a `/`.
  *
- * `republish` n > 0 appends `~n`: the n-th sending after the intake shed a message of the request
- * unrun (it waited longer than INTAKE_MAX_WAIT_MS; decision 0035). JetStream would drop the
- * shed message's id as a repeat within its window, and nothing would answer; every agent told by
- * a lookup that the request was shed n times publishes under the same `~n`, so it is queued once.
+ * `republish` n > 0 appends `~n`: the sending after the intake shed a message of the request
+ * unrun n times (it waited longer than INTAKE_MAX_WAIT_MS; decision 0035). JetStream would drop
+ * the shed message's id as a repeat within its window, and nothing would answer; every agent told
+ * by a lookup that the request was shed n times publishes under the same `~n`, so it is queued
+ * once, and a dispatcher never sheds it.
  */
 export function requestMsgId(
   userId: string,

@@ -184,10 +184,14 @@ export class Dispatcher {
       correlationId: partial.correlationId ?? executionId,
     };
 
-    const waitedMs = this.inFlight.has(executionId) ? null : this.overdue(delivery, replyTo);
+    // A sending after a shedding (`~n`) is never shed: each shed request is queued once more and
+    // keeps that place. Shed again, its agent (which gave up waiting meanwhile, its timeout
+    // shorter than the bound) would send yet another copy: under a backlog, retries would keep
+    // the queue above the bound for ever.
+    const republished = republishOf(delivery.header(REQUEST_HEADERS.msgId)) > 0;
+    const waitedMs = this.inFlight.has(executionId) || republished ? null : this.overdue(delivery, replyTo);
     if (waitedMs !== null && !(delivery.redelivered && (await this.started(ref)))) {
-      const republished = republishOf(delivery.header(REQUEST_HEADERS.msgId));
-      const shed = await this.o.guard.markShed(userId, requestId, republished);
+      const shed = await this.o.guard.markShed(userId, requestId);
       if (shed !== null) return this.shed(ref, replyTo!, waitedMs, shed);
       // Redis knows the request (a late copy: answered, or running elsewhere) or is away: it is
       // handled as any request, a repeat answered as one.

@@ -79,22 +79,16 @@ return 'go'
 /**
  * Counts a shedding of a request id, unless Redis knows the request (an answer, or admitted and
  * running somewhere): then -1. KEYS: the answer key, the shed count's. ARGV: how long the count
- * lives (ms), and the `~k` of the shed message's id (0 for none): the count is at least k + 1, so
- * it does not start again below a sending still in JetStream's duplicate window.
+ * lives (ms).
  */
 const MARK_SHED = `
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local n = redis.call('INCR', KEYS[2])
-local k = tonumber(ARGV[2])
-if n <= k then
-  n = k + 1
-  redis.call('SET', KEYS[2], n)
-end
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return n
 `;
 
-type MarkShedFn = (answerKey: string, shedKey: string, ttlMs: string, republished: string) => Promise<number>;
+type MarkShedFn = (answerKey: string, shedKey: string, ttlMs: string) => Promise<number>;
 
 export interface GuardLimits {
   ratePerSec: number;
@@ -411,19 +405,17 @@ export class Guard {
    * Counts a shedding of (user, request id): a message of it that waited too long in the intake
    * is to be answered OVERLOADED unrun (decision 0035). The count lives as long as JetStream's
    * duplicate window and a margin, while a retry under the same message id would be dropped as a
-   * repeat: a lookup then says so (`peek`), and the agent publishes again under `<message id>~<n>`.
-   * `republished` is the shed message's own `~k` (0 for none): the count is at least k + 1.
-   * Resolves to the count; or null, and nothing is counted, when Redis knows the request (it was
+   * repeat: a lookup then says so (`peek`), and the agent publishes again under `<message id>~<n>`
+   * (which is never shed). Resolves to the count; or null, and nothing is counted, when Redis knows the request (it was
    * answered, or admitted and runs elsewhere: this message is a late copy, handled as any repeat)
    * or is away (a shed request's retry would then have no way to run within the window).
    */
-  async markShed(userId: string, requestId: string, republished: number): Promise<number | null> {
+  async markShed(userId: string, requestId: string): Promise<number | null> {
     try {
       const n = await this.markShedScript(
         this.answerKey(userId, requestId),
         this.shedKey(userId, requestId),
         String(SHED_MEMORY_MS),
-        String(republished),
       );
       this.health.succeeded();
       return n > 0 ? n : null;
