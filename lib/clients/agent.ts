@@ -224,7 +224,7 @@ export async function submitRequest(
           });
           return { ack, attempt };
         } catch (e) {
-          if (isIntakeFull(e)) throw new IntakeFullError(requestId, e);
+          if (isIntakeFull(e)) throw new IntakeFullError(requestId, e, perAgent(e));
           if (!(e instanceof TimeoutError)) {
             throw new AgentClientError(
               `request ${requestId} was not accepted: ${(e as Error).message}`,
@@ -284,8 +284,11 @@ export async function submitRequest(
       // Refused before anything was recorded: answered as such, with when to try again.
       return unrecordedFailure(requestId, {
         code: 'OVERLOADED',
-        message: 'the intake is full: nothing was recorded; retry later with the same request id',
-        details: { retryAfterMs: INTAKE_FULL_RETRY_MS },
+        message: e.perAgent
+          ? `the intake holds as many requests of user ${userId} from agent ${agentId} as it takes ` +
+            '(INTAKE_MAX_PER_AGENT): nothing was recorded; retry with the same request id once some are answered'
+          : 'the intake is full: nothing was recorded; retry later with the same request id',
+        details: { retryAfterMs: INTAKE_FULL_RETRY_MS, ...(e.perAgent ? { limit: 'agent' } : {}) },
       });
     }
   } finally {
@@ -302,13 +305,26 @@ const ACK_RETRY = { minMs: 250, maxMs: 5_000 };
 const INTAKE_FULL_RETRY_MS = 5_000;
 
 /** JetStream refused the publish because the intake stream is at its bounds (discard new). */
-function isIntakeFull(e: unknown): boolean {
+function isIntakeFull(e: unknown): e is JetStreamApiError {
   // 10077: maximum messages exceeded; 10078: maximum bytes exceeded; 10047: insufficient resources.
   return e instanceof JetStreamApiError && [10077, 10078, 10047].includes(e.code);
 }
 
+/**
+ * Whether the refusal is the intake's bound per subject (INTAKE_MAX_PER_AGENT: this agent's
+ * requests for this user), not the whole stream's: the same error code, told apart by its text.
+ */
+function perAgent(e: JetStreamApiError): boolean {
+  return /per subject/i.test(e.message);
+}
+
 class IntakeFullError extends Error {
-  constructor(requestId: string, cause: unknown) {
+  constructor(
+    requestId: string,
+    cause: unknown,
+    /** Refused by the bound on one agent's requests for one user, not the stream's. */
+    readonly perAgent: boolean,
+  ) {
     super(`request ${requestId} was refused: the intake is full`, { cause });
     this.name = 'IntakeFullError';
   }

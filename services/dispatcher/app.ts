@@ -107,6 +107,7 @@ export async function startDispatcher(
       ackWaitMs: config.ACK_WAIT_MS,
       maxAckPending: config.MAX_ACK_PENDING,
       maxMessages: config.INTAKE_MAX_MESSAGES,
+      maxPerAgent: config.INTAKE_MAX_PER_AGENT,
       maxBytes: config.INTAKE_MAX_BYTES,
       replicas: config.NATS_STREAM_REPLICAS,
       log,

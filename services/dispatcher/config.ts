@@ -57,6 +57,14 @@ const DispatcherVariables = CommonEnv.extend({
    */
   INTAKE_MAX_MESSAGES: intVar(100_000, 1, 100_000_000),
   /**
+   * Requests one agent may have in the intake for one user, waiting or running (the stream's limit
+   * per subject, `toolbus.requests.<user>.<agent>`): beyond, that agent's next request for that
+   * user is refused at once (OVERLOADED, nothing recorded), so that one agent's flood cannot queue
+   * ahead of everyone else's requests. 0: no such bound. Keep it above what a user may send in
+   * INTAKE_MAX_WAIT_MS (RATE_LIMIT_BURST + RATE_LIMIT_PER_SEC × the wait in seconds).
+   */
+  INTAKE_MAX_PER_AGENT: intVar(1_000, 0, 100_000_000),
+  /**
    * A request that waited in the intake longer than this before an instance could start it (the
    * load is above what the instances can run) is not run: its agent gets OVERLOADED at once, with a
    * retry hint, and nothing is recorded (decision 0035). 0: never. Requests delivered again, and

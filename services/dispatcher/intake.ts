@@ -102,6 +102,11 @@ export async function ensureIntake(
     maxMessages?: number;
     maxBytes?: number;
     /**
+     * Requests of one user from one agent (one subject) the stream holds at most; beyond, a publish
+     * on that subject is refused (discard new per subject). 0 or absent: no such bound.
+     */
+    maxPerAgent?: number;
+    /**
      * Copies of the stream on a JetStream cluster (default 1): with 3, a publish is acknowledged
      * once two nodes stored it, and the stream outlives one lost node.
      */
@@ -110,6 +115,7 @@ export async function ensureIntake(
   },
 ): Promise<IntakeResource[]> {
   const created: IntakeResource[] = [];
+  const perAgent = options.maxPerAgent ?? 0;
   const stream = {
     name: names.requestsStream,
     subjects: [subjects.requestsAll],
@@ -119,6 +125,8 @@ export async function ensureIntake(
     max_msgs: options.maxMessages ?? -1,
     max_bytes: options.maxBytes ?? -1,
     discard: DiscardPolicy.New,
+    max_msgs_per_subject: perAgent > 0 ? perAgent : -1,
+    discard_new_per_subject: perAgent > 0,
     num_replicas: options.replicas ?? 1,
   };
   try {
@@ -129,6 +137,8 @@ export async function ensureIntake(
       info.config.max_msgs !== stream.max_msgs ||
       info.config.max_bytes !== stream.max_bytes ||
       info.config.discard !== stream.discard ||
+      info.config.max_msgs_per_subject !== stream.max_msgs_per_subject ||
+      Boolean(info.config.discard_new_per_subject) !== stream.discard_new_per_subject ||
       info.config.num_replicas !== stream.num_replicas
     ) {
       // The consumer keeps the replica count of its stream (it was created without one of its own).
@@ -138,6 +148,8 @@ export async function ensureIntake(
         max_msgs: stream.max_msgs,
         max_bytes: stream.max_bytes,
         discard: stream.discard,
+        max_msgs_per_subject: stream.max_msgs_per_subject,
+        discard_new_per_subject: stream.discard_new_per_subject,
         num_replicas: stream.num_replicas,
       });
       options.log.info(
