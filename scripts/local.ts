@@ -358,10 +358,46 @@ export async function startLocalRedis(
 export const localRedisUrl = (secrets: Record<string, string | undefined>, socket: string): string =>
   `unix://${socket}?password=${encodeURIComponent(secrets['REDIS_PASSWORD'] ?? '')}`;
 
+/** The system user the stack's PostgreSQL runs as when the stack runs as root. */
+export const SERVER_USER = 'toolbus';
+
+/**
+ * The ids of `SERVER_USER`, made (a system user, no home, no shell) when missing. Its own user,
+ * not `postgres`: whoever becomes `postgres` through another PostgreSQL on the machine (one that
+ * trusts local connections makes any local user its superuser, and a superuser runs programs as
+ * `postgres`) would otherwise own the stack's data and its socket.
+ */
+function serverUser(): { uid: number; gid: number } {
+  const ids = () => ({
+    uid: Number(execFileSync('id', ['-u', SERVER_USER]).toString().trim()),
+    gid: Number(execFileSync('id', ['-g', SERVER_USER]).toString().trim()),
+  });
+  try {
+    return ids();
+  } catch {
+    execFileSync(
+      'useradd',
+      [
+        '--system',
+        '--user-group',
+        '--no-create-home',
+        '--home-dir',
+        '/nonexistent',
+        '--shell',
+        '/usr/sbin/nologin',
+        SERVER_USER,
+      ],
+      { stdio: 'ignore' },
+    );
+    return ids();
+  }
+}
+
 /**
  * A PostgreSQL cluster of the stack's own in `.toolbus/postgres` (initdb once), on loopback, with
  * password (SCRAM) authentication for the generated PGPASSWORD; the event store and the read models
- * live in its database `toolbus`. As root, it runs as the `postgres` user (PostgreSQL refuses root).
+ * live in its database `toolbus`. As root, it runs as the system user `toolbus` (PostgreSQL refuses
+ * root; `serverUser`).
  */
 export async function startLocalPostgres(
   setup: LocalSetup,
@@ -373,13 +409,7 @@ export async function startLocalPostgres(
   if (!version)
     throw new Error('PostgreSQL is not installed (Debian: apt-get install postgresql), or set DATABASE_URL');
   const bin = (name: string) => `/usr/lib/postgresql/${version}/bin/${name}`;
-  const asRoot = process.getuid?.() === 0;
-  const ids = asRoot
-    ? {
-        uid: Number(execFileSync('id', ['-u', 'postgres']).toString().trim()),
-        gid: Number(execFileSync('id', ['-g', 'postgres']).toString().trim()),
-      }
-    : null;
+  const ids = process.getuid?.() === 0 ? serverUser() : null;
   const as = (command: string, args: string[]) =>
     ids
       ? {
@@ -393,6 +423,10 @@ export async function startLocalPostgres(
   // every start, not only the first: a folder made private again (by hand, by an older Toolbus)
   // would otherwise stop PostgreSQL with "Permission denied" on its own data.
   if (ids) await chmod(setup.dir, 0o711);
+  // A cluster made by an older Toolbus, which ran it as `postgres`: handed to the stack's own user.
+  if (ids && existsSync(home) && statSync(home).uid !== ids.uid) {
+    execFileSync('chown', ['-R', `${ids.uid}:${ids.gid}`, home]);
+  }
   if (!existsSync(join(data, 'PG_VERSION'))) {
     await mkdir(home, { recursive: true, mode: 0o700 });
     const pwfile = join(home, 'initdb-password');

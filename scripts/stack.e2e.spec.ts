@@ -6,7 +6,7 @@
  * servers of its own, it keeps what it stored across a restart, and starts a server that was
  * killed again.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -15,7 +15,7 @@ import t from 'tap';
 import { freePort, waitForPort } from '../test/support/ports.ts';
 import { createTestDatabase } from '../test/support/postgres.ts';
 import { startNats, startRedis } from '../test/support/processes.ts';
-import { natsServerBinary, parseEnv } from './local.ts';
+import { natsServerBinary, parseEnv, SERVER_USER } from './local.ts';
 
 t.setTimeout(360_000); // four stacks, two with servers of their own
 
@@ -194,7 +194,7 @@ t.test(
   'npm start with servers of its own, stopped and started again, starts with what it kept; a server killed is started again',
   async (t) => {
     // As a new user runs it twice: its own NATS, PostgreSQL and Redis in one folder (as root, its
-    // PostgreSQL runs as the postgres user, which must still reach its data the second time).
+    // PostgreSQL runs as the system user toolbus, which must still reach its data the second time).
     const dir = t.testdir();
     const [natsPort, postgresPort, redisPort] = await Promise.all([freePort(), freePort(), freePort()]);
     const env = {
@@ -245,6 +245,15 @@ t.test(
     t.notOk(await accepts(redisPort), 'nor on the Redis port (it too has a private socket)');
     const socketDir = (await readFile(join(dir, 'postgres', 'socket-dir'), 'utf8')).trim();
     t.equal((await stat(socketDir)).mode & 0o777, 0o700, 'the socket directory is private');
+    // As root its PostgreSQL runs as a user of its own: not as `postgres`, whom any local user
+    // becomes through a PostgreSQL that trusts local connections (COPY ... TO PROGRAM).
+    const asRoot = process.getuid?.() === 0;
+    const uidOf = (user: string) => Number(execFileSync('id', ['-u', user]).toString().trim());
+    if (asRoot) {
+      t.not(uidOf(SERVER_USER), uidOf('postgres'), 'the server user is not postgres');
+      t.equal((await stat(socketDir)).uid, uidOf(SERVER_USER), 'the socket directory is the server user’s');
+      t.equal((await stat(join(dir, 'postgres', 'data'))).uid, uidOf(SERVER_USER), 'and so is the data');
+    }
     const firstBeforeCtrlC = first.output().length;
     ctrlC(first);
     t.equal(await first.exited, 0, 'the first stopped cleanly');
@@ -254,6 +263,8 @@ t.test(
       'no server it stopped was taken for crashed',
     );
 
+    // A cluster an older Toolbus made, owned by postgres: the next start hands it to its own user.
+    if (asRoot) execFileSync('chown', ['-R', 'postgres:postgres', join(dir, 'postgres')]);
     const second = await npmStart(t, env);
     await until('it was running again', () => second.output().includes('Ctrl-C stops everything.'), second);
     const dispatcher = /dispatcher\s+(http:\/\/\S+)/.exec(second.output())![1]!;
@@ -266,6 +277,10 @@ t.test(
       { status: 'completed', executionId: ran.executionId },
       'the first run is kept',
     );
+    if (asRoot) {
+      const data = join(dir, 'postgres', 'data');
+      t.equal((await stat(data)).uid, uidOf(SERVER_USER), 'the older cluster was handed to the server user');
+    }
     // The audit CLI and the rebuild as the docs give them find this stack's database by themselves.
     const tool = (...args: string[]) =>
       new Promise<{ code: number | null; out: string }>((resolve) => {
