@@ -303,7 +303,7 @@ function demoRuns(url: string, token: string): string[] {
     'Progress (watch it on the live page): a 20 s countdown',
     `  ${post} \\`,
     `    -d '{"tool":"countdown","args":{"seconds":20}}'`,
-    'Cancellation: start a long wait, then cancel it from another terminal',
+    'Cancellation: start a long wait, then cancel it from another terminal (once: pasted again, its request id gets the same answer at once, as any retry does)',
     `  ${post} \\`,
     `    -d '{"requestId":"${requestId}","tool":"wait_for_cancel","args":{}}'`,
     `  curl -s -X POST ${url}/executions/${executionIdFor('demo', requestId)}/cancel -H 'authorization: Bearer ${token}'`,

@@ -12,15 +12,22 @@ import { isUserId, Role } from '../contracts/index.ts';
 import { signToken } from '../lib/auth.ts';
 import { LOCAL_DIR } from './local.ts';
 
-const { values, positionals } = parseArgs({
-  allowPositionals: true,
-  options: { ttl: { type: 'string', default: '12h' } },
-});
-const [user, roles = 'user'] = positionals;
-if (!user || !isUserId(user)) {
-  console.error(
-    'usage: npm run token -- <user id: [A-Za-z0-9_-]{1,64}> [roles, comma-separated] [--ttl 12h]',
-  );
+const USAGE = 'usage: npm run token -- <user id: [A-Za-z0-9_-]{1,64}> [roles, comma-separated] [--ttl 12h]';
+
+function args(): { values: { ttl: string }; positionals: string[] } {
+  try {
+    return parseArgs({ allowPositionals: true, options: { ttl: { type: 'string', default: '12h' } } });
+  } catch (e) {
+    // An unknown option, or --ttl without a value (`--ttl -5m` reads as an option): what and how.
+    console.error(`${(e as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+}
+const { values, positionals } = args();
+const [user, roles = 'user', ...extra] = positionals;
+if (!user || !isUserId(user) || extra.length > 0) {
+  if (extra.length > 0) console.error(`unexpected argument(s): ${extra.join(' ')}`);
+  console.error(USAGE);
   process.exit(2);
 }
 const roleList = roles.split(',').filter(Boolean);

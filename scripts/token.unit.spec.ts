@@ -39,3 +39,17 @@ t.test('a --ttl the services would refuse, or not a duration, is refused with th
     t.notMatch(err, /at .*\(.*:\d+:\d+\)/, `${ttl}: no stack trace`);
   }
 });
+
+t.test('a bad option or a stray argument is told with the usage, not a stack trace', async (t) => {
+  for (const args of [
+    ['eve', 'user', '--ttl', '-5m'],
+    ['eve', 'user', '--expiry', '1h'],
+    ['eve', 'user,admin', 'extra'],
+  ]) {
+    const { code, out, err } = await run(...args);
+    t.equal(code, 2, args.join(' '));
+    t.equal(out, '', 'no token');
+    t.match(err, /usage: npm run token/);
+    t.notMatch(err, /\n\s+at /, 'no stack trace');
+  }
+});

@@ -46,6 +46,27 @@ export interface Notifier {
 /** Live events queued per socket behind a replay or a gap fill before they are left to the store. */
 const MAX_QUEUE = 10_000;
 
+/**
+ * An error on an open WebSocket. What a client caused (a frame over NOTIFIER_MAX_FRAME_BYTES, bad
+ * UTF-8, an unmasked frame: `ws` has already closed the socket with the matching code; a reset
+ * connection) is logged at debug, without a stack: any client can cause it, as often as it likes,
+ * and it says nothing about the notifier. Anything else is an error. The socket is dropped.
+ */
+function socketError(
+  this: unknown,
+  error: Error,
+  socket: { terminate(): void },
+  request: FastifyRequest,
+): void {
+  const code = (error as NodeJS.ErrnoException).code ?? '';
+  if (code.startsWith('WS_ERR_') || code === 'ECONNRESET' || code === 'EPIPE') {
+    request.log.debug({ code, reason: error.message }, 'websocket closed on a client error');
+  } else {
+    request.log.error({ err: error }, 'websocket error');
+  }
+  socket.terminate();
+}
+
 /** WebSocket close code for a socket refused for a while: too many unauthenticated sockets, or too many of its user's. */
 export { CLOSE_TRY_AGAIN_LATER };
 
@@ -219,9 +240,7 @@ async function build(
     if (originAllowed(origin, origins)) return;
     refused.inc({ reason: 'origin' });
     request.log.warn({ origin: String(origin).slice(0, 200) }, 'refused a foreign origin');
-    return reply
-      .code(403)
-      .send(errorBody('FORBIDDEN_ORIGIN', 'this origin may not use the notifier'));
+    return reply.code(403).send(errorBody('FORBIDDEN_ORIGIN', 'this origin may not use the notifier'));
   };
 
   const admissions = new WeakMap<object, Admission>();
@@ -248,7 +267,10 @@ async function build(
     }
   };
 
-  await app.register(fastifyWebsocket, { options: { maxPayload: config.NOTIFIER_MAX_FRAME_BYTES } });
+  await app.register(fastifyWebsocket, {
+    options: { maxPayload: config.NOTIFIER_MAX_FRAME_BYTES },
+    errorHandler: socketError,
+  });
   app.get(
     '/ws',
     { websocket: true, onRequest: guardOrigin, preValidation: redeemTicket },
@@ -309,7 +331,10 @@ async function build(
       return reply
         .code(503)
         .send(
-          errorBody('TICKETS_UNAVAILABLE', 'tickets are unavailable; open /ws and send {type:"auth", token} first'),
+          errorBody(
+            'TICKETS_UNAVAILABLE',
+            'tickets are unavailable; open /ws and send {type:"auth", token} first',
+          ),
         );
     }
   });
