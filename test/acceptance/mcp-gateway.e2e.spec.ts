@@ -520,6 +520,7 @@ t.test(
       taskId,
       'the task id is the execution id, recorded before the answer',
     );
+    t.equal(created.task.createdAt, requested?.metadata.occurredAt, 'created when its first event was');
 
     // The gateway dies; the execution goes on in the dispatcher; a new gateway serves the same task.
     await ts.stack.kill('gateway');
@@ -531,6 +532,7 @@ t.test(
       return state.status === 'working' ? undefined : state;
     });
     t.equal(done.status, 'completed');
+    t.equal(done.createdAt, created.task.createdAt, 'tasks/get gives the same creation time');
     const result = await client.request({ method: 'tasks/result', params: { taskId } }, ToolResult);
     t.same(result.structuredContent, { steps: 30 });
     t.match(result._meta, { 'io.modelcontextprotocol/related-task': { taskId } });
