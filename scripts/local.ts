@@ -368,28 +368,50 @@ export const SERVER_USER = 'toolbus';
  * `postgres`) would otherwise own the stack's data and its socket.
  */
 function serverUser(): { uid: number; gid: number } {
+  const quiet = { stdio: ['ignore', 'pipe', 'ignore'] as ['ignore', 'pipe', 'ignore'] };
   const ids = () => ({
-    uid: Number(execFileSync('id', ['-u', SERVER_USER]).toString().trim()),
-    gid: Number(execFileSync('id', ['-g', SERVER_USER]).toString().trim()),
+    uid: Number(execFileSync('id', ['-u', SERVER_USER], quiet).toString().trim()),
+    gid: Number(execFileSync('id', ['-g', SERVER_USER], quiet).toString().trim()),
   });
   try {
     return ids();
   } catch {
-    execFileSync(
-      'useradd',
-      [
-        '--system',
-        '--user-group',
-        '--no-create-home',
-        '--home-dir',
-        '/nonexistent',
-        '--shell',
-        '/usr/sbin/nologin',
-        SERVER_USER,
-      ],
-      { stdio: 'ignore' },
-    );
-    return ids();
+    // Its group may exist without it (useradd --user-group then refuses), and another start may
+    // make it meanwhile: whatever useradd says, the user is looked up again.
+    const group = (() => {
+      try {
+        execFileSync('getent', ['group', SERVER_USER], { stdio: 'ignore' });
+        return ['--gid', SERVER_USER];
+      } catch {
+        return ['--user-group'];
+      }
+    })();
+    let refused = '';
+    try {
+      execFileSync(
+        'useradd',
+        [
+          '--system',
+          ...group,
+          '--no-create-home',
+          '--home-dir',
+          '/nonexistent',
+          '--shell',
+          '/usr/sbin/nologin',
+          SERVER_USER,
+        ],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+    } catch (e) {
+      refused = String((e as { stderr?: Buffer }).stderr ?? (e as Error).message).trim();
+    }
+    try {
+      return ids();
+    } catch {
+      throw new Error(
+        `cannot make the system user ${SERVER_USER} that the stack's PostgreSQL runs as under root${refused ? ` (useradd: ${refused})` : ''}: make it (useradd --system ${SERVER_USER}), or run npm start as another user`,
+      );
+    }
   }
 }
 

@@ -61,7 +61,8 @@ const DispatcherVariables = CommonEnv.extend({
    * per subject, `toolbus.requests.<user>.<agent>`): beyond, that agent's next request for that
    * user is refused at once (OVERLOADED, nothing recorded), so that one agent's flood cannot queue
    * ahead of everyone else's requests. 0: no such bound. Keep it above what a user may send in
-   * INTAKE_MAX_WAIT_MS (RATE_LIMIT_BURST + RATE_LIMIT_PER_SEC × the wait in seconds).
+   * INTAKE_MAX_WAIT_MS (RATE_LIMIT_BURST + RATE_LIMIT_PER_SEC × the wait in seconds). Not set on a
+   * replicated intake (NATS_STREAM_REPLICAS > 1; decision 0036), nor over a subject holding more.
    */
   INTAKE_MAX_PER_AGENT: intVar(1_000, 0, 100_000_000),
   /**

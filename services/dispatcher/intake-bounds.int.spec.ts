@@ -87,3 +87,26 @@ t.test('an instance started with another bound brings the stream in line; 0 lift
   t.equal(config.max_msgs_per_subject, -1, 'no bound per subject');
   t.notOk(config.discard_new_per_subject);
 });
+
+t.test('a bound is not set over a backlog it would cut: nats-server would drop the oldest', async (t) => {
+  const h = await harness(t, { INTAKE_MAX_PER_AGENT: '0' });
+  await (await h.start()).close();
+  const jsm = await jetstreamManager(h.nc);
+  const alice = await h.token('alice');
+  const waiting = ['w-1', 'w-2', 'w-3'].map((requestId) =>
+    h.agent.execute('echo', { text: requestId }, { token: alice, requestId, timeoutMs: 60_000 }),
+  );
+  await eventually(
+    async () => (await jsm.streams.info(names.requestsStream)).state.messages === 3,
+    20_000,
+    '3 requests stored',
+  );
+  // Started with a bound of 2 while alice's subject holds 3: left unbounded, nothing dropped.
+  await h.start({ INTAKE_MAX_PER_AGENT: '2' });
+  t.equal((await jsm.streams.info(names.requestsStream)).config.max_msgs_per_subject, -1, 'not set yet');
+  t.match(h.logs.text, /INTAKE_MAX_PER_AGENT not applied yet/);
+  for (const answer of await Promise.all(waiting)) t.match(answer, { status: 'completed' });
+  // Once they are fewer, the next start sets it.
+  await h.start({ INTAKE_MAX_PER_AGENT: '2' });
+  t.equal((await jsm.streams.info(names.requestsStream)).config.max_msgs_per_subject, 2, 'set');
+});

@@ -24,12 +24,15 @@ const log = createLogger('intake-replicas-test', 'silent');
 // As the dispatcher calls it at start (app.ts): an API request left unanswered while the cluster
 // rescales the stream (nats-server 2.9, once in CI even with 20 s) is asked again.
 const ensure = (replicas: number) =>
-  retry(() => ensureIntake(jsm, { ackWaitMs: 30_000, maxAckPending: 1000, replicas, log }), {
-    retries: 10,
-    minMs: 250,
-    maxMs: 4_000,
-    retryable: isJetStreamForming,
-  });
+  retry(
+    () => ensureIntake(jsm, { ackWaitMs: 30_000, maxAckPending: 1000, maxPerAgent: 1000, replicas, log }),
+    {
+      retries: 10,
+      minMs: 250,
+      maxMs: 4_000,
+      retryable: isJetStreamForming,
+    },
+  );
 
 /** The copies of the stream and of its consumer that the cluster has placed (leader included). */
 async function copies(m: JetStreamManager): Promise<{ stream: number; consumer: number }> {
@@ -50,7 +53,10 @@ t.test('one copy by default; a later start with 3 replicates the stream and its 
   t.same(await placed(1, 1), { stream: 1, consumer: 1 }, 'one copy of each');
 
   t.same(await ensure(3), [], 'nothing created: the stream is updated');
-  t.equal((await jsm.streams.info(names.requestsStream)).config.num_replicas, 3);
+  const config = (await jsm.streams.info(names.requestsStream)).config;
+  t.equal(config.num_replicas, 3);
+  // Decision 0036: replicas would each apply it to their own copy and diverge (nats-server#7607).
+  t.equal(config.max_msgs_per_subject, -1, 'no bound per agent on a replicated intake');
   t.same(await placed(3, 3), { stream: 3, consumer: 3 }, 'three copies of the stream and of the consumer');
   t.same(await ensure(3), [], 'a start with the same count changes nothing');
 });
@@ -61,7 +67,10 @@ t.test('a missing stream is created with the configured copies', async (t) => {
   await placed(3, 3);
   await jsm.streams.delete(names.requestsStream);
   t.same(await ensure(3), ['stream', 'consumer']);
-  t.equal((await jsm.streams.info(names.requestsStream)).config.num_replicas, 3);
+  t.match((await jsm.streams.info(names.requestsStream)).config, {
+    num_replicas: 3,
+    max_msgs_per_subject: -1,
+  });
   t.same(await placed(3, 3), { stream: 3, consumer: 3 });
 });
 

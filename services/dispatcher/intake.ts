@@ -85,6 +85,16 @@ async function createOrAccept(
   }
 }
 
+/** The subject of the intake holding the most messages, and how many. */
+async function deepestSubject(jsm: JetStreamManager): Promise<{ subject: string | null; count: number }> {
+  const info = await jsm.streams.info(names.requestsStream, { subjects_filter: '>' });
+  let deepest: { subject: string | null; count: number } = { subject: null, count: 0 };
+  for (const [subject, count] of Object.entries(info.state.subjects ?? {})) {
+    if (count > deepest.count) deepest = { subject, count };
+  }
+  return deepest;
+}
+
 /**
  * The intake: a file-backed work-queue stream of tool requests on `toolbus.requests.>`,
  * deduplicated by `Nats-Msg-Id` over two minutes, and one durable pull consumer that every
@@ -115,7 +125,16 @@ export async function ensureIntake(
   },
 ): Promise<IntakeResource[]> {
   const created: IntakeResource[] = [];
-  const perAgent = options.maxPerAgent ?? 0;
+  const replicas = options.replicas ?? 1;
+  // Not on a cluster: up to nats-server 2.12.2 each replica checks the bound against its own copy
+  // when it applies a message, and the copies diverge (nats-server#7607; decision 0036).
+  const perAgent = replicas === 1 ? (options.maxPerAgent ?? 0) : 0;
+  if (replicas > 1 && (options.maxPerAgent ?? 0) > 0) {
+    options.log.warn(
+      { replicas },
+      'INTAKE_MAX_PER_AGENT is not applied to a replicated intake (nats-server#7607): one agent may queue without that bound',
+    );
+  }
   const stream = {
     name: names.requestsStream,
     subjects: [subjects.requestsAll],
@@ -127,10 +146,25 @@ export async function ensureIntake(
     discard: DiscardPolicy.New,
     max_msgs_per_subject: perAgent > 0 ? perAgent : -1,
     discard_new_per_subject: perAgent > 0,
-    num_replicas: options.replicas ?? 1,
+    num_replicas: replicas,
   };
   try {
     const info = await jsm.streams.info(names.requestsStream);
+    // nats-server drops the oldest messages of a subject over its bound (when the bound is lowered,
+    // and at every restart): requests already acknowledged to their agents. A bound is set, or
+    // lowered, only when no subject holds more.
+    const current = info.config.max_msgs_per_subject > 0 ? info.config.max_msgs_per_subject : Infinity;
+    if (perAgent > 0 && perAgent < current) {
+      const deepest = await deepestSubject(jsm);
+      if (deepest.count > perAgent) {
+        options.log.warn(
+          { subject: deepest.subject, waiting: deepest.count, bound: perAgent },
+          'INTAKE_MAX_PER_AGENT not applied yet: a subject holds more requests, which nats-server would drop; it is at a start once they are fewer',
+        );
+        stream.max_msgs_per_subject = info.config.max_msgs_per_subject;
+        stream.discard_new_per_subject = Boolean(info.config.discard_new_per_subject);
+      }
+    }
     if (
       info.config.duplicate_window !== stream.duplicate_window ||
       !info.config.subjects?.includes(subjects.requestsAll) ||

@@ -111,7 +111,12 @@ export async function startTask(
   checkFingerprint(fingerprint, first, executionIdFor(principal.userId, requestId));
   if (first.executionId === null) return { result: first as TerminalAnswer };
   // As tasks/get will show it: its times are its events' (the store has the first one by now).
-  const stored = await readExecution(deps.dispatcherUrl, call.token, first.executionId).catch(() => null);
+  const stored = await readExecution(
+    deps.dispatcherUrl,
+    call.token,
+    first.executionId,
+    AbortSignal.timeout(2_000),
+  ).catch(() => null);
   if (stored) return { task: taskOf(stored) };
   const now = new Date().toISOString();
   const answer = first.status === 'completed' || first.status === 'failed' ? first : null;
