@@ -60,7 +60,11 @@ const issues = (e: z.ZodError, where: 'query' | 'body'): string =>
  * approval, a denial, a cancel and the deadline racing, exactly one is recorded.
  */
 export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRouteDeps): void {
+  /** Callers verified by `authenticateFirst`, for their handlers. */
+  const verified = new WeakMap<FastifyRequest, Principal>();
   const authenticate = async (req: FastifyRequest, reply: FastifyReply): Promise<Principal | null> => {
+    const known = verified.get(req);
+    if (known) return known;
     try {
       return await deps.verifier.verify(req.headers.authorization);
     } catch (e) {
@@ -73,6 +77,15 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
       );
       return null;
     }
+  };
+  /**
+   * Checks the token before the body is read (`onRequest`): a request without a valid one is
+   * refused without its body (up to 1 MiB) being read and parsed.
+   */
+  const authenticateFirst = async (req: FastifyRequest, reply: FastifyReply) => {
+    const principal = await authenticate(req, reply);
+    if (!principal) return reply;
+    verified.set(req, principal);
   };
 
   app.get('/approvals', async (req, reply) => {
@@ -157,8 +170,8 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     return executionView(execution);
   };
 
-  app.post('/executions/:executionId/approve', decide('approve'));
-  app.post('/executions/:executionId/deny', decide('deny'));
+  app.post('/executions/:executionId/approve', { onRequest: authenticateFirst }, decide('approve'));
+  app.post('/executions/:executionId/deny', { onRequest: authenticateFirst }, decide('deny'));
 }
 
 /**

@@ -163,6 +163,22 @@ t.test('HTTP API', async (t) => {
     t.equal(expired.statusCode, 401);
     const forged = await post(`${alice.slice(0, -3)}xyz`, { tool: 'noop', args: {} });
     t.equal(forged.statusCode, 401);
+    // The token is checked before the body is read: without one, no body is parsed, however
+    // large or malformed (a stranger cannot make the dispatcher parse megabytes of JSON).
+    for (const [what, payload] of [
+      ['over the body limit', `{"args":"${'x'.repeat(2 * 1024 * 1024)}"}`],
+      ['not JSON', '{"tool": nope'],
+    ] as const) {
+      for (const url of ['/executions', `/executions/r-1/cancel`, '/executions/r-1/approve']) {
+        const res = await app.inject({
+          method: 'POST',
+          url,
+          headers: { 'content-type': 'application/json' },
+          payload,
+        });
+        t.equal(res.statusCode, 401, `${url}, ${what}: 401, not a complaint about the body`);
+      }
+    }
   });
 
   t.test(

@@ -124,7 +124,11 @@ function refuse(
  * waiting for the terminal answer), GET /executions/:executionId (from the caller's own stream).
  */
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
+  /** Callers verified by `authenticateFirst`, for their handlers. */
+  const verified = new WeakMap<FastifyRequest, Principal>();
   const authenticate = async (req: FastifyRequest, reply: FastifyReply): Promise<Principal | null> => {
+    const known = verified.get(req);
+    if (known) return known;
     try {
       return await deps.verifier.verify(req.headers.authorization);
     } catch (e) {
@@ -132,6 +136,15 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       await refuse(reply, refusal('UNAUTHENTICATED', `token ${e.reason}: ${e.message}`));
       return null;
     }
+  };
+  /**
+   * Checks the token before the body is read (`onRequest`): a request without a valid one is
+   * refused without its body (up to 1 MiB) being read and parsed.
+   */
+  const authenticateFirst = async (req: FastifyRequest, reply: FastifyReply) => {
+    const principal = await authenticate(req, reply);
+    if (!principal) return reply;
+    verified.set(req, principal);
   };
 
   app.setErrorHandler((error: FastifyError, req, reply) => {
@@ -146,7 +159,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     tools: deps.registry.list().map((m) => withEffectiveApproval(m, deps.destructive)),
   }));
 
-  app.post('/executions', async (req, reply) => {
+  app.post('/executions', { onRequest: authenticateFirst }, async (req, reply) => {
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
     const body = req.body;
@@ -215,7 +228,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     return reply.code(httpStatusOf(answer)).send(answer);
   });
 
-  app.post('/executions/:executionId/cancel', async (req, reply) => {
+  app.post('/executions/:executionId/cancel', { onRequest: authenticateFirst }, async (req, reply) => {
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
     const params = ExecutionIdParam.safeParse(req.params);
