@@ -266,3 +266,30 @@ declare module 'fastify' {
     metrics: Registry;
   }
 }
+
+/**
+ * Authentication that runs before the body is read: `onRequest` (a route option) verifies the
+ * caller, answering a refusal itself, so that no body of a stranger's request is read or parsed;
+ * `authenticate` gives its handler that caller (or verifies, for a route without the hook).
+ * `verify` answers the refusal and returns null when the caller is not let in.
+ */
+export function authenticateBeforeBody<P>(
+  verify: (req: FastifyRequest, reply: FastifyReply) => Promise<P | null>,
+): {
+  onRequest: (req: FastifyRequest, reply: FastifyReply) => Promise<FastifyReply | undefined>;
+  authenticate: (req: FastifyRequest, reply: FastifyReply) => Promise<P | null>;
+} {
+  const verified = new WeakMap<FastifyRequest, P>();
+  return {
+    async onRequest(req, reply) {
+      const caller = await verify(req, reply);
+      if (caller === null) return reply;
+      verified.set(req, caller);
+      return undefined;
+    },
+    authenticate: (req, reply) => {
+      const known = verified.get(req);
+      return known === undefined ? verify(req, reply) : Promise.resolve(known);
+    },
+  };
+}

@@ -13,7 +13,7 @@ import {
   type Principal,
 } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
-import { errorBody } from '../../lib/http.ts';
+import { authenticateBeforeBody, errorBody } from '../../lib/http.ts';
 import { CursorError, refOfWait, type ApprovalWait, type ApprovalWaits } from './approvals.ts';
 import { handleExecution } from './commands.ts';
 import type { DispatcherMetrics } from './metrics.ts';
@@ -60,11 +60,7 @@ const issues = (e: z.ZodError, where: 'query' | 'body'): string =>
  * approval, a denial, a cancel and the deadline racing, exactly one is recorded.
  */
 export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRouteDeps): void {
-  /** Callers verified by `authenticateFirst`, for their handlers. */
-  const verified = new WeakMap<FastifyRequest, Principal>();
-  const authenticate = async (req: FastifyRequest, reply: FastifyReply): Promise<Principal | null> => {
-    const known = verified.get(req);
-    if (known) return known;
+  const verify = async (req: FastifyRequest, reply: FastifyReply): Promise<Principal | null> => {
     try {
       return await deps.verifier.verify(req.headers.authorization);
     } catch (e) {
@@ -78,15 +74,8 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
       return null;
     }
   };
-  /**
-   * Checks the token before the body is read (`onRequest`): a request without a valid one is
-   * refused without its body (up to 1 MiB) being read and parsed.
-   */
-  const authenticateFirst = async (req: FastifyRequest, reply: FastifyReply) => {
-    const principal = await authenticate(req, reply);
-    if (!principal) return reply;
-    verified.set(req, principal);
-  };
+  // The POST routes check the token before their body is read (onRequest: authenticateFirst).
+  const { onRequest: authenticateFirst, authenticate } = authenticateBeforeBody(verify);
 
   app.get('/approvals', async (req, reply) => {
     const principal = await authenticate(req, reply);

@@ -159,7 +159,7 @@ export async function ensureIntake(
       if (deepest.count > perAgent) {
         options.log.warn(
           { subject: deepest.subject, waiting: deepest.count, bound: perAgent },
-          'INTAKE_MAX_PER_AGENT not applied yet: a subject holds more requests, which nats-server would drop; it is at a start once they are fewer',
+          'INTAKE_MAX_PER_AGENT not applied yet: a subject holds more requests, which nats-server would drop; a later start applies it once fewer wait',
         );
         stream.max_msgs_per_subject = info.config.max_msgs_per_subject;
         stream.discard_new_per_subject = Boolean(info.config.discard_new_per_subject);

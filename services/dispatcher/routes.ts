@@ -18,7 +18,7 @@ import {
 } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import { AgentClientError, submitRequest } from '../../lib/clients/agent.ts';
-import { answerError } from '../../lib/http.ts';
+import { answerError, authenticateBeforeBody } from '../../lib/http.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import type { ToolRegistry } from '../../lib/tools/index.ts';
 import { answerFromTerminal, httpStatusOf, refusal, type TerminalAnswer } from './answers.ts';
@@ -124,11 +124,7 @@ function refuse(
  * waiting for the terminal answer), GET /executions/:executionId (from the caller's own stream).
  */
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
-  /** Callers verified by `authenticateFirst`, for their handlers. */
-  const verified = new WeakMap<FastifyRequest, Principal>();
-  const authenticate = async (req: FastifyRequest, reply: FastifyReply): Promise<Principal | null> => {
-    const known = verified.get(req);
-    if (known) return known;
+  const verify = async (req: FastifyRequest, reply: FastifyReply): Promise<Principal | null> => {
     try {
       return await deps.verifier.verify(req.headers.authorization);
     } catch (e) {
@@ -137,15 +133,8 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       return null;
     }
   };
-  /**
-   * Checks the token before the body is read (`onRequest`): a request without a valid one is
-   * refused without its body (up to 1 MiB) being read and parsed.
-   */
-  const authenticateFirst = async (req: FastifyRequest, reply: FastifyReply) => {
-    const principal = await authenticate(req, reply);
-    if (!principal) return reply;
-    verified.set(req, principal);
-  };
+  // The POST routes check the token before their body is read (onRequest: authenticateFirst).
+  const { onRequest: authenticateFirst, authenticate } = authenticateBeforeBody(verify);
 
   app.setErrorHandler((error: FastifyError, req, reply) => {
     // Only POST /executions answers in AgentAnswers; anything else is Fastify's (or the route's) to answer.
