@@ -13,6 +13,7 @@ import { signToken } from '../lib/auth.ts';
 import { AgentClientError, createAgentClient, type AgentClient } from '../lib/clients/agent.ts';
 import { createPool, type Pool } from '../lib/db.ts';
 import { connectNats } from '../lib/nats.ts';
+import { agentSteps } from '../lib/diagnostics.ts';
 import { createPostgresEventStore } from '../lib/eventstore/postgres.ts';
 import type { EventStore } from '../lib/eventstore/types.ts';
 import { toEventData } from '../lib/toolEvents.ts';
@@ -20,6 +21,7 @@ import { pino } from 'pino';
 import { EventRelay } from '../services/dispatcher/relay.ts';
 import { encodeHistogram, newHistogram, recordMs } from './lib/histogram.ts';
 import { serve } from './lib/ipc.ts';
+import { stepKey, StepRecorder } from './lib/steps.ts';
 import {
   runOpenLoop,
   runPhasedOpenLoop,
@@ -54,6 +56,8 @@ export type PhasedRunRequest = Omit<PhasedOpenLoopOptions, 'fire'> & { tag: stri
 
 interface Driver {
   fire(i: number, tag: string): Promise<void>;
+  /** The request's key in every process's step marks (benchmark 1b), for workloads that have one. */
+  key?(i: number, tag: string): string;
   /**
    * Sends request `i` and tells how it ended, without throwing: "completed", "failed:<code>" (an
    * answer that refuses or fails it, OVERLOADED and RATE_LIMITED included) or "error:<what>" (no
@@ -64,6 +68,8 @@ interface Driver {
 }
 
 let driver: Driver | null = null;
+/** Benchmark 1b: when each request was fired and answered, and the agent client's marks. */
+const steps = new StepRecorder([agentSteps]);
 
 /** The body size of a dispatch request, so the bare request/reply carries as many bytes. */
 const requestLike = (i: number) =>
@@ -95,6 +101,7 @@ async function setup(w: Workload): Promise<void> {
           { token: tokens[i % tokens.length]!, requestId: `${tag}-${i}`, timeoutMs: 120_000 },
         );
       driver = {
+        key: (i, tag) => stepKey(`bench-u${i % tokens.length}`, `${tag}-${i}`),
         async fire(i, tag) {
           const answer = await execute(i, tag);
           if (answer.status === 'failed') throw new Error(`${answer.error.code}: ${answer.error.message}`);
@@ -115,6 +122,8 @@ async function setup(w: Workload): Promise<void> {
     case 'nats-rr': {
       const nc = await connect({ servers: w.natsUrl, name: 'bench-loadgen' });
       driver = {
+        // The replier names it by the body's request id (bench/server.ts).
+        key: (i) => stepKey('ref', `bench-${i}-0000000000`),
         async fire(i) {
           const m = await nc.request(w.subject, requestLike(i), { timeout: 120_000 });
           if (m.json<{ status: string }>().status !== 'completed') throw new Error(m.string());
@@ -172,7 +181,14 @@ async function run(r: RunRequest): Promise<OpenLoopResult> {
     ...r,
     fire: (i) => {
       inFlight++;
-      return d.fire(i, r.tag).finally(() => inFlight--);
+      const key = steps.recording && d.key ? d.key(i, r.tag) : null;
+      if (key) steps.mark(key, 'fired');
+      return d
+        .fire(i, r.tag)
+        .then(() => {
+          if (key) steps.mark(key, 'resolved');
+        })
+        .finally(() => inFlight--);
     },
   });
 }
@@ -461,6 +477,8 @@ serve({
   run: (r: RunRequest) => run(r),
   runPhases: (r: PhasedRunRequest) => runPhases(r),
   quiesce: (q: { timeoutMs: number }) => quiesce(q),
+  stepsStart: async () => steps.start(),
+  stepsTake: async () => steps.take(),
   teardown: () => teardown(),
   notifySetup: (s: NotifySetup) => notifySetup(s),
   notifyRun: (r: NotifyRun) => notifyRun(r),

@@ -3,15 +3,18 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Worker } from 'bullmq';
 import { WebSocket, WebSocketServer } from 'ws';
 import { loadConfig } from '../lib/config.ts';
+import { dispatcherSteps } from '../lib/diagnostics.ts';
 import { createPool } from '../lib/db.ts';
 import { serve } from './lib/ipc.ts';
 import { insertStep, RAW_EVENTS_DDL, RowFactory } from './lib/rows.ts';
+import { stepKey, StepRecorder } from './lib/steps.ts';
 
 /**
  * One process under test, forked by bench/run.ts: a Toolbus service (dispatcher, projector,
  * notifier: started through its own start function, configured from `env` exactly as its main.ts
  * would be) or a reference server (a bare NATS replier, the same replier with PostgreSQL commits,
- * a BullMQ worker, a bare `ws` broadcaster). Calls: `start`, `cpu` (process.cpuUsage), `stop`.
+ * a BullMQ worker, a bare `ws` broadcaster). Calls: `start`, `cpu` (process.cpuUsage), `stop`,
+ * and `stepsStart` / `stepsTake` (benchmark 1b: the marks of each request this process handled).
  */
 type Role =
   'dispatcher' | 'projector' | 'notifier' | 'replier' | 'replier-pg' | 'bullmq-worker' | 'ws-broadcast';
@@ -46,6 +49,8 @@ export interface CpuSample {
 }
 
 let closeRole: (() => Promise<void>) | null = null;
+/** The dispatcher's marks come through its diagnostics channel; the replier marks its own. */
+const steps = new StepRecorder([dispatcherSteps]);
 
 async function start(r: StartRequest): Promise<Started> {
   const env = { ...process.env, ...(r.env ?? {}) } as Record<string, string | undefined>;
@@ -90,11 +95,21 @@ async function start(r: StartRequest): Promise<Started> {
             m.respond(reply);
             return;
           }
+          // Marked as the dispatcher marks its steps (the request id of the body names it).
+          const key = steps.recording ? stepKey('ref', m.json<{ requestId: string }>().requestId) : '';
+          steps.mark(key, 'received');
           // The dispatcher's two commits: Requested + Executing, then Completed.
           insertStep(pool, rows.step(0))
-            .then(() => insertStep(pool, rows.step(1)))
+            .then(() => {
+              steps.mark(key, 'recorded');
+              return insertStep(pool, rows.step(1));
+            })
             .then(
-              () => m.respond(reply),
+              () => {
+                steps.mark(key, 'completed');
+                m.respond(reply);
+                steps.mark(key, 'answered');
+              },
               (e: unknown) => m.respond(JSON.stringify({ status: 'failed', error: String(e) })),
             );
         },
@@ -147,6 +162,8 @@ serve({
     const u = process.cpuUsage();
     return { userUs: u.user, systemUs: u.system, at: performance.now() };
   },
+  stepsStart: async () => steps.start(),
+  stepsTake: async () => steps.take(),
   stop: async () => {
     const close = closeRole;
     closeRole = null;

@@ -21,6 +21,7 @@ import {
   type CostSources,
 } from '../lib/proc.ts';
 import { figure, target, type BenchResult, type Table } from '../lib/report.ts';
+import { afterWarmup, outsideP50, spanP50, type Marks } from '../lib/steps.ts';
 
 /**
  * Benchmarks 1, 2 and 6: dispatch latency at two fixed loads, the highest sustained dispatch
@@ -360,6 +361,116 @@ async function segment(
   return { r, cpu: c0 && c1 ? cpuUs(c0, c1) : null, natsCpu: n0 !== null && n1 !== null ? n1 - n0 : null };
 }
 
+/** The marks of one segment: the load generator's (and its agent client's) and the server's. */
+async function markedSegment(
+  ctx: BenchContext,
+  lane: Lane,
+  rate: number,
+): Promise<{ client: Marks; server: Marks }> {
+  const serverChild = lane.server!.child;
+  await serverChild.call('stepsStart');
+  await lane.loadgen.call('stepsStart');
+  let client: Marks;
+  let served: Marks;
+  try {
+    await segment(ctx, lane, {
+      rate,
+      durationMs: ctx.d.latencySegmentMs,
+      warmupMs: 0,
+      drainMs: 15_000,
+      maxOutstanding: Math.max(1_000, rate * 10),
+      tag: `${ctx.runId}-steps${rate}`,
+    });
+  } finally {
+    client = await lane.loadgen.call<Marks>('stepsTake');
+    served = await serverChild.call<Marks>('stepsTake');
+  }
+  // As the latency segments: their first seconds are not counted.
+  const kept = afterWarmup(client, 'fired', ctx.d.latencySegmentWarmupMs);
+  const server = Object.fromEntries(Object.keys(kept).flatMap((k) => (served[k] ? [[k, served[k]]] : [])));
+  return { client: kept, server };
+}
+
+/**
+ * Benchmark 1b: one more segment of Toolbus and of the commit reference at each load, with the
+ * marks of lib/diagnostics.ts recorded (the latency segments run with no one listening): the p50
+ * of each step, beside the reference's same step where it has one.
+ */
+async function dispatchSteps(
+  ctx: BenchContext,
+  s: DispatchSetup,
+): Promise<{ table: Table; notes: string[]; details: Record<string, unknown> }> {
+  const columns: Array<{
+    rate: number;
+    t: { client: Marks; server: Marks };
+    ref: { client: Marks; server: Marks };
+  }> = [];
+  for (const rate of LOADS) {
+    const t = await markedSegment(ctx, s.lanes.toolbus, rate);
+    const ref = await markedSegment(ctx, s.lanes['nats-rr-pg'], rate);
+    columns.push({ rate, t, ref });
+  }
+  const ms = (v: number | null) => (v === null ? '—' : v.toFixed(3));
+  const inside: [string, string] = ['received', 'answered'];
+  const total: [string, string] = ['fired', 'resolved'];
+  const rows: Array<[string, (x: { client: Marks; server: Marks }, toolbus: boolean) => number | null]> = [
+    [
+      'JetStream publish, acknowledged (agent client: sent → stored)',
+      (x, tb) => (tb ? spanP50([x.client], 'sent', 'stored') : null),
+    ],
+    [
+      'outside the dispatcher / replier: intake or request, and answer, in transit (total − inside)',
+      (x) => outsideP50(x.client, x.server, total, inside),
+    ],
+    [
+      'token check and Redis admission (received → admitted)',
+      (x, tb) => (tb ? spanP50([x.server], 'received', 'admitted') : null),
+    ],
+    [
+      'first commit: ToolRequested + ToolExecuting (admitted → recorded; reference: received → recorded)',
+      (x, tb) => spanP50([x.server], tb ? 'admitted' : 'received', 'recorded'),
+    ],
+    ['the tool, noop (recorded → ran)', (x, tb) => (tb ? spanP50([x.server], 'recorded', 'ran') : null)],
+    [
+      'second commit: ToolCompleted (ran → completed; reference: recorded → completed)',
+      (x, tb) => spanP50([x.server], tb ? 'ran' : 'recorded', 'completed'),
+    ],
+    ['answer published (completed → answered)', (x) => spanP50([x.server], 'completed', 'answered')],
+    ['inside the dispatcher / replier (received → answered)', (x) => spanP50([x.server], ...inside)],
+    ['total, as the latency figures (fired → answer)', (x) => spanP50([x.client], ...total)],
+  ];
+  const table: Table = {
+    title: "1b. Where a dispatch's time goes (p50 of each step, ms)",
+    header: [
+      'step',
+      ...columns.flatMap((c) => [`Toolbus @ ${c.rate}/s`, `req/reply + 2 commits @ ${c.rate}/s`]),
+    ],
+    rows: rows.map(([name, f]) => [name, ...columns.flatMap((c) => [ms(f(c.t, true)), ms(f(c.ref, false))])]),
+  };
+  const counted = columns
+    .map((c) => `${Object.keys(c.t.client).length} and ${Object.keys(c.ref.client).length} at ${c.rate}/s`)
+    .join(', ');
+  return {
+    table,
+    notes: [
+      `1b: one more segment per load of Toolbus and of the commit reference (${ctx.d.latencySegmentMs / 1000} s, the first ` +
+        `${ctx.d.latencySegmentWarmupMs / 1000} s not counted; ${counted} requests), with each process recording its marks: ` +
+        "the dispatcher's and the agent client's from lib/diagnostics.ts (Node's diagnostics channels, silent while no one " +
+        "listens, as in the latency segments above), the reference replier's around its two commits. A row is the p50 of that " +
+        'step alone, so the rows do not add up to the total. Marks of two processes are never subtracted from each other: ' +
+        '"outside" is, per request, the load generator\'s total minus the time inside the server.',
+    ],
+    details: Object.fromEntries(
+      columns.map((c) => [
+        c.rate,
+        Object.fromEntries(
+          rows.map(([name, f]) => [name, { toolbus: f(c.t, true), reference: f(c.ref, false) }]),
+        ),
+      ]),
+    ),
+  };
+}
+
 /** Benchmarks 1 and 6: latency at the two loads, and CPU per request, for Toolbus and both repliers. */
 export async function dispatchLatency(
   ctx: BenchContext,
@@ -467,6 +578,10 @@ export async function dispatchLatency(
         );
     }
   }
+  const steps = await dispatchSteps(ctx, s);
+  latency.tables = [...(latency.tables ?? []), steps.table];
+  latency.notes.push(...steps.notes);
+  latency.details['steps'] = steps.details;
   latency.seconds = (performance.now() - started) / 1000;
 
   const cpu: BenchResult = {

@@ -21,6 +21,7 @@ import {
 import { connectionIdentity } from '../nats.ts';
 import { backoffMs, sleep } from '../retry.ts';
 import { answerInboxOf, type InterimAnswer, type Waiter } from './answerInbox.ts';
+import { markAgent } from '../diagnostics.ts';
 
 /**
  * The agent's side of Toolbus: publish a tool request into the JetStream intake and wait for its
@@ -218,10 +219,12 @@ export async function submitRequest(
     const publishAcknowledged = async (republish: number) => {
       for (let attempt = 0; ; attempt++) {
         try {
+          markAgent(userId, requestId, 'sent');
           const ack = await js.publish(subjects.request(userId, agentId), body, {
             msgID: requestMsgId(userId, requestId, bare(o.token), ask, republish),
             headers: auth,
           });
+          markAgent(userId, requestId, 'stored');
           return { ack, attempt };
         } catch (e) {
           if (isIntakeFull(e)) throw new IntakeFullError(requestId, e, perAgent(e));

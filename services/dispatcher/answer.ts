@@ -2,6 +2,7 @@ import { subjects, UNKNOWN_TOOL_LABEL, type AgentAnswer, type Notification } fro
 import { outcomeOf, refusal, type TerminalAnswer } from './answers.ts';
 import { errorInfo, type Disposition } from './delivery.ts';
 import type { Handling, Shell } from './shell.ts';
+import { markDispatcher } from '../../lib/diagnostics.ts';
 
 /** Publishes an answer to each reply subject; a failed publish is logged (the agent can ask again). */
 export function reply(shell: Shell, to: string | undefined | Iterable<string>, answer: AgentAnswer): void {
@@ -95,6 +96,7 @@ export async function answered(
   const to = [...h.replyTos].filter((s) => !h.answeredTo.has(s));
   for (const s of to) h.answeredTo.add(s);
   reply(shell, to, answer);
+  markDispatcher(h.ref, 'answered');
   h.settleOutcome(answer);
   if (fresh) {
     const slot = h.slot;

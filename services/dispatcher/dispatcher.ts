@@ -25,6 +25,7 @@ import type { ShedRequest } from './lookup.ts';
 import { giveUp } from './recovery.ts';
 import { abortForCancel, NO_TOOL, type DispatcherOptions, type Handling, type Shell } from './shell.ts';
 import { terminalOf, type ExecutionRef } from './streams.ts';
+import { markDispatcher } from '../../lib/diagnostics.ts';
 
 // The intake, the lookups and the tests know these by this module.
 export {
@@ -183,6 +184,7 @@ export class Dispatcher {
       requestId,
       correlationId: partial.correlationId ?? executionId,
     };
+    markDispatcher(ref, 'received', startedAt);
 
     // A sending after a shedding (`~n`) is never shed: each shed request is queued once more and
     // keeps that place. Shed again, its agent (which gave up waiting meanwhile, its timeout

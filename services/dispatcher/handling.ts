@@ -22,6 +22,7 @@ import { existing } from './recovery.ts';
 import { elapsedMs, runTool } from './runner.ts';
 import { abortForCancel, requestCancel, ShuttingDownError, type Handling, type Shell } from './shell.ts';
 import { newExecution, type Execution } from './streams.ts';
+import { markDispatcher } from '../../lib/diagnostics.ts';
 
 /**
  * A delivery's flow once its user is known: refuse, or admit (Redis), then the commands of a new
@@ -66,6 +67,7 @@ export async function handleDelivery(
     ...(cacheKey ? { cacheKey } : {}),
     ...(h.delivery.sentAt !== undefined ? { sentAt: h.delivery.sentAt } : {}),
   });
+  markDispatcher(ref, 'admitted');
   if (admission.kind === 'go' || admission.kind === 'cached') h.slot = slot;
   h.cacheKey = cacheKey;
   // Seen before: the first execution's answer, no second run.
@@ -207,6 +209,7 @@ async function recordNew(
 ): Promise<Disposition> {
   const execution = newExecution(h.ref);
   const { appended } = await handleExecution(shell.o.streams, execution, commands, options);
+  markDispatcher(h.ref, 'recorded');
   h.recorded = true;
   const requested = appended.find((e) => e.type === 'ToolRequested');
   if (requested?.type === 'ToolRequested') h.recordedAsk = askRecordedBy(requested.data, h.request);
@@ -334,10 +337,12 @@ export async function runAttempt(
   if (state.cancel) abortForCancel(h, state.cancel);
   const attempt = state.attempt;
   const outcome = await runTool(shell, h, tool);
+  markDispatcher(h.ref, 'ran');
   let appended: ToolEvent[];
   for (let wait = 200; ; wait = Math.min(wait * 2, 5_000)) {
     try {
       ({ appended } = await handleExecution(shell.o.streams, execution, outcome, { attempt }));
+      markDispatcher(h.ref, 'completed');
       break;
     } catch (e) {
       if (shell.closing()) throw new ShuttingDownError();
