@@ -91,7 +91,7 @@ export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
     retryable: true,
     recorded: true,
     description:
-      'rate or concurrency limit (`details.limit`: `rate` / `concurrency`; for `rate` `retryAfterMs`, over HTTP also `Retry-After`); retry with a new request id',
+      'rate, concurrency or approval-waits limit (`details.limit`: `rate` / `concurrency` / `approvals`; for `rate` `retryAfterMs`, over HTTP also `Retry-After`); retry with a new request id',
   },
   TIMEOUT: {
     status: 504,

@@ -244,7 +244,7 @@ async function main() {
     lines.push(
       '',
       `Operator console: ${stack.services.console.url}/#token=<an operator token>`,
-      '  make one with: npm run token -- <your name> operator,approver,auditor   (docs/console.md)',
+      '  make one with: npm run -s token -- <your name> operator,approver,auditor   (docs/console.md)',
     );
   }
   if (services.includes('dispatcher')) {

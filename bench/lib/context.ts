@@ -155,7 +155,8 @@ export class BenchContext {
     readonly ownPostgres = false,
   ) {
     this.logDir = join(tmpdir(), `toolbus-bench-${this.runId}`);
-    mkdirSync(this.logDir, { recursive: true });
+    // The children's logs name users and requests: readable by this OS user only.
+    mkdirSync(this.logDir, { recursive: true, mode: 0o700 });
   }
 
   log(message: string): void {

@@ -220,6 +220,8 @@ export async function startDispatcher(
       waits,
       destructive: destructiveDefaultOf(config),
       recheckMs: config.APPROVAL_RECHECK_MS,
+      recheckMaxMs: Math.max(config.APPROVAL_RECHECK_MS, config.APPROVAL_RECHECK_MAX_MS),
+      maxWaitsPerUser: config.APPROVAL_MAX_WAITS_PER_USER,
     };
     const dispatcher = new Dispatcher({
       approvals,

@@ -520,3 +520,81 @@ t.test(
     t.same(asUnknown(late, executionId), unknown, 'once decided, still a 404 for who may not decide it');
   },
 );
+
+t.test("one user's calls waiting for approval are bounded; another user's are not", async (t) => {
+  const h = await harness(t, { APPROVAL_RECHECK_MS: '200', APPROVAL_MAX_WAITS_PER_USER: '2' });
+  const d = await h.start();
+  const [mia, zoe] = [await h.token('mia'), await h.token('zoe')];
+  const bob = await h.token('bob', ['approver']);
+  const ask = (token: string, requestId: string) =>
+    h.agent.execute('guarded_echo', { text: requestId }, { token, requestId, timeoutMs: 60_000 });
+  const waiting = async (userId: string) =>
+    (await d.app.inject({ method: 'GET', url: '/approvals', headers: { authorization: `Bearer ${bob}` } }))
+      .json<ApprovalsPage>()
+      .approvals.filter((w) => w.userId === userId);
+
+  const first = [ask(mia, 'w1'), ask(mia, 'w2')];
+  await eventually(async () => (await waiting('mia')).length === 2, 30_000, "mia's two waits");
+  const third = await ask(mia, 'w3');
+  t.match(
+    third,
+    {
+      status: 'failed',
+      requestId: 'w3',
+      error: { code: 'RATE_LIMITED', details: { limit: 'approvals', waiting: 2 } },
+    },
+    'the third is refused at once',
+  );
+  t.match(third.status === 'failed' && third.error.message, /APPROVAL_MAX_WAITS_PER_USER/);
+  const zoes = ask(zoe, 'z1');
+  await eventually(async () => (await waiting('zoe')).length === 1, 30_000, "zoe's wait");
+  t.equal((await waiting('mia')).length, 2, "mia's refusal left no wait");
+
+  // One decided, the room is back.
+  const w1 = executionIdFor('mia', 'w1');
+  t.equal((await approveAs(d.app, w1, bob, { text: 'w1' })).statusCode, 200);
+  t.match(await first[0], { status: 'completed' }, 'the approved call ran');
+  await eventually(async () => (await waiting('mia')).length === 1, 30_000, 'w1 off the list');
+  const again = ask(mia, 'w4');
+  await eventually(async () => (await waiting('mia')).length === 2, 30_000, 'w4 waits');
+  const types = (await h.events('mia')).filter((e) => e.metadata.requestId === 'w3').map((e) => e.type);
+  t.strictSame(types, ['ToolRequested', 'ToolFailed'], 'the refusal is recorded, no wait asked');
+
+  for (const [userId, requestId, p] of [
+    ['mia', 'w2', first[1]!],
+    ['zoe', 'z1', zoes],
+    ['mia', 'w4', again],
+  ] as const) {
+    const deny = await d.app.inject({
+      method: 'POST',
+      url: `/executions/${executionIdFor(userId, requestId)}/deny`,
+      headers: { authorization: `Bearer ${bob}` },
+      payload: { argsHash: argsHash({ text: requestId }), reason: 'test over' },
+    });
+    t.equal(deny.statusCode, 200, `${requestId} denied`);
+    t.match(await p, { status: 'failed', error: { code: 'DENIED' } });
+  }
+});
+
+t.test('a waiting call comes back less and less often, and still starts once approved', async (t) => {
+  const h = await harness(t, { APPROVAL_RECHECK_MS: '100', APPROVAL_RECHECK_MAX_MS: '800' });
+  const d = await h.start();
+  const kim = await h.token('kim');
+  const bob = await h.token('bob', ['approver']);
+  const args = { text: 'slowly' };
+  // The consumer's sequence counts every delivery, a message handed back and delivered again too.
+  const jsm = await jetstreamManager(h.nc);
+  const delivered = async () =>
+    (await jsm.consumers.info(names.requestsStream, names.dispatcherConsumer)).delivered.consumer_seq;
+  const answer = h.agent.execute('guarded_echo', args, { token: kim, requestId: 'slow', timeoutMs: 60_000 });
+  await eventually(() => h.logs.text.includes('execution awaits approval'), 30_000, 'the wait');
+  const first = await delivered();
+  const since = performance.now();
+  await eventually(async () => (await delivered()) - first >= 5, 30_000, 'five rechecks');
+  // 100, 200, 400, 800 and 800 ms apart: at least 2.3 s for five (0.5 s at a fixed 100 ms). A busy
+  // machine only makes it longer.
+  const took = performance.now() - since;
+  t.ok(took >= 1_500, `five rechecks took ${Math.round(took)} ms: each waited longer than the one before`);
+  t.equal((await approveAs(d.app, executionIdFor('kim', 'slow'), bob, args)).statusCode, 200);
+  t.match(await answer, { status: 'completed', result: args }, 'approved, it starts at its next recheck');
+});

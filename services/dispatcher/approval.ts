@@ -26,8 +26,54 @@ export interface ApprovalSettings {
   waits: ApprovalWaits;
   /** The operator's policy for destructive tools without their own (null: they run unasked). */
   destructive: DestructiveDefault;
-  /** How soon a waiting request comes back to see whether it was decided. */
+  /** How soon a waiting request first comes back to see whether it was decided; then twice as late each time. */
   recheckMs: number;
+  /** The longest wait between two rechecks. */
+  recheckMaxMs: number;
+  /** Calls of one user that may wait at once; the next that needs approval is refused. */
+  maxWaitsPerUser: number;
+}
+
+/**
+ * Whether the user may have one more call waiting: null when so, else the refusal. The count is
+ * read from the waiting list, so calls that ask at the same moment may pass it by a few; when the
+ * list cannot be read the call is let through (logged), as the list heals at the next recheck.
+ */
+export async function waitsRefusal(
+  shell: Shell,
+  h: Handling,
+): Promise<{ code: 'RATE_LIMITED'; message: string; details: Record<string, unknown> } | null> {
+  const max = shell.o.approvals.maxWaitsPerUser;
+  let open: number;
+  try {
+    open = await shell.o.approvals.waits.openOf(h.ref.userId, new Date(), max);
+  } catch (e) {
+    shell.o.log.warn(
+      { err: errorInfo(e), userId: h.ref.userId },
+      'approval waits not counted; the call may wait',
+    );
+    return null;
+  }
+  if (open < max) return null;
+  return {
+    code: 'RATE_LIMITED',
+    message: `you have ${open} calls waiting for approval already (APPROVAL_MAX_WAITS_PER_USER); retry with a new request id when one has been decided`,
+    details: { limit: 'approvals', waiting: open },
+  };
+}
+
+/**
+ * When a waiting request comes back next: `recheckMs` after it was recorded waiting, then twice as
+ * late at each recheck (its JetStream deliveries), up to `recheckMaxMs`, and never after the deadline.
+ */
+export function nextRecheckMs(
+  settings: ApprovalSettings,
+  deliveries: number,
+  untilDeadlineMs: number,
+): number {
+  const doublings = Math.min(Math.max(deliveries - 1, 0), 30);
+  const every = Math.min(settings.recheckMs * 2 ** doublings, settings.recheckMaxMs);
+  return Math.max(1, Math.min(every, untilDeadlineMs + 1));
 }
 
 /** What this call needs: the manifest's policy on its exact arguments, or the destructive default. */
@@ -105,7 +151,10 @@ export async function waitForApproval(
     );
   }
   const untilDeadline = Date.parse(state.approval.deadline) - Date.now();
-  return { ack: false, retryInMs: Math.max(1, Math.min(shell.o.approvals.recheckMs, untilDeadline + 1)) };
+  return {
+    ack: false,
+    retryInMs: nextRecheckMs(shell.o.approvals, h.delivery.deliveries ?? 1, untilDeadline),
+  };
 }
 
 /**

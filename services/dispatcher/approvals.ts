@@ -36,6 +36,11 @@ export const approvalMigrations: Migration[] = [
       create index ${TABLE}_open_by_age on ${TABLE} (requested_at, execution_id) where settled_at is null;
     `,
   },
+  {
+    version: 2,
+    name: 'open approval waits by user',
+    sql: `create index ${TABLE}_open_by_user on ${TABLE} (user_id, deadline) where settled_at is null;`,
+  },
 ];
 
 /** A waiting execution as the list keeps it: enough to load its stream and to show it. */
@@ -204,6 +209,16 @@ export class ApprovalWaits {
     const waits = rows.slice(0, o.limit).map(fromRow);
     const last = waits.at(-1);
     return { waits, next: rows.length > o.limit && last ? encodeCursor(last) : null };
+  }
+
+  /** How many calls of `userId` wait, deadline not passed at `now`: counted up to `atMost`. */
+  async openOf(userId: string, now: Date, atMost: number): Promise<number> {
+    const { rows } = await this.pool.query<{ n: number }>(
+      `select count(*)::int as n from (
+         select 1 from ${TABLE} where user_id = $1 and settled_at is null and deadline > $2 limit $3) w`,
+      [userId, now, atMost],
+    );
+    return rows[0]?.n ?? 0;
   }
 
   /** Open waits whose deadline passed at `now`, earliest first. */

@@ -154,8 +154,19 @@ const DispatcherVariables = CommonEnv.extend({
   APPROVAL_DESTRUCTIVE_TIMEOUT_MS: intVar(DEFAULT_APPROVAL_TIMEOUT_MS, 1_000, MAX_APPROVAL_TIMEOUT_MS),
   /** Whether the requester may approve their own destructive call. */
   APPROVAL_DESTRUCTIVE_ALLOW_SELF: flag,
-  /** How soon a request waiting for approval comes back to see whether it was decided (and starts). */
+  /**
+   * How soon a request waiting for approval first comes back to see whether it was decided (and
+   * starts); each later recheck waits twice as long, up to APPROVAL_RECHECK_MAX_MS.
+   */
   APPROVAL_RECHECK_MS: intVar(1_000, 50, 60_000),
+  /** The longest wait between two rechecks of a waiting request (at least APPROVAL_RECHECK_MS). */
+  APPROVAL_RECHECK_MAX_MS: intVar(5_000, 50, 600_000),
+  /**
+   * Calls of one user that may wait for an approver at once; beyond, a call that needs approval is
+   * refused RATE_LIMITED (details.limit "approvals"). Each waiting call costs rechecks and holds
+   * one of the consumer's MAX_ACK_PENDING slots, shared by every user.
+   */
+  APPROVAL_MAX_WAITS_PER_USER: intVar(20, 1, 10_000),
   /** How often the store's waits are searched for passed deadlines (also once at start). */
   APPROVAL_SWEEP_MS: intVar(5_000, 100, 3_600_000),
   /** This instance's name, recorded as the `runner` of what it runs. Default hostname-pid. */

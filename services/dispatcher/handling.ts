@@ -12,7 +12,7 @@ import {
 } from '../../contracts/index.ts';
 import { redact, type RunnableTool } from '../../lib/tools/index.ts';
 import { answered, refuseAttempt, REUSED, sendInterim } from './answer.ts';
-import { approvalNeedOf, requestApproval, waitForApproval } from './approval.ts';
+import { approvalNeedOf, requestApproval, waitForApproval, waitsRefusal } from './approval.ts';
 import { answerFromTerminal } from './answers.ts';
 import { askRecordedBy, isConflict } from './ask.ts';
 import { handleExecution, type HandleOptions } from './commands.ts';
@@ -293,13 +293,19 @@ function fromCache(shell: Shell, h: Handling, tool: RunnableTool, result: JsonVa
  * The normal path: Requested + Executing (one append), run, outcome (one append). A call that
  * needs approval is recorded Requested + ApprovalRequested instead, and waits (approval.ts).
  */
-function execute(
+async function execute(
   shell: Shell,
   h: Handling,
   tool: RunnableTool,
   approval: ApprovalNeed | null,
 ): Promise<Disposition> {
   const manifest = tool.manifest;
+  // A user's waits are bounded: each costs rechecks and a slot of the consumer every user shares.
+  const tooMany = approval && !h.cancel ? await waitsRefusal(shell, h) : null;
+  if (tooMany) {
+    shell.o.metrics.rateLimited.inc({ limit: 'approvals' });
+    return refuse(shell, h, tooMany, h.request!.args, manifest);
+  }
   // Cancelled while it was admitted: nothing ran yet.
   const next: ExecutionCommand = h.cancel
     ? requestCancel(h.cancel, new Date())

@@ -23,7 +23,7 @@ async function gatewayClient(t: Test, user: string) {
   const ts = await startTestStack(t, {
     services: ['dispatcher', 'gateway'],
     // guarded_echo's timeout (5 s) is under GATEWAY_TASK_MIN_TIMEOUT_MS: it is a task for its approval.
-    env: { APPROVAL_RECHECK_MS: '200' },
+    env: { APPROVAL_RECHECK_MS: '200', APPROVAL_RECHECK_MAX_MS: '1000' },
   });
   const client = new Client({ name: 'approval-e2e', version: '1.0.0' });
   await client.connect(

@@ -99,7 +99,7 @@ async function awaiting(c: Call): Promise<Extract<AgentAnswer, { status: 'awaiti
 t.test('approval over the real services', async (t) => {
   const s = await startTestStack(t, {
     services: ['dispatcher'],
-    env: { APPROVAL_RECHECK_MS: '200', APPROVAL_SWEEP_MS: '500' },
+    env: { APPROVAL_RECHECK_MS: '200', APPROVAL_RECHECK_MAX_MS: '1000', APPROVAL_SWEEP_MS: '500' },
   });
   const alice = await s.token('alice', ['user']);
   const aliceApprover = await s.token('alice', ['user', 'approver']);

@@ -21,7 +21,7 @@ if (missing) {
 async function run(t: Test) {
   const s = await startTestStack(t, {
     services: ['dispatcher', 'notifier'],
-    env: { APPROVAL_RECHECK_MS: '200' },
+    env: { APPROVAL_RECHECK_MS: '200', APPROVAL_RECHECK_MAX_MS: '1000' },
   });
   const browser: Browser = await launchChromium();
   t.teardown(() => browser.close());
