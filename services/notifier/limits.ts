@@ -1,4 +1,15 @@
 /**
+ * The host a remote address counts for. Every loopback address (127.0.0.0/8, `::1`, and their
+ * IPv4-mapped forms) is this machine: a local process could otherwise open `perAddress` sockets
+ * from each of 127.0.0.2, 127.0.0.3, … and hold every place.
+ */
+export function hostOf(address: string): string {
+  const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
+  if (v4 === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(v4)) return 'loopback';
+  return v4;
+}
+
+/**
  * Places for sockets that have not authenticated yet: at most `total` in all and `perAddress`
  * from one remote address. Such a socket costs the notifier memory and a timer for up to
  * NOTIFIER_AUTH_TIMEOUT_MS while it costs its opener nothing; the cap keeps one host from
@@ -13,8 +24,9 @@ export class UnauthenticatedSockets {
     private readonly perAddress: number,
   ) {}
 
-  /** Takes a place for `address`; returns the function that gives it back (once), or null when full. */
-  enter(address: string): (() => void) | null {
+  /** Takes a place for `remote`; returns the function that gives it back (once), or null when full. */
+  enter(remote: string): (() => void) | null {
+    const address = hostOf(remote);
     const mine = this.byAddress.get(address) ?? 0;
     if (this.count >= this.total || mine >= this.perAddress) return null;
     this.count++;

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { loadConfig } from '../../lib/config.ts';
 import { allowedOrigins, NotifierEnv, originAllowed } from './config.ts';
-import { CatchUpReads, UserSockets } from './limits.ts';
+import { CatchUpReads, hostOf, UnauthenticatedSockets, UserSockets } from './limits.ts';
 import { classify, RateLimiter } from './ordering.ts';
 import { parseClientMessage } from './protocol.ts';
 
@@ -180,4 +180,26 @@ t.test('catch-up reads: a waiter whose socket closed is dropped without reading'
     'already closed: no turn taken',
   );
   t.same([reads.running, reads.queued], [0, 0]);
+});
+
+t.test('unauthenticated places: per host and in all; loopback addresses are one host', async (t) => {
+  t.equal(hostOf('127.0.0.1'), 'loopback');
+  t.equal(hostOf('127.45.0.9'), 'loopback');
+  t.equal(hostOf('::1'), 'loopback');
+  t.equal(hostOf('::ffff:127.0.0.2'), 'loopback');
+  t.equal(hostOf('::ffff:10.0.0.7'), '10.0.0.7', 'an IPv4-mapped address is its IPv4 host');
+  t.equal(hostOf('10.0.0.7'), '10.0.0.7');
+  t.equal(hostOf('128.0.0.1'), '128.0.0.1');
+
+  const places = new UnauthenticatedSockets(3, 2);
+  const a = [places.enter('10.0.0.1'), places.enter('::ffff:10.0.0.1')];
+  t.ok(a.every(Boolean), 'two from one host');
+  t.equal(places.enter('10.0.0.1'), null, 'a third from that host is refused');
+  const b = places.enter('10.0.0.2');
+  t.ok(b, 'another host gets in');
+  t.equal(places.enter('10.0.0.3'), null, 'a fourth in all is refused, from any host');
+  a[0]!();
+  a[0]!();
+  t.equal(places.size, 2, 'a place is given back once');
+  t.ok(places.enter('10.0.0.3'), 'and taken again');
 });

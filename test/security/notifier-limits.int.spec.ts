@@ -40,46 +40,48 @@ async function authenticate(client: TestClient, token: string): Promise<void> {
   if (client.isClosed()) throw new Error(`closed: ${JSON.stringify(await client.closed)}`);
 }
 
-t.test('unauthenticated sockets are capped per address and in all', async (t) => {
+t.test('unauthenticated sockets are capped per host; every loopback address is one host', async (t) => {
   const refusedBefore = await refusals('unauthenticated_sockets');
   const a1 = await openClient(notifier.address, { localAddress: '127.0.0.1' });
   const a2 = await openClient(notifier.address, { localAddress: '127.0.0.1' });
   const a3 = await openClient(notifier.address, { localAddress: '127.0.0.1' });
   t.equal((await a3.closed).code, CLOSE_TRY_AGAIN_LATER, 'a third from one address is refused');
   t.notOk(a1.isClosed() || a2.isClosed(), 'the first two stay open');
+  // Another loopback address is the same machine: a local process cannot take a cap per address.
+  const b1 = await openClient(notifier.address, { localAddress: '127.0.0.2' });
+  t.equal((await b1.closed).code, CLOSE_TRY_AGAIN_LATER, 'a third from 127.0.0.2 is refused too');
+  t.equal((await refusals('unauthenticated_sockets')) - refusedBefore, 2, 'both refusals are counted');
 
   // A socket with a ticket is authenticated from the start: it does not count.
   const alice = user();
   const withTicket = await openClient(notifier.address, {
     ticket: await ticketFor(notifier.address, await tokenOf(alice)),
-    localAddress: '127.0.0.1',
+    localAddress: '127.0.0.3',
   });
   withTicket.send({ type: 'subscribe' });
   await withTicket.waitFor('ready', () => withTicket.received.some((n) => n.kind === 'ready'));
 
-  const b1 = await openClient(notifier.address, { localAddress: '127.0.0.2' });
-  const c1 = await openClient(notifier.address, { localAddress: '127.0.0.3' });
-  t.equal((await c1.closed).code, CLOSE_TRY_AGAIN_LATER, 'a fourth in all is refused, from any address');
-  t.equal((await refusals('unauthenticated_sockets')) - refusedBefore, 2, 'both refusals are counted');
-
   // Authenticating gives the place back.
   await authenticate(a1, await tokenOf(alice));
-  const a4 = await openClient(notifier.address, { localAddress: '127.0.0.1' });
+  const a4 = await openClient(notifier.address, { localAddress: '127.0.0.4' });
   await authenticate(a4, await tokenOf(alice));
-  t.pass('a socket from the first address is accepted again once one of them authenticated');
+  t.pass('a socket from this machine is accepted again once one of them authenticated');
 
   // Closing does too.
-  b1.ws.close();
+  const a5 = await openClient(notifier.address, { localAddress: '127.0.0.1' });
+  const a6 = await openClient(notifier.address, { localAddress: '127.0.0.6' });
+  t.equal((await a6.closed).code, CLOSE_TRY_AGAIN_LATER, 'full again (a2 and a5 wait to authenticate)');
+  a2.ws.close();
   const deadline = Date.now() + 20_000;
-  while ((await unauthenticatedNow()) > 2) {
+  while ((await unauthenticatedNow()) > 1) {
     if (Date.now() > deadline) throw new Error('the closed socket still counts');
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
-  const c2 = await openClient(notifier.address, { localAddress: '127.0.0.3' });
+  const c2 = await openClient(notifier.address, { localAddress: '127.0.0.5' });
   await authenticate(c2, await tokenOf(alice));
   t.pass('and once one of them closed');
 
-  for (const c of [a1, a2, a4, withTicket, c2]) c.ws.close();
+  for (const c of [a1, a4, a5, withTicket, c2]) c.ws.close();
 });
 
 t.test('tickets are rationed per user: 429 with Retry-After, other users unaffected', async (t) => {
