@@ -12,9 +12,9 @@ import diagnosticsChannel from 'node:diagnostics_channel';
 export type DispatcherStep =
   /** The dispatcher took the delivery (before its token and body were checked). */
   | 'received'
-  /** Redis admitted it (idempotency, rate, concurrency). */
+  /** Redis answered its admission (idempotency, rate, concurrency), whatever the verdict. */
   | 'admitted'
-  /** Its first append committed (ToolRequested and ToolExecuting). */
+  /** The first append of a new execution committed (for a call that runs: ToolRequested and ToolExecuting). */
   | 'recorded'
   /** The tool returned. */
   | 'ran'

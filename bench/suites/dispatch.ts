@@ -437,7 +437,10 @@ async function dispatchSteps(
     ],
     ['answer published (completed → answered)', (x) => spanP50([x.server], 'completed', 'answered')],
     ['inside the dispatcher / replier (received → answered)', (x) => spanP50([x.server], ...inside)],
-    ['total, as the latency figures (fired → answer)', (x) => spanP50([x.client], ...total)],
+    [
+      'total (fired → answer; the latency figures start at the due time, up to the send lag earlier)',
+      (x) => spanP50([x.client], ...total),
+    ],
   ];
   const table: Table = {
     title: "1b. Where a dispatch's time goes (p50 of each step, ms)",

@@ -268,7 +268,7 @@ t.test(
 t.test(
   'a waiting call’s message comes back while a reuse of its request id is being admitted: neither takes the other’s place',
   async (t) => {
-    const h = await harness(t, { APPROVAL_RECHECK_MS: '100' });
+    const h = await harness(t, { APPROVAL_RECHECK_MS: '100', APPROVAL_RECHECK_MAX_MS: '100' });
     const d = await h.start();
     const ann = await h.token('ann');
     const bob = await h.token('bob', ['approver']);

@@ -63,16 +63,17 @@ export async function waitsRefusal(
 }
 
 /**
- * When a waiting request comes back next: `recheckMs` after it was recorded waiting, then twice as
- * late at each recheck (its JetStream deliveries), up to `recheckMaxMs`, and never after the deadline.
+ * How soon a waiting request comes back: after as long as it has waited so far, at least
+ * `recheckMs` and at most `recheckMaxMs` (1, 1, 2, 4, 5, 5 … s by default), and never after the
+ * deadline. Counted from when the approval was asked for, not from JetStream's deliveries, which
+ * also grow when a message is handed back for other reasons (and start again with a new consumer).
  */
 export function nextRecheckMs(
-  settings: ApprovalSettings,
-  deliveries: number,
+  settings: Pick<ApprovalSettings, 'recheckMs' | 'recheckMaxMs'>,
+  waitedMs: number,
   untilDeadlineMs: number,
 ): number {
-  const doublings = Math.min(Math.max(deliveries - 1, 0), 30);
-  const every = Math.min(settings.recheckMs * 2 ** doublings, settings.recheckMaxMs);
+  const every = Math.min(Math.max(waitedMs, settings.recheckMs), settings.recheckMaxMs);
   return Math.max(1, Math.min(every, untilDeadlineMs + 1));
 }
 
@@ -150,11 +151,10 @@ export async function waitForApproval(
       'execution awaits approval',
     );
   }
-  const untilDeadline = Date.parse(state.approval.deadline) - Date.now();
-  return {
-    ack: false,
-    retryInMs: nextRecheckMs(shell.o.approvals, h.delivery.deliveries ?? 1, untilDeadline),
-  };
+  const now = Date.now();
+  const waited = wait ? now - Date.parse(wait.requestedAt) : 0;
+  const untilDeadline = Date.parse(state.approval.deadline) - now;
+  return { ack: false, retryInMs: nextRecheckMs(shell.o.approvals, waited, untilDeadline) };
 }
 
 /**

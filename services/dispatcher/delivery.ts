@@ -8,8 +8,6 @@ export interface Delivery {
   /** Unique per delivery (stream sequence and delivery count): names a concurrency slot. */
   id: string;
   redelivered: boolean;
-  /** How many times JetStream has delivered it, this time included (1 the first time). */
-  deliveries?: number;
   /** When the request was stored by JetStream (epoch ms): the rate limit judges it by this time. */
   sentAt?: number;
   /**

@@ -344,7 +344,6 @@ const toDelivery = (m: JsMsg): Delivery => ({
   header: (name) => m.headers?.get(name) || undefined,
   id: `${m.info.streamSequence}-${m.info.deliveryCount}`,
   redelivered: m.redelivered,
-  deliveries: m.info.deliveryCount,
   sentAt: Number(m.info.timestampNanos) / 1e6,
 });
 

@@ -42,7 +42,7 @@ export function createMetrics(registry: Registry): DispatcherMetrics {
     }),
     rateLimited: new Counter({
       name: 'toolbus_rate_limited_total',
-      help: 'Requests refused with RATE_LIMITED, by limit (rate or concurrency)',
+      help: 'Requests refused with RATE_LIMITED, by limit (rate, concurrency or approvals)',
       labelNames: ['limit'],
       registers: [registry],
     }),

@@ -1,12 +1,29 @@
 /**
  * The host a remote address counts for. Every loopback address (127.0.0.0/8, `::1`, and their
  * IPv4-mapped forms) is this machine: a local process could otherwise open `perAddress` sockets
- * from each of 127.0.0.2, 127.0.0.3, … and hold every place.
+ * from each of 127.0.0.2, 127.0.0.3, … and hold every place. An IPv6 address counts for its /64,
+ * the block one host is usually given.
  */
 export function hostOf(address: string): string {
   const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
   if (v4 === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(v4)) return 'loopback';
-  return v4;
+  return v4.includes(':') ? ipv6Slash64(v4) : v4;
+}
+
+/** `2001:db8:1:2::/64` for any address of that block (zone and embedded IPv4 tail ignored). */
+function ipv6Slash64(address: string): string {
+  const bare = address.split('%')[0]!;
+  const [head = '', tail] = bare.split('::');
+  const front = head ? head.split(':') : [];
+  const back = tail ? tail.split(':') : [];
+  const groups =
+    tail === undefined
+      ? front
+      : [...front, ...Array<string>(Math.max(0, 8 - front.length - back.length)).fill('0'), ...back];
+  return `${groups
+    .slice(0, 4)
+    .map((g) => (parseInt(g, 16) || 0).toString(16))
+    .join(':')}::/64`;
 }
 
 /**

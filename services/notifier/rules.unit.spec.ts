@@ -190,6 +190,11 @@ t.test('unauthenticated places: per host and in all; loopback addresses are one 
   t.equal(hostOf('::ffff:10.0.0.7'), '10.0.0.7', 'an IPv4-mapped address is its IPv4 host');
   t.equal(hostOf('10.0.0.7'), '10.0.0.7');
   t.equal(hostOf('128.0.0.1'), '128.0.0.1');
+  t.equal(hostOf('2001:db8:1:2:aaaa::1'), '2001:db8:1:2::/64', 'IPv6: its /64');
+  t.equal(hostOf('2001:0db8:0001:0002:ffff:0:0:9'), '2001:db8:1:2::/64', 'the same block, written out');
+  t.equal(hostOf('2001:db8::9'), '2001:db8:0:0::/64', 'a short form');
+  t.equal(hostOf('fe80::1%eth0'), 'fe80:0:0:0::/64', 'a zone is ignored');
+  t.not(hostOf('2001:db8:1:3::1'), hostOf('2001:db8:1:2::1'), 'another /64 is another host');
 
   const places = new UnauthenticatedSockets(3, 2);
   const a = [places.enter('10.0.0.1'), places.enter('::ffff:10.0.0.1')];
