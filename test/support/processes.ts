@@ -35,6 +35,16 @@ export interface OwnedServer {
   stop(): Promise<void>;
 }
 
+/**
+ * Servers of this test process still running. A test that fails before its teardown (an error
+ * thrown in it, a timeout) would otherwise leave them running once the process exits: they are
+ * killed then. (A test process killed with SIGKILL runs no exit handler; nothing can help there.)
+ */
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const proc of running) proc.kill('SIGKILL');
+});
+
 async function ownServer(
   name: string,
   urlOf: (port: number) => string,
@@ -49,6 +59,8 @@ async function ownServer(
   const start = async () => {
     const { command, args } = argsOf(port, dir);
     const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    running.add(proc);
+    proc.once('exit', () => running.delete(proc));
     let stderr = '';
     proc.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
     child = proc;
