@@ -110,3 +110,23 @@ t.test('a bound is not set over a backlog it would cut: nats-server would drop t
   await h.start({ INTAKE_MAX_PER_AGENT: '2' });
   t.equal((await jsm.streams.info(names.requestsStream)).config.max_msgs_per_subject, 2, 'set');
 });
+
+t.test('a bound on deliveries set on the consumer is lifted at start: waits would be dropped', async (t) => {
+  const h = await harness(t);
+  await (await h.start()).close();
+  const jsm = await jetstreamManager(h.nc);
+  // As an operator might, with the nats CLI: after 3 deliveries JetStream would stop handing the
+  // request back, and a call waiting for approval (rechecked by redelivery) would never be answered.
+  await jsm.consumers.update(names.requestsStream, names.dispatcherConsumer, { max_deliver: 3 });
+  t.equal((await jsm.consumers.info(names.requestsStream, names.dispatcherConsumer)).config.max_deliver, 3);
+  const d = await h.start();
+  t.equal(
+    (await jsm.consumers.info(names.requestsStream, names.dispatcherConsumer)).config.max_deliver,
+    -1,
+    'unbounded again',
+  );
+  t.match(h.logs.text, /"maxDeliverWas":3.*intake consumer updated/);
+  const answer = await h.agent.execute('echo', { text: 'hi' }, { token: await h.token('alice') });
+  t.match(answer, { status: 'completed' });
+  await d.close();
+});

@@ -212,16 +212,26 @@ export async function ensureIntake(
   };
   try {
     const info = await jsm.consumers.info(names.requestsStream, names.dispatcherConsumer);
+    // A bound on deliveries (one an operator set) would drop a request that waits for approval
+    // or for room, unanswered: the dispatcher gives up on a request itself (DISPATCHER_MAX_FAILURES).
+    const maxDeliver = info.config.max_deliver ?? -1;
     if (
       info.config.ack_wait !== consumer.ack_wait ||
-      info.config.max_ack_pending !== consumer.max_ack_pending
+      info.config.max_ack_pending !== consumer.max_ack_pending ||
+      maxDeliver > 0
     ) {
       await jsm.consumers.update(names.requestsStream, names.dispatcherConsumer, {
         ack_wait: consumer.ack_wait,
         max_ack_pending: consumer.max_ack_pending,
+        max_deliver: -1,
       });
       options.log.info(
-        { consumer: names.dispatcherConsumer, ackWaitMs: options.ackWaitMs },
+        {
+          consumer: names.dispatcherConsumer,
+          ackWaitMs: options.ackWaitMs,
+          maxAckPending: options.maxAckPending,
+          ...(maxDeliver > 0 ? { maxDeliverWas: maxDeliver } : {}),
+        },
         'intake consumer updated',
       );
     }
