@@ -450,7 +450,7 @@ t.test("a worker's tool announces its rule, and the dispatcher holds its calls t
 });
 
 t.test(
-  'who may not decide a wait learns nothing of it: the same 404 as an execution that never waited',
+  'who may not decide a wait learns nothing of it (but that it is their own): the same 404 as an execution that never waited',
   async (t) => {
     const h = await harness(t, { APPROVAL_RECHECK_MS: '200', RATE_LIMIT_BURST: '100' });
     const d = await h.start();
@@ -487,7 +487,6 @@ t.test(
     for (const [who, roles] of [
       ['bob', ['user']],
       ['ivy', ['finance']],
-      ['kim', ['user']],
     ] as const) {
       const token = await h.token(who, [...roles]);
       for (const kind of ['approve', 'deny'] as const) {
@@ -498,6 +497,15 @@ t.test(
           `${who} (${roles.join(', ')}) asks to ${kind}: the same 404`,
         );
       }
+    }
+
+    // The requester, without an approver role, learns only what they know: it is their own call.
+    for (const kind of ['approve', 'deny'] as const) {
+      t.match(
+        await decide(executionId, kind, kim, { argsHash: hash, reason: 'mine' }),
+        { status: 403, body: { error: { code: 'SELF_APPROVAL', message: /your own call.*approver/ } } },
+        `kim asks to ${kind} her own call: 403`,
+      );
     }
 
     // Who may decide it is told as before: a wrong hash, their own call, then the approval.

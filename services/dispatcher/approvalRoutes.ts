@@ -113,7 +113,16 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     const { executionId } = params.data;
 
     const wait = await deps.waits.find(executionId);
-    // Who may not decide it learns nothing of it: not that it waits, nor whose it is.
+    if (wait && !mayDecide(principal, wait) && wait.userId === principal.userId) {
+      // Their own call: they know it waits, and are told who decides it.
+      return fail(
+        reply,
+        403,
+        'SELF_APPROVAL',
+        `execution ${executionId} is your own call: an approver (${wait.approverRoles.join(' or ')}) decides it`,
+      );
+    }
+    // Anyone else who may not decide it learns nothing of it: not that it waits, nor whose it is.
     if (!wait || !mayDecide(principal, wait))
       return fail(reply, 404, 'NOT_FOUND', `no execution ${executionId} asked for approval`);
     const execution = await deps.streams.load(refOfWait(wait));
