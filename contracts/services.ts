@@ -44,9 +44,12 @@ export type AnswersReply = z.infer<typeof AnswersReply>;
  * (the execution's user, or an admin), body `{"executionId": id}` or `{"requestId": id}`; the
  * reply is a `CancelResult`.
  */
+/** Why, in a few words: recorded in `ToolCancelRequested` (else "asked through nats"). */
+export const CancelReason = z.string().trim().min(1).max(500);
+
 export const CancelRequest = z.union([
-  z.strictObject({ executionId: z.uuid() }),
-  z.strictObject({ requestId: z.string().regex(REQUEST_ID_PATTERN) }),
+  z.strictObject({ executionId: z.uuid(), reason: CancelReason.optional() }),
+  z.strictObject({ requestId: z.string().regex(REQUEST_ID_PATTERN), reason: CancelReason.optional() }),
 ]);
 export type CancelRequest = z.infer<typeof CancelRequest>;
 

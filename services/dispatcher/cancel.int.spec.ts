@@ -79,11 +79,18 @@ const typesOf = (events: ToolEvent[]) => events.map((e) => e.type);
 const isCancelled = (a: AgentAnswer | null | undefined) =>
   a?.status === 'failed' && a.error.code === 'CANCELLED';
 
-const cancelHttp = async (d: RunningDispatcher, token: string, executionId: string, userId?: string) => {
+const cancelHttp = async (
+  d: RunningDispatcher,
+  token: string,
+  executionId: string,
+  userId?: string,
+  body?: Record<string, unknown>,
+) => {
   const res = await d.app.inject({
     method: 'POST',
     url: `/executions/${executionId}/cancel${userId ? `?userId=${userId}` : ''}`,
     headers: { authorization: `Bearer ${token}` },
+    ...(body ? { payload: body } : {}),
   });
   return { status: res.statusCode, body: res.json<CancelResult>() };
 };
@@ -153,6 +160,40 @@ t.test('a running tool is cancelled by its agent: its signal fires, it ends CANC
     'ToolCancelRequested',
     'ToolFailed',
   ]);
+});
+
+t.test('a cancel may say why: the reason is recorded; a bad one is refused', async (t) => {
+  const h = await harness(t);
+  const d = await h.start({}, options);
+  const token = await h.token('rhea');
+  const r = run(h, token, 'why-1', 'watched_wait', { ms: 30_000 });
+  await r.executing;
+  for (const reason of ['', '   ', 'x'.repeat(501)]) {
+    t.match(
+      await h.agent.cancel({ requestId: 'why-1', reason }, { token }),
+      { cancelled: false, status: 'refused', error: { code: 'MALFORMED' } },
+      `over NATS, reason of ${reason.length} characters: refused`,
+    );
+    t.match(
+      await cancelHttp(d, token, executionIdFor('rhea', 'why-1'), undefined, { reason }),
+      { status: 400, body: { status: 'refused', error: { code: 'MALFORMED', message: /reason/ } } },
+      `over HTTP, reason of ${reason.length} characters: refused`,
+    );
+  }
+  t.equal((await eventsOf(h, 'rhea', 'why-1')).length, 2, 'nothing recorded by the refusals');
+  const result = await h.agent.cancel(
+    { requestId: 'why-1', reason: '  the user closed the tab ' },
+    { token },
+  );
+  t.match(result, {
+    cancelled: true,
+    answer: { error: { code: 'CANCELLED', details: { reason: 'the user closed the tab' } } },
+  });
+  t.match((await eventsOf(h, 'rhea', 'why-1'))[2], {
+    type: 'ToolCancelRequested',
+    data: { reason: 'the user closed the tab' },
+  });
+  await r.answer;
 });
 
 t.test('cancelling a finished or unknown execution is answered clearly and changes nothing', async (t) => {
@@ -338,16 +379,18 @@ t.test('with two instances, the cancel reaches the one that holds the execution'
   await eventually(() => d1.queued === 1, 20_000, 'the second request to wait in d1');
   const d2 = await h.start({}, options);
 
-  // Asked at d2: not recorded anywhere yet, it waits in d1's intake; every instance is asked.
-  const queued = await cancelHttp(d2, token, executionIdFor('dana', 'x-wait'));
+  // Asked at d2: not recorded anywhere yet, it waits in d1's intake; every instance is asked,
+  // and the one that holds it records the reason given at d2.
+  const queued = await cancelHttp(d2, token, executionIdFor('dana', 'x-wait'), undefined, {
+    reason: 'no longer needed',
+  });
   t.equal(queued.status, 200);
   t.match(queued.body, { cancelled: true });
   t.ok(isCancelled(await waiting.answer));
-  t.strictSame(typesOf(await eventsOf(h, 'dana', 'x-wait')), [
-    'ToolRequested',
-    'ToolCancelRequested',
-    'ToolFailed',
-  ]);
+  const waited = await eventsOf(h, 'dana', 'x-wait');
+  t.strictSame(typesOf(waited), ['ToolRequested', 'ToolCancelRequested', 'ToolFailed']);
+  t.match(waited[1], { data: { reason: 'no longer needed' } }, 'the reason, recorded by d1');
+  t.match(waited[2], { data: { error: { message: 'cancelled before it ran: no longer needed' } } });
 
   // Asked at d2: the record names d1 as the runner; d1 is asked and cancels it.
   const remote = await cancelHttp(d2, token, executionIdFor('dana', 'x-run'));

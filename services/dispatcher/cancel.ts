@@ -1,6 +1,7 @@
 import { headers, type Msg } from '@nats-io/transport-node';
 import { z } from 'zod';
 import {
+  CancelReason,
   CancelRequest,
   DISPATCHERS_QUEUE,
   executionIdFor,
@@ -57,6 +58,7 @@ const Unrecorded = z.strictObject({
   userId: z.string().refine(isUserId),
   executionId: z.uuid(),
   via: z.enum(['nats', 'http']),
+  reason: CancelReason.optional(),
 });
 
 export interface CancelTarget {
@@ -258,6 +260,7 @@ export class CancelCoordinator {
       userId: target.userId,
       executionId: target.executionId,
       via: target.order.via,
+      ...(target.order.reason ? { reason: target.order.reason } : {}),
     };
     try {
       const reply = await this.o.nc.request(CANCEL_UNRECORDED, JSON.stringify(body), {
@@ -339,10 +342,16 @@ async function principalOf(
   }
 }
 
-const orderOf = (p: Principal, userId: string, via: CancelOrder['via']): CancelOrder => ({
+const orderOf = (
+  p: Principal,
+  userId: string,
+  via: CancelOrder['via'],
+  reason: string | undefined,
+): CancelOrder => ({
   by: p.userId,
   via,
   admin: p.userId !== userId,
+  ...(reason ? { reason } : {}),
 });
 
 /**
@@ -399,7 +408,11 @@ export function serveCancels(
     const userId = asker[1]!;
     const parsed = CancelRequest.safeParse(jsonOf(msg));
     if (!parsed.success) {
-      return refuse(msg, 'MALFORMED', 'expected {"executionId": "<uuid>"} or {"requestId": "<request id>"}');
+      return refuse(
+        msg,
+        'MALFORMED',
+        'expected {"executionId": "<uuid>"} or {"requestId": "<request id>"}, with an optional "reason" (1 to 500 characters)',
+      );
     }
     const requestId = 'requestId' in parsed.data ? parsed.data.requestId : undefined;
     const executionId =
@@ -420,7 +433,7 @@ export function serveCancels(
         userId,
         executionId,
         ...(requestId ? { requestId } : {}),
-        order: orderOf(principal, userId, 'nats'),
+        order: orderOf(principal, userId, 'nats', parsed.data.reason),
         token,
       }),
     );
@@ -435,8 +448,8 @@ export function serveCancels(
     );
     // Checked again here: the asker's token is the authority, not the bus.
     if (principal instanceof AuthError || !mayCancelFor(principal, body.data.userId)) return;
-    const { userId, executionId, via } = body.data;
-    if (o.coordinator.holdHere(userId, executionId, orderOf(principal, userId, via)))
+    const { userId, executionId, via, reason } = body.data;
+    if (o.coordinator.holdHere(userId, executionId, orderOf(principal, userId, via, reason)))
       respond(msg, { held: true });
   };
 

@@ -26,6 +26,8 @@ export interface CancelOrder {
   via: 'nats' | 'http';
   /** Whether who asked is an admin acting for the execution's user. */
   admin?: boolean;
+  /** Why, as who asked said it (else "asked through <via>"). */
+  reason?: string;
 }
 
 /**

@@ -4,6 +4,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from
 import { z } from 'zod';
 import {
   ALL_USERS_READERS,
+  CancelReason,
   executionIdFor,
   httpStatusOfCode,
   mayCancelFor,
@@ -55,7 +56,7 @@ const ExecutionIdParam = z
   }));
 const NOT_AN_EXECUTION_ID = 'the path names an execution by its id (a UUID) or by its request id';
 /** An admin or operator may name the user whose execution it cancels (body or query); anyone else cancels their own. */
-const CancelOwner = z.object({ userId: UserId.optional() });
+const CancelOwner = z.object({ userId: UserId.optional(), reason: CancelReason.optional() });
 /** Whose stream GET /executions/:executionId reads: the caller's, or for a reader of all users the one named. */
 const ReadOwner = z.object({ userId: UserId.optional() });
 
@@ -237,7 +238,14 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
         error: { code, message },
       } satisfies CancelResult);
     if (!params.success) return refused('MALFORMED', NOT_AN_EXECUTION_ID);
-    if (!owner.success) return refused('MALFORMED', 'userId must be a user id');
+    if (!owner.success) {
+      return refused(
+        'MALFORMED',
+        owner.error.issues.some((i) => i.path[0] === 'reason')
+          ? 'reason must be a text of 1 to 500 characters'
+          : 'userId must be a user id',
+      );
+    }
     const userId = owner.data.userId ?? principal.userId;
     if (!mayCancelFor(principal, userId)) {
       return refused(
@@ -248,7 +256,11 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     const result = await deps.cancels.cancel({
       userId,
       executionId: params.data.of(userId),
-      order: { by: principal.userId, via: 'http' },
+      order: {
+        by: principal.userId,
+        via: 'http',
+        ...(owner.data.reason ? { reason: owner.data.reason } : {}),
+      },
       token: req.headers.authorization,
     });
     const status = cancelStatusOf(result);

@@ -119,7 +119,7 @@ export const requestCancel = (order: CancelOrder, now: Date): ExecutionCommand =
   type: 'RequestCancel',
   data: {
     by: { userId: order.by, admin: order.admin ?? false },
-    reason: `asked through ${order.via}`,
+    reason: order.reason ?? `asked through ${order.via}`,
     now: now.toISOString(),
   },
 });

@@ -112,6 +112,19 @@ export interface Call {
   onProgress?: (p: { fraction: number; message?: string }) => void;
 }
 
+/** What a cancel by an MCP client records: who gave the call up, and the client's reason if it gave one. */
+export function mcpCancelReason(signal: AbortSignal): string {
+  // A bare abort() (the stream closed) gives a DOMException "This operation was aborted": no reason.
+  const bare = signal.reason instanceof Error && signal.reason.name === 'AbortError';
+  const said: unknown = bare
+    ? undefined
+    : signal.reason instanceof Error
+      ? signal.reason.message
+      : signal.reason;
+  const why = typeof said === 'string' && said.trim() ? said.trim() : 'it gave the call up';
+  return `the MCP client: ${why}`.slice(0, 500);
+}
+
 /**
  * Runs one `tools/call` as one Toolbus execution: a request into the dispatchers' intake under
  * the gateway's NATS identity with the user's token, answered exactly as an agent's. A call the
@@ -124,7 +137,7 @@ export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswe
 
   const onAbort = () => {
     log.info('the client gave the call up: cancelling the execution');
-    cancelExecution(deps.nc, { requestId }, { token: call.token }).then(
+    cancelExecution(deps.nc, { requestId, reason: mcpCancelReason(call.signal) }, { token: call.token }).then(
       (r) => log.info({ status: r.status, cancelled: r.cancelled }, 'cancel answered'),
       (e: unknown) => log.warn({ err: e }, 'cancel not delivered'),
     );

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { ConfigError, loadConfig } from '../../lib/config.ts';
 import type { TerminalAnswer, ToolManifest } from '../../contracts/index.ts';
-import { fingerprintOf, requestIdOf } from './calls.ts';
+import { fingerprintOf, mcpCancelReason, requestIdOf } from './calls.ts';
 import { allowedHostsOf, GatewayEnv, publicUrlOf } from './config.ts';
 import { resultOf, toolOf } from './mapping.ts';
 import { taskOf } from './tasks.ts';
@@ -294,4 +294,20 @@ t.test('bearer tokens: the scheme in any case, nothing else', async (t) => {
   t.match(await identify('Basic xyz'), { ok: false, error: { reason: 'missing' } });
   t.match(await identify(undefined), { ok: false, error: { reason: 'missing' } });
   t.same(seen, ['abc', 'def'], 'only bearer tokens reach the verifier, without the scheme');
+});
+
+t.test('a cancel by the MCP client records its reason, or that it gave the call up', async (t) => {
+  const aborted = (reason?: unknown) => {
+    const c = new AbortController();
+    c.abort(reason);
+    return c.signal;
+  };
+  t.equal(
+    mcpCancelReason(aborted('the user changed their mind')),
+    'the MCP client: the user changed their mind',
+  );
+  t.equal(mcpCancelReason(aborted(new Error(' too slow '))), 'the MCP client: too slow');
+  t.equal(mcpCancelReason(aborted()), 'the MCP client: it gave the call up', 'a bare abort (stream closed)');
+  t.equal(mcpCancelReason(aborted('  ')), 'the MCP client: it gave the call up');
+  t.equal(mcpCancelReason(aborted('x'.repeat(1000))).length, 500, 'cut to what a cancel may carry');
 });

@@ -173,7 +173,11 @@ export async function cancelTask(deps: TaskDeps, caller: Caller, taskId: string)
       `task ${taskId} has already ended (${before.status})`,
     );
   }
-  const r = await cancelExecution(deps.nc, { executionId: taskId }, { token: caller.token });
+  const r = await cancelExecution(
+    deps.nc,
+    { executionId: taskId, reason: 'the MCP client: tasks/cancel' },
+    { token: caller.token },
+  );
   const after = await getTask(deps, caller, taskId);
   // The cancel was delivered to a running tool that has not stopped yet: it ends CANCELLED.
   return r.cancelled && after.status === 'working' ? { ...after, status: 'cancelled' } : after;

@@ -233,7 +233,18 @@ t.test(
       abort.abort(new Error('the user changed their mind'));
       await t.rejects(call);
       const failed = await waitFor('the execution to end', () => terminalOf(ts, 'ann', started));
-      t.match(failed, { data: { error: { code: 'CANCELLED' } } });
+      t.match(
+        failed,
+        {
+          data: {
+            error: {
+              code: 'CANCELLED',
+              details: { reason: /^the MCP client: (Error: )?the user changed their mind$/ },
+            },
+          },
+        },
+        'the record says who gave it up, and why',
+      );
     });
 
     t.test('the 2026-07-28 revision: list and call, and closing the call’s stream cancels it', async (t) => {
@@ -250,7 +261,7 @@ t.test(
       );
       abort.abort();
       const failed = await waitFor('the execution to end', () => terminalOf(ts, 'ann', started));
-      t.match(failed, { data: { error: { code: 'CANCELLED' } } });
+      t.match(failed, { data: { error: { code: 'CANCELLED', details: { reason: /^the MCP client: / } } } });
     });
 
     t.test('bad HTTP and JSON-RPC get the spec’s errors and record nothing', async (t) => {
@@ -554,7 +565,9 @@ t.test(
     );
     t.equal(cancelled.status, 'cancelled');
     const failed = await waitFor('the execution to end', () => terminalOf(ts, 'tess', second.task.taskId));
-    t.match(failed, { data: { error: { code: 'CANCELLED' } } });
+    t.match(failed, {
+      data: { error: { code: 'CANCELLED', details: { reason: 'the MCP client: tasks/cancel' } } },
+    });
     t.equal((await get(second.task.taskId)).status, 'cancelled');
 
     const events = await eventsOf(ts, 'tess');
