@@ -204,6 +204,7 @@ export async function startDispatcher(
         userConcurrency: config.USER_CONCURRENCY,
         cacheTtlSec: config.CACHE_TTL_SEC,
         answerTtlSec: config.IDEMPOTENCY_TTL_SEC,
+        slotLeaseMs: config.SLOT_LEASE_MS,
       },
       {
         failed: (op, e) => {
@@ -213,6 +214,7 @@ export async function startDispatcher(
         succeeded: () => outage.succeeded(),
       },
     );
+    cleanup.push(async () => guard.close());
     // Approvals waiting, listed in PostgreSQL (approvals.ts); the deadlines are enforced from it.
     const waits = await ApprovalWaits.open(config.DATABASE_URL);
     cleanup.push(() => waits.close());

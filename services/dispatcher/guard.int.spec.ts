@@ -20,6 +20,7 @@ const guard = new Guard(
   { ratePerSec: 2, burst: 2, userConcurrency: 1000, cacheTtlSec: 60, answerTtlSec: 60 },
   { failed: (op, e) => errors.push(`${op}: ${e.message}`), succeeded: () => undefined },
 );
+t.teardown(() => guard.close());
 
 const admitAll = async (user: string, sentAts: (number | undefined)[]) => {
   const kinds: string[] = [];
@@ -121,5 +122,61 @@ t.test(
     const { failures, unlogged } = lines[2]!.fields as { failures: number; unlogged: number };
     t.ok(failures >= 300, `counting every failed call of the outage (${failures})`);
     t.equal(unlogged, failures - 251, 'and those no line counted yet');
+  },
+);
+
+t.test(
+  "a dispatcher that dies holds its users' slots a lease at most; a living one keeps them",
+  async (t) => {
+    // Two instances on one Redis, one slot per user, slots leased for 3 s (renewed every second).
+    const leased = () => {
+      const g = new Guard(
+        redis,
+        {
+          ratePerSec: 100,
+          burst: 100,
+          userConcurrency: 1,
+          cacheTtlSec: 60,
+          answerTtlSec: 60,
+          slotLeaseMs: 3_000,
+        },
+        { failed: (op, e) => errors.push(`${op}: ${e.message}`), succeeded: () => undefined },
+      );
+      t.teardown(() => g.close());
+      return g;
+    };
+    const [a, b] = [leased(), leased()];
+    let n = 0;
+    const admit = (g: Guard, slotTtlMs = 600_000) =>
+      g.admit({ userId: 'lease', requestId: `l-${++n}`, slot: `slot-${n}`, slotTtlMs });
+
+    t.match(await admit(a), { kind: 'go' }, 'a runs a call with a 10-minute timeout');
+    t.equal(a.slotsHeld, 1);
+    t.match(await admit(b), { kind: 'busy' }, 'the user is at the limit');
+    // Past two leases: a has renewed its slot all along.
+    await new Promise((resolve) => setTimeout(resolve, 7_000));
+    t.match(await admit(b), { kind: 'busy' }, 'a living holder keeps its slot past the lease');
+
+    a.close(); // as if SIGKILLed: it neither renews nor frees its slot
+    await eventually(async () => (await admit(b)).kind === 'go', 20_000, 'the dead holder’s slot to lapse');
+    t.pass('another instance gets the slot within a lease, not after the call’s timeout');
+    t.equal(b.slotsHeld, 1);
+    await b.release('lease', `slot-${n}`);
+    t.equal(b.slotsHeld, 0, 'a released slot is no longer renewed');
+
+    // One that dies before it ever renewed: its slot was leased, not taken for the call's timeout.
+    const d = leased();
+    t.match(await admit(d), { kind: 'go' });
+    d.close();
+    await eventually(async () => (await admit(b)).kind === 'go', 20_000, 'the first lease to lapse');
+    t.pass('a slot never renewed lapses within its first lease');
+    await b.release('lease', `slot-${n}`);
+
+    // A slot is renewed only up to its own ttl: a call that should have ended lets it lapse.
+    const c = leased();
+    t.match(await admit(c, 1_000), { kind: 'go' });
+    await eventually(async () => (await admit(b)).kind === 'go', 20_000, 'the overdue slot to lapse');
+    t.pass('an overdue slot lapses although its holder lives');
+    t.same(errors, []);
   },
 );

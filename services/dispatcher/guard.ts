@@ -90,12 +90,37 @@ return n
 
 type MarkShedFn = (answerKey: string, shedKey: string, ttlMs: string) => Promise<number>;
 
+/**
+ * Extends the leases of this instance's slots in one user's set: each member still there (ZADD XX:
+ * a slot freed meanwhile is not taken again) now expires a lease from now, and the set lives at
+ * least as long. KEYS: the set. ARGV: the lease (ms), then the members.
+ */
+const RENEW_SLOTS = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i]) end
+if redis.call('PTTL', KEYS[1]) < lease + 1000 then redis.call('PEXPIRE', KEYS[1], lease + 1000) end
+return 0
+`;
+
+type RenewSlotsFn = (slotsKey: string, leaseMs: string, ...slots: string[]) => Promise<number>;
+
+/**
+ * How long a concurrency slot is held without being renewed (ms): its holder renews it every third
+ * of this while the call runs, so a dispatcher that dies (SIGKILL, a lost machine) holds its users'
+ * slots at most this long, not for its tools' whole timeouts.
+ */
+export const SLOT_LEASE_MS = 15_000;
+
 export interface GuardLimits {
   ratePerSec: number;
   burst: number;
   userConcurrency: number;
   cacheTtlSec: number;
   answerTtlSec: number;
+  /** `SLOT_LEASE_MS` unless given (tests). */
+  slotLeaseMs?: number;
 }
 
 export interface AdmitRequest {
@@ -103,7 +128,10 @@ export interface AdmitRequest {
   requestId: string;
   /** Unique per handling of a request: the member of the user's concurrency set. */
   slot: string;
-  /** How long the slot is held at most if its holder dies (the tool's timeout and a margin). */
+  /**
+   * How long the slot may be held at most (the tool's timeout and a margin): it is renewed until
+   * then while its holder lives, and a holder that dies holds it a lease at most.
+   */
   slotTtlMs: number;
   /** Present for cacheable tools. */
   cacheKey?: string;
@@ -261,6 +289,11 @@ export class Guard {
   private readonly admitScript: AdmitFn;
   private readonly takeSlotScript: TakeSlotFn;
   private readonly markShedScript: MarkShedFn;
+  private readonly renewScript: RenewSlotsFn;
+  private readonly leaseMs: number;
+  /** The slots this instance holds, by set: each with the time (ms) past which it is not renewed. */
+  private readonly held = new Map<string, Map<string, number>>();
+  private readonly renewer: NodeJS.Timeout;
 
   constructor(
     private readonly redis: Redis,
@@ -278,6 +311,70 @@ export class Guard {
     const shed = 'toolbusMarkShed';
     if (!(shed in redis)) redis.defineCommand(shed, { numberOfKeys: 2, lua: MARK_SHED });
     this.markShedScript = (redis as unknown as Record<string, MarkShedFn>)[shed]!.bind(redis);
+    const renew = 'toolbusRenewSlots';
+    if (!(renew in redis)) redis.defineCommand(renew, { numberOfKeys: 1, lua: RENEW_SLOTS });
+    this.renewScript = (redis as unknown as Record<string, RenewSlotsFn>)[renew]!.bind(redis);
+    this.leaseMs = limits.slotLeaseMs ?? SLOT_LEASE_MS;
+    this.renewer = setInterval(() => void this.renewSlots(), Math.max(1, Math.floor(this.leaseMs / 3)));
+    this.renewer.unref();
+  }
+
+  /** Stops renewing: the slots still held lapse within a lease (their calls have ended by then). */
+  close(): void {
+    clearInterval(this.renewer);
+  }
+
+  /** How many slots this instance holds (and renews). */
+  get slotsHeld(): number {
+    let n = 0;
+    for (const slots of this.held.values()) n += slots.size;
+    return n;
+  }
+
+  /** The first lease of a slot: a lease, or less when the slot may be held for less in all. */
+  private firstLeaseMs(ttlMs: number): number {
+    return Math.min(ttlMs, this.leaseMs);
+  }
+
+  private hold(slotsKey: string, slot: string, ttlMs: number): void {
+    let slots = this.held.get(slotsKey);
+    if (!slots) this.held.set(slotsKey, (slots = new Map<string, number>()));
+    slots.set(slot, Date.now() + ttlMs);
+  }
+
+  private letGo(slotsKey: string, slot: string): void {
+    const slots = this.held.get(slotsKey);
+    if (!slots?.delete(slot)) return;
+    if (slots.size === 0) this.held.delete(slotsKey);
+  }
+
+  /**
+   * Renews every slot held, one script per user in one pipeline; a slot past its whole ttl (a
+   * call that should have ended) is left to lapse. A renewal Redis misses is made at the next.
+   */
+  private async renewSlots(): Promise<void> {
+    if (this.held.size === 0) return;
+    const now = Date.now();
+    const p = this.redis.pipeline() as ChainableCommander & Record<string, RenewSlotsFn>;
+    let sets = 0;
+    for (const [key, slots] of this.held) {
+      for (const [slot, until] of slots) if (until <= now) slots.delete(slot);
+      if (slots.size === 0) {
+        this.held.delete(key);
+        continue;
+      }
+      void p.toolbusRenewSlots!(key, String(this.leaseMs), ...slots.keys());
+      sets += 1;
+    }
+    if (sets === 0) return;
+    try {
+      const results = (await p.exec()) ?? [];
+      const failed = results.find(([err]) => err);
+      if (failed?.[0]) throw failed[0];
+      this.health.succeeded();
+    } catch (e) {
+      this.health.failed('renew_slots', e as Error);
+    }
   }
 
   /**
@@ -287,14 +384,17 @@ export class Guard {
    */
   async takeSlot(userId: string, slot: string, ttlMs: number): Promise<'go' | 'busy' | 'unavailable'> {
     try {
+      const key = this.key(userId, 'c');
       const r = await this.takeSlotScript(
-        this.key(userId, 'c'),
+        key,
         String(this.limits.userConcurrency),
         slot,
-        String(ttlMs),
+        String(this.firstLeaseMs(ttlMs)),
       );
       this.health.succeeded();
-      return r === 'busy' ? 'busy' : 'go';
+      if (r === 'busy') return 'busy';
+      this.hold(key, slot, ttlMs);
+      return 'go';
     } catch (e) {
       this.health.failed('take_slot', e as Error);
       return 'unavailable';
@@ -331,7 +431,7 @@ export class Guard {
         String(this.limits.burst),
         String(this.limits.userConcurrency),
         req.slot,
-        String(req.slotTtlMs),
+        String(this.firstLeaseMs(req.slotTtlMs)),
         req.cacheKey ? '1' : '0',
         String(this.limits.answerTtlSec),
         req.sentAt === undefined ? '' : String(Math.floor(req.sentAt)),
@@ -347,8 +447,11 @@ export class Guard {
         case 'busy':
           return { kind: 'busy' };
         case 'cached':
+          // The slot was taken before the cache was read: held until `finish` frees it.
+          this.hold(this.key(req.userId, 'c'), req.slot, req.slotTtlMs);
           return { kind: 'cached', result: JSON.parse(value) as JsonValue };
         default:
+          this.hold(this.key(req.userId, 'c'), req.slot, req.slotTtlMs);
           return { kind: 'go' };
       }
     } catch (e) {
@@ -365,7 +468,10 @@ export class Guard {
       if (req.cacheKey && req.answer.status === 'completed' && !req.answer.cached) {
         p.set(req.cacheKey, JSON.stringify(req.answer.result), 'EX', this.limits.cacheTtlSec);
       }
-      if (req.slot) p.zrem(this.key(req.userId, 'c'), req.slot);
+      if (req.slot) {
+        this.letGo(this.key(req.userId, 'c'), req.slot);
+        p.zrem(this.key(req.userId, 'c'), req.slot);
+      }
       const results = (await p.exec()) ?? [];
       const failed = results.find(([err]) => err);
       if (failed?.[0]) throw failed[0];
@@ -393,6 +499,7 @@ export class Guard {
 
   /** Frees a concurrency slot without an answer (a request that ended without a terminal event). */
   async release(userId: string, slot: string): Promise<void> {
+    this.letGo(this.key(userId, 'c'), slot);
     try {
       await this.redis.zrem(this.key(userId, 'c'), slot);
       this.health.succeeded();

@@ -70,7 +70,8 @@ t.test('two dispatcher processes share the load, and stop cleanly on SIGTERM', a
 });
 
 t.test('a dispatcher killed mid-tool: after a restart every request ends exactly once', async (t) => {
-  const h = await harness(t, { ACK_WAIT_MS: '2000' });
+  // kim's two calls hold both of her slots when the first process dies; a slot is a 1 s lease.
+  const h = await harness(t, { ACK_WAIT_MS: '2000', USER_CONCURRENCY: '2', SLOT_LEASE_MS: '1000' });
   const first = await spawnDispatcher(h, 'crash-1');
   t.teardown(() => first.child.exitCode === null && first.child.kill('SIGKILL'));
   const token = await h.token('kim');
@@ -128,6 +129,12 @@ t.test('a dispatcher killed mid-tool: after a restart every request ends exactly
     { token, requestId: 'k-plain', timeoutMs: 30_000 },
   );
   t.strictSame(again, plain, 'a retry gets the same INTERRUPTED answer, no new run');
+  // The dead process's slots lapsed with their leases, not after the tools' timeouts (15 s).
+  t.match(
+    await h.agent.execute('echo', { text: 'after' }, { token, requestId: 'k-after', timeoutMs: 30_000 }),
+    { status: 'completed' },
+    'kim runs again at once: the dead process holds none of her slots',
+  );
   second.child.kill('SIGTERM');
   t.equal(await second.exited, 0);
 });
