@@ -24,6 +24,7 @@ import {
   type Role,
 } from './nats-auth.ts';
 import { accepts, startSupervised, type LocalServer, type ServerSpec } from './localServer.ts';
+import { localTls, type LocalTls } from './localTls.ts';
 
 /** `.toolbus/` in the checkout, or TOOLBUS_DIR (a second stack beside the first, a test's own). */
 export const LOCAL_DIR = process.env['TOOLBUS_DIR']
@@ -66,6 +67,8 @@ export interface LocalSetup {
   natsStoreDir: string;
   /** With `cluster`: one configuration file per node (`npm run start:cluster`). */
   natsCluster: NatsClusterNode[];
+  /** With `tls`: the CA a client trusts (NATS_TLS_CA), the server's certificate and key. */
+  natsTls: LocalTls | undefined;
   /** True when this call made them (first start). */
   created: boolean;
   /** The folder everything is in. */
@@ -95,6 +98,11 @@ export interface SetupOptions {
   postgresPasswordFile?: boolean;
   /** Also write the configurations of the nodes of a JetStream cluster (`ClusterLayout`). */
   cluster?: ClusterLayout;
+  /**
+   * nats-server requires TLS of every client, and of the routes, with a certificate made for this
+   * stack (scripts/localTls.ts; on loopback only: it names 127.0.0.1, ::1 and localhost).
+   */
+  tls?: boolean;
 }
 
 /**
@@ -163,6 +171,10 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
   }
   const natsConfig = join(NATS_DIR, 'nats.conf');
   const natsStoreDir = o.natsStoreDir ?? join(NATS_DIR, 'jetstream');
+  if (o.tls && (o.cluster?.hosts || (o.natsHost && !['127.0.0.1', 'localhost'].includes(o.natsHost)))) {
+    throw new Error('the generated TLS certificate is for loopback only (127.0.0.1, ::1, localhost)');
+  }
+  const natsTls = o.tls ? await localTls(NATS_DIR) : undefined;
   await writeFile(
     natsConfig,
     natsServerConfig({
@@ -171,10 +183,11 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
       ...(o.natsMonitorPort ? { monitorPort: o.natsMonitorPort } : {}),
       storeDir: natsStoreDir,
       identities: Object.values(identities),
+      ...(natsTls ? { tls: natsTls } : {}),
     }),
     { mode: 0o600 },
   );
-  const natsCluster = o.cluster ? await writeClusterConfigs(NATS_DIR, o, o.cluster, identities) : [];
+  const natsCluster = o.cluster ? await writeClusterConfigs(NATS_DIR, o, o.cluster, identities, natsTls) : [];
   return {
     secrets: secrets,
     identities,
@@ -182,6 +195,7 @@ export async function localSetup(natsPortOrOptions: number | SetupOptions): Prom
     natsConfig,
     natsStoreDir,
     natsCluster,
+    natsTls,
     created,
     dir,
   };
@@ -197,6 +211,7 @@ async function writeClusterConfigs(
   o: SetupOptions,
   cluster: ClusterLayout,
   identities: Record<string, Identity>,
+  tls: LocalTls | undefined,
 ): Promise<NatsClusterNode[]> {
   const hosts = cluster.hosts;
   if (hosts && hosts.length !== cluster.nodes) throw new Error(`${cluster.nodes} nodes need as many hosts`);
@@ -228,6 +243,7 @@ async function writeClusterConfigs(
           ...(o.natsMonitorPort ? { monitorPort: o.natsMonitorPort + (hosts ? 0 : i) } : {}),
           storeDir: hosts && o.natsStoreDir ? o.natsStoreDir : join(natsDir, 'cluster', serverName),
           identities: Object.values(identities),
+          ...(tls ? { tls } : {}),
           cluster: {
             serverName,
             name: 'toolbus',
@@ -235,6 +251,7 @@ async function writeClusterConfigs(
             port: routePort(i),
             routes: routes.filter((_, j) => j !== i),
             password,
+            ...(tls ? { tls } : {}),
           },
         }),
         { mode: 0o600 },

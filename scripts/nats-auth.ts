@@ -161,6 +161,8 @@ export interface NatsClusterSettings {
   password: string;
   /** The route user name (default `route`). */
   user?: string;
+  /** TLS on the routes too: each node proves itself to the others with the server certificate. */
+  tls?: NatsServerTls;
   /**
    * The address the other nodes are told to reach this one at (`host:port`), when it is not the
    * listen address (a proxy, a NAT). Nodes also connect to addresses they hear of from each other.
@@ -176,6 +178,26 @@ export interface NatsClusterSettings {
 /** A fresh route password for a cluster's nodes (random, 32 bytes, never a well-known default). */
 export const createClusterPassword = (): string => randomBytes(32).toString('base64url');
 
+/** The server's certificate and key, and the CA its peers are checked against (scripts/localTls.ts). */
+export interface NatsServerTls {
+  certFile: string;
+  keyFile: string;
+  caFile: string;
+}
+
+/**
+ * A `tls` block. The handshake may take 5 s (nats-server's default, half a second, fails clients
+ * on a busy machine).
+ */
+const tlsBlock = (tls: NatsServerTls, indent: string, withCa: boolean): string[] => [
+  `${indent}tls {`,
+  `${indent}  cert_file: ${JSON.stringify(tls.certFile)}`,
+  `${indent}  key_file: ${JSON.stringify(tls.keyFile)}`,
+  ...(withCa ? [`${indent}  ca_file: ${JSON.stringify(tls.caFile)}`] : []),
+  `${indent}  timeout: 5`,
+  `${indent}}`,
+];
+
 function clusterBlock(c: NatsClusterSettings): string[] {
   const user = c.user ?? 'route';
   const credentials = `${encodeURIComponent(user)}:${encodeURIComponent(c.password)}`;
@@ -190,6 +212,7 @@ function clusterBlock(c: NatsClusterSettings): string[] {
     '  # Routes are admitted only with this user and password (generated for this cluster).',
     `  authorization { user: ${JSON.stringify(user)}, password: ${JSON.stringify(c.password)} }`,
     `  routes: [${c.routes.map((r) => JSON.stringify(`nats-route://${credentials}@${r}`)).join(', ')}]`,
+    ...(c.tls ? tlsBlock(c.tls, '  ', true) : []),
     '}',
   ];
 }
@@ -206,6 +229,8 @@ export function natsServerConfig(o: {
   storeDir: string;
   identities: Identity[];
   cluster?: NatsClusterSettings;
+  /** TLS required of every client: they check the server's certificate against `caFile`. */
+  tls?: NatsServerTls;
 }): string {
   const users = o.identities.map(
     (i) =>
@@ -219,6 +244,12 @@ export function natsServerConfig(o: {
     `port: ${o.port}`,
     ...(o.monitorPort ? [`http_port: ${o.monitorPort}`] : []),
     `jetstream { store_dir: ${JSON.stringify(o.storeDir)} }`,
+    ...(o.tls
+      ? [
+          "# Clients must use TLS: the server proves it is this stack's (scripts/localTls.ts).",
+          ...tlsBlock(o.tls, '', false),
+        ]
+      : []),
     ...(o.cluster ? clusterBlock(o.cluster) : []),
     'authorization {',
     '  users: [',

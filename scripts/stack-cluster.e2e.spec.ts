@@ -101,7 +101,11 @@ t.test('npm run start:cluster runs the clustered topology', async (t) => {
   // The intake stream: three replicas, every one current.
   const seed = (await readFile(join(dir, 'nats', 'dispatcher.nk'), 'utf8')).trim();
   const urls = [0, 1, 2].map((i) => `nats://127.0.0.1:${natsPort + i}`).join(',');
-  const nc = await connectNats(urls, 'stack-cluster-test', { nkeySeed: seed });
+  // Over TLS, trusting the stack's own CA (routes between the nodes are TLS too).
+  const nc = await connectNats(urls, 'stack-cluster-test', {
+    nkeySeed: seed,
+    tls: { caFile: join(dir, 'nats', 'tls', 'ca.pem') },
+  });
   t.teardown(() => nc.close());
   const info = await (await jetstreamManager(nc)).streams.info(names.requestsStream);
   t.equal(info.config.num_replicas, 3, 'the request stream has three replicas');

@@ -12,6 +12,9 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
+import { connect as connectPlainNats, nkeyAuthenticator } from '@nats-io/transport-node';
+import { createAgentClient } from '../lib/clients/agent.ts';
+import { connectNats } from '../lib/nats.ts';
 import { freePort, waitForPort } from '../test/support/ports.ts';
 import { createTestDatabase } from '../test/support/postgres.ts';
 import { startNats, startRedis } from '../test/support/processes.ts';
@@ -304,6 +307,28 @@ t.test(
       "it re-projected the stack's events",
     );
 
+    // An agent connects as the lines say: over TLS, trusting the stack's CA; without it, it cannot.
+    const agentLine = /NATS_URL=(\S+) NATS_NKEY_SEED_FILE=(\S+) NATS_TLS_CA=(\S+)/.exec(second.output());
+    t.ok(agentLine, 'the agent line names the CA');
+    const [, natsUrl, seedFile, caFile] = agentLine!;
+    const nkeySeed = (await readFile(seedFile!, 'utf8')).trim();
+    const nc = await connectNats(natsUrl!, 'stack-test-agent', { nkeySeed, tls: { caFile: caFile! } });
+    t.match(
+      await createAgentClient(nc).execute('dataset_stats', { columns: { x: [1, 2] } }, { token }),
+      { status: 'completed' },
+      'an agent as printed runs a tool',
+    );
+    await nc.close();
+    await t.rejects(
+      connectPlainNats({
+        servers: natsUrl!,
+        authenticator: nkeyAuthenticator(new TextEncoder().encode(nkeySeed)),
+        reconnect: false,
+        timeout: 10_000,
+      }),
+      /certificate/,
+      "a client that does not trust the stack's CA does not connect",
+    );
     // Each of its servers killed in turn is started again, and a tool runs again after each.
     const runAgain = commandAfter(second.output(), 'Run a tool as "demo":');
     for (const [server, name] of [

@@ -28,7 +28,8 @@ const DOUBLED: ServiceName[] = ['dispatcher', 'projector', 'notifier'];
 const SECOND_PORT_OFFSET = 10;
 const CLUSTER_NODES = 3;
 /** nats-server's lines worth showing: errors, fatal errors, warnings. */
-const NATS_IMPORTANT = /\[(ERR|FTL|WRN)\]/;
+// Not a handshake ended by EOF: the start's own check that the port accepts connections.
+const NATS_IMPORTANT = /\[(ERR|FTL|WRN)\](?!.*TLS handshake error: EOF)/;
 
 const StackEnv = CommonEnv.pick({
   LOG_LEVEL: true,
@@ -71,8 +72,12 @@ async function main() {
   }
   const clustered = process.argv.includes('--cluster');
   const natsPort = config.TOOLBUS_NATS_PORT;
+  const ownNats = config.NATS_URL === undefined;
   const setup = await localSetup({
     natsPort,
+    // Its own NATS proves itself to every client (scripts/localTls.ts): no process that takes the
+    // port while nats-server is down can pass for it.
+    tls: ownNats,
     ...(clustered
       ? { cluster: { nodes: CLUSTER_NODES, clusterPort: config.TOOLBUS_NATS_CLUSTER_PORT } }
       : {}),
@@ -92,7 +97,6 @@ async function main() {
     },
     onNotice: (line) => console.log(`${name.padEnd(10)} ${line}`),
   });
-  const ownNats = config.NATS_URL === undefined;
   const natsUrl =
     config.NATS_URL ??
     (clustered
@@ -144,7 +148,12 @@ async function main() {
     Object.entries(setup.secrets).map(([k, v]) => [k, process.env[k] || v]),
   ) as typeof setup.secrets;
   const seedEnv = (name: string): Record<string, string> =>
-    ownNats ? { NATS_NKEY_SEED_FILE: setup.seedFile(name) } : {};
+    ownNats
+      ? {
+          NATS_NKEY_SEED_FILE: setup.seedFile(name),
+          ...(setup.natsTls ? { NATS_TLS_CA: setup.natsTls.caFile } : {}),
+        }
+      : {};
   const services = ALL.filter((name) => existsSync(new URL(`../services/${name}/main.ts`, import.meta.url)));
   console.log(
     `starting ${services.join(', ')}${clustered ? ` and a second ${DOUBLED.join(', ')}` : ''} (event store: ${
@@ -273,12 +282,14 @@ async function main() {
   lines.push(
     '',
     ownNats
-      ? `NATS (JetStream${clustered ? `, ${CLUSTER_NODES} nodes, requests on ${CLUSTER_NODES} replicas` : ''}, authorization required): ${natsUrl}. An agent connects as the "agent" identity:`
+      ? `NATS (JetStream${clustered ? `, ${CLUSTER_NODES} nodes, requests on ${CLUSTER_NODES} replicas` : ''}, TLS and authorization required): ${natsUrl}. An agent connects as the "agent" identity, trusting the stack's CA:`
       : `NATS: ${natsUrlForLog(natsUrl)}`,
     ...(ownNats
       ? [
-          `  NATS_URL=${natsUrl} NATS_NKEY_SEED_FILE=${setup.seedFile('agent')}`,
-          `  connectNats(NATS_URL, 'my-agent', { nkeySeed: <that file's text> }) then createAgentClient(nc),`,
+          `  NATS_URL=${natsUrl} NATS_NKEY_SEED_FILE=${setup.seedFile('agent')}${setup.natsTls ? ` NATS_TLS_CA=${setup.natsTls.caFile}` : ''}`,
+          setup.natsTls
+            ? `  connectNats(NATS_URL, 'my-agent', { nkeySeed: <that file's text>, tls: { caFile: NATS_TLS_CA } }) then createAgentClient(nc),`
+            : `  connectNats(NATS_URL, 'my-agent', { nkeySeed: <that file's text> }) then createAgentClient(nc),`,
           `  both from @toolbus/client (packages/client, built by npm run build:packages; docs/security.md)`,
           `Existing MCP servers (toolbus.json's mcpServers) as tools: npm run mcp-tools (docs/tools.md)`,
         ]
