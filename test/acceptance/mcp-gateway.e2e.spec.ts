@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { request } from 'node:http';
 import { connect as connectTcp } from 'node:net';
 import { Client, ProtocolError, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
@@ -360,6 +361,40 @@ t.test(
       );
       if (cut) await big.closed;
     });
+
+    t.test(
+      'scripts/mcp.ts, the README’s client: calls, and gives up only after MCP_TIMEOUT_MS',
+      async (t) => {
+        const script = (env: Record<string, string>, ...args: string[]) =>
+          new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+            const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/mcp.ts', ...args], {
+              env: { ...process.env, MCP_URL: `${ts.url('gateway')}/mcp`, ...env },
+            });
+            let [out, err] = ['', ''];
+            child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+            child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+            child.once('exit', (code) => resolve({ code, out, err }));
+          });
+        const sam = await ts.token('sam');
+        const called = await script({ TOOLBUS_TOKEN: sam }, 'call', 'echo', '{"from":"the script"}');
+        t.equal(called.code, 0, called.err);
+        t.match(JSON.parse(called.out), { structuredContent: { from: 'the script' } });
+        // Its own deadline, not the SDK's 60 s: a 1 s one gives up on a 4 s call, which is cancelled.
+        const gaveUp = await script(
+          { TOOLBUS_TOKEN: sam, MCP_TIMEOUT_MS: '1000' },
+          'call',
+          'sleep',
+          '{"ms":4000}',
+        );
+        t.equal(gaveUp.code, 1);
+        t.match(gaveUp.err, /^error: .*timed out/im);
+        const ended = await waitFor('the sleep to end', async () => {
+          const events = await eventsOf(ts, 'sam');
+          return events.find((e) => e.type === 'ToolFailed');
+        });
+        t.match(ended, { data: { error: { code: 'CANCELLED', details: { reason: /^the MCP client: / } } } });
+      },
+    );
 
     t.test('afterwards the user’s stream holds exactly those executions, and it verifies', async (t) => {
       const events = await eventsOf(ts, 'ann');
