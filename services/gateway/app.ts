@@ -54,7 +54,12 @@ export async function startGateway(
     const app = createHttpApp({
       service: 'gateway',
       logLevel: config.LOG_LEVEL,
-      fastify: { logger: undefined, loggerInstance: log.child({ component: 'http' }) },
+      fastify: {
+        logger: undefined,
+        loggerInstance: log.child({ component: 'http' }),
+        // A call's event stream stays open as long as the call: closing waits for no open one.
+        forceCloseConnections: true,
+      },
       checks: {
         nats: () => natsReady(nc),
         dispatcher: () => catalog.check(),
@@ -79,6 +84,9 @@ export async function startGateway(
       log.warn({ userId: testPrincipal }, 'TEST MODE: requests without a token act as the test principal');
     }
 
+    let closing: Promise<void> | null = null;
+    // Set before anything closes: closing the handler aborts its exchanges at once.
+    let stopping = false;
     const handler = createMcpHandler(
       serverFactory(
         {
@@ -92,6 +100,7 @@ export async function startGateway(
           version: VERSION,
           metrics,
           waits: new Waits(config.GATEWAY_MAX_WAITS_PER_USER),
+          stopping: () => stopping,
         },
         new InFlight(),
       ),
@@ -122,12 +131,12 @@ export async function startGateway(
       await app.ready();
     }
     log.info({ url, resource: resource.href }, 'gateway ready');
-    let closing: Promise<void> | null = null;
     return {
       app,
       nc,
       url,
       close() {
+        stopping = true;
         closing ??= undo().then(() => log.info('gateway stopped'));
         return closing;
       },

@@ -98,6 +98,11 @@ export interface CallDeps {
   js: JetStreamClient;
   log: Logger;
   timeoutMs: number;
+  /**
+   * True once the gateway stops: a call whose stream the stop ends is not the client giving it
+   * up, and is not cancelled (it runs on in Toolbus; a retry with its key gets its answer).
+   */
+  stopping?: () => boolean;
 }
 
 export interface Call {
@@ -136,6 +141,10 @@ export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswe
   const log = deps.log.child({ userId: principal.userId, requestId, tool: tool.name });
 
   const onAbort = () => {
+    if (deps.stopping?.()) {
+      log.info('the gateway stops: the call runs on (a retry with its idempotency key gets its answer)');
+      return;
+    }
     log.info('the client gave the call up: cancelling the execution');
     cancelExecution(deps.nc, { requestId, reason: mcpCancelReason(call.signal) }, { token: call.token }).then(
       (r) => log.info({ status: r.status, cancelled: r.cancelled }, 'cancel answered'),
