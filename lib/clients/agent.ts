@@ -162,11 +162,12 @@ export async function submitRequest(
 ): Promise<TerminalAnswer> {
   const { userId, requestId } = o;
   // Not a request id (a line break, say, which no NATS header can carry): refused as the dispatcher
-  // refuses it (VALIDATION, no request id), not reported as a publish that failed and might succeed.
+  // refuses it (MALFORMED: no request id to record it under), not reported as a publish that failed
+  // and might succeed.
   const id = RequestId.safeParse(requestId);
   if (!id.success) {
     const message = id.error.issues.map((i) => `requestId: ${i.message}`).join('; ');
-    return { ...unrecordedFailure(requestId, { code: 'VALIDATION', message }), requestId: null };
+    return { ...unrecordedFailure(requestId, { code: 'MALFORMED', message }), requestId: null };
   }
   // The server lets this connection publish requests only under its own identity, and read only
   // its own inbox; the dispatcher answers only to that inbox.

@@ -65,12 +65,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
       return await deps.verifier.verify(req.headers.authorization);
     } catch (e) {
       if (!(e instanceof AuthError)) throw e;
-      await fail(
-        reply,
-        httpStatusOfCode('UNAUTHENTICATED'),
-        'UNAUTHENTICATED',
-        `token ${e.reason}: ${e.message}`,
-      );
+      await fail(reply, httpStatusOfCode('UNAUTHENTICATED'), 'UNAUTHENTICATED', e.message);
       return null;
     }
   };

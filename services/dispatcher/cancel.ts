@@ -403,7 +403,7 @@ export function serveCancels(
     const token = msg.headers?.get(REQUEST_HEADERS.authorization) || undefined;
     const principal = await principalOf(o.verifier, token);
     if (principal instanceof AuthError) {
-      return refuse(msg, 'UNAUTHENTICATED', `token ${principal.reason}: ${principal.message}`);
+      return refuse(msg, 'UNAUTHENTICATED', principal.message);
     }
     const userId = asker[1]!;
     const parsed = CancelRequest.safeParse(jsonOf(msg));

@@ -164,17 +164,14 @@ export class Dispatcher {
 
     const requestId = partial.requestId ?? requestIdFromMsgId(delivery.header(REQUEST_HEADERS.msgId), userId);
     if (!requestId) {
-      // Nothing names the request: it cannot be recorded, only answered.
+      // Nothing names the request: it cannot be recorded, only answered (MALFORMED, whatever else
+      // is wrong with it: VALIDATION is for what is recorded).
       const problem = parsed.ok ? null : parsed.problem;
       this.o.log.warn(
         { userId, subject: delivery.subject, problem: problem?.message },
         'request refused: no request id',
       );
-      reply(
-        this.shell,
-        replyTo,
-        refusal(problem?.code ?? 'VALIDATION', problem?.message ?? 'the request has no request id'),
-      );
+      reply(this.shell, replyTo, refusal('MALFORMED', problem?.message ?? 'the request has no request id'));
       return { ack: true };
     }
     const executionId = executionIdFor(userId, requestId);
@@ -342,7 +339,7 @@ export class Dispatcher {
         ...(partial.requestId ? { requestId: partial.requestId } : {}),
         ...(partial.correlationId ? { correlationId: partial.correlationId } : {}),
       };
-      reply(this.shell, replyTo, refusal('UNAUTHENTICATED', `token ${e.reason}: ${e.message}`, ids));
+      reply(this.shell, replyTo, refusal('UNAUTHENTICATED', e.message, ids));
       return null;
     }
   }

@@ -84,7 +84,7 @@ t.test('HTTP API', async (t) => {
       ['a tool error', { requestId: 'h-7', tool: 'fail', args: {} }, 502, 'TOOL_ERROR'],
       ['invalid output', { requestId: 'h-8', tool: 'bad_output', args: {} }, 502, 'OUTPUT_INVALID'],
       ['a timeout', { requestId: 'h-9', tool: 'hang', args: {} }, 504, 'TIMEOUT'],
-      ['a bad request id', { requestId: 'a b', tool: 'noop', args: {} }, 400, 'VALIDATION'],
+      ['a bad request id', { requestId: 'a b', tool: 'noop', args: {} }, 400, 'MALFORMED'],
     ];
     for (const [what, payload, status, code] of cases) {
       const res = await post(alice, payload);
@@ -133,9 +133,9 @@ t.test('HTTP API', async (t) => {
         {
           status: 'failed',
           requestId: null,
-          error: { code: 'VALIDATION', message: /request id must match/ },
+          error: { code: 'MALFORMED', message: /request id must match/ },
         },
-        'VALIDATION, saying what a request id is',
+        'MALFORMED (nothing to record it under), saying what a request id is',
       );
       // The agent client (NATS) is answered the same, rather than failing to publish.
       const answer = await h.agent.execute('noop', {}, { token: alice, requestId, timeoutMs: 10_000 });
@@ -144,7 +144,7 @@ t.test('HTTP API', async (t) => {
         {
           status: 'failed',
           requestId: null,
-          error: { code: 'VALIDATION', message: /request id must match/ },
+          error: { code: 'MALFORMED', message: /request id must match/ },
         },
         'the agent client: the same refusal',
       );

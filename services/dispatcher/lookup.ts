@@ -130,11 +130,7 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
       ({ userId } = await verifier.verify(msg.headers?.get(REQUEST_HEADERS.authorization)));
     } catch (e) {
       if (!(e instanceof AuthError)) throw e;
-      return respond(
-        msg,
-        { answer: refusal('UNAUTHENTICATED', `token ${e.reason}: ${e.message}`) },
-        'refused',
-      );
+      return respond(msg, { answer: refusal('UNAUTHENTICATED', e.message) }, 'refused');
     }
     if (asker[1] !== userId) {
       const message = `the token is for user ${userId}; it may not ask about another user's requests`;

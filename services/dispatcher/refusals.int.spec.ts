@@ -220,8 +220,8 @@ t.test('refusals', async (t) => {
     const noId = await send({ requestId: 'has space', tool: 'noop', args: {} });
     t.match(
       noId,
-      { status: 'failed', requestId: null, error: { code: 'VALIDATION' } },
-      'no usable request id: answered, not recorded',
+      { status: 'failed', requestId: null, error: { code: 'MALFORMED' } },
+      'no usable request id: answered MALFORMED, not recorded',
     );
 
     await barrier(h, 'alice', alice, 'after-bad-bodies');

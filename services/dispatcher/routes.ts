@@ -130,7 +130,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       return await deps.verifier.verify(req.headers.authorization);
     } catch (e) {
       if (!(e instanceof AuthError)) throw e;
-      await refuse(reply, refusal('UNAUTHENTICATED', `token ${e.reason}: ${e.message}`));
+      await refuse(reply, refusal('UNAUTHENTICATED', e.message));
       return null;
     }
   };
