@@ -213,3 +213,23 @@ t.test('every refusal, Fastify’s own included, has one shape: {error: {code, m
   const unknown = (await (await fetch(`${base}/nowhere?token=x`)).json()) as { error: { message: string } };
   t.equal(unknown.error.message, 'no route GET /nowhere', 'the query string is not echoed');
 });
+
+t.test('a request Node cannot parse (a line break in a header) is answered in the same shape', async (t) => {
+  const api = createHttpApp({ service: 'test', logLevel: 'silent' });
+  api.get('/hello', async () => ({ hello: true }));
+  await api.listen({ host: '127.0.0.1', port: 0 });
+  t.teardown(() => api.close());
+  const port = (api.server.address() as AddressInfo).port;
+  // As `-H "authorization: Bearer $T"` sends it when T holds npm's banner above the token.
+  const socket = net.connect(port, '127.0.0.1');
+  let received = '';
+  socket.on('data', (d: Buffer) => (received += d.toString()));
+  socket.write('GET /hello HTTP/1.1\r\nhost: x\r\nauthorization: Bearer \x01> toolbus@1 token\r\n\r\n');
+  await once(socket, 'close');
+  t.match(received, /^HTTP\/1\.1 400 Bad Request\r\n/);
+  const body = JSON.parse(received.slice(received.indexOf('\r\n\r\n') + 4)) as {
+    error: { code: string; message: string };
+  };
+  t.equal(body.error.code, 'BAD_REQUEST');
+  t.match(body.error.message, /could not be read.*npm run -s/);
+});

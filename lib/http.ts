@@ -8,6 +8,7 @@ import Fastify, {
 } from 'fastify';
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { REDACT_PATHS } from './log.ts';
 
@@ -44,6 +45,32 @@ function unreadableJson(body: string): string {
 }
 
 /**
+ * A request Node's parser refuses before Fastify sees it (a header with a line break in it, say a
+ * token captured with npm's banner), answered in the one error shape rather than Node's or
+ * Fastify's own.
+ */
+function answerClientError(err: Error & { code?: string }, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const [status, reason, message] =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? [431, 'Request Header Fields Too Large', 'the request headers are too large']
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'Request Timeout', 'the request did not arrive in time']
+        : [
+            400,
+            'Bad Request',
+            `the request could not be read (${err.code ?? 'malformed'}): a header value with a line break or a control character in it? (a token captured with npm's banner: use npm run -s)`,
+          ];
+  const body = JSON.stringify({ error: { code: 'BAD_REQUEST', message } });
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
+}
+
+/**
  * The HTTP surface every service shares: pino logs (tokens censored; one line per request, at
  * debug for health checks and metrics scrapes), `/health/live`,
  * `/health/ready` (each dependency checked with a deadline), and Prometheus `/metrics` from the
@@ -62,6 +89,7 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
     // answers, not requests: unaffected).
     requestTimeout: 60_000,
     logController: new RequestLines(),
+    clientErrorHandler: answerClientError,
     ...options.fastify,
   });
   // Every error answer has one shape, whoever answers: this handler (Fastify's refusals of a

@@ -46,7 +46,7 @@ function connect(token) {
     $('token').value = '';
     setConnection(
       'stopped',
-      'that is not a user token (a JWT with a subject); make one with `npm run token -- <user>`',
+      'that is not a user token (a JWT with a subject); make one with `npm run -s token -- <user>`',
     );
     return;
   }
