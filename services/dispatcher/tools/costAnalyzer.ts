@@ -13,6 +13,12 @@ import { defineTool } from '../../../lib/tools/index.ts';
  * The first rule that applies wins. Money is rounded once, at the end, to cents.
  */
 
+/**
+ * At most this many rows: what fits in one request (`LIMITS.maxRequestBytes`, 256 KiB) with
+ * realistic service, region and resource names (up to about 200 bytes a row).
+ */
+export const MAX_ROWS = 1_200;
+
 export const BillingRow = z.object({
   service: z.string().min(1).max(64),
   region: z.string().min(1).max(64),
@@ -37,7 +43,7 @@ export type CostOptions = z.infer<typeof CostOptions>;
 
 const Input = z
   .object({
-    rows: z.array(BillingRow).max(100_000),
+    rows: z.array(BillingRow).max(MAX_ROWS),
     options: CostOptions.optional(),
   })
   .refine((v) => (v.options?.idleBelow ?? 0.05) <= (v.options?.rightsizeBelow ?? 0.4), {
