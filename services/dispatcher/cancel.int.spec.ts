@@ -234,6 +234,15 @@ t.test('cancelling a finished or unknown execution is answered clearly and chang
   const unknownHttp = await cancelHttp(d, token, executionIdFor('carol', 'never-sent-either'));
   t.equal(unknownHttp.status, 404);
   t.equal(unknownHttp.body.status, 'unknown');
+  // Named by its request id in the path: the answer names it back, as over NATS.
+  const byRequestId = await cancelHttp(d, token, 'never-sent-at-all');
+  t.equal(byRequestId.status, 404);
+  t.match(byRequestId.body, {
+    status: 'unknown',
+    requestId: 'never-sent-at-all',
+    executionId: executionIdFor('carol', 'never-sent-at-all'),
+    message: /never-sent-at-all/,
+  });
   t.equal((await h.events('carol')).length, before + 3, 'only the failed execution was added');
 
   // Malformed cancel requests are refused.

@@ -53,6 +53,8 @@ const ExecutionIdParam = z
   })
   .transform(({ executionId: id }) => ({
     of: (userId: string) => (looksLikeExecutionId(id) ? id.toLowerCase() : executionIdFor(userId, id)),
+    /** The request id the path named, when it named one (else an execution id). */
+    requestId: looksLikeExecutionId(id) ? undefined : id,
   }));
 const NOT_AN_EXECUTION_ID = 'the path names an execution by its id (a UUID) or by its request id';
 /** An admin or operator may name the user whose execution it cancels (body or query); anyone else cancels their own. */
@@ -256,6 +258,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     const result = await deps.cancels.cancel({
       userId,
       executionId: params.data.of(userId),
+      ...(params.data.requestId ? { requestId: params.data.requestId } : {}),
       order: {
         by: principal.userId,
         via: 'http',
