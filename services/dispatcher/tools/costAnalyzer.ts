@@ -13,13 +13,6 @@ import { defineTool } from '../../../lib/tools/index.ts';
  * The first rule that applies wins. Money is rounded once, at the end, to cents.
  */
 
-/**
- * At most this many rows: about what fits in one request (`LIMITS.maxRequestBytes`, 256 KiB) with
- * short names (some 120 bytes a row); longer rows meet the request's limit first (1 500 rows of
- * 170 bytes).
- */
-export const MAX_ROWS = 2_000;
-
 export const BillingRow = z.object({
   service: z.string().min(1).max(64),
   region: z.string().min(1).max(64),
@@ -44,7 +37,7 @@ export type CostOptions = z.infer<typeof CostOptions>;
 
 const Input = z
   .object({
-    rows: z.array(BillingRow).max(MAX_ROWS),
+    rows: z.array(BillingRow).max(100_000),
     options: CostOptions.optional(),
   })
   .refine((v) => (v.options?.idleBelow ?? 0.05) <= (v.options?.rightsizeBelow ?? 0.4), {

@@ -1,6 +1,6 @@
 import t from 'tap';
 import { z } from 'zod';
-import { LIMITS, ToolManifest } from '../../../contracts/index.ts';
+import { ToolManifest } from '../../../contracts/index.ts';
 import {
   redact,
   ToolOutputError,
@@ -8,8 +8,6 @@ import {
   toManifest,
   type ToolContext,
 } from '../../../lib/tools/index.ts';
-import { MAX_ROWS } from './costAnalyzer.ts';
-import { MAX_VALUES } from './datasetStats.ts';
 import { countdown, exampleTools, waitForCancel } from './index.ts';
 import { checkKey, entropyBits, fingerprint } from './secretVaultCheck.ts';
 import { testTools } from './testing.ts';
@@ -170,33 +168,4 @@ t.test('selectTools: all example tools by default; test tools only when allowed'
     ['hang', 'echo'],
   );
   t.throws(() => selectTools(['nope'], true), /unknown tool\(s\) nope/);
-});
-
-t.test('the largest inputs the example tools advertise fit in one request', async (t) => {
-  // As an agent sends them: the request's other fields and a replyTo beside the arguments.
-  const requestBytes = (args: unknown) =>
-    Buffer.byteLength(
-      JSON.stringify({
-        requestId: 'r'.repeat(64),
-        tool: 'x'.repeat(32),
-        args,
-        replyTo: '_INBOX.'.padEnd(80, 'x'),
-      }),
-    );
-  const row = {
-    service: 'compute',
-    region: 'us-east-1',
-    resourceId: 'i-0a1b2c3d4e',
-    usageHours: 720,
-    hourlyRate: 0.0961,
-    utilization: 0.35,
-  };
-  const rows = Array.from({ length: MAX_ROWS }, () => row);
-  t.ok(requestBytes({ rows }) <= LIMITS.maxRequestBytes, `cost_analyzer: ${MAX_ROWS} rows fit`);
-  const values = Array.from({ length: MAX_VALUES }, (_, i) => 1000 + i / 7); // 11 to 17 characters each
-  t.ok(
-    requestBytes({ columns: { latency: values.map((v) => Math.round(v * 1e4) / 1e4) } }) <=
-      LIMITS.maxRequestBytes,
-    `dataset_stats: ${MAX_VALUES} values fit`,
-  );
 });
