@@ -28,12 +28,11 @@ export function runAsLocalIdentity(o: {
     'NATS_USER',
     'NATS_TOKEN',
   ].some((k) => env[k]);
-  if (!env['NATS_URL']) {
-    env['NATS_URL'] = `nats://127.0.0.1:${env['TOOLBUS_NATS_PORT'] ?? '4223'}`;
-    // The stack's own NATS proves itself with the certificate its CA signed (scripts/localTls.ts).
-    const ca = join(LOCAL_DIR, 'nats', 'tls', 'ca.pem');
-    if (!env['NATS_TLS_CA'] && existsSync(ca)) env['NATS_TLS_CA'] = ca;
-  }
+  const stackNats = `nats://127.0.0.1:${env['TOOLBUS_NATS_PORT'] ?? '4223'}`;
+  if (!env['NATS_URL']) env['NATS_URL'] = stackNats;
+  // The stack's own NATS proves itself with the certificate its CA signed (scripts/localTls.ts).
+  const ca = join(LOCAL_DIR, 'nats', 'tls', 'ca.pem');
+  if (!env['NATS_TLS_CA'] && env['NATS_URL'] === stackNats && existsSync(ca)) env['NATS_TLS_CA'] = ca;
   if (!ownCredentials && existsSync(seedFile)) env['NATS_NKEY_SEED_FILE'] = seedFile;
   if (!env['WORKER_SECRET'] && existsSync(secretsFile)) {
     const generated = /^WORKER_SECRET=(.+)$/m.exec(readFileSync(secretsFile, 'utf8'))?.[1]?.trim();

@@ -5,8 +5,8 @@
  * from a client that trusts the stack's CA.
  */
 import { spawn } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
-import { stat, readFile } from 'node:fs/promises';
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { connect, nkeyAuthenticator } from '@nats-io/transport-node';
@@ -61,6 +61,18 @@ t.test('the certificates: signed by the CA, for loopback, the key private; kept 
   const made = await readFile((await localTls(elsewhere)).certFile, 'utf8');
   const later = await localTls(elsewhere, new Date(Date.now() + 3 * 365 * 86_400_000));
   t.not(await readFile(later.certFile, 'utf8'), made, 'made again when about to expire');
+  // A key that is not the certificate's (a start stopped between writing the two): made again.
+  const halfway = t.testdir();
+  const broken = await localTls(halfway);
+  const other = await localTls(t.testdir());
+  await writeFile(broken.keyFile, await readFile(other.keyFile));
+  const mended = await localTls(halfway);
+  t.ok(
+    new X509Certificate(await readFile(mended.certFile)).checkPrivateKey(
+      createPrivateKey(await readFile(mended.keyFile)),
+    ),
+    'a key that does not match its certificate: both made again',
+  );
 });
 
 t.test('a client that trusts the CA connects; one that does not is refused', async (t) => {

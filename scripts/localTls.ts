@@ -8,9 +8,9 @@
  * The CA's key signs the server's certificate and is then thrown away: nothing can be signed
  * with it again, so `ca.pem` trusts this one server certificate and no other.
  */
-import { X509Certificate as NodeX509Certificate, webcrypto } from 'node:crypto';
+import { createPrivateKey, X509Certificate as NodeX509Certificate, webcrypto } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 // @peculiar/x509 2 resolves its parts through tsyringe, which needs this polyfill loaded first.
 import 'reflect-metadata';
@@ -96,21 +96,31 @@ export async function localTls(natsDir: string, now = new Date()): Promise<Local
     webcrypto as Crypto,
   );
   const key = await subtle.exportKey('pkcs8', serverKeys.privateKey);
-  // The key first: a certificate is never there without its key.
-  await writeFile(tls.keyFile, pem('PRIVATE KEY', key), { mode: 0o600 });
-  await writeFile(tls.certFile, server.toString('pem') + '\n', { mode: 0o644 });
-  await writeFile(tls.caFile, ca.toString('pem') + '\n', { mode: 0o644 });
+  // Each written whole then renamed into place; a start stopped half way leaves a key that does
+  // not match its certificate, which the next start finds (stillGood) and makes all three again.
+  const place = async (file: string, text: string, mode: number) => {
+    await writeFile(`${file}.new`, text, { mode });
+    await rename(`${file}.new`, file);
+  };
+  await place(tls.keyFile, pem('PRIVATE KEY', key), 0o600);
+  await place(tls.certFile, server.toString('pem') + '\n', 0o644);
+  await place(tls.caFile, ca.toString('pem') + '\n', 0o644);
   return tls;
 }
 
-/** Whether the three files are there, the certificate signed by the CA, and valid a month more. */
+/**
+ * Whether the three files are there, the certificate signed by the CA and matching the key, and
+ * valid a month more.
+ */
 async function stillGood(tls: LocalTls, now: Date): Promise<boolean> {
   if (![tls.caFile, tls.certFile, tls.keyFile].every((f) => existsSync(f))) return false;
   try {
     const ca = new NodeX509Certificate(await readFile(tls.caFile));
     const server = new NodeX509Certificate(await readFile(tls.certFile));
+    const key = createPrivateKey(await readFile(tls.keyFile));
     return (
       server.verify(ca.publicKey) &&
+      server.checkPrivateKey(key) &&
       Date.parse(server.validTo) - now.getTime() > RENEW_BEFORE_MS &&
       Date.parse(ca.validTo) - now.getTime() > RENEW_BEFORE_MS
     );

@@ -93,7 +93,7 @@ const DispatcherVariables = CommonEnv.extend({
   /** Executions of one user running at the same time, across all instances (Redis). */
   USER_CONCURRENCY: intVar(8, 1, 10_000),
   /** How long a dead dispatcher's slots stay taken at most (ms): slots are leases, renewed while calls run. */
-  SLOT_LEASE_MS: intVar(15_000, 300, 3_600_000),
+  SLOT_LEASE_MS: intVar(15_000, 1_000, 600_000),
   /** Sustained requests per second per user (token bucket in Redis). */
   RATE_LIMIT_PER_SEC: intVar(20, 1, 1_000_000),
   /** Bucket size: requests a user may send at once after being idle. */

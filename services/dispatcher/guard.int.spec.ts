@@ -174,9 +174,51 @@ t.test(
 
     // A slot is renewed only up to its own ttl: a call that should have ended lets it lapse.
     const c = leased();
-    t.match(await admit(c, 1_000), { kind: 'go' });
+    // Renewed twice or so (every second) before its 2.5 s are up, then no more.
+    t.match(await admit(c, 2_500), { kind: 'go' });
     await eventually(async () => (await admit(b)).kind === 'go', 20_000, 'the overdue slot to lapse');
     t.pass('an overdue slot lapses although its holder lives');
     t.same(errors, []);
+  },
+);
+
+t.test(
+  'a slot the set lost while its call runs is taken again; a short slot does not shorten the set',
+  async (t) => {
+    const leased = (slotLeaseMs: number, userConcurrency = 1) => {
+      const g = new Guard(
+        redis,
+        { ratePerSec: 100, burst: 100, userConcurrency, cacheTtlSec: 60, answerTtlSec: 60, slotLeaseMs },
+        { failed: (op, e) => errors.push(`${op}: ${e.message}`), succeeded: () => undefined },
+      );
+      t.teardown(() => g.close());
+      return g;
+    };
+    const [a, b] = [leased(3_000), leased(3_000)];
+    const key = 'tb:{restored}:c';
+    t.match(await a.admit({ userId: 'restored', requestId: 'r-a', slot: 'slot-a', slotTtlMs: 600_000 }), {
+      kind: 'go',
+    });
+    // Redis restarted empty (or a renewal was missed past the lease): the running call is uncounted.
+    await redis.del(key);
+    await eventually(
+      async () => (await redis.zscore(key, 'slot-a')) !== null,
+      20_000,
+      'the slot taken again',
+    );
+    t.match(
+      await b.admit({ userId: 'restored', requestId: 'r-b', slot: 'slot-b', slotTtlMs: 600_000 }),
+      { kind: 'busy' },
+      'the running call counts again',
+    );
+    t.equal(a.lostSlots, 0);
+
+    // Two slots of a user: one leased for 40 s, then one of 1 s. The set lives as long as the first.
+    const g = leased(40_000, 2);
+    const admit = (id: string, slotTtlMs: number) =>
+      g.admit({ userId: 'lengths', requestId: id, slot: id, slotTtlMs });
+    t.match(await admit('long', 600_000), { kind: 'go' });
+    t.match(await admit('short', 1_000), { kind: 'go' });
+    t.ok((await redis.pttl('tb:{lengths}:c')) > 30_000, 'a 1 s slot did not shorten the set to 2 s');
   },
 );

@@ -55,7 +55,8 @@ local ttl = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {'busy', ''} end
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[4])
-redis.call('PEXPIRE', KEYS[3], ttl + 1000)
+-- Only ever lengthened: the set holds other calls' slots, leased longer.
+if redis.call('PTTL', KEYS[3]) < ttl + 1000 then redis.call('PEXPIRE', KEYS[3], ttl + 1000) end
 if ARGV[6] == '1' then
   local cached = redis.call('GET', KEYS[4])
   if cached then return {'cached', cached} end
@@ -72,7 +73,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 'go' end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 'busy' end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ttl + 1000)
+if redis.call('PTTL', KEYS[1]) < ttl + 1000 then redis.call('PEXPIRE', KEYS[1], ttl + 1000) end
 return 'go'
 `;
 
@@ -91,20 +92,32 @@ return n
 type MarkShedFn = (answerKey: string, shedKey: string, ttlMs: string) => Promise<number>;
 
 /**
- * Extends the leases of this instance's slots in one user's set: each member still there (ZADD XX:
- * a slot freed meanwhile is not taken again) now expires a lease from now, and the set lives at
- * least as long. KEYS: the set. ARGV: the lease (ms), then the members.
+ * Extends the leases of this instance's slots in one user's set: each now expires a lease from now,
+ * and the set lives at least as long. A slot the set lost while its call still runs (a renewal
+ * missed for longer than a lease: Redis away, restarted empty, a stalled process) is taken again
+ * if the user is under the limit, else counted as lost (returned). A slot freed by its call is
+ * never renewed: the instance stops listing it before it removes it, on the same connection.
+ * KEYS: the set. ARGV: the lease (ms), the limit, then the members.
  */
 const RENEW_SLOTS = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[1])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i]) end
+local limit = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local lost = 0
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) or redis.call('ZCARD', KEYS[1]) < limit then
+    redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+  else
+    lost = lost + 1
+  end
+end
 if redis.call('PTTL', KEYS[1]) < lease + 1000 then redis.call('PEXPIRE', KEYS[1], lease + 1000) end
-return 0
+return lost
 `;
 
-type RenewSlotsFn = (slotsKey: string, leaseMs: string, ...slots: string[]) => Promise<number>;
+type RenewSlotsFn = (slotsKey: string, leaseMs: string, limit: string, ...slots: string[]) => Promise<number>;
 
 /**
  * How long a concurrency slot is held without being renewed (ms): its holder renews it every third
@@ -349,33 +362,34 @@ export class Guard {
   }
 
   /**
-   * Renews every slot held, one script per user in one pipeline; a slot past its whole ttl (a
-   * call that should have ended) is left to lapse. A renewal Redis misses is made at the next.
+   * Renews every slot held, one script per user (each user's set is one Redis Cluster slot), all
+   * sent at once; a slot past its whole ttl (a call that should have ended) is left to lapse. A
+   * renewal Redis misses is made at the next, and a slot lost meanwhile is taken again if there is
+   * room (`RENEW_SLOTS`).
    */
   private async renewSlots(): Promise<void> {
     if (this.held.size === 0) return;
     const now = Date.now();
-    const p = this.redis.pipeline() as ChainableCommander & Record<string, RenewSlotsFn>;
-    let sets = 0;
+    const renewals: Promise<number>[] = [];
     for (const [key, slots] of this.held) {
       for (const [slot, until] of slots) if (until <= now) slots.delete(slot);
       if (slots.size === 0) {
         this.held.delete(key);
         continue;
       }
-      void p.toolbusRenewSlots!(key, String(this.leaseMs), ...slots.keys());
-      sets += 1;
+      renewals.push(
+        this.renewScript(key, String(this.leaseMs), String(this.limits.userConcurrency), ...slots.keys()),
+      );
     }
-    if (sets === 0) return;
-    try {
-      const results = (await p.exec()) ?? [];
-      const failed = results.find(([err]) => err);
-      if (failed?.[0]) throw failed[0];
-      this.health.succeeded();
-    } catch (e) {
-      this.health.failed('renew_slots', e as Error);
-    }
+    const results = await Promise.allSettled(renewals);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) this.health.failed('renew_slots', failed.reason as Error);
+    else if (results.length > 0) this.health.succeeded();
+    for (const r of results) if (r.status === 'fulfilled') this.lostSlots += r.value;
   }
+
+  /** Slots found gone at a renewal with the user at the limit: their calls run uncounted until they end. */
+  lostSlots = 0;
 
   /**
    * Takes one of the user's concurrency slots for a run that was admitted before it could start

@@ -85,6 +85,8 @@ export async function startGateway(
     }
 
     let closing: Promise<void> | null = null;
+    const inFlight = new InFlight();
+    const cancels = new Set<Promise<unknown>>();
     // Set before anything closes: closing the handler aborts its exchanges at once.
     let stopping = false;
     const handler = createMcpHandler(
@@ -101,8 +103,9 @@ export async function startGateway(
           metrics,
           waits: new Waits(config.GATEWAY_MAX_WAITS_PER_USER),
           stopping: () => stopping,
+          cancels,
         },
-        new InFlight(),
+        inFlight,
       ),
       {
         maxRequestBodySize: config.GATEWAY_MAX_BODY_BYTES,
@@ -136,8 +139,17 @@ export async function startGateway(
       nc,
       url,
       close() {
-        stopping = true;
-        closing ??= undo().then(() => log.info('gateway stopped'));
+        if (!stopping) {
+          stopping = true;
+          // Before anything closes: the calls without an idempotency key are cancelled over NATS.
+          inFlight.abortAll('the gateway stops');
+        }
+        closing ??= Promise.race([
+          Promise.allSettled([...cancels]),
+          new Promise((resolve) => setTimeout(resolve, 5_000).unref()),
+        ])
+          .then(() => undo())
+          .then(() => log.info('gateway stopped'));
         return closing;
       },
     };

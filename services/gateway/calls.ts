@@ -103,6 +103,8 @@ export interface CallDeps {
    * up, and is not cancelled (it runs on in Toolbus; a retry with its key gets its answer).
    */
   stopping?: () => boolean;
+  /** The cancels sent and not yet answered: a stopping gateway waits for them before NATS closes. */
+  cancels?: Set<Promise<unknown>>;
 }
 
 export interface Call {
@@ -140,16 +142,29 @@ export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswe
   const { requestId, fingerprint } = requestOf(call);
   const log = deps.log.child({ userId: principal.userId, requestId, tool: tool.name });
 
-  const onAbort = () => {
-    if (deps.stopping?.()) {
-      log.info('the gateway stops: the call runs on (a retry with its idempotency key gets its answer)');
-      return;
-    }
-    log.info('the client gave the call up: cancelling the execution');
-    cancelExecution(deps.nc, { requestId, reason: mcpCancelReason(call.signal) }, { token: call.token }).then(
+  const cancel = (reason: string) => {
+    const sent = cancelExecution(deps.nc, { requestId, reason }, { token: call.token }).then(
       (r) => log.info({ status: r.status, cancelled: r.cancelled }, 'cancel answered'),
       (e: unknown) => log.warn({ err: e }, 'cancel not delivered'),
     );
+    deps.cancels?.add(sent);
+    void sent.finally(() => deps.cancels?.delete(sent));
+  };
+  const onAbort = () => {
+    if (deps.stopping?.()) {
+      // Its client can ask for it again only by its key: without one, a retry would run it twice.
+      if (call.idempotencyKey) {
+        log.info('the gateway stops: the call runs on (a retry with its idempotency key gets its answer)');
+        return;
+      }
+      log.info('the gateway stops: cancelling the call (no idempotency key to ask for it again by)');
+      cancel(
+        'the MCP gateway stopped during the call, which had no idempotency key to be asked for again by',
+      );
+      return;
+    }
+    log.info('the client gave the call up: cancelling the execution');
+    cancel(mcpCancelReason(call.signal));
   };
   if (call.signal.aborted)
     throw new ProtocolError(ProtocolErrorCode.InvalidRequest, 'the call was cancelled');

@@ -53,6 +53,12 @@ export class InFlight {
     };
   }
 
+  /** Ends every call in flight (the gateway stops): each decides what becomes of its execution. */
+  abortAll(reason: string): void {
+    for (const held of this.#calls.values())
+      for (const controller of held.keys()) controller.abort(new Error(reason));
+  }
+
   /** Cancels the call the notification names (see above); false when none or it is ambiguous. */
   cancel(userId: string, id: string | number, reason: string | undefined, client = ''): boolean {
     const held = [

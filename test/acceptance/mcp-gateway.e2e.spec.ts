@@ -664,55 +664,73 @@ t.test(
   },
 );
 
-t.test('the gateway stops at once with calls open, and the calls run on, not cancelled', async (t) => {
-  const ts = await startTestStack(t, { services: ['dispatcher', 'gateway'] });
-  const token = await ts.token('gus');
-  // A 2025-11-25 call (the stateless leg, which the SDK's handler does not end when it closes).
-  const open = post(
-    ts,
-    JSON.stringify({
-      jsonrpc: '2.0',
-      id: 1,
-      method: 'tools/call',
-      params: { name: 'wait_for_cancel', arguments: { seconds: 15 }, _meta: { [KEY]: 'gus-1' } },
-    }),
-    { authorization: `Bearer ${token}` },
-  ).then((res) => res.text());
-  open.catch(() => undefined);
-  // And a 2026-07-28 call, whose exchange the SDK's handler aborts when it closes.
-  const modern = await connect(ts, token, true);
-  const modernCall = modern.callTool({
-    name: 'wait_for_cancel',
-    arguments: { seconds: 16 },
-    _meta: { [KEY]: 'gus-2' },
-  });
-  modernCall.catch(() => undefined);
-  const executionIds = [
-    await waitFor('the first wait to start', () =>
-      startedExecution(ts, 'gus', 'wait_for_cancel', { seconds: 15 }),
-    ),
-    await waitFor('the second wait to start', () =>
-      startedExecution(ts, 'gus', 'wait_for_cancel', { seconds: 16 }),
-    ),
-  ];
-  const gateway = ts.stack.services.gateway.process()!;
-  await ts.stack.kill('gateway', 'SIGTERM');
-  t.strictSame(
-    [gateway.exitCode, gateway.signalCode],
-    [0, null],
-    'it stopped by itself on SIGTERM (not killed after the grace period)',
-  );
-  // Their streams were cut (the clients see the connection end): nothing is left to wait for.
-  await Promise.allSettled([open, modernCall]);
-  await modern.close().catch(() => undefined);
-  for (const executionId of executionIds) {
-    const ended = await waitFor('the wait to end', async () =>
-      (await eventsOf(ts, 'gus')).find(
-        (e) =>
-          e.metadata.executionId === executionId && (e.type === 'ToolCompleted' || e.type === 'ToolFailed'),
-      ),
+t.test(
+  'the gateway stops at once with calls open: those with a key run on, one without is cancelled',
+  async (t) => {
+    const ts = await startTestStack(t, { services: ['dispatcher', 'gateway'] });
+    const token = await ts.token('gus');
+    // A 2025-11-25 call (the stateless leg, which the SDK's handler does not end when it closes).
+    const open = post(
+      ts,
+      JSON.stringify({
+        jsonrpc: '2.0',
+        id: 1,
+        method: 'tools/call',
+        params: { name: 'wait_for_cancel', arguments: { seconds: 15 }, _meta: { [KEY]: 'gus-1' } },
+      }),
+      { authorization: `Bearer ${token}` },
+    ).then((res) => res.text());
+    open.catch(() => undefined);
+    // And a 2026-07-28 call, whose exchange the SDK's handler aborts when it closes.
+    const modern = await connect(ts, token, true);
+    const modernCall = modern.callTool({
+      name: 'wait_for_cancel',
+      arguments: { seconds: 16 },
+      _meta: { [KEY]: 'gus-2' },
+    });
+    modernCall.catch(() => undefined);
+    // And one without a key: its client could only run it again, so the stop cancels it.
+    const unkeyed = modern.callTool({ name: 'wait_for_cancel', arguments: { seconds: 17 } });
+    unkeyed.catch(() => undefined);
+    const unkeyedId = await waitFor('the unkeyed wait to start', () =>
+      startedExecution(ts, 'gus', 'wait_for_cancel', { seconds: 17 }),
     );
-    t.equal(ended.type, 'ToolCompleted', `the stop did not cancel ${executionId}`);
-  }
-  t.match(ts.logText('gateway'), /the gateway stops: the call runs on/);
-});
+    const executionIds = [
+      await waitFor('the first wait to start', () =>
+        startedExecution(ts, 'gus', 'wait_for_cancel', { seconds: 15 }),
+      ),
+      await waitFor('the second wait to start', () =>
+        startedExecution(ts, 'gus', 'wait_for_cancel', { seconds: 16 }),
+      ),
+    ];
+    const gateway = ts.stack.services.gateway.process()!;
+    await ts.stack.kill('gateway', 'SIGTERM');
+    t.strictSame(
+      [gateway.exitCode, gateway.signalCode],
+      [0, null],
+      'it stopped by itself on SIGTERM (not killed after the grace period)',
+    );
+    // Their streams were cut (the clients see the connection end): nothing is left to wait for.
+    await Promise.allSettled([open, modernCall, unkeyed]);
+    t.match(
+      await waitFor('the unkeyed wait to end', () => terminalOf(ts, 'gus', unkeyedId)),
+      {
+        data: {
+          error: { code: 'CANCELLED', details: { reason: /^the MCP gateway stopped during the call/ } },
+        },
+      },
+      'the call without a key was cancelled, saying why',
+    );
+    await modern.close().catch(() => undefined);
+    for (const executionId of executionIds) {
+      const ended = await waitFor('the wait to end', async () =>
+        (await eventsOf(ts, 'gus')).find(
+          (e) =>
+            e.metadata.executionId === executionId && (e.type === 'ToolCompleted' || e.type === 'ToolFailed'),
+        ),
+      );
+      t.equal(ended.type, 'ToolCompleted', `the stop did not cancel ${executionId}`);
+    }
+    t.match(ts.logText('gateway'), /the gateway stops: the call runs on/);
+  },
+);
