@@ -181,7 +181,9 @@ export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswe
     });
   } catch (e) {
     if (!(e instanceof AgentClientError)) throw e;
-    log.warn({ err: e }, 'no answer from the dispatchers');
+    // The gateway's own stop closed the inbox: expected, and said above (runs on, or cancelled).
+    if (deps.stopping?.()) log.info({ code: e.code }, 'no answer: the gateway stopped first');
+    else log.warn({ err: e }, 'no answer from the dispatchers');
     return unanswered(requestId, e);
   } finally {
     call.signal.removeEventListener('abort', onAbort);

@@ -732,5 +732,10 @@ t.test(
       t.equal(ended.type, 'ToolCompleted', `the stop did not cancel ${executionId}`);
     }
     t.match(ts.logText('gateway'), /the gateway stops: the call runs on/);
+    t.notMatch(
+      ts.logText('gateway'),
+      /no answer from the dispatchers/,
+      'no warning for what its own stop ended',
+    );
   },
 );
