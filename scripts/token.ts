@@ -8,8 +8,10 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { isUserId, Role } from '../contracts/index.ts';
+import { CONSOLE_ROLES, isUserId, Role, ROLES } from '../contracts/index.ts';
 import { signToken } from '../lib/auth.ts';
+import { toolsFromConfiguration } from '../lib/toolbusConfig.ts';
+import { exampleTools } from '../services/dispatcher/tools/index.ts';
 import { LOCAL_DIR } from './local.ts';
 
 const USAGE = 'usage: npm run token -- <user id: [A-Za-z0-9_-]{1,64}> [roles, comma-separated] [--ttl 12h]';
@@ -35,6 +37,21 @@ const bad = roleList.filter((r) => !Role.safeParse(r).success);
 if (bad.length > 0) {
   console.error(`invalid role(s) ${bad.join(', ')}: a role matches [a-z][a-z0-9_-]{0,31}`);
   process.exit(2);
+}
+// A role nothing here names is most often a typo: said, and the token made all the same (a
+// deployment's own services or tools may name roles this checkout does not know).
+const known = new Set<string>([...Object.values(ROLES), ...Object.values(CONSOLE_ROLES)]);
+const configured = await toolsFromConfiguration(process.env).catch(() => []);
+for (const tool of [...exampleTools, ...configured]) {
+  for (const role of [...(tool.roles ?? []), ...(tool.approval?.approverRoles ?? [])]) known.add(role);
+}
+for (const role of (process.env['APPROVAL_DESTRUCTIVE_ROLES'] ?? '').split(','))
+  if (role) known.add(role.trim());
+const unknown = roleList.filter((r) => !known.has(r));
+if (unknown.length > 0) {
+  console.error(
+    `note: no service or tool of this checkout names the role(s) ${unknown.join(', ')} (known: ${[...known].sort().join(', ')}); the token carries them anyway`,
+  );
 }
 let secret = process.env['JWT_SECRET'];
 const secretsFile = join(LOCAL_DIR, 'secrets.env');

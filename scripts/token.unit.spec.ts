@@ -53,3 +53,13 @@ t.test('a bad option or a stray argument is told with the usage, not a stack tra
     t.notMatch(err, /\n\s+at /, 'no stack trace');
   }
 });
+
+t.test('a role nothing names is made, with a note on stderr; a known one without', async (t) => {
+  const typo = await run('carol', 'user,superadmin');
+  t.equal(typo.code, 0, 'the token is made');
+  t.match(decodeJwt(typo.out), { roles: ['user', 'superadmin'] });
+  t.match(typo.err, /note: .*superadmin.*known: .*admin.*operator/);
+  const known = await run('carol', 'user,auditor,approver');
+  t.equal(known.code, 0);
+  t.equal(known.err, '', 'auditor and approver are known');
+});
