@@ -173,7 +173,7 @@ async function run() {
     await page.waitForSelector('#cancel:not([hidden])');
     await shot('03-running');
     await page.click('#cancel');
-    await page.waitForSelector('#execution-status:text("failed")', { timeout: 60_000 });
+    await page.waitForSelector('#execution-status:text("cancelled")', { timeout: 60_000 });
     // The page's own refresh may show the end before the cancel's answer comes back.
     await page.waitForSelector('#status:text("Cancelled.")');
     t.match(await page.textContent('#outcome'), /CANCELLED/);

@@ -75,3 +75,11 @@ export function poll(fn, ms) {
     clearTimeout(timer);
   };
 }
+
+/**
+ * The status as a person reads it: a failure with code CANCELLED is shown `cancelled`, as the live
+ * page shows it (the read model's status stays `failed`, which the filter uses).
+ */
+export function shownStatus(status, errorCode) {
+  return status === 'failed' && errorCode === 'CANCELLED' ? 'cancelled' : status;
+}

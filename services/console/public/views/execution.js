@@ -1,5 +1,5 @@
 import { api, errorText, query } from '../api.js';
-import { facts, field, fmtMs, fmtTime, h, json, LIVE_INTERVAL_MS, poll } from '../dom.js';
+import { facts, field, fmtMs, fmtTime, h, json, LIVE_INTERVAL_MS, poll, shownStatus } from '../dom.js';
 
 const TERMINAL = new Set(['completed', 'failed']);
 
@@ -80,6 +80,8 @@ export function render(main, { id, query: params, say }) {
     const decided = events.findLast((e) => e.type === 'ToolApproved' || e.type === 'ToolDenied');
     const attempts = events.filter((e) => e.type === 'ToolExecuting');
     const cancel = events.find((e) => e.type === 'ToolCancelRequested');
+    const failed = events.findLast((e) => e.type === 'ToolFailed');
+    const status = shownStatus(stored.status, failed?.data.error.code);
     current = { status: stored.status, approval: asked && !decided ? asked.data : null };
 
     title.textContent = `${stored.tool}${stored.version ? ` ${stored.version}` : ''} for ${userId}`;
@@ -88,11 +90,7 @@ export function render(main, { id, query: params, say }) {
       facts([
         [
           'Status',
-          h(
-            'span',
-            { class: `status ${stored.status}`, id: 'execution-status' },
-            stored.status.replace('_', ' '),
-          ),
+          h('span', { class: `status ${status}`, id: 'execution-status' }, status.replace('_', ' ')),
         ],
         ['User', userId],
         ['Execution', id],

@@ -1,5 +1,5 @@
 import { api, errorText, query } from '../api.js';
-import { field, fmtMs, fmtTime, h, LIVE_INTERVAL_MS, poll } from '../dom.js';
+import { field, fmtMs, fmtTime, h, LIVE_INTERVAL_MS, poll, shownStatus } from '../dom.js';
 
 const STATUSES = ['requested', 'awaiting_approval', 'approved', 'executing', 'completed', 'failed'];
 /** Executions a page, unless the address says `limit=` (1-500, as the projector allows). */
@@ -152,7 +152,14 @@ function rowOf(e) {
     cell('Requested', h('a', { href, 'aria-label': label }, fmtTime(e.requestedAt))),
     cell('User', e.userId),
     cell('Tool', `${e.tool}${e.version ? ` ${e.version}` : ''}`),
-    cell('Status', h('span', { class: `status ${e.status}` }, e.status.replace('_', ' '))),
+    cell(
+      'Status',
+      h(
+        'span',
+        { class: `status ${shownStatus(e.status, e.error?.code)}` },
+        shownStatus(e.status, e.error?.code).replace('_', ' '),
+      ),
+    ),
     cell('Duration', fmtMs(e.durationMs)),
     cell('Attempts', String(e.attempts)),
     e.error ? cell('Error', `${e.error.code}: ${e.error.message ?? ''}`) : h('td'),
