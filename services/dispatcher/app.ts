@@ -212,6 +212,13 @@ export async function startDispatcher(
           outage.failed(op, e);
         },
         succeeded: () => outage.succeeded(),
+        lostSlots: (count) => {
+          metrics.lostSlots.inc(count);
+          log.warn(
+            { count },
+            'concurrency slots lost in Redis with their users at the limit: those calls run uncounted',
+          );
+        },
       },
     );
     cleanup.push(async () => guard.close());

@@ -213,6 +213,39 @@ t.test(
     );
     t.equal(a.lostSlots, 0);
 
+    // Lost while another call took the user's only slot: the renewal cannot take it back, and says so.
+    const told: number[] = [];
+    const c = new Guard(
+      redis,
+      {
+        ratePerSec: 100,
+        burst: 100,
+        userConcurrency: 1,
+        cacheTtlSec: 60,
+        answerTtlSec: 60,
+        slotLeaseMs: 3_000,
+      },
+      {
+        failed: (op, e) => errors.push(`${op}: ${e.message}`),
+        succeeded: () => undefined,
+        lostSlots: (n) => told.push(n),
+      },
+    );
+    t.teardown(() => c.close());
+    const taken = 'tb:{taken}:c';
+    t.match(await c.admit({ userId: 'taken', requestId: 'r-c', slot: 'slot-c', slotTtlMs: 600_000 }), {
+      kind: 'go',
+    });
+    await redis
+      .multi()
+      .del(taken)
+      .zadd(taken, Date.now() + 60_000, 'another-call')
+      .exec();
+    await eventually(async () => told.length > 0, 20_000, 'the renewal to find the slot lost');
+    t.same(told[0], 1, 'one slot lost, told to the dispatcher (toolbus_slots_lost_total)');
+    t.ok(c.lostSlots >= 1);
+    t.same(await redis.zrange(taken, 0, -1), ['another-call'], 'the other call keeps its slot');
+
     // Two slots of a user: one leased for 40 s, then one of 1 s. The set lives as long as the first.
     const g = leased(40_000, 2);
     const admit = (id: string, slotTtlMs: number) =>

@@ -218,6 +218,11 @@ export const REDIS_OUTAGE_LOG_INTERVAL_MS = 10_000;
 export interface RedisHealth {
   failed(op: string, error: Error): void;
   succeeded(): void;
+  /**
+   * A renewal found `count` slots gone (Redis restarted empty, or a renewal came past the lease)
+   * with their user at the limit: those calls run uncounted until they end.
+   */
+  lostSlots?(count: number): void;
 }
 
 type OutageLogger = {
@@ -385,10 +390,18 @@ export class Guard {
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) this.health.failed('renew_slots', failed.reason as Error);
     else if (results.length > 0) this.health.succeeded();
-    for (const r of results) if (r.status === 'fulfilled') this.lostSlots += r.value;
+    let lost = 0;
+    for (const r of results) if (r.status === 'fulfilled') lost += r.value;
+    if (lost > 0) {
+      this.lostSlots += lost;
+      this.health.lostSlots?.(lost);
+    }
   }
 
-  /** Slots found gone at a renewal with the user at the limit: their calls run uncounted until they end. */
+  /**
+   * Slots found gone at a renewal with the user at the limit, counted at each renewal that finds
+   * them so: their calls run uncounted until they end.
+   */
   lostSlots = 0;
 
   /**

@@ -6,6 +6,7 @@ export interface DispatcherMetrics {
   inFlight: Gauge;
   rateLimited: Counter<'limit'>;
   redisErrors: Counter<'op'>;
+  lostSlots: Counter;
   conflicts: Counter;
   relayed: Counter;
   refusedUnauthenticated: Counter;
@@ -50,6 +51,11 @@ export function createMetrics(registry: Registry): DispatcherMetrics {
       name: 'toolbus_redis_errors_total',
       help: 'Redis calls that failed (the dispatcher then fails open), by operation',
       labelNames: ['op'],
+      registers: [registry],
+    }),
+    lostSlots: new Counter({
+      name: 'toolbus_slots_lost_total',
+      help: "Concurrency slots a renewal found gone (Redis restarted empty, or renewed past the lease) with the user at the limit, counted at each renewal: those calls run outside the user's limit",
       registers: [registry],
     }),
     conflicts: new Counter({
