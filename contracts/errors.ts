@@ -36,7 +36,10 @@ export type ExecutionError = z.infer<typeof ExecutionError>;
 
 /**
  * Codes the HTTP APIs answer besides those of executions: the projector's and auditor's query
- * errors and the cancel service's store-unavailable refusal.
+ * errors, the cancel service's store-unavailable refusal, the approval routes' refusals (the
+ * decider's, contracts/execution.ts), the notifier's tickets, the console's forwarding, and what
+ * every service answers to a request its routes never see (wrong method, body too large, ...).
+ * The notifier's WebSocket codes, sent on the socket, are in docs/notifier.md.
  */
 export const ServiceErrorCode = z.enum([
   'BAD_REQUEST',
@@ -46,10 +49,30 @@ export const ServiceErrorCode = z.enum([
   'HISTORY_BROKEN',
   'CHECKPOINT_REFUSED',
   'AUDIT_LOG_UNAVAILABLE',
+  'REPLAY_FAILED',
+  'SELF_APPROVAL',
+  'NOT_AN_APPROVER',
+  'HASH_MISMATCH',
+  'NOT_AWAITING',
+  'EXPIRED',
+  'NOT_REQUESTED',
+  'ILLEGAL_COMMAND',
+  'AWAITING_APPROVAL',
+  'ALREADY_RUNNING',
+  'NOT_RUNNING',
+  'FORBIDDEN_ORIGIN',
+  'TOO_MANY_TICKETS',
+  'TICKETS_UNAVAILABLE',
+  'UPSTREAM_UNAVAILABLE',
+  'UPSTREAM_TIMEOUT',
+  'METHOD_NOT_ALLOWED',
+  'PAYLOAD_TOO_LARGE',
+  'UNSUPPORTED_MEDIA_TYPE',
+  'TOO_MANY_REQUESTS',
 ]);
 export type ServiceErrorCode = z.infer<typeof ServiceErrorCode>;
 
-/** Every error code any Toolbus service answers. */
+/** Every error code any Toolbus service answers over NATS or HTTP (socket codes: docs/notifier.md). */
 export type Code = ErrorCode | RefusalCode | ServiceErrorCode;
 
 export interface CodeEntry {
@@ -205,6 +228,129 @@ export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
     retryable: true,
     recorded: false,
     description: 'auditor: the access log could not be written, so nothing is read',
+  },
+  REPLAY_FAILED: {
+    status: 500,
+    retryable: true,
+    recorded: false,
+    description:
+      'auditor: the event store failed during an NDJSON replay; sent as its last line (the answer began 200), the export is incomplete',
+  },
+  SELF_APPROVAL: {
+    status: 403,
+    retryable: false,
+    recorded: false,
+    description: "approve / deny: the call is the caller's own, and the tool does not allow self-approval",
+  },
+  NOT_AN_APPROVER: {
+    status: 403,
+    retryable: false,
+    recorded: false,
+    description: 'approve / deny: the caller holds none of the approver roles the wait asked for',
+  },
+  HASH_MISMATCH: {
+    status: 409,
+    retryable: false,
+    recorded: false,
+    description: 'approve / deny: `argsHash` is not that of the arguments approval was asked for',
+  },
+  NOT_AWAITING: {
+    status: 409,
+    retryable: false,
+    recorded: false,
+    description: 'approve / deny: the call no longer waits (decided by another approver, cancelled, ended)',
+  },
+  EXPIRED: {
+    status: 410,
+    retryable: false,
+    recorded: false,
+    description: "approve / deny: the approval's deadline has passed (the execution ends `APPROVAL_EXPIRED`)",
+  },
+  NOT_REQUESTED: {
+    status: 404,
+    retryable: false,
+    recorded: false,
+    description: 'approve / deny: the execution the wait names was never requested (a wait left behind)',
+  },
+  ILLEGAL_COMMAND: {
+    status: 409,
+    retryable: false,
+    recorded: false,
+    description: 'approve / deny: the decision does not apply to the execution as it stands',
+  },
+  AWAITING_APPROVAL: {
+    status: 409,
+    retryable: false,
+    recorded: false,
+    description: 'the execution waits for approval: only an approver, a cancel or its deadline moves it',
+  },
+  ALREADY_RUNNING: {
+    status: 409,
+    retryable: false,
+    recorded: false,
+    description: 'an attempt of the execution is running',
+  },
+  NOT_RUNNING: {
+    status: 409,
+    retryable: false,
+    recorded: false,
+    description: 'the execution is not running',
+  },
+  FORBIDDEN_ORIGIN: {
+    status: 403,
+    retryable: false,
+    recorded: false,
+    description: 'notifier: the `Origin` is not in `NOTIFIER_ALLOWED_ORIGINS`',
+  },
+  TOO_MANY_TICKETS: {
+    status: 429,
+    retryable: true,
+    recorded: false,
+    description: 'notifier: the user asked for tickets over their rate (`Retry-After`)',
+  },
+  TICKETS_UNAVAILABLE: {
+    status: 503,
+    retryable: true,
+    recorded: false,
+    description: 'notifier: the ticket store (Redis) is unavailable; authenticate on the socket instead',
+  },
+  UPSTREAM_UNAVAILABLE: {
+    status: 502,
+    retryable: true,
+    recorded: false,
+    description: 'console: the service it forwards to is not reachable',
+  },
+  UPSTREAM_TIMEOUT: {
+    status: 504,
+    retryable: true,
+    recorded: false,
+    description: 'console: the service it forwards to did not answer within `CONSOLE_UPSTREAM_TIMEOUT_MS`',
+  },
+  METHOD_NOT_ALLOWED: {
+    status: 405,
+    retryable: false,
+    recorded: false,
+    description: 'any service: the route does not take this method',
+  },
+  PAYLOAD_TOO_LARGE: {
+    status: 413,
+    retryable: false,
+    recorded: false,
+    description:
+      "any service: the body is over the service's limit (the dispatcher's routes answer `MALFORMED`)",
+  },
+  UNSUPPORTED_MEDIA_TYPE: {
+    status: 415,
+    retryable: false,
+    recorded: false,
+    description:
+      "any service: the body is not sent as `application/json` (the dispatcher's routes answer `MALFORMED`)",
+  },
+  TOO_MANY_REQUESTS: {
+    status: 429,
+    retryable: true,
+    recorded: false,
+    description: 'any service: a 429 raised below the routes (a plugin)',
   },
 };
 

@@ -11,6 +11,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { REDACT_PATHS } from './log.ts';
+import type { Code } from '../contracts/errors.ts';
 
 export type ReadinessCheck = () => Promise<void>;
 
@@ -149,15 +150,16 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance & { metr
 
 /** The body of every error answer of every service's HTTP API (docs/dispatcher.md, "HTTP"). */
 export interface ErrorBody {
-  error: { code: string; message: string; details?: unknown };
+  error: { code: Code; message: string; details?: unknown };
 }
 
-export const errorBody = (code: string, message: string, details?: unknown): ErrorBody => ({
+/** Every code is the catalogue's (contracts/errors.ts), which says its status and meaning. */
+export const errorBody = (code: Code, message: string, details?: unknown): ErrorBody => ({
   error: { code, message, ...(details === undefined ? {} : { details }) },
 });
 
 /** The code of a client error that Fastify (or a plugin) raised with only an HTTP status. */
-const CLIENT_ERROR_CODES: Record<number, string> = {
+const CLIENT_ERROR_CODES: Record<number, Code> = {
   404: 'NOT_FOUND',
   405: 'METHOD_NOT_ALLOWED',
   413: 'PAYLOAD_TOO_LARGE',

@@ -8,7 +8,7 @@ import {
   httpStatusOfCode,
   isAdmin,
   type ApprovalsPage,
-  type DecisionErrorCode,
+  type Code,
   type ExecutionCommand,
   type Principal,
 } from '../../contracts/index.ts';
@@ -28,25 +28,12 @@ export interface ApprovalRouteDeps {
   metrics: Pick<DispatcherMetrics, 'approvals'>;
 }
 
-/** The HTTP status of each refusal of the decider, as the approvers' API answers it. */
-const DECISION_STATUS: Record<DecisionErrorCode, number> = {
-  NOT_AN_APPROVER: 403,
-  SELF_APPROVAL: 403,
-  HASH_MISMATCH: 409,
-  NOT_AWAITING: 409,
-  EXPIRED: 410,
-  NOT_REQUESTED: 404,
-  ILLEGAL_COMMAND: 409,
-  AWAITING_APPROVAL: 409,
-  ALREADY_RUNNING: 409,
-  NOT_RUNNING: 409,
-};
-
 /** Execution ids are lower-case UUIDs; one written in upper case names the same. */
 const ExecutionIdParam = z.object({ executionId: z.uuid().transform((id) => id.toLowerCase()) });
 
-const fail = (reply: FastifyReply, status: number, code: string, message: string): FastifyReply =>
-  reply.code(status).send(errorBody(code, message));
+/** Answers `code` with the catalogue's status (contracts/errors.ts). */
+const fail = (reply: FastifyReply, code: Code, message: string): FastifyReply =>
+  reply.code(httpStatusOfCode(code)).send(errorBody(code, message));
 
 /** Zod's issues as one line, each under its path (or under `where`: the query, the body). */
 const issues = (e: z.ZodError, where: 'query' | 'body'): string =>
@@ -65,7 +52,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
       return await deps.verifier.verify(req.headers.authorization);
     } catch (e) {
       if (!(e instanceof AuthError)) throw e;
-      await fail(reply, httpStatusOfCode('UNAUTHENTICATED'), 'UNAUTHENTICATED', e.message);
+      await fail(reply, 'UNAUTHENTICATED', e.message);
       return null;
     }
   };
@@ -76,7 +63,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
     const query = ApprovalsQuery.safeParse(req.query ?? {});
-    if (!query.success) return fail(reply, 400, 'VALIDATION', issues(query.error, 'query'));
+    if (!query.success) return fail(reply, 'VALIDATION', issues(query.error, 'query'));
     try {
       const { waits, next } = await deps.waits.pending({
         userId: principal.userId,
@@ -93,7 +80,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
       };
       return page;
     } catch (e) {
-      if (e instanceof CursorError) return fail(reply, 400, 'VALIDATION', e.message);
+      if (e instanceof CursorError) return fail(reply, 'VALIDATION', e.message);
       throw e;
     }
   });
@@ -102,9 +89,9 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
     const params = ExecutionIdParam.safeParse(req.params);
-    if (!params.success) return fail(reply, 400, 'VALIDATION', 'the execution id must be a UUID');
+    if (!params.success) return fail(reply, 'VALIDATION', 'the execution id must be a UUID');
     const body = (kind === 'approve' ? ApproveBody : DenyBody).safeParse(req.body ?? {});
-    if (!body.success) return fail(reply, 400, 'VALIDATION', issues(body.error, 'body'));
+    if (!body.success) return fail(reply, 'VALIDATION', issues(body.error, 'body'));
     const { executionId } = params.data;
 
     const wait = await deps.waits.find(executionId);
@@ -112,14 +99,13 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
       // Their own call: they know it waits, and are told who decides it.
       return fail(
         reply,
-        403,
         'SELF_APPROVAL',
         `execution ${executionId} is your own call: an approver (${wait.approverRoles.join(' or ')}) decides it`,
       );
     }
     // Anyone else who may not decide it learns nothing of it: not that it waits, nor whose it is.
     if (!wait || !mayDecide(principal, wait))
-      return fail(reply, 404, 'NOT_FOUND', `no execution ${executionId} asked for approval`);
+      return fail(reply, 'NOT_FOUND', `no execution ${executionId} asked for approval`);
     const execution = await deps.streams.load(refOfWait(wait));
     const now = deps.now().toISOString();
     const approver = {
@@ -140,7 +126,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
         // The same decision was recorded already: by this approver it is their retry, else theirs stands.
         const decision = execution.state.status === 'none' ? null : execution.state.approval?.decision;
         if (decision && decision.approverId !== principal.userId) {
-          return fail(reply, 409, 'NOT_AWAITING', `already ${decision.outcome} by ${decision.approverId}`);
+          return fail(reply, 'NOT_AWAITING', `already ${decision.outcome} by ${decision.approverId}`);
         }
       }
     } catch (e) {
@@ -153,11 +139,11 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
         });
         if (appended.length > 0) deps.metrics.approvals.inc({ event: 'expired' });
         await settle(deps, execution);
-        return fail(reply, 410, 'EXPIRED', `the approval's deadline (${wait.deadline}) has passed`);
+        return fail(reply, 'EXPIRED', `the approval's deadline (${wait.deadline}) has passed`);
       }
       // Refused because it no longer waits: the list learns it here too.
       await settle(deps, execution);
-      return fail(reply, DECISION_STATUS[e.code], e.code, e.message);
+      return fail(reply, e.code, e.message);
     }
     await settle(deps, execution);
     return executionView(execution);

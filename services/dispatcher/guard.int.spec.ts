@@ -239,12 +239,12 @@ t.test(
     await redis
       .multi()
       .del(taken)
-      .zadd(taken, Date.now() + 60_000, 'another-call')
+      .zadd(taken, String(Date.now() + 60_000), 'another-call')
       .exec();
     await eventually(async () => told.length > 0, 20_000, 'the renewal to find the slot lost');
     t.same(told[0], 1, 'one slot lost, told to the dispatcher (toolbus_slots_lost_total)');
     t.ok(c.lostSlots >= 1);
-    t.same(await redis.zrange(taken, 0, -1), ['another-call'], 'the other call keeps its slot');
+    t.same(await redis.zrange(taken, '0', '-1'), ['another-call'], 'the other call keeps its slot');
 
     // Two slots of a user: one leased for 40 s, then one of 1 s. The set lives as long as the first.
     const g = leased(40_000, 2);
