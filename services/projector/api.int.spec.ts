@@ -179,6 +179,9 @@ t.test('query API', async (t) => {
       'offsets are understood',
     );
     t.strictSame(await ids('tool=echo&status=completed'), ['echo:completed']);
+    t.strictSame(await ids('code=TIMEOUT'), ['search:failed'], 'by error code');
+    t.strictSame(await ids('status=failed&code=FORBIDDEN'), ['echo:failed'], 'a refusal is failed too');
+    t.strictSame(await ids('code=CANCELLED'), []);
   });
 
   t.test('paging with a cursor visits every row once', async (t) => {
@@ -204,6 +207,7 @@ t.test('query API', async (t) => {
       ['/executions?limit=501', /limit/],
       ['/executions?limit=ten', /limit/],
       ['/executions?status=lost', /status/],
+      ['/executions?code=cancelled', /code/],
       ['/executions?from=yesterday', /from/],
       ['/executions?from=2025-01-02T00:00:00Z&to=2025-01-01T00:00:00Z', /from must be before to/],
       ['/executions?userId=a.b', /userId/],

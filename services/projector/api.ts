@@ -3,6 +3,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 import {
   ALL_USERS_READERS,
+  ErrorCode,
   httpStatusOfCode,
   isAdmin,
   mayReadAllUsers,
@@ -53,6 +54,8 @@ const ListExecutionsQuery = z
   .strictObject({
     userId: UserId.optional(),
     status: ExecutionStatus.optional(),
+    /** The error code of a failed execution (`CANCELLED`, `TIMEOUT`, ...). */
+    code: ErrorCode.optional(),
     tool: ToolFilter.optional(),
     from: Timestamp.optional(),
     to: Timestamp.optional(),
@@ -218,6 +221,7 @@ export async function registerQueryApi(app: FastifyInstance, options: QueryApiOp
             and ($4::timestamptz is null or requested_at >= $4)
             and ($5::timestamptz is null or requested_at < $5)
             and ($6::timestamptz is null or (requested_at, execution_id) < ($6::timestamptz, $7::uuid))
+            and ($9::text is null or error_code = $9)
           order by requested_at desc, execution_id desc
           limit $8`,
         [
@@ -229,6 +233,7 @@ export async function registerQueryApi(app: FastifyInstance, options: QueryApiOp
           after?.[0] ?? null,
           after?.[1] ?? null,
           q.limit + 1,
+          q.code ?? null,
         ],
       );
       const page = rows.slice(0, q.limit);

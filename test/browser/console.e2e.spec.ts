@@ -180,6 +180,17 @@ async function run() {
     t.match(await page.textContent('#timeline li[data-type="ToolCancelRequested"]'), /by olga/);
     t.match(await answer, { status: 'failed', error: { code: 'CANCELLED' } }, 'the agent got its answer');
     await shot('04-cancelled');
+
+    // The status filter selects it as `cancelled`, apart from the other failures.
+    await page.goto(`${consoleUrl}/#/executions`);
+    await page.selectOption('#f-status', 'cancelled');
+    await page.click('#filters button[type="submit"]');
+    await page.waitForFunction((id) => {
+      const rows = Array.from(document.querySelectorAll('#executions tbody tr[data-execution-id]'));
+      return rows.length === 1 && rows[0]?.getAttribute('data-execution-id') === id;
+    }, executionId);
+    t.match(page.url(), /status=cancelled/, 'the filter is in the address as chosen');
+    t.equal(await page.textContent(`${row(executionId)} .status`), 'cancelled');
   });
 
   await t.test(

@@ -1,7 +1,20 @@
 import { api, errorText, query } from '../api.js';
 import { field, fmtMs, fmtTime, h, LIVE_INTERVAL_MS, poll, shownStatus } from '../dom.js';
 
-const STATUSES = ['requested', 'awaiting_approval', 'approved', 'executing', 'completed', 'failed'];
+/** The read model's statuses, and `cancelled`: a failure with code CANCELLED (`upstreamFilters`). */
+const STATUSES = [
+  'requested',
+  'awaiting_approval',
+  'approved',
+  'executing',
+  'completed',
+  'failed',
+  'cancelled',
+];
+
+/** The projector's query for the filters: `cancelled` is `failed` with code CANCELLED there. */
+const upstreamFilters = (filters) =>
+  filters.status === 'cancelled' ? { ...filters, status: 'failed', code: 'CANCELLED' } : filters;
 /** Executions a page, unless the address says `limit=` (1-500, as the projector allows). */
 const PAGE_SIZE = 25;
 
@@ -114,7 +127,9 @@ export function render(main, { query: params, say, go }) {
   );
 
   async function load() {
-    const r = await api(`/executions${query({ ...filters, limit: pageSize, cursor: cursor() })}`);
+    const r = await api(
+      `/executions${query({ ...upstreamFilters(filters), limit: pageSize, cursor: cursor() })}`,
+    );
     if (!r.ok) {
       say(errorText(r), 'error');
       return;
