@@ -63,8 +63,20 @@ t.test('a rebuild gives the identical model, and the projector goes on with it',
   const shape = await structure(p.pool);
   const checkpoint = await readCheckpoint(p.pool, PROJECTION_NAME);
 
-  const result = await rebuildReadModels({ pool: p.pool, store, batchSize: 7 });
+  const progress: number[] = [];
+  const result = await rebuildReadModels({
+    pool: p.pool,
+    store,
+    batchSize: 7,
+    onProgress: (events) => progress.push(events),
+  });
   t.equal(result.events, checkpoint.events, 'every event re-projected');
+  t.ok(progress.length > 1, `progress told after each batch (${progress.length})`);
+  t.ok(
+    progress.every((n, i) => i === 0 || n > progress[i - 1]!),
+    'counting up',
+  );
+  t.equal(progress.at(-1), result.events, 'to every event (none came in during the swap)');
   t.equal(result.position, checkpoint.position);
   const after = await dumpReadModels(p.pool);
   t.strictSame(after, before, 'full table dumps are identical');
@@ -221,13 +233,13 @@ t.test('one rebuild at a time', async (t) => {
   await t.resolves(rebuildReadModels({ pool: p.pool, store }), 'and it runs once the other is done');
 });
 
-t.test('the rebuild command: npx tsx services/projector/rebuild.ts', async (t) => {
+t.test('the rebuild command: npx tsx services/projector/rebuild.ts --json', async (t) => {
   const { db, store, p } = await setup(t);
   await writeSome(store, 10);
   await waitForCatchUp(p.pool, store);
   const before = await dumpReadModels(p.pool);
   const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const child = spawn('npx', ['tsx', 'services/projector/rebuild.ts'], {
+    const child = spawn('npx', ['tsx', 'services/projector/rebuild.ts', '--json'], {
       cwd: new URL('../../', import.meta.url).pathname,
       env: { ...process.env, DATABASE_URL: db.url, LOG_LEVEL: 'warn', NODE_ENV: 'test' },
     });
@@ -238,9 +250,12 @@ t.test('the rebuild command: npx tsx services/projector/rebuild.ts', async (t) =
     child.on('exit', (code) => resolve({ code, stdout, stderr }));
   });
   t.equal(out.code, 0, out.stderr);
-  const last = out.stdout.trim().split('\n').at(-1)!;
   const checkpoint = await readCheckpoint(p.pool, PROJECTION_NAME);
-  t.match(JSON.parse(last), { events: checkpoint.events, position: checkpoint.position });
+  t.match(
+    JSON.parse(out.stdout),
+    { events: checkpoint.events, position: checkpoint.position },
+    'stdout is the result',
+  );
   t.equal(checkpoint.events, 26, '10 executions, 26 events');
   t.strictSame(await dumpReadModels(p.pool), before, 'identical model after the command');
   await waitFor(() => p.runner.state === 'active');

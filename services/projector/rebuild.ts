@@ -57,6 +57,8 @@ export interface RebuildOptions {
    * is forgotten or the build is done. Default 20,000.
    */
   rememberedRows?: number;
+  /** Told the events re-projected so far after each batch of the passes before the swap. */
+  onProgress?: (events: number) => void;
 }
 
 export interface RebuildResult {
@@ -106,6 +108,7 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
 
     let position: string | null = null;
     let events = 0;
+    let applied = 0;
     // The new schema is the rebuild's alone until the swap: what it wrote, it need not read back.
     const known = new SoleWriterRows(options.rememberedRows);
     const inOwnTransaction = async (batch: Incoming[]) => {
@@ -121,6 +124,8 @@ export async function rebuildReadModels(options: RebuildOptions): Promise<Rebuil
       } finally {
         client.release();
       }
+      applied += batch.length;
+      options.onProgress?.(applied);
     };
     // Catch up outside the swap until a pass finds little new, so the swap itself is short.
     for (let pass = 0; pass < 10; pass++) {
@@ -325,21 +330,53 @@ function parser<E>(parsing: Parsing<E>): (events: E[]) => Promise<Incoming[]> {
   };
 }
 
-/** `npx tsx services/projector/rebuild.ts` (or `npm run rebuild`): rebuild with the projector's configuration. */
-export async function rebuildCli(): Promise<void> {
+/** How often the CLI says how far it is (stderr), while events are re-projected. */
+const PROGRESS_INTERVAL_MS = 2_000;
+
+/**
+ * `npx tsx services/projector/rebuild.ts [--json]` (or `npm run rebuild`): rebuild with the
+ * projector's configuration. Says how far it is on stderr every 2 s, then what it did in one line
+ * on stdout; `--json` prints the `RebuildResult` instead. The store's own log (JSON) says only
+ * warnings and errors unless LOG_LEVEL is set.
+ */
+export async function rebuildCli(args = process.argv.slice(2)): Promise<void> {
+  const json = args.includes('--json');
+  const unknown = args.filter((a) => a !== '--json');
+  if (unknown.length > 0) {
+    process.stderr.write(`error: unknown argument ${unknown[0]}\nusage: npm run rebuild [-- --json]\n`);
+    process.exitCode = 2;
+    return;
+  }
   const config = loadConfig(ProjectorStoreEnv);
-  const logger = createLogger('projector-rebuild', config.LOG_LEVEL);
+  const logger = createLogger('projector-rebuild', process.env['LOG_LEVEL'] ?? 'warn');
   const pool = createPool(config.DATABASE_URL, { application: 'toolbus-projector-rebuild' });
   const store = await openEventStore(config, logger);
+  const started = Date.now();
+  let toldAt = started;
+  const onProgress = (events: number) => {
+    const now = Date.now();
+    if (now - toldAt < PROGRESS_INTERVAL_MS) return;
+    toldAt = now;
+    const rate = Math.round(events / ((now - started) / 1000));
+    process.stderr.write(
+      `rebuild: ${events.toLocaleString('en')} events re-projected (${rate.toLocaleString('en')}/s)\n`,
+    );
+  };
   try {
     await migrate(pool, 'projector', projectorMigrations);
     const result = await rebuildReadModels({
       pool,
       store,
-      logger,
       batchSize: Math.max(config.PROJECTION_BATCH_SIZE, 100),
+      onProgress,
     });
-    process.stdout.write(`${JSON.stringify(result)}\n`);
+    process.stdout.write(
+      json
+        ? `${JSON.stringify(result)}\n`
+        : `rebuilt the read models from ${result.events.toLocaleString('en')} events in ` +
+            `${(result.durationMs / 1000).toFixed(1)} s and swapped them in` +
+            `${result.position === null ? ' (the store has no events)' : ` at position ${result.position}`}\n`,
+    );
   } finally {
     await store.close();
     await pool.end();
