@@ -106,6 +106,17 @@ export function userIdOfToken(token: string): string | null {
   }
 }
 
+/**
+ * Why a token the client cannot address a request with is refused, in the dispatcher's words where
+ * it has them (lib/auth.ts): none given, not a JWT, or no user in it.
+ */
+export function unusableTokenMessage(token: string): string {
+  const raw = bare(token);
+  if (raw === '') return 'no token';
+  if (raw.split('.').length !== 3) return 'token rejected (not a JWT)';
+  return 'the token names no user (no valid sub claim)';
+}
+
 /** How an attempt that JetStream reported as a duplicate asks the dispatchers for its answer. */
 export interface LookupBackoff {
   /** The ceiling of the first wait (default 1 s); each wait is random below its ceiling. */
@@ -409,7 +420,7 @@ export function createAgentClient(
       if (!userId) {
         return unrecordedFailure(
           requestId,
-          { code: 'UNAUTHENTICATED', message: 'the token names no user (no valid sub claim)' },
+          { code: 'UNAUTHENTICATED', message: unusableTokenMessage(opts.token) },
           opts.correlationId ?? null,
         );
       }
@@ -453,13 +464,14 @@ export async function cancelExecution(
   };
   const userId = o.userId ?? userIdOfToken(o.token);
   if (!userId || !isUserId(userId)) {
+    const message = o.userId === undefined ? unusableTokenMessage(o.token) : `not a user id: ${o.userId}`;
     return {
       ...named,
       cancelled: false,
       status: 'refused',
       answer: null,
-      message: 'the token names no user (no valid sub claim)',
-      error: { code: 'UNAUTHENTICATED', message: 'the token names no user (no valid sub claim)' },
+      message,
+      error: { code: 'UNAUTHENTICATED', message },
     };
   }
   const auth = headers();

@@ -22,6 +22,13 @@ t.test('a token without a user is refused before anything is sent', async (t) =>
   const client = createAgentClient({} as never, { js: {} as never });
   const a = await client.execute('noop', {}, { token: 'nonsense', requestId: 'r-1' });
   t.match(a, { status: 'failed', requestId: 'r-1', executionId: null, error: { code: 'UNAUTHENTICATED' } });
+  // Worded as the dispatcher words them (lib/auth.ts), not all as "names no user".
+  t.match(a, { error: { message: 'token rejected (not a JWT)' } });
+  const none = await client.execute('noop', {}, { token: '', requestId: 'r-2' });
+  t.match(none, { error: { message: 'no token' } });
+  const noSub = `${Buffer.from('{"alg":"HS256"}').toString('base64url')}.${Buffer.from('{"roles":[]}').toString('base64url')}.sig`;
+  const anonymous = await client.execute('noop', {}, { token: noSub, requestId: 'r-3' });
+  t.match(anonymous, { error: { message: 'the token names no user (no valid sub claim)' } });
 });
 
 t.test(
@@ -46,7 +53,7 @@ t.test(
       status: 'refused',
       requestId: 'r-1',
       executionId: null,
-      error: { code: 'UNAUTHENTICATED' },
+      error: { code: 'UNAUTHENTICATED', message: 'token rejected (not a JWT)' },
     });
   },
 );
