@@ -147,6 +147,13 @@ export async function ensureIntake(
     max_msgs_per_subject: perAgent > 0 ? perAgent : -1,
     discard_new_per_subject: perAgent > 0,
     num_replicas: replicas,
+    // Nobody may purge the stream or delete a message of it through the API, whoever asks: nats-server
+    // 2.9 does not check a publish's reply subject, so an agent could have JetStream send its
+    // acknowledgement (`{"stream","seq"}`) to `$JS.API.STREAM.PURGE.<stream>` (or MSG.DELETE) and
+    // the server would act on it as its own request (docs/security.md). Acknowledged requests
+    // leave the work queue as before. Once set, nats-server refuses to unset them.
+    deny_purge: true,
+    deny_delete: true,
   };
   try {
     const info = await jsm.streams.info(names.requestsStream);
@@ -173,7 +180,9 @@ export async function ensureIntake(
       info.config.discard !== stream.discard ||
       info.config.max_msgs_per_subject !== stream.max_msgs_per_subject ||
       Boolean(info.config.discard_new_per_subject) !== stream.discard_new_per_subject ||
-      info.config.num_replicas !== stream.num_replicas
+      info.config.num_replicas !== stream.num_replicas ||
+      !info.config.deny_purge ||
+      !info.config.deny_delete
     ) {
       // The consumer keeps the replica count of its stream (it was created without one of its own).
       await jsm.streams.update(names.requestsStream, {
@@ -185,6 +194,8 @@ export async function ensureIntake(
         max_msgs_per_subject: stream.max_msgs_per_subject,
         discard_new_per_subject: stream.discard_new_per_subject,
         num_replicas: stream.num_replicas,
+        deny_purge: true,
+        deny_delete: true,
       });
       options.log.info(
         { stream: names.requestsStream, replicas: stream.num_replicas },

@@ -4,7 +4,7 @@
  * legitimate path beside it still works. See docs/security.md.
  */
 import t from 'tap';
-import { jetstream } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream as names, subjects } from '../../contracts/index.ts';
 import { connectionIdentity, connectNats, inboxFor } from '../../lib/nats.ts';
@@ -13,6 +13,7 @@ import { createAnnouncement } from '../../lib/tools/remote.ts';
 import { costAnalyzer } from '../../services/dispatcher/tools/index.ts';
 import { createIdentity } from '../../scripts/nats-auth.ts';
 import { startTestStack, STACK_WORKER_SECRET } from '../support/stack.ts';
+import { eventually } from '../../services/dispatcher/test/harness.ts';
 
 const s = await startTestStack(t, { services: ['dispatcher'] });
 const alice = await s.token('alice');
@@ -119,6 +120,53 @@ t.test('JetStream: purging the request stream or deleting the consumer is refuse
   );
   await stillWorks(t);
 });
+
+t.test(
+  "JetStream's acknowledgement sent to its own API (a publish's reply subject) cannot purge the intake",
+  async (t) => {
+    // nats-server 2.9 sends a publish's acknowledgement to its reply subject unchecked, as the
+    // server, and its API reads `{"stream","seq"}` as a purge up to `seq` (or a deletion of `seq`).
+    // The stream refuses both whoever asks (deny_purge, deny_delete: decision 0039).
+    const rogue = await s.connectAs('otherAgent');
+    const dispatcherJsm = await jetstreamManager(await s.connectAs('dispatcher'));
+    const info = await dispatcherJsm.streams.info(names.requestsStream);
+    t.ok(info.config.deny_purge && info.config.deny_delete, 'the intake refuses purges and deletions');
+    await t.rejects(dispatcherJsm.streams.purge(names.requestsStream), /purge/i, 'even for the dispatcher');
+
+    // A call that waits for an approver: its request stays in the stream until it is decided.
+    const waiting = s.agent.execute('guarded_echo', { text: 'pay' }, { token: alice, timeoutMs: 120_000 });
+    waiting.catch(() => undefined);
+    const held = async () => (await dispatcherJsm.streams.info(names.requestsStream)).state.messages;
+    await eventually(async () => (await held()) >= 1, 30_000, 'the waiting request in the stream');
+    const before = await held();
+
+    // The trick: a publish on the agent's own subject, its reply subject the API's purge.
+    const own = subjects.request('alice', connectionIdentity(rogue));
+    rogue.publish(own, '{}', { reply: `$JS.API.STREAM.PURGE.${names.requestsStream}` });
+    await rogue.flush();
+    await stillWorks(t); // by then the trick's message was stored, acknowledged and answered
+    t.ok((await held()) >= before, `the waiting request is still in the stream (${before} held)`);
+
+    // Sent to the API's deletions of the stream and of the consumer, it is refused (they take an
+    // empty body): both are the ones made before (a recreated one would be younger).
+    const made = async () => ({
+      stream: (await dispatcherJsm.streams.info(names.requestsStream)).created,
+      consumer: (await dispatcherJsm.consumers.info(names.requestsStream, names.dispatcherConsumer)).created,
+    });
+    const first = await made();
+    for (const api of [
+      `$JS.API.STREAM.DELETE.${names.requestsStream}`,
+      `$JS.API.CONSUMER.DELETE.${names.requestsStream}.${names.dispatcherConsumer}`,
+      `$JS.API.STREAM.MSG.DELETE.${names.requestsStream}`,
+    ]) {
+      rogue.publish(own, '{}', { reply: api });
+      await rogue.flush();
+      await stillWorks(t);
+      t.same(await made(), first, `${api}: nothing deleted`);
+    }
+    t.ok((await held()) >= before, 'the waiting request is still there');
+  },
+);
 
 t.test('forged events and forged progress: only the dispatcher may publish them', async (t) => {
   for (const who of ['otherAgent', 'worker', 'notifier'] as const) {

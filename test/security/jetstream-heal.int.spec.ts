@@ -9,7 +9,7 @@ type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
 
 /**
  * An attacker with JetStream API rights deletes the dispatcher's consumer or its request stream, or
- * purges the stream. The dispatcher recreates what is gone and goes on answering; `/health/ready`
+ * tries to purge the stream (refused by the stream itself: deny_purge). The dispatcher recreates what is gone and goes on answering; `/health/ready`
  * says 503, naming the intake, while it does not consume. (This test's NATS has no authorization,
  * so the attacker has the rights; the permissions themselves are tested elsewhere.)
  */
@@ -102,9 +102,14 @@ t.test('the intake heals after its stream or consumer is deleted', async (t) => 
     );
   });
 
-  t.test('the stream purged: the intake goes on', async (t) => {
-    await attacker.streams.purge(names.requestsStream);
-    await answered(t, 'after a purge');
+  t.test('a purge or a message deletion is refused, even with the rights to ask', async (t) => {
+    await t.rejects(attacker.streams.purge(names.requestsStream), /purge/i, 'purge refused (deny_purge)');
+    await t.rejects(
+      attacker.streams.deleteMessage(names.requestsStream, 1),
+      /delete/i,
+      'message deletion refused (deny_delete)',
+    );
+    await answered(t, 'after the refused purge');
     await ready();
   });
 
