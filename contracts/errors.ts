@@ -330,7 +330,8 @@ export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
     status: 405,
     retryable: false,
     recorded: false,
-    description: 'any service: the route does not take this method',
+    description:
+      'any service: a 405 raised below the routes (none is today: a method a path does not take gets 404 `NOT_FOUND`, `no route <method> <path>`)',
   },
   PAYLOAD_TOO_LARGE: {
     status: 413,

@@ -112,11 +112,12 @@ export async function launchStack(options: LaunchOptions): Promise<Stack> {
     child.once('exit', (code, signal) => {
       if (children.get(name) === child) children.delete(name);
       record(name, `[process exited: ${signal ?? `code ${code}`}]`);
-      // A clean exit (code 0: a service that stopped on SIGINT or SIGTERM, as a terminal's Ctrl-C
-      // sends them to the whole group) is a stop; an error or a signal that killed it is a crash.
-      const crashed = signal !== null || code !== 0;
-      if (options.restart && crashed && !stopping && !stoppedHere.has(child))
-        restartLater(name, Date.now() - startedAt);
+      // Any exit the stack did not ask for is restarted: a crash, a signal, and also a clean stop
+      // (code 0) on a SIGTERM from someone else, which would otherwise leave the service down with
+      // the stack looking healthy. A terminal's Ctrl-C reaches the services and the launcher at
+      // once: a restart a service's exit schedules before the launcher knows it stops waits 1 s
+      // at least, and the launcher's stop cancels it.
+      if (options.restart && !stopping && !stoppedHere.has(child)) restartLater(name, Date.now() - startedAt);
     });
     try {
       await waitReady(name, `http://127.0.0.1:${port}/health/ready`, child, options.readyTimeoutMs ?? 30_000);

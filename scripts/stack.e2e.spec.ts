@@ -116,6 +116,10 @@ t.test('npm start prints lines that show progress and cancellation', async (t) =
   const out = s.output();
   t.match(out, /Live page for user "demo": http:\/\/127\.0\.0\.1:\d+\/#token=\S+/);
   t.match(out, /Operator console: http:\/\/127\.0\.0\.1:\d+\/#token=<an operator token>/);
+  // The MCP command names this stack's gateway (its port is not the default here).
+  const gateway = /MCP clients \(Streamable HTTP, docs\/mcp\.md\) at (\S+?); /.exec(out)?.[1];
+  t.ok(gateway, 'the gateway is named');
+  t.ok(out.includes(`MCP_URL=${gateway} TOOLBUS_TOKEN=`), 'the MCP command is for this stack');
 
   const countdown = commandAfter(out, 'Progress (watch it on the live page)');
   t.match(countdown, /"tool":"countdown"/);

@@ -270,7 +270,7 @@ async function main() {
     lines.push(
       '',
       `MCP clients (Streamable HTTP, docs/mcp.md) at ${stack.services.gateway.url}/mcp; as "demo", with the SDK's client:`,
-      `  TOOLBUS_TOKEN=${demoToken} \\`,
+      `  MCP_URL=${stack.services.gateway.url}/mcp TOOLBUS_TOKEN=${demoToken} \\`,
       `    npx tsx scripts/mcp.ts call dataset_stats '{"columns":{"latency":[12,15,11,40,13]}}'`,
       'or with curl (one stateless JSON-RPC request):',
       `  curl -s ${stack.services.gateway.url}/mcp -H 'content-type: application/json' \\`,
