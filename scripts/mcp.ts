@@ -55,6 +55,9 @@ try {
           },
         );
   console.log(JSON.stringify(answer, null, 2));
+  // A failed call (the tool's error, a refusal the gateway answers as a result) exits 1, as a
+  // refusal of the call itself does: a script can tell.
+  if ('isError' in answer && answer.isError === true) process.exitCode = 1;
 } catch (e) {
   // The gateway's refusal (a bad token, an unknown tool, bad arguments), or a lost connection, as
   // one line, not a stack.

@@ -119,6 +119,22 @@ export interface Call {
   onProgress?: (p: { fraction: number; message?: string }) => void;
 }
 
+/** Beyond the tool's timeout (and its approval's), what a call's wait allows for the intake and the answer. */
+const WAIT_MARGIN_MS = 30_000;
+
+/**
+ * How long the gateway waits for a call's terminal answer: `GATEWAY_CALL_TIMEOUT_MS`, or longer
+ * for a tool that may wait for an approver (its approval's deadline, then its run: the default
+ * deadline of 15 minutes is past the 10.5 minutes of the default wait).
+ */
+export function callWaitMs(
+  gatewayTimeoutMs: number,
+  tool: Pick<ToolManifest, 'timeoutMs' | 'approval'>,
+): number {
+  const approval = tool.approval?.timeoutMs ?? 0;
+  return Math.max(gatewayTimeoutMs, approval + tool.timeoutMs + WAIT_MARGIN_MS);
+}
+
 /** What a cancel by an MCP client records: who gave the call up, and the client's reason if it gave one. */
 export function mcpCancelReason(signal: AbortSignal): string {
   // A bare abort() (the stream closed) gives a DOMException "This operation was aborted": no reason.
@@ -177,14 +193,14 @@ export async function execute(deps: CallDeps, call: Call): Promise<TerminalAnswe
       requestId,
       body: bodyOf(call, requestId, fingerprint),
       ...(call.onProgress ? { onProgress: progressOf(call.onProgress) } : {}),
-      timeoutMs: deps.timeoutMs,
+      timeoutMs: callWaitMs(deps.timeoutMs, tool),
     });
   } catch (e) {
     if (!(e instanceof AgentClientError)) throw e;
     // The gateway's own stop closed the inbox: expected, and said above (runs on, or cancelled).
     if (deps.stopping?.()) log.info({ code: e.code }, 'no answer: the gateway stopped first');
     else log.warn({ err: e }, 'no answer from the dispatchers');
-    return unanswered(requestId, e);
+    return unanswered(requestId, e, call.idempotencyKey !== undefined);
   } finally {
     call.signal.removeEventListener('abort', onAbort);
   }
@@ -228,12 +244,15 @@ function progressOf(send: (p: { fraction: number; message?: string }) => void): 
 }
 
 /** The answer of a call the dispatchers did not answer in time (or could not be handed to them). */
-function unanswered(requestId: string, e: AgentClientError): TerminalAnswer {
+function unanswered(requestId: string, e: AgentClientError, keyed: boolean): TerminalAnswer {
   const timedOut = e.code === 'TIMEOUT';
+  const retry = keyed
+    ? 'retry with the same idempotency key to get its answer'
+    : `this call had no idempotency key (_meta["${IDEMPOTENCY_META_KEY}"]), so a retry would run it again`;
   return unrecordedFailure(requestId, {
     code: timedOut ? 'TIMEOUT' : 'OVERLOADED',
     message: timedOut
-      ? `no answer within the gateway's wait; the execution may go on (request ${requestId}): retry with the same idempotency key to get its answer`
-      : `the request could not be handed to a dispatcher (${e.message}); retry with the same idempotency key`,
+      ? `no answer within the gateway's wait; the execution may go on (request ${requestId}): ${retry}`
+      : `the request could not be handed to a dispatcher (${e.message}); ${keyed ? 'retry with the same idempotency key' : 'retry'}`,
   });
 }

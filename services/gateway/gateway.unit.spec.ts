@@ -1,7 +1,7 @@
 import t from 'tap';
 import { ConfigError, loadConfig } from '../../lib/config.ts';
 import type { TerminalAnswer, ToolManifest } from '../../contracts/index.ts';
-import { fingerprintOf, mcpCancelReason, requestIdOf } from './calls.ts';
+import { callWaitMs, fingerprintOf, mcpCancelReason, requestIdOf } from './calls.ts';
 import { allowedHostsOf, GatewayEnv, publicUrlOf } from './config.ts';
 import { resultOf, toolOf } from './mapping.ts';
 import { taskOf } from './tasks.ts';
@@ -310,4 +310,22 @@ t.test('a cancel by the MCP client records its reason, or that it gave the call 
   t.equal(mcpCancelReason(aborted()), 'the MCP client: it gave the call up', 'a bare abort (stream closed)');
   t.equal(mcpCancelReason(aborted('  ')), 'the MCP client: it gave the call up');
   t.equal(mcpCancelReason(aborted('x'.repeat(1000))).length, 500, 'cut to what a cancel may carry');
+});
+
+t.test("a call's wait outlasts its approval's deadline and its run", async (t) => {
+  const gateway = 630_000; // GATEWAY_CALL_TIMEOUT_MS's default
+  t.equal(
+    callWaitMs(gateway, { timeoutMs: 10_000 }),
+    gateway,
+    'a tool without approval: the gateway setting',
+  );
+  // An outside review: a call waiting 15 minutes for an approver was failed TIMEOUT at 10.5 minutes,
+  // then ran once approved, its answer lost.
+  const approval = { approverRoles: ['approver'], timeoutMs: 15 * 60_000 } as ToolManifest['approval'];
+  t.equal(callWaitMs(gateway, { timeoutMs: 10_000, approval }), 15 * 60_000 + 10_000 + 30_000);
+  t.equal(
+    callWaitMs(24 * 3_600_000, { timeoutMs: 10_000, approval }),
+    24 * 3_600_000,
+    'a longer setting stands',
+  );
 });

@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { executionIdFor, looksLikeExecutionId, type TerminalAnswer } from '../../contracts/index.ts';
 import { cancelExecution, submitRequest, type InterimAnswer } from '../../lib/clients/agent.ts';
 import { sleep } from '../../lib/retry.ts';
-import { bodyOf, checkFingerprint, requestOf, type Call, type CallDeps } from './calls.ts';
+import { bodyOf, callWaitMs, checkFingerprint, requestOf, type Call, type CallDeps } from './calls.ts';
 import type { ToolCatalog } from './catalog.ts';
 import { readExecution, type Execution } from './executions.ts';
 import { resultOf } from './mapping.ts';
@@ -103,7 +103,7 @@ export async function startTask(
     requestId,
     body: bodyOf(call, requestId, fingerprint),
     onProgress: recorded,
-    timeoutMs: deps.timeoutMs,
+    timeoutMs: callWaitMs(deps.timeoutMs, call.tool),
   });
   // The gateway stops listening at the terminal answer or its timeout; the execution goes on regardless.
   terminal.catch((e: unknown) => deps.log.warn({ err: e, requestId }, 'task: no terminal answer'));

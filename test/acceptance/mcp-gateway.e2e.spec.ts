@@ -379,6 +379,10 @@ t.test(
         const called = await script({ TOOLBUS_TOKEN: sam }, 'call', 'echo', '{"from":"the script"}');
         t.equal(called.code, 0, called.err);
         t.match(JSON.parse(called.out), { structuredContent: { from: 'the script' } });
+        // A failed call prints its result and exits 1: a script can tell.
+        const failed = await script({ TOOLBUS_TOKEN: await ts.token('sue') }, 'call', 'fail', '{}');
+        t.equal(failed.code, 1, 'a failed call exits 1');
+        t.match(JSON.parse(failed.out), { isError: true });
         // Its own deadline, not the SDK's 60 s: a 1 s one gives up on a 4 s call, which is cancelled.
         const gaveUp = await script(
           { TOOLBUS_TOKEN: sam, MCP_TIMEOUT_MS: '1000' },
