@@ -91,7 +91,11 @@ export function permissionsOf(role: Role, id: string): Permissions {
             'toolbus.tools.progress.>',
           ],
         },
-        allow_responses: true,
+        // No `allow_responses`: every reply of the dispatcher (answers, lookups, cancels, JetStream
+        // acks) goes to a subject allowed above. With it, nats-server 2.9 remembers each reply
+        // subject delivered to the dispatcher (every pulled request's ack subject, every lookup)
+        // for two minutes, and once it holds more than 4,096 scans them all at each delivery: an
+        // overload made nats-server spend its core there and the intake stall (docs/reliability.md).
       };
     case 'notifier':
       return {

@@ -57,3 +57,17 @@ t.test('a cluster node: its own name, the routes, a generated route password', a
   t.match(text, /no_advertise: true/);
   t.ok(accepted(text, 'node'), 'nats-server accepts it');
 });
+
+t.test('the dispatcher is not given allow_responses (its replies are all allowed by subject)', async (t) => {
+  // nats-server 2.9 remembers each reply subject delivered to an identity with allow_responses
+  // for two minutes and, past 4,096, scans them at every delivery: under load the dispatcher's
+  // pulled requests and lookups made nats-server spend its core there (docs/reliability.md).
+  const text = natsServerConfig({ port: 4222, storeDir: join(dir, 'js'), identities });
+  t.notMatch(text, /allow_responses/);
+  const worker = createIdentity('worker', { kind: 'worker', tools: ['echo'] });
+  t.match(
+    natsServerConfig({ port: 4222, storeDir: join(dir, 'js'), identities: [worker] }),
+    /allow_responses/,
+    'a worker answers the run requests it gets by their reply subjects',
+  );
+});

@@ -257,6 +257,7 @@ export async function startDispatcher(
       log,
       limits: {
         maxInFlight: config.DISPATCHER_MAX_LOOKUPS,
+        maxWaiting: config.DISPATCHER_LOOKUP_QUEUE,
         deadlineMs: config.DISPATCHER_LOOKUP_DEADLINE_MS,
       },
       metrics,

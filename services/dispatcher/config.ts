@@ -117,6 +117,11 @@ const DispatcherVariables = CommonEnv.extend({
    * event store's 10 connections while it reads: kept below them, appends always find one.
    */
   DISPATCHER_MAX_LOOKUPS: intVar(4, 1, 10_000),
+  /**
+   * Answer lookups that wait for one of those slots, in order, when all are taken; beyond, a
+   * lookup is refused at once. Each is still answered within DISPATCHER_LOOKUP_DEADLINE_MS.
+   */
+  DISPATCHER_LOOKUP_QUEUE: intVar(256, 0, 100_000),
   /** How long one lookup may take before it is answered OVERLOADED (its store work still counts against the bound until it ends). */
   DISPATCHER_LOOKUP_DEADLINE_MS: intVar(2_000, 50, 60_000),
   /**

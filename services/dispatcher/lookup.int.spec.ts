@@ -77,7 +77,7 @@ t.test(
         verifier,
         lookup: held.lookup,
         log,
-        limits: { maxInFlight: 2, deadlineMs: 600_000, retryAfterMs: 1_500 },
+        limits: { maxInFlight: 2, maxWaiting: 0, deadlineMs: 600_000, retryAfterMs: 1_500 },
         metrics,
       });
       t.teardown(() => service.stop());
@@ -106,7 +106,7 @@ t.test(
         verifier,
         lookup: held.lookup,
         log,
-        limits: { maxInFlight: 1, deadlineMs: 50 },
+        limits: { maxInFlight: 1, maxWaiting: 0, deadlineMs: 50 },
         metrics,
       });
       t.teardown(() => service.stop());
@@ -130,6 +130,69 @@ t.test(
       held.of('r-7').finish(completed('r-7'));
       t.strictSame(await next, { answer: completed('r-7') });
       t.strictSame(results, ['deadline', 'overloaded', 'answered']);
+    });
+
+    t.test(
+      'with every slot taken, lookups wait in order for one, a few of them, until their deadline',
+      async (t) => {
+        const held = heldLookups();
+        const service = serveAnswers({
+          nc,
+          verifier,
+          lookup: held.lookup,
+          log,
+          limits: { maxInFlight: 1, maxWaiting: 2, deadlineMs: 600_000 },
+          metrics,
+        });
+        t.teardown(() => service.stop());
+        results.length = 0;
+        const first = ask('q-1');
+        await held.started(1);
+        // Sent together, as a burst is read from the connection: two wait, the third is refused.
+        const [second, third] = [ask('q-2'), ask('q-3')];
+        const fourth = ask('q-4');
+        t.strictSame(
+          await fourth,
+          { answer: null, overloaded: { retryAfterMs: 600_000 } },
+          'no room to wait',
+        );
+        t.equal(held.calls.length, 1, 'one slot: the others do no store work yet');
+        held.of('q-1').finish(completed('q-1'));
+        t.strictSame(await first, { answer: completed('q-1') });
+        await held.started(2);
+        t.equal(held.calls[1]?.requestId, 'q-2', 'the oldest waiting lookup gets the slot');
+        held.of('q-2').finish(completed('q-2'));
+        await held.started(3);
+        held.of('q-3').finish(null);
+        t.strictSame(await second, { answer: completed('q-2') });
+        t.strictSame(await third, { answer: null });
+        t.equal(service.inFlight, 0, 'every slot given back');
+        t.strictSame(results, ['overloaded', 'answered', 'answered', 'pending']);
+      },
+    );
+
+    t.test('a lookup that waits past its deadline is answered OVERLOADED', async (t) => {
+      const held = heldLookups();
+      const service = serveAnswers({
+        nc,
+        verifier,
+        lookup: held.lookup,
+        log,
+        limits: { maxInFlight: 1, maxWaiting: 4, deadlineMs: 300 },
+        metrics,
+      });
+      t.teardown(() => service.stop());
+      const slow = ask('w-1');
+      await held.started(1);
+      t.strictSame(await ask('w-2'), { answer: null, overloaded: { retryAfterMs: 300 } });
+      t.equal(held.calls.length, 1, 'it never ran');
+      held.of('w-1').finish(null);
+      await slow;
+      while (service.inFlight > 0) await new Promise((r) => setImmediate(r));
+      const next = ask('w-3');
+      await held.started(2);
+      held.of('w-3').finish(completed('w-3'));
+      t.strictSame(await next, { answer: completed('w-3') }, 'the slot was not lost to the one that gave up');
     });
 
     t.test('refusals of the asker are answers; a body without a request id is MALFORMED', async (t) => {

@@ -12,6 +12,9 @@ import type { Logger } from '../../lib/log.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import { refusal, type TerminalAnswer } from './answers.ts';
 
+/** Lookups that may wait for a slot by default (`LookupLimits.maxWaiting`). */
+export const DEFAULT_MAX_WAITING = 256;
+
 /** `toolbus.answers.<user>.<asking identity>` */
 const ANSWERS_SUBJECT = /^toolbus\.answers\.([A-Za-z0-9_-]{1,64})\.([A-Za-z0-9_-]{1,64})$/;
 
@@ -23,6 +26,12 @@ export interface LookupLimits {
   deadlineMs: number;
   /** The retry hint of an OVERLOADED reply (default: the deadline). */
   retryAfterMs?: number;
+  /**
+   * Lookups that wait for a slot, in order of arrival, when all are taken (default 256); beyond,
+   * refused at once. A burst of lookups read from the connection together is served at the store's
+   * pace instead of all but `maxInFlight` refused (the agents would ask again: more load).
+   */
+  maxWaiting?: number;
 }
 
 /** Results counted by `toolbus_answer_lookups_total{result}`. */
@@ -73,7 +82,42 @@ class LookupDeadlineError extends Error {
 export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>; readonly inFlight: number } {
   const { nc, verifier, log, limits } = o;
   const retryAfterMs = limits.retryAfterMs ?? limits.deadlineMs;
+  const maxWaiting = limits.maxWaiting ?? DEFAULT_MAX_WAITING;
   let inFlight = 0;
+  /** Lookups waiting for a slot, oldest first: each is handed one as a lookup ends. */
+  const waiting: Array<(granted: boolean) => void> = [];
+
+  /** A slot (true), at once or after waiting for one until `until`; false: none in time, or no room to wait. */
+  const acquire = (until: number): Promise<boolean> | boolean => {
+    if (inFlight < limits.maxInFlight) {
+      inFlight++;
+      o.metrics?.lookupsInFlight.inc();
+      return true;
+    }
+    if (waiting.length >= maxWaiting) return false;
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(
+        () => {
+          const i = waiting.indexOf(grant);
+          if (i >= 0) waiting.splice(i, 1);
+          resolve(false);
+        },
+        Math.max(0, until - Date.now()),
+      );
+      const grant = (granted: boolean) => {
+        clearTimeout(timer);
+        resolve(granted);
+      };
+      waiting.push(grant);
+    });
+  };
+  /** A lookup's slot goes to the oldest waiting one, or is freed. */
+  const release = () => {
+    const next = waiting.shift();
+    if (next) return next(true);
+    inFlight--;
+    o.metrics?.lookupsInFlight.dec();
+  };
 
   const respond = (msg: Msg, reply: AnswersReply, result: LookupResult) => {
     o.metrics?.lookups.inc({ result });
@@ -86,25 +130,27 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
   const overloaded = (msg: Msg, result: 'overloaded' | 'deadline') =>
     respond(msg, { answer: null, overloaded: { retryAfterMs } }, result);
 
-  /** The lookup, or LookupDeadlineError at the deadline; the slot is held until the lookup ends. */
+  /**
+   * The lookup in the slot acquired, or LookupDeadlineError at the deadline (`until`, counted from
+   * the lookup's arrival); the slot is held until the lookup ends.
+   */
   const bounded = (
     userId: string,
     requestId: string,
     asked: Asked,
+    until: number,
   ): Promise<TerminalAnswer | ShedRequest | null> => {
-    inFlight++;
-    o.metrics?.lookupsInFlight.inc();
-    const work = o.lookup(userId, requestId, asked).finally(() => {
-      inFlight--;
-      o.metrics?.lookupsInFlight.dec();
-    });
+    const work = o.lookup(userId, requestId, asked).finally(release);
     let timer: NodeJS.Timeout | undefined;
     let late = false;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        late = true;
-        reject(new LookupDeadlineError(limits.deadlineMs));
-      }, limits.deadlineMs);
+      timer = setTimeout(
+        () => {
+          late = true;
+          reject(new LookupDeadlineError(limits.deadlineMs));
+        },
+        Math.max(0, until - Date.now()),
+      );
     });
     // A lookup that fails after its deadline was answered already: its failure is only logged.
     work.catch((e: unknown) => {
@@ -124,7 +170,9 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
       );
       return;
     }
-    if (inFlight >= limits.maxInFlight) return overloaded(msg, 'overloaded');
+    const until = Date.now() + limits.deadlineMs;
+    // No slot and no room to wait: refused before the token is read.
+    if (inFlight >= limits.maxInFlight && waiting.length >= maxWaiting) return overloaded(msg, 'overloaded');
     let userId: string;
     try {
       ({ userId } = await verifier.verify(msg.headers?.get(REQUEST_HEADERS.authorization)));
@@ -144,11 +192,12 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
         'refused',
       );
     }
-    // Checked again: verifying the token may have waited (a JWKS fetch) while others started.
-    if (inFlight >= limits.maxInFlight) return overloaded(msg, 'overloaded');
+    // A slot now, or once one is free (verifying the token may have waited, a JWKS fetch, while
+    // others started); none before the deadline, or no room to wait: OVERLOADED.
+    if (!(await acquire(until))) return overloaded(msg, 'overloaded');
     let answer: TerminalAnswer | ShedRequest | null;
     try {
-      answer = await bounded(userId, requestId, asked);
+      answer = await bounded(userId, requestId, asked, until);
     } catch (e) {
       if (!(e instanceof LookupDeadlineError)) throw e;
       log.warn({ userId, requestId, deadlineMs: limits.deadlineMs }, 'answer lookup past its deadline');
