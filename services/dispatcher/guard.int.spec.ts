@@ -185,11 +185,11 @@ t.test(
 t.test(
   'a slot the set lost while its call runs is taken again; a short slot does not shorten the set',
   async (t) => {
-    const leased = (slotLeaseMs: number, userConcurrency = 1) => {
+    const leased = (slotLeaseMs: number, userConcurrency = 1, lostSlots?: (count: number) => void) => {
       const g = new Guard(
         redis,
         { ratePerSec: 100, burst: 100, userConcurrency, cacheTtlSec: 60, answerTtlSec: 60, slotLeaseMs },
-        { failed: (op, e) => errors.push(`${op}: ${e.message}`), succeeded: () => undefined },
+        { failed: (op, e) => errors.push(`${op}: ${e.message}`), succeeded: () => undefined, lostSlots },
       );
       t.teardown(() => g.close());
       return g;
@@ -215,23 +215,7 @@ t.test(
 
     // Lost while another call took the user's only slot: the renewal cannot take it back, and says so.
     const told: number[] = [];
-    const c = new Guard(
-      redis,
-      {
-        ratePerSec: 100,
-        burst: 100,
-        userConcurrency: 1,
-        cacheTtlSec: 60,
-        answerTtlSec: 60,
-        slotLeaseMs: 3_000,
-      },
-      {
-        failed: (op, e) => errors.push(`${op}: ${e.message}`),
-        succeeded: () => undefined,
-        lostSlots: (n) => told.push(n),
-      },
-    );
-    t.teardown(() => c.close());
+    const c = leased(3_000, 1, (n) => told.push(n));
     const taken = 'tb:{taken}:c';
     t.match(await c.admit({ userId: 'taken', requestId: 'r-c', slot: 'slot-c', slotTtlMs: 600_000 }), {
       kind: 'go',

@@ -5,7 +5,9 @@ import { createTokenVerifier, signToken } from '../../lib/auth.ts';
 import { createLogger } from '../../lib/log.ts';
 import { connectionIdentity, connectNats } from '../../lib/nats.ts';
 import { startNats } from '../../test/support/processes.ts';
-import { serveAnswers, type LookupResult } from './lookup.ts';
+import { serveAnswers, type LookupLimits, type LookupResult } from './lookup.ts';
+
+type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
 
 const SECRET = 'l'.repeat(40);
 
@@ -69,18 +71,21 @@ t.test(
       lookupsInFlight: { inc() {}, dec() {} },
     };
     const log = createLogger('lookup-test', 'silent');
+    /** The answers service over `held`'s lookups, with these limits, stopped at the test's end. */
+    const serve = (tt: Tap, held: ReturnType<typeof heldLookups>, limits: LookupLimits) => {
+      const service = serveAnswers({ nc, verifier, lookup: held.lookup, log, limits, metrics });
+      tt.teardown(() => service.stop());
+      return service;
+    };
 
     t.test('beyond the bound: refused at once, before any lookup starts', async (t) => {
       const held = heldLookups();
-      const service = serveAnswers({
-        nc,
-        verifier,
-        lookup: held.lookup,
-        log,
-        limits: { maxInFlight: 2, maxWaiting: 0, deadlineMs: 600_000, retryAfterMs: 1_500 },
-        metrics,
+      const service = serve(t, held, {
+        maxInFlight: 2,
+        maxWaiting: 0,
+        deadlineMs: 600_000,
+        retryAfterMs: 1_500,
       });
-      t.teardown(() => service.stop());
       results.length = 0;
       const first = ask('r-1');
       const second = ask('r-2');
@@ -101,15 +106,7 @@ t.test(
 
     t.test('past the deadline: OVERLOADED, and the slow lookup keeps its slot until it ends', async (t) => {
       const held = heldLookups();
-      const service = serveAnswers({
-        nc,
-        verifier,
-        lookup: held.lookup,
-        log,
-        limits: { maxInFlight: 1, maxWaiting: 0, deadlineMs: 50 },
-        metrics,
-      });
-      t.teardown(() => service.stop());
+      const service = serve(t, held, { maxInFlight: 1, maxWaiting: 0, deadlineMs: 50 });
       results.length = 0;
       t.strictSame(
         await ask('r-5'),
@@ -136,15 +133,7 @@ t.test(
       'with every slot taken, lookups wait in order for one, a few of them, until their deadline',
       async (t) => {
         const held = heldLookups();
-        const service = serveAnswers({
-          nc,
-          verifier,
-          lookup: held.lookup,
-          log,
-          limits: { maxInFlight: 1, maxWaiting: 2, deadlineMs: 600_000 },
-          metrics,
-        });
-        t.teardown(() => service.stop());
+        const service = serve(t, held, { maxInFlight: 1, maxWaiting: 2, deadlineMs: 600_000 });
         results.length = 0;
         const first = ask('q-1');
         await held.started(1);
@@ -173,15 +162,7 @@ t.test(
 
     t.test('a lookup that waits past its deadline is answered OVERLOADED', async (t) => {
       const held = heldLookups();
-      const service = serveAnswers({
-        nc,
-        verifier,
-        lookup: held.lookup,
-        log,
-        limits: { maxInFlight: 1, maxWaiting: 4, deadlineMs: 300 },
-        metrics,
-      });
-      t.teardown(() => service.stop());
+      const service = serve(t, held, { maxInFlight: 1, maxWaiting: 4, deadlineMs: 300 });
       const slow = ask('w-1');
       await held.started(1);
       t.strictSame(await ask('w-2'), { answer: null, overloaded: { retryAfterMs: 300 } });
