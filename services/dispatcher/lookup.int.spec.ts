@@ -80,7 +80,7 @@ t.test(
 
     t.test('beyond the bound: refused at once, before any lookup starts', async (t) => {
       const held = heldLookups();
-      const service = serve(t, held, {
+      serve(t, held, {
         maxInFlight: 2,
         maxWaiting: 0,
         deadlineMs: 600_000,
