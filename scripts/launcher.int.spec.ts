@@ -19,17 +19,23 @@ t.test('a crashed or killed service is started again; one the stack stops is not
   t.teardown(() => stack.stop());
   const first = stack.services.console.process()!.pid!;
 
-  process.kill(first, 'SIGKILL'); // from outside, as an OOM killer or a person would
-  const second = await pollUntil(
-    'the console started again and ready',
-    async () => {
-      const pid = stack.services.console.process()?.pid;
-      if (pid === undefined || pid === first) return undefined;
-      const res = await fetch(`${stack.services.console.url}/health/ready`);
-      return res.ok ? pid : undefined;
-    },
-    180_000,
-  );
+  /** The pid of the console's next process once it serves, after `killed` was killed with `signal`. */
+  const restartedAfter = (killed: number, signal: NodeJS.Signals) => {
+    process.kill(killed, signal);
+    return pollUntil(
+      `the console started again and ready after a ${signal}`,
+      async () => {
+        const pid = stack.services.console.process()?.pid;
+        if (pid === undefined || pid === killed) return undefined;
+        const res = await fetch(`${stack.services.console.url}/health/ready`);
+        return res.ok ? pid : undefined;
+      },
+      180_000,
+    );
+  };
+
+  // From outside, as an OOM killer or a person would.
+  const second = await restartedAfter(first, 'SIGKILL');
   t.not(second, first, 'a new process serves');
   t.ok(
     stack.logs.some((l) => l.line.startsWith('[restarting in')),
@@ -38,17 +44,7 @@ t.test('a crashed or killed service is started again; one the stack stops is not
 
   // A plain `kill` (SIGTERM) from someone else: the service stops cleanly (code 0), and is started
   // again all the same (an outside review found the gateway left down so).
-  process.kill(second, 'SIGTERM');
-  await pollUntil(
-    'the console started again after a SIGTERM',
-    async () => {
-      const pid = stack.services.console.process()?.pid;
-      if (pid === undefined || pid === second) return undefined;
-      const res = await fetch(`${stack.services.console.url}/health/ready`);
-      return res.ok ? pid : undefined;
-    },
-    180_000,
-  );
+  await restartedAfter(second, 'SIGTERM');
   t.ok(
     stack.logs.some((l) => l.line === '[process exited: code 0]'),
     'it had exited cleanly',
