@@ -1,3 +1,4 @@
+import { Session } from 'node:inspector/promises';
 import { type AddressInfo } from 'node:net';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Worker } from 'bullmq';
@@ -6,6 +7,7 @@ import { loadConfig } from '../lib/config.ts';
 import { dispatcherSteps } from '../lib/diagnostics.ts';
 import { createPool } from '../lib/db.ts';
 import { serve } from './lib/ipc.ts';
+import { summarise, type ProfileSummary } from './lib/profile.ts';
 import { insertStep, RAW_EVENTS_DDL, RowFactory } from './lib/rows.ts';
 import { stepKey, StepRecorder } from './lib/steps.ts';
 
@@ -14,7 +16,9 @@ import { stepKey, StepRecorder } from './lib/steps.ts';
  * notifier: started through its own start function, configured from `env` exactly as its main.ts
  * would be) or a reference server (a bare NATS replier, the same replier with PostgreSQL commits,
  * a BullMQ worker, a bare `ws` broadcaster). Calls: `start`, `cpu` (process.cpuUsage), `stop`,
- * and `stepsStart` / `stepsTake` (benchmark 1b: the marks of each request this process handled).
+ * `stepsStart` / `stepsTake` (benchmark 1b: the marks of each request this process handled) and
+ * `profileStart` / `profileTake` (benchmark 2: a V8 sampling profile of this process's main
+ * thread, summarised here so that only the top entries cross the channel).
  */
 type Role =
   'dispatcher' | 'projector' | 'notifier' | 'replier' | 'replier-pg' | 'bullmq-worker' | 'ws-broadcast';
@@ -49,6 +53,10 @@ export interface CpuSample {
 }
 
 let closeRole: (() => Promise<void>) | null = null;
+/** The inspector session of a profile being taken. */
+let profiler: Session | null = null;
+/** Sampling interval of the profile (µs): V8's default is 1,000. */
+const PROFILE_INTERVAL_US = 500;
 /** The dispatcher's marks come through its diagnostics channel; the replier marks its own. */
 const steps = new StepRecorder([dispatcherSteps]);
 
@@ -164,6 +172,26 @@ serve({
   },
   stepsStart: async () => steps.start(),
   stepsTake: async () => steps.take(),
+  profileStart: async () => {
+    if (profiler) throw new Error('a profile is already being taken');
+    const session = new Session();
+    session.connect();
+    await session.post('Profiler.enable');
+    await session.post('Profiler.setSamplingInterval', { interval: PROFILE_INTERVAL_US });
+    await session.post('Profiler.start');
+    profiler = session;
+  },
+  profileTake: async ({ top }: { top: number }): Promise<ProfileSummary> => {
+    const session = profiler;
+    if (!session) throw new Error('no profile is being taken');
+    profiler = null;
+    try {
+      const { profile } = await session.post('Profiler.stop');
+      return summarise(profile, top);
+    } finally {
+      session.disconnect();
+    }
+  },
   stop: async () => {
     const close = closeRole;
     closeRole = null;

@@ -10,6 +10,7 @@ import {
 } from '../lib/histogram.ts';
 import type { Child } from '../lib/ipc.ts';
 import type { OpenLoopResult } from '../lib/openloop.ts';
+import type { ProfileSummary, Ranked } from '../lib/profile.ts';
 import {
   COST_ROLES,
   CostMeter,
@@ -906,6 +907,71 @@ export function costsTable(rate: number, costs: CostAtRate[]): Table {
 
 export const cell = (v: number | null): string => (v === null ? '—' : v.toFixed(3));
 
+/** How many entries of each ranking the dispatcher's profile tables show. */
+const PROFILE_TOP = 12;
+
+export interface DispatcherProfile {
+  rate: number;
+  completed: number;
+  /** The dispatcher's process.cpuUsage over the step: every thread, the kernel's work for it included (µs). */
+  processUs: number | null;
+  summary: ProfileSummary;
+}
+
+/**
+ * Benchmark 2's profile of the dispatcher: one more step of the Toolbus lane at `rate`, with the
+ * dispatcher's main thread sampled by V8 (node:inspector in bench/server.ts) over it, warm-up and
+ * drain included as in the CPU table.
+ */
+async function profileDispatcher(ctx: BenchContext, lane: Lane, rate: number): Promise<DispatcherProfile> {
+  const child = lane.server!.child;
+  await child.call('profileStart');
+  let run: Awaited<ReturnType<typeof segment>>;
+  try {
+    run = await segment(ctx, lane, {
+      rate,
+      durationMs: ctx.d.stepMs,
+      warmupMs: ctx.d.stepWarmupMs,
+      drainMs: 5_000,
+      maxOutstanding: Math.max(200, Math.round(rate * 2)),
+      tag: `${ctx.runId}-profile`,
+    });
+  } catch (e) {
+    await child.call('profileTake', { top: 0 }).catch(() => undefined);
+    throw e;
+  }
+  const summary = await child.call<ProfileSummary>('profileTake', { top: PROFILE_TOP });
+  ctx.log(
+    `dispatcher profile at ${rate}/s: ${run.r.completed} answered, ${(summary.busyUs / 1000).toFixed(0)} ms busy`,
+  );
+  return { rate, completed: run.r.completed, processUs: run.cpu, summary };
+}
+
+/** The two tables of the dispatcher's profile: self time by file or package, and by function. */
+export function profileTables(p: DispatcherProfile): Table[] {
+  const per = (us: number) => (p.completed > 0 ? (us / p.completed).toFixed(1) : '—');
+  const share = (us: number) => `${((100 * us) / p.summary.busyUs).toFixed(1)}%`;
+  const rows = (ranked: Ranked) =>
+    ranked.map(([name, us]) => [`\`${name.replaceAll('|', '\\|')}\``, share(us), per(us)]);
+  const totals = [
+    ['**main thread, not idle** (the profile)', '100%', `**${per(p.summary.busyUs)}**`],
+    ...(p.processUs === null ? [] : [['process, every thread (process.cpuUsage)', '—', per(p.processUs)]]),
+  ];
+  const about = `at ${p.rate}/s (V8 sampling profile of the dispatcher's main thread, one more step)`;
+  return [
+    {
+      title: `Where the dispatcher's CPU goes, by file or package, ${about}`,
+      header: ['self time in', 'share', 'µs per dispatch'],
+      rows: [...rows(p.summary.byFile), ...totals],
+    },
+    {
+      title: `Where the dispatcher's CPU goes, by function, ${about}`,
+      header: ['self time in', 'share', 'µs per dispatch'],
+      rows: [...rows(p.summary.byFunction), ...totals],
+    },
+  ];
+}
+
 /**
  * Benchmark 2: each system's offered rate steps up (×stepFactor) until it fails: a failed step is
  * run once more (full mode), and a system stops after `failedRatesToStop` failed rates in a row;
@@ -951,6 +1017,13 @@ export async function dispatchThroughput(
   const rate = midRate(toolbus, ctx.d.firstRate);
   const costs = costsAt(all, rate);
   const costTable = costsTable(rate, costs);
+  // A profile is an explanation, not a figure: a run without it is still complete.
+  let profile: DispatcherProfile | null = null;
+  try {
+    profile = await profileDispatcher(ctx, s.lanes.toolbus, rate);
+  } catch (e) {
+    ctx.log(`dispatcher profile failed: ${e instanceof Error ? e.message : String(e)}`);
+  }
   const coresNote = (l: Ladder | null, name: string) =>
     l ? `${name}: ${l.steps.map((x) => `${x.rate}/s ${x.serverCores?.toFixed(2) ?? '?'}`).join(', ')}` : null;
 
@@ -998,7 +1071,7 @@ export async function dispatchThroughput(
         'higher',
       ),
     ],
-    tables: [costTable],
+    tables: [costTable, ...(profile ? profileTables(profile) : [])],
     notes: [
       `Offered rate stepped from ${ctx.d.firstRate}/s by ×${ctx.d.stepFactor} until each system fails, ${ctx.d.stepMs / 1000} s per step (${ctx.d.stepWarmupMs / 1000} s warm-up), ` +
         `the systems in turn at each rate (${all.map((l) => SYSTEM_NAMES[l.system]).join(', ')}). ` +
@@ -1023,6 +1096,14 @@ export async function dispatchThroughput(
         "(the dispatcher's pool and its listener; a backend that closed during the step is missed); the last row is every PostgreSQL process pg_stat_activity lists " +
         `(background writers included${ctx.ownPostgres ? '' : "; on the shared server, other databases' work too"}). Redis is the run's own; BullMQ's worker is in the first row. Every step's samples are in latest.json. ` +
         "Each row includes the process's idle work over the step (timers, heartbeats, JetStream pulls, pool keep-alives): at a few dozen requests per second it dominates, so read the table at hundreds per second.",
+      ...(profile
+        ? [
+            `The dispatcher's profile: one more step of the Toolbus lane at ${rate}/s after the ladders, its main thread sampled every 0.5 ms by V8 (node:inspector), ` +
+              `${profile.completed} dispatches answered. Self time: a function's own work, not its callees'; "(native)" is C++ called from JavaScript (the socket writes among it), ` +
+              '"(garbage collector)" and "(program)" are V8\'s. The last rows: the main thread\'s busy time, and every thread of the process as the kernel counts it ' +
+              "(garbage collection helpers and libuv's threads included). `npx tsx bench/cpu-dispatch.ts` with BENCH_PROFILE=dispatcher writes a whole profile to open in a viewer.",
+          ]
+        : ["The dispatcher's profile failed (see the progress lines)."]),
       `CPU of the serving process(es) per step (cores, from /proc) — ${[
         coresNote(toolbus, 'dispatcher'),
         coresNote(toolbus2, '2 dispatchers together'),
@@ -1037,6 +1118,7 @@ export async function dispatchThroughput(
       bullmq,
       inserts,
       cpuPerDispatch: { rate, systems: costs },
+      profile,
     },
     seconds: (performance.now() - started) / 1000,
   };
