@@ -44,12 +44,14 @@ export function fileOf(url: string): string {
 const IDLE = '(idle)';
 
 /**
- * The "file" of C++ called from JavaScript (frames without a url): the stream handle's writes in
- * one group, V8's own entries as V8 names them, the rest by name.
+ * The "file" of C++ called from JavaScript (frames without a url): a stream handle's writes (a
+ * socket's, in a service) in one group, the rest by name, V8's own entries as V8 names them.
+ * `writeString` is not a stream's: it is fs.writeSync of a string (pino's log lines).
  */
 function nativeGroup(name: string): string {
-  if (/^write(v|Buffer|\w*String)$/.test(name))
-    return '(native) socket writes (writev, writeBuffer, write…String)';
+  if (/^write(v|Buffer|(Utf8|Latin1|Ascii|Ucs2)String)$/.test(name)) {
+    return '(native) stream writes (writev, writeBuffer, writeUtf8String, …)';
+  }
   return `(native) ${name || '(anonymous)'}`;
 }
 
@@ -79,10 +81,11 @@ export function summarise(profile: CpuProfile, top: number, skipUs = 0): Profile
       idleUs += us;
       return;
     }
-    const file = frame.url === '' ? nativeGroup(frame.functionName) : fileOf(frame.url);
+    const file = fileOf(frame.url);
     const fn = `${frame.functionName || '(anonymous)'} ${file}${frame.url ? `:${frame.lineNumber + 1}` : ''}`;
     byFunction.set(fn, (byFunction.get(fn) ?? 0) + us);
-    byFile.set(file, (byFile.get(file) ?? 0) + us);
+    const group = frame.url === '' ? nativeGroup(frame.functionName) : file;
+    byFile.set(group, (byFile.get(group) ?? 0) + us);
   });
   const rank = (m: Map<string, number>): Ranked => [...m.entries()].sort((a, b) => b[1] - a[1]).slice(0, top);
   return { sampledUs, busyUs: sampledUs - idleUs, byFunction: rank(byFunction), byFile: rank(byFile) };

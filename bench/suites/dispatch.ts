@@ -1099,7 +1099,7 @@ export async function dispatchThroughput(
       ...(profile
         ? [
             `The dispatcher's profile: one more step of the Toolbus lane at ${rate}/s after the ladders, its main thread sampled every 0.5 ms by V8 (node:inspector), ` +
-              `${profile.completed} dispatches answered. Self time: a function's own work, not its callees'; "(native)" is C++ called from JavaScript (the socket writes among it), ` +
+              `${profile.completed} dispatches answered. Self time: a function's own work, not its callees'; "(native)" is C++ called from JavaScript (the stream writes, to sockets, among it), ` +
               '"(garbage collector)" and "(program)" are V8\'s. The last rows: the main thread\'s busy time, and every thread of the process as the kernel counts it ' +
               "(garbage collection helpers and libuv's threads included). `npx tsx bench/cpu-dispatch.ts` with BENCH_PROFILE=dispatcher writes a whole profile to open in a viewer.",
           ]
