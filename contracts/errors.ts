@@ -171,7 +171,7 @@ export const ERROR_CATALOGUE: Readonly<Record<Code, Readonly<CodeEntry>>> = {
     retryable: false,
     recorded: false,
     description:
-      'no request id to record it under, or refused by the client (over the size limit); over HTTP a body that is not JSON (400), is not sent as `application/json` (415), is over 1 MiB (413), or makes a request over `LIMITS.maxRequestBytes` once published with its `replyTo` (400, both sizes named)',
+      'no request id to record it under, or refused by the client (over the size limit); over HTTP a body that is not JSON (400), is not sent as `application/json` (415), is over 1 MiB (413), or makes a request over `LIMITS.maxRequestBytes` once published with its `replyTo` (400, both sizes named); a path `/executions/:executionId` that names no execution, or a `userId` that is none (400)',
   },
   OVERLOADED: {
     status: 503,

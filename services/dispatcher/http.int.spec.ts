@@ -256,8 +256,30 @@ t.test('HTTP API', async (t) => {
     });
     const bad = await app.inject({ method: 'GET', url: '/executions/not%20an%20id', headers: auth(alice) });
     t.equal(bad.statusCode, 400, 'neither an execution id nor a request id');
-    const anon = await app.inject({ method: 'GET', url: `/executions/${executionId}` });
-    t.equal(anon.statusCode, 401);
+    // Its errors have the HTTP APIs' shape, not an agent's answer (no `status: 'failed'` that reads
+    // as the execution's), and the code the cancel route gives the same path.
+    t.strictSame(Object.keys(bad.json()), ['error'], 'the error shape');
+    t.match(bad.json(), { error: { code: 'MALFORMED', message: /names an execution by its id/ } });
+    const badCancel = await app.inject({
+      method: 'POST',
+      url: '/executions/not%20an%20id/cancel',
+      headers: auth(alice),
+    });
+    t.equal(badCancel.json().error.code, bad.json().error.code, 'the cancel route: the same code');
+    const badUser = await app.inject({
+      method: 'GET',
+      url: `/executions/${executionId}?userId=a.b`,
+      headers: auth(alice),
+    });
+    t.equal(badUser.statusCode, 400);
+    t.strictSame(Object.keys(badUser.json()), ['error'], 'a bad userId: the error shape');
+    t.equal(badUser.json().error.code, 'MALFORMED');
+    for (const headers of [{}, auth(`${alice.slice(0, -3)}xyz`)]) {
+      const anon = await app.inject({ method: 'GET', url: `/executions/${executionId}`, headers });
+      t.equal(anon.statusCode, 401);
+      t.strictSame(Object.keys(anon.json()), ['error'], '401: the error shape');
+      t.equal(anon.json().error.code, 'UNAUTHENTICATED');
+    }
   });
 
   t.test('GET /executions on the dispatcher says where the lists are', async (t) => {

@@ -15,11 +15,12 @@ import {
   withEffectiveApproval,
   type DestructiveDefault,
   type CancelResult,
+  type Code,
   type Principal,
 } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import { AgentClientError, submitRequest } from '../../lib/clients/agent.ts';
-import { answerError, authenticateBeforeBody } from '../../lib/http.ts';
+import { answerError, authenticateBeforeBody, errorBody } from '../../lib/http.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import type { ToolRegistry } from '../../lib/tools/index.ts';
 import { answerFromTerminal, httpStatusOf, refusal, type TerminalAnswer } from './answers.ts';
@@ -127,17 +128,26 @@ function refuse(
  * waiting for the terminal answer), GET /executions/:executionId (from the caller's own stream).
  */
 export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
-  const verify = async (req: FastifyRequest, reply: FastifyReply): Promise<Principal | null> => {
-    try {
-      return await deps.verifier.verify(req.headers.authorization);
-    } catch (e) {
-      if (!(e instanceof AuthError)) throw e;
-      await refuse(reply, refusal('UNAUTHENTICATED', e.message));
-      return null;
-    }
-  };
+  /** The caller, or null once `unauthenticated` has answered why not. */
+  const verifyWith =
+    (unauthenticated: (reply: FastifyReply, message: string) => FastifyReply) =>
+    async (req: FastifyRequest, reply: FastifyReply): Promise<Principal | null> => {
+      try {
+        return await deps.verifier.verify(req.headers.authorization);
+      } catch (e) {
+        if (!(e instanceof AuthError)) throw e;
+        await unauthenticated(reply, e.message);
+        return null;
+      }
+    };
   // The POST routes check the token before their body is read (onRequest: authenticateFirst).
-  const { onRequest: authenticateFirst, authenticate } = authenticateBeforeBody(verify);
+  const { onRequest: authenticateFirst, authenticate } = authenticateBeforeBody(
+    verifyWith((reply, message) => refuse(reply, refusal('UNAUTHENTICATED', message))),
+  );
+  // A read is no agent's request: its refusals have the error shape of the HTTP APIs.
+  const authenticateReader = verifyWith((reply, message) =>
+    reply.code(httpStatusOfCode('UNAUTHENTICATED')).send(errorBody('UNAUTHENTICATED', message)),
+  );
 
   app.setErrorHandler((error: FastifyError, req, reply) => {
     // Only POST /executions answers in AgentAnswers; anything else is Fastify's (or the route's) to answer.
@@ -285,23 +295,24 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   );
 
   app.get('/executions/:executionId', async (req, reply) => {
-    const principal = await authenticate(req, reply);
+    const principal = await authenticateReader(req, reply);
     if (!principal) return reply;
+    // Refused as the cancel route refuses the same path and query (MALFORMED), in the error shape.
+    const fail = (code: Code, message: string) =>
+      reply.code(httpStatusOfCode(code)).send(errorBody(code, message));
     const params = ExecutionIdParam.safeParse(req.params);
-    if (!params.success) return refuse(reply, refusal('VALIDATION', NOT_AN_EXECUTION_ID));
+    if (!params.success) return fail('MALFORMED', NOT_AN_EXECUTION_ID);
     // The caller's own stream is read, or (for the operator console's readers) the one `?userId=`
     // names: another user's execution is simply not there (404).
     const owner = ReadOwner.safeParse(req.query ?? {});
-    if (!owner.success) return refuse(reply, refusal('VALIDATION', 'userId must be a user id'));
+    if (!owner.success) return fail('MALFORMED', 'userId must be a user id');
     const userId = owner.data.userId ?? principal.userId;
     const executionId = params.data.of(userId);
     if (userId !== principal.userId && !mayReadAllUsers(principal)) {
-      return reply.code(httpStatusOfCode('FORBIDDEN')).send({
-        error: {
-          code: 'FORBIDDEN',
-          message: `only ${userId} or a holder of ${ALL_USERS_READERS.join(', ')} may read ${userId}'s executions`,
-        },
-      });
+      return fail(
+        'FORBIDDEN',
+        `only ${userId} or a holder of ${ALL_USERS_READERS.join(', ')} may read ${userId}'s executions`,
+      );
     }
     const execution = await deps.streams.load({
       userId,
@@ -310,11 +321,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       correlationId: executionId,
     });
     const view = executionView(execution);
-    if (!view) {
-      return reply.code(httpStatusOfCode('NOT_FOUND')).send({
-        error: { code: 'NOT_FOUND', message: `no execution ${executionId} of user ${userId}` },
-      });
-    }
+    if (!view) return fail('NOT_FOUND', `no execution ${executionId} of user ${userId}`);
     return view;
   });
 }
