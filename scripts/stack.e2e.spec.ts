@@ -120,6 +120,15 @@ t.test('npm start prints lines that show progress and cancellation', async (t) =
   const gateway = /MCP clients \(Streamable HTTP, docs\/mcp\.md\) at (\S+?); /.exec(out)?.[1];
   t.ok(gateway, 'the gateway is named');
   t.ok(out.includes(`MCP_URL=${gateway} TOOLBUS_TOKEN=`), 'the MCP command is for this stack');
+  // The dispatcher's GET /executions names this stack's projector (its port is not the default).
+  const urlOf = (name: string) => new RegExp(`^  ${name} +(http://\\S+)`, 'm').exec(out)?.[1];
+  const lists = await fetch(`${urlOf('dispatcher')}/executions`);
+  t.equal(lists.status, 404);
+  t.match(
+    ((await lists.json()) as { error: { message: string } }).error.message,
+    `GET ${urlOf('projector')}/executions `,
+    "the lists are at this stack's projector",
+  );
 
   const countdown = commandAfter(out, 'Progress (watch it on the live page)');
   t.match(countdown, /"tool":"countdown"/);

@@ -169,6 +169,11 @@ async function main() {
     // NATS of the user's own, its NATS_STREAM_REPLICAS (if any) decides: it may have one node.
     ...(clustered && ownNats ? { NATS_STREAM_REPLICAS: String(CLUSTER_NODES) } : {}),
   };
+  // The dispatcher's GET /executions (no lists there) names where the lists are: this projector.
+  const dispatcherEnv = {
+    ...seedEnv('dispatcher'),
+    DISPATCHER_PROJECTOR_URL: `http://127.0.0.1:${config.PROJECTOR_PORT}`,
+  };
   let stack: Stack | undefined;
   const seconds: Stack[] = [];
   try {
@@ -177,7 +182,7 @@ async function main() {
       env,
       restart: true,
       serviceEnv: {
-        dispatcher: seedEnv('dispatcher'),
+        dispatcher: dispatcherEnv,
         notifier: seedEnv('notifier'),
         // The MCP gateway: its own NATS identity, and the dispatcher whose GET /tools it reads.
         gateway: {
@@ -206,7 +211,7 @@ async function main() {
           services: DOUBLED,
           env,
           restart: true,
-          serviceEnv: { dispatcher: seedEnv('dispatcher'), notifier: seedEnv('notifier') },
+          serviceEnv: { dispatcher: dispatcherEnv, notifier: seedEnv('notifier') },
           ports,
           onLog: (line) => console.log(prettyLine({ ...line, service: `${line.service}-2` })),
           readyTimeoutMs: config.TOOLBUS_START_TIMEOUT_MS,

@@ -294,6 +294,7 @@ export async function startDispatcher(
         cancels,
         waitMs: config.HTTP_WAIT_MS,
         destructive: approvals.destructive,
+        projectorUrl: config.DISPATCHER_PROJECTOR_URL,
       }),
     );
     registerApprovalRoutes(app, { verifier, streams, waits, now, metrics });

@@ -107,6 +107,11 @@ const DispatcherVariables = CommonEnv.extend({
   /** How long POST /executions waits for the terminal answer before 504 (the execution continues). */
   HTTP_WAIT_MS: intVar(120_000, 100, 3_600_000),
   /**
+   * Where users reach the projector's HTTP API: the dispatcher's GET /executions (no lists here)
+   * names it as the place of the lists. Unset: the answer names no address.
+   */
+  DISPATCHER_PROJECTOR_URL: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
+  /**
    * Failed handlings (the store away, a bug) of one request before it is given up: ToolFailed
    * INTERNAL, recorded and answered. Retries wait 2 s, 4 s, 8 s, ... up to 60 s.
    */

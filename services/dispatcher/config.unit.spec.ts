@@ -40,6 +40,12 @@ t.test('dispatcher settings: from the environment, and refused when wrong', asyn
   t.equal(loadConfig(DispatcherEnv, { ...KEYS, TOOLBUS_TEST_TOOLS: 'false' }).TOOLBUS_TEST_TOOLS, false);
   t.equal(loadConfig(DispatcherEnv, { ...KEYS, USER_DISPATCH_SLOTS: '3' }).USER_DISPATCH_SLOTS, 3);
   t.equal(loadConfig(DispatcherEnv, { ...KEYS, NATS_STREAM_REPLICAS: '3' }).NATS_STREAM_REPLICAS, 3);
+  t.equal(loadConfig(DispatcherEnv, KEYS).DISPATCHER_PROJECTOR_URL, undefined, 'no projector URL by default');
+  t.equal(
+    loadConfig(DispatcherEnv, { ...KEYS, DISPATCHER_PROJECTOR_URL: 'https://toolbus.example/projector' })
+      .DISPATCHER_PROJECTOR_URL,
+    'https://toolbus.example/projector',
+  );
   for (const [key, value] of [
     ['ACK_WAIT_MS', '10'],
     ['ACK_WAIT_MS', 'soon'],
@@ -52,6 +58,8 @@ t.test('dispatcher settings: from the environment, and refused when wrong', asyn
     ['INTAKE_BUFFER_BYTES', '1000'],
     ['NATS_STREAM_REPLICAS', '0'],
     ['NATS_STREAM_REPLICAS', '6'],
+    ['DISPATCHER_PROJECTOR_URL', 'projector:8081'],
+    ['DISPATCHER_PROJECTOR_URL', 'ftp://projector'],
   ] as const) {
     t.throws(() => loadConfig(DispatcherEnv, { ...KEYS, [key]: value }), ConfigError, `${key}=${value}`);
   }

@@ -285,7 +285,17 @@ t.test('HTTP API', async (t) => {
   t.test('GET /executions on the dispatcher says where the lists are', async (t) => {
     const res = await app.inject({ method: 'GET', url: '/executions', headers: auth(alice) });
     t.equal(res.statusCode, 404);
-    t.match(res.json(), { error: { code: 'NOT_FOUND', message: /projector's: GET \/executions there/ } });
+    t.match(res.json(), {
+      error: { code: 'NOT_FOUND', message: /projector's: GET \/executions on the projector/ },
+    });
+    t.notMatch(res.json().error.message, /port|8081/, 'DISPATCHER_PROJECTOR_URL unset: no address guessed');
+    // Told where the projector is, it names it.
+    const told = await h.start({ DISPATCHER_PROJECTOR_URL: 'http://projector.example:9181/' });
+    const named = await told.app.inject({ method: 'GET', url: '/executions', headers: auth(alice) });
+    t.equal(named.statusCode, 404);
+    t.match(named.json(), {
+      error: { code: 'NOT_FOUND', message: /projector's: GET http:\/\/projector\.example:9181\/executions / },
+    });
   });
 
   t.test('health and metrics', async (t) => {

@@ -38,6 +38,8 @@ export interface RouteDeps {
   waitMs: number;
   /** The operator's approval policy for destructive tools that declare none (shown in GET /tools). */
   destructive: DestructiveDefault;
+  /** Where users reach the projector (DISPATCHER_PROJECTOR_URL), named by GET /executions; unknown when unset. */
+  projectorUrl?: string | undefined;
 }
 
 /**
@@ -281,17 +283,20 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   });
 
   // Lists are the projector's read model; a user who asks the dispatcher is told where they are
-  // rather than shown the framework's "Route not found".
+  // rather than shown the framework's "Route not found": at the projector's URL when it is known.
+  const projectorLists = deps.projectorUrl
+    ? `GET ${deps.projectorUrl.replace(/\/$/, '')}/executions`
+    : 'GET /executions on the projector';
   app.get('/executions', async (_req, reply) =>
-    reply.code(httpStatusOfCode('NOT_FOUND')).send({
-      error: {
-        code: 'NOT_FOUND',
-        message:
+    reply
+      .code(httpStatusOfCode('NOT_FOUND'))
+      .send(
+        errorBody(
+          'NOT_FOUND',
           'the dispatcher runs executions (POST /executions) and shows one by id (GET /executions/:executionId); ' +
-          "lists of executions, with filters and pages, are the projector's: GET /executions there " +
-          '(port 8081 in the stack npm start runs; docs/projector.md)',
-      },
-    }),
+            `lists of executions, with filters and pages, are the projector's: ${projectorLists} (docs/projector.md)`,
+        ),
+      ),
   );
 
   app.get('/executions/:executionId', async (req, reply) => {
