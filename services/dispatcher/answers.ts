@@ -30,6 +30,13 @@ export function refusal(
 }
 
 /**
+ * What the refusal of a body that does not parse (VALIDATION, recorded under its request id) adds
+ * to its message: every repeat of the id gets that refusal, so the corrected request needs another.
+ */
+export const spentRequestIdNote = (requestId: string): string =>
+  ` (request id ${requestId} is now spent on this refusal: send the corrected request with a new one)`;
+
+/**
  * HTTP status of a terminal answer (POST /executions), from the catalogue (contracts/errors.ts):
  * the request's own faults are 4xx; a tool that ran and failed is 502 (the gateway ran it, the tool
  * failed), a tool that ran out of time 504.

@@ -13,7 +13,7 @@ import {
 import { redact, type RunnableTool } from '../../lib/tools/index.ts';
 import { answered, refuseAttempt, REUSED, sendInterim } from './answer.ts';
 import { approvalNeedOf, requestApproval, waitForApproval, waitsRefusal } from './approval.ts';
-import { answerFromTerminal } from './answers.ts';
+import { answerFromTerminal, spentRequestIdNote } from './answers.ts';
 import { askRecordedBy, isConflict } from './ask.ts';
 import { handleExecution, type HandleOptions } from './commands.ts';
 import { errorInfo, type Disposition } from './delivery.ts';
@@ -138,7 +138,7 @@ function refusalOf(shell: Shell, h: Handling, parseProblem: string | null): Refu
   if (!request) {
     return {
       code: 'VALIDATION',
-      message: `${parseProblem ?? 'invalid request'} (request id ${ref.requestId} is now spent on this refusal: send the corrected request with a new one)`,
+      message: `${parseProblem ?? 'invalid request'}${spentRequestIdNote(ref.requestId)}`,
     };
   }
   const { registry } = shell.o;

@@ -123,6 +123,34 @@ t.test('HTTP API', async (t) => {
     t.match(deep.json(), { status: 'failed', error: { code: 'VALIDATION' } });
   });
 
+  t.test(
+    'POST /executions: a body that does not parse spends only a request id the caller chose',
+    async (t) => {
+      const chosen = await post(alice, { requestId: 'h-spent', tool: 'noop', args: {}, extra: true });
+      t.equal(chosen.statusCode, 400);
+      t.match(chosen.json(), {
+        status: 'failed',
+        error: { code: 'VALIDATION', message: /extra.*\(request id h-spent is now spent on this refusal/s },
+      });
+      const made = await post(alice, { tool: 'noop', args: {}, extra: true });
+      t.equal(made.statusCode, 400);
+      const answer = made.json<{ requestId: string; error: { code: string; message: string } }>();
+      t.equal(answer.error.code, 'VALIDATION');
+      t.match(answer.error.message, /extra/, 'says what is wrong');
+      t.notMatch(
+        answer.error.message,
+        /spent|new one|request id/,
+        'no request id to replace: the route made it (the corrected request is sent as this one was)',
+      );
+      t.ok(
+        (await h.events('alice')).some(
+          (e) => e.metadata.requestId === answer.requestId && e.type === 'ToolFailed',
+        ),
+        'still recorded under the id the route made',
+      );
+    },
+  );
+
   t.test('a request id with a line break is a bad request (400), not an overload to retry', async (t) => {
     for (const requestId of ['x\ny', 'x\r\ny', 'x\r']) {
       const res = await post(alice, { requestId, tool: 'noop', args: {} });

@@ -23,7 +23,13 @@ import { AgentClientError, submitRequest } from '../../lib/clients/agent.ts';
 import { answerError, authenticateBeforeBody, errorBody } from '../../lib/http.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import type { ToolRegistry } from '../../lib/tools/index.ts';
-import { answerFromTerminal, httpStatusOf, refusal, type TerminalAnswer } from './answers.ts';
+import {
+  answerFromTerminal,
+  httpStatusOf,
+  refusal,
+  spentRequestIdNote,
+  type TerminalAnswer,
+} from './answers.ts';
 import type { CancelCoordinator } from './cancel.ts';
 import { terminalOf, type Execution, type UserStreams } from './streams.ts';
 
@@ -224,6 +230,15 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     }
     if (answer.status !== 'completed' && answer.status !== 'failed') {
       return refuse(reply, refusal('INTERNAL', 'unexpected interim answer', { requestId }));
+    }
+    // A request id this route made is not the caller's to spend: a corrected request sent as the
+    // first was (without one) gets a new id anyway, so the note that the id is spent is left out.
+    const note = spentRequestIdNote(requestId);
+    if (given === undefined && answer.status === 'failed' && answer.error.message.endsWith(note)) {
+      answer = {
+        ...answer,
+        error: { ...answer.error, message: answer.error.message.slice(0, -note.length) },
+      };
     }
     // A refusal that says when to try again (RATE_LIMITED, OVERLOADED) says it in HTTP's way too.
     const retryAfterMs = answer.status === 'failed' ? answer.error.details?.['retryAfterMs'] : undefined;
