@@ -1,5 +1,6 @@
 import t from 'tap';
 import { executionIdFor, ToolManifest } from '../../contracts/index.ts';
+import { pollUntil } from '../../test/support/processes.ts';
 import { harness } from './test/harness.ts';
 
 t.test('HTTP API', async (t) => {
@@ -370,3 +371,43 @@ t.test('POST /executions: 429 when rate limited', async (t) => {
   t.equal(statuses[0], 200);
   t.ok(statuses.includes(429), `a burst beyond the limit gets 429 (${statuses.join(',')})`);
 });
+
+t.test(
+  'POST /executions: 504 when the wait ends first; the same request id waits for the same run',
+  async (t) => {
+    const h = await harness(t, { HTTP_WAIT_MS: '300' });
+    const d = await h.start();
+    const token = await h.token('slow');
+    const post = () =>
+      d.app.inject({
+        method: 'POST',
+        url: '/executions',
+        headers: { authorization: `Bearer ${token}` },
+        payload: { requestId: 'w-1', tool: 'sleep', args: { ms: 1_500 } },
+      });
+    const first = await post();
+    const executionId = executionIdFor('slow', 'w-1');
+    t.equal(first.statusCode, 504);
+    t.equal(first.headers['location'], `/executions/${executionId}`);
+    t.match(first.json(), {
+      status: 'pending',
+      requestId: 'w-1',
+      executionId,
+      message: /waiting for a dispatcher or running.*requestId w-1.*not run twice.*OVERLOADED/s,
+    });
+    const read = () =>
+      d.app.inject({
+        method: 'GET',
+        url: `/executions/${executionId}`,
+        headers: { authorization: `Bearer ${token}` },
+      });
+    await pollUntil('the execution is recorded completed', async () =>
+      (await read()).json<{ status?: string }>().status === 'completed' ? true : undefined,
+    );
+    const again = await post();
+    t.equal(again.statusCode, 200, 'sent again with its request id: the answer of the same run');
+    t.match(again.json(), { status: 'completed', requestId: 'w-1', executionId });
+    const runs = (await h.events('slow')).filter((e) => e.type === 'ToolExecuting');
+    t.equal(runs.length, 1, 'run once');
+  },
+);

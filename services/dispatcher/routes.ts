@@ -207,7 +207,11 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
             status: 'pending',
             requestId,
             executionId,
-            message: `no terminal answer within ${deps.waitMs} ms; the execution goes on`,
+            message:
+              `no terminal answer within ${deps.waitMs} ms: the request is waiting for a dispatcher or running. ` +
+              `GET /executions/${executionId} shows it once it is recorded (404 until then); send it again ` +
+              `with requestId ${requestId} to wait for this same request (it is not run twice). ` +
+              'Under overload a request that waited too long may still end OVERLOADED, unrun',
           });
       }
       if (e instanceof RangeError) {
