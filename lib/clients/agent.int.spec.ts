@@ -3,6 +3,7 @@ import t, { type Test } from 'tap';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { executionIdFor, jetstream as names, LIMITS, subjects } from '../../contracts/index.ts';
 import { startNats } from '../../test/support/processes.ts';
+import { startProxy } from '../../test/support/proxy.ts';
 import { signToken } from '../auth.ts';
 import { connectionIdentity, connectNats } from '../nats.ts';
 import { AgentClientError, createAgentClient, type TerminalAnswer } from './agent.ts';
@@ -251,6 +252,38 @@ t.test('the agent client against a bare NATS (no dispatcher)', async (t) => {
       t.ok(lookups.count() >= 1, 'it looked up');
     },
   );
+
+  t.test('an answer sent while the connection was away: looked up after the reconnect', async (t) => {
+    const dispatcher = fakeDispatcher(t);
+    // The agent's connection goes through a proxy the test can cut; the fake dispatcher's does not.
+    const proxy = await startProxy(nats.port, t);
+    const away = await connectNats(proxy.url('nats'), 'agent-away');
+    t.teardown(() => away.close());
+    const statuses: string[] = [];
+    void (async () => {
+      for await (const s of away.status()) statuses.push(s.type);
+    })();
+    const agent = createAgentClient(away, { lookupBackoff: { minMs: 1, maxMs: 50 } });
+    let recorded: TerminalAnswer | null = null;
+    const lookups = fakeAnswers(t, () => ({ answer: recorded }));
+    const answer = agent.execute('noop', {}, { token, requestId: 'r-away', timeoutMs: 30_000 });
+    await dispatcher.received(1);
+    const request = dispatcher.seen.find((r) => r.requestId === 'r-away')!;
+    // Cut: the connection is reset, and every new one until the proxy passes again.
+    proxy.set({ kind: 'reset' });
+    while (!statuses.includes('disconnect')) await new Promise((r) => setTimeout(r, 20));
+    t.equal(lookups.count(), 0, 'no lookup while the answer could still come to the inbox');
+    recorded = dispatcher.answer(request.replyTo, 'r-away', 'sent while away');
+    await nc.flush();
+    proxy.set({ kind: 'pass' });
+    t.strictSame(
+      await answer,
+      recorded,
+      'the answer, found by a lookup after the reconnect (before: nothing until the timeout)',
+    );
+    t.ok(statuses.includes('reconnect'), 'the connection came back');
+    t.ok(lookups.count() >= 1, 'it looked up');
+  });
 
   t.test('many concurrent requests on one client share one subscription', async (t) => {
     const own = await connectNats(nats.url, 'agent-shared');

@@ -162,7 +162,9 @@ const inboxClosed = (cause: Error, requestId: string) =>
  * which each attempt has its own `replyTo`. When JetStream reports the publish as a duplicate, the
  * answer went to the first attempt's inbox: if that attempt is this connection's and still waits,
  * this one gets the same answer without asking; otherwise it asks `toolbus.answers` with
- * exponential backoff and full jitter, waiting at least what an OVERLOADED reply asks. Requests
+ * exponential backoff and full jitter, waiting at least what an OVERLOADED reply asks. So does an
+ * attempt whose connection reconnected while it waited: an answer sent while the connection was
+ * away reached no one (a NATS node lost; JetStream kept the request, a dispatcher answered it). Requests
  * over the size limit are refused here (MALFORMED), as the dispatcher could not read their
  * `replyTo` to answer them.
  */
@@ -264,15 +266,20 @@ export async function submitRequest(
       for (let republish = 0; ;) {
         const sent = await publishAcknowledged(republish);
         if (!sent) return forever;
+        let reconnected = false;
         if (!sent.ack.duplicate) {
           waiter.own();
-          return forever;
+          // The answer comes to this connection's inbox, unless it comes while the connection is
+          // away (a NATS node lost, a network blip): then it reaches nobody, and after the
+          // reconnect it is asked for as a duplicate's is.
+          if (!(await untilReconnect(waiter, stop.signal))) return forever;
+          reconnected = true;
         }
         // A duplicate after a publish of ours went unacknowledged is most likely that copy, whose
         // answer comes to this waiter: waited for, and looked up only if it does not come soon
         // (lookups load busy dispatchers). It may be an earlier attempt's copy all the same, one
         // this client gave up on or made on another connection: its answer went there.
-        const ownCopy = sent.attempt > 0;
+        const ownCopy = !reconnected && sent.attempt > 0;
         if (ownCopy) waiter.own();
         const shed = await lookUpDuplicate(nc, {
           userId,
@@ -285,6 +292,7 @@ export async function submitRequest(
           signal: stop.signal,
           onLookup: o.onLookup,
           ownCopy,
+          reconnected,
           republished: republish,
         });
         // The copy JetStream kept was shed unrun: sent again, under the id the lookup names.
@@ -311,6 +319,25 @@ export async function submitRequest(
     stop.abort();
     waiter.release();
   }
+}
+
+/**
+ * True at the connection's next reconnect (the inbox subscribed again), false when the attempt
+ * stops waiting first (answered, timed out).
+ */
+function untilReconnect(waiter: Waiter, signal: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve(false);
+    const onAbort = () => {
+      remove();
+      resolve(false);
+    };
+    const remove = waiter.onReconnect(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve(true);
+    });
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 /** Publishes of a request whose acknowledgement did not come: again after 0.25 s, doubling to 5 s. */
@@ -358,6 +385,8 @@ interface DuplicateWait {
   onLookup: SubmitOptions['onLookup'];
   /** This attempt owns the answer (its own copy, most likely): looks up only after `backoff.ownCopyMs`. */
   ownCopy: boolean;
+  /** The connection came back after this attempt's copy was stored: its answer may be lost, look it up now. */
+  reconnected: boolean;
   /** The sending after a shedding this attempt published (0: the first): a lookup that names it again is no news. */
   republished: number;
 }
@@ -374,7 +403,9 @@ async function lookUpDuplicate(nc: NatsConnection, d: DuplicateWait): Promise<nu
   const aborted = new Promise<void>((resolve) =>
     d.signal.addEventListener('abort', () => resolve(), { once: true }),
   );
-  if (d.ownCopy) {
+  if (d.reconnected) {
+    // Asked at once (the first lookup's backoff aside): nothing else will bring the answer.
+  } else if (d.ownCopy) {
     try {
       await sleep(d.backoff.ownCopyMs, d.signal);
     } catch {

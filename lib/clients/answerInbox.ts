@@ -24,6 +24,12 @@ export interface Waiter {
   ownersGone(): Promise<void>;
   /** Delivers a terminal answer found another way (a lookup). */
   settle(answer: TerminalAnswer): void;
+  /**
+   * Calls `listener` at the connection's next reconnect, once the server has the inbox's
+   * subscription again (an answer sent while the connection was away reached nobody); returns
+   * its removal. Released with the waiter.
+   */
+  onReconnect(listener: () => void): () => void;
   /** Stops waiting (after the answer, a timeout or a failure). */
   release(): void;
 }
@@ -39,6 +45,8 @@ interface Entry {
   resolve(a: TerminalAnswer): void;
   reject(e: Error): void;
   owner: boolean;
+  /** Its `onReconnect` listeners, removed with it. */
+  reconnectListeners: Set<() => void> | undefined;
 }
 
 /**
@@ -62,6 +70,9 @@ export class AnswerInbox {
   private readonly byReplyTo = new Map<string, Entry>();
   private readonly recent = new Map<string, TerminalAnswer>();
   private readonly ownerWatchers = new Map<string, Array<() => void>>();
+  /** Called at the connection's next reconnect (`Waiter.onReconnect`). */
+  private readonly reconnectListeners = new Set<() => void>();
+  private watchingReconnects = false;
   /** How many subscriptions this inbox made (one, unless the connection closed in between). */
   subscriptions = 0;
 
@@ -84,7 +95,17 @@ export class AnswerInbox {
     const replyTo = `${this.base}.${ask}.${++this.seq}`;
     let entry!: Entry;
     const answer = new Promise<TerminalAnswer>((resolve, reject) => {
-      entry = { requestId, executionId, key, replyTo, onProgress, resolve, reject, owner: false };
+      entry = {
+        requestId,
+        executionId,
+        key,
+        replyTo,
+        onProgress,
+        resolve,
+        reject,
+        owner: false,
+        reconnectListeners: undefined,
+      };
     });
     // Rejections are the caller's to handle; a released waiter's rejection must not go unhandled.
     answer.catch(() => undefined);
@@ -105,8 +126,37 @@ export class AnswerInbox {
         this.remember(key, a);
         entry.resolve(a);
       },
+      onReconnect: (listener) => {
+        this.watchReconnects();
+        const once = () => {
+          remove();
+          listener();
+        };
+        const remove = () => {
+          this.reconnectListeners.delete(once);
+          entry.reconnectListeners?.delete(once);
+        };
+        this.reconnectListeners.add(once);
+        (entry.reconnectListeners ??= new Set()).add(once);
+        return remove;
+      },
       release: () => this.release(entry),
     };
+  }
+
+  /** Watches the connection's status (once per inbox) for the reconnects `onReconnect` waits for. */
+  private watchReconnects(): void {
+    if (this.watchingReconnects) return;
+    this.watchingReconnects = true;
+    void (async () => {
+      for await (const status of this.nc.status()) {
+        if (status.type !== 'reconnect') continue;
+        // Once the flush returns the server has this connection's subscriptions again: an answer
+        // sent from then on comes to the inbox, one sent before is for the lookup to find.
+        await this.nc.flush().catch(() => undefined);
+        for (const listener of [...this.reconnectListeners]) listener();
+      }
+    })().catch(() => undefined);
   }
 
   private subscribe(requestId: string): void {
@@ -171,6 +221,7 @@ export class AnswerInbox {
   }
 
   private release(entry: Entry): void {
+    for (const listener of entry.reconnectListeners ?? []) this.reconnectListeners.delete(listener);
     this.byReplyTo.delete(entry.replyTo);
     const set = this.byExecution.get(entry.key);
     set?.delete(entry);
