@@ -290,6 +290,11 @@ t.test('only the execution’s user, or an admin, may cancel it', async (t) => {
   t.match(bobOwn.body, { status: 'unknown', error: { code: 'NOT_FOUND' } }, 'with the error shape of HTTP');
   const noToken = await d.app.inject({ method: 'POST', url: `/executions/${executionId}/cancel` });
   t.equal(noToken.statusCode, 401);
+  t.match(
+    noToken.json(),
+    { cancelled: false, status: 'refused', error: { code: 'UNAUTHENTICATED' } },
+    'a CancelResult, as every other answer of the route (not an agent answer)',
+  );
   t.strictSame(
     typesOf(await eventsOf(h, 'alice', 'own-1')),
     ['ToolRequested', 'ToolExecuting'],

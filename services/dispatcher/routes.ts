@@ -90,6 +90,21 @@ export function cancelStatusOf(result: CancelResult): number {
  * The HTTP body of a cancel: its `CancelResult`, with an `error` whenever the status is not 2xx, as
  * every error answer of the HTTP APIs has (NATS callers get the `CancelResult` as it is).
  */
+/** A cancel refused before anything was looked up (token, path, caller): a CancelResult as any other. */
+const cancelRefusal = (
+  executionId: string | null,
+  code: NonNullable<CancelResult['error']>['code'],
+  message: string,
+): CancelResult => ({
+  executionId,
+  requestId: null,
+  cancelled: false,
+  status: 'refused',
+  answer: null,
+  message,
+  error: { code, message },
+});
+
 function cancelBody(result: CancelResult, status: number): CancelResult {
   if (status < 400 || result.error) return result;
   const code = status === 404 ? 'NOT_FOUND' : 'ALREADY_ENDED';
@@ -151,6 +166,12 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
   // The POST routes check the token before their body is read (onRequest: authenticateFirst).
   const { onRequest: authenticateFirst, authenticate } = authenticateBeforeBody(
     verifyWith((reply, message) => refuse(reply, refusal('UNAUTHENTICATED', message))),
+  );
+  // A cancel answers a CancelResult, whoever asks: so does its 401.
+  const cancelAuth = authenticateBeforeBody(
+    verifyWith((reply, message) =>
+      reply.code(httpStatusOfCode('UNAUTHENTICATED')).send(cancelRefusal(null, 'UNAUTHENTICATED', message)),
+    ),
   );
   // A read is no agent's request: its refusals have the error shape of the HTTP APIs.
   const authenticateReader = verifyWith((reply, message) =>
@@ -251,8 +272,8 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     return reply.code(httpStatusOf(answer)).send(answer);
   });
 
-  app.post('/executions/:executionId/cancel', { onRequest: authenticateFirst }, async (req, reply) => {
-    const principal = await authenticate(req, reply);
+  app.post('/executions/:executionId/cancel', { onRequest: cancelAuth.onRequest }, async (req, reply) => {
+    const principal = await cancelAuth.authenticate(req, reply);
     if (!principal) return reply;
     const params = ExecutionIdParam.safeParse(req.params);
     const owner = CancelOwner.safeParse({
@@ -260,16 +281,15 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
       ...(req.body && typeof req.body === 'object' && !Array.isArray(req.body) ? req.body : {}),
     });
     const refused = (code: NonNullable<CancelResult['error']>['code'], message: string) =>
-      reply.code(httpStatusOfCode(code)).send({
-        executionId:
-          params.success && owner.success ? params.data.of(owner.data.userId ?? principal.userId) : null,
-        requestId: null,
-        cancelled: false,
-        status: 'refused',
-        answer: null,
-        message,
-        error: { code, message },
-      } satisfies CancelResult);
+      reply
+        .code(httpStatusOfCode(code))
+        .send(
+          cancelRefusal(
+            params.success && owner.success ? params.data.of(owner.data.userId ?? principal.userId) : null,
+            code,
+            message,
+          ),
+        );
     if (!params.success) return refused('MALFORMED', NOT_AN_EXECUTION_ID);
     if (!owner.success) {
       return refused(
