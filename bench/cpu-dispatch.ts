@@ -8,11 +8,15 @@
  *
  *   npx tsx bench/cpu-dispatch.ts [rate=200] [rounds=5] [segmentS=8]
  *
+ * With BENCH_DISPATCHERS=2 two dispatchers share the intake (benchmark 2's second lane): the CPU
+ * and writes are then the first one's, and each round also prints the latency percentiles.
+ *
  * With BENCH_PROFILE=dispatcher the dispatcher writes a CPU profile (kept in the log directory);
  * the line "measured from +N s" says how many seconds of it to skip for
  * `npx tsx bench/profile-top.ts <profile> 30 N` (the warm-up and start-up out of the figures).
  */
 import { BenchContext, cpuUs, QUICK } from './lib/context.ts';
+import { decodeHistogram, summarize } from './lib/histogram.ts';
 import type { OpenLoopResult } from './lib/openloop.ts';
 import { procWriteCalls } from './lib/proc.ts';
 import { dispatcherEnv, dispatchWorkload } from './suites/dispatch.ts';
@@ -21,6 +25,7 @@ const [rateArg, roundsArg, segmentArg] = process.argv.slice(2);
 const rate = Number(rateArg ?? 200);
 const rounds = Number(roundsArg ?? 5);
 const segmentMs = Number(segmentArg ?? 8) * 1000;
+const dispatchers = Number(process.env['BENCH_DISPATCHERS'] ?? 1);
 
 const ctx = new BenchContext('quick', QUICK);
 try {
@@ -28,6 +33,12 @@ try {
   const db = await ctx.database();
   const bornAt = performance.now();
   const dispatcher = await ctx.service('dispatcher', { role: 'dispatcher', env: dispatcherEnv(ctx, db.url) });
+  for (let i = 1; i < dispatchers; i++) {
+    await ctx.service(`dispatcher-${i}`, {
+      role: 'dispatcher',
+      env: dispatcherEnv(ctx, db.url, { DISPATCHER_ID: `bench-dispatcher-${i}` }),
+    });
+  }
   const loadgen = await ctx.fork('loadgen.ts', 'loadgen-toolbus');
   await loadgen.call('setup', dispatchWorkload(ctx));
   const pid = dispatcher.child.pid;
@@ -49,11 +60,12 @@ try {
   for (let i = 0; i < rounds; i++) {
     const { r, us, writes } = await segment(`${ctx.runId}-${i}`);
     const per = r.completed > 0 ? us / r.completed : NaN;
+    const l = summarize(decodeHistogram(r.histogram));
     perRequest.push(per);
     writesPer.push(writes / r.completed);
     ctx.log(
       `round ${i}: ${r.completed}/${r.sent} answered, ${r.errors} errors, ${per.toFixed(0)} µs CPU/dispatch, ` +
-        `${(writes / r.completed).toFixed(2)} writes/dispatch`,
+        `${(writes / r.completed).toFixed(2)} writes/dispatch, p50 ${l.p50.toFixed(2)} ms, p99 ${l.p99.toFixed(2)} ms`,
     );
   }
   const sorted = [...perRequest].sort((a, b) => a - b);
