@@ -361,6 +361,24 @@ t.test('GET /approvals: the waits the caller may decide, oldest first, in pages'
     'named as a query problem',
   );
   t.equal((await get('not-a-token')).status, 401);
+
+  // A decision's path that names no execution is MALFORMED, as on the read and the cancel; a
+  // body without what the decision binds to is VALIDATION.
+  const badPath = await approveAs(d.app, 'not-an-id', approver, { n: 1 });
+  t.equal(badPath.statusCode, 400);
+  t.equal(
+    badPath.json<{ error: { code: string } }>().error.code,
+    'MALFORMED',
+    'a path that names no execution',
+  );
+  const noHash = await d.app.inject({
+    method: 'POST',
+    url: `/executions/${ids[0]}/approve`,
+    headers: { authorization: `Bearer ${approver}` },
+    payload: {},
+  });
+  t.equal(noHash.statusCode, 400);
+  t.equal(noHash.json<{ error: { code: string } }>().error.code, 'VALIDATION', 'a body without argsHash');
 });
 
 t.test('a cancel while it waits ends it CANCELLED; an approval then is refused', async (t) => {

@@ -89,7 +89,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
     const params = ExecutionIdParam.safeParse(req.params);
-    if (!params.success) return fail(reply, 'VALIDATION', 'the execution id must be a UUID');
+    if (!params.success) return fail(reply, 'MALFORMED', 'the path names an execution by its id (a UUID)');
     const body = (kind === 'approve' ? ApproveBody : DenyBody).safeParse(req.body ?? {});
     if (!body.success) return fail(reply, 'VALIDATION', issues(body.error, 'body'));
     const { executionId } = params.data;
