@@ -11,7 +11,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { REDACT_PATHS } from './log.ts';
-import type { Code } from '../contracts/errors.ts';
+import { httpStatusOfCode, type Code } from '../contracts/errors.ts';
 
 export type ReadinessCheck = () => Promise<void>;
 
@@ -157,6 +157,14 @@ export interface ErrorBody {
 export const errorBody = (code: Code, message: string, details?: unknown): ErrorBody => ({
   error: { code, message, ...(details === undefined ? {} : { details }) },
 });
+
+/** Answers `code` in the error shape, with the catalogue's status for it (contracts/errors.ts). */
+export const sendError = (
+  reply: FastifyReply,
+  code: Code,
+  message: string,
+  details?: unknown,
+): FastifyReply => reply.code(httpStatusOfCode(code)).send(errorBody(code, message, details));
 
 /** The code of a client error that Fastify (or a plugin) raised with only an HTTP status. */
 const CLIENT_ERROR_CODES: Record<number, Code> = {

@@ -1,6 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { httpStatusOfCode, type Code } from '../../contracts/errors.ts';
-import { errorBody } from '../../lib/http.ts';
+import { sendError } from '../../lib/http.ts';
 import type { ConsoleConfig } from './config.ts';
 
 export type Upstream = 'dispatcher' | 'projector' | 'auditor';
@@ -55,9 +54,6 @@ export function registerForwarding(app: FastifyInstance, config: ConsoleConfig):
     projector: config.CONSOLE_PROJECTOR_URL.replace(/\/$/, ''),
     auditor: config.CONSOLE_AUDITOR_URL.replace(/\/$/, ''),
   };
-  /** Answers `code` with the catalogue's status (contracts/errors.ts). */
-  const fail = (reply: FastifyReply, code: Code, message: string) =>
-    reply.code(httpStatusOfCode(code)).send(errorBody(code, message));
   let inFlight = 0;
 
   for (const route of ROUTES) {
@@ -67,12 +63,16 @@ export function registerForwarding(app: FastifyInstance, config: ConsoleConfig):
       handler: async (request: FastifyRequest, reply: FastifyReply) => {
         if (inFlight >= config.CONSOLE_MAX_IN_FLIGHT) {
           void reply.header('retry-after', '1');
-          return fail(reply, 'OVERLOADED', `the console has ${inFlight} calls in flight; retry in a second`);
+          return sendError(
+            reply,
+            'OVERLOADED',
+            `the console has ${inFlight} calls in flight; retry in a second`,
+          );
         }
         const params = request.params as Record<string, string>;
         // `.` and `..` survive encoding and the URL parser resolves them: /executions/.. is `/`.
         const dots = Object.entries(params).find(([, v]) => v === '.' || v === '..');
-        if (dots) return fail(reply, 'VALIDATION', `${dots[0]} cannot be "${dots[1]}"`);
+        if (dots) return sendError(reply, 'VALIDATION', `${dots[0]} cannot be "${dots[1]}"`);
         const path = route.to ? route.to(params) : pathWith(route.path, params);
         const query = request.url.includes('?') ? request.url.slice(request.url.indexOf('?')) : '';
         const headers: Record<string, string> = {};
@@ -98,12 +98,12 @@ export function registerForwarding(app: FastifyInstance, config: ConsoleConfig):
         } catch (e) {
           request.log.warn({ err: e, upstream: route.upstream, path }, 'upstream call failed');
           return (e as Error).name === 'TimeoutError'
-            ? fail(
+            ? sendError(
                 reply,
                 'UPSTREAM_TIMEOUT',
                 `the ${route.upstream} did not answer within ${config.CONSOLE_UPSTREAM_TIMEOUT_MS} ms`,
               )
-            : fail(reply, 'UPSTREAM_UNAVAILABLE', `the ${route.upstream} is not reachable`);
+            : sendError(reply, 'UPSTREAM_UNAVAILABLE', `the ${route.upstream} is not reachable`);
         } finally {
           inFlight--;
         }

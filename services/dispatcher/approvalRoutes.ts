@@ -5,15 +5,13 @@ import {
   ApprovalsQuery,
   DecisionError,
   DenyBody,
-  httpStatusOfCode,
   isAdmin,
   type ApprovalsPage,
-  type Code,
   type ExecutionCommand,
   type Principal,
 } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
-import { authenticateBeforeBody, errorBody } from '../../lib/http.ts';
+import { authenticateBeforeBody, sendError } from '../../lib/http.ts';
 import { CursorError, refOfWait, type ApprovalWait, type ApprovalWaits } from './approvals.ts';
 import { handleExecution } from './commands.ts';
 import type { DispatcherMetrics } from './metrics.ts';
@@ -30,10 +28,6 @@ export interface ApprovalRouteDeps {
 
 /** Execution ids are lower-case UUIDs; one written in upper case names the same. */
 const ExecutionIdParam = z.object({ executionId: z.uuid().transform((id) => id.toLowerCase()) });
-
-/** Answers `code` with the catalogue's status (contracts/errors.ts). */
-const fail = (reply: FastifyReply, code: Code, message: string): FastifyReply =>
-  reply.code(httpStatusOfCode(code)).send(errorBody(code, message));
 
 /** Zod's issues as one line, each under its path (or under `where`: the query, the body). */
 const issues = (e: z.ZodError, where: 'query' | 'body'): string =>
@@ -52,7 +46,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
       return await deps.verifier.verify(req.headers.authorization);
     } catch (e) {
       if (!(e instanceof AuthError)) throw e;
-      await fail(reply, 'UNAUTHENTICATED', e.message);
+      await sendError(reply, 'UNAUTHENTICATED', e.message);
       return null;
     }
   };
@@ -63,7 +57,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
     const query = ApprovalsQuery.safeParse(req.query ?? {});
-    if (!query.success) return fail(reply, 'VALIDATION', issues(query.error, 'query'));
+    if (!query.success) return sendError(reply, 'VALIDATION', issues(query.error, 'query'));
     try {
       const { waits, next } = await deps.waits.pending({
         userId: principal.userId,
@@ -80,7 +74,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
       };
       return page;
     } catch (e) {
-      if (e instanceof CursorError) return fail(reply, 'VALIDATION', e.message);
+      if (e instanceof CursorError) return sendError(reply, 'VALIDATION', e.message);
       throw e;
     }
   });
@@ -89,15 +83,16 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     const principal = await authenticate(req, reply);
     if (!principal) return reply;
     const params = ExecutionIdParam.safeParse(req.params);
-    if (!params.success) return fail(reply, 'MALFORMED', 'the path names an execution by its id (a UUID)');
+    if (!params.success)
+      return sendError(reply, 'MALFORMED', 'the path names an execution by its id (a UUID)');
     const body = (kind === 'approve' ? ApproveBody : DenyBody).safeParse(req.body ?? {});
-    if (!body.success) return fail(reply, 'VALIDATION', issues(body.error, 'body'));
+    if (!body.success) return sendError(reply, 'VALIDATION', issues(body.error, 'body'));
     const { executionId } = params.data;
 
     const wait = await deps.waits.find(executionId);
     if (wait && !mayDecide(principal, wait) && wait.userId === principal.userId) {
       // Their own call: they know it waits, and are told who decides it.
-      return fail(
+      return sendError(
         reply,
         'SELF_APPROVAL',
         `execution ${executionId} is your own call: an approver (${wait.approverRoles.join(' or ')}) decides it`,
@@ -105,7 +100,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
     }
     // Anyone else who may not decide it learns nothing of it: not that it waits, nor whose it is.
     if (!wait || !mayDecide(principal, wait))
-      return fail(reply, 'NOT_FOUND', `no execution ${executionId} asked for approval`);
+      return sendError(reply, 'NOT_FOUND', `no execution ${executionId} asked for approval`);
     const execution = await deps.streams.load(refOfWait(wait));
     const now = deps.now().toISOString();
     const approver = {
@@ -126,7 +121,7 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
         // The same decision was recorded already: by this approver it is their retry, else theirs stands.
         const decision = execution.state.status === 'none' ? null : execution.state.approval?.decision;
         if (decision && decision.approverId !== principal.userId) {
-          return fail(reply, 'NOT_AWAITING', `already ${decision.outcome} by ${decision.approverId}`);
+          return sendError(reply, 'NOT_AWAITING', `already ${decision.outcome} by ${decision.approverId}`);
         }
       }
     } catch (e) {
@@ -139,11 +134,11 @@ export function registerApprovalRoutes(app: FastifyInstance, deps: ApprovalRoute
         });
         if (appended.length > 0) deps.metrics.approvals.inc({ event: 'expired' });
         await settle(deps, execution);
-        return fail(reply, 'EXPIRED', `the approval's deadline (${wait.deadline}) has passed`);
+        return sendError(reply, 'EXPIRED', `the approval's deadline (${wait.deadline}) has passed`);
       }
       // Refused because it no longer waits: the list learns it here too.
       await settle(deps, execution);
-      return fail(reply, e.code, e.message);
+      return sendError(reply, e.code, e.message);
     }
     await settle(deps, execution);
     return executionView(execution);

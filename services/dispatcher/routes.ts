@@ -20,7 +20,7 @@ import {
 } from '../../contracts/index.ts';
 import { AuthError, type TokenVerifier } from '../../lib/auth.ts';
 import { AgentClientError, submitRequest } from '../../lib/clients/agent.ts';
-import { answerError, authenticateBeforeBody, errorBody } from '../../lib/http.ts';
+import { answerError, authenticateBeforeBody, sendError } from '../../lib/http.ts';
 import type { NatsConnection } from '../../lib/nats.ts';
 import type { ToolRegistry } from '../../lib/tools/index.ts';
 import {
@@ -174,9 +174,7 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     ),
   );
   // A read is no agent's request: its refusals have the error shape of the HTTP APIs.
-  const authenticateReader = verifyWith((reply, message) =>
-    reply.code(httpStatusOfCode('UNAUTHENTICATED')).send(errorBody('UNAUTHENTICATED', message)),
-  );
+  const authenticateReader = verifyWith((reply, message) => sendError(reply, 'UNAUTHENTICATED', message));
 
   app.setErrorHandler((error: FastifyError, req, reply) => {
     // Only POST /executions answers in AgentAnswers; anything else is Fastify's (or the route's) to answer.
@@ -327,23 +325,19 @@ export function registerRoutes(app: FastifyInstance, deps: RouteDeps): void {
     ? `GET ${deps.projectorUrl.replace(/\/$/, '')}/executions`
     : 'GET /executions on the projector';
   app.get('/executions', async (_req, reply) =>
-    reply
-      .code(httpStatusOfCode('NOT_FOUND'))
-      .send(
-        errorBody(
-          'NOT_FOUND',
-          'the dispatcher runs executions (POST /executions) and shows one by id (GET /executions/:executionId); ' +
-            `lists of executions, with filters and pages, are the projector's: ${projectorLists} (docs/projector.md)`,
-        ),
-      ),
+    sendError(
+      reply,
+      'NOT_FOUND',
+      'the dispatcher runs executions (POST /executions) and shows one by id (GET /executions/:executionId); ' +
+        `lists of executions, with filters and pages, are the projector's: ${projectorLists} (docs/projector.md)`,
+    ),
   );
 
   app.get('/executions/:executionId', async (req, reply) => {
     const principal = await authenticateReader(req, reply);
     if (!principal) return reply;
     // Refused as the cancel route refuses the same path and query (MALFORMED), in the error shape.
-    const fail = (code: Code, message: string) =>
-      reply.code(httpStatusOfCode(code)).send(errorBody(code, message));
+    const fail = (code: Code, message: string) => sendError(reply, code, message);
     const params = ExecutionIdParam.safeParse(req.params);
     if (!params.success) return fail('MALFORMED', NOT_AN_EXECUTION_ID);
     // The caller's own stream is read, or (for the operator console's readers) the one `?userId=`
