@@ -62,6 +62,29 @@ t.test('without a sent time, or with one in the future, the time of admission ju
   t.same(kinds.slice(2), ['rate_limited', 'rate_limited'], 'a future sent time buys nothing');
 });
 
+t.test('a request refused for the concurrency limit spends no token of the rate', async (t) => {
+  const g = new Guard(
+    redis,
+    // One token, refilled once a day: a second token spent would refuse the third request.
+    { ratePerSec: 1 / 86_400, burst: 2, userConcurrency: 1, cacheTtlSec: 60, answerTtlSec: 60 },
+    { failed: (op, e) => errors.push(`${op}: ${e.message}`), succeeded: () => undefined },
+  );
+  t.teardown(() => g.close());
+  const admit = (n: number) =>
+    g.admit({ userId: 'busy-rate', requestId: `b-${n}`, slot: `s-${n}`, slotTtlMs: 60_000 });
+  t.match(await admit(1), { kind: 'go' }, 'the first runs');
+  t.match(await admit(2), { kind: 'busy' }, 'the second is refused while the first runs');
+  t.match(await admit(3), { kind: 'busy' }, 'and so is the third');
+  await g.release('busy-rate', 's-1');
+  t.match(
+    await admit(4),
+    { kind: 'go' },
+    'once the first is done, the token the refused ones did not spend is there',
+  );
+  t.match(await admit(5), { kind: 'rate_limited' }, 'the rate still holds: the burst of 2 is spent');
+  t.same(errors, []);
+});
+
 t.test('a request sent earlier than the last one judged gets no refill from the past', async (t) => {
   const now = Date.now();
   const kinds = await admitAll('late', [now - 1_000, now - 1_000, now - 20_000, now - 20_000]);

@@ -48,12 +48,17 @@ if tokens < 1 then
   redis.call('PEXPIRE', KEYS[2], idle)
   return {'rate', string.format('%d', math.ceil((1 - tokens) * 1000 / rate))}
 end
-redis.call('HSET', KEYS[2], 'tokens', string.format('%.6f', tokens - 1), 'at', string.format('%d', at))
-redis.call('PEXPIRE', KEYS[2], idle)
 redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[7])
 local ttl = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {'busy', ''} end
+-- A request refused for the user's concurrency does not run: it spends no token of the rate (were
+-- it to, a backlog started at once after an outage would turn its refusals for concurrency into
+-- refusals for the rate of the requests behind it).
+local busy = redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3])
+if not busy then tokens = tokens - 1 end
+redis.call('HSET', KEYS[2], 'tokens', string.format('%.6f', tokens), 'at', string.format('%d', at))
+redis.call('PEXPIRE', KEYS[2], idle)
+if busy then return {'busy', ''} end
 redis.call('ZADD', KEYS[3], now + ttl, ARGV[4])
 -- Only ever lengthened: the set holds other calls' slots, leased longer.
 if redis.call('PTTL', KEYS[3]) < ttl + 1000 then redis.call('PEXPIRE', KEYS[3], ttl + 1000) end
