@@ -254,6 +254,7 @@ export async function startDispatcher(
       nc,
       verifier,
       lookup: (u, r, asked) => dispatcher.lookup(u, r, asked),
+      known: (u, r, asked) => dispatcher.lookupKnown(u, r, asked),
       log,
       limits: {
         maxInFlight: config.DISPATCHER_MAX_LOOKUPS,

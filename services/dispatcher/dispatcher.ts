@@ -450,6 +450,26 @@ export class Dispatcher {
    * event (found through the store's index by execution id); else, when nothing of it is recorded
    * and the intake shed it (`Guard.markShed`), how many times. Null while it has none yet.
    */
+  /**
+   * What a lookup can learn without the store: running here (null), the answer Redis remembers, or
+   * a shedding Redis counted with nothing admitted since (`{shed}`: the asker sends the request
+   * again). `undefined`: only the store can say (`lookup`). Answering a shedding without reading
+   * the store is safe: were the request recorded after all (a copy run while Redis was away), the
+   * copy sent again is a repeat, answered from the store.
+   */
+  async lookupKnown(
+    userId: string,
+    requestId: string,
+    asked: { tool?: string | undefined; ask?: string | undefined } = {},
+  ): Promise<TerminalAnswer | ShedRequest | null | undefined> {
+    if (this.inFlight.has(executionIdFor(userId, requestId))) return null;
+    const remembered = await this.o.guard.peek(userId, requestId);
+    if (remembered.kind === 'answer')
+      return asksOtherThan(remembered.ask, asked) ? conflictRefusal(requestId, REUSED) : remembered.answer;
+    if (remembered.kind === 'none' && remembered.shed > 0) return { shed: remembered.shed };
+    return undefined;
+  }
+
   async lookup(
     userId: string,
     requestId: string,
@@ -457,13 +477,7 @@ export class Dispatcher {
   ): Promise<TerminalAnswer | ShedRequest | null> {
     const executionId = executionIdFor(userId, requestId);
     if (this.inFlight.has(executionId)) return null;
-    // The asker's request asks something else: another tool, or (where what the recorded request
-    // asked is known whole, `digest`) other arguments. Refused, as the request itself is.
-    const conflict = (recorded: RecordedAsk | null | undefined) =>
-      recorded !== null &&
-      recorded !== undefined &&
-      ((asked.tool !== undefined && asked.tool !== recorded.tool) ||
-        (asked.ask !== undefined && recorded.digest !== undefined && recorded.digest !== asked.ask));
+    const conflict = (recorded: RecordedAsk | null | undefined) => asksOtherThan(recorded, asked);
     const remembered = await this.o.guard.peek(userId, requestId);
     if (remembered.kind === 'answer')
       return conflict(remembered.ask) ? conflictRefusal(requestId, REUSED) : remembered.answer;
@@ -485,6 +499,22 @@ export class Dispatcher {
     void this.o.guard.remember(userId, requestId, answer, recorded ?? undefined);
     return answer;
   }
+}
+
+/**
+ * The asker's request asks something else than the recorded one: another tool, or (where what the
+ * recorded request asked is known whole, `digest`) other arguments. Refused, as the request itself is.
+ */
+function asksOtherThan(
+  recorded: RecordedAsk | null | undefined,
+  asked: { tool?: string | undefined; ask?: string | undefined },
+): boolean {
+  return (
+    recorded !== null &&
+    recorded !== undefined &&
+    ((asked.tool !== undefined && asked.tool !== recorded.tool) ||
+      (asked.ask !== undefined && recorded.digest !== undefined && recorded.digest !== asked.ask))
+  );
 }
 
 /** How long an agent whose request was shed is told to wait before sending it again. */

@@ -104,6 +104,37 @@ t.test(
       t.strictSame(results.sort(), ['answered', 'answered', 'overloaded', 'pending']);
     });
 
+    t.test('with every slot taken, what is known without the store is still answered', async (t) => {
+      const held = heldLookups();
+      // Redis knows r-known's answer and that r-shed was shed; of anything else only the store knows.
+      const known = async (_userId: string, requestId: string) =>
+        requestId === 'r-known' ? completed('r-known') : requestId === 'r-shed' ? { shed: 2 } : undefined;
+      const service = serveAnswers({
+        nc,
+        verifier,
+        lookup: held.lookup,
+        known,
+        log,
+        limits: { maxInFlight: 1, maxWaiting: 0, deadlineMs: 600_000, retryAfterMs: 1_500 },
+        metrics,
+      });
+      t.teardown(() => service.stop());
+      results.length = 0;
+      const slow = ask('r-slow');
+      await held.started(1);
+      t.strictSame(await ask('r-known'), { answer: completed('r-known') }, 'an answer Redis remembers');
+      t.strictSame(await ask('r-shed'), { answer: null, shed: 2 }, 'a shedding Redis counted');
+      t.strictSame(
+        await ask('r-other'),
+        { answer: null, overloaded: { retryAfterMs: 1_500 } },
+        'what needs the store waits for a slot: none, OVERLOADED',
+      );
+      t.equal(held.calls.length, 1, 'no store work beyond the slot');
+      held.of('r-slow').finish(null);
+      t.strictSame(await slow, { answer: null });
+      t.strictSame(results.sort(), ['answered', 'overloaded', 'pending', 'shed']);
+    });
+
     t.test('past the deadline: OVERLOADED, and the slow lookup keeps its slot until it ends', async (t) => {
       const held = heldLookups();
       const service = serve(t, held, { maxInFlight: 1, maxWaiting: 0, deadlineMs: 50 });

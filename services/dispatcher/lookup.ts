@@ -55,6 +55,16 @@ export interface AnswersServiceOptions {
   verifier: TokenVerifier;
   /** `asked`: the tool and `askDigest` of the asker's request, when it says (see `Dispatcher.lookup`). */
   lookup: (userId: string, requestId: string, asked: Asked) => Promise<TerminalAnswer | ShedRequest | null>;
+  /**
+   * What is known without the store (Redis, this instance), tried before a slot is taken:
+   * `undefined` when only the store can say. Lookups of answered or shed requests (the many that
+   * agents send at once after a NATS reconnect) then wait for no slot (see `Dispatcher.lookupKnown`).
+   */
+  known?: (
+    userId: string,
+    requestId: string,
+    asked: Asked,
+  ) => Promise<TerminalAnswer | ShedRequest | null | undefined>;
   log: Logger;
   limits: LookupLimits;
   metrics?: LookupMetrics;
@@ -84,6 +94,9 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
   const retryAfterMs = limits.retryAfterMs ?? limits.deadlineMs;
   const maxWaiting = limits.maxWaiting ?? DEFAULT_MAX_WAITING;
   let inFlight = 0;
+  /** Lookups asking `known` (one Redis round trip each): bounded apart from the store's slots. */
+  let knownInFlight = 0;
+  const maxKnown = Math.max(limits.maxInFlight, maxWaiting);
   /** Lookups waiting for a slot, oldest first: each is handed one as a lookup ends. */
   const waiting: Array<(granted: boolean) => void> = [];
 
@@ -171,8 +184,13 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
       return;
     }
     const until = Date.now() + limits.deadlineMs;
-    // No slot and no room to wait: refused before the token is read.
-    if (inFlight >= limits.maxInFlight && waiting.length >= maxWaiting) return overloaded(msg, 'overloaded');
+    // No slot, no room to wait and none for a lookup without the store: refused before the token is read.
+    if (
+      inFlight >= limits.maxInFlight &&
+      waiting.length >= maxWaiting &&
+      !(o.known && knownInFlight < maxKnown)
+    )
+      return overloaded(msg, 'overloaded');
     let userId: string;
     try {
       ({ userId } = await verifier.verify(msg.headers?.get(REQUEST_HEADERS.authorization)));
@@ -192,16 +210,28 @@ export function serveAnswers(o: AnswersServiceOptions): { stop(): Promise<void>;
         'refused',
       );
     }
-    // A slot now, or once one is free (verifying the token may have waited, a JWKS fetch, while
-    // others started); none before the deadline, or no room to wait: OVERLOADED.
-    if (!(await acquire(until))) return overloaded(msg, 'overloaded');
-    let answer: TerminalAnswer | ShedRequest | null;
-    try {
-      answer = await bounded(userId, requestId, asked, until);
-    } catch (e) {
-      if (!(e instanceof LookupDeadlineError)) throw e;
-      log.warn({ userId, requestId, deadlineMs: limits.deadlineMs }, 'answer lookup past its deadline');
-      return overloaded(msg, 'deadline');
+    // What Redis or this instance knows is answered without a slot (at most `maxKnown` such
+    // lookups at once; beyond, they take the slow path).
+    let answer: TerminalAnswer | ShedRequest | null | undefined;
+    if (o.known && knownInFlight < maxKnown) {
+      knownInFlight++;
+      try {
+        answer = await o.known(userId, requestId, asked);
+      } finally {
+        knownInFlight--;
+      }
+    }
+    if (answer === undefined) {
+      // A slot now, or once one is free (verifying the token may have waited, a JWKS fetch, while
+      // others started); none before the deadline, or no room to wait: OVERLOADED.
+      if (!(await acquire(until))) return overloaded(msg, 'overloaded');
+      try {
+        answer = await bounded(userId, requestId, asked, until);
+      } catch (e) {
+        if (!(e instanceof LookupDeadlineError)) throw e;
+        log.warn({ userId, requestId, deadlineMs: limits.deadlineMs }, 'answer lookup past its deadline');
+        return overloaded(msg, 'deadline');
+      }
     }
     if (answer && 'shed' in answer) return respond(msg, { answer: null, shed: answer.shed }, 'shed');
     respond(msg, { answer }, answer ? 'answered' : 'pending');
