@@ -180,3 +180,22 @@ t.test('held (the stack stops), an exit is no crash; every stop() waits for the 
   await server.stop();
   t.equal(cleanups, 2, 'a held server is cleaned up by its stop()');
 });
+
+t.test('the check that a server accepts connections closes without a reset', async (t) => {
+  // nats-server greets each connection (INFO) and, with TLS required, waits for a handshake: a
+  // check that closed with that greeting unread sent a reset, which nats-server logged on every
+  // `npm start` as "[ERR] ... TLS handshake error: ... connection reset by peer".
+  const { createServer } = await import('node:net');
+  const ends: string[] = [];
+  const server = createServer((s) => {
+    s.write('INFO {"tls_required":true}\r\n');
+    s.on('end', () => (ends.push('end'), s.end()));
+    s.on('error', (e: NodeJS.ErrnoException) => ends.push(e.code ?? e.message));
+  });
+  const port = await freePort();
+  await new Promise<void>((r) => server.listen(port, '127.0.0.1', r));
+  t.teardown(() => new Promise((r) => server.close(r)));
+  for (let i = 0; i < 5; i++) t.ok(await accepts(port), `it accepts (${i + 1})`);
+  await until('every check has closed', () => ends.length === 5);
+  t.same(ends, ['end', 'end', 'end', 'end', 'end'], 'each closed with an end, none with a reset');
+});
