@@ -1,6 +1,6 @@
 import { toNodeHandler } from '@modelcontextprotocol/node';
 import { validateHostHeader, validateOriginHeader, type McpHttpHandler } from '@modelcontextprotocol/server';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import { checkJsonShape } from '../../contracts/index.ts';
 import type { Identify } from './principal.ts';
 import type { Caller } from './server.ts';
@@ -45,8 +45,13 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
     resource_name: 'Toolbus MCP gateway',
   };
   const metadataUrl = metadataUrlOf(o.resource);
-  app.get(METADATA_PATH, async () => metadata);
-  if (o.resource.pathname !== '/') app.get(`${METADATA_PATH}${o.resource.pathname}`, async () => metadata);
+  // Public, and read by browser-based clients to find the authorization server: any origin.
+  const publicMetadata = async (_req: unknown, reply: FastifyReply) => {
+    reply.header('access-control-allow-origin', '*');
+    return metadata;
+  };
+  app.get(METADATA_PATH, publicMetadata);
+  if (o.resource.pathname !== '/') app.get(`${METADATA_PATH}${o.resource.pathname}`, publicMetadata);
 
   const node = toNodeHandler(o.handler, {
     maxRequestBodySize: o.maxBodyBytes,
@@ -64,6 +69,23 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
       if (forbidden) {
         o.onRefused?.(403);
         return reply.code(403).send(rpcError(-32000, `Forbidden: ${forbidden.message}`));
+      }
+      // CORS for a browser-based client on an allowed origin (GATEWAY_ALLOWED_ORIGINS): without it
+      // the browser shows the page none of the answers, and its preflight (the Authorization
+      // header asks for one) never carries a token. Set on the raw response, so that the SDK's
+      // answers (the route hijacks the reply) carry it too. No cookies are used: tokens are bearer.
+      if (req.headers.origin !== undefined) {
+        reply.raw.setHeader('access-control-allow-origin', req.headers.origin);
+        reply.raw.setHeader('vary', 'origin');
+        reply.raw.setHeader('access-control-expose-headers', CORS_EXPOSED_HEADERS);
+        if (req.method === 'OPTIONS' && req.headers['access-control-request-method'] !== undefined) {
+          return reply
+            .code(204)
+            .header('access-control-allow-methods', 'GET, POST, DELETE')
+            .header('access-control-allow-headers', CORS_ALLOWED_HEADERS)
+            .header('access-control-max-age', '600')
+            .send();
+        }
       }
       const who = await o.identify(req.headers.authorization);
       if (who.ok) {
@@ -149,6 +171,11 @@ export async function registerMcpRoutes(app: FastifyInstance, o: McpRouteOptions
     });
   });
 }
+
+/** What a browser-based client may send to /mcp, and read of the answers (MCP's Streamable HTTP headers). */
+const CORS_ALLOWED_HEADERS =
+  'authorization, content-type, accept, mcp-protocol-version, mcp-session-id, last-event-id';
+const CORS_EXPOSED_HEADERS = 'mcp-session-id, mcp-protocol-version, www-authenticate';
 
 /** The verified caller of each request to /mcp, from the onRequest hook to the handler. */
 const callers = new WeakMap<object, Caller>();
