@@ -99,7 +99,9 @@ export async function startSupervised(spec: ServerSpec): Promise<LocalServer> {
         // Its last words may still be in the pipes (a child it left may hold them: not for long).
         await Promise.race([closed, new Promise((r) => setTimeout(r, 1000).unref())]);
         if (current === child) current = undefined;
-        throw new Error(`${spec.what} stopped at start (${exitText(child.exitCode, child.signalCode)}):\n${output}`);
+        throw new Error(
+          `${spec.what} stopped at start (${exitText(child.exitCode, child.signalCode)}):\n${output}`,
+        );
       }
       if (stopping) return child;
       if (await spec.isUp()) return child;

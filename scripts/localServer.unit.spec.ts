@@ -49,7 +49,10 @@ t.test('a server killed is started again, and one stopped stays stopped', async 
   for (const round of [1, 2]) {
     const pid = server.pid!;
     process.kill(pid, 'SIGKILL');
-    await until('it runs again', () => notices.filter((n) => n.includes('is running again')).length === round);
+    await until(
+      'it runs again',
+      () => notices.filter((n) => n.includes('is running again')).length === round,
+    );
     t.not(server.pid, pid, `killed (${round}): a new process runs`);
     t.ok(await accepts(port), `killed (${round}): it accepts connections again`);
   }
@@ -84,7 +87,10 @@ t.test('a server that stops at its first start rejects with what it printed', as
   await t.rejects(
     startSupervised({
       what: 'stand-in',
-      command: { command: process.execPath, args: ['-e', 'console.error("no such config"); process.exit(3)'] },
+      command: {
+        command: process.execPath,
+        args: ['-e', 'console.error("no such config"); process.exit(3)'],
+      },
       isUp: () => accepts(port),
       onLine: () => undefined,
       onNotice: () => undefined,
@@ -93,37 +99,40 @@ t.test('a server that stops at its first start rejects with what it printed', as
   );
 });
 
-t.test('one that keeps failing after a kill is tried again with a doubling pause, with its reason', async (t) => {
-  const port = await freePort();
-  const notices: string[] = [];
-  let starts = 0;
-  const good = serverOn(port);
-  const spec: ServerSpec = {
-    what: 'stand-in',
-    // Started through a getter: the first start works, the next two fail, the fourth works.
-    get command() {
-      starts++;
-      return starts === 1 || starts >= 4
-        ? good
-        : { command: process.execPath, args: ['-e', 'console.error("port busy"); process.exit(1)'] };
-    },
-    isUp: () => accepts(port),
-    onLine: () => undefined,
-    onNotice: (line) => notices.push(line),
-    firstDelayMs: 20,
-  };
-  const server = await startSupervised(spec);
-  t.teardown(() => server.stop());
-  process.kill(server.pid!, 'SIGKILL');
-  await until('it runs again', () => notices.some((n) => n.includes('is running again')));
-  t.equal(starts, 4, 'started until a start worked');
-  t.match(notices, [
-    /exited \(signal SIGKILL\); starting it again in 20 ms/,
-    /exited \(stand-in stopped at start \(code 1\): \/ port busy\); starting it again in 40 ms/,
-    /exited \(.*port busy\); starting it again in 80 ms/,
-    /is running again/,
-  ]);
-});
+t.test(
+  'one that keeps failing after a kill is tried again with a doubling pause, with its reason',
+  async (t) => {
+    const port = await freePort();
+    const notices: string[] = [];
+    let starts = 0;
+    const good = serverOn(port);
+    const spec: ServerSpec = {
+      what: 'stand-in',
+      // Started through a getter: the first start works, the next two fail, the fourth works.
+      get command() {
+        starts++;
+        return starts === 1 || starts >= 4
+          ? good
+          : { command: process.execPath, args: ['-e', 'console.error("port busy"); process.exit(1)'] };
+      },
+      isUp: () => accepts(port),
+      onLine: () => undefined,
+      onNotice: (line) => notices.push(line),
+      firstDelayMs: 20,
+    };
+    const server = await startSupervised(spec);
+    t.teardown(() => server.stop());
+    process.kill(server.pid!, 'SIGKILL');
+    await until('it runs again', () => notices.some((n) => n.includes('is running again')));
+    t.equal(starts, 4, 'started until a start worked');
+    t.match(notices, [
+      /exited \(signal SIGKILL\); starting it again in 20 ms/,
+      /exited \(stand-in stopped at start \(code 1\): \/ port busy\); starting it again in 40 ms/,
+      /exited \(.*port busy\); starting it again in 80 ms/,
+      /is running again/,
+    ]);
+  },
+);
 
 t.test('a command that cannot even be spawned is tried again, not a crash of npm start', async (t) => {
   const port = await freePort();
