@@ -83,6 +83,20 @@ t.test('a foreign Origin is refused before the upgrade, the notifier own origin 
   own.ws.close();
 });
 
+t.test(
+  '/ws opened without an upgrade is told it is a WebSocket endpoint, and spends no ticket',
+  async (t) => {
+    const tx = await ticket(await token(user()));
+    const plain = await fetch(`${notifier.address}/ws?ticket=${encodeURIComponent(tx)}`);
+    t.equal(plain.status, 400);
+    t.match(await plain.json(), { error: { code: 'BAD_REQUEST', message: /WebSocket endpoint/ } });
+    const socket = await openClient(notifier.address, { ticket: tx });
+    socket.send({ type: 'subscribe' });
+    await socket.waitFor('ready', () => socket.received.some((n) => n.kind === 'ready'));
+    socket.ws.close();
+  },
+);
+
 t.test('a ticket opens exactly one socket; an unknown ticket is refused with 4401', async (t) => {
   const alice = user();
   const tx = await ticket(await token(alice));

@@ -7,7 +7,7 @@ import { CLOSE_CODES } from '../../contracts/index.ts';
 import { AuthError, tokenVerifierFromConfig } from '../../lib/auth.ts';
 import { createEventStore } from '../../lib/eventstore/index.ts';
 import type { EventStore } from '../../lib/eventstore/types.ts';
-import { createHttpApp, errorBody } from '../../lib/http.ts';
+import { createHttpApp, errorBody, sendError } from '../../lib/http.ts';
 import { REDACT_PATHS, type Logger } from '../../lib/log.ts';
 import { connectNats, natsCredentialsFromConfig, natsReady, type NatsConnection } from '../../lib/nats.ts';
 import { createRedis, type Redis } from '../../lib/redis.ts';
@@ -245,6 +245,8 @@ async function build(
 
   const admissions = new WeakMap<object, Admission>();
   const redeemTicket = async (request: FastifyRequest) => {
+    // A plain GET (no upgrade) is answered 400 below: its ticket stays unspent.
+    if (!request.ws) return;
     const ticket = (request.query as Record<string, unknown> | undefined)?.['ticket'];
     if (ticket === undefined) return;
     if (typeof ticket !== 'string') {
@@ -271,10 +273,19 @@ async function build(
     options: { maxPayload: config.NOTIFIER_MAX_FRAME_BYTES },
     errorHandler: socketError,
   });
-  app.get(
-    '/ws',
-    { websocket: true, onRequest: guardOrigin, preValidation: redeemTicket },
-    (socket, request) => {
+  app.route({
+    method: 'GET',
+    url: '/ws',
+    onRequest: guardOrigin,
+    preValidation: redeemTicket,
+    // Opened without a WebSocket upgrade (a browser's address bar, curl): said so, in the error shape.
+    handler: (_request, reply) =>
+      sendError(
+        reply,
+        'BAD_REQUEST',
+        '/ws is a WebSocket endpoint: connect with a WebSocket client (GET with Upgrade: websocket), see docs/notifier.md',
+      ),
+    wsHandler: (socket, request) => {
       let admission = admissions.get(request.raw);
       if (!admission) {
         const release = unauthenticated.enter(request.ip);
@@ -292,7 +303,7 @@ async function build(
         connections.set(sessions.size);
       }
     },
-  );
+  });
 
   app.post('/tickets', { onRequest: guardOrigin }, async (request, reply) => {
     reply.header('cache-control', 'no-store');
