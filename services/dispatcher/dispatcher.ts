@@ -446,11 +446,6 @@ export class Dispatcher {
   }
 
   /**
-   * What became of (user, request id): the remembered answer (Redis), else the stored terminal
-   * event (found through the store's index by execution id); else, when nothing of it is recorded
-   * and the intake shed it (`Guard.markShed`), how many times. Null while it has none yet.
-   */
-  /**
    * What a lookup can learn without the store: running here (null), the answer Redis remembers, or
    * a shedding Redis counted with nothing admitted since (`{shed}`: the asker sends the request
    * again). `undefined`: only the store can say (`lookup`). Answering a shedding without reading
@@ -470,6 +465,11 @@ export class Dispatcher {
     return undefined;
   }
 
+  /**
+   * What became of (user, request id): the remembered answer (Redis), else the stored terminal
+   * event (found through the store's index by execution id); else, when nothing of it is recorded
+   * and the intake shed it (`Guard.markShed`), how many times. Null while it has none yet.
+   */
   async lookup(
     userId: string,
     requestId: string,
