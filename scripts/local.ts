@@ -371,6 +371,21 @@ export async function startLocalRedis(
   return { server, url: localRedisUrl(setup.secrets, socket) };
 }
 
+/** Whether the PostgreSQL server at `url` answers a query (false while it starts or recovers). */
+async function answers(url: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2_000 });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    await client.query('select 1');
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
 /** The stack's own Redis (startLocalRedis) through its socket. */
 export const localRedisUrl = (secrets: Record<string, string | undefined>, socket: string): string =>
   `unix://${socket}?password=${encodeURIComponent(secrets['REDIS_PASSWORD'] ?? '')}`;
@@ -500,6 +515,7 @@ export async function startLocalPostgres(
   await writeFile(postgresSocketDirFile(setup.dir), `${socketDir}\n`, { mode: 0o600 });
   const socketFile = join(socketDir, `.s.PGSQL.${port}`);
   const removeSocketDir = () => rm(socketDir, { recursive: true, force: true }).catch(() => undefined);
+  const admin = localDatabaseUrl(setup.secrets, port, socketDir).replace('/toolbus?', '/postgres?');
   const server = await startSupervised({
     what: 'PostgreSQL',
     command: as(bin('postgres'), [
@@ -518,15 +534,15 @@ export async function startLocalPostgres(
       '-c',
       'max_connections=200',
     ]),
-    // Connected to, not only there: a socket file outlives a killed server.
-    isUp: () => accepts(socketFile),
+    // Answering a query, not only there: a socket file outlives a killed server, and after a crash
+    // the server accepts connections long before it answers (its recovery: 20 s and more).
+    isUp: async () => (await accepts(socketFile)) && (await answers(admin)),
     cleanup: removeSocketDir,
     ...log,
   }).catch(async (e: unknown) => {
     await removeSocketDir();
     throw e;
   });
-  const admin = localDatabaseUrl(setup.secrets, port, socketDir).replace('/toolbus?', '/postgres?');
   for (let i = 0; ; i++) {
     const client = new pg.Client({ connectionString: admin });
     try {
