@@ -8,6 +8,7 @@ import { userStream, type ToolEvent } from '../../contracts/index.ts';
 import { verifyHistory } from '../../services/auditor/verify.ts';
 import { signToken } from '../../lib/auth.ts';
 import { STACK_JWT_SECRET, startTestStack, type TestStack } from '../support/stack.ts';
+import { postMcp } from '../support/mcp.ts';
 
 /**
  * The MCP gateway end to end: the SDK's own client over real HTTP against the gateway process,
@@ -112,16 +113,7 @@ function rawConnection(t: { teardown: (fn: () => unknown) => void }, base: strin
 }
 
 const post = (ts: TestStack, body: string, headers: Record<string, string> = {}) =>
-  fetch(`${ts.url('gateway')}/mcp`, {
-    method: 'POST',
-    headers: {
-      'content-type': 'application/json',
-      accept: 'application/json, text/event-stream',
-      'mcp-protocol-version': '2025-11-25',
-      ...headers,
-    },
-    body,
-  });
+  postMcp(`${ts.url('gateway')}/mcp`, body, headers);
 
 t.test(
   'an MCP client lists and calls tools through the gateway; every call is an audited execution',

@@ -1,4 +1,5 @@
 import t from 'tap';
+import { postMcp } from '../support/mcp.ts';
 import { startTestStack } from '../support/stack.ts';
 
 /**
@@ -22,16 +23,7 @@ t.test('CORS for browser-based MCP clients on an allowed origin', async (t) => {
       },
     });
   const ping = (headers: Record<string, string>) =>
-    fetch(mcp, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        accept: 'application/json, text/event-stream',
-        'mcp-protocol-version': '2025-11-25',
-        ...headers,
-      },
-      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }),
-    });
+    postMcp(mcp, JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }), headers);
 
   const pre = await preflight(page);
   t.equal(pre.status, 204, 'the preflight is answered without a token');
